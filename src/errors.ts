@@ -1,0 +1,100 @@
+/**
+ * Conclave's one error type (DESIGN.md §4). Backends translate native errors (gRPC status codes,
+ * Raft refusals) into these codes at their edge; callers branch on `code`, never on messages.
+ */
+
+export const ErrorCode = {
+  /** No member could be reached, or the member has no leader. Retry. */
+  Unavailable: 'unavailable',
+  /** The requested revision was compacted; `compactRevision` says the oldest readable one. */
+  Compacted: 'compacted',
+  /** The requested revision is newer than the store's. */
+  FutureRevision: 'future-revision',
+  LeaseNotFound: 'lease-not-found',
+  /** The Session's lease expired or could not be kept alive. */
+  SessionLost: 'session-lost',
+  /** The member is not the leader (raft backend). Retry, possibly elsewhere. */
+  NotLeader: 'not-leader',
+  /** The caller's AbortSignal fired. */
+  Aborted: 'aborted',
+  /** The call's deadline passed. */
+  DeadlineExceeded: 'deadline-exceeded',
+  InvalidArgument: 'invalid-argument',
+  /** A bound was hit (uncommitted bytes, request rate); back off and retry. */
+  TooManyRequests: 'too-many-requests',
+  /** Request or value larger than the server accepts. */
+  RequestTooLarge: 'request-too-large',
+  /** A txn repeated a key among its puts/deletes, or had too many ops. */
+  DuplicateKey: 'duplicate-key',
+  TooManyOps: 'too-many-ops',
+  /** A watcher fell further behind than its bound allowed. */
+  WatchOverflow: 'watch-overflow',
+  /** The request may or may not have been applied (connection lost mid-call); not retried blindly. */
+  Indeterminate: 'indeterminate',
+  PermissionDenied: 'permission-denied',
+  Unauthenticated: 'unauthenticated',
+  /** The client or server was closed. */
+  Closed: 'closed',
+  /** Stored data failed a checksum or could not be decoded. */
+  Corrupt: 'corrupt',
+  /** A recipe-level conflict (e.g. a semaphore's stored permit count differs from the caller's). */
+  Conflict: 'conflict',
+  /** An STM/counter retry bound ran out. */
+  RetriesExhausted: 'retries-exhausted',
+  /** Anything the backend did not classify; `cause` holds the original. */
+  Internal: 'internal',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+const retryableCodes: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.Unavailable,
+  ErrorCode.NotLeader,
+  ErrorCode.TooManyRequests,
+  ErrorCode.DeadlineExceeded,
+]);
+
+export interface ConclaveErrorOptions {
+  cause?: unknown;
+  /** Override the default retryability of the code. */
+  retryable?: boolean;
+  /** For `compacted`: the store's compact revision. */
+  compactRevision?: number;
+  /** Free-form structured details (e.g. the argument name). */
+  details?: Record<string, unknown>;
+}
+
+export class ConclaveError extends Error {
+  override readonly name = 'ConclaveError';
+  readonly code: ErrorCode;
+  /** Whether the same call may succeed if simply retried (it was certainly not applied). */
+  readonly retryable: boolean;
+  readonly compactRevision?: number;
+  readonly details?: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, opts: ConclaveErrorOptions = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = code;
+    this.retryable = opts.retryable ?? retryableCodes.has(code);
+    if (opts.compactRevision !== undefined) this.compactRevision = opts.compactRevision;
+    if (opts.details !== undefined) this.details = opts.details;
+  }
+
+  static is(err: unknown, code?: ErrorCode): err is ConclaveError {
+    return err instanceof ConclaveError && (code === undefined || err.code === code);
+  }
+}
+
+/** Throws `invalid-argument` naming the argument. */
+export function invalidArgument(argument: string, problem: string): never {
+  throw new ConclaveError(ErrorCode.InvalidArgument, `${argument}: ${problem}`, { details: { argument } });
+}
+
+/** The rejection value for an aborted signal: its reason, or an `aborted` ConclaveError. */
+export function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new ConclaveError(ErrorCode.Aborted, 'the operation was aborted');
+}
+
+/** Throws the signal's reason if it is aborted. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortReason(signal);
+}

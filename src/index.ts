@@ -1,0 +1,16 @@
+/** The public API of `conclave`. Backends are `conclave/etcd` and `conclave/raft`. */
+
+export {
+  type ConnectOptions,
+  connect,
+  type EmbeddedConnectOptions,
+  type EtcdConnectOptions,
+  parseConnectUrl,
+  type TlsOptions,
+} from './connect.js';
+export { ConclaveError, type ConclaveErrorOptions, ErrorCode } from './errors.js';
+export { compareBytes, leaseHex, prefixEnd, toBytes, toText } from './keys.js';
+export type { KV } from './kv.js';
+export { limits } from './limits.js';
+export { Session, type SessionOptions, SessionState } from './session.js';
+export * from './types.js';

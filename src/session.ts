@@ -1,0 +1,240 @@
+/**
+ * Session: a lease kept alive (DESIGN.md §2). Every recipe that holds something is tied to one.
+ *
+ * Contract of `lost`: it fires no later than the moment the server could expire the lease. The
+ * local deadline is measured from when each successful keep-alive was *sent* (monotonic clock)
+ * plus the TTL it granted, minus a safety margin — never from when the answer came back, because
+ * the server starts the new TTL somewhere between sending and receiving.
+ */
+import { abortReason, ConclaveError, ErrorCode } from './errors.js';
+import type { KV } from './kv.js';
+import { limits } from './limits.js';
+import type { CallOptions, LeaseId } from './types.js';
+import { checkLeaseId, checkTtl } from './validate.js';
+
+export const SessionState = { Connected: 'connected', Suspended: 'suspended', Lost: 'lost' } as const;
+export type SessionState = (typeof SessionState)[keyof typeof SessionState];
+
+export interface SessionOptions extends CallOptions {
+  /** Lease TTL in seconds (default 60, etcd's concurrency default). */
+  ttlSeconds?: number;
+  /** Adopt an existing lease instead of granting one. */
+  lease?: LeaseId;
+  /** Monotonic clock in milliseconds (default `performance.now`); tests may inject one. */
+  now?: () => number;
+}
+
+/** How much earlier than the computed server deadline `lost` fires. */
+function marginMs(ttlSeconds: number): number {
+  return Math.min(1000, (ttlSeconds * 1000) / 6);
+}
+
+export class Session implements AsyncDisposable {
+  readonly kv: KV;
+  readonly lease: LeaseId;
+  readonly ttlSeconds: number;
+  /** Fires (with a `session-lost` ConclaveError as reason) when the lease is or may be gone, or on close. */
+  readonly lost: AbortSignal;
+
+  #state: SessionState = SessionState.Connected;
+  readonly #lostController = new AbortController();
+  readonly #now: () => number;
+  #deadline: number; // monotonic ms after which the server may have expired the lease (minus margin)
+  #loopTimer: ReturnType<typeof setTimeout> | undefined;
+  #deadlineTimer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  readonly #listeners = new Set<(s: SessionState) => void>();
+  #inFlight: AbortController | undefined;
+
+  private constructor(kv: KV, lease: LeaseId, ttlSeconds: number, sentAt: number, now: () => number) {
+    this.kv = kv;
+    this.lease = lease;
+    this.ttlSeconds = ttlSeconds;
+    this.lost = this.#lostController.signal;
+    this.#now = now;
+    this.#deadline = sentAt + ttlSeconds * 1000 - marginMs(ttlSeconds);
+    this.#armDeadline();
+    this.#scheduleKeepAlive(this.#intervalMs());
+  }
+
+  /** Grants a lease (or adopts `opts.lease`) and keeps it alive every TTL/3. */
+  static async create(kv: KV, opts: SessionOptions = {}): Promise<Session> {
+    const ttlSeconds = checkTtl('ttlSeconds', opts.ttlSeconds ?? 60);
+    const now = opts.now ?? (() => performance.now());
+    opts.signal?.throwIfAborted();
+    const sentAt = now();
+    if (opts.lease !== undefined) {
+      const id = checkLeaseId('lease', opts.lease, { allowZero: false });
+      const ka = await kv.lease.keepAliveOnce(id, { signal: opts.signal });
+      if (ka.ttlSeconds <= 0) {
+        throw new ConclaveError(
+          ErrorCode.LeaseNotFound,
+          `lease ${id.toString(16)} is unknown or expired; cannot adopt it`,
+        );
+      }
+      return new Session(kv, id, ka.ttlSeconds, sentAt, now);
+    }
+    const grant = await kv.lease.grant(ttlSeconds, { signal: opts.signal });
+    if (opts.signal?.aborted) {
+      await kv.lease.revoke(grant.id).catch(() => undefined);
+      throw abortReason(opts.signal);
+    }
+    return new Session(kv, grant.id, grant.ttlSeconds, sentAt, now);
+  }
+
+  get state(): SessionState {
+    return this.#state;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Milliseconds until `lost` would fire if no keep-alive succeeds from now on. */
+  remainingMs(): number {
+    return Math.max(0, this.#deadline - this.#now());
+  }
+
+  /** Subscribe to state changes; returns an unsubscribe function. */
+  onStateChange(listener: (s: SessionState) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** The session's states as an async iterator: the current one first, then every change, ending after `lost`. */
+  async *states(opts: CallOptions = {}): AsyncGenerator<SessionState> {
+    const pending: SessionState[] = [this.#state];
+    let wake: (() => void) | undefined;
+    const off = this.onStateChange((s) => {
+      pending.push(s);
+      wake?.();
+    });
+    const onAbort = () => wake?.();
+    opts.signal?.addEventListener('abort', onAbort);
+    try {
+      while (true) {
+        opts.signal?.throwIfAborted();
+        const s = pending.shift();
+        if (s === undefined) {
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+          continue;
+        }
+        yield s;
+        if (s === SessionState.Lost) return;
+      }
+    } finally {
+      off();
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  #setState(s: SessionState): void {
+    if (this.#state === s || this.#state === SessionState.Lost) return;
+    this.#state = s;
+    for (const l of [...this.#listeners]) l(s);
+  }
+
+  #intervalMs(): number {
+    return Math.max(50, (this.ttlSeconds * 1000) / 3);
+  }
+
+  #armDeadline(): void {
+    clearTimeout(this.#deadlineTimer);
+    const ms = Math.max(0, this.#deadline - this.#now());
+    this.#deadlineTimer = setTimeout(() => {
+      // Re-check: a keep-alive may have moved the deadline while this timer was queued.
+      if (this.#now() >= this.#deadline)
+        this.#markLost('the lease could have expired: no keep-alive succeeded in time');
+      else this.#armDeadline();
+    }, ms);
+    this.#deadlineTimer.unref?.();
+  }
+
+  #scheduleKeepAlive(ms: number): void {
+    if (this.#closed || this.lost.aborted) return;
+    clearTimeout(this.#loopTimer);
+    this.#loopTimer = setTimeout(() => void this.#keepAlive(), ms);
+    this.#loopTimer.unref?.();
+  }
+
+  async #keepAlive(attempt = 1): Promise<void> {
+    if (this.#closed || this.lost.aborted) return;
+    const sentAt = this.#now();
+    const ctl = new AbortController();
+    this.#inFlight = ctl;
+    const remaining = this.#deadline - sentAt;
+    const timeout = setTimeout(() => ctl.abort(), Math.max(100, Math.min(remaining, this.#intervalMs())));
+    try {
+      const r = await this.kv.lease.keepAliveOnce(this.lease, { signal: ctl.signal });
+      if (this.#closed || this.lost.aborted) return;
+      if (r.ttlSeconds <= 0) {
+        this.#markLost(`lease ${this.lease.toString(16)} expired or is unknown to the server`);
+        return;
+      }
+      this.#deadline = sentAt + r.ttlSeconds * 1000 - marginMs(r.ttlSeconds);
+      this.#armDeadline();
+      this.#setState(SessionState.Connected);
+      this.#scheduleKeepAlive(this.#intervalMs());
+    } catch (err) {
+      if (this.#closed || this.lost.aborted) return;
+      if (ConclaveError.is(err, ErrorCode.LeaseNotFound)) {
+        this.#markLost(`lease ${this.lease.toString(16)} is unknown to the server`, err);
+        return;
+      }
+      this.#setState(SessionState.Suspended);
+      // Retry sooner than the normal interval, but never beyond the deadline, and boundedly often.
+      const left = this.#deadline - this.#now();
+      if (left <= 0 || attempt >= limits.keepAliveAttemptsMax) {
+        this.#markLost('keep-alives kept failing until the lease could have expired', err);
+        return;
+      }
+      const backoff = Math.min(left / 2, 100 * 2 ** Math.min(attempt, 5), this.#intervalMs());
+      clearTimeout(this.#loopTimer);
+      this.#loopTimer = setTimeout(() => void this.#keepAlive(attempt + 1), Math.max(10, backoff));
+      this.#loopTimer.unref?.();
+    } finally {
+      clearTimeout(timeout);
+      if (this.#inFlight === ctl) this.#inFlight = undefined;
+    }
+  }
+
+  #markLost(message: string, cause?: unknown): void {
+    if (this.lost.aborted) return;
+    clearTimeout(this.#loopTimer);
+    clearTimeout(this.#deadlineTimer);
+    this.#setState(SessionState.Lost);
+    this.#lostController.abort(
+      new ConclaveError(ErrorCode.SessionLost, `session lost: ${message}`, { cause }),
+    );
+  }
+
+  /** Stops keep-alives and revokes the lease (its keys are deleted). Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#loopTimer);
+    this.#inFlight?.abort();
+    const wasLost = this.lost.aborted;
+    this.#markLost('the session was closed');
+    if (wasLost) return;
+    try {
+      await this.kv.lease.revoke(this.lease);
+    } catch (err) {
+      // An already-expired lease is the outcome we wanted.
+      if (!ConclaveError.is(err, ErrorCode.LeaseNotFound)) throw err;
+    } finally {
+      clearTimeout(this.#deadlineTimer);
+    }
+  }
+
+  /** Revokes if needed; a lease the server may be unable to revoke right now expires on its own. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,279 @@
+/**
+ * Value types of the KV contract (DESIGN.md §2). etcd v3 semantics, binary-safe.
+ *
+ * Keys and values are bytes (`Uint8Array`); every input also accepts a `string`, encoded as UTF-8.
+ * Revisions are `number` (safe up to 2^53). Lease ids are int64 and always `bigint`; `0n` means
+ * "no lease".
+ */
+
+/** Bytes, or a string that is encoded as UTF-8. */
+export type Bytes = Uint8Array | string;
+
+/** A store revision: a non-negative safe integer. */
+export type Revision = number;
+
+/** An etcd lease id (int64). `0n` means no lease. */
+export type LeaseId = bigint;
+
+/** One key's state at a revision, as etcd's `mvccpb.KeyValue`. */
+export interface KeyValue {
+  readonly key: Uint8Array;
+  /** Revision of the last creation of this key (start of the current generation). */
+  readonly createRevision: Revision;
+  /** Revision of the last modification of this key. */
+  readonly modRevision: Revision;
+  /** Number of modifications in the current generation; a delete resets it to 0. */
+  readonly version: number;
+  /** Empty when the read was keysOnly. */
+  readonly value: Uint8Array;
+  /** `0n` when the key has no lease. */
+  readonly lease: LeaseId;
+}
+
+/** Options shared by every async operation: cancellation. */
+export interface CallOptions {
+  /** Aborting rejects the call with `signal.reason` and releases what it holds. */
+  signal?: AbortSignal;
+}
+
+/** How to select keys: one key, a range `[key, end)`, a prefix, or everything from `key`. */
+export interface KeySelector {
+  /**
+   * Range end, exclusive. An empty `end` (or none) selects the single key; `"\0"` selects every key
+   * `>= key` (etcd's convention).
+   */
+  end?: Bytes;
+  /** Select every key starting with `key`. Exclusive with `end` and `fromKey`. */
+  prefix?: boolean;
+  /** Select every key `>= key`. Exclusive with `end` and `prefix`. */
+  fromKey?: boolean;
+}
+
+export const SortOrder = { None: 'none', Ascend: 'ascend', Descend: 'descend' } as const;
+export type SortOrder = (typeof SortOrder)[keyof typeof SortOrder];
+
+export const SortTarget = {
+  Key: 'key',
+  Version: 'version',
+  Create: 'create',
+  Mod: 'mod',
+  Value: 'value',
+} as const;
+export type SortTarget = (typeof SortTarget)[keyof typeof SortTarget];
+
+export interface RangeOptions extends KeySelector, CallOptions {
+  /** Read at this revision (0 or absent: the current one). Below compaction → `compacted`. */
+  revision?: Revision;
+  /** At most this many keys (0 or absent: no limit). `count` still reports all matches. */
+  limit?: number;
+  sort?: { target?: SortTarget; order?: SortOrder };
+  /** Return keys without values. */
+  keysOnly?: boolean;
+  /** Return only the count. */
+  countOnly?: boolean;
+  /** Serve from the local member without a linearizability check (may be stale). */
+  serializable?: boolean;
+  minModRevision?: Revision;
+  maxModRevision?: Revision;
+  minCreateRevision?: Revision;
+  maxCreateRevision?: Revision;
+}
+
+/** Options of `kv.get`: a single key, optionally at a revision or serializable. */
+export type GetOptions = Pick<RangeOptions, 'revision' | 'serializable' | 'keysOnly' | 'signal'>;
+
+export interface RangeResult {
+  readonly kvs: KeyValue[];
+  /** Number of keys in the range (not limited by `limit`). */
+  readonly count: number;
+  /** Whether `limit` cut off more keys. */
+  readonly more: boolean;
+  /** The store revision the read was served at (header revision). */
+  readonly revision: Revision;
+}
+
+export interface PutOptions extends CallOptions {
+  /** Attach the key to this lease (`0n`: none). */
+  lease?: LeaseId;
+  /** Return the previous key-value. */
+  prevKv?: boolean;
+  /** Keep the current value (the key must exist). */
+  ignoreValue?: boolean;
+  /** Keep the current lease (the key must exist). */
+  ignoreLease?: boolean;
+}
+
+export interface PutResult {
+  readonly revision: Revision;
+  readonly prevKv?: KeyValue;
+}
+
+export interface DeleteOptions extends KeySelector, CallOptions {
+  prevKv?: boolean;
+}
+
+export interface DeleteResult {
+  readonly revision: Revision;
+  /** Number of keys deleted. */
+  readonly deleted: number;
+  /** Present (possibly empty) only when `prevKv` was asked for. */
+  readonly prevKvs: KeyValue[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions
+
+export const CompareTarget = {
+  Version: 'version',
+  Create: 'create',
+  Mod: 'mod',
+  Value: 'value',
+  Lease: 'lease',
+} as const;
+export type CompareTarget = (typeof CompareTarget)[keyof typeof CompareTarget];
+
+export const CompareResult = { Equal: '=', NotEqual: '!=', Less: '<', Greater: '>' } as const;
+export type CompareResult = (typeof CompareResult)[keyof typeof CompareResult];
+
+/**
+ * One comparison of a txn. For a range (`end`/`prefix`/`fromKey`) every key in it must satisfy the
+ * comparison. A missing key has version, create and mod revision 0 and lease 0n; a VALUE compare on
+ * a missing key is false (etcd).
+ */
+export type Compare = KeySelector & { key: Bytes; result: CompareResult } & (
+    | { target: 'version'; value: number }
+    | { target: 'create'; value: Revision }
+    | { target: 'mod'; value: Revision }
+    | { target: 'value'; value: Bytes }
+    | { target: 'lease'; value: LeaseId }
+  );
+
+/** One operation of a txn branch. */
+export type Op =
+  | { type: 'get'; key: Bytes; options?: Omit<RangeOptions, 'signal' | 'serializable'> }
+  | { type: 'put'; key: Bytes; value: Bytes; options?: Omit<PutOptions, 'signal'> }
+  | { type: 'delete'; key: Bytes; options?: Omit<DeleteOptions, 'signal'> }
+  | { type: 'txn'; txn: Txn };
+
+export interface Txn {
+  compare: Compare[];
+  success: Op[];
+  failure: Op[];
+}
+
+/** The result of one op, tagged like the op. */
+export type OpResponse =
+  | ({ type: 'get' } & RangeResult)
+  | ({ type: 'put' } & PutResult)
+  | ({ type: 'delete' } & DeleteResult)
+  | ({ type: 'txn' } & TxnResult);
+
+export interface TxnResult {
+  readonly succeeded: boolean;
+  /** Header revision: bumped once iff the txn changed something. */
+  readonly revision: Revision;
+  readonly responses: OpResponse[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch
+
+export const WatchFilter = { NoPut: 'noput', NoDelete: 'nodelete' } as const;
+export type WatchFilter = (typeof WatchFilter)[keyof typeof WatchFilter];
+
+export interface WatchOptions extends KeySelector, CallOptions {
+  /** First revision to deliver, inclusive (0/absent: the next one after now). */
+  startRevision?: Revision;
+  prevKv?: boolean;
+  filters?: WatchFilter[];
+  /** Ask the server for periodic progress notifications (empty batches with a revision). */
+  progressNotify?: boolean;
+  /**
+   * The most batches buffered for a consumer that is not reading; past it the watch ends with a
+   * `watch-overflow` error (default `limits.watchBufferBatchesMax`).
+   */
+  bufferBatchesMax?: number;
+}
+
+export interface WatchEvent {
+  readonly type: 'put' | 'delete';
+  /** For a delete: the key with `modRevision` = the delete revision, empty value, version 0. */
+  readonly kv: KeyValue;
+  readonly prevKv?: KeyValue;
+}
+
+/** Events of one or more revisions, in order; a revision is never split across batches unless fragmenting. */
+export interface WatchBatch {
+  readonly events: WatchEvent[];
+  /** Header revision of the response (for progress notifications: everything up to it was delivered). */
+  readonly revision: Revision;
+  /** True for a progress notification (no events). */
+  readonly progress?: boolean;
+}
+
+/**
+ * A live watch: an async iterator of batches. It ends (the iterator returns) after `close()`;
+ * it throws `ConclaveError` `compacted` (with `compactRevision`) when the start revision was
+ * compacted, and `watch-overflow` when the consumer fell too far behind.
+ */
+export interface Watch extends AsyncIterable<WatchBatch>, AsyncDisposable {
+  /** Resolves once the server has accepted the watch (events from `startRevision` will follow). */
+  readonly ready: Promise<void>;
+  close(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases
+
+export interface LeaseGrantOptions extends CallOptions {
+  /** Ask for this id (0n/absent: the server picks). */
+  id?: LeaseId;
+}
+
+export interface LeaseGrant {
+  readonly id: LeaseId;
+  readonly ttlSeconds: number;
+}
+
+export interface LeaseKeepAliveResult {
+  readonly id: LeaseId;
+  /** Remaining TTL after the refresh; 0 (or less) means the lease is unknown or expired: it is lost. */
+  readonly ttlSeconds: number;
+}
+
+export interface LeaseTimeToLive {
+  readonly id: LeaseId;
+  /** Remaining seconds; -1 when the lease does not exist (expired or never granted). */
+  readonly ttlSeconds: number;
+  readonly grantedTtlSeconds: number;
+  /** Keys attached, when asked for with `keys: true`. */
+  readonly keys: Uint8Array[];
+}
+
+export interface LeaseApi {
+  grant(ttlSeconds: number, opts?: LeaseGrantOptions): Promise<LeaseGrant>;
+  /** Revoke; attached keys are deleted at one revision. Unknown lease → `lease-not-found`. */
+  revoke(id: LeaseId, opts?: CallOptions): Promise<{ revision: Revision }>;
+  keepAliveOnce(id: LeaseId, opts?: CallOptions): Promise<LeaseKeepAliveResult>;
+  timeToLive(id: LeaseId, opts?: CallOptions & { keys?: boolean }): Promise<LeaseTimeToLive>;
+  list(opts?: CallOptions): Promise<LeaseId[]>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maintenance
+
+export interface StatusResult {
+  /** Current store revision. */
+  readonly revision: Revision;
+  readonly version: string;
+  readonly memberId?: bigint;
+  readonly leader?: bigint;
+  readonly raftTerm?: number;
+  readonly raftIndex?: number;
+  readonly dbSizeBytes?: number;
+}
+
+export interface CompactOptions extends CallOptions {
+  /** Wait until the compaction is applied to the backend (etcd's `physical`). */
+  physical?: boolean;
+}
