@@ -1,0 +1,24 @@
+/** Every phase by its command-line name. */
+import { getPhase } from './get.js';
+import { lockHandoffPhase } from './lock-handoff.js';
+import { putPhase } from './put.js';
+import { txnPhase } from './txn.js';
+import type { Phase } from './types.js';
+import { watchPhase } from './watch.js';
+
+const phases: readonly Phase[] = [
+  putPhase(1),
+  putPhase(16),
+  putPhase(128),
+  getPhase(false),
+  getPhase(true),
+  txnPhase(16),
+  watchPhase(100, 100),
+  lockHandoffPhase(8),
+];
+
+export function phaseByName(name: string): Phase {
+  const p = phases.find((x) => x.name === name);
+  if (p === undefined) throw new TypeError(`unknown phase "${name}"`);
+  return p;
+}

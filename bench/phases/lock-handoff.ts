@@ -1,0 +1,64 @@
+/**
+ * Lock handoff (issue 6): `workers` workers contend for ONE lock, hold it 0 ms, release, and queue
+ * again. Reported: acquisitions/s, and release→acquired latency (from the moment the holder starts
+ * releasing to the moment the next holder's acquire returns) p50/p99. Mutual exclusion is checked
+ * on the side: two holders at once would be counted in `overlaps` (it must stay 0).
+ *
+ * Two lock implementations, chosen by the target's client:
+ * - conclave: `new Mutex(session, name).lock()` from recipes/mutex.ts, one Session per worker;
+ * - etcd3 (the Go-style baseline): the `etcd3` client's Election used as a lock — campaign, wait
+ *   until elected, resign. Each campaign grants its own lease, as that client does.
+ */
+import { nowMs } from '../clock.js';
+import { cpuPerOp, round, sampleCpu } from '../cpu.js';
+import { Histogram } from '../histogram.js';
+import { closedLoop, warmupBounds } from '../load.js';
+import { type LockProvider, lockProviderFor } from './lock-providers.js';
+import type { Phase, PhaseContext, PhaseResult } from './types.js';
+
+export function lockHandoffPhase(workers: number): Phase {
+  return {
+    name: `lock${workers}`,
+    description: `lock handoff: ${workers} workers on one lock, hold 0 ms; release → next acquired`,
+    run: async (ctx) => {
+      const provider = await lockProviderFor(ctx, workers);
+      try {
+        return await runHandoff(ctx, workers, provider);
+      } finally {
+        await provider.close();
+      }
+    },
+  };
+}
+
+async function runHandoff(ctx: PhaseContext, workers: number, provider: LockProvider): Promise<PhaseResult> {
+  const handoff = new Histogram();
+  let recording = false;
+  let lastReleaseAt = Number.NaN;
+  let holder: number | undefined;
+  let overlaps = 0;
+  const op = async (w: number): Promise<void> => {
+    const release = await provider.acquire(w);
+    const at = nowMs();
+    if (holder !== undefined) overlaps++;
+    holder = w;
+    if (recording && !Number.isNaN(lastReleaseAt)) handoff.recordMs(at - lastReleaseAt);
+    holder = undefined;
+    lastReleaseAt = nowMs();
+    await release();
+  };
+  const bounds = { concurrency: workers, durationMs: ctx.durationMs, opsMax: ctx.opsMax };
+  await closedLoop(op, warmupBounds(bounds), ctx.signal);
+  lastReleaseAt = Number.NaN;
+  recording = true;
+  const before = sampleCpu(ctx.target.serverPids);
+  const r = await closedLoop(op, bounds, ctx.signal);
+  return {
+    ops: r.ops,
+    elapsedMs: round(r.elapsedMs),
+    opsPerSec: round((r.ops * 1000) / r.elapsedMs),
+    latency: handoff.summary(),
+    cpu: cpuPerOp(before, sampleCpu(ctx.target.serverPids), r.ops, r.elapsedMs),
+    extra: { workers, lock: provider.label, overlaps, ...(r.errors > 0 ? { errors: r.errors } : {}) },
+  };
+}

@@ -1,0 +1,178 @@
+/**
+ * `npm run bench -- …`: side-by-side benchmarks through the KV interface (docs/benchmarks.md).
+ *
+ * Opens every requested target (starting a private etcd when no endpoints are given), runs each
+ * phase on each target — alternating the target order from phase to phase so slow drift on a
+ * shared machine does not always favour the same one — prints one JSON line per phase and target,
+ * then a table with ratios, and writes everything to a JSON file. Every process it starts is
+ * stopped by PID at the end, on error, and on Ctrl-C.
+ */
+import { setMaxListeners } from 'node:events';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type BenchConfig, parseBenchArgs, usage } from './args.js';
+import { type BenchTarget, targetLabel } from './clients/types.js';
+import { runConsensusScript } from './delegate.js';
+import { startOwnEtcd } from './etcd-cluster.js';
+import { describe } from './load.js';
+import { describeMachine, etcdVersion, type MachineInfo } from './machine.js';
+import { phaseByName } from './phases/index.js';
+import { NotAvailable } from './phases/types.js';
+import { computeRatios, jsonLine, type Row, renderTable } from './report.js';
+import { openEmbeddedTarget, openEtcdTarget, type UnavailableTarget } from './targets.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** How long deleting a run's keys may take at the end. */
+const cleanupTimeoutMs = 10_000;
+/** Listeners allowed on the run's abort signal (one per in-flight call or watch). */
+const abortListenersMax = 4096;
+
+type Cleanup = () => Promise<void>;
+
+async function openTargets(cfg: BenchConfig, machine: MachineInfo, cleanups: Cleanup[], signal: AbortSignal) {
+  const targets: BenchTarget[] = [];
+  const unavailable: UnavailableTarget[] = [];
+  if (cfg.backends.includes('etcd')) {
+    let endpoints = cfg.endpoints;
+    let pids: readonly number[] = cfg.serverPids;
+    if (endpoints === undefined) {
+      const etcd = await startOwnEtcd(cfg.members, signal);
+      cleanups.push(etcd.stop);
+      endpoints = etcd.endpoints;
+      pids = etcd.pids;
+      console.error(
+        `started etcd: ${cfg.members} member(s) at ${endpoints.join(',')} (pids ${pids.join(',')})`,
+      );
+    }
+    machine.etcdVersion = await etcdVersion(endpoints[0]!);
+    for (const client of cfg.clients) {
+      const r = await openEtcdTarget(client, endpoints, pids);
+      if (r.ok) targets.push(r.target);
+      else unavailable.push(r.unavailable);
+    }
+  }
+  if (cfg.backends.includes('embedded')) {
+    const r = await openEmbeddedTarget(cfg.nodes, cfg.dataDir);
+    if (r.ok) targets.push(r.target);
+    else unavailable.push(r.unavailable);
+  }
+  for (const t of targets) cleanups.push(() => t.kv.close().catch(() => undefined));
+  for (const u of unavailable) console.error(`NOT AVAILABLE ${u.backend}/${u.client}: ${u.reason}`);
+  return { targets, unavailable };
+}
+
+async function runPhases(
+  cfg: BenchConfig,
+  targets: readonly BenchTarget[],
+  runId: string,
+  signal: AbortSignal,
+) {
+  const rows: Row[] = [];
+  for (const [i, name] of cfg.phases.entries()) {
+    const phase = phaseByName(name);
+    const order = i % 2 === 0 ? targets : [...targets].reverse();
+    for (const target of order) {
+      if (signal.aborted) return rows;
+      const base = { phase: name, backend: target.backend, client: target.client };
+      console.error(`… ${name} on ${targetLabel(target)}: ${phase.description}`);
+      let row: Row;
+      try {
+        const prefix = `conclave-bench/${runId}/${target.backend}-${target.client}/${name}`;
+        const ctx = { target, prefix, durationMs: cfg.durationMs, opsMax: cfg.opsMax, signal };
+        row = { status: 'ok', ...base, notes: target.notes, ...(await phase.run(ctx)) };
+      } catch (err) {
+        const status = err instanceof NotAvailable ? 'not-available' : 'failed';
+        row = { status, ...base, reason: status === 'failed' ? describe(err) : (err as Error).message };
+      }
+      rows.push(row);
+      console.log(jsonLine(row));
+    }
+  }
+  return rows;
+}
+
+/** Deletes the run's keys so an external etcd is left as it was found (bounded in time). */
+async function deleteRunKeys(targets: readonly BenchTarget[], runId: string): Promise<void> {
+  for (const t of targets) {
+    try {
+      await t.kv.delete(`conclave-bench/${runId}/`, {
+        prefix: true,
+        signal: AbortSignal.timeout(cleanupTimeoutMs),
+      });
+    } catch (err) {
+      console.error(`could not delete this run's keys on ${targetLabel(t)}: ${describe(err)}`);
+    }
+  }
+}
+
+function writeResults(path: string, doc: unknown): void {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, `${JSON.stringify(doc, null, 2)}\n`);
+  console.error(`results written to ${path}`);
+}
+
+async function bench(cfg: BenchConfig, signal: AbortSignal, cleanups: Cleanup[]): Promise<number> {
+  const startedAt = new Date();
+  const runId = startedAt.toISOString().replace(/[:.]/g, '-');
+  const machine = describeMachine();
+  const { targets, unavailable } = await openTargets(cfg, machine, cleanups, signal);
+  const skipped: Row[] = unavailable.flatMap((u) =>
+    cfg.phases.map((phase) => ({ status: 'not-available' as const, phase, ...u })),
+  );
+  const rows = [...(await runPhases(cfg, targets, runId, signal)), ...skipped];
+  await deleteRunKeys(targets, runId);
+  const ratios = computeRatios(rows);
+  console.log(`\n${renderTable(rows, ratios)}`);
+  const path = cfg.jsonPath ?? join(here, 'results', `${runId}.json`);
+  writeResults(path, { startedAt: startedAt.toISOString(), machine, config: cfg, results: rows, ratios });
+  if (signal.aborted) return 130;
+  return targets.length === 0 ? 2 : rows.some((r) => r.status === 'failed') ? 1 : 0;
+}
+
+async function main(): Promise<number> {
+  let cfg: BenchConfig | 'help';
+  try {
+    cfg = parseBenchArgs(process.argv.slice(2));
+  } catch (err) {
+    console.error((err as Error).message);
+    return 64;
+  }
+  if (cfg === 'help') {
+    console.log(usage);
+    return 0;
+  }
+  const ac = new AbortController();
+  // Every in-flight call and every watch listens on this signal: 128 puts, 100 watches, and more.
+  setMaxListeners(abortListenersMax, ac.signal);
+  const onSignal = (): void => {
+    if (ac.signal.aborted) return;
+    console.error('interrupted: finishing the current operations and stopping what this run started…');
+    ac.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const cleanups: Cleanup[] = [];
+  try {
+    if (cfg.consensus) {
+      const passOn = [
+        '--duration-s',
+        String(cfg.durationMs / 1000),
+        ...(cfg.jsonPath ? ['--json', cfg.jsonPath] : []),
+      ];
+      return await runConsensusScript(passOn, ac.signal);
+    }
+    return await bench(cfg, ac.signal, cleanups);
+  } catch (err) {
+    console.error(`bench failed: ${describe(err)}`);
+    return 1;
+  } finally {
+    for (const c of cleanups.reverse()) await c().catch((err) => console.error(`cleanup: ${describe(err)}`));
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+process.exitCode = await main();
+// Clients may keep sockets or timers alive for a while after close(); the run is over.
+process.exit();

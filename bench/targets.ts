@@ -1,0 +1,90 @@
+/**
+ * Opening the systems under test. A target that cannot be opened (its backend or client is not
+ * built yet, its server is unreachable) is returned as unavailable with the reason, so a
+ * side-by-side run still measures the others and says plainly what it skipped.
+ */
+import { connect } from '../src/connect.js';
+import { Etcd3Adapter } from './clients/etcd3-adapter.js';
+import { Backend, type BenchTarget, ClientKind, targetLabel } from './clients/types.js';
+import { describe } from './load.js';
+
+export interface UnavailableTarget {
+  readonly backend: Backend;
+  readonly client: ClientKind;
+  readonly reason: string;
+}
+
+export type OpenResult = { ok: true; target: BenchTarget } | { ok: false; unavailable: UnavailableTarget };
+
+/** How long opening one target may take before it is reported unavailable. */
+const openTimeoutMs = 15_000;
+
+async function withTimeout<T>(what: string, p: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${what}: not ready within ${openTimeoutMs} ms`)),
+      openTimeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Proves a client path works with one write and one read before any phase relies on it. */
+async function probe(t: BenchTarget): Promise<void> {
+  const key = `conclave-bench/probe/${process.pid}`;
+  await t.kv.put(key, 'probe');
+  const kv = await t.kv.get(key);
+  if (kv === undefined) throw new Error(`${targetLabel(t)}: probe key written but not read back`);
+  await t.kv.delete(key);
+}
+
+export async function openEtcdTarget(
+  client: ClientKind,
+  endpoints: readonly string[],
+  serverPids: readonly number[],
+): Promise<OpenResult> {
+  let target: BenchTarget | undefined;
+  try {
+    if (client === ClientKind.Etcd3) {
+      const adapter = new Etcd3Adapter(endpoints);
+      target = { backend: Backend.Etcd, client, kv: adapter, etcd3: adapter.client, serverPids, notes: [] };
+    } else {
+      const kv = await withTimeout(
+        'conclave etcd client',
+        connect({ backend: 'etcd', endpoints: [...endpoints] }),
+      );
+      target = { backend: Backend.Etcd, client, kv, conclave: kv, serverPids, notes: [] };
+    }
+    await withTimeout(`${targetLabel(target)} probe`, probe(target));
+    return { ok: true, target };
+  } catch (err) {
+    await target?.kv.close().catch(() => undefined);
+    return { ok: false, unavailable: { backend: Backend.Etcd, client, reason: describe(err) } };
+  }
+}
+
+export async function openEmbeddedTarget(nodes: number, dataDir: string | undefined): Promise<OpenResult> {
+  const client = ClientKind.Conclave;
+  let target: BenchTarget | undefined;
+  try {
+    const kv = await withTimeout(
+      'embedded backend',
+      connect({ backend: 'embedded', nodes, ...(dataDir !== undefined ? { dataDir } : {}) }),
+    );
+    const notes = [
+      `${nodes} in-process node(s)`,
+      dataDir === undefined ? 'memory-only storage' : `durable storage in ${dataDir}`,
+    ];
+    target = { backend: Backend.Embedded, client, kv, conclave: kv, serverPids: [], notes };
+    await withTimeout('embedded probe', probe(target));
+    return { ok: true, target };
+  } catch (err) {
+    await target?.kv.close().catch(() => undefined);
+    return { ok: false, unavailable: { backend: Backend.Embedded, client, reason: describe(err) } };
+  }
+}
