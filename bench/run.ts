@@ -80,7 +80,9 @@ async function runPhases(
       try {
         const prefix = `conclave-bench/${runId}/${target.backend}-${target.client}/${name}`;
         const ctx = { target, prefix, durationMs: cfg.durationMs, opsMax: cfg.opsMax, signal };
-        row = { status: 'ok', ...base, notes: target.notes, ...(await phase.run(ctx)) };
+        const result = await phase.run(ctx);
+        if (signal.aborted) throw new Error('interrupted before the phase finished');
+        row = { status: 'ok', ...base, notes: target.notes, ...result };
       } catch (err) {
         const status = err instanceof NotAvailable ? 'not-available' : 'failed';
         row = { status, ...base, reason: status === 'failed' ? describe(err) : (err as Error).message };

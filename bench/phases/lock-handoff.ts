@@ -2,7 +2,8 @@
  * Lock handoff (issue 6): `workers` workers contend for ONE lock, hold it 0 ms, release, and queue
  * again. Reported: acquisitions/s, and release→acquired latency (from the moment the holder starts
  * releasing to the moment the next holder's acquire returns) p50/p99. Mutual exclusion is checked
- * on the side: two holders at once would be counted in `overlaps` (it must stay 0).
+ * on the side: an acquire returning while another worker holds the lock counts as an overlap (it must
+ * stay 0).
  *
  * Two lock implementations, chosen by the target's client:
  * - conclave: `new Mutex(session, name).lock()` from recipes/mutex.ts, one Session per worker;
@@ -43,6 +44,9 @@ async function runHandoff(ctx: PhaseContext, workers: number, provider: LockProv
     if (holder !== undefined) overlaps++;
     holder = w;
     if (recording && !Number.isNaN(lastReleaseAt)) handoff.recordMs(at - lastReleaseAt);
+    // "Hold 0 ms", but yield once so another worker's acquire could complete inside the hold if
+    // exclusion were broken — otherwise the overlap check above could never fire.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     holder = undefined;
     lastReleaseAt = nowMs();
     await release();
