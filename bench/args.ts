@@ -10,6 +10,8 @@ const allPhaseNames: readonly string[] = [...kvPhaseNames, ...recipePhaseNames];
 export const opsMaxMax = 10_000_000;
 /** The longest a phase may be given, in seconds. */
 export const durationSecondsMax = 600;
+/** The most passes per phase. */
+export const roundsMax = 9;
 
 export interface BenchConfig {
   readonly backends: readonly Backend[];
@@ -23,6 +25,8 @@ export interface BenchConfig {
   readonly phases: readonly string[];
   readonly durationMs: number;
   readonly opsMax: number;
+  /** Passes per phase and target; the median one is reported. */
+  readonly rounds: number;
   readonly jsonPath: string | undefined;
   readonly consensus: boolean;
 }
@@ -40,6 +44,7 @@ export const usage = `usage: npm run bench -- [options]
   --consensus                             run bench/consensus.ts instead
   --duration-s S                          time bound of each measured pass (default 10)
   --ops-max N                             count bound of each measured pass (default 200000)
+  --rounds N                              passes per phase and target, median reported (default 1)
   --json PATH                             result file (default bench/results/<timestamp>.json)`;
 
 function fail(msg: string): never {
@@ -78,6 +83,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchConfig | 'help' {
       consensus: { type: 'boolean', default: false },
       'duration-s': { type: 'string' },
       'ops-max': { type: 'string' },
+      rounds: { type: 'string' },
       json: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -95,6 +101,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchConfig | 'help' {
   if (v.members !== '1' && v.members !== '3') fail(`--members must be 1 or 3, got "${v.members}"`);
   const nodes = positive('nodes', v.nodes, 3, 9);
   if (!Number.isInteger(nodes)) fail('--nodes must be an integer');
+  if (v.rounds !== undefined && !Number.isInteger(Number(v.rounds))) fail('--rounds must be an integer');
   const phases = [...(v.phases !== undefined ? list(v.phases) : v.recipes ? [] : kvPhaseNames)];
   if (v.recipes) phases.push(...recipePhaseNames.filter((p) => !phases.includes(p)));
   for (const p of phases) if (!allPhaseNames.includes(p)) fail(`unknown phase "${p}"`);
@@ -114,6 +121,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchConfig | 'help' {
     phases,
     durationMs: positive('duration-s', v['duration-s'], 10, durationSecondsMax) * 1000,
     opsMax: Math.floor(positive('ops-max', v['ops-max'], 200_000, opsMaxMax)),
+    rounds: positive('rounds', v.rounds, 1, roundsMax),
     jsonPath: v.json,
     consensus: v.consensus,
   };

@@ -31,8 +31,8 @@ export interface Ratio {
 }
 
 /** The JSON line printed when a phase finishes on a target. */
-export function jsonLine(row: Row): string {
-  if (row.status !== 'ok') return JSON.stringify(row);
+export function jsonLine(row: Row, fields: Record<string, unknown> = {}): string {
+  if (row.status !== 'ok') return JSON.stringify({ ...fields, ...row });
   const { latency, ...rest } = row;
   const l = {
     p50Ms: round(latency.p50Ms, 3),
@@ -42,7 +42,7 @@ export function jsonLine(row: Row): string {
     maxMs: round(latency.maxMs, 3),
     meanMs: round(latency.meanMs, 3),
   };
-  return JSON.stringify({ ...rest, ...l });
+  return JSON.stringify({ ...fields, ...rest, ...l });
 }
 
 function ratioOf(phase: string, comparison: string, num: Row | undefined, den: Row | undefined): Ratio[] {

@@ -62,6 +62,33 @@ async function openTargets(cfg: BenchConfig, machine: MachineInfo, cleanups: Cle
   return { targets, unavailable };
 }
 
+async function runOnce(
+  cfg: BenchConfig,
+  name: string,
+  target: BenchTarget,
+  runId: string,
+  signal: AbortSignal,
+): Promise<Row> {
+  const phase = phaseByName(name);
+  const base = { phase: name, backend: target.backend, client: target.client };
+  console.error(`… ${name} on ${targetLabel(target)}: ${phase.description}`);
+  try {
+    const prefix = `conclave-bench/${runId}/${target.backend}-${target.client}/${name}`;
+    const ctx = { target, prefix, durationMs: cfg.durationMs, opsMax: cfg.opsMax, signal };
+    const result = await phase.run(ctx);
+    if (signal.aborted) throw new Error('interrupted before the phase finished');
+    return { status: 'ok', ...base, notes: target.notes, ...result };
+  } catch (err) {
+    const status = err instanceof NotAvailable ? 'not-available' : 'failed';
+    return { status, ...base, reason: status === 'failed' ? describe(err) : (err as Error).message };
+  }
+}
+
+/**
+ * Each phase runs `rounds` times per target, the target order alternating from pass to pass; the
+ * reported row is the round with the median throughput (with the range in `extra`), or the first
+ * failure.
+ */
 async function runPhases(
   cfg: BenchConfig,
   targets: readonly BenchTarget[],
@@ -70,28 +97,29 @@ async function runPhases(
 ) {
   const rows: Row[] = [];
   for (const [i, name] of cfg.phases.entries()) {
-    const phase = phaseByName(name);
-    const order = i % 2 === 0 ? targets : [...targets].reverse();
-    for (const target of order) {
-      if (signal.aborted) return rows;
-      const base = { phase: name, backend: target.backend, client: target.client };
-      console.error(`… ${name} on ${targetLabel(target)}: ${phase.description}`);
-      let row: Row;
-      try {
-        const prefix = `conclave-bench/${runId}/${target.backend}-${target.client}/${name}`;
-        const ctx = { target, prefix, durationMs: cfg.durationMs, opsMax: cfg.opsMax, signal };
-        const result = await phase.run(ctx);
-        if (signal.aborted) throw new Error('interrupted before the phase finished');
-        row = { status: 'ok', ...base, notes: target.notes, ...result };
-      } catch (err) {
-        const status = err instanceof NotAvailable ? 'not-available' : 'failed';
-        row = { status, ...base, reason: status === 'failed' ? describe(err) : (err as Error).message };
+    const perTarget = new Map<BenchTarget, Row[]>(targets.map((t) => [t, []]));
+    for (let round = 0; round < cfg.rounds && !signal.aborted; round++) {
+      const order = (i + round) % 2 === 0 ? targets : [...targets].reverse();
+      for (const target of order) {
+        if (signal.aborted) break;
+        const row = await runOnce(cfg, name, target, runId, signal);
+        perTarget.get(target)!.push(row);
+        console.log(jsonLine(row, cfg.rounds > 1 ? { round: round + 1 } : {}));
       }
-      rows.push(row);
-      console.log(jsonLine(row));
     }
+    for (const results of perTarget.values()) if (results.length > 0) rows.push(medianRow(results));
   }
   return rows;
+}
+
+function medianRow(results: readonly Row[]): Row {
+  const failed = results.find((r) => r.status !== 'ok');
+  if (failed !== undefined || results.length === 1) return failed ?? results[0]!;
+  const ok = results.flatMap((r) => (r.status === 'ok' ? [r] : []));
+  ok.sort((a, b) => a.opsPerSec - b.opsPerSec);
+  const median = ok[Math.floor((ok.length - 1) / 2)]!;
+  const range = `${Math.round(ok[0]!.opsPerSec)}..${Math.round(ok[ok.length - 1]!.opsPerSec)}`;
+  return { ...median, extra: { ...median.extra, rounds: ok.length, opsPerSecRange: range } };
 }
 
 /** Deletes the run's keys so an external etcd is left as it was found (bounded in time). */
