@@ -9,6 +9,8 @@ export interface MachineInfo {
   readonly node: string;
   /** 1/5/15-minute load averages when the run started: > cpus means the machine was busy. */
   readonly loadAvgAtStart: readonly number[];
+  /** Load averages when the run ended (the run's own load included). */
+  loadAvgAtEnd?: readonly number[];
   etcdVersion?: string;
 }
 
@@ -20,7 +22,7 @@ export function describeMachine(): MachineInfo {
     memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
     platform: `${os.platform()} ${os.release()} ${os.arch()}`,
     node: process.version,
-    loadAvgAtStart: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    loadAvgAtStart: loadAverages(),
   };
 }
 
@@ -34,4 +36,8 @@ export async function etcdVersion(endpoint: string): Promise<string | undefined>
   } catch {
     return undefined;
   }
+}
+
+export function loadAverages(): number[] {
+  return os.loadavg().map((x) => Math.round(x * 100) / 100);
 }

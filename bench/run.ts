@@ -16,7 +16,7 @@ import { type BenchTarget, targetLabel } from './clients/types.js';
 import { runConsensusScript } from './delegate.js';
 import { startOwnEtcd } from './etcd-cluster.js';
 import { describe } from './load.js';
-import { describeMachine, etcdVersion, type MachineInfo } from './machine.js';
+import { describeMachine, etcdVersion, loadAverages, type MachineInfo } from './machine.js';
 import { phaseByName } from './phases/index.js';
 import { NotAvailable } from './phases/types.js';
 import { computeRatios, jsonLine, type Row, renderTable } from './report.js';
@@ -152,6 +152,7 @@ async function bench(cfg: BenchConfig, signal: AbortSignal, cleanups: Cleanup[])
   );
   const rows = [...(await runPhases(cfg, targets, runId, signal)), ...skipped];
   await deleteRunKeys(targets, runId);
+  machine.loadAvgAtEnd = loadAverages();
   const ratios = computeRatios(rows);
   console.log(`\n${renderTable(rows, ratios)}`);
   const path = cfg.jsonPath ?? join(here, 'results', `${runId}.json`);
