@@ -14,6 +14,8 @@ export const limits = {
   requestBytesMax: 1.5 * 1024 * 1024,
   /** Attempts for a call that is safe to retry (reads, or writes known not to have been applied). */
   retryAttemptsMax: 5,
+  /** Consecutive failed attempts to re-open a broken watch stream before its watches fail `unavailable`. */
+  watchReconnectAttemptsMax: 60,
   /** Client calls in flight on one connection before callers queue. */
   inFlightCallsMax: 4096,
   /** Keep-alive attempts a Session makes inside one TTL before declaring the lease lost. */

@@ -1,7 +1,11 @@
+/** `conclave/etcd`: the KV contract over a real etcd cluster's v3 gRPC API. */
 import type { EtcdConnectOptions } from '../../src/connect.js';
-import type { KV } from '../../src/kv.js';
+import { EtcdKV } from './client.js';
 
-/** Placeholder until the etcd backend lands (issue 2). */
-export async function connectEtcd(_opts: EtcdConnectOptions): Promise<KV> {
-  throw new Error('the etcd backend is not built yet');
+export type { EtcdConnectOptions } from '../../src/connect.js';
+export { EtcdKV } from './client.js';
+
+/** Creates a client; channels connect lazily, so this does not wait for the cluster. */
+export async function connectEtcd(opts: EtcdConnectOptions): Promise<EtcdKV> {
+  return new EtcdKV(opts);
 }

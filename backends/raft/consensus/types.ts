@@ -116,7 +116,12 @@ export interface ReadState {
   readonly context: Uint8Array;
 }
 
-export const Role = { Follower: 'follower', PreCandidate: 'pre-candidate', Candidate: 'candidate', Leader: 'leader' } as const;
+export const Role = {
+  Follower: 'follower',
+  PreCandidate: 'pre-candidate',
+  Candidate: 'candidate',
+  Leader: 'leader',
+} as const;
 export type Role = (typeof Role)[keyof typeof Role];
 
 export interface SoftState {

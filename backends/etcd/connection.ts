@@ -1,0 +1,213 @@
+/**
+ * Endpoints, channels and unary calls with failover. One gRPC client (channel) per endpoint,
+ * created lazily; calls go to the current endpoint and move to the next one on a connection
+ * failure. Safe calls (reads, keep-alives, status, and writes that certainly never left this
+ * process) are retried with backoff up to `limits.retryAttemptsMax`; a write whose outcome is
+ * unknown is never retried (it surfaces as `indeterminate`).
+ */
+import * as grpc from '@grpc/grpc-js';
+import type protobuf from 'protobufjs';
+import type { EtcdConnectOptions } from '../../src/connect.js';
+import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
+import { limits } from '../../src/limits.js';
+import { decoder, encoder } from '../../src/protocol/codec.js';
+import { isGrpcError, isPreSendFailure, mapGrpcError } from './errors.js';
+
+export interface Method<Res> {
+  readonly path: string;
+  readonly serialize: (m: object) => Buffer;
+  readonly deserialize: (b: Buffer) => Res;
+}
+
+export function method<Res>(path: string, req: protobuf.Type, res: protobuf.Type): Method<Res> {
+  return { path, serialize: encoder(req), deserialize: decoder<Res>(res) };
+}
+
+export interface CallPolicy {
+  /** Reads and idempotent calls: retry on any connection failure. */
+  readonly safe: boolean;
+  readonly what: string;
+}
+
+function normalizeEndpoint(e: string): string {
+  return e.replace(/^https?:\/\//, '').replace(/\/$/, '');
+}
+
+const channelOptions: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': 64 * 1024 * 1024,
+  'grpc.max_send_message_length': 16 * 1024 * 1024,
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.initial_reconnect_backoff_ms': 100,
+  'grpc.max_reconnect_backoff_ms': 2_000,
+};
+
+/** A counting semaphore bounding in-flight calls (limits.inFlightCallsMax). */
+class Gate {
+  #free: number;
+  readonly #waiters: Array<() => void> = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  acquire(): Promise<void> | undefined {
+    if (this.#free > 0) {
+      this.#free--;
+      return undefined;
+    }
+    return new Promise((r) => this.#waiters.push(r));
+  }
+  release(): void {
+    const w = this.#waiters.shift();
+    if (w) w();
+    else this.#free++;
+  }
+}
+
+export class Connection {
+  readonly endpoints: readonly string[];
+  readonly #credentials: grpc.ChannelCredentials;
+  readonly #clients = new Map<string, grpc.Client>();
+  readonly #callTimeoutMs: number;
+  readonly #gate = new Gate(limits.inFlightCallsMax);
+  #current = 0;
+  #closed = false;
+
+  constructor(opts: EtcdConnectOptions) {
+    if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) {
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'endpoints: must be a non-empty array of host:port');
+    }
+    this.endpoints = opts.endpoints.map(normalizeEndpoint);
+    this.#callTimeoutMs = opts.callTimeoutMs ?? 30_000;
+    this.#credentials = opts.tls
+      ? grpc.credentials.createSsl(
+          opts.tls.ca === undefined ? null : Buffer.from(opts.tls.ca),
+          opts.tls.key === undefined ? null : Buffer.from(opts.tls.key),
+          opts.tls.cert === undefined ? null : Buffer.from(opts.tls.cert),
+        )
+      : grpc.credentials.createInsecure();
+    if (opts.tls?.serverName) this.#serverName = opts.tls.serverName;
+  }
+
+  #serverName: string | undefined;
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The client of the current endpoint (created on first use). */
+  client(index = this.#current): grpc.Client {
+    if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the etcd client is closed');
+    const ep = this.endpoints[index % this.endpoints.length]!;
+    let c = this.#clients.get(ep);
+    if (!c) {
+      const o: grpc.ChannelOptions = { ...channelOptions };
+      if (this.#serverName) o['grpc.ssl_target_name_override'] = this.#serverName;
+      c = new grpc.Client(ep, this.#credentials, o);
+      this.#clients.set(ep, c);
+    }
+    return c;
+  }
+
+  get currentIndex(): number {
+    return this.#current;
+  }
+
+  /** Move to the next endpoint after a failure seen on `failedIndex` (no-op if someone already moved). */
+  failover(failedIndex: number): void {
+    if (this.#current === failedIndex) this.#current = (failedIndex + 1) % this.endpoints.length;
+  }
+
+  async unary<Res>(
+    m: Method<Res>,
+    req: object,
+    policy: CallPolicy,
+    signal: AbortSignal | undefined,
+  ): Promise<Res> {
+    signal?.throwIfAborted();
+    const wait = this.#gate.acquire();
+    if (wait) await wait;
+    try {
+      let attempt = 0;
+      while (true) {
+        const index = this.#current;
+        try {
+          return await this.#once(m, req, index, signal);
+        } catch (err) {
+          if (signal?.aborted) throw abortReason(signal);
+          const retry =
+            this.#shouldRetry(err, policy) && attempt + 1 < limits.retryAttemptsMax && !this.#closed;
+          if (!retry) throw mapGrpcError(err, policy.what, !policy.safe);
+          if (isGrpcError(err) && err.code === grpc.status.UNAVAILABLE) this.failover(index);
+          attempt++;
+          await sleep(Math.min(1000, 50 * 2 ** attempt), signal);
+        }
+      }
+    } finally {
+      this.#gate.release();
+    }
+  }
+
+  #shouldRetry(err: unknown, policy: CallPolicy): boolean {
+    if (!isGrpcError(err)) return false;
+    const d = err.details ?? '';
+    // Refused before any effect: etcd sheds load, or has no leader to propose to.
+    if (err.code === grpc.status.RESOURCE_EXHAUSTED || /etcdserver: no leader|too many requests/.test(d))
+      return true;
+    if (err.code !== grpc.status.UNAVAILABLE) return false;
+    return policy.safe || isPreSendFailure(err);
+  }
+
+  #once<Res>(m: Method<Res>, req: object, index: number, signal: AbortSignal | undefined): Promise<Res> {
+    return new Promise<Res>((resolve, reject) => {
+      const deadline = Date.now() + this.#callTimeoutMs;
+      const call = this.client(index).makeUnaryRequest(
+        m.path,
+        m.serialize,
+        m.deserialize,
+        req,
+        new grpc.Metadata(),
+        { deadline },
+        (err, res) => {
+          signal?.removeEventListener('abort', onAbort);
+          if (err) reject(err);
+          else resolve(res as Res);
+        },
+      );
+      const onAbort = () => call.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const c of this.#clients.values()) c.close();
+    this.#clients.clear();
+  }
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortReason(signal));
+      return;
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(abortReason(signal!));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Metadata etcd's clientv3 attaches to streams so a member without a leader refuses them. */
+export function streamMetadata(): grpc.Metadata {
+  const md = new grpc.Metadata();
+  md.set('hasleader', 'true');
+  return md;
+}

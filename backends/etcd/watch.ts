@@ -1,0 +1,362 @@
+/**
+ * One multiplexed Watch stream per client. Every `kv.watch()` is a watcher on that stream; creates
+ * are sent one at a time because etcd assigns watch ids in the order it processes creates and
+ * answers each with `created`. When the stream breaks, every live watcher is re-created from its
+ * last delivered revision + 1, so nothing is lost and nothing is delivered twice (events below
+ * that revision are dropped if a server re-sends them).
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { resolveRange } from '../../src/keys.js';
+import { limits } from '../../src/limits.js';
+import { type Int64, methods, num, pb } from '../../src/protocol/codec.js';
+import type { Bytes, Watch, WatchBatch, WatchEvent, WatchOptions } from '../../src/types.js';
+import { checkRevision } from '../../src/validate.js';
+import { type Connection, method, sleep, streamMetadata } from './connection.js';
+import { kvFromPb, type PbHeader, type PbKeyValue } from './convert.js';
+
+interface PbWatchResponse {
+  header?: PbHeader;
+  watchId?: Int64;
+  created?: boolean;
+  canceled?: boolean;
+  compactRevision?: Int64;
+  cancelReason?: string;
+  events?: Array<{ type?: number; kv?: PbKeyValue; prevKv?: PbKeyValue | null }>;
+}
+
+const watchMethod = method<PbWatchResponse>(methods.watch, pb.WatchRequest, pb.WatchResponse);
+
+export class EtcdWatch implements Watch {
+  readonly ready: Promise<void>;
+  readonly #hub: WatchHub;
+  readonly create: Record<string, unknown>;
+  readonly progressNotify: boolean;
+  /** Next revision to deliver; 0 until the server told us "now" (first created response). */
+  nextRev: number;
+  serverId: number | undefined;
+  #resolveReady!: () => void;
+  #rejectReady!: (e: unknown) => void;
+  readonly #buffer: WatchBatch[] = [];
+  readonly #bufferMax: number;
+  #wake: (() => void) | undefined;
+  #error: unknown;
+  #done = false;
+  readonly #signal: AbortSignal | undefined;
+  readonly #onAbort = () => void this.close();
+
+  constructor(hub: WatchHub, key: Bytes, opts: WatchOptions) {
+    this.#hub = hub;
+    const r = resolveRange(key, opts);
+    this.nextRev = opts.startRevision === undefined ? 0 : checkRevision('startRevision', opts.startRevision);
+    this.#bufferMax = opts.bufferBatchesMax ?? limits.watchBufferBatchesMax;
+    if (!Number.isInteger(this.#bufferMax) || this.#bufferMax < 1)
+      throw new TypeError('bufferBatchesMax must be a positive integer');
+    const filters: number[] = [];
+    for (const f of opts.filters ?? []) {
+      if (f === 'noput') filters.push(0);
+      else if (f === 'nodelete') filters.push(1);
+      else throw new TypeError(`filters: unknown filter ${String(f)} (noput or nodelete)`);
+    }
+    this.progressNotify = !!opts.progressNotify;
+    this.create = {
+      key: r.key,
+      rangeEnd: r.end.length > 0 ? r.end : undefined,
+      prevKv: !!opts.prevKv,
+      filters,
+      progressNotify: this.progressNotify,
+    };
+    this.ready = new Promise((res, rej) => {
+      this.#resolveReady = res;
+      this.#rejectReady = rej;
+    });
+    this.ready.catch(() => undefined);
+    this.#signal = opts.signal;
+    if (opts.signal?.aborted) queueMicrotask(() => void this.close());
+    else opts.signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  get done(): boolean {
+    return this.#done;
+  }
+
+  createRequest(): object {
+    return { createRequest: { ...this.create, startRevision: this.nextRev } };
+  }
+
+  markCreated(headerRevision: number): void {
+    if (this.nextRev === 0) this.nextRev = headerRevision + 1;
+    this.#resolveReady();
+  }
+
+  deliver(res: PbWatchResponse): void {
+    if (this.#done) return;
+    const events: WatchEvent[] = [];
+    for (const e of res.events ?? []) {
+      const kv = kvFromPb(e.kv ?? {});
+      if (kv.modRevision < this.nextRev) continue; // already delivered before a resume
+      const ev: WatchEvent = e.prevKv
+        ? { type: e.type === 1 ? 'delete' : 'put', kv, prevKv: kvFromPb(e.prevKv) }
+        : { type: e.type === 1 ? 'delete' : 'put', kv };
+      events.push(ev);
+    }
+    const revision = num(res.header?.revision);
+    if (events.length > 0) {
+      this.nextRev = events[events.length - 1]!.kv.modRevision + 1;
+      this.#push({ events, revision });
+    } else if ((res.events ?? []).length === 0) {
+      // A progress notification: everything up to `revision` has been delivered.
+      if (revision + 1 > this.nextRev) this.nextRev = revision + 1;
+      if (this.progressNotify) this.#push({ events: [], revision, progress: true });
+    }
+  }
+
+  #push(b: WatchBatch): void {
+    if (this.#buffer.length >= this.#bufferMax) {
+      this.fail(
+        new ConclaveError(
+          ErrorCode.WatchOverflow,
+          `watch: the consumer fell ${this.#bufferMax} batches behind; resume from revision ${this.nextRev - (b.events.length > 0 ? 0 : 0)} with a new watch`,
+          { details: { resumeRevision: this.#buffer[0]?.events[0]?.kv.modRevision ?? this.nextRev } },
+        ),
+      );
+      return;
+    }
+    this.#buffer.push(b);
+    this.#wake?.();
+  }
+
+  /** Ends the watch with an error (the iterator throws it after draining nothing further). */
+  fail(err: unknown): void {
+    if (this.#done) return;
+    this.#error = err;
+    this.#finish();
+    this.#rejectReady(err);
+  }
+
+  #finish(): void {
+    this.#done = true;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+    this.#hub.remove(this);
+    this.#wake?.();
+  }
+
+  async close(): Promise<void> {
+    if (this.#done) return;
+    this.#error = undefined;
+    this.#buffer.length = 0;
+    this.#finish();
+    this.#rejectReady(new ConclaveError(ErrorCode.Closed, 'watch closed before it was created'));
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
+    try {
+      while (true) {
+        const b = this.#buffer.shift();
+        if (b) {
+          yield b;
+          continue;
+        }
+        if (this.#done) {
+          if (this.#error !== undefined) throw this.#error;
+          return;
+        }
+        await new Promise<void>((r) => (this.#wake = r));
+        this.#wake = undefined;
+      }
+    } finally {
+      if (!this.#done) await this.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+export class WatchHub {
+  readonly #conn: Connection;
+  #stream: grpc.ClientDuplexStream<object, PbWatchResponse> | undefined;
+  #streamIndex = 0;
+  readonly #byId = new Map<number, EtcdWatch>();
+  readonly #toCreate: EtcdWatch[] = [];
+  #creating: EtcdWatch | undefined;
+  #reconnecting = false;
+  #closed = false;
+
+  constructor(conn: Connection) {
+    this.#conn = conn;
+  }
+
+  add(w: EtcdWatch): void {
+    if (this.#closed) {
+      w.fail(new ConclaveError(ErrorCode.Closed, 'the etcd client is closed'));
+      return;
+    }
+    if (this.#byId.size + this.#toCreate.length >= limits.watchesPerStreamMax) {
+      w.fail(
+        new ConclaveError(
+          ErrorCode.TooManyRequests,
+          `watch: more than ${limits.watchesPerStreamMax} watches on one client`,
+        ),
+      );
+      return;
+    }
+    this.#toCreate.push(w);
+    this.#pump();
+  }
+
+  remove(w: EtcdWatch): void {
+    const i = this.#toCreate.indexOf(w);
+    if (i >= 0) this.#toCreate.splice(i, 1);
+    if (w.serverId !== undefined && this.#byId.get(w.serverId) === w) {
+      this.#byId.delete(w.serverId);
+      this.#stream?.write({ cancelRequest: { watchId: w.serverId } });
+    }
+  }
+
+  #ensureStream(): grpc.ClientDuplexStream<object, PbWatchResponse> {
+    if (this.#stream) return this.#stream;
+    this.#streamIndex = this.#conn.currentIndex;
+    const s = this.#conn
+      .client(this.#streamIndex)
+      .makeBidiStreamRequest(
+        watchMethod.path,
+        watchMethod.serialize,
+        watchMethod.deserialize,
+        streamMetadata(),
+      );
+    s.on('data', (res: PbWatchResponse) => this.#onResponse(res));
+    s.on('error', (err) => this.#onBroken(s, err));
+    s.on('end', () => this.#onBroken(s, undefined));
+    this.#stream = s;
+    return s;
+  }
+
+  #pump(): void {
+    if (this.#creating || this.#reconnecting || this.#closed) return;
+    let w = this.#toCreate.shift();
+    while (w?.done) w = this.#toCreate.shift();
+    if (!w) return;
+    this.#creating = w;
+    try {
+      this.#ensureStream().write(w.createRequest());
+    } catch (err) {
+      this.#creating = undefined;
+      w.fail(err);
+    }
+  }
+
+  #onResponse(res: PbWatchResponse): void {
+    const id = num(res.watchId);
+    if (res.created) {
+      const w = this.#creating;
+      this.#creating = undefined;
+      if (w) {
+        if (res.canceled) w.fail(this.#cancelError(res));
+        else if (w.done) this.#stream?.write({ cancelRequest: { watchId: id } });
+        else {
+          w.serverId = id;
+          this.#byId.set(id, w);
+          w.markCreated(num(res.header?.revision));
+        }
+      }
+      this.#pump();
+      if (!res.canceled && (res.events ?? []).length === 0) return;
+    }
+    const w = this.#byId.get(id);
+    if (!w) return;
+    if (res.canceled) {
+      this.#byId.delete(id);
+      w.serverId = undefined;
+      w.deliver({ ...res, canceled: false });
+      w.fail(this.#cancelError(res));
+      return;
+    }
+    w.deliver(res);
+  }
+
+  #cancelError(res: PbWatchResponse): ConclaveError {
+    const compactRevision = num(res.compactRevision);
+    if (compactRevision > 0) {
+      return new ConclaveError(
+        ErrorCode.Compacted,
+        `watch: the start revision was compacted; the oldest available revision is ${compactRevision}`,
+        { compactRevision },
+      );
+    }
+    return new ConclaveError(
+      ErrorCode.Unavailable,
+      `watch canceled by the server: ${res.cancelReason || 'no reason given'}`,
+    );
+  }
+
+  #onBroken(s: grpc.ClientDuplexStream<object, PbWatchResponse>, err: unknown): void {
+    if (this.#stream !== s) return;
+    this.#stream = undefined;
+    s.removeAllListeners('data');
+    s.on('error', () => undefined);
+    if (this.#closed) return;
+    // Re-create every live watcher, in the order they were created, from its next revision.
+    const live = [...this.#byId.values()];
+    if (this.#creating) live.push(this.#creating);
+    this.#creating = undefined;
+    this.#byId.clear();
+    for (const w of live) w.serverId = undefined;
+    this.#toCreate.unshift(...live.filter((w) => !w.done));
+    this.#conn.failover(this.#streamIndex);
+    void this.#reconnect(err);
+  }
+
+  async #reconnect(cause: unknown): Promise<void> {
+    if (this.#reconnecting) return;
+    this.#reconnecting = true;
+    try {
+      for (let attempt = 0; !this.#closed; attempt++) {
+        if (this.#toCreate.length === 0) return;
+        if (attempt >= limits.watchReconnectAttemptsMax) {
+          const e = new ConclaveError(
+            ErrorCode.Unavailable,
+            `watch: could not re-open the watch stream after ${attempt} attempts`,
+            { cause },
+          );
+          for (const w of this.#toCreate.splice(0)) w.fail(e);
+          return;
+        }
+        await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)));
+        if (this.#closed) return;
+        if (await this.#probe()) return;
+      }
+    } finally {
+      this.#reconnecting = false;
+      this.#pump();
+    }
+  }
+
+  /** Waits until the current endpoint's channel is ready (or fails over); true when usable. */
+  #probe(): Promise<boolean> {
+    return new Promise((resolve) => {
+      const index = this.#conn.currentIndex;
+      let client: grpc.Client;
+      try {
+        client = this.#conn.client(index);
+      } catch {
+        resolve(false);
+        return;
+      }
+      client.waitForReady(Date.now() + 1000, (err) => {
+        if (err) this.#conn.failover(index);
+        resolve(!err);
+      });
+    });
+  }
+
+  close(): void {
+    this.#closed = true;
+    const e = new ConclaveError(ErrorCode.Closed, 'the etcd client was closed');
+    for (const w of [...this.#byId.values(), ...this.#toCreate]) w.fail(e);
+    this.#creating?.fail(e);
+    this.#stream?.cancel();
+    this.#stream = undefined;
+  }
+}

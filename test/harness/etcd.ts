@@ -1,0 +1,180 @@
+/**
+ * Real etcd for tests and benchmarks (DESIGN.md §6), found in this order:
+ *   1. ETCD_ENDPOINTS (comma-separated host:port) — used as is, never stopped;
+ *   2. an `etcd` binary on PATH — started on free loopback ports with a temporary data dir and a
+ *      short election timeout (so the minimum lease TTL is small), stopped by PID;
+ *   3. otherwise undefined, with a loud line; with REQUIRE_ETCD=1 that is an error instead.
+ * (testcontainers is the documented third option when a Docker engine is reachable; no engine runs
+ * on our CI machines, so it is not wired here.)
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface EtcdCluster {
+  /** Client endpoints as host:port. */
+  readonly endpoints: string[];
+  readonly pids: number[];
+  /** Smallest lease TTL etcd accepts with this election timeout. */
+  readonly minTtlSeconds: number;
+  /** True when we started the processes (and stop() stops them). */
+  readonly owned: boolean;
+  stop(): Promise<void>;
+}
+
+export interface StartEtcdOptions {
+  members?: 1 | 3;
+  heartbeatMs?: number;
+  electionTimeoutMs?: number;
+}
+
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.unref();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export function etcdBinary(): string | undefined {
+  const r = spawnSync('etcd', ['--version'], { encoding: 'utf8' });
+  return r.status === 0 ? 'etcd' : undefined;
+}
+
+/** etcd's minimum lease TTL: ceil(3/2 × electionTicks × heartbeat) seconds (etcd's lessor minLeaseTTL). */
+export function minTtlFor(heartbeatMs: number, electionTimeoutMs: number): number {
+  const electionTicks = Math.floor(electionTimeoutMs / heartbeatMs);
+  return Math.ceil((Math.floor((3 * electionTicks) / 2) * heartbeatMs) / 1000);
+}
+
+async function waitHealthy(endpoint: string, deadlineMs: number): Promise<void> {
+  const until = Date.now() + deadlineMs;
+  let last: unknown;
+  while (Date.now() < until) {
+    try {
+      const r = await fetch(`http://${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+      const body = (await r.json()) as { health?: string };
+      if (body.health === 'true') return;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`etcd at ${endpoint} did not become healthy within ${deadlineMs} ms (${String(last)})`);
+}
+
+export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluster | undefined> {
+  const heartbeatMs = opts.heartbeatMs ?? 50;
+  const electionTimeoutMs = opts.electionTimeoutMs ?? 250;
+  const env = process.env.ETCD_ENDPOINTS;
+  if (env) {
+    return {
+      endpoints: env
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+      pids: [],
+      minTtlSeconds: 2,
+      owned: false,
+      stop: async () => {},
+    };
+  }
+  if (!etcdBinary()) {
+    const msg =
+      'etcd: no ETCD_ENDPOINTS and no `etcd` binary on PATH (apt-get install -y etcd-server etcd-client)';
+    if (process.env.REQUIRE_ETCD === '1') throw new Error(`${msg}; REQUIRE_ETCD=1 so this is a failure`);
+    console.warn(`\n!!!!!!!! SKIPPING etcd suites: ${msg} !!!!!!!!\n`);
+    return undefined;
+  }
+  const n = opts.members ?? 1;
+  const dir = mkdtempSync(join(tmpdir(), 'conclave-etcd-'));
+  const ports: Array<{ client: number; peer: number }> = [];
+  for (let i = 0; i < n; i++) ports.push({ client: await freePort(), peer: await freePort() });
+  const initialCluster = ports.map((p, i) => `m${i}=http://127.0.0.1:${p.peer}`).join(',');
+  const procs: ChildProcess[] = [];
+  for (let i = 0; i < n; i++) {
+    const p = ports[i]!;
+    const args = [
+      '--name',
+      `m${i}`,
+      '--data-dir',
+      join(dir, `m${i}`),
+      '--listen-client-urls',
+      `http://127.0.0.1:${p.client}`,
+      '--advertise-client-urls',
+      `http://127.0.0.1:${p.client}`,
+      '--listen-peer-urls',
+      `http://127.0.0.1:${p.peer}`,
+      '--initial-advertise-peer-urls',
+      `http://127.0.0.1:${p.peer}`,
+      '--initial-cluster',
+      initialCluster,
+      '--initial-cluster-state',
+      'new',
+      '--heartbeat-interval',
+      String(heartbeatMs),
+      '--election-timeout',
+      String(electionTimeoutMs),
+      '--logger',
+      'zap',
+      '--log-level',
+      'error',
+    ];
+    const child = spawn('etcd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => {
+      if (stderr.length < 8192) stderr += d.toString();
+    });
+    child.once('exit', (code) => {
+      children.delete(child);
+      if (code && code !== 0 && !stopping)
+        console.error(`etcd m${i} exited with ${code}: ${stderr.slice(0, 2000)}`);
+    });
+    children.add(child);
+    procs.push(child);
+  }
+  let stopping = false;
+  const endpoints = ports.map((p) => `127.0.0.1:${p.client}`);
+  const stop = async (): Promise<void> => {
+    stopping = true;
+    await Promise.all(
+      procs.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
+            const t = setTimeout(() => c.kill('SIGKILL'), 3000);
+            c.once('exit', () => {
+              clearTimeout(t);
+              resolve();
+            });
+            c.kill('SIGTERM');
+          }),
+      ),
+    );
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await Promise.all(endpoints.map((e) => waitHealthy(e, 15_000)));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    endpoints,
+    pids: procs.map((c) => c.pid!),
+    minTtlSeconds: minTtlFor(heartbeatMs, electionTimeoutMs),
+    owned: true,
+    stop,
+  };
+}
