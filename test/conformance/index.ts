@@ -1,0 +1,60 @@
+/**
+ * runConformance: the ONE suite of semantic tests, run unchanged against every backend
+ * (DESIGN.md §6). Expectations are etcd 3.4's observable behaviour, checked against a real etcd.
+ */
+import { afterAll, beforeAll, describe } from 'vitest';
+import type { KV } from '../../src/kv.js';
+import type { ConformanceBackend, ConformanceContext, RegisterTests } from './context.js';
+import { registerKvTests } from './kv.js';
+import { registerLeaseTests } from './lease.js';
+import { registerRecipes } from './recipes/index.js';
+import { registerSessionTests } from './session.js';
+import { registerTxnTests } from './txn.js';
+import { registerValidationTests } from './validation.js';
+import { registerWatchTests } from './watch.js';
+
+const suites: Array<[string, RegisterTests | undefined]> = [
+  ['kv', registerKvTests],
+  ['txn', registerTxnTests],
+  ['watch', registerWatchTests],
+  ['lease', registerLeaseTests],
+  ['session', registerSessionTests],
+  ['validation', registerValidationTests],
+  ['recipes', registerRecipes],
+];
+
+export function runConformance(backend: ConformanceBackend, opts: { skip?: boolean } = {}): void {
+  describe.skipIf(opts.skip === true)(`conformance: ${backend.name}`, () => {
+    let ctx: ConformanceContext | undefined;
+    const extra: KV[] = [];
+    const run = Math.random().toString(36).slice(2, 8);
+    let n = 0;
+
+    beforeAll(async () => {
+      await backend.setup();
+      const kv = await backend.factory();
+      ctx = {
+        backend,
+        kv,
+        prefix: (label) => `conf/${run}/${label.replace(/[^a-z0-9-]/gi, '_')}-${n++}/`,
+        newKv: async () => {
+          const k = await backend.factory();
+          extra.push(k);
+          return k;
+        },
+      };
+    });
+
+    afterAll(async () => {
+      for (const k of extra) await k.close().catch(() => undefined);
+      await ctx?.kv.close().catch(() => undefined);
+      await backend.teardown();
+    });
+
+    const get = (): ConformanceContext => {
+      if (!ctx) throw new Error('conformance context used before setup');
+      return ctx;
+    };
+    for (const [name, register] of suites) if (register) describe(name, () => register(get));
+  });
+}

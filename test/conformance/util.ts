@@ -1,0 +1,51 @@
+/** Small helpers for conformance tests. */
+import { toText } from '../../src/keys.js';
+import type { KeyValue, Watch, WatchBatch } from '../../src/types.js';
+
+export const text = (b: Uint8Array | undefined): string | undefined =>
+  b === undefined ? undefined : toText(b);
+export const keys = (kvs: KeyValue[]): string[] => kvs.map((kv) => toText(kv.key));
+export const values = (kvs: KeyValue[]): string[] => kvs.map((kv) => toText(kv.value));
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Collects batches from a watch until `done(events so far)` or the deadline; throws on timeout. */
+export async function collect(
+  w: Watch,
+  until: (batches: WatchBatch[]) => boolean,
+  timeoutMs = 5000,
+): Promise<WatchBatch[]> {
+  const out: WatchBatch[] = [];
+  const it = w[Symbol.asyncIterator]();
+  const deadline = Date.now() + timeoutMs;
+  while (!until(out)) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`watch: timed out after ${timeoutMs} ms with ${out.length} batches`);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      it.next(),
+      new Promise<'timeout'>((res) => (timer = setTimeout(() => res('timeout'), left))),
+    ]);
+    clearTimeout(timer);
+    if (r === 'timeout') throw new Error(`watch: timed out after ${timeoutMs} ms with ${out.length} batches`);
+    if (r.done) break;
+    out.push(r.value);
+  }
+  return out;
+}
+
+export const eventCount = (bs: WatchBatch[]): number => bs.reduce((n, b) => n + b.events.length, 0);
+
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
