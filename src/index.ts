@@ -1,5 +1,7 @@
 /** The public API of `conclave`. Backends are `conclave/etcd` and `conclave/raft`. */
 
+// The package root re-exports the recipes (they import only src/, never this file, so no cycle).
+export * from '../recipes/index.js';
 export {
   type ConnectOptions,
   connect,

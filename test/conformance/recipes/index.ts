@@ -1,4 +1,12 @@
+import { describe } from 'vitest';
 import type { RegisterTests } from '../context.js';
+import { registerElectionTests } from './election.js';
+import { registerInteropTests } from './interop.js';
+import { registerMutexTests } from './mutex.js';
 
-/** Recipe conformance tests register here (issues 6 and 7); undefined until the recipes land. */
-export const registerRecipes: RegisterTests | undefined = undefined;
+/** Recipe conformance tests (issues 6 and 7), run on every backend. */
+export const registerRecipes: RegisterTests | undefined = (ctx) => {
+  describe('mutex', () => registerMutexTests(ctx));
+  describe('election', () => registerElectionTests(ctx));
+  describe('interop', () => registerInteropTests(ctx));
+};

@@ -1,0 +1,101 @@
+import { expect, it } from 'vitest';
+import { Election, type Observation } from '../../../recipes/election.js';
+import { toText } from '../../../src/keys.js';
+import { Session } from '../../../src/session.js';
+import type { RegisterTests } from '../context.js';
+import { waitFor } from '../util.js';
+
+export const registerElectionTests: RegisterTests = (ctx) => {
+  it('election — one leader at a time; the next candidate wins when the leader resigns', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-one')}e`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const la = await new Election(a, name).campaign('a');
+    let bWon = false;
+    const pb = new Election(b, name).campaign('b').then((l) => {
+      bWon = true;
+      return l;
+    });
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'candidate b',
+    );
+    expect(bWon).toBe(false);
+    expect(toText((await new Election(a, name).leader())!.value)).toBe('a');
+    await la.resign();
+    const lb = await pb;
+    expect(lb.token).toBeGreaterThan(la.token);
+    expect(toText((await new Election(a, name).leader())!.value)).toBe('b');
+    await lb.resign();
+  });
+
+  it('election — observe reports every change, including no leader, and proclaimed values', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-observe')}e`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const seen: Array<string> = [];
+    const ac = new AbortController();
+    const obs = (async () => {
+      try {
+        for await (const o of new Election(a, name).observe({
+          signal: ac.signal,
+        }) as AsyncGenerator<Observation>) {
+          seen.push(o.leader ? toText(o.leader.value) : '(none)');
+        }
+      } catch {
+        // aborted
+      }
+    })();
+    await waitFor(() => seen.length === 1, 5000, 'initial observation');
+    const l = await new Election(a, name).campaign('v1');
+    await waitFor(() => seen.includes('v1'), 5000, 'v1');
+    await l.proclaim('v2');
+    await waitFor(() => seen.includes('v2'), 5000, 'v2');
+    await l.resign();
+    await waitFor(() => seen.length === 4, 5000, 'no leader again');
+    ac.abort();
+    await obs;
+    expect(seen).toEqual(['(none)', 'v1', 'v2', '(none)']);
+  });
+
+  it("election — the leader's session expiring elects the next candidate and fires lost", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-expire')}e`;
+    const a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const la = await new Election(a, name).campaign('a');
+    const pb = new Election(b, name).campaign('b');
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'candidate b',
+    );
+    await kv.lease.revoke(a.lease);
+    const lb = await pb;
+    await waitFor(() => la.lost.aborted, 3000, "the old leader's lost");
+    await expect(la.proclaim('stale')).rejects.toMatchObject({ code: 'session-lost' });
+    expect(lb.token).toBeGreaterThan(la.token);
+    await lb.resign();
+  });
+
+  it('election — a cancelled campaign leaves no key behind', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-cancel')}e`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const la = await new Election(a, name).campaign('a');
+    const ac = new AbortController();
+    const pb = new Election(b, name).campaign('b', { signal: ac.signal });
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'candidate b',
+    );
+    ac.abort();
+    await expect(pb).rejects.toBeDefined();
+    expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(1);
+    await la.resign();
+  });
+};

@@ -1,0 +1,209 @@
+import { expect, it } from 'vitest';
+import { Mutex } from '../../../recipes/mutex.js';
+import { Session } from '../../../src/session.js';
+import type { RegisterTests } from '../context.js';
+import { sleep, waitFor } from '../util.js';
+
+export const registerMutexTests: RegisterTests = (ctx) => {
+  it('mutex — 8 contenders never overlap in the critical section, and tokens grow', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-excl')}lock`;
+    const sessions = await Promise.all(
+      Array.from({ length: 8 }, () => Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 })),
+    );
+    let inside = 0;
+    let maxInside = 0;
+    const tokens: number[] = [];
+    await Promise.all(
+      sessions.map(async (s) => {
+        const m = new Mutex(s, name);
+        for (let i = 0; i < 3; i++) {
+          const h = await m.lock();
+          inside++;
+          maxInside = Math.max(maxInside, inside);
+          tokens.push(h.token);
+          await sleep(2);
+          inside--;
+          await h.unlock();
+        }
+      }),
+    );
+    await Promise.all(sessions.map((s) => s.close()));
+    expect(maxInside).toBe(1);
+    expect(tokens.length).toBe(24);
+    for (let i = 1; i < tokens.length; i++) expect(tokens[i]).toBeGreaterThan(tokens[i - 1]!);
+  });
+
+  it('mutex — waiters acquire in FIFO order of their arrival', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-fifo')}lock`;
+    const holder = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const h = await new Mutex(holder, name).lock();
+    const order: number[] = [];
+    const waiters: Array<Promise<void>> = [];
+    const sessions: Session[] = [];
+    for (let i = 0; i < 4; i++) {
+      const s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+      sessions.push(s);
+      const m = new Mutex(s, name);
+      waiters.push(
+        m.lock().then(async (l) => {
+          order.push(i);
+          await l.unlock();
+        }),
+      );
+      // Make arrival order unambiguous: wait until this waiter's key exists.
+      await waitFor(
+        async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === i + 2,
+        5000,
+        'waiter key',
+      );
+    }
+    await h.unlock();
+    await Promise.all(waiters);
+    expect(order).toEqual([0, 1, 2, 3]);
+    await Promise.all([holder, ...sessions].map((s) => s.close()));
+  });
+
+  it('mutex — tryLock returns Err(LockHeld) with the holder and leaves no key behind', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-try')}lock`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const first = await new Mutex(a, name).tryLock();
+    expect(first.isOk()).toBe(true);
+    const second = await new Mutex(b, name).tryLock();
+    expect(second.isErr()).toBe(true);
+    if (second.isErr() && first.isOk()) {
+      expect(second.error.lease).toBe(a.lease);
+      expect(second.error.token).toBe(first.value.token);
+      expect(second.error.key).toBe(first.value.key);
+    }
+    expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(1);
+  });
+
+  it('mutex — the key layout is name/ + lease id in lowercase hex (etcd Go concurrency.Mutex)', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-layout')}lock`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const h = await new Mutex(s, name).lock();
+    expect(h.key).toBe(`${name}/${s.lease.toString(16)}`);
+    const got = await kv.get(h.key);
+    expect(got?.lease).toBe(s.lease);
+    expect(got?.createRevision).toBe(h.token);
+    await h.unlock();
+    expect(await kv.get(h.key)).toBeUndefined();
+  });
+
+  it('mutex — an aborted waiter removes its own key and the lock stays usable', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-abort')}lock`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const h = await new Mutex(a, name).lock();
+    const ac = new AbortController();
+    const reason = new Error('gave up');
+    const waiting = new Mutex(b, name).lock({ signal: ac.signal });
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'waiter key',
+    );
+    ac.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+    expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(1);
+    await h.unlock();
+    const again = await new Mutex(b, name).lock();
+    await again.unlock();
+  });
+
+  it('mutex — guard() holds only while the handle owns the lock', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-guard')}lock`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const h = await new Mutex(s, name).lock();
+    const t1 = await kv.txn({
+      compare: [h.guard()],
+      success: [{ type: 'put', key: `${name}-data`, value: 'x' }],
+      failure: [],
+    });
+    expect(t1.succeeded).toBe(true);
+    await h.unlock();
+    const t2 = await kv.txn({
+      compare: [h.guard()],
+      success: [{ type: 'put', key: `${name}-data`, value: 'y' }],
+      failure: [],
+    });
+    expect(t2.succeeded).toBe(false);
+    expect(h.lost.aborted).toBe(true);
+  });
+
+  it("mutex — when the holder's lease is revoked, its lost fires and the waiter takes over with a larger token", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-revoke')}lock`;
+    const a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const ha = await new Mutex(a, name).lock();
+    const waiting = new Mutex(b, name).lock();
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'waiter key',
+    );
+    await kv.lease.revoke(a.lease);
+    const hb = await waiting;
+    await waitFor(() => ha.lost.aborted, 3000, "the old holder's lost");
+    expect(hb.token).toBeGreaterThan(ha.token);
+    await hb.unlock();
+  });
+
+  it('mutex — a holder cut off from the server sees lost before the waiter acquires', async (t) => {
+    const { kv, prefix, backend } = ctx();
+    if (!backend.supports.cutConnection || !backend.proxied) {
+      t.skip();
+      return;
+    }
+    const name = `${prefix('mutex-expire')}lock`;
+    const proxied = await backend.proxied();
+    try {
+      const ttl = Math.max(2, backend.minTtlSeconds);
+      const a = await Session.create(proxied.kv, { ttlSeconds: ttl });
+      await using b = await Session.create(kv, { ttlSeconds: ttl + 5 });
+      const ha = await new Mutex(a, name, { lostOnSuspend: false }).lock();
+      let lostAt = 0;
+      ha.lost.addEventListener('abort', () => (lostAt = performance.now()));
+      const waiting = new Mutex(b, name).lock();
+      await waitFor(
+        async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+        5000,
+        'waiter key',
+      );
+      await proxied.cut();
+      const hb = await waiting;
+      const acquiredAt = performance.now();
+      expect(lostAt).toBeGreaterThan(0);
+      expect(lostAt).toBeLessThan(acquiredAt);
+      expect(hb.token).toBeGreaterThan(ha.token);
+      await hb.unlock();
+    } finally {
+      await proxied.close();
+    }
+  }, 20_000);
+
+  it('mutex — a waiter whose session is lost fails fast with session-lost', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-waiter-lost')}lock`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const h = await new Mutex(a, name).lock();
+    const waiting = new Mutex(b, name).lock();
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'waiter key',
+    );
+    await kv.lease.revoke(b.lease);
+    await expect(waiting).rejects.toMatchObject({ code: 'session-lost' });
+    await h.unlock();
+  });
+};
