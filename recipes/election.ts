@@ -9,7 +9,7 @@ import { leaseHex, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { Bytes, CallOptions, Compare, KeyValue } from '../src/types.js';
-import { rejectOnAbort, waitDelete, watchOwnership } from './internal/wait.js';
+import { ownershipSignal, waitTurn } from './internal/queue.js';
 
 export interface Leader {
   readonly key: string;
@@ -47,14 +47,17 @@ export class Election {
   readonly name: string;
   readonly #pfx: string;
   readonly #myKey: string;
+  readonly #lostOnSuspend: boolean;
 
-  constructor(session: Session, name: string) {
+  /** `lostOnSuspend` (default true): a leadership counts as lost as soon as the session is suspended. */
+  constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
     if (typeof name !== 'string' || name.length === 0)
       throw new TypeError('Election: name must be a non-empty string');
     this.session = session;
     this.name = name;
     this.#pfx = `${name}/`;
     this.#myKey = `${this.#pfx}${leaseHex(session.lease)}`;
+    this.#lostOnSuspend = opts.lostOnSuspend ?? true;
   }
 
   get #kv(): KV {
@@ -96,57 +99,21 @@ export class Election {
     }
   }
 
-  async #waitPredecessors(myRev: number, signal: AbortSignal): Promise<number> {
-    while (true) {
-      const t = await this.#kv.txn(
-        {
-          compare: [],
-          success: [
-            {
-              type: 'get',
-              key: this.#pfx,
-              options: {
-                prefix: true,
-                maxCreateRevision: myRev - 1,
-                sort: { target: 'create', order: 'descend' },
-                limit: 1,
-              },
-            },
-            { type: 'get', key: this.#myKey },
-          ],
-          failure: [],
-        },
-        { signal },
-      );
-      const pred = t.responses[0]?.type === 'get' ? t.responses[0].kvs[0] : undefined;
-      const mine = t.responses[1]?.type === 'get' ? t.responses[1].kvs[0] : undefined;
-      if (!mine || mine.createRevision !== myRev) {
-        throw new ConclaveError(
-          ErrorCode.SessionLost,
-          `election ${this.name}: our candidate key disappeared (session expired?)`,
-        );
-      }
-      if (!pred) return t.revision;
-      const stop = rejectOnAbort(signal);
-      try {
-        await Promise.race([waitDelete(this.#kv, pred.key, t.revision + 1, signal), stop.promise]);
-      } finally {
-        stop.off();
-      }
-    }
+  #waitPredecessors(myRev: number, signal: AbortSignal): Promise<number> {
+    return waitTurn(
+      this.#kv,
+      { myKey: this.#myKey, myRev, blockers: this.#pfx, what: `election ${this.name}` },
+      signal,
+    );
   }
 
   #leadership(myRev: number, revision: number): Leadership {
     const kv = this.#kv;
     const key = this.#myKey;
-    const lost = new AbortController();
-    const onSession = () => lost.abort(this.session.lost.reason);
-    if (this.session.lost.aborted) onSession();
-    else this.session.lost.addEventListener('abort', onSession, { once: true });
-    lost.signal.addEventListener('abort', () => this.session.lost.removeEventListener('abort', onSession), {
-      once: true,
+    const lost = ownershipSignal(this.session, toBytes(key), myRev, revision + 1, {
+      onSuspend: this.#lostOnSuspend,
+      what: `election ${this.name}`,
     });
-    watchOwnership(kv, toBytes(key), myRev, revision + 1, lost);
     const guard = (): Compare => ({ key, target: 'create', result: '=', value: myRev });
     let resigned: Promise<void> | undefined;
     const resign = (opts: CallOptions = {}): Promise<void> => {

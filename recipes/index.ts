@@ -1,3 +1,8 @@
-/** The recipes (issue 6/7). Only depends on the KV contract in src/. */
+/** The recipes (issues 6 and 7). Only depends on the KV contract in src/. */
+export { Barrier } from './barrier.js';
+export { DoubleBarrier } from './double-barrier.js';
 export { Election, type Leader, type Leadership, type Observation } from './election.js';
+export type { HeldKey } from './internal/hold.js';
 export { type LockHandle, type LockHeld, Mutex, type MutexOptions } from './mutex.js';
+export { type RWLockHandle, type RWLockHeld, RWMutex } from './rw-mutex.js';
+export { type Permit, Semaphore } from './semaphore.js';

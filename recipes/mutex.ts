@@ -17,7 +17,7 @@ import { leaseHex, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, Compare, LeaseId } from '../src/types.js';
-import { rejectOnAbort, waitDelete, watchOwnership } from './internal/wait.js';
+import { ownershipSignal, waitTurn } from './internal/queue.js';
 
 /** The current holder, returned by `tryLock()` when the lock is taken. */
 export interface LockHeld {
@@ -139,48 +139,12 @@ export class Mutex {
     }
   }
 
-  /**
-   * Go's waitDeletes, with one round trip per wake-up: a txn reads both the latest remaining
-   * predecessor and our own key, so we notice at once if our key vanished.
-   */
-  async #waitPredecessors(myRev: number, signal: AbortSignal): Promise<number> {
-    while (true) {
-      const t = await this.#kv.txn(
-        {
-          compare: [],
-          success: [
-            {
-              type: 'get',
-              key: this.#pfx,
-              options: {
-                prefix: true,
-                maxCreateRevision: myRev - 1,
-                sort: { target: 'create', order: 'descend' },
-                limit: 1,
-              },
-            },
-            { type: 'get', key: this.#myKey },
-          ],
-          failure: [],
-        },
-        { signal },
-      );
-      const pred = t.responses[0]?.type === 'get' ? t.responses[0].kvs[0] : undefined;
-      const mine = t.responses[1]?.type === 'get' ? t.responses[1].kvs[0] : undefined;
-      if (!mine || mine.createRevision !== myRev) {
-        throw new ConclaveError(
-          ErrorCode.SessionLost,
-          `lock ${this.name}: our waiting key ${this.#myKey} disappeared (session expired?)`,
-        );
-      }
-      if (!pred) return t.revision;
-      const stop = rejectOnAbort(signal);
-      try {
-        await Promise.race([waitDelete(this.#kv, pred.key, t.revision + 1, signal), stop.promise]);
-      } finally {
-        stop.off();
-      }
-    }
+  #waitPredecessors(myRev: number, signal: AbortSignal): Promise<number> {
+    return waitTurn(
+      this.#kv,
+      { myKey: this.#myKey, myRev, blockers: this.#pfx, what: `lock ${this.name}` },
+      signal,
+    );
   }
 
   #checkSession(): void {
@@ -188,32 +152,12 @@ export class Mutex {
   }
 
   #handle(myRev: number, revision: number): LockHandle {
-    const lost = new AbortController();
     const key = this.#myKey;
     const kv = this.#kv;
-    const onSession = () => lost.abort(this.session.lost.reason);
-    if (this.session.lost.aborted) onSession();
-    else this.session.lost.addEventListener('abort', onSession, { once: true });
-    const offState = this.#lostOnSuspend
-      ? this.session.onStateChange((s) => {
-          if (s === 'suspended')
-            lost.abort(
-              new ConclaveError(
-                ErrorCode.SessionLost,
-                `lock ${this.name}: session suspended (keep-alives failing)`,
-              ),
-            );
-        })
-      : () => {};
-    lost.signal.addEventListener(
-      'abort',
-      () => {
-        this.session.lost.removeEventListener('abort', onSession);
-        offState();
-      },
-      { once: true },
-    );
-    watchOwnership(kv, toBytes(key), myRev, revision + 1, lost);
+    const lost = ownershipSignal(this.session, toBytes(key), myRev, revision + 1, {
+      onSuspend: this.#lostOnSuspend,
+      what: `lock ${this.name}`,
+    });
     let released: Promise<void> | undefined;
     const unlock = async (opts: CallOptions = {}): Promise<void> => {
       released ??= kv

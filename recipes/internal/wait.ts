@@ -39,6 +39,25 @@ export async function waitDelete(
   }
 }
 
+/** Resolves at the first delete under `prefix` at or after `fromRevision` (compaction: resolves, so the caller re-checks). */
+export async function waitAnyDelete(
+  kv: KV,
+  prefix: string,
+  fromRevision: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const w = kv.watch(prefix, { prefix: true, startRevision: fromRevision, filters: ['noput'], signal });
+  try {
+    for await (const batch of w) if (batch.events.length > 0) return;
+    throw abortReason(signal);
+  } catch (err) {
+    if (ConclaveError.is(err, ErrorCode.Compacted)) return;
+    throw signal.aborted ? abortReason(signal) : err;
+  } finally {
+    await w.close();
+  }
+}
+
 /** A promise that rejects when `signal` aborts (with its reason); `off()` detaches it. */
 export function rejectOnAbort(signal: AbortSignal): { promise: Promise<never>; off(): void } {
   let off = () => {};

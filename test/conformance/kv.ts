@@ -191,6 +191,19 @@ export const registerKvTests: RegisterTests = (ctx) => {
     expect(ra.revision).toBeLessThan(rb.revision);
   });
 
+  it('kv — count ignores the create/mod revision filters (etcd counts the whole range)', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('count-filter');
+    await kv.put(`${p}a`, 'a');
+    const rb = await kv.put(`${p}b`, 'b');
+    await kv.put(`${p}c`, 'c');
+    const r = await kv.range(p, { prefix: true, maxCreateRevision: rb.revision });
+    expect(keys(r.kvs)).toEqual([`${p}a`, `${p}b`]);
+    expect(r.count).toBe(3);
+    const limited = await kv.range(p, { prefix: true, minCreateRevision: rb.revision, limit: 1 });
+    expect(keys(limited.kvs)).toEqual([`${p}b`]);
+  });
+
   it('kv — reads at an old revision see the old state; the header revision is the current one', async () => {
     const { kv, prefix } = ctx();
     const p = prefix('oldrev');

@@ -3,10 +3,12 @@ import type { RegisterTests } from '../context.js';
 import { registerElectionTests } from './election.js';
 import { registerInteropTests } from './interop.js';
 import { registerMutexTests } from './mutex.js';
+import { registerSyncTests } from './sync.js';
 
 /** Recipe conformance tests (issues 6 and 7), run on every backend. */
 export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('mutex', () => registerMutexTests(ctx));
   describe('election', () => registerElectionTests(ctx));
+  describe('rwmutex, semaphore, barriers', () => registerSyncTests(ctx));
   describe('interop', () => registerInteropTests(ctx));
 };

@@ -1,0 +1,109 @@
+/**
+ * RWMutex: readers share, writers exclude, FIFO by create revision (a waiting writer blocks later
+ * readers, so writers do not starve).
+ *
+ * Layout: `<name>/read/<lease hex>` and `<name>/write/<lease hex>` under the session's lease. A
+ * reader may hold when no writer key was created before its own; a writer when no key at all was.
+ * Waiters watch one blocking key and re-check the whole queue after every wake-up, so a waiter whose
+ * session expires can never make two writers believe they hold the lock (a known bug of etcd's
+ * experimental recipe, which infers ownership from one delete event).
+ */
+import { Err, Ok, type Result } from 'ts-results-es';
+import { abortReason } from '../src/errors.js';
+import { leaseHex, toText } from '../src/keys.js';
+import type { Session } from '../src/session.js';
+import type { CallOptions } from '../src/types.js';
+import { type HeldKey, heldKey, putIfAbsent } from './internal/hold.js';
+import { waitTurn } from './internal/queue.js';
+
+export type RWLockHandle = HeldKey & { unlock(opts?: CallOptions): Promise<void> };
+
+export interface RWLockHeld {
+  /** The key blocking us (the earliest conflicting holder or waiter). */
+  readonly key: string;
+  readonly token: number;
+}
+
+export class RWMutex {
+  readonly session: Session;
+  readonly name: string;
+  readonly #lostOnSuspend: boolean;
+
+  constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
+    if (typeof name !== 'string' || name.length === 0)
+      throw new TypeError('RWMutex: name must be a non-empty string');
+    this.session = session;
+    this.name = name;
+    this.#lostOnSuspend = opts.lostOnSuspend ?? true;
+  }
+
+  #key(kind: 'read' | 'write'): string {
+    return `${this.name}/${kind}/${leaseHex(this.session.lease)}`;
+  }
+
+  #blockers(kind: 'read' | 'write'): string {
+    return kind === 'read' ? `${this.name}/write/` : `${this.name}/`;
+  }
+
+  rLock(opts: CallOptions = {}): Promise<RWLockHandle> {
+    return this.#acquire('read', opts);
+  }
+
+  lock(opts: CallOptions = {}): Promise<RWLockHandle> {
+    return this.#acquire('write', opts);
+  }
+
+  tryRLock(opts: CallOptions = {}): Promise<Result<RWLockHandle, RWLockHeld>> {
+    return this.#try('read', opts);
+  }
+
+  tryLock(opts: CallOptions = {}): Promise<Result<RWLockHandle, RWLockHeld>> {
+    return this.#try('write', opts);
+  }
+
+  async #acquire(kind: 'read' | 'write', opts: CallOptions): Promise<RWLockHandle> {
+    if (this.session.lost.aborted) throw this.session.lost.reason;
+    opts.signal?.throwIfAborted();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
+    const myKey = this.#key(kind);
+    try {
+      const { myRev } = await putIfAbsent(this.session, myKey, '', signal);
+      const revision = await waitTurn(
+        this.session.kv,
+        { myKey, myRev, blockers: this.#blockers(kind), what: `rwmutex ${this.name} (${kind})` },
+        signal,
+      );
+      return this.#handle(kind, myKey, myRev, revision);
+    } catch (err) {
+      await this.session.kv.delete(myKey).catch(() => undefined);
+      if (this.session.lost.aborted) throw this.session.lost.reason;
+      if (opts.signal?.aborted) throw abortReason(opts.signal);
+      throw err;
+    }
+  }
+
+  async #try(kind: 'read' | 'write', opts: CallOptions): Promise<Result<RWLockHandle, RWLockHeld>> {
+    if (this.session.lost.aborted) throw this.session.lost.reason;
+    const myKey = this.#key(kind);
+    const { myRev, revision } = await putIfAbsent(this.session, myKey, '', opts.signal);
+    const r = await this.session.kv.range(this.#blockers(kind), {
+      prefix: true,
+      maxCreateRevision: myRev - 1,
+      sort: { target: 'create', order: 'ascend' },
+      limit: 1,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    const blocker = r.kvs[0];
+    if (!blocker) return Ok(this.#handle(kind, myKey, myRev, revision));
+    await this.session.kv.delete(myKey).catch(() => undefined);
+    return Err({ key: toText(blocker.key), token: blocker.createRevision });
+  }
+
+  #handle(kind: 'read' | 'write', key: string, myRev: number, revision: number): RWLockHandle {
+    const h = heldKey(this.session, key, myRev, revision, {
+      onSuspend: this.#lostOnSuspend,
+      what: `rwmutex ${this.name} (${kind})`,
+    });
+    return Object.assign(h, { unlock: h.release });
+  }
+}

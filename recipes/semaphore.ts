@@ -1,0 +1,87 @@
+/**
+ * Semaphore: at most `permits` holders of `name` at once, FIFO by create revision.
+ *
+ * Layout: `<name>/permits` holds the permit count (created once; every participant must agree —
+ * a different count is a `conflict` error), and `<name>/holders/<lease hex>` are the queue keys
+ * under each session's lease. The first `permits` keys by create revision hold a permit.
+ */
+import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { leaseHex, toText } from '../src/keys.js';
+import type { Session } from '../src/session.js';
+import type { CallOptions } from '../src/types.js';
+import { type HeldKey, heldKey, putIfAbsent } from './internal/hold.js';
+import { waitTurn } from './internal/queue.js';
+
+export type Permit = HeldKey;
+
+export class Semaphore {
+  readonly session: Session;
+  readonly name: string;
+  readonly permits: number;
+  readonly #lostOnSuspend: boolean;
+
+  constructor(session: Session, name: string, permits: number, opts: { lostOnSuspend?: boolean } = {}) {
+    if (typeof name !== 'string' || name.length === 0)
+      throw new TypeError('Semaphore: name must be a non-empty string');
+    if (!Number.isSafeInteger(permits) || permits < 1)
+      throw new TypeError(`Semaphore: permits must be a positive integer, got ${permits}`);
+    this.session = session;
+    this.name = name;
+    this.permits = permits;
+    this.#lostOnSuspend = opts.lostOnSuspend ?? true;
+  }
+
+  /** Stores the permit count if absent, and checks it if present. */
+  async #agree(signal: AbortSignal | undefined): Promise<void> {
+    const key = `${this.name}/permits`;
+    const t = await this.session.kv.txn(
+      {
+        compare: [{ key, target: 'create', result: '=', value: 0 }],
+        success: [{ type: 'put', key, value: String(this.permits) }],
+        failure: [{ type: 'get', key }],
+      },
+      signal ? { signal } : {},
+    );
+    if (t.succeeded) return;
+    const r = t.responses[0];
+    const stored = r?.type === 'get' && r.kvs[0] ? toText(r.kvs[0].value) : undefined;
+    if (stored !== String(this.permits)) {
+      throw new ConclaveError(
+        ErrorCode.Conflict,
+        `semaphore ${this.name}: stored permit count is ${stored}, this participant uses ${this.permits}`,
+      );
+    }
+  }
+
+  /** Waits for a permit. Aborting or failing removes our queue key. */
+  async acquire(opts: CallOptions = {}): Promise<Permit> {
+    if (this.session.lost.aborted) throw this.session.lost.reason;
+    opts.signal?.throwIfAborted();
+    await this.#agree(opts.signal);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
+    const myKey = `${this.name}/holders/${leaseHex(this.session.lease)}`;
+    try {
+      const { myRev } = await putIfAbsent(this.session, myKey, '', signal);
+      const revision = await waitTurn(
+        this.session.kv,
+        {
+          myKey,
+          myRev,
+          blockers: `${this.name}/holders/`,
+          allowed: this.permits - 1,
+          what: `semaphore ${this.name}`,
+        },
+        signal,
+      );
+      return heldKey(this.session, myKey, myRev, revision, {
+        onSuspend: this.#lostOnSuspend,
+        what: `semaphore ${this.name}`,
+      });
+    } catch (err) {
+      await this.session.kv.delete(myKey).catch(() => undefined);
+      if (this.session.lost.aborted) throw this.session.lost.reason;
+      if (opts.signal?.aborted) throw abortReason(opts.signal);
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,216 @@
+import { expect, it } from 'vitest';
+import { Barrier } from '../../../recipes/barrier.js';
+import { DoubleBarrier } from '../../../recipes/double-barrier.js';
+import { RWMutex } from '../../../recipes/rw-mutex.js';
+import { Semaphore } from '../../../recipes/semaphore.js';
+import { Session } from '../../../src/session.js';
+import type { RegisterTests } from '../context.js';
+import { sleep, waitFor } from '../util.js';
+
+export const registerSyncTests: RegisterTests = (ctx) => {
+  const sessions = async (n: number) => {
+    const { kv, backend } = ctx();
+    return Promise.all(
+      Array.from({ length: n }, () => Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 })),
+    );
+  };
+  const closeAll = (ss: Session[]) => Promise.all(ss.map((s) => s.close()));
+
+  it('rwmutex — readers share, a writer excludes readers and other writers', async () => {
+    const { prefix } = ctx();
+    const name = `${prefix('rw-share')}rw`;
+    const ss = await sessions(6);
+    let readers = 0;
+    let writers = 0;
+    let maxReaders = 0;
+    let violations = 0;
+    await Promise.all(
+      ss.map(async (s, i) => {
+        const rw = new RWMutex(s, name);
+        for (let round = 0; round < 3; round++) {
+          if (i % 3 === 0) {
+            const h = await rw.lock();
+            writers++;
+            if (writers > 1 || readers > 0) violations++;
+            await sleep(3);
+            writers--;
+            await h.unlock();
+          } else {
+            const h = await rw.rLock();
+            readers++;
+            maxReaders = Math.max(maxReaders, readers);
+            if (writers > 0) violations++;
+            await sleep(10);
+            readers--;
+            await h.unlock();
+          }
+        }
+      }),
+    );
+    await closeAll(ss);
+    expect(violations).toBe(0);
+    expect(maxReaders).toBeGreaterThan(1);
+  });
+
+  it('rwmutex — a waiting writer blocks later readers (no writer starvation)', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('rw-fair')}rw`;
+    const [r1, w, r2] = await sessions(3);
+    const h1 = await new RWMutex(r1!, name).rLock();
+    const order: string[] = [];
+    const pw = new RWMutex(w!, name).lock().then((h) => {
+      order.push('writer');
+      return h;
+    });
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'writer queued',
+    );
+    const pr = new RWMutex(r2!, name).rLock().then((h) => {
+      order.push('reader2');
+      return h;
+    });
+    await sleep(200);
+    expect(order).toEqual([]);
+    await h1.unlock();
+    const hw = await pw;
+    await sleep(100);
+    expect(order).toEqual(['writer']);
+    await hw.unlock();
+    await (await pr).unlock();
+    expect(order).toEqual(['writer', 'reader2']);
+    await closeAll([r1!, w!, r2!]);
+  });
+
+  it("rwmutex — a waiting writer's session expiring never lets two writers in", async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('rw-expire')}rw`;
+    const [a, b, c] = await sessions(3);
+    const ha = await new RWMutex(a!, name).lock();
+    const pb = new RWMutex(b!, name).lock();
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'b queued',
+    );
+    let cHolds = false;
+    const pc = new RWMutex(c!, name).lock().then((h) => {
+      cHolds = true;
+      return h;
+    });
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 3,
+      5000,
+      'c queued',
+    );
+    await kv.lease.revoke(b!.lease); // the middle waiter's session expires
+    await expect(pb).rejects.toMatchObject({ code: 'session-lost' });
+    await sleep(300);
+    expect(cHolds).toBe(false); // a still holds: c must keep waiting
+    await ha.unlock();
+    const hc = await pc;
+    expect(hc.token).toBeGreaterThan(ha.token);
+    await hc.unlock();
+    await closeAll([a!, c!]);
+  });
+
+  it('rwmutex — tryLock fails while read-held; tryRLock succeeds', async () => {
+    const { prefix } = ctx();
+    const name = `${prefix('rw-try')}rw`;
+    const [a, b, c] = await sessions(3);
+    const r = await new RWMutex(a!, name).rLock();
+    expect((await new RWMutex(b!, name).tryLock()).isErr()).toBe(true);
+    const r2 = await new RWMutex(c!, name).tryRLock();
+    expect(r2.isOk()).toBe(true);
+    await r.unlock();
+    if (r2.isOk()) await r2.value.unlock();
+    await closeAll([a!, b!, c!]);
+  });
+
+  it('semaphore — never more than N holders under contention, with aborts', async () => {
+    const { prefix } = ctx();
+    const name = `${prefix('sem')}s`;
+    const ss = await sessions(6);
+    let inside = 0;
+    let maxInside = 0;
+    let aborted = 0;
+    await Promise.all(
+      ss.map(async (s, i) => {
+        const sem = new Semaphore(s, name, 2);
+        for (let round = 0; round < 3; round++) {
+          const signal = i === 5 && round === 1 ? AbortSignal.timeout(5) : undefined;
+          let p: Awaited<ReturnType<Semaphore['acquire']>>;
+          try {
+            p = await sem.acquire(signal ? { signal } : {});
+          } catch {
+            aborted++;
+            continue;
+          }
+          inside++;
+          maxInside = Math.max(maxInside, inside);
+          await sleep(5);
+          inside--;
+          await p.release();
+        }
+      }),
+    );
+    await closeAll(ss);
+    expect(maxInside).toBe(2);
+    expect(aborted).toBeLessThanOrEqual(1);
+  });
+
+  it('semaphore — a participant with a different permit count gets a conflict error', async () => {
+    const { prefix } = ctx();
+    const name = `${prefix('sem-conflict')}s`;
+    const [a, b] = await sessions(2);
+    const p = await new Semaphore(a!, name, 3).acquire();
+    await expect(new Semaphore(b!, name, 4).acquire()).rejects.toMatchObject({ code: 'conflict' });
+    await p.release();
+    await closeAll([a!, b!]);
+  });
+
+  it('barrier — wait blocks until release; abort rejects with the reason', async () => {
+    const { kv, prefix } = ctx();
+    const b = new Barrier(kv, `${prefix('barrier')}b`);
+    expect(await b.hold()).toBe(true);
+    expect(await b.hold()).toBe(false);
+    let passed = false;
+    const waiting = b.wait().then(() => (passed = true));
+    const ac = new AbortController();
+    const reason = new Error('enough');
+    const aborted = b.wait({ signal: ac.signal });
+    await sleep(100);
+    ac.abort(reason);
+    await expect(aborted).rejects.toBe(reason);
+    expect(passed).toBe(false);
+    await b.release();
+    await waiting;
+    expect(passed).toBe(true);
+    await b.wait(); // already down
+  });
+
+  it('double barrier — all enter together, an extra participant is refused, all leave together', async () => {
+    const { prefix } = ctx();
+    const name = `${prefix('dbarrier')}d`;
+    const ss = await sessions(4);
+    const entered: number[] = [];
+    const first = ss
+      .slice(0, 2)
+      .map((s, i) => new DoubleBarrier(s, name, 3).enter().then(() => entered.push(i)));
+    await sleep(200);
+    expect(entered).toEqual([]);
+    await new DoubleBarrier(ss[2]!, name, 3).enter();
+    await Promise.all(first);
+    expect(entered.length).toBe(2);
+    await expect(new DoubleBarrier(ss[3]!, name, 3).enter()).rejects.toMatchObject({ code: 'conflict' });
+    let left = 0;
+    const leaving = ss.slice(0, 2).map((s) => new DoubleBarrier(s, name, 3).leave().then(() => left++));
+    await sleep(200);
+    expect(left).toBe(0);
+    await new DoubleBarrier(ss[2]!, name, 3).leave();
+    await Promise.all(leaving);
+    expect(left).toBe(2);
+    await closeAll(ss);
+  });
+};
