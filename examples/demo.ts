@@ -5,7 +5,7 @@
  * (`embedded:?nodes=3`) once that backend is built; until then a private etcd started from the
  * `etcd` binary on PATH (stopped at the end). It prints what happens and exits 0.
  */
-import { type ConclaveError, connect, type KV, Session, toText } from '../src/index.js';
+import { type ConclaveError, connect, Election, type KV, Mutex, Session, toText } from '../src/index.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../test/harness/etcd.js';
 
 const log = (...a: unknown[]) => console.log('  ', ...a);
@@ -88,6 +88,39 @@ async function sessionLoss(kv: KV, key: string): Promise<void> {
   await s.close();
 }
 
+async function lockContention(kv: KV, name: string): Promise<void> {
+  console.log('\n4. Three workers contend for one Mutex; tokens (fencing) grow with each owner');
+  const sessions = await Promise.all([1, 2, 3].map(() => Session.create(kv, { ttlSeconds: 5 })));
+  let inside = 0;
+  await Promise.all(
+    sessions.map(async (s, i) => {
+      for (let round = 0; round < 2; round++) {
+        await using lock = await new Mutex(s, name).lock();
+        inside++;
+        log(`worker ${i + 1} holds the lock, token ${lock.token}, ${inside} inside`);
+        await new Promise((r) => setTimeout(r, 20));
+        inside--;
+      }
+    }),
+  );
+  await Promise.all(sessions.map((s) => s.close()));
+}
+
+async function electionFailover(kv: KV, name: string): Promise<void> {
+  console.log("\n5. An election: the leader's session dies, the next candidate takes over");
+  const a = await Session.create(kv, { ttlSeconds: 5 });
+  const b = await Session.create(kv, { ttlSeconds: 5 });
+  const leaderA = await new Election(a, name).campaign('node-a');
+  log(`node-a leads, term ${leaderA.token}`);
+  const next = new Election(b, name).campaign('node-b');
+  await new Promise((r) => setTimeout(r, 100));
+  await kv.lease.revoke(a.lease); // node-a's session dies
+  const leaderB = await next;
+  log(`node-a lost leadership: ${leaderA.lost.aborted}; node-b leads, term ${leaderB.token}`);
+  await leaderB.resign();
+  await Promise.all([a.close(), b.close()]);
+}
+
 async function main(): Promise<void> {
   const { kv, label, cluster } = await openTarget();
   console.log(`Conclave demo on ${label}`);
@@ -96,6 +129,8 @@ async function main(): Promise<void> {
     await counterWithCas(kv, `${run}counter`);
     await configWatch(kv, `${run}config/`);
     await sessionLoss(kv, `${run}owner`);
+    await lockContention(kv, `${run}lock`);
+    await electionFailover(kv, `${run}election`);
     console.log('\nDone.');
   } finally {
     await kv.delete(run, { prefix: true }).catch(() => undefined);

@@ -14,6 +14,8 @@ describe.skipIf(!available)('examples', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toContain('final value 100 (expected 100)');
     expect(r.stdout).toMatch(/session\.lost fired: session-lost — key now gone/);
+    expect(r.stdout).toMatch(/node-a lost leadership: true; node-b leads, term \d+/);
+    expect(r.stdout).not.toMatch(/[2-9] inside/);
     expect(r.stdout).toContain('Done.');
   }, 70_000);
 });

@@ -1,6 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { expect, it } from 'vitest';
+import { Election } from '../../../recipes/election.js';
 import { Mutex } from '../../../recipes/mutex.js';
+import { toText } from '../../../src/keys.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
@@ -62,5 +64,39 @@ export const registerInteropTests: RegisterTests = (ctx) => {
     } finally {
       await stop(ctl.child);
     }
+  }, 30_000);
+
+  it('interop — a Conclave Election and `etcdctl elect` take turns on the same name', async (t) => {
+    const { kv, prefix, backend } = ctx();
+    if (!backend.supports.etcdctl || !backend.endpoints) {
+      t.skip();
+      return;
+    }
+    const name = `${prefix('interop-elect')}e`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const election = new Election(s, name);
+    const mine = await election.campaign('conclave');
+    let out = '';
+    const child = spawn('etcdctl', ['--endpoints', backend.endpoints().join(','), 'elect', name, 'etcdctl'], {
+      env: { ...process.env, ETCDCTL_API: '3' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    try {
+      await waitFor(
+        async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+        10_000,
+        'etcdctl to campaign',
+      );
+      expect(toText((await election.leader())!.value)).toBe('conclave');
+      await mine.resign();
+      await waitFor(() => out.includes('etcdctl'), 10_000, 'etcdctl to be elected');
+      const leader = await election.leader();
+      expect(toText(leader!.value)).toBe('etcdctl');
+      expect(leader!.token).toBeGreaterThan(mine.token);
+    } finally {
+      await stop(child);
+    }
+    await waitFor(async () => (await election.leader()) === undefined, 10_000, 'etcdctl to resign on exit');
   }, 30_000);
 };

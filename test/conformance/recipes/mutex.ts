@@ -206,4 +206,27 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     await expect(waiting).rejects.toMatchObject({ code: 'session-lost' });
     await h.unlock();
   });
+
+  it('mutex — unlock fails while the connection is down and succeeds when retried after it returns', async (t) => {
+    const { kv, prefix, backend } = ctx();
+    if (!backend.supports.cutConnection || !backend.proxied) {
+      t.skip();
+      return;
+    }
+    const name = `${prefix('mutex-unlock-retry')}lock`;
+    const proxied = await backend.proxied();
+    try {
+      const s = await Session.create(proxied.kv, { ttlSeconds: backend.minTtlSeconds + 10 });
+      const h = await new Mutex(s, name, { lostOnSuspend: false }).lock();
+      await proxied.cut();
+      await expect(h.unlock({ signal: AbortSignal.timeout(1500) })).rejects.toBeDefined();
+      expect(await kv.get(h.key)).toBeDefined(); // still held on the server
+      await proxied.restore();
+      await h.unlock();
+      expect(await kv.get(h.key)).toBeUndefined();
+      await s.close();
+    } finally {
+      await proxied.close();
+    }
+  }, 20_000);
 };
