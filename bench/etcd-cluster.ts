@@ -1,9 +1,20 @@
-/** Placeholder until test/harness/etcd.ts lands. */
+/** The benchmark's own etcd: the test harness's `startEtcd`, made abortable. */
+import { startEtcd } from '../test/harness/etcd.js';
+
 export interface OwnEtcd {
   readonly endpoints: readonly string[];
   readonly pids: readonly number[];
   stop(): Promise<void>;
 }
-export async function startOwnEtcd(_members: 1 | 3, _signal: AbortSignal): Promise<OwnEtcd> {
-  throw new Error('test/harness/etcd.ts is not there yet: pass --endpoints');
+
+export async function startOwnEtcd(members: 1 | 3, signal: AbortSignal): Promise<OwnEtcd> {
+  signal.throwIfAborted();
+  // Benchmarks use etcd's default timing (100 ms heartbeat, 1 s election), as a deployment would.
+  const c = await startEtcd({ members, heartbeatMs: 100, electionTimeoutMs: 1000 });
+  if (!c) throw new Error('no etcd found: install etcd-server or pass --endpoints');
+  if (signal.aborted) {
+    await c.stop();
+    signal.throwIfAborted();
+  }
+  return { endpoints: c.endpoints, pids: c.pids, stop: () => c.stop() };
 }
