@@ -105,12 +105,18 @@ export class EtcdKV implements KV {
   readonly #watches: WatchHub;
   readonly #keepAlive: KeepAliveStream;
   #closed = false;
+  /** Settles once the leader's endpoint was looked for (never rejects). */
+  readonly #leaderFound: Promise<void>;
   readonly lease: LeaseApi;
 
   constructor(opts: EtcdConnectOptions) {
     this.#conn = new Connection(opts);
     this.#watches = new WatchHub(this.#conn);
     this.#keepAlive = new KeepAliveStream(this.#conn);
+    this.#leaderFound = this.#conn.preferLeader(async (i) => {
+      const r = await this.#conn.unaryAt(m.status, {}, i, AbortSignal.timeout(1000));
+      return { memberId: big(r.header?.memberId, true), leader: big(r.leader, true) };
+    });
     this.lease = {
       grant: (ttl, o) => this.#leaseGrant(ttl, o),
       revoke: (id, o) => this.#leaseRevoke(id, o),
@@ -118,6 +124,11 @@ export class EtcdKV implements KV {
       timeToLive: (id, o) => this.#leaseTimeToLive(id, o),
       list: (o) => this.#leaseList(o),
     };
+  }
+
+  /** Resolves once the client has looked for the leader's endpoint (connectEtcd awaits it). */
+  ready(): Promise<void> {
+    return this.#leaderFound;
   }
 
   get endpoints(): readonly string[] {

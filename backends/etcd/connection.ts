@@ -109,6 +109,32 @@ export class Connection {
     return c;
   }
 
+  /**
+   * Points the connection at the Raft leader's endpoint when it can find it (each member's Status
+   * names the leader, and its header names the member): writes and linearizable reads sent to a
+   * follower are forwarded to the leader, which costs a hop. Best-effort and bounded: one Status per
+   * endpoint; on any failure the current endpoint stays.
+   */
+  async preferLeader(
+    status: (index: number) => Promise<{ memberId: bigint; leader: bigint }>,
+  ): Promise<void> {
+    if (this.endpoints.length < 2) return;
+    try {
+      const first = await status(this.#current);
+      if (first.leader === 0n || first.leader === first.memberId) return;
+      for (let i = 0; i < this.endpoints.length; i++) {
+        if (i === this.#current) continue;
+        const s = await status(i).catch(() => undefined);
+        if (s && s.memberId === first.leader) {
+          this.#current = i;
+          return;
+        }
+      }
+    } catch {
+      // Leave the endpoint as it is: failover handles unreachable members.
+    }
+  }
+
   get currentIndex(): number {
     return this.#current;
   }
@@ -116,6 +142,11 @@ export class Connection {
   /** Move to the next endpoint after a failure seen on `failedIndex` (no-op if someone already moved). */
   failover(failedIndex: number): void {
     if (this.#current === failedIndex) this.#current = (failedIndex + 1) % this.endpoints.length;
+  }
+
+  /** One attempt on one endpoint, no retry (used by preferLeader). */
+  unaryAt<Res>(m: Method<Res>, req: object, index: number, signal?: AbortSignal): Promise<Res> {
+    return this.#once(m, req, index, signal);
   }
 
   async unary<Res>(

@@ -5,7 +5,12 @@ import { EtcdKV } from './client.js';
 export type { EtcdConnectOptions } from '../../src/connect.js';
 export { EtcdKV } from './client.js';
 
-/** Creates a client; channels connect lazily, so this does not wait for the cluster. */
+/**
+ * Creates a client. With several endpoints it first looks (briefly, best-effort) for the Raft
+ * leader's endpoint and uses it, so writes and linearizable reads skip a forwarding hop.
+ */
 export async function connectEtcd(opts: EtcdConnectOptions): Promise<EtcdKV> {
-  return new EtcdKV(opts);
+  const kv = new EtcdKV(opts);
+  await kv.ready();
+  return kv;
 }
