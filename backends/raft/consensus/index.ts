@@ -1,0 +1,5 @@
+/** The pure Raft core (issue 3). */
+export { ProposalDropped, RaftInvariantError } from './assert.js';
+export { MemoryStorage } from './memory-storage.js';
+export { decodeConfChange, encodeConfChange, Raft } from './raft.js';
+export * from './types.js';

@@ -1,0 +1,90 @@
+/**
+ * An in-memory LogStorage (hashicorp-style double that ships with the code): used by tests, the
+ * simulator and memory-only nodes. It holds exactly what a driver persisted: hard state, the
+ * entries after the snapshot, and the snapshot.
+ */
+import { assert } from './assert.js';
+import type { ConfState, Entry, HardState, LogStorage, Snapshot } from './types.js';
+
+export class MemoryStorage implements LogStorage {
+  hardState: HardState = { term: 0, vote: 0, commit: 0 };
+  snap: Snapshot;
+  /** ents[i] has index snap.meta.index + 1 + i. */
+  ents: Entry[] = [];
+
+  constructor(confState: ConfState = { voters: [], learners: [] }) {
+    this.snap = { meta: { index: 0, term: 0, confState }, data: new Uint8Array(0) };
+  }
+
+  initialState(): { hardState: HardState; confState: ConfState } {
+    return { hardState: this.hardState, confState: this.snap.meta.confState };
+  }
+
+  entries(lo: number, hi: number, maxBytes: number): Entry[] {
+    assert(lo > this.snap.meta.index, `entries lo ${lo} was compacted`);
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let i = lo; i < hi && i <= this.lastIndex(); i++) {
+      const e = this.ents[i - this.snap.meta.index - 1]!;
+      bytes += e.data.length;
+      if (out.length > 0 && bytes > maxBytes) break;
+      out.push(e);
+    }
+    return out;
+  }
+
+  term(index: number): number {
+    if (index === this.snap.meta.index) return this.snap.meta.term;
+    const e = this.ents[index - this.snap.meta.index - 1];
+    assert(e !== undefined, `term of unavailable index ${index}`);
+    return e.term;
+  }
+
+  firstIndex(): number {
+    return this.snap.meta.index + 1;
+  }
+
+  lastIndex(): number {
+    return this.snap.meta.index + this.ents.length;
+  }
+
+  snapshot(): Snapshot {
+    return this.snap;
+  }
+
+  setHardState(hs: HardState): void {
+    assert(hs.term >= this.hardState.term, 'persisted term never decreases');
+    this.hardState = hs;
+  }
+
+  /** Appends, replacing any suffix that the new entries overwrite. */
+  append(ents: readonly Entry[]): void {
+    if (ents.length === 0) return;
+    const first = ents[0]!.index;
+    assert(first > this.snap.meta.index, 'append below the snapshot');
+    assert(first <= this.lastIndex() + 1, `append leaves a gap (${first} after ${this.lastIndex()})`);
+    this.ents.length = first - this.snap.meta.index - 1;
+    for (const e of ents) this.ents.push(e);
+  }
+
+  applySnapshot(s: Snapshot): void {
+    this.snap = s;
+    this.ents = [];
+  }
+
+  /** Drops entries up to `index`, recording a snapshot there. */
+  compact(index: number, data: Uint8Array, confState: ConfState): void {
+    if (index <= this.snap.meta.index) return;
+    const term = this.term(index);
+    this.ents = this.ents.slice(index - this.snap.meta.index);
+    this.snap = { meta: { index, term, confState }, data };
+  }
+
+  clone(): MemoryStorage {
+    const c = new MemoryStorage(this.snap.meta.confState);
+    c.hardState = this.hardState;
+    c.snap = this.snap;
+    c.ents = [...this.ents];
+    return c;
+  }
+}

@@ -1,0 +1,36 @@
+/** `npm run sim -- --seeds N [--seed S] [--steps K] [--nodes N] [--no-faults]` */
+import { runSeed } from './cluster.js';
+
+const args = process.argv.slice(2);
+const get = (name: string): string | undefined => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const seeds = Number(get('seeds') ?? 100);
+const first = Number(get('seed') ?? 1);
+const steps = Number(get('steps') ?? 2000);
+const nodes = Number(get('nodes') ?? 5);
+const faults = !args.includes('--no-faults');
+const only = get('seed') !== undefined && get('seeds') === undefined;
+
+const start = performance.now();
+let failed = 0;
+let virtualMs = 0;
+const count = only ? 1 : seeds;
+for (let i = 0; i < count; i++) {
+  const seed = first + i;
+  const r = runSeed({ seed, steps, nodes, faults });
+  virtualMs += r.virtualMs;
+  if (r.error) {
+    failed++;
+    console.log(`FAIL seed ${seed}: ${r.error}`);
+    console.log(
+      `  replay: npm run sim -- --seed ${seed} --steps ${steps} --nodes ${nodes}${faults ? '' : ' --no-faults'}`,
+    );
+  }
+}
+const wallMs = performance.now() - start;
+console.log(
+  `${count} seeds, ${count - failed} passed, ${failed} failed; ${(wallMs / 1000).toFixed(1)} s wall, ${(virtualMs / 1000).toFixed(0)} s simulated (${(virtualMs / wallMs).toFixed(0)}× real time)`,
+);
+process.exit(failed > 0 ? 1 : 0);

@@ -1,0 +1,339 @@
+/**
+ * The deterministic cluster simulator (issue 3): N pure Raft cores driven on a virtual clock over a
+ * faulty simulated network, with invariant checks after every step. Everything random comes from
+ * one seeded PRNG, so a failing seed replays exactly.
+ */
+import { ProposalDropped } from '../../backends/raft/consensus/assert.js';
+import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
+import { decodeConfChange, Raft } from '../../backends/raft/consensus/raft.js';
+import {
+  type Entry,
+  EntryType,
+  type Message,
+  MessageType,
+  type Ready,
+  Role,
+} from '../../backends/raft/consensus/types.js';
+import { Prng } from './prng.js';
+
+export interface SimOptions {
+  seed: number;
+  nodes?: number;
+  steps?: number;
+  faults?: boolean;
+  /** Steps of calm at the end (network healed, everyone up) before the liveness check. */
+  quietSteps?: number;
+  /** Test hook: lets a test tamper with a Ready before the driver uses it (to prove the checkers fail). */
+  tamper?: (nodeId: number, rd: Ready) => Ready;
+}
+
+export interface SimResult {
+  seed: number;
+  steps: number;
+  applied: number;
+  leadersElected: number;
+  virtualMs: number;
+  error?: string;
+}
+
+const TICK_MS = 10;
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+
+interface SimNode {
+  id: number;
+  raft: Raft | undefined;
+  storage: MemoryStorage;
+  /** The state machine: applied command strings by index (undefined for no-ops / conf changes). */
+  applied: Map<number, string>;
+  appliedIndex: number;
+  lastCommit: number;
+}
+
+interface InFlight {
+  at: number;
+  m: Message;
+}
+
+export class SimError extends Error {}
+
+export class Simulation {
+  readonly rng: Prng;
+  readonly opts: Required<SimOptions>;
+  readonly nodes = new Map<number, SimNode>();
+  net: InFlight[] = [];
+  now = 0;
+  /** Pairs "a>b" whose messages are dropped (asymmetric partitions are single pairs). */
+  readonly cut = new Set<string>();
+  readonly leaderOfTerm = new Map<number, number>();
+  /** index → term:data of every entry applied anywhere (state machine safety). */
+  readonly appliedGlobal = new Map<number, string>();
+  /** Highest index any node has applied: every later ReadIndex must return at least this. */
+  ackedIndex = 0;
+  readonly pendingReads = new Map<string, number>();
+  leadersElected = 0;
+  #readSeq = 0;
+  #propSeq = 0;
+
+  constructor(opts: SimOptions) {
+    this.opts = { nodes: 5, steps: 2000, faults: true, quietSteps: 600, tamper: (_id, rd) => rd, ...opts };
+    this.rng = new Prng(opts.seed);
+    const voters = Array.from({ length: this.opts.nodes }, (_, i) => i + 1);
+    for (const id of voters) {
+      const storage = new MemoryStorage({ voters, learners: [] });
+      const n: SimNode = { id, raft: undefined, storage, applied: new Map(), appliedIndex: 0, lastCommit: 0 };
+      this.nodes.set(id, n);
+      this.#start(n);
+    }
+  }
+
+  #start(n: SimNode): void {
+    const r = this.rng.fork();
+    n.raft = new Raft({
+      id: n.id,
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      storage: n.storage,
+      random: () => r.next(),
+      applied: n.storage.snap.meta.index,
+      maxSizePerMsgBytes: 4096,
+      maxInflightMsgs: 16,
+    });
+    // The state machine restarts from the snapshot (its data is the applied map up to that index).
+    n.applied = new Map(
+      JSON.parse(
+        dec.decode(n.storage.snap.data).length > 0 ? dec.decode(n.storage.snap.data) : '[]',
+      ) as Array<[number, string]>,
+    );
+    n.appliedIndex = n.storage.snap.meta.index;
+    n.lastCommit = Math.max(n.lastCommit, 0);
+  }
+
+  fail(msg: string): never {
+    throw new SimError(`seed ${this.opts.seed} at ${this.now} ms: ${msg}`);
+  }
+
+  run(): SimResult {
+    try {
+      for (let step = 0; step < this.opts.steps; step++) this.step(this.opts.faults);
+      this.heal();
+      for (let step = 0; step < this.opts.quietSteps; step++)
+        this.step(false, step < this.opts.quietSteps / 2);
+      this.checkConverged();
+      return {
+        seed: this.opts.seed,
+        steps: this.opts.steps,
+        applied: this.appliedGlobal.size,
+        leadersElected: this.leadersElected,
+        virtualMs: this.now,
+      };
+    } catch (err) {
+      return {
+        seed: this.opts.seed,
+        steps: this.opts.steps,
+        applied: this.appliedGlobal.size,
+        leadersElected: this.leadersElected,
+        virtualMs: this.now,
+        error:
+          err instanceof Error
+            ? `${err.message}\n${err.stack?.split('\n').slice(1, 4).join('\n')}`
+            : String(err),
+      };
+    }
+  }
+
+  heal(): void {
+    this.cut.clear();
+    for (const n of this.nodes.values()) if (!n.raft) this.#start(n);
+  }
+
+  step(faults: boolean, clients = true): void {
+    this.now += TICK_MS;
+    if (faults) this.#injectFaults();
+    if (clients) this.#clientActions(faults);
+    for (const n of this.nodes.values()) n.raft?.tick();
+    this.#deliver(faults);
+    for (const n of this.nodes.values()) this.#process(n);
+    this.#checkInvariants();
+  }
+
+  #injectFaults(): void {
+    const ids = [...this.nodes.keys()];
+    if (this.rng.chance(0.01)) {
+      // A partition: a random minority (or majority) split, sometimes one-way.
+      this.cut.clear();
+      const side = new Set(ids.filter(() => this.rng.chance(0.4)));
+      const oneWay = this.rng.chance(0.3);
+      for (const a of ids)
+        for (const b of ids)
+          if (side.has(a) !== side.has(b) && (!oneWay || side.has(a))) this.cut.add(`${a}>${b}`);
+    }
+    if (this.rng.chance(0.01)) this.cut.clear();
+    if (this.rng.chance(0.005)) {
+      const n = this.nodes.get(this.rng.pick(ids))!;
+      if (n.raft) n.raft = undefined; // crash: volatile state is gone, storage stays
+    }
+    if (this.rng.chance(0.02)) {
+      for (const n of this.nodes.values()) if (!n.raft && this.rng.chance(0.5)) this.#start(n);
+    }
+  }
+
+  #clientActions(faults: boolean): void {
+    const live = [...this.nodes.values()].filter((n) => n.raft);
+    if (live.length === 0) return;
+    if (this.rng.chance(0.3)) {
+      const n = this.rng.pick(live);
+      try {
+        n.raft!.propose(enc.encode(`p${this.opts.seed}-${this.#propSeq++}`));
+      } catch (err) {
+        if (!(err instanceof ProposalDropped)) throw err;
+      }
+    }
+    if (this.rng.chance(0.05)) {
+      const n = this.rng.pick(live);
+      const ctx = `r${this.#readSeq++}`;
+      this.pendingReads.set(ctx, this.ackedIndex);
+      n.raft!.readIndex(enc.encode(ctx));
+    }
+    if (faults && this.rng.chance(0.003)) {
+      const leader = live.find((n) => n.raft!.role === Role.Leader);
+      if (leader) leader.raft!.transferLeader(this.rng.pick([...this.nodes.keys()]));
+    }
+    if (this.rng.chance(0.01)) {
+      const n = this.rng.pick(live);
+      if (n.appliedIndex > n.raft!.log.snapIndex + 20) {
+        const data = enc.encode(
+          JSON.stringify([...n.applied.entries()].filter(([i]) => i <= n.appliedIndex)),
+        );
+        n.raft!.compact(n.appliedIndex, data);
+        n.storage.compact(n.appliedIndex, data, n.raft!.confState());
+      }
+    }
+  }
+
+  #deliver(faults: boolean): void {
+    const due: InFlight[] = [];
+    const later: InFlight[] = [];
+    for (const f of this.net) (f.at <= this.now ? due : later).push(f);
+    this.net = later;
+    // Reorder: shuffle what is due.
+    for (let i = due.length - 1; i > 0; i--) {
+      const j = this.rng.int(i + 1);
+      [due[i], due[j]] = [due[j]!, due[i]!];
+    }
+    for (const f of due) {
+      const to = this.nodes.get(f.m.to);
+      const delivered =
+        !!to?.raft && !this.cut.has(`${f.m.from}>${f.m.to}`) && !(faults && this.rng.chance(0.05));
+      if (delivered) {
+        to!.raft!.step(f.m);
+        if (faults && this.rng.chance(0.02)) to!.raft!.step(f.m); // duplicate
+      }
+      // Like a real transport, report the fate of a snapshot to the leader that sent it.
+      if (f.m.type === MessageType.Snapshot) this.#snapStatus(f.m.from, f.m.to, !delivered);
+    }
+  }
+
+  #snapStatus(leader: number, follower: number, failed: boolean): void {
+    const l = this.nodes.get(leader)?.raft;
+    l?.step({
+      type: MessageType.SnapStatus,
+      from: follower,
+      to: leader,
+      term: 0,
+      index: 0,
+      logTerm: 0,
+      entries: [],
+      commit: 0,
+      reject: failed,
+      rejectHint: 0,
+      hintTerm: 0,
+      context: new Uint8Array(0),
+    });
+  }
+
+  #process(n: SimNode): void {
+    const r = n.raft;
+    if (!r || !r.hasReady()) return;
+    const rd: Ready = this.opts.tamper(n.id, r.ready());
+    if (rd.snapshot) {
+      n.storage.applySnapshot(rd.snapshot);
+      n.applied = new Map(JSON.parse(dec.decode(rd.snapshot.data) || '[]') as Array<[number, string]>);
+      n.appliedIndex = rd.snapshot.meta.index;
+    }
+    n.storage.append(rd.entries);
+    if (rd.hardState) n.storage.setHardState(rd.hardState);
+    for (const m of rd.messages) {
+      const delay = this.opts.faults ? 1 + this.rng.int(30) : 1;
+      this.net.push({ at: this.now + delay, m });
+    }
+    for (const e of rd.committed) this.#apply(n, e);
+    for (const rs of rd.readStates) {
+      const ctx = dec.decode(rs.context);
+      const floor = this.pendingReads.get(ctx);
+      if (floor !== undefined && rs.index < floor)
+        this.fail(`ReadIndex ${ctx} returned ${rs.index} below acknowledged index ${floor}`);
+      this.pendingReads.delete(ctx);
+    }
+    if (rd.softState?.role === Role.Leader) {
+      this.leadersElected++;
+      const prev = this.leaderOfTerm.get(r.term);
+      if (prev !== undefined && prev !== n.id)
+        this.fail(`election safety: ${prev} and ${n.id} both lead term ${r.term}`);
+      this.leaderOfTerm.set(r.term, n.id);
+      // Leader completeness: every entry applied anywhere is in the new leader's log.
+      for (const [index, v] of this.appliedGlobal) {
+        if (index <= r.log.snapIndex) continue;
+        const e = r.log.entry(index);
+        if (!e || `${e.term}` !== v.split(':')[0])
+          this.fail(`leader completeness: leader ${n.id} of term ${r.term} lacks committed entry ${index}`);
+      }
+    }
+    r.advance(rd);
+  }
+
+  #apply(n: SimNode, e: Entry): void {
+    if (e.index <= n.appliedIndex) return;
+    if (e.index !== n.appliedIndex + 1) this.fail(`node ${n.id} applied ${e.index} after ${n.appliedIndex}`);
+    n.appliedIndex = e.index;
+    const v = `${e.term}:${e.type}:${dec.decode(e.data)}`;
+    const seen = this.appliedGlobal.get(e.index);
+    if (seen !== undefined && seen !== v)
+      this.fail(`state machine safety: index ${e.index} is ${seen} on one node and ${v} on node ${n.id}`);
+    this.appliedGlobal.set(e.index, v);
+    if (e.index > this.ackedIndex) this.ackedIndex = e.index;
+    n.applied.set(e.index, v);
+    if (e.type === EntryType.ConfChange) n.raft!.applyConfChange(decodeConfChange(e.data));
+  }
+
+  #checkInvariants(): void {
+    for (const n of this.nodes.values()) {
+      const r = n.raft;
+      if (!r) continue;
+      r.log.checkInvariants();
+      if (r.log.committed < n.lastCommit && n.lastCommit <= n.storage.hardState.commit) {
+        this.fail(`node ${n.id} commit went back from ${n.lastCommit} to ${r.log.committed}`);
+      }
+      n.lastCommit = r.log.committed;
+    }
+  }
+
+  /** After the quiet phase every live node has applied the same entries, as many as anyone. */
+  checkConverged(): void {
+    const maxApplied = Math.max(...[...this.nodes.values()].map((n) => n.appliedIndex));
+    for (const n of this.nodes.values()) {
+      if (n.appliedIndex !== maxApplied)
+        this.fail(
+          `liveness: node ${n.id} applied ${n.appliedIndex}, others ${maxApplied}, after the quiet phase`,
+        );
+    }
+    const leaders = [...this.nodes.values()].filter((n) => n.raft?.role === Role.Leader);
+    if (leaders.length !== 1) this.fail(`liveness: ${leaders.length} leaders after the quiet phase`);
+  }
+}
+
+export function runSeed(opts: SimOptions): SimResult {
+  return new Simulation(opts).run();
+}
+
+export { MessageType };
