@@ -25,6 +25,8 @@ export interface SimOptions {
   quietSteps?: number;
   /** Test hook: lets a test tamper with a Ready before the driver uses it (to prove the checkers fail). */
   tamper?: (nodeId: number, rd: Ready) => Ready;
+  /** Random membership changes (remove, re-add as learner, promote). Default true with 5 nodes. */
+  confChanges?: boolean;
 }
 
 export interface SimResult {
@@ -76,7 +78,7 @@ export class Simulation {
   #propSeq = 0;
 
   constructor(opts: SimOptions) {
-    this.opts = { nodes: 5, steps: 2000, faults: true, quietSteps: 600, tamper: (_id, rd) => rd, ...opts };
+    this.opts = { nodes: 5, steps: 2000, faults: true, quietSteps: 600, tamper: (_id, rd) => rd, confChanges: (opts.nodes ?? 5) >= 5, ...opts };
     this.rng = new Prng(opts.seed);
     const voters = Array.from({ length: this.opts.nodes }, (_, i) => i + 1);
     for (const id of voters) {
@@ -199,6 +201,7 @@ export class Simulation {
       const leader = live.find((n) => n.raft!.role === Role.Leader);
       if (leader) leader.raft!.transferLeader(this.rng.pick([...this.nodes.keys()]));
     }
+    if (faults && this.opts.confChanges && this.rng.chance(0.004)) this.#randomConfChange(live);
     if (this.rng.chance(0.01)) {
       const n = this.rng.pick(live);
       if (n.appliedIndex > n.raft!.log.snapIndex + 20) {
@@ -209,6 +212,30 @@ export class Simulation {
         n.storage.compact(n.appliedIndex, data, n.raft!.confState());
       }
     }
+  }
+
+  /** Single-server changes (§4.1): remove a voter (maybe the leader), re-add it as a learner, promote it. */
+  #randomConfChange(live: SimNode[]): void {
+    const leader = live.find((n) => n.raft!.role === Role.Leader)?.raft;
+    if (!leader) return;
+    const cs = leader.confState();
+    const all = [...this.nodes.keys()];
+    const absent = all.filter((id) => !cs.voters.includes(id) && !cs.learners.includes(id));
+    try {
+      if (cs.learners.length > 0) leader.proposeConfChange({ type: 'add-voter', nodeId: this.rng.pick(cs.learners) });
+      else if (absent.length > 0) leader.proposeConfChange({ type: 'add-learner', nodeId: this.rng.pick(absent) });
+      else if (cs.voters.length > 3) leader.proposeConfChange({ type: 'remove', nodeId: this.rng.pick(cs.voters) });
+    } catch (err) {
+      if (!(err instanceof ProposalDropped)) throw err;
+    }
+  }
+
+  /** The members of the final configuration, as the leader sees it. */
+  members(): number[] {
+    const leader = [...this.nodes.values()].find((n) => n.raft?.role === Role.Leader)?.raft;
+    if (!leader) return [...this.nodes.keys()];
+    const cs = leader.confState();
+    return [...cs.voters, ...cs.learners];
   }
 
   #deliver(faults: boolean): void {
@@ -320,14 +347,15 @@ export class Simulation {
 
   /** After the quiet phase every live node has applied the same entries, as many as anyone. */
   checkConverged(): void {
-    const maxApplied = Math.max(...[...this.nodes.values()].map((n) => n.appliedIndex));
-    for (const n of this.nodes.values()) {
+    const members = this.members().map((id) => this.nodes.get(id)!);
+    const maxApplied = Math.max(...members.map((n) => n.appliedIndex));
+    for (const n of members) {
       if (n.appliedIndex !== maxApplied)
         this.fail(
           `liveness: node ${n.id} applied ${n.appliedIndex}, others ${maxApplied}, after the quiet phase`,
         );
     }
-    const leaders = [...this.nodes.values()].filter((n) => n.raft?.role === Role.Leader);
+    const leaders = members.filter((n) => n.raft?.role === Role.Leader);
     if (leaders.length !== 1) this.fail(`liveness: ${leaders.length} leaders after the quiet phase`);
   }
 }
