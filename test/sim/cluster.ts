@@ -78,7 +78,15 @@ export class Simulation {
   #propSeq = 0;
 
   constructor(opts: SimOptions) {
-    this.opts = { nodes: 5, steps: 2000, faults: true, quietSteps: 600, tamper: (_id, rd) => rd, confChanges: (opts.nodes ?? 5) >= 5, ...opts };
+    this.opts = {
+      nodes: 5,
+      steps: 2000,
+      faults: true,
+      quietSteps: 600,
+      tamper: (_id, rd) => rd,
+      confChanges: (opts.nodes ?? 5) >= 5,
+      ...opts,
+    };
     this.rng = new Prng(opts.seed);
     const voters = Array.from({ length: this.opts.nodes }, (_, i) => i + 1);
     for (const id of voters) {
@@ -222,9 +230,12 @@ export class Simulation {
     const all = [...this.nodes.keys()];
     const absent = all.filter((id) => !cs.voters.includes(id) && !cs.learners.includes(id));
     try {
-      if (cs.learners.length > 0) leader.proposeConfChange({ type: 'add-voter', nodeId: this.rng.pick(cs.learners) });
-      else if (absent.length > 0) leader.proposeConfChange({ type: 'add-learner', nodeId: this.rng.pick(absent) });
-      else if (cs.voters.length > 3) leader.proposeConfChange({ type: 'remove', nodeId: this.rng.pick(cs.voters) });
+      if (cs.learners.length > 0)
+        leader.proposeConfChange({ type: 'add-voter', nodeId: this.rng.pick(cs.learners) });
+      else if (absent.length > 0)
+        leader.proposeConfChange({ type: 'add-learner', nodeId: this.rng.pick(absent) });
+      else if (cs.voters.length > 3)
+        leader.proposeConfChange({ type: 'remove', nodeId: this.rng.pick(cs.voters) });
     } catch (err) {
       if (!(err instanceof ProposalDropped)) throw err;
     }
@@ -281,7 +292,7 @@ export class Simulation {
 
   #process(n: SimNode): void {
     const r = n.raft;
-    if (!r || !r.hasReady()) return;
+    if (!r?.hasReady()) return;
     const rd: Ready = this.opts.tamper(n.id, r.ready());
     if (rd.snapshot) {
       n.storage.applySnapshot(rd.snapshot);

@@ -48,6 +48,7 @@ describe('raft simulator', () => {
     const r = runSeed({
       seed: 9,
       steps: 400,
+      confChanges: false,
       tamper: (id, rd) => (id === 3 ? { ...rd, committed: [] } : rd),
     });
     expect(r.error).toBeDefined();

@@ -357,7 +357,7 @@ export class Raft {
     this.#reset(this.term);
     this.role = Role.Leader;
     this.lead = this.id;
-    for (const pr of this.prs.values()) pr.becomeProbe();
+    // Every follower starts probing at our last index + 1 (set by #reset): optimistic, §5.3.
     const self = this.prs.get(this.id);
     if (self) {
       self.becomeReplicate();
