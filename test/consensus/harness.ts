@@ -83,7 +83,7 @@ export class TestCluster {
   stabilize(roundsMax = 100): void {
     for (let i = 0; i < roundsMax; i++) {
       this.flush();
-      if (this.queue.length === 0) return;
+      if (this.queue.length === 0 && ![...this.nodes.values()].some((r) => r.hasReady())) return;
       const q = this.queue;
       this.queue = [];
       for (const m of q) {

@@ -128,7 +128,7 @@ export class ScenarioRunner {
   #stabilize(c: TestCluster, out: string[]): void {
     for (let round = 0; round < 100; round++) {
       c.flush();
-      if (c.queue.length === 0) return;
+      if (c.queue.length === 0 && ![...c.nodes.values()].some((r) => r.hasReady())) return;
       const q = c.queue;
       c.queue = [];
       for (const m of q) {

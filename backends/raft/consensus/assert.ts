@@ -16,7 +16,8 @@ export class ProposalDropped extends Error {
       | 'transferring'
       | 'uncommitted-bytes'
       | 'conf-change-pending'
-      | 'not-member',
+      | 'not-member'
+      | 'learner-behind',
     message: string,
   ) {
     super(message);

@@ -210,9 +210,10 @@ export class Raft {
       ...(hardChanged ? { hardState: hs } : {}),
       entries: this.log.unstable(),
       ...(this.#pendingSnapshot ? { snapshot: this.#pendingSnapshot } : {}),
-      messages: this.#msgs,
+      // Copies: the driver may call into the core (applyConfChange) before advance(), adding more.
+      messages: this.#msgs.slice(),
       committed: this.log.committedToApply(),
-      readStates: this.#readStates,
+      readStates: this.#readStates.slice(),
     };
   }
 
@@ -263,6 +264,8 @@ export class Raft {
           );
           p.recentActive = true;
           this.prs.set(nodeId, p);
+          // Start replicating to the new member right away rather than at the next heartbeat.
+          if (this.role === Role.Leader) this.#sendAppend(nodeId);
         }
       }
     }
@@ -717,6 +720,15 @@ export class Raft {
           throw new ProposalDropped(
             'conf-change-pending',
             'proposal dropped: a membership change is still pending; one at a time',
+          );
+        }
+        const cc = decodeConfChange(e.data);
+        const target = this.prs.get(cc.nodeId);
+        if (cc.type === 'add-voter' && target?.isLearner && target.match < this.log.committed) {
+          // As etcd: only a learner that has caught up may be promoted (it could stall commits otherwise).
+          throw new ProposalDropped(
+            'learner-behind',
+            `proposal dropped: learner ${cc.nodeId} has not caught up (match ${target.match} < commit ${this.log.committed})`,
           );
         }
         this.#pendingConfIndex = this.log.lastIndex + 1;
