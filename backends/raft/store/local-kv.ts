@@ -1,0 +1,185 @@
+/**
+ * LocalKV: the KV contract served straight from one Store, with no replication. It exists so the
+ * whole conformance suite can check the state machine's etcd semantics on its own; the Raft node
+ * (issue 4) wraps the same Store behind consensus. Writes apply synchronously; lease expiry runs
+ * on a timer against the monotonic clock.
+ */
+import { randomBytes } from 'node:crypto';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import type { KV } from '../../../src/kv.js';
+import type {
+  Bytes,
+  CallOptions,
+  CompactOptions,
+  DeleteOptions,
+  DeleteResult,
+  GetOptions,
+  KeyValue,
+  LeaseApi,
+  LeaseId,
+  PutOptions,
+  PutResult,
+  RangeOptions,
+  RangeResult,
+  StatusResult,
+  Txn,
+  TxnResult,
+  Watch,
+  WatchOptions,
+} from '../../../src/types.js';
+import {
+  checkBytes,
+  checkKey,
+  checkLeaseId,
+  checkNonNegativeInt,
+  checkOptionsObject,
+  checkRevision,
+  checkSignal,
+  checkTtl,
+  checkTxn,
+} from '../../../src/validate.js';
+import { Store } from './store.js';
+
+export interface LocalKVOptions {
+  minTtlSeconds?: number;
+  /** Monotonic clock in ms (tests may inject a virtual one). */
+  now?: () => number;
+  /** How often expired leases are revoked (ms). */
+  expiryCheckMs?: number;
+}
+
+export class LocalKV implements KV {
+  readonly store: Store;
+  readonly lease: LeaseApi;
+  readonly #now: () => number;
+  readonly #timer: ReturnType<typeof setInterval>;
+  #nextLease = BigInt(`0x${randomBytes(6).toString('hex')}`);
+  #closed = false;
+
+  constructor(opts: LocalKVOptions = {}) {
+    this.store = new Store({ minTtlSeconds: opts.minTtlSeconds ?? 1 });
+    this.#now = opts.now ?? (() => performance.now());
+    this.#timer = setInterval(() => this.expireLeases(), opts.expiryCheckMs ?? 100);
+    this.#timer.unref?.();
+    this.lease = {
+      grant: async (ttl, o = {}) => {
+        this.#open(o);
+        checkTtl('ttlSeconds', ttl);
+        const id = o.id === undefined || o.id === 0n ? this.#nextLease++ : checkLeaseId('id', o.id);
+        return this.store.applyLeaseGrant(id, ttl, this.#now());
+      },
+      revoke: async (id, o = {}) => {
+        this.#open(o);
+        checkLeaseId('id', id, { allowZero: false });
+        return this.store.applyLeaseRevoke(id);
+      },
+      keepAliveOnce: async (id, o = {}) => {
+        this.#open(o);
+        checkLeaseId('id', id, { allowZero: false });
+        return { id, ttlSeconds: this.store.leases.renew(id, this.#now()) };
+      },
+      timeToLive: async (id, o = {}) => {
+        this.#open(o);
+        checkLeaseId('id', id, { allowZero: false });
+        const l = this.store.leases.get(id);
+        const keys = o.keys && l ? [...l.keys].map((k) => new Uint8Array(Buffer.from(k, 'latin1'))) : [];
+        return {
+          id,
+          ttlSeconds: this.store.leases.remainingSeconds(id, this.#now()),
+          grantedTtlSeconds: l?.grantedTtlSeconds ?? 0,
+          keys,
+        };
+      },
+      list: async (o = {}) => {
+        this.#open(o);
+        return [...this.store.leases.byId.keys()];
+      },
+    };
+  }
+
+  /** Revokes every lease whose deadline passed (the leader does this through Raft in a cluster). */
+  expireLeases(): void {
+    for (const id of this.store.leases.expired(this.#now())) this.store.applyLeaseRevoke(id);
+  }
+
+  #open(o: CallOptions | undefined): void {
+    checkOptionsObject('options', o);
+    checkSignal(o);
+    if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the store client is closed');
+    o?.signal?.throwIfAborted();
+  }
+
+  #checkRange(key: Bytes, o: RangeOptions | DeleteOptions): void {
+    checkBytes('key', key);
+    if (!o.prefix && !o.fromKey && o.end === undefined) checkKey('key', key);
+    const r = o as RangeOptions;
+    if (r.limit !== undefined) checkNonNegativeInt('limit', r.limit);
+    if (r.revision !== undefined) checkRevision('revision', r.revision);
+    for (const f of ['minModRevision', 'maxModRevision', 'minCreateRevision', 'maxCreateRevision'] as const) {
+      if (r[f] !== undefined) checkRevision(f, r[f]);
+    }
+  }
+
+  async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
+    this.#open(o);
+    checkKey('key', key);
+    if (o.revision !== undefined) checkRevision('revision', o.revision);
+    return this.store.range(key, o).kvs[0];
+  }
+
+  async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
+    this.#open(o);
+    this.#checkRange(key, o);
+    return this.store.range(key, o);
+  }
+
+  async put(key: Bytes, value: Bytes, o: PutOptions = {}): Promise<PutResult> {
+    this.#open(o);
+    const k = checkKey('key', key);
+    const v = checkBytes('value', value);
+    if (o.lease !== undefined) checkLeaseId('lease', o.lease);
+    return this.store.applyPut(k, v, o);
+  }
+
+  async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
+    this.#open(o);
+    this.#checkRange(key, o);
+    return this.store.applyDelete(key, o);
+  }
+
+  async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
+    this.#open(o);
+    checkTxn(t);
+    return this.store.applyTxn(t);
+  }
+
+  watch(key: Bytes, o: WatchOptions = {}): Watch {
+    this.#open(o);
+    checkBytes('key', key);
+    if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
+    return this.store.hub.watch(key, o);
+  }
+
+  async compact(revision: number, o: CompactOptions = {}): Promise<void> {
+    this.#open(o);
+    checkRevision('revision', revision, { allowZero: false });
+    this.store.applyCompact(revision);
+  }
+
+  async status(o: CallOptions = {}): Promise<StatusResult> {
+    this.#open(o);
+    return { revision: this.store.revision, version: 'conclave-local' };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#timer);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+export type { LeaseId };

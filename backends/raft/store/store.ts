@@ -1,0 +1,317 @@
+/**
+ * The replicated state machine with etcd v3.4 semantics: MVCC key space, txn, compaction, leases
+ * and a watch hub. `apply*` methods are deterministic (no clock, no randomness: lease ids come in
+ * the command); reads and watches are served from the applied state.
+ */
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { compareBytes, EMPTY, resolveRange, toBytes } from '../../../src/keys.js';
+import { limits } from '../../../src/limits.js';
+import type {
+  Compare,
+  DeleteResult,
+  KeyValue,
+  Op,
+  OpResponse,
+  PutResult,
+  RangeOptions,
+  RangeResult,
+  Txn,
+  TxnResult,
+} from '../../../src/types.js';
+import { Leases } from './leases.js';
+import { keyString, Mvcc, type MvccEvent } from './mvcc.js';
+import { WatchHub } from './watch-hub.js';
+
+type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
+
+interface WriteCtx {
+  readonly main: number;
+  sub: number;
+  changed: boolean;
+  readonly events: MvccEvent[];
+}
+
+function cmpNumber(a: number | bigint, b: number | bigint, r: Compare['result']): boolean {
+  switch (r) {
+    case '=':
+      return a === b;
+    case '!=':
+      return a !== b;
+    case '<':
+      return a < b;
+    case '>':
+      return a > b;
+  }
+}
+
+export class Store {
+  readonly mvcc = new Mvcc();
+  readonly leases: Leases;
+  readonly hub: WatchHub;
+  /** Raft index of the last applied entry (persisted with snapshots). */
+  appliedIndex = 0;
+
+  constructor(opts: { minTtlSeconds: number }) {
+    this.leases = new Leases(opts.minTtlSeconds);
+    this.hub = new WatchHub(this.mvcc);
+  }
+
+  get revision(): number {
+    return this.mvcc.currentRev;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Reads
+
+  range(key: Uint8Array | string, o: RangeOpts = {}, atRev = 0): RangeResult {
+    const r = resolveRange(key, o);
+    // `atRev` is internal: a txn reads at its own pending revision, which sees its earlier writes.
+    const rev =
+      o.revision && o.revision > 0
+        ? this.mvcc.checkRevision(o.revision)
+        : atRev > 0
+          ? atRev
+          : this.mvcc.currentRev;
+    let kvs: KeyValue[] = [];
+    let count = 0;
+    this.mvcc.scan(keyString(r.key), keyString(r.end), rev, (_k, kv) => {
+      count++;
+      kvs.push(kv);
+    });
+    // etcd prunes by revision filters after counting: `count` is the whole range (pinned by the suite).
+    if (o.minModRevision) kvs = kvs.filter((kv) => kv.modRevision >= o.minModRevision!);
+    if (o.maxModRevision) kvs = kvs.filter((kv) => kv.modRevision <= o.maxModRevision!);
+    if (o.minCreateRevision) kvs = kvs.filter((kv) => kv.createRevision >= o.minCreateRevision!);
+    if (o.maxCreateRevision) kvs = kvs.filter((kv) => kv.createRevision <= o.maxCreateRevision!);
+    const target = o.sort?.target ?? 'key';
+    let order = o.sort?.order ?? 'none';
+    if (o.sort && order === 'none' && target !== 'key') order = 'ascend';
+    if (order !== 'none') {
+      const by: (a: KeyValue, b: KeyValue) => number =
+        target === 'key'
+          ? (a, b) => compareBytes(a.key, b.key)
+          : target === 'value'
+            ? (a, b) => compareBytes(a.value, b.value)
+            : target === 'version'
+              ? (a, b) => a.version - b.version
+              : target === 'create'
+                ? (a, b) => a.createRevision - b.createRevision
+                : (a, b) => a.modRevision - b.modRevision;
+      kvs.sort(order === 'descend' ? (a, b) => by(b, a) : by);
+    }
+    let more = false;
+    if (o.limit && o.limit > 0 && kvs.length > o.limit) {
+      kvs = kvs.slice(0, o.limit);
+      more = true;
+    }
+    if (o.countOnly) kvs = [];
+    else if (o.keysOnly) kvs = kvs.map((kv) => ({ ...kv, value: EMPTY }));
+    return { kvs, count, more, revision: this.mvcc.currentRev };
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Writes (deterministic)
+
+  #begin(): WriteCtx {
+    return { main: this.mvcc.currentRev + 1, sub: 0, changed: false, events: [] };
+  }
+
+  #commit(w: WriteCtx): number {
+    if (w.changed) {
+      this.mvcc.currentRev = w.main;
+      this.hub.notify(w.main, w.events);
+    }
+    return this.mvcc.currentRev;
+  }
+
+  #put(
+    w: WriteCtx,
+    key: Uint8Array,
+    value: Uint8Array,
+    o: { lease?: bigint; prevKv?: boolean; ignoreValue?: boolean; ignoreLease?: boolean },
+  ): PutResult {
+    const k = keyString(key);
+    const prev = this.mvcc.getAt(k, w.main);
+    if ((o.ignoreValue || o.ignoreLease) && !prev)
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: key not found');
+    const lease = o.ignoreLease ? prev!.lease : (o.lease ?? 0n);
+    if (lease !== 0n) this.leases.require(lease);
+    const val = o.ignoreValue ? prev!.value : value;
+    const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++);
+    if (prev && prev.lease !== lease) this.leases.detach(prev.lease, k);
+    this.leases.attach(lease, k);
+    w.changed = true;
+    w.events.push(ev);
+    return o.prevKv && prev ? { revision: w.main, prevKv: prev } : { revision: w.main };
+  }
+
+  #delete(
+    w: WriteCtx,
+    key: Uint8Array | string,
+    o: { end?: Uint8Array | string; prefix?: boolean; fromKey?: boolean; prevKv?: boolean },
+  ): DeleteResult {
+    const r = resolveRange(key, o);
+    const keys: string[] = [];
+    this.mvcc.scan(keyString(r.key), keyString(r.end), w.main, (k) => keys.push(k));
+    const prevKvs: KeyValue[] = [];
+    for (const k of keys) {
+      const ev = this.mvcc.delete(k, w.main, w.sub++);
+      if (!ev) continue;
+      this.leases.detach(ev.prevKv!.lease, k);
+      w.events.push(ev);
+      prevKvs.push(ev.prevKv!);
+    }
+    if (keys.length > 0) w.changed = true;
+    return { revision: w.main, deleted: keys.length, prevKvs: o.prevKv ? prevKvs : [] };
+  }
+
+  applyPut(
+    key: Uint8Array,
+    value: Uint8Array,
+    o: { lease?: bigint; prevKv?: boolean; ignoreValue?: boolean; ignoreLease?: boolean } = {},
+  ): PutResult {
+    const w = this.#begin();
+    const r = this.#put(w, key, value, o);
+    const revision = this.#commit(w);
+    return { ...r, revision };
+  }
+
+  applyDelete(
+    key: Uint8Array | string,
+    o: { end?: Uint8Array | string; prefix?: boolean; fromKey?: boolean; prevKv?: boolean } = {},
+  ): DeleteResult {
+    const w = this.#begin();
+    const r = this.#delete(w, key, o);
+    return { ...r, revision: this.#commit(w) };
+  }
+
+  applyTxn(t: Txn): TxnResult {
+    checkTxnLimits(t);
+    const w = this.#begin();
+    const res = this.#txn(w, t);
+    const revision = this.#commit(w);
+    return fixRevisions(res, revision);
+  }
+
+  #txn(w: WriteCtx, t: Txn): TxnResult {
+    const succeeded = (t.compare ?? []).every((c) => this.#compare(c, w.main));
+    const ops = (succeeded ? t.success : t.failure) ?? [];
+    const responses: OpResponse[] = ops.map((op) => this.#op(w, op));
+    return { succeeded, revision: 0, responses };
+  }
+
+  #op(w: WriteCtx, op: Op): OpResponse {
+    switch (op.type) {
+      case 'get':
+        return { type: 'get', ...this.range(op.key, op.options ?? {}, op.options?.revision ? 0 : w.main) };
+      case 'put':
+        return { type: 'put', ...this.#put(w, toBytes(op.key), toBytes(op.value), op.options ?? {}) };
+      case 'delete':
+        return { type: 'delete', ...this.#delete(w, op.key, op.options ?? {}) };
+      case 'txn':
+        return { type: 'txn', ...this.#txn(w, op.txn) };
+    }
+  }
+
+  /** One compare (etcd applyCompare): every key of a range must satisfy it; a VALUE compare on a missing key is false. */
+  #compare(c: Compare, rev: number): boolean {
+    const r = resolveRange(c.key, c);
+    const kvs: KeyValue[] = [];
+    this.mvcc.scan(keyString(r.key), keyString(r.end), rev, (_k, kv) => kvs.push(kv));
+    // A missing key has version/create/mod 0 and no lease; a VALUE compare on it is false.
+    if (kvs.length === 0) return this.#compareMissing(c);
+    return kvs.every((kv) => {
+      switch (c.target) {
+        case 'version':
+          return cmpNumber(kv.version, c.value, c.result);
+        case 'create':
+          return cmpNumber(kv.createRevision, c.value, c.result);
+        case 'mod':
+          return cmpNumber(kv.modRevision, c.value, c.result);
+        case 'lease':
+          return cmpNumber(kv.lease, c.value, c.result);
+        case 'value': {
+          const d = compareBytes(kv.value, toBytes(c.value));
+          return c.result === '=' ? d === 0 : c.result === '!=' ? d !== 0 : c.result === '<' ? d < 0 : d > 0;
+        }
+      }
+    });
+  }
+
+  #compareMissing(c: Compare): boolean {
+    switch (c.target) {
+      case 'lease':
+        return cmpNumber(0n, c.value, c.result);
+      case 'value':
+        return false;
+      default:
+        return cmpNumber(0, c.value, c.result);
+    }
+  }
+
+  applyCompact(rev: number): void {
+    this.mvcc.compact(rev);
+    this.hub.compacted(rev);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Leases
+
+  applyLeaseGrant(id: bigint, ttlSeconds: number, nowMs: number): { id: bigint; ttlSeconds: number } {
+    const l = this.leases.grant(id, ttlSeconds, nowMs);
+    return { id: l.id, ttlSeconds: l.ttlSeconds };
+  }
+
+  /** Deletes every attached key at one revision. */
+  applyLeaseRevoke(id: bigint): { revision: number } {
+    const l = this.leases.require(id);
+    const w = this.#begin();
+    for (const k of [...l.keys].sort()) this.#delete(w, new Uint8Array(Buffer.from(k, 'latin1')), {});
+    this.leases.byId.delete(id);
+    return { revision: this.#commit(w) };
+  }
+}
+
+/** etcd's txn limits: at most `txnOpsMax` ops per branch; no key written twice in a branch. */
+function checkTxnLimits(t: Txn): void {
+  const max = limits.txnOpsMax;
+  if ((t.compare ?? []).length > max || (t.success ?? []).length > max || (t.failure ?? []).length > max) {
+    throw new ConclaveError(ErrorCode.TooManyOps, 'etcdserver: too many operations in txn request');
+  }
+  for (const branch of [t.success ?? [], t.failure ?? []]) checkBranch(branch, new Set(), []);
+}
+
+type Interval = [string, string];
+
+function checkBranch(ops: readonly Op[], puts: Set<string>, dels: Interval[]): void {
+  const dup = () =>
+    new ConclaveError(ErrorCode.DuplicateKey, 'etcdserver: duplicate key given in txn request');
+  for (const op of ops) {
+    if (op.type === 'delete') {
+      const r = resolveRange(op.key, op.options);
+      dels.push([keyString(r.key), keyString(r.end)]);
+    }
+  }
+  for (const op of ops) {
+    if (op.type === 'put') {
+      const k = keyString(toBytes(op.key));
+      if (puts.has(k)) throw dup();
+      for (const [s, e] of dels) if (e === '' ? k === s : k >= s && (e === '\u0000' || k < e)) throw dup();
+      puts.add(k);
+    } else if (op.type === 'txn') {
+      for (const branch of [op.txn.success ?? [], op.txn.failure ?? []])
+        checkBranch(branch, new Set(puts), [...dels]);
+    }
+  }
+}
+
+/** Inside a txn every response carries the txn's final revision (etcd's header). */
+function fixRevisions(r: TxnResult, revision: number): TxnResult {
+  return {
+    succeeded: r.succeeded,
+    revision,
+    responses: r.responses.map((x) =>
+      x.type === 'txn' ? { ...fixRevisions(x, revision), type: 'txn' } : { ...x, revision },
+    ),
+  };
+}
