@@ -13,7 +13,7 @@ function client(): LocalKV {
   const view = Object.create(s) as LocalKV;
   let closed = false;
   return new Proxy(view, {
-    get(target, prop, receiver) {
+    get(_target, prop, receiver) {
       if (prop === 'close' || prop === Symbol.asyncDispose) {
         return async () => {
           closed = true;

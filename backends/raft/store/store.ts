@@ -234,6 +234,8 @@ export class Store {
           const d = compareBytes(kv.value, toBytes(c.value));
           return c.result === '=' ? d === 0 : c.result === '!=' ? d !== 0 : c.result === '<' ? d < 0 : d > 0;
         }
+        default:
+          return false;
       }
     });
   }
