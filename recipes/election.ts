@@ -5,11 +5,12 @@
  * revision. Its create revision is the leadership's term (epoch) and fencing token.
  */
 import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
-import { leaseHex, toBytes, toText } from '../src/keys.js';
+import { leaseHex, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { Bytes, CallOptions, Compare, KeyValue } from '../src/types.js';
-import { ownershipSignal, waitTurn } from './internal/queue.js';
+import { deleteGeneration, heldKey } from './internal/hold.js';
+import { enqueue, type TurnSpec, waitTurn } from './internal/queue.js';
 
 export interface Leader {
   readonly key: string;
@@ -47,6 +48,7 @@ export class Election {
   readonly name: string;
   readonly #pfx: string;
   readonly #myKey: string;
+  readonly #spec: TurnSpec;
   readonly #lostOnSuspend: boolean;
 
   /** `lostOnSuspend` (default true): a leadership counts as lost as soon as the session is suspended. */
@@ -57,6 +59,7 @@ export class Election {
     this.name = name;
     this.#pfx = `${name}/`;
     this.#myKey = `${this.#pfx}${leaseHex(session.lease)}`;
+    this.#spec = { myKey: this.#myKey, blockers: this.#pfx, what: `election ${name}` };
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;
   }
 
@@ -69,75 +72,53 @@ export class Election {
     if (this.session.lost.aborted) throw this.session.lost.reason;
     opts.signal?.throwIfAborted();
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
+    let myRev = 0;
     try {
-      const t = await this.#kv.txn(
-        {
-          compare: [{ key: this.#myKey, target: 'create', result: '=', value: 0 }],
-          success: [{ type: 'put', key: this.#myKey, value, options: { lease: this.session.lease } }],
-          failure: [{ type: 'get', key: this.#myKey }],
-        },
-        { signal },
-      );
-      let myRev = t.revision;
-      if (!t.succeeded) {
-        const mine = t.responses[0]?.type === 'get' ? t.responses[0].kvs[0] : undefined;
-        if (!mine)
+      const e = await enqueue(this.session, this.#spec, value, signal);
+      myRev = e.myRev;
+      if (!e.created) {
+        // Re-campaign by the same session (as Go): keep our place in the queue, take the new value.
+        const t = await this.#kv.txn(
+          {
+            compare: [{ key: this.#spec.myKey, target: 'create', result: '=', value: myRev }],
+            success: [{ type: 'put', key: this.#spec.myKey, value, options: { lease: this.session.lease } }],
+            failure: [],
+          },
+          { signal },
+        );
+        if (!t.succeeded)
           throw new ConclaveError(
-            ErrorCode.Conflict,
+            ErrorCode.SessionLost,
             `election ${this.name}: our key vanished during campaign`,
           );
-        myRev = mine.createRevision;
-        await this.#kv.put(this.#myKey, value, { lease: this.session.lease, signal });
       }
-      const revision = await this.#waitPredecessors(myRev, signal);
-      return this.#leadership(myRev, revision);
+      const turn = await waitTurn(this.#kv, this.#spec, myRev, signal, e.view);
+      return this.#leadership(myRev, turn.ownership);
     } catch (err) {
-      await this.#kv.delete(this.#myKey).catch(() => undefined);
+      // As Go's Campaign (which resigns on failure), even a re-campaign removes the key.
+      await deleteGeneration(this.#kv, this.#spec.myKey, myRev);
       if (this.session.lost.aborted) throw this.session.lost.reason;
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       throw err;
     }
   }
 
-  #waitPredecessors(myRev: number, signal: AbortSignal): Promise<number> {
-    return waitTurn(
-      this.#kv,
-      { myKey: this.#myKey, myRev, blockers: this.#pfx, what: `election ${this.name}` },
-      signal,
-    );
-  }
-
-  #leadership(myRev: number, revision: number): Leadership {
+  #leadership(myRev: number, ownership: AbortController): Leadership {
     const kv = this.#kv;
-    const key = this.#myKey;
-    const lost = ownershipSignal(this.session, toBytes(key), myRev, revision + 1, {
-      onSuspend: this.#lostOnSuspend,
+    const h = heldKey(this.session, this.#myKey, myRev, ownership, {
+      lostOnSuspend: this.#lostOnSuspend,
       what: `election ${this.name}`,
     });
-    const guard = (): Compare => ({ key, target: 'create', result: '=', value: myRev });
-    let resigned: Promise<void> | undefined;
-    const resign = (opts: CallOptions = {}): Promise<void> => {
-      resigned ??= kv
-        .txn({ compare: [guard()], success: [{ type: 'delete', key }], failure: [] }, opts)
-        .then(() => {
-          if (!lost.signal.aborted)
-            lost.abort(new ConclaveError(ErrorCode.Closed, `election ${this.name}: resigned`));
-        })
-        .catch((err) => {
-          resigned = undefined;
-          throw err;
-        });
-      return resigned;
-    };
+    const { key, guard, lost } = h;
     return {
       key,
       token: myRev,
-      lost: lost.signal,
+      lost,
       guard,
       async proclaim(value: Bytes, opts: CallOptions = {}) {
-        if (lost.signal.aborted)
+        if (lost.aborted)
           throw new ConclaveError(ErrorCode.SessionLost, 'proclaim: leadership was lost', {
-            cause: lost.signal.reason,
+            cause: lost.reason,
           });
         const t = await kv.txn(
           {
@@ -149,8 +130,8 @@ export class Election {
         );
         if (!t.succeeded) throw new ConclaveError(ErrorCode.SessionLost, 'proclaim: no longer the leader');
       },
-      resign,
-      [Symbol.asyncDispose]: () => resign().catch(() => undefined),
+      resign: h.release,
+      [Symbol.asyncDispose]: h[Symbol.asyncDispose],
     };
   }
 
@@ -166,52 +147,56 @@ export class Election {
   }
 
   /**
-   * Every change of leader (including "no leader") and of the leader's value, starting with the
-   * current state. Survives compaction by re-reading (the re-read state is emitted if it differs).
+   * Every change of leader (including "no leader") and every write of the leader's key
+   * (`proclaim`), starting with the current state. Each observation carries the leader's term
+   * (`token`, its key's create revision). Survives compaction and a consumer that fell too far
+   * behind by re-reading the present (a resync: the re-read state is emitted if it differs from
+   * the last one emitted, so intermediate states may be skipped, never reordered).
    */
   async *observe(opts: CallOptions = {}): AsyncGenerator<Observation> {
     const kv = this.#kv;
     const signal = opts.signal;
     let last: string | undefined;
-    const changed = (l: Leader | undefined): boolean => {
-      const id = l ? `${l.token}:${toText(l.value)}` : 'none';
-      if (id === last) return false;
+    const next = (l: KeyValue | undefined, revision: number): Observation | undefined => {
+      const id = l ? `${l.createRevision}@${l.modRevision}` : 'none';
+      if (id === last) return undefined;
       last = id;
-      return true;
+      return { leader: l ? toLeader(l) : undefined, revision };
     };
     while (true) {
       signal?.throwIfAborted();
-      // Candidates by key, with their create revision and value; the leader is the lowest create revision.
+      // Candidates by key; the leader is the one with the lowest create revision.
       const r = await kv.range(this.#pfx, { prefix: true, signal });
       const live = new Map<string, KeyValue>(r.kvs.map((k) => [toText(k.key), k]));
-      const current = () =>
+      const leader = () =>
         [...live.values()].reduce<KeyValue | undefined>(
           (a, b) => (!a || b.createRevision < a.createRevision ? b : a),
           undefined,
         );
-      const first = current();
-      if (changed(first ? toLeader(first) : undefined))
-        yield { leader: first ? toLeader(first) : undefined, revision: r.revision };
+      const o = next(leader(), r.revision);
+      if (o) yield o;
+      const w = kv.watch(this.#pfx, {
+        prefix: true,
+        startRevision: r.revision + 1,
+        ...(signal ? { signal } : {}),
+      });
       try {
-        const w = kv.watch(this.#pfx, {
-          prefix: true,
-          startRevision: r.revision + 1,
-          ...(signal ? { signal } : {}),
-        });
         for await (const batch of w) {
           for (const e of batch.events) {
             if (e.type === 'delete') live.delete(toText(e.kv.key));
             else live.set(toText(e.kv.key), e.kv);
           }
-          const l = current();
-          if (changed(l ? toLeader(l) : undefined))
-            yield { leader: l ? toLeader(l) : undefined, revision: batch.revision };
+          const ob = next(leader(), batch.revision);
+          if (ob) yield ob;
         }
         if (signal?.aborted) throw abortReason(signal);
         return;
       } catch (err) {
-        if (ConclaveError.is(err, ErrorCode.Compacted)) continue; // resync from the present
+        if (ConclaveError.is(err, ErrorCode.Compacted) || ConclaveError.is(err, ErrorCode.WatchOverflow))
+          continue; // resync from the present
         throw err;
+      } finally {
+        await w.close();
       }
     }
   }

@@ -12,12 +12,12 @@
  * lost (by default also while it is suspended; see `lostOnSuspend`) or when the key disappears.
  */
 import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
-import { leaseHex, toBytes, toText } from '../src/keys.js';
-import type { KV } from '../src/kv.js';
+import { abortReason } from '../src/errors.js';
+import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
-import type { CallOptions, Compare, LeaseId } from '../src/types.js';
-import { ownershipSignal, waitTurn } from './internal/queue.js';
+import type { CallOptions, LeaseId } from '../src/types.js';
+import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
+import { enqueue, type TurnSpec, waitTurn, watchKeyLoss } from './internal/queue.js';
 
 /** The current holder, returned by `tryLock()` when the lock is taken. */
 export interface LockHeld {
@@ -26,16 +26,14 @@ export interface LockHeld {
   readonly token: number;
 }
 
-export interface LockHandle extends AsyncDisposable {
-  /** The lock key: `name/` + lease id in lowercase hex. */
-  readonly key: string;
-  /** Fencing token: the key's create revision, monotonic per name across owners. */
-  readonly token: number;
-  /** Fires when ownership is (or may be) lost. */
-  readonly lost: AbortSignal;
-  /** A txn Compare that holds only while this handle owns the lock (for etcd-side writes). */
-  guard(): Compare;
-  /** Deletes the key. Idempotent; retry it after an RPC error. */
+/**
+ * A held lock. `key`: `name/` + lease id in lowercase hex. `token`: the key's create revision, a
+ * fencing token monotonic per name across owners. `lost`: fires when ownership is (or may be)
+ * lost. `guard()`: a txn Compare that holds only while this handle owns the lock (for etcd-side
+ * writes). `unlock()` (= `release()`): deletes this generation of the key; idempotent, retry it
+ * after an RPC error.
+ */
+export interface LockHandle extends HeldKey {
   unlock(opts?: CallOptions): Promise<void>;
 }
 
@@ -47,8 +45,7 @@ export interface MutexOptions {
 export class Mutex {
   readonly session: Session;
   readonly name: string;
-  readonly #pfx: string;
-  readonly #myKey: string;
+  readonly #spec: TurnSpec;
   readonly #lostOnSuspend: boolean;
 
   constructor(session: Session, name: string, opts: MutexOptions = {}) {
@@ -56,51 +53,14 @@ export class Mutex {
       throw new TypeError('Mutex: name must be a non-empty string');
     this.session = session;
     this.name = name;
-    this.#pfx = `${name}/`;
-    this.#myKey = `${this.#pfx}${leaseHex(session.lease)}`;
+    const pfx = `${name}/`;
+    this.#spec = { myKey: `${pfx}${leaseHex(session.lease)}`, blockers: pfx, what: `lock ${name}` };
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;
   }
 
-  get #kv(): KV {
-    return this.session.kv;
-  }
-
-  /** Puts our key if absent; returns our create revision and the current owner. */
-  async #enqueue(
-    signal?: AbortSignal,
-  ): Promise<{ myRev: number; owner?: { key: string; lease: bigint; rev: number }; revision: number }> {
-    const t = await this.#kv.txn(
-      {
-        compare: [{ key: this.#myKey, target: 'create', result: '=', value: 0 }],
-        success: [
-          { type: 'put', key: this.#myKey, value: '', options: { lease: this.session.lease } },
-          {
-            type: 'get',
-            key: this.#pfx,
-            options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1 },
-          },
-        ],
-        failure: [
-          { type: 'get', key: this.#myKey },
-          {
-            type: 'get',
-            key: this.#pfx,
-            options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1 },
-          },
-        ],
-      },
-      { signal },
-    );
-    let myRev = t.revision;
-    if (!t.succeeded) {
-      const mine = t.responses[0];
-      // Re-entrant as in Go: the same session already has a key; keep its position.
-      if (mine?.type === 'get' && mine.kvs[0]) myRev = mine.kvs[0].createRevision;
-    }
-    const ownerResp = t.responses[1];
-    const o = ownerResp?.type === 'get' ? ownerResp.kvs[0] : undefined;
-    const owner = o ? { key: toText(o.key), lease: o.lease, rev: o.createRevision } : undefined;
-    return { myRev, revision: t.revision, ...(owner ? { owner } : {}) };
+  /** This session's key for the lock. */
+  get key(): string {
+    return this.#spec.myKey;
   }
 
   /**
@@ -109,76 +69,55 @@ export class Mutex {
    */
   async tryLock(opts: CallOptions = {}): Promise<Result<LockHandle, LockHeld>> {
     this.#checkSession();
-    const { myRev, owner, revision } = await this.#enqueue(opts.signal);
-    if (!owner || owner.rev === myRev) return Ok(this.#handle(myRev, revision));
-    await this.#kv.delete(this.#myKey).catch(() => undefined);
-    return Err({ key: owner.key, lease: owner.lease, token: owner.rev });
+    const e = await enqueue(this.session, this.#spec, '', opts.signal);
+    const owner = e.first;
+    if (!owner || owner.createRevision === e.myRev)
+      return Ok(this.#handle(e.myRev, watchKeyLoss(this.session.kv, this.#spec.myKey, e.myRev)));
+    // Go's TryLock deletes the key unconditionally; we delete only the key this call created.
+    if (e.created) await this.#deleteOwn(e.myRev);
+    return Err({ key: toText(owner.key), lease: owner.lease, token: owner.createRevision });
   }
 
   /**
    * Waits until we own the lock (FIFO by create revision). Aborting, or a failure while waiting,
-   * removes our key. Fails fast with `session-lost` if the session is lost while waiting.
+   * removes our key. Fails fast with `session-lost` if the session is lost (or our key vanishes)
+   * while waiting.
    */
   async lock(opts: CallOptions = {}): Promise<LockHandle> {
     this.#checkSession();
     opts.signal?.throwIfAborted();
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
     let myRev = 0;
+    let created = true;
     try {
-      const e = await this.#enqueue(signal);
+      const e = await enqueue(this.session, this.#spec, '', signal);
       myRev = e.myRev;
-      if (!e.owner || e.owner.rev === myRev) return this.#handle(myRev, e.revision);
-      const revision = await this.#waitPredecessors(myRev, signal);
-      return this.#handle(myRev, revision);
+      created = e.created;
+      const turn = await waitTurn(this.session.kv, this.#spec, myRev, signal, e.view);
+      return this.#handle(myRev, turn.ownership);
     } catch (err) {
-      // Leave no key behind: an aborted or failed acquire must not block the next owner.
-      await this.#kv.delete(this.#myKey).catch(() => undefined);
+      // Leave no key behind: an aborted or failed acquire must not block the next owner. A key
+      // that existed before this call (another lock() of the same session) is left to its owner.
+      if (created) await this.#deleteOwn(myRev);
       if (this.session.lost.aborted) throw this.session.lost.reason;
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       throw err;
     }
   }
 
-  #waitPredecessors(myRev: number, signal: AbortSignal): Promise<number> {
-    return waitTurn(
-      this.#kv,
-      { myKey: this.#myKey, myRev, blockers: this.#pfx, what: `lock ${this.name}` },
-      signal,
-    );
+  #deleteOwn(myRev: number): Promise<void> {
+    return deleteGeneration(this.session.kv, this.#spec.myKey, myRev);
   }
 
   #checkSession(): void {
     if (this.session.lost.aborted) throw this.session.lost.reason;
   }
 
-  #handle(myRev: number, revision: number): LockHandle {
-    const key = this.#myKey;
-    const kv = this.#kv;
-    const lost = ownershipSignal(this.session, toBytes(key), myRev, revision + 1, {
-      onSuspend: this.#lostOnSuspend,
+  #handle(myRev: number, ownership: AbortController): LockHandle {
+    const h = heldKey(this.session, this.#spec.myKey, myRev, ownership, {
+      lostOnSuspend: this.#lostOnSuspend,
       what: `lock ${this.name}`,
     });
-    let released: Promise<void> | undefined;
-    const unlock = async (opts: CallOptions = {}): Promise<void> => {
-      released ??= kv
-        .delete(key, opts)
-        .then(() => {
-          if (!lost.signal.aborted)
-            lost.abort(new ConclaveError(ErrorCode.Closed, `lock ${this.name} released`));
-        })
-        .catch((err) => {
-          released = undefined; // let the caller retry
-          throw err;
-        });
-      return released;
-    };
-    return {
-      key,
-      token: myRev,
-      lost: lost.signal,
-      guard: () => ({ key, target: 'create', result: '=', value: myRev }),
-      unlock,
-      [Symbol.asyncDispose]: () => unlock().catch(() => undefined),
-    };
+    return Object.assign(h, { unlock: h.release });
   }
 }

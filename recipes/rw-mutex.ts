@@ -13,8 +13,8 @@ import { abortReason } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
-import { type HeldKey, heldKey, putIfAbsent } from './internal/hold.js';
-import { waitTurn } from './internal/queue.js';
+import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
+import { enqueue, type TurnSpec, waitTurn, watchKeyLoss } from './internal/queue.js';
 
 export type RWLockHandle = HeldKey & { unlock(opts?: CallOptions): Promise<void> };
 
@@ -61,21 +61,25 @@ export class RWMutex {
     return this.#try('write', opts);
   }
 
+  #spec(kind: 'read' | 'write'): TurnSpec {
+    return { myKey: this.#key(kind), blockers: this.#blockers(kind), what: `rwmutex ${this.name} (${kind})` };
+  }
+
   async #acquire(kind: 'read' | 'write', opts: CallOptions): Promise<RWLockHandle> {
     if (this.session.lost.aborted) throw this.session.lost.reason;
     opts.signal?.throwIfAborted();
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
-    const myKey = this.#key(kind);
+    const spec = this.#spec(kind);
+    let myRev = 0;
+    let created = true;
     try {
-      const { myRev } = await putIfAbsent(this.session, myKey, '', signal);
-      const revision = await waitTurn(
-        this.session.kv,
-        { myKey, myRev, blockers: this.#blockers(kind), what: `rwmutex ${this.name} (${kind})` },
-        signal,
-      );
-      return this.#handle(kind, myKey, myRev, revision);
+      const e = await enqueue(this.session, spec, '', signal);
+      myRev = e.myRev;
+      created = e.created;
+      const turn = await waitTurn(this.session.kv, spec, myRev, signal, e.view);
+      return this.#handle(kind, spec.myKey, myRev, turn.ownership);
     } catch (err) {
-      await this.session.kv.delete(myKey).catch(() => undefined);
+      if (created) await deleteGeneration(this.session.kv, spec.myKey, myRev);
       if (this.session.lost.aborted) throw this.session.lost.reason;
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       throw err;
@@ -84,24 +88,19 @@ export class RWMutex {
 
   async #try(kind: 'read' | 'write', opts: CallOptions): Promise<Result<RWLockHandle, RWLockHeld>> {
     if (this.session.lost.aborted) throw this.session.lost.reason;
-    const myKey = this.#key(kind);
-    const { myRev, revision } = await putIfAbsent(this.session, myKey, '', opts.signal);
-    const r = await this.session.kv.range(this.#blockers(kind), {
-      prefix: true,
-      maxCreateRevision: myRev - 1,
-      sort: { target: 'create', order: 'ascend' },
-      limit: 1,
-      ...(opts.signal ? { signal: opts.signal } : {}),
-    });
-    const blocker = r.kvs[0];
-    if (!blocker) return Ok(this.#handle(kind, myKey, myRev, revision));
-    await this.session.kv.delete(myKey).catch(() => undefined);
+    const spec = this.#spec(kind);
+    const e = await enqueue(this.session, spec, '', opts.signal);
+    // The earliest conflicting key: we are blocked iff it was created before ours.
+    const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
+    if (!blocker)
+      return Ok(this.#handle(kind, spec.myKey, e.myRev, watchKeyLoss(this.session.kv, spec.myKey, e.myRev)));
+    if (e.created) await deleteGeneration(this.session.kv, spec.myKey, e.myRev);
     return Err({ key: toText(blocker.key), token: blocker.createRevision });
   }
 
-  #handle(kind: 'read' | 'write', key: string, myRev: number, revision: number): RWLockHandle {
-    const h = heldKey(this.session, key, myRev, revision, {
-      onSuspend: this.#lostOnSuspend,
+  #handle(kind: 'read' | 'write', key: string, myRev: number, ownership: AbortController): RWLockHandle {
+    const h = heldKey(this.session, key, myRev, ownership, {
+      lostOnSuspend: this.#lostOnSuspend,
       what: `rwmutex ${this.name} (${kind})`,
     });
     return Object.assign(h, { unlock: h.release });

@@ -9,8 +9,8 @@ import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
-import { type HeldKey, heldKey, putIfAbsent } from './internal/hold.js';
-import { waitTurn } from './internal/queue.js';
+import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
+import { enqueue, waitTurn } from './internal/queue.js';
 
 export type Permit = HeldKey;
 
@@ -19,6 +19,7 @@ export class Semaphore {
   readonly name: string;
   readonly permits: number;
   readonly #lostOnSuspend: boolean;
+  #agreed = false;
 
   constructor(session: Session, name: string, permits: number, opts: { lostOnSuspend?: boolean } = {}) {
     if (typeof name !== 'string' || name.length === 0)
@@ -33,6 +34,8 @@ export class Semaphore {
 
   /** Stores the permit count if absent, and checks it if present. */
   async #agree(signal: AbortSignal | undefined): Promise<void> {
+    // The recipe never deletes the count, so one agreement per instance is enough.
+    if (this.#agreed) return;
     const key = `${this.name}/permits`;
     const t = await this.session.kv.txn(
       {
@@ -42,7 +45,10 @@ export class Semaphore {
       },
       signal ? { signal } : {},
     );
-    if (t.succeeded) return;
+    if (t.succeeded) {
+      this.#agreed = true;
+      return;
+    }
     const r = t.responses[0];
     const stored = r?.type === 'get' && r.kvs[0] ? toText(r.kvs[0].value) : undefined;
     if (stored !== String(this.permits)) {
@@ -51,6 +57,7 @@ export class Semaphore {
         `semaphore ${this.name}: stored permit count is ${stored}, this participant uses ${this.permits}`,
       );
     }
+    this.#agreed = true;
   }
 
   /** Waits for a permit. Aborting or failing removes our queue key. */
@@ -59,26 +66,25 @@ export class Semaphore {
     opts.signal?.throwIfAborted();
     await this.#agree(opts.signal);
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
-    const myKey = `${this.name}/holders/${leaseHex(this.session.lease)}`;
+    const spec = {
+      myKey: `${this.name}/holders/${leaseHex(this.session.lease)}`,
+      blockers: `${this.name}/holders/`,
+      allowed: this.permits - 1,
+      what: `semaphore ${this.name}`,
+    };
+    let myRev = 0;
+    let created = true;
     try {
-      const { myRev } = await putIfAbsent(this.session, myKey, '', signal);
-      const revision = await waitTurn(
-        this.session.kv,
-        {
-          myKey,
-          myRev,
-          blockers: `${this.name}/holders/`,
-          allowed: this.permits - 1,
-          what: `semaphore ${this.name}`,
-        },
-        signal,
-      );
-      return heldKey(this.session, myKey, myRev, revision, {
-        onSuspend: this.#lostOnSuspend,
-        what: `semaphore ${this.name}`,
+      const e = await enqueue(this.session, spec, '', signal);
+      myRev = e.myRev;
+      created = e.created;
+      const turn = await waitTurn(this.session.kv, spec, myRev, signal, e.view);
+      return heldKey(this.session, spec.myKey, myRev, turn.ownership, {
+        lostOnSuspend: this.#lostOnSuspend,
+        what: spec.what,
       });
     } catch (err) {
-      await this.session.kv.delete(myKey).catch(() => undefined);
+      if (created) await deleteGeneration(this.session.kv, spec.myKey, myRev);
       if (this.session.lost.aborted) throw this.session.lost.reason;
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       throw err;

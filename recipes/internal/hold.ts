@@ -1,9 +1,10 @@
 /** Building a held-key handle (lock, read lock, permit) with lost, guard, release. */
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
-import { toBytes } from '../../src/keys.js';
+import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
 import type { CallOptions, Compare } from '../../src/types.js';
-import { ownershipSignal } from './queue.js';
+import { holderLoss } from './queue.js';
+import type { LossPolicy } from './session-state.js';
 
 export interface HeldKey extends AsyncDisposable {
   readonly key: string;
@@ -15,14 +16,19 @@ export interface HeldKey extends AsyncDisposable {
   release(opts?: CallOptions): Promise<void>;
 }
 
+/**
+ * A handle for `key` (generation `myRev`), held while `ownership` (see `watchKeyLoss`) has not
+ * fired and the session is not lost (or, with `lostOnSuspend`, suspended). Takes over `ownership`:
+ * releasing or losing the handle stops its watch.
+ */
 export function heldKey(
   session: Session,
   key: string,
   myRev: number,
-  revision: number,
-  opts: { onSuspend: boolean; what: string },
+  ownership: AbortController,
+  policy: LossPolicy,
 ): HeldKey {
-  const lost = ownershipSignal(session, toBytes(key), myRev, revision + 1, opts);
+  const lost = holderLoss(session, ownership, policy);
   const guard = (): Compare => ({ key, target: 'create', result: '=', value: myRev });
   let released: Promise<void> | undefined;
   const release = (o: CallOptions = {}): Promise<void> => {
@@ -30,7 +36,7 @@ export function heldKey(
     released ??= session.kv
       .txn({ compare: [guard()], success: [{ type: 'delete', key }], failure: [] }, o)
       .then(() => {
-        if (!lost.signal.aborted) lost.abort(new ConclaveError(ErrorCode.Closed, `${opts.what} released`));
+        if (!lost.signal.aborted) lost.abort(new ConclaveError(ErrorCode.Closed, `${policy.what} released`));
       })
       .catch((err) => {
         released = undefined;
@@ -68,4 +74,19 @@ export async function putIfAbsent(
   const kv = r?.type === 'get' ? r.kvs[0] : undefined;
   if (!kv) throw new ConclaveError(ErrorCode.Conflict, `${key} vanished while being created`);
   return { myRev: kv.createRevision, revision: t.revision };
+}
+
+/**
+ * Deletes `key` if it is still generation `myRev` (its create revision), or whatever is there when
+ * `myRev` is 0 (unknown: the put may or may not have happened). Best effort — the session's lease
+ * removes the key at the latest.
+ */
+export async function deleteGeneration(kv: KV, key: string, myRev: number): Promise<void> {
+  await kv
+    .txn({
+      compare: myRev > 0 ? [{ key, target: 'create', result: '=', value: myRev }] : [],
+      success: [{ type: 'delete', key }],
+      failure: [],
+    })
+    .catch(() => undefined);
 }

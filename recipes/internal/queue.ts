@@ -1,111 +1,285 @@
 /**
- * The queueing core shared by Mutex, RWMutex, Semaphore and Election: wait, watch-driven, until no
- * key that blocks us remains, re-checking the whole situation after every wake-up (never inferring
- * ownership from a single delete event — the cause of the "two writers" bug in etcd's experimental
- * RWMutex when a waiter's session expires).
+ * The queueing core shared by Mutex, RWMutex, Semaphore and Election (etcd Go `concurrency`'s
+ * "lowest create revision wins" scheme): enqueue a key under the session's lease, then wait,
+ * watch-driven, until few enough keys created before ours remain, re-checking the whole situation
+ * after every wake-up (never inferring ownership from a single delete event — the cause of the
+ * "two writers" bug in etcd's experimental RWMutex when a waiter's session expires).
+ *
+ * Round trips. Go's `waitDeletes` opens a watch on the predecessor, and after its delete issues a
+ * linearizable range, then `Lock` issues a linearizable get of its own key: two quorum reads per
+ * handoff. Here the re-check after a delete event at revision R is ONE pair of concurrent
+ * *serializable* reads pinned at revision R: the state at R is immutable history, identical on
+ * every member, and no key created after R can have a create revision below ours, so "no blocker
+ * at R" means "none from R on". A member that has not applied R yet answers `future-revision`, and
+ * then (or on `compacted`) we fall back to a linearizable read.
  */
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { toBytes, toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
+import type { Bytes, KeyValue } from '../../src/types.js';
+import { type LossPolicy, sessionLossController } from './session-state.js';
 import { rejectOnAbort, waitAnyDelete, waitDelete, watchOwnership } from './wait.js';
 
 export interface TurnSpec {
   /** Our own queue key. */
   readonly myKey: string;
-  /** Our key's create revision. */
-  readonly myRev: number;
   /** Prefix whose keys created before ours block us. */
   readonly blockers: string;
-  /** How many earlier blockers may remain when it is our turn (1 for locks; permits for a semaphore). */
+  /** How many earlier blockers may remain when it is our turn (0 for locks; permits-1 for a semaphore). */
   readonly allowed?: number;
   /** What we are waiting for, for messages. */
   readonly what: string;
 }
 
-/** Waits for our turn; returns the store revision at which it was confirmed. */
-export async function waitTurn(kv: KV, spec: TurnSpec, signal: AbortSignal): Promise<number> {
-  const allowed = spec.allowed ?? 0;
-  while (true) {
-    const t = await kv.txn(
-      {
-        compare: [],
-        success: [
-          {
-            type: 'get',
-            key: spec.blockers,
-            // etcd's `count` ignores the create-revision filter, so with permits we need the keys
-            // themselves (keysOnly, bounded by the number of participants); a lock needs only one.
-            options: {
-              prefix: true,
-              maxCreateRevision: spec.myRev - 1,
-              sort: { target: 'create', order: 'descend' },
-              keysOnly: true,
-              ...(allowed === 0 ? { limit: 1 } : {}),
-            },
+/** The queue as seen at one revision. */
+export interface QueueView {
+  /** The store revision this view describes; watches continue from `revision + 1`. */
+  readonly revision: number;
+  /** Our key exists with our create revision. */
+  readonly mine: boolean;
+  /** Blocking keys (created before ours), newest first, at most `allowed + 1` of them. */
+  readonly blockers: KeyValue[];
+}
+
+export interface Enqueued {
+  /** Our key's create revision (its fencing token). */
+  readonly myRev: number;
+  /** False when the key already existed (same session: re-entrant, as in Go). */
+  readonly created: boolean;
+  /** The earliest key under the blockers prefix (the owner for locks), if any. */
+  readonly first?: KeyValue;
+  /** When `created`: the queue right after our put, so the first wait needs no extra read. */
+  readonly view?: QueueView;
+}
+
+const limitFor = (spec: TurnSpec) => (spec.allowed ?? 0) + 1;
+
+/**
+ * One txn: if our key is absent, put it under the session's lease and read the blockers just
+ * created before it and the earliest key; otherwise read our existing key and the earliest key.
+ */
+export async function enqueue(
+  session: Session,
+  spec: TurnSpec,
+  value: Bytes,
+  signal: AbortSignal | undefined,
+): Promise<Enqueued> {
+  const first = {
+    type: 'get',
+    key: spec.blockers,
+    options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1 },
+  } as const;
+  const t = await session.kv.txn(
+    {
+      compare: [{ key: spec.myKey, target: 'create', result: '=', value: 0 }],
+      success: [
+        { type: 'put', key: spec.myKey, value, options: { lease: session.lease } },
+        {
+          type: 'get',
+          key: spec.blockers,
+          // Our own key (created at this revision) may be in the range: one extra slot for it.
+          options: {
+            prefix: true,
+            sort: { target: 'create', order: 'descend' },
+            keysOnly: true,
+            limit: limitFor(spec) + 1,
           },
-          { type: 'get', key: spec.myKey, options: { keysOnly: true } },
-        ],
-        failure: [],
-      },
-      { signal },
-    );
-    const before = t.responses[0]?.type === 'get' ? t.responses[0] : undefined;
-    const mine = t.responses[1]?.type === 'get' ? t.responses[1].kvs[0] : undefined;
-    if (!mine || mine.createRevision !== spec.myRev) {
-      throw new ConclaveError(
-        ErrorCode.SessionLost,
-        `${spec.what}: our queue key ${spec.myKey} disappeared (session expired or key deleted)`,
-      );
-    }
-    const pred = before?.kvs[0];
-    if (!before || !pred || before.kvs.length <= allowed) return t.revision;
-    // Locks (allowed 0) wait for the newest blocker created before us: every earlier one must go
-    // anyway, and one watched key means no herd. With permits, any earlier delete may be the one
-    // that lets us in, so watch the blockers' range for deletes. Either way, re-check everything.
-    const stop = rejectOnAbort(signal);
-    const gone =
-      allowed === 0
-        ? waitDelete(kv, pred.key, t.revision + 1, signal)
-        : waitAnyDelete(kv, spec.blockers, t.revision + 1, signal);
+        },
+        first,
+      ],
+      failure: [{ type: 'get', key: spec.myKey, options: { keysOnly: true } }, first],
+    },
+    signal ? { signal } : {},
+  );
+  const get = (i: number) => {
+    const r = t.responses[i];
+    return r?.type === 'get' ? r.kvs : [];
+  };
+  if (t.succeeded) {
+    const myRev = t.revision;
+    const blockers = get(1)
+      .filter((k) => k.createRevision < myRev)
+      .slice(0, limitFor(spec));
+    const f = get(2)[0];
+    return {
+      myRev,
+      created: true,
+      ...(f ? { first: f } : {}),
+      view: { revision: myRev, mine: true, blockers },
+    };
+  }
+  const mine = get(0)[0];
+  if (!mine)
+    throw new ConclaveError(ErrorCode.Conflict, `${spec.what}: ${spec.myKey} vanished while being created`);
+  const f = get(1)[0];
+  return { myRev: mine.createRevision, created: false, ...(f ? { first: f } : {}) };
+}
+
+/** Reads the queue linearizably (`at` 0), or serializably pinned at revision `at`. */
+export async function readQueue(
+  kv: KV,
+  spec: TurnSpec,
+  myRev: number,
+  at: number,
+  signal: AbortSignal,
+): Promise<QueueView> {
+  const blockersOpts = {
+    prefix: true,
+    maxCreateRevision: myRev - 1,
+    sort: { target: 'create', order: 'descend' },
+    keysOnly: true,
+    limit: limitFor(spec),
+  } as const;
+  if (at > 0) {
     try {
-      await Promise.race([gone, stop.promise]);
-    } finally {
-      stop.off();
+      const pinned = { revision: at, serializable: true, signal };
+      if (spec.myKey.startsWith(spec.blockers)) {
+        // One read: our key is in the blockers' range, and the newest key created up to us.
+        const r = await kv.range(spec.blockers, {
+          ...blockersOpts,
+          ...pinned,
+          maxCreateRevision: myRev,
+          limit: limitFor(spec) + 1,
+        });
+        const [head, ...rest] = r.kvs;
+        const mine = head?.createRevision === myRev && toText(head.key) === spec.myKey;
+        return { revision: at, mine, blockers: mine ? rest : r.kvs };
+      }
+      const [b, m] = await Promise.all([
+        kv.range(spec.blockers, { ...blockersOpts, ...pinned }),
+        kv.range(spec.myKey, { keysOnly: true, ...pinned }),
+      ]);
+      return { revision: at, mine: m.kvs[0]?.createRevision === myRev, blockers: b.kvs };
+    } catch (err) {
+      if (!ConclaveError.is(err, ErrorCode.FutureRevision) && !ConclaveError.is(err, ErrorCode.Compacted))
+        throw err;
     }
+  }
+  const t = await kv.txn(
+    {
+      compare: [],
+      success: [
+        { type: 'get', key: spec.blockers, options: blockersOpts },
+        { type: 'get', key: spec.myKey, options: { keysOnly: true } },
+      ],
+      failure: [],
+    },
+    { signal },
+  );
+  const b = t.responses[0]?.type === 'get' ? t.responses[0].kvs : [];
+  const m = t.responses[1]?.type === 'get' ? t.responses[1].kvs[0] : undefined;
+  return { revision: t.revision, mine: m?.createRevision === myRev, blockers: b };
+}
+
+/** Our turn: the revision at which it was confirmed, and the still-running watch of our own key. */
+export interface Turn {
+  readonly revision: number;
+  /** Fires when our key is deleted or re-created after its creation; abort it to stop the watch. */
+  readonly ownership: AbortController;
+}
+
+/** Starts watching generation `myRev` of `key` (from just after its creation) for its loss. */
+export function watchKeyLoss(kv: KV, key: string, myRev: number): AbortController {
+  const ownership = new AbortController();
+  watchOwnership(kv, toBytes(key), myRev, myRev + 1, ownership);
+  return ownership;
+}
+
+/**
+ * Waits for our turn. Fails with `session-lost` as soon as our own key disappears (its lease
+ * expired or was revoked, or someone deleted it): the watch of our key runs for the whole wait and
+ * is handed on to the holder's `lost`, so acquiring opens no watch of its own. `signal` should
+ * include `session.lost`.
+ */
+export async function waitTurn(
+  kv: KV,
+  spec: TurnSpec,
+  myRev: number,
+  signal: AbortSignal,
+  initial?: QueueView,
+): Promise<Turn> {
+  const ownership = watchKeyLoss(kv, spec.myKey, myRev);
+  try {
+    return { revision: await waitBlockers(kv, spec, myRev, signal, ownership.signal, initial), ownership };
+  } catch (err) {
+    ownership.abort();
+    throw err;
+  }
+}
+
+async function waitBlockers(
+  kv: KV,
+  spec: TurnSpec,
+  myRev: number,
+  signal: AbortSignal,
+  mine: AbortSignal,
+  initial: QueueView | undefined,
+): Promise<number> {
+  const allowed = spec.allowed ?? 0;
+  const keyLost = rejectOnAbort(mine);
+  try {
+    let view = initial ?? (await readQueue(kv, spec, myRev, 0, signal));
+    // Terminates: blockers have create revisions below ours, so their set only shrinks, and every
+    // wake-up is the delete of one of them.
+    while (true) {
+      if (!view.mine || mine.aborted) {
+        throw new ConclaveError(
+          ErrorCode.SessionLost,
+          `${spec.what}: our queue key ${spec.myKey} disappeared (session expired or key deleted)`,
+          { cause: mine.reason },
+        );
+      }
+      const pred = view.blockers[0];
+      if (!pred || view.blockers.length <= allowed) return view.revision;
+      // Locks wait for the newest blocker created before us: every earlier one must go anyway,
+      // and one watched key means no herd. With permits, any earlier delete may be the one that
+      // lets us in, so watch the blockers' range for deletes. Either way, re-check everything.
+      const stop = new AbortController();
+      const s = AbortSignal.any([signal, stop.signal]);
+      const from = view.revision + 1;
+      let at: number;
+      try {
+        at = await Promise.race([
+          allowed === 0
+            ? waitDelete(kv, pred.key, from, s, pred.createRevision)
+            : waitAnyDelete(kv, spec.blockers, from, s),
+          keyLost.promise,
+        ]);
+      } finally {
+        stop.abort();
+      }
+      view = await readQueue(kv, spec, myRev, at, signal);
+    }
+  } finally {
+    keyLost.off();
   }
 }
 
 /**
- * The `lost` signal of a held key: fires when the session is lost, when the key is deleted or
- * replaced, and (with `onSuspend`) as soon as the session is suspended.
+ * The `lost` signal of a holder: fires when `ownership` fires (our key deleted or replaced), when
+ * the session is lost, and (with `lostOnSuspend`) as soon as the session is suspended (see
+ * session-state.ts). Aborting the result stops the ownership watch.
  */
-export function ownershipSignal(
+export function holderLoss(
   session: Session,
-  key: Uint8Array,
-  createRevision: number,
-  fromRevision: number,
-  opts: { onSuspend: boolean; what: string },
+  ownership: AbortController,
+  policy: LossPolicy,
 ): AbortController {
-  const lost = new AbortController();
-  const onSession = () => lost.abort(session.lost.reason);
-  if (session.lost.aborted) onSession();
-  else session.lost.addEventListener('abort', onSession, { once: true });
-  const offState = opts.onSuspend
-    ? session.onStateChange((s) => {
-        if (s === 'suspended')
-          lost.abort(
-            new ConclaveError(ErrorCode.SessionLost, `${opts.what}: session suspended (keep-alives failing)`),
-          );
-      })
-    : () => {};
+  const lost = sessionLossController(session, policy);
+  const onOwnership = () =>
+    lost.abort(
+      ownership.signal.reason ?? new ConclaveError(ErrorCode.SessionLost, `${policy.what}: ownership lost`),
+    );
+  if (ownership.signal.aborted) onOwnership();
+  else ownership.signal.addEventListener('abort', onOwnership, { once: true });
   lost.signal.addEventListener(
     'abort',
     () => {
-      session.lost.removeEventListener('abort', onSession);
-      offState();
+      ownership.signal.removeEventListener('abort', onOwnership);
+      ownership.abort();
     },
     { once: true },
   );
-  watchOwnership(session.kv, key, createRevision, fromRevision, lost);
   return lost;
 }
