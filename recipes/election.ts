@@ -63,6 +63,11 @@ export class Election {
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;
   }
 
+  /** This session's candidate key: `name/` + lease id in lowercase hex. */
+  get key(): string {
+    return this.#myKey;
+  }
+
   get #kv(): KV {
     return this.session.kv;
   }

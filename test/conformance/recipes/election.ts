@@ -3,7 +3,7 @@ import { Election, type Observation } from '../../../recipes/election.js';
 import { toText } from '../../../src/keys.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
-import { waitFor } from '../util.js';
+import { sleep, waitFor } from '../util.js';
 
 export const registerElectionTests: RegisterTests = (ctx) => {
   it('election — one leader at a time; the next candidate wins when the leader resigns', async () => {
@@ -97,5 +97,53 @@ export const registerElectionTests: RegisterTests = (ctx) => {
     await expect(pb).rejects.toBeDefined();
     expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(1);
     await la.resign();
+  });
+
+  it('election — five candidates lead one at a time, in campaign order, and observe sees each term', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-five')}e`;
+    const ss = await Promise.all(
+      Array.from({ length: 5 }, () => Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 })),
+    );
+    const ac = new AbortController();
+    const seen: Observation[] = [];
+    const obs = (async () => {
+      for await (const o of new Election(ss[0]!, name).observe({ signal: ac.signal })) seen.push(o);
+    })().catch(() => undefined);
+    let leaders = 0;
+    let overlaps = 0;
+    const order: number[] = [];
+    const tokens: number[] = [];
+    const campaigns: Promise<void>[] = [];
+    for (let i = 0; i < ss.length; i++) {
+      const e = new Election(ss[i]!, name);
+      campaigns.push(
+        e.campaign(`c${i}`).then(async (l) => {
+          if (++leaders > 1) overlaps++;
+          order.push(i);
+          tokens.push(l.token);
+          await sleep(20);
+          leaders--;
+          await l.resign();
+        }),
+      );
+      // Campaign in a known order: wait until this candidate's key exists.
+      await waitFor(
+        async () => (await kv.get(e.key)) !== undefined || order.includes(i),
+        5000,
+        `candidate ${i}`,
+      );
+    }
+    await Promise.all(campaigns);
+    await waitFor(() => seen.at(-1)?.leader === undefined && seen.length > 1, 5000, 'no leader at the end');
+    ac.abort();
+    await obs;
+    expect(overlaps).toBe(0);
+    expect(order).toEqual([0, 1, 2, 3, 4]);
+    expect([...tokens].sort((x, y) => x - y)).toEqual(tokens);
+    const observedTerms = seen.flatMap((o) => (o.leader ? [o.leader.token] : []));
+    expect(observedTerms).toEqual(tokens);
+    expect(seen.at(-1)!.leader).toBeUndefined();
+    await Promise.all(ss.map((s) => s.close()));
   });
 };

@@ -2,6 +2,7 @@ import { describe } from 'vitest';
 import type { RegisterTests } from '../context.js';
 import { registerElectionTests } from './election.js';
 import { registerInteropTests } from './interop.js';
+import { registerLossTests } from './loss.js';
 import { registerMutexTests } from './mutex.js';
 import { registerSyncTests } from './sync.js';
 
@@ -10,5 +11,6 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('mutex', () => registerMutexTests(ctx));
   describe('election', () => registerElectionTests(ctx));
   describe('rwmutex, semaphore, barriers', () => registerSyncTests(ctx));
+  describe('loss and resync', () => registerLossTests(ctx));
   describe('interop', () => registerInteropTests(ctx));
 };

@@ -194,7 +194,9 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('mutex-waiter-lost')}lock`;
     await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
-    const b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    // A long TTL: b's keep-alive loop would notice the revoke only after ~10 s; the waiter must
+    // notice at once, through the watch on its own key.
+    const b = await Session.create(kv, { ttlSeconds: 30 });
     const h = await new Mutex(a, name).lock();
     const waiting = new Mutex(b, name).lock();
     await waitFor(
@@ -204,7 +206,9 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     );
     await kv.lease.revoke(b.lease);
     await expect(waiting).rejects.toMatchObject({ code: 'session-lost' });
+    expect(b.lost.aborted).toBe(false);
     await h.unlock();
+    await b.close().catch(() => undefined);
   });
 
   it('mutex — unlock fails while the connection is down and succeeds when retried after it returns', async (t) => {

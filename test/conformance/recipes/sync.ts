@@ -213,4 +213,52 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     expect(left).toBe(2);
     await closeAll(ss);
   });
+
+  it('double barrier — an aborted enter removes its key, so only real participants complete the group', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('dbarrier-abort')}d`;
+    const ss = await sessions(3);
+    const ac = new AbortController();
+    const reason = new Error('not today');
+    const quitter = new DoubleBarrier(ss[0]!, name, 2).enter({ signal: ac.signal });
+    await waitFor(
+      async () => (await kv.range(`${name}/waiters/`, { prefix: true, countOnly: true })).count === 1,
+      5000,
+      'the first waiter key',
+    );
+    ac.abort(reason);
+    await expect(quitter).rejects.toBe(reason);
+    expect((await kv.range(`${name}/waiters/`, { prefix: true, countOnly: true })).count).toBe(0);
+    let entered = 0;
+    const one = new DoubleBarrier(ss[1]!, name, 2).enter().then(() => entered++);
+    await sleep(150);
+    expect(entered).toBe(0); // the aborted participant did not count
+    await new DoubleBarrier(ss[2]!, name, 2).enter();
+    await one;
+    expect(entered).toBe(1);
+    await Promise.all([
+      new DoubleBarrier(ss[1]!, name, 2).leave(),
+      new DoubleBarrier(ss[2]!, name, 2).leave(),
+    ]);
+    expect((await kv.range(`${name}/`, { prefix: true, countOnly: true })).count).toBe(0);
+    await closeAll(ss);
+  });
+
+  it('barrier — many waiters are released by one release, and an aborted waiter does not hold it up', async () => {
+    const { kv, prefix } = ctx();
+    const b = new Barrier(kv, `${prefix('barrier-many')}b`);
+    await b.hold();
+    const ac = new AbortController();
+    let released = 0;
+    const waiters = Array.from({ length: 6 }, (_, i) =>
+      new Barrier(kv, b.key).wait(i === 0 ? { signal: ac.signal } : {}).then(() => released++),
+    );
+    await sleep(100);
+    ac.abort();
+    await expect(waiters[0]).rejects.toBeDefined();
+    expect(released).toBe(0);
+    await b.release();
+    await Promise.all(waiters.slice(1));
+    expect(released).toBe(5);
+  });
 };
