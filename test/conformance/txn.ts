@@ -169,6 +169,24 @@ export const registerTxnTests: RegisterTests = (ctx) => {
     expect(await kv.get(k)).toBeUndefined();
   });
 
+  it('txn — a txn whose later put names an unknown lease fails as a whole: nothing is written', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('txn-atomic');
+    const before = await kv.status();
+    await expect(
+      kv.txn({
+        compare: [],
+        success: [
+          { type: 'put', key: `${p}a`, value: '1' },
+          { type: 'put', key: `${p}b`, value: '2', options: { lease: 0x1234_9999n } },
+        ],
+        failure: [],
+      }),
+    ).rejects.toMatchObject({ code: 'lease-not-found' });
+    expect(await kv.get(`${p}a`)).toBeUndefined();
+    expect((await kv.status()).revision).toBe(before.revision);
+  });
+
   it('txn — a put under an unknown lease fails with lease-not-found', async () => {
     const { kv, prefix } = ctx();
     await expect(kv.put(`${prefix('badlease')}k`, 'v', { lease: 0x1234_5678n })).rejects.toMatchObject({

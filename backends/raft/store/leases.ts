@@ -48,12 +48,18 @@ export class Leases {
     return l;
   }
 
-  attach(id: bigint, key: string): void {
-    if (id !== 0n) this.byId.get(id)?.keys.add(key);
+  attach(id: bigint, key: string, undo?: Array<() => void>): void {
+    const l = id !== 0n ? this.byId.get(id) : undefined;
+    if (!l || l.keys.has(key)) return;
+    l.keys.add(key);
+    undo?.push(() => l.keys.delete(key));
   }
 
-  detach(id: bigint, key: string): void {
-    if (id !== 0n) this.byId.get(id)?.keys.delete(key);
+  detach(id: bigint, key: string, undo?: Array<() => void>): void {
+    const l = id !== 0n ? this.byId.get(id) : undefined;
+    if (!l || !l.keys.has(key)) return;
+    l.keys.delete(key);
+    undo?.push(() => l.keys.add(key));
   }
 
   /** Refreshes a lease; returns the TTL, or 0 when it is unknown (the holder has lost it). */

@@ -79,6 +79,9 @@ export class Mvcc {
     }
   }
 
+  /** Undo actions of the current write, run in reverse if it fails midway (a txn is all or nothing). */
+  undo: Array<() => void> | undefined;
+
   /** Writes a put at {main, sub}; returns the event. */
   put(key: string, keyB: Uint8Array, value: Uint8Array, lease: bigint, main: number, sub: number): MvccEvent {
     const prev = this.getAt(key, main);
@@ -110,9 +113,23 @@ export class Mvcc {
     if (recs) {
       const last = recs[recs.length - 1]!;
       // Within one revision (a txn), a later op on the same key replaces the earlier record.
-      if (last.main === r.main) recs[recs.length - 1] = r;
-      else recs.push(r);
-    } else this.index.set(key, [r]);
+      if (last.main === r.main) {
+        recs[recs.length - 1] = r;
+        this.undo?.push(() => {
+          recs[recs.length - 1] = last;
+        });
+      } else {
+        recs.push(r);
+        this.undo?.push(() => {
+          recs.pop();
+        });
+      }
+    } else {
+      this.index.set(key, [r]);
+      this.undo?.push(() => {
+        this.index.delete(key);
+      });
+    }
   }
 
   /** etcd's compaction rules; drops history below `rev` but keeps each key's state at `rev`. */

@@ -116,6 +116,23 @@ export class Store {
     return { main: this.mvcc.currentRev + 1, sub: 0, changed: false, events: [] };
   }
 
+  /** Runs `body` as one atomic write: if it throws, every change it made is undone. */
+  #atomic<T>(body: (w: WriteCtx) => T): T {
+    const w = this.#begin();
+    this.mvcc.undo = [];
+    let r: T;
+    try {
+      r = body(w);
+    } catch (err) {
+      const undo = this.mvcc.undo;
+      this.mvcc.undo = undefined;
+      for (let i = undo.length - 1; i >= 0; i--) undo[i]!();
+      throw err;
+    }
+    this.mvcc.undo = undefined;
+    return r;
+  }
+
   #commit(w: WriteCtx): number {
     if (w.changed) {
       this.mvcc.currentRev = w.main;
@@ -138,8 +155,8 @@ export class Store {
     if (lease !== 0n) this.leases.require(lease);
     const val = o.ignoreValue ? prev!.value : value;
     const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++);
-    if (prev && prev.lease !== lease) this.leases.detach(prev.lease, k);
-    this.leases.attach(lease, k);
+    if (prev && prev.lease !== lease) this.leases.detach(prev.lease, k, this.mvcc.undo);
+    this.leases.attach(lease, k, this.mvcc.undo);
     w.changed = true;
     w.events.push(ev);
     return o.prevKv && prev ? { revision: w.main, prevKv: prev } : { revision: w.main };
@@ -157,7 +174,7 @@ export class Store {
     for (const k of keys) {
       const ev = this.mvcc.delete(k, w.main, w.sub++);
       if (!ev) continue;
-      this.leases.detach(ev.prevKv!.lease, k);
+      this.leases.detach(ev.prevKv!.lease, k, this.mvcc.undo);
       w.events.push(ev);
       prevKvs.push(ev.prevKv!);
     }
@@ -170,27 +187,28 @@ export class Store {
     value: Uint8Array,
     o: { lease?: bigint; prevKv?: boolean; ignoreValue?: boolean; ignoreLease?: boolean } = {},
   ): PutResult {
-    const w = this.#begin();
-    const r = this.#put(w, key, value, o);
-    const revision = this.#commit(w);
-    return { ...r, revision };
+    return this.#atomic((w) => {
+      const r = this.#put(w, key, value, o);
+      return { ...r, revision: this.#commit(w) };
+    });
   }
 
   applyDelete(
     key: Uint8Array | string,
     o: { end?: Uint8Array | string; prefix?: boolean; fromKey?: boolean; prevKv?: boolean } = {},
   ): DeleteResult {
-    const w = this.#begin();
-    const r = this.#delete(w, key, o);
-    return { ...r, revision: this.#commit(w) };
+    return this.#atomic((w) => {
+      const r = this.#delete(w, key, o);
+      return { ...r, revision: this.#commit(w) };
+    });
   }
 
   applyTxn(t: Txn): TxnResult {
     checkTxnLimits(t);
-    const w = this.#begin();
-    const res = this.#txn(w, t);
-    const revision = this.#commit(w);
-    return fixRevisions(res, revision);
+    return this.#atomic((w) => {
+      const res = this.#txn(w, t);
+      return fixRevisions(res, this.#commit(w));
+    });
   }
 
   #txn(w: WriteCtx, t: Txn): TxnResult {
@@ -267,10 +285,11 @@ export class Store {
   /** Deletes every attached key at one revision. */
   applyLeaseRevoke(id: bigint): { revision: number } {
     const l = this.leases.require(id);
-    const w = this.#begin();
-    for (const k of [...l.keys].sort()) this.#delete(w, new Uint8Array(Buffer.from(k, 'latin1')), {});
-    this.leases.byId.delete(id);
-    return { revision: this.#commit(w) };
+    return this.#atomic((w) => {
+      for (const k of [...l.keys].sort()) this.#delete(w, new Uint8Array(Buffer.from(k, 'latin1')), {});
+      this.leases.byId.delete(id);
+      return { revision: this.#commit(w) };
+    });
   }
 }
 
