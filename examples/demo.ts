@@ -1,9 +1,9 @@
 /**
  * `npm start`: a short, readable tour of Conclave's KV contract and Session.
  *
- * Target: CONCLAVE_ENDPOINTS=host:port,… (real etcd) if set; otherwise the embedded Raft store
- * (`embedded:?nodes=3`) once that backend is built; until then a private etcd started from the
- * `etcd` binary on PATH (stopped at the end). It prints what happens and exits 0.
+ * Target: CONCLAVE_ENDPOINTS=host:port,… (real etcd) if set; otherwise the embedded 3-node Raft
+ * store (`embedded:?nodes=3`, memory storage); a private etcd from the `etcd` binary on PATH only
+ * if the embedded backend cannot start. It prints what happens and exits 0.
  */
 import { type ConclaveError, connect, Election, type KV, Mutex, Session, toText } from '../src/index.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../test/harness/etcd.js';

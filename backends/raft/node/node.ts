@@ -1,0 +1,297 @@
+/**
+ * One Raft member: the single loop that drives consensus (DESIGN.md §5). Each turn: take Ready →
+ * persist hard state and entries → send messages → apply committed entries to the store → resolve
+ * the requests waiting on them → advance. Ticks come from a timer.
+ *
+ * Requests: a write is encoded as a command with a unique id and proposed (a follower's core
+ * forwards it to the leader); it resolves when this member applies it. A proposal refused by the
+ * core (no leader, transfer in flight, bound reached) fails `unavailable`/`too-many-requests`,
+ * retryable — it was never in the log. A proposal that does not apply within the request timeout
+ * fails `indeterminate` (it may still apply). Linearizable reads use ReadIndex, then wait until the
+ * member has applied that index.
+ */
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { ProposalDropped } from '../consensus/assert.js';
+import { MemoryStorage } from '../consensus/memory-storage.js';
+import { decodeConfChange, Raft } from '../consensus/raft.js';
+import { EntryType, type Message, type NodeId, Role } from '../consensus/types.js';
+import { Store } from '../store/store.js';
+import type { Transport } from '../transport/memory.js';
+import { type Command, decodeCommand, encodeCommand } from './commands.js';
+
+/** Requests in flight per member (writes waiting to apply, reads waiting for ReadIndex). */
+export const pendingRequestsMax = 10_000;
+
+/** A command without its request id (distributes over the union). */
+export type CommandBody = Command extends infer C ? (C extends Command ? Omit<C, 'id'> : never) : never;
+
+export interface NodeOptions {
+  id: NodeId;
+  voters: NodeId[];
+  transport: Transport;
+  tickMs: number;
+  electionTicks: number;
+  heartbeatTicks: number;
+  minTtlSeconds: number;
+  requestTimeoutMs: number;
+  now: () => number;
+  random: () => number;
+  /** Persisted state to restart from (memory-only storage in this issue). */
+  storage?: MemoryStorage;
+}
+
+interface Waiter {
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+export class RaftNode {
+  readonly id: NodeId;
+  readonly storage: MemoryStorage;
+  readonly store: Store;
+  raft: Raft;
+  readonly #o: NodeOptions;
+  readonly #writes = new Map<string, Waiter>();
+  readonly #reads = new Map<string, Waiter>();
+  /** Reads confirmed at an index, waiting for this member to apply it. */
+  #readyReads: Array<{ index: number; resolve: () => void }> = [];
+  #seq = 0;
+  #tick: ReturnType<typeof setInterval> | undefined;
+  #scheduled = false;
+  #stopped = false;
+  readonly #revoking = new Set<bigint>();
+
+  constructor(o: NodeOptions) {
+    this.#o = o;
+    this.id = o.id;
+    this.storage = o.storage ?? new MemoryStorage({ voters: o.voters, learners: [] });
+    this.store = new Store({ minTtlSeconds: o.minTtlSeconds });
+    this.raft = new Raft({
+      id: o.id,
+      electionTicks: o.electionTicks,
+      heartbeatTicks: o.heartbeatTicks,
+      storage: this.storage,
+      random: o.random,
+      applied: 0,
+    });
+    o.transport.register(o.id, (m) => this.#onMessage(m));
+    this.#tick = setInterval(() => this.#onTick(), o.tickMs);
+    // Not unref()ed: a running member keeps the process alive, like an open socket; stop() ends it.
+  }
+
+  get isLeader(): boolean {
+    return this.raft.role === Role.Leader;
+  }
+
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /** Campaign at once (faster startup for a fresh cluster). */
+  campaign(): void {
+    this.raft.campaign();
+    this.#schedule();
+  }
+
+  #onMessage(m: Message): void {
+    if (this.#stopped) return;
+    this.raft.step(m);
+    this.#schedule();
+  }
+
+  #onTick(): void {
+    if (this.#stopped) return;
+    this.raft.tick();
+    if (this.isLeader) this.#expireLeases();
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#stopped) return;
+    this.#scheduled = true;
+    queueMicrotask(() => {
+      this.#scheduled = false;
+      this.#loop();
+    });
+  }
+
+  #loop(): void {
+    while (!this.#stopped && this.raft.hasReady()) {
+      const rd = this.raft.ready();
+      // Persist before sending (memory storage: synchronous).
+      if (rd.snapshot) this.storage.applySnapshot(rd.snapshot);
+      this.storage.append(rd.entries);
+      if (rd.hardState) this.storage.setHardState(rd.hardState);
+      this.#o.transport.send(rd.messages);
+      for (const e of rd.committed) {
+        if (e.type === EntryType.ConfChange) this.raft.applyConfChange(decodeConfChange(e.data));
+        else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
+        this.store.appliedIndex = e.index;
+      }
+      for (const rs of rd.readStates) {
+        const key = new TextDecoder().decode(rs.context);
+        const w = this.#reads.get(key);
+        if (!w) continue;
+        this.#reads.delete(key);
+        clearTimeout(w.timer);
+        this.#readyReads.push({ index: rs.index, resolve: () => w.resolve(rs.index) });
+      }
+      if (rd.softState) this.#onRoleChange(rd.softState.role);
+      this.raft.advance(rd);
+      this.#releaseReads();
+    }
+  }
+
+  #releaseReads(): void {
+    const applied = this.store.appliedIndex;
+    const keep: Array<{ index: number; resolve: () => void }> = [];
+    for (const r of this.#readyReads) {
+      if (r.index <= applied) r.resolve();
+      else keep.push(r);
+    }
+    this.#readyReads = keep;
+  }
+
+  #onRoleChange(role: Role): void {
+    // §5 / etcd: a new leader gives every lease its full TTL again (the old leader's clock is gone).
+    if (role === Role.Leader) this.store.leases.promote(this.#o.now());
+    else {
+      // Reads waiting for this member's confirmation as leader will not get it.
+      const e = new ConclaveError(
+        ErrorCode.Unavailable,
+        'leadership changed while the read was pending; retry',
+      );
+      for (const [k, w] of this.#reads) {
+        clearTimeout(w.timer);
+        w.reject(e);
+        this.#reads.delete(k);
+      }
+    }
+  }
+
+  #apply(c: Command): void {
+    let result: unknown;
+    let error: unknown;
+    try {
+      switch (c.op) {
+        case 'put':
+          result = this.store.applyPut(c.key, c.value, c.opts);
+          break;
+        case 'delete':
+          result = this.store.applyDelete(c.key, c.opts);
+          break;
+        case 'txn':
+          result = this.store.applyTxn(c.txn);
+          break;
+        case 'compact':
+          this.store.applyCompact(c.revision);
+          result = undefined;
+          break;
+        case 'grant':
+          result = this.store.applyLeaseGrant(c.lease, c.ttlSeconds, this.#o.now());
+          break;
+        case 'revoke':
+          this.#revoking.delete(c.lease);
+          result = this.store.applyLeaseRevoke(c.lease);
+          break;
+      }
+    } catch (err) {
+      // Deterministic refusals (unknown lease, compacted, …) are results, identical on every member.
+      error = err;
+    }
+    const w = this.#writes.get(c.id);
+    if (!w) return;
+    this.#writes.delete(c.id);
+    clearTimeout(w.timer);
+    if (error !== undefined) w.reject(error);
+    else w.resolve(result);
+  }
+
+  #expireLeases(): void {
+    for (const id of this.store.leases.expired(this.#o.now())) {
+      if (this.#revoking.has(id)) continue;
+      this.#revoking.add(id);
+      this.propose({ id: this.#newId(), op: 'revoke', lease: id }).catch(() => this.#revoking.delete(id));
+    }
+  }
+
+  #newId(): string {
+    return `${this.id}-${++this.#seq}-${this.#o.random().toString(36).slice(2, 8)}`;
+  }
+
+  #check(): void {
+    if (this.#stopped) throw new ConclaveError(ErrorCode.Unavailable, `member ${this.id} is stopped`);
+    if (this.#writes.size + this.#reads.size >= pendingRequestsMax) {
+      throw new ConclaveError(
+        ErrorCode.TooManyRequests,
+        `member ${this.id}: more than ${pendingRequestsMax} requests pending`,
+      );
+    }
+  }
+
+  /** Proposes a command and resolves with its applied result on this member. */
+  propose<T>(cmd: CommandBody & { id?: string }): Promise<T> {
+    this.#check();
+    const c = { ...cmd, id: cmd.id ?? this.#newId() } as Command;
+    return new Promise<T>((resolve, reject) => {
+      try {
+        this.raft.propose(encodeCommand(c));
+      } catch (err) {
+        if (err instanceof ProposalDropped) {
+          const code = err.reason === 'uncommitted-bytes' ? ErrorCode.TooManyRequests : ErrorCode.Unavailable;
+          reject(new ConclaveError(code, `member ${this.id}: ${err.message}`, { cause: err }));
+          return;
+        }
+        throw err;
+      }
+      const timer = setTimeout(() => {
+        this.#writes.delete(c.id);
+        reject(
+          new ConclaveError(
+            ErrorCode.Indeterminate,
+            `member ${this.id}: the request was proposed but not applied within ${this.#o.requestTimeoutMs} ms; it may still apply`,
+            { retryable: false },
+          ),
+        );
+      }, this.#o.requestTimeoutMs);
+      this.#writes.set(c.id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#schedule();
+    });
+  }
+
+  /** Resolves once a linearizable read may be served from this member's store. */
+  readIndex(): Promise<void> {
+    this.#check();
+    const ctx = this.#newId();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#reads.delete(ctx);
+        reject(
+          new ConclaveError(
+            ErrorCode.Unavailable,
+            `member ${this.id}: read not confirmed within ${this.#o.requestTimeoutMs} ms (no leader?)`,
+          ),
+        );
+      }, this.#o.requestTimeoutMs);
+      this.#reads.set(ctx, { resolve: () => resolve(), reject, timer });
+      this.raft.readIndex(new TextEncoder().encode(ctx));
+      this.#schedule();
+    });
+  }
+
+  stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    clearInterval(this.#tick);
+    this.#o.transport.unregister(this.id);
+    const e = new ConclaveError(ErrorCode.Unavailable, `member ${this.id} stopped`);
+    for (const w of [...this.#writes.values(), ...this.#reads.values()]) {
+      clearTimeout(w.timer);
+      w.reject(e);
+    }
+    this.#writes.clear();
+    this.#reads.clear();
+    this.store.hub.close();
+  }
+}
