@@ -110,6 +110,7 @@ export const registerElectionTests: RegisterTests = (ctx) => {
     const obs = (async () => {
       for await (const o of new Election(ss[0]!, name).observe({ signal: ac.signal })) seen.push(o);
     })().catch(() => undefined);
+    await waitFor(() => seen.length === 1, 5000, 'the first observation (no leader)');
     let leaders = 0;
     let overlaps = 0;
     const order: number[] = [];
@@ -142,6 +143,7 @@ export const registerElectionTests: RegisterTests = (ctx) => {
     expect(order).toEqual([0, 1, 2, 3, 4]);
     expect([...tokens].sort((x, y) => x - y)).toEqual(tokens);
     const observedTerms = seen.flatMap((o) => (o.leader ? [o.leader.token] : []));
+    expect(seen[0]!.leader).toBeUndefined();
     expect(observedTerms).toEqual(tokens);
     expect(seen.at(-1)!.leader).toBeUndefined();
     await Promise.all(ss.map((s) => s.close()));

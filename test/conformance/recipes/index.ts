@@ -1,6 +1,7 @@
 import { describe } from 'vitest';
 import type { RegisterTests } from '../context.js';
 import { registerElectionTests } from './election.js';
+import { registerFailoverTests } from './failover.js';
 import { registerInteropTests } from './interop.js';
 import { registerLossTests } from './loss.js';
 import { registerMutexTests } from './mutex.js';
@@ -12,5 +13,6 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('election', () => registerElectionTests(ctx));
   describe('rwmutex, semaphore, barriers', () => registerSyncTests(ctx));
   describe('loss and resync', () => registerLossTests(ctx));
+  describe('failover', () => registerFailoverTests(ctx));
   describe('interop', () => registerInteropTests(ctx));
 };
