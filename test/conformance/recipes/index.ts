@@ -1,11 +1,16 @@
 import { describe } from 'vitest';
 import type { RegisterTests } from '../context.js';
+import { registerConfigTests } from './config.js';
+import { registerCounterStmTests } from './counter-stm.js';
 import { registerElectionTests } from './election.js';
 import { registerFailoverTests } from './failover.js';
 import { registerInteropTests } from './interop.js';
 import { registerLossTests } from './loss.js';
 import { registerMutexTests } from './mutex.js';
+import { registerNamingTests } from './naming.js';
+import { registerQueueTests } from './queue.js';
 import { registerSyncTests } from './sync.js';
+import { registerTopicTests } from './topic.js';
 
 /** Recipe conformance tests (issues 6 and 7), run on every backend. */
 export const registerRecipes: RegisterTests | undefined = (ctx) => {
@@ -15,4 +20,9 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('loss and resync', () => registerLossTests(ctx));
   describe('failover', () => registerFailoverTests(ctx));
   describe('interop', () => registerInteropTests(ctx));
+  describe('counter and stm', () => registerCounterStmTests(ctx));
+  describe('queues', () => registerQueueTests(ctx));
+  describe('config', () => registerConfigTests(ctx));
+  describe('naming', () => registerNamingTests(ctx));
+  describe('topic', () => registerTopicTests(ctx));
 };
