@@ -6,7 +6,26 @@
 import { assert } from './assert.js';
 import type { ConfState, Entry, HardState, LogStorage, Snapshot } from './types.js';
 
-export class MemoryStorage implements LogStorage {
+/** What a node loop persists from one Ready. */
+export interface ReadyToSave {
+  readonly hardState?: HardState | undefined;
+  readonly entries: readonly Entry[];
+  readonly snapshot?: Snapshot | undefined;
+}
+
+/**
+ * Storage as the node loop sees it: the core's LogStorage plus persistence. `save` and
+ * `snapshotAt` return a promise when the write is asynchronous (durable storage); the loop sends
+ * and applies nothing of a Ready before its save has settled.
+ */
+export interface NodeStorage extends LogStorage {
+  save(rd: ReadyToSave): void | Promise<void>;
+  /** Records a state-machine snapshot at applied `index` and drops the log up to it. */
+  snapshotAt(index: number, data: Uint8Array, confState: ConfState): void | Promise<void>;
+  close(): void | Promise<void>;
+}
+
+export class MemoryStorage implements NodeStorage {
   hardState: HardState = { term: 0, vote: 0, commit: 0 };
   snap: Snapshot;
   /** ents[i] has index snap.meta.index + 1 + i. */
@@ -79,6 +98,18 @@ export class MemoryStorage implements LogStorage {
     this.ents = this.ents.slice(index - this.snap.meta.index);
     this.snap = { meta: { index, term, confState }, data };
   }
+
+  save(rd: ReadyToSave): void | Promise<void> {
+    if (rd.snapshot) this.applySnapshot(rd.snapshot);
+    this.append(rd.entries);
+    if (rd.hardState) this.setHardState(rd.hardState);
+  }
+
+  snapshotAt(index: number, data: Uint8Array, confState: ConfState): void | Promise<void> {
+    this.compact(index, data, confState);
+  }
+
+  close(): void | Promise<void> {}
 
   clone(): MemoryStorage {
     const c = new MemoryStorage(this.snap.meta.confState);

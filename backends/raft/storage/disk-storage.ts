@@ -1,0 +1,145 @@
+/**
+ * Durable storage for one Raft member: the WAL and snapshot files in a data directory, with the
+ * log since the last snapshot mirrored in memory (it is what the core reads). Layout:
+ *
+ *   <dataDir>/LOCK      one member per directory (lock.ts)
+ *   <dataDir>/wal/      segments (wal.ts)
+ *   <dataDir>/snap/     snapshot files (snapshots.ts)
+ *
+ * Contract with the node loop: `save(ready)` resolves once the Ready's snapshot, entries and hard
+ * state are durable; nothing of that Ready is sent or applied before. `snapshotAt()` records a
+ * state-machine snapshot taken at an applied index, compacts the in-memory log and releases WAL
+ * segments that the older kept snapshot covers (so a damaged newest snapshot can fall back to
+ * the previous one and replay the WAL from there).
+ */
+import { join } from 'node:path';
+import { assert } from '../consensus/assert.js';
+import { MemoryStorage, type NodeStorage, type ReadyToSave } from '../consensus/memory-storage.js';
+import type { ConfState, NodeId } from '../consensus/types.js';
+import { type DirLock, lockDir } from './lock.js';
+import { RecordType, type WalRecord } from './records.js';
+import { Snapshotter } from './snapshots.js';
+import { Wal, type WalRecovery } from './wal.js';
+
+export interface DiskStorageOptions {
+  dataDir: string;
+  nodeId: NodeId;
+  /** The bootstrap configuration when the directory is new. */
+  voters: readonly NodeId[];
+  segmentBytes?: number;
+  snapshotsKept?: number;
+  log?: (message: string) => void;
+}
+
+export interface DiskRecovery {
+  snapshotFile?: string;
+  skippedSnapshots: string[];
+  wal: WalRecovery;
+}
+
+export class DiskStorage extends MemoryStorage implements NodeStorage {
+  readonly dataDir: string;
+  readonly recovery: DiskRecovery;
+  readonly #wal: Wal;
+  readonly #snaps: Snapshotter;
+  readonly #lock: DirLock;
+  #chain: Promise<unknown> = Promise.resolve();
+  #closed = false;
+
+  private constructor(
+    o: DiskStorageOptions,
+    wal: Wal,
+    snaps: Snapshotter,
+    lock: DirLock,
+    recovery: DiskRecovery,
+  ) {
+    super({ voters: [...o.voters], learners: [] });
+    this.dataDir = o.dataDir;
+    this.#wal = wal;
+    this.#snaps = snaps;
+    this.#lock = lock;
+    this.recovery = recovery;
+  }
+
+  static async open(o: DiskStorageOptions): Promise<DiskStorage> {
+    const lock = await lockDir(o.dataDir);
+    try {
+      const snaps = new Snapshotter(join(o.dataDir, 'snap'), {
+        ...(o.snapshotsKept !== undefined ? { kept: o.snapshotsKept } : {}),
+        ...(o.log ? { log: o.log } : {}),
+      });
+      await snaps.init();
+      const loaded = await snaps.loadNewest();
+      const after = loaded?.snapshot.meta.index ?? 0;
+      const { wal, recovery } = await Wal.open(
+        {
+          dir: join(o.dataDir, 'wal'),
+          nodeId: o.nodeId,
+          ...(o.segmentBytes !== undefined ? { segmentBytes: o.segmentBytes } : {}),
+          ...(o.log ? { log: o.log } : {}),
+        },
+        after,
+      );
+      const s = new DiskStorage(o, wal, snaps, lock, {
+        ...(loaded ? { snapshotFile: loaded.file } : {}),
+        skippedSnapshots: loaded?.skipped ?? [],
+        wal: recovery,
+      });
+      if (loaded) s.snap = loaded.snapshot;
+      s.ents = recovery.entries;
+      const hs = recovery.hardState;
+      s.hardState = { term: hs.term, vote: hs.vote, commit: Math.max(hs.commit, after) };
+      return s;
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  get walStats(): Readonly<Wal['stats']> {
+    return this.#wal.stats;
+  }
+
+  /** Serializes disk operations (a save and a snapshot never interleave). */
+  #serial<T>(f: () => Promise<T>): Promise<T> {
+    const p = this.#chain.then(f, f);
+    this.#chain = p.catch(() => undefined);
+    return p;
+  }
+
+  override save(rd: ReadyToSave): Promise<void> {
+    assert(!this.#closed, 'disk storage: save after close');
+    const records: WalRecord[] = [];
+    const snap = rd.snapshot;
+    for (const e of rd.entries) records.push({ type: RecordType.Entry, entry: e });
+    if (rd.hardState) records.push({ type: RecordType.HardState, hardState: rd.hardState });
+    // Mirror in memory first (the core reads it only after advance, which waits for this).
+    super.save(rd);
+    return this.#serial(async () => {
+      if (snap) {
+        await this.#snaps.save(snap);
+        await this.#wal.save([{ type: RecordType.LogReset, index: snap.meta.index, term: snap.meta.term }]);
+      }
+      await this.#wal.save(records);
+    });
+  }
+
+  override snapshotAt(index: number, data: Uint8Array, confState: ConfState): Promise<void> {
+    super.snapshotAt(index, data, confState);
+    const snap = this.snap;
+    return this.#serial(async () => {
+      await this.#snaps.save(snap);
+      const kept = await this.#snaps.list();
+      const oldest = kept[kept.length - 1];
+      if (oldest) await this.#wal.releaseTo(oldest.index);
+    });
+  }
+
+  override async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#chain;
+    await this.#wal.close();
+    await this.#lock.release();
+  }
+}

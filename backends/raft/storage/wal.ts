@@ -1,0 +1,423 @@
+/**
+ * The segmented write-ahead log of one Raft member (DESIGN.md §5).
+ *
+ * Files: `<dir>/<seq:16 hex>-<firstIndex:16 hex>.wal`, each preallocated to `segmentBytes` with
+ * zeros (so an fdatasync does not also have to update the file size) and starting with a Metadata
+ * record and the latest HardState, so older segments can be released without losing it. Records
+ * are framed as in records.ts.
+ *
+ * Durability: `save()` writes every record of one Ready and fdatasyncs once (group commit: the
+ * node hands it everything that accumulated during the previous flush). A segment is fsynced
+ * before the next one is written, so only the last segment can end in an unsynced (possibly torn)
+ * write, and that tail is at most `unsyncedBytesMax` plus one record long.
+ *
+ * Recovery reads every segment in order. Where a record fails to parse:
+ * - the rest of the segment is zeros → the clean end of the log;
+ * - the record is incomplete (its end marker or its bytes never reached the disk), it is in the
+ *   last segment, and it lies within the last unsynced window → a torn tail: erased (zeroed),
+ *   synced and logged; the log continues from there;
+ * - anything else (a complete record with a bad checksum, a damaged non-last segment, damage
+ *   followed by more data than one unsynced window) → corruption: `ConclaveError('corrupt')`
+ *   naming the file and offset. The node refuses to start; it never serves a damaged log.
+ */
+import { promises as fsp } from 'node:fs';
+import { join } from 'node:path';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { assert } from '../consensus/assert.js';
+import type { Entry, HardState } from '../consensus/types.js';
+import { crc32c } from './crc32c.js';
+import { hex16, lastNonZero, syncDir, writeZeros } from './fs-util.js';
+import {
+  decodePayload,
+  endMarker,
+  frame,
+  frameOverheadBytes,
+  headerBytes,
+  RecordType,
+  recordPayloadBytesMax,
+  type WalRecord,
+} from './records.js';
+
+/** Default segment size (etcd's is 64 MB as well). */
+export const segmentBytesDefault = 64 * 1024 * 1024;
+/** The writer fsyncs at least every this many bytes, which bounds a torn tail on recovery. */
+export const unsyncedBytesMax = 8 * 1024 * 1024;
+/** Segments one WAL may hold (a bound on directory listings and on recovery work). */
+export const segmentsMax = 10_000;
+
+export interface WalOptions {
+  readonly dir: string;
+  readonly nodeId: number;
+  readonly segmentBytes?: number;
+  /** Where recovery reports what it repaired (a truncated torn tail). */
+  readonly log?: (message: string) => void;
+}
+
+export interface WalRecovery {
+  readonly hardState: HardState;
+  /** Entries after `afterIndex`, contiguous from afterIndex + 1. */
+  readonly entries: Entry[];
+  /** A torn tail that was truncated: file and offset. */
+  readonly truncated?: { file: string; offset: number; bytes: number };
+}
+
+interface Segment {
+  seq: number;
+  firstIndex: number;
+  name: string;
+}
+
+const segName = (seq: number, firstIndex: number) => `${hex16(seq)}-${hex16(firstIndex)}.wal`;
+
+function parseSegName(name: string): Segment | undefined {
+  const m = /^([0-9a-f]{16})-([0-9a-f]{16})\.wal$/.exec(name);
+  if (!m) return undefined;
+  return { seq: Number.parseInt(m[1]!, 16), firstIndex: Number.parseInt(m[2]!, 16), name };
+}
+
+function corrupt(file: string, offset: number, what: string): ConclaveError {
+  return new ConclaveError(
+    ErrorCode.Corrupt,
+    `wal: ${what} in ${file} at offset ${offset}; the member refuses to start on a damaged log (restore it from a snapshot or re-add it to the cluster)`,
+    { details: { file, offset } },
+  );
+}
+
+interface ScanResult {
+  records: Array<{ rec: WalRecord; offset: number }>;
+  /** Where the valid data ends (the next write position). */
+  end: number;
+  /** A failure at `end` classified as torn: bytes to erase. */
+  tornBytes: number;
+}
+
+/**
+ * Parses one segment. `last`: whether this is the newest segment (the only one that may have a
+ * torn tail).
+ */
+export function scanSegment(buf: Uint8Array, file: string, last: boolean): ScanResult {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const records: ScanResult['records'] = [];
+  let o = 0;
+  while (o < buf.length) {
+    const fail = () => classify(buf, o, file, last, records);
+    if (o + headerBytes > buf.length) {
+      if (lastNonZero(buf, o) < 0) return { records, end: o, tornBytes: 0 };
+      return fail();
+    }
+    const len = dv.getUint32(o, true);
+    const crc = dv.getUint32(o + 4, true);
+    const type = buf[o + 8]!;
+    if (len === 0 && crc === 0 && type === 0) {
+      if (lastNonZero(buf, o) < 0) return { records, end: o, tornBytes: 0 };
+      return fail();
+    }
+    const recEnd = o + headerBytes + len + 1;
+    if (
+      len > recordPayloadBytesMax ||
+      recEnd > buf.length ||
+      buf[recEnd - 1] !== endMarker ||
+      crc32c(buf, 0, o + 8, recEnd - 1) !== crc
+    )
+      return fail();
+    let rec: WalRecord;
+    try {
+      rec = decodePayload(type, buf.subarray(o + headerBytes, recEnd - 1));
+    } catch (err) {
+      throw corrupt(file, o, `an undecodable record (${(err as Error).message})`);
+    }
+    records.push({ rec, offset: o });
+    o = recEnd;
+  }
+  return { records, end: o, tornBytes: 0 };
+}
+
+function classify(
+  buf: Uint8Array,
+  o: number,
+  file: string,
+  last: boolean,
+  records: ScanResult['records'],
+): ScanResult {
+  if (!last) throw corrupt(file, o, 'a damaged record in a sealed segment');
+  const z = lastNonZero(buf, o);
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const stored = o + 8 <= buf.length ? dv.getUint32(o + 4, true) : -1;
+  const len = o + 4 <= buf.length ? dv.getUint32(o, true) : 0;
+  const payloadEnd = o + headerBytes + len;
+  if (len <= recordPayloadBytesMax && payloadEnd < buf.length && o + headerBytes <= buf.length) {
+    const crcOk = crc32c(buf, 0, o + 8, payloadEnd) === stored;
+    // The payload is intact but the end marker is neither written (0) nor right: damage.
+    if (crcOk && buf[payloadEnd] !== 0) throw corrupt(file, o, 'a damaged end marker');
+    // The whole record reached the disk (its marker is there) yet the checksum fails: damage.
+    if (!crcOk && buf[payloadEnd] === endMarker && payloadEnd <= z)
+      throw corrupt(file, o, 'a checksum mismatch');
+  }
+  // A damaged length field: the data ends in a marker and the checksum matches the bytes up to it.
+  if (o + headerBytes < z && buf[z] === endMarker && crc32c(buf, 0, o + 8, z) === stored)
+    throw corrupt(file, o, 'a damaged length field');
+  if (z + 1 - o > unsyncedBytesMax + recordPayloadBytesMax + frameOverheadBytes)
+    throw corrupt(file, o, 'a damaged record followed by more data than one unsynced write');
+  // A torn write leaves nothing complete after it; an intact record after the damage means the
+  // damage hit data that had been synced.
+  if (validRecordAfter(buf, o + 1, z)) throw corrupt(file, o, 'a damaged record followed by intact ones');
+  return { records, end: o, tornBytes: z + 1 - o };
+}
+
+function validRecordAfter(buf: Uint8Array, from: number, z: number): boolean {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let p = from; p + frameOverheadBytes - 1 <= z; p++) {
+    const len = dv.getUint32(p, true);
+    const payloadEnd = p + headerBytes + len;
+    if (len > recordPayloadBytesMax || payloadEnd > z || buf[payloadEnd] !== endMarker) continue;
+    if (crc32c(buf, 0, p + 8, payloadEnd) === dv.getUint32(p + 4, true)) return true;
+  }
+  return false;
+}
+
+export class Wal {
+  readonly dir: string;
+  readonly #o: Required<Omit<WalOptions, 'log'>> & Pick<WalOptions, 'log'>;
+  #segments: Segment[] = [];
+  #fh: fsp.FileHandle | undefined;
+  #offset = 0;
+  #lastIndex = 0;
+  #hardState: HardState = { term: 0, vote: 0, commit: 0 };
+  #busy = false;
+  #closed = false;
+  /** Statistics: fsyncs done and entries written (for benchmarks). */
+  readonly stats = { syncs: 0, entries: 0, bytes: 0 };
+
+  private constructor(o: WalOptions) {
+    this.dir = o.dir;
+    this.#o = { segmentBytes: segmentBytesDefault, ...o };
+    assert(this.#o.segmentBytes >= 4096, 'wal: segmentBytes must be at least 4096');
+  }
+
+  /**
+   * Opens (creating if needed) the WAL in `dir` and recovers its contents after `afterIndex`
+   * (the index of the snapshot the caller restored, 0 if none).
+   */
+  static async open(o: WalOptions, afterIndex: number): Promise<{ wal: Wal; recovery: WalRecovery }> {
+    const wal = new Wal(o);
+    await fsp.mkdir(o.dir, { recursive: true });
+    const recovery = await wal.#recover(afterIndex);
+    return { wal, recovery };
+  }
+
+  async #listSegments(): Promise<Segment[]> {
+    const names = await fsp.readdir(this.dir);
+    for (const n of names) if (n.endsWith('.tmp')) await fsp.rm(join(this.dir, n), { force: true });
+    const segs = names.map(parseSegName).filter((s): s is Segment => s !== undefined);
+    if (segs.length > segmentsMax)
+      throw new ConclaveError(
+        ErrorCode.Corrupt,
+        `wal: ${segs.length} segments in ${this.dir} (max ${segmentsMax})`,
+      );
+    segs.sort((a, b) => a.seq - b.seq);
+    for (let i = 1; i < segs.length; i++) {
+      if (segs[i]!.seq !== segs[i - 1]!.seq + 1)
+        throw new ConclaveError(
+          ErrorCode.Corrupt,
+          `wal: segment ${segs[i - 1]!.name} is followed by ${segs[i]!.name}; a segment is missing`,
+        );
+    }
+    return segs;
+  }
+
+  async #recover(afterIndex: number): Promise<WalRecovery> {
+    this.#segments = await this.#listSegments();
+    let hardState: HardState = { term: 0, vote: 0, commit: 0 };
+    let ents: Entry[] = [];
+    let truncated: WalRecovery['truncated'];
+    if (this.#segments.length === 0) {
+      await this.#createSegment(0, afterIndex + 1);
+      return { hardState, entries: ents };
+    }
+    for (let i = 0; i < this.#segments.length; i++) {
+      const seg = this.#segments[i]!;
+      const file = join(this.dir, seg.name);
+      const buf = new Uint8Array(await fsp.readFile(file));
+      const last = i === this.#segments.length - 1;
+      const scan = scanSegment(buf, file, last);
+      const first = scan.records[0]?.rec;
+      if (!first || first.type !== RecordType.Metadata) {
+        if (last && scan.records.length === 0 && scan.tornBytes === 0 && i > 0) {
+          // A segment created but never written (crash right after rotation): reuse it.
+        } else throw corrupt(file, 0, 'a segment without its metadata record');
+      } else if (first.nodeId !== this.#o.nodeId || first.segment !== seg.seq)
+        throw corrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
+      for (const { rec, offset } of scan.records) {
+        if (rec.type === RecordType.HardState) {
+          if (rec.hardState.term < hardState.term)
+            throw corrupt(file, offset, 'a hard state whose term went back');
+          hardState = rec.hardState;
+        } else if (rec.type === RecordType.LogReset) {
+          if (rec.index > afterIndex)
+            throw corrupt(
+              file,
+              offset,
+              `a log reset to snapshot ${rec.index}, newer than the usable snapshot (${afterIndex}); that snapshot file is missing or damaged`,
+            );
+          ents = [];
+        } else if (rec.type === RecordType.Entry) {
+          ents = appendReplay(ents, rec.entry, afterIndex, file, offset);
+        }
+      }
+      if (last) {
+        this.#offset = scan.end;
+        if (scan.tornBytes > 0) {
+          truncated = { file, offset: scan.end, bytes: scan.tornBytes };
+          const fh = await fsp.open(file, 'r+');
+          try {
+            await writeZeros(fh, scan.end, scan.tornBytes);
+            await fh.datasync();
+          } finally {
+            await fh.close();
+          }
+          this.#o.log?.(
+            `wal: truncated a torn tail of ${scan.tornBytes} bytes in ${file} at offset ${scan.end}`,
+          );
+        }
+      }
+    }
+    if (ents.length > 0 && ents[0]!.index !== afterIndex + 1)
+      throw new ConclaveError(
+        ErrorCode.Corrupt,
+        `wal: the log in ${this.dir} starts at index ${ents[0]!.index}, but the snapshot ends at ${afterIndex}; entries are missing`,
+      );
+    this.#hardState = hardState;
+    this.#lastIndex = ents.length > 0 ? ents[ents.length - 1]!.index : afterIndex;
+    const lastSeg = this.#segments[this.#segments.length - 1]!;
+    this.#fh = await fsp.open(join(this.dir, lastSeg.name), 'r+');
+    if (this.#offset === 0) await this.#writeRaw(this.#segmentHeader(lastSeg.seq));
+    return { hardState, entries: ents, ...(truncated ? { truncated } : {}) };
+  }
+
+  #segmentHeader(seq: number): Uint8Array {
+    return Buffer.concat([
+      frame({ type: RecordType.Metadata, nodeId: this.#o.nodeId, segment: seq }),
+      frame({ type: RecordType.HardState, hardState: this.#hardState }),
+    ]);
+  }
+
+  /** Creates a preallocated segment (temp file, zero-filled, synced, renamed, dir synced) and makes it current. */
+  async #createSegment(seq: number, firstIndex: number): Promise<void> {
+    const name = segName(seq, firstIndex);
+    const tmp = join(this.dir, `${name}.tmp`);
+    const fh = await fsp.open(tmp, 'w+');
+    const header = this.#segmentHeader(seq);
+    await writeZeros(fh, 0, this.#o.segmentBytes);
+    await fh.write(header, 0, header.length, 0);
+    await fh.sync();
+    await fsp.rename(tmp, join(this.dir, name));
+    await syncDir(this.dir);
+    await this.#fh?.close();
+    this.#fh = fh;
+    this.#offset = header.length;
+    this.stats.bytes += header.length;
+    this.#segments.push({ seq, firstIndex, name });
+  }
+
+  async #writeRaw(b: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < b.length) {
+      const { bytesWritten } = await this.#fh!.write(b, done, b.length - done, this.#offset + done);
+      done += bytesWritten;
+    }
+    this.#offset += b.length;
+    this.stats.bytes += b.length;
+  }
+
+  get lastIndex(): number {
+    return this.#lastIndex;
+  }
+
+  get segmentCount(): number {
+    return this.#segments.length;
+  }
+
+  /**
+   * Appends records and makes them durable (one fdatasync per `unsyncedBytesMax`, normally one).
+   * Entries replace any suffix they overwrite on replay. Only one save runs at a time.
+   */
+  async save(records: readonly WalRecord[]): Promise<void> {
+    assert(!this.#closed, 'wal: save after close');
+    assert(!this.#busy, 'wal: concurrent save');
+    if (records.length === 0) return;
+    this.#busy = true;
+    try {
+      let chunk: Uint8Array[] = [];
+      let chunkBytes = 0;
+      const flush = async () => {
+        if (chunkBytes === 0) return;
+        await this.#writeRaw(chunk.length === 1 ? chunk[0]! : Buffer.concat(chunk, chunkBytes));
+        chunk = [];
+        chunkBytes = 0;
+      };
+      for (const r of records) {
+        const f = frame(r);
+        if (this.#offset + chunkBytes + f.length > this.#o.segmentBytes && this.#offset > 0) {
+          await flush();
+          await this.#fh!.datasync();
+          this.stats.syncs++;
+          await this.#createSegment(this.#segments[this.#segments.length - 1]!.seq + 1, this.#lastIndex + 1);
+        }
+        if (chunkBytes + f.length > unsyncedBytesMax && chunkBytes > 0) {
+          await flush();
+          await this.#fh!.datasync();
+          this.stats.syncs++;
+        }
+        chunk.push(f);
+        chunkBytes += f.length;
+        if (r.type === RecordType.Entry) {
+          this.#lastIndex = r.entry.index;
+          this.stats.entries++;
+        } else if (r.type === RecordType.HardState) this.#hardState = r.hardState;
+        else if (r.type === RecordType.LogReset) this.#lastIndex = r.index;
+      }
+      await flush();
+      await this.#fh!.datasync();
+      this.stats.syncs++;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Deletes segments all of whose entries are at or below `index` (covered by a snapshot). */
+  async releaseTo(index: number): Promise<number> {
+    let n = 0;
+    while (this.#segments.length > 1 && this.#segments[1]!.firstIndex - 1 <= index) {
+      const s = this.#segments.shift()!;
+      await fsp.rm(join(this.dir, s.name), { force: true });
+      n++;
+    }
+    if (n > 0) await syncDir(this.dir);
+    return n;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#fh?.close();
+    this.#fh = undefined;
+  }
+}
+
+/** Replays one entry onto the recovered log: skips what the snapshot covers, truncates overwritten suffixes. */
+function appendReplay(ents: Entry[], e: Entry, afterIndex: number, file: string, offset: number): Entry[] {
+  if (e.index <= afterIndex) return ents;
+  if (ents.length === 0) {
+    ents.push(e);
+    return ents;
+  }
+  const first = ents[0]!.index;
+  const last = ents[ents.length - 1]!.index;
+  if (e.index > last + 1) throw corrupt(file, offset, `entry ${e.index} after ${last} (a gap)`);
+  if (e.index <= last) {
+    if (e.index < first) return [e];
+    ents.length = e.index - first;
+  }
+  ents.push(e);
+  return ents;
+}
