@@ -1,5 +1,5 @@
 /**
- * The embedded backend: an in-process Raft cluster (memory-only storage in this issue) exposed as
+ * The embedded backend: an in-process Raft cluster (memory or durable storage) exposed as
  * the KV contract. `startCluster({ nodes: 3 })` returns the cluster with fault hooks for tests
  * (kill, restart, partition, heal, transferLeader); `connectEmbedded` returns a KV that owns one.
  *
@@ -7,6 +7,7 @@
  * none); serializable reads and watches are served by a member's applied state.
  */
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import type { EmbeddedConnectOptions } from '../../src/connect.js';
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes } from '../../src/keys.js';
@@ -42,8 +43,10 @@ import {
   checkTtl,
   checkTxn,
 } from '../../src/validate.js';
+import type { NodeStorage } from './consensus/memory-storage.js';
 import type { NodeId } from './consensus/types.js';
 import { type CommandBody, RaftNode } from './node/node.js';
+import { DiskStorage } from './storage/disk-storage.js';
 import { MemoryTransport } from './transport/memory.js';
 
 export interface ClusterOptions {
@@ -52,6 +55,17 @@ export interface ClusterOptions {
   electionTicks?: number;
   heartbeatTicks?: number;
   requestTimeoutMs?: number;
+  /**
+   * Durable storage: each member keeps its WAL and snapshots in `<dataDir>/member-<id>` and comes
+   * back from them on restart (use `EmbeddedCluster.open` or `startCluster`). Without it, memory only.
+   */
+  dataDir?: string;
+  /** WAL segment size (default 64 MiB). */
+  segmentBytes?: number;
+  /** Snapshot and compact the log every this many applied entries. */
+  snapshotEntries?: number;
+  /** Where storage reports repairs (torn tails) and fatal errors; default `console.error`. */
+  log?: (message: string) => void;
 }
 
 /** etcd's minimum lease TTL: ceil(1.5 × election timeout), in seconds. */
@@ -64,14 +78,31 @@ export class EmbeddedCluster {
   readonly members = new Map<NodeId, RaftNode>();
   readonly ids: NodeId[];
   readonly minTtlSeconds: number;
-  readonly #o: Required<ClusterOptions>;
+  readonly #o: Required<Omit<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log'>> &
+    Pick<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log'>;
   readonly kv: EmbeddedKV;
 
-  constructor(o: ClusterOptions = {}) {
-    const nodes = o.nodes ?? 1;
-    if (!Number.isInteger(nodes) || nodes < 1 || nodes > 9)
-      throw new ConclaveError(ErrorCode.InvalidArgument, `nodes must be 1..9, got ${nodes}`);
+  /** A cluster whose members use durable storage when `o.dataDir` is set (opened and recovered first). */
+  static async open(o: ClusterOptions = {}): Promise<EmbeddedCluster> {
+    if (o.dataDir === undefined) return new EmbeddedCluster(o);
+    const nodes = checkNodes(o.nodes ?? 1);
+    const ids = Array.from({ length: nodes }, (_, i) => i + 1);
+    const storages = new Map<NodeId, NodeStorage>();
+    try {
+      for (const id of ids) storages.set(id, await openMemberStorage(o, id, ids));
+    } catch (err) {
+      for (const st of storages.values()) await st.close();
+      throw err;
+    }
+    return new EmbeddedCluster(o, storages);
+  }
+
+  constructor(o: ClusterOptions = {}, storages?: ReadonlyMap<NodeId, NodeStorage>) {
+    const nodes = checkNodes(o.nodes ?? 1);
+    if (o.dataDir !== undefined && !storages)
+      throw new TypeError('EmbeddedCluster: with dataDir, use EmbeddedCluster.open() or startCluster()');
     this.#o = {
+      ...o,
       nodes,
       tickMs: o.tickMs ?? 10,
       electionTicks: o.electionTicks ?? 10,
@@ -80,12 +111,13 @@ export class EmbeddedCluster {
     };
     this.ids = Array.from({ length: nodes }, (_, i) => i + 1);
     this.minTtlSeconds = minTtlSeconds(this.#o.tickMs, this.#o.electionTicks);
-    for (const id of this.ids) this.#start(id);
-    this.members.get(1)!.campaign();
+    for (const id of this.ids) this.#start(id, storages?.get(id));
+    // A fresh cluster elects member 1 at once; a recovered one holds a normal election.
+    if (this.members.get(1)!.storage.lastIndex() === 0) this.members.get(1)!.campaign();
     this.kv = new EmbeddedKV(this);
   }
 
-  #start(id: NodeId, storage?: RaftNode['storage']): RaftNode {
+  #start(id: NodeId, storage?: NodeStorage): RaftNode {
     const n = new RaftNode({
       id,
       voters: this.ids,
@@ -98,6 +130,8 @@ export class EmbeddedCluster {
       now: () => performance.now(),
       random: Math.random,
       ...(storage ? { storage } : {}),
+      ...(this.#o.snapshotEntries !== undefined ? { snapshotEntries: this.#o.snapshotEntries } : {}),
+      onFatal: (err) => (this.#o.log ?? console.error)(`conclave: member ${id} stopped: ${String(err)}`),
     });
     this.members.set(id, n);
     return n;
@@ -127,15 +161,22 @@ export class EmbeddedCluster {
     throw new ConclaveError(ErrorCode.Unavailable, 'embedded cluster: every member is stopped');
   }
 
-  kill(id: NodeId): void {
-    this.members.get(id)?.stop();
+  /** Stops a member as a crash would (with durable storage: what it had synced stays on disk). */
+  kill(id: NodeId): Promise<void> {
+    return this.members.get(id)?.stop() ?? Promise.resolve();
   }
 
-  /** Restarts a killed member from what it persisted (its state machine is rebuilt from the log). */
-  restart(id: NodeId): void {
+  /**
+   * Restarts a killed member from what it persisted: memory storage is reused as is; durable
+   * storage is reopened and recovered from its directory (snapshot, then the WAL after it).
+   */
+  async restart(id: NodeId): Promise<RaftNode | undefined> {
     const old = this.members.get(id);
-    if (!old || !old.stopped) return;
-    this.#start(id, old.storage);
+    if (!old || !old.stopped) return old;
+    await old.stop();
+    const storage =
+      this.#o.dataDir !== undefined ? await openMemberStorage(this.#o, id, this.ids) : old.storage;
+    return this.#start(id, storage);
   }
 
   partition(...groups: NodeId[][]): void {
@@ -150,29 +191,50 @@ export class EmbeddedCluster {
     this.leader()?.raft.transferLeader(to);
   }
 
-  close(): void {
-    for (const n of this.members.values()) n.stop();
+  /** Stops every member (resolves when their storage is closed). */
+  async close(): Promise<void> {
+    await Promise.all([...this.members.values()].map((n) => n.stop()));
   }
 }
 
-export function startCluster(o: ClusterOptions = {}): EmbeddedCluster {
-  return new EmbeddedCluster(o);
+function checkNodes(nodes: number): number {
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 9)
+    throw new ConclaveError(ErrorCode.InvalidArgument, `nodes must be 1..9, got ${nodes}`);
+  return nodes;
+}
+
+function openMemberStorage(o: ClusterOptions, id: NodeId, ids: readonly NodeId[]): Promise<DiskStorage> {
+  return DiskStorage.open({
+    dataDir: join(o.dataDir!, `member-${id}`),
+    nodeId: id,
+    voters: ids,
+    ...(o.segmentBytes !== undefined ? { segmentBytes: o.segmentBytes } : {}),
+    log: o.log ?? ((m) => console.error(`conclave: member ${id}: ${m}`)),
+  });
+}
+
+/** Starts an in-process cluster (durable with `dataDir`) and waits for its first leader. */
+export async function startCluster(o: ClusterOptions = {}): Promise<EmbeddedCluster> {
+  const c = await EmbeddedCluster.open(o);
+  try {
+    await c.waitLeader();
+  } catch (err) {
+    await c.close();
+    throw err;
+  }
+  return c;
 }
 
 export async function connectEmbedded(o: EmbeddedConnectOptions): Promise<KV> {
-  if (o.dataDir !== undefined) {
-    throw new ConclaveError(
-      ErrorCode.InvalidArgument,
-      'embedded: durable storage (dir=…) is not built yet (issue 5); omit it for a memory-only cluster',
-    );
-  }
-  const c = startCluster({ nodes: o.nodes ?? 1 });
-  await c.waitLeader();
+  const c = await startCluster({
+    nodes: o.nodes ?? 1,
+    ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
+  });
   const kv = c.kv;
   const close = kv.close.bind(kv);
   kv.close = async () => {
     await close();
-    c.close();
+    await c.close();
   };
   return kv;
 }

@@ -44,7 +44,7 @@ describe('raft embedded — faults', () => {
       const revs = live.map((n) => n.store.revision);
       expect(new Set(revs).size).toBe(1);
     } finally {
-      c.close();
+      await c.close();
     }
   }, 30_000);
 
@@ -55,9 +55,9 @@ describe('raft embedded — faults', () => {
       const kv = new EmbeddedKV(c);
       await kv.put('r/a', '1');
       const follower = [...c.members.values()].find((n) => !n.isLeader)!;
-      c.kill(follower.id);
+      await c.kill(follower.id);
       await kv.put('r/b', '2');
-      c.restart(follower.id);
+      await c.restart(follower.id);
       const restarted = c.members.get(follower.id)!;
       const until = Date.now() + 5000;
       while (restarted.store.revision < (await kv.status()).revision && Date.now() < until)
@@ -65,7 +65,7 @@ describe('raft embedded — faults', () => {
       expect(toText(restarted.store.range('r/b').kvs[0]!.value)).toBe('2');
       expect(restarted.store.revision).toBe((await kv.status()).revision);
     } finally {
-      c.close();
+      await c.close();
     }
   }, 20_000);
 
@@ -90,7 +90,7 @@ describe('raft embedded — faults', () => {
       c.heal();
       expect(toText((await kv.get('p/b'))!.value)).toBe('2');
     } finally {
-      c.close();
+      await c.close();
     }
   }, 20_000);
 });

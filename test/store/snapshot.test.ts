@@ -64,3 +64,48 @@ describe('store snapshot', () => {
     );
   });
 });
+
+describe('store snapshot install', () => {
+  it('installing a newer snapshot resyncs a live watcher: it receives every revision it missed, once, in order', async () => {
+    const behind = new Store({ minTtlSeconds: 1 });
+    behind.applyPut(enc.encode('w/a'), enc.encode('1'), {});
+    const w = behind.hub.watch('w/', { prefix: true, startRevision: behind.revision + 1, prevKv: true });
+    const ahead = restoreStore(snapshotStore(behind), { minTtlSeconds: 1, nowMs: 0 });
+    ahead.applyPut(enc.encode('w/b'), enc.encode('2'), {});
+    ahead.applyTxn({
+      compare: [],
+      failure: [],
+      success: [
+        { type: 'put', key: 'w/a', value: '3' },
+        { type: 'delete', key: 'w/b' },
+      ],
+    });
+    const restored = restoreStore(snapshotStore(ahead), { minTtlSeconds: 1, nowMs: 0 });
+    behind.replaceState(restored);
+    expect(behind.revision).toBe(ahead.revision);
+    const got: string[] = [];
+    for await (const b of w) {
+      for (const e of b.events)
+        got.push(`${b.revision}:${e.type}:${new TextDecoder().decode(e.kv.key)}:${e.prevKv ? 'prev' : '-'}`);
+      if (b.revision === ahead.revision) break;
+    }
+    expect(got).toEqual(['3:put:w/b:-', '4:put:w/a:prev', '4:delete:w/b:prev']);
+  });
+
+  it('installing a snapshot compacted past a watcher ends it with compacted and the compact revision', async () => {
+    const behind = new Store({ minTtlSeconds: 1 });
+    behind.applyPut(enc.encode('x'), enc.encode('1'), {});
+    const w = behind.hub.watch('x', { startRevision: 2 });
+    const ahead = restoreStore(snapshotStore(behind), { minTtlSeconds: 1, nowMs: 0 });
+    for (let i = 0; i < 5; i++) ahead.applyPut(enc.encode('x'), enc.encode(`v${i}`), {});
+    ahead.applyCompact(5);
+    behind.replaceState(restoreStore(snapshotStore(ahead), { minTtlSeconds: 1, nowMs: 0 }));
+    await expect(
+      (async () => {
+        for await (const _ of w) {
+          // no events expected before the error
+        }
+      })(),
+    ).rejects.toMatchObject({ code: 'compacted', compactRevision: 5 });
+  });
+});

@@ -12,9 +12,10 @@
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { ProposalDropped } from '../consensus/assert.js';
-import { MemoryStorage } from '../consensus/memory-storage.js';
+import { MemoryStorage, type NodeStorage } from '../consensus/memory-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
-import { EntryType, type Message, type NodeId, Role } from '../consensus/types.js';
+import { EntryType, type Message, type NodeId, type Ready, Role, type Snapshot } from '../consensus/types.js';
+import { restoreStore, snapshotStore } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
 import type { Transport } from '../transport/memory.js';
 import { type Command, decodeCommand, encodeCommand } from './commands.js';
@@ -36,9 +37,16 @@ export interface NodeOptions {
   requestTimeoutMs: number;
   now: () => number;
   random: () => number;
-  /** Persisted state to restart from (memory-only storage in this issue). */
-  storage?: MemoryStorage;
+  /** Where the log and hard state live (default: a fresh MemoryStorage); may hold state to restart from. */
+  storage?: NodeStorage;
+  /** Take a state-machine snapshot and compact the log every this many applied entries. */
+  snapshotEntries?: number;
+  /** Called once if the member stops because its storage failed (it never serves after that). */
+  onFatal?: (err: unknown) => void;
 }
+
+/** Default for `snapshotEntries` (etcd's --snapshot-count default in 3.5 is 100,000; our entries are smaller in memory). */
+export const snapshotEntriesDefault = 10_000;
 
 interface Waiter {
   resolve(v: unknown): void;
@@ -48,7 +56,7 @@ interface Waiter {
 
 export class RaftNode {
   readonly id: NodeId;
-  readonly storage: MemoryStorage;
+  readonly storage: NodeStorage;
   readonly store: Store;
   raft: Raft;
   readonly #o: NodeOptions;
@@ -61,19 +69,33 @@ export class RaftNode {
   #scheduled = false;
   #stopped = false;
   readonly #revoking = new Set<bigint>();
+  /** A Ready is being made durable: nothing more is taken from the core until it is (group commit). */
+  #persisting = false;
+  #snapshotting = false;
+  #lastSnapshotIndex = 0;
+  #fatal: unknown;
+  #closing: Promise<void> | undefined;
 
   constructor(o: NodeOptions) {
     this.#o = o;
     this.id = o.id;
     this.storage = o.storage ?? new MemoryStorage({ voters: o.voters, learners: [] });
-    this.store = new Store({ minTtlSeconds: o.minTtlSeconds });
+    const snap = this.storage.snapshot();
+    // Restart: the state machine comes back from the snapshot; the core replays the log after it.
+    this.store =
+      snap.meta.index > 0 && snap.data.length > 0
+        ? restoreStore(snap.data, { minTtlSeconds: o.minTtlSeconds, nowMs: o.now() })
+        : new Store({ minTtlSeconds: o.minTtlSeconds });
+    this.store.appliedIndex = snap.meta.index;
+    this.store.hub.resync();
+    this.#lastSnapshotIndex = snap.meta.index;
     this.raft = new Raft({
       id: o.id,
       electionTicks: o.electionTicks,
       heartbeatTicks: o.heartbeatTicks,
       storage: this.storage,
       random: o.random,
-      applied: 0,
+      applied: snap.meta.index,
     });
     o.transport.register(o.id, (m) => this.#onMessage(m));
     this.#tick = setInterval(() => this.#onTick(), o.tickMs);
@@ -117,30 +139,118 @@ export class RaftNode {
   }
 
   #loop(): void {
-    while (!this.#stopped && this.raft.hasReady()) {
+    while (!this.#stopped && !this.#persisting && this.raft.hasReady()) {
       const rd = this.raft.ready();
-      // Persist before sending (memory storage: synchronous).
-      if (rd.snapshot) this.storage.applySnapshot(rd.snapshot);
-      this.storage.append(rd.entries);
-      if (rd.hardState) this.storage.setHardState(rd.hardState);
-      this.#o.transport.send(rd.messages);
-      for (const e of rd.committed) {
-        if (e.type === EntryType.ConfChange) this.raft.applyConfChange(decodeConfChange(e.data));
-        else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
-        this.store.appliedIndex = e.index;
+      // Persist before sending or applying anything of this Ready (Raft §5: durable before
+      // answering). While an asynchronous save is in flight, proposals and messages keep
+      // accumulating in the core; the next Ready carries all of them to one fdatasync.
+      let saving: void | Promise<void>;
+      try {
+        saving = this.storage.save(rd);
+      } catch (err) {
+        this.#die(err);
+        return;
       }
-      for (const rs of rd.readStates) {
-        const key = new TextDecoder().decode(rs.context);
-        const w = this.#reads.get(key);
-        if (!w) continue;
-        this.#reads.delete(key);
-        clearTimeout(w.timer);
-        this.#readyReads.push({ index: rs.index, resolve: () => w.resolve(rs.index) });
+      if (saving) {
+        this.#persisting = true;
+        saving.then(
+          () => {
+            this.#persisting = false;
+            if (this.#stopped) return;
+            this.#afterPersist(rd);
+            this.#schedule();
+          },
+          (err: unknown) => {
+            this.#persisting = false;
+            this.#die(err);
+          },
+        );
+        return;
       }
-      if (rd.softState) this.#onRoleChange(rd.softState.role);
-      this.raft.advance(rd);
-      this.#releaseReads();
+      this.#afterPersist(rd);
     }
+  }
+
+  #afterPersist(rd: Ready): void {
+    this.#o.transport.send(rd.messages);
+    if (rd.snapshot) this.#installSnapshot(rd.snapshot);
+    for (const e of rd.committed) {
+      if (e.index <= this.store.appliedIndex) continue;
+      if (e.type === EntryType.ConfChange) this.raft.applyConfChange(decodeConfChange(e.data));
+      else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
+      this.store.appliedIndex = e.index;
+    }
+    for (const rs of rd.readStates) {
+      const key = new TextDecoder().decode(rs.context);
+      const w = this.#reads.get(key);
+      if (!w) continue;
+      this.#reads.delete(key);
+      clearTimeout(w.timer);
+      this.#readyReads.push({ index: rs.index, resolve: () => w.resolve(rs.index) });
+    }
+    if (rd.softState) this.#onRoleChange(rd.softState.role);
+    this.raft.advance(rd);
+    this.#releaseReads();
+    this.#maybeSnapshot();
+  }
+
+  /** A snapshot from the leader replaces the whole state machine (watchers are resynced). */
+  #installSnapshot(snap: Snapshot): void {
+    const restored = restoreStore(snap.data, { minTtlSeconds: this.#o.minTtlSeconds, nowMs: this.#o.now() });
+    restored.appliedIndex = snap.meta.index;
+    this.store.replaceState(restored);
+    this.#lastSnapshotIndex = snap.meta.index;
+  }
+
+  /** Every `snapshotEntries` applied entries: snapshot the store and let storage drop the log before it. */
+  #maybeSnapshot(): void {
+    const every = this.#o.snapshotEntries ?? snapshotEntriesDefault;
+    const applied = this.store.appliedIndex;
+    if (this.#snapshotting || applied - this.#lastSnapshotIndex < every) return;
+    this.#snapshotIndexNow(applied);
+  }
+
+  #snapshotIndexNow(applied: number): Promise<void> {
+    this.#snapshotting = true;
+    this.#lastSnapshotIndex = applied;
+    const data = snapshotStore(this.store);
+    let p: void | Promise<void>;
+    try {
+      p = this.storage.snapshotAt(applied, data, this.raft.confState());
+    } catch (err) {
+      this.#snapshotting = false;
+      this.#die(err);
+      return Promise.resolve();
+    }
+    return Promise.resolve(p).then(
+      () => {
+        this.#snapshotting = false;
+      },
+      (err: unknown) => {
+        this.#snapshotting = false;
+        this.#die(err);
+      },
+    );
+  }
+
+  /** Takes a snapshot at the applied index now (on demand). */
+  async snapshot(): Promise<number> {
+    this.#check();
+    const applied = this.store.appliedIndex;
+    if (applied > this.#lastSnapshotIndex && !this.#snapshotting) await this.#snapshotIndexNow(applied);
+    return this.#lastSnapshotIndex;
+  }
+
+  /** Storage failed: stop serving at once (a member never acknowledges what it could not persist). */
+  #die(err: unknown): void {
+    if (this.#fatal !== undefined) return;
+    this.#fatal = err;
+    void this.stop();
+    this.#o.onFatal?.(err);
+  }
+
+  get fatalError(): unknown {
+    return this.#fatal;
   }
 
   #releaseReads(): void {
@@ -280,8 +390,9 @@ export class RaftNode {
     });
   }
 
-  stop(): void {
-    if (this.#stopped) return;
+  /** Stops the member: pending requests fail `unavailable`; storage is closed (awaited by the promise). */
+  stop(): Promise<void> {
+    if (this.#stopped) return this.#closing ?? Promise.resolve();
     this.#stopped = true;
     clearInterval(this.#tick);
     this.#o.transport.unregister(this.id);
@@ -293,5 +404,7 @@ export class RaftNode {
     this.#writes.clear();
     this.#reads.clear();
     this.store.hub.close();
+    this.#closing = Promise.resolve(this.storage.close()).catch(() => undefined);
+    return this.#closing;
   }
 }

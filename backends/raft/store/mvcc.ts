@@ -34,7 +34,7 @@ export interface MvccEvent {
 const EMPTY = new Uint8Array(0);
 
 export class Mvcc {
-  readonly index = new BTree<string, KeyRecord[]>();
+  index = new BTree<string, KeyRecord[]>();
   currentRev = 1;
   compactRev = 0;
 
@@ -130,6 +130,42 @@ export class Mvcc {
         this.index.delete(key);
       });
     }
+  }
+
+  /**
+   * The events of every revision at or after `fromRev` still held in the records, in revision
+   * order (sub-revision order within one), with prevKv — what a watch replays. Used to rebuild a
+   * watch hub's history after the store was restored from a snapshot.
+   */
+  eventsSince(fromRev: number): Array<{ rev: number; events: MvccEvent[] }> {
+    const byRev = new Map<number, Array<{ sub: number; ev: MvccEvent }>>();
+    this.index.forEachPair((_k, recs) => {
+      for (let i = 0; i < recs.length; i++) {
+        const r = recs[i]!;
+        if (r.main < fromRev) continue;
+        const prev = i > 0 ? recs[i - 1]!.kv : undefined;
+        let ev: MvccEvent | undefined;
+        if (r.kv) ev = prev ? { type: 'put', kv: r.kv, prevKv: prev } : { type: 'put', kv: r.kv };
+        else if (prev) {
+          const kv = {
+            key: prev.key,
+            createRevision: 0,
+            modRevision: r.main,
+            version: 0,
+            value: EMPTY,
+            lease: 0n,
+          };
+          ev = { type: 'delete', kv, prevKv: prev };
+        }
+        if (!ev) continue;
+        let list = byRev.get(r.main);
+        if (!list) byRev.set(r.main, (list = []));
+        list.push({ sub: r.sub, ev });
+      }
+    });
+    return [...byRev.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .map(([rev, list]) => ({ rev, events: list.sort((a, b) => a.sub - b.sub).map((x) => x.ev) }));
   }
 
   /** etcd's compaction rules; drops history below `rev` but keeps each key's state at `rev`. */

@@ -56,6 +56,20 @@ export class Store {
     this.hub = new WatchHub(this.mvcc);
   }
 
+  /**
+   * Replaces this store's whole state with `other`'s (a restored Raft snapshot) in place, so the
+   * watchers attached to this store's hub survive: they are resynced from the new state.
+   */
+  replaceState(other: Store): void {
+    this.mvcc.index = other.mvcc.index;
+    this.mvcc.currentRev = other.mvcc.currentRev;
+    this.mvcc.compactRev = other.mvcc.compactRev;
+    this.leases.byId.clear();
+    for (const [id, l] of other.leases.byId) this.leases.byId.set(id, l);
+    this.appliedIndex = other.appliedIndex;
+    this.hub.resync();
+  }
+
   get revision(): number {
     return this.mvcc.currentRev;
   }

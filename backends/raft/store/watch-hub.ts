@@ -176,6 +176,31 @@ export class WatchHub {
     if (i > 0) this.#history = this.#history.slice(i);
   }
 
+  /**
+   * After the store's state was replaced (a Raft snapshot installed): rebuilds the replay history
+   * from the records, ends watchers whose next revision is now compacted, and catches the others
+   * up from the new state (etcd resyncs its watchers the same way after a snapshot restore).
+   */
+  resync(): void {
+    const compactRev = this.#mvcc.compactRev;
+    this.#history = this.#mvcc.eventsSince(compactRev).slice(-historyRevisionsMax);
+    const current = this.#mvcc.currentRev;
+    for (const w of [...this.#watchers]) {
+      if (w.nextRev < compactRev) {
+        w.fail(
+          new ConclaveError(
+            ErrorCode.Compacted,
+            `watch: the member installed a snapshot past this watch's revision; the oldest available revision is ${compactRev}`,
+            { compactRevision: compactRev },
+          ),
+        );
+        continue;
+      }
+      for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);
+      w.nextRev = Math.max(w.nextRev, current + 1);
+    }
+  }
+
   close(): void {
     const e = new ConclaveError(ErrorCode.Closed, 'the store was closed');
     for (const w of [...this.#watchers]) w.fail(e);
