@@ -1,4 +1,4 @@
-/** `npm run sim -- --seeds N [--seed S] [--steps K] [--nodes N] [--no-faults]` */
+/** `npm run sim -- --seeds N [--seed S] [--steps K] [--nodes N] [--no-faults] [--disk]` */
 import { runSeed } from './cluster.js';
 
 const args = process.argv.slice(2);
@@ -11,6 +11,7 @@ const first = Number(get('seed') ?? 1);
 const steps = Number(get('steps') ?? 2000);
 const nodes = Number(get('nodes') ?? 5);
 const faults = !args.includes('--no-faults');
+const disk = args.includes('--disk');
 const only = get('seed') !== undefined && get('seeds') === undefined;
 
 const start = performance.now();
@@ -19,13 +20,13 @@ let virtualMs = 0;
 const count = only ? 1 : seeds;
 for (let i = 0; i < count; i++) {
   const seed = first + i;
-  const r = runSeed({ seed, steps, nodes, faults });
+  const r = runSeed({ seed, steps, nodes, faults, disk });
   virtualMs += r.virtualMs;
   if (r.error) {
     failed++;
     console.log(`FAIL seed ${seed}: ${r.error}`);
     console.log(
-      `  replay: npm run sim -- --seed ${seed} --steps ${steps} --nodes ${nodes}${faults ? '' : ' --no-faults'}`,
+      `  replay: npm run sim -- --seed ${seed} --steps ${steps} --nodes ${nodes}${faults ? '' : ' --no-faults'}${disk ? ' --disk' : ''}`,
     );
   }
 }

@@ -14,6 +14,8 @@ import {
   type Ready,
   Role,
 } from '../../backends/raft/consensus/types.js';
+import { frame, RecordType, type WalRecord } from '../../backends/raft/storage/records.js';
+import { replayRecords, scanSegment } from '../../backends/raft/storage/wal.js';
 import { Prng } from './prng.js';
 
 export interface SimOptions {
@@ -27,6 +29,13 @@ export interface SimOptions {
   tamper?: (nodeId: number, rd: Ready) => Ready;
   /** Random membership changes (remove, re-add as learner, promote). Default true with 5 nodes. */
   confChanges?: boolean;
+  /**
+   * Simulated disks (issue 5): each Ready is written as real WAL records and becomes durable only
+   * after a virtual fsync delay; nothing of it is sent or applied before. A crash loses the
+   * unsynced write or leaves a torn byte prefix of it; a restart may read a flipped bit in synced
+   * data, which the WAL's recovery must detect — that node then stays down, never serving.
+   */
+  disk?: boolean;
 }
 
 export interface SimResult {
@@ -36,9 +45,23 @@ export interface SimResult {
   leadersElected: number;
   virtualMs: number;
   error?: string;
+  /** Disk mode: torn tails repaired on restart, and corruptions detected (nodes that stayed down). */
+  tornRepairs?: number;
+  corruptionsDetected?: number;
 }
 
 const TICK_MS = 10;
+
+/** One node's simulated disk: the WAL as bytes (synced prefix) and the last snapshot file (atomic). */
+interface SimDisk {
+  wal: Uint8Array;
+  syncedBytes: number;
+  snap: import('../../backends/raft/consensus/types.js').Snapshot | undefined;
+  /** The write in flight: completes (is synced) at `doneAt`. */
+  pending: { rd: Ready; bytes: Uint8Array; doneAt: number } | undefined;
+  /** Recovery found corruption: the node refuses to start for the rest of the run. */
+  corrupt: boolean;
+}
 const dec = new TextDecoder();
 const enc = new TextEncoder();
 
@@ -50,6 +73,7 @@ interface SimNode {
   applied: Map<number, string>;
   appliedIndex: number;
   lastCommit: number;
+  disk?: SimDisk;
 }
 
 interface InFlight {
@@ -74,6 +98,8 @@ export class Simulation {
   ackedIndex = 0;
   readonly pendingReads = new Map<string, number>();
   leadersElected = 0;
+  tornRepairs = 0;
+  corruptionsDetected = 0;
   #readSeq = 0;
   #propSeq = 0;
 
@@ -85,6 +111,7 @@ export class Simulation {
       quietSteps: 600,
       tamper: (_id, rd) => rd,
       confChanges: (opts.nodes ?? 5) >= 5,
+      disk: false,
       ...opts,
     };
     this.rng = new Prng(opts.seed);
@@ -92,12 +119,24 @@ export class Simulation {
     for (const id of voters) {
       const storage = new MemoryStorage({ voters, learners: [] });
       const n: SimNode = { id, raft: undefined, storage, applied: new Map(), appliedIndex: 0, lastCommit: 0 };
+      if (this.opts.disk)
+        n.disk = {
+          wal: new Uint8Array(64 * 1024),
+          syncedBytes: 0,
+          snap: undefined,
+          pending: undefined,
+          corrupt: false,
+        };
       this.nodes.set(id, n);
       this.#start(n);
     }
   }
 
   #start(n: SimNode): void {
+    if (n.disk) {
+      if (n.disk.corrupt) return;
+      if (!this.#recoverFromDisk(n)) return;
+    }
     const r = this.rng.fork();
     n.raft = new Raft({
       id: n.id,
@@ -119,6 +158,61 @@ export class Simulation {
     n.lastCommit = Math.max(n.lastCommit, 0);
   }
 
+  /**
+   * Rebuilds a node's storage from its simulated disk with the real WAL parser, as a restart
+   * would. Sometimes first flips a bit in synced data: recovery must then refuse (the node stays
+   * down for good); it must never start from a damaged log. Returns whether the node may start.
+   */
+  #recoverFromDisk(n: SimNode): boolean {
+    const d = n.disk!;
+    const othersCorrupt = [...this.nodes.values()].some((m) => m.disk?.corrupt);
+    let flipped = false;
+    if (!othersCorrupt && d.syncedBytes > 0 && this.rng.chance(0.03)) {
+      const bit = this.rng.int(d.syncedBytes * 8);
+      d.wal[bit >> 3]! ^= 1 << (bit & 7);
+      flipped = true;
+    }
+    const buf = d.wal.subarray(0, Math.max(d.syncedBytes, lastWritten(d.wal, d.syncedBytes)));
+    let scan: ReturnType<typeof scanSegment>;
+    let state: ReturnType<typeof replayRecords>;
+    const after = d.snap?.meta.index ?? 0;
+    try {
+      scan = scanSegment(buf, `sim-node-${n.id}.wal`, true);
+      state = replayRecords(scan.records, after, `sim-node-${n.id}.wal`, {
+        hardState: { term: 0, vote: 0, commit: 0 },
+        ents: [],
+      });
+      if (state.ents.length > 0 && state.ents[0]!.index !== after + 1) throw new Error('gap after snapshot');
+    } catch (err) {
+      if (!flipped) this.fail(`node ${n.id}: recovery refused an undamaged log: ${String(err)}`);
+      d.corrupt = true;
+      this.corruptionsDetected++;
+      return false;
+    }
+    if (flipped) this.fail(`node ${n.id}: a flipped bit in synced WAL data went undetected`);
+    if (scan.tornBytes > 0) this.tornRepairs++;
+    // The torn tail is erased; the log continues from the end of the valid records.
+    d.wal.fill(0, scan.end, Math.max(scan.end, buf.length));
+    d.syncedBytes = scan.end;
+    const st = new MemoryStorage(d.snap?.meta.confState ?? n.storage.snap.meta.confState);
+    if (d.snap) st.snap = d.snap;
+    st.ents = state.ents;
+    st.hardState = { ...state.hardState, commit: Math.max(state.hardState.commit, after) };
+    n.storage = st;
+    return true;
+  }
+
+  /** Disk mode: appends framed records to the WAL bytes (not yet synced). */
+  #diskWrite(d: SimDisk, bytes: Uint8Array): void {
+    if (d.syncedBytes + bytes.length > d.wal.length) {
+      const grown = new Uint8Array(Math.max(d.wal.length * 2, d.syncedBytes + bytes.length));
+      grown.set(d.wal.subarray(0, d.syncedBytes));
+      d.wal = grown;
+    }
+    d.wal.set(bytes, d.syncedBytes);
+    d.syncedBytes += bytes.length;
+  }
+
   fail(msg: string): never {
     throw new SimError(`seed ${this.opts.seed} at ${this.now} ms: ${msg}`);
   }
@@ -136,6 +230,9 @@ export class Simulation {
         applied: this.appliedGlobal.size,
         leadersElected: this.leadersElected,
         virtualMs: this.now,
+        ...(this.opts.disk
+          ? { tornRepairs: this.tornRepairs, corruptionsDetected: this.corruptionsDetected }
+          : {}),
       };
     } catch (err) {
       return {
@@ -181,7 +278,18 @@ export class Simulation {
     if (this.rng.chance(0.01)) this.cut.clear();
     if (this.rng.chance(0.005)) {
       const n = this.nodes.get(this.rng.pick(ids))!;
-      if (n.raft) n.raft = undefined; // crash: volatile state is gone, storage stays
+      if (n.raft) {
+        n.raft = undefined; // crash: volatile state is gone, storage stays
+        const d = n.disk;
+        if (d?.pending) {
+          // Power loss mid-write: sometimes a byte prefix of the unsynced write reached the disk.
+          if (this.rng.chance(0.5)) {
+            const torn = d.pending.bytes.subarray(0, this.rng.int(d.pending.bytes.length));
+            if (d.syncedBytes + torn.length <= d.wal.length) d.wal.set(torn, d.syncedBytes);
+          }
+          d.pending = undefined;
+        }
+      }
     }
     if (this.rng.chance(0.02)) {
       for (const n of this.nodes.values()) if (!n.raft && this.rng.chance(0.5)) this.#start(n);
@@ -218,6 +326,8 @@ export class Simulation {
         );
         n.raft!.compact(n.appliedIndex, data);
         n.storage.compact(n.appliedIndex, data, n.raft!.confState());
+        // A snapshot file is written atomically (tmp + fsync + rename).
+        if (n.disk) n.disk.snap = n.storage.snap;
       }
     }
   }
@@ -292,8 +402,37 @@ export class Simulation {
 
   #process(n: SimNode): void {
     const r = n.raft;
-    if (!r?.hasReady()) return;
+    if (!r) return;
+    const d = n.disk;
+    if (d?.pending) {
+      // Nothing of a Ready is sent or applied before its write is synced.
+      if (d.pending.doneAt > this.now) return;
+      const { rd, bytes } = d.pending;
+      d.pending = undefined;
+      if (rd.snapshot) d.snap = rd.snapshot;
+      this.#diskWrite(d, bytes);
+      this.#afterPersist(n, r, rd);
+      return;
+    }
+    if (!r.hasReady()) return;
     const rd: Ready = this.opts.tamper(n.id, r.ready());
+    if (d) {
+      const recs: WalRecord[] = [];
+      if (rd.snapshot)
+        recs.push({ type: RecordType.LogReset, index: rd.snapshot.meta.index, term: rd.snapshot.meta.term });
+      for (const e of rd.entries) recs.push({ type: RecordType.Entry, entry: e });
+      if (rd.hardState) recs.push({ type: RecordType.HardState, hardState: rd.hardState });
+      const bytes = Buffer.concat(recs.map(frame));
+      d.pending = { rd, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
+      // The in-memory log the core reads is updated at once (as DiskStorage mirrors it).
+      this.#persistMemory(n, rd);
+      return;
+    }
+    this.#persistMemory(n, rd);
+    this.#afterPersist(n, r, rd);
+  }
+
+  #persistMemory(n: SimNode, rd: Ready): void {
     if (rd.snapshot) {
       n.storage.applySnapshot(rd.snapshot);
       n.applied = new Map(JSON.parse(dec.decode(rd.snapshot.data) || '[]') as Array<[number, string]>);
@@ -301,6 +440,9 @@ export class Simulation {
     }
     n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
+  }
+
+  #afterPersist(n: SimNode, r: Raft, rd: Ready): void {
     for (const m of rd.messages) {
       const delay = this.opts.faults ? 1 + this.rng.int(30) : 1;
       this.net.push({ at: this.now + delay, m });
@@ -358,7 +500,10 @@ export class Simulation {
 
   /** After the quiet phase every live node has applied the same entries, as many as anyone. */
   checkConverged(): void {
-    const members = this.members().map((id) => this.nodes.get(id)!);
+    // A node that found corruption stays down (an operator replaces it); the rest must converge.
+    const members = this.members()
+      .map((id) => this.nodes.get(id)!)
+      .filter((n) => !n.disk?.corrupt);
     const maxApplied = Math.max(...members.map((n) => n.appliedIndex));
     for (const n of members) {
       if (n.appliedIndex !== maxApplied)
@@ -369,6 +514,12 @@ export class Simulation {
     const leaders = members.filter((n) => n.raft?.role === Role.Leader);
     if (leaders.length !== 1) this.fail(`liveness: ${leaders.length} leaders after the quiet phase`);
   }
+}
+
+/** End of the bytes written past `from` (a torn prefix left by a crash), or `from`. */
+function lastWritten(buf: Uint8Array, from: number): number {
+  for (let i = buf.length - 1; i >= from; i--) if (buf[i] !== 0) return i + 1;
+  return from;
 }
 
 export function runSeed(opts: SimOptions): SimResult {

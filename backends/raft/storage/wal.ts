@@ -247,23 +247,7 @@ export class Wal {
         } else throw corrupt(file, 0, 'a segment without its metadata record');
       } else if (first.nodeId !== this.#o.nodeId || first.segment !== seg.seq)
         throw corrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
-      for (const { rec, offset } of scan.records) {
-        if (rec.type === RecordType.HardState) {
-          if (rec.hardState.term < hardState.term)
-            throw corrupt(file, offset, 'a hard state whose term went back');
-          hardState = rec.hardState;
-        } else if (rec.type === RecordType.LogReset) {
-          if (rec.index > afterIndex)
-            throw corrupt(
-              file,
-              offset,
-              `a log reset to snapshot ${rec.index}, newer than the usable snapshot (${afterIndex}); that snapshot file is missing or damaged`,
-            );
-          ents = [];
-        } else if (rec.type === RecordType.Entry) {
-          ents = appendReplay(ents, rec.entry, afterIndex, file, offset);
-        }
-      }
+      ({ hardState, ents } = replayRecords(scan.records, afterIndex, file, { hardState, ents }));
       if (last) {
         this.#offset = scan.end;
         if (scan.tornBytes > 0) {
@@ -402,6 +386,36 @@ export class Wal {
     await this.#fh?.close();
     this.#fh = undefined;
   }
+}
+
+/**
+ * Replays parsed records onto a recovered state: the latest hard state, and the log after
+ * `afterIndex` (the restored snapshot's index). Pure; shared with the simulator's disk model.
+ */
+export function replayRecords(
+  records: ScanResult['records'],
+  afterIndex: number,
+  file: string,
+  state: { hardState: HardState; ents: Entry[] },
+): { hardState: HardState; ents: Entry[] } {
+  let { hardState, ents } = state;
+  for (const { rec, offset } of records) {
+    if (rec.type === RecordType.HardState) {
+      if (rec.hardState.term < hardState.term) throw corrupt(file, offset, 'a hard state whose term went back');
+      hardState = rec.hardState;
+    } else if (rec.type === RecordType.LogReset) {
+      if (rec.index > afterIndex)
+        throw corrupt(
+          file,
+          offset,
+          `a log reset to snapshot ${rec.index}, newer than the usable snapshot (${afterIndex}); that snapshot file is missing or damaged`,
+        );
+      ents = [];
+    } else if (rec.type === RecordType.Entry) {
+      ents = appendReplay(ents, rec.entry, afterIndex, file, offset);
+    }
+  }
+  return { hardState, ents };
 }
 
 /** Replays one entry onto the recovered log: skips what the snapshot covers, truncates overwritten suffixes. */
