@@ -401,7 +401,8 @@ export function replayRecords(
   let { hardState, ents } = state;
   for (const { rec, offset } of records) {
     if (rec.type === RecordType.HardState) {
-      if (rec.hardState.term < hardState.term) throw corrupt(file, offset, 'a hard state whose term went back');
+      if (rec.hardState.term < hardState.term)
+        throw corrupt(file, offset, 'a hard state whose term went back');
       hardState = rec.hardState;
     } else if (rec.type === RecordType.LogReset) {
       if (rec.index > afterIndex)
