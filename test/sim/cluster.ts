@@ -61,6 +61,8 @@ interface SimDisk {
   pending: { rd: Ready; bytes: Uint8Array; doneAt: number } | undefined;
   /** Recovery found corruption: the node refuses to start for the rest of the run. */
   corrupt: boolean;
+  /** Records written without waiting for a sync (commit-only hard states). */
+  unsynced: Uint8Array;
 }
 const dec = new TextDecoder();
 const enc = new TextEncoder();
@@ -126,6 +128,7 @@ export class Simulation {
           snap: undefined,
           pending: undefined,
           corrupt: false,
+          unsynced: new Uint8Array(0),
         };
       this.nodes.set(id, n);
       this.#start(n);
@@ -281,6 +284,7 @@ export class Simulation {
       if (n.raft) {
         n.raft = undefined; // crash: volatile state is gone, storage stays
         const d = n.disk;
+        if (d) d.unsynced = new Uint8Array(0);
         if (d?.pending) {
           // Power loss mid-write: sometimes a byte prefix of the unsynced write reached the disk.
           if (this.rng.chance(0.5)) {
@@ -417,15 +421,28 @@ export class Simulation {
     if (!r.hasReady()) return;
     const rd: Ready = this.opts.tamper(n.id, r.ready());
     if (d) {
+      const prevHs = n.storage.hardState;
       const recs: WalRecord[] = [];
       if (rd.snapshot)
         recs.push({ type: RecordType.LogReset, index: rd.snapshot.meta.index, term: rd.snapshot.meta.term });
       for (const e of rd.entries) recs.push({ type: RecordType.Entry, entry: e });
       if (rd.hardState) recs.push({ type: RecordType.HardState, hardState: rd.hardState });
-      const bytes = Buffer.concat(recs.map(frame));
-      d.pending = { rd, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
+      const bytes = Buffer.concat([d.unsynced, ...recs.map(frame)]);
       // The in-memory log the core reads is updated at once (as DiskStorage mirrors it).
       this.#persistMemory(n, rd);
+      // As DiskStorage: a Ready that only raises the commit index is not waited for; its record
+      // rides with the next synced write and is lost if the node crashes first.
+      const commitOnly =
+        rd.entries.length === 0 &&
+        !rd.snapshot &&
+        (!rd.hardState || (rd.hardState.term === prevHs.term && rd.hardState.vote === prevHs.vote));
+      if (commitOnly) {
+        d.unsynced = bytes;
+        this.#afterPersist(n, r, rd);
+        return;
+      }
+      d.unsynced = new Uint8Array(0);
+      d.pending = { rd, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
       return;
     }
     this.#persistMemory(n, rd);

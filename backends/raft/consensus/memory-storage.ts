@@ -105,9 +105,20 @@ export class MemoryStorage implements NodeStorage {
     if (rd.hardState) this.setHardState(rd.hardState);
   }
 
+  /**
+   * Records a snapshot at `index`, but compacts the log only to the previous snapshot: the
+   * entries between the two stay, so a follower slightly behind catches up from the log instead of
+   * needing a whole snapshot (etcd keeps a catch-up tail after its snapshot index too).
+   */
   snapshotAt(index: number, data: Uint8Array, confState: ConfState): void | Promise<void> {
-    this.compact(index, data, confState);
+    const prev = this.latestSnapshot;
+    this.latestSnapshot = { meta: { index, term: this.term(index), confState }, data };
+    if (prev && prev.meta.index > this.snap.meta.index)
+      this.compact(prev.meta.index, prev.data, prev.meta.confState);
   }
+
+  /** The newest snapshot taken (the log is compacted only up to the one before it). */
+  latestSnapshot: Snapshot | undefined;
 
   close(): void | Promise<void> {}
 

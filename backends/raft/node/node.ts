@@ -73,6 +73,7 @@ export class RaftNode {
   #persisting = false;
   #snapshotting = false;
   #lastSnapshotIndex = 0;
+  #prevSnapshot: { index: number; data: Uint8Array } | undefined;
   #fatal: unknown;
   #closing: Promise<void> | undefined;
 
@@ -217,6 +218,11 @@ export class RaftNode {
     let p: void | Promise<void>;
     try {
       p = this.storage.snapshotAt(applied, data, this.raft.confState());
+      // The core's log is compacted only to the previous snapshot: the entries since then stay
+      // as a catch-up tail for followers slightly behind (they need no whole snapshot).
+      const prev = this.#prevSnapshot;
+      this.#prevSnapshot = { index: applied, data };
+      if (prev && prev.index <= this.raft.log.applied) this.raft.compact(prev.index, prev.data);
     } catch (err) {
       this.#snapshotting = false;
       this.#die(err);

@@ -107,14 +107,37 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
     return p;
   }
 
-  override save(rd: ReadyToSave): Promise<void> {
+  /**
+   * Durable unless nothing needs to be: a Ready whose only change is a higher commit index (no
+   * entries, no snapshot, same term and vote) returns synchronously — the commit index is volatile
+   * in Raft (a restarted member learns it again from the leader, or commits its own log anew as
+   * leader), so its record rides along with the next synced write instead of costing an fsync.
+   */
+  override save(rd: ReadyToSave): void | Promise<void> {
     assert(!this.#closed, 'disk storage: save after close');
-    const records: WalRecord[] = [];
+    const prev = this.hardState;
+    const commitOnly =
+      rd.entries.length === 0 &&
+      !rd.snapshot &&
+      rd.hardState !== undefined &&
+      rd.hardState.term === prev.term &&
+      rd.hardState.vote === prev.vote;
+    const records: WalRecord[] = this.#deferred;
+    this.#deferred = [];
     const snap = rd.snapshot;
     for (const e of rd.entries) records.push({ type: RecordType.Entry, entry: e });
     if (rd.hardState) records.push({ type: RecordType.HardState, hardState: rd.hardState });
     // Mirror in memory first (the core reads it only after advance, which waits for this).
     super.save(rd);
+    if (!snap && rd.entries.length === 0 && !rd.hardState) {
+      this.#deferred = records;
+      return;
+    }
+    if (commitOnly) {
+      this.#deferred = records.filter((r) => r.type !== RecordType.HardState);
+      this.#deferred.push({ type: RecordType.HardState, hardState: rd.hardState! });
+      return;
+    }
     return this.#serial(async () => {
       if (snap) {
         await this.#snaps.save(snap);
@@ -124,9 +147,12 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
     });
   }
 
+  /** Records that need no fsync of their own; written with the next synced batch. */
+  #deferred: WalRecord[] = [];
+
   override snapshotAt(index: number, data: Uint8Array, confState: ConfState): Promise<void> {
     super.snapshotAt(index, data, confState);
-    const snap = this.snap;
+    const snap = this.latestSnapshot!;
     return this.#serial(async () => {
       await this.#snaps.save(snap);
       const kept = await this.#snaps.list();

@@ -285,23 +285,48 @@ export class Wal {
     ]);
   }
 
-  /** Creates a preallocated segment (temp file, zero-filled, synced, renamed, dir synced) and makes it current. */
+  /**
+   * Makes a preallocated segment current: takes the spare file prepared in the background (or
+   * prepares one now), writes the segment header, syncs, renames it into place and syncs the
+   * directory; then starts preparing the next spare, so rotation does not wait for zero-filling.
+   */
   async #createSegment(seq: number, firstIndex: number): Promise<void> {
     const name = segName(seq, firstIndex);
-    const tmp = join(this.dir, `${name}.tmp`);
-    const fh = await fsp.open(tmp, 'w+');
+    const spare = await (this.#spare ?? this.#prepareSpare());
+    this.#spare = undefined;
     const header = this.#segmentHeader(seq);
-    await writeZeros(fh, 0, this.#o.segmentBytes);
-    await fh.write(header, 0, header.length, 0);
-    await fh.sync();
-    await fsp.rename(tmp, join(this.dir, name));
+    await spare.fh.write(header, 0, header.length, 0);
+    await spare.fh.datasync();
+    await fsp.rename(spare.path, join(this.dir, name));
     await syncDir(this.dir);
     await this.#fh?.close();
-    this.#fh = fh;
+    this.#fh = spare.fh;
     this.#offset = header.length;
     this.stats.bytes += header.length;
     this.#segments.push({ seq, firstIndex, name });
+    this.#spare = this.#prepareSpare();
+    // A failed preparation is retried at the next rotation.
+    this.#spare.catch(() => {
+      this.#spare = undefined;
+    });
   }
+
+  #spare: Promise<{ fh: fsp.FileHandle; path: string }> | undefined;
+
+  async #prepareSpare(): Promise<{ fh: fsp.FileHandle; path: string }> {
+    const path = join(this.dir, `spare-${this.#spareSeq++}.tmp`);
+    const fh = await fsp.open(path, 'w+');
+    try {
+      await writeZeros(fh, 0, this.#o.segmentBytes);
+      await fh.sync();
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    return { fh, path };
+  }
+
+  #spareSeq = 0;
 
   async #writeRaw(b: Uint8Array): Promise<void> {
     let done = 0;
@@ -385,6 +410,11 @@ export class Wal {
     this.#closed = true;
     await this.#fh?.close();
     this.#fh = undefined;
+    const spare = await this.#spare?.catch(() => undefined);
+    if (spare) {
+      await spare.fh.close();
+      await fsp.rm(spare.path, { force: true });
+    }
   }
 }
 
