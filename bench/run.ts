@@ -75,8 +75,23 @@ async function runOnce(
   try {
     const prefix = `conclave-bench/${runId}/${target.backend}-${target.client}/${name}`;
     const ctx = { target, prefix, durationMs: cfg.durationMs, opsMax: cfg.opsMax, signal };
-    const result = await phase.run(ctx);
+    const before = target.storageStats?.();
+    let result = await phase.run(ctx);
     if (signal.aborted) throw new Error('interrupted before the phase finished');
+    if (before && target.storageStats) {
+      // fsyncs per second (all members) and entries per fsync: how much group commit batched.
+      const after = target.storageStats();
+      const syncs = after.syncs - before.syncs;
+      const entries = after.entries - before.entries;
+      result = {
+        ...result,
+        extra: {
+          ...result.extra,
+          fsyncsPerSec: Math.round((syncs / result.elapsedMs) * 1000),
+          entriesPerFsync: syncs > 0 ? Math.round((entries / syncs) * 10) / 10 : 0,
+        },
+      };
+    }
     return { status: 'ok', ...base, notes: target.notes, ...result };
   } catch (err) {
     const status = err instanceof NotAvailable ? 'not-available' : 'failed';

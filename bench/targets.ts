@@ -3,6 +3,7 @@
  * built yet, its server is unreachable) is returned as unavailable with the reason, so a
  * side-by-side run still measures the others and says plainly what it skipped.
  */
+import { startCluster } from '../backends/raft/embedded.js';
 import { connect } from '../src/connect.js';
 import { Etcd3Adapter } from './clients/etcd3-adapter.js';
 import { Backend, type BenchTarget, ClientKind, targetLabel } from './clients/types.js';
@@ -72,15 +73,29 @@ export async function openEmbeddedTarget(nodes: number, dataDir: string | undefi
   const client = ClientKind.Conclave;
   let target: BenchTarget | undefined;
   try {
-    const kv = await withTimeout(
+    const cluster = await withTimeout(
       'embedded backend',
-      connect({ backend: 'embedded', nodes, ...(dataDir !== undefined ? { dataDir } : {}) }),
+      startCluster({ nodes, ...(dataDir !== undefined ? { dataDir } : {}) }),
     );
+    const kv = cluster.kv;
+    const close = kv.close.bind(kv);
+    kv.close = async () => {
+      await close();
+      await cluster.close();
+    };
     const notes = [
       `${nodes} in-process node(s)`,
       dataDir === undefined ? 'memory-only storage' : `durable storage in ${dataDir}`,
     ];
-    target = { backend: Backend.Embedded, client, kv, conclave: kv, serverPids: [], notes };
+    target = {
+      backend: Backend.Embedded,
+      client,
+      kv,
+      conclave: kv,
+      serverPids: [],
+      notes,
+      ...(dataDir !== undefined ? { storageStats: () => cluster.storageStats() } : {}),
+    };
     await withTimeout('embedded probe', probe(target));
     return { ok: true, target };
   } catch (err) {

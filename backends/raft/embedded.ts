@@ -191,6 +191,19 @@ export class EmbeddedCluster {
     this.leader()?.raft.transferLeader(to);
   }
 
+  /** WAL statistics summed over the running members (zeros for memory storage): for benchmarks. */
+  storageStats(): { syncs: number; entries: number; bytes: number } {
+    const sum = { syncs: 0, entries: 0, bytes: 0 };
+    for (const m of this.members.values()) {
+      if (m.stopped || !(m.storage instanceof DiskStorage)) continue;
+      const st = m.storage.walStats;
+      sum.syncs += st.syncs;
+      sum.entries += st.entries;
+      sum.bytes += st.bytes;
+    }
+    return sum;
+  }
+
   /** Stops every member (resolves when their storage is closed). */
   async close(): Promise<void> {
     await Promise.all([...this.members.values()].map((n) => n.stop()));

@@ -26,6 +26,8 @@ export interface BenchTarget {
   readonly serverPids: readonly number[];
   /** Caveats printed beside this target's figures (e.g. memory-only storage). */
   readonly notes: readonly string[];
+  /** Durable embedded storage: WAL counters summed over members (fsyncs, entries written). */
+  readonly storageStats?: () => { syncs: number; entries: number };
 }
 
 export function targetLabel(t: Pick<BenchTarget, 'backend' | 'client'>): string {
