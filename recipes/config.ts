@@ -1,0 +1,821 @@
+/**
+ * ConfigWatcher: a typed, validated, live view of a configuration stored as one key per field
+ * under a prefix, and `setConfig`, which writes a whole configuration in one txn.
+ *
+ * Layout: `<prefix><field>` holds the field's value, JSON by default (a custom codec may be used).
+ * The config object maps each key *relative to the prefix* to its decoded value; it is validated
+ * with any Standard Schema v1 (zod, valibot, arktype…), whose output is the typed `current`.
+ *
+ * Consistency: the watcher only ever evaluates the prefix as it was at one store revision — the
+ * initial read is one range (paginated at one pinned revision), and the watch applies whole
+ * revisions (etcd never splits a revision across watch responses unless asked to fragment), so a
+ * multi-key txn is seen as one change, never half. Updates that fail validation keep the last
+ * valid config and are reported as a `Result` Err with the schema's issues. When the watch's
+ * history is compacted, the consumer falls behind the watch buffer, or the watch fails with a
+ * retryable error, the watcher re-reads the prefix and resumes after the read (a `resync`).
+ */
+import type { StandardSchemaV1 } from '@standard-schema/spec';
+import { Err, Ok, type Result } from 'ts-results-es';
+import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { bytesEqual, concatBytes, prefixEnd, toBytes, toText } from '../src/keys.js';
+import type { KV } from '../src/kv.js';
+import { limits } from '../src/limits.js';
+import type { Bytes, CallOptions, Compare, KeyValue, Op, WatchBatch } from '../src/types.js';
+
+/** Most keys a config prefix may hold; past it the read (or the watcher) fails `request-too-large`. */
+export const configKeysMax = 10_000;
+/** Keys read per page of a snapshot (all pages pinned at the first page's revision). */
+export const configPageKeysMax = 1000;
+/** Changes buffered per iterator for a slow consumer; past it they collapse into one `resync`. */
+export const configChangesBufferedMax = 64;
+/** Default quiet time (ms) after the last write of a burst before the burst is applied. */
+export const configDebounceMsDefault = 50;
+/** A burst is applied at the latest this many `debounceMs` after its first write (no starvation). */
+export const configDebounceSpanFactorMax = 10;
+/** Consecutive failed attempts to re-read and re-watch (after `unavailable` etc.) before the watcher fails. */
+export const configResyncAttemptsMax = 20;
+/** Longest back-off (ms) between two resync attempts. */
+export const configResyncBackoffMsMax = 2000;
+/** Attempts of an unguarded `setConfig` whose txn lost a race with another writer. */
+export const setConfigAttemptsMax = limits.retryAttemptsMax;
+
+/** Decodes one stored value (`key` is relative to the prefix). Throwing rejects the config. */
+export type ConfigDecoder = (value: Uint8Array, key: string) => unknown;
+/** Encodes one field for `setConfig`. */
+export type ConfigEncoder = (value: unknown, key: string) => Bytes;
+
+/** Why a candidate config was not accepted: the schema's issues (decode failures are issues too). */
+export interface ConfigRejection {
+  /** The store revision of the rejected candidate. */
+  readonly revision: number;
+  readonly issues: readonly StandardSchemaV1.Issue[];
+}
+
+/** Why a resync happened: history compacted, consumer fell behind, or the watch broke. */
+export type ResyncReason = 'compacted' | 'overflow' | 'reconnect';
+
+/**
+ * One item of the change stream. Every item carries `result`: `Ok(config)` for an accepted
+ * update or resync, `Err(rejection)` for a candidate that failed validation (then `config` is the
+ * kept, last valid config). `changedKeys`: keys (relative to the prefix) whose stored bytes
+ * differ from the previous candidate.
+ */
+export type ConfigChange<T> =
+  | {
+      readonly type: 'update';
+      readonly revision: number;
+      readonly config: T;
+      readonly previous: T;
+      readonly changedKeys: readonly string[];
+      readonly result: Result<T, ConfigRejection>;
+    }
+  | {
+      readonly type: 'rejected';
+      readonly revision: number;
+      /** The last valid config, which stays current. */
+      readonly config: T;
+      readonly changedKeys: readonly string[];
+      /** Set when the rejected candidate came from a re-read (its `ResyncReason`). */
+      readonly resync?: ResyncReason;
+      readonly result: Result<T, ConfigRejection>;
+    }
+  | {
+      readonly type: 'resync';
+      readonly reason: ResyncReason;
+      readonly revision: number;
+      readonly config: T;
+      readonly changedKeys: readonly string[];
+      readonly result: Result<T, ConfigRejection>;
+    };
+
+export interface WatchConfigOptions<T> extends CallOptions {
+  readonly schema: StandardSchemaV1<unknown, T>;
+  /** Default: UTF-8 JSON. */
+  readonly decode?: ConfigDecoder;
+  /** Quiet time before a burst of writes is applied (default `configDebounceMsDefault`; 0: none). */
+  readonly debounceMs?: number;
+  /** Per-iterator buffer (default `configChangesBufferedMax`). */
+  readonly changesBufferedMax?: number;
+}
+
+/** The prefix as it was at one revision: relative key → stored entry. */
+interface Snapshot {
+  readonly revision: number;
+  readonly kvs: KeyValue[];
+}
+
+const jsonDecode: ConfigDecoder = (value) => JSON.parse(toText(value));
+const jsonEncode: ConfigEncoder = (value) => {
+  const s = JSON.stringify(value);
+  if (s === undefined) throw new TypeError('setConfig: a value is not JSON-serialisable');
+  return s;
+};
+
+function checkPrefix(what: string, prefix: unknown): asserts prefix is string {
+  if (typeof prefix !== 'string' || prefix.length === 0)
+    throw new TypeError(`${what}: prefix must be a non-empty string`);
+}
+
+/** Whole re-reads of a paginated snapshot whose pinned revision was compacted mid-way. */
+const snapshotAttemptsMax = 3;
+
+/**
+ * Reads every key under `prefix` at one revision: the first page fixes the revision, later pages
+ * are pinned to it (if it is compacted meanwhile, the read starts over). Fails `request-too-large`
+ * past `configKeysMax` keys.
+ */
+async function readSnapshot(kv: KV, prefix: string, signal?: AbortSignal): Promise<Snapshot> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await readPages(kv, prefix, signal);
+    } catch (err) {
+      if (!ConclaveError.is(err, ErrorCode.Compacted) || attempt >= snapshotAttemptsMax) throw err;
+    }
+  }
+}
+
+async function readPages(kv: KV, prefix: string, signal?: AbortSignal): Promise<Snapshot> {
+  const p = toBytes(prefix);
+  const end = prefixEnd(p);
+  const first = await kv.range(p, { end, limit: configPageKeysMax, signal });
+  if (first.count > configKeysMax) throw tooManyKeys(prefix, first.count);
+  const kvs = [...first.kvs];
+  let more = first.more;
+  // Terminates: each page advances past its last key, and the count is bounded above.
+  for (let page = 1; more && page <= Math.ceil(configKeysMax / configPageKeysMax); page++) {
+    const after = concatBytes(kvs[kvs.length - 1]!.key, new Uint8Array([0]));
+    const r = await kv.range(after, { end, revision: first.revision, limit: configPageKeysMax, signal });
+    kvs.push(...r.kvs);
+    more = r.more;
+  }
+  if (more || kvs.length > configKeysMax) throw tooManyKeys(prefix, kvs.length);
+  return { revision: first.revision, kvs };
+}
+
+function tooManyKeys(prefix: string, n: number): ConclaveError {
+  return new ConclaveError(
+    ErrorCode.RequestTooLarge,
+    `config ${prefix}: the prefix holds ${n} keys, more than configKeysMax (${configKeysMax})`,
+    { details: { prefix, keys: n } },
+  );
+}
+
+function issuesText(issues: readonly StandardSchemaV1.Issue[]): string {
+  return issues
+    .slice(0, 5)
+    .map((i) => {
+      const path = (i.path ?? []).map((s) => String(typeof s === 'object' ? s.key : s)).join('.');
+      return path ? `${path}: ${i.message}` : i.message;
+    })
+    .join('; ');
+}
+
+/** One stored field: its bytes and their decoding (or the decode failure's message). */
+interface Field {
+  readonly value: Uint8Array;
+  readonly decoded: { ok: true; value: unknown } | { ok: false; message: string };
+}
+
+/** A bounded FIFO of changes for one iterator; on overflow it collapses into one resync. */
+class ChangeBuffer<T> {
+  readonly items: ConfigChange<T>[] = [];
+  wake: (() => void) | undefined;
+  ended = false;
+  error: unknown;
+
+  constructor(readonly max: number) {}
+
+  push(change: ConfigChange<T>, latest: () => ConfigChange<T>): void {
+    if (this.ended) return;
+    if (this.items.length >= this.max) {
+      // A slow consumer gets the latest state instead of unbounded growth.
+      this.items.length = 0;
+      this.items.push(latest());
+      if (change.type === 'rejected') this.items.push(change);
+    } else {
+      this.items.push(change);
+    }
+    this.#notify();
+  }
+
+  end(error?: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.error = error;
+    this.#notify();
+  }
+
+  #notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+}
+
+type Pending = { kind: 'update' } | { kind: 'resync'; reason: ResyncReason };
+
+/**
+ * A live, validated view of the config under a prefix. Use `watchConfig()`, or construct and
+ * `start()` (which returns a `Result` instead of rejecting when the stored config is invalid).
+ * Iterate it for changes; `close()` (or `await using`) stops the watch.
+ */
+export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigChange<T>> {
+  readonly kv: KV;
+  readonly prefix: string;
+  readonly #schema: StandardSchemaV1<unknown, T>;
+  readonly #decode: ConfigDecoder;
+  readonly #debounceMs: number;
+  readonly #bufferMax: number;
+  readonly #signal: AbortSignal | undefined;
+  readonly #stop = new AbortController();
+  readonly #prefixBytes: Uint8Array;
+
+  /** The store as last applied: relative key → field, consistent at `#rawRevision`. */
+  #raw = new Map<string, Field>();
+  #rawRevision = 0;
+  /** Bytes of the last evaluated candidate, to tell which keys changed. */
+  #evaluated = new Map<string, Uint8Array>();
+  #valid: { config: T; revision: number; keys: string[] } | undefined;
+  #subscribers = new Set<ChangeBuffer<T>>();
+  #pending: Pending | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #burstStartMs: number | undefined;
+  #evaluating: Promise<void> | undefined;
+  #running: Promise<void> | undefined;
+  #closed: Promise<void> | undefined;
+  #error: unknown;
+  #onAbort = () => void this.close();
+
+  constructor(kv: KV, prefix: string, opts: WatchConfigOptions<T>) {
+    checkPrefix('ConfigWatcher', prefix);
+    if (typeof opts?.schema?.['~standard']?.validate !== 'function')
+      throw new TypeError('ConfigWatcher: schema must be a Standard Schema v1 (zod, valibot, arktype…)');
+    const debounceMs = opts.debounceMs ?? configDebounceMsDefault;
+    if (!Number.isFinite(debounceMs) || debounceMs < 0)
+      throw new TypeError('ConfigWatcher: debounceMs must be a non-negative number');
+    const bufferMax = opts.changesBufferedMax ?? configChangesBufferedMax;
+    if (!Number.isInteger(bufferMax) || bufferMax < 1)
+      throw new TypeError('ConfigWatcher: changesBufferedMax must be a positive integer');
+    this.kv = kv;
+    this.prefix = prefix;
+    this.#prefixBytes = toBytes(prefix);
+    this.#schema = opts.schema;
+    this.#decode = opts.decode ?? jsonDecode;
+    this.#debounceMs = debounceMs;
+    this.#bufferMax = bufferMax;
+    this.#signal = opts.signal;
+  }
+
+  /** The last valid config. Throws before a successful `start()`. */
+  get current(): T {
+    if (!this.#valid) throw new TypeError('ConfigWatcher: no valid config yet (start() has not succeeded)');
+    return this.#valid.config;
+  }
+
+  /** The store revision `current` was read at (pass it to `setConfig({ ifRevision })`). */
+  get revision(): number {
+    return this.#valid?.revision ?? 0;
+  }
+
+  /** The keys (relative to the prefix) present at `revision` (`setConfig`'s `ifKeys`). */
+  get keys(): readonly string[] {
+    return this.#valid?.keys ?? [];
+  }
+
+  /** The error that stopped the watcher, if it failed (iterators throw it too). */
+  get error(): unknown {
+    return this.#error;
+  }
+
+  /**
+   * Reads the prefix at one revision and validates it. `Ok(this)`: `current` is set and the watch
+   * runs. `Err(rejection)`: the stored config is invalid (or undecodable); the watcher is closed.
+   * Rejects with the signal's reason, or a KV error.
+   */
+  async start(): Promise<Result<this, ConfigRejection>> {
+    if (this.#running || this.#closed) throw new TypeError('ConfigWatcher: start() may be called once');
+    const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
+    signal.throwIfAborted();
+    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+    try {
+      const snap = await readSnapshot(this.kv, this.prefix, signal);
+      this.#loadSnapshot(snap);
+      const cand = this.#candidate();
+      const checked = await this.#validate(cand.object);
+      signal.throwIfAborted();
+      if (!checked.ok) {
+        await this.close();
+        return Err({ revision: snap.revision, issues: checked.issues });
+      }
+      this.#evaluated = cand.bytes;
+      this.#valid = { config: checked.value, revision: snap.revision, keys: [...cand.bytes.keys()] };
+      this.#running = this.#run();
+      return Ok(this);
+    } catch (err) {
+      await this.close();
+      throw this.#signal?.aborted ? abortReason(this.#signal) : err;
+    }
+  }
+
+  /** Stops the watch and timers; iterators finish what they buffered, then end. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#signal?.removeEventListener('abort', this.#onAbort);
+      this.#stop.abort(new ConclaveError(ErrorCode.Closed, `config watcher ${this.prefix} closed`));
+      clearTimeout(this.#timer);
+      for (const s of this.#subscribers) s.end(this.#error);
+      await this.#running?.catch(() => undefined);
+      await this.#evaluating?.catch(() => undefined);
+    })();
+    return this.#closed;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /**
+   * Changes applied after this call, in order. A consumer more than `changesBufferedMax` changes
+   * behind gets one `resync` (reason `overflow`) with the latest config instead of the backlog.
+   * Ends after `close()`; throws the watcher's error if it failed. `signal` ends this iterator only.
+   */
+  changes(opts: CallOptions = {}): AsyncGenerator<ConfigChange<T>, void, undefined> {
+    // Subscribe now (not at the first next()), so nothing applied after this call is missed.
+    const buf = new ChangeBuffer<T>(this.#bufferMax);
+    if (this.#closed) buf.end(this.#error);
+    else if (opts.signal?.aborted) buf.end(abortReason(opts.signal));
+    else this.#subscribers.add(buf);
+    return this.#drain(buf, opts.signal);
+  }
+
+  async *#drain(buf: ChangeBuffer<T>, signal: AbortSignal | undefined): AsyncGenerator<ConfigChange<T>> {
+    const onAbort = () => buf.end(abortReason(signal!));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      while (true) {
+        const next = buf.items.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        if (buf.ended) {
+          if (buf.error !== undefined) throw buf.error;
+          return;
+        }
+        await new Promise<void>((r) => (buf.wake = r));
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.#subscribers.delete(buf);
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncGenerator<ConfigChange<T>, void, undefined> {
+    return this.changes();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Store state
+
+  #field(kv: KeyValue): [string, Field] {
+    const key = toText(kv.key.subarray(this.#prefixBytes.length));
+    let decoded: Field['decoded'];
+    try {
+      decoded = { ok: true, value: this.#decode(kv.value, key) };
+    } catch (err) {
+      decoded = { ok: false, message: `cannot decode: ${err instanceof Error ? err.message : String(err)}` };
+    }
+    return [key, { value: kv.value, decoded }];
+  }
+
+  #loadSnapshot(snap: Snapshot): void {
+    this.#raw = new Map(snap.kvs.map((kv) => this.#field(kv)));
+    this.#rawRevision = snap.revision;
+  }
+
+  /** Applies whole revisions of a watch batch to the raw state. */
+  #applyBatch(batch: WatchBatch): void {
+    for (const e of batch.events) {
+      if (e.type === 'put') {
+        const [key, field] = this.#field(e.kv);
+        this.#raw.set(key, field);
+      } else {
+        this.#raw.delete(toText(e.kv.key.subarray(this.#prefixBytes.length)));
+      }
+      this.#rawRevision = Math.max(this.#rawRevision, e.kv.modRevision);
+    }
+    if (this.#raw.size > configKeysMax) throw tooManyKeys(this.prefix, this.#raw.size);
+  }
+
+  /** The object built from the raw state, and each key's bytes. Decode failures become issues. */
+  #candidate(): {
+    object: Record<string, unknown>;
+    bytes: Map<string, Uint8Array>;
+    decodeIssues: StandardSchemaV1.Issue[];
+  } {
+    const entries: [string, unknown][] = [];
+    const bytes = new Map<string, Uint8Array>();
+    const decodeIssues: StandardSchemaV1.Issue[] = [];
+    for (const [key, f] of this.#raw) {
+      bytes.set(key, f.value);
+      if (f.decoded.ok) entries.push([key, f.decoded.value]);
+      else decodeIssues.push({ message: f.decoded.message, path: [key] });
+    }
+    // Object.fromEntries defines own properties: a key named "__proto__" cannot change the prototype.
+    return { object: Object.fromEntries(entries), bytes, decodeIssues };
+  }
+
+  async #validate(
+    object: Record<string, unknown>,
+    decodeIssues: StandardSchemaV1.Issue[] = [],
+  ): Promise<{ ok: true; value: T } | { ok: false; issues: readonly StandardSchemaV1.Issue[] }> {
+    if (decodeIssues.length > 0) return { ok: false, issues: decodeIssues };
+    try {
+      const r = await this.#schema['~standard'].validate(object);
+      if (r.issues) return { ok: false, issues: r.issues };
+      return { ok: true, value: r.value };
+    } catch (err) {
+      const message = `schema validation threw: ${err instanceof Error ? err.message : String(err)}`;
+      return { ok: false, issues: [{ message }] };
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Watch loop
+
+  async #run(): Promise<void> {
+    const signal = this.#stop.signal;
+    let failures = 0;
+    // Bounded: every iteration either delivers a batch (resetting `failures`) or counts a failure.
+    while (!signal.aborted) {
+      const w = this.kv.watch(this.prefix, { prefix: true, startRevision: this.#rawRevision + 1, signal });
+      let reason: ResyncReason = 'reconnect';
+      try {
+        for await (const batch of w) {
+          failures = 0;
+          if (batch.events.length === 0) continue;
+          this.#applyBatch(batch);
+          this.#scheduleUpdate();
+        }
+        if (signal.aborted) return;
+        // The watch ended without being closed: treat it as a broken stream.
+      } catch (err) {
+        if (signal.aborted) return;
+        if (ConclaveError.is(err, ErrorCode.Compacted)) reason = 'compacted';
+        else if (ConclaveError.is(err, ErrorCode.WatchOverflow)) reason = 'overflow';
+        else if (!ConclaveError.is(err) || !err.retryable) return this.#fail(err);
+      } finally {
+        await w.close();
+      }
+      if (++failures > configResyncAttemptsMax) {
+        return this.#fail(
+          new ConclaveError(
+            ErrorCode.Unavailable,
+            `config watcher ${this.prefix}: could not re-establish its watch in ${configResyncAttemptsMax} attempts`,
+          ),
+        );
+      }
+      try {
+        await this.#resync(reason, failures, signal);
+      } catch (err) {
+        if (signal.aborted) return;
+        if (!ConclaveError.is(err) || !(err.retryable || err.code === ErrorCode.Compacted))
+          return this.#fail(err);
+      }
+    }
+  }
+
+  /** Waits (backing off after repeated failures), re-reads the prefix and evaluates it as a resync. */
+  async #resync(reason: ResyncReason, failures: number, signal: AbortSignal): Promise<void> {
+    if (reason === 'reconnect' || failures > 1) {
+      const ms = Math.min(configResyncBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10));
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, ms);
+        function done() {
+          clearTimeout(t);
+          signal.removeEventListener('abort', done);
+          resolve();
+        }
+        signal.addEventListener('abort', done, { once: true });
+      });
+      signal.throwIfAborted();
+    }
+    const snap = await readSnapshot(this.kv, this.prefix, signal);
+    signal.throwIfAborted();
+    this.#loadSnapshot(snap);
+    clearTimeout(this.#timer);
+    this.#burstStartMs = undefined;
+    this.#request({ kind: 'resync', reason });
+  }
+
+  #fail(err: unknown): void {
+    this.#error = err;
+    void this.close();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Debounce and evaluation
+
+  /** Trailing debounce: applied `debounceMs` after the last write, at most `span` after the first. */
+  #scheduleUpdate(): void {
+    if (this.#debounceMs === 0) {
+      this.#request({ kind: 'update' });
+      return;
+    }
+    const now = performance.now();
+    this.#burstStartMs ??= now;
+    const latest = this.#burstStartMs + this.#debounceMs * configDebounceSpanFactorMax;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(
+      () => {
+        this.#burstStartMs = undefined;
+        this.#request({ kind: 'update' });
+      },
+      Math.max(0, Math.min(this.#debounceMs, latest - now)),
+    );
+  }
+
+  /** Queues an evaluation (a resync wins over an update) and runs evaluations one at a time. */
+  #request(p: Pending): void {
+    if (this.#pending?.kind !== 'resync') this.#pending = p;
+    if (this.#evaluating) return;
+    this.#evaluating = (async () => {
+      try {
+        // Bounded: each turn consumes `#pending`; new requests only come from store events.
+        while (this.#pending && !this.#stop.signal.aborted) {
+          const next = this.#pending;
+          this.#pending = undefined;
+          await this.#evaluate(next);
+        }
+      } finally {
+        this.#evaluating = undefined;
+      }
+    })();
+    this.#evaluating.catch((err) => this.#fail(err));
+  }
+
+  async #evaluate(p: Pending): Promise<void> {
+    const revision = this.#rawRevision;
+    const cand = this.#candidate();
+    const changedKeys = changed(this.#evaluated, cand.bytes);
+    if (p.kind === 'update' && changedKeys.length === 0) return;
+    this.#evaluated = cand.bytes;
+    const checked = await this.#validate(cand.object, cand.decodeIssues);
+    if (this.#stop.signal.aborted) return;
+    const prev = this.#valid!;
+    if (!checked.ok) {
+      const rejection: ConfigRejection = { revision, issues: checked.issues };
+      this.#emit({
+        type: 'rejected',
+        revision,
+        config: prev.config,
+        changedKeys,
+        ...(p.kind === 'resync' ? { resync: p.reason } : {}),
+        result: Err(rejection),
+      });
+      return;
+    }
+    const config = checked.value;
+    this.#valid = { config, revision, keys: [...cand.bytes.keys()] };
+    this.#emit(
+      p.kind === 'resync'
+        ? { type: 'resync', reason: p.reason, revision, config, changedKeys, result: Ok(config) }
+        : { type: 'update', revision, config, previous: prev.config, changedKeys, result: Ok(config) },
+    );
+  }
+
+  #emit(change: ConfigChange<T>): void {
+    const latest = (): ConfigChange<T> => {
+      const v = this.#valid!;
+      return {
+        type: 'resync',
+        reason: 'overflow',
+        revision: v.revision,
+        config: v.config,
+        changedKeys: [],
+        result: Ok(v.config),
+      };
+    };
+    for (const s of this.#subscribers) s.push(change, latest);
+  }
+}
+
+function changed(before: Map<string, Uint8Array>, after: Map<string, Uint8Array>): string[] {
+  const out: string[] = [];
+  for (const [k, v] of after) {
+    const b = before.get(k);
+    if (!b || !bytesEqual(b, v)) out.push(k);
+  }
+  for (const k of before.keys()) if (!after.has(k)) out.push(k);
+  return out.sort();
+}
+
+/**
+ * Starts a `ConfigWatcher` on `prefix`: resolves once the stored config has been read at one
+ * revision and validated. Rejects with `invalid-argument` (details: `issues`, `revision`) when the
+ * stored config fails validation — use `new ConfigWatcher(…).start()` to get that as a `Result`.
+ * Aborting `signal` cancels the start and later closes the watcher.
+ */
+export async function watchConfig<T>(
+  kv: KV,
+  prefix: string,
+  opts: WatchConfigOptions<T>,
+): Promise<ConfigWatcher<T>> {
+  const w = new ConfigWatcher<T>(kv, prefix, opts);
+  const r = await w.start();
+  if (r.isErr()) {
+    const { revision, issues } = r.error;
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `config ${prefix} at revision ${revision} failed validation: ${issuesText(issues)}`,
+      { details: { prefix, revision, issues } },
+    );
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+export interface SetConfigOptions extends CallOptions {
+  /**
+   * Write only if nothing under the prefix changed after this revision (as read by a watcher's
+   * `revision`); otherwise `Err(ConfigConflict)`.
+   */
+  readonly ifRevision?: number;
+  /**
+   * The keys (relative to the prefix) present at `ifRevision` (a watcher's `keys`). Lets the guard
+   * detect deletions even when `ifRevision` has been compacted; without it, a compacted
+   * `ifRevision` is reported as a conflict (re-read and retry).
+   */
+  readonly ifKeys?: readonly string[];
+  /** Default: JSON. */
+  readonly encode?: ConfigEncoder;
+}
+
+export interface ConfigWritten {
+  /** The txn's revision (the read's, when nothing needed writing). */
+  readonly revision: number;
+  readonly put: readonly string[];
+  readonly deleted: readonly string[];
+}
+
+export interface ConfigConflict {
+  readonly ifRevision: number;
+  /** The store revision at which the conflict was seen. */
+  readonly revision: number;
+  /** Keys known to have changed since `ifRevision` (may be empty when only the txn's guard failed). */
+  readonly changedKeys: readonly string[];
+  readonly reason: 'changed' | 'compacted';
+}
+
+/**
+ * Writes `config` (a plain object: field → value; `undefined` fields are absent) as the whole
+ * content of `prefix` in one txn: puts the keys whose bytes change and deletes keys no longer
+ * present. With `ifRevision`, fails as `Err(ConfigConflict)` if anything under the prefix changed
+ * after it. Unguarded, a txn that races another writer is retried (`setConfigAttemptsMax`), then
+ * fails `retries-exhausted`. More than 128 puts+deletes, or more than 128 guarded keys, fails
+ * `too-many-ops` (etcd's default --max-txn-ops) before anything is written.
+ */
+export async function setConfig(
+  kv: KV,
+  prefix: string,
+  config: Readonly<Record<string, unknown>>,
+  opts: SetConfigOptions = {},
+): Promise<Result<ConfigWritten, ConfigConflict>> {
+  checkPrefix('setConfig', prefix);
+  if (typeof config !== 'object' || config === null || Array.isArray(config))
+    throw new TypeError('setConfig: config must be a plain object (field → value)');
+  const { ifRevision, signal } = opts;
+  if (ifRevision !== undefined && (!Number.isSafeInteger(ifRevision) || ifRevision < 1))
+    throw new TypeError('setConfig: ifRevision must be a positive integer revision');
+  const wanted = encodeConfig(config, opts.encode ?? jsonEncode);
+  for (let attempt = 1; attempt <= setConfigAttemptsMax; attempt++) {
+    signal?.throwIfAborted();
+    const snap = await readSnapshot(kv, prefix, signal);
+    const plan = planWrite(prefix, snap, wanted, ifRevision);
+    if (ifRevision !== undefined) {
+      const conflict = await checkUnchanged(kv, prefix, snap, ifRevision, opts.ifKeys, signal);
+      if (conflict) return Err(conflict);
+    }
+    if (plan.ops.length === 0) return Ok({ revision: snap.revision, put: [], deleted: [] });
+    const t = await kv.txn({ compare: plan.compare, success: plan.ops, failure: [] }, { signal });
+    if (t.succeeded) return Ok({ revision: t.revision, put: plan.put, deleted: plan.deleted });
+    if (ifRevision !== undefined)
+      return Err({ ifRevision, revision: t.revision, changedKeys: [], reason: 'changed' });
+  }
+  throw new ConclaveError(
+    ErrorCode.RetriesExhausted,
+    `setConfig ${prefix}: other writers kept changing the prefix; gave up after ${setConfigAttemptsMax} attempts`,
+  );
+}
+
+function encodeConfig(
+  config: Readonly<Record<string, unknown>>,
+  encode: ConfigEncoder,
+): Map<string, Uint8Array> {
+  const out = new Map<string, Uint8Array>();
+  for (const [key, value] of Object.entries(config)) {
+    if (value === undefined) continue;
+    out.set(key, toBytes(encode(value, key)));
+  }
+  if (out.size > configKeysMax)
+    throw new ConclaveError(
+      ErrorCode.RequestTooLarge,
+      `setConfig: the config has ${out.size} fields, more than configKeysMax (${configKeysMax})`,
+    );
+  return out;
+}
+
+/**
+ * The txn that makes the prefix equal `wanted`, guarded so it applies only to the state read:
+ * no key under the prefix modified or created after the read (one range compare), and every key
+ * the txn leaves alone (all keys, when guarded by `ifRevision`) still at its read mod revision —
+ * a key deleted meanwhile fails that compare.
+ */
+function planWrite(
+  prefix: string,
+  snap: Snapshot,
+  wanted: Map<string, Uint8Array>,
+  ifRevision: number | undefined,
+): { compare: Compare[]; ops: Op[]; put: string[]; deleted: string[] } {
+  const p = toBytes(prefix);
+  const stored = new Map(snap.kvs.map((kv) => [toText(kv.key.subarray(p.length)), kv]));
+  const put: string[] = [];
+  const deleted: string[] = [];
+  const compare: Compare[] = [
+    { key: prefix, prefix: true, target: 'mod', result: '<', value: (ifRevision ?? snap.revision) + 1 },
+  ];
+  for (const [key, value] of wanted) {
+    const kv = stored.get(key);
+    if (!kv || !bytesEqual(kv.value, value)) put.push(key);
+  }
+  for (const [key, kv] of stored) {
+    if (!wanted.has(key)) deleted.push(key);
+    else if (ifRevision !== undefined || !put.includes(key))
+      compare.push({ key: kv.key, target: 'mod', result: '=', value: kv.modRevision });
+  }
+  if (ifRevision !== undefined)
+    for (const key of deleted)
+      compare.push({
+        key: stored.get(key)!.key,
+        target: 'mod',
+        result: '=',
+        value: stored.get(key)!.modRevision,
+      });
+  const ops: Op[] = [
+    ...put.map((key): Op => ({ type: 'put', key: `${prefix}${key}`, value: wanted.get(key)! })),
+    ...deleted.map((key): Op => ({ type: 'delete', key: stored.get(key)!.key })),
+  ];
+  const max = limits.txnOpsMax;
+  if (ops.length > max)
+    throw new ConclaveError(
+      ErrorCode.TooManyOps,
+      `setConfig ${prefix}: the write needs ${ops.length} puts and deletes, more than one etcd txn allows (${max}, --max-txn-ops); write the config in smaller steps or use fewer keys`,
+    );
+  if (compare.length > max)
+    throw new ConclaveError(
+      ErrorCode.TooManyOps,
+      `setConfig ${prefix}: guarding ${compare.length - 1} stored keys needs more compares than one etcd txn allows (${max}, --max-txn-ops); use fewer keys`,
+    );
+  return { compare, ops, put, deleted };
+}
+
+/** Err when something under the prefix changed after `ifRevision` (judged from the read `snap`). */
+async function checkUnchanged(
+  kv: KV,
+  prefix: string,
+  snap: Snapshot,
+  ifRevision: number,
+  ifKeys: readonly string[] | undefined,
+  signal: AbortSignal | undefined,
+): Promise<ConfigConflict | undefined> {
+  const p = toBytes(prefix);
+  const rel = (k: KeyValue) => toText(k.key.subarray(p.length));
+  const conflict = (changedKeys: string[], reason: ConfigConflict['reason'] = 'changed') => ({
+    ifRevision,
+    revision: snap.revision,
+    changedKeys,
+    reason,
+  });
+  if (ifRevision > snap.revision)
+    throw new ConclaveError(
+      ErrorCode.FutureRevision,
+      `setConfig ${prefix}: ifRevision ${ifRevision} is newer than the store (${snap.revision})`,
+    );
+  const modified = snap.kvs.filter((k) => k.modRevision > ifRevision).map(rel);
+  if (modified.length > 0) return conflict(modified);
+  // Every key now was there, unchanged, at ifRevision; deletions since are what is left to find.
+  if (ifKeys) {
+    const now = new Set(snap.kvs.map(rel));
+    const gone = ifKeys.filter((k) => !now.has(k));
+    return gone.length > 0 || ifKeys.length !== now.size ? conflict(gone) : undefined;
+  }
+  try {
+    const then = await kv.range(p, { end: prefixEnd(p), revision: ifRevision, countOnly: true, signal });
+    return then.count !== snap.kvs.length ? conflict([]) : undefined;
+  } catch (err) {
+    if (ConclaveError.is(err, ErrorCode.Compacted)) return conflict([], 'compacted');
+    throw err;
+  }
+}
