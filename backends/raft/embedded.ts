@@ -105,7 +105,9 @@ export class EmbeddedCluster {
       ...o,
       nodes,
       tickMs: o.tickMs ?? 10,
-      electionTicks: o.electionTicks ?? 10,
+      // Durable members wait on fsyncs (heartbeats go out after each sync): a longer election
+      // timeout (500 ms, etcd's default is 1 s) keeps a slow disk from looking like a dead leader.
+      electionTicks: o.electionTicks ?? (o.dataDir !== undefined ? 50 : 10),
       heartbeatTicks: o.heartbeatTicks ?? 1,
       requestTimeoutMs: o.requestTimeoutMs ?? 5000,
     };

@@ -150,20 +150,30 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
   /** Records that need no fsync of their own; written with the next synced batch. */
   #deferred: WalRecord[] = [];
 
+  /**
+   * Writes the snapshot file without holding up WAL saves (they touch different files), then
+   * releases WAL segments in the save chain (a release must not interleave with a rotation).
+   */
   override snapshotAt(index: number, data: Uint8Array, confState: ConfState): Promise<void> {
     super.snapshotAt(index, data, confState);
     const snap = this.latestSnapshot!;
-    return this.#serial(async () => {
-      await this.#snaps.save(snap);
-      const kept = await this.#snaps.list();
-      const oldest = kept[kept.length - 1];
-      if (oldest) await this.#wal.releaseTo(oldest.index);
-    });
+    const written = this.#snapWrite.then(() => this.#snaps.save(snap));
+    this.#snapWrite = written.catch(() => undefined);
+    return written.then(() =>
+      this.#serial(async () => {
+        const kept = await this.#snaps.list();
+        const oldest = kept[kept.length - 1];
+        if (oldest) await this.#wal.releaseTo(oldest.index);
+      }),
+    );
   }
+
+  #snapWrite: Promise<unknown> = Promise.resolve();
 
   override async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#snapWrite;
     await this.#chain;
     await this.#wal.close();
     await this.#lock.release();
