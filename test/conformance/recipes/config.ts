@@ -160,6 +160,33 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     expect(c.items.map((x) => x.type)).toEqual(['resync', 'update']);
   });
 
+  it('config — a watcher cut off while its history is compacted reconnects and resyncs to the right config', async (t) => {
+    const { kv, prefix, backend } = ctx();
+    if (!backend.supports.cutConnection || !backend.proxied) {
+      t.skip();
+      return;
+    }
+    const pfx = prefix('cfg-cut');
+    await setConfig(kv, pfx, { host: 'a', port: 80 });
+    const proxied = await backend.proxied();
+    try {
+      await using w = await watchConfig(proxied.kv, pfx, { schema: Server, debounceMs: 0 });
+      const c = collectChanges(w);
+      await proxied.cut();
+      await kv.put(`${pfx}port`, '81');
+      const r = await kv.put(`${pfx}host`, '"b"');
+      await kv.compact(r.revision);
+      await proxied.restore();
+      await waitFor(() => w.current.host === 'b', 4000, 'the config written while cut off');
+      expect(w.current).toEqual({ host: 'b', port: 81 });
+      expect(c.items.at(-1)).toMatchObject({ type: 'resync', reason: 'compacted', revision: r.revision });
+      await kv.put(`${pfx}port`, '82');
+      await waitFor(() => w.current.port === 82, 4000, 'the update after the resync');
+    } finally {
+      await proxied.close();
+    }
+  });
+
   it('config — setConfig guarded by the read revision fails after a concurrent change', async () => {
     const { kv, prefix } = ctx();
     const pfx = prefix('cfg-guard');
