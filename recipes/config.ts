@@ -34,6 +34,8 @@ export const configDebounceMsDefault = 50;
 export const configDebounceSpanFactorMax = 10;
 /** Consecutive failed attempts to re-read and re-watch (after `unavailable` etc.) before the watcher fails. */
 export const configResyncAttemptsMax = 20;
+/** A watch that ran this long (ms) before failing counts as healthy: the failure count starts over. */
+export const configWatchHealthyMs = 10_000;
 /** Longest back-off (ms) between two resync attempts. */
 export const configResyncBackoffMsMax = 2000;
 /** Attempts of an unguarded `setConfig` whose txn lost a race with another writer. */
@@ -241,6 +243,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   #timer: ReturnType<typeof setTimeout> | undefined;
   #burstStartMs: number | undefined;
   #evaluating: Promise<void> | undefined;
+  #started = false;
   #running: Promise<void> | undefined;
   #closed: Promise<void> | undefined;
   #error: unknown;
@@ -293,7 +296,8 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
    * Rejects with the signal's reason, or a KV error.
    */
   async start(): Promise<Result<this, ConfigRejection>> {
-    if (this.#running || this.#closed) throw new TypeError('ConfigWatcher: start() may be called once');
+    if (this.#started || this.#closed) throw new TypeError('ConfigWatcher: start() may be called once');
+    this.#started = true;
     const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
     signal.throwIfAborted();
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
@@ -301,7 +305,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
       const snap = await readSnapshot(this.kv, this.prefix, signal);
       this.#loadSnapshot(snap);
       const cand = this.#candidate();
-      const checked = await this.#validate(cand.object);
+      const checked = await this.#validate(cand.object, cand.decodeIssues);
       signal.throwIfAborted();
       if (!checked.ok) {
         await this.close();
@@ -446,9 +450,10 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   async #run(): Promise<void> {
     const signal = this.#stop.signal;
     let failures = 0;
-    // Bounded: every iteration either delivers a batch (resetting `failures`) or counts a failure.
+    // Bounded: every iteration counts a failure, unless its watch delivered or lived long enough.
     while (!signal.aborted) {
       const w = this.kv.watch(this.prefix, { prefix: true, startRevision: this.#rawRevision + 1, signal });
+      const openedMs = performance.now();
       let reason: ResyncReason = 'reconnect';
       try {
         for await (const batch of w) {
@@ -467,6 +472,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
       } finally {
         await w.close();
       }
+      if (performance.now() - openedMs >= configWatchHealthyMs) failures = 0;
       if (++failures > configResyncAttemptsMax) {
         return this.#fail(
           new ConclaveError(

@@ -252,6 +252,11 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     const r = await w.start();
     expect(r.isErr() && r.error.issues[0]?.path).toEqual(['port']);
     expect(() => w.current).toThrow(TypeError);
+    await expect(w.start()).rejects.toThrow(TypeError); // once only
+    // An undecodable value is an issue at its key, too.
+    await kv.put(`${pfx}port`, '{oops');
+    const r2 = await new ConfigWatcher(kv, pfx, { schema: Server }).start();
+    expect(r2.isErr() && r2.error.issues.map((i) => i.path)).toEqual([['port']]);
   });
 
   it('config — setConfig refuses a write of more than 128 keys in one txn, writing nothing', async () => {
