@@ -1,6 +1,12 @@
 import { expect, it } from 'vitest';
 import { z } from 'zod';
-import { type ConfigChange, ConfigWatcher, setConfig, watchConfig } from '../../../recipes/config.js';
+import {
+  type ConfigChange,
+  ConfigWatcher,
+  configPageKeysMax,
+  setConfig,
+  watchConfig,
+} from '../../../recipes/config.js';
 import { ConclaveError } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
@@ -257,6 +263,35 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     await kv.put(`${pfx}port`, '{oops');
     const r2 = await new ConfigWatcher(kv, pfx, { schema: Server }).start();
     expect(r2.isErr() && r2.error.issues.map((i) => i.path)).toEqual([['port']]);
+  });
+
+  it('config — a prefix larger than one page is read at one pinned revision', async () => {
+    const { kv, prefix } = ctx();
+    const pfx = prefix('cfg-pages');
+    const n = configPageKeysMax + 150;
+    const name = (i: number) => `${pfx}k${String(i).padStart(5, '0')}`;
+    let written = 0;
+    for (let from = 0; from < n; from += 128) {
+      const success = Array.from({ length: Math.min(128, n - from) }, (_, j) => ({
+        type: 'put' as const,
+        key: name(from + j),
+        value: '0',
+      }));
+      written = (await kv.txn({ compare: [], success, failure: [] })).revision;
+    }
+    // Writes after the first page was read must not leak into the snapshot.
+    const racing = compactingAfterFirstRead(kv, async () => {
+      await kv.put(name(n - 1), '1');
+      await kv.put(`${pfx}zz`, '1');
+    });
+    await using w = await watchConfig(racing, pfx, { schema: z.record(z.string(), z.literal(0)) });
+    const c = collectChanges(w);
+    expect(Object.keys(w.current)).toHaveLength(n);
+    expect(w.revision).toBe(written);
+    // The racing writes then arrive through the watch (and fail the schema).
+    await waitFor(() => c.items.some((x) => x.changedKeys.includes('zz')), 4000, 'the racing writes');
+    expect(c.items.every((x) => x.type === 'rejected')).toBe(true);
+    expect(Object.keys(w.current)).toHaveLength(n);
   });
 
   it('config — setConfig refuses a write of more than 128 keys in one txn, writing nothing', async () => {
