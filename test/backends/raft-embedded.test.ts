@@ -14,12 +14,12 @@ for (const nodes of [1, 3]) {
       await cluster.waitLeader();
     },
     async teardown() {
-      cluster?.close();
+      await cluster?.close();
     },
     factory: async () => new EmbeddedKV(cluster!),
     async killLeader() {
       const l = await cluster!.waitLeader();
-      cluster!.kill(l.id);
+      await cluster!.kill(l.id);
     },
   });
 }
