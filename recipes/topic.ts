@@ -1,0 +1,920 @@
+/**
+ * Topic: an ordered, durable notification stream over the KV store. Publishers append events;
+ * every subscriber receives every event once, in publish order, from a position it chooses or from
+ * a durable cursor it acknowledged; retention removes old events by count and/or age.
+ *
+ * Layout under `<name>/` (see docs/recipes/topic.md):
+ * - `<name>/seq` — the last allocated sequence number (decimal). Every publish is one txn that
+ *   compares this key's mod revision with the one it read and, if unchanged, writes the next
+ *   number here and the event under it. Sequence numbers are therefore gap-free and their order is
+ *   the order in which the store committed the publishes (etcd's Go `newSequentialKV` allocates
+ *   keys the same way, from the last key; a dedicated counter survives retention deleting every
+ *   event).
+ * - `<name>/events/<seq, 16 digits>` — one key per event, value `<publishedAtMs>\n<payload>`.
+ *   Events are live keys, not history: `kv.compact()` never removes them (etcd compaction only
+ *   drops superseded revisions), so subscribers can always re-read them by key.
+ * - `<name>/trimmed` — the retention floor, JSON `{ seq, revision }` of the newest removed event.
+ *   Written only by trimming, in the txn that deletes the events, guarded by its own mod revision
+ *   so that it only ever moves forward.
+ * - `<name>/cursors/<subscriber>` — a durable subscriber's last acknowledged seq (16 digits, so
+ *   byte order is numeric order and an ack can move it forward only, with one VALUE compare).
+ *
+ * Subscribing reads pages of events by key from the subscriber's position, all of each page at one
+ * revision, then watches the events range from the revision after the last read. When the watch
+ * breaks (compacted, overflowed, reconnected), the subscription simply re-reads from its position:
+ * nothing is lost, because the events are keys.
+ */
+import { abortReason, ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
+import { concatBytes, toBytes, toText } from '../src/keys.js';
+import type { KV } from '../src/kv.js';
+import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
+
+/** Events read per page (and so held in memory per subscription while paging). */
+export const topicPageEventsMax = 100;
+/** Watch batches buffered per subscription for a slow consumer; past it the subscription re-reads. */
+export const topicWatchBatchesMax = 64;
+/** Attempts of one publish that lost the sequence race to other publishers. */
+export const topicPublishAttemptsMax = 64;
+/** Events removed by one trim txn (one range delete); trimming more takes several txns. */
+export const topicTrimBatchMax = 100;
+/** Trim txns one `trim()` call runs at most. */
+export const topicTrimRoundsMax = 100;
+/** Consecutive failed attempts to re-read or re-watch (after `unavailable` etc.) before a subscription fails. */
+export const topicResubscribeAttemptsMax = 20;
+/** Longest back-off (ms) between two attempts of a publish or a re-subscription. */
+export const topicBackoffMsMax = 1000;
+/** Longest durable subscriber name (characters). */
+export const topicSubscriberNameMax = 256;
+/** Digits of a sequence number in keys: enough for every safe integer. */
+export const topicSeqDigits = 16;
+
+/** How long a topic keeps its events. Both bounds may be combined; an event goes when either says so. */
+export interface TopicRetention {
+  /** Keep at most this many of the newest events. */
+  readonly maxEvents?: number;
+  /** Remove events published longer ago than this (by the publishers' and trimmers' clocks). */
+  readonly maxAgeMs?: number;
+}
+
+export interface TopicOptions {
+  /** Default: keep every event. Applied by this Topic's `publish()` and `trim()`. */
+  readonly retention?: TopicRetention;
+  /** Wall clock in ms, stamped on events and used for age retention (default `Date.now`). */
+  readonly now?: () => number;
+}
+
+/** One delivered event. */
+export interface TopicEvent {
+  readonly topic: string;
+  /** Position in the topic: 1, 2, 3… without gaps, in publish order. */
+  readonly seq: number;
+  /** The store revision at which the event was published. */
+  readonly revision: number;
+  /** The publisher's clock when it published. */
+  readonly publishedAtMs: number;
+  readonly value: Uint8Array;
+}
+
+export interface Published {
+  readonly seq: number;
+  readonly revision: number;
+}
+
+/**
+ * Where a subscription starts: a seq (inclusive), `'oldest'` (the oldest retained event),
+ * `'next'` (only events published after the subscribe call), or `{ revision }` (the first event
+ * published at or after that store revision).
+ */
+export type TopicPosition = number | 'oldest' | 'next' | { readonly revision: number };
+
+export interface SubscribeOptions extends CallOptions {
+  /**
+   * A durable subscriber name: the subscription starts after the subscriber's stored cursor, and
+   * `ack()` moves the cursor. A new name starts at `from` and stores its cursor right away.
+   */
+  readonly subscriber?: string;
+  /** Start position when there is no stored cursor (default `'next'`). */
+  readonly from?: TopicPosition;
+  /**
+   * Durable subscribers only: acknowledge each event once the consumer asks for the next one
+   * (written after each page or watch batch, and on close). Default false: call `ack()`.
+   */
+  readonly autoAck?: boolean;
+  /** Events per page read (default and maximum `topicPageEventsMax`). */
+  readonly pageEventsMax?: number;
+  /** Watch batches buffered for a slow consumer (default and maximum `topicWatchBatchesMax`). */
+  readonly watchBatchesMax?: number;
+}
+
+/** `details` of the error thrown when a position was removed by retention. */
+export interface TopicTrimmedDetails {
+  readonly topic: string;
+  /** The oldest retained position: resume from here (the events before it are gone). */
+  readonly oldestSeq: number;
+  /** The position asked for, when it was a seq (or a cursor + 1). */
+  readonly requestedSeq?: number;
+  /** The position asked for, when it was a revision. */
+  readonly requestedRevision?: number;
+  readonly subscriber?: string;
+}
+
+/**
+ * Whether `err` says that a subscription's position was removed by retention. Such errors have
+ * code `compacted` (not retryable) and `details.oldestSeq`, where the subscriber can resume.
+ */
+export function isTopicTrimmed(err: unknown): err is ConclaveError & { details: TopicTrimmedDetails } {
+  return ConclaveError.is(err, ErrorCode.Compacted) && typeof err.details?.oldestSeq === 'number';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+const newline = 0x0a;
+/** Longest decimal timestamp header we accept before the newline. */
+const stampCharsMax = 20;
+
+const pad = (seq: number): string => String(seq).padStart(topicSeqDigits, '0');
+
+function encodeEvent(publishedAtMs: number, payload: Uint8Array): Uint8Array {
+  return concatBytes(toBytes(`${Math.round(publishedAtMs)}\n`), payload);
+}
+
+function corrupt(topic: string, what: string): ConclaveError {
+  return new ConclaveError(
+    ErrorCode.Corrupt,
+    `topic ${topic}: ${what}; only Topic should write under the topic's events prefix`,
+    { details: { topic } },
+  );
+}
+
+function parseSeq(topic: string, text: string, what: string): number {
+  const n = /^\d{1,16}$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(n))
+    throw corrupt(topic, `${what} is not a sequence number: ${JSON.stringify(text)}`);
+  return n;
+}
+
+interface Floor {
+  /** Events with seq <= this were removed by retention (0: none). */
+  readonly seq: number;
+  /** The publish revision of the event `seq` (0: none). */
+  readonly revision: number;
+  /** Mod revision of the floor key (0: absent), for the trimmers' compare-and-swap. */
+  readonly mod: number;
+}
+
+function parseFloor(topic: string, kv: KeyValue | undefined): Floor {
+  if (!kv) return { seq: 0, revision: 0, mod: 0 };
+  try {
+    const v = JSON.parse(toText(kv.value)) as { seq?: unknown; revision?: unknown };
+    if (Number.isSafeInteger(v.seq) && Number.isSafeInteger(v.revision))
+      return { seq: v.seq as number, revision: v.revision as number, mod: kv.modRevision };
+  } catch {
+    // Reported below.
+  }
+  throw corrupt(topic, `the retention floor ${toText(kv.key)} does not decode`);
+}
+
+function firstKv(r: OpResponse | undefined): KeyValue | undefined {
+  return r?.type === 'get' ? r.kvs[0] : undefined;
+}
+
+function getResult(r: OpResponse | undefined): RangeResult {
+  if (r?.type !== 'get') throw new ConclaveError(ErrorCode.Internal, 'txn: expected a get response');
+  return r;
+}
+
+/** Sleeps `ms`, rejecting with the signal's reason when it aborts. */
+async function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  throwIfAborted(signal);
+  await new Promise<void>((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(abortReason(signal!));
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Jittered exponential back-off for attempt `n` (1-based), at most `topicBackoffMsMax`. */
+const backoffMs = (n: number): number =>
+  Math.random() * Math.min(topicBackoffMsMax, 5 * 2 ** Math.min(n, 10));
+
+function checkPositive(what: string, n: unknown, max: number): void {
+  if (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > max)
+    throw new TypeError(`${what} must be an integer from 1 to ${max}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topic
+
+/**
+ * A named topic. `publish()` appends; `subscribe()` reads in order; retention (an option) trims.
+ * A Topic holds no lease, watch or timer: it needs no closing (subscriptions do).
+ */
+export class Topic {
+  readonly kv: KV;
+  readonly name: string;
+  readonly #retention: TopicRetention | undefined;
+  readonly #now: () => number;
+  readonly #eventsPrefix: string;
+  readonly #counterKey: string;
+  readonly #floorKey: string;
+  /** The counter as last seen: the next publish's first guess (one round trip when uncontended). */
+  #last = { seq: 0, mod: 0 };
+
+  constructor(kv: KV, name: string, opts: TopicOptions = {}) {
+    if (typeof name !== 'string' || name.length === 0)
+      throw new TypeError('Topic: name must be a non-empty string');
+    const r = opts.retention;
+    if (r?.maxEvents !== undefined)
+      checkPositive('Topic: retention.maxEvents', r.maxEvents, Number.MAX_SAFE_INTEGER);
+    if (r?.maxAgeMs !== undefined && !(Number.isFinite(r.maxAgeMs) && r.maxAgeMs > 0))
+      throw new TypeError('Topic: retention.maxAgeMs must be a positive number');
+    if (opts.now !== undefined && typeof opts.now !== 'function')
+      throw new TypeError('Topic: now must be a function');
+    this.kv = kv;
+    this.name = name;
+    this.#retention = r?.maxEvents !== undefined || r?.maxAgeMs !== undefined ? r : undefined;
+    this.#now = opts.now ?? Date.now;
+    this.#eventsPrefix = `${name}/events/`;
+    this.#counterKey = `${name}/seq`;
+    this.#floorKey = `${name}/trimmed`;
+  }
+
+  /** The key of event `seq`. */
+  eventKey(seq: number): string {
+    return `${this.#eventsPrefix}${pad(seq)}`;
+  }
+
+  /** End of the events range: ':' sorts right after '9', so only 16-digit keys fall inside. */
+  get #eventsEnd(): string {
+    return `${this.#eventsPrefix}:`;
+  }
+
+  cursorKey(subscriber: string): string {
+    return `${this.name}/cursors/${subscriber}`;
+  }
+
+  /**
+   * Appends one event; resolves with its seq and the revision it was committed at. Concurrent
+   * publishers race for the next seq with a compare-and-swap; the loser re-reads (in the same
+   * round trip) and retries, up to `topicPublishAttemptsMax` times (then `retries-exhausted`).
+   * An `indeterminate` failure is not retried: the event may or may not have been published.
+   * With retention, the publish then trims (bounded: at most one trim txn of `topicTrimBatchMax`).
+   */
+  async publish(value: Bytes, opts: CallOptions = {}): Promise<Published> {
+    const { signal } = opts;
+    throwIfAborted(signal);
+    const payload = toBytes(value);
+    const oldest: Op[] = this.#retention
+      ? [{ type: 'get', key: this.#eventsPrefix, options: { end: this.#eventsEnd, limit: 1 } }]
+      : [];
+    for (let attempt = 1; attempt <= topicPublishAttemptsMax; attempt++) {
+      const last = this.#last;
+      const seq = last.seq + 1;
+      const t = await this.kv.txn(
+        {
+          compare: [{ key: this.#counterKey, target: 'mod', result: '=', value: last.mod }],
+          success: [
+            { type: 'put', key: this.#counterKey, value: String(seq) },
+            { type: 'put', key: this.eventKey(seq), value: encodeEvent(this.#now(), payload) },
+            ...oldest,
+          ],
+          failure: [{ type: 'get', key: this.#counterKey }],
+        },
+        { signal },
+      );
+      if (t.succeeded) {
+        // Another publish through this Topic may have advanced the cache meanwhile.
+        if (t.revision > this.#last.mod) this.#last = { seq, mod: t.revision };
+        if (this.#retention) await this.#trimAfterPublish(firstKv(t.responses[2]), seq, signal);
+        return { seq, revision: t.revision };
+      }
+      const kv = firstKv(t.responses[0]);
+      this.#last = kv
+        ? { seq: parseSeq(this.name, toText(kv.value), 'the counter'), mod: kv.modRevision }
+        : { seq: 0, mod: 0 };
+      if (attempt >= 2) await sleep(backoffMs(attempt - 1), signal);
+    }
+    throw new ConclaveError(
+      ErrorCode.RetriesExhausted,
+      `topic ${this.name}: publish lost the race for the next sequence number ${topicPublishAttemptsMax} times; too many concurrent publishers — retry later or publish less often`,
+      { details: { topic: this.name } },
+    );
+  }
+
+  /** Whether the oldest event (as read in the publish txn) is past a retention bound. */
+  #needsTrim(oldest: KeyValue | undefined, lastSeq: number): boolean {
+    if (!oldest) return false;
+    const r = this.#retention!;
+    const ev = this.#decode(oldest);
+    if (r.maxEvents !== undefined && ev.seq <= lastSeq - r.maxEvents) return true;
+    return r.maxAgeMs !== undefined && ev.publishedAtMs < this.#now() - r.maxAgeMs;
+  }
+
+  /**
+   * Trims when the oldest event (read in the publish txn) is past a bound. A failed or aborted trim
+   * does not fail the publish, which is applied: the next publish (or `trim()`) tries again.
+   */
+  async #trimAfterPublish(oldest: KeyValue | undefined, lastSeq: number, signal: AbortSignal | undefined) {
+    try {
+      if (this.#needsTrim(oldest, lastSeq)) await this.#trimOnce(signal);
+    } catch (err) {
+      if (!ConclaveError.is(err)) throw err;
+    }
+  }
+
+  /**
+   * Applies retention now: removes events past the count or age bound, oldest first, in txns of
+   * at most `topicTrimBatchMax` events (up to `topicTrimRoundsMax` txns). Resolves with how many
+   * events this call removed. Needed for age retention on a topic nobody publishes to.
+   */
+  async trim(opts: CallOptions = {}): Promise<number> {
+    if (!this.#retention) return 0;
+    let total = 0;
+    for (let round = 0; round < topicTrimRoundsMax; round++) {
+      throwIfAborted(opts.signal);
+      const r = await this.#trimOnce(opts.signal);
+      total += r.trimmed;
+      if (!r.more) break;
+    }
+    return total;
+  }
+
+  /**
+   * One trim: reads the floor, the counter and the oldest events at one revision, then deletes the
+   * leading run of events past a bound and raises the floor, in one txn guarded by the floor's mod
+   * revision (a concurrent trimmer makes it fail; it has done the work). Age retention stops at the
+   * first young event, so events stay a contiguous range above the floor.
+   */
+  async #trimOnce(signal: AbortSignal | undefined): Promise<{ trimmed: number; more: boolean }> {
+    const r = this.#retention!;
+    const read = await this.kv.txn(
+      {
+        compare: [],
+        success: [
+          { type: 'get', key: this.#floorKey },
+          { type: 'get', key: this.#counterKey },
+          {
+            type: 'get',
+            key: this.#eventsPrefix,
+            options: { end: this.#eventsEnd, limit: topicTrimBatchMax, keysOnly: r.maxAgeMs === undefined },
+          },
+        ],
+        failure: [],
+      },
+      { signal },
+    );
+    const floor = parseFloor(this.name, firstKv(read.responses[0]));
+    const counter = firstKv(read.responses[1]);
+    const lastSeq = counter ? parseSeq(this.name, toText(counter.value), 'the counter') : 0;
+    const page = getResult(read.responses[2]);
+    const cutoffMs = r.maxAgeMs === undefined ? undefined : this.#now() - r.maxAgeMs;
+    let upTo: { seq: number; revision: number } | undefined;
+    let n = 0;
+    for (const kv of page.kvs) {
+      const seq = this.#seqOf(kv.key);
+      const byCount = r.maxEvents !== undefined && seq <= lastSeq - r.maxEvents;
+      const byAge = cutoffMs !== undefined && this.#decode(kv).publishedAtMs < cutoffMs;
+      if (!byCount && !byAge) break;
+      upTo = { seq, revision: kv.modRevision };
+      n++;
+    }
+    if (!upTo) return { trimmed: 0, more: false };
+    const t = await this.kv.txn(
+      {
+        compare: [{ key: this.#floorKey, target: 'mod', result: '=', value: floor.mod }],
+        success: [
+          { type: 'delete', key: this.#eventsPrefix, options: { end: this.eventKey(upTo.seq + 1) } },
+          { type: 'put', key: this.#floorKey, value: JSON.stringify(upTo) },
+        ],
+        failure: [],
+      },
+      { signal },
+    );
+    return { trimmed: t.succeeded ? n : 0, more: t.succeeded && n === page.kvs.length && page.more };
+  }
+
+  /** The retained range now: `oldestSeq..lastSeq` (empty when `oldestSeq > lastSeq`). */
+  async info(opts: CallOptions = {}): Promise<{ oldestSeq: number; lastSeq: number; revision: number }> {
+    const read = await this.#readState(undefined, opts.signal);
+    return { oldestSeq: read.floor.seq + 1, lastSeq: read.lastSeq, revision: read.revision };
+  }
+
+  /** The durable subscriber's last acknowledged seq (0: none yet), or undefined when it has no cursor. */
+  async cursor(subscriber: string, opts: CallOptions = {}): Promise<number | undefined> {
+    checkSubscriber(subscriber);
+    const kv = await this.kv.get(this.cursorKey(subscriber), { signal: opts.signal });
+    return kv ? parseSeq(this.name, toText(kv.value), `cursor ${subscriber}`) : undefined;
+  }
+
+  /**
+   * Sets the subscriber's cursor to `lastSeq` (its next subscription starts at `lastSeq + 1`),
+   * forward or backward: to skip events lost to retention, or to replay.
+   */
+  async setCursor(subscriber: string, lastSeq: number, opts: CallOptions = {}): Promise<void> {
+    checkSubscriber(subscriber);
+    if (!Number.isSafeInteger(lastSeq) || lastSeq < 0)
+      throw new TypeError('setCursor: lastSeq must be an integer >= 0');
+    await this.kv.put(this.cursorKey(subscriber), pad(lastSeq), { signal: opts.signal });
+  }
+
+  /** Forgets a durable subscriber: its next subscription starts at `from` again. */
+  async deleteCursor(subscriber: string, opts: CallOptions = {}): Promise<boolean> {
+    checkSubscriber(subscriber);
+    const r = await this.kv.delete(this.cursorKey(subscriber), { signal: opts.signal });
+    return r.deleted > 0;
+  }
+
+  /**
+   * Opens a subscription (iterate it; close it, or `await using`). The start position is fixed
+   * before this resolves: the durable subscriber's cursor + 1, else `from` (default `'next'`).
+   * Rejects with an `isTopicTrimmed` error (code `compacted`, `details.oldestSeq`) when that
+   * position was already removed by retention; with `invalid-argument` for a seq beyond the next
+   * one. `signal` cancels this call and later ends the subscription (its iterator then throws the
+   * signal's reason).
+   */
+  async subscribe(opts: SubscribeOptions = {}): Promise<Subscription> {
+    const { subscriber, signal } = opts;
+    if (subscriber !== undefined) checkSubscriber(subscriber);
+    else if (opts.autoAck) throw new TypeError('subscribe: autoAck needs a durable subscriber name');
+    checkPosition(opts.from);
+    if (opts.pageEventsMax !== undefined)
+      checkPositive('subscribe: pageEventsMax', opts.pageEventsMax, topicPageEventsMax);
+    if (opts.watchBatchesMax !== undefined)
+      checkPositive('subscribe: watchBatchesMax', opts.watchBatchesMax, topicWatchBatchesMax);
+    throwIfAborted(signal);
+    let start: number;
+    const state = await this.#readState(subscriber, signal);
+    if (state.cursor !== undefined) start = state.cursor + 1;
+    else start = await this.#resolve(opts.from ?? 'next', state, signal);
+    if (start <= state.floor.seq)
+      throw this.trimmedError({ requestedSeq: start, subscriber }, state.floor.seq + 1);
+    if (subscriber !== undefined && state.cursor === undefined) {
+      // Store the cursor now, so a subscriber that stops before its first ack resumes here.
+      const key = this.cursorKey(subscriber);
+      const t = await this.kv.txn(
+        {
+          compare: [{ key, target: 'create', result: '=', value: 0 }],
+          success: [{ type: 'put', key, value: pad(start - 1) }],
+          failure: [{ type: 'get', key }],
+        },
+        { signal },
+      );
+      const other = firstKv(t.responses[0]);
+      if (!t.succeeded && other) start = parseSeq(this.name, toText(other.value), `cursor ${subscriber}`) + 1;
+    }
+    throwIfAborted(signal);
+    return new Subscription(this, {
+      start,
+      subscriber,
+      autoAck: opts.autoAck ?? false,
+      pageEventsMax: opts.pageEventsMax ?? topicPageEventsMax,
+      watchBatchesMax: opts.watchBatchesMax ?? topicWatchBatchesMax,
+      signal,
+    });
+  }
+
+  /** Counter, floor and (optionally) a cursor, read at one revision. */
+  async #readState(
+    subscriber: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<{ lastSeq: number; floor: Floor; cursor: number | undefined; revision: number }> {
+    const t = await this.kv.txn(
+      {
+        compare: [],
+        success: [
+          { type: 'get', key: this.#counterKey },
+          { type: 'get', key: this.#floorKey },
+          ...(subscriber === undefined ? [] : [{ type: 'get', key: this.cursorKey(subscriber) } as const]),
+        ],
+        failure: [],
+      },
+      { signal },
+    );
+    const counter = firstKv(t.responses[0]);
+    const cursor = firstKv(t.responses[2]);
+    return {
+      lastSeq: counter ? parseSeq(this.name, toText(counter.value), 'the counter') : 0,
+      floor: parseFloor(this.name, firstKv(t.responses[1])),
+      cursor: cursor ? parseSeq(this.name, toText(cursor.value), `cursor ${subscriber}`) : undefined,
+      revision: t.revision,
+    };
+  }
+
+  async #resolve(
+    from: TopicPosition,
+    state: { lastSeq: number; floor: Floor; revision: number },
+    signal: AbortSignal | undefined,
+  ): Promise<number> {
+    if (from === 'next') return state.lastSeq + 1;
+    if (from === 'oldest') return state.floor.seq + 1;
+    if (typeof from === 'number') {
+      if (from > state.lastSeq + 1)
+        throw new ConclaveError(
+          ErrorCode.InvalidArgument,
+          `topic ${this.name}: from ${from} is beyond the next sequence number (${state.lastSeq + 1}); subscribe from a published seq, 'oldest' or 'next'`,
+          { details: { argument: 'from', topic: this.name, nextSeq: state.lastSeq + 1 } },
+        );
+      return from;
+    }
+    const revision = from.revision;
+    if (revision <= state.floor.revision)
+      throw this.trimmedError({ requestedRevision: revision }, state.floor.seq + 1);
+    if (revision > state.revision + 1)
+      throw new ConclaveError(
+        ErrorCode.FutureRevision,
+        `topic ${this.name}: from revision ${revision} is newer than the store's (${state.revision})`,
+        { details: { topic: this.name, revision: state.revision } },
+      );
+    return this.#searchRevision(revision, state, signal);
+  }
+
+  /**
+   * The first seq published at or after `revision`: a binary search over the retained events,
+   * each probe a get pinned at the state's revision (events are immutable; their revisions grow
+   * with their seqs). O(log n) round trips, without loading the range.
+   */
+  async #searchRevision(
+    revision: number,
+    state: { lastSeq: number; floor: Floor; revision: number },
+    signal: AbortSignal | undefined,
+  ): Promise<number> {
+    let lo = state.floor.seq + 1;
+    let hi = state.lastSeq + 1;
+    // Invariant: every seq < lo was published before `revision`; seq `hi` is at or after it (or next).
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      const kv = await this.kv.get(this.eventKey(mid), { revision: state.revision, signal });
+      if (!kv) throw corrupt(this.name, `event ${mid} is missing above the retention floor`);
+      if (kv.modRevision >= revision) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
+
+  /** @internal The error for a position removed by retention. */
+  trimmedError(
+    requested: { requestedSeq?: number; requestedRevision?: number; subscriber?: string | undefined },
+    oldestSeq: number,
+  ): ConclaveError {
+    const who = requested.subscriber === undefined ? 'the subscriber' : `subscriber ${requested.subscriber}`;
+    const what =
+      requested.requestedSeq !== undefined
+        ? `events ${requested.requestedSeq}..${oldestSeq - 1} were removed by retention before ${who} read them`
+        : `events published at or after revision ${requested.requestedRevision} were removed by retention`;
+    const fix =
+      requested.subscriber === undefined
+        ? `subscribe({ from: ${oldestSeq} })`
+        : `topic.setCursor(${JSON.stringify(requested.subscriber)}, ${oldestSeq - 1})`;
+    const details: TopicTrimmedDetails = {
+      topic: this.name,
+      oldestSeq,
+      ...(requested.requestedSeq === undefined ? {} : { requestedSeq: requested.requestedSeq }),
+      ...(requested.requestedRevision === undefined
+        ? {}
+        : { requestedRevision: requested.requestedRevision }),
+      ...(requested.subscriber === undefined ? {} : { subscriber: requested.subscriber }),
+    };
+    return new ConclaveError(
+      ErrorCode.Compacted,
+      `topic ${this.name}: ${what}; the oldest retained event is seq ${oldestSeq}. Resume from it with ${fix} (accepting the loss), or retain more events`,
+      { retryable: false, details: { ...details } },
+    );
+  }
+
+  /** Parses an event key and value. */
+  #decode(kv: KeyValue): TopicEvent {
+    const seq = this.#seqOf(kv.key);
+    const nl = kv.value.subarray(0, stampCharsMax + 1).indexOf(newline);
+    const stamp = nl > 0 ? Number(toText(kv.value.subarray(0, nl))) : Number.NaN;
+    if (!Number.isSafeInteger(stamp)) throw corrupt(this.name, `event ${seq} has no timestamp header`);
+    return {
+      topic: this.name,
+      seq,
+      revision: kv.modRevision,
+      publishedAtMs: stamp,
+      value: kv.value.subarray(nl + 1),
+    };
+  }
+
+  #seqOf(key: Uint8Array): number {
+    const text = toText(key);
+    if (!text.startsWith(this.#eventsPrefix) || text.length !== this.#eventsPrefix.length + topicSeqDigits)
+      throw corrupt(this.name, `unexpected key ${JSON.stringify(text)} among the events`);
+    return parseSeq(this.name, text.slice(this.#eventsPrefix.length), 'an event key');
+  }
+
+  // Subscription plumbing (module-internal; not part of the documented API).
+
+  /** @internal One page of events from `next`, checked against the floor, at one revision. */
+  async readPage(
+    next: number,
+    limit: number,
+    subscriber: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ events: TopicEvent[]; more: boolean; revision: number }> {
+    const t = await this.kv.txn(
+      {
+        compare: [],
+        success: [
+          { type: 'get', key: this.eventKey(next), options: { end: this.#eventsEnd, limit } },
+          { type: 'get', key: this.#floorKey },
+          { type: 'get', key: this.#counterKey },
+        ],
+        failure: [],
+      },
+      { signal },
+    );
+    const page = getResult(t.responses[0]);
+    const floor = parseFloor(this.name, firstKv(t.responses[1]));
+    const counter = firstKv(t.responses[2]);
+    const lastSeq = counter ? parseSeq(this.name, toText(counter.value), 'the counter') : 0;
+    if (next <= floor.seq) throw this.trimmedError({ requestedSeq: next, subscriber }, floor.seq + 1);
+    const events = page.kvs.map((kv) => this.#decode(kv));
+    // Seqs are gap-free below the counter: a missing `next` means someone deleted it out of band.
+    if (next <= lastSeq && events[0]?.seq !== next)
+      throw this.trimmedError({ requestedSeq: next, subscriber }, events[0]?.seq ?? lastSeq + 1);
+    return { events, more: page.more, revision: t.revision };
+  }
+
+  /** @internal Watches the events range from `startRevision` (puts only). */
+  watchEvents(startRevision: number, bufferBatchesMax: number, signal: AbortSignal) {
+    return this.kv.watch(this.#eventsPrefix, {
+      end: this.#eventsEnd,
+      startRevision,
+      filters: ['nodelete'],
+      bufferBatchesMax,
+      signal,
+    });
+  }
+
+  /** @internal */
+  decodeEvent(kv: KeyValue): TopicEvent {
+    return this.#decode(kv);
+  }
+
+  /** @internal Moves the cursor forward to `seq` (never back), in one txn. */
+  async ackCursor(subscriber: string, seq: number, signal: AbortSignal | undefined): Promise<void> {
+    const key = this.cursorKey(subscriber);
+    const value = pad(seq);
+    await this.kv.txn(
+      {
+        compare: [{ key, target: 'create', result: '=', value: 0 }],
+        success: [{ type: 'put', key, value }],
+        // Byte order of 16-digit values is numeric order: only a smaller stored seq is replaced.
+        failure: [
+          {
+            type: 'txn',
+            txn: {
+              compare: [{ key, target: 'value', result: '<', value }],
+              success: [{ type: 'put', key, value }],
+              failure: [],
+            },
+          },
+        ],
+      },
+      { signal },
+    );
+  }
+}
+
+function checkSubscriber(subscriber: unknown): asserts subscriber is string {
+  if (typeof subscriber !== 'string' || subscriber.length === 0 || subscriber.length > topicSubscriberNameMax)
+    throw new TypeError(
+      `subscriber must be a non-empty string of at most ${topicSubscriberNameMax} characters`,
+    );
+}
+
+function checkPosition(from: unknown): void {
+  if (from === undefined || from === 'oldest' || from === 'next') return;
+  if (typeof from === 'number') {
+    if (!Number.isSafeInteger(from) || from < 1) throw new TypeError('subscribe: from must be a seq >= 1');
+    return;
+  }
+  const rev = (from as { revision?: unknown } | null)?.revision;
+  if (typeof from !== 'object' || !Number.isSafeInteger(rev) || (rev as number) < 1)
+    throw new TypeError("subscribe: from must be a seq, 'oldest', 'next' or { revision }");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscription
+
+interface SubscriptionInit {
+  readonly start: number;
+  readonly subscriber: string | undefined;
+  readonly autoAck: boolean;
+  readonly pageEventsMax: number;
+  readonly watchBatchesMax: number;
+  readonly signal: AbortSignal | undefined;
+}
+
+/** Watch failures after which the subscription re-reads from its position right away. */
+const resyncCodes: ReadonlySet<string> = new Set([ErrorCode.Compacted, ErrorCode.WatchOverflow]);
+
+/** A watch delivered a seq past the expected one: re-read from the position. */
+class Gap extends Error {}
+
+/**
+ * An open subscription: an async iterable of events, in seq order, each once (per subscription).
+ * One consumer may iterate it. `close()` ends the iteration normally; the subscribe `signal`
+ * ends it by throwing the signal's reason; a position lost to retention ends it with an
+ * `isTopicTrimmed` error. Memory is bounded by one page or `watchBatchesMax` watch batches: a
+ * consumer slower than the publishers makes the watch overflow, and the subscription then reads
+ * pages from its position again (backpressure by re-reading; nothing is dropped).
+ */
+export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable {
+  readonly topic: Topic;
+  readonly subscriber: string | undefined;
+  /** The first seq this subscription delivers. */
+  readonly startSeq: number;
+  readonly #init: SubscriptionInit;
+  readonly #stop = new AbortController();
+  #next: number;
+  #delivered: number;
+  /** The last event whose successor the consumer asked for (autoAck acknowledges up to it). */
+  #processed: number;
+  #acked: number;
+  #iterated = false;
+  #closed: Promise<void> | undefined;
+  #onAbort = () => void this.close();
+
+  /** @internal Use `topic.subscribe()`. */
+  constructor(topic: Topic, init: SubscriptionInit) {
+    this.topic = topic;
+    this.subscriber = init.subscriber;
+    this.startSeq = init.start;
+    this.#init = init;
+    this.#next = init.start;
+    this.#delivered = init.start - 1;
+    this.#processed = init.start - 1;
+    this.#acked = init.start - 1;
+    init.signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  /** The next seq to deliver. */
+  get position(): number {
+    return this.#next;
+  }
+
+  /** The last seq delivered (`startSeq - 1` before the first). */
+  get lastDeliveredSeq(): number {
+    return this.#delivered;
+  }
+
+  /** The highest seq this subscription acknowledged (durable subscribers). */
+  get ackedSeq(): number {
+    return this.#acked;
+  }
+
+  /**
+   * Acknowledges every event up to `seq` (default: the last delivered): the durable cursor moves
+   * there, never backward, so the subscriber's next subscription starts after it.
+   */
+  async ack(seq: number = this.#delivered, opts: CallOptions = {}): Promise<void> {
+    const subscriber = this.subscriber;
+    if (subscriber === undefined)
+      throw new TypeError('ack: only a durable subscription (subscriber name) has a cursor');
+    if (!Number.isSafeInteger(seq) || seq > this.#delivered)
+      throw new TypeError(
+        `ack: seq must be an integer no greater than the last delivered (${this.#delivered})`,
+      );
+    if (seq <= this.#acked) return;
+    await this.topic.ackCursor(subscriber, seq, opts.signal);
+    this.#acked = Math.max(this.#acked, seq);
+  }
+
+  /**
+   * Ends the subscription: a pending `next()` resolves done; with autoAck, events the consumer
+   * finished are acknowledged first. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#init.signal?.removeEventListener('abort', this.#onAbort);
+      this.#stop.abort(
+        new ConclaveError(ErrorCode.Closed, `subscription to topic ${this.topic.name} closed`),
+      );
+      await this.#flushAck(true);
+    })();
+    return this.#closed;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  [Symbol.asyncIterator](): AsyncGenerator<TopicEvent, void, undefined> {
+    if (this.#iterated) throw new TypeError('Subscription: iterate it once (one consumer per subscription)');
+    this.#iterated = true;
+    return this.#run();
+  }
+
+  /** autoAck: acknowledges what the consumer finished; a lost ack only means a redelivery. */
+  async #flushAck(closing: boolean): Promise<void> {
+    if (!this.#init.autoAck || this.#processed <= this.#acked) return;
+    try {
+      await this.ack(this.#processed, closing ? {} : { signal: this.#stop.signal });
+    } catch (err) {
+      if (closing || this.#stop.signal.aborted) return;
+      if (!ConclaveError.is(err) || !err.retryable) throw err;
+    }
+  }
+
+  /** The end of the iteration: the user's abort reason, or normal completion after close(). */
+  #ended(): void {
+    const s = this.#init.signal;
+    if (s?.aborted) throw abortReason(s);
+  }
+
+  async *#run(): AsyncGenerator<TopicEvent, void, undefined> {
+    const signal = this.#stop.signal;
+    let failures = 0;
+    try {
+      // Bounded: every turn either delivers, or counts a failure (resync causes make progress
+      // only by re-reading, which either delivers or catches up and watches again).
+      while (!signal.aborted) {
+        let revision: number;
+        try {
+          revision = yield* this.#readPages(signal);
+        } catch (err) {
+          if (signal.aborted) break;
+          if (!ConclaveError.is(err) || !err.retryable || isTopicTrimmed(err)) throw err;
+          failures = await this.#failed(failures, err, signal);
+          continue;
+        }
+        failures = 0;
+        const w = this.topic.watchEvents(revision + 1, this.#init.watchBatchesMax, signal);
+        try {
+          for await (const batch of w) {
+            for (const e of batch.events) {
+              const ev = this.topic.decodeEvent(e.kv);
+              if (ev.seq < this.#next) continue;
+              if (ev.seq > this.#next) throw new Gap();
+              yield* this.#deliver(ev);
+            }
+            failures = 0;
+            await this.#flushAck(false);
+          }
+          if (signal.aborted) break;
+          // The watch ended without being closed by us: a broken stream; re-read and re-watch.
+          failures = await this.#failed(failures, undefined, signal);
+        } catch (err) {
+          if (signal.aborted) break;
+          if (err instanceof Gap || (ConclaveError.is(err) && resyncCodes.has(err.code))) continue;
+          if (!ConclaveError.is(err) || !err.retryable) throw err;
+          failures = await this.#failed(failures, err, signal);
+        } finally {
+          await w.close();
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    } finally {
+      await this.close();
+    }
+    this.#ended();
+  }
+
+  /** Reads and delivers pages until caught up; returns the revision of the last read. */
+  async *#readPages(signal: AbortSignal): AsyncGenerator<TopicEvent, number, undefined> {
+    // Bounded: each full page advances the position by its length; a short page ends the loop.
+    for (;;) {
+      const page = await this.topic.readPage(this.#next, this.#init.pageEventsMax, this.subscriber, signal);
+      for (const ev of page.events) {
+        if (ev.seq !== this.#next)
+          throw new ConclaveError(ErrorCode.Internal, `topic read skipped to ${ev.seq}`);
+        yield* this.#deliver(ev);
+      }
+      await this.#flushAck(false);
+      if (!page.more) return page.revision;
+    }
+  }
+
+  async *#deliver(ev: TopicEvent): AsyncGenerator<TopicEvent, void, undefined> {
+    // Closed while the consumer held the previous event: deliver nothing more from the page.
+    this.#stop.signal.throwIfAborted();
+    this.#next = ev.seq + 1;
+    this.#delivered = ev.seq;
+    yield ev;
+    // The consumer asked for the next event: it is done with this one.
+    this.#processed = ev.seq;
+  }
+
+  /** Counts a failed attempt and backs off; fails `unavailable` past the bound. */
+  async #failed(failures: number, cause: unknown, signal: AbortSignal): Promise<number> {
+    const n = failures + 1;
+    if (n > topicResubscribeAttemptsMax)
+      throw new ConclaveError(
+        ErrorCode.Unavailable,
+        `topic ${this.topic.name}: could not re-read and re-watch in ${topicResubscribeAttemptsMax} attempts; subscribe again later from position ${this.#next}`,
+        { cause, details: { topic: this.topic.name, position: this.#next } },
+      );
+    await sleep(backoffMs(n), signal);
+    return n;
+  }
+}
