@@ -249,7 +249,7 @@ class Attempt implements STM {
     this.#check();
     const cached = this.#keys.get(i);
     if (cached) return cached.kv;
-    const pre = this.#prefetch;
+    const pre = this.#usablePrefetch();
     if (pre?.keys.has(i)) {
       this.#takePin(pre.revision);
       return this.#cache(k, pre.keys.get(i));
@@ -264,11 +264,12 @@ class Attempt implements STM {
     end: Uint8Array,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    const pre = this.#prefetch?.ranges.get(rid);
+    const prefetch = this.#usablePrefetch();
+    const pre = prefetch?.ranges.get(rid);
     let kvs: KeyValue[];
     let revision: number;
-    if (pre && this.#prefetch) {
-      revision = this.#prefetch.revision;
+    if (pre && prefetch) {
+      revision = prefetch.revision;
       this.#takePin(revision);
       kvs = pre;
     } else {
@@ -344,6 +345,18 @@ class Attempt implements STM {
 
   #takePin(revision: number): void {
     if (pinned(this.isolation) && this.#pin === undefined) this.#pin = revision;
+    // Prefetched reads are only of use while they belong to this attempt's snapshot.
+    if (this.#prefetch && this.#prefetch.revision !== this.#pin) this.#prefetch = undefined;
+  }
+
+  /**
+   * The previous attempt's re-reads, when they can serve as this attempt's snapshot: no other read
+   * has fixed (or is fixing) a different pinned revision. etcd's Go STM mixes them with newer reads,
+   * leaving the commit check to catch it; here `fn` never sees a view mixed from two revisions.
+   */
+  #usablePrefetch(): Prefetch | undefined {
+    if (!this.#prefetch || this.#pinning) return undefined;
+    return this.#pin === undefined || this.#pin === this.#prefetch.revision ? this.#prefetch : undefined;
   }
 
   #cache(k: Uint8Array, kv: KeyValue | undefined): KeyValue | undefined {

@@ -368,6 +368,27 @@ export const registerCounterStmTests: RegisterTests = (ctx) => {
     }
   });
 
+  it('stm — a retry never mixes the failed commit’s re-reads with reads at a newer revision', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('stm-prefetch-mix');
+    await kv.put(`${p}a`, 'v1');
+    await kv.put(`${p}c`, 'c');
+    const seen: string[] = [];
+    const r = await stm(kv, async (tx) => {
+      if (tx.attempt === 1) {
+        await tx.get(`${p}a`);
+        await kv.put(`${p}a`, 'v2'); // the commit fails and re-reads a (v2) for the next attempt
+      } else {
+        await kv.put(`${p}a`, 'v3'); // newer than that re-read
+        await tx.get(`${p}c`); // fixes this attempt's snapshot after v3
+      }
+      seen.push(`${tx.attempt}:${await tx.get(`${p}a`)}`);
+      tx.put(`${p}out`, 'done');
+    });
+    expect(seen).toEqual(['1:v1', '2:v3']);
+    expect(r.attempts).toBe(2);
+  });
+
   it('stm — gives up with `retries-exhausted` after retriesMax + 1 conflicting attempts', async () => {
     const { kv, prefix } = ctx();
     const k = `${prefix('stm-exhausted')}k`;
