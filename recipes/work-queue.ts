@@ -1,0 +1,852 @@
+/**
+ * WorkQueue: an at-least-once work queue with visibility timeout, ack/nack, delay, priority and
+ * dead letters (DESIGN.md §3), on any etcd-v3 store.
+ *
+ * Key layout (recipes/internal/work-queue-keys.ts): the body at `<name>/items/<id>` is written
+ * once; a small state record moves between `ready/<priority>/<id>`, `delayed/<due ms>/<id>`,
+ * `inflight/rec/<id>` and `dead/<id>` — always one txn that deletes the old state key, guarded by
+ * its mod revision, and puts the new one, so an item is in exactly one state at every revision and
+ * concurrent movers cannot both succeed.
+ *
+ * Claim = one txn: the ready key still has the mod revision we read → delete it, put the claim
+ * record (attempts + 1) and `inflight/lease/<id>` bound to a lease granted for this claim with
+ * TTL = the visibility timeout, and read the body. When the lease expires (the consumer died, or
+ * is alive but slower than the timeout) etcd deletes the lease key; any live participant's reaper
+ * sees that delete without the record's and puts the item back (or into dead letters once its
+ * attempts are used up). Ack/nack are txns guarded by the claim record's mod revision (= the claim
+ * revision, the job's `token`): they succeed iff the item was not given back meanwhile, so at most
+ * one of "ack" and "redeliver" happens. A job's `lost` signal fires before the server could expire
+ * its lease (local monotonic deadline from when the grant or last extension was *sent*, minus a
+ * margin, as Session does), so a consumer that honours it never works on an item that another
+ * live consumer holds.
+ *
+ * Delays use the client clock (Date.now): producers write the due time, any participant promotes
+ * due items. Clock skew between participants shifts delays by the skew; it never loses an item.
+ */
+import PQueue from 'p-queue';
+import { Err, Ok, type Result } from 'ts-results-es';
+import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
+import type { KV } from '../src/kv.js';
+import type { Session } from '../src/session.js';
+import type { Bytes, CallOptions, KeyValue, LeaseId } from '../src/types.js';
+import {
+  clipError,
+  decodeRecord,
+  encodeRecord,
+  idOf,
+  idTimeMs,
+  newItemId,
+  type StateRecord,
+  WorkQueueKeys,
+  workQueuePriorityMax,
+} from './internal/work-queue-keys.js';
+import { requeueKey, WorkQueueMaintenance } from './internal/work-queue-maintenance.js';
+
+export { workQueueErrorCharsMax, workQueuePriorityMax } from './internal/work-queue-keys.js';
+export {
+  workQueueBackoffMsMax,
+  workQueuePageKeysMax,
+  workQueueReapPendingMax,
+  workQueueRestartAttemptsMax,
+  workQueueSweepKeysMax,
+  workQueueTimerMsMax,
+} from './internal/work-queue-maintenance.js';
+
+/** Default visibility timeout: how long a claim lasts without ack, nack or extend. */
+export const workQueueVisibilityTimeoutSecondsDefault = 30;
+/** Default deliveries before an item is dead-lettered. */
+export const workQueueMaxAttemptsDefault = 5;
+/** Most deliveries an item may be configured for. */
+export const workQueueMaxAttemptsMax = 1_000_000;
+/** Longest delay of `add` and `nack` (one year). */
+export const workQueueDelaySecondsMax = 365 * 24 * 3600;
+/** Ready keys read per claim round; the claim tries them in order until one txn wins. */
+export const workQueueClaimCandidatesMax = 8;
+/** Consecutive claim rounds that found items but lost every race before `claim` fails `retries-exhausted`. */
+export const workQueueClaimRoundsMax = 64;
+/** Most handlers one `process` call runs at once. */
+export const workQueueConcurrencyMax = 1024;
+/** Consecutive failed claims (store errors) after which `process` gives up and rejects. */
+export const workQueueProcessErrorsMax = 10;
+/** Lease revocations (after ack/nack) in flight at once; past it, leases are left to expire. */
+export const workQueueRevokesPendingMax = 256;
+/** Most dead letters one `deadLetters()` call returns (bodies are read in one txn). */
+export const workQueueDeadLettersPageMax = 100;
+
+export interface WorkQueueOptions {
+  /** Claim lifetime in whole seconds (default 30). The store may raise it to its minimum lease TTL. */
+  readonly visibilityTimeoutSeconds?: number;
+  /** Deliveries before an item is dead-lettered (default 5); fixed per item when it is added. */
+  readonly maxAttempts?: number;
+}
+
+export interface AddOptions extends CallOptions {
+  /** 0…65535, lower is served first (default 0). */
+  readonly priority?: number;
+  /** Claimable only after this many seconds (client clock; default 0). */
+  readonly delaySeconds?: number;
+  /** Overrides the queue's `maxAttempts` for this item. */
+  readonly maxAttempts?: number;
+}
+
+export interface NackOptions extends CallOptions {
+  /** Claimable again only after this many seconds (default 0: at once). */
+  readonly delaySeconds?: number;
+  /** Why the attempt failed; stored with the item (cut to `workQueueErrorCharsMax`). */
+  readonly error?: string;
+}
+
+/** Where a nacked item went. */
+export type NackOutcome = 'ready' | 'delayed' | 'dead';
+
+/** The claim is no longer ours: it expired and the item went back (and may be with another consumer), or it was already settled. */
+export interface ClaimLost {
+  readonly id: string;
+  /** The claim revision (the job's token). */
+  readonly token: number;
+  readonly reason: 'expired' | 'settled';
+  readonly message: string;
+}
+
+export interface WorkQueueStats {
+  /** The revision all four counts were read at. */
+  readonly revision: number;
+  readonly ready: number;
+  /** Claimed, including expired claims not yet returned by a reaper. */
+  readonly inFlight: number;
+  readonly delayed: number;
+  readonly dead: number;
+}
+
+export interface DeadLetter {
+  readonly id: string;
+  readonly value: Uint8Array;
+  readonly priority: number;
+  readonly attempts: number;
+  readonly lastError: string | undefined;
+  /** Client time (ms) it was dead-lettered. */
+  readonly deadAtMs: number | undefined;
+}
+
+export interface ProcessOptions extends CallOptions {
+  /** Handlers running at once (default 1, at most `workQueueConcurrencyMax`). */
+  readonly concurrency?: number;
+  /** Extend each claim every third of the visibility timeout while its handler runs (default false). */
+  readonly autoExtend?: boolean;
+  /** Delay before a failed job is redelivered (default 0). */
+  readonly retryDelaySeconds?: number;
+  /** Called when an ack or nack fails (the item is then redelivered after the timeout). */
+  readonly onError?: (err: unknown, job: Job) => void;
+}
+
+export type JobHandler = (job: Job, ctx: { readonly signal: AbortSignal }) => unknown;
+
+/** How much earlier than the server could expire a claim's lease its `lost` fires (as Session). */
+function marginMs(ttlSeconds: number): number {
+  return Math.min(1000, (ttlSeconds * 1000) / 6);
+}
+
+function checkDelay(what: string, s: number | undefined): number {
+  const v = s ?? 0;
+  if (!Number.isFinite(v) || v < 0 || v > workQueueDelaySecondsMax)
+    throw new TypeError(`${what}: delaySeconds must be between 0 and ${workQueueDelaySecondsMax}, got ${s}`);
+  return v;
+}
+
+function checkMaxAttempts(what: string, n: number): number {
+  if (!Number.isSafeInteger(n) || n < 1 || n > workQueueMaxAttemptsMax)
+    throw new TypeError(
+      `${what}: maxAttempts must be an integer from 1 to ${workQueueMaxAttemptsMax}, got ${n}`,
+    );
+  return n;
+}
+
+/** What a Job needs from its queue. */
+interface JobContext {
+  readonly kv: KV;
+  readonly keys: WorkQueueKeys;
+  readonly consumer: string;
+  revoke(lease: LeaseId): void;
+}
+
+/**
+ * One claimed item. Settle it with `ack()` (done), `nack()` (try again, optionally later) or
+ * `deadLetter()`; `await using job = await queue.claim()` nacks an unsettled job at scope exit.
+ * `lost` fires before the claim could expire on the server (unless extended), and when settled.
+ */
+export class Job implements AsyncDisposable {
+  readonly id: string;
+  readonly value: Uint8Array;
+  readonly priority: number;
+  /** Deliveries including this one. */
+  readonly attempts: number;
+  readonly maxAttempts: number;
+  /** Why the previous delivery failed, if one did. */
+  readonly lastError: string | undefined;
+  /** Client time (ms) the item was added. */
+  readonly enqueuedAtMs: number;
+  /** The claim revision: increases with every claim of the queue; guards ack and nack. */
+  readonly token: number;
+  /** The claim's lease. */
+  readonly lease: LeaseId;
+  readonly lost: AbortSignal;
+
+  readonly #ctx: JobContext;
+  readonly #record: StateRecord;
+  readonly #lost = new AbortController();
+  #ttlSeconds: number;
+  #deadline: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #settled = false;
+
+  /** @internal Built by `WorkQueue.claim`. */
+  constructor(
+    ctx: JobContext,
+    id: string,
+    value: Uint8Array,
+    record: StateRecord,
+    token: number,
+    lease: { id: LeaseId; ttlSeconds: number; sentAt: number },
+  ) {
+    this.#ctx = ctx;
+    this.id = id;
+    this.value = value;
+    this.#record = record;
+    this.priority = record.p;
+    this.attempts = record.a;
+    this.maxAttempts = record.m;
+    this.lastError = record.e;
+    this.enqueuedAtMs = idTimeMs(id);
+    this.token = token;
+    this.lease = lease.id;
+    this.lost = this.#lost.signal;
+    this.#ttlSeconds = lease.ttlSeconds;
+    this.#deadline = lease.sentAt + lease.ttlSeconds * 1000 - marginMs(lease.ttlSeconds);
+    this.#arm();
+  }
+
+  /** The body as UTF-8 text. */
+  get text(): string {
+    return toText(this.value);
+  }
+
+  /** Whether ack, nack or deadLetter succeeded. */
+  get settled(): boolean {
+    return this.#settled;
+  }
+
+  /** Milliseconds until `lost` fires if the claim is not extended. */
+  remainingMs(): number {
+    return Math.max(0, this.#deadline - performance.now());
+  }
+
+  #arm(): void {
+    clearTimeout(this.#timer);
+    if (this.#lost.signal.aborted) return;
+    this.#timer = setTimeout(
+      () => {
+        if (performance.now() >= this.#deadline) {
+          this.#fire(
+            new ConclaveError(
+              ErrorCode.SessionLost,
+              `work queue job ${this.id}: the visibility timeout (${this.#ttlSeconds} s) may have passed; the item may be redelivered to another consumer — stop working on it`,
+            ),
+          );
+        } else this.#arm();
+      },
+      Math.max(0, this.#deadline - performance.now()),
+    );
+    this.#timer.unref?.();
+  }
+
+  #fire(reason: unknown): void {
+    clearTimeout(this.#timer);
+    if (!this.#lost.signal.aborted) this.#lost.abort(reason);
+  }
+
+  #lostErr(reason: ClaimLost['reason'], message: string): Err<ClaimLost> {
+    return Err({ id: this.id, token: this.token, reason, message });
+  }
+
+  #settledErr(): Err<ClaimLost> {
+    return this.#lostErr('settled', `work queue job ${this.id}: already acked, nacked or dead-lettered`);
+  }
+
+  #expiredErr(): Err<ClaimLost> {
+    this.#fire(new ConclaveError(ErrorCode.SessionLost, `work queue job ${this.id}: claim lost`));
+    return this.#lostErr(
+      'expired',
+      `work queue job ${this.id}: the claim expired and the item was returned to the queue (it may have been redelivered); the result of this attempt was not recorded`,
+    );
+  }
+
+  /** Marks the job done: deletes the item. `Err(ClaimLost)` if the claim was lost meanwhile. */
+  async ack(opts: CallOptions = {}): Promise<Result<void, ClaimLost>> {
+    if (this.#settled) return this.#settledErr();
+    const { kv, keys } = this.#ctx;
+    const t = await kv.txn(
+      {
+        compare: [this.#guard()],
+        success: [
+          { type: 'delete', key: keys.rec(this.id) },
+          { type: 'delete', key: keys.lease(this.id) },
+          { type: 'delete', key: keys.item(this.id) },
+        ],
+        failure: [],
+      },
+      opts.signal ? { signal: opts.signal } : {},
+    );
+    if (!t.succeeded) return this.#settled ? this.#settledErr() : this.#expiredErr();
+    this.#finish('acked');
+    return Ok(undefined);
+  }
+
+  /**
+   * Gives the item back: ready at once, delayed by `delaySeconds`, or — when this was its last
+   * allowed attempt — dead-lettered with `error`. `Err(ClaimLost)` if the claim was lost meanwhile.
+   */
+  async nack(opts: NackOptions = {}): Promise<Result<NackOutcome, ClaimLost>> {
+    const delaySeconds = checkDelay('nack', opts.delaySeconds);
+    if (this.#settled) return this.#settledErr();
+    const r = this.#record;
+    const next: StateRecord = {
+      p: r.p,
+      a: r.a,
+      m: r.m,
+      ...(opts.error !== undefined ? { e: clipError(opts.error) } : {}),
+      c: this.#ctx.consumer,
+      t: Date.now(),
+    };
+    const dest = requeueKey(this.#ctx.keys, this.id, r);
+    let key = dest.key;
+    let outcome: NackOutcome = dest.dead ? 'dead' : 'ready';
+    if (!dest.dead && delaySeconds > 0) {
+      key = this.#ctx.keys.delayed(next.t! + delaySeconds * 1000, this.id);
+      outcome = 'delayed';
+    }
+    if (!(await this.#move(key, next, opts.signal)))
+      return this.#settled ? this.#settledErr() : this.#expiredErr();
+    this.#finish('nacked');
+    return Ok(outcome);
+  }
+
+  /** Moves the item to dead letters now, with `error`. `Err(ClaimLost)` if the claim was lost. */
+  async deadLetter(opts: { error?: string } & CallOptions = {}): Promise<Result<void, ClaimLost>> {
+    if (this.#settled) return this.#settledErr();
+    const r = this.#record;
+    const next: StateRecord = {
+      p: r.p,
+      a: r.a,
+      m: r.m,
+      e: clipError(opts.error ?? 'dead-lettered by the consumer'),
+      c: this.#ctx.consumer,
+      t: Date.now(),
+    };
+    if (!(await this.#move(this.#ctx.keys.dead(this.id), next, opts.signal)))
+      return this.#settled ? this.#settledErr() : this.#expiredErr();
+    this.#finish('dead-lettered');
+    return Ok(undefined);
+  }
+
+  /**
+   * Restarts the visibility timeout (a lease keep-alive: the full timeout from now).
+   * `Err(ClaimLost)` when the lease is gone; resolves with the new TTL in seconds.
+   */
+  async extend(opts: CallOptions = {}): Promise<Result<number, ClaimLost>> {
+    if (this.#settled) return this.#settledErr();
+    if (this.#lost.signal.aborted) return this.#expiredErr();
+    const sentAt = performance.now();
+    const ka = await this.#ctx.kv.lease.keepAliveOnce(this.lease, opts.signal ? { signal: opts.signal } : {});
+    if (this.#settled) return this.#settledErr();
+    if (ka.ttlSeconds <= 0) return this.#expiredErr();
+    this.#ttlSeconds = ka.ttlSeconds;
+    this.#deadline = sentAt + ka.ttlSeconds * 1000 - marginMs(ka.ttlSeconds);
+    this.#arm();
+    return Ok(ka.ttlSeconds);
+  }
+
+  /** Nacks the job (ready at once) if it is not settled; errors are ignored (the claim expires). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.#settled) await this.nack().catch(() => undefined);
+  }
+
+  /** The claim is still ours: its record was not rewritten since the claim txn. */
+  #guard() {
+    return { key: this.#ctx.keys.rec(this.id), target: 'mod', result: '=', value: this.token } as const;
+  }
+
+  async #move(key: string, next: StateRecord, signal: AbortSignal | undefined): Promise<boolean> {
+    const { kv, keys } = this.#ctx;
+    const t = await kv.txn(
+      {
+        compare: [this.#guard()],
+        success: [
+          { type: 'delete', key: keys.rec(this.id) },
+          { type: 'delete', key: keys.lease(this.id) },
+          { type: 'put', key, value: encodeRecord(next) },
+        ],
+        failure: [],
+      },
+      signal ? { signal } : {},
+    );
+    return t.succeeded;
+  }
+
+  #finish(how: string): void {
+    this.#settled = true;
+    this.#fire(new ConclaveError(ErrorCode.Closed, `work queue job ${this.id} ${how}`));
+    this.#ctx.revoke(this.lease);
+  }
+}
+
+/**
+ * An at-least-once work queue named `name` (a key prefix). Producers `add`; consumers `claim` and
+ * settle jobs, or `process(handler, { concurrency })`. Consuming starts the shared background
+ * duties (reaper and delay promoter) in this participant; `close()` stops them.
+ */
+export class WorkQueue implements AsyncDisposable {
+  readonly session: Session;
+  readonly name: string;
+  readonly visibilityTimeoutSeconds: number;
+  readonly maxAttempts: number;
+
+  readonly #keys: WorkQueueKeys;
+  readonly #ctx: JobContext;
+  readonly #closed = new AbortController();
+  readonly #revokes = new Set<Promise<unknown>>();
+  readonly #processes = new Set<Promise<void>>();
+  #maintenance: WorkQueueMaintenance | undefined;
+  #failure: unknown;
+  #closing: Promise<void> | undefined;
+
+  constructor(session: Session, name: string, opts: WorkQueueOptions = {}) {
+    if (typeof name !== 'string' || name.length === 0)
+      throw new TypeError('WorkQueue: name must be a non-empty string');
+    const vis = opts.visibilityTimeoutSeconds ?? workQueueVisibilityTimeoutSecondsDefault;
+    if (!Number.isSafeInteger(vis) || vis < 1)
+      throw new TypeError(`WorkQueue: visibilityTimeoutSeconds must be a positive integer, got ${vis}`);
+    this.session = session;
+    this.name = name;
+    this.visibilityTimeoutSeconds = vis;
+    this.maxAttempts = checkMaxAttempts('WorkQueue', opts.maxAttempts ?? workQueueMaxAttemptsDefault);
+    this.#keys = new WorkQueueKeys(name);
+    this.#ctx = {
+      kv: session.kv,
+      keys: this.#keys,
+      consumer: leaseHex(session.lease),
+      revoke: (lease) => this.#revoke(lease),
+    };
+  }
+
+  #check(signal: AbortSignal | undefined): void {
+    if (this.#failure !== undefined) throw this.#failure;
+    if (this.#closed.signal.aborted) throw this.#closed.signal.reason;
+    signal?.throwIfAborted();
+  }
+
+  /** Adds an item; resolves with its id. */
+  async add(value: Bytes, opts: AddOptions = {}): Promise<string> {
+    const priority = opts.priority ?? 0;
+    if (!Number.isSafeInteger(priority) || priority < 0 || priority > workQueuePriorityMax)
+      throw new TypeError(`WorkQueue.add: priority must be an integer from 0 to ${workQueuePriorityMax}`);
+    const delaySeconds = checkDelay('WorkQueue.add', opts.delaySeconds);
+    const m = checkMaxAttempts('WorkQueue.add', opts.maxAttempts ?? this.maxAttempts);
+    const body = toBytes(value);
+    this.#check(opts.signal);
+    const now = Date.now();
+    const id = newItemId(now);
+    const rec: StateRecord = { p: priority, a: 0, m, t: now };
+    const key =
+      delaySeconds > 0 ? this.#keys.delayed(now + delaySeconds * 1000, id) : this.#keys.ready(priority, id);
+    const t = await this.session.kv.txn(
+      {
+        compare: [{ key: this.#keys.item(id), target: 'create', result: '=', value: 0 }],
+        success: [
+          { type: 'put', key: this.#keys.item(id), value: body },
+          { type: 'put', key, value: encodeRecord(rec) },
+        ],
+        failure: [],
+      },
+      opts.signal ? { signal: opts.signal } : {},
+    );
+    if (!t.succeeded)
+      throw new ConclaveError(ErrorCode.Conflict, `WorkQueue.add: item id ${id} collided; add again`);
+    return id;
+  }
+
+  /** Counts of ready, in-flight, delayed and dead items, read at one revision. */
+  async stats(opts: CallOptions = {}): Promise<WorkQueueStats> {
+    this.#check(opts.signal);
+    const k = this.#keys;
+    const count = (prefix: string) =>
+      ({ type: 'get', key: prefix, options: { end: prefixEnd(toBytes(prefix)), countOnly: true } }) as const;
+    const t = await this.session.kv.txn(
+      {
+        compare: [],
+        success: [count(k.readyPrefix), count(k.recPrefix), count(k.delayedPrefix), count(k.deadPrefix)],
+        failure: [],
+      },
+      opts.signal ? { signal: opts.signal } : {},
+    );
+    const n = (i: number) => {
+      const r = t.responses[i];
+      return r?.type === 'get' ? r.count : 0;
+    };
+    return { revision: t.revision, ready: n(0), inFlight: n(1), delayed: n(2), dead: n(3) };
+  }
+
+  /**
+   * Waits for an item and claims it. Rejects with the signal's reason, the session's `lost`
+   * reason, `closed`, or a store error; `retries-exhausted` after `workQueueClaimRoundsMax`
+   * consecutive lost races.
+   */
+  async claim(opts: CallOptions = {}): Promise<Job> {
+    const signal = this.#signal(opts.signal);
+    // Terminates: each wait ends at a put under ready/ (or the signal); lost races are bounded.
+    while (true) {
+      const r = await this.#claimRounds(signal);
+      if (r.job) return r.job;
+      await waitReadyPut(this.session.kv, this.#keys.readyPrefix, r.revision + 1, signal);
+    }
+  }
+
+  /** Claims an item if one is ready now; `undefined` when none is. */
+  async tryClaim(opts: CallOptions = {}): Promise<Job | undefined> {
+    return (await this.#claimRounds(this.#signal(opts.signal))).job;
+  }
+
+  #signal(user: AbortSignal | undefined): AbortSignal {
+    this.#check(user);
+    if (this.session.lost.aborted) throw this.session.lost.reason;
+    this.#startMaintenance();
+    const all = [this.#closed.signal, this.session.lost];
+    return AbortSignal.any(user ? [user, ...all] : all);
+  }
+
+  #startMaintenance(): void {
+    if (this.#maintenance) return;
+    this.#maintenance = new WorkQueueMaintenance({
+      kv: this.session.kv,
+      keys: this.#keys,
+      onFailure: (err) => {
+        this.#failure = err;
+        void this.close();
+      },
+    });
+    this.#maintenance.start();
+  }
+
+  /** Claim rounds until a job is won or the queue is seen empty (with the revision it was seen at). */
+  async #claimRounds(signal: AbortSignal): Promise<{ job?: Job; revision: number }> {
+    for (let round = 1; ; round++) {
+      const r = await this.#claimRound(signal);
+      if (r.job || r.empty) return r;
+      if (round >= workQueueClaimRoundsMax)
+        throw new ConclaveError(
+          ErrorCode.RetriesExhausted,
+          `WorkQueue ${this.name}: lost the race for ready items ${round} rounds in a row; too many consumers for this queue — retry later`,
+        );
+    }
+  }
+
+  /**
+   * Reads the first ready keys (priority, then FIFO), grants a claim lease and tries them in
+   * order, one guarded txn each. The lease is revoked unless a claim won (and on any failure, so a
+   * claim that did happen but whose answer was lost returns at once through the reaper).
+   */
+  async #claimRound(signal: AbortSignal): Promise<{ job?: Job; empty: boolean; revision: number }> {
+    const kv = this.session.kv;
+    const span = WorkQueueKeys.span(this.#keys.readyPrefix);
+    const r = await kv.range(span.key, { end: span.end, limit: workQueueClaimCandidatesMax, signal });
+    signal.throwIfAborted();
+    if (r.kvs.length === 0) return { empty: true, revision: r.revision };
+    const sentAt = performance.now();
+    const grant = await kv.lease.grant(this.visibilityTimeoutSeconds, { signal });
+    let won = false;
+    try {
+      for (const cand of r.kvs) {
+        signal.throwIfAborted();
+        const job = await this.#tryCandidate(cand, { ...grant, sentAt }, signal);
+        if (job) {
+          won = true;
+          return { job, empty: false, revision: job.token };
+        }
+      }
+      return { empty: false, revision: r.revision };
+    } finally {
+      if (!won) this.#revoke(grant.id);
+    }
+  }
+
+  async #tryCandidate(
+    cand: KeyValue,
+    lease: { id: LeaseId; ttlSeconds: number; sentAt: number },
+    signal: AbortSignal,
+  ): Promise<Job | undefined> {
+    const id = idOf(cand.key);
+    const rec = decodeRecord(cand.key, cand.value);
+    const claimed: StateRecord = { p: rec.p, a: rec.a + 1, m: rec.m, c: this.#ctx.consumer, t: Date.now() };
+    if (rec.e !== undefined) Object.assign(claimed, { e: rec.e });
+    const t = await this.session.kv.txn(
+      {
+        compare: [{ key: cand.key, target: 'mod', result: '=', value: cand.modRevision }],
+        success: [
+          { type: 'delete', key: cand.key },
+          { type: 'put', key: this.#keys.rec(id), value: encodeRecord(claimed) },
+          { type: 'put', key: this.#keys.lease(id), value: '', options: { lease: lease.id } },
+          { type: 'get', key: this.#keys.item(id) },
+        ],
+        failure: [],
+      },
+      { signal },
+    );
+    if (!t.succeeded) return undefined;
+    const body = t.responses[3]?.type === 'get' ? t.responses[3].kvs[0]?.value : undefined;
+    return new Job(this.#ctx, id, body ?? new Uint8Array(0), claimed, t.revision, lease);
+  }
+
+  /**
+   * Runs `handler` for each claimed job, at most `concurrency` at once (a p-queue that is never
+   * fed more than it can run). A handler that returns acks the job (unless it settled it itself);
+   * one that throws nacks it with the error (after `retryDelaySeconds`). The handler's `signal`
+   * fires when the job's claim may expire, or when processing stops. Resolves never; rejects
+   * with the reason processing stopped (signal, close, session loss, store failure) after the
+   * running handlers have finished.
+   */
+  async process(handler: JobHandler, opts: ProcessOptions = {}): Promise<never> {
+    const concurrency = opts.concurrency ?? 1;
+    if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > workQueueConcurrencyMax)
+      throw new TypeError(
+        `WorkQueue.process: concurrency must be an integer from 1 to ${workQueueConcurrencyMax}`,
+      );
+    checkDelay('WorkQueue.process retryDelaySeconds', opts.retryDelaySeconds);
+    const stop = this.#signal(opts.signal);
+    const run = this.#processLoop(handler, opts, concurrency, stop);
+    const tracked = run.catch(() => undefined);
+    this.#processes.add(tracked);
+    try {
+      return await run;
+    } finally {
+      this.#processes.delete(tracked);
+    }
+  }
+
+  async #processLoop(
+    handler: JobHandler,
+    opts: ProcessOptions,
+    concurrency: number,
+    stop: AbortSignal,
+  ): Promise<never> {
+    const q = new PQueue({ concurrency });
+    let failures = 0;
+    try {
+      while (!stop.aborted) {
+        await freeSlot(q, concurrency, stop);
+        if (stop.aborted) break;
+        let job: Job;
+        try {
+          job = await this.claim({ signal: stop });
+          failures = 0;
+        } catch (err) {
+          if (stop.aborted) break;
+          if (++failures >= workQueueProcessErrorsMax) throw err;
+          await delay(Math.min(2000, 50 * 2 ** failures), stop);
+          continue;
+        }
+        void q.add(() => this.#runJob(job, handler, opts, stop));
+      }
+    } finally {
+      await q.onIdle();
+    }
+    throw this.#failure ?? abortReason(stop);
+  }
+
+  async #runJob(job: Job, handler: JobHandler, opts: ProcessOptions, stop: AbortSignal): Promise<void> {
+    const signal = AbortSignal.any([job.lost, stop]);
+    let extender: ReturnType<typeof setInterval> | undefined;
+    if (opts.autoExtend) {
+      extender = setInterval(
+        () => void job.extend().catch(() => undefined),
+        Math.max(100, (this.visibilityTimeoutSeconds * 1000) / 3),
+      );
+      extender.unref?.();
+    }
+    const report = (err: unknown) => opts.onError?.(err, job);
+    try {
+      let failed: unknown;
+      let threw = false;
+      try {
+        await handler(job, { signal });
+      } catch (err) {
+        threw = true;
+        failed = err;
+      }
+      clearInterval(extender);
+      if (job.settled) return;
+      const r = threw
+        ? await job.nack({
+            error: failed instanceof Error ? failed.message : String(failed),
+            ...(opts.retryDelaySeconds ? { delaySeconds: opts.retryDelaySeconds } : {}),
+          })
+        : await job.ack();
+      if (r.isErr() && r.error.reason === 'expired')
+        report(new ConclaveError(ErrorCode.SessionLost, r.error.message, { details: { id: job.id } }));
+    } catch (err) {
+      report(err);
+    } finally {
+      clearInterval(extender);
+    }
+  }
+
+  /**
+   * Dead letters, oldest id first, with their bodies (at most `workQueueDeadLettersPageMax`).
+   * `after`: an id to continue after.
+   */
+  async deadLetters(opts: { limit?: number; after?: string } & CallOptions = {}): Promise<DeadLetter[]> {
+    const limit = Math.min(opts.limit ?? workQueueDeadLettersPageMax, workQueueDeadLettersPageMax);
+    this.#check(opts.signal);
+    const k = this.#keys;
+    const span = WorkQueueKeys.span(k.deadPrefix);
+    const from = opts.after !== undefined ? `${k.dead(opts.after)}\0` : span.key;
+    const kv = this.session.kv;
+    const r = await kv.range(from, { end: span.end, limit, ...(opts.signal ? { signal: opts.signal } : {}) });
+    if (r.kvs.length === 0) return [];
+    const ids = r.kvs.map((x) => idOf(x.key));
+    const bodies = await kv.txn(
+      { compare: [], success: ids.map((id) => ({ type: 'get', key: k.item(id) }) as const), failure: [] },
+      opts.signal ? { signal: opts.signal } : {},
+    );
+    return r.kvs.map((x, i) => {
+      const rec = decodeRecord(x.key, x.value);
+      const b = bodies.responses[i];
+      return {
+        id: ids[i]!,
+        value: b?.type === 'get' ? (b.kvs[0]?.value ?? new Uint8Array(0)) : new Uint8Array(0),
+        priority: rec.p,
+        attempts: rec.a,
+        lastError: rec.e,
+        deadAtMs: rec.t,
+      };
+    });
+  }
+
+  /** Moves a dead letter back to ready with its attempts reset. False if there is no such dead letter. */
+  async requeueDead(id: string, opts: CallOptions = {}): Promise<boolean> {
+    this.#check(opts.signal);
+    const kv = this.session.kv;
+    const o = opts.signal ? { signal: opts.signal } : {};
+    const cur = await kv.get(this.#keys.dead(id), o);
+    if (!cur) return false;
+    const rec = decodeRecord(cur.key, cur.value);
+    const next: StateRecord = { p: rec.p, a: 0, m: rec.m, ...(rec.e ? { e: rec.e } : {}), t: Date.now() };
+    const t = await kv.txn(
+      {
+        compare: [{ key: cur.key, target: 'mod', result: '=', value: cur.modRevision }],
+        success: [
+          { type: 'delete', key: cur.key },
+          { type: 'put', key: this.#keys.ready(rec.p, id), value: encodeRecord(next) },
+        ],
+        failure: [],
+      },
+      o,
+    );
+    return t.succeeded;
+  }
+
+  /** Deletes a dead letter and its body. False if there is no such dead letter. */
+  async deleteDead(id: string, opts: CallOptions = {}): Promise<boolean> {
+    this.#check(opts.signal);
+    const t = await this.session.kv.txn(
+      {
+        compare: [{ key: this.#keys.dead(id), target: 'create', result: '>', value: 0 }],
+        success: [
+          { type: 'delete', key: this.#keys.dead(id) },
+          { type: 'delete', key: this.#keys.item(id) },
+        ],
+        failure: [],
+      },
+      opts.signal ? { signal: opts.signal } : {},
+    );
+    return t.succeeded;
+  }
+
+  #revoke(lease: LeaseId): void {
+    if (this.#revokes.size >= workQueueRevokesPendingMax) return; // It expires on its own.
+    const p = this.session.kv.lease.revoke(lease).catch(() => undefined);
+    this.#revokes.add(p);
+    void p.finally(() => this.#revokes.delete(p));
+  }
+
+  /**
+   * Stops claiming and the background duties, waits for running `process` handlers to settle
+   * their jobs and for pending lease revocations. Claimed jobs that are not settled stay claimed
+   * until their visibility timeout. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed.abort(new ConclaveError(ErrorCode.Closed, `work queue ${this.name} closed`));
+      await Promise.allSettled([...this.#processes]);
+      await this.#maintenance?.close();
+      await Promise.allSettled([...this.#revokes]);
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** Waits until `q` runs fewer than `concurrency` tasks (or `stop` aborts). */
+function freeSlot(q: PQueue, concurrency: number, stop: AbortSignal): Promise<void> {
+  if (q.pending + q.size < concurrency || stop.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (q.pending + q.size < concurrency || stop.aborted) {
+        q.off('next', check);
+        stop.removeEventListener('abort', check);
+        resolve();
+      }
+    };
+    q.on('next', check);
+    stop.addEventListener('abort', check, { once: true });
+  });
+}
+
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/**
+ * Resolves at the first put under `prefix` at or after `fromRevision` (a new ready item), or at
+ * once when that revision was compacted (the caller re-reads anyway). Rejects with the reason of
+ * `signal`.
+ */
+async function waitReadyPut(
+  kv: KV,
+  prefix: string,
+  fromRevision: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const span = WorkQueueKeys.span(prefix);
+  const w = kv.watch(span.key, { end: span.end, startRevision: fromRevision, filters: ['nodelete'], signal });
+  try {
+    for await (const b of w) if (b.events.length > 0) return;
+    throw abortReason(signal);
+  } catch (err) {
+    if (signal.aborted) throw abortReason(signal);
+    if (ConclaveError.is(err, ErrorCode.Compacted) || ConclaveError.is(err, ErrorCode.WatchOverflow)) return;
+    throw err;
+  } finally {
+    await w.close();
+  }
+}

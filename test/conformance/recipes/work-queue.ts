@@ -1,0 +1,297 @@
+import { expect, it } from 'vitest';
+import { type Job, WorkQueue } from '../../../recipes/work-queue.js';
+import { ConclaveError } from '../../../src/errors.js';
+import type { KV } from '../../../src/kv.js';
+import { Session } from '../../../src/session.js';
+import type { RegisterTests } from '../context.js';
+import { sleep, waitFor } from '../util.js';
+
+/** Conformance tests of WorkQueue (issue 7); run on every backend. */
+export const registerWorkQueueTests: RegisterTests = (ctx) => {
+  /** A session and a queue on `kv`; the visibility timeout is the store's minimum TTL unless given. */
+  async function open(kv: KV, name: string, opts: { visibilitySeconds?: number; maxAttempts?: number } = {}) {
+    const { backend } = ctx();
+    const session = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const queue = new WorkQueue(session, name, {
+      visibilityTimeoutSeconds: opts.visibilitySeconds ?? backend.minTtlSeconds,
+      ...(opts.maxAttempts ? { maxAttempts: opts.maxAttempts } : {}),
+    });
+    return {
+      session,
+      queue,
+      async [Symbol.asyncDispose]() {
+        await queue.close();
+        await session.close().catch(() => undefined);
+      },
+    };
+  }
+  const timeout = (ms: number) => ({ signal: AbortSignal.timeout(ms) });
+
+  it('work queue — a consumer killed mid-job has its item redelivered after the visibility timeout', async () => {
+    const { kv, prefix, newKv, backend } = ctx();
+    const name = `${prefix('wq-kill')}jobs`;
+    const vis = backend.minTtlSeconds;
+    await using a = await open(kv, name);
+    await a.queue.add('payload');
+    const kvB = await newKv();
+    const b = await open(kvB, name);
+    const before = performance.now();
+    const jobB = await b.queue.claim(timeout(10_000));
+    expect(jobB.attempts).toBe(1);
+    // Killed: its client goes away without ack, keep-alives or revocation.
+    await kvB.close();
+    const job = await a.queue.claim(timeout(vis * 1000 + 12_000));
+    const elapsedMs = performance.now() - before;
+    expect(job.id).toBe(jobB.id);
+    expect(job.text).toBe('payload');
+    expect(job.attempts).toBe(2);
+    expect(job.lastError).toMatch(/expired/);
+    // The claim lease was granted after `before`, and no store expires a lease before its TTL.
+    expect(elapsedMs).toBeGreaterThanOrEqual(vis * 1000 - 100);
+    expect(jobB.lost.aborted).toBe(true);
+    expect((await job.ack()).isOk()).toBe(true);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+    await b[Symbol.asyncDispose]();
+  }, 30_000);
+
+  it('work queue — ack deletes the item, the stats follow it, and a second ack is Err(settled)', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-ack')}jobs`;
+    await using a = await open(kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    for (const v of ['x', 'y', 'z']) await a.queue.add(v);
+    expect(await a.queue.stats()).toMatchObject({ ready: 3, inFlight: 0, delayed: 0, dead: 0 });
+    const job = await a.queue.claim(timeout(10_000));
+    expect(job.text).toBe('x');
+    expect(await a.queue.stats()).toMatchObject({ ready: 2, inFlight: 1 });
+    expect(await kv.get(`${name}/inflight/lease/${job.id}`)).toMatchObject({ lease: job.lease });
+    expect((await job.ack()).isOk()).toBe(true);
+    expect(job.settled).toBe(true);
+    expect(job.lost.aborted).toBe(true);
+    expect(await a.queue.stats()).toMatchObject({ ready: 2, inFlight: 0, delayed: 0, dead: 0 });
+    expect(await kv.get(`${name}/items/${job.id}`)).toBeUndefined();
+    expect((await kv.range(`${name}/items/`, { prefix: true, countOnly: true })).count).toBe(2);
+    const again = await job.ack();
+    expect(again.isErr() && again.error.reason).toBe('settled');
+  }, 30_000);
+
+  it('work queue — an ack after the claim expired and the item was redelivered is Err(expired)', async () => {
+    const { kv, prefix, newKv } = ctx();
+    const name = `${prefix('wq-late-ack')}jobs`;
+    await using a = await open(kv, name);
+    await using b = await open(await newKv(), name);
+    await a.queue.add('slow');
+    const slow = await a.queue.claim(timeout(10_000));
+    // The claim's lease ends (as if the visibility timeout passed) while the consumer still works.
+    await kv.lease.revoke(slow.lease);
+    const again = await b.queue.claim(timeout(15_000));
+    expect(again.id).toBe(slow.id);
+    expect(again.attempts).toBe(2);
+    const late = await slow.ack();
+    expect(late.isErr()).toBe(true);
+    if (late.isErr()) {
+      expect(late.error.reason).toBe('expired');
+      expect(late.error.message).toMatch(/redelivered/);
+    }
+    expect(slow.lost.aborted).toBe(true);
+    // The redelivered claim is unaffected and settles normally.
+    expect((await again.ack()).isOk()).toBe(true);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 30_000);
+
+  it('work queue — a nack with a delay is not redelivered before the delay, and is after it', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-nack')}jobs`;
+    await using a = await open(kv, name);
+    await a.queue.add('retry-me');
+    const job = await a.queue.claim(timeout(10_000));
+    const nackedAt = Date.now();
+    const r = await job.nack({ delaySeconds: 2, error: 'boom' });
+    expect(r.isOk() && r.value).toBe('delayed');
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 1 });
+    expect(await a.queue.tryClaim()).toBeUndefined();
+    const again = await a.queue.claim(timeout(15_000));
+    expect(Date.now() - nackedAt).toBeGreaterThanOrEqual(2000);
+    expect(again.id).toBe(job.id);
+    expect(again.attempts).toBe(2);
+    expect(again.lastError).toBe('boom');
+    expect((await again.ack()).isOk()).toBe(true);
+  }, 30_000);
+
+  it('work queue — after maxAttempts failed deliveries the item is a dead letter with its last error', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-dead')}jobs`;
+    await using a = await open(kv, name, { maxAttempts: 3 });
+    const id = await a.queue.add('poison');
+    for (let i = 1; i <= 3; i++) {
+      const job = await a.queue.claim(timeout(10_000));
+      expect(job.attempts).toBe(i);
+      const r = await job.nack({ error: `failure ${i}` });
+      expect(r.isOk() && r.value).toBe(i < 3 ? 'ready' : 'dead');
+    }
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 1 });
+    expect(await a.queue.tryClaim()).toBeUndefined();
+    expect(await kv.get(`${name}/dead/${id}`)).toBeDefined();
+    const dead = await a.queue.deadLetters();
+    expect(dead).toHaveLength(1);
+    expect(dead[0]).toMatchObject({ id, attempts: 3, lastError: 'failure 3' });
+    expect(new TextDecoder().decode(dead[0]!.value)).toBe('poison');
+    // A dead letter can be given another round of attempts.
+    expect(await a.queue.requeueDead(id)).toBe(true);
+    const revived = await a.queue.claim(timeout(10_000));
+    expect(revived.attempts).toBe(1);
+    expect((await revived.ack()).isOk()).toBe(true);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 30_000);
+
+  it('work queue — a claim that expires on its last allowed attempt goes to dead letters', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-dead-expired')}jobs`;
+    await using a = await open(kv, name, { maxAttempts: 1 });
+    const id = await a.queue.add('once');
+    const job = await a.queue.claim(timeout(10_000));
+    await kv.lease.revoke(job.lease);
+    await waitFor(async () => (await a.queue.stats()).dead === 1, 15_000, 'the dead letter');
+    const [dead] = await a.queue.deadLetters();
+    expect(dead).toMatchObject({ id, attempts: 1 });
+    expect(dead!.lastError).toMatch(/expired/);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0 });
+  }, 30_000);
+
+  it('work queue — 4 consumers on separate clients handle every job, none at once by two of them', async () => {
+    const { kv, prefix, newKv, backend } = ctx();
+    const name = `${prefix('wq-many')}jobs`;
+    const jobs = 40;
+    await using producer = await open(kv, name);
+    for (let i = 0; i < jobs; i++) await producer.queue.add(`job-${i}`);
+    const consumers = await Promise.all(
+      Array.from({ length: 4 }, async () =>
+        open(await newKv(), name, { visibilitySeconds: backend.minTtlSeconds + 20 }),
+      ),
+    );
+    const active = new Set<string>();
+    const handled = new Map<string, number>();
+    const overlaps: string[] = [];
+    const stop = new AbortController();
+    const runs = consumers.map((c) =>
+      c.queue
+        .process(
+          async (job) => {
+            if (active.has(job.id)) overlaps.push(job.id);
+            active.add(job.id);
+            await sleep(Math.floor(Math.random() * 10));
+            handled.set(job.text, (handled.get(job.text) ?? 0) + 1);
+            active.delete(job.id);
+          },
+          { concurrency: 2, signal: stop.signal },
+        )
+        .catch((err: unknown) => err),
+    );
+    await waitFor(
+      async () => (await producer.queue.stats()).ready === 0 && active.size === 0 && handled.size === jobs,
+      30_000,
+      'every job handled',
+    );
+    stop.abort(new Error('done'));
+    for (const r of await Promise.all(runs)) expect((r as Error).message).toBe('done');
+    for (const c of consumers) await c[Symbol.asyncDispose]();
+    expect(overlaps).toEqual([]);
+    expect([...handled.values()].every((n) => n === 1)).toBe(true);
+    expect(handled.size).toBe(jobs);
+    expect(await producer.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 60_000);
+
+  it('work queue — process never runs more handlers at once than its concurrency, and retries a failed job', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-conc')}jobs`;
+    await using a = await open(kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    for (let i = 0; i < 12; i++) await a.queue.add(i === 5 ? 'fail-once' : `job-${i}`);
+    let running = 0;
+    let maxRunning = 0;
+    const done: Job[] = [];
+    const stop = new AbortController();
+    const run = a.queue
+      .process(
+        async (job) => {
+          running++;
+          maxRunning = Math.max(maxRunning, running);
+          try {
+            await sleep(100);
+            if (job.text === 'fail-once' && job.attempts === 1) throw new Error('first try fails');
+            done.push(job);
+          } finally {
+            running--;
+          }
+        },
+        { concurrency: 3, signal: stop.signal },
+      )
+      .catch((err: unknown) => err);
+    await waitFor(() => done.length === 12, 20_000, 'all 12 jobs');
+    stop.abort(new Error('stop'));
+    expect(((await run) as Error).message).toBe('stop');
+    expect(maxRunning).toBe(3);
+    const retried = done.find((j) => j.text === 'fail-once');
+    expect(retried?.attempts).toBe(2);
+    expect(retried?.lastError).toBe('first try fails');
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 30_000);
+
+  it('work queue — items are claimed by priority (lower first), FIFO within a priority', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-prio')}jobs`;
+    await using a = await open(kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    const adds: Array<[string, number]> = [
+      ['a', 5],
+      ['b', 1],
+      ['c', 1],
+      ['d', 0],
+      ['e', 5],
+      ['f', 1],
+    ];
+    for (const [v, priority] of adds) await a.queue.add(v, { priority });
+    const order: string[] = [];
+    for (let i = 0; i < adds.length; i++) {
+      const job = await a.queue.claim(timeout(10_000));
+      order.push(job.text);
+      expect(job.priority).toBe(adds.find(([v]) => v === job.text)![1]);
+      await job.ack();
+    }
+    expect(order).toEqual(['d', 'b', 'c', 'f', 'a', 'e']);
+  }, 30_000);
+
+  it('work queue — a delayed add is claimable only once due, while others pass it', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-delay')}jobs`;
+    await using a = await open(kv, name);
+    const addedAt = Date.now();
+    await a.queue.add('later', { delaySeconds: 2 });
+    await a.queue.add('now');
+    expect(await a.queue.stats()).toMatchObject({ ready: 1, delayed: 1 });
+    const first = await a.queue.claim(timeout(10_000));
+    expect(first.text).toBe('now');
+    await first.ack();
+    expect(await a.queue.tryClaim()).toBeUndefined();
+    const second = await a.queue.claim(timeout(15_000));
+    expect(second.text).toBe('later');
+    expect(Date.now() - addedAt).toBeGreaterThanOrEqual(2000);
+    expect(second.attempts).toBe(1);
+    await second.ack();
+  }, 30_000);
+
+  it('work queue — an aborted claim rejects with the reason and claims nothing', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-abort')}jobs`;
+    await using a = await open(kv, name);
+    const ac = new AbortController();
+    const reason = new Error('gave up');
+    const waiting = a.queue.claim({ signal: ac.signal });
+    await sleep(50);
+    ac.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+    await a.queue.add('still here');
+    const job = await a.queue.claim(timeout(10_000));
+    expect(job.text).toBe('still here');
+    await job.ack();
+    await a.queue.close();
+    await expect(a.queue.claim()).rejects.toSatisfy((e: unknown) => ConclaveError.is(e, 'closed'));
+  }, 30_000);
+};
