@@ -406,6 +406,38 @@ export const registerNamingTests: RegisterTests = (ctx) => {
     expect(c.items.at(-1)!.resync).toBeUndefined();
   }, 30_000);
 
+  it('naming — a resolver cut off while instances change and history is compacted resyncs to the right list', async (t) => {
+    const { kv, prefix, backend } = ctx();
+    if (!backend.supports.cutConnection || !backend.proxied) {
+      t.skip();
+      return;
+    }
+    const service = `${prefix('naming-cut')}svc`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 10 });
+    await using registry = new ServiceRegistry();
+    const a = await registry.register(s, service, { id: 'a', addr: 'a:1' });
+    const proxied = await backend.proxied();
+    try {
+      await using r = await resolveService(proxied.kv, service);
+      const c = collectChanges(r);
+      expect(ids(r)).toEqual(['a']);
+      await proxied.cut();
+      await a.close();
+      await registry.register(s, service, { id: 'b', addr: 'b:1' });
+      const rev = (await kv.status()).revision;
+      await kv.compact(rev);
+      await proxied.restore();
+      await waitFor(() => ids(r).join() === 'b', 15_000, 'the list written while cut off');
+      const last = c.items.at(-1)!;
+      expect(last.resync).toBe('compacted');
+      expect(last.instances.map((i) => i.id)).toEqual(['b']);
+      await registry.register(s, service, { id: 'c', addr: 'c:1' });
+      await waitFor(() => ids(r).join() === 'b,c', 10_000, 'a change after the resync');
+    } finally {
+      await proxied.close();
+    }
+  }, 40_000);
+
   it('naming — a resolver tracks at most instancesMax instances and a slow iterator gets one merged change', async () => {
     const { kv, prefix, backend } = ctx();
     const service = `${prefix('naming-bounds')}svc`;
