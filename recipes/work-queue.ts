@@ -654,6 +654,11 @@ export class WorkQueue implements AsyncDisposable {
           await delay(Math.min(2000, 50 * 2 ** failures), stop);
           continue;
         }
+        if (stop.aborted) {
+          // Stopped while claiming: give the job straight back rather than start it.
+          await job.nack().catch(() => undefined);
+          break;
+        }
         void q.add(() => this.#runJob(job, handler, opts, stop));
       }
     } finally {

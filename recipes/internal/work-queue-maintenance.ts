@@ -282,13 +282,12 @@ export class WorkQueueMaintenance {
         from = new Uint8Array([...last.key, 0]);
       }
     }
-    if (read >= workQueueSweepKeysMax) this.#sweepWanted = true;
+    // Past the bound, the records beyond it are checked by a later sweep (or by their lease's
+    // delete event); sweeping again at once could spin on a backlog that is simply in flight.
     for (const id of orphans) {
       signal.throwIfAborted();
       await this.reap(id, signal);
     }
-    if (this.#sweepWanted && !this.#reaping)
-      this.#reaping = this.#drainReaps().finally(() => (this.#reaping = undefined));
     return revision;
   }
 

@@ -98,6 +98,26 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
   }, 30_000);
 
+  it('work queue — a claim that expired while no consumer ran is returned by the next consumer’s start-up sweep', async () => {
+    const { kv, prefix, newKv } = ctx();
+    const name = `${prefix('wq-sweep')}jobs`;
+    await using producer = await open(kv, name);
+    const id = await producer.queue.add('orphan');
+    const b = await open(await newKv(), name);
+    const job = await b.queue.claim(timeout(10_000));
+    // The only consumer stops (its reaper with it) and its claim ends while nobody watches.
+    await b.queue.close();
+    await kv.lease.revoke(job.lease);
+    expect(await kv.get(`${name}/inflight/lease/${id}`)).toBeUndefined();
+    expect(await producer.queue.stats()).toMatchObject({ ready: 0, inFlight: 1 });
+    await using c = await open(await newKv(), name);
+    const again = await c.queue.claim(timeout(15_000));
+    expect(again.id).toBe(id);
+    expect(again.attempts).toBe(2);
+    expect((await again.ack()).isOk()).toBe(true);
+    await b[Symbol.asyncDispose]();
+  }, 30_000);
+
   it('work queue — a nack with a delay is not redelivered before the delay, and is after it', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-nack')}jobs`;
