@@ -162,7 +162,9 @@ abstract class ClaimQueue<I extends QueueItem> {
       prefix: true,
       limit: queueClaimBatchMax,
       keysOnly: true,
-      sort: { target: this.#orderByKey ? 'key' : 'mod', order: 'ascend' },
+      // Key order is the store's natural order: asking for no sort lets etcd stop at the limit
+      // (any explicit sort makes etcd 3.4 read the whole range first, as the mod sort must).
+      ...(this.#orderByKey ? {} : { sort: { target: 'mod', order: 'ascend' } as const }),
       signal,
     });
     if (r.kvs.length === 0) return { kind: 'empty', revision: r.revision };

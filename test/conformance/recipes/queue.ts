@@ -157,6 +157,35 @@ export const registerQueueTests: RegisterTests = (ctx) => {
     expect((await q.tryDequeue()).isErr()).toBe(true);
   });
 
+  it('queue — a dequeue whose watch start revision was compacted re-reads and takes the item', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('q-compact')}jobs`;
+    let fired = false;
+    // After the dequeue's first (empty) read: an item arrives and history past it is compacted,
+    // so the watch from after the read fails `compacted`.
+    const compacting = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'range') {
+          return async (...args: Parameters<KV['range']>) => {
+            const r = await target.range(...args);
+            if (!fired) {
+              fired = true;
+              await new Queue(target, name).enqueue('survivor');
+              const { revision } = await target.put(`${name}-other`, 'bump');
+              await target.compact(revision);
+            }
+            return r;
+          };
+        }
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const item = await new Queue(compacting, name).dequeue({ signal: AbortSignal.timeout(20_000) });
+    expect(fired).toBe(true);
+    expect(item.text()).toBe('survivor');
+  });
+
   it('queue — tryDequeue on an empty queue is Err with the revision it saw empty', async () => {
     const { kv, prefix } = ctx();
     const q = new Queue(kv, `${prefix('q-empty')}jobs`);
