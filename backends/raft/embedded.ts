@@ -45,6 +45,7 @@ import {
 } from '../../src/validate.js';
 import type { NodeStorage } from './consensus/memory-storage.js';
 import type { NodeId } from './consensus/types.js';
+import { FailoverWatch } from './failover-watch.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { MemoryTransport } from './transport/memory.js';
@@ -157,6 +158,23 @@ export class EmbeddedCluster {
     }
   }
 
+  /** A new client of this cluster (its own open/closed state; closing it leaves the cluster running). */
+  client(): KV {
+    return new EmbeddedKV(this);
+  }
+
+  /** Waits (bounded by the request timeout) for a live member: where a moved watch goes. */
+  async liveMember(signal: AbortSignal): Promise<RaftNode> {
+    const until = performance.now() + this.#o.requestTimeoutMs;
+    while (true) {
+      for (const n of this.members.values()) if (!n.stopped) return n;
+      signal.throwIfAborted();
+      if (performance.now() > until)
+        throw new ConclaveError(ErrorCode.Unavailable, 'embedded cluster: no live member to serve the watch');
+      await new Promise((r) => setTimeout(r, this.#o.tickMs));
+    }
+  }
+
   /** A live member (for serializable reads and watches). */
   anyMember(): RaftNode {
     for (const n of this.members.values()) if (!n.stopped) return n;
@@ -174,7 +192,7 @@ export class EmbeddedCluster {
    */
   async restart(id: NodeId): Promise<RaftNode | undefined> {
     const old = this.members.get(id);
-    if (!old || !old.stopped) return old;
+    if (!old?.stopped) return old;
     await old.stop();
     const storage =
       this.#o.dataDir !== undefined ? await openMemberStorage(this.#o, id, this.ids) : old.storage;
@@ -257,6 +275,8 @@ export async function connectEmbedded(o: EmbeddedConnectOptions): Promise<KV> {
 export class EmbeddedKV implements KV {
   readonly #c: EmbeddedCluster;
   #closed = false;
+  /** Open watches, ended by `close()` (bounded by the store's `watchersMax`). */
+  readonly #watches = new Set<FailoverWatch>();
   readonly lease: LeaseApi;
 
   constructor(c: EmbeddedCluster) {
@@ -394,7 +414,9 @@ export class EmbeddedKV implements KV {
     this.#open(o);
     checkBytes('key', key);
     if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
-    return this.#c.anyMember().store.hub.watch(key, o);
+    const w = new FailoverWatch(this.#c, key, o, (closed) => this.#watches.delete(closed));
+    this.#watches.add(w);
+    return w;
   }
 
   async compact(revision: number, o: CompactOptions = {}): Promise<void> {
@@ -416,8 +438,10 @@ export class EmbeddedKV implements KV {
     };
   }
 
+  /** Closes the client: later calls fail `closed`, and its open watches end. */
   async close(): Promise<void> {
     this.#closed = true;
+    await Promise.all([...this.#watches].map((w) => w.close()));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

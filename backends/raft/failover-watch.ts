@@ -1,0 +1,99 @@
+/**
+ * An embedded client's watch that survives the member serving it. Watches are served by one
+ * member from its applied state (as etcd serves them from the member a client is connected to);
+ * when that member stops, its watches end with `closed`. Like etcd's client, which reopens a broken
+ * watch stream on another endpoint from the last delivered revision + 1, this wrapper moves the
+ * watch to another live member, resuming from the revision after the last batch it delivered:
+ * nothing is lost or repeated. A revision the new member has already compacted surfaces as the
+ * usual `compacted` error; a new member that has not yet applied that revision simply delivers
+ * it when it does (a watch may start at a future revision).
+ */
+import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import type { Bytes, Watch, WatchBatch, WatchOptions } from '../../src/types.js';
+import type { RaftNode } from './node/node.js';
+
+export interface WatchSource {
+  /** A live member to serve the watch, waiting (bounded) for one; rejects `unavailable`. */
+  liveMember(signal: AbortSignal): Promise<RaftNode>;
+  /** The current leader, if any (synchronous: for the first subscription). */
+  leader(): RaftNode | undefined;
+  /** Some live member; throws `unavailable` when none is. */
+  anyMember(): RaftNode;
+}
+
+export class FailoverWatch implements Watch {
+  readonly ready = Promise.resolve();
+  /** Member failovers this watch went through (for tests and diagnostics). */
+  failovers = 0;
+  /** The id of the member serving the watch now (for tests and diagnostics). */
+  servedBy: number;
+  readonly #src: WatchSource;
+  readonly #key: Bytes;
+  readonly #o: WatchOptions;
+  readonly #stop = new AbortController();
+  readonly #onAbort = () => void this.close();
+  #inner: Watch;
+  /** The first revision not yet delivered: where a moved watch resumes. */
+  #nextRev: number;
+  readonly #onClose: (w: FailoverWatch) => void;
+
+  constructor(src: WatchSource, key: Bytes, o: WatchOptions, onClose: (w: FailoverWatch) => void) {
+    this.#src = src;
+    this.#key = key;
+    this.#o = o;
+    this.#onClose = onClose;
+    // Served by the leader when there is one: the client's writes are applied there first (a
+    // write resolves once the leader applied it), so a watch created after a write — or after a
+    // compaction — sees it, as an etcd client sees its own writes on the member it talks to.
+    const member = src.leader() ?? src.anyMember();
+    // The hub starts a watch without a start revision at the member's next revision: record it,
+    // so a failover before the first batch still resumes exactly there.
+    this.#nextRev = o.startRevision ?? member.store.revision + 1;
+    this.servedBy = member.id;
+    this.#inner = this.#subscribe(member);
+    if (o.signal?.aborted) queueMicrotask(() => void this.close());
+    else o.signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  #subscribe(member: RaftNode): Watch {
+    const { signal: _own, ...rest } = this.#o;
+    return member.store.hub.watch(this.#key, { ...rest, startRevision: this.#nextRev });
+  }
+
+  async close(): Promise<void> {
+    if (this.#stop.signal.aborted) return;
+    this.#stop.abort(new ConclaveError(ErrorCode.Closed, 'the watch was closed'));
+    this.#o.signal?.removeEventListener('abort', this.#onAbort);
+    this.#onClose(this);
+    await this.#inner.close();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
+    try {
+      while (true) {
+        try {
+          for await (const batch of this.#inner) {
+            this.#nextRev = batch.revision + 1;
+            yield batch;
+          }
+          return; // closed by us
+        } catch (err) {
+          // Only the serving member's shutdown moves the watch; anything else (compacted,
+          // overflow, too many watchers) is the watch's real outcome.
+          if (this.#stop.signal.aborted || !ConclaveError.is(err) || err.code !== ErrorCode.Closed) throw err;
+          const member = this.#src.leader() ?? (await this.#src.liveMember(this.#stop.signal));
+          if (this.#stop.signal.aborted) return;
+          this.failovers++;
+          this.servedBy = member.id;
+          this.#inner = this.#subscribe(member);
+        }
+      }
+    } finally {
+      await this.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
