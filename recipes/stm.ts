@@ -255,7 +255,9 @@ class Attempt implements STM {
       return this.#cache(k, pre.keys.get(i));
     }
     const r = await this.#read(k, undefined, signal);
-    return this.#keys.get(i)?.kv ?? this.#cache(k, r.kvs[0]);
+    // A concurrent read of the same key may have cached it meanwhile: its first read wins.
+    const raced = this.#keys.get(i);
+    return raced ? raced.kv : this.#cache(k, r.kvs[0]);
   }
 
   async #readRange(
@@ -281,7 +283,10 @@ class Attempt implements STM {
           { details: { key: toText(key), keysMax: stmRangeKeysMax } },
         );
       }
-      ({ kvs, revision } = r);
+      kvs = r.kvs;
+      // A read at a past revision reports the store's current revision in its header (etcd), so
+      // the range's check must use the revision it was read at: the snapshot's, when pinned.
+      revision = this.#pin ?? r.revision;
     }
     this.#check();
     // A key cached earlier keeps its first-read value (repeatable reads); new keys join the cache.

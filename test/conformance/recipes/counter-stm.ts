@@ -368,6 +368,29 @@ export const registerCounterStmTests: RegisterTests = (ctx) => {
     }
   });
 
+  it('stm — a range read at an older snapshot revision conflicts with a key inserted after the snapshot', async () => {
+    const { kv, prefix } = ctx();
+    for (const isolation of [Isolation.SerializableSnapshot, Isolation.Serializable]) {
+      const p = prefix(`stm-range-pinned-${isolation}`);
+      await kv.put(`${p}first`, 'x');
+      await kv.put(`${p}q/a`, '1');
+      const counts: number[] = [];
+      const r = await stm(
+        kv,
+        async (tx) => {
+          await tx.get(`${p}first`); // fixes the snapshot
+          if (tx.attempt === 1) await kv.put(`${p}q/b`, '2'); // inserted after it
+          const n = (await tx.range(`${p}q/`)).length;
+          counts.push(n);
+          tx.put(`${p}count`, String(n));
+        },
+        { isolation },
+      );
+      expect({ counts, attempts: r.attempts }).toEqual({ counts: [1, 2], attempts: 2 });
+      expect(text((await kv.get(`${p}count`))?.value)).toBe('2');
+    }
+  });
+
   it('stm — a retry never mixes the failed commit’s re-reads with reads at a newer revision', async () => {
     const { kv, prefix } = ctx();
     const p = prefix('stm-prefetch-mix');
