@@ -401,23 +401,31 @@ export class ServiceRegistration implements AsyncDisposable {
   // -------------------------------------------------------------------------------------------
   // Health
 
+  /**
+   * One check, bounded by `timeoutMs`: its own controller aborts at the deadline or when the
+   * registration stops (a per-check controller, so no listener outlives the check).
+   */
   async #check(signal: AbortSignal): Promise<boolean> {
     const h = this.#health!;
-    const timeout = AbortSignal.timeout(h.timeoutMs);
-    const both = AbortSignal.any([signal, timeout]);
-    let off = () => {};
+    const ctl = new AbortController();
+    let expired: () => void = () => {};
+    const expiredP = new Promise<false>((resolve) => {
+      expired = () => resolve(false);
+    });
+    const abort = () => {
+      ctl.abort(new ConclaveError(ErrorCode.DeadlineExceeded, `health check of ${this.key} timed out`));
+      expired();
+    };
+    const timer = setTimeout(abort, h.timeoutMs);
+    signal.addEventListener('abort', abort, { once: true });
     try {
-      const timedOut = new Promise<boolean>((resolve) => {
-        const on = () => resolve(false);
-        both.addEventListener('abort', on, { once: true });
-        off = () => both.removeEventListener('abort', on);
-      });
-      const r = await Promise.race([Promise.resolve(h.check({ signal: both })), timedOut]);
-      return r !== false && !both.aborted;
+      const r = await Promise.race([Promise.resolve(h.check({ signal: ctl.signal })), expiredP]);
+      return r !== false && !ctl.signal.aborted;
     } catch {
       return false;
     } finally {
-      off();
+      clearTimeout(timer);
+      signal.removeEventListener('abort', abort);
     }
   }
 

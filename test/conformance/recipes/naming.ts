@@ -328,6 +328,29 @@ export const registerNamingTests: RegisterTests = (ctx) => {
     await waitFor(() => reg.state === 'registered', 10_000, 'the registered state');
   }, 30_000);
 
+  it("naming — an aborted register rejects with the signal's reason and writes nothing", async () => {
+    const { kv, prefix, backend } = ctx();
+    const service = `${prefix('naming-abort')}svc`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using registry = new ServiceRegistry();
+    const ac = new AbortController();
+    const reason = new Error('shutting down');
+    // The first health check hangs; the abort arrives while it runs.
+    const pending = registry.register(s, service, {
+      id: 'x',
+      addr: 'x:1',
+      healthCheck: { timeoutMs: 60_000, check: () => new Promise(() => {}) },
+      signal: ac.signal,
+    });
+    setTimeout(() => ac.abort(reason), 50);
+    await expect(pending).rejects.toBe(reason);
+    expect(registry.size).toBe(0);
+    await expect(
+      registry.register(s, service, { id: 'y', addr: 'y:1', signal: AbortSignal.abort(reason) }),
+    ).rejects.toBe(reason);
+    expect((await kv.range(`${service}/`, { prefix: true, countOnly: true })).count).toBe(0);
+  }, 30_000);
+
   it('naming — a registration is written again under the next session after its lease is revoked', async () => {
     const { kv, prefix, backend } = ctx();
     const service = `${prefix('naming-replace')}svc`;
