@@ -11,6 +11,7 @@ import { registerNamingTests } from './naming.js';
 import { registerQueueTests } from './queue.js';
 import { registerSyncTests } from './sync.js';
 import { registerTopicTests } from './topic.js';
+import { registerWorkQueueTests } from './work-queue.js';
 
 /** Recipe conformance tests (issues 6 and 7), run on every backend. */
 export const registerRecipes: RegisterTests | undefined = (ctx) => {
@@ -25,4 +26,5 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('config', () => registerConfigTests(ctx));
   describe('naming', () => registerNamingTests(ctx));
   describe('topic', () => registerTopicTests(ctx));
+  describe('work queue', () => registerWorkQueueTests(ctx));
 };
