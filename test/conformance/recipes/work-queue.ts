@@ -255,6 +255,59 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
   }, 30_000);
 
+  it('work queue — autoExtend keeps a slow handler’s claim past the visibility timeout', async () => {
+    const { kv, prefix, newKv, backend } = ctx();
+    const name = `${prefix('wq-extend')}jobs`;
+    const vis = backend.minTtlSeconds + 1;
+    await using a = await open(kv, name, { visibilitySeconds: vis });
+    await using other = await open(await newKv(), name);
+    await a.queue.add('slow');
+    const stop = new AbortController();
+    const handled: Job[] = [];
+    const stolen: string[] = [];
+    const run = a.queue
+      .process(
+        async (job, { signal }) => {
+          // Work for longer than the timeout while another consumer keeps trying to take the item.
+          const until = performance.now() + vis * 1000 + 1500;
+          while (performance.now() < until) {
+            const j = await other.queue.tryClaim();
+            if (j) stolen.push(j.id);
+            await sleep(100);
+          }
+          expect(signal.aborted).toBe(false);
+          handled.push(job);
+        },
+        { autoExtend: true, signal: stop.signal },
+      )
+      .catch((err: unknown) => err);
+    await waitFor(() => handled.length === 1, 20_000, 'the slow job');
+    await waitFor(async () => (await a.queue.stats()).inFlight === 0, 5000, 'the ack');
+    stop.abort(new Error('stop'));
+    await run;
+    expect(stolen).toEqual([]);
+    expect(handled[0]!.attempts).toBe(1);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 30_000);
+
+  it('work queue — a job left unsettled in an `await using` scope is nacked back to ready at scope exit', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-using')}jobs`;
+    await using a = await open(kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    await a.queue.add('boomerang');
+    let id = '';
+    {
+      await using job = await a.queue.claim(timeout(10_000));
+      id = job.id;
+      expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 1 });
+    }
+    expect(await a.queue.stats()).toMatchObject({ ready: 1, inFlight: 0 });
+    const again = await a.queue.tryClaim();
+    expect(again?.id).toBe(id);
+    expect(again?.attempts).toBe(2);
+    await again?.ack();
+  }, 30_000);
+
   it('work queue — items are claimed by priority (lower first), FIFO within a priority', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-prio')}jobs`;
