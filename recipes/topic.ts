@@ -450,9 +450,26 @@ export class Topic {
       checkPositive('subscribe: watchBatchesMax', opts.watchBatchesMax, topicWatchBatchesMax);
     throwIfAborted(signal);
     let start: number;
-    const state = await this.#readState(subscriber, signal);
-    if (state.cursor !== undefined) start = state.cursor + 1;
-    else start = await this.#resolve(opts.from ?? 'next', state, signal);
+    let state = await this.#readState(subscriber, signal);
+    // Bounded: only a `{ revision }` search reads at a pinned revision, and a store compaction
+    // racing it is rare; after `searchAttemptsMax` tries the store's `compacted` error surfaces.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        start =
+          state.cursor !== undefined
+            ? state.cursor + 1
+            : await this.#resolve(opts.from ?? 'next', state, signal);
+        break;
+      } catch (err) {
+        if (
+          isTopicTrimmed(err) ||
+          !ConclaveError.is(err, ErrorCode.Compacted) ||
+          attempt >= searchAttemptsMax
+        )
+          throw err;
+        state = await this.#readState(subscriber, signal);
+      }
+    }
     if (start <= state.floor.seq)
       throw this.trimmedError({ requestedSeq: start, subscriber }, state.floor.seq + 1);
     if (subscriber !== undefined && state.cursor === undefined) {
@@ -683,6 +700,9 @@ export class Topic {
     );
   }
 }
+
+/** Tries of a `{ revision }` start search whose pinned revision was compacted under it. */
+const searchAttemptsMax = 3;
 
 function checkSubscriber(subscriber: unknown): asserts subscriber is string {
   if (typeof subscriber !== 'string' || subscriber.length === 0 || subscriber.length > topicSubscriberNameMax)

@@ -1,7 +1,8 @@
 import { expect, it } from 'vitest';
 import { isTopicTrimmed, type Subscription, Topic, type TopicEvent } from '../../../recipes/topic.js';
 import type { ConclaveError } from '../../../src/errors.js';
-import { toText } from '../../../src/keys.js';
+import { toBytes, toText } from '../../../src/keys.js';
+import type { KV } from '../../../src/kv.js';
 import type { RegisterTests } from '../context.js';
 
 /** Generous: the machine is shared, and the etcd suite runs through real gRPC. */
@@ -170,6 +171,43 @@ export const registerTopicTests: RegisterTests = (ctx) => {
     // Live delivery continues after the compaction too.
     await topic.publish('9');
     expect(texts(await take(it2, 1))).toEqual(['9']);
+  });
+
+  it('topic — a subscription whose watch start was compacted re-reads by key and misses nothing', async () => {
+    const { kv, prefix, newKv } = ctx();
+    const name = `${prefix('topic-watch-compact')}t`;
+    const topic = new Topic(kv, name);
+    await topic.publish('a');
+    // A client on which, right after the subscription's first page read, two more events are
+    // published and all history is compacted: the watch it then opens starts below compaction.
+    const base = await newKv();
+    let fired = false;
+    const racing = new Proxy(base, {
+      get(target, prop) {
+        if (prop === 'txn') {
+          return async (...args: Parameters<KV['txn']>) => {
+            const r = await target.txn(...args);
+            const first = args[0].success[0];
+            if (!fired && first?.type === 'get' && toText(toBytes(first.key)).includes('/events/')) {
+              fired = true;
+              await publishAll(topic, ['b', 'c']);
+              const { revision } = await kv.status();
+              await kv.compact(revision, { physical: true });
+            }
+            return r;
+          };
+        }
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using sub = await new Topic(racing, name).subscribe({ from: 'oldest' });
+    const it1 = sub[Symbol.asyncIterator]();
+    expect(texts(await take(it1, 3))).toEqual(['a', 'b', 'c']);
+    expect(fired).toBe(true);
+    await topic.publish('d');
+    expect(texts(await take(it1, 1))).toEqual(['d']);
+    expect(await quiet(it1, 200)).toBe(true);
   });
 
   it('topic — retention by count trims, and a lagging subscriber is told the oldest retained seq', async () => {
