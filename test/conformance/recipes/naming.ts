@@ -296,15 +296,19 @@ export const registerNamingTests: RegisterTests = (ctx) => {
     await using r = await resolveService(kv, service);
     expect(ids(r)).toEqual(['h']);
     healthy = false;
-    await waitFor(() => ids(r).length === 0, 10_000, 'the withdrawal');
-    expect(reg.state).toBe('withdrawn');
+    // The watch may deliver the delete before the registration has its reply: wait for both.
+    await waitFor(() => ids(r).length === 0 && reg.state === 'withdrawn', 10_000, 'the withdrawal');
     expect(await kv.get(`${service}/h`)).toBeUndefined();
     healthy = true;
-    await waitFor(() => ids(r).length === 1, 10_000, 'the restoration');
+    await waitFor(() => ids(r).length === 1 && reg.state === 'registered', 10_000, 'the restoration');
     expect((await kv.get(`${service}/h`))?.lease).toBe(s.lease);
     // A check that hangs past its timeout counts as failed.
     hang = true;
-    await waitFor(() => ids(r).length === 0, 10_000, 'the withdrawal after a timeout');
+    await waitFor(
+      () => ids(r).length === 0 && reg.state === 'withdrawn',
+      10_000,
+      'the withdrawal after a timeout',
+    );
     hang = false;
     await waitFor(() => reg.state === 'registered' && ids(r).length === 1, 10_000, 'the second restoration');
     expect(states).toEqual(['withdrawn', 'registered', 'withdrawn', 'registered']);
@@ -374,7 +378,9 @@ export const registerNamingTests: RegisterTests = (ctx) => {
       // Someone revokes the lease: the key goes at once, then comes back under a new lease.
       await kv.lease.revoke(first.lease);
       await waitFor(
-        () => sessions.length === 2 && r.instances[0]?.lease === sessions[1]!.lease,
+        // The watch may deliver the put before the registration has its reply: wait for both.
+        () =>
+          sessions.length === 2 && r.instances[0]?.lease === sessions[1]!.lease && reg.state === 'registered',
         20_000,
         're-registration',
       );
