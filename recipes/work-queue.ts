@@ -51,6 +51,7 @@ export {
   workQueueRestartAttemptsMax,
   workQueueSweepKeysMax,
   workQueueTimerMsMax,
+  workQueueWatchHealthyMs,
 } from './internal/work-queue-maintenance.js';
 
 /** Default visibility timeout: how long a claim lasts without ack, nack or extend. */

@@ -36,6 +36,8 @@ export const workQueueSweepKeysMax = 200_000;
 export const workQueueRestartAttemptsMax = 20;
 /** Longest back-off (ms) between two attempts of a background duty. */
 export const workQueueBackoffMsMax = 2000;
+/** A watch that ran this long (ms) before breaking counts as healthy: the failure count starts over. */
+export const workQueueWatchHealthyMs = 10_000;
 /** Longest single timer (ms) of the promoter; it re-checks the clock when it fires. */
 export const workQueueTimerMsMax = 60_000;
 
@@ -105,7 +107,7 @@ export class WorkQueueMaintenance {
   /**
    * Reads the present (`resync`, which returns the revision it read at), then watches from the
    * next revision; on any watch failure starts over. Gives up after `workQueueRestartAttemptsMax`
-   * consecutive failures without a delivered batch.
+   * consecutive failures without a delivered batch (or a healthy stretch of watching).
    */
   async #loop(
     prefix: string,
@@ -121,15 +123,21 @@ export class WorkQueueMaintenance {
         if (signal.aborted) return;
         const span = WorkQueueKeys.span(prefix);
         const w = this.#d.kv.watch(span.key, { end: span.end, startRevision: rev + 1, filters, signal });
+        const openedAt = performance.now();
         try {
           for await (const b of w) {
             failures = 0;
             onBatch(b);
           }
+        } catch (err) {
+          // A watch that ran quietly for a while was healthy: an occasional break starts the count over.
+          if (performance.now() - openedAt >= workQueueWatchHealthyMs) failures = 0;
+          throw err;
         } finally {
           await w.close();
         }
         if (signal.aborted) return;
+        if (performance.now() - openedAt >= workQueueWatchHealthyMs) failures = 0;
         throw new ConclaveError(ErrorCode.Unavailable, `work queue: the watch on ${prefix} ended`);
       } catch (err) {
         if (signal.aborted) return;

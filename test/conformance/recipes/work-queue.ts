@@ -350,6 +350,21 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     await second.ack();
   }, 30_000);
 
+  it('work queue — process stops with session-lost when its session’s lease is revoked', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-session')}jobs`;
+    await using a = await open(kv, name);
+    let calls = 0;
+    const run = a.queue.process(() => {
+      calls++;
+    });
+    await a.queue.add('one');
+    await waitFor(async () => calls === 1 && (await a.queue.stats()).ready === 0, 10_000, 'the first job');
+    await kv.lease.revoke(a.session.lease);
+    await expect(run).rejects.toSatisfy((e: unknown) => ConclaveError.is(e, 'session-lost'));
+    await expect(a.queue.claim()).rejects.toSatisfy((e: unknown) => ConclaveError.is(e, 'session-lost'));
+  }, 30_000);
+
   it('work queue — an aborted claim rejects with the reason and claims nothing', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-abort')}jobs`;
