@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { etcdBinary } from '../harness/etcd.js';
 
 /** Runs `npx tsx <file>` (bounded in time); resolves with its exit code and output. */
 function run(
@@ -57,4 +58,27 @@ describe('examples', () => {
     expect(r.stdout).toMatch(/tokens never went down: true; no run number skipped or repeated: true/);
     expect(r.stdout).toContain('Done.');
   }, 70_000);
+
+  // Separate processes need a shared store: a private etcd (CI installs it; REQUIRE_ETCD=1 makes
+  // a missing etcd fail here instead of skipping).
+  it.skipIf(!etcdBinary() && process.env.REQUIRE_ETCD !== '1')(
+    'discovery — two server processes register; a SIGKILLed one leaves within its TTL, a stopped one at once',
+    async () => {
+      const r = await run('examples/discovery.ts', 80_000);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/resolved api-1@127\.0\.0\.1:\d+, api-2@127\.0\.0\.1:\d+/);
+      expect(r.stdout).toContain(
+        '4 calls: hello from api-1 | hello from api-2 | hello from api-1 | hello from api-2',
+      );
+      // After the kill at most one call fails (that error marks api-1 down); the rest go to api-2.
+      expect(r.stdout).toMatch(/4 calls right after: (api-1 failed \| )?(hello from api-2( \| )?)+\n/);
+      const left = Number(/api-1 left the live list after (\d+\.\d) s/.exec(r.stdout)?.[1]);
+      expect(left).toBeLessThan(2 + 3); // TTL + slack
+      expect(r.stdout).toMatch(/api-2 stopped with SIGTERM and deregistered after 0\.\d s/);
+      expect(r.stdout).toContain('a call now: no instance');
+      expect(r.stdout).toContain('Done.');
+    },
+    90_000,
+  );
 });
