@@ -1,9 +1,38 @@
 /**
- * Commands carried in Raft log entries. Encoding: JSON with tagged bytes ({"$b": base64}) and
- * bigints ({"$n": decimal}), so values and lease ids round-trip exactly. Every command carries a
- * request id, unique per proposer, so the proposing member can match the applied result.
+ * Commands carried in Raft log entries, and their binary encoding. Every command carries a request
+ * id, unique per proposer, so the proposing member can match the applied result.
+ *
+ * Encoding (format 1). A command is encoded once, by the proposer, and decoded once by every
+ * member that applies it, so both directions sit on the write path; the format is hand-written
+ * rather than JSON (whose base64-tagged bytes and reviver dominated the CPU profile of writes):
+ *
+ *   [format u8 = 1][op u8][id: str][body…]
+ *
+ * - `str`/`bytes`: a varint byte length, then the bytes (strings as UTF-8). A `Bytes` given as a
+ *   string is encoded as its UTF-8 bytes and decodes as a `Uint8Array`: the store converts every
+ *   `Bytes` with the same UTF-8 encoding (`toBytes`), so the applied result is identical.
+ * - varint: unsigned LEB128 of a safe integer (lengths, counts, presence masks).
+ * - `num`: float64 (revisions, TTLs, limits, compare numbers: exact for every JS number).
+ * - `big`: int64 (lease ids; the validators bound them to int64, anything else is refused here).
+ * - options objects: a varint, 0 if the object is absent, else `2 × mask + 1` (bit i of the mask:
+ *   field i is present), then the present fields in order. Booleans are encoded by their truthiness (how the store reads them); fields the store
+ *   does not read (such as `signal`) are not encoded.
+ *
+ * Decoding copies every byte string out of the entry (a stored value must not pin a log entry or
+ * a whole WAL segment read at recovery). A payload whose first byte is not a known format version
+ * (a JSON command of a pre-1.0 data directory starts with `{`) is refused with `corrupt`.
  */
-import type { CompactOptions, DeleteOptions, PutOptions, Txn } from '../../../src/types.js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import type {
+  Bytes,
+  CompactOptions,
+  Compare,
+  DeleteOptions,
+  Op,
+  PutOptions,
+  RangeOptions,
+  Txn,
+} from '../../../src/types.js';
 
 export type Command =
   | { id: string; op: 'put'; key: Uint8Array; value: Uint8Array; opts: Omit<PutOptions, 'signal'> }
@@ -13,25 +42,455 @@ export type Command =
   | { id: string; op: 'grant'; lease: bigint; ttlSeconds: number }
   | { id: string; op: 'revoke'; lease: bigint };
 
-export function encodeCommand(c: Command): Uint8Array {
-  return new TextEncoder().encode(
-    JSON.stringify(c, (_k, v) => {
-      if (typeof v === 'bigint') return { $n: v.toString() };
-      if (v instanceof Uint8Array)
-        return { $b: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') };
-      if (v && typeof v === 'object' && v.type === 'Buffer' && Array.isArray(v.data))
-        return { $b: Buffer.from(v.data).toString('base64') };
-      return v;
-    }),
-  );
+/** The format version written in the first byte of every encoded command. */
+export const commandFormat = 1;
+/** Nesting depth of txns inside txns that a command may carry (a bound on decoder recursion). */
+export const txnDepthMax = 64;
+/** The encoder keeps its scratch buffer between calls only up to this size (larger ones are dropped). */
+export const commandScratchBytesKept = 1024 * 1024;
+
+const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6 } as const;
+const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke'] as const;
+const txnOpTypes = ['get', 'put', 'delete', 'txn'] as const;
+const compareTargets = ['version', 'create', 'mod', 'value', 'lease'] as const;
+const compareResults = ['=', '!=', '<', '>'] as const;
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+let scratch = Buffer.allocUnsafe(4096);
+let pos = 0;
+
+function reserve(n: number): void {
+  if (pos + n <= scratch.length) return;
+  const next = Buffer.allocUnsafe(Math.max(scratch.length * 2, pos + n));
+  scratch.copy(next, 0, 0, pos);
+  scratch = next;
 }
 
-export function decodeCommand(data: Uint8Array): Command {
-  return JSON.parse(new TextDecoder().decode(data), (_k, v) => {
-    if (v && typeof v === 'object') {
-      if (typeof v.$n === 'string') return BigInt(v.$n);
-      if (typeof v.$b === 'string') return new Uint8Array(Buffer.from(v.$b, 'base64'));
+function u8(v: number): void {
+  reserve(1);
+  scratch[pos++] = v;
+}
+
+function varint(v: number): void {
+  reserve(8);
+  while (v >= 0x80) {
+    scratch[pos++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  scratch[pos++] = v;
+}
+
+function num(v: number): void {
+  reserve(8);
+  scratch.writeDoubleLE(v, pos);
+  pos += 8;
+}
+
+function big(v: bigint): void {
+  if (typeof v !== 'bigint' || v < -0x8000_0000_0000_0000n || v > 0x7fff_ffff_ffff_ffffn)
+    throw new RangeError(`command: a lease id must be an int64 bigint, got ${String(v)}`);
+  reserve(8);
+  scratch.writeBigInt64LE(v, pos);
+  pos += 8;
+}
+
+function bytes(b: Bytes): void {
+  if (typeof b === 'string') {
+    const n = Buffer.byteLength(b, 'utf8');
+    varint(n);
+    reserve(n);
+    pos += scratch.write(b, pos, 'utf8');
+    return;
+  }
+  varint(b.length);
+  reserve(b.length);
+  scratch.set(b, pos);
+  pos += b.length;
+}
+
+/** Writes a presence mask for `fields` of `o`, then calls `write` for each present one. */
+function optional<T extends object>(
+  o: T | undefined,
+  fields: readonly (keyof T)[],
+  write: (f: keyof T, v: NonNullable<T[keyof T]>) => void,
+): void {
+  if (o === undefined || o === null) {
+    varint(0);
+    return;
+  }
+  let mask = 0;
+  for (let i = 0; i < fields.length; i++)
+    if (o[fields[i]!] !== undefined && o[fields[i]!] !== null) mask |= 1 << i;
+  varint(mask * 2 + 1);
+  if (mask === 0) return;
+  for (let i = 0; i < fields.length; i++)
+    if (mask & (1 << i)) write(fields[i]!, o![fields[i]!] as NonNullable<T[keyof T]>);
+}
+
+type PutOpts = Omit<PutOptions, 'signal'>;
+type DelOpts = Omit<DeleteOptions, 'signal'>;
+type GetOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
+
+const putFields = ['lease', 'prevKv', 'ignoreValue', 'ignoreLease'] as const;
+const delFields = ['end', 'prefix', 'fromKey', 'prevKv'] as const;
+const getFields = [
+  'end',
+  'prefix',
+  'fromKey',
+  'revision',
+  'limit',
+  'sort',
+  'keysOnly',
+  'countOnly',
+  'minModRevision',
+  'maxModRevision',
+  'minCreateRevision',
+  'maxCreateRevision',
+] as const;
+const selectorFields = ['end', 'prefix', 'fromKey'] as const;
+
+/** Writes one field value by its JS type (the field lists above fix which type each field has). */
+function field(v: unknown): void {
+  if (typeof v === 'boolean') u8(v ? 1 : 0);
+  else if (typeof v === 'number') num(v);
+  else if (typeof v === 'bigint') big(v);
+  else if (typeof v === 'string' || v instanceof Uint8Array) bytes(v);
+  else throw new TypeError(`command: cannot encode a field of type ${typeof v}`);
+}
+
+function putOpts(o: PutOpts | undefined): void {
+  optional(o, putFields, (f, v) => (f === 'lease' ? big(v as bigint) : u8(v ? 1 : 0)));
+}
+
+function delOpts(o: DelOpts | undefined): void {
+  optional(o, delFields, (f, v) => (f === 'end' ? bytes(v as Bytes) : u8(v ? 1 : 0)));
+}
+
+function getOpts(o: GetOpts | undefined): void {
+  optional(o, getFields, (f, v) => {
+    if (f === 'end') bytes(v as Bytes);
+    else if (f === 'sort') {
+      const s = v as NonNullable<GetOpts['sort']>;
+      optional(s, ['target', 'order'] as const, (_f, x) => bytes(String(x)));
+    } else if (typeof v === 'number') num(v);
+    else u8(v ? 1 : 0);
+  });
+}
+
+function compare(c: Compare): void {
+  const t = compareTargets.indexOf(c.target);
+  const r = compareResults.indexOf(c.result);
+  if (t < 0 || r < 0) throw new TypeError(`command: unknown compare ${String(c.target)} ${String(c.result)}`);
+  u8((t << 4) | r);
+  bytes(c.key);
+  optional(c, selectorFields, (f, v) => (f === 'end' ? bytes(v as Bytes) : u8(v ? 1 : 0)));
+  if (c.target === 'value') bytes(c.value);
+  else if (c.target === 'lease') big(c.value);
+  else num(c.value);
+}
+
+function op(o: Op, depth: number): void {
+  switch (o.type) {
+    case 'get':
+      u8(0);
+      bytes(o.key);
+      getOpts(o.options);
+      return;
+    case 'put':
+      u8(1);
+      bytes(o.key);
+      bytes(o.value);
+      putOpts(o.options);
+      return;
+    case 'delete':
+      u8(2);
+      bytes(o.key);
+      delOpts(o.options);
+      return;
+    case 'txn':
+      u8(3);
+      txn(o.txn, depth + 1);
+      return;
+    default:
+      throw new TypeError(`command: unknown txn op ${String((o as { type: unknown }).type)}`);
+  }
+}
+
+function txn(t: Txn, depth: number): void {
+  if (depth > txnDepthMax) throw new RangeError(`command: txns nested deeper than ${txnDepthMax}`);
+  const cs = t.compare ?? [];
+  varint(cs.length);
+  for (const c of cs) compare(c);
+  for (const branch of [t.success ?? [], t.failure ?? []]) {
+    varint(branch.length);
+    for (const o of branch) op(o, depth);
+  }
+}
+
+export function encodeCommand(c: Command): Uint8Array {
+  pos = 0;
+  try {
+    u8(commandFormat);
+    u8(Op_[c.op]);
+    bytes(c.id);
+    switch (c.op) {
+      case 'put':
+        bytes(c.key);
+        bytes(c.value);
+        putOpts(c.opts);
+        break;
+      case 'delete':
+        bytes(c.key);
+        delOpts(c.opts);
+        break;
+      case 'txn':
+        txn(c.txn, 0);
+        break;
+      case 'compact':
+        num(c.revision);
+        optional(c.opts, ['physical'] as const, (_f, v) => field(!!v));
+        break;
+      case 'grant':
+        big(c.lease);
+        num(c.ttlSeconds);
+        break;
+      case 'revoke':
+        big(c.lease);
+        break;
+      default:
+        throw new TypeError(`command: unknown op ${String((c as { op: unknown }).op)}`);
+    }
+    const out = new Uint8Array(pos);
+    out.set(scratch.subarray(0, pos));
+    return out;
+  } finally {
+    if (scratch.length > commandScratchBytesKept) scratch = Buffer.allocUnsafe(4096);
+    pos = 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+class Reader {
+  readonly #b: Uint8Array;
+  readonly #dv: DataView;
+  p = 0;
+
+  constructor(b: Uint8Array) {
+    // A plain view: `slice` must copy (Buffer's `slice` would return a view into the entry).
+    this.#b = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    this.#dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  }
+
+  #need(n: number): void {
+    if (this.p + n > this.#b.length) throw new RangeError(`truncated at byte ${this.p} (needs ${n} more)`);
+  }
+
+  u8(): number {
+    this.#need(1);
+    return this.#b[this.p++]!;
+  }
+
+  varint(): number {
+    let v = 0;
+    let mul = 1;
+    for (;;) {
+      const b = this.u8();
+      v += (b & 0x7f) * mul;
+      if (b < 0x80) break;
+      mul *= 0x80;
+      if (mul > 2 ** 53) throw new RangeError(`varint too long at byte ${this.p}`);
     }
     return v;
-  }) as Command;
+  }
+
+  num(): number {
+    this.#need(8);
+    const v = this.#dv.getFloat64(this.p, true);
+    this.p += 8;
+    return v;
+  }
+
+  big(): bigint {
+    this.#need(8);
+    const v = this.#dv.getBigInt64(this.p, true);
+    this.p += 8;
+    return v;
+  }
+
+  bool(): boolean {
+    return this.u8() !== 0;
+  }
+
+  bytes(): Uint8Array {
+    const n = this.varint();
+    this.#need(n);
+    const out = this.#b.slice(this.p, this.p + n);
+    this.p += n;
+    return out;
+  }
+
+  str(): string {
+    const n = this.varint();
+    this.#need(n);
+    const s = Buffer.from(this.#b.buffer, this.#b.byteOffset + this.p, n).toString('utf8');
+    this.p += n;
+    return s;
+  }
+
+  get done(): boolean {
+    return this.p === this.#b.length;
+  }
+}
+
+/** Reads a presence mask and the present fields into a new object. */
+function readOptional<T extends object>(
+  r: Reader,
+  fields: readonly (keyof T)[],
+  read: (f: keyof T) => unknown,
+): T | undefined {
+  const m = r.varint();
+  if (m === 0) return undefined;
+  const mask = (m - 1) / 2;
+  if (m % 2 === 0 || mask >= 1 << fields.length) throw new RangeError(`unknown option fields (${m})`);
+  const o = {} as Record<keyof T, unknown>;
+  for (let i = 0; i < fields.length; i++) if (mask & (1 << i)) o[fields[i]!] = read(fields[i]!);
+  return o as T;
+}
+
+function readPutOpts(r: Reader): PutOpts | undefined {
+  return readOptional<PutOpts>(r, putFields, (f) => (f === 'lease' ? r.big() : r.bool()));
+}
+
+function readDelOpts(r: Reader): DelOpts | undefined {
+  return readOptional<DelOpts>(r, delFields, (f) => (f === 'end' ? r.bytes() : r.bool()));
+}
+
+function readGetOpts(r: Reader): GetOpts | undefined {
+  return readOptional<GetOpts>(r, getFields, (f) => {
+    if (f === 'end') return r.bytes();
+    if (f === 'sort')
+      return readOptional<NonNullable<GetOpts['sort']>>(r, ['target', 'order'], () => r.str()) ?? {};
+    if (f === 'prefix' || f === 'fromKey' || f === 'keysOnly' || f === 'countOnly') return r.bool();
+    return r.num();
+  });
+}
+
+function readCompare(r: Reader): Compare {
+  const tr = r.u8();
+  const target = compareTargets[tr >> 4];
+  const result = compareResults[tr & 0x0f];
+  if (target === undefined || result === undefined) throw new RangeError(`unknown compare code ${tr}`);
+  const key = r.bytes();
+  const sel = readOptional<Pick<Compare, 'end' | 'prefix' | 'fromKey'>>(r, selectorFields, (f) =>
+    f === 'end' ? r.bytes() : r.bool(),
+  );
+  const value = target === 'value' ? r.bytes() : target === 'lease' ? r.big() : r.num();
+  return { key, ...sel, target, result, value } as Compare;
+}
+
+function readOp(r: Reader, depth: number): Op {
+  const t = txnOpTypes[r.u8()];
+  switch (t) {
+    case 'get': {
+      const key = r.bytes();
+      const options = readGetOpts(r);
+      return options ? { type: t, key, options } : { type: t, key };
+    }
+    case 'put': {
+      const key = r.bytes();
+      const value = r.bytes();
+      const options = readPutOpts(r);
+      return options ? { type: t, key, value, options } : { type: t, key, value };
+    }
+    case 'delete': {
+      const key = r.bytes();
+      const options = readDelOpts(r);
+      return options ? { type: t, key, options } : { type: t, key };
+    }
+    case 'txn':
+      return { type: t, txn: readTxn(r, depth + 1) };
+    default:
+      throw new RangeError('unknown txn op code');
+  }
+}
+
+function readList<T>(r: Reader, read: () => T): T[] {
+  const n = r.varint();
+  const out: T[] = [];
+  for (let i = 0; i < n; i++) out.push(read());
+  return out;
+}
+
+function readTxn(r: Reader, depth: number): Txn {
+  if (depth > txnDepthMax) throw new RangeError(`txns nested deeper than ${txnDepthMax}`);
+  const compare = readList(r, () => readCompare(r));
+  const success = readList(r, () => readOp(r, depth));
+  const failure = readList(r, () => readOp(r, depth));
+  return { compare, success, failure };
+}
+
+function readBody(r: Reader): Command {
+  const code = r.u8();
+  const op = opNames[code];
+  const id = r.str();
+  switch (op) {
+    case 'put': {
+      const key = r.bytes();
+      const value = r.bytes();
+      return { id, op, key, value, opts: readPutOpts(r) ?? {} };
+    }
+    case 'delete': {
+      const key = r.bytes();
+      return { id, op, key, opts: readDelOpts(r) ?? {} };
+    }
+    case 'txn':
+      return { id, op, txn: readTxn(r, 0) };
+    case 'compact': {
+      const revision = r.num();
+      const opts = readOptional<Omit<CompactOptions, 'signal'>>(r, ['physical'], () => r.bool());
+      return opts ? { id, op, revision, opts } : { id, op, revision };
+    }
+    case 'grant': {
+      const lease = r.big();
+      return { id, op, lease, ttlSeconds: r.num() };
+    }
+    case 'revoke':
+      return { id, op, lease: r.big() };
+    default:
+      throw new RangeError(`unknown op code ${code}`);
+  }
+}
+
+/** Decodes an entry's command; a malformed or foreign payload fails `corrupt` (never a partial command). */
+export function decodeCommand(data: Uint8Array): Command {
+  const format = data[0];
+  if (format !== commandFormat) {
+    const what =
+      format === 0x7b
+        ? 'a JSON command written by an older Conclave (pre-1.0 data directories are not upgraded; start from an empty directory)'
+        : `an unknown command format ${String(format)}`;
+    throw new ConclaveError(ErrorCode.Corrupt, `raft log entry holds ${what}`);
+  }
+  const r = new Reader(data);
+  r.p = 1;
+  let c: Command;
+  try {
+    c = readBody(r);
+  } catch (err) {
+    throw new ConclaveError(
+      ErrorCode.Corrupt,
+      `raft log entry: malformed command (${(err as Error).message})`,
+      { cause: err },
+    );
+  }
+  if (!r.done)
+    throw new ConclaveError(
+      ErrorCode.Corrupt,
+      `raft log entry: ${data.length - r.p} bytes after the command`,
+    );
+  return c;
 }
