@@ -1,6 +1,5 @@
 /**
- * WAL record payloads and framing (DESIGN.md §5). Payloads are protobuf messages (protobufjs,
- * schema below); every record is framed as
+ * WAL record payloads and framing (DESIGN.md §5). Every record is framed as
  *
  *   [length u32 LE][crc32c u32 LE][type u8][payload: length bytes][end marker 0xA5]
  *
@@ -8,17 +7,24 @@
  * is one byte beyond DESIGN.md's frame: a record whose marker is missing was not completely
  * written (a torn write), while a complete record with a bad CRC is corruption. Recovery needs
  * that distinction: a torn tail is truncated, corruption stops the node (see wal.ts).
+ *
+ * Payloads (WAL format 2; `walFormat`):
+ * - Metadata: a protobuf message (node id, segment number, format version). It stays protobuf in
+ *   every format so that any Conclave can read the version of any segment and refuse a format it
+ *   does not know with a clear error instead of misreading the records after it.
+ * - Entry: `[term u64 LE][index u64 LE][type u8][data…]` (hand-written: one per log entry, on the
+ *   write path; format 1 used protobuf here).
+ * - HardState: `[term u64][vote u64][commit u64]`; LogReset: `[index u64][term u64]`.
+ * Integers are safe integers (< 2^53) stored as u64 LE.
  */
 import protobuf from 'protobufjs';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { Entry, EntryType, HardState } from '../consensus/types.js';
 import { crc32c } from './crc32c.js';
 
 const schema = protobuf.parse(`
 syntax = "proto3";
 message Metadata { uint64 node_id = 1; uint64 segment = 2; uint32 version = 3; }
-message HardStateRec { uint64 term = 1; uint64 vote = 2; uint64 commit = 3; }
-message EntryRec { uint64 term = 1; uint64 index = 2; uint32 type = 3; bytes data = 4; }
-message LogResetRec { uint64 index = 1; uint64 term = 2; }
 message SnapshotFile {
   uint64 index = 1; uint64 term = 2; repeated uint64 voters = 3; repeated uint64 learners = 4; bytes data = 5;
 }
@@ -26,11 +32,11 @@ message SnapshotFile {
 
 const T = {
   Metadata: schema.lookupType('Metadata'),
-  HardState: schema.lookupType('HardStateRec'),
-  Entry: schema.lookupType('EntryRec'),
-  LogReset: schema.lookupType('LogResetRec'),
   SnapshotFile: schema.lookupType('SnapshotFile'),
 };
+
+/** The WAL format this build writes and reads (in every segment's Metadata record). */
+export const walFormat = 2;
 
 export const RecordType = { Metadata: 1, HardState: 2, Entry: 3, LogReset: 4 } as const;
 export type RecordType = (typeof RecordType)[keyof typeof RecordType];
@@ -43,65 +49,152 @@ export const endMarker = 0xa5;
 export const recordPayloadBytesMax = 64 * 1024 * 1024;
 
 export type WalRecord =
-  | { type: typeof RecordType.Metadata; nodeId: number; segment: number }
+  | { type: typeof RecordType.Metadata; nodeId: number; segment: number; version?: number }
   | { type: typeof RecordType.HardState; hardState: HardState }
   | { type: typeof RecordType.Entry; entry: Entry }
   | { type: typeof RecordType.LogReset; index: number; term: number };
 
 const num = (v: unknown): number => (typeof v === 'number' ? v : Number(v ?? 0));
 
-export function encodePayload(r: WalRecord): Uint8Array {
+const entryHeadBytes = 17;
+const hardStateBytes = 24;
+const logResetBytes = 16;
+
+function putU64(dv: DataView, o: number, v: number): void {
+  dv.setUint32(o, v >>> 0, true);
+  dv.setUint32(o + 4, Math.floor(v / 0x1_0000_0000), true);
+}
+
+function getU64(dv: DataView, o: number): number {
+  const hi = dv.getUint32(o + 4, true);
+  if (hi >= 0x20_0000) throw new RangeError(`an integer beyond 2^53 at payload offset ${o}`);
+  return hi * 0x1_0000_0000 + dv.getUint32(o, true);
+}
+
+const metadataPayload = (r: Extract<WalRecord, { type: 1 }>): Uint8Array =>
+  T.Metadata.encode({ nodeId: r.nodeId, segment: r.segment, version: r.version ?? walFormat }).finish();
+
+/** The payload size of a record (Metadata records are small and rare: encoded to measure them). */
+function payloadBytes(r: WalRecord): number {
   switch (r.type) {
-    case RecordType.Metadata:
-      return T.Metadata.encode({ nodeId: r.nodeId, segment: r.segment, version: 1 }).finish();
-    case RecordType.HardState:
-      return T.HardState.encode(r.hardState).finish();
     case RecordType.Entry:
-      return T.Entry.encode(r.entry).finish();
+      return entryHeadBytes + r.entry.data.length;
+    case RecordType.HardState:
+      return hardStateBytes;
     case RecordType.LogReset:
-      return T.LogReset.encode({ index: r.index, term: r.term }).finish();
+      return logResetBytes;
+    case RecordType.Metadata:
+      return metadataPayload(r).length;
   }
 }
 
-/** Decodes a payload whose CRC already matched; throws on a malformed message. */
+/** The framed size of a record. */
+export function frameBytes(r: WalRecord): number {
+  return payloadBytes(r) + frameOverheadBytes;
+}
+
+/**
+ * Frames `r` into `buf` at `o` (which must have `frameBytes(r)` bytes free) and returns the bytes
+ * written. The payload is written in place: no intermediate copy.
+ */
+export function frameInto(r: WalRecord, buf: Uint8Array, o: number): number {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const p = o + headerBytes;
+  let len: number;
+  switch (r.type) {
+    case RecordType.Entry: {
+      const e = r.entry;
+      putU64(dv, p, e.term);
+      putU64(dv, p + 8, e.index);
+      buf[p + 16] = e.type;
+      buf.set(e.data, p + entryHeadBytes);
+      len = entryHeadBytes + e.data.length;
+      break;
+    }
+    case RecordType.HardState:
+      putU64(dv, p, r.hardState.term);
+      putU64(dv, p + 8, r.hardState.vote);
+      putU64(dv, p + 16, r.hardState.commit);
+      len = hardStateBytes;
+      break;
+    case RecordType.LogReset:
+      putU64(dv, p, r.index);
+      putU64(dv, p + 8, r.term);
+      len = logResetBytes;
+      break;
+    case RecordType.Metadata: {
+      const m = metadataPayload(r);
+      buf.set(m, p);
+      len = m.length;
+      break;
+    }
+  }
+  buf[o + 8] = r.type;
+  dv.setUint32(o, len, true);
+  dv.setUint32(o + 4, crc32c(buf, 0, o + 8, p + len), true);
+  buf[p + len] = endMarker;
+  return len + frameOverheadBytes;
+}
+
+/** One framed record in a buffer of its own. */
+export function frame(r: WalRecord): Uint8Array {
+  const buf = new Uint8Array(frameBytes(r));
+  frameInto(r, buf, 0);
+  return buf;
+}
+
+/** The payload of `r` alone (tests and tools). */
+export function encodePayload(r: WalRecord): Uint8Array {
+  return frame(r).subarray(headerBytes, -1);
+}
+
+function fixedSize(type: number, payload: Uint8Array, n: number): void {
+  if (payload.length !== n)
+    throw new RangeError(`record type ${type}: ${payload.length} bytes, expected ${n}`);
+}
+
+/**
+ * Decodes a payload whose CRC already matched; throws on a malformed one. A Metadata record of
+ * another WAL format fails `corrupt` with a message that names both formats: the records after it
+ * cannot be read by this build.
+ */
 export function decodePayload(type: number, payload: Uint8Array): WalRecord {
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   switch (type) {
     case RecordType.Metadata: {
       const m = T.Metadata.decode(payload) as unknown as Record<string, unknown>;
-      return { type, nodeId: num(m.nodeId), segment: num(m.segment) };
+      const version = num(m.version);
+      if (version !== walFormat)
+        throw new ConclaveError(
+          ErrorCode.Corrupt,
+          `wal: this data directory was written in WAL format ${version}; this Conclave reads format ${walFormat} only (pre-1.0 formats are not upgraded: start the member from an empty directory and let it catch up from the cluster)`,
+          { details: { walFormat: version, supported: walFormat } },
+        );
+      return { type, nodeId: num(m.nodeId), segment: num(m.segment), version };
     }
-    case RecordType.HardState: {
-      const m = T.HardState.decode(payload) as unknown as Record<string, unknown>;
-      return { type, hardState: { term: num(m.term), vote: num(m.vote), commit: num(m.commit) } };
-    }
+    case RecordType.HardState:
+      fixedSize(type, payload, hardStateBytes);
+      return { type, hardState: { term: getU64(dv, 0), vote: getU64(dv, 8), commit: getU64(dv, 16) } };
     case RecordType.Entry: {
-      const m = T.Entry.decode(payload) as unknown as Record<string, unknown>;
-      const data = m.data instanceof Uint8Array ? new Uint8Array(m.data) : new Uint8Array(0);
+      if (payload.length < entryHeadBytes)
+        throw new RangeError(`entry record: ${payload.length} bytes, expected at least ${entryHeadBytes}`);
       return {
         type,
-        entry: { term: num(m.term), index: num(m.index), type: num(m.type) as EntryType, data },
+        entry: {
+          term: getU64(dv, 0),
+          index: getU64(dv, 8),
+          type: payload[16] as EntryType,
+          // A copy: the log must not pin the whole segment buffer it was read from.
+          data: new Uint8Array(payload.subarray(entryHeadBytes)),
+        },
       };
     }
-    case RecordType.LogReset: {
-      const m = T.LogReset.decode(payload) as unknown as Record<string, unknown>;
-      return { type, index: num(m.index), term: num(m.term) };
-    }
+    case RecordType.LogReset:
+      fixedSize(type, payload, logResetBytes);
+      return { type, index: getU64(dv, 0), term: getU64(dv, 8) };
     default:
       throw new Error(`unknown record type ${type}`);
   }
-}
-
-/** Appends framed records to `out` (a list of chunks); returns the bytes added. */
-export function frame(r: WalRecord): Uint8Array {
-  const payload = encodePayload(r);
-  const buf = new Uint8Array(payload.length + frameOverheadBytes);
-  const dv = new DataView(buf.buffer);
-  buf[8] = r.type;
-  buf.set(payload, headerBytes);
-  dv.setUint32(0, payload.length, true);
-  dv.setUint32(4, crc32c(buf, 0, 8, headerBytes + payload.length), true);
-  buf[headerBytes + payload.length] = endMarker;
-  return buf;
 }
 
 export interface SnapshotFileContents {

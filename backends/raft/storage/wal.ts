@@ -31,6 +31,8 @@ import {
   decodePayload,
   endMarker,
   frame,
+  frameBytes,
+  frameInto,
   frameOverheadBytes,
   headerBytes,
   RecordType,
@@ -124,6 +126,12 @@ export function scanSegment(buf: Uint8Array, file: string, last: boolean): ScanR
     try {
       rec = decodePayload(type, buf.subarray(o + headerBytes, recEnd - 1));
     } catch (err) {
+      // A segment of another WAL format: not damage, and its own message says what to do.
+      if (ConclaveError.is(err))
+        throw new ConclaveError(err.code, `${err.message} [${file}]`, {
+          details: { ...err.details, file },
+          cause: err,
+        });
       throw corrupt(file, o, `an undecodable record (${(err as Error).message})`);
     }
     records.push({ rec, offset: o });
@@ -237,7 +245,8 @@ export class Wal {
     for (let i = 0; i < this.#segments.length; i++) {
       const seg = this.#segments[i]!;
       const file = join(this.dir, seg.name);
-      const buf = new Uint8Array(await fsp.readFile(file));
+      const read = await fsp.readFile(file);
+      const buf = new Uint8Array(read.buffer, read.byteOffset, read.byteLength);
       const last = i === this.#segments.length - 1;
       const scan = scanSegment(buf, file, last);
       const first = scan.records[0]?.rec;
@@ -356,36 +365,42 @@ export class Wal {
     if (records.length === 0) return;
     this.#busy = true;
     try {
-      let chunk: Uint8Array[] = [];
+      // Records are framed in place into one buffer per write (no per-record allocation or
+      // concatenation); a write ends where a segment rotation or an intermediate sync is due.
+      let from = 0;
       let chunkBytes = 0;
-      const flush = async () => {
+      const flush = async (to: number) => {
         if (chunkBytes === 0) return;
-        await this.#writeRaw(chunk.length === 1 ? chunk[0]! : Buffer.concat(chunk, chunkBytes));
-        chunk = [];
+        const buf = Buffer.allocUnsafeSlow(chunkBytes);
+        let o = 0;
+        for (let i = from; i < to; i++) o += frameInto(records[i]!, buf, o);
+        assert(o === chunkBytes, 'wal: framed size mismatch');
+        await this.#writeRaw(buf);
+        from = to;
         chunkBytes = 0;
       };
-      for (const r of records) {
-        const f = frame(r);
-        if (this.#offset + chunkBytes + f.length > this.#o.segmentBytes && this.#offset > 0) {
-          await flush();
+      for (let i = 0; i < records.length; i++) {
+        const r = records[i]!;
+        const size = frameBytes(r);
+        if (this.#offset + chunkBytes + size > this.#o.segmentBytes && this.#offset > 0) {
+          await flush(i);
           await this.#fh!.datasync();
           this.stats.syncs++;
           await this.#createSegment(this.#segments[this.#segments.length - 1]!.seq + 1, this.#lastIndex + 1);
         }
-        if (chunkBytes + f.length > unsyncedBytesMax && chunkBytes > 0) {
-          await flush();
+        if (chunkBytes + size > unsyncedBytesMax && chunkBytes > 0) {
+          await flush(i);
           await this.#fh!.datasync();
           this.stats.syncs++;
         }
-        chunk.push(f);
-        chunkBytes += f.length;
+        chunkBytes += size;
         if (r.type === RecordType.Entry) {
           this.#lastIndex = r.entry.index;
           this.stats.entries++;
         } else if (r.type === RecordType.HardState) this.#hardState = r.hardState;
         else if (r.type === RecordType.LogReset) this.#lastIndex = r.index;
       }
-      await flush();
+      await flush(records.length);
       await this.#fh!.datasync();
       this.stats.syncs++;
     } finally {
