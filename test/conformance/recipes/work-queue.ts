@@ -118,6 +118,42 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     await b[Symbol.asyncDispose]();
   }, 30_000);
 
+  it('work queue — a consumer cut off from the store recovers its reaper: a claim that expired during the cut comes back to it', async (t) => {
+    const { kv, prefix, newKv, backend } = ctx();
+    if (!backend.supports.cutConnection || !backend.proxied) {
+      t.skip();
+      return;
+    }
+    const name = `${prefix('wq-cut')}jobs`;
+    await using producer = await open(kv, name);
+    const proxied = await backend.proxied();
+    try {
+      // A session that outlives the cut (suspended, not lost), so the consumer keeps going.
+      const session = await Session.create(proxied.kv, {
+        ttlSeconds: Math.max(8, backend.minTtlSeconds + 6),
+      });
+      const c = new WorkQueue(session, name, { visibilityTimeoutSeconds: backend.minTtlSeconds });
+      expect(await c.tryClaim()).toBeUndefined(); // starts its reaper
+      const id = await producer.queue.add('during the cut');
+      const other = await open(await newKv(), name);
+      const job = await other.queue.claim(timeout(10_000));
+      await other.queue.close(); // the only other reaper stops
+      await proxied.cut();
+      await kv.lease.revoke(job.lease);
+      await sleep(300);
+      await proxied.restore();
+      const again = await c.claim(timeout(20_000));
+      expect(again.id).toBe(id);
+      expect(again.attempts).toBe(2);
+      expect((await again.ack()).isOk()).toBe(true);
+      await c.close();
+      await session.close();
+      await other[Symbol.asyncDispose]();
+    } finally {
+      await proxied.close();
+    }
+  }, 40_000);
+
   it('work queue — a nack with a delay is not redelivered before the delay, and is after it', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-nack')}jobs`;
