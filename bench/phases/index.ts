@@ -2,6 +2,9 @@
 import { getPhase } from './get.js';
 import { lockHandoffPhase } from './lock-handoff.js';
 import { putPhase } from './put.js';
+import { configPhase } from './recipes-config.js';
+import { queuePhase } from './recipes-queue.js';
+import { workQueuePhase } from './recipes-work-queue.js';
 import { txnPhase } from './txn.js';
 import type { Phase } from './types.js';
 import { watchPhase } from './watch.js';
@@ -15,6 +18,10 @@ const phases: readonly Phase[] = [
   txnPhase(16),
   watchPhase(100, 100),
   lockHandoffPhase(8),
+  queuePhase(4, 4),
+  workQueuePhase(4, 16),
+  configPhase(100, 0),
+  configPhase(100, undefined),
 ];
 
 export function phaseByName(name: string): Phase {
