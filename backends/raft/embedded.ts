@@ -67,6 +67,11 @@ export interface ClusterOptions {
   snapshotEntries?: number;
   /** Where storage reports repairs (torn tails) and fatal errors; default `console.error`. */
   log?: (message: string) => void;
+  /**
+   * The monotonic clock (ms) lease deadlines are kept on (default `performance.now`). Tests inject
+   * a virtual clock to expire a lease without waiting its TTL; Raft ticks still come from a timer.
+   */
+  now?: () => number;
 }
 
 /** etcd's minimum lease TTL: ceil(1.5 × election timeout), in seconds. */
@@ -79,7 +84,11 @@ export class EmbeddedCluster {
   readonly members = new Map<NodeId, RaftNode>();
   readonly ids: NodeId[];
   readonly minTtlSeconds: number;
-  readonly #o: Required<Omit<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log'>> &
+  /** The clock lease deadlines are kept on (`ClusterOptions.now`). */
+  readonly now: () => number;
+  readonly #o: Required<
+    Omit<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log' | 'now'>
+  > &
     Pick<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log'>;
   readonly kv: EmbeddedKV;
 
@@ -112,6 +121,7 @@ export class EmbeddedCluster {
       heartbeatTicks: o.heartbeatTicks ?? 1,
       requestTimeoutMs: o.requestTimeoutMs ?? 5000,
     };
+    this.now = o.now ?? (() => performance.now());
     this.ids = Array.from({ length: nodes }, (_, i) => i + 1);
     this.minTtlSeconds = minTtlSeconds(this.#o.tickMs, this.#o.electionTicks);
     for (const id of this.ids) this.#start(id, storages?.get(id));
@@ -130,7 +140,7 @@ export class EmbeddedCluster {
       heartbeatTicks: this.#o.heartbeatTicks,
       minTtlSeconds: this.minTtlSeconds,
       requestTimeoutMs: this.#o.requestTimeoutMs,
-      now: () => performance.now(),
+      now: this.now,
       random: Math.random,
       ...(storage ? { storage } : {}),
       ...(this.#o.snapshotEntries !== undefined ? { snapshotEntries: this.#o.snapshotEntries } : {}),
@@ -301,7 +311,7 @@ export class EmbeddedKV implements KV {
         checkLeaseId('id', id, { allowZero: false });
         // Served by the leader without a log entry (etcd): it owns lease deadlines.
         const l = await this.#c.waitLeader(o.signal);
-        return { id, ttlSeconds: l.store.leases.renew(id, performance.now()) };
+        return { id, ttlSeconds: l.store.leases.renew(id, this.#c.now()) };
       },
       timeToLive: async (id, o = {}) => {
         this.#open(o);
@@ -313,7 +323,7 @@ export class EmbeddedKV implements KV {
           o.keys && lease ? [...lease.keys].map((k) => new Uint8Array(Buffer.from(k, 'latin1'))) : [];
         return {
           id,
-          ttlSeconds: l.store.leases.remainingSeconds(id, performance.now()),
+          ttlSeconds: l.store.leases.remainingSeconds(id, this.#c.now()),
           grantedTtlSeconds: lease?.grantedTtlSeconds ?? 0,
           keys,
         };
