@@ -569,6 +569,7 @@ export class WorkQueue implements AsyncDisposable {
       for (const cand of r.kvs) {
         signal.throwIfAborted();
         const job = await this.#tryCandidate(cand, { ...grant, sentAt }, signal);
+        if (job === 'lease-spent') break;
         if (job) {
           won = true;
           return { job, empty: false, revision: job.token };
@@ -584,7 +585,7 @@ export class WorkQueue implements AsyncDisposable {
     cand: KeyValue,
     lease: { id: LeaseId; ttlSeconds: number; sentAt: number },
     signal: AbortSignal,
-  ): Promise<Job | undefined> {
+  ): Promise<Job | undefined | 'lease-spent'> {
     const id = idOf(cand.key);
     const rec = decodeRecord(cand.key, cand.value);
     const claimed: StateRecord = { p: rec.p, a: rec.a + 1, m: rec.m, c: this.#ctx.consumer, t: Date.now() };
@@ -604,7 +605,13 @@ export class WorkQueue implements AsyncDisposable {
     );
     if (!t.succeeded) return undefined;
     const body = t.responses[3]?.type === 'get' ? t.responses[3].kvs[0]?.value : undefined;
-    return new Job(this.#ctx, id, body ?? new Uint8Array(0), claimed, t.revision, lease);
+    const job = new Job(this.#ctx, id, body ?? new Uint8Array(0), claimed, t.revision, lease);
+    if (body) return job;
+    // The body was deleted behind the queue's back (our txns never leave a state key without
+    // one): hand nobody an empty job; park it with the dead letters for an operator to see.
+    // Settling the job revoked the round's lease: the round ends and the next one grants anew.
+    await job.deadLetter({ error: `the body ${this.#keys.item(id)} is missing`, signal });
+    return 'lease-spent';
   }
 
   /**

@@ -213,6 +213,22 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0 });
   }, 30_000);
 
+  it('work queue — an item whose body was deleted behind the queue is dead-lettered, never handed out empty', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-nobody')}jobs`;
+    await using a = await open(kv, name);
+    const broken = await a.queue.add('gone');
+    await a.queue.add('fine');
+    await kv.delete(`${name}/items/${broken}`);
+    const job = await a.queue.claim(timeout(10_000));
+    expect(job.text).toBe('fine');
+    await job.ack();
+    const [dead] = await a.queue.deadLetters();
+    expect(dead?.id).toBe(broken);
+    expect(dead?.lastError).toMatch(/missing/);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 1 });
+  }, 30_000);
+
   it('work queue — 4 consumers on separate clients handle every job, none at once by two of them', async () => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-many')}jobs`;
