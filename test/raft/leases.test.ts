@@ -1,0 +1,294 @@
+/**
+ * Raft-only lease and watch tests of the embedded store: expiry belongs to the leader's clock and
+ * is committed through Raft (so a partitioned leader cannot revoke), a new leader refreshes every
+ * lease (etcd's lessor Promote), expiry on a virtual clock, and a watch across leadership transfers.
+ *
+ * Lease deadlines are kept on `ClusterOptions.now`: these tests inject a virtual clock and move it
+ * by hand, so a 60 s lease expires in milliseconds and a deadline passes exactly when the test says.
+ * Raft ticks (elections, heartbeats, the leader's expiry check) still come from real timers.
+ */
+import { describe, expect, it } from 'vitest';
+import { EmbeddedCluster } from '../../backends/raft/embedded.js';
+import type { FailoverWatch } from '../../backends/raft/failover-watch.js';
+import { decodeCommand } from '../../backends/raft/node/commands.js';
+import type { RaftNode } from '../../backends/raft/node/node.js';
+import { ConclaveError } from '../../src/errors.js';
+import { toText } from '../../src/keys.js';
+import type { KV } from '../../src/kv.js';
+import type { WatchEvent } from '../../src/types.js';
+import { collect, eventCount, waitFor } from '../conformance/util.js';
+
+/** A hand-moved monotonic clock; counts reads so a test can wait for the leader's expiry checks. */
+class VirtualClock {
+  ms = 1_000_000;
+  reads = 0;
+  readonly now = (): number => {
+    this.reads++;
+    return this.ms;
+  };
+  advance(ms: number): void {
+    this.ms += ms;
+  }
+  /**
+   * Waits until the clock was read `n` more times: the leader reads it on every tick to look for
+   * expired leases, so this waits for that many expiry checks (event-driven, not a fixed sleep).
+   */
+  async readsMore(n: number, what: string): Promise<void> {
+    const target = this.reads + n;
+    await waitFor(() => this.reads >= target, 10_000, what);
+  }
+}
+
+/** Waits until every running member has applied the leader's revision. */
+async function converged(c: EmbeddedCluster, kv: KV): Promise<number> {
+  const rev = (await kv.status()).revision;
+  await waitFor(
+    () => [...c.members.values()].every((n) => n.stopped || n.store.revision >= rev),
+    10_000,
+    `every member at revision ${rev}`,
+  );
+  return rev;
+}
+
+/** A write retried while leadership moves (guarded by the caller's compare, so applied once). */
+async function retrying<T>(f: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await f();
+    } catch (err) {
+      if (!ConclaveError.is(err) || !err.retryable || attempt > 30) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/** Revoke commands in `n`'s log after `index` (proposed, possibly uncommitted). */
+function revokesAfter(n: RaftNode, index: number, lease: bigint): number[] {
+  const out: number[] = [];
+  for (let i = index + 1; i <= n.raft.log.lastIndex; i++) {
+    const e = n.raft.log.entry(i);
+    if (!e || e.data.length === 0) continue;
+    try {
+      const cmd = decodeCommand(e.data);
+      if (cmd.op === 'revoke' && cmd.lease === lease) out.push(i);
+    } catch {
+      // A conf change or another entry kind: not a revocation.
+    }
+  }
+  return out;
+}
+
+describe('raft embedded — leases and leadership', () => {
+  it('a partitioned leader cannot revoke an expired lease the majority keeps alive; after heal its revocation is gone', async () => {
+    const clock = new VirtualClock();
+    const c = new EmbeddedCluster({ nodes: 3, now: clock.now });
+    const kv = c.client();
+    try {
+      const old = await c.waitLeader();
+      const ttl = c.minTtlSeconds;
+      const { id } = await kv.lease.grant(ttl);
+      await kv.put('pl/k', 'v', { lease: id });
+      const revBefore = await converged(c, kv);
+      const lastBefore = old.raft.log.lastIndex;
+
+      // Cut the leader off, then move its clock past the deadline: on its next tick it still
+      // believes it leads (check-quorum needs a whole election timeout) and proposes the revocation.
+      const others = c.ids.filter((i) => i !== old.id);
+      c.partition([old.id], others);
+      clock.advance(ttl * 1000 + 500);
+      await waitFor(
+        () => revokesAfter(old, lastBefore, id).length > 0,
+        10_000,
+        'the cut-off leader to propose the revocation',
+      );
+      const revokeIndex = revokesAfter(old, lastBefore, id)[0]!;
+      const revokeTerm = old.raft.log.term(revokeIndex)!;
+      // It cannot commit: no majority acknowledges it.
+      expect(old.raft.log.committed).toBeLessThan(revokeIndex);
+
+      // The majority elects a leader (the old one stepped down); keep-alives reach it while the
+      // virtual clock runs well past several TTLs.
+      await waitFor(() => !old.isLeader && c.leader() !== undefined, 10_000, 'a leader on the majority side');
+      const next = c.leader()!;
+      expect(others).toContain(next.id);
+      for (let i = 0; i < 6; i++) {
+        clock.advance((ttl * 1000) / 2);
+        const ka = await kv.lease.keepAliveOnce(id);
+        expect(ka.ttlSeconds).toBe(ttl);
+      }
+      await clock.readsMore(30, 'the new leader to check expiry several times');
+      expect(old.raft.log.committed).toBeLessThan(revokeIndex);
+      expect(old.store.leases.get(id)).toBeDefined();
+      expect(next.store.revision).toBe(revBefore);
+
+      c.heal();
+      // The old leader's log is replaced from the new leader: the entry at the revocation's index
+      // now belongs to a later term, and nothing was revoked anywhere.
+      await waitFor(
+        () => old.raft.log.term(revokeIndex) !== revokeTerm && old.raft.log.committed >= revokeIndex,
+        10_000,
+        "the old leader's uncommitted revocation to be replaced",
+      );
+      expect(revokesAfter(old, lastBefore, id)).toEqual([]);
+      await kv.lease.keepAliveOnce(id);
+      const rev = await converged(c, kv);
+      expect(rev).toBe(revBefore);
+      for (const n of c.members.values()) {
+        expect(n.store.leases.get(id), `lease on member ${n.id}`).toBeDefined();
+        expect(toText(n.store.range('pl/k').kvs[0]!.value), `key on member ${n.id}`).toBe('v');
+      }
+      const got = await kv.get('pl/k');
+      expect(got?.lease).toBe(id);
+      const live = await kv.lease.timeToLive(id, { keys: true });
+      expect(live.ttlSeconds).toBeGreaterThan(0);
+      expect(live.keys.map(toText)).toEqual(['pl/k']);
+    } finally {
+      await kv.close();
+      await c.close();
+    }
+  }, 40_000);
+
+  it("a new leader refreshes every lease's remaining time: a lease kept alive long after its grant survives a leadership transfer", async () => {
+    const clock = new VirtualClock();
+    const c = new EmbeddedCluster({ nodes: 3, now: clock.now });
+    const kv = c.client();
+    try {
+      const first = await c.waitLeader();
+      const ttl = c.minTtlSeconds;
+      const { id } = await kv.lease.grant(ttl);
+      await kv.put('pr/k', 'v', { lease: id });
+      const revBefore = await converged(c, kv);
+      // Keep-alives reach only the leader (no log entry): on the followers the lease's deadline is
+      // still grant time + TTL, long past after this loop.
+      for (let i = 0; i < 10; i++) {
+        clock.advance((ttl * 1000) / 2);
+        expect((await kv.lease.keepAliveOnce(id)).ttlSeconds).toBe(ttl);
+      }
+      const target = c.ids.find((i) => i !== first.id)!;
+      expect(c.members.get(target)!.store.leases.remainingSeconds(id, clock.ms)).toBe(0);
+
+      c.transferLeader(target);
+      await waitFor(() => c.leader()?.id === target, 10_000, `member ${target} to lead`);
+      // Without the refresh the new leader would find the lease expired on its first tick.
+      await clock.readsMore(30, 'the new leader to check expiry several times');
+      expect(c.leader()?.id).toBe(target);
+      const t = await kv.lease.timeToLive(id);
+      expect(t.ttlSeconds).toBe(ttl);
+      expect((await kv.get('pr/k'))?.lease).toBe(id);
+      expect((await kv.status()).revision).toBe(revBefore);
+
+      // Control: past the refreshed deadline without a keep-alive, the new leader does revoke it.
+      clock.advance(ttl * 1000 + 1);
+      await waitFor(async () => (await kv.get('pr/k')) === undefined, 10_000, 'the lease to expire');
+      expect((await kv.lease.timeToLive(id)).ttlSeconds).toBe(-1);
+    } finally {
+      await kv.close();
+      await c.close();
+    }
+  }, 40_000);
+
+  it('a 60 s lease on a virtual clock is still alive at 59 s and expires past 60 s: its keys deleted at one revision, watchers see the deletes', async () => {
+    const clock = new VirtualClock();
+    const c = new EmbeddedCluster({ nodes: 3, now: clock.now });
+    const kv = c.client();
+    const started = performance.now();
+    try {
+      await c.waitLeader();
+      const { id, ttlSeconds } = await kv.lease.grant(60);
+      expect(ttlSeconds).toBe(60);
+      await kv.put('vc/a', '1', { lease: id });
+      await kv.put('vc/b', '2', { lease: id });
+      const keep = await kv.put('vc/keep', '3');
+      const w = kv.watch('vc/', { prefix: true, startRevision: keep.revision + 1 });
+
+      clock.advance(59_000);
+      await clock.readsMore(30, 'the leader to check expiry several times at 59 s');
+      expect((await kv.status()).revision).toBe(keep.revision);
+      expect((await kv.lease.timeToLive(id)).ttlSeconds).toBe(1);
+      expect((await kv.range('vc/', { prefix: true })).count).toBe(3);
+
+      clock.advance(1_001);
+      const batches = await collect(w, (bs) => eventCount(bs) >= 2, 10_000);
+      const events: WatchEvent[] = batches.flatMap((b) => b.events);
+      expect(events.map((e) => [e.type, toText(e.kv.key)])).toEqual([
+        ['delete', 'vc/a'],
+        ['delete', 'vc/b'],
+      ]);
+      // One revocation, one revision, delivered as one batch (a revision is never split).
+      expect(batches.filter((b) => b.events.length > 0)).toHaveLength(1);
+      expect(events.map((e) => e.kv.modRevision)).toEqual([keep.revision + 1, keep.revision + 1]);
+      const r = await kv.range('vc/', { prefix: true });
+      expect(r.kvs.map((x) => toText(x.key))).toEqual(['vc/keep']);
+      expect(r.revision).toBe(keep.revision + 1);
+      expect((await kv.lease.timeToLive(id)).ttlSeconds).toBe(-1);
+      expect(await kv.lease.list()).not.toContain(id);
+      await w.close();
+      // The point of the virtual clock: nowhere near 60 real seconds.
+      expect(performance.now() - started).toBeLessThan(30_000);
+    } finally {
+      await kv.close();
+      await c.close();
+    }
+  }, 40_000);
+
+  it('a watch open across several leadership transfers sees every revision once, in order', async () => {
+    const c = new EmbeddedCluster({ nodes: 3, requestTimeoutMs: 2000 });
+    const kv = c.client();
+    try {
+      await c.waitLeader();
+      const first = await kv.put('wt/0', '0');
+      const w = kv.watch('wt/', { prefix: true, startRevision: first.revision }) as FailoverWatch;
+      const writes = 120;
+      const seen: Array<{ i: number; rev: number }> = [];
+      const reader = (async () => {
+        for await (const b of w) {
+          for (const e of b.events) seen.push({ i: Number(toText(e.kv.value)), rev: e.kv.modRevision });
+          if (seen.length >= writes) break;
+        }
+      })();
+      const revs = [first.revision];
+      const leaders = new Set<number>([(await c.waitLeader()).id]);
+      for (let i = 1; i < writes; i++) {
+        if (i % 30 === 0) {
+          // Move leadership to the next member and wait for it; writes meanwhile fail retryably.
+          const from = (await c.waitLeader()).id;
+          const to = c.ids[(c.ids.indexOf(from) + 1) % c.ids.length]!;
+          await waitFor(
+            () => {
+              if (c.leader()?.id === to) return true;
+              c.transferLeader(to);
+              return false;
+            },
+            10_000,
+            `leadership to move from ${from} to ${to}`,
+          );
+          leaders.add(to);
+        }
+        const t = await retrying(() =>
+          kv.txn({
+            compare: [{ key: `wt/${i}`, target: 'version', result: '=', value: 0 }],
+            success: [{ type: 'put', key: `wt/${i}`, value: String(i) }],
+            failure: [],
+          }),
+        );
+        expect(t.succeeded).toBe(true);
+        revs.push(t.revision);
+      }
+      await Promise.race([
+        reader,
+        new Promise((_, rej) =>
+          setTimeout(() => rej(new Error(`watch saw ${seen.length} of ${writes}`)), 10_000),
+        ),
+      ]);
+      expect(leaders.size).toBe(3);
+      expect(seen.map((s) => s.i)).toEqual(Array.from({ length: writes }, (_, i) => i));
+      expect(seen.map((s) => s.rev)).toEqual(revs);
+      // Nothing failed over: the member serving the watch kept serving it as leadership moved.
+      expect(w.failovers).toBe(0);
+      await w.close();
+    } finally {
+      await kv.close();
+      await c.close();
+    }
+  }, 40_000);
+});
