@@ -55,13 +55,35 @@ describe('store snapshot', () => {
     );
   });
 
-  it('a corrupt snapshot is refused with a clear error', () => {
-    expect(() => restoreStore(enc.encode('{not json'), { minTtlSeconds: 1, nowMs: 0 })).toThrow(
-      /snapshot: not valid JSON/,
+  it('a corrupt snapshot is refused with a clear error: old JSON format, unknown format, every truncation', () => {
+    const o = { minTtlSeconds: 1, nowMs: 0 };
+    expect(() => restoreStore(enc.encode('{"v":1,"keys":[]}'), o)).toThrow(
+      /format 1 \(JSON\).*empty directory/,
     );
-    expect(() => restoreStore(enc.encode('{"v":9}'), { minTtlSeconds: 1, nowMs: 0 })).toThrow(
-      /format version 9/,
-    );
+    expect(() => restoreStore(new Uint8Array([9, 0, 0]), o)).toThrow(/unknown format version 9/);
+    const s = new Store({ minTtlSeconds: 1 });
+    const l = s.applyLeaseGrant(5n, 10, 0).id;
+    s.applyPut(enc.encode('a'), enc.encode('1'), { lease: l });
+    s.applyPut(enc.encode('b'), enc.encode('22'), {});
+    s.applyDelete('b');
+    const data = snapshotStore(s);
+    for (let n = 0; n < data.length; n++) {
+      expect(() => restoreStore(data.subarray(0, n), o), `truncated to ${n}`).toThrow(
+        expect.objectContaining({ code: 'corrupt' }),
+      );
+    }
+    const longer = new Uint8Array(data.length + 1);
+    longer.set(data);
+    expect(() => restoreStore(longer, o)).toThrow(/bytes after the snapshot/);
+  });
+
+  it('restored values are copies: they do not share memory with the snapshot buffer', () => {
+    const s = new Store({ minTtlSeconds: 1 });
+    s.applyPut(enc.encode('k'), enc.encode('value'), {});
+    const data = snapshotStore(s);
+    const r = restoreStore(data, { minTtlSeconds: 1, nowMs: 0 });
+    data.fill(0);
+    expect(new TextDecoder().decode(r.range('k').kvs[0]!.value)).toBe('value');
   });
 });
 

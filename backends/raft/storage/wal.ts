@@ -26,7 +26,7 @@ import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { assert } from '../consensus/assert.js';
 import type { Entry, HardState } from '../consensus/types.js';
 import { crc32c } from './crc32c.js';
-import { hex16, lastNonZero, syncDir, writeZeros } from './fs-util.js';
+import { hex16, syncDir, writeZeros } from './fs-util.js';
 import {
   decodePayload,
   endMarker,
@@ -83,6 +83,24 @@ function corrupt(file: string, offset: number, what: string): ConclaveError {
     `wal: ${what} in ${file} at offset ${offset}; the member refuses to start on a damaged log (restore it from a snapshot or re-add it to the cluster)`,
     { details: { file, offset } },
   );
+}
+
+const zeroBlock = new Uint8Array(64 * 1024);
+
+/**
+ * Index of the last non-zero byte of `buf` at or after `from`, or -1. Compares whole blocks with
+ * a zero block (memcmp) and scans bytes only inside a block that differs: recovery checks that
+ * the preallocated rest of a segment (tens of MiB) is zeros, which byte by byte took ~1 s.
+ */
+export function lastNonZero(buf: Uint8Array, from = 0): number {
+  let end = buf.length;
+  while (end > from) {
+    const start = Math.max(from, end - zeroBlock.length);
+    if (Buffer.compare(buf.subarray(start, end), zeroBlock.subarray(0, end - start)) !== 0)
+      for (let i = end - 1; i >= start; i--) if (buf[i] !== 0) return i;
+    end = start;
+  }
+  return -1;
 }
 
 interface ScanResult {

@@ -4,99 +4,218 @@
  * Raft snapshots and log compaction. Lease deadlines are volatile and not included: whoever
  * restores and leads calls `leases.promote(now)`, as a new leader would.
  *
- * Format (version 1): UTF-8 JSON with bytes as base64. Simple and checkable; a binary format can
- * replace it behind the same two functions.
+ * Format 2 (binary; format 1 was JSON with base64 bytes, which took seconds and several times the
+ * store's size in transient strings for a million keys). All integers are u64 LE (safe integers)
+ * unless noted; `bytes` is a u32 LE length then the bytes.
+ *
+ *   [format u8 = 2][applied][rev][compact][keys]
+ *   keys × ([key: bytes][records u32] records × ([main][sub][kind u8: 0 tombstone, 1 value]
+ *            value records: [create][mod][version][lease i64][value: bytes]))
+ *   [leases u32] leases × ([id i64][ttl f64][granted f64][keys u32] keys × [key: bytes])
+ *
+ * It is written in two passes (size, then bytes into one exact buffer) and read in one; every
+ * key and value is copied out of the snapshot buffer (a stored value must not pin it).
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { KeyRecord } from './mvcc.js';
 import { Store } from './store.js';
 
-interface SnapV1 {
-  v: 1;
-  applied: number;
-  rev: number;
-  compact: number;
-  keys: Array<[string, Array<[number, number, string | null, number, number, number, string]>]>;
-  leases: Array<[string, number, number, string[]]>;
+/** The store snapshot format this build writes and reads. */
+export const storeSnapshotFormat = 2;
+
+function putU64(b: Buffer, o: number, v: number): void {
+  b.writeUInt32LE(v >>> 0, o);
+  b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), o + 4);
 }
 
-const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
-const unb64 = (s: string) => new Uint8Array(Buffer.from(s, 'base64'));
-
 export function snapshotStore(store: Store): Uint8Array {
-  const keys: SnapV1['keys'] = [];
-  store.mvcc.index.forEachPair((k, recs) => {
-    keys.push([
-      Buffer.from(k, 'latin1').toString('base64'),
-      recs.map((r) => [
-        r.main,
-        r.sub,
-        r.kv ? b64(r.kv.value) : null,
-        r.kv?.createRevision ?? 0,
-        r.kv?.modRevision ?? 0,
-        r.kv?.version ?? 0,
-        (r.kv?.lease ?? 0n).toString(),
-      ]),
-    ]);
+  const index = store.mvcc.index;
+  // Pass 1: the exact size.
+  let size = 1 + 8 * 4;
+  index.forEachPair((k, recs) => {
+    size += 4 + k.length + 4;
+    for (const r of recs) size += 17 + (r.kv ? 32 + 4 + r.kv.value.length : 0);
   });
-  const leases: SnapV1['leases'] = [...store.leases.byId.values()].map((l) => [
-    l.id.toString(),
-    l.ttlSeconds,
-    l.grantedTtlSeconds,
-    [...l.keys].map((k) => Buffer.from(k, 'latin1').toString('base64')),
-  ]);
-  const snap: SnapV1 = {
-    v: 1,
-    applied: store.appliedIndex,
-    rev: store.mvcc.currentRev,
-    compact: store.mvcc.compactRev,
-    keys,
-    leases,
+  size += 4;
+  for (const l of store.leases.byId.values()) {
+    size += 8 + 8 + 8 + 4;
+    for (const k of l.keys) size += 4 + k.length;
+  }
+  // Pass 2: the bytes.
+  const b = Buffer.allocUnsafeSlow(size);
+  let o = 0;
+  b[o++] = storeSnapshotFormat;
+  putU64(b, o, store.appliedIndex);
+  putU64(b, o + 8, store.mvcc.currentRev);
+  putU64(b, o + 16, store.mvcc.compactRev);
+  putU64(b, o + 24, index.size);
+  o += 32;
+  const key = (k: string) => {
+    b.writeUInt32LE(k.length, o);
+    // Index keys are latin1 strings, one char per byte.
+    b.write(k, o + 4, k.length, 'latin1');
+    o += 4 + k.length;
   };
-  return new TextEncoder().encode(JSON.stringify(snap));
+  index.forEachPair((k, recs) => {
+    key(k);
+    b.writeUInt32LE(recs.length, o);
+    o += 4;
+    for (const r of recs) {
+      putU64(b, o, r.main);
+      putU64(b, o + 8, r.sub);
+      o += 16;
+      const kv = r.kv;
+      if (!kv) {
+        b[o++] = 0;
+        continue;
+      }
+      b[o++] = 1;
+      putU64(b, o, kv.createRevision);
+      putU64(b, o + 8, kv.modRevision);
+      putU64(b, o + 16, kv.version);
+      b.writeBigInt64LE(kv.lease, o + 24);
+      b.writeUInt32LE(kv.value.length, o + 32);
+      b.set(kv.value, o + 36);
+      o += 36 + kv.value.length;
+    }
+  });
+  b.writeUInt32LE(store.leases.byId.size, o);
+  o += 4;
+  for (const l of store.leases.byId.values()) {
+    b.writeBigInt64LE(l.id, o);
+    b.writeDoubleLE(l.ttlSeconds, o + 8);
+    b.writeDoubleLE(l.grantedTtlSeconds, o + 16);
+    b.writeUInt32LE(l.keys.size, o + 24);
+    o += 28;
+    for (const k of l.keys) key(k);
+  }
+  if (o !== size) throw new Error(`store snapshot: wrote ${o} bytes, expected ${size}`);
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
+class Reader {
+  readonly b: Buffer;
+  o = 0;
+  constructor(data: Uint8Array) {
+    this.b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  }
+  need(n: number): void {
+    if (this.o + n > this.b.length) throw new RangeError(`truncated at byte ${this.o}`);
+  }
+  u8(): number {
+    this.need(1);
+    return this.b[this.o++]!;
+  }
+  u32(): number {
+    this.need(4);
+    const v = this.b.readUInt32LE(this.o);
+    this.o += 4;
+    return v;
+  }
+  u64(): number {
+    this.need(8);
+    const hi = this.b.readUInt32LE(this.o + 4);
+    if (hi >= 0x20_0000) throw new RangeError(`an integer beyond 2^53 at byte ${this.o}`);
+    const v = hi * 0x1_0000_0000 + this.b.readUInt32LE(this.o);
+    this.o += 8;
+    return v;
+  }
+  i64(): bigint {
+    this.need(8);
+    const v = this.b.readBigInt64LE(this.o);
+    this.o += 8;
+    return v;
+  }
+  f64(): number {
+    this.need(8);
+    const v = this.b.readDoubleLE(this.o);
+    this.o += 8;
+    return v;
+  }
+  latin1(): string {
+    const n = this.u32();
+    this.need(n);
+    const s = this.b.toString('latin1', this.o, this.o + n);
+    this.o += n;
+    return s;
+  }
+  bytes(): Uint8Array {
+    const n = this.u32();
+    this.need(n);
+    const out = new Uint8Array(n);
+    out.set(this.b.subarray(this.o, this.o + n));
+    this.o += n;
+    return out;
+  }
 }
 
 export function restoreStore(data: Uint8Array, opts: { minTtlSeconds: number; nowMs: number }): Store {
-  let snap: SnapV1;
+  const format = data[0];
+  if (format !== storeSnapshotFormat)
+    throw new ConclaveError(
+      ErrorCode.Corrupt,
+      format === 0x7b
+        ? `store snapshot: format 1 (JSON), written by an older Conclave; this build reads format ${storeSnapshotFormat} only (pre-1.0 data directories are not upgraded: start the member from an empty directory)`
+        : `store snapshot: unknown format version ${String(format)} (this build reads ${storeSnapshotFormat})`,
+    );
   try {
-    snap = JSON.parse(new TextDecoder().decode(data)) as SnapV1;
+    return read(new Reader(data), opts);
   } catch (err) {
-    throw new ConclaveError(ErrorCode.Corrupt, 'store snapshot: not valid JSON', { cause: err });
+    throw new ConclaveError(ErrorCode.Corrupt, `store snapshot: malformed (${(err as Error).message})`, {
+      cause: err,
+    });
   }
-  if (snap.v !== 1)
-    throw new ConclaveError(ErrorCode.Corrupt, `store snapshot: unknown format version ${String(snap.v)}`);
+}
+
+function read(r: Reader, opts: { minTtlSeconds: number; nowMs: number }): Store {
+  r.o = 1;
   const store = new Store({ minTtlSeconds: opts.minTtlSeconds });
-  store.appliedIndex = snap.applied;
-  store.mvcc.currentRev = snap.rev;
-  store.mvcc.compactRev = snap.compact;
-  for (const [k64, recs] of snap.keys) {
-    const keyB = unb64(k64);
-    const key = Buffer.from(keyB).toString('latin1');
-    const out: KeyRecord[] = recs.map(([main, sub, v, create, mod, version, lease]) => ({
-      main,
-      sub,
-      kv:
-        v === null
-          ? undefined
-          : {
-              key: keyB,
-              value: unb64(v),
-              createRevision: create,
-              modRevision: mod,
-              version,
-              lease: BigInt(lease),
-            },
-    }));
-    store.mvcc.index.set(key, out);
+  store.appliedIndex = r.u64();
+  store.mvcc.currentRev = r.u64();
+  store.mvcc.compactRev = r.u64();
+  const keys = r.u64();
+  let prev = '';
+  for (let i = 0; i < keys; i++) {
+    const key = r.latin1();
+    if (i > 0 && !(key > prev)) throw new RangeError(`keys out of order at byte ${r.o}`);
+    prev = key;
+    const keyB = new Uint8Array(Buffer.from(key, 'latin1'));
+    const n = r.u32();
+    const recs: KeyRecord[] = new Array(n);
+    for (let j = 0; j < n; j++) {
+      const main = r.u64();
+      const sub = r.u64();
+      const kind = r.u8();
+      if (kind === 0) {
+        recs[j] = { main, sub, kv: undefined };
+        continue;
+      }
+      if (kind !== 1) throw new RangeError(`record kind ${kind} at byte ${r.o - 1}`);
+      const createRevision = r.u64();
+      const modRevision = r.u64();
+      const version = r.u64();
+      const lease = r.i64();
+      const value = r.bytes();
+      recs[j] = { main, sub, kv: { key: keyB, value, createRevision, modRevision, version, lease } };
+    }
+    store.mvcc.index.set(key, recs);
   }
-  for (const [id, ttl, granted, keys] of snap.leases) {
-    store.leases.byId.set(BigInt(id), {
-      id: BigInt(id),
+  const leases = r.u32();
+  for (let i = 0; i < leases; i++) {
+    const id = r.i64();
+    const ttl = r.f64();
+    const granted = r.f64();
+    const n = r.u32();
+    const lk = new Set<string>();
+    for (let j = 0; j < n; j++) lk.add(r.latin1());
+    store.leases.byId.set(id, {
+      id,
       ttlSeconds: ttl,
       grantedTtlSeconds: granted,
-      keys: new Set(keys.map((k) => Buffer.from(k, 'base64').toString('latin1'))),
+      keys: lk,
       expiryMs: opts.nowMs + ttl * 1000,
     });
   }
+  if (r.o !== r.b.length) throw new RangeError(`${r.b.length - r.o} bytes after the snapshot`);
   return store;
 }
