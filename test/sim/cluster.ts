@@ -76,6 +76,8 @@ interface SimNode {
   appliedIndex: number;
   lastCommit: number;
   disk?: SimDisk;
+  /** Log matching: the entry object last checked at each index of this node's log (see #checkLogMatching). */
+  checkedEntries: Map<number, Entry>;
 }
 
 interface InFlight {
@@ -96,6 +98,15 @@ export class Simulation {
   readonly leaderOfTerm = new Map<number, number>();
   /** index → term:data of every entry applied anywhere (state machine safety). */
   readonly appliedGlobal = new Map<number, string>();
+  /**
+   * Log matching (§5.3): the first entry seen in any node's log for each (index, term), keyed by
+   * `logKey`, with the term just before it. An (index, term) pair must always come with the same
+   * data and the same previous term; by induction, two logs holding one (index, term) are then
+   * identical up to that index.
+   */
+  readonly entryByIndexTerm = new Map<number, { prevTerm: number; entry: Entry }>();
+  /** index → term of every entry a leader has counted as committed (leader completeness, §5.4). */
+  readonly committedGlobal = new Map<number, number>();
   /** Highest index any node has applied: every later ReadIndex must return at least this. */
   ackedIndex = 0;
   readonly pendingReads = new Map<string, number>();
@@ -120,7 +131,15 @@ export class Simulation {
     const voters = Array.from({ length: this.opts.nodes }, (_, i) => i + 1);
     for (const id of voters) {
       const storage = new MemoryStorage({ voters, learners: [] });
-      const n: SimNode = { id, raft: undefined, storage, applied: new Map(), appliedIndex: 0, lastCommit: 0 };
+      const n: SimNode = {
+        id,
+        raft: undefined,
+        storage,
+        applied: new Map(),
+        appliedIndex: 0,
+        lastCommit: 0,
+        checkedEntries: new Map(),
+      };
       if (this.opts.disk)
         n.disk = {
           wal: new Uint8Array(64 * 1024),
@@ -478,12 +497,15 @@ export class Simulation {
       if (prev !== undefined && prev !== n.id)
         this.fail(`election safety: ${prev} and ${n.id} both lead term ${r.term}`);
       this.leaderOfTerm.set(r.term, n.id);
-      // Leader completeness: every entry applied anywhere is in the new leader's log.
-      for (const [index, v] of this.appliedGlobal) {
+      // Leader completeness (§5.4): every entry committed by any leader of an earlier term is in
+      // the new leader's log (a compacted prefix was committed, so it is covered).
+      for (const [index, term] of this.committedGlobal) {
         if (index <= r.log.snapIndex) continue;
-        const e = r.log.entry(index);
-        if (!e || `${e.term}` !== v.split(':')[0])
-          this.fail(`leader completeness: leader ${n.id} of term ${r.term} lacks committed entry ${index}`);
+        const t = r.log.term(index);
+        if (t !== term)
+          this.fail(
+            `leader completeness: leader ${n.id} of term ${r.term} lacks committed entry ${index} of term ${term} (has ${t ?? 'none'})`,
+          );
       }
     }
     r.advance(rd);
@@ -511,7 +533,52 @@ export class Simulation {
       if (r.log.committed < n.lastCommit && n.lastCommit <= n.storage.hardState.commit) {
         this.fail(`node ${n.id} commit went back from ${n.lastCommit} to ${r.log.committed}`);
       }
+      if (r.role === Role.Leader) this.#recordCommitted(n, r);
       n.lastCommit = r.log.committed;
+      this.#checkLogMatching(n, r);
+    }
+  }
+
+  /**
+   * A leader's commit index is the cluster's: the entries up to it may never change (§5.4.3).
+   * Recorded here, checked against every later leader's log when it wins (leader completeness)
+   * and against every later commit.
+   */
+  #recordCommitted(n: SimNode, r: Raft): void {
+    const from = Math.max(r.log.snapIndex + 1, Math.min(n.lastCommit, r.log.committed) + 1);
+    for (let i = r.log.committed; i >= from; i--) {
+      const t = r.log.term(i)!;
+      const known = this.committedGlobal.get(i);
+      if (known === t) break; // everything before it was recorded (and checked) already
+      if (known !== undefined)
+        this.fail(
+          `commit safety: leader ${n.id} of term ${r.term} committed ${i} of term ${t}, but ${i} of term ${known} was committed before`,
+        );
+      this.committedGlobal.set(i, t);
+    }
+  }
+
+  /**
+   * Log matching (§5.3), checked incrementally: only entries this node's log did not hold at the
+   * last check are looked at. A log changes only at its end (a leader appends; a follower
+   * truncates a conflicting suffix and appends; a snapshot replaces it), so walking back from the
+   * last index until an entry is the very object checked last time visits exactly the new ones.
+   */
+  #checkLogMatching(n: SimNode, r: Raft): void {
+    const log = r.log;
+    const seen = n.checkedEntries;
+    for (let i = log.lastIndex; i > log.snapIndex; i--) {
+      const e = log.entry(i)!;
+      if (seen.get(i) === e) break;
+      seen.set(i, e);
+      const prevTerm = log.term(i - 1)!;
+      const key = logKey(i, e.term);
+      const known = this.entryByIndexTerm.get(key);
+      if (known === undefined) this.entryByIndexTerm.set(key, { prevTerm, entry: e });
+      else if (known.entry !== e && (known.prevTerm !== prevTerm || !sameEntry(known.entry, e)))
+        this.fail(
+          `log matching: node ${n.id} holds entry ${i} of term ${e.term} after term ${prevTerm} as ${show(e)}, another log holds it after term ${known.prevTerm} as ${show(known.entry)}`,
+        );
     }
   }
 
@@ -532,6 +599,20 @@ export class Simulation {
     if (leaders.length !== 1) this.fail(`liveness: ${leaders.length} leaders after the quiet phase`);
   }
 }
+
+/** A numeric (index, term) key: terms stay far below 2^20 in a simulation (asserted). */
+function logKey(index: number, term: number): number {
+  if (term >= 0x100000) throw new SimError(`term ${term} out of the simulator's key range`);
+  return index * 0x100000 + term;
+}
+
+function sameEntry(a: Entry, b: Entry): boolean {
+  if (a.type !== b.type || a.data.length !== b.data.length) return false;
+  for (let i = 0; i < a.data.length; i++) if (a.data[i] !== b.data[i]) return false;
+  return true;
+}
+
+const show = (e: Entry): string => `${e.type === EntryType.ConfChange ? 'conf ' : ''}"${dec.decode(e.data)}"`;
 
 /** End of the bytes written past `from` (a torn prefix left by a crash), or `from`. */
 function lastWritten(buf: Uint8Array, from: number): number {
