@@ -182,33 +182,43 @@ export class WorkQueueMaintenance {
     } else {
       this.#reapIds.add(id);
     }
-    this.#reaping ??= this.#drainReaps().finally(() => (this.#reaping = undefined));
+    // The drain clears `#reaping` itself, in the same synchronous stretch as its last check of
+    // the queue: a `.finally()` here would run some microtasks after the drain saw the queue empty,
+    // and an id queued in between would find `#reaping` still set and wait for nobody.
+    if (this.#reaping === undefined && !this.#stop.signal.aborted) this.#reaping = this.#drainReaps();
   }
 
   async #drainReaps(): Promise<void> {
     const signal = this.#stop.signal;
-    // Terminates: each turn removes an id or the sweep flag; new ones only come from watch events.
-    while (!signal.aborted && (this.#reapIds.size > 0 || this.#sweepWanted)) {
-      try {
-        if (this.#sweepWanted) {
-          this.#sweepWanted = false;
-          await this.#sweep(signal);
-          continue;
+    try {
+      // The first check runs after `#queueReap` has stored this drain as `#reaping`.
+      await Promise.resolve();
+      // Terminates: each turn removes an id or the sweep flag; new ones only come from watch events.
+      while (!signal.aborted && (this.#reapIds.size > 0 || this.#sweepWanted)) {
+        try {
+          if (this.#sweepWanted) {
+            this.#sweepWanted = false;
+            await this.#sweep(signal);
+            continue;
+          }
+          const id = this.#reapIds.values().next().value as string;
+          this.#reapIds.delete(id);
+          await this.reap(id, signal);
+          this.#failures = 0;
+        } catch (err) {
+          if (signal.aborted) return;
+          // A failed check is retried by a sweep (it re-reads everything), boundedly often.
+          this.#sweepWanted = true;
+          if (++this.#failures >= workQueueRestartAttemptsMax) {
+            this.#fail(err);
+            return;
+          }
+          await pause(Math.min(workQueueBackoffMsMax, 50 * 2 ** this.#failures), signal);
         }
-        const id = this.#reapIds.values().next().value as string;
-        this.#reapIds.delete(id);
-        await this.reap(id, signal);
-        this.#failures = 0;
-      } catch (err) {
-        if (signal.aborted) return;
-        // A failed check is retried by a sweep (it re-reads everything), boundedly often.
-        this.#sweepWanted = true;
-        if (++this.#failures >= workQueueRestartAttemptsMax) {
-          this.#fail(err);
-          return;
-        }
-        await pause(Math.min(workQueueBackoffMsMax, 50 * 2 ** this.#failures), signal);
       }
+    } finally {
+      // No await between the loop's last check and here (see `#queueReap`).
+      this.#reaping = undefined;
     }
   }
 

@@ -1,10 +1,132 @@
 import { expect, it } from 'vitest';
 import { type Job, WorkQueue } from '../../../recipes/work-queue.js';
 import { ConclaveError } from '../../../src/errors.js';
+import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
+import type { Bytes, Txn, TxnResult, Watch, WatchBatch } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
+
+const keyText = (k: Bytes): string => (typeof k === 'string' ? k : toText(k));
+
+/**
+ * A watch whose batches the test hands out: every batch of `real` is buffered, and passed on to
+ * the consumer at once while `auto` is on, or one at a time by `release()` when it is off.
+ */
+class GatedWatch implements Watch {
+  auto = true;
+  readonly pending: WatchBatch[] = [];
+  readonly ready: Promise<void>;
+  #waiter: ((r: IteratorResult<WatchBatch>) => void) | undefined;
+  #done = false;
+  #error: unknown;
+  readonly #real: Watch;
+
+  constructor(real: Watch) {
+    this.#real = real;
+    this.ready = real.ready;
+    void (async () => {
+      try {
+        for await (const b of real) {
+          this.pending.push(b);
+          if (this.auto) this.release();
+        }
+      } catch (err) {
+        this.#error = err ?? new Error('watch failed');
+      }
+      this.#done = true;
+      this.release();
+    })();
+  }
+
+  /** Hands the oldest buffered batch (or the end) to a waiting consumer; false if none waits. */
+  release(): boolean {
+    const w = this.#waiter;
+    if (!w) return false;
+    if (this.pending.length > 0) {
+      this.#waiter = undefined;
+      w({ value: this.pending.shift()!, done: false });
+      return true;
+    }
+    if (this.#done && this.#error === undefined) {
+      this.#waiter = undefined;
+      w({ value: undefined, done: true });
+    }
+    return false;
+  }
+
+  get waiting(): boolean {
+    return this.#waiter !== undefined;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
+    return {
+      next: () => {
+        if (this.auto && this.pending.length > 0)
+          return Promise.resolve({ value: this.pending.shift()!, done: false });
+        if (this.#done && this.pending.length === 0)
+          return this.#error === undefined
+            ? Promise.resolve({ value: undefined, done: true })
+            : Promise.reject(this.#error);
+        return new Promise((resolve) => {
+          this.#waiter = resolve;
+        });
+      },
+      return: async () => {
+        await this.close();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.#real.close();
+    this.#done = true;
+    this.release();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * `kv` with two seams for reaper races: watches of `gatedPrefix` are `GatedWatch`es (handed to
+ * `onWatch`), and while `holdReapWrites` is on, the result of every reaper write (a txn that
+ * compares an `inflight/lease/` key's create revision) is held until the test releases it.
+ */
+function reaperSeams(kv: KV, gatedPrefix: string) {
+  const seams = {
+    watches: [] as GatedWatch[],
+    holdReapWrites: false,
+    held: [] as Array<() => void>,
+    kv: new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'watch')
+          return (key: Bytes, opts?: Parameters<KV['watch']>[1]) => {
+            const w = target.watch(key, opts);
+            if (keyText(key) !== gatedPrefix) return w;
+            const g = new GatedWatch(w);
+            seams.watches.push(g);
+            return g;
+          };
+        if (prop === 'txn')
+          return async (t: Txn, o?: Parameters<KV['txn']>[1]): Promise<TxnResult> => {
+            const r = await target.txn(t, o);
+            const reapWrite = t.compare.some(
+              (c) => c.target === 'create' && keyText(c.key).includes('/inflight/lease/'),
+            );
+            if (!reapWrite || !seams.holdReapWrites) return r;
+            return new Promise((resolve) => seams.held.push(() => resolve(r)));
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    }),
+  };
+  return seams;
+}
 
 /** Conformance tests of WorkQueue (issue 7); run on every backend. */
 export const registerWorkQueueTests: RegisterTests = (ctx) => {
@@ -153,6 +275,46 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
       await proxied.close();
     }
   }, 40_000);
+
+  it('work queue — a claim that expires just as the reaper finishes another is still returned (every microtask interleaving)', async () => {
+    const { kv, prefix } = ctx();
+    const stuck: number[] = [];
+    // The reaper's next watch batch arrives k microtasks after its previous write resolves.
+    for (let k = 0; k <= 6; k++) {
+      const name = `${prefix(`wq-reap-race-${k}`)}jobs`;
+      const seams = reaperSeams(kv, `${name}/inflight/`);
+      await using a = await open(seams.kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 20 });
+      await a.queue.add('one');
+      await a.queue.add('two');
+      const one = (await a.queue.tryClaim())!;
+      const two = (await a.queue.tryClaim())!;
+      await waitFor(
+        () => seams.watches.length === 1 && seams.watches[0]!.waiting,
+        10_000,
+        'the reaper watch',
+      );
+      const gate = seams.watches[0]!;
+      // The first claim expires; its reap is held at its write.
+      seams.holdReapWrites = true;
+      await kv.lease.revoke(one.lease);
+      await waitFor(() => seams.held.length === 1, 10_000, 'the first reap');
+      // The second expires; its delete is delivered right after the first reap's write resolves.
+      gate.auto = false;
+      await kv.lease.revoke(two.lease);
+      await waitFor(() => gate.pending.length === 1, 10_000, 'the second expiry');
+      seams.holdReapWrites = false;
+      seams.held[0]!();
+      for (let i = 0; i < k; i++) await Promise.resolve();
+      gate.release();
+      gate.auto = true;
+      gate.release();
+      const returned = await waitFor(async () => (await a.queue.stats()).ready === 2, 3000, 'both items back')
+        .then(() => true)
+        .catch(() => false);
+      if (!returned) stuck.push(k);
+    }
+    expect(stuck).toEqual([]);
+  }, 60_000);
 
   it('work queue — a nack with a delay is not redelivered before the delay, and is after it', async () => {
     const { kv, prefix } = ctx();
