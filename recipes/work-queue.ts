@@ -565,10 +565,17 @@ export class WorkQueue implements AsyncDisposable {
     const sentAt = performance.now();
     const grant = await kv.lease.grant(this.visibilityTimeoutSeconds, { signal });
     let won = false;
+    let undo: Promise<unknown> | undefined;
     try {
       for (const cand of r.kvs) {
         signal.throwIfAborted();
-        const job = await this.#tryCandidate(cand, { ...grant, sentAt }, signal);
+        let job: Job | undefined | 'lease-spent';
+        try {
+          job = await this.#tryCandidate(cand, { ...grant, sentAt }, signal);
+        } catch (err) {
+          undo = this.#undoClaim(cand, grant.id);
+          throw err;
+        }
         if (job === 'lease-spent') break;
         if (job) {
           won = true;
@@ -577,8 +584,31 @@ export class WorkQueue implements AsyncDisposable {
       }
       return { empty: false, revision: r.revision };
     } finally {
-      if (!won) this.#revoke(grant.id);
+      if (!won) this.#revoke(grant.id, undo);
     }
+  }
+
+  /**
+   * A claim txn that failed without an answer (lost reply, abort) may still have been applied:
+   * the item would then sit claimed under a lease nobody uses, and the reaper would count the
+   * claim as a delivery (dead-lettering an item on its last attempt that no handler ever saw).
+   * While our lease key is still there, put the ready key back exactly as it was read; the round's
+   * lease is revoked only after this settles. Not tied to the caller's signal, which may be the
+   * reason we are here.
+   */
+  #undoClaim(cand: KeyValue, lease: LeaseId): Promise<unknown> {
+    const id = idOf(cand.key);
+    return this.session.kv
+      .txn({
+        compare: [{ key: this.#keys.lease(id), target: 'lease', result: '=', value: lease }],
+        success: [
+          { type: 'delete', key: this.#keys.rec(id) },
+          { type: 'delete', key: this.#keys.lease(id) },
+          { type: 'put', key: cand.key, value: cand.value },
+        ],
+        failure: [],
+      })
+      .catch(() => undefined);
   }
 
   async #tryCandidate(
@@ -784,9 +814,12 @@ export class WorkQueue implements AsyncDisposable {
     return t.succeeded;
   }
 
-  #revoke(lease: LeaseId): void {
+  /** Revokes `lease` in the background, after `after` settles (an undo that needs the lease). */
+  #revoke(lease: LeaseId, after?: Promise<unknown>): void {
     if (this.#revokes.size >= workQueueRevokesPendingMax) return; // It expires on its own.
-    const p = this.session.kv.lease.revoke(lease).catch(() => undefined);
+    const p = (after ?? Promise.resolve())
+      .then(() => this.session.kv.lease.revoke(lease))
+      .catch(() => undefined);
     this.#revokes.add(p);
     void p.finally(() => this.#revokes.delete(p));
   }

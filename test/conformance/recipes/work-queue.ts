@@ -1,6 +1,6 @@
 import { expect, it } from 'vitest';
 import { type Job, WorkQueue } from '../../../recipes/work-queue.js';
-import { ConclaveError } from '../../../src/errors.js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
@@ -315,6 +315,47 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     }
     expect(stuck).toEqual([]);
   }, 60_000);
+
+  it('work queue — a claim whose txn applied but whose reply was lost gives the item back without spending an attempt', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-lost-reply')}jobs`;
+    let lose = true;
+    // The first claim txn is applied by the store, but its reply never reaches the consumer.
+    const lossy = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'txn')
+          return async (t: Txn, o?: Parameters<KV['txn']>[1]): Promise<TxnResult> => {
+            const r = await target.txn(t, o);
+            const claim = t.success.some(
+              (op) => op.type === 'put' && keyText(op.key).includes('/inflight/rec/'),
+            );
+            if (claim && t.compare.some((c) => keyText(c.key).includes('/ready/')) && lose) {
+              lose = false;
+              throw new ConclaveError(ErrorCode.Unavailable, 'connection lost before the reply');
+            }
+            return r;
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using a = await open(lossy, name, { maxAttempts: 1 });
+    const id = await a.queue.add('never seen by a handler');
+    await expect(a.queue.tryClaim()).rejects.toSatisfy((e: unknown) => ConclaveError.is(e, 'unavailable'));
+    await waitFor(
+      async () => {
+        const s = await a.queue.stats();
+        return s.ready + s.dead === 1;
+      },
+      15_000,
+      'the item to leave its unknown claim',
+    );
+    expect(await a.queue.stats()).toMatchObject({ ready: 1, inFlight: 0, dead: 0 });
+    const job = await a.queue.tryClaim();
+    expect(job?.id).toBe(id);
+    expect(job?.attempts).toBe(1);
+    expect((await job!.ack()).isOk()).toBe(true);
+  }, 30_000);
 
   it('work queue — a nack with a delay is not redelivered before the delay, and is after it', async () => {
     const { kv, prefix } = ctx();
