@@ -25,6 +25,9 @@ interface RunResult {
   acks: Array<{ key: string; revision: number }>;
 }
 
+/** Longest a child may take to recover and report its state. */
+const startupMsMax = 60_000;
+
 /** Starts the child, waits for its state line, lets it write for `writeMs`, kills it (bounded). */
 function runChild(dir: string, run: number, writeMs: number): Promise<RunResult> {
   return new Promise((resolve, reject) => {
@@ -42,7 +45,13 @@ function runChild(dir: string, run: number, writeMs: number): Promise<RunResult>
     child.stderr!.on('data', (d) => {
       stderr += String(d);
     });
-    const guard = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    // Bounds a child that never reports (startup includes tsx's transform and recovery; a loaded
+    // machine can take tens of seconds).
+    let guardFired = false;
+    const guard = setTimeout(() => {
+      guardFired = true;
+      child.kill('SIGKILL');
+    }, startupMsMax);
     createInterface({ input: child.stdout! }).on('line', (line) => {
       if (!state) {
         state = JSON.parse(line) as RunResult['state'];
@@ -55,7 +64,12 @@ function runChild(dir: string, run: number, writeMs: number): Promise<RunResult>
     child.on('exit', () => {
       clearTimeout(guard);
       children.delete(child);
-      if (!state) reject(new Error(`crash child ${run} died before reporting its state:\n${stderr}`));
+      if (!state)
+        reject(
+          new Error(
+            `crash child ${run} died before reporting its state${guardFired ? ` (killed: no state within ${startupMsMax} ms)` : ''}:\n${stderr}`,
+          ),
+        );
       else resolve({ state, acks });
     });
   });
