@@ -485,6 +485,17 @@ export class Topic {
       );
       const other = firstKv(t.responses[0]);
       if (!t.succeeded && other) start = parseSeq(this.name, toText(other.value), `cursor ${subscriber}`) + 1;
+      if (t.succeeded && signal?.aborted) {
+        // This call is failing: take back the cursor it created (unless it was moved since), so a
+        // later subscribe under the name starts at its own `from`, as if this one never ran.
+        await this.kv
+          .txn({
+            compare: [{ key, target: 'mod', result: '=', value: t.revision }],
+            success: [{ type: 'delete', key }],
+            failure: [],
+          })
+          .catch(() => undefined);
+      }
     }
     throwIfAborted(signal);
     return new Subscription(this, {

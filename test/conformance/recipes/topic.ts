@@ -369,6 +369,34 @@ export const registerTopicTests: RegisterTests = (ctx) => {
     expect(await pending).toEqual({ done: true, value: undefined });
   });
 
+  it('topic — a durable subscribe aborted after it stored the new cursor removes it again', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('topic-abort-cursor')}t`;
+    const ac = new AbortController();
+    const reason = new Error('gave up');
+    // The signal fires just after the store applied the new subscriber's cursor.
+    const aborting = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'txn')
+          return async (...args: Parameters<KV['txn']>) => {
+            const r = await target.txn(...args);
+            const put = args[0].success[0];
+            if (put?.type === 'put' && String(put.key).includes('/cursors/')) ac.abort(reason);
+            return r;
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const topic = new Topic(aborting, name);
+    await publishAll(topic, ['a', 'b', 'c']);
+    await expect(topic.subscribe({ subscriber: 's', from: 'next', signal: ac.signal })).rejects.toBe(reason);
+    expect(await topic.cursor('s')).toBeUndefined();
+    // A later subscription under that name starts where it asks to, not where the aborted one would have.
+    await using sub = await topic.subscribe({ subscriber: 's', from: 1 });
+    expect(seqs(await take(sub[Symbol.asyncIterator](), 3))).toEqual([1, 2, 3]);
+  });
+
   it('topic — misuse fails clearly: ack without a subscriber name, a seq beyond the next', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('topic-misuse')}t`;
