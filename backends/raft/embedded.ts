@@ -65,6 +65,8 @@ export interface ClusterOptions {
   segmentBytes?: number;
   /** Snapshot and compact the log every this many applied entries. */
   snapshotEntries?: number;
+  /** How long `startCluster` waits for the first leader (default `startTimeoutMsDefault`). */
+  startTimeoutMs?: number;
   /** Where storage reports repairs (torn tails) and fatal errors; default `console.error`. */
   log?: (message: string) => void;
   /**
@@ -73,6 +75,9 @@ export interface ClusterOptions {
    */
   now?: () => number;
 }
+
+/** Default wait for the first leader in `startCluster` (recovering a large data dir takes a while). */
+export const startTimeoutMsDefault = 60_000;
 
 /** etcd's minimum lease TTL: ceil(1.5 × election timeout), in seconds. */
 function minTtlSeconds(tickMs: number, electionTicks: number): number {
@@ -87,7 +92,7 @@ export class EmbeddedCluster {
   /** The clock lease deadlines are kept on (`ClusterOptions.now`). */
   readonly now: () => number;
   readonly #o: Required<
-    Omit<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log' | 'now'>
+    Omit<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log' | 'now' | 'startTimeoutMs'>
   > &
     Pick<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log'>;
   readonly kv: EmbeddedKV;
@@ -156,8 +161,8 @@ export class EmbeddedCluster {
   }
 
   /** Waits (bounded) for a leader. */
-  async waitLeader(signal?: AbortSignal): Promise<RaftNode> {
-    const until = performance.now() + this.#o.requestTimeoutMs;
+  async waitLeader(signal?: AbortSignal, timeoutMs = this.#o.requestTimeoutMs): Promise<RaftNode> {
+    const until = performance.now() + timeoutMs;
     while (true) {
       const l = this.leader();
       if (l) return l;
@@ -260,7 +265,8 @@ function openMemberStorage(o: ClusterOptions, id: NodeId, ids: readonly NodeId[]
 export async function startCluster(o: ClusterOptions = {}): Promise<EmbeddedCluster> {
   const c = await EmbeddedCluster.open(o);
   try {
-    await c.waitLeader();
+    // A recovered member replays its log before it can campaign: allow for a large one.
+    await c.waitLeader(undefined, o.startTimeoutMs ?? startTimeoutMsDefault);
   } catch (err) {
     await c.close();
     throw err;
