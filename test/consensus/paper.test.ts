@@ -187,6 +187,53 @@ describe('raft (paper)', () => {
     expect(rs[0]!.index).toBe(c.node(1).log.committed);
   });
 
+  it('§6.4 ReadIndex batching: 200 reads arriving at once are confirmed by two heartbeat rounds, not 200', () => {
+    const c = new TestCluster([1, 2, 3]);
+    elect(c, 1);
+    c.flush();
+    c.queue = [];
+    for (let i = 0; i < 200; i++) c.node(1).readIndex(bytes(`r${i}`));
+    let heartbeats = 0;
+    for (let hop = 0; hop < 20; hop++) {
+      c.flush();
+      const q = c.queue;
+      c.queue = [];
+      heartbeats += q.filter((m) => m.type === MessageType.Heartbeat).length;
+      for (const m of q) c.node(m.to).step(m);
+    }
+    const rs = c.readStates.get(1)!;
+    expect(rs.map((r) => new TextDecoder().decode(r.context))).toEqual(
+      Array.from({ length: 200 }, (_, i) => `r${i}`),
+    );
+    // r0 starts round 1; r1…r199 arrive while it is in flight and form round 2. Two followers each.
+    expect(heartbeats).toBe(4);
+  });
+
+  it('§6.4 ReadIndex batching: a read that arrived after a round was sent is not answered by that round, even if the answers arrive later', () => {
+    const c = new TestCluster([1, 2, 3]);
+    elect(c, 1);
+    c.node(1).readIndex(bytes('before'));
+    c.flush();
+    const round1 = c.queue.filter((m) => m.type === MessageType.Heartbeat);
+    expect(round1).toHaveLength(2);
+    c.queue = [];
+    c.node(1).readIndex(bytes('after'));
+    // Both followers answer round 1: only the read sent before it is confirmed.
+    for (const m of round1) c.node(m.to).step(m);
+    c.flush();
+    const answers = c.queue.filter((m) => m.type === MessageType.HeartbeatResp);
+    c.queue = c.queue.filter((m) => m.type !== MessageType.HeartbeatResp);
+    for (const m of answers) c.node(1).step(m);
+    c.flush();
+    expect(c.readStates.get(1)!.map((r) => new TextDecoder().decode(r.context))).toEqual(['before']);
+    // A duplicate answer to round 1 confirms nothing more either.
+    c.node(1).step(answers[0]!);
+    c.flush();
+    expect(c.readStates.get(1)!).toHaveLength(1);
+    c.stabilize();
+    expect(c.readStates.get(1)!.map((r) => new TextDecoder().decode(r.context))).toEqual(['before', 'after']);
+  });
+
   it('§6.2 check-quorum: a leader that cannot reach a majority for an election timeout steps down', () => {
     const c = new TestCluster([1, 2, 3]);
     elect(c, 1);

@@ -6,6 +6,9 @@
  *   campaign 1 | tick 1 [n] | tick-all [n] | propose 1 text | read-index 1 ctx | transfer 1 3
  *   conf 1 add-learner|add-voter|remove 4 | compact 1 | isolate 3 | heal
  *   stabilize         (delivers until quiet, printing each delivered message)
+ *   deliver [n]       (n hops, default 1: delivers only the messages already sent, printing them;
+ *                      what they cause is sent, not delivered)
+ *   drop              (discards every message sent and not yet delivered, printing them)
  *   status            (one line per node: role, term, lead, commit, last index, config)
  *   applied 2         (the data applied on node 2)
  *
@@ -27,7 +30,9 @@ export function formatMessage(m: Message): string {
     );
   if (m.type === 'heartbeat') parts.push(`commit=${m.commit}`);
   if (m.reject) parts.push(`reject hint=${m.rejectHint}/${m.hintTerm}`);
-  if (m.context.length > 0) parts.push(`ctx=${dec.decode(m.context)}`);
+  // A heartbeat's context is a ReadIndex confirmation round's number (read-only.ts).
+  if (m.context.length > 0)
+    parts.push(`${m.type.startsWith('heartbeat') ? 'read-round' : 'ctx'}=${dec.decode(m.context)}`);
   if (m.snapshot) parts.push(`snap=${m.snapshot.meta.index}/${m.snapshot.meta.term}`);
   if (m.type === 'read-index-resp') parts.push(`idx=${m.index}`);
   return parts.join(' ');
@@ -96,6 +101,15 @@ export class ScenarioRunner {
         case 'stabilize':
           this.#stabilize(c(), out);
           break;
+        case 'deliver':
+          for (let i = 0; i < (args[0] ? num(0) : 1); i++) this.#deliverOnce(c(), out);
+          break;
+        case 'drop': {
+          c().flush();
+          for (const m of c().queue) out.push(`(dropped) ${formatMessage(m)}`);
+          c().queue = [];
+          break;
+        }
         case 'status':
           for (const [id, r] of c().nodes) {
             const cs = r.confState();
@@ -108,6 +122,7 @@ export class ScenarioRunner {
           out.push(`${num(0)}: [${c().data(num(0)).join(' ')}]`);
           break;
         case 'reads':
+          c().flush(); // read states reach the harness with their Ready
           out.push(
             `${num(0)}: [${c()
               .readStates.get(num(0))!
@@ -126,17 +141,21 @@ export class ScenarioRunner {
   }
 
   #stabilize(c: TestCluster, out: string[]): void {
-    for (let round = 0; round < 100; round++) {
-      c.flush();
-      if (c.queue.length === 0 && ![...c.nodes.values()].some((r) => r.hasReady())) return;
-      const q = c.queue;
-      c.queue = [];
-      for (const m of q) {
-        const cut = c.down.has(`${m.from}-${m.to}`);
-        out.push(`${cut ? '(dropped) ' : ''}${formatMessage(m)}`);
-        if (!cut) c.nodes.get(m.to)?.step(m);
-      }
+    for (let round = 0; round < 100; round++) if (!this.#deliverOnce(c, out)) return;
+  }
+
+  /** One hop: flushes every Ready and delivers what was sent; false when nothing was. */
+  #deliverOnce(c: TestCluster, out: string[]): boolean {
+    c.flush();
+    if (c.queue.length === 0 && ![...c.nodes.values()].some((r) => r.hasReady())) return false;
+    const q = c.queue;
+    c.queue = [];
+    for (const m of q) {
+      const cut = c.down.has(`${m.from}-${m.to}`);
+      out.push(`${cut ? '(dropped) ' : ''}${formatMessage(m)}`);
+      if (!cut) c.nodes.get(m.to)?.step(m);
     }
+    return true;
   }
 }
 

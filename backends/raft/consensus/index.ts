@@ -2,4 +2,5 @@
 export { ProposalDropped, RaftInvariantError } from './assert.js';
 export { MemoryStorage } from './memory-storage.js';
 export { decodeConfChange, encodeConfChange, Raft } from './raft.js';
+export { pendingReadsMax } from './read-only.js';
 export * from './types.js';

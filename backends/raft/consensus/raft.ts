@@ -7,14 +7,15 @@
  * Implemented: pre-vote (§9.6) and check-quorum (§6.2) on by default, leader stickiness against
  * disruptive servers (§4.2.3), per-follower progress with a bounded in-flight window, fast log
  * back-off, commit by current-term counting only (§5.4.2, Figure 8), a no-op entry on election,
- * ReadIndex reads held until the term's first commit (§6.4), snapshots for lagging followers,
+ * ReadIndex reads held until the term's first commit and confirmed in batches by heartbeat
+ * rounds (§6.4), snapshots for lagging followers,
  * single-server membership changes one at a time (§4.1) with learners, leadership transfer
  * (§3.10), proposal forwarding, and a bound on uncommitted bytes.
  */
 import { assert, ProposalDropped } from './assert.js';
 import { RaftLog } from './log.js';
 import { Progress, ProgressState } from './progress.js';
-import { ReadOnly } from './read-only.js';
+import { pendingReadsMax, ReadOnly } from './read-only.js';
 import {
   type ConfChange,
   type ConfState,
@@ -456,7 +457,8 @@ export class Raft {
     }
     if (this.#heartbeatElapsed >= this.#cfg.heartbeatTicks) {
       this.#heartbeatElapsed = 0;
-      this.#bcastHeartbeat(EMPTY);
+      // The periodic heartbeat doubles as the next ReadIndex round when reads are waiting.
+      this.#bcastHeartbeat(this.#readOnly.heartbeatContext());
     }
   }
 
@@ -906,14 +908,19 @@ export class Raft {
     if (pr.state === ProgressState.Replicate && pr.inflights.full) pr.inflights.freeFirstOne();
     if (pr.match < this.log.lastIndex) this.#sendAppend(m.from);
     if (m.context.length === 0) return;
-    for (const r of this.#readOnly.ack(m.from, m.context, this.#quorum(), this.voters))
-      this.#answerRead(r.req, r.index);
+    const confirmed = this.#readOnly.ack(m.from, m.context, this.id, this.#quorum(), this.voters);
+    if (confirmed.length === 0) return;
+    for (const r of confirmed) this.#answerRead(r.req, r.index);
+    // Reads that queued up while the confirmed round was in flight go out as the next round now.
+    const next = this.#readOnly.startIfIdle();
+    if (next) this.#bcastHeartbeat(next);
   }
 
   #handleReadIndex(m: Message): void {
     // §6.4: the leader must first commit an entry of its own term to know the commit index is current.
     if (this.log.term(this.log.committed) !== this.term) {
-      this.#pendingReads.push(m);
+      // Bounded with the confirmation queue: beyond it the read is dropped and its client retries.
+      if (this.#pendingReads.length + this.#readOnly.size < pendingReadsMax) this.#pendingReads.push(m);
       return;
     }
     this.#startRead(m);
@@ -922,15 +929,21 @@ export class Raft {
   #releasePendingReads(): void {
     const reads = this.#pendingReads;
     this.#pendingReads = [];
-    for (const m of reads) this.#startRead(m);
+    // All of them join one round (or the next, if one is in flight).
+    for (const m of reads) this.#startRead(m, false);
+    const ctx = this.#readOnly.startIfIdle();
+    if (ctx) this.#bcastHeartbeat(ctx);
   }
 
-  #startRead(m: Message): void {
+  #startRead(m: Message, send = true): void {
     if (this.voters.size === 1) {
       this.#answerRead(m, this.log.committed);
       return;
     }
-    if (this.#readOnly.add(m, this.log.committed, this.id)) this.#bcastHeartbeat(m.context);
+    // Batched (read-only.ts): a read arriving while a round is in flight waits for the next one.
+    if (!this.#readOnly.add(m, this.log.committed, this.#pendingReads.length)) return;
+    const ctx = send ? this.#readOnly.startIfIdle() : undefined;
+    if (ctx) this.#bcastHeartbeat(ctx);
   }
 
   #answerRead(req: Message, index: number): void {
