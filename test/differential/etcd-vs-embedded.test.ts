@@ -1,0 +1,128 @@
+/**
+ * Differential test: random sequences of KV and lease operations (fast-check) run on real etcd
+ * (the reference) and on a 3-node embedded Raft cluster must give the same normalized results —
+ * revisions relative to the run's start, values, versions, create/mod revisions, counts, `more`,
+ * txn outcomes, prevKvs, error codes, lease state — and a watch replaying each run's history must
+ * see the same events.
+ *
+ * Each property run uses a fresh prefix and lease ids on both stores (one etcd and one cluster for
+ * the whole file). Compaction is global, so a run only compacts at revisions from its own start
+ * marker on, which is above every earlier run's compaction.
+ *
+ * Reproduce a failure with DIFF_SEED=<seed> (and DIFF_PATH=<path>) from the report; DIFF_RUNS sets
+ * the number of runs (default 60).
+ */
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
+import { connect } from '../../src/connect.js';
+import type { KV } from '../../src/kv.js';
+import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';
+import { type OpSpec, sequenceArb } from './model.js';
+import { firstDifference, runIds, runSequence } from './runner.js';
+
+const available = !!process.env.ETCD_ENDPOINTS || !!etcdBinary();
+const required = process.env.REQUIRE_ETCD === '1';
+if (!available && !required) {
+  console.warn(
+    '\n!!!!!!!! SKIPPING the etcd-vs-embedded differential test: no etcd (see README "How tests find etcd") !!!!!!!!\n',
+  );
+}
+
+const numRuns = Number(process.env.DIFF_RUNS ?? 60);
+const seed = process.env.DIFF_SEED === undefined ? undefined : Number(process.env.DIFF_SEED);
+const path = process.env.DIFF_PATH;
+
+// With REQUIRE_ETCD=1 the test runs even without etcd, so setup fails loudly instead of skipping.
+describe.skipIf(!available && !required)('differential — etcd vs embedded', () => {
+  let etcd: EtcdCluster | undefined;
+  let etcdKv: KV | undefined;
+  let cluster: EmbeddedCluster | undefined;
+  let embeddedKv: KV | undefined;
+  let run = 0;
+
+  beforeAll(async () => {
+    etcd = await startEtcd({ members: 1 });
+    if (!etcd) throw new Error('etcd is required but was not found');
+    etcdKv = await connect({ backend: 'etcd', endpoints: etcd.endpoints });
+    cluster = await startCluster({ nodes: 3 });
+    embeddedKv = cluster.client();
+  });
+
+  afterAll(async () => {
+    await embeddedKv?.close();
+    await cluster?.close();
+    await etcdKv?.close();
+    await etcd?.stop();
+  });
+
+  it('random operation sequences give the same results on etcd and on a 3-node embedded store', async () => {
+    const property = fc.asyncProperty(sequenceArb, async (ops: OpSpec[]) => {
+      const ids = runIds(++run);
+      const [reference, embedded] = await Promise.all([
+        runSequence(etcdKv!, ids, ops),
+        runSequence(embeddedKv!, ids, ops),
+      ]);
+      const diff = firstDifference(ops, reference, embedded, ['etcd', 'embedded']);
+      if (diff !== undefined) throw new Error(diff);
+      ops.forEach((op, i) => {
+        const outcome = (reference.steps[i] as { error?: string }).error ?? 'ok';
+        coverage.set(`${op.op} → ${outcome}`, (coverage.get(`${op.op} → ${outcome}`) ?? 0) + 1);
+      });
+      const h = reference.history as { error?: string };
+      const hk = `history → ${Array.isArray(h) ? 'events' : (h.error ?? String(h))}`;
+      coverage.set(hk, (coverage.get(hk) ?? 0) + 1);
+    });
+    const coverage = new Map<string, number>();
+    await fc.assert(property, {
+      numRuns,
+      ...(seed !== undefined ? { seed } : {}),
+      ...(path !== undefined ? { path } : {}),
+      // Shrinking replays sequences on the live stores; bound it so a failure reports in time.
+      interruptAfterTimeLimit: 240_000,
+      markInterruptAsFailure: true,
+    });
+    // What the runs exercised (etcd's outcomes), to see at a glance that errors and successes of
+    // every kind of op were compared.
+    console.log(
+      `differential coverage over ${numRuns} runs:\n${[...coverage]
+        .sort()
+        .map(([k, n]) => `  ${k}: ${n}`)
+        .join('\n')}`,
+    );
+    expect(run).toBeGreaterThanOrEqual(numRuns);
+    expect(coverage.get('txn → ok')).toBeGreaterThan(0);
+  }, 300_000);
+
+  // KNOWN BUG in the etcd client (backends/etcd/convert.ts `txnResult`), found by the property
+  // above: etcd sends a nested TxnResponse without a header, and the client then reports revision
+  // 0 for every response inside the nested txn instead of the txn's revision (the contract in
+  // src/types.ts; the embedded store does this). Flip to `it` when the client is fixed.
+  it.fails('KNOWN etcd-client bug: the responses inside a nested txn carry the txn revision', async () => {
+    const key = `${runIds(++run).prefix}nested`;
+    const t = await etcdKv!.txn({
+      compare: [],
+      success: [
+        { type: 'txn', txn: { compare: [], success: [{ type: 'put', key, value: 'x' }], failure: [] } },
+      ],
+      failure: [],
+    });
+    const nested = t.responses[0];
+    expect(nested?.type).toBe('txn');
+    if (nested?.type !== 'txn') return;
+    expect(nested.revision).toBe(t.revision);
+    expect(nested.responses[0]?.revision).toBe(t.revision);
+  });
+
+  // KNOWN BUG in the etcd client (backends/etcd/convert.ts `kvFromPb`), found by the property
+  // above: etcd omits an empty bytes field, protobufjs then yields its default, a plain `[]`, and
+  // `p.value ?? EMPTY` keeps it — so `kv.value` of an empty value is not a Uint8Array (`toText`
+  // throws on it) in get, range, prevKv and watch events. Flip to `it` when the client is fixed.
+  it.fails('KNOWN etcd-client bug: an empty value reads back as an empty Uint8Array', async () => {
+    const key = `${runIds(++run).prefix}empty`;
+    await etcdKv!.put(key, '');
+    const got = await etcdKv!.get(key);
+    expect(got?.value).toBeInstanceOf(Uint8Array);
+    expect(got?.value.length).toBe(0);
+  });
+});

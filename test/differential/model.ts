@@ -1,0 +1,388 @@
+/**
+ * The operations of the differential test and their fast-check arbitraries.
+ *
+ * An operation is backend-neutral data: keys are names inside the run's prefix, revisions are
+ * references resolved against the backend's own state when the operation runs (so both stores get
+ * "two revisions back" even if their absolute revisions differ), and leases are small indices
+ * mapped to per-run lease ids. The key space is tiny on purpose: collisions (a put over a deleted
+ * key, a prefix covering two keys, a txn writing one key twice) are where the semantics hide.
+ */
+import fc from 'fast-check';
+import type { CompareResult, SortOrder, SortTarget } from '../../src/types.js';
+
+/** Keys of a run (inside its prefix): `a` is a prefix of `ab`. */
+export const KEYS = ['a', 'ab', 'b', 'c'] as const;
+export type Key = (typeof KEYS)[number];
+export const VALUES = ['', 'v1', 'v2', 'w'] as const;
+/** Lease indices (1..3) of a run; 0 means no lease. */
+export const LEASES = [1, 2, 3] as const;
+/** TTL of every granted lease: far longer than a run, so nothing expires while it is compared. */
+export const LEASE_TTL_SECONDS = 600;
+
+export type Sel =
+  | { kind: 'one'; key: Key }
+  | { kind: 'prefix'; key: '' | 'a' | 'b' }
+  | { kind: 'range'; key: Key; end: Key | 'z' }
+  | { kind: 'from'; key: Key };
+
+/** A revision reference, resolved per backend when the operation runs. */
+export type RevRef =
+  /** The current revision. */
+  | { at: 'current' }
+  /** `n` revisions before the current one, never before the run's start. */
+  | { at: 'back'; n: number }
+  /** The run's start revision + `n` (may be in the future). */
+  | { at: 'start'; n: number }
+  /** The current revision + `n` (`n` ≥ 1: always in the future). */
+  | { at: 'future'; n: number };
+
+export interface RangeSpec {
+  sel: Sel;
+  revision?: RevRef;
+  limit?: number;
+  sort?: { target?: SortTarget; order?: SortOrder };
+  keysOnly?: boolean;
+  countOnly?: boolean;
+  /** Revision filters, relative to the run's start (start + n). */
+  minMod?: number;
+  maxMod?: number;
+  minCreate?: number;
+  maxCreate?: number;
+}
+
+export type CompareSpec = { sel: Sel; result: CompareResult } & (
+  | { target: 'version'; value: number }
+  /** `rel` null compares with revision 0 (a missing key); otherwise start + rel. */
+  | { target: 'create' | 'mod'; rel: number | null }
+  | { target: 'value'; value: string }
+  | { target: 'lease'; lease: number }
+);
+
+export type TxnOpSpec =
+  | { type: 'get'; range: RangeSpec }
+  | { type: 'put'; key: Key; value: string; prevKv?: boolean; lease?: number }
+  | { type: 'delete'; sel: Sel; prevKv?: boolean }
+  | { type: 'txn'; txn: TxnSpec };
+
+export interface TxnSpec {
+  compare: CompareSpec[];
+  success: TxnOpSpec[];
+  failure: TxnOpSpec[];
+}
+
+export type OpSpec =
+  | {
+      op: 'put';
+      key: Key;
+      value: string;
+      prevKv?: boolean;
+      lease?: number;
+      ignoreValue?: boolean;
+      ignoreLease?: boolean;
+    }
+  | { op: 'delete'; sel: Sel; prevKv?: boolean }
+  | { op: 'range'; range: RangeSpec }
+  | { op: 'get'; key: Key; revision?: RevRef; keysOnly?: boolean }
+  | { op: 'txn'; txn: TxnSpec }
+  | { op: 'compact'; revision: RevRef }
+  | { op: 'grant'; lease: number }
+  | { op: 'revoke'; lease: number }
+  | { op: 'keepAlive'; lease: number }
+  | { op: 'timeToLive'; lease: number; keys?: boolean }
+  | { op: 'leases' };
+
+// ---------------------------------------------------------------------------------------------
+// Arbitraries
+
+const key = fc.constantFrom(...KEYS);
+const value = fc.constantFrom(...VALUES);
+const leaseIdx = fc.constantFrom(...LEASES);
+const yes = fc.constant(true);
+
+/** `arb` one time in `1 + none` (undefined otherwise): for options that mostly fail when present. */
+function sometimes<T>(arb: fc.Arbitrary<T>, none: number): fc.Arbitrary<T | undefined> {
+  return fc.oneof({ arbitrary: fc.constant(undefined), weight: none }, { arbitrary: arb, weight: 1 });
+}
+
+/** Drops keys whose value is undefined (so a printed counterexample shows only what was set). */
+function defined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
+export const selArb: fc.Arbitrary<Sel> = fc.oneof(
+  { arbitrary: fc.record({ kind: fc.constant('one' as const), key }), weight: 4 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('prefix' as const),
+      key: fc.constantFrom('' as const, 'a', 'b'),
+    }),
+    weight: 3,
+  },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('range' as const),
+      key,
+      end: fc.constantFrom<Key | 'z'>(...KEYS, 'z'),
+    }),
+    weight: 2,
+  },
+  { arbitrary: fc.record({ kind: fc.constant('from' as const), key }), weight: 1 },
+);
+
+export const revArb: fc.Arbitrary<RevRef> = fc.oneof(
+  { arbitrary: fc.constant({ at: 'current' as const }), weight: 1 },
+  { arbitrary: fc.record({ at: fc.constant('back' as const), n: fc.nat({ max: 6 }) }), weight: 4 },
+  { arbitrary: fc.record({ at: fc.constant('start' as const), n: fc.nat({ max: 8 }) }), weight: 2 },
+  {
+    arbitrary: fc.record({ at: fc.constant('future' as const), n: fc.integer({ min: 1, max: 3 }) }),
+    weight: 1,
+  },
+);
+
+const relRev = fc.nat({ max: 10 });
+
+export const rangeArb: fc.Arbitrary<RangeSpec> = fc.record(
+  {
+    sel: selArb,
+    revision: revArb,
+    limit: fc.nat({ max: 3 }),
+    sort: fc.record(
+      {
+        target: fc.constantFrom<SortTarget>('key', 'version', 'create', 'mod', 'value'),
+        order: fc.constantFrom<SortOrder>('none', 'ascend', 'descend'),
+      },
+      { requiredKeys: [] },
+    ),
+    keysOnly: yes,
+    countOnly: yes,
+    minMod: relRev,
+    maxMod: relRev,
+    minCreate: relRev,
+    maxCreate: relRev,
+  },
+  { requiredKeys: ['sel'] },
+);
+
+const compareResult = fc.constantFrom<CompareResult>('=', '!=', '<', '>');
+const compareSel: fc.Arbitrary<Sel> = fc.oneof(
+  { arbitrary: fc.record({ kind: fc.constant('one' as const), key }), weight: 4 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('prefix' as const),
+      key: fc.constantFrom('' as const, 'a', 'b'),
+    }),
+    weight: 1,
+  },
+);
+
+export const compareArb: fc.Arbitrary<CompareSpec> = fc.oneof(
+  fc.record({
+    sel: compareSel,
+    result: compareResult,
+    target: fc.constant('version' as const),
+    value: fc.nat({ max: 3 }),
+  }),
+  fc.record({
+    sel: compareSel,
+    result: compareResult,
+    target: fc.constantFrom('create' as const, 'mod' as const),
+    rel: fc.option(fc.nat({ max: 8 }), { nil: null }),
+  }),
+  fc.record({ sel: compareSel, result: compareResult, target: fc.constant('value' as const), value }),
+  fc.record({
+    sel: compareSel,
+    result: compareResult,
+    target: fc.constant('lease' as const),
+    lease: fc.constantFrom(0, ...LEASES),
+  }),
+);
+
+const txnArbs = fc.letrec<{ txn: TxnSpec; op: TxnOpSpec; nested: TxnSpec; leafOp: TxnOpSpec }>((tie) => ({
+  leafOp: fc.oneof(
+    { arbitrary: fc.record({ type: fc.constant('get' as const), range: rangeArb }), weight: 2 },
+    {
+      arbitrary: fc
+        .record({
+          type: fc.constant('put' as const),
+          key,
+          value,
+          prevKv: sometimes(yes, 1),
+          lease: sometimes(leaseIdx, 3),
+        })
+        .map(defined),
+      weight: 3,
+    },
+    {
+      arbitrary: fc.record(
+        { type: fc.constant('delete' as const), sel: selArb, prevKv: yes },
+        { requiredKeys: ['type', 'sel'] },
+      ),
+      weight: 2,
+    },
+  ),
+  op: fc.oneof(
+    { arbitrary: tie('leafOp'), weight: 6 },
+    { arbitrary: fc.record({ type: fc.constant('txn' as const), txn: tie('nested') }), weight: 1 },
+  ),
+  // A nested txn holds only leaf ops: one level of nesting is enough to exercise the rules.
+  nested: fc.record({
+    compare: fc.array(compareArb, { maxLength: 2 }),
+    success: fc.array(tie('leafOp'), { maxLength: 2 }),
+    failure: fc.array(tie('leafOp'), { maxLength: 2 }),
+  }),
+  txn: fc.record({
+    compare: fc.array(compareArb, { maxLength: 3 }),
+    success: fc.array(tie('op'), { maxLength: 3 }),
+    failure: fc.array(tie('op'), { maxLength: 3 }),
+  }),
+}));
+
+/**
+ * Leaves out an op shape whose difference is already known and pinned by an `it.fails` test in
+ * etcd-vs-embedded.test.ts, so the property keeps looking for new ones: a plain put with
+ * `ignoreValue` and a lease (etcd looks the lease up before it looks for the key; the embedded
+ * store the other way round). Remove this when that test passes.
+ */
+function withoutKnownDifferences<T extends { ignoreValue?: boolean; lease?: number }>(op: T): T {
+  if (!op.ignoreValue || op.lease === undefined) return op;
+  const { lease: _lease, ...rest } = op;
+  return rest as T;
+}
+
+/** Every op of a txn, nested ones included, taken or not. */
+function txnOps(t: TxnSpec): TxnOpSpec[] {
+  return [...t.success, ...t.failure].flatMap((op) => (op.type === 'txn' ? [op, ...txnOps(op.txn)] : [op]));
+}
+
+function mapTxnOps(t: TxnSpec, f: (op: TxnOpSpec) => TxnOpSpec): TxnSpec {
+  const each = (op: TxnOpSpec): TxnOpSpec =>
+    op.type === 'txn' ? { type: 'txn', txn: mapTxnOps(op.txn, f) } : f(op);
+  return { ...t, success: t.success.map(each), failure: t.failure.map(each) };
+}
+
+/**
+ * Txn shapes whose differences are known and pinned by `it.fails` tests in
+ * etcd-vs-embedded.test.ts are rewritten here so the property keeps looking for new ones. Remove
+ * each rewrite when its test passes.
+ * - A read at a revision and a put with a lease in one txn: etcd checks every put (its lease
+ *   exists) before any read's revision, the embedded store checks op by op, so when both fail they
+ *   report different errors. Such a txn loses its leases.
+ * - A nested txn that writes beside other writes of its branch: etcd merges a nested txn's puts
+ *   and deletes (both branches) into its enclosing branch's duplicate-key check, whatever the op
+ *   order; the embedded store only checks a nested txn against the writes before it. Such a nested
+ *   txn keeps only its reads.
+ * - A nested txn after a write of its branch: etcd evaluates every compare of a txn, nested ones
+ *   included, against the store before the txn; the embedded store evaluates a nested txn's
+ *   compares after the writes before it. Such a nested txn loses its compares.
+ * - A fromKey delete with a put in one txn: etcd's duplicate-key check sees the delete as the
+ *   interval [key, "\0"), which holds nothing, so it accepts a put of a key the delete covers; the
+ *   embedded store refuses it. Such a txn deletes a prefix instead.
+ */
+const writes = (op: TxnOpSpec): boolean =>
+  op.type === 'put' ||
+  op.type === 'delete' ||
+  (op.type === 'txn' && [...op.txn.success, ...op.txn.failure].some(writes));
+
+function branchWithoutKnownDifferences(branch: TxnOpSpec[]): TxnOpSpec[] {
+  let wrote = false;
+  const ops = branch.map((op) => {
+    const out: TxnOpSpec = op.type === 'txn' && wrote ? { type: 'txn', txn: { ...op.txn, compare: [] } } : op;
+    wrote ||= writes(op);
+    return out;
+  });
+  if (ops.filter(writes).length <= 1 || !ops.some((op) => op.type === 'txn' && writes(op))) return ops;
+  return ops.map((op) =>
+    op.type === 'txn'
+      ? {
+          type: 'txn',
+          txn: {
+            ...op.txn,
+            success: op.txn.success.filter((o) => !writes(o)),
+            failure: op.txn.failure.filter((o) => !writes(o)),
+          },
+        }
+      : op,
+  );
+}
+
+function txnWithoutKnownDifferences(t: TxnSpec): TxnSpec {
+  const ops = txnOps(t);
+  let out = t;
+  if (
+    ops.some((op) => op.type === 'get' && op.range.revision !== undefined) &&
+    ops.some((op) => op.type === 'put' && op.lease !== undefined)
+  ) {
+    out = mapTxnOps(out, (op) => {
+      if (op.type !== 'put' || op.lease === undefined) return op;
+      const { lease: _lease, ...rest } = op;
+      return rest;
+    });
+  }
+  out = {
+    ...out,
+    success: branchWithoutKnownDifferences(out.success),
+    failure: branchWithoutKnownDifferences(out.failure),
+  };
+  if (ops.some((op) => op.type === 'put')) {
+    out = mapTxnOps(out, (op) =>
+      op.type === 'delete' && op.sel.kind === 'from' ? { ...op, sel: { kind: 'prefix', key: 'b' } } : op,
+    );
+  }
+  return out;
+}
+
+export const opArb: fc.Arbitrary<OpSpec> = fc.oneof(
+  {
+    // Most puts are plain: ignoreValue/ignoreLease on a missing key, or a lease not granted yet,
+    // fail, and a run of failures compares little.
+    arbitrary: fc
+      .record({
+        op: fc.constant('put' as const),
+        key,
+        value,
+        prevKv: sometimes(yes, 1),
+        lease: sometimes(leaseIdx, 3),
+        ignoreValue: sometimes(yes, 9),
+        ignoreLease: sometimes(yes, 9),
+      })
+      .map((op) => withoutKnownDifferences(defined(op))),
+    weight: 8,
+  },
+  {
+    arbitrary: fc.record(
+      { op: fc.constant('delete' as const), sel: selArb, prevKv: yes },
+      { requiredKeys: ['op', 'sel'] },
+    ),
+    weight: 4,
+  },
+  { arbitrary: fc.record({ op: fc.constant('range' as const), range: rangeArb }), weight: 5 },
+  {
+    arbitrary: fc.record(
+      { op: fc.constant('get' as const), key, revision: revArb, keysOnly: yes },
+      { requiredKeys: ['op', 'key'] },
+    ),
+    weight: 2,
+  },
+  {
+    arbitrary: fc.record({
+      op: fc.constant('txn' as const),
+      txn: txnArbs.txn.map(txnWithoutKnownDifferences),
+    }),
+    weight: 5,
+  },
+  { arbitrary: fc.record({ op: fc.constant('compact' as const), revision: revArb }), weight: 2 },
+  { arbitrary: fc.record({ op: fc.constant('grant' as const), lease: leaseIdx }), weight: 3 },
+  { arbitrary: fc.record({ op: fc.constant('revoke' as const), lease: leaseIdx }), weight: 1 },
+  { arbitrary: fc.record({ op: fc.constant('keepAlive' as const), lease: leaseIdx }), weight: 1 },
+  {
+    arbitrary: fc.record(
+      { op: fc.constant('timeToLive' as const), lease: leaseIdx, keys: yes },
+      { requiredKeys: ['op', 'lease'] },
+    ),
+    weight: 1,
+  },
+  { arbitrary: fc.constant({ op: 'leases' as const }), weight: 1 },
+);
+
+/** Sequences of one run: bounded so 60 runs on both stores stay well under a minute. */
+export const sequenceArb = fc.array(opArb, { minLength: 1, maxLength: 25 });
