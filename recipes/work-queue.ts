@@ -697,7 +697,8 @@ export class WorkQueue implements AsyncDisposable {
           await job.nack().catch(() => undefined);
           break;
         }
-        void q.add(() => this.#runJob(job, handler, opts, stop));
+        // #runJob settles every failure itself; the catch only keeps a surprise from going unhandled.
+        void q.add(() => this.#runJob(job, handler, opts, stop)).catch(() => undefined);
       }
     } finally {
       await q.onIdle();
@@ -715,7 +716,15 @@ export class WorkQueue implements AsyncDisposable {
       );
       extender.unref?.();
     }
-    const report = (err: unknown) => opts.onError?.(err, job);
+    // The callback is the user's: a throw from it must neither be reported back to it nor reject
+    // this task (the p-queue promise nobody awaits would become an unhandled rejection).
+    const report = (err: unknown) => {
+      try {
+        opts.onError?.(err, job);
+      } catch {
+        // Ignored: there is nobody left to tell.
+      }
+    };
     try {
       let failed: unknown;
       let threw = false;

@@ -357,6 +357,52 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect((await job!.ack()).isOk()).toBe(true);
   }, 30_000);
 
+  it('work queue — an onError callback that throws does not escape process() as an unhandled rejection', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-onerror')}jobs`;
+    await using a = await open(kv, name);
+    await a.queue.add('late');
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const reported: unknown[] = [];
+      const stop = new AbortController();
+      const run = a.queue
+        .process(
+          async (job) => {
+            if (job.attempts > 1) return;
+            // The claim is lost under the handler: its ack will be Err(expired) and reported.
+            await kv.lease.revoke(job.lease);
+            await waitFor(async () => (await a.queue.stats()).ready === 1, 15_000, 'the reap');
+          },
+          {
+            signal: stop.signal,
+            onError: (err) => {
+              reported.push(err);
+              throw new Error('a broken onError');
+            },
+          },
+        )
+        .catch((err: unknown) => err);
+      await waitFor(
+        async () => reported.length >= 1 && (await a.queue.stats()).ready === 0,
+        20_000,
+        'the report',
+      );
+      await waitFor(async () => (await a.queue.stats()).inFlight === 0, 10_000, 'the second delivery’s ack');
+      await sleep(100);
+      stop.abort(new Error('stop'));
+      expect(((await run) as Error).message).toBe('stop');
+      expect(unhandled).toEqual([]);
+      // Reported once: the callback's own failure is not fed back to it.
+      expect(reported).toHaveLength(1);
+      expect(ConclaveError.is(reported[0], 'session-lost')).toBe(true);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  }, 40_000);
+
   it('work queue — a nack with a delay is not redelivered before the delay, and is after it', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-nack')}jobs`;
