@@ -1,0 +1,112 @@
+/**
+ * Differences between the embedded store and etcd 3.4 that the differential test found, each
+ * written as a check of etcd's behaviour (the reference). etcd-vs-embedded.test.ts runs every
+ * check on etcd as a normal test (so the claim about etcd stays true) and on the embedded store as
+ * `it.fails` (the bug, until it is fixed; then the `it.fails` starts failing: flip it and remove
+ * the matching rewrite in model.ts).
+ *
+ * All of them are in backends/raft/store/store.ts; etcd's side is etcdserver/apply.go (Put, Txn,
+ * checkRequests, compareToPath) and etcdserver/api/v3rpc/key.go (checkIntervals) of v3.4.
+ */
+import { expect } from 'vitest';
+import type { KV } from '../../src/kv.js';
+import type { Op, Txn } from '../../src/types.js';
+
+export interface KnownDifference {
+  readonly name: string;
+  /** Checks etcd's behaviour on `kv`, using keys under `p` only. */
+  check(kv: KV, p: string): Promise<void>;
+}
+
+const put = (key: string): Op => ({ type: 'put', key, value: 'x' });
+const del = (key: string, options: { prefix?: boolean; fromKey?: boolean } = {}): Op => ({
+  type: 'delete',
+  key,
+  options,
+});
+const nested = (success: Op[], failure: Op[] = []): Op => ({
+  type: 'txn',
+  txn: { compare: [], success, failure },
+});
+const txn = (success: Op[]): Txn => ({ compare: [], success, failure: [] });
+/** A lease id nobody granted. */
+const noSuchLease = 0x7eadbeefn;
+
+async function duplicate(kv: KV, t: Txn): Promise<void> {
+  await expect(kv.txn(t)).rejects.toMatchObject({ code: 'duplicate-key' });
+}
+
+export const knownDifferences: KnownDifference[] = [
+  {
+    name: 'a put with ignoreValue of a missing key and an unknown lease fails lease-not-found (the lease is looked up first)',
+    async check(kv, p) {
+      await expect(
+        kv.put(`${p}missing`, '', { ignoreValue: true, lease: noSuchLease }),
+      ).rejects.toMatchObject({
+        code: 'lease-not-found',
+      });
+    },
+  },
+  {
+    name: 'a txn with a read at a future revision and a put with an unknown lease fails lease-not-found (puts are checked before reads)',
+    async check(kv, p) {
+      const { revision } = await kv.status();
+      await expect(
+        kv.txn(
+          txn([
+            { type: 'get', key: `${p}a`, options: { revision: revision + 5 } },
+            { type: 'put', key: `${p}a`, value: 'x', options: { lease: noSuchLease } },
+          ]),
+        ),
+      ).rejects.toMatchObject({ code: 'lease-not-found' });
+    },
+  },
+  {
+    name: "a nested txn's put of a key the branch puts again later is a duplicate key",
+    check: (kv, p) => duplicate(kv, txn([nested([put(`${p}c`)]), put(`${p}c`)])),
+  },
+  {
+    name: "a nested txn's else-branch put of a key the branch puts later is a duplicate key",
+    check: (kv, p) => duplicate(kv, txn([nested([], [put(`${p}c`)]), put(`${p}c`)])),
+  },
+  {
+    name: 'two nested txns putting one key are a duplicate key',
+    check: (kv, p) => duplicate(kv, txn([nested([put(`${p}c`)]), nested([put(`${p}c`)])])),
+  },
+  {
+    name: "a nested txn's delete covering a key the branch puts later is a duplicate key",
+    check: (kv, p) => duplicate(kv, txn([nested([del(p, { prefix: true })]), put(`${p}c`)])),
+  },
+  {
+    name: "a nested txn's delete of a key the branch put before it is a duplicate key",
+    check: (kv, p) => duplicate(kv, txn([put(`${p}c`), nested([del(`${p}c`)])])),
+  },
+  {
+    name: 'a fromKey delete and a put of a key it covers in one branch are accepted (etcd sees [key, "\\0") as empty)',
+    async check(kv, p) {
+      const t = await kv.txn(txn([del(`${p}a`, { fromKey: true }), put(`${p}c`)]));
+      expect(t.succeeded).toBe(true);
+      expect((await kv.get(`${p}c`))?.version).toBe(1);
+    },
+  },
+  {
+    name: "a nested txn's compares see the store as it was before the txn, not the txn's earlier writes",
+    async check(kv, p) {
+      const t = await kv.txn(
+        txn([
+          put(`${p}n`),
+          {
+            type: 'txn',
+            txn: {
+              compare: [{ key: `${p}n`, target: 'create', result: '=', value: 0 }],
+              success: [],
+              failure: [],
+            },
+          },
+        ]),
+      );
+      const inner = t.responses[1];
+      expect(inner?.type === 'txn' && inner.succeeded).toBe(true);
+    },
+  },
+];
