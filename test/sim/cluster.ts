@@ -58,7 +58,7 @@ interface SimDisk {
   syncedBytes: number;
   snap: import('../../backends/raft/consensus/types.js').Snapshot | undefined;
   /** The write in flight: completes (is synced) at `doneAt`. */
-  pending: { rd: Ready; bytes: Uint8Array; doneAt: number } | undefined;
+  pending: { rd: Ready; term: number; bytes: Uint8Array; doneAt: number } | undefined;
   /** Recovery found corruption: the node refuses to start for the rest of the run. */
   corrupt: boolean;
   /** Records written without waiting for a sync (commit-only hard states). */
@@ -78,6 +78,12 @@ interface SimNode {
   disk?: SimDisk;
   /** Log matching: the entry object last checked at each index of this node's log (see #checkLogMatching). */
   checkedEntries: Map<number, Entry>;
+  /**
+   * A paused process (a long GC pause, SIGSTOP, a stalled VM) until this virtual time: it neither
+   * ticks nor handles messages or clients; messages to it wait. A leader paused past an election
+   * timeout resumes believing it still leads — the case ReadIndex confirmation exists for.
+   */
+  pausedUntil: number;
 }
 
 interface InFlight {
@@ -106,9 +112,14 @@ export class Simulation {
    */
   readonly entryByIndexTerm = new Map<number, { prevTerm: number; entry: Entry }>();
   /** index → term of every entry a leader has counted as committed (leader completeness, §5.4). */
-  readonly committedGlobal = new Map<number, number>();
+  readonly committedGlobal = new Map<number, { term: number; commitTerm: number }>();
   /** Highest index any node has applied: every later ReadIndex must return at least this. */
   ackedIndex = 0;
+  /** Highest index any leader has committed: every later ReadIndex must return at least this too. */
+  committedMax = 0;
+  /** Per seed: the core's message size and in-flight window (small ones split appends, as after a long outage). */
+  readonly #maxSizePerMsgBytes: number;
+  readonly #maxInflightMsgs: number;
   readonly pendingReads = new Map<string, number>();
   leadersElected = 0;
   tornRepairs = 0;
@@ -128,6 +139,8 @@ export class Simulation {
       ...opts,
     };
     this.rng = new Prng(opts.seed);
+    this.#maxSizePerMsgBytes = this.rng.pick([4096, 4096, 256, 24]);
+    this.#maxInflightMsgs = this.rng.pick([16, 16, 4, 1]);
     const voters = Array.from({ length: this.opts.nodes }, (_, i) => i + 1);
     for (const id of voters) {
       const storage = new MemoryStorage({ voters, learners: [] });
@@ -139,6 +152,7 @@ export class Simulation {
         appliedIndex: 0,
         lastCommit: 0,
         checkedEntries: new Map(),
+        pausedUntil: 0,
       };
       if (this.opts.disk)
         n.disk = {
@@ -167,8 +181,8 @@ export class Simulation {
       storage: n.storage,
       random: () => r.next(),
       applied: n.storage.snap.meta.index,
-      maxSizePerMsgBytes: 4096,
-      maxInflightMsgs: 16,
+      maxSizePerMsgBytes: this.#maxSizePerMsgBytes,
+      maxInflightMsgs: this.#maxInflightMsgs,
     });
     // The state machine restarts from the snapshot (its data is the applied map up to that index).
     n.applied = new Map(
@@ -178,6 +192,7 @@ export class Simulation {
     );
     n.appliedIndex = n.storage.snap.meta.index;
     n.lastCommit = Math.max(n.lastCommit, 0);
+    n.pausedUntil = 0;
   }
 
   /**
@@ -273,16 +288,26 @@ export class Simulation {
 
   heal(): void {
     this.cut.clear();
-    for (const n of this.nodes.values()) if (!n.raft) this.#start(n);
+    for (const n of this.nodes.values()) {
+      n.pausedUntil = 0;
+      if (!n.raft) this.#start(n);
+    }
+  }
+
+  #paused(n: SimNode): boolean {
+    return n.pausedUntil > this.now;
   }
 
   step(faults: boolean, clients = true): void {
     this.now += TICK_MS;
     if (faults) this.#injectFaults();
     if (clients) this.#clientActions(faults);
-    for (const n of this.nodes.values()) n.raft?.tick();
+    for (const n of this.nodes.values()) if (!this.#paused(n)) n.raft?.tick();
     this.#deliver(faults);
-    for (const n of this.nodes.values()) this.#process(n);
+    // Log matching first: a diverged log is reported as such, before it is applied (which the
+    // state-machine-safety check would report instead).
+    for (const n of this.nodes.values()) if (n.raft) this.#checkLogMatching(n, n.raft);
+    for (const n of this.nodes.values()) if (!this.#paused(n)) this.#process(n);
     this.#checkInvariants();
   }
 
@@ -317,10 +342,17 @@ export class Simulation {
     if (this.rng.chance(0.02)) {
       for (const n of this.nodes.values()) if (!n.raft && this.rng.chance(0.5)) this.#start(n);
     }
+    if (this.rng.chance(0.003)) {
+      // A pause of 2 to 8 election timeouts (the cores use 10 ticks), often hitting the leader.
+      const live = [...this.nodes.values()].filter((m) => m.raft && !this.#paused(m));
+      const leader = live.find((m) => m.raft!.role === Role.Leader);
+      const n = leader && this.rng.chance(0.5) ? leader : live.length > 0 ? this.rng.pick(live) : undefined;
+      if (n) n.pausedUntil = this.now + (20 + this.rng.int(60)) * TICK_MS;
+    }
   }
 
   #clientActions(faults: boolean): void {
-    const live = [...this.nodes.values()].filter((n) => n.raft);
+    const live = [...this.nodes.values()].filter((n) => n.raft && !this.#paused(n));
     if (live.length === 0) return;
     if (this.rng.chance(0.3)) {
       const n = this.rng.pick(live);
@@ -333,7 +365,7 @@ export class Simulation {
     if (this.rng.chance(0.05)) {
       const n = this.rng.pick(live);
       const ctx = `r${this.#readSeq++}`;
-      this.pendingReads.set(ctx, this.ackedIndex);
+      this.pendingReads.set(ctx, Math.max(this.ackedIndex, this.committedMax));
       n.raft!.readIndex(enc.encode(ctx));
     }
     if (faults && this.rng.chance(0.003)) {
@@ -394,9 +426,20 @@ export class Simulation {
     }
     for (const f of due) {
       const to = this.nodes.get(f.m.to);
+      if (to && this.#paused(to)) {
+        this.net.push({ at: to.pausedUntil, m: f.m }); // waits in the paused process's socket
+        continue;
+      }
       const delivered =
         !!to?.raft && !this.cut.has(`${f.m.from}>${f.m.to}`) && !(faults && this.rng.chance(0.05));
       if (delivered) {
+        const log = to!.raft!.log;
+        if (f.m.type === MessageType.Heartbeat && f.m.commit > log.lastIndex)
+          // A heartbeat's commit is at most what this node acknowledged, and acknowledged entries
+          // are committed or persisted: they cannot be gone (etcd panics here too).
+          this.fail(
+            `durability: node ${f.m.to} got a heartbeat from ${f.m.from} (term ${f.m.term}) with commit ${f.m.commit}, but its log ends at ${log.lastIndex}: it lost entries it had acknowledged`,
+          );
         to!.raft!.step(f.m);
         if (faults && this.rng.chance(0.02)) to!.raft!.step(f.m); // duplicate
       }
@@ -430,11 +473,11 @@ export class Simulation {
     if (d?.pending) {
       // Nothing of a Ready is sent or applied before its write is synced.
       if (d.pending.doneAt > this.now) return;
-      const { rd, bytes } = d.pending;
+      const { rd, term, bytes } = d.pending;
       d.pending = undefined;
       if (rd.snapshot) d.snap = rd.snapshot;
       this.#diskWrite(d, bytes);
-      this.#afterPersist(n, r, rd);
+      this.#afterPersist(n, r, rd, term);
       return;
     }
     if (!r.hasReady()) return;
@@ -457,15 +500,17 @@ export class Simulation {
         (!rd.hardState || (rd.hardState.term === prevHs.term && rd.hardState.vote === prevHs.vote));
       if (commitOnly) {
         d.unsynced = bytes;
-        this.#afterPersist(n, r, rd);
+        this.#afterPersist(n, r, rd, r.term);
         return;
       }
       d.unsynced = new Uint8Array(0);
-      d.pending = { rd, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
+      // The core keeps stepping messages while the write is in flight (as the node does): its
+      // term may move on before this Ready is handled, so the Ready's own term travels with it.
+      d.pending = { rd, term: r.term, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
       return;
     }
     this.#persistMemory(n, rd);
-    this.#afterPersist(n, r, rd);
+    this.#afterPersist(n, r, rd, r.term);
   }
 
   #persistMemory(n: SimNode, rd: Ready): void {
@@ -478,7 +523,8 @@ export class Simulation {
     if (rd.hardState) n.storage.setHardState(rd.hardState);
   }
 
-  #afterPersist(n: SimNode, r: Raft, rd: Ready): void {
+  /** `term`: the core's term when it produced `rd`. */
+  #afterPersist(n: SimNode, r: Raft, rd: Ready, term: number): void {
     for (const m of rd.messages) {
       const delay = this.opts.faults ? 1 + this.rng.int(30) : 1;
       this.net.push({ at: this.now + delay, m });
@@ -493,20 +539,22 @@ export class Simulation {
     }
     if (rd.softState?.role === Role.Leader) {
       this.leadersElected++;
-      const prev = this.leaderOfTerm.get(r.term);
+      const prev = this.leaderOfTerm.get(term);
       if (prev !== undefined && prev !== n.id)
-        this.fail(`election safety: ${prev} and ${n.id} both lead term ${r.term}`);
-      this.leaderOfTerm.set(r.term, n.id);
-      // Leader completeness (§5.4): every entry committed by any leader of an earlier term is in
-      // the new leader's log (a compacted prefix was committed, so it is covered).
-      for (const [index, term] of this.committedGlobal) {
-        if (index <= r.log.snapIndex) continue;
-        const t = r.log.term(index);
-        if (t !== term)
-          this.fail(
-            `leader completeness: leader ${n.id} of term ${r.term} lacks committed entry ${index} of term ${term} (has ${t ?? 'none'})`,
-          );
-      }
+        this.fail(`election safety: ${prev} and ${n.id} both lead term ${term}`);
+      this.leaderOfTerm.set(term, n.id);
+      // Leader completeness (§5.4): every entry committed by a leader of an earlier term is in the
+      // new leader's log (a compacted prefix was committed, so it is covered). Only while its log
+      // is still that leader's: the report may come late (a pause, a slow disk), after it stepped down.
+      if (r.term === term && r.role === Role.Leader)
+        for (const [index, e] of this.committedGlobal) {
+          if (index <= r.log.snapIndex || e.commitTerm >= term) continue;
+          const t = r.log.term(index);
+          if (t !== e.term)
+            this.fail(
+              `leader completeness: leader ${n.id} of term ${term} lacks committed entry ${index} of term ${e.term} (has ${t ?? 'none'})`,
+            );
+        }
     }
     r.advance(rd);
   }
@@ -549,12 +597,13 @@ export class Simulation {
     for (let i = r.log.committed; i >= from; i--) {
       const t = r.log.term(i)!;
       const known = this.committedGlobal.get(i);
-      if (known === t) break; // everything before it was recorded (and checked) already
+      if (known?.term === t) break; // everything before it was recorded (and checked) already
+      if (i > this.committedMax) this.committedMax = i;
       if (known !== undefined)
         this.fail(
-          `commit safety: leader ${n.id} of term ${r.term} committed ${i} of term ${t}, but ${i} of term ${known} was committed before`,
+          `commit safety: leader ${n.id} of term ${r.term} committed ${i} of term ${t}, but ${i} of term ${known.term} was committed before (in term ${known.commitTerm})`,
         );
-      this.committedGlobal.set(i, t);
+      this.committedGlobal.set(i, { term: t, commitTerm: r.term });
     }
   }
 

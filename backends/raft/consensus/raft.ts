@@ -230,7 +230,9 @@ export class Raft {
     if (lastEnt && this.log.term(lastEnt.index) === lastEnt.term)
       this.log.stabled = Math.max(this.log.stabled, lastEnt.index);
     const lastApplied = rd.committed[rd.committed.length - 1];
-    if (lastApplied) this.log.appliedTo(lastApplied.index);
+    // A snapshot received while this Ready was being persisted (the driver keeps stepping
+    // messages meanwhile) already moved `applied` past these entries: nothing to record then.
+    if (lastApplied && lastApplied.index > this.log.applied) this.log.appliedTo(lastApplied.index);
     this.#msgs = this.#msgs.slice(rd.messages.length);
     this.#readStates = this.#readStates.slice(rd.readStates.length);
     this.log.checkInvariants();

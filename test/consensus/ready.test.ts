@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
+import { Raft } from '../../backends/raft/consensus/raft.js';
+import { type Entry, EntryType, type Message, MessageType } from '../../backends/raft/consensus/types.js';
+
+const msg = (m: Partial<Message> & Pick<Message, 'type' | 'from' | 'to' | 'term'>): Message => ({
+  index: 0,
+  logTerm: 0,
+  entries: [],
+  commit: 0,
+  reject: false,
+  rejectHint: 0,
+  hintTerm: 0,
+  context: new Uint8Array(0),
+  ...m,
+});
+
+const entry = (index: number): Entry => ({
+  term: 1,
+  index,
+  type: EntryType.Normal,
+  data: new TextEncoder().encode(`e${index}`),
+});
+
+describe('raft Ready contract', () => {
+  it('§7 a snapshot stepped while an earlier Ready is still being persisted leaves advance of that Ready harmless (the driver keeps stepping messages during an fsync)', () => {
+    const voters = [1, 2, 3];
+    const r = new Raft({
+      id: 3,
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      storage: new MemoryStorage({ voters, learners: [] }),
+      random: () => 0,
+    });
+    r.step(
+      msg({
+        type: MessageType.Append,
+        from: 1,
+        to: 3,
+        term: 1,
+        entries: [entry(1), entry(2), entry(3)],
+        commit: 3,
+      }),
+    );
+    const rd = r.ready();
+    expect(rd.committed.map((e) => e.index)).toEqual([1, 2, 3]);
+    // While rd is being persisted, the leader's snapshot at 10 arrives (the follower fell behind).
+    r.step(
+      msg({
+        type: MessageType.Snapshot,
+        from: 1,
+        to: 3,
+        term: 1,
+        snapshot: {
+          meta: { index: 10, term: 1, confState: { voters, learners: [] } },
+          data: new Uint8Array(1),
+        },
+      }),
+    );
+    expect(() => r.advance(rd)).not.toThrow();
+    const rd2 = r.ready();
+    expect(rd2.snapshot?.meta.index).toBe(10);
+    r.advance(rd2);
+    expect(r.log.applied).toBe(10);
+    expect(r.log.committed).toBe(10);
+    // The log continues after the snapshot.
+    r.step(
+      msg({
+        type: MessageType.Append,
+        from: 1,
+        to: 3,
+        term: 1,
+        index: 10,
+        logTerm: 1,
+        entries: [entry(11)],
+        commit: 11,
+      }),
+    );
+    expect(r.ready().committed.map((e) => e.index)).toEqual([11]);
+  });
+});
