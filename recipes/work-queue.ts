@@ -23,7 +23,6 @@
  * Delays use the client clock (Date.now): producers write the due time, any participant promotes
  * due items. Clock skew between participants shifts delays by the skew; it never loses an item.
  */
-import PQueue from 'p-queue';
 import { Err, Ok, type Result } from 'ts-results-es';
 import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
@@ -538,10 +537,13 @@ export class WorkQueue implements AsyncDisposable {
     this.#maintenance.start();
   }
 
-  /** Claim rounds until a job is won or the queue is seen empty (with the revision it was seen at). */
-  async #claimRounds(signal: AbortSignal): Promise<{ job?: Job; revision: number }> {
+  /**
+   * Claim rounds until a job is won or the queue is seen empty (with the revision it was seen at).
+   * `group`: the claimers of one `process` call (they skip the items their siblings are claiming).
+   */
+  async #claimRounds(signal: AbortSignal, group?: ClaimGroup): Promise<{ job?: Job; revision: number }> {
     for (let round = 1; ; round++) {
-      const r = await this.#claimRound(signal);
+      const r = await this.#claimRound(signal, group);
       if (r.job || r.empty) return r;
       if (round >= workQueueClaimRoundsMax)
         throw new ConclaveError(
@@ -555,26 +557,44 @@ export class WorkQueue implements AsyncDisposable {
    * Reads the first ready keys (priority, then FIFO), grants a claim lease and tries them in
    * order, one guarded txn each. The lease is revoked unless a claim won (and on any failure, so a
    * claim that did happen but whose answer was lost returns at once through the reaper).
+   *
+   * In a `group`, the items a sibling claimer is trying right now are skipped (they are marked
+   * before the first await after the read, so two siblings that read the same keys pick different
+   * ones instead of racing each other), and the read asks for that many more keys. A read that
+   * finds only siblings' items counts as empty: this claimer then waits for a new ready put, and
+   * a sibling whose claim fails re-reads on its own.
    */
-  async #claimRound(signal: AbortSignal): Promise<{ job?: Job; empty: boolean; revision: number }> {
+  async #claimRound(
+    signal: AbortSignal,
+    group?: ClaimGroup,
+  ): Promise<{ job?: Job; empty: boolean; revision: number }> {
     const kv = this.session.kv;
     const span = WorkQueueKeys.span(this.#keys.readyPrefix);
-    const r = await kv.range(span.key, { end: span.end, limit: workQueueClaimCandidatesMax, signal });
+    const busy = group?.claiming;
+    const limit = workQueueClaimCandidatesMax + (busy?.size ?? 0);
+    const r = await kv.range(span.key, { end: span.end, limit, signal });
     signal.throwIfAborted();
-    if (r.kvs.length === 0) return { empty: true, revision: r.revision };
+    const cands = busy ? r.kvs.filter((c) => !busy.has(idOf(c.key))) : r.kvs;
+    if (cands.length === 0) return { empty: true, revision: r.revision };
     const sentAt = performance.now();
     const grant = await kv.lease.grant(this.visibilityTimeoutSeconds, { signal });
     let won = false;
     let undo: Promise<unknown> | undefined;
     try {
-      for (const cand of r.kvs) {
+      for (const cand of cands) {
         signal.throwIfAborted();
+        const id = idOf(cand.key);
+        // Re-checked after every await: a sibling may have taken this item up meanwhile.
+        if (busy?.has(id)) continue;
+        busy?.add(id);
         let job: Job | undefined | 'lease-spent';
         try {
           job = await this.#tryCandidate(cand, { ...grant, sentAt }, signal);
         } catch (err) {
           undo = this.#undoClaim(cand, grant.id);
           throw err;
+        } finally {
+          busy?.delete(id);
         }
         if (job === 'lease-spent') break;
         if (job) {
@@ -645,12 +665,15 @@ export class WorkQueue implements AsyncDisposable {
   }
 
   /**
-   * Runs `handler` for each claimed job, at most `concurrency` at once (a p-queue that is never
-   * fed more than it can run). A handler that returns acks the job (unless it settled it itself);
-   * one that throws nacks it with the error (after `retryDelaySeconds`). The handler's `signal`
-   * fires when the job's claim may expire, or when processing stops. Resolves never; rejects
-   * with the reason processing stopped (signal, close, session loss, store failure) after the
-   * running handlers have finished.
+   * Runs `handler` for each claimed job, at most `concurrency` at once. It runs `concurrency`
+   * workers, each claiming a job and then running it, so handlers plus claims in flight never
+   * exceed `concurrency` and nothing is claimed ahead of a free slot; the workers' claims overlap
+   * (one claim is three round trips, so a single claimer caps throughput however many handlers
+   * may run). A handler that returns acks the job (unless it settled it itself); one that throws
+   * nacks it with the error (after `retryDelaySeconds`). The handler's `signal` fires when the
+   * job's claim may expire, or when processing stops. Resolves never; rejects with the reason
+   * processing stopped (signal, close, session loss, store failure) after the running handlers
+   * have finished.
    */
   async process(handler: JobHandler, opts: ProcessOptions = {}): Promise<never> {
     const concurrency = opts.concurrency ?? 1;
@@ -676,34 +699,61 @@ export class WorkQueue implements AsyncDisposable {
     concurrency: number,
     stop: AbortSignal,
   ): Promise<never> {
-    const q = new PQueue({ concurrency });
+    // `halt` stops every worker when claims keep failing; `signal` is what they all run under.
+    const halt = new AbortController();
+    const signal = AbortSignal.any([stop, halt.signal]);
+    const group: ClaimGroup = {
+      claiming: new Set(),
+      waiter: new ReadyWaiter(this.session.kv, this.#keys.readyPrefix, signal),
+    };
+    // Consecutive claim failures, counted once per back-off period: when the store is down every
+    // worker fails at once, and that is one failure, not `concurrency` of them.
     let failures = 0;
-    try {
-      while (!stop.aborted) {
-        await freeSlot(q, concurrency, stop);
-        if (stop.aborted) break;
+    let epoch = 0;
+    let pausedUntil = 0;
+    let fatal: unknown;
+    const worker = async (): Promise<void> => {
+      while (!signal.aborted) {
+        const pause = pausedUntil - performance.now();
+        if (pause > 0) await delay(pause, signal);
+        if (signal.aborted) return;
+        const started = epoch;
         let job: Job;
         try {
-          job = await this.claim({ signal: stop });
+          job = await this.#claimIn(group, signal);
           failures = 0;
         } catch (err) {
-          if (stop.aborted) break;
-          if (++failures >= workQueueProcessErrorsMax) throw err;
-          await delay(Math.min(2000, 50 * 2 ** failures), stop);
+          if (signal.aborted) return;
+          if (started === epoch) {
+            epoch++;
+            if (++failures >= workQueueProcessErrorsMax) {
+              fatal = err;
+              halt.abort(err);
+              return;
+            }
+            pausedUntil = performance.now() + Math.min(2000, 50 * 2 ** failures);
+          }
           continue;
         }
-        if (stop.aborted) {
+        if (signal.aborted) {
           // Stopped while claiming: give the job straight back rather than start it.
           await job.nack().catch(() => undefined);
-          break;
+          return;
         }
-        // #runJob settles every failure itself; the catch only keeps a surprise from going unhandled.
-        void q.add(() => this.#runJob(job, handler, opts, stop)).catch(() => undefined);
+        await this.#runJob(job, handler, opts, signal);
       }
-    } finally {
-      await q.onIdle();
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+    throw fatal ?? this.#failure ?? abortReason(stop);
+  }
+
+  /** `claim()` for a worker of `process`: waits for new ready items on the group's shared watch. */
+  async #claimIn(group: ClaimGroup, signal: AbortSignal): Promise<Job> {
+    while (true) {
+      const r = await this.#claimRounds(signal, group);
+      if (r.job) return r.job;
+      await group.waiter.wait(r.revision + 1, signal);
     }
-    throw this.#failure ?? abortReason(stop);
   }
 
   async #runJob(job: Job, handler: JobHandler, opts: ProcessOptions, stop: AbortSignal): Promise<void> {
@@ -853,22 +903,6 @@ export class WorkQueue implements AsyncDisposable {
   }
 }
 
-/** Waits until `q` runs fewer than `concurrency` tasks (or `stop` aborts). */
-function freeSlot(q: PQueue, concurrency: number, stop: AbortSignal): Promise<void> {
-  if (q.pending + q.size < concurrency || stop.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = () => {
-      if (q.pending + q.size < concurrency || stop.aborted) {
-        q.off('next', check);
-        stop.removeEventListener('abort', check);
-        resolve();
-      }
-    };
-    q.on('next', check);
-    stop.addEventListener('abort', check, { once: true });
-  });
-}
-
 function delay(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
@@ -903,5 +937,107 @@ async function waitReadyPut(
     throw err;
   } finally {
     await w.close();
+  }
+}
+
+/** The claimers (workers) of one `process` call. */
+interface ClaimGroup {
+  /** Ids whose claim txn a worker is sending now: its siblings skip them. At most `concurrency`. */
+  readonly claiming: Set<string>;
+  readonly waiter: ReadyWaiter;
+}
+
+interface ReadyWait {
+  readonly fromRevision: number;
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+/**
+ * One watch on `ready/` (puts only) shared by the workers of one `process` call, instead of one
+ * watch per idle worker. A worker that found nothing to claim at revision R waits for a put at
+ * R + 1 or later. Each put wakes one waiter, the longest-waiting one it concerns: that worker
+ * re-reads and claims; waking all of them for one new item would send `concurrency` reads after
+ * it, all but one in vain. No item is left behind by this: a worker sleeps only after a read in
+ * which every ready item was being claimed by a sibling (which re-reads itself if its claim
+ * fails) or none was ready, and every later put wakes a sleeper while there is one; workers that
+ * are busy read again before their next claim. A waiter older than the watch's start revision is
+ * woken at once (the watch cannot vouch for puts before it), and so is every waiter when the watch
+ * breaks for a compaction or an overflow (they re-read); other watch errors reject the waiters.
+ */
+class ReadyWaiter {
+  readonly #kv: KV;
+  readonly #prefix: string;
+  readonly #stop: AbortSignal;
+  /** Bounded by the group's `concurrency`: one entry per waiting worker. */
+  readonly #waiters: ReadyWait[] = [];
+  #watching = false;
+  #startRevision = 0;
+
+  constructor(kv: KV, prefix: string, stop: AbortSignal) {
+    this.#kv = kv;
+    this.#prefix = prefix;
+    this.#stop = stop;
+  }
+
+  wait(fromRevision: number, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    if (this.#watching && fromRevision < this.#startRevision) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.#waiters.indexOf(w);
+        if (i >= 0) this.#waiters.splice(i, 1);
+        reject(abortReason(signal));
+      };
+      const w: ReadyWait = {
+        fromRevision,
+        resolve: () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject: (err) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.push(w);
+      if (!this.#watching) this.#watch(fromRevision);
+    });
+  }
+
+  #watch(fromRevision: number): void {
+    this.#watching = true;
+    this.#startRevision = fromRevision;
+    const span = WorkQueueKeys.span(this.#prefix);
+    void (async () => {
+      let failure: unknown;
+      const w = this.#kv.watch(span.key, {
+        end: span.end,
+        startRevision: fromRevision,
+        filters: ['nodelete'],
+        signal: this.#stop,
+      });
+      try {
+        for await (const b of w)
+          for (const e of b.events) {
+            const i = this.#waiters.findIndex((x) => x.fromRevision <= e.kv.modRevision);
+            if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve();
+          }
+      } catch (err) {
+        failure = err;
+      } finally {
+        await w.close().catch(() => undefined);
+      }
+      this.#watching = false;
+      const soft =
+        failure === undefined ||
+        ConclaveError.is(failure, ErrorCode.Compacted) ||
+        ConclaveError.is(failure, ErrorCode.WatchOverflow);
+      for (const x of this.#waiters.splice(0)) {
+        if (soft) x.resolve();
+        else x.reject(failure);
+      }
+    })();
   }
 }

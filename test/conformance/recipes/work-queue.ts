@@ -556,6 +556,130 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
   }, 30_000);
 
+  it('work queue — process sends up to `concurrency` claims at once, and claims in flight plus running handlers never exceed it', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-claims')}jobs`;
+    const concurrency = 4;
+    let claims = 0;
+    let running = 0;
+    let maxClaims = 0;
+    let maxBusy = 0;
+    // The first claim txns are held until `concurrency` of them are waiting (or 5 s passed), so
+    // claims that the workers send one after another would show up as fewer in flight.
+    let gate: { open: () => void; opened: Promise<void> } | undefined;
+    {
+      let open = () => {};
+      const opened = new Promise<void>((resolve) => {
+        open = resolve;
+      });
+      gate = { open, opened };
+    }
+    const counting = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'txn')
+          return async (t: Txn, o?: Parameters<KV['txn']>[1]): Promise<TxnResult> => {
+            const claim =
+              t.compare.some((c) => keyText(c.key).includes('/ready/')) &&
+              t.success.some((op) => op.type === 'put' && keyText(op.key).includes('/inflight/rec/'));
+            if (!claim) return target.txn(t, o);
+            claims++;
+            maxClaims = Math.max(maxClaims, claims);
+            maxBusy = Math.max(maxBusy, claims + running);
+            try {
+              if (gate) {
+                const g = gate;
+                if (claims >= concurrency) {
+                  gate = undefined;
+                  g.open();
+                } else {
+                  await Promise.race([g.opened, sleep(5000)]);
+                  if (gate === g) {
+                    gate = undefined;
+                    g.open();
+                  }
+                }
+              }
+              return await target.txn(t, o);
+            } finally {
+              claims--;
+            }
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using a = await open(counting, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    for (let i = 0; i < 16; i++) await a.queue.add(`job-${i}`);
+    const done = new Set<string>();
+    const stop = new AbortController();
+    const run = a.queue
+      .process(
+        async (job) => {
+          running++;
+          maxBusy = Math.max(maxBusy, claims + running);
+          try {
+            await sleep(20);
+            done.add(job.text);
+          } finally {
+            running--;
+          }
+        },
+        { concurrency, signal: stop.signal },
+      )
+      .catch((err: unknown) => err);
+    await waitFor(() => done.size === 16, 30_000, 'all 16 jobs');
+    stop.abort(new Error('stop'));
+    expect(((await run) as Error).message).toBe('stop');
+    expect(maxClaims).toBe(concurrency);
+    expect(maxBusy).toBeLessThanOrEqual(concurrency);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 45_000);
+
+  it('work queue — 3 consumers each running process at concurrency 8 ack every job exactly once, none in two handlers at once', async () => {
+    const { kv, prefix, newKv, backend } = ctx();
+    const name = `${prefix('wq-many8')}jobs`;
+    const jobs = 150;
+    await using producer = await open(kv, name);
+    // Half are waiting when the consumers start; the rest arrive while their workers wait.
+    for (let i = 0; i < jobs / 2; i++) await producer.queue.add(`job-${i}`);
+    const consumers = await Promise.all(
+      Array.from({ length: 3 }, async () =>
+        open(await newKv(), name, { visibilitySeconds: backend.minTtlSeconds + 20 }),
+      ),
+    );
+    const active = new Set<string>();
+    const acked = new Map<string, number>();
+    const overlaps: string[] = [];
+    const ackErrors: string[] = [];
+    const stop = new AbortController();
+    const runs = consumers.map((c) =>
+      c.queue
+        .process(
+          async (job) => {
+            if (active.has(job.id)) overlaps.push(job.id);
+            active.add(job.id);
+            await sleep(Math.floor(Math.random() * 5));
+            active.delete(job.id);
+            const r = await job.ack();
+            if (r.isErr()) ackErrors.push(r.error.message);
+            else acked.set(job.text, (acked.get(job.text) ?? 0) + 1);
+          },
+          { concurrency: 8, signal: stop.signal },
+        )
+        .catch((err: unknown) => err),
+    );
+    for (let i = jobs / 2; i < jobs; i++) await producer.queue.add(`job-${i}`);
+    await waitFor(() => acked.size === jobs && active.size === 0, 60_000, 'every job acked');
+    stop.abort(new Error('done'));
+    for (const r of await Promise.all(runs)) expect((r as Error).message).toBe('done');
+    for (const c of consumers) await c[Symbol.asyncDispose]();
+    expect(overlaps).toEqual([]);
+    expect(ackErrors).toEqual([]);
+    expect([...acked.values()].every((n) => n === 1)).toBe(true);
+    expect(acked.size).toBe(jobs);
+    expect(await producer.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 90_000);
+
   it('work queue — autoExtend keeps a slow handler’s claim past the visibility timeout', async () => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-extend')}jobs`;
