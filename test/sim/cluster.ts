@@ -304,9 +304,9 @@ export class Simulation {
     if (clients) this.#clientActions(faults);
     for (const n of this.nodes.values()) if (!this.#paused(n)) n.raft?.tick();
     this.#deliver(faults);
-    // Log matching first: a diverged log is reported as such, before it is applied (which the
-    // state-machine-safety check would report instead).
-    for (const n of this.nodes.values()) if (n.raft) this.#checkLogMatching(n, n.raft);
+    // Checked before applying too: a diverged log or a wrong commit is reported as such, not
+    // later as two nodes applying different entries.
+    this.#checkInvariants();
     for (const n of this.nodes.values()) if (!this.#paused(n)) this.#process(n);
     this.#checkInvariants();
   }
@@ -475,7 +475,6 @@ export class Simulation {
       if (d.pending.doneAt > this.now) return;
       const { rd, term, bytes } = d.pending;
       d.pending = undefined;
-      if (rd.snapshot) d.snap = rd.snapshot;
       this.#diskWrite(d, bytes);
       this.#afterPersist(n, r, rd, term);
       return;
@@ -504,6 +503,9 @@ export class Simulation {
         return;
       }
       d.unsynced = new Uint8Array(0);
+      // As DiskStorage: a received snapshot's file is written and renamed into place before the
+      // WAL records (its log reset first) are written; a crash may fall between the two.
+      if (rd.snapshot) d.snap = rd.snapshot;
       // The core keeps stepping messages while the write is in flight (as the node does): its
       // term may move on before this Ready is handled, so the Ready's own term travels with it.
       d.pending = { rd, term: r.term, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
@@ -581,16 +583,17 @@ export class Simulation {
       if (r.log.committed < n.lastCommit && n.lastCommit <= n.storage.hardState.commit) {
         this.fail(`node ${n.id} commit went back from ${n.lastCommit} to ${r.log.committed}`);
       }
-      if (r.role === Role.Leader) this.#recordCommitted(n, r);
+      this.#recordCommitted(n, r);
       n.lastCommit = r.log.committed;
       this.#checkLogMatching(n, r);
     }
   }
 
   /**
-   * A leader's commit index is the cluster's: the entries up to it may never change (§5.4.3).
-   * Recorded here, checked against every later leader's log when it wins (leader completeness)
-   * and against every later commit.
+   * Whatever any node counts as committed may never change (§5.4.3): recorded here, checked
+   * against every later commit on any node (a follower that advanced its commit index over
+   * entries that do not match the leader's is caught here) and against every later leader's log
+   * when it wins (leader completeness).
    */
   #recordCommitted(n: SimNode, r: Raft): void {
     const from = Math.max(r.log.snapIndex + 1, Math.min(n.lastCommit, r.log.committed) + 1);
@@ -601,7 +604,7 @@ export class Simulation {
       if (i > this.committedMax) this.committedMax = i;
       if (known !== undefined)
         this.fail(
-          `commit safety: leader ${n.id} of term ${r.term} committed ${i} of term ${t}, but ${i} of term ${known.term} was committed before (in term ${known.commitTerm})`,
+          `commit safety: ${r.role} ${n.id} in term ${r.term} committed ${i} of term ${t}, but ${i} of term ${known.term} was committed before (in term ${known.commitTerm})`,
         );
       this.committedGlobal.set(i, { term: t, commitTerm: r.term });
     }
