@@ -10,7 +10,7 @@
  * marker on, which is above every earlier run's compaction.
  *
  * Reproduce a failure with DIFF_SEED=<seed> (and DIFF_PATH=<path>) from the report; DIFF_RUNS sets
- * the number of runs (default 60).
+ * the number of runs (default 200, about 15 s).
  */
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,7 +30,7 @@ if (!available && !required) {
   );
 }
 
-const numRuns = Number(process.env.DIFF_RUNS ?? 60);
+const numRuns = Number(process.env.DIFF_RUNS ?? 200);
 const seed = process.env.DIFF_SEED === undefined ? undefined : Number(process.env.DIFF_SEED);
 const path = process.env.DIFF_PATH;
 
