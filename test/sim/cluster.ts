@@ -352,6 +352,13 @@ export class Simulation {
   }
 
   #clientActions(faults: boolean): void {
+    for (const n of this.nodes.values()) {
+      if (!n.raft || n.pausedUntil === 0 || this.#paused(n)) continue;
+      // A node just resumed from a pause: a client's read reaches it before any message does. A
+      // leader deposed meanwhile must not answer it from its stale commit index (§6.4).
+      n.pausedUntil = 0;
+      this.#read(n);
+    }
     const live = [...this.nodes.values()].filter((n) => n.raft && !this.#paused(n));
     if (live.length === 0) return;
     if (this.rng.chance(0.3)) {
@@ -362,12 +369,7 @@ export class Simulation {
         if (!(err instanceof ProposalDropped)) throw err;
       }
     }
-    if (this.rng.chance(0.05)) {
-      const n = this.rng.pick(live);
-      const ctx = `r${this.#readSeq++}`;
-      this.pendingReads.set(ctx, Math.max(this.ackedIndex, this.committedMax));
-      n.raft!.readIndex(enc.encode(ctx));
-    }
+    if (this.rng.chance(0.05)) this.#read(this.rng.pick(live));
     if (faults && this.rng.chance(0.003)) {
       const leader = live.find((n) => n.raft!.role === Role.Leader);
       if (leader) leader.raft!.transferLeader(this.rng.pick([...this.nodes.keys()]));
@@ -385,6 +387,13 @@ export class Simulation {
         if (n.disk) n.disk.snap = n.storage.snap;
       }
     }
+  }
+
+  /** A linearizable read on `n`: it must return at least every index committed or applied before it starts. */
+  #read(n: SimNode): void {
+    const ctx = `r${this.#readSeq++}`;
+    this.pendingReads.set(ctx, Math.max(this.ackedIndex, this.committedMax));
+    n.raft!.readIndex(enc.encode(ctx));
   }
 
   /** Single-server changes (§4.1): remove a voter (maybe the leader), re-add it as a learner, promote it. */
