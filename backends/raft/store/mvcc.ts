@@ -4,18 +4,36 @@
  * see the state as of that revision. Keys are ordered byte-wise in a B+ tree (sorted-btree), keyed
  * by the latin1 decoding of the bytes (one char per byte, so string order is byte order).
  *
- * Invariants: compactRev <= currentRev; each key's records are in increasing revision order.
+ * A store restored from a snapshot (snapshot.ts) does not decode its keys' records up front: the
+ * index maps each key to the offset of its encoded records in the snapshot buffer (`Mvcc.source`),
+ * and a key's records become objects the first time they are read or written (`records()`).
+ * Restoring a million keys then costs a million strings and one bulk-loaded tree, not six million
+ * objects and a million value buffers (issue 5: recovery time). Values decoded from the snapshot
+ * are views into its buffer, which therefore stays alive while any of them does (it is the data).
+ *
+ * Invariants: compactRev <= currentRev; each key's records are in increasing revision order, and
+ * the first one is a put.
  */
 import BTreeModule from 'sorted-btree';
+import { bulkLoad } from 'sorted-btree/extended/bulkLoad.js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { KeyValue } from '../../../src/types.js';
 
 // sorted-btree ships CommonJS with `default` as the class.
 const BTree = ((BTreeModule as unknown as { default?: unknown }).default ??
   BTreeModule) as typeof import('sorted-btree').default;
+type BTree<K, V> = import('sorted-btree').default<K, V>;
 
-export const keyString = (b: Uint8Array): string =>
-  Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
+/** Latin1 key strings compare in byte order with plain `<` (no mixed key types to handle). */
+const compareKeys = (a: string, b: string): number => (a > b ? 1 : a < b ? -1 : 0);
+/** Branching factor of the key index (sorted-btree's default). */
+export const indexNodeSize = 32;
+
+// Buffer's native latin1 decoder accepts any Uint8Array as `this` (it is not in @types/node).
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(start: number, end: number): string })
+  .latin1Slice as (this: Uint8Array, start: number, end: number) => string;
+/** The index key of a key's bytes (latin1: one char per byte), without a Buffer wrapper per call. */
+export const keyString = (b: Uint8Array): string => latin1Slice.call(b, 0, b.length);
 export const keyBytes = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 
 export interface KeyRecord {
@@ -25,6 +43,14 @@ export interface KeyRecord {
   readonly kv: KeyValue | undefined;
 }
 
+/**
+ * A key's records: decoded, or the offset in `Mvcc.source` of the encoded ones (a key restored
+ * from a snapshot and not touched since). Encoding (snapshot format 2, snapshot.ts):
+ * [records u32] records × ([main u64][sub u64][kind u8] value records: [create u64][mod u64]
+ * [version u64][lease i64][value: u32 length + bytes]); the key's bytes come just before.
+ */
+export type Records = KeyRecord[] | number;
+
 export interface MvccEvent {
   readonly type: 'put' | 'delete';
   readonly kv: KeyValue;
@@ -33,10 +59,112 @@ export interface MvccEvent {
 
 const EMPTY = new Uint8Array(0);
 
+const u64 = (b: Buffer, o: number): number => b.readUInt32LE(o + 4) * 0x1_0000_0000 + b.readUInt32LE(o);
+
+/** Bytes of one encoded record at `o`. */
+const recordBytes = (b: Buffer, o: number): number =>
+  b[o + 16] === 0 ? 17 : 17 + 36 + b.readUInt32LE(o + 17 + 32);
+
+/** The end offset of the encoded records at `off` (already validated by the restore). */
+export function encodedRecordsEnd(b: Buffer, off: number): number {
+  const n = b.readUInt32LE(off);
+  let o = off + 4;
+  for (let j = 0; j < n; j++) o += recordBytes(b, o);
+  return o;
+}
+
+/** Decodes a key's records; values and the key are views into `b`. */
+function decodeRecords(b: Buffer, off: number, keyLength: number): KeyRecord[] {
+  const ab = b.buffer;
+  const base = b.byteOffset;
+  const key = new Uint8Array(ab, base + off - keyLength, keyLength);
+  const n = b.readUInt32LE(off);
+  const recs: KeyRecord[] = new Array(n);
+  let o = off + 4;
+  for (let j = 0; j < n; j++) {
+    const main = u64(b, o);
+    const sub = u64(b, o + 8);
+    if (b[o + 16] === 0) {
+      recs[j] = { main, sub, kv: undefined };
+      o += 17;
+      continue;
+    }
+    o += 17;
+    const lo = b.readUInt32LE(o + 24);
+    const hi = b.readInt32LE(o + 28);
+    // Most keys have no lease: skip the BigInt allocation for 0.
+    const lease = lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24);
+    const len = b.readUInt32LE(o + 32);
+    const kv: KeyValue = {
+      key,
+      createRevision: u64(b, o),
+      modRevision: u64(b, o + 8),
+      version: u64(b, o + 16),
+      value: new Uint8Array(ab, base + o + 36, len),
+      lease,
+    };
+    recs[j] = { main, sub, kv };
+    o += 36 + len;
+  }
+  return recs;
+}
+
+/** The main revision of the last encoded record at `off`. */
+function lastEncodedMain(b: Buffer, off: number): number {
+  const n = b.readUInt32LE(off);
+  let o = off + 4;
+  for (let j = 0; j < n - 1; j++) o += recordBytes(b, o);
+  return u64(b, o);
+}
+
+/** The record in effect at `rev` (the last one at or before it), or undefined. */
+export function recordAt(recs: readonly KeyRecord[], rev: number): KeyRecord | undefined {
+  for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main <= rev) return recs[i];
+  return undefined;
+}
+
 export class Mvcc {
-  index = new BTree<string, KeyRecord[]>();
+  index: BTree<string, Records> = new BTree<string, Records>(undefined, compareKeys, indexNodeSize);
+  /** The snapshot buffer that undecoded (numeric) index entries point into. */
+  source: Buffer | undefined;
   currentRev = 1;
   compactRev = 0;
+
+  /**
+   * Loads a restored snapshot's keys: `keys` strictly ascending, `offsets[i]` where key i's
+   * encoded records start in `source`. Builds the index bottom-up in O(n) (no per-key insert).
+   */
+  load(source: Buffer, keys: string[], offsets: number[]): void {
+    this.source = keys.length > 0 ? source : undefined;
+    this.index = bulkLoad<string, Records>(keys, offsets, indexNodeSize, compareKeys);
+  }
+
+  /** Takes over another key space's state (a restored Raft snapshot). */
+  replaceWith(other: Mvcc): void {
+    this.index = other.index;
+    this.source = other.source;
+    this.currentRev = other.currentRev;
+    this.compactRev = other.compactRev;
+  }
+
+  /** A key's records, decoded (and kept decoded) if they were still encoded; undefined if none. */
+  records(key: string): KeyRecord[] | undefined {
+    const r = this.index.get(key);
+    if (typeof r !== 'number') return r;
+    const recs = decodeRecords(this.source!, r, key.length);
+    this.index.set(key, recs);
+    return recs;
+  }
+
+  /** Decodes without keeping the result (while iterating the index, which must not change). */
+  #peek(key: string, r: Records): KeyRecord[] {
+    return typeof r === 'number' ? decodeRecords(this.source!, r, key.length) : r;
+  }
+
+  /** The encoded bytes of an undecoded entry (the snapshot writer copies them as they are). */
+  encoded(r: number): Uint8Array {
+    return this.source!.subarray(r, encodedRecordsEnd(this.source!, r));
+  }
 
   checkRevision(rev: number): number {
     if (rev <= 0) return this.currentRev;
@@ -52,10 +180,8 @@ export class Mvcc {
 
   /** The key's state at `rev`, or undefined. */
   getAt(key: string, rev: number): KeyValue | undefined {
-    const recs = this.index.get(key);
-    if (!recs) return undefined;
-    for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main <= rev) return recs[i]!.kv;
-    return undefined;
+    const recs = this.records(key);
+    return recs ? recordAt(recs, rev)?.kv : undefined;
   }
 
   /** Live keys in [start, end) at `rev`; end '' = the single key, '\0' = to the end. */
@@ -66,25 +192,39 @@ export class Mvcc {
       return;
     }
     const hi = end === '\u0000' ? undefined : end;
-    for (const [k, recs] of this.index.entries(start)) {
+    // Entries decoded on the way are kept once the iteration is over (the tree must not change
+    // under its iterator).
+    let decoded: Array<[string, KeyRecord[]]> | undefined;
+    for (const [k, r] of this.index.entries(start)) {
       if (hi !== undefined && k >= hi) break;
-      let kv: KeyValue | undefined;
-      for (let i = recs.length - 1; i >= 0; i--) {
-        if (recs[i]!.main <= rev) {
-          kv = recs[i]!.kv;
-          break;
-        }
-      }
+      let recs: KeyRecord[];
+      if (typeof r === 'number') {
+        recs = decodeRecords(this.source!, r, k.length);
+        (decoded ??= []).push([k, recs]);
+      } else recs = r;
+      const kv = recordAt(recs, rev)?.kv;
       if (kv) visit(k, kv);
     }
+    if (decoded) for (const [k, recs] of decoded) this.index.set(k, recs);
   }
 
   /** Undo actions of the current write, run in reverse if it fails midway (a txn is all or nothing). */
   undo: Array<() => void> | undefined;
 
-  /** Writes a put at {main, sub}; returns the event. */
-  put(key: string, keyB: Uint8Array, value: Uint8Array, lease: bigint, main: number, sub: number): MvccEvent {
-    const prev = this.getAt(key, main);
+  /**
+   * Writes a put at {main, sub}; returns the event. `recs` and `prev` may be passed when the
+   * caller already looked them up (`records(key)`, and the kv in effect at `main`).
+   */
+  put(
+    key: string,
+    keyB: Uint8Array,
+    value: Uint8Array,
+    lease: bigint,
+    main: number,
+    sub: number,
+    recs: KeyRecord[] | undefined = this.records(key),
+    prev: KeyValue | undefined = recs ? recordAt(recs, main)?.kv : undefined,
+  ): MvccEvent {
     const kv: KeyValue = {
       key: keyB,
       createRevision: prev ? prev.createRevision : main,
@@ -93,14 +233,15 @@ export class Mvcc {
       value,
       lease,
     };
-    this.#append(key, { main, sub, kv });
+    this.#append(key, recs, { main, sub, kv });
     return prev ? { type: 'put', kv, prevKv: prev } : { type: 'put', kv };
   }
 
   delete(key: string, main: number, sub: number): MvccEvent | undefined {
-    const prev = this.getAt(key, main);
+    const recs = this.records(key);
+    const prev = recs ? recordAt(recs, main)?.kv : undefined;
     if (!prev) return undefined;
-    this.#append(key, { main, sub, kv: undefined });
+    this.#append(key, recs, { main, sub, kv: undefined });
     return {
       type: 'delete',
       kv: { key: prev.key, createRevision: 0, modRevision: main, version: 0, value: EMPTY, lease: 0n },
@@ -108,8 +249,7 @@ export class Mvcc {
     };
   }
 
-  #append(key: string, r: KeyRecord): void {
-    const recs = this.index.get(key);
+  #append(key: string, recs: KeyRecord[] | undefined, r: KeyRecord): void {
     if (recs) {
       const last = recs[recs.length - 1]!;
       // Within one revision (a txn), a later op on the same key replaces the earlier record.
@@ -133,16 +273,23 @@ export class Mvcc {
   }
 
   /**
-   * The events of every revision at or after `fromRev` still held in the records, in revision
-   * order (sub-revision order within one), with prevKv — what a watch replays. Used to rebuild a
-   * watch hub's history after the store was restored from a snapshot.
+   * The events of every revision in [fromRev, toRev) still held in the records, in revision
+   * order (sub-revision order within one), with prevKv — what a watch replays. Used to fill a
+   * watch hub's history for revisions it did not see applied (before a restore or a restart).
    */
-  eventsSince(fromRev: number): Array<{ rev: number; events: MvccEvent[] }> {
+  eventsSince(
+    fromRev: number,
+    toRev = Number.POSITIVE_INFINITY,
+  ): Array<{ rev: number; events: MvccEvent[] }> {
     const byRev = new Map<number, Array<{ sub: number; ev: MvccEvent }>>();
-    this.index.forEachPair((_k, recs) => {
+    this.index.forEachPair((k, entry) => {
+      // An undecoded key whose last record is older than fromRev has nothing to replay.
+      if (typeof entry === 'number' && lastEncodedMain(this.source!, entry) < fromRev) return;
+      const recs = this.#peek(k, entry);
       for (let i = 0; i < recs.length; i++) {
         const r = recs[i]!;
         if (r.main < fromRev) continue;
+        if (r.main >= toRev) break;
         const prev = i > 0 ? recs[i - 1]!.kv : undefined;
         let ev: MvccEvent | undefined;
         if (r.kv) ev = prev ? { type: 'put', kv: r.kv, prevKv: prev } : { type: 'put', kv: r.kv };
@@ -179,7 +326,17 @@ export class Mvcc {
       throw new ConclaveError(ErrorCode.FutureRevision, 'mvcc: required revision is a future revision');
     this.compactRev = rev;
     const drop: string[] = [];
-    this.index.forEachPair((k, recs) => {
+    const decoded: Array<[string, KeyRecord[]]> = [];
+    this.index.forEachPair((k, entry) => {
+      // An undecoded key with a single put keeps it whatever `rev` is: leave it encoded.
+      if (
+        typeof entry === 'number' &&
+        this.source!.readUInt32LE(entry) === 1 &&
+        this.source![entry + 20] === 1
+      )
+        return;
+      const recs = this.#peek(k, entry);
+      if (recs !== entry) decoded.push([k, recs]);
       let keepFrom = 0;
       for (let i = recs.length - 1; i >= 0; i--) {
         if (recs[i]!.main <= rev) {
@@ -190,6 +347,7 @@ export class Mvcc {
       if (keepFrom > 0) recs.splice(0, keepFrom);
       if (recs.length === 0) drop.push(k);
     });
+    for (const [k, recs] of decoded) if (recs.length > 0) this.index.set(k, recs);
     for (const k of drop) this.index.delete(k);
   }
 }

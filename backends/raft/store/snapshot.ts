@@ -13,11 +13,16 @@
  *            value records: [create][mod][version][lease i64][value: bytes]))
  *   [leases u32] leases × ([id i64][ttl f64][granted f64][keys u32] keys × [key: bytes])
  *
- * It is written in two passes (size, then bytes into one exact buffer) and read in one; every
- * key and value is copied out of the snapshot buffer (a stored value must not pin it).
+ * It is written in two passes (size, then bytes into one exact buffer); a key whose records were
+ * never decoded since the store was restored is copied as the bytes it was restored from.
+ *
+ * Restoring validates the whole buffer (every length, record kind and integer bound, keys in
+ * strictly ascending order, nothing after the end) but decodes no records: the key index is
+ * bulk-loaded with each key's offset, and records are decoded on first use (mvcc.ts). The store
+ * keeps `data` as its backing bytes: the caller must not modify it afterwards.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
-import type { KeyRecord } from './mvcc.js';
+import { encodedRecordsEnd } from './mvcc.js';
 import { Store } from './store.js';
 
 /** The store snapshot format this build writes and reads. */
@@ -32,8 +37,14 @@ export function snapshotStore(store: Store): Uint8Array {
   const index = store.mvcc.index;
   // Pass 1: the exact size.
   let size = 1 + 8 * 4;
+  const src = store.mvcc.source;
   index.forEachPair((k, recs) => {
-    size += 4 + k.length + 4;
+    size += 4 + k.length;
+    if (typeof recs === 'number') {
+      size += encodedRecordsEnd(src!, recs) - recs;
+      return;
+    }
+    size += 4;
     for (const r of recs) size += 17 + (r.kv ? 32 + 4 + r.kv.value.length : 0);
   });
   size += 4;
@@ -58,6 +69,10 @@ export function snapshotStore(store: Store): Uint8Array {
   };
   index.forEachPair((k, recs) => {
     key(k);
+    if (typeof recs === 'number') {
+      o += src!.copy(b, o, recs, encodedRecordsEnd(src!, recs));
+      return;
+    }
     b.writeUInt32LE(recs.length, o);
     o += 4;
     for (const r of recs) {
@@ -139,13 +154,9 @@ class Reader {
     this.o += n;
     return s;
   }
-  bytes(): Uint8Array {
-    const n = this.u32();
+  skip(n: number): void {
     this.need(n);
-    const out = new Uint8Array(n);
-    out.set(this.b.subarray(this.o, this.o + n));
     this.o += n;
-    return out;
   }
 }
 
@@ -174,32 +185,36 @@ function read(r: Reader, opts: { minTtlSeconds: number; nowMs: number }): Store 
   store.mvcc.currentRev = r.u64();
   store.mvcc.compactRev = r.u64();
   const keys = r.u64();
+  // Bounded by the buffer: every key takes at least 8 bytes.
+  if (keys > (r.b.length - r.o) / 8) throw new RangeError(`${keys} keys in ${r.b.length} bytes`);
+  const names: string[] = new Array(keys);
+  const offsets: number[] = new Array(keys);
   let prev = '';
   for (let i = 0; i < keys; i++) {
     const key = r.latin1();
     if (i > 0 && !(key > prev)) throw new RangeError(`keys out of order at byte ${r.o}`);
     prev = key;
-    const keyB = new Uint8Array(Buffer.from(key, 'latin1'));
+    names[i] = key;
+    offsets[i] = r.o;
     const n = r.u32();
-    const recs: KeyRecord[] = new Array(n);
+    if (n === 0) throw new RangeError(`a key without records at byte ${r.o - 4}`);
     for (let j = 0; j < n; j++) {
-      const main = r.u64();
-      const sub = r.u64();
+      r.u64(); // main
+      r.u64(); // sub
       const kind = r.u8();
       if (kind === 0) {
-        recs[j] = { main, sub, kv: undefined };
+        if (j === 0) throw new RangeError(`a key whose first record is a tombstone at byte ${r.o - 1}`);
         continue;
       }
       if (kind !== 1) throw new RangeError(`record kind ${kind} at byte ${r.o - 1}`);
-      const createRevision = r.u64();
-      const modRevision = r.u64();
-      const version = r.u64();
-      const lease = r.i64();
-      const value = r.bytes();
-      recs[j] = { main, sub, kv: { key: keyB, value, createRevision, modRevision, version, lease } };
+      r.u64(); // create
+      r.u64(); // mod
+      r.u64(); // version
+      r.skip(8); // lease
+      r.skip(r.u32()); // value
     }
-    store.mvcc.index.set(key, recs);
   }
+  store.mvcc.load(r.b, names, offsets);
   const leases = r.u32();
   for (let i = 0; i < leases; i++) {
     const id = r.i64();

@@ -19,7 +19,7 @@ import type {
   TxnResult,
 } from '../../../src/types.js';
 import { Leases } from './leases.js';
-import { keyString, Mvcc, type MvccEvent } from './mvcc.js';
+import { keyString, Mvcc, type MvccEvent, recordAt } from './mvcc.js';
 import { WatchHub } from './watch-hub.js';
 
 type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
@@ -61,9 +61,7 @@ export class Store {
    * watchers attached to this store's hub survive: they are resynced from the new state.
    */
   replaceState(other: Store): void {
-    this.mvcc.index = other.mvcc.index;
-    this.mvcc.currentRev = other.mvcc.currentRev;
-    this.mvcc.compactRev = other.mvcc.compactRev;
+    this.mvcc.replaceWith(other.mvcc);
     this.leases.byId.clear();
     for (const [id, l] of other.leases.byId) this.leases.byId.set(id, l);
     this.appliedIndex = other.appliedIndex;
@@ -162,13 +160,15 @@ export class Store {
     o: { lease?: bigint; prevKv?: boolean; ignoreValue?: boolean; ignoreLease?: boolean },
   ): PutResult {
     const k = keyString(key);
-    const prev = this.mvcc.getAt(k, w.main);
+    // One index lookup per put: the records are passed on to the MVCC write.
+    const recs = this.mvcc.records(k);
+    const prev = recs ? recordAt(recs, w.main)?.kv : undefined;
     if ((o.ignoreValue || o.ignoreLease) && !prev)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: key not found');
     const lease = o.ignoreLease ? prev!.lease : (o.lease ?? 0n);
     if (lease !== 0n) this.leases.require(lease);
     const val = o.ignoreValue ? prev!.value : value;
-    const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++);
+    const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++, recs, prev);
     if (prev && prev.lease !== lease) this.leases.detach(prev.lease, k, this.mvcc.undo);
     this.leases.attach(lease, k, this.mvcc.undo);
     w.changed = true;
