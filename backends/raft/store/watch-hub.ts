@@ -125,11 +125,23 @@ class HubWatch implements Watch {
 export class WatchHub {
   readonly #mvcc: Mvcc;
   readonly #watchers = new Set<HubWatch>();
-  /** Events by revision since the last compaction, for history replay. */
+  /**
+   * Events by revision, for history replay: a cache of what the MVCC records hold, complete for
+   * every revision in [#historyFrom, #historyTo] (a revision without events has no entry). It is
+   * not built when a store is restored or replaced (a million restored keys would mean a million
+   * events nobody may ask for), nor kept while it is empty and nobody watches; a watch that starts
+   * before #historyFrom fills it from the records first (`#cover`).
+   */
   #history: Array<{ rev: number; events: readonly MvccEvent[] }> = [];
+  #historyFrom: number;
+  #historyTo: number;
+  /** Fills so far since the last reset: the second one goes back to the compaction revision. */
+  #fills = 0;
 
   constructor(mvcc: Mvcc) {
     this.#mvcc = mvcc;
+    this.#historyFrom = mvcc.currentRev + 1;
+    this.#historyTo = mvcc.currentRev;
   }
 
   watch(key: Bytes, o: WatchOptions): Watch {
@@ -154,6 +166,7 @@ export class WatchHub {
     w.nextRev = startRev > 0 ? startRev : current + 1;
     this.#watchers.add(w);
     if (w.nextRev <= current) {
+      this.#cover(w.nextRev);
       for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);
       w.nextRev = Math.max(w.nextRev, current + 1);
     }
@@ -164,9 +177,47 @@ export class WatchHub {
     this.#watchers.delete(w);
   }
 
+  /** Forgets the history: it starts after revision `to` (older ones are filled on demand). */
+  #reset(to = this.#mvcc.currentRev): void {
+    this.#history = [];
+    this.#historyFrom = to + 1;
+    this.#historyTo = to;
+    this.#fills = 0;
+  }
+
+  /**
+   * Makes the history complete from `rev` (at or after the compaction revision) to the current
+   * revision, reading what it lacks from the MVCC records (one pass over the index). The first
+   * fill reads only from `rev` (watches usually start at a recent revision); a later one reads
+   * from the compaction revision, so a run of watches at ever older revisions costs two passes.
+   */
+  #cover(rev: number): void {
+    if (this.#historyTo !== this.#mvcc.currentRev) this.#reset();
+    if (rev >= this.#historyFrom || this.#history.length >= historyRevisionsMax) return;
+    const from = this.#fills++ === 0 ? rev : Math.min(rev, Math.max(this.#mvcc.compactRev, 1));
+    const older = this.#mvcc.eventsSince(from, this.#historyFrom);
+    if (older.length > 0) this.#history = [...older, ...this.#history];
+    this.#historyFrom = from;
+    if (this.#history.length > historyRevisionsMax) {
+      this.#history = this.#history.slice(-historyRevisionsMax);
+      this.#historyFrom = this.#history[0]!.rev;
+    }
+  }
+
   notify(rev: number, events: readonly MvccEvent[]): void {
+    // The state changed under the hub (a store restored without resync): start over at `rev`.
+    if (this.#historyTo !== rev - 1) this.#reset(rev - 1);
+    this.#historyTo = rev;
+    if (this.#history.length === 0 && this.#watchers.size === 0) {
+      // Nobody can see this revision now; a later watch from it fills it from the records.
+      this.#historyFrom = rev + 1;
+      return;
+    }
     this.#history.push({ rev, events });
-    if (this.#history.length > historyRevisionsMax) this.#history.shift();
+    if (this.#history.length > historyRevisionsMax) {
+      this.#history.shift();
+      this.#historyFrom = this.#history[0]!.rev;
+    }
     for (const w of [...this.#watchers]) w.offer(rev, events);
   }
 
@@ -174,16 +225,18 @@ export class WatchHub {
     let i = 0;
     while (i < this.#history.length && this.#history[i]!.rev < rev) i++;
     if (i > 0) this.#history = this.#history.slice(i);
+    if (this.#historyFrom < rev) this.#historyFrom = Math.min(rev, this.#historyTo + 1);
   }
 
   /**
-   * After the store's state was replaced (a Raft snapshot installed): rebuilds the replay history
-   * from the records, ends watchers whose next revision is now compacted, and catches the others
-   * up from the new state (etcd resyncs its watchers the same way after a snapshot restore).
+   * After the store's state was replaced (a Raft snapshot installed, or restored at startup):
+   * forgets the replay history (it is filled from the new records on demand), ends watchers whose
+   * next revision is now compacted, and catches the others up from the new state (etcd resyncs
+   * its watchers the same way after a snapshot restore).
    */
   resync(): void {
+    this.#reset();
     const compactRev = this.#mvcc.compactRev;
-    this.#history = this.#mvcc.eventsSince(compactRev).slice(-historyRevisionsMax);
     const current = this.#mvcc.currentRev;
     for (const w of [...this.#watchers]) {
       if (w.nextRev < compactRev) {
@@ -196,7 +249,10 @@ export class WatchHub {
         );
         continue;
       }
-      for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);
+      if (w.nextRev <= current) {
+        this.#cover(w.nextRev);
+        for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);
+      }
       w.nextRev = Math.max(w.nextRev, current + 1);
     }
   }
