@@ -28,7 +28,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
-import type { Bytes, CallOptions, KeyValue, LeaseId } from '../src/types.js';
+import type { Bytes, CallOptions, KeyValue, LeaseId, RangeResult } from '../src/types.js';
 import {
   clipError,
   decodeRecord,
@@ -73,6 +73,11 @@ export const workQueueProcessErrorsMax = 10;
 export const workQueueRevokesPendingMax = 256;
 /** Most dead letters one `deadLetters()` call returns (bodies are read in one txn). */
 export const workQueueDeadLettersPageMax = 100;
+/**
+ * Claim leases kept for reuse once their claim is settled (or a round did not need them); past
+ * it they are revoked. A reused lease is renewed (keep-alive) by the claim that takes it.
+ */
+export const workQueueLeasePoolMax = 64;
 
 export interface WorkQueueOptions {
   /** Claim lifetime in whole seconds (default 30). The store may raise it to its minimum lease TTL. */
@@ -162,12 +167,21 @@ function checkMaxAttempts(what: string, n: number): number {
   return n;
 }
 
+/** A claim lease and when its TTL clock last (re)started, by the local monotonic clock. */
+interface ClaimLease {
+  readonly id: LeaseId;
+  readonly ttlSeconds: number;
+  /** `performance.now()` just before the grant or keep-alive that set the server's deadline was sent. */
+  readonly sentAt: number;
+}
+
 /** What a Job needs from its queue. */
 interface JobContext {
   readonly kv: KV;
   readonly keys: WorkQueueKeys;
   readonly consumer: string;
-  revoke(lease: LeaseId): void;
+  /** Takes back the lease of a settled job: its only key was deleted by the settling txn. */
+  release(lease: ClaimLease): void;
 }
 
 /**
@@ -188,7 +202,7 @@ export class Job implements AsyncDisposable {
   readonly enqueuedAtMs: number;
   /** The claim revision: increases with every claim of the queue; guards ack and nack. */
   readonly token: number;
-  /** The claim's lease. */
+  /** The claim's lease. Once the job is settled the queue may reuse it for a later claim. */
   readonly lease: LeaseId;
   readonly lost: AbortSignal;
 
@@ -196,6 +210,7 @@ export class Job implements AsyncDisposable {
   readonly #record: StateRecord;
   readonly #lost = new AbortController();
   #ttlSeconds: number;
+  #renewedAt: number;
   #deadline: number;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #settled = false;
@@ -207,7 +222,7 @@ export class Job implements AsyncDisposable {
     value: Uint8Array,
     record: StateRecord,
     token: number,
-    lease: { id: LeaseId; ttlSeconds: number; sentAt: number },
+    lease: ClaimLease,
   ) {
     this.#ctx = ctx;
     this.id = id;
@@ -222,6 +237,7 @@ export class Job implements AsyncDisposable {
     this.lease = lease.id;
     this.lost = this.#lost.signal;
     this.#ttlSeconds = lease.ttlSeconds;
+    this.#renewedAt = lease.sentAt;
     this.#deadline = lease.sentAt + lease.ttlSeconds * 1000 - marginMs(lease.ttlSeconds);
     this.#arm();
   }
@@ -361,6 +377,7 @@ export class Job implements AsyncDisposable {
     if (this.#settled) return this.#settledErr();
     if (ka.ttlSeconds <= 0) return this.#expiredErr();
     this.#ttlSeconds = ka.ttlSeconds;
+    this.#renewedAt = sentAt;
     this.#deadline = sentAt + ka.ttlSeconds * 1000 - marginMs(ka.ttlSeconds);
     this.#arm();
     return Ok(ka.ttlSeconds);
@@ -396,7 +413,9 @@ export class Job implements AsyncDisposable {
   #finish(how: string): void {
     this.#settled = true;
     this.#fire(new ConclaveError(ErrorCode.Closed, `work queue job ${this.id} ${how}`));
-    this.#ctx.revoke(this.lease);
+    // The settling txn deleted the lease's only key: the queue may give the lease to a later
+    // claim (which renews it first) instead of revoking it and granting another.
+    this.#ctx.release({ id: this.lease, ttlSeconds: this.#ttlSeconds, sentAt: this.#renewedAt });
   }
 }
 
@@ -415,6 +434,8 @@ export class WorkQueue implements AsyncDisposable {
   readonly #ctx: JobContext;
   readonly #closed = new AbortController();
   readonly #revokes = new Set<Promise<unknown>>();
+  /** Keyless claim leases for reuse, most recently renewed last (bounded by `workQueueLeasePoolMax`). */
+  readonly #leasePool: ClaimLease[] = [];
   readonly #processes = new Set<Promise<void>>();
   #maintenance: WorkQueueMaintenance | undefined;
   #failure: unknown;
@@ -435,7 +456,7 @@ export class WorkQueue implements AsyncDisposable {
       kv: session.kv,
       keys: this.#keys,
       consumer: leaseHex(session.lease),
-      revoke: (lease) => this.#revoke(lease),
+      release: (lease) => this.#release(lease),
     };
   }
 
@@ -554,9 +575,11 @@ export class WorkQueue implements AsyncDisposable {
   }
 
   /**
-   * Reads the first ready keys (priority, then FIFO), grants a claim lease and tries them in
-   * order, one guarded txn each. The lease is revoked unless a claim won (and on any failure, so a
-   * claim that did happen but whose answer was lost returns at once through the reaper).
+   * Reads the first ready keys (priority, then FIFO) and, at the same time, takes a claim lease
+   * (a pooled one, renewed, or a new grant), then tries the keys in order, one guarded txn each.
+   * A lease no claim used goes back to the pool (it has no key); after a failed claim txn it is
+   * revoked instead, once the undo settled, so a claim that did happen but could not be undone
+   * returns at once through the reaper.
    *
    * In a `group`, the items a sibling claimer is trying right now are skipped (they are marked
    * before the first await after the read, so two siblings that read the same keys pick different
@@ -572,13 +595,28 @@ export class WorkQueue implements AsyncDisposable {
     const span = WorkQueueKeys.span(this.#keys.readyPrefix);
     const busy = group?.claiming;
     const limit = workQueueClaimCandidatesMax + (busy?.size ?? 0);
-    const r = await kv.range(span.key, { end: span.end, limit, signal });
-    signal.throwIfAborted();
+    // Both are round trips; neither needs the other. A lease the read turns out not to need
+    // returns to the pool, so an empty queue costs no grants once the pool has one.
+    const leased = this.#takeLease(signal);
+    // Handled below (awaited or given back), but perhaps only after it failed: mark it handled
+    // now so a failure during the read is not reported as an unhandled rejection.
+    leased.catch(() => undefined);
+    let r: RangeResult;
+    try {
+      r = await kv.range(span.key, { end: span.end, limit, signal });
+      signal.throwIfAborted();
+    } catch (err) {
+      this.#giveBack(leased);
+      throw err;
+    }
     const cands = busy ? r.kvs.filter((c) => !busy.has(idOf(c.key))) : r.kvs;
-    if (cands.length === 0) return { empty: true, revision: r.revision };
-    const sentAt = performance.now();
-    const grant = await kv.lease.grant(this.visibilityTimeoutSeconds, { signal });
-    let won = false;
+    if (cands.length === 0) {
+      this.#giveBack(leased);
+      return { empty: true, revision: r.revision };
+    }
+    const lease = await leased;
+    // What became of the lease: still keyless (back to the pool), owned by a job, or unknown.
+    let fate: 'free' | 'job' | 'revoke' = 'free';
     let undo: Promise<unknown> | undefined;
     try {
       for (const cand of cands) {
@@ -587,24 +625,29 @@ export class WorkQueue implements AsyncDisposable {
         // Re-checked after every await: a sibling may have taken this item up meanwhile.
         if (busy?.has(id)) continue;
         busy?.add(id);
-        let job: Job | undefined | 'lease-spent';
+        let job: Job | undefined | 'released' | 'used';
         try {
-          job = await this.#tryCandidate(cand, { ...grant, sentAt }, signal);
+          job = await this.#tryCandidate(cand, lease, signal);
         } catch (err) {
-          undo = this.#undoClaim(cand, grant.id);
+          fate = 'revoke';
+          undo = this.#undoClaim(cand, lease.id);
           throw err;
         } finally {
           busy?.delete(id);
         }
-        if (job === 'lease-spent') break;
+        if (job === 'released' || job === 'used') {
+          fate = job === 'released' ? 'job' : 'revoke';
+          break;
+        }
         if (job) {
-          won = true;
+          fate = 'job';
           return { job, empty: false, revision: job.token };
         }
       }
       return { empty: false, revision: r.revision };
     } finally {
-      if (!won) this.#revoke(grant.id, undo);
+      if (fate === 'free') this.#release(lease);
+      else if (fate === 'revoke') this.#revoke(lease.id, undo);
     }
   }
 
@@ -631,11 +674,15 @@ export class WorkQueue implements AsyncDisposable {
       .catch(() => undefined);
   }
 
+  /**
+   * One claim txn. `undefined`: lost the race. `'released'`/`'used'`: the item had no body and
+   * went to dead letters, giving the lease back (or not, if that failed: it may still hold a key).
+   */
   async #tryCandidate(
     cand: KeyValue,
-    lease: { id: LeaseId; ttlSeconds: number; sentAt: number },
+    lease: ClaimLease,
     signal: AbortSignal,
-  ): Promise<Job | undefined | 'lease-spent'> {
+  ): Promise<Job | undefined | 'released' | 'used'> {
     const id = idOf(cand.key);
     const rec = decodeRecord(cand.key, cand.value);
     const claimed: StateRecord = { p: rec.p, a: rec.a + 1, m: rec.m, c: this.#ctx.consumer, t: Date.now() };
@@ -659,9 +706,9 @@ export class WorkQueue implements AsyncDisposable {
     if (body) return job;
     // The body was deleted behind the queue's back (our txns never leave a state key without
     // one): hand nobody an empty job; park it with the dead letters for an operator to see.
-    // Settling the job revoked the round's lease: the round ends and the next one grants anew.
-    await job.deadLetter({ error: `the body ${this.#keys.item(id)} is missing`, signal });
-    return 'lease-spent';
+    // Settling the job released the round's lease to the pool: the round ends, the next takes one.
+    const dead = await job.deadLetter({ error: `the body ${this.#keys.item(id)} is missing`, signal });
+    return dead.isOk() ? 'released' : 'used';
   }
 
   /**
@@ -873,6 +920,47 @@ export class WorkQueue implements AsyncDisposable {
     return t.succeeded;
   }
 
+  /**
+   * A claim lease: the most recently renewed pooled one, renewed again now (a keep-alive: served
+   * by the leader without a log entry, unlike a grant), or a new grant. Its `sentAt` is taken just
+   * before the renewal or grant is sent, so the job's `lost` deadline derived from it is never
+   * later than the server's. A pooled lease that may have expired by now is dropped (the server
+   * ends it), as is one whose keep-alive says it is gone.
+   */
+  async #takeLease(signal: AbortSignal): Promise<ClaimLease> {
+    const kv = this.session.kv;
+    for (let l = this.#leasePool.pop(); l; l = this.#leasePool.pop()) {
+      if (performance.now() >= l.sentAt + l.ttlSeconds * 1000 - marginMs(l.ttlSeconds)) continue;
+      const sentAt = performance.now();
+      let ka: { ttlSeconds: number };
+      try {
+        ka = await kv.lease.keepAliveOnce(l.id, { signal });
+      } catch (err) {
+        this.#revoke(l.id);
+        throw err;
+      }
+      if (ka.ttlSeconds > 0) return { id: l.id, ttlSeconds: ka.ttlSeconds, sentAt };
+    }
+    const sentAt = performance.now();
+    const g = await kv.lease.grant(this.visibilityTimeoutSeconds, { signal });
+    return { id: g.id, ttlSeconds: g.ttlSeconds, sentAt };
+  }
+
+  /** Releases the lease `leased` resolves with (a round that did not use it); ignores its failure. */
+  #giveBack(leased: Promise<ClaimLease>): void {
+    leased.then(
+      (l) => this.#release(l),
+      () => undefined,
+    );
+  }
+
+  /** Pools a keyless claim lease for reuse; revokes it when the pool is full or the queue closed. */
+  #release(lease: ClaimLease): void {
+    if (this.#closed.signal.aborted || this.#leasePool.length >= workQueueLeasePoolMax)
+      this.#revoke(lease.id);
+    else this.#leasePool.push(lease);
+  }
+
   /** Revokes `lease` in the background, after `after` settles (an undo that needs the lease). */
   #revoke(lease: LeaseId, after?: Promise<unknown>): void {
     if (this.#revokes.size >= workQueueRevokesPendingMax) return; // It expires on its own.
@@ -893,6 +981,7 @@ export class WorkQueue implements AsyncDisposable {
       this.#closed.abort(new ConclaveError(ErrorCode.Closed, `work queue ${this.name} closed`));
       await Promise.allSettled([...this.#processes]);
       await this.#maintenance?.close();
+      for (const l of this.#leasePool.splice(0)) this.#revoke(l.id);
       await Promise.allSettled([...this.#revokes]);
     })();
     return this.#closing;

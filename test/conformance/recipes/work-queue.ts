@@ -680,6 +680,60 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(await producer.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
   }, 90_000);
 
+  it('work queue — a settled job’s lease is reused by the next claim, renewed to a full visibility timeout first', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-lease-reuse')}jobs`;
+    const vis = ctx().backend.minTtlSeconds + 10;
+    await using a = await open(kv, name, { visibilitySeconds: vis });
+    await a.queue.add('first');
+    await a.queue.add('second');
+    const first = await a.queue.claim(timeout(10_000));
+    const ttl = (await kv.lease.timeToLive(first.lease)).grantedTtlSeconds;
+    const margin = Math.min(1000, (ttl * 1000) / 6);
+    // Long enough that an unrenewed lease would show it in both clocks.
+    await sleep(2500);
+    expect((await first.ack()).isOk()).toBe(true);
+    const second = await a.queue.claim(timeout(10_000));
+    expect(second.lease).toBe(first.lease);
+    expect(await kv.get(`${name}/inflight/lease/${second.id}`)).toMatchObject({ lease: second.lease });
+    // Renewed by the claim: without it, at most ttl − margin − 2500 ms would be left.
+    expect(second.remainingMs()).toBeGreaterThan(ttl * 1000 - margin - 1500);
+    expect(second.remainingMs()).toBeLessThanOrEqual(ttl * 1000 - margin);
+    expect((await kv.lease.timeToLive(second.lease)).ttlSeconds).toBeGreaterThanOrEqual(ttl - 1);
+    expect(second.lost.aborted).toBe(false);
+    expect((await second.ack()).isOk()).toBe(true);
+  }, 30_000);
+
+  it('work queue — a kept lease that ended on the server is skipped: the next claim grants a new one', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-lease-gone')}jobs`;
+    await using a = await open(kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    await a.queue.add('first');
+    await a.queue.add('second');
+    const first = await a.queue.claim(timeout(10_000));
+    expect((await first.ack()).isOk()).toBe(true);
+    await kv.lease.revoke(first.lease);
+    const second = await a.queue.claim(timeout(10_000));
+    expect(second.lease).not.toBe(first.lease);
+    expect(await kv.get(`${name}/inflight/lease/${second.id}`)).toMatchObject({ lease: second.lease });
+    expect((await second.ack()).isOk()).toBe(true);
+    expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
+  }, 30_000);
+
+  it('work queue — close revokes the leases kept for reuse', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-lease-close')}jobs`;
+    const a = await open(kv, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    await a.queue.add('one');
+    const job = await a.queue.claim(timeout(10_000));
+    expect((await job.ack()).isOk()).toBe(true);
+    // An empty round also leaves its lease for reuse.
+    expect(await a.queue.tryClaim()).toBeUndefined();
+    expect((await kv.lease.timeToLive(job.lease)).ttlSeconds).toBeGreaterThan(0);
+    await a[Symbol.asyncDispose]();
+    expect((await kv.lease.timeToLive(job.lease)).ttlSeconds).toBe(-1);
+  }, 30_000);
+
   it('work queue — autoExtend keeps a slow handler’s claim past the visibility timeout', async () => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-extend')}jobs`;
