@@ -58,13 +58,21 @@ export interface PbTxnResponse {
   responses?: PbResponseOp[];
 }
 
+/**
+ * A decoded bytes field as a Uint8Array. protobufjs leaves an absent (empty) bytes field to its
+ * prototype default, a plain empty Array — not a Uint8Array — so `?? EMPTY` would pass it on.
+ */
+function bytesOf(v: Uint8Array | null | undefined): Uint8Array {
+  return v instanceof Uint8Array ? v : EMPTY;
+}
+
 export function kvFromPb(p: PbKeyValue): KeyValue {
   return {
-    key: p.key ?? EMPTY,
+    key: bytesOf(p.key),
     createRevision: num(p.createRevision),
     modRevision: num(p.modRevision),
     version: num(p.version),
-    value: p.value ?? EMPTY,
+    value: bytesOf(p.value),
     lease: big(p.lease),
   };
 }
@@ -202,10 +210,14 @@ export function txnRequest(t: Txn): Record<string, unknown> {
   };
 }
 
-export function txnResult(p: PbTxnResponse, t: Txn): TxnResult {
+/**
+ * `fallbackRevision`: a nested txn's response carries no header in etcd; its responses (and it)
+ * report the enclosing txn's revision.
+ */
+export function txnResult(p: PbTxnResponse, t: Txn, fallbackRevision = 0): TxnResult {
   const succeeded = p.succeeded ?? false;
   const ops = (succeeded ? t.success : t.failure) ?? [];
-  const revision = num(p.header?.revision);
+  const revision = num(p.header?.revision) || fallbackRevision;
   const responses: OpResponse[] = (p.responses ?? []).map((r, i) => opResponse(r, ops[i], revision));
   return { succeeded, revision, responses };
 }
@@ -218,7 +230,7 @@ function opResponse(r: PbResponseOp, op: Op | undefined, revision: number): OpRe
   if (r.responseDeleteRange) return { type: 'delete', ...deleteResult(r.responseDeleteRange), revision };
   if (r.responseTxn) {
     const nested = op?.type === 'txn' ? op.txn : { compare: [], success: [], failure: [] };
-    return { type: 'txn', ...txnResult(r.responseTxn, nested), revision };
+    return { type: 'txn', ...txnResult(r.responseTxn, nested, revision), revision };
   }
   throw new TypeError('etcd returned an empty ResponseOp');
 }

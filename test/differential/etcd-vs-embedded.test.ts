@@ -101,11 +101,9 @@ describe.skipIf(!available && !required)('differential — etcd vs embedded', ()
     it(`etcd (the reference): ${d.name}`, () => d.check(etcdKv!, runIds(++run).prefix));
   }
 
-  // KNOWN BUG in the etcd client (backends/etcd/convert.ts `txnResult`), found by the property
-  // above: etcd sends a nested TxnResponse without a header, and the client then reports revision
-  // 0 for every response inside the nested txn instead of the txn's revision (the contract in
-  // src/types.ts; the embedded store does this). Flip to `it` when the client is fixed.
-  it.fails('KNOWN etcd-client bug: the responses inside a nested txn carry the txn revision', async () => {
+  // Found by the property above (fixed in backends/etcd/convert.ts `txnResult`): etcd sends a
+  // nested TxnResponse without a header; the responses inside it carry the txn's revision.
+  it('etcd client: the responses inside a nested txn carry the txn revision', async () => {
     const key = `${runIds(++run).prefix}nested`;
     const t = await etcdKv!.txn({
       compare: [],
@@ -121,11 +119,10 @@ describe.skipIf(!available && !required)('differential — etcd vs embedded', ()
     expect(nested.responses[0]?.revision).toBe(t.revision);
   });
 
-  // KNOWN BUG in the etcd client (backends/etcd/convert.ts `kvFromPb`), found by the property
-  // above: etcd omits an empty bytes field, protobufjs then yields its default, a plain `[]`, and
-  // `p.value ?? EMPTY` keeps it — so `kv.value` of an empty value is not a Uint8Array (`toText`
-  // throws on it) in get, range, prevKv and watch events. Flip to `it` when the client is fixed.
-  it.fails('KNOWN etcd-client bug: an empty value reads back as an empty Uint8Array', async () => {
+  // Found by the property above (fixed in backends/etcd/convert.ts `kvFromPb`): etcd omits an
+  // empty bytes field and protobufjs yields its prototype default, a plain `[]`; the client must
+  // still give an empty Uint8Array (get, range, prevKv and watch events all go through it).
+  it('etcd client: an empty value reads back as an empty Uint8Array', async () => {
     const key = `${runIds(++run).prefix}empty`;
     await etcdKv!.put(key, '');
     const got = await etcdKv!.get(key);

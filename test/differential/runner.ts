@@ -58,14 +58,9 @@ export interface RunOutcome {
 
 type Norm = Record<string, unknown>;
 
-/**
- * Bytes as text. KNOWN etcd-client bug (backends/etcd/convert.ts `kvFromPb`): an empty value
- * decodes as protobufjs's default, a plain `[]`, not a Uint8Array, so `toText` throws on it. The
- * comparison reads it as the empty bytes it stands for; the `it.fails` test beside this file pins
- * the bug.
- */
+/** Bytes as text (a non-Uint8Array here is a client bug, and `toText` throws on it). */
 function text(b: Uint8Array): string {
-  return toText(b instanceof Uint8Array ? b : Uint8Array.from(b as ArrayLike<number>));
+  return toText(b);
 }
 
 class Runner {
@@ -155,15 +150,9 @@ class Runner {
     };
   }
 
-  /**
-   * `nested`: the response is inside a nested txn. KNOWN etcd-client bug (backends/etcd/convert.ts
-   * `txnResult`): etcd sends a nested TxnResponse without a header, and the client gives the
-   * responses inside it revision 0 instead of the txn's revision (the contract, which the embedded
-   * store follows). Until it is fixed those revisions are left out of the comparison here; the
-   * `it.fails` test beside this file pins the bug.
-   */
-  nresponse(r: OpResponse, nested: boolean): Norm {
-    const revision = nested ? 'inside a nested txn: not compared' : this.rel(r.revision);
+  /** Responses inside a nested txn carry the txn's revision too (compared like the others). */
+  nresponse(r: OpResponse, _nested: boolean): Norm {
+    const revision = this.rel(r.revision);
     switch (r.type) {
       case 'get':
         return { type: 'get', ...this.nrange(r), revision };
