@@ -100,6 +100,12 @@ export class RaftNode {
     });
     o.transport.register(o.id, (m) => this.#onMessage(m));
     this.#tick = setInterval(() => this.#onTick(), o.tickMs);
+    // A member that is the only voter needs nobody's vote: it campaigns at once instead of
+    // waiting an election timeout, so a restarted single-member cluster leads (and commits and
+    // applies its recovered log) right away. etcd fast-forwards its election ticks on start for
+    // the same reason. With more voters nothing changes: they hold a normal election.
+    const voters = this.raft.voters;
+    if (voters.size === 1 && voters.has(o.id)) this.campaign();
     // Not unref()ed: a running member keeps the process alive, like an open socket; stop() ends it.
   }
 
