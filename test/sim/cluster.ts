@@ -609,7 +609,9 @@ export class Simulation {
     for (let i = r.log.committed; i >= from; i--) {
       const t = r.log.term(i)!;
       const known = this.committedGlobal.get(i);
-      if (known?.term === t) break; // everything before it was recorded (and checked) already
+      // Every newly committed index is looked at: a node whose log broke log matching may agree
+      // at the top and differ below.
+      if (known?.term === t) continue;
       if (i > this.committedMax) this.committedMax = i;
       if (known !== undefined)
         this.fail(
