@@ -14,6 +14,8 @@ import type { Op, Txn } from '../../src/types.js';
 
 export interface KnownDifference {
   readonly name: string;
+  /** Set when the embedded store has been fixed: its test then runs as a plain `it`. */
+  readonly fixed?: boolean;
   /** Checks etcd's behaviour on `kv`, using keys under `p` only. */
   check(kv: KV, p: string): Promise<void>;
 }
@@ -63,6 +65,7 @@ export const knownDifferences: KnownDifference[] = [
   },
   {
     name: 'a countOnly read with a limit below the count reports more = false (the limit cuts the keys returned: none)',
+    fixed: true,
     async check(kv, p) {
       await kv.put(`${p}a`, '1');
       await kv.put(`${p}b`, '2');

@@ -112,7 +112,9 @@ export class Store {
       kvs.sort(order === 'descend' ? (a, b) => by(b, a) : by);
     }
     let more = false;
-    if (o.limit && o.limit > 0 && kvs.length > o.limit) {
+    // A countOnly read returns no keys, and etcd applies the limit (and sets `more`) to the keys it
+    // returns: `more` stays false however large the count (apply.go Range).
+    if (o.limit && o.limit > 0 && !o.countOnly && kvs.length > o.limit) {
       kvs = kvs.slice(0, o.limit);
       more = true;
     }
