@@ -27,4 +27,20 @@ describe('store — etcd 3.4 rules', () => {
     expect(r.kvs.map((kv) => new TextDecoder().decode(kv.key))).toEqual(['a', 'b']);
     expect(r.more).toBe(true);
   });
+
+  it('a plain put with ignoreValue of a missing key and an unknown lease fails lease-not-found', () => {
+    const s = store();
+    expect(() =>
+      s.applyPut(enc.encode('missing'), new Uint8Array(), { ignoreValue: true, lease: 7n }),
+    ).toThrow(expect.objectContaining({ code: 'lease-not-found' }));
+  });
+
+  it('a plain put with ignoreValue of a missing key and a granted lease fails key not found', () => {
+    const s = store();
+    s.applyLeaseGrant(7n, 60, 0);
+    expect(() =>
+      s.applyPut(enc.encode('missing'), new Uint8Array(), { ignoreValue: true, lease: 7n }),
+    ).toThrow(expect.objectContaining({ code: 'invalid-argument' }));
+    expect(s.revision).toBe(1);
+  });
 });

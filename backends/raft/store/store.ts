@@ -203,6 +203,9 @@ export class Store {
     value: Uint8Array,
     o: { lease?: bigint; prevKv?: boolean; ignoreValue?: boolean; ignoreLease?: boolean } = {},
   ): PutResult {
+    // etcd looks a plain put's lease up before anything else (apply.go Put without a txn), so an
+    // unknown lease is lease-not-found even when an ignore flag's key is missing too.
+    if (o.lease !== undefined && o.lease !== 0n) this.leases.require(o.lease);
     return this.#atomic((w) => {
       const r = this.#put(w, key, value, o);
       return { ...r, revision: this.#commit(w) };
