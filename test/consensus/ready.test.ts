@@ -78,4 +78,33 @@ describe('raft Ready contract', () => {
     );
     expect(r.ready().committed.map((e) => e.index)).toEqual([11]);
   });
+
+  it('§7 a newer snapshot stepped while a Ready carrying an older one is being persisted is handed out in the next Ready, not lost', () => {
+    const voters = [1, 2, 3];
+    const r = new Raft({
+      id: 3,
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      storage: new MemoryStorage({ voters, learners: [] }),
+      random: () => 0,
+    });
+    const snap = (index: number): Message =>
+      msg({
+        type: MessageType.Snapshot,
+        from: 1,
+        to: 3,
+        term: 1,
+        snapshot: { meta: { index, term: 1, confState: { voters, learners: [] } }, data: new Uint8Array(1) },
+      });
+    r.step(snap(10));
+    const rd = r.ready();
+    expect(rd.snapshot?.meta.index).toBe(10);
+    r.step(snap(20));
+    r.advance(rd);
+    const rd2 = r.ready();
+    expect(rd2.snapshot?.meta.index).toBe(20);
+    r.advance(rd2);
+    expect(r.hasReady()).toBe(false);
+    expect(r.log.lastIndex).toBe(20);
+  });
 });

@@ -223,7 +223,8 @@ export class Raft {
     if (rd.hardState) this.#prevHard = rd.hardState;
     if (rd.softState) this.#prevSoft = rd.softState;
     if (rd.snapshot) {
-      this.#pendingSnapshot = undefined;
+      // Only that snapshot: a newer one may have arrived while this Ready was being persisted.
+      if (this.#pendingSnapshot === rd.snapshot) this.#pendingSnapshot = undefined;
       this.log.stabled = Math.max(this.log.stabled, rd.snapshot.meta.index);
     }
     const lastEnt = rd.entries[rd.entries.length - 1];
