@@ -1053,6 +1053,8 @@ interface ReadyWait {
  * are busy read again before their next claim. A waiter older than the watch's start revision is
  * woken at once (the watch cannot vouch for puts before it), and so is every waiter when the watch
  * breaks for a compaction or an overflow (they re-read); other watch errors reject the waiters.
+ * A waiter whose revision the watch has already passed with a put (delivered between the
+ * waiter's read and its call here, when it could wake nobody) is woken at once too.
  */
 class ReadyWaiter {
   readonly #kv: KV;
@@ -1062,6 +1064,8 @@ class ReadyWaiter {
   readonly #waiters: ReadyWait[] = [];
   #watching = false;
   #startRevision = 0;
+  /** The revision of the last put the current watch delivered. */
+  #seenRevision = 0;
 
   constructor(kv: KV, prefix: string, stop: AbortSignal) {
     this.#kv = kv;
@@ -1071,7 +1075,10 @@ class ReadyWaiter {
 
   wait(fromRevision: number, signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
-    if (this.#watching && fromRevision < this.#startRevision) return Promise.resolve();
+    // The watch may have delivered a put after the caller's read before the caller got here
+    // (when no waiter it concerned was registered yet: it woke nobody).
+    if (this.#watching && (fromRevision < this.#startRevision || fromRevision <= this.#seenRevision))
+      return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       const onAbort = () => {
         const i = this.#waiters.indexOf(w);
@@ -1098,6 +1105,7 @@ class ReadyWaiter {
   #watch(fromRevision: number): void {
     this.#watching = true;
     this.#startRevision = fromRevision;
+    this.#seenRevision = 0;
     const span = WorkQueueKeys.span(this.#prefix);
     void (async () => {
       let failure: unknown;
@@ -1110,6 +1118,7 @@ class ReadyWaiter {
       try {
         for await (const b of w)
           for (const e of b.events) {
+            this.#seenRevision = Math.max(this.#seenRevision, e.kv.modRevision);
             const i = this.#waiters.findIndex((x) => x.fromRevision <= e.kv.modRevision);
             if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve();
           }

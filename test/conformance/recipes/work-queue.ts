@@ -734,6 +734,50 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect((await kv.lease.timeToLive(job.lease)).ttlSeconds).toBe(-1);
   }, 30_000);
 
+  it('work queue — an item added while a process worker is between an empty read and its wait is still claimed', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-gap')}jobs`;
+    let armed = false;
+    let adding: Promise<unknown> | undefined;
+    // The worker's next empty read of ready/ returns only after another item was added and its
+    // put had time to reach the worker's (already running) watch before the worker waits.
+    const gapped = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'range')
+          return async (key: Bytes, o?: Parameters<KV['range']>[1]) => {
+            const r = await target.range(key, o);
+            if (armed && r.kvs.length === 0 && keyText(key) === `${name}/ready/`) {
+              armed = false;
+              adding = a.queue.add('two');
+              await adding;
+              await sleep(300);
+            }
+            return r;
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using a = await open(gapped, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 10 });
+    const handled: string[] = [];
+    const stop = new AbortController();
+    const run = a.queue
+      .process(
+        (job) => {
+          handled.push(job.text);
+          if (job.text === 'one') armed = true;
+        },
+        { signal: stop.signal },
+      )
+      .catch((err: unknown) => err);
+    await a.queue.add('one');
+    await waitFor(() => handled.length === 2, 15_000, 'both items handled');
+    expect(adding).toBeDefined();
+    stop.abort(new Error('stop'));
+    await run;
+    expect(handled).toEqual(['one', 'two']);
+  }, 30_000);
+
   it('work queue — autoExtend keeps a slow handler’s claim past the visibility timeout', async () => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-extend')}jobs`;
