@@ -216,6 +216,8 @@ export function decodeSnapshotFile(b: Uint8Array): SnapshotFileContents {
     term: num(m.term),
     voters: ((m.voters as unknown[]) ?? []).map(num),
     learners: ((m.learners as unknown[]) ?? []).map(num),
-    data: m.data instanceof Uint8Array ? new Uint8Array(m.data) : new Uint8Array(0),
+    // A view into the file's bytes (protobufjs decodes bytes as subarrays); never copied, since a
+    // restored store keeps views into it.
+    data: m.data instanceof Uint8Array ? m.data : new Uint8Array(0),
   };
 }

@@ -85,7 +85,9 @@ export class Snapshotter {
   /** Reads one file; throws `corrupt` when it is damaged. */
   async read(name: string): Promise<Snapshot> {
     const file = join(this.dir, name);
-    const buf = new Uint8Array(await fsp.readFile(file));
+    // A view of the file's buffer, not a copy: the store keeps views into the snapshot data.
+    const raw = await fsp.readFile(file);
+    const buf = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
     const bad = (why: string) =>
       new ConclaveError(ErrorCode.Corrupt, `snapshot ${file}: ${why}`, { details: { file } });
     if (buf.length < 8 || MAGIC.some((b, i) => buf[i] !== b)) throw bad('not a snapshot file');
