@@ -23,6 +23,7 @@
  * Delays use the client clock (Date.now): producers write the due time, any participant promotes
  * due items. Clock skew between participants shifts delays by the skew; it never loses an item.
  */
+import { setMaxListeners } from 'node:events';
 import { Err, Ok, type Result } from 'ts-results-es';
 import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
@@ -601,15 +602,29 @@ export class WorkQueue implements AsyncDisposable {
     // Handled below (awaited or given back), but perhaps only after it failed: mark it handled
     // now so a failure during the read is not reported as an unhandled rejection.
     leased.catch(() => undefined);
-    let r: RangeResult;
-    try {
-      r = await kv.range(span.key, { end: span.end, limit, signal });
+    const feed = group?.waiter;
+    const read = async (from: ReadStart | undefined): Promise<RangeResult> => {
+      const got = await kv.range(from?.key ?? span.key, { end: span.end, limit, signal });
       signal.throwIfAborted();
+      if (from) feed?.observe(from, got.revision, got.kvs);
+      return got;
+    };
+    const claimable = (got: RangeResult) => (busy ? got.kvs.filter((c) => !busy.has(idOf(c.key))) : got.kvs);
+    let r: RangeResult;
+    let cands: KeyValue[];
+    try {
+      const from = feed?.readFrom();
+      r = await read(from);
+      cands = claimable(r);
+      // The cursor only skips keys known to be deleted; "empty" is always decided on a full read.
+      if (cands.length === 0 && from?.key !== undefined) {
+        r = await read(feed?.readFrom(true));
+        cands = claimable(r);
+      }
     } catch (err) {
       this.#giveBack(leased);
       throw err;
     }
-    const cands = busy ? r.kvs.filter((c) => !busy.has(idOf(c.key))) : r.kvs;
     if (cands.length === 0) {
       this.#giveBack(leased);
       return { empty: true, revision: r.revision };
@@ -749,6 +764,9 @@ export class WorkQueue implements AsyncDisposable {
     // `halt` stops every worker when claims keep failing; `signal` is what they all run under.
     const halt = new AbortController();
     const signal = AbortSignal.any([stop, halt.signal]);
+    // Every worker's calls listen on it (a read and a lease renewal at once, or a wait, and its
+    // job's signal): past Node's default of 10 it would warn of a leak that is not one.
+    setMaxListeners(4 * concurrency + 10, signal);
     const group: ClaimGroup = {
       claiming: new Set(),
       waiter: new ReadyWaiter(this.session.kv, this.#keys.readyPrefix, signal),
@@ -1036,6 +1054,15 @@ interface ClaimGroup {
   readonly waiter: ReadyWaiter;
 }
 
+/** Where a read of ready keys starts (`key` undefined: the prefix's start), and the feed's generation then. */
+interface ReadStart {
+  readonly key: string | undefined;
+  readonly gen: number;
+}
+
+/** How long a ready cursor is used before a full read re-establishes it (bounds any misordering). */
+const readyCursorMsMax = 1000;
+
 interface ReadyWait {
   readonly fromRevision: number;
   resolve(): void;
@@ -1064,6 +1091,17 @@ class ReadyWaiter {
   readonly #waiters: ReadyWait[] = [];
   #watching = false;
   #startRevision = 0;
+  /**
+   * The ready cursor: no live ready key sorts before it (as far as the watch has told us). A
+   * read from it skips the deleted keys at the front of the queue — claimed items leave their
+   * keys behind as deletions until the store compacts, and a range visits them all (etcd counts
+   * every key of a range even with a limit) — so without it every claim's read grows with the
+   * number of items claimed since the last compaction.
+   */
+  #cursor: string | undefined;
+  #cursorAt = 0;
+  /** Bumped by every put the watch delivers: a read during which it changed does not move the cursor. */
+  #gen = 0;
   /** The revision of the last put the current watch delivered. */
   #seenRevision = 0;
 
@@ -1071,6 +1109,32 @@ class ReadyWaiter {
     this.#kv = kv;
     this.#prefix = prefix;
     this.#stop = stop;
+  }
+
+  /** Where the next read of ready keys may start: the cursor, unless `full` or it is too old. */
+  readFrom(full = false): ReadStart {
+    if (this.#cursor !== undefined && performance.now() - this.#cursorAt > readyCursorMsMax)
+      this.#cursor = undefined;
+    return { key: full ? undefined : this.#cursor, gen: this.#gen };
+  }
+
+  /**
+   * A read that started at `from` returned `kvs` (its first keys in order) at `revision`. Its
+   * first key becomes the cursor when that is safe: the watch covers every revision after the
+   * read (a full read starts it if needed), and no put was delivered while the read was out —
+   * one delivered later, before the cursor, clears it. Keys before the first one were deleted
+   * at `revision` (or, for a cursor read, before the cursor, which no delivered put undercut).
+   */
+  observe(from: ReadStart, revision: number, kvs: readonly KeyValue[]): void {
+    if (!this.#watching) {
+      if (from.key !== undefined || this.#stop.aborted) return;
+      this.#watch(revision + 1);
+    }
+    if (from.gen !== this.#gen || revision + 1 < this.#startRevision) return;
+    const first = kvs[0];
+    if (!first) return;
+    if (from.key === undefined) this.#cursorAt = performance.now();
+    this.#cursor = toText(first.key);
   }
 
   wait(fromRevision: number, signal: AbortSignal): Promise<void> {
@@ -1118,7 +1182,9 @@ class ReadyWaiter {
       try {
         for await (const b of w)
           for (const e of b.events) {
+            this.#gen++;
             this.#seenRevision = Math.max(this.#seenRevision, e.kv.modRevision);
+            if (this.#cursor !== undefined && toText(e.kv.key) < this.#cursor) this.#cursor = undefined;
             const i = this.#waiters.findIndex((x) => x.fromRevision <= e.kv.modRevision);
             if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve();
           }
@@ -1128,6 +1194,8 @@ class ReadyWaiter {
         await w.close().catch(() => undefined);
       }
       this.#watching = false;
+      this.#cursor = undefined;
+      this.#gen++;
       const soft =
         failure === undefined ||
         ConclaveError.is(failure, ErrorCode.Compacted) ||

@@ -778,6 +778,50 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(handled).toEqual(['one', 'two']);
   }, 30_000);
 
+  it('work queue — process reads from past the items it took, yet takes an urgent item added ahead of them next', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('wq-urgent')}jobs`;
+    // Reads of ready keys that start past the front of the queue (at the cursor).
+    let cursorReads = 0;
+    const counting = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'range')
+          return (key: Bytes, o?: Parameters<KV['range']>[1]) => {
+            const k = keyText(key);
+            if (k.startsWith(`${name}/ready/`) && k !== `${name}/ready/`) cursorReads++;
+            return target.range(key, o);
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using a = await open(counting, name, { visibilitySeconds: ctx().backend.minTtlSeconds + 20 });
+    for (let i = 0; i < 40; i++) await a.queue.add(`low-${i}`, { priority: 5 });
+    const handled: string[] = [];
+    let addedAfter = -1;
+    const stop = new AbortController();
+    const run = a.queue
+      .process(
+        async (job) => {
+          handled.push(job.text);
+          await sleep(60);
+        },
+        { signal: stop.signal },
+      )
+      .catch((err: unknown) => err);
+    // By now the worker reads ready keys from past the items it already took.
+    await waitFor(() => handled.length >= 4, 20_000, 'the first jobs');
+    await a.queue.add('urgent', { priority: 0 });
+    addedAfter = handled.length;
+    await waitFor(() => handled.includes('urgent'), 20_000, 'the urgent job');
+    stop.abort(new Error('stop'));
+    await run;
+    // The job running when it was added, perhaps one claimed just before its put was seen, then it.
+    expect(handled.indexOf('urgent') - addedAfter).toBeLessThanOrEqual(3);
+    // Most claims skipped the deleted keys of the items taken before them.
+    expect(cursorReads).toBeGreaterThan(0);
+  }, 45_000);
+
   it('work queue — autoExtend keeps a slow handler’s claim past the visibility timeout', async () => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-extend')}jobs`;
