@@ -255,42 +255,39 @@ function mapTxnOps(t: TxnSpec, f: (op: TxnOpSpec) => TxnOpSpec): TxnSpec {
  * - A read at a revision and a put with a lease in one txn: etcd checks every put (its lease
  *   exists) before any read's revision, the embedded store checks op by op, so when both fail they
  *   report different errors. Such a txn loses its leases.
- * - A nested txn that writes beside other writes of its branch: etcd merges a nested txn's puts
- *   and deletes (both branches) into its enclosing branch's duplicate-key check, whatever the op
- *   order; the embedded store only checks a nested txn against the writes before it. Such a nested
- *   txn keeps only its reads.
  * - A nested txn after a write of its branch: etcd evaluates every compare of a txn, nested ones
  *   included, against the store before the txn; the embedded store evaluates a nested txn's
  *   compares after the writes before it. Such a nested txn loses its compares.
- * - A fromKey delete with a put in one txn: etcd's duplicate-key check sees the delete as the
- *   interval [key, "\0"), which holds nothing, so it accepts a put of a key the delete covers; the
- *   embedded store refuses it. Such a txn deletes a prefix instead.
+ * - A txn that writes one key twice (etcd's duplicate-key check allows a put beside a fromKey
+ *   delete covering it, and a nested txn's delete of what an earlier nested txn put): a watch
+ *   replaying it from the embedded store's MVCC records, rather than from its live history, misses
+ *   the first write (the records keep one per key and revision). A txn with a put deletes a prefix
+ *   instead of from a key, and a nested txn after one that puts loses its deletes.
  */
 const writes = (op: TxnOpSpec): boolean =>
   op.type === 'put' ||
   op.type === 'delete' ||
   (op.type === 'txn' && [...op.txn.success, ...op.txn.failure].some(writes));
 
+const puts = (op: TxnOpSpec): boolean =>
+  op.type === 'put' || (op.type === 'txn' && [...op.txn.success, ...op.txn.failure].some(puts));
+
 function branchWithoutKnownDifferences(branch: TxnOpSpec[]): TxnOpSpec[] {
   let wrote = false;
-  const ops = branch.map((op) => {
-    const out: TxnOpSpec = op.type === 'txn' && wrote ? { type: 'txn', txn: { ...op.txn, compare: [] } } : op;
+  let nestedPut = false;
+  return branch.map((op) => {
+    let out: TxnOpSpec = op.type === 'txn' && wrote ? { type: 'txn', txn: { ...op.txn, compare: [] } } : op;
+    if (out.type === 'txn' && nestedPut) {
+      const keep = (o: TxnOpSpec) => o.type !== 'delete';
+      out = {
+        type: 'txn',
+        txn: { ...out.txn, success: out.txn.success.filter(keep), failure: out.txn.failure.filter(keep) },
+      };
+    }
     wrote ||= writes(op);
+    nestedPut ||= op.type === 'txn' && puts(op);
     return out;
   });
-  if (ops.filter(writes).length <= 1 || !ops.some((op) => op.type === 'txn' && writes(op))) return ops;
-  return ops.map((op) =>
-    op.type === 'txn'
-      ? {
-          type: 'txn',
-          txn: {
-            ...op.txn,
-            success: op.txn.success.filter((o) => !writes(o)),
-            failure: op.txn.failure.filter((o) => !writes(o)),
-          },
-        }
-      : op,
-  );
 }
 
 function txnWithoutKnownDifferences(t: TxnSpec): TxnSpec {

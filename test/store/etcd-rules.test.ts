@@ -4,8 +4,25 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Store } from '../../backends/raft/store/store.js';
+import type { Op, Txn, WatchBatch } from '../../src/types.js';
 
 const enc = new TextEncoder();
+
+const put = (key: string): Op => ({ type: 'put', key, value: 'x' });
+const del = (
+  key: string,
+  options: { prefix?: boolean; fromKey?: boolean; end?: string; prevKv?: boolean } = {},
+): Op => ({
+  type: 'delete',
+  key,
+  options,
+});
+const get = (key: string): Op => ({ type: 'get', key });
+const nested = (success: Op[], failure: Op[] = []): Op => ({
+  type: 'txn',
+  txn: { compare: [], success, failure },
+});
+const txn = (success: Op[]): Txn => ({ compare: [], success, failure: [] });
 
 function store(...keys: string[]): Store {
   const s = new Store({ minTtlSeconds: 1 });
@@ -42,5 +59,83 @@ describe('store — etcd 3.4 rules', () => {
       s.applyPut(enc.encode('missing'), new Uint8Array(), { ignoreValue: true, lease: 7n }),
     ).toThrow(expect.objectContaining({ code: 'invalid-argument' }));
     expect(s.revision).toBe(1);
+  });
+
+  // Every case below was run against etcd 3.4 as well (v3rpc/key.go checkIntervals), with the
+  // outcome asserted here.
+  const duplicates: [string, Txn][] = [
+    ['a nested put, then the same key put by the branch', txn([nested([put('c')]), put('c')])],
+    ["a nested else-branch put, then the branch's put of that key", txn([nested([], [put('c')]), put('c')])],
+    ['two nested txns putting one key', txn([nested([put('c')]), nested([put('c')])])],
+    ['a nested prefix delete, then a put inside it', txn([nested([del('c', { prefix: true })]), put('cd')])],
+    ['a put, then a nested delete of that key', txn([put('c'), nested([del('c')])])],
+    ['a put, then a nested else-branch put of that key', txn([put('c'), nested([], [put('c')])])],
+    ['a nested delete, then a nested put of that key', txn([nested([del('c')]), nested([put('c')])])],
+  ];
+  for (const [what, t] of duplicates) {
+    it(`duplicate key: ${what}`, () => {
+      const s = store('c');
+      expect(() => s.applyTxn(t)).toThrow(expect.objectContaining({ code: 'duplicate-key' }));
+      expect(s.revision).toBe(2);
+    });
+  }
+
+  const accepted: [string, Txn][] = [
+    [
+      "a nested txn's then- and else-branch putting one key (only one runs)",
+      txn([nested([put('c')], [put('c')])]),
+    ],
+    [
+      "a nested txn's then-branch put and else-branch delete of one key",
+      txn([nested([put('c')], [del('c')])]),
+    ],
+    // etcd collects a nested txn's deletes only after checking its puts against the deletes so far.
+    ['a nested put, then a nested delete of that key', txn([nested([put('c')]), nested([del('c')])])],
+    // etcd's interval check takes the range end "\0" literally: [key, "\0") holds no key.
+    ['a fromKey delete and a put of a key it covers', txn([del('a', { fromKey: true }), put('c')])],
+    [
+      'a nested fromKey delete and a put of a key it covers',
+      txn([nested([del('a', { fromKey: true })]), put('c')]),
+    ],
+    ['an inverted range delete and a put between its ends', txn([del('c', { end: 'a' }), put('b')])],
+    ['a delete of every key (an empty prefix) and a put', txn([del('', { prefix: true }), put('c')])],
+  ];
+  for (const [what, t] of accepted) {
+    it(`accepted: ${what}`, () => {
+      const s = store('c');
+      expect(s.applyTxn(t).succeeded).toBe(true);
+    });
+  }
+
+  it('a fromKey delete runs, then the put of a key it covered: the key is created anew', () => {
+    const s = store('c');
+    s.applyTxn(txn([del('a', { fromKey: true }), put('c')]));
+    expect(s.range('c').kvs[0]).toMatchObject({ version: 1, createRevision: 3 });
+  });
+
+  it('a nested txn may use what its parent leaves of the op limit, and no more', () => {
+    const gets = (n: number) => Array.from({ length: n }, () => get('g'));
+    const s = store();
+    expect(s.applyTxn(txn([...gets(99), nested(gets(28))])).succeeded).toBe(true);
+    expect(() => s.applyTxn(txn([...gets(99), nested(gets(29))]))).toThrow(
+      expect.objectContaining({ code: 'too-many-ops' }),
+    );
+  });
+
+  it("a watch sees a delete of a key the txn put before it with the key before the txn as prevKv (etcd's revision - 1)", async () => {
+    const s = store('d');
+    const w = s.hub.watch('', { fromKey: true, prevKv: true });
+    const dec = (b?: Uint8Array) => (b ? new TextDecoder().decode(b) : undefined);
+    const r = s.applyTxn(txn([put('d'), del('d', { fromKey: true, prevKv: true })]));
+    // The delete's response reads inside the txn: it deleted the txn's own put.
+    const deleted = r.responses[1];
+    expect(deleted?.type === 'delete' && dec(deleted.prevKvs[0]?.value)).toBe('x');
+    const next = await w[Symbol.asyncIterator]().next();
+    const batch: WatchBatch = next.value;
+    expect(batch.events.map((e) => [e.type, e.kv.modRevision, dec(e.prevKv?.value)])).toEqual([
+      ['put', 3, 'v-d'],
+      ['delete', 3, 'v-d'],
+    ]);
+    await w.close();
   });
 });

@@ -5,7 +5,6 @@
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { compareBytes, EMPTY, resolveRange, toBytes } from '../../../src/keys.js';
-import { limits } from '../../../src/limits.js';
 import type {
   Compare,
   DeleteResult,
@@ -20,6 +19,7 @@ import type {
 } from '../../../src/types.js';
 import { Leases } from './leases.js';
 import { keyString, Mvcc, type MvccEvent, recordAt } from './mvcc.js';
+import { checkTxnRequest, eventBeforeTxn } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
 type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
@@ -191,7 +191,7 @@ export class Store {
       const ev = this.mvcc.delete(k, w.main, w.sub++);
       if (!ev) continue;
       this.leases.detach(ev.prevKv!.lease, k, this.mvcc.undo);
-      w.events.push(ev);
+      w.events.push(ev.prevKv!.modRevision === w.main ? eventBeforeTxn(this.mvcc, k, ev) : ev);
       prevKvs.push(ev.prevKv!);
     }
     if (keys.length > 0) w.changed = true;
@@ -223,7 +223,7 @@ export class Store {
   }
 
   applyTxn(t: Txn): TxnResult {
-    checkTxnLimits(t);
+    checkTxnRequest(t);
     return this.#atomic((w) => {
       const res = this.#txn(w, t);
       return fixRevisions(res, this.#commit(w));
@@ -309,39 +309,6 @@ export class Store {
       this.leases.byId.delete(id);
       return { revision: this.#commit(w) };
     });
-  }
-}
-
-/** etcd's txn limits: at most `txnOpsMax` ops per branch; no key written twice in a branch. */
-function checkTxnLimits(t: Txn): void {
-  const max = limits.txnOpsMax;
-  if ((t.compare ?? []).length > max || (t.success ?? []).length > max || (t.failure ?? []).length > max) {
-    throw new ConclaveError(ErrorCode.TooManyOps, 'etcdserver: too many operations in txn request');
-  }
-  for (const branch of [t.success ?? [], t.failure ?? []]) checkBranch(branch, new Set(), []);
-}
-
-type Interval = [string, string];
-
-function checkBranch(ops: readonly Op[], puts: Set<string>, dels: Interval[]): void {
-  const dup = () =>
-    new ConclaveError(ErrorCode.DuplicateKey, 'etcdserver: duplicate key given in txn request');
-  for (const op of ops) {
-    if (op.type === 'delete') {
-      const r = resolveRange(op.key, op.options);
-      dels.push([keyString(r.key), keyString(r.end)]);
-    }
-  }
-  for (const op of ops) {
-    if (op.type === 'put') {
-      const k = keyString(toBytes(op.key));
-      if (puts.has(k)) throw dup();
-      for (const [s, e] of dels) if (e === '' ? k === s : k >= s && (e === '\u0000' || k < e)) throw dup();
-      puts.add(k);
-    } else if (op.type === 'txn') {
-      for (const branch of [op.txn.success ?? [], op.txn.failure ?? []])
-        checkBranch(branch, new Set(puts), [...dels]);
-    }
   }
 }
 

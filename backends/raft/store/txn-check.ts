@@ -1,0 +1,114 @@
+/**
+ * etcd 3.4's txn validation and branch choice, in the order etcd runs them, for the embedded store.
+ *
+ * etcd checks a txn in four steps before any op runs, and the first that fails decides the error:
+ * 1. At the gRPC edge (v3rpc/key.go `Txn`): op counts (`checkTxnRequest`), then the duplicate-key
+ *    check of each branch (`checkIntervals`) — `checkTxnRequest` here.
+ * 2. At apply (apply.go `Txn`): `compareToPath` evaluates every compare of the tree, nested txns
+ *    included, against the store as it was before the txn, and so fixes the branch each txn takes
+ *    before any write — `choosePath` here.
+ * 3. Every put on that path (nested ones at their place), in order: a put with an ignore flag needs
+ *    its key in the store before the txn, then its lease must exist (`checkRequestPut`).
+ * 4. Every read on that path: its revision must be neither in the future nor compacted
+ *    (`checkRequestRange`). Steps 3 and 4 are `checkPath` here.
+ */
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { resolveRange, toBytes } from '../../../src/keys.js';
+import { limits } from '../../../src/limits.js';
+import type { Op, Txn } from '../../../src/types.js';
+import { keyString, type Mvcc, type MvccEvent } from './mvcc.js';
+
+/**
+ * etcd's request checks that need no store: at most `limits.txnOpsMax` compares and ops per branch
+ * (a nested txn gets what its parent leaves: the max minus the parent's largest list, as etcd's
+ * `checkTxnRequest`), then no key written twice in a branch (`checkIntervals`).
+ */
+export function checkTxnRequest(t: Txn): void {
+  checkOpCounts(t, limits.txnOpsMax);
+  branchWrites(t.success ?? []);
+  branchWrites(t.failure ?? []);
+}
+
+function checkOpCounts(t: Txn, max: number): void {
+  const used = Math.max((t.compare ?? []).length, (t.success ?? []).length, (t.failure ?? []).length);
+  if (used > max)
+    throw new ConclaveError(ErrorCode.TooManyOps, 'etcdserver: too many operations in txn request');
+  for (const op of [...(t.success ?? []), ...(t.failure ?? [])]) {
+    if (op.type === 'txn') checkOpCounts(op.txn, max - used);
+  }
+}
+
+/** A deleted range `[start, end)` as latin1 key strings; an empty `end` is the single key `start`. */
+type Interval = readonly [start: string, end: string];
+
+/** The keys a branch puts and the ranges it deletes, nested txns (both branches) included. */
+interface Writes {
+  readonly puts: Set<string>;
+  readonly dels: Interval[];
+}
+
+const duplicateKey = () =>
+  new ConclaveError(
+    ErrorCode.DuplicateKey,
+    'etcdserver: duplicate key given in txn request (a key is put twice, or put and deleted, in one branch; split the writes into separate txns)',
+  );
+
+/**
+ * Whether a delete interval covers `key`. The end is compared literally, as etcd's interval tree
+ * does: a range end of "\0" (a fromKey delete, or a delete of every key) is below every key, so
+ * such a delete covers nothing here even though it deletes keys when it runs.
+ */
+function covers([start, end]: Interval, key: string): boolean {
+  return end === '' ? key === start : start <= key && key < end;
+}
+
+/**
+ * etcd's `checkIntervals` for one branch. The order matters and is etcd's, op order aside:
+ * first the branch's own deletes; then each nested txn in turn, whose puts (then-branch, then
+ * else-branch; a key in both is fine, the two never both run) must not repeat a key already put
+ * nor fall in a delete collected so far, after which its deletes join the collection; last the
+ * branch's own puts, checked against every put and delete collected, nested ones included,
+ * wherever they stand in the branch.
+ */
+function branchWrites(ops: readonly Op[]): Writes {
+  const dels: Interval[] = [];
+  for (const op of ops) {
+    if (op.type !== 'delete') continue;
+    const r = resolveRange(op.key, op.options);
+    dels.push([keyString(r.key), keyString(r.end)]);
+  }
+  const covered = (key: string) => dels.some((d) => covers(d, key));
+  const puts = new Set<string>();
+  for (const op of ops) {
+    if (op.type !== 'txn') continue;
+    const then = branchWrites(op.txn.success ?? []);
+    const otherwise = branchWrites(op.txn.failure ?? []);
+    for (const k of then.puts) {
+      if (puts.has(k) || covered(k)) throw duplicateKey();
+      puts.add(k);
+    }
+    for (const k of otherwise.puts) {
+      if ((puts.has(k) && !then.puts.has(k)) || covered(k)) throw duplicateKey();
+      puts.add(k);
+    }
+    dels.push(...then.dels, ...otherwise.dels);
+  }
+  for (const op of ops) {
+    if (op.type !== 'put') continue;
+    const k = keyString(toBytes(op.key));
+    if (puts.has(k) || covered(k)) throw duplicateKey();
+    puts.add(k);
+  }
+  return { puts, dels };
+}
+
+/**
+ * The watch event of a delete of a key the same txn put before it (etcd's duplicate-key check lets
+ * a fromKey delete, or a nested txn after another, do that): etcd gives a watch event the key as
+ * it was at the event's revision - 1 as prevKv (v3rpc/watch.go), so the key before the txn (or
+ * none), not the txn's own put. The delete's response keeps the put: etcd reads it in the txn.
+ */
+export function eventBeforeTxn(mvcc: Mvcc, key: string, ev: MvccEvent): MvccEvent {
+  const before = mvcc.getAt(key, ev.kv.modRevision - 1);
+  return before ? { type: ev.type, kv: ev.kv, prevKv: before } : { type: ev.type, kv: ev.kv };
+}
