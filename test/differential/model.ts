@@ -255,28 +255,19 @@ function mapTxnOps(t: TxnSpec, f: (op: TxnOpSpec) => TxnOpSpec): TxnSpec {
  * - A read at a revision and a put with a lease in one txn: etcd checks every put (its lease
  *   exists) before any read's revision, the embedded store checks op by op, so when both fail they
  *   report different errors. Such a txn loses its leases.
- * - A nested txn after a write of its branch: etcd evaluates every compare of a txn, nested ones
- *   included, against the store before the txn; the embedded store evaluates a nested txn's
- *   compares after the writes before it. Such a nested txn loses its compares.
  * - A txn that writes one key twice (etcd's duplicate-key check allows a put beside a fromKey
  *   delete covering it, and a nested txn's delete of what an earlier nested txn put): a watch
  *   replaying it from the embedded store's MVCC records, rather than from its live history, misses
  *   the first write (the records keep one per key and revision). A txn with a put deletes a prefix
  *   instead of from a key, and a nested txn after one that puts loses its deletes.
  */
-const writes = (op: TxnOpSpec): boolean =>
-  op.type === 'put' ||
-  op.type === 'delete' ||
-  (op.type === 'txn' && [...op.txn.success, ...op.txn.failure].some(writes));
-
 const puts = (op: TxnOpSpec): boolean =>
   op.type === 'put' || (op.type === 'txn' && [...op.txn.success, ...op.txn.failure].some(puts));
 
 function branchWithoutKnownDifferences(branch: TxnOpSpec[]): TxnOpSpec[] {
-  let wrote = false;
   let nestedPut = false;
   return branch.map((op) => {
-    let out: TxnOpSpec = op.type === 'txn' && wrote ? { type: 'txn', txn: { ...op.txn, compare: [] } } : op;
+    let out = op;
     if (out.type === 'txn' && nestedPut) {
       const keep = (o: TxnOpSpec) => o.type !== 'delete';
       out = {
@@ -284,7 +275,6 @@ function branchWithoutKnownDifferences(branch: TxnOpSpec[]): TxnOpSpec[] {
         txn: { ...out.txn, success: out.txn.success.filter(keep), failure: out.txn.failure.filter(keep) },
       };
     }
-    wrote ||= writes(op);
     nestedPut ||= op.type === 'txn' && puts(op);
     return out;
   });

@@ -138,4 +138,33 @@ describe('store — etcd 3.4 rules', () => {
     ]);
     await w.close();
   });
+
+  it("a nested txn's compare sees the store before the txn, so the branch it takes ignores the txn's earlier writes", () => {
+    const s = store('old');
+    const r = s.applyTxn(
+      txn([
+        put('n'),
+        del('old'),
+        {
+          type: 'txn',
+          txn: {
+            compare: [
+              { key: 'n', target: 'version', result: '=', value: 0 },
+              { key: 'old', target: 'version', result: '=', value: 1 },
+            ],
+            success: [put('then')],
+            failure: [put('else')],
+          },
+        },
+        // A read in the txn still sees its earlier writes.
+        get('n'),
+      ]),
+    );
+    const inner = r.responses[2];
+    expect(inner?.type === 'txn' && inner.succeeded).toBe(true);
+    expect(s.range('then').count).toBe(1);
+    expect(s.range('else').count).toBe(0);
+    const read = r.responses[3];
+    expect(read?.type === 'get' && read.count).toBe(1);
+  });
 });

@@ -19,7 +19,7 @@ import type {
 } from '../../../src/types.js';
 import { Leases } from './leases.js';
 import { keyString, Mvcc, type MvccEvent, recordAt } from './mvcc.js';
-import { checkTxnRequest, eventBeforeTxn } from './txn-check.js';
+import { branch, checkTxnRequest, choosePath, eventBeforeTxn, type TxnPath } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
 type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
@@ -225,19 +225,20 @@ export class Store {
   applyTxn(t: Txn): TxnResult {
     checkTxnRequest(t);
     return this.#atomic((w) => {
-      const res = this.#txn(w, t);
+      // etcd's compareToPath: every compare, nested ones included, sees the store before the txn.
+      const path = choosePath(t, (c) => this.#compare(c, this.mvcc.currentRev));
+      const res = this.#txn(w, t, path);
       return fixRevisions(res, this.#commit(w));
     });
   }
 
-  #txn(w: WriteCtx, t: Txn): TxnResult {
-    const succeeded = (t.compare ?? []).every((c) => this.#compare(c, w.main));
-    const ops = (succeeded ? t.success : t.failure) ?? [];
-    const responses: OpResponse[] = ops.map((op) => this.#op(w, op));
+  #txn(w: WriteCtx, t: Txn, path: TxnPath): TxnResult {
+    const succeeded = path.get(t) ?? false;
+    const responses: OpResponse[] = branch(t, succeeded).map((op) => this.#op(w, op, path));
     return { succeeded, revision: 0, responses };
   }
 
-  #op(w: WriteCtx, op: Op): OpResponse {
+  #op(w: WriteCtx, op: Op, path: TxnPath): OpResponse {
     switch (op.type) {
       case 'get':
         return { type: 'get', ...this.range(op.key, op.options ?? {}, op.options?.revision ? 0 : w.main) };
@@ -246,7 +247,7 @@ export class Store {
       case 'delete':
         return { type: 'delete', ...this.#delete(w, op.key, op.options ?? {}) };
       case 'txn':
-        return { type: 'txn', ...this.#txn(w, op.txn) };
+        return { type: 'txn', ...this.#txn(w, op.txn, path) };
     }
   }
 

@@ -15,7 +15,7 @@
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { resolveRange, toBytes } from '../../../src/keys.js';
 import { limits } from '../../../src/limits.js';
-import type { Op, Txn } from '../../../src/types.js';
+import type { Compare, Op, Txn } from '../../../src/types.js';
 import { keyString, type Mvcc, type MvccEvent } from './mvcc.js';
 
 /**
@@ -100,6 +100,30 @@ function branchWrites(ops: readonly Op[]): Writes {
     puts.add(k);
   }
   return { puts, dels };
+}
+
+/** Whether each txn of a tree (the top one and every nested one on the path) takes its success branch. */
+export type TxnPath = ReadonlyMap<Txn, boolean>;
+
+/**
+ * etcd's `compareToPath`: evaluates the compares of `t` and of every nested txn in the branch it
+ * takes, recursively, all with `compare` on the store before the txn. A nested txn's compares
+ * therefore never see the writes of ops before it: the whole path is fixed before any op runs.
+ */
+export function choosePath(t: Txn, compare: (c: Compare) => boolean): TxnPath {
+  const path = new Map<Txn, boolean>();
+  const walk = (txn: Txn): void => {
+    const succeeded = (txn.compare ?? []).every(compare);
+    path.set(txn, succeeded);
+    for (const op of branch(txn, succeeded)) if (op.type === 'txn') walk(op.txn);
+  };
+  walk(t);
+  return path;
+}
+
+/** The ops the txn runs, given whether its compares held. */
+export function branch(t: Txn, succeeded: boolean): readonly Op[] {
+  return (succeeded ? t.success : t.failure) ?? [];
 }
 
 /**
