@@ -252,9 +252,6 @@ function mapTxnOps(t: TxnSpec, f: (op: TxnOpSpec) => TxnOpSpec): TxnSpec {
  * Txn shapes whose differences are known and pinned by `it.fails` tests in
  * etcd-vs-embedded.test.ts are rewritten here so the property keeps looking for new ones. Remove
  * each rewrite when its test passes.
- * - A read at a revision and a put with a lease in one txn: etcd checks every put (its lease
- *   exists) before any read's revision, the embedded store checks op by op, so when both fail they
- *   report different errors. Such a txn loses its leases.
  * - A txn that writes one key twice (etcd's duplicate-key check allows a put beside a fromKey
  *   delete covering it, and a nested txn's delete of what an earlier nested txn put): a watch
  *   replaying it from the embedded store's MVCC records, rather than from its live history, misses
@@ -282,21 +279,10 @@ function branchWithoutKnownDifferences(branch: TxnOpSpec[]): TxnOpSpec[] {
 
 function txnWithoutKnownDifferences(t: TxnSpec): TxnSpec {
   const ops = txnOps(t);
-  let out = t;
-  if (
-    ops.some((op) => op.type === 'get' && op.range.revision !== undefined) &&
-    ops.some((op) => op.type === 'put' && op.lease !== undefined)
-  ) {
-    out = mapTxnOps(out, (op) => {
-      if (op.type !== 'put' || op.lease === undefined) return op;
-      const { lease: _lease, ...rest } = op;
-      return rest;
-    });
-  }
-  out = {
-    ...out,
-    success: branchWithoutKnownDifferences(out.success),
-    failure: branchWithoutKnownDifferences(out.failure),
+  let out: TxnSpec = {
+    ...t,
+    success: branchWithoutKnownDifferences(t.success),
+    failure: branchWithoutKnownDifferences(t.failure),
   };
   if (ops.some((op) => op.type === 'put')) {
     out = mapTxnOps(out, (op) =>

@@ -167,4 +167,32 @@ describe('store — etcd 3.4 rules', () => {
     const read = r.responses[3];
     expect(read?.type === 'get' && read.count).toBe(1);
   });
+
+  describe('txn checks run before any op, puts before reads (etcd checkRequests)', () => {
+    const future = (key: string): Op => ({ type: 'get', key, options: { revision: 100 } });
+    const leased = (key: string, lease: bigint): Op => ({ type: 'put', key, value: 'x', options: { lease } });
+    const keep = (key: string): Op => ({ type: 'put', key, value: '', options: { ignoreValue: true } });
+    const fails = (t: Txn, code: string) => {
+      const s = store('c');
+      expect(() => s.applyTxn(t)).toThrow(expect.objectContaining({ code }));
+      expect(s.revision).toBe(2);
+    };
+
+    it('a future read before a put with an unknown lease fails lease-not-found', () =>
+      fails(txn([future('c'), leased('d', 9n)]), 'lease-not-found'));
+    it("a future read before a nested txn's put with an unknown lease fails lease-not-found", () =>
+      fails(txn([future('c'), nested([leased('d', 9n)])]), 'lease-not-found'));
+    it('a future read before an ignoreValue put of a missing key fails key not found', () =>
+      fails(txn([future('c'), keep('missing')]), 'invalid-argument'));
+    it('puts are checked in order: an unknown lease first', () =>
+      fails(txn([leased('d', 9n), keep('missing')]), 'lease-not-found'));
+    it('puts are checked in order: a missing key first', () =>
+      fails(txn([keep('missing'), leased('d', 9n)]), 'invalid-argument'));
+    it("a put in the branch a nested txn does not take is not checked: the read's error stands", () =>
+      fails(txn([future('c'), nested([], [leased('d', 9n)])]), 'future-revision'));
+    // etcd 3.4 passes the check (the key exists before the txn) and then panics applying the put
+    // ("unexpected error during txn"); the embedded store refuses the txn and leaves no trace.
+    it('an ignoreValue put of a key a fromKey delete before it removed fails key not found', () =>
+      fails(txn([del('a', { fromKey: true }), keep('c')]), 'invalid-argument'));
+  });
 });

@@ -19,7 +19,7 @@ import type {
 } from '../../../src/types.js';
 import { Leases } from './leases.js';
 import { keyString, Mvcc, type MvccEvent, recordAt } from './mvcc.js';
-import { branch, checkTxnRequest, choosePath, eventBeforeTxn, type TxnPath } from './txn-check.js';
+import { branch, checkPath, checkTxnRequest, choosePath, eventBeforeTxn, type TxnPath } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
 type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
@@ -227,6 +227,12 @@ export class Store {
     return this.#atomic((w) => {
       // etcd's compareToPath: every compare, nested ones included, sees the store before the txn.
       const path = choosePath(t, (c) => this.#compare(c, this.mvcc.currentRev));
+      // etcd's checkRequests: every put on the path, then every read, before any op runs.
+      checkPath(t, path, {
+        keyExists: (key) => this.mvcc.getAt(keyString(key), this.mvcc.currentRev) !== undefined,
+        requireLease: (id) => this.leases.require(id),
+        checkRevision: (rev) => this.mvcc.checkRevision(rev),
+      });
       const res = this.#txn(w, t, path);
       return fixRevisions(res, this.#commit(w));
     });

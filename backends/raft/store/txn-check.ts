@@ -126,6 +126,41 @@ export function branch(t: Txn, succeeded: boolean): readonly Op[] {
   return (succeeded ? t.success : t.failure) ?? [];
 }
 
+/** What `checkPath` needs to know of the store before the txn. */
+export interface PathChecks {
+  /** Whether `key` exists (for a put with `ignoreValue` or `ignoreLease`). */
+  keyExists(key: Uint8Array): boolean;
+  /** Throws `lease-not-found` unless the lease exists. */
+  requireLease(id: bigint): void;
+  /** Throws `future-revision` or `compacted` unless a read at `revision` can be served. */
+  checkRevision(revision: number): void;
+}
+
+/**
+ * etcd's `checkRequests` over the chosen path, run before any op: first every put (ignore flags
+ * need the key; then the lease must exist), then every read's revision. So a txn with a bad read
+ * and a bad put fails on the put, wherever the two stand.
+ */
+export function checkPath(t: Txn, path: TxnPath, checks: PathChecks): void {
+  const each = (txn: Txn, f: (op: Op) => void): void => {
+    for (const op of branch(txn, path.get(txn) ?? false)) {
+      if (op.type === 'txn') each(op.txn, f);
+      else f(op);
+    }
+  };
+  each(t, (op) => {
+    if (op.type !== 'put') return;
+    const o = op.options ?? {};
+    if ((o.ignoreValue || o.ignoreLease) && !checks.keyExists(toBytes(op.key))) {
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: key not found');
+    }
+    if (o.lease !== undefined && o.lease !== 0n) checks.requireLease(o.lease);
+  });
+  each(t, (op) => {
+    if (op.type === 'get' && op.options?.revision) checks.checkRevision(op.options.revision);
+  });
+}
+
 /**
  * The watch event of a delete of a key the same txn put before it (etcd's duplicate-key check lets
  * a fromKey delete, or a nested txn after another, do that): etcd gives a watch event the key as
