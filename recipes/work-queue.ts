@@ -9,8 +9,9 @@
  * concurrent movers cannot both succeed.
  *
  * Claim = one txn: the ready key still has the mod revision we read → delete it, put the claim
- * record (attempts + 1) and `inflight/lease/<id>` bound to a lease granted for this claim with
- * TTL = the visibility timeout, and read the body. When the lease expires (the consumer died, or
+ * record (attempts + 1) and `inflight/lease/<id>` bound to the claim's own lease with TTL = the
+ * visibility timeout (granted for it, or a settled claim's keyless lease renewed for it), and read
+ * the body. When the lease expires (the consumer died, or
  * is alive but slower than the timeout) etcd deletes the lease key; any live participant's reaper
  * sees that delete without the record's and puts the item back (or into dead letters once its
  * attempts are used up). Ack/nack are txns guarded by the claim record's mod revision (= the claim
@@ -19,6 +20,10 @@
  * its lease (local monotonic deadline from when the grant or last extension was *sent*, minus a
  * margin, as Session does), so a consumer that honours it never works on an item that another
  * live consumer holds.
+ *
+ * Throughput (docs/recipes/work-queue.md, Cost): `process` runs `concurrency` workers whose claims
+ * overlap, reuses claim leases (a keep-alive instead of a grant and a revoke), and reads ready
+ * keys from a cursor past the deleted keys of items already claimed.
  *
  * Delays use the client clock (Date.now): producers write the due time, any participant promotes
  * due items. Clock skew between participants shifts delays by the skew; it never loses an item.
@@ -832,7 +837,7 @@ export class WorkQueue implements AsyncDisposable {
       extender.unref?.();
     }
     // The callback is the user's: a throw from it must neither be reported back to it nor reject
-    // this task (the p-queue promise nobody awaits would become an unhandled rejection).
+    // this job's run (it would end the worker, and with it `process`, on a user's bug).
     const report = (err: unknown) => {
       try {
         opts.onError?.(err, job);
@@ -943,7 +948,7 @@ export class WorkQueue implements AsyncDisposable {
    * by the leader without a log entry, unlike a grant), or a new grant. Its `sentAt` is taken just
    * before the renewal or grant is sent, so the job's `lost` deadline derived from it is never
    * later than the server's. A pooled lease that may have expired by now is dropped (the server
-   * ends it), as is one whose keep-alive says it is gone.
+   * ends it), as is one whose keep-alive says it is gone; a keep-alive that fails means a grant.
    */
   async #takeLease(signal: AbortSignal): Promise<ClaimLease> {
     const kv = this.session.kv;
@@ -955,7 +960,10 @@ export class WorkQueue implements AsyncDisposable {
         ka = await kv.lease.keepAliveOnce(l.id, { signal });
       } catch (err) {
         this.#revoke(l.id);
-        throw err;
+        if (signal.aborted) throw err;
+        // A keep-alive fails at once while its stream reconnects (clients leave the retry to the
+        // caller), where a grant is retried like any unary call: fall back to a grant.
+        break;
       }
       if (ka.ttlSeconds > 0) return { id: l.id, ttlSeconds: ka.ttlSeconds, sentAt };
     }
