@@ -132,7 +132,8 @@ describe.skipIf(!available && !required)('differential — etcd vs embedded', ()
 });
 
 // The embedded store's side of each known difference: a 1-node cluster is enough (the store, not
-// replication, decides these), and it needs no etcd. Each fails until the store is fixed.
+// replication, decides these), and it needs no etcd. An open one is `it.fails`; a fixed one is a
+// plain regression test.
 describe('differential — known embedded-store differences from etcd', () => {
   let cluster: EmbeddedCluster | undefined;
   let n = 0;

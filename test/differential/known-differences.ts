@@ -1,12 +1,17 @@
 /**
  * Differences between the embedded store and etcd 3.4 that the differential test found, each
  * written as a check of etcd's behaviour (the reference). etcd-vs-embedded.test.ts runs every
- * check on etcd as a normal test (so the claim about etcd stays true) and on the embedded store as
- * `it.fails` (the bug, until it is fixed; then the `it.fails` starts failing: flip it and remove
- * the matching rewrite in model.ts).
+ * check on etcd as a normal test (so the claim about etcd stays true) and on the embedded store:
+ * as `it.fails` while the difference stands, as a plain test once it is marked `fixed` (then the
+ * matching rewrite in model.ts goes too, so the property covers the shape again). Fixed ones stay
+ * here as regression tests.
  *
- * All of them are in backends/raft/store/store.ts; etcd's side is etcdserver/apply.go (Put, Txn,
- * checkRequests, compareToPath) and etcdserver/api/v3rpc/key.go (checkIntervals) of v3.4.
+ * The fixed ones were in backends/raft/store/store.ts (the txn rules are now in txn-check.ts);
+ * etcd's side is etcdserver/apply.go (Put, Range, Txn, checkRequests, compareToPath) and
+ * etcdserver/api/v3rpc/key.go (checkIntervals) of v3.4. The open one is in
+ * backends/raft/store/mvcc.ts (one record per key and revision; `eventsSince`); etcd's side is
+ * mvcc's per-sub-revision records and v3rpc/watch.go (prevKv read at revision - 1, none for a
+ * create).
  */
 import { expect } from 'vitest';
 import type { KV } from '../../src/kv.js';
