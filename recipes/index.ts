@@ -125,6 +125,7 @@ export {
   workQueueConcurrencyMax,
   workQueueDeadLettersPageMax,
   workQueueDelaySecondsMax,
+  workQueueLeasePoolMax,
   workQueueMaxAttemptsDefault,
   workQueueMaxAttemptsMax,
   workQueueProcessErrorsMax,
