@@ -1,5 +1,7 @@
 /** Small helpers for conformance tests. */
+import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toText } from '../../src/keys.js';
+import type { KV } from '../../src/kv.js';
 import type { KeyValue, Watch, WatchBatch } from '../../src/types.js';
 
 export const text = (b: Uint8Array | undefined): string | undefined =>
@@ -48,4 +50,28 @@ export async function waitFor(
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
   }
+}
+
+/**
+ * A client that can "die": after `die()` every call fails (keep-alives included), as if the
+ * process were gone — nothing revokes its lease or deletes its keys.
+ */
+export function mortal(kv: KV): { kv: KV; die(): void } {
+  let dead = false;
+  const check = () => {
+    if (dead) throw new ConclaveError(ErrorCode.Closed, 'this client died');
+  };
+  const wrap = <T extends object>(target: T): T =>
+    new Proxy(target, {
+      get(t, prop) {
+        if (prop === 'lease') return wrap(kv.lease);
+        const v = Reflect.get(t, prop, t);
+        if (typeof v !== 'function') return v;
+        return (...args: unknown[]) => {
+          check();
+          return (v as (...a: unknown[]) => unknown).apply(t, args);
+        };
+      },
+    });
+  return { kv: wrap(kv), die: () => (dead = true) };
 }

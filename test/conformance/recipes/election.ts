@@ -3,7 +3,7 @@ import { Election, type Observation } from '../../../recipes/election.js';
 import { toText } from '../../../src/keys.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
-import { sleep, waitFor } from '../util.js';
+import { mortal, sleep, waitFor } from '../util.js';
 
 export const registerElectionTests: RegisterTests = (ctx) => {
   it('election — one leader at a time; the next candidate wins when the leader resigns', async () => {
@@ -78,6 +78,34 @@ export const registerElectionTests: RegisterTests = (ctx) => {
     await expect(la.proclaim('stale')).rejects.toMatchObject({ code: 'session-lost' });
     expect(lb.token).toBeGreaterThan(la.token);
     await lb.resign();
+  });
+
+  it("election — the leader's process dies: the next candidate leads within the session TTL + 1 s, after the old leader's lost fired", async () => {
+    const { prefix, backend, newKv } = ctx();
+    const name = `${prefix('elect-die')}e`;
+    const ttlSeconds = Math.max(2, backend.minTtlSeconds);
+    const doomed = mortal(await newKv());
+    const a = await Session.create(doomed.kv, { ttlSeconds });
+    await using b = await Session.create(await newKv(), { ttlSeconds });
+    const la = await new Election(a, name).campaign('a');
+    let lostAt = 0;
+    la.lost.addEventListener('abort', () => (lostAt = performance.now()));
+    const pb = new Election(b, name).campaign('b');
+    await sleep(50);
+    // The process dies: no resign, no revoke; keep-alives stop.
+    const diedAt = performance.now();
+    doomed.die();
+    const lb = await pb;
+    const tookMs = performance.now() - diedAt;
+    expect(lb.token).toBeGreaterThan(la.token);
+    // The old leader learned it had lost before the server could give leadership away.
+    expect(lostAt).toBeGreaterThan(0);
+    expect(lostAt).toBeLessThan(performance.now());
+    expect(tookMs, `failover took ${tookMs.toFixed(0)} ms with a ${ttlSeconds} s TTL`).toBeLessThanOrEqual(
+      ttlSeconds * 1000 + 1000,
+    );
+    await lb.resign();
+    await a.close().catch(() => undefined);
   });
 
   it('election — a cancelled campaign leaves no key behind', async () => {

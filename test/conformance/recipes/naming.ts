@@ -7,12 +7,11 @@ import {
   type ServiceResolver,
   type SessionProvider,
 } from '../../../recipes/naming.js';
-import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
-import { waitFor } from '../util.js';
+import { mortal, waitFor } from '../util.js';
 
 /** Collects a resolver's changes in the background until it closes. */
 function collectChanges(r: ServiceResolver): { items: ServiceChange[]; done: Promise<unknown> } {
@@ -45,30 +44,6 @@ function afterFirstRead(kv: KV, afterRead: () => Promise<void>): KV {
       return typeof v === 'function' ? v.bind(target) : v;
     },
   });
-}
-
-/**
- * A client that can "die": after `die()` every call fails (keep-alives included), as if the
- * process were gone — nothing revokes its lease or deletes its keys.
- */
-function mortal(kv: KV): { kv: KV; die(): void } {
-  let dead = false;
-  const check = () => {
-    if (dead) throw new ConclaveError(ErrorCode.Closed, 'this client died');
-  };
-  const wrap = <T extends object>(target: T): T =>
-    new Proxy(target, {
-      get(t, prop) {
-        if (prop === 'lease') return wrap(kv.lease);
-        const v = Reflect.get(t, prop, t);
-        if (typeof v !== 'function') return v;
-        return (...args: unknown[]) => {
-          check();
-          return (v as (...a: unknown[]) => unknown).apply(t, args);
-        };
-      },
-    });
-  return { kv: wrap(kv), die: () => (dead = true) };
 }
 
 /** `etcdctl get --prefix` output (key and value lines). */
