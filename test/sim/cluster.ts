@@ -15,7 +15,7 @@ import {
   Role,
 } from '../../backends/raft/consensus/types.js';
 import { frame, RecordType, type WalRecord } from '../../backends/raft/storage/records.js';
-import { detachStaleEntries, replayRecords, scanSegment } from '../../backends/raft/storage/wal.js';
+import { replayRecords, scanSegment } from '../../backends/raft/storage/wal.js';
 import { Prng } from './prng.js';
 
 export interface SimOptions {
@@ -47,7 +47,6 @@ export interface SimResult {
   error?: string;
   /** Disk mode: torn tails repaired on restart, and corruptions detected (nodes that stayed down). */
   tornRepairs?: number;
-  staleTailsDropped?: number;
   corruptionsDetected?: number;
 }
 
@@ -124,8 +123,6 @@ export class Simulation {
   readonly pendingReads = new Map<string, number>();
   leadersElected = 0;
   tornRepairs = 0;
-  /** Disk mode: recoveries that dropped a stale tail after a received snapshot (see detachStaleEntries). */
-  staleTailsDropped = 0;
   corruptionsDetected = 0;
   #readSeq = 0;
   #propSeq = 0;
@@ -222,8 +219,6 @@ export class Simulation {
         hardState: { term: 0, vote: 0, commit: 0 },
         ents: [],
       });
-      // As DiskStorage: entries that do not continue the snapshot's log are dropped.
-      if (d.snap && detachStaleEntries(state, after, d.snap.meta.term) > 0) this.staleTailsDropped++;
       if (state.ents.length > 0 && state.ents[0]!.index !== after + 1) throw new Error('gap after snapshot');
     } catch (err) {
       if (!flipped) this.fail(`node ${n.id}: recovery refused an undamaged log: ${String(err)}`);
@@ -273,11 +268,7 @@ export class Simulation {
         leadersElected: this.leadersElected,
         virtualMs: this.now,
         ...(this.opts.disk
-          ? {
-              tornRepairs: this.tornRepairs,
-              corruptionsDetected: this.corruptionsDetected,
-              staleTailsDropped: this.staleTailsDropped,
-            }
+          ? { tornRepairs: this.tornRepairs, corruptionsDetected: this.corruptionsDetected }
           : {}),
       };
     } catch (err) {

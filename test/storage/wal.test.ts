@@ -149,24 +149,6 @@ describe('wal', () => {
     expect(truncations).toBeGreaterThan(recLen);
   });
 
-  it('wal — entries that do not continue the snapshot are dropped (a crash between a received snapshot file and its log reset)', async () => {
-    const dir = freshDir();
-    const { wal } = await openWal(dir);
-    // The old log: 1..10 in term 1, commit 6.
-    await wal.save([...entRecs(Array.from({ length: 10 }, (_, i) => ent(i + 1, 1))), hs(1, 6)]);
-    await wal.close();
-    // A leader's snapshot at index 8, term 3 was written; the crash came before its log reset.
-    const logs: string[] = [];
-    const r = await Wal.open({ dir, nodeId: 1, segmentBytes: 64 * 1024, log: (m) => logs.push(m) }, 8, 3);
-    expect(r.recovery.entries).toEqual([]);
-    expect(logs.join()).toMatch(/dropped 2 entries .* do not continue snapshot 8 \(term 3\)/);
-    await r.wal.close();
-    // Our own snapshot at 8 (term 1, the entry's term): 9 and 10 continue it and are kept.
-    const own = await Wal.open({ dir, nodeId: 1, segmentBytes: 64 * 1024 }, 8, 1);
-    expect(decodeAll(own.recovery.entries)).toEqual(['9@1:v9', '10@1:v10']);
-    await own.wal.close();
-  });
-
   it('wal — a flipped bit anywhere in the written data is detected: never served, never silently dropped', async () => {
     const base = freshDir();
     const { wal } = await openWal(base, 0, 4096);

@@ -79,7 +79,6 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
           ...(o.log ? { log: o.log } : {}),
         },
         after,
-        loaded?.snapshot.meta.term ?? 0,
       );
       const s = new DiskStorage(o, wal, snaps, lock, {
         ...(loaded ? { snapshotFile: loaded.file } : {}),

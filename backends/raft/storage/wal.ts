@@ -224,14 +224,10 @@ export class Wal {
    * Opens (creating if needed) the WAL in `dir` and recovers its contents after `afterIndex`
    * (the index of the snapshot the caller restored, 0 if none).
    */
-  static async open(
-    o: WalOptions,
-    afterIndex: number,
-    afterTerm = 0,
-  ): Promise<{ wal: Wal; recovery: WalRecovery }> {
+  static async open(o: WalOptions, afterIndex: number): Promise<{ wal: Wal; recovery: WalRecovery }> {
     const wal = new Wal(o);
     await fsp.mkdir(o.dir, { recursive: true });
-    const recovery = await wal.#recover(afterIndex, afterTerm);
+    const recovery = await wal.#recover(afterIndex);
     return { wal, recovery };
   }
 
@@ -255,13 +251,14 @@ export class Wal {
     return segs;
   }
 
-  async #recover(afterIndex: number, afterTerm: number): Promise<WalRecovery> {
+  async #recover(afterIndex: number): Promise<WalRecovery> {
     this.#segments = await this.#listSegments();
-    let state: ReplayState = { hardState: { term: 0, vote: 0, commit: 0 }, ents: [] };
+    let hardState: HardState = { term: 0, vote: 0, commit: 0 };
+    let ents: Entry[] = [];
     let truncated: WalRecovery['truncated'];
     if (this.#segments.length === 0) {
       await this.#createSegment(0, afterIndex + 1);
-      return { hardState: state.hardState, entries: state.ents };
+      return { hardState, entries: ents };
     }
     for (let i = 0; i < this.#segments.length; i++) {
       const seg = this.#segments[i]!;
@@ -277,7 +274,7 @@ export class Wal {
         } else throw corrupt(file, 0, 'a segment without its metadata record');
       } else if (first.nodeId !== this.#o.nodeId || first.segment !== seg.seq)
         throw corrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
-      state = replayRecords(scan.records, afterIndex, file, state);
+      ({ hardState, ents } = replayRecords(scan.records, afterIndex, file, { hardState, ents }));
       if (last) {
         this.#offset = scan.end;
         if (scan.tornBytes > 0) {
@@ -295,12 +292,6 @@ export class Wal {
         }
       }
     }
-    const dropped = afterTerm > 0 ? detachStaleEntries(state, afterIndex, afterTerm) : 0;
-    if (dropped > 0)
-      this.#o.log?.(
-        `wal: dropped ${dropped} entries in ${this.dir} that do not continue snapshot ${afterIndex} (term ${afterTerm}): a crash came between the snapshot's file and its log reset`,
-      );
-    const { hardState, ents } = state;
     if (ents.length > 0 && ents[0]!.index !== afterIndex + 1)
       throw new ConclaveError(
         ErrorCode.Corrupt,
@@ -468,9 +459,9 @@ export function replayRecords(
   records: ScanResult['records'],
   afterIndex: number,
   file: string,
-  state: ReplayState,
-): ReplayState {
-  let { hardState, ents, anchorTerm } = state;
+  state: { hardState: HardState; ents: Entry[] },
+): { hardState: HardState; ents: Entry[] } {
+  let { hardState, ents } = state;
   for (const { rec, offset } of records) {
     if (rec.type === RecordType.HardState) {
       if (rec.hardState.term < hardState.term)
@@ -484,57 +475,11 @@ export function replayRecords(
           `a log reset to snapshot ${rec.index}, newer than the usable snapshot (${afterIndex}); that snapshot file is missing or damaged`,
         );
       ents = [];
-      // Reset to the usable snapshot itself: what follows attaches to it. To an older one: the
-      // log is now below the snapshot until entries reach it again.
-      anchorTerm = rec.index === afterIndex ? AnchorAttached : AnchorBelow;
     } else if (rec.type === RecordType.Entry) {
-      const e = rec.entry;
-      if (e.index <= afterIndex) {
-        // Writing index k replaces the log after k - 1: whatever was recovered past the snapshot
-        // came before this write and is gone. The entry at the snapshot's index tells whether
-        // what follows continues the snapshot's log (its term must match).
-        ents = [];
-        anchorTerm = e.index === afterIndex ? e.term : AnchorBelow;
-      } else ents = appendReplay(ents, e, afterIndex, file, offset);
+      ents = appendReplay(ents, rec.entry, afterIndex, file, offset);
     }
   }
-  return { hardState, ents, anchorTerm };
-}
-
-/** `ReplayState.anchorTerm`: the log was reset to the snapshot itself (entries attach to it). */
-const AnchorAttached = -1;
-/** `ReplayState.anchorTerm`: the log ended below the snapshot's index. */
-const AnchorBelow = -2;
-
-/** What replay has recovered so far (threaded through the segments). */
-export interface ReplayState {
-  hardState: HardState;
-  /** Entries after the snapshot's index, contiguous. */
-  ents: Entry[];
-  /**
-   * The term of the entry at the snapshot's index as last written (`AnchorAttached`/`AnchorBelow`
-   * for a log reset; undefined when the WAL holds nothing at or below the snapshot's index).
-   */
-  anchorTerm?: number;
-}
-
-/**
- * Drops recovered entries that do not continue the snapshot's log. A member that received a
- * snapshot writes its file before the WAL's log-reset record; a crash in between leaves the newer
- * snapshot followed by the old log's entries, which are not the snapshot's continuation (the
- * entry at the snapshot's index has another term). Those entries were never committed (a committed
- * entry after the snapshot's index would follow the snapshot's entry in every log), so dropping
- * them loses nothing; keeping them would make a log that is not a Raft log. Returns the count.
- */
-export function detachStaleEntries(state: ReplayState, afterIndex: number, afterTerm: number): number {
-  const a = state.anchorTerm;
-  if (afterIndex === 0 || state.ents.length === 0 || a === undefined || a === AnchorAttached) return 0;
-  if (a === afterTerm) return 0;
-  const dropped = state.ents.length;
-  state.ents = [];
-  const last = afterIndex;
-  if (state.hardState.commit > last) state.hardState = { ...state.hardState, commit: last };
-  return dropped;
+  return { hardState, ents };
 }
 
 /** Replays one entry onto the recovered log: skips what the snapshot covers, truncates overwritten suffixes. */
