@@ -21,6 +21,7 @@ import { bytesEqual, concatBytes, prefixEnd, toBytes, toText } from '../src/keys
 import type { KV } from '../src/kv.js';
 import { limits } from '../src/limits.js';
 import type { Bytes, CallOptions, Compare, KeyValue, Op, WatchBatch } from '../src/types.js';
+import { pause } from './internal/timing.js';
 
 /** Most keys a config prefix may hold; past it the read (or the watcher) fails `request-too-large`. */
 export const configKeysMax = 10_000;
@@ -495,15 +496,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   async #resync(reason: ResyncReason, failures: number, signal: AbortSignal): Promise<void> {
     if (reason === 'reconnect' || failures > 1) {
       const ms = Math.min(configResyncBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10));
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, ms);
-        function done() {
-          clearTimeout(t);
-          signal.removeEventListener('abort', done);
-          resolve();
-        }
-        signal.addEventListener('abort', done, { once: true });
-      });
+      await pause(ms, signal);
       signal.throwIfAborted();
     }
     const snap = await readSnapshot(this.kv, this.prefix, signal);

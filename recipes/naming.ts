@@ -15,6 +15,7 @@ import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, KeyValue, WatchBatch } from '../src/types.js';
 import type { ResyncReason } from './config.js';
+import { pause } from './internal/timing.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds and defaults
@@ -87,20 +88,6 @@ function checkEndpoint(endpoint: Endpoint): Endpoint {
   if (endpoint.metadata !== undefined && JSON.stringify(endpoint.metadata) === undefined)
     throw new TypeError('register: metadata must be JSON-serialisable');
   return { addr: endpoint.addr, metadata: endpoint.metadata ?? null };
-}
-
-/** Sleeps `ms` or until `signal` aborts (then resolves; the caller re-checks the signal). */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    if (signal.aborted) done();
-    else signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 const backoffMs = (failures: number) => Math.min(namingBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10));

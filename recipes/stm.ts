@@ -29,6 +29,7 @@ import { compareBytes, resolveRange, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import { limits } from '../src/limits.js';
 import type { Bytes, CallOptions, Compare, KeyValue, LeaseId, Op, RangeResult } from '../src/types.js';
+import { sleep } from './internal/timing.js';
 
 export const Isolation = {
   SerializableSnapshot: 'serializable-snapshot',
@@ -492,18 +493,7 @@ function prefetchFrom(
  */
 export async function conflictBackoff(attempt: number, signal: AbortSignal | undefined): Promise<void> {
   if (attempt <= 2) return;
-  const ms = Math.random() * Math.min(stmBackoffMsMax, 2 ** (attempt - 2));
-  await new Promise<void>((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(abortReason(signal!));
-    };
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
+  await sleep(Math.random() * Math.min(stmBackoffMsMax, 2 ** (attempt - 2)), signal);
 }
 
 /** Validates a `retriesMax` option (shared with Counter). */

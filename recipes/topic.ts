@@ -28,6 +28,7 @@ import { abortReason, ConclaveError, ErrorCode, throwIfAborted } from '../src/er
 import { concatBytes, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
+import { sleep } from './internal/timing.js';
 
 /** Events read per page (and so held in memory per subscription while paging). */
 export const topicPageEventsMax = 100;
@@ -182,22 +183,6 @@ function firstKv(r: OpResponse | undefined): KeyValue | undefined {
 function getResult(r: OpResponse | undefined): RangeResult {
   if (r?.type !== 'get') throw new ConclaveError(ErrorCode.Internal, 'txn: expected a get response');
   return r;
-}
-
-/** Sleeps `ms`, rejecting with the signal's reason when it aborts. */
-async function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  throwIfAborted(signal);
-  await new Promise<void>((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(abortReason(signal!));
-    };
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 /** Jittered exponential back-off for attempt `n` (1-based), at most `topicBackoffMsMax`. */

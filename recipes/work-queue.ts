@@ -35,6 +35,7 @@ import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { Bytes, CallOptions, KeyValue, LeaseId, RangeResult } from '../src/types.js';
+import { pause as wait } from './internal/timing.js';
 import {
   clipError,
   decodeRecord,
@@ -785,7 +786,7 @@ export class WorkQueue implements AsyncDisposable {
     const worker = async (): Promise<void> => {
       while (!signal.aborted) {
         const pause = pausedUntil - performance.now();
-        if (pause > 0) await delay(pause, signal);
+        if (pause > 0) await wait(pause, signal);
         if (signal.aborted) return;
         const started = epoch;
         let job: Job;
@@ -1016,18 +1017,6 @@ export class WorkQueue implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-function delay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const t = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /**

@@ -17,6 +17,7 @@ import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { WatchBatch, WatchFilter } from '../../src/types.js';
+import { pause } from './timing.js';
 import {
   clipError,
   decodeRecord,
@@ -396,17 +397,4 @@ export class WorkQueueMaintenance {
       return next.revision;
     }
   }
-}
-
-/** Resolves after `ms`, or early (without rejecting) when `signal` aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const t = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
