@@ -75,3 +75,24 @@ export function mortal(kv: KV): { kv: KV; die(): void } {
     });
   return { kv: wrap(kv), die: () => (dead = true) };
 }
+
+/** A KV whose first range (a recipe's initial read) is followed by `afterRead()` (writes, a compaction…). */
+export function afterFirstRead(kv: KV, afterRead: () => Promise<void>): KV {
+  let fired = false;
+  return new Proxy(kv, {
+    get(target, prop) {
+      if (prop === 'range') {
+        return async (...args: Parameters<KV['range']>) => {
+          const r = await target.range(...args);
+          if (!fired) {
+            fired = true;
+            await afterRead();
+          }
+          return r;
+        };
+      }
+      const v = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}

@@ -9,9 +9,8 @@ import {
 } from '../../../recipes/config.js';
 import { ConclaveError } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
-import type { KV } from '../../../src/kv.js';
 import type { RegisterTests } from '../context.js';
-import { keys, waitFor } from '../util.js';
+import { afterFirstRead, keys, waitFor } from '../util.js';
 
 const Server = z.object({ host: z.string(), port: z.number().int().positive() });
 
@@ -23,27 +22,6 @@ function collectChanges<T>(w: ConfigWatcher<T>): { items: ConfigChange<T>[]; don
     for await (const c of it) items.push(c);
   })().catch((err: unknown) => err);
   return { items, done };
-}
-
-/** A KV whose first range (the watcher's initial read) is followed by writes and a compaction. */
-function compactingAfterFirstRead(kv: KV, afterRead: () => Promise<void>): KV {
-  let fired = false;
-  return new Proxy(kv, {
-    get(target, prop) {
-      if (prop === 'range') {
-        return async (...args: Parameters<KV['range']>) => {
-          const r = await target.range(...args);
-          if (!fired) {
-            fired = true;
-            await afterRead();
-          }
-          return r;
-        };
-      }
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
-  });
 }
 
 /** Conformance tests of ConfigWatcher / watchConfig / setConfig (issue 7); run on every backend. */
@@ -146,7 +124,7 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     const pfx = prefix('cfg-compact');
     await setConfig(kv, pfx, { host: 'a', port: 80 });
     // Between the watcher's read and its watch: two writes, then compaction past the read.
-    const flaky = compactingAfterFirstRead(kv, async () => {
+    const flaky = afterFirstRead(kv, async () => {
       await kv.put(`${pfx}port`, '81');
       const r = await kv.put(`${pfx}host`, '"b"');
       await kv.compact(r.revision);
@@ -280,7 +258,7 @@ export const registerConfigTests: RegisterTests = (ctx) => {
       written = (await kv.txn({ compare: [], success, failure: [] })).revision;
     }
     // Writes after the first page was read must not leak into the snapshot.
-    const racing = compactingAfterFirstRead(kv, async () => {
+    const racing = afterFirstRead(kv, async () => {
       await kv.put(name(n - 1), '1');
       await kv.put(`${pfx}zz`, '1');
     });

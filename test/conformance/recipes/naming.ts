@@ -8,10 +8,9 @@ import {
   type SessionProvider,
 } from '../../../recipes/naming.js';
 import { toText } from '../../../src/keys.js';
-import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
-import { mortal, waitFor } from '../util.js';
+import { afterFirstRead, mortal, waitFor } from '../util.js';
 
 /** Collects a resolver's changes in the background until it closes. */
 function collectChanges(r: ServiceResolver): { items: ServiceChange[]; done: Promise<unknown> } {
@@ -24,27 +23,6 @@ function collectChanges(r: ServiceResolver): { items: ServiceChange[]; done: Pro
 }
 
 const ids = (r: ServiceResolver) => r.instances.map((i) => i.id);
-
-/** A KV whose first range (the resolver's initial read) is followed by `afterRead()`. */
-function afterFirstRead(kv: KV, afterRead: () => Promise<void>): KV {
-  let fired = false;
-  return new Proxy(kv, {
-    get(target, prop) {
-      if (prop === 'range') {
-        return async (...args: Parameters<KV['range']>) => {
-          const r = await target.range(...args);
-          if (!fired) {
-            fired = true;
-            await afterRead();
-          }
-          return r;
-        };
-      }
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
-  });
-}
 
 /** `etcdctl get --prefix` output (key and value lines). */
 function etcdctlGetPrefix(endpoints: string[], prefix: string): Promise<string> {
