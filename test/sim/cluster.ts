@@ -15,7 +15,13 @@ import {
   Role,
 } from '../../backends/raft/consensus/types.js';
 import { frame, RecordType, type WalRecord } from '../../backends/raft/storage/records.js';
-import { replayRecords, scanSegment } from '../../backends/raft/storage/wal.js';
+import {
+  finishReplay,
+  newReplayState,
+  type ReplayResult,
+  replayRecords,
+} from '../../backends/raft/storage/replay.js';
+import { scanSegment } from '../../backends/raft/storage/wal.js';
 import { Prng } from './prng.js';
 
 export interface SimOptions {
@@ -211,15 +217,13 @@ export class Simulation {
     }
     const buf = d.wal.subarray(0, Math.max(d.syncedBytes, lastWritten(d.wal, d.syncedBytes)));
     let scan: ReturnType<typeof scanSegment>;
-    let state: ReturnType<typeof replayRecords>;
+    let state: ReplayResult;
     const after = d.snap?.meta.index ?? 0;
+    const base = { index: after, term: d.snap?.meta.term };
     try {
       scan = scanSegment(buf, `sim-node-${n.id}.wal`, true);
-      state = replayRecords(scan.records, after, `sim-node-${n.id}.wal`, {
-        hardState: { term: 0, vote: 0, commit: 0 },
-        ents: [],
-      });
-      if (state.ents.length > 0 && state.ents[0]!.index !== after + 1) throw new Error('gap after snapshot');
+      const file = `sim-node-${n.id}.wal`;
+      state = finishReplay(replayRecords(scan.records, base, file, newReplayState()), base, file);
     } catch (err) {
       if (!flipped) this.fail(`node ${n.id}: recovery refused an undamaged log: ${String(err)}`);
       d.corrupt = true;
@@ -231,6 +235,9 @@ export class Simulation {
     // The torn tail is erased; the log continues from the end of the valid records.
     d.wal.fill(0, scan.end, Math.max(scan.end, buf.length));
     d.syncedBytes = scan.end;
+    // As the WAL: entries discarded for not continuing the snapshot are reset durably.
+    if (state.discarded && d.snap)
+      this.#diskWrite(d, frame({ type: RecordType.LogReset, index: after, term: d.snap.meta.term }));
     const st = new MemoryStorage(d.snap?.meta.confState ?? n.storage.snap.meta.confState);
     if (d.snap) st.snap = d.snap;
     st.ents = state.ents;

@@ -15,7 +15,7 @@
 import { join } from 'node:path';
 import { assert } from '../consensus/assert.js';
 import { MemoryStorage, type NodeStorage, type ReadyToSave } from '../consensus/memory-storage.js';
-import type { ConfState, NodeId } from '../consensus/types.js';
+import type { ConfState, NodeId, Snapshot } from '../consensus/types.js';
 import { type DirLock, lockDir } from './lock.js';
 import { RecordType, type WalRecord } from './records.js';
 import { Snapshotter } from './snapshots.js';
@@ -79,6 +79,7 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
           ...(o.log ? { log: o.log } : {}),
         },
         after,
+        loaded?.snapshot.meta.term,
       );
       const s = new DiskStorage(o, wal, snaps, lock, {
         ...(loaded ? { snapshotFile: loaded.file } : {}),
@@ -151,21 +152,27 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
   #deferred: WalRecord[] = [];
 
   /**
-   * Writes the snapshot file without holding up WAL saves (they touch different files), then
-   * releases WAL segments in the save chain (a release must not interleave with a rotation).
+   * Writes the snapshot file without holding up WAL saves (they touch different files; the file is
+   * written and checksummed in pieces between event-loop turns, see `Snapshotter.save`). Only
+   * once it is durable is the snapshot recorded (the in-memory log compacted to the previous one)
+   * and are WAL segments released, in the save chain (a release must not interleave with a
+   * rotation). A snapshot older than one installed or recorded meanwhile is ignored.
    */
   override snapshotAt(index: number, data: Uint8Array, confState: ConfState): Promise<void> {
-    super.snapshotAt(index, data, confState);
-    const snap = this.latestSnapshot!;
-    const written = this.#snapWrite.then(() => this.#snaps.save(snap));
-    this.#snapWrite = written.catch(() => undefined);
-    return written.then(() =>
-      this.#serial(async () => {
+    if (index <= this.snap.meta.index || (this.latestSnapshot?.meta.index ?? 0) >= index)
+      return Promise.resolve();
+    const snap: Snapshot = { meta: { index, term: this.term(index), confState }, data };
+    const done = this.#snapWrite.then(async () => {
+      await this.#snaps.save(snap);
+      this.recordSnapshot(snap);
+      await this.#serial(async () => {
         const kept = await this.#snaps.list();
         const oldest = kept[kept.length - 1];
         if (oldest) await this.#wal.releaseTo(oldest.index);
-      }),
-    );
+      });
+    });
+    this.#snapWrite = done.catch(() => undefined);
+    return done;
   }
 
   #snapWrite: Promise<unknown> = Promise.resolve();

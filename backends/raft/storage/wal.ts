@@ -39,6 +39,7 @@ import {
   recordPayloadBytesMax,
   type WalRecord,
 } from './records.js';
+import { finishReplay, newReplayState, type ReplayBase, replayRecords, walCorrupt } from './replay.js';
 
 /** Default segment size (etcd's is 64 MB as well). */
 export const segmentBytesDefault = 64 * 1024 * 1024;
@@ -75,14 +76,6 @@ function parseSegName(name: string): Segment | undefined {
   const m = /^([0-9a-f]{16})-([0-9a-f]{16})\.wal$/.exec(name);
   if (!m) return undefined;
   return { seq: Number.parseInt(m[1]!, 16), firstIndex: Number.parseInt(m[2]!, 16), name };
-}
-
-function corrupt(file: string, offset: number, what: string): ConclaveError {
-  return new ConclaveError(
-    ErrorCode.Corrupt,
-    `wal: ${what} in ${file} at offset ${offset}; the member refuses to start on a damaged log (restore it from a snapshot or re-add it to the cluster)`,
-    { details: { file, offset } },
-  );
 }
 
 const zeroBlock = new Uint8Array(64 * 1024);
@@ -150,7 +143,7 @@ export function scanSegment(buf: Uint8Array, file: string, last: boolean): ScanR
           details: { ...err.details, file },
           cause: err,
         });
-      throw corrupt(file, o, `an undecodable record (${(err as Error).message})`);
+      throw walCorrupt(file, o, `an undecodable record (${(err as Error).message})`);
     }
     records.push({ rec, offset: o });
     o = recEnd;
@@ -165,7 +158,7 @@ function classify(
   last: boolean,
   records: ScanResult['records'],
 ): ScanResult {
-  if (!last) throw corrupt(file, o, 'a damaged record in a sealed segment');
+  if (!last) throw walCorrupt(file, o, 'a damaged record in a sealed segment');
   const z = lastNonZero(buf, o);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const stored = o + 8 <= buf.length ? dv.getUint32(o + 4, true) : -1;
@@ -174,19 +167,19 @@ function classify(
   if (len <= recordPayloadBytesMax && payloadEnd < buf.length && o + headerBytes <= buf.length) {
     const crcOk = crc32c(buf, 0, o + 8, payloadEnd) === stored;
     // The payload is intact but the end marker is neither written (0) nor right: damage.
-    if (crcOk && buf[payloadEnd] !== 0) throw corrupt(file, o, 'a damaged end marker');
+    if (crcOk && buf[payloadEnd] !== 0) throw walCorrupt(file, o, 'a damaged end marker');
     // The whole record reached the disk (its marker is there) yet the checksum fails: damage.
     if (!crcOk && buf[payloadEnd] === endMarker && payloadEnd <= z)
-      throw corrupt(file, o, 'a checksum mismatch');
+      throw walCorrupt(file, o, 'a checksum mismatch');
   }
   // A damaged length field: the data ends in a marker and the checksum matches the bytes up to it.
   if (o + headerBytes < z && buf[z] === endMarker && crc32c(buf, 0, o + 8, z) === stored)
-    throw corrupt(file, o, 'a damaged length field');
+    throw walCorrupt(file, o, 'a damaged length field');
   if (z + 1 - o > unsyncedBytesMax + recordPayloadBytesMax + frameOverheadBytes)
-    throw corrupt(file, o, 'a damaged record followed by more data than one unsynced write');
+    throw walCorrupt(file, o, 'a damaged record followed by more data than one unsynced write');
   // A torn write leaves nothing complete after it; an intact record after the damage means the
   // damage hit data that had been synced.
-  if (validRecordAfter(buf, o + 1, z)) throw corrupt(file, o, 'a damaged record followed by intact ones');
+  if (validRecordAfter(buf, o + 1, z)) throw walCorrupt(file, o, 'a damaged record followed by intact ones');
   return { records, end: o, tornBytes: z + 1 - o };
 }
 
@@ -224,10 +217,19 @@ export class Wal {
    * Opens (creating if needed) the WAL in `dir` and recovers its contents after `afterIndex`
    * (the index of the snapshot the caller restored, 0 if none).
    */
-  static async open(o: WalOptions, afterIndex: number): Promise<{ wal: Wal; recovery: WalRecovery }> {
+  /**
+   * Opens (recovering) the WAL after the restored snapshot at `afterIndex`, whose term is
+   * `afterTerm` (pass it when there is a snapshot: entries that do not continue it are discarded,
+   * see replay.ts).
+   */
+  static async open(
+    o: WalOptions,
+    afterIndex: number,
+    afterTerm?: number,
+  ): Promise<{ wal: Wal; recovery: WalRecovery }> {
     const wal = new Wal(o);
     await fsp.mkdir(o.dir, { recursive: true });
-    const recovery = await wal.#recover(afterIndex);
+    const recovery = await wal.#recover({ index: afterIndex, term: afterTerm });
     return { wal, recovery };
   }
 
@@ -251,14 +253,14 @@ export class Wal {
     return segs;
   }
 
-  async #recover(afterIndex: number): Promise<WalRecovery> {
+  async #recover(base: ReplayBase): Promise<WalRecovery> {
+    const afterIndex = base.index;
     this.#segments = await this.#listSegments();
-    let hardState: HardState = { term: 0, vote: 0, commit: 0 };
-    let ents: Entry[] = [];
+    const state = newReplayState();
     let truncated: WalRecovery['truncated'];
     if (this.#segments.length === 0) {
       await this.#createSegment(0, afterIndex + 1);
-      return { hardState, entries: ents };
+      return { hardState: state.hardState, entries: state.ents };
     }
     for (let i = 0; i < this.#segments.length; i++) {
       const seg = this.#segments[i]!;
@@ -271,10 +273,10 @@ export class Wal {
       if (!first || first.type !== RecordType.Metadata) {
         if (last && scan.records.length === 0 && scan.tornBytes === 0 && i > 0) {
           // A segment created but never written (crash right after rotation): reuse it.
-        } else throw corrupt(file, 0, 'a segment without its metadata record');
+        } else throw walCorrupt(file, 0, 'a segment without its metadata record');
       } else if (first.nodeId !== this.#o.nodeId || first.segment !== seg.seq)
-        throw corrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
-      ({ hardState, ents } = replayRecords(scan.records, afterIndex, file, { hardState, ents }));
+        throw walCorrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
+      replayRecords(scan.records, base, file, state);
       if (last) {
         this.#offset = scan.end;
         if (scan.tornBytes > 0) {
@@ -292,16 +294,19 @@ export class Wal {
         }
       }
     }
-    if (ents.length > 0 && ents[0]!.index !== afterIndex + 1)
-      throw new ConclaveError(
-        ErrorCode.Corrupt,
-        `wal: the log in ${this.dir} starts at index ${ents[0]!.index}, but the snapshot ends at ${afterIndex}; entries are missing`,
+    const { hardState, ents, discarded } = finishReplay(state, base, this.dir);
+    if (discarded)
+      this.#o.log?.(
+        `wal: ${discarded.count} entries after snapshot ${afterIndex} (term ${base.term}) in ${this.dir} do not continue it (the log had term ${discarded.termAtBase} at that index: a snapshot received from the leader was saved, and the member stopped before its log reset was written); they were discarded`,
       );
     this.#hardState = hardState;
     this.#lastIndex = ents.length > 0 ? ents[ents.length - 1]!.index : afterIndex;
     const lastSeg = this.#segments[this.#segments.length - 1]!;
     this.#fh = await fsp.open(join(this.dir, lastSeg.name), 'r+');
     if (this.#offset === 0) await this.#writeRaw(this.#segmentHeader(lastSeg.seq));
+    // Make the discard durable: without the reset, the next recovery would again find the old
+    // term at the snapshot's index and would discard the entries written after this start too.
+    if (discarded) await this.save([{ type: RecordType.LogReset, index: afterIndex, term: base.term! }]);
     return { hardState, entries: ents, ...(truncated ? { truncated } : {}) };
   }
 
@@ -449,53 +454,4 @@ export class Wal {
       await fsp.rm(spare.path, { force: true });
     }
   }
-}
-
-/**
- * Replays parsed records onto a recovered state: the latest hard state, and the log after
- * `afterIndex` (the restored snapshot's index). Pure; shared with the simulator's disk model.
- */
-export function replayRecords(
-  records: ScanResult['records'],
-  afterIndex: number,
-  file: string,
-  state: { hardState: HardState; ents: Entry[] },
-): { hardState: HardState; ents: Entry[] } {
-  let { hardState, ents } = state;
-  for (const { rec, offset } of records) {
-    if (rec.type === RecordType.HardState) {
-      if (rec.hardState.term < hardState.term)
-        throw corrupt(file, offset, 'a hard state whose term went back');
-      hardState = rec.hardState;
-    } else if (rec.type === RecordType.LogReset) {
-      if (rec.index > afterIndex)
-        throw corrupt(
-          file,
-          offset,
-          `a log reset to snapshot ${rec.index}, newer than the usable snapshot (${afterIndex}); that snapshot file is missing or damaged`,
-        );
-      ents = [];
-    } else if (rec.type === RecordType.Entry) {
-      ents = appendReplay(ents, rec.entry, afterIndex, file, offset);
-    }
-  }
-  return { hardState, ents };
-}
-
-/** Replays one entry onto the recovered log: skips what the snapshot covers, truncates overwritten suffixes. */
-function appendReplay(ents: Entry[], e: Entry, afterIndex: number, file: string, offset: number): Entry[] {
-  if (e.index <= afterIndex) return ents;
-  if (ents.length === 0) {
-    ents.push(e);
-    return ents;
-  }
-  const first = ents[0]!.index;
-  const last = ents[ents.length - 1]!.index;
-  if (e.index > last + 1) throw corrupt(file, offset, `entry ${e.index} after ${last} (a gap)`);
-  if (e.index <= last) {
-    if (e.index < first) return [e];
-    ents.length = e.index - first;
-  }
-  ents.push(e);
-  return ents;
 }
