@@ -40,7 +40,8 @@ export const usage = `usage: npm run bench -- [options]
   --data-dir DIR                          durable storage for the embedded backend (default memory-only)
   --client conclave|etcd3|both            client path(s) to etcd (default both)
   --phases ${kvPhaseNames.join(',')}      (default: all of these)
-  --recipes                               recipe phases (${recipePhaseNames.join(',')}) instead of the KV ones
+  --recipes                               recipe phases (${recipePhaseNames.join(',')}) instead of the KV ones;
+                                          with --phases naming recipe phases, only those (e.g. --phases lock8)
   --consensus                             run bench/consensus.ts instead
   --duration-s S                          time bound of each measured pass (default 10)
   --ops-max N                             count bound of each measured pass (default 200000)
@@ -103,7 +104,10 @@ export function parseBenchArgs(argv: readonly string[]): BenchConfig | 'help' {
   if (!Number.isInteger(nodes)) fail('--nodes must be an integer');
   if (v.rounds !== undefined && !Number.isInteger(Number(v.rounds))) fail('--rounds must be an integer');
   const phases = [...(v.phases !== undefined ? list(v.phases) : v.recipes ? [] : kvPhaseNames)];
-  if (v.recipes) phases.push(...recipePhaseNames.filter((p) => !phases.includes(p)));
+  // --recipes adds every recipe phase, unless --phases already names some: then only those run
+  // (`--recipes --phases lock8` runs lock8 alone; `--recipes --phases put1` runs put1 + all recipes).
+  const namesRecipe = phases.some((p) => (recipePhaseNames as readonly string[]).includes(p));
+  if (v.recipes && !namesRecipe) phases.push(...recipePhaseNames.filter((p) => !phases.includes(p)));
   for (const p of phases) if (!allPhaseNames.includes(p)) fail(`unknown phase "${p}"`);
   const endpoints = v.endpoints === undefined ? undefined : list(v.endpoints);
   if (endpoints !== undefined && endpoints.length === 0) fail('--endpoints names no endpoint');
