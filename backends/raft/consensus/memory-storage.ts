@@ -108,11 +108,24 @@ export class MemoryStorage implements NodeStorage {
   /**
    * Records a snapshot at `index`, but compacts the log only to the previous snapshot: the
    * entries between the two stay, so a follower slightly behind catches up from the log instead of
-   * needing a whole snapshot (etcd keeps a catch-up tail after its snapshot index too).
+   * needing a whole snapshot (etcd keeps a catch-up tail after its snapshot index too). A snapshot
+   * at or below one already recorded or installed is ignored (the node takes snapshots
+   * asynchronously: a snapshot from the leader may have been installed meanwhile).
    */
   snapshotAt(index: number, data: Uint8Array, confState: ConfState): void | Promise<void> {
+    if (this.#superseded(index)) return;
+    this.recordSnapshot({ meta: { index, term: this.term(index), confState }, data });
+  }
+
+  #superseded(index: number): boolean {
+    return index <= this.snap.meta.index || (this.latestSnapshot?.meta.index ?? 0) >= index;
+  }
+
+  /** `snapshotAt` once the snapshot is in hand (and, for durable storage, on disk). */
+  protected recordSnapshot(s: Snapshot): void {
+    if (this.#superseded(s.meta.index)) return;
     const prev = this.latestSnapshot;
-    this.latestSnapshot = { meta: { index, term: this.term(index), confState }, data };
+    this.latestSnapshot = s;
     if (prev && prev.meta.index > this.snap.meta.index)
       this.compact(prev.meta.index, prev.data, prev.meta.confState);
   }

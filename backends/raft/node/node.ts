@@ -15,7 +15,7 @@ import { ProposalDropped } from '../consensus/assert.js';
 import { MemoryStorage, type NodeStorage } from '../consensus/memory-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
 import { EntryType, type Message, type NodeId, type Ready, Role, type Snapshot } from '../consensus/types.js';
-import { restoreStore, snapshotStore } from '../store/snapshot.js';
+import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
 import type { Transport } from '../transport/memory.js';
 import { type Command, decodeCommand, encodeCommand } from './commands.js';
@@ -41,12 +41,17 @@ export interface NodeOptions {
   storage?: NodeStorage;
   /** Take a state-machine snapshot and compact the log every this many applied entries. */
   snapshotEntries?: number;
+  /** Longest stretch of snapshot encoding between two event-loop turns (ms; default 4). */
+  snapshotSliceMs?: number;
   /** Called once if the member stops because its storage failed (it never serves after that). */
   onFatal?: (err: unknown) => void;
 }
 
-/** Default for `snapshotEntries` (etcd 3.5 uses 100,000; a snapshot is one synchronous JSON pass, so taking them rarely keeps the loop responsive under load). */
+/** Default for `snapshotEntries` (etcd 3.5 uses 100,000). */
 export const snapshotEntriesDefault = 50_000;
+
+/** Attempts of an on-demand snapshot (`RaftNode.snapshot()`) given up because of a compaction. */
+const snapshotAttemptsMax = 5;
 
 interface Waiter {
   resolve(v: unknown): void;
@@ -71,7 +76,10 @@ export class RaftNode {
   readonly #revoking = new Set<bigint>();
   /** A Ready is being made durable: nothing more is taken from the core until it is (group commit). */
   #persisting = false;
-  #snapshotting = false;
+  /** The snapshot being taken (resolves whether it was taken; it never rejects). */
+  #snapshotJob: Promise<boolean> | undefined;
+  /** Snapshots installed from the leader so far (one during a snapshot of ours supersedes it). */
+  #installs = 0;
   #lastSnapshotIndex = 0;
   #prevSnapshot: { index: number; data: Uint8Array } | undefined;
   #fatal: unknown;
@@ -207,49 +215,80 @@ export class RaftNode {
     restored.appliedIndex = snap.meta.index;
     this.store.replaceState(restored);
     this.#lastSnapshotIndex = snap.meta.index;
+    this.#installs++;
   }
 
   /** Every `snapshotEntries` applied entries: snapshot the store and let storage drop the log before it. */
   #maybeSnapshot(): void {
     const every = this.#o.snapshotEntries ?? snapshotEntriesDefault;
-    const applied = this.store.appliedIndex;
-    if (this.#snapshotting || applied - this.#lastSnapshotIndex < every) return;
-    this.#snapshotIndexNow(applied);
+    if (this.#snapshotJob || this.store.appliedIndex - this.#lastSnapshotIndex < every) return;
+    void this.#takeSnapshot();
   }
 
-  #snapshotIndexNow(applied: number): Promise<void> {
-    this.#snapshotting = true;
-    this.#lastSnapshotIndex = applied;
-    const data = snapshotStore(this.store);
-    let p: void | Promise<void>;
-    try {
-      p = this.storage.snapshotAt(applied, data, this.raft.confState());
-      // The core's log is compacted only to the previous snapshot: the entries since then stay
-      // as a catch-up tail for followers slightly behind (they need no whole snapshot).
-      const prev = this.#prevSnapshot;
-      this.#prevSnapshot = { index: applied, data };
-      if (prev && prev.index <= this.raft.log.applied) this.raft.compact(prev.index, prev.data);
-    } catch (err) {
-      this.#snapshotting = false;
-      this.#die(err);
-      return Promise.resolve();
-    }
-    return Promise.resolve(p).then(
-      () => {
-        this.#snapshotting = false;
+  /**
+   * Takes a snapshot at the applied index now without stopping the loop: the store is frozen at
+   * once and encoded in slices between loop turns (store/snapshot.ts) while this member keeps
+   * applying; the storage writes it (durably, for DiskStorage) and only then compacts its log to
+   * the previous snapshot, as does the core. Resolves true once taken; false if given up: the
+   * store was compacted meanwhile (retried at the next applied entry), a snapshot from the leader
+   * was installed meanwhile (it supersedes this one), or the member stopped. A storage failure
+   * stops the member.
+   */
+  #takeSnapshot(): Promise<boolean> {
+    const job = this.#snapshotNow().then(
+      (taken) => {
+        this.#snapshotJob = undefined;
+        return taken;
       },
       (err: unknown) => {
-        this.#snapshotting = false;
+        this.#snapshotJob = undefined;
         this.#die(err);
+        return false;
       },
     );
+    this.#snapshotJob = job;
+    return job;
   }
 
-  /** Takes a snapshot at the applied index now (on demand). */
+  async #snapshotNow(): Promise<boolean> {
+    const installs = this.#installs;
+    const superseded = () => this.#stopped || this.#installs !== installs;
+    // The configuration at the applied index (conf changes apply with their entry).
+    const confState = this.raft.confState();
+    const snap = await snapshotStoreSliced(this.store, {
+      abandoned: superseded,
+      ...(this.#o.snapshotSliceMs !== undefined ? { sliceMs: this.#o.snapshotSliceMs } : {}),
+    });
+    if (!snap || superseded()) return false;
+    await this.storage.snapshotAt(snap.index, snap.data, confState);
+    if (superseded()) return false;
+    this.#lastSnapshotIndex = Math.max(this.#lastSnapshotIndex, snap.index);
+    // The core's log is compacted only to the previous snapshot: the entries since then stay
+    // as a catch-up tail for followers slightly behind (they need no whole snapshot).
+    const prev = this.#prevSnapshot;
+    this.#prevSnapshot = { index: snap.index, data: snap.data };
+    if (prev && prev.index <= this.raft.log.applied) this.raft.compact(prev.index, prev.data);
+    return true;
+  }
+
+  /**
+   * Takes a snapshot of everything applied now (on demand) and resolves with the index of the
+   * newest snapshot once it is recorded (durable, on disk storage). One already in flight is
+   * waited for first.
+   */
   async snapshot(): Promise<number> {
     this.#check();
-    const applied = this.store.appliedIndex;
-    if (applied > this.#lastSnapshotIndex && !this.#snapshotting) await this.#snapshotIndexNow(applied);
+    const target = this.store.appliedIndex;
+    for (let attempt = 0; attempt < snapshotAttemptsMax && this.#lastSnapshotIndex < target; ) {
+      if (this.#snapshotJob) {
+        await this.#snapshotJob;
+        continue;
+      }
+      if (this.#stopped) break;
+      attempt++;
+      await this.#takeSnapshot();
+    }
+    if (this.#fatal !== undefined) throw this.#fatal;
     return this.#lastSnapshotIndex;
   }
 

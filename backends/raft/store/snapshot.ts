@@ -16,13 +16,24 @@
  * It is written in two passes (size, then bytes into one exact buffer); a key whose records were
  * never decoded since the store was restored is copied as the bytes it was restored from.
  *
+ * Taking a snapshot without stopping the member (`snapshotStoreSliced`): the state at the applied
+ * index is frozen synchronously in O(1) for the keys — the key index is a copy-on-write B+ tree,
+ * cloned; each key's records array is shared with the live store but only ever grows with
+ * revisions above the frozen one (writes append, a txn's later op on a key replaces or adds
+ * records at its own new revision, a failed write's undo removes its own), so the writer keeps a
+ * key's records with main revision <= the frozen revision — and the lease table (small, and
+ * mutated in place) is encoded at once. The two passes then run in slices of at most `sliceMs`
+ * between event-loop turns while the store keeps applying. Compaction is the one operation that
+ * edits old records in place (`Mvcc.compact` splices them): a snapshot during which the compact
+ * revision changes is abandoned (the caller retries later).
+ *
  * Restoring validates the whole buffer (every length, record kind and integer bound, keys in
  * strictly ascending order, nothing after the end) but decodes no records: the key index is
  * bulk-loaded with each key's offset, and records are decoded on first use (mvcc.ts). The store
  * keeps `data` as its backing bytes: the caller must not modify it afterwards.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
-import { encodedRecordsEnd } from './mvcc.js';
+import { encodedRecordsEnd, type KeyRecord, type Mvcc, type Records } from './mvcc.js';
 import { Store } from './store.js';
 
 /** The store snapshot format this build writes and reads. */
@@ -33,49 +44,127 @@ function putU64(b: Buffer, o: number, v: number): void {
   b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), o + 4);
 }
 
-export function snapshotStore(store: Store): Uint8Array {
-  const index = store.mvcc.index;
-  // Pass 1: the exact size.
-  let size = 1 + 8 * 4;
-  const src = store.mvcc.source;
-  index.forEachPair((k, recs) => {
-    size += 4 + k.length;
-    if (typeof recs === 'number') {
-      size += encodedRecordsEnd(src!, recs) - recs;
-      return;
-    }
-    size += 4;
-    for (const r of recs) size += 17 + (r.kv ? 32 + 4 + r.kv.value.length : 0);
-  });
-  size += 4;
-  for (const l of store.leases.byId.values()) {
+type KeyIndex = Mvcc['index'];
+
+/** A store's state frozen at one applied index, to be encoded later (see the file comment). */
+interface FrozenStore {
+  readonly appliedIndex: number;
+  readonly revision: number;
+  readonly compactRev: number;
+  /** A copy-on-write clone of the key index: it never changes after the freeze. */
+  readonly index: KeyIndex;
+  /** The restored snapshot that undecoded (numeric) entries of `index` point into. */
+  readonly source: Buffer | undefined;
+  /** The lease section, encoded at the freeze. */
+  readonly leases: Buffer;
+}
+
+function freeze(store: Store): FrozenStore {
+  const leases = store.leases.byId;
+  let size = 4;
+  for (const l of leases.values()) {
     size += 8 + 8 + 8 + 4;
     for (const k of l.keys) size += 4 + k.length;
   }
+  const b = Buffer.allocUnsafe(size);
+  b.writeUInt32LE(leases.size, 0);
+  let o = 4;
+  for (const l of leases.values()) {
+    b.writeBigInt64LE(l.id, o);
+    b.writeDoubleLE(l.ttlSeconds, o + 8);
+    b.writeDoubleLE(l.grantedTtlSeconds, o + 16);
+    b.writeUInt32LE(l.keys.size, o + 24);
+    o += 28;
+    for (const k of l.keys) {
+      b.writeUInt32LE(k.length, o);
+      // Index keys are latin1 strings, one char per byte.
+      b.write(k, o + 4, k.length, 'latin1');
+      o += 4 + k.length;
+    }
+  }
+  return {
+    appliedIndex: store.appliedIndex,
+    revision: store.mvcc.currentRev,
+    compactRev: store.mvcc.compactRev,
+    index: store.mvcc.index.clone(),
+    source: store.mvcc.source,
+    leases: b,
+  };
+}
+
+/** How many of `recs` (ascending revisions) are at or below `rev`. */
+function recordsUpTo(recs: readonly KeyRecord[], rev: number): number {
+  let n = recs.length;
+  while (n > 0 && recs[n - 1]!.main > rev) n--;
+  return n;
+}
+
+/** Keys handled between two checks of the clock. */
+const keysPerStep = 64;
+
+/**
+ * Encodes a frozen store; yields every `keysPerStep` keys so that a driver can pause between
+ * slices. Whatever the store does meanwhile (except compaction: see the file comment) does not
+ * change the result.
+ */
+function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
+  const src = f.source;
+  const rev = f.revision;
+  const pair: [string, Records] = ['', 0];
+  // Pass 1: the exact size and the number of keys.
+  let size = 1 + 8 * 4;
+  let keys = 0;
+  let step = 0;
+  for (const [k, recs] of f.index.entries(undefined, pair)) {
+    if (++step === keysPerStep) {
+      step = 0;
+      yield;
+    }
+    if (typeof recs === 'number') {
+      keys++;
+      size += 4 + k.length + encodedRecordsEnd(src!, recs) - recs;
+      continue;
+    }
+    const n = recordsUpTo(recs, rev);
+    if (n === 0) continue; // written after the freeze (not possible for a key in the clone)
+    keys++;
+    size += 4 + k.length + 4;
+    for (let i = 0; i < n; i++) {
+      const kv = recs[i]!.kv;
+      size += 17 + (kv ? 32 + 4 + kv.value.length : 0);
+    }
+  }
+  size += f.leases.length;
   // Pass 2: the bytes.
   const b = Buffer.allocUnsafeSlow(size);
   let o = 0;
   b[o++] = storeSnapshotFormat;
-  putU64(b, o, store.appliedIndex);
-  putU64(b, o + 8, store.mvcc.currentRev);
-  putU64(b, o + 16, store.mvcc.compactRev);
-  putU64(b, o + 24, index.size);
+  putU64(b, o, f.appliedIndex);
+  putU64(b, o + 8, rev);
+  putU64(b, o + 16, f.compactRev);
+  putU64(b, o + 24, keys);
   o += 32;
-  const key = (k: string) => {
+  for (const [k, recs] of f.index.entries(undefined, pair)) {
+    if (++step === keysPerStep) {
+      step = 0;
+      yield;
+    }
+    let n = 0;
+    if (typeof recs !== 'number') {
+      n = recordsUpTo(recs, rev);
+      if (n === 0) continue;
+    }
     b.writeUInt32LE(k.length, o);
-    // Index keys are latin1 strings, one char per byte.
     b.write(k, o + 4, k.length, 'latin1');
     o += 4 + k.length;
-  };
-  index.forEachPair((k, recs) => {
-    key(k);
     if (typeof recs === 'number') {
       o += src!.copy(b, o, recs, encodedRecordsEnd(src!, recs));
-      return;
+      continue;
     }
-    b.writeUInt32LE(recs.length, o);
+    b.writeUInt32LE(n, o);
     o += 4;
-    for (const r of recs) {
+    for (let i = 0; i < n; i++) {
+      const r = recs[i]!;
       putU64(b, o, r.main);
       putU64(b, o + 8, r.sub);
       o += 16;
@@ -93,19 +182,63 @@ export function snapshotStore(store: Store): Uint8Array {
       b.set(kv.value, o + 36);
       o += 36 + kv.value.length;
     }
-  });
-  b.writeUInt32LE(store.leases.byId.size, o);
-  o += 4;
-  for (const l of store.leases.byId.values()) {
-    b.writeBigInt64LE(l.id, o);
-    b.writeDoubleLE(l.ttlSeconds, o + 8);
-    b.writeDoubleLE(l.grantedTtlSeconds, o + 16);
-    b.writeUInt32LE(l.keys.size, o + 24);
-    o += 28;
-    for (const k of l.keys) key(k);
   }
+  o += f.leases.copy(b, o);
   if (o !== size) throw new Error(`store snapshot: wrote ${o} bytes, expected ${size}`);
   return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/** The store's snapshot, in one synchronous pass (tests, small stores). */
+export function snapshotStore(store: Store): Uint8Array {
+  const gen = encodeFrozen(freeze(store));
+  for (;;) {
+    const r = gen.next();
+    if (r.done) return r.value;
+  }
+}
+
+/** Longest stretch of snapshot work between two event-loop turns, by default (ms). */
+export const snapshotSliceMsDefault = 4;
+
+export interface SlicedSnapshotOptions {
+  /** Work at most about this long before yielding to the event loop (default `snapshotSliceMsDefault`). */
+  sliceMs?: number;
+  /** Checked before each slice: true gives the snapshot up (the promise resolves undefined). */
+  abandoned?: () => boolean;
+  /** Waits for the next event-loop turn (default: `setImmediate`). */
+  nextTurn?: () => Promise<void>;
+}
+
+const setImmediateTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/**
+ * A snapshot of the store as it is now (its applied index and revision), encoded in slices
+ * between event-loop turns while the store keeps changing. The state is frozen synchronously
+ * (O(1) for the keys, O(leased keys) for the lease table); the encoding then takes at most about
+ * `sliceMs` per turn. Resolves undefined, without a snapshot, when `abandoned()` says so or when
+ * the store was compacted meanwhile (compaction edits old records in place; retry later).
+ */
+export async function snapshotStoreSliced(
+  store: Store,
+  opts: SlicedSnapshotOptions = {},
+): Promise<{ data: Uint8Array; index: number; revision: number } | undefined> {
+  const sliceMs = opts.sliceMs ?? snapshotSliceMsDefault;
+  const nextTurn = opts.nextTurn ?? setImmediateTurn;
+  const f = freeze(store);
+  const gen = encodeFrozen(f);
+  for (;;) {
+    const until = performance.now() + sliceMs;
+    for (;;) {
+      const r = gen.next();
+      if (r.done) return { data: r.value, index: f.appliedIndex, revision: f.revision };
+      if (performance.now() >= until) break;
+    }
+    await nextTurn();
+    if (store.mvcc.compactRev !== f.compactRev || opts.abandoned?.()) {
+      gen.return(new Uint8Array(0));
+      return undefined;
+    }
+  }
 }
 
 class Reader {
