@@ -3,15 +3,16 @@
  *   1. ETCD_ENDPOINTS (comma-separated host:port) — used as is, never stopped;
  *   2. an `etcd` binary on PATH — started on free loopback ports with a temporary data dir and a
  *      short election timeout (so the minimum lease TTL is small), stopped by PID;
- *   3. otherwise undefined, with a loud line; with REQUIRE_ETCD=1 that is an error instead.
- * (testcontainers is the documented third option when a Docker engine is reachable; no engine runs
- * on our CI machines, so it is not wired here.)
+ *   3. a reachable Docker engine with testcontainers installed — containers (etcd-docker.ts);
+ *   4. otherwise undefined, with a loud line; with REQUIRE_ETCD=1 that is an error instead.
+ * A cluster from 1 or 3 has no PIDs (`pids` is empty): tests that kill members skip without them.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { dockerReachable, loadContainersLib, startEtcdContainers } from './etcd-docker.js';
 
 export interface EtcdCluster {
   /** Client endpoints as host:port. */
@@ -91,8 +92,26 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
     };
   }
   if (!etcdBinary()) {
-    const msg =
-      'etcd: no ETCD_ENDPOINTS and no `etcd` binary on PATH (apt-get install -y etcd-server etcd-client)';
+    let why = 'no Docker engine reachable';
+    if (dockerReachable()) {
+      const lib = await loadContainersLib();
+      if (typeof lib === 'string') why = lib;
+      else {
+        const c = await startEtcdContainers(lib, {
+          members: opts.members ?? 1,
+          heartbeatMs,
+          electionTimeoutMs,
+        });
+        return {
+          endpoints: c.endpoints,
+          pids: [],
+          minTtlSeconds: minTtlFor(heartbeatMs, electionTimeoutMs),
+          owned: true,
+          stop: c.stop,
+        };
+      }
+    }
+    const msg = `etcd: no ETCD_ENDPOINTS, no \`etcd\` binary on PATH (apt-get install -y etcd-server etcd-client), and ${why}`;
     if (process.env.REQUIRE_ETCD === '1') throw new Error(`${msg}; REQUIRE_ETCD=1 so this is a failure`);
     console.warn(`\n!!!!!!!! SKIPPING etcd suites: ${msg} !!!!!!!!\n`);
     return undefined;
