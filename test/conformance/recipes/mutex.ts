@@ -1,8 +1,75 @@
 import { expect, it } from 'vitest';
 import { Mutex } from '../../../recipes/mutex.js';
+import { toText } from '../../../src/keys.js';
+import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
+
+/** `kv`, recording the key of every watch opened through it (to see what a waiter waits on). */
+function watchSpy(kv: KV): { kv: KV; watched: string[] } {
+  const watched: string[] = [];
+  const spied = new Proxy(kv, {
+    get(target, p, receiver) {
+      if (p === 'watch')
+        return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]) => {
+          watched.push(typeof key === 'string' ? key : toText(key));
+          return target.watch(key, opts);
+        };
+      const v = Reflect.get(target, p, receiver);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  return { kv: spied, watched };
+}
+
+/**
+ * Holder A, waiter B, waiter C (spied). `removeB` takes B out of the queue while A still holds; C
+ * sees its predecessor's delete and must NOT acquire: it re-checks, finds A, and watches A. Only
+ * A's unlock lets C in.
+ */
+async function predecessorLeavesBeforeHolder(
+  ctx: Parameters<RegisterTests>[0],
+  tag: string,
+  removeB: (b: { session: Session; waiting: Promise<unknown>; abort: AbortController }) => Promise<void>,
+): Promise<void> {
+  const { kv, prefix, backend } = ctx();
+  const name = `${prefix(tag)}lock`;
+  const ttl = backend.minTtlSeconds + 5;
+  const a = await Session.create(kv, { ttlSeconds: ttl });
+  const b = await Session.create(kv, { ttlSeconds: ttl });
+  const spy = watchSpy(kv);
+  const c = await Session.create(spy.kv, { ttlSeconds: ttl });
+  const count = async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count;
+  try {
+    const ha = await new Mutex(a, name).lock();
+    const abortB = new AbortController();
+    const waitingB = new Mutex(b, name).lock({ signal: abortB.signal });
+    waitingB.catch(() => undefined);
+    await waitFor(async () => (await count()) === 2, 5000, "B's key");
+    const mc = new Mutex(c, name);
+    const bKey = `${name}/${b.lease.toString(16)}`;
+    let aUnlocking = false;
+    let cAcquiredWhileAHeld: boolean | undefined;
+    const waitingC = mc.lock().then((h) => {
+      cAcquiredWhileAHeld = !aUnlocking;
+      return h;
+    });
+    await waitFor(() => spy.watched.includes(bKey), 5000, 'C watching its predecessor B');
+    await removeB({ session: b, waiting: waitingB, abort: abortB });
+    await waitFor(() => spy.watched.includes(ha.key), 5000, 'C watching the holder A after B left');
+    expect(cAcquiredWhileAHeld).toBeUndefined();
+    expect(await count()).toBe(2); // A and C
+    aUnlocking = true;
+    await ha.unlock();
+    const hc = await waitingC;
+    expect(cAcquiredWhileAHeld).toBe(false);
+    expect(hc.token).toBeGreaterThan(ha.token);
+    await hc.unlock();
+  } finally {
+    await Promise.all([a, b, c].map((s) => s.close().catch(() => undefined)));
+  }
+}
 
 export const registerMutexTests: RegisterTests = (ctx) => {
   it('mutex — 8 contenders never overlap in the critical section, and tokens grow', async () => {
@@ -233,4 +300,20 @@ export const registerMutexTests: RegisterTests = (ctx) => {
       await proxied.close();
     }
   }, 20_000);
+
+  it('mutex — a waiter whose predecessor aborts keeps waiting while an older holder remains', async () => {
+    await predecessorLeavesBeforeHolder(ctx, 'mutex-pred-abort', async (b) => {
+      const reason = new Error('B gave up');
+      b.abort.abort(reason);
+      await expect(b.waiting).rejects.toBe(reason);
+    });
+  });
+
+  it("mutex — a waiter whose predecessor's session expires keeps waiting while an older holder remains", async () => {
+    const { kv } = ctx();
+    await predecessorLeavesBeforeHolder(ctx, 'mutex-pred-expire', async (b) => {
+      await kv.lease.revoke(b.session.lease);
+      await expect(b.waiting).rejects.toMatchObject({ code: 'session-lost' });
+    });
+  });
 };
