@@ -100,6 +100,29 @@ export function checkCompare(c: Compare, path: string): void {
   }
 }
 
+/**
+ * etcd refuses a put that both keeps the current value and gives one (`ignoreValue` with a
+ * non-empty value: "value is provided"), or keeps the current lease and names one (`ignoreLease`
+ * with a non-zero lease: "lease is provided"). Checked before sending, so every backend reports it
+ * the same way.
+ */
+export function checkPutOptions(
+  path: string,
+  value: Uint8Array,
+  o: { ignoreValue?: boolean | undefined; ignoreLease?: boolean | undefined; lease?: bigint | undefined },
+): void {
+  if (o.ignoreValue && value.length > 0)
+    invalidArgument(
+      `${path}.value`,
+      `ignoreValue keeps the current value, so the value must be empty (got ${value.length} bytes; etcd: value is provided)`,
+    );
+  if (o.ignoreLease && o.lease !== undefined && o.lease !== 0n)
+    invalidArgument(
+      `${path}.options.lease`,
+      `ignoreLease keeps the current lease, so no lease may be given (got ${o.lease}; etcd: lease is provided)`,
+    );
+}
+
 export function checkOp(op: Op, path: string): void {
   if (typeof op !== 'object' || op === null) throw new TypeError(`${path} must be an Op object`);
   switch (op.type) {
@@ -109,8 +132,8 @@ export function checkOp(op: Op, path: string): void {
       return;
     case 'put':
       checkKey(`${path}.key`, op.key);
-      checkBytes(`${path}.value`, op.value);
       if (op.options?.lease !== undefined) checkLeaseId(`${path}.options.lease`, op.options.lease);
+      checkPutOptions(path, checkBytes(`${path}.value`, op.value), op.options ?? {});
       return;
     case 'txn':
       checkTxn(op.txn, `${path}.txn`);

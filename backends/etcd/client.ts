@@ -33,6 +33,7 @@ import {
   checkKey,
   checkLeaseId,
   checkOptionsObject,
+  checkPutOptions,
   checkRevision,
   checkSignal,
   checkTtl,
@@ -166,7 +167,7 @@ export class EtcdKV implements KV {
   async put(key: Bytes, value: Bytes, opts: PutOptions = {}): Promise<PutResult> {
     this.#open(opts);
     const k = checkKey('key', key);
-    checkBytes('value', value);
+    checkPutOptions('put', checkBytes('value', value), opts);
     const r = await this.#conn.unary(
       m.put,
       putRequest(k, value, opts),

@@ -38,6 +38,7 @@ import {
   checkLeaseId,
   checkNonNegativeInt,
   checkOptionsObject,
+  checkPutOptions,
   checkRevision,
   checkSignal,
   checkTtl,
@@ -409,6 +410,7 @@ export class EmbeddedKV implements KV {
     const k = checkKey('key', key);
     const v = checkBytes('value', value);
     if (o.lease !== undefined) checkLeaseId('lease', o.lease);
+    checkPutOptions('put', v, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
   }

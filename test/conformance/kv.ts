@@ -1,5 +1,5 @@
 import { expect, it } from 'vitest';
-import { ConclaveError } from '../../src/errors.js';
+import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { RegisterTests } from './context.js';
 import { keys, text, values } from './util.js';
 
@@ -100,6 +100,27 @@ export const registerKvTests: RegisterTests = (ctx) => {
     expect(got?.lease).toBe(lease.id);
     await expect(kv.put(`${k}-missing`, '', { ignoreValue: true })).rejects.toBeInstanceOf(ConclaveError);
     await expect(kv.put(`${k}-missing`, 'x', { ignoreLease: true })).rejects.toBeInstanceOf(ConclaveError);
+    await kv.lease.revoke(lease.id);
+  });
+
+  it('kv — ignoreValue with a value, ignoreLease with a lease: invalid-argument (etcd: "value/lease is provided"), nothing written', async () => {
+    const { kv, prefix, backend } = ctx();
+    const k = `${prefix('ignore-provided')}a`;
+    const lease = await kv.lease.grant(backend.minTtlSeconds + 5);
+    const first = await kv.put(k, 'keep');
+    const invalid = { code: ErrorCode.InvalidArgument };
+    await expect(kv.put(k, 'x', { ignoreValue: true })).rejects.toMatchObject(invalid);
+    await expect(kv.put(k, 'x', { ignoreLease: true, lease: lease.id })).rejects.toMatchObject(invalid);
+    await expect(
+      kv.txn({ success: [{ type: 'put', key: k, value: 'x', options: { ignoreValue: true } }] }),
+    ).rejects.toMatchObject(invalid);
+    const got = await kv.get(k);
+    expect(text(got?.value)).toBe('keep');
+    expect(got?.modRevision).toBe(first.revision);
+    expect(got?.lease).toBe(0n);
+    // An empty value with ignoreValue, and lease 0 with ignoreLease, are what etcd accepts.
+    await kv.put(k, '', { ignoreValue: true, ignoreLease: true, lease: 0n });
+    expect(text((await kv.get(k))?.value)).toBe('keep');
     await kv.lease.revoke(lease.id);
   });
 

@@ -33,6 +33,7 @@ import {
   checkLeaseId,
   checkNonNegativeInt,
   checkOptionsObject,
+  checkPutOptions,
   checkRevision,
   checkSignal,
   checkTtl,
@@ -138,6 +139,7 @@ export class LocalKV implements KV {
     const k = checkKey('key', key);
     const v = checkBytes('value', value);
     if (o.lease !== undefined) checkLeaseId('lease', o.lease);
+    checkPutOptions('put', v, o);
     return this.store.applyPut(k, v, o);
   }
 
