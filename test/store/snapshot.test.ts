@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { restoreStore, snapshotStore } from '../../backends/raft/store/snapshot.js';
 import { Store } from '../../backends/raft/store/store.js';
+import { twice } from './txns.js';
 
 const enc = new TextEncoder();
 const opArb = fc.oneof(
@@ -18,6 +19,13 @@ const opArb = fc.oneof(
   }),
   fc.record({ t: fc.constant('compact' as const) }),
   fc.record({ t: fc.constant('revoke' as const) }),
+  // A txn that writes one key two or three times (what etcd's duplicate-key check lets through):
+  // one record per write, all at the txn's revision (`twice` in applyOp).
+  fc.record({
+    t: fc.constant('twice' as const),
+    k: fc.constantFrom('a', 'b', 'c', 'ab'),
+    shape: fc.constantFrom(0, 1, 2, 3),
+  }),
 );
 
 describe('store snapshot', () => {
@@ -25,19 +33,8 @@ describe('store snapshot', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 40 }), (ops) => {
         const s = new Store({ minTtlSeconds: 1 });
-        let lease = 0n;
-        let nextLease = 100n;
-        for (const op of ops) {
-          if (op.t === 'put') {
-            if (op.lease && lease === 0n) lease = s.applyLeaseGrant(nextLease++, 10, 0).id;
-            s.applyPut(enc.encode(op.k), enc.encode(op.v), op.lease ? { lease } : {});
-          } else if (op.t === 'del') s.applyDelete(op.k, op.prefix ? { prefix: true } : {});
-          else if (op.t === 'compact' && s.revision > s.mvcc.compactRev + 1) s.applyCompact(s.revision - 1);
-          else if (op.t === 'revoke' && lease !== 0n) {
-            s.applyLeaseRevoke(lease);
-            lease = 0n;
-          }
-        }
+        const st = { lease: 0n, next: 100n };
+        for (const op of ops) applyOp(s, op, st);
         s.appliedIndex = 77;
         const r = restoreStore(snapshotStore(s), { minTtlSeconds: 1, nowMs: 0 });
         expect(r.revision).toBe(s.revision);
@@ -148,7 +145,7 @@ function applyOp(s: Store, op: Arb, st: { lease: bigint; next: bigint }): void {
   else if (op.t === 'revoke' && st.lease !== 0n) {
     s.applyLeaseRevoke(st.lease);
     st.lease = 0n;
-  }
+  } else if (op.t === 'twice') s.applyTxn({ compare: [], success: twice(op.k, op.shape), failure: [] });
 }
 type Arb = typeof opArb extends fc.Arbitrary<infer T> ? T : never;
 

@@ -11,8 +11,17 @@
  * objects and a million value buffers (issue 5: recovery time). Values decoded from the snapshot
  * are views into its buffer, which therefore stays alive while any of them does (it is the data).
  *
- * Invariants: compactRev <= currentRev; each key's records are in increasing revision order, and
- * the first one is a put.
+ * Every write is a record of its own, as in etcd's backend: a txn that writes one key twice (a put
+ * and a fromKey delete, or nested txns) leaves two records at one main revision, in sub order, and
+ * a watch replaying that revision from the records gets both events (`eventsSince`).
+ *
+ * Reads at the latest revision (the common case) walk a second tree of the keys whose latest
+ * record is a put (`#live`), so keys deleted since the last compaction cost them nothing; reads
+ * at older revisions walk the whole index.
+ *
+ * Invariants: compactRev <= currentRev; each key's records are in increasing {main, sub} order,
+ * the first one is a put and no two tombstones are adjacent; no record's main is above
+ * currentRev except during a write (at currentRev + 1, until it commits or is undone).
  */
 import BTreeModule from 'sorted-btree';
 import { bulkLoad } from 'sorted-btree/extended/bulkLoad.js';
@@ -51,10 +60,22 @@ export interface KeyRecord {
  */
 export type Records = KeyRecord[] | number;
 
+/**
+ * A watch event. `prevKv` is etcd's (v3rpc/watch.go): none for a put that creates the key (its
+ * create revision is its revision, even if the txn deleted an older one first), else the key as
+ * it was at the event's revision - 1, so for a txn's second write of one key it is the key before
+ * the txn (or none), not the txn's first write.
+ */
 export interface MvccEvent {
   readonly type: 'put' | 'delete';
   readonly kv: KeyValue;
   readonly prevKv?: KeyValue;
+}
+
+/** A delete's event, and the kv it deleted (what the delete's response returns as prevKv). */
+export interface MvccDelete {
+  readonly event: MvccEvent;
+  readonly prev: KeyValue;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -109,34 +130,74 @@ function decodeRecords(b: Buffer, off: number, keyLength: number): KeyRecord[] {
   return recs;
 }
 
-/** The main revision of the last encoded record at `off`. */
-function lastEncodedMain(b: Buffer, off: number): number {
+/** The offset of the last encoded record of the records at `off`. */
+function lastEncoded(b: Buffer, off: number): number {
   const n = b.readUInt32LE(off);
   let o = off + 4;
   for (let j = 0; j < n - 1; j++) o += recordBytes(b, o);
-  return u64(b, o);
+  return o;
 }
 
-/** The record in effect at `rev` (the last one at or before it), or undefined. */
+/** The record in effect at `rev` (the last one, in {main, sub} order, at or before it), or undefined. */
 export function recordAt(recs: readonly KeyRecord[], rev: number): KeyRecord | undefined {
   for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main <= rev) return recs[i];
   return undefined;
 }
 
+/** The key's kv before revision `main` (at main - 1) from its records up to index `i`, or undefined. */
+function kvBefore(recs: readonly KeyRecord[], main: number, i = recs.length - 1): KeyValue | undefined {
+  for (; i >= 0; i--) if (recs[i]!.main < main) return recs[i]!.kv;
+  return undefined;
+}
+
+/** A tombstone's event kv: the key, the delete's revision, nothing else (etcd's). */
+const deletedKv = (key: Uint8Array, main: number): KeyValue => ({
+  key,
+  createRevision: 0,
+  modRevision: main,
+  version: 0,
+  value: EMPTY,
+  lease: 0n,
+});
+
 export class Mvcc {
   index: BTree<string, Records> = new BTree<string, Records>(undefined, compareKeys, indexNodeSize);
   /** The snapshot buffer that undecoded (numeric) index entries point into. */
   source: Buffer | undefined;
-  currentRev = 1;
   compactRev = 0;
+  #currentRev = 1;
+  /** The highest main revision of any record: currentRev, or currentRev + 1 during a write. */
+  #top = 1;
+  /**
+   * The keys whose latest record is a put, each with the same `Records` as in `index` (a key's
+   * entry changes in both when its records are decoded: `#decoded`). A scan at a revision at or
+   * above every record's (`#top`) walks it instead of `index`, so keys deleted since the last
+   * compaction cost such a read nothing (a work queue creates and deletes many keys, and nobody
+   * compacts). Built by the first such scan (one pass over the index, decoding nothing; not at
+   * restore, which stays O(keys) without touching records), kept up to date by every write and
+   * undo after that. Costs one more B+ tree entry per live key.
+   */
+  #live: BTree<string, Records> | undefined;
+
+  get currentRev(): number {
+    return this.#currentRev;
+  }
+
+  /** Setting the current revision commits a write (or restores one): no record is above it then. */
+  set currentRev(rev: number) {
+    this.#currentRev = rev;
+    this.#top = rev;
+  }
 
   /**
    * Loads a restored snapshot's keys: `keys` strictly ascending, `offsets[i]` where key i's
    * encoded records start in `source`. Builds the index bottom-up in O(n) (no per-key insert).
+   * `currentRev` must be set first (or right after): no record is above it.
    */
   load(source: Buffer, keys: string[], offsets: number[]): void {
     this.source = keys.length > 0 ? source : undefined;
     this.index = bulkLoad<string, Records>(keys, offsets, indexNodeSize, compareKeys);
+    this.#live = undefined;
   }
 
   /** Takes over another key space's state (a restored Raft snapshot). */
@@ -145,6 +206,8 @@ export class Mvcc {
     this.source = other.source;
     this.currentRev = other.currentRev;
     this.compactRev = other.compactRev;
+    this.#top = other.#top;
+    this.#live = other.#live;
   }
 
   /** A key's records, decoded (and kept decoded) if they were still encoded; undefined if none. */
@@ -152,8 +215,14 @@ export class Mvcc {
     const r = this.index.get(key);
     if (typeof r !== 'number') return r;
     const recs = decodeRecords(this.source!, r, key.length);
-    this.index.set(key, recs);
+    this.#decoded(key, recs);
     return recs;
+  }
+
+  /** Replaces a key's encoded records with their decoding, in the index and the live keys. */
+  #decoded(key: string, recs: KeyRecord[]): void {
+    this.index.set(key, recs);
+    if (recs[recs.length - 1]!.kv) this.#live?.set(key, recs);
   }
 
   /** Decodes without keeping the result (while iterating the index, which must not change). */
@@ -184,36 +253,55 @@ export class Mvcc {
     return recs ? recordAt(recs, rev)?.kv : undefined;
   }
 
-  /** Live keys in [start, end) at `rev`; end '' = the single key, '\0' = to the end. */
+  /** Live keys in [start, end) at `rev`, in key order; end '' = the single key, '\0' = to the end. */
   scan(start: string, end: string, rev: number, visit: (key: string, kv: KeyValue) => void): void {
     if (end === '') {
       const kv = this.getAt(start, rev);
       if (kv) visit(start, kv);
       return;
     }
-    const hi = end === '\u0000' ? undefined : end;
+    // At or above every record, a key's state is its latest record: only live keys have one.
+    const latest = rev >= this.#top;
+    const tree = latest ? (this.#live ?? this.#buildLive()) : this.index;
+    const high = end === '\u0000' ? tree.maxKey() : end;
+    if (high === undefined || start > high) return;
     // Entries decoded on the way are kept once the iteration is over (the tree must not change
-    // under its iterator).
+    // under its iteration).
     let decoded: Array<[string, KeyRecord[]]> | undefined;
-    for (const [k, r] of this.index.entries(start)) {
-      if (hi !== undefined && k >= hi) break;
+    tree.forRange(start, high, end === '\u0000', (k, r) => {
       let recs: KeyRecord[];
       if (typeof r === 'number') {
         recs = decodeRecords(this.source!, r, k.length);
         (decoded ??= []).push([k, recs]);
       } else recs = r;
-      const kv = recordAt(recs, rev)?.kv;
+      const kv = latest ? recs[recs.length - 1]!.kv : recordAt(recs, rev)?.kv;
       if (kv) visit(k, kv);
-    }
-    if (decoded) for (const [k, recs] of decoded) this.index.set(k, recs);
+    });
+    if (decoded) for (const [k, recs] of decoded) this.#decoded(k, recs);
+  }
+
+  /** Builds `#live` from the index (see there). */
+  #buildLive(): BTree<string, Records> {
+    const keys: string[] = [];
+    const values: Records[] = [];
+    const src = this.source;
+    this.index.forEachPair((k, r) => {
+      const live = typeof r === 'number' ? src![lastEncoded(src!, r) + 16] === 1 : !!r[r.length - 1]!.kv;
+      if (!live) return;
+      keys.push(k);
+      values.push(r);
+    });
+    this.#live = bulkLoad<string, Records>(keys, values, indexNodeSize, compareKeys);
+    return this.#live;
   }
 
   /** Undo actions of the current write, run in reverse if it fails midway (a txn is all or nothing). */
   undo: Array<() => void> | undefined;
 
   /**
-   * Writes a put at {main, sub}; returns the event. `recs` and `prev` may be passed when the
-   * caller already looked them up (`records(key)`, and the kv in effect at `main`).
+   * Writes a put at {main, sub}; returns its watch event. `recs` and `prev` may be passed when the
+   * caller already looked them up (`records(key)`, and the kv in effect at `main`, which includes
+   * the txn's earlier writes: the put's version and create revision follow from it).
    */
   put(
     key: string,
@@ -233,49 +321,59 @@ export class Mvcc {
       value,
       lease,
     };
+    // The event's prevKv: none for a create, else the key before this revision (`prev` unless
+    // the txn wrote the key already).
+    const before = !prev ? undefined : recs![recs!.length - 1]!.main === main ? kvBefore(recs!, main) : prev;
     this.#append(key, recs, { main, sub, kv });
-    return prev ? { type: 'put', kv, prevKv: prev } : { type: 'put', kv };
+    return before ? { type: 'put', kv, prevKv: before } : { type: 'put', kv };
   }
 
-  delete(key: string, main: number, sub: number): MvccEvent | undefined {
+  /** Writes a tombstone at {main, sub} if the key is live at `main`. */
+  delete(key: string, main: number, sub: number): MvccDelete | undefined {
     const recs = this.records(key);
     const prev = recs ? recordAt(recs, main)?.kv : undefined;
-    if (!prev) return undefined;
+    if (!recs || !prev) return undefined;
+    const before = recs[recs.length - 1]!.main === main ? kvBefore(recs, main) : prev;
     this.#append(key, recs, { main, sub, kv: undefined });
-    return {
-      type: 'delete',
-      kv: { key: prev.key, createRevision: 0, modRevision: main, version: 0, value: EMPTY, lease: 0n },
-      prevKv: prev,
-    };
+    const kv = deletedKv(prev.key, main);
+    return { event: before ? { type: 'delete', kv, prevKv: before } : { type: 'delete', kv }, prev };
   }
 
+  /** Appends a record (above every other of the key), with its undo. */
   #append(key: string, recs: KeyRecord[] | undefined, r: KeyRecord): void {
-    if (recs) {
-      const last = recs[recs.length - 1]!;
-      // Within one revision (a txn), a later op on the same key replaces the earlier record.
-      if (last.main === r.main) {
-        recs[recs.length - 1] = r;
-        this.undo?.push(() => {
-          recs[recs.length - 1] = last;
-        });
-      } else {
-        recs.push(r);
-        this.undo?.push(() => {
-          recs.pop();
-        });
-      }
-    } else {
-      this.index.set(key, [r]);
+    if (r.main > this.#top) {
+      this.#top = r.main;
       this.undo?.push(() => {
-        this.index.delete(key);
+        this.#top = this.#currentRev;
       });
     }
+    if (!recs) {
+      const added = [r];
+      this.index.set(key, added);
+      this.#live?.set(key, added);
+      this.undo?.push(() => {
+        this.index.delete(key);
+        this.#live?.delete(key);
+      });
+      return;
+    }
+    const wasLive = !!recs[recs.length - 1]!.kv;
+    recs.push(r);
+    if (!r.kv) this.#live?.delete(key);
+    else if (!wasLive) this.#live?.set(key, recs);
+    this.undo?.push(() => {
+      recs.pop();
+      // `#live` as it is now: it may have been built after this record was appended.
+      if (wasLive) this.#live?.set(key, recs);
+      else this.#live?.delete(key);
+    });
   }
 
   /**
    * The events of every revision in [fromRev, toRev) still held in the records, in revision
-   * order (sub-revision order within one), with prevKv — what a watch replays. Used to fill a
-   * watch hub's history for revisions it did not see applied (before a restore or a restart).
+   * order ({main, sub} order: a key written twice in one txn gives two events), each with the
+   * prevKv a live watch got (the key at the revision before) — what a watch replays. Used to fill
+   * a watch hub's history for revisions it did not see applied (before a restore or a restart).
    */
   eventsSince(
     fromRev: number,
@@ -284,27 +382,20 @@ export class Mvcc {
     const byRev = new Map<number, Array<{ sub: number; ev: MvccEvent }>>();
     this.index.forEachPair((k, entry) => {
       // An undecoded key whose last record is older than fromRev has nothing to replay.
-      if (typeof entry === 'number' && lastEncodedMain(this.source!, entry) < fromRev) return;
+      if (typeof entry === 'number' && u64(this.source!, lastEncoded(this.source!, entry)) < fromRev) return;
       const recs = this.#peek(k, entry);
       for (let i = 0; i < recs.length; i++) {
         const r = recs[i]!;
         if (r.main < fromRev) continue;
         if (r.main >= toRev) break;
-        const prev = i > 0 ? recs[i - 1]!.kv : undefined;
-        let ev: MvccEvent | undefined;
-        if (r.kv) ev = prev ? { type: 'put', kv: r.kv, prevKv: prev } : { type: 'put', kv: r.kv };
-        else if (prev) {
-          const kv = {
-            key: prev.key,
-            createRevision: 0,
-            modRevision: r.main,
-            version: 0,
-            value: EMPTY,
-            lease: 0n,
-          };
-          ev = { type: 'delete', kv, prevKv: prev };
+        const before = r.kv?.createRevision === r.main ? undefined : kvBefore(recs, r.main, i - 1);
+        let ev: MvccEvent;
+        if (r.kv) ev = before ? { type: 'put', kv: r.kv, prevKv: before } : { type: 'put', kv: r.kv };
+        else {
+          // A tombstone follows a put (of this revision or an earlier one): that put has the key.
+          const kv = deletedKv(recs[i - 1]!.kv!.key, r.main);
+          ev = before ? { type: 'delete', kv, prevKv: before } : { type: 'delete', kv };
         }
-        if (!ev) continue;
         let list = byRev.get(r.main);
         if (!list) byRev.set(r.main, (list = []));
         list.push({ sub: r.sub, ev });
@@ -315,7 +406,10 @@ export class Mvcc {
       .map(([rev, list]) => ({ rev, events: list.sort((a, b) => a.sub - b.sub).map((x) => x.ev) }));
   }
 
-  /** etcd's compaction rules; drops history below `rev` but keeps each key's state at `rev`. */
+  /**
+   * etcd's compaction rules: drops history below `rev` but keeps each key's state at `rev` (its
+   * last record at or below `rev`, unless that is a tombstone, and every record above).
+   */
   compact(rev: number): void {
     if (rev <= this.compactRev) {
       throw new ConclaveError(ErrorCode.Compacted, 'mvcc: required revision has been compacted', {
@@ -347,7 +441,8 @@ export class Mvcc {
       if (keepFrom > 0) recs.splice(0, keepFrom);
       if (recs.length === 0) drop.push(k);
     });
-    for (const [k, recs] of decoded) if (recs.length > 0) this.index.set(k, recs);
+    // A key whose records all go had a tombstone last: it is not live.
+    for (const [k, recs] of decoded) if (recs.length > 0) this.#decoded(k, recs);
     for (const k of drop) this.index.delete(k);
   }
 }

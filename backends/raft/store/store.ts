@@ -19,7 +19,7 @@ import type {
 } from '../../../src/types.js';
 import { Leases } from './leases.js';
 import { keyString, Mvcc, type MvccEvent, recordAt } from './mvcc.js';
-import { branch, checkPath, checkTxnRequest, choosePath, eventBeforeTxn, type TxnPath } from './txn-check.js';
+import { branch, checkPath, checkTxnRequest, choosePath, type TxnPath } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
 type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
@@ -188,11 +188,12 @@ export class Store {
     this.mvcc.scan(keyString(r.key), keyString(r.end), w.main, (k) => keys.push(k));
     const prevKvs: KeyValue[] = [];
     for (const k of keys) {
-      const ev = this.mvcc.delete(k, w.main, w.sub++);
-      if (!ev) continue;
-      this.leases.detach(ev.prevKv!.lease, k, this.mvcc.undo);
-      w.events.push(ev.prevKv!.modRevision === w.main ? eventBeforeTxn(this.mvcc, k, ev) : ev);
-      prevKvs.push(ev.prevKv!);
+      const d = this.mvcc.delete(k, w.main, w.sub++);
+      if (!d) continue;
+      this.leases.detach(d.prev.lease, k, this.mvcc.undo);
+      w.events.push(d.event);
+      // The response's prevKv is the key as the txn saw it (its own put, if any), as in etcd.
+      prevKvs.push(d.prev);
     }
     if (keys.length > 0) w.changed = true;
     return { revision: w.main, deleted: keys.length, prevKvs: o.prevKv ? prevKvs : [] };

@@ -16,7 +16,7 @@ import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { resolveRange, toBytes } from '../../../src/keys.js';
 import { limits } from '../../../src/limits.js';
 import type { Compare, Op, Txn } from '../../../src/types.js';
-import { keyString, type Mvcc, type MvccEvent } from './mvcc.js';
+import { keyString } from './mvcc.js';
 
 /**
  * etcd's request checks that need no store: at most `limits.txnOpsMax` compares and ops per branch
@@ -159,15 +159,4 @@ export function checkPath(t: Txn, path: TxnPath, checks: PathChecks): void {
   each(t, (op) => {
     if (op.type === 'get' && op.options?.revision) checks.checkRevision(op.options.revision);
   });
-}
-
-/**
- * The watch event of a delete of a key the same txn put before it (etcd's duplicate-key check lets
- * a fromKey delete, or a nested txn after another, do that): etcd gives a watch event the key as
- * it was at the event's revision - 1 as prevKv (v3rpc/watch.go), so the key before the txn (or
- * none), not the txn's own put. The delete's response keeps the put: etcd reads it in the txn.
- */
-export function eventBeforeTxn(mvcc: Mvcc, key: string, ev: MvccEvent): MvccEvent {
-  const before = mvcc.getAt(key, ev.kv.modRevision - 1);
-  return before ? { type: ev.type, kv: ev.kv, prevKv: before } : { type: ev.type, kv: ev.kv };
 }
