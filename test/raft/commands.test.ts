@@ -152,18 +152,69 @@ describe('raft commands — binary encoding', () => {
     });
   });
 
-  it('decoded bytes are copies: they do not share memory with the log entry', () => {
+  it('decoded bytes are plain views into the entry: nothing is copied', () => {
     const data = encodeCommand({
       id: 'x',
       op: 'put',
       key: new Uint8Array([1]),
-      value: new Uint8Array([2]),
+      value: new Uint8Array([2, 3]),
       opts: {},
     });
-    const c = decodeCommand(data) as Extract<Command, { op: 'put' }>;
-    expect(c.value.buffer).not.toBe(data.buffer);
-    data.fill(0);
-    expect([...c.key, ...c.value]).toEqual([1, 2]);
+    // Also through a Buffer (and at an offset): the views are plain Uint8Arrays, whose `slice` copies.
+    const backing = Buffer.alloc(data.length + 5);
+    backing.set(data, 5);
+    for (const input of [data, backing.subarray(5)]) {
+      const c = decodeCommand(input) as Extract<Command, { op: 'put' }>;
+      expect(c.value.buffer).toBe(input.buffer);
+      expect(c.key.buffer).toBe(input.buffer);
+      expect(Object.getPrototypeOf(c.value)).toBe(Uint8Array.prototype);
+      expect(c.value.byteOffset).toBeGreaterThanOrEqual(input.byteOffset);
+      expect(c.value.byteOffset + c.value.length).toBeLessThanOrEqual(input.byteOffset + input.length);
+      expect([...c.key, ...c.value]).toEqual([1, 2, 3]);
+    }
+  });
+
+  it('empty and large values, and keys and values that share one buffer, round-trip', () => {
+    const shared = new Uint8Array(1 << 20);
+    for (let i = 0; i < shared.length; i++) shared[i] = (i * 31) & 0xff;
+    const ops: Op[] = [
+      { type: 'put', key: new Uint8Array(0), value: new Uint8Array(0) },
+      { type: 'put', key: shared.subarray(0, 10), value: shared.subarray(5, 5 + 300_000) },
+      { type: 'put', key: shared.subarray(10, 11), value: shared },
+      { type: 'put', key: shared.subarray(3, 3), value: shared.subarray(7, 8) },
+      { type: 'delete', key: shared.subarray(0, 4), options: { end: shared.subarray(0, 5) } },
+    ];
+    const c = decodeCommand(
+      encodeCommand({ id: 'big', op: 'txn', txn: { compare: [], success: ops, failure: [] } }),
+    ) as Extract<Command, { op: 'txn' }>;
+    // Compared as bytes (deep equality of MiB-long arrays element by element is very slow).
+    const hex = (b: unknown) => Buffer.from(b as Uint8Array).toString('hex');
+    const shape = (o: Op) => ({
+      type: o.type,
+      key: o.type !== 'txn' ? hex(o.key) : '',
+      value: o.type === 'put' ? hex(o.value) : '',
+      end: o.type === 'delete' ? hex(o.options?.end) : '',
+    });
+    expect(c.txn.success.map(shape)).toEqual(ops.map(shape));
+    // Each decoded array is its own window: none overlaps another.
+    const windows = c.txn.success
+      .flatMap((o) => [
+        o.type !== 'txn' ? (o.key as Uint8Array) : undefined,
+        o.type === 'put' ? (o.value as Uint8Array) : undefined,
+      ])
+      .filter((b): b is Uint8Array => b !== undefined && b.length > 0)
+      .map((b) => [b.byteOffset, b.byteOffset + b.length] as const)
+      .sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < windows.length; i++)
+      expect(windows[i]![0]).toBeGreaterThanOrEqual(windows[i - 1]![1]);
+    // Plain single-key commands too.
+    for (const value of [new Uint8Array(0), shared]) {
+      const p = decodeCommand(
+        encodeCommand({ id: 'p', op: 'put', key: shared.subarray(1, 3), value, opts: { prevKv: true } }),
+      ) as Extract<Command, { op: 'put' }>;
+      expect(Buffer.compare(p.value, value)).toBe(0);
+      expect([...p.key]).toEqual([...shared.subarray(1, 3)]);
+    }
   });
 
   it('every truncation of a valid command, and trailing bytes, fail corrupt', () => {

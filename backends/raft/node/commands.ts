@@ -18,9 +18,18 @@
  *   field i is present), then the present fields in order. Booleans are encoded by their truthiness (how the store reads them); fields the store
  *   does not read (such as `signal`) are not encoded.
  *
- * Decoding copies every byte string out of the entry (a stored value must not pin a log entry or
- * a whole WAL segment read at recovery). A payload whose first byte is not a known format version
- * (a JSON command of a pre-1.0 data directory starts with `{`) is refused with `corrupt`.
+ * Decoding copies nothing: every byte string of the command (keys, values, range ends, compare
+ * values) is a view into the entry's data, which the stored values then share (one array per
+ * entry instead of one per value: a million value copies took most of the time of applying a
+ * recovered WAL tail, and their garbage collection more). That makes two demands on the caller,
+ * met by every producer of entry data today:
+ * - nobody modifies the data afterwards (the store hands values out read-only; the log, the WAL
+ *   writer and the in-memory transport only read entries; `encodeCommand` returns a fresh array);
+ * - the data is not a window of a much larger buffer, which a stored value would pin for as long
+ *   as it lives: the WAL reader copies each entry out of the segment it read (`decodePayload` in
+ *   storage/records.ts), and a network transport must do the same with its read buffers.
+ * A payload whose first byte is not a known format version (a JSON command of a pre-1.0 data
+ * directory starts with `{`) is refused with `corrupt`.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type {
@@ -280,8 +289,7 @@ class Reader {
   p = 0;
 
   constructor(b: Uint8Array) {
-    // A plain view: `slice` must copy (Buffer's `slice` would return a view into the entry).
-    this.#b = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    this.#b = b;
     this.#dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   }
 
@@ -325,10 +333,11 @@ class Reader {
     return this.u8() !== 0;
   }
 
+  /** A view into the entry (see the module comment), always a plain `Uint8Array`. */
   bytes(): Uint8Array {
     const n = this.varint();
     this.#need(n);
-    const out = this.#b.slice(this.p, this.p + n);
+    const out = new Uint8Array(this.#b.buffer, this.#b.byteOffset + this.p, n);
     this.p += n;
     return out;
   }
