@@ -199,9 +199,17 @@ export async function waitTurn(
   signal: AbortSignal,
   initial?: QueueView,
 ): Promise<Turn> {
-  const ownership = watchKeyLoss(kv, spec.myKey, myRev);
+  const ownership = new AbortController();
+  // Start the wait (which, given `initial`, opens the predecessor's watch synchronously) BEFORE
+  // the own-key watch: one client's watch creates are answered one at a time, and etcd delivers
+  // the events of a watch whose start revision is already in the past only from its next
+  // unsynced-watcher pass (every 100 ms). The predecessor's delete is the latency-critical event,
+  // so its watch goes first, as close to our txn's revision as possible. The own-key watch starts
+  // from our key's creation whenever it is created, so it misses nothing either way.
+  const waiting = waitBlockers(kv, spec, myRev, signal, ownership.signal, initial);
+  watchOwnership(kv, toBytes(spec.myKey), myRev, myRev + 1, ownership);
   try {
-    return { revision: await waitBlockers(kv, spec, myRev, signal, ownership.signal, initial), ownership };
+    return { revision: await waiting, ownership };
   } catch (err) {
     ownership.abort();
     throw err;
