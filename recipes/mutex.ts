@@ -17,7 +17,8 @@ import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, LeaseId } from '../src/types.js';
 import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
-import { enqueue, type TurnSpec, waitTurn, watchKeyLoss } from './internal/queue.js';
+import { watchGeneration } from './internal/key-watch.js';
+import { enqueue, type TurnSpec, waitTurn } from './internal/queue.js';
 
 /** The current holder, returned by `tryLock()` when the lock is taken. */
 export interface LockHeld {
@@ -72,7 +73,7 @@ export class Mutex {
     const e = await enqueue(this.session, this.#spec, '', opts.signal);
     const owner = e.first;
     if (!owner || owner.createRevision === e.myRev)
-      return Ok(this.#handle(e.myRev, watchKeyLoss(this.session.kv, this.#spec.myKey, e.myRev)));
+      return Ok(this.#handle(e.myRev, watchGeneration(this.session, this.#spec.myKey, e.myRev)));
     // Go's TryLock deletes the key unconditionally; we delete only the key this call created.
     if (e.created) await this.#deleteOwn(e.myRev);
     return Err({ key: toText(owner.key), lease: owner.lease, token: owner.createRevision });
@@ -93,7 +94,9 @@ export class Mutex {
       const e = await enqueue(this.session, this.#spec, '', signal);
       myRev = e.myRev;
       created = e.created;
-      const turn = await waitTurn(this.session.kv, this.#spec, myRev, signal, e.view);
+      // The watch of our own key is kept across this session's lock cycles (internal/key-watch.ts).
+      const own = watchGeneration(this.session, this.#spec.myKey, myRev);
+      const turn = await waitTurn(this.session.kv, this.#spec, myRev, signal, e.view, own);
       return this.#handle(myRev, turn.ownership);
     } catch (err) {
       // Leave no key behind: an aborted or failed acquire must not block the next owner. A key

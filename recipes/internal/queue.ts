@@ -190,7 +190,9 @@ export function watchKeyLoss(kv: KV, key: string, myRev: number): AbortControlle
  * Waits for our turn. Fails with `session-lost` as soon as our own key disappears (its lease
  * expired or was revoked, or someone deleted it): the watch of our key runs for the whole wait and
  * is handed on to the holder's `lost`, so acquiring opens no watch of its own. `signal` should
- * include `session.lost`.
+ * include `session.lost`. `ownKey`, when given, is a controller that already fires when generation
+ * `myRev` of our key is deleted after its creation (the caller watches it, e.g. with a watch kept
+ * across lock cycles); otherwise a watch is opened here.
  */
 export async function waitTurn(
   kv: KV,
@@ -198,8 +200,9 @@ export async function waitTurn(
   myRev: number,
   signal: AbortSignal,
   initial?: QueueView,
+  ownKey?: AbortController,
 ): Promise<Turn> {
-  const ownership = new AbortController();
+  const ownership = ownKey ?? new AbortController();
   // Start the wait (which, given `initial`, opens the predecessor's watch synchronously) BEFORE
   // the own-key watch: one client's watch creates are answered one at a time, and etcd delivers
   // the events of a watch whose start revision is already in the past only from its next
@@ -207,7 +210,7 @@ export async function waitTurn(
   // so its watch goes first, as close to our txn's revision as possible. The own-key watch starts
   // from our key's creation whenever it is created, so it misses nothing either way.
   const waiting = waitBlockers(kv, spec, myRev, signal, ownership.signal, initial);
-  watchOwnership(kv, toBytes(spec.myKey), myRev, myRev + 1, ownership);
+  if (!ownKey) watchOwnership(kv, toBytes(spec.myKey), myRev, myRev + 1, ownership);
   try {
     return { revision: await waiting, ownership };
   } catch (err) {

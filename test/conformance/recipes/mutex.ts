@@ -1,26 +1,53 @@
 import { expect, it } from 'vitest';
+import { keyWatchLingerMs } from '../../../recipes/internal/key-watch.js';
 import { Mutex } from '../../../recipes/mutex.js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
+import type { Watch } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
 
-/** `kv`, recording the key of every watch opened through it (to see what a waiter waits on). */
-function watchSpy(kv: KV): { kv: KV; watched: string[] } {
+/**
+ * `kv`, recording the key of every watch opened through it (to see what a waiter waits on). With
+ * `failNext`, the next watch of that key fails at once with the given error instead.
+ */
+function watchSpy(kv: KV): { kv: KV; watched: string[]; failNext: Map<string, unknown> } {
   const watched: string[] = [];
+  const failNext = new Map<string, unknown>();
   const spied = new Proxy(kv, {
     get(target, p, receiver) {
       if (p === 'watch')
-        return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]) => {
-          watched.push(typeof key === 'string' ? key : toText(key));
+        return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]): Watch => {
+          const k = typeof key === 'string' ? key : toText(key);
+          watched.push(k);
+          if (failNext.has(k)) {
+            const err = failNext.get(k);
+            failNext.delete(k);
+            return failingWatch(err);
+          }
           return target.watch(key, opts);
         };
       const v = Reflect.get(target, p, receiver);
       return typeof v === 'function' ? v.bind(target) : v;
     },
   });
-  return { kv: spied, watched };
+  return { kv: spied, watched, failNext };
+}
+
+function failingWatch(err: unknown): Watch {
+  const ready = Promise.reject(err);
+  ready.catch(() => undefined);
+  return {
+    ready,
+    close: async () => undefined,
+    [Symbol.asyncDispose]: async () => undefined,
+    // biome-ignore lint/correctness/useYield: a watch that fails before its first batch
+    async *[Symbol.asyncIterator]() {
+      throw err;
+    },
+  };
 }
 
 /**
@@ -315,5 +342,76 @@ export const registerMutexTests: RegisterTests = (ctx) => {
       await kv.lease.revoke(b.session.lease);
       await expect(b.waiting).rejects.toMatchObject({ code: 'session-lost' });
     });
+  });
+
+  it("mutex — lock cycles of one session share one watch of its key; a new holder's lost ignores the previous unlock's delete", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-kept-watch')}lock`;
+    const spy = watchSpy(kv);
+    await using s = await Session.create(spy.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(s, name);
+    const ownWatches = () => spy.watched.filter((k) => k === m.key).length;
+    const tokens: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const h = await m.lock();
+      tokens.push(h.token);
+      await h.unlock();
+      expect(h.lost.aborted).toBe(true);
+    }
+    // Also across Mutex objects of the same session and name.
+    const h = await new Mutex(s, name).lock();
+    expect(h.token).toBeGreaterThan(tokens[2]!);
+    expect(ownWatches()).toBe(1);
+    // The kept watch delivered the earlier unlocks' deletes (all below h.token): h still holds.
+    await sleep(150);
+    expect(h.lost.aborted).toBe(false);
+    const del = await kv.delete(h.key); // someone removes the key: the holder must learn it
+    await waitFor(() => h.lost.aborted, 5000, 'lost after the delete');
+    expect(String((h.lost.reason as Error).message)).toContain(`revision ${del.revision}`);
+    // After the linger time with nothing held, the kept watch is closed; the next lock opens one.
+    await sleep(keyWatchLingerMs + 300);
+    const again = await m.lock();
+    expect(ownWatches()).toBe(2);
+    await sleep(150);
+    expect(again.lost.aborted).toBe(false);
+    await kv.lease.revoke(s.lease);
+    await waitFor(() => again.lost.aborted, 5000, 'lost after the revoke');
+  });
+
+  it("mutex — when the kept watch of the holder's key loses its history, the holder is re-checked against the present", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-kept-compacted')}lock`;
+    const spy = watchSpy(kv);
+    await using s = await Session.create(spy.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(s, name);
+    spy.failNext.set(
+      m.key,
+      new ConclaveError(ErrorCode.Compacted, 'compacted (test)', { compactRevision: 1 }),
+    );
+    const h = await m.lock();
+    // The kept watch failed; the holder continues on a watch of its own, which reads the key.
+    await waitFor(() => spy.watched.filter((k) => k === m.key).length === 2, 5000, 'the hand-over watch');
+    await sleep(150);
+    expect(h.lost.aborted).toBe(false);
+    await kv.delete(h.key);
+    await waitFor(() => h.lost.aborted, 5000, 'lost after the delete');
+  });
+
+  it("mutex — when the kept watch of the holder's key fails otherwise, the holder's lost fires", async () => {
+    const { prefix, kv, backend } = ctx();
+    const name = `${prefix('mutex-kept-failed')}lock`;
+    const spy = watchSpy(kv);
+    await using s = await Session.create(spy.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(s, name);
+    spy.failNext.set(m.key, new ConclaveError(ErrorCode.Unavailable, 'watch stream gone (test)'));
+    const h = await m.lock();
+    await waitFor(() => h.lost.aborted, 5000, 'lost after the watch failed');
+    expect(h.lost.reason).toMatchObject({ code: 'session-lost' });
+    await h.unlock();
+    // The next lock opens a fresh kept watch and works normally.
+    const again = await m.lock();
+    await sleep(150);
+    expect(again.lost.aborted).toBe(false);
+    await again.unlock();
   });
 };
