@@ -154,11 +154,19 @@ function fixedSize(type: number, payload: Uint8Array, n: number): void {
 }
 
 /**
+ * How an Entry record's data is decoded: `copy` (the default) gives each entry bytes of its own;
+ * `view` returns a plain `Uint8Array` view into `payload`'s buffer, for a caller that copies the
+ * entries it keeps before that buffer is reused or modified (the WAL's recovery: most entries it
+ * reads are covered by the snapshot and dropped, and their copies were a third of reading a WAL).
+ */
+export type EntryData = 'copy' | 'view';
+
+/**
  * Decodes a payload whose CRC already matched; throws on a malformed one. A Metadata record of
  * another WAL format fails `corrupt` with a message that names both formats: the records after it
  * cannot be read by this build.
  */
-export function decodePayload(type: number, payload: Uint8Array): WalRecord {
+export function decodePayload(type: number, payload: Uint8Array, entryData: EntryData = 'copy'): WalRecord {
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   switch (type) {
     case RecordType.Metadata: {
@@ -184,8 +192,16 @@ export function decodePayload(type: number, payload: Uint8Array): WalRecord {
           term: getU64(dv, 0),
           index: getU64(dv, 8),
           type: payload[16] as EntryType,
-          // A copy: the log must not pin the whole segment buffer it was read from.
-          data: new Uint8Array(payload.subarray(entryHeadBytes)),
+          // A copy unless asked otherwise: the log and the values the store keeps from it (views
+          // into the entry, see node/commands.ts) must not pin the whole segment buffer.
+          data:
+            entryData === 'view'
+              ? new Uint8Array(
+                  payload.buffer,
+                  payload.byteOffset + entryHeadBytes,
+                  payload.length - entryHeadBytes,
+                )
+              : new Uint8Array(payload.subarray(entryHeadBytes)),
         },
       };
     }

@@ -29,6 +29,7 @@ import { crc32c } from './crc32c.js';
 import { hex16, syncDir, writeZeros } from './fs-util.js';
 import {
   decodePayload,
+  type EntryData,
   endMarker,
   frame,
   frameBytes,
@@ -106,9 +107,15 @@ interface ScanResult {
 
 /**
  * Parses one segment. `last`: whether this is the newest segment (the only one that may have a
- * torn tail).
+ * torn tail). `entryData`: as in `decodePayload` (`view`: entries share `buf`, and the caller
+ * copies those it keeps before it reuses or modifies `buf`).
  */
-export function scanSegment(buf: Uint8Array, file: string, last: boolean): ScanResult {
+export function scanSegment(
+  buf: Uint8Array,
+  file: string,
+  last: boolean,
+  entryData: EntryData = 'copy',
+): ScanResult {
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const records: ScanResult['records'] = [];
   let o = 0;
@@ -135,7 +142,7 @@ export function scanSegment(buf: Uint8Array, file: string, last: boolean): ScanR
       return fail();
     let rec: WalRecord;
     try {
-      rec = decodePayload(type, buf.subarray(o + headerBytes, recEnd - 1));
+      rec = decodePayload(type, buf.subarray(o + headerBytes, recEnd - 1), entryData);
     } catch (err) {
       // A segment of another WAL format: not damage, and its own message says what to do.
       if (ConclaveError.is(err))
@@ -192,6 +199,40 @@ function validRecordAfter(buf: Uint8Array, from: number, z: number): boolean {
     if (crc32c(buf, 0, p + 8, payloadEnd) === dv.getUint32(p + 4, true)) return true;
   }
   return false;
+}
+
+/**
+ * Reads a whole file into `reuse` when it is large enough (else into a new buffer): the bytes
+ * read, as a view of the buffer used.
+ */
+async function readWhole(file: string, reuse: Uint8Array | undefined): Promise<Uint8Array> {
+  const fh = await fsp.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const buf = reuse !== undefined && reuse.length >= size ? reuse : new Uint8Array(size);
+    let got = 0;
+    while (got < size) {
+      const { bytesRead } = await fh.read(buf, got, size - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Gives the entries of `ents` whose data is a view into `buf` bytes of their own. They are a
+ * suffix of `ents` (replay appends a segment's entries after those of earlier segments, which
+ * were already copied, and truncates only suffixes).
+ */
+function ownEntriesFrom(ents: Entry[], buf: Uint8Array): void {
+  for (let i = ents.length - 1; i >= 0; i--) {
+    const e = ents[i]!;
+    if (e.data.buffer !== buf.buffer) break;
+    ents[i] = { term: e.term, index: e.index, type: e.type, data: e.data.slice() };
+  }
 }
 
 export class Wal {
@@ -262,13 +303,17 @@ export class Wal {
       await this.#createSegment(0, afterIndex + 1);
       return { hardState: state.hardState, entries: state.ents };
     }
+    // Every segment is read into the same buffer (fresh memory is what reading costs most), and
+    // parsed with entries as views into it; the entries the log keeps are copied out before the
+    // next segment overwrites it.
+    let readBuf: Uint8Array | undefined;
     for (let i = 0; i < this.#segments.length; i++) {
       const seg = this.#segments[i]!;
       const file = join(this.dir, seg.name);
-      const read = await fsp.readFile(file);
-      const buf = new Uint8Array(read.buffer, read.byteOffset, read.byteLength);
+      const buf = await readWhole(file, readBuf);
+      if (readBuf === undefined || buf.buffer !== readBuf.buffer) readBuf = buf;
       const last = i === this.#segments.length - 1;
-      const scan = scanSegment(buf, file, last);
+      const scan = scanSegment(buf, file, last, 'view');
       const first = scan.records[0]?.rec;
       if (!first || first.type !== RecordType.Metadata) {
         if (last && scan.records.length === 0 && scan.tornBytes === 0 && i > 0) {
@@ -277,6 +322,7 @@ export class Wal {
       } else if (first.nodeId !== this.#o.nodeId || first.segment !== seg.seq)
         throw walCorrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
       replayRecords(scan.records, base, file, state);
+      ownEntriesFrom(state.ents, buf);
       if (last) {
         this.#offset = scan.end;
         if (scan.tornBytes > 0) {
