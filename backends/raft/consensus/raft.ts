@@ -228,8 +228,12 @@ export class Raft {
       this.log.stabled = Math.max(this.log.stabled, rd.snapshot.meta.index);
     }
     const lastEnt = rd.entries[rd.entries.length - 1];
-    if (lastEnt && this.log.term(lastEnt.index) === lastEnt.term)
+    if (lastEnt && this.log.term(lastEnt.index) === lastEnt.term) {
       this.log.stabled = Math.max(this.log.stabled, lastEnt.index);
+      // The leader counts its own entries toward a quorum only once they are durable (its
+      // appends may have gone out to followers before its own write finished).
+      if (this.role === Role.Leader) this.#selfPersisted();
+    }
     const lastApplied = rd.committed[rd.committed.length - 1];
     // A snapshot received while this Ready was being persisted (the driver keeps stepping
     // messages meanwhile) already moved `applied` past these entries: nothing to record then.
@@ -368,7 +372,9 @@ export class Raft {
     const self = this.prs.get(this.id);
     if (self) {
       self.becomeReplicate();
-      self.match = this.log.lastIndex;
+      // What it has persisted: a member keeps stepping messages while a Ready is being written,
+      // so its log may hold entries that are not durable yet (counted at advance).
+      self.match = Math.min(this.log.lastIndex, this.log.stabled);
     }
     // Any uncommitted conf change in the log counts as pending until applied.
     this.#pendingConfIndex = this.log.lastIndex;
@@ -748,9 +754,14 @@ export class Raft {
     let i = this.log.lastIndex;
     const out = ents.map((e) => ({ term: this.term, index: ++i, type: e.type, data: e.data }));
     this.log.append(out);
+    // The leader's own progress moves when the entries are persisted (advance), not here: the
+    // driver may send them to followers before its own write is durable (Raft thesis §10.2.1).
+  }
+
+  /** The leader's own entries up to `stabled` are durable: count them, and commit what that allows. */
+  #selfPersisted(): void {
     const self = this.prs.get(this.id);
-    if (self) self.maybeUpdate(this.log.lastIndex);
-    this.#maybeCommit();
+    if (self?.maybeUpdate(this.log.stabled) && this.#maybeCommit()) this.#bcastAppend();
   }
 
   /** §5.3/§5.4.2: commit the highest index replicated on a quorum, only if it is of this term. */

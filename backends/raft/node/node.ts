@@ -14,7 +14,15 @@ import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { ProposalDropped } from '../consensus/assert.js';
 import { MemoryStorage, type NodeStorage } from '../consensus/memory-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
-import { EntryType, type Message, type NodeId, type Ready, Role, type Snapshot } from '../consensus/types.js';
+import {
+  EntryType,
+  type Message,
+  MessageType,
+  type NodeId,
+  type Ready,
+  Role,
+  type Snapshot,
+} from '../consensus/types.js';
 import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
 import type { Transport } from '../transport/memory.js';
@@ -90,6 +98,9 @@ export class RaftNode {
     this.id = o.id;
     this.storage = o.storage ?? new MemoryStorage({ voters: o.voters, learners: [] });
     const snap = this.storage.snapshot();
+    const hs = this.storage.initialState().hardState;
+    this.#durableTerm = hs.term;
+    this.#durableVote = hs.vote;
     // Restart: the state machine comes back from the snapshot; the core replays the log after it.
     this.store =
       snap.meta.index > 0 && snap.data.length > 0
@@ -156,9 +167,15 @@ export class RaftNode {
   #loop(): void {
     while (!this.#stopped && !this.#persisting && this.raft.hasReady()) {
       const rd = this.raft.ready();
-      // Persist before sending or applying anything of this Ready (Raft §5: durable before
-      // answering). While an asynchronous save is in flight, proposals and messages keep
-      // accumulating in the core; the next Ready carries all of them to one fdatasync.
+      // Persist before applying anything of this Ready or sending anything that vouches for it
+      // (Raft §5: durable before answering). While an asynchronous save is in flight, proposals
+      // and messages keep accumulating in the core; the next Ready carries all of them to one
+      // fdatasync. A leader's appends and heartbeats go out at once, so that its write and its
+      // followers' overlap (Raft thesis §10.2.1; etcd does the same): the core counts the
+      // leader's own entries toward a commit only once they are persisted (advance), and the
+      // term those messages carry is already durable (checked here: a Ready that changes the
+      // term or vote sends nothing early). Votes and acknowledgements wait for the write.
+      const late = this.#sendEarly(rd);
       let saving: void | Promise<void>;
       try {
         saving = this.storage.save(rd);
@@ -172,7 +189,7 @@ export class RaftNode {
           () => {
             this.#persisting = false;
             if (this.#stopped) return;
-            this.#afterPersist(rd);
+            this.#afterPersist(rd, late);
             this.#schedule();
           },
           (err: unknown) => {
@@ -182,12 +199,39 @@ export class RaftNode {
         );
         return;
       }
-      this.#afterPersist(rd);
+      this.#afterPersist(rd, late);
     }
   }
 
-  #afterPersist(rd: Ready): void {
-    this.#o.transport.send(rd.messages);
+  /** The term and vote on disk (what a Ready may send early under). */
+  #durableTerm = 0;
+  #durableVote = 0;
+
+  /** Sends what a leader may send before its Ready is durable; returns the rest. */
+  #sendEarly(rd: Ready): readonly Message[] {
+    const hs = rd.hardState;
+    if (
+      this.raft.role !== Role.Leader ||
+      rd.messages.length === 0 ||
+      (hs !== undefined && (hs.term !== this.#durableTerm || hs.vote !== this.#durableVote))
+    )
+      return rd.messages;
+    const early: Message[] = [];
+    const late: Message[] = [];
+    for (const m of rd.messages) {
+      if (m.type === MessageType.Append || m.type === MessageType.Heartbeat) early.push(m);
+      else late.push(m);
+    }
+    if (early.length > 0) this.#o.transport.send(early);
+    return late;
+  }
+
+  #afterPersist(rd: Ready, messages: readonly Message[]): void {
+    if (rd.hardState) {
+      this.#durableTerm = rd.hardState.term;
+      this.#durableVote = rd.hardState.vote;
+    }
+    this.#o.transport.send(messages);
     if (rd.snapshot) this.#installSnapshot(rd.snapshot);
     for (const e of rd.committed) {
       if (e.index <= this.store.appliedIndex) continue;
