@@ -246,6 +246,37 @@ const txnArbs = fc.letrec<{ txn: TxnSpec; op: TxnOpSpec; nested: TxnSpec; leafOp
  * for new ones, until it is fixed.
  */
 
+/**
+ * A txn that writes one key more than once, which etcd's duplicate-key check lets through: a put
+ * beside a fromKey delete covering it (either order, or deleted again after), or a nested txn's
+ * delete of what an earlier nested txn put. `txnArbs` makes these rarely (about 3% of txns), so
+ * they are also generated on purpose: each write is an event a watch replaying the run must see.
+ */
+const writesTwiceArb: fc.Arbitrary<TxnSpec> = fc
+  .record({
+    k: key,
+    v: value,
+    shape: fc.constantFrom(0, 1, 2, 3),
+    compare: fc.array(compareArb, { maxLength: 1 }),
+  })
+  .map(({ k, v, shape, compare }) => {
+    const put: TxnOpSpec = { type: 'put', key: k, value: v, prevKv: true };
+    const from: TxnOpSpec = { type: 'delete', sel: { kind: 'from', key: k }, prevKv: true };
+    const nested = (op: TxnOpSpec): TxnOpSpec => ({
+      type: 'txn',
+      txn: { compare: [], success: [op], failure: [] },
+    });
+    const ops: TxnOpSpec[] =
+      shape === 0
+        ? [put, from]
+        : shape === 1
+          ? [from, put]
+          : shape === 2
+            ? [from, put, from]
+            : [nested(put), nested({ type: 'delete', sel: { kind: 'one', key: k }, prevKv: true })];
+    return { compare, success: ops, failure: [] };
+  });
+
 export const opArb: fc.Arbitrary<OpSpec> = fc.oneof(
   {
     // Most puts are plain: ignoreValue/ignoreLease on a missing key, or a lease not granted yet,
@@ -285,6 +316,7 @@ export const opArb: fc.Arbitrary<OpSpec> = fc.oneof(
     }),
     weight: 5,
   },
+  { arbitrary: fc.record({ op: fc.constant('txn' as const), txn: writesTwiceArb }), weight: 1 },
   { arbitrary: fc.record({ op: fc.constant('compact' as const), revision: revArb }), weight: 2 },
   { arbitrary: fc.record({ op: fc.constant('grant' as const), lease: leaseIdx }), weight: 3 },
   { arbitrary: fc.record({ op: fc.constant('revoke' as const), lease: leaseIdx }), weight: 1 },
