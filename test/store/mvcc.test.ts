@@ -141,6 +141,19 @@ describe('mvcc records and live keys', () => {
     }
   });
 
+  it('an index replaced from outside (a copy-on-write clone, say) is noticed: the live keys are rebuilt from it', () => {
+    const s = new Store({ minTtlSeconds: 1 });
+    for (const k of ['a', 'b']) s.applyPut(enc.encode(k), enc.encode('1'));
+    expect(shown(s.range('', { prefix: true }).kvs)).toEqual(['a=1@2/2/1', 'b=1@3/3/1']);
+    const original = s.mvcc.index;
+    s.mvcc.index = original.clone();
+    s.applyPut(enc.encode('c'), enc.encode('1'));
+    s.applyDelete('a');
+    expect(original.has('c')).toBe(false);
+    expect(shown(s.range('', { prefix: true }).kvs)).toEqual(['b=1@3/3/1', 'c=1@4/4/1']);
+    expect(shown(s.range('', { prefix: true }).kvs)).toEqual(fullScan(s, s.revision));
+  });
+
   it('a txn writing one key twice keeps both records at its revision, in sub order; reads see the last', () => {
     const s = new Store({ minTtlSeconds: 1 });
     s.applyPut(enc.encode('k'), enc.encode('old'));

@@ -178,6 +178,8 @@ export class Mvcc {
    * undo after that. Costs one more B+ tree entry per live key.
    */
   #live: BTree<string, Records> | undefined;
+  /** The index `#live` was built from: if `index` was replaced by other means, it is rebuilt. */
+  #liveOf: BTree<string, Records> | undefined;
 
   get currentRev(): number {
     return this.#currentRev;
@@ -208,6 +210,7 @@ export class Mvcc {
     this.compactRev = other.compactRev;
     this.#top = other.#top;
     this.#live = other.#live;
+    this.#liveOf = other.#liveOf;
   }
 
   /** A key's records, decoded (and kept decoded) if they were still encoded; undefined if none. */
@@ -262,7 +265,11 @@ export class Mvcc {
     }
     // At or above every record, a key's state is its latest record: only live keys have one.
     const latest = rev >= this.#top;
-    const tree = latest ? (this.#live ?? this.#buildLive()) : this.index;
+    const tree = latest
+      ? this.#liveOf === this.index && this.#live
+        ? this.#live
+        : this.#buildLive()
+      : this.index;
     const high = end === '\u0000' ? tree.maxKey() : end;
     if (high === undefined || start > high) return;
     // Entries decoded on the way are kept once the iteration is over (the tree must not change
@@ -292,6 +299,7 @@ export class Mvcc {
       values.push(r);
     });
     this.#live = bulkLoad<string, Records>(keys, values, indexNodeSize, compareKeys);
+    this.#liveOf = this.index;
     return this.#live;
   }
 
