@@ -6,10 +6,14 @@
  * record and the latest HardState, so older segments can be released without losing it. Records
  * are framed as in records.ts.
  *
- * Durability: `save()` writes every record of one Ready and fdatasyncs once (group commit: the
- * node hands it everything that accumulated during the previous flush). A segment is fsynced
- * before the next one is written, so only the last segment can end in an unsynced (possibly torn)
- * write, and that tail is at most `unsyncedBytesMax` plus one record long.
+ * Durability: `save()` writes every record of one Ready in one write that returns once it is
+ * durable (group commit: the node hands it everything that accumulated during the previous flush).
+ * The segment being written is opened with O_DSYNC, which makes each write complete as a write
+ * followed by an fdatasync would, in one call: one thread-pool round trip per Ready instead of
+ * two (about 15% of the CPU per put of a 3-member durable cluster, 2026-11-29). Where the
+ * platform has no O_DSYNC, each write is followed by an fdatasync. A segment is durable before
+ * the next one is written, so only the last segment can end in an unsynced (possibly torn) write,
+ * and that tail is at most `unsyncedBytesMax` plus one record long.
  *
  * Recovery reads every segment in order. Where a record fails to parse:
  * - the rest of the segment is zeros → the clean end of the log;
@@ -20,7 +24,7 @@
  *   followed by more data than one unsynced window) → corruption: `ConclaveError('corrupt')`
  *   naming the file and offset. The node refuses to start; it never serves a damaged log.
  */
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { assert } from '../consensus/assert.js';
@@ -44,10 +48,15 @@ import { finishReplay, newReplayState, type ReplayBase, replayRecords, walCorrup
 
 /** Default segment size (etcd's is 64 MB as well). */
 export const segmentBytesDefault = 64 * 1024 * 1024;
-/** The writer fsyncs at least every this many bytes, which bounds a torn tail on recovery. */
+/** The writer makes its writes durable at least every this many bytes, which bounds a torn tail on recovery. */
 export const unsyncedBytesMax = 8 * 1024 * 1024;
 /** Segments one WAL may hold (a bound on directory listings and on recovery work). */
 export const segmentsMax = 10_000;
+
+/** O_DSYNC where the platform has it (see the file comment), else undefined. */
+const oDsync: number | undefined = fsConstants.O_DSYNC;
+/** How the segment being written is opened. */
+const segmentWriteFlags: number | string = oDsync !== undefined ? fsConstants.O_RDWR | oDsync : 'r+';
 
 export interface WalOptions {
   readonly dir: string;
@@ -245,7 +254,7 @@ export class Wal {
   #hardState: HardState = { term: 0, vote: 0, commit: 0 };
   #busy = false;
   #closed = false;
-  /** Statistics: fsyncs done and entries written (for benchmarks). */
+  /** Statistics: durable writes (fsyncs) done and entries written (for benchmarks). */
   readonly stats = { syncs: 0, entries: 0, bytes: 0 };
 
   private constructor(o: WalOptions) {
@@ -348,7 +357,7 @@ export class Wal {
     this.#hardState = hardState;
     this.#lastIndex = ents.length > 0 ? ents[ents.length - 1]!.index : afterIndex;
     const lastSeg = this.#segments[this.#segments.length - 1]!;
-    this.#fh = await fsp.open(join(this.dir, lastSeg.name), 'r+');
+    this.#fh = await fsp.open(join(this.dir, lastSeg.name), segmentWriteFlags);
     if (this.#offset === 0) await this.#writeRaw(this.#segmentHeader(lastSeg.seq));
     // Make the discard durable: without the reset, the next recovery would again find the old
     // term at the snapshot's index and would discard the entries written after this start too.
@@ -378,7 +387,13 @@ export class Wal {
     await fsp.rename(spare.path, join(this.dir, name));
     await syncDir(this.dir);
     await this.#fh?.close();
-    this.#fh = spare.fh;
+    this.#fh = undefined;
+    if (oDsync === undefined) this.#fh = spare.fh;
+    else {
+      // The spare was zero-filled without O_DSYNC (one sync at the end); writes now need it.
+      await spare.fh.close();
+      this.#fh = await fsp.open(join(this.dir, name), segmentWriteFlags);
+    }
     this.#offset = header.length;
     this.stats.bytes += header.length;
     this.#segments.push({ seq, firstIndex, name });
@@ -425,7 +440,7 @@ export class Wal {
   }
 
   /**
-   * Appends records and makes them durable (one fdatasync per `unsyncedBytesMax`, normally one).
+   * Appends records and makes them durable (one durable write per `unsyncedBytesMax`, normally one).
    * Entries replace any suffix they overwrite on replay. Only one save runs at a time.
    */
   async save(records: readonly WalRecord[]): Promise<void> {
@@ -453,14 +468,12 @@ export class Wal {
         const size = frameBytes(r);
         if (this.#offset + chunkBytes + size > this.#o.segmentBytes && this.#offset > 0) {
           await flush(i);
-          await this.#fh!.datasync();
-          this.stats.syncs++;
+          await this.#durable();
           await this.#createSegment(this.#segments[this.#segments.length - 1]!.seq + 1, this.#lastIndex + 1);
         }
         if (chunkBytes + size > unsyncedBytesMax && chunkBytes > 0) {
           await flush(i);
-          await this.#fh!.datasync();
-          this.stats.syncs++;
+          await this.#durable();
         }
         chunkBytes += size;
         if (r.type === RecordType.Entry) {
@@ -470,11 +483,16 @@ export class Wal {
         else if (r.type === RecordType.LogReset) this.#lastIndex = r.index;
       }
       await flush(records.length);
-      await this.#fh!.datasync();
-      this.stats.syncs++;
+      await this.#durable();
     } finally {
       this.#busy = false;
     }
+  }
+
+  /** Makes what was written durable: nothing left to do with O_DSYNC, else an fdatasync. */
+  async #durable(): Promise<void> {
+    if (oDsync === undefined) await this.#fh!.datasync();
+    this.stats.syncs++;
   }
 
   /** Deletes segments all of whose entries are at or below `index` (covered by a snapshot). */
