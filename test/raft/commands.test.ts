@@ -217,6 +217,33 @@ describe('raft commands — binary encoding', () => {
     }
   });
 
+  it('string ids and keys round-trip as UTF-8 at every length around the short-ASCII path (127/128) and with a late non-ASCII character', () => {
+    const enc = new TextEncoder();
+    const strings = [
+      '',
+      'a',
+      '3-12345',
+      'é',
+      'a'.repeat(126) + 'é',
+      'a'.repeat(127),
+      'a'.repeat(128),
+      'a'.repeat(127) + 'é',
+      'a'.repeat(300),
+      '\u007f'.repeat(127),
+      '\u0080',
+      '☃'.repeat(50),
+      'x\u{1F600}y',
+    ];
+    for (const str of strings) {
+      const c = decodeCommand(
+        encodeCommand({ id: str, op: 'put', key: str, value: `${str}!`, opts: {} }),
+      ) as Extract<Command, { op: 'put' }>;
+      expect(c.id).toBe(str);
+      expect([...c.key]).toEqual([...enc.encode(str)]);
+      expect([...c.value]).toEqual([...enc.encode(`${str}!`)]);
+    }
+  });
+
   it('every truncation of a valid command, and trailing bytes, fail corrupt', () => {
     fc.assert(
       fc.property(commandArb, (c) => {

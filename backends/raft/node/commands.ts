@@ -67,14 +67,21 @@ const compareResults = ['=', '!=', '<', '>'] as const;
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-let scratch = Buffer.allocUnsafe(4096);
+let scratch: Buffer = Buffer.allocUnsafe(4096);
+/** `scratch` as a plain Uint8Array (whose `slice` copies into a plain array). */
+let scratchPlain: Uint8Array = new Uint8Array(scratch.buffer, scratch.byteOffset, scratch.length);
 let pos = 0;
+
+function setScratch(b: Buffer): void {
+  scratch = b;
+  scratchPlain = new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
 
 function reserve(n: number): void {
   if (pos + n <= scratch.length) return;
   const next = Buffer.allocUnsafe(Math.max(scratch.length * 2, pos + n));
   scratch.copy(next, 0, 0, pos);
-  scratch = next;
+  setScratch(next);
 }
 
 function u8(v: number): void {
@@ -107,6 +114,20 @@ function big(v: bigint): void {
 
 function bytes(b: Bytes): void {
   if (typeof b === 'string') {
+    // Short ASCII strings (request ids, most keys) byte by byte: two native calls cost more.
+    if (b.length < 0x80) {
+      reserve(1 + b.length);
+      const start = pos;
+      scratch[pos++] = b.length;
+      let i = 0;
+      for (; i < b.length; i++) {
+        const ch = b.charCodeAt(i);
+        if (ch >= 0x80) break;
+        scratch[pos++] = ch;
+      }
+      if (i === b.length) return;
+      pos = start;
+    }
     const n = Buffer.byteLength(b, 'utf8');
     varint(n);
     reserve(n);
@@ -271,11 +292,9 @@ export function encodeCommand(c: Command): Uint8Array {
       default:
         throw new TypeError(`command: unknown op ${String((c as { op: unknown }).op)}`);
     }
-    const out = new Uint8Array(pos);
-    out.set(scratch.subarray(0, pos));
-    return out;
+    return scratchPlain.slice(0, pos);
   } finally {
-    if (scratch.length > commandScratchBytesKept) scratch = Buffer.allocUnsafe(4096);
+    if (scratch.length > commandScratchBytesKept) setScratch(Buffer.allocUnsafe(4096));
     pos = 0;
   }
 }
