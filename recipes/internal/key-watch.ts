@@ -101,7 +101,9 @@ class KeyWatch {
     clearTimeout(this.#idle);
     this.#idle = undefined;
     if (this.#lastDelete > myRev) {
+      // Already deleted after its creation (the delete was delivered before this attach).
       this.#fire(ctrl, this.#lastDelete);
+      if (this.#generations.size === 0) this.#scheduleIdle();
       return ctrl;
     }
     const g: Generation = { myRev, ctrl };

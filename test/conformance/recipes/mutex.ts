@@ -414,4 +414,48 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     expect(again.lost.aborted).toBe(false);
     await again.unlock();
   });
+
+  it('mutex — a lock() whose new key is deleted before it starts watching it fails with session-lost', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-deleted-early')}lock`;
+    let afterPut: (() => Promise<void>) | undefined;
+    // A client whose enqueue txn returns only after `afterPut` ran (someone deletes the new key).
+    const slowKv = new Proxy(kv, {
+      get(target, p, receiver) {
+        if (p === 'txn')
+          return async (...args: Parameters<KV['txn']>) => {
+            const r = await target.txn(...args);
+            const hook = afterPut;
+            if (hook && r.succeeded && args[0].success.some((op) => op.type === 'put')) {
+              afterPut = undefined;
+              await hook();
+            }
+            return r;
+          };
+        const v = Reflect.get(target, p, receiver);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using s = await Session.create(slowKv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(s, name);
+    // One cycle first: the session's kept watch of the key is running (it lingers after unlock).
+    await (await m.lock()).unlock();
+    afterPut = async () => {
+      const ac = new AbortController();
+      const seen = (async () => {
+        for await (const b of kv.watch(m.key, { signal: ac.signal, filters: ['noput'] }))
+          if (b.events.length > 0) return;
+      })();
+      await kv.delete(m.key);
+      await seen;
+      ac.abort();
+      await sleep(100); // the kept watch, on the same stream, has the delete too
+    };
+    await expect(m.lock()).rejects.toMatchObject({ code: 'session-lost' });
+    expect(afterPut).toBeUndefined();
+    const h = await m.lock();
+    await sleep(100);
+    expect(h.lost.aborted).toBe(false);
+    await h.unlock();
+  });
 };
