@@ -112,7 +112,11 @@ export const registerKvTests: RegisterTests = (ctx) => {
     await expect(kv.put(k, 'x', { ignoreValue: true })).rejects.toMatchObject(invalid);
     await expect(kv.put(k, 'x', { ignoreLease: true, lease: lease.id })).rejects.toMatchObject(invalid);
     await expect(
-      kv.txn({ success: [{ type: 'put', key: k, value: 'x', options: { ignoreValue: true } }] }),
+      kv.txn({
+        compare: [],
+        success: [{ type: 'put', key: k, value: 'x', options: { ignoreValue: true } }],
+        failure: [],
+      }),
     ).rejects.toMatchObject(invalid);
     const got = await kv.get(k);
     expect(text(got?.value)).toBe('keep');
