@@ -44,6 +44,12 @@ function putU64(b: Buffer, o: number, v: number): void {
   b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), o + 4);
 }
 
+/** A u64 LE of a safe integer (DataView accessors are inlined by the JIT; Buffer's are not). */
+function setU64(dv: DataView, o: number, v: number): void {
+  dv.setUint32(o, v >>> 0, true);
+  dv.setUint32(o + 4, Math.floor(v / 0x1_0000_0000), true);
+}
+
 type KeyIndex = Mvcc['index'];
 
 /** A store's state frozen at one applied index, to be encoded later (see the file comment). */
@@ -137,6 +143,7 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
   size += f.leases.length;
   // Pass 2: the bytes.
   const b = Buffer.allocUnsafeSlow(size);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   let o = 0;
   b[o++] = storeSnapshotFormat;
   putU64(b, o, f.appliedIndex);
@@ -161,12 +168,12 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
       o += src!.copy(b, o, recs, encodedRecordsEnd(src!, recs));
       continue;
     }
-    b.writeUInt32LE(n, o);
+    dv.setUint32(o, n, true);
     o += 4;
     for (let i = 0; i < n; i++) {
       const r = recs[i]!;
-      putU64(b, o, r.main);
-      putU64(b, o + 8, r.sub);
+      setU64(dv, o, r.main);
+      setU64(dv, o + 8, r.sub);
       o += 16;
       const kv = r.kv;
       if (!kv) {
@@ -174,13 +181,16 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
         continue;
       }
       b[o++] = 1;
-      putU64(b, o, kv.createRevision);
-      putU64(b, o + 8, kv.modRevision);
-      putU64(b, o + 16, kv.version);
-      b.writeBigInt64LE(kv.lease, o + 24);
-      b.writeUInt32LE(kv.value.length, o + 32);
-      b.set(kv.value, o + 36);
-      o += 36 + kv.value.length;
+      setU64(dv, o, kv.createRevision);
+      setU64(dv, o + 8, kv.modRevision);
+      setU64(dv, o + 16, kv.version);
+      // Most keys have no lease: no BigInt arithmetic (and garbage) for 0.
+      if (kv.lease === 0n) setU64(dv, o + 24, 0);
+      else dv.setBigInt64(o + 24, kv.lease, true);
+      const value = kv.value;
+      dv.setUint32(o + 32, value.length, true);
+      b.set(value, o + 36);
+      o += 36 + value.length;
     }
   }
   o += f.leases.copy(b, o);
