@@ -217,7 +217,7 @@ describe('raft commands — binary encoding', () => {
     }
   });
 
-  it('string ids and keys round-trip as UTF-8 at every length around the short-ASCII path (127/128) and with a late non-ASCII character', () => {
+  it('string ids and keys round-trip as UTF-8 around the short-ASCII path bounds (32/33 bytes decoding, 127/128 encoding) and with a late non-ASCII character', () => {
     const enc = new TextEncoder();
     const strings = [
       '',
@@ -231,16 +231,28 @@ describe('raft commands — binary encoding', () => {
       'a'.repeat(300),
       '\u007f'.repeat(127),
       '\u0080',
+      'abcé',
+      'a'.repeat(30) + 'é',
+      'a'.repeat(31) + 'é',
+      'a'.repeat(32),
+      'a'.repeat(33),
+      '\u007f'.repeat(20),
       '☃'.repeat(50),
       'x\u{1F600}y',
     ];
     for (const str of strings) {
+      // Txn ops take keys and values as strings (Bytes); a top-level put takes bytes.
       const c = decodeCommand(
-        encodeCommand({ id: str, op: 'put', key: str, value: `${str}!`, opts: {} }),
-      ) as Extract<Command, { op: 'put' }>;
+        encodeCommand({
+          id: str,
+          op: 'txn',
+          txn: { compare: [], success: [{ type: 'put', key: str, value: `${str}!` }], failure: [] },
+        }),
+      ) as Extract<Command, { op: 'txn' }>;
       expect(c.id).toBe(str);
-      expect([...c.key]).toEqual([...enc.encode(str)]);
-      expect([...c.value]).toEqual([...enc.encode(`${str}!`)]);
+      const put = c.txn.success[0] as Extract<Op, { type: 'put' }>;
+      expect([...(put.key as Uint8Array)]).toEqual([...enc.encode(str)]);
+      expect([...(put.value as Uint8Array)]).toEqual([...enc.encode(`${str}!`)]);
     }
   });
 

@@ -302,14 +302,22 @@ export function encodeCommand(c: Command): Uint8Array {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
+/** Strings up to this many bytes are decoded char by char when they are ASCII. */
+const strAsciiBytesMax = 32;
+
 class Reader {
   readonly #b: Uint8Array;
-  readonly #dv: DataView;
+  /** Made on the first number read (a plain put carries none). */
+  #view: DataView | undefined;
   p = 0;
 
   constructor(b: Uint8Array) {
     this.#b = b;
-    this.#dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  }
+
+  get #dv(): DataView {
+    this.#view ??= new DataView(this.#b.buffer, this.#b.byteOffset, this.#b.byteLength);
+    return this.#view;
   }
 
   #need(n: number): void {
@@ -364,9 +372,21 @@ class Reader {
   str(): string {
     const n = this.varint();
     this.#need(n);
-    const s = Buffer.from(this.#b.buffer, this.#b.byteOffset + this.p, n).toString('utf8');
+    const b = this.#b;
+    const start = this.p;
     this.p += n;
-    return s;
+    // Short ASCII strings (request ids) char by char: a Buffer and a native call cost more.
+    if (n <= strAsciiBytesMax) {
+      let s = '';
+      let i = start;
+      for (; i < start + n; i++) {
+        const ch = b[i]!;
+        if (ch >= 0x80) break;
+        s += String.fromCharCode(ch);
+      }
+      if (i === start + n) return s;
+    }
+    return Buffer.from(b.buffer, b.byteOffset + start, n).toString('utf8');
   }
 
   get done(): boolean {
