@@ -5,10 +5,15 @@
  * then times a restart until the member has applied its whole log. The restart runs in a fresh
  * child process (as a real restart does: the loading process's heap would otherwise double the
  * memory and the GC work). Prints JSON and a table.
+ *
+ * Re-running restarts only: with `--dir D` the loaded directory is kept (with `bench-recovery.json`,
+ * what was loaded); `--dir D --restarts R` then skips loading and times R restarts, each on a fresh
+ * copy of D (a restart writes to its WAL: a new term, the new leader's entry), printing one JSON
+ * line per restart with the load average beside it. Run it for two builds on one D to compare.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { EmbeddedCluster, startCluster } from '../backends/raft/embedded.js';
@@ -19,6 +24,8 @@ const { values } = parseArgs({
     keys: { type: 'string' },
     'tail-mib': { type: 'string' },
     dir: { type: 'string' },
+    /** Restarts only: this many, each on a fresh copy of `--dir` (loaded by an earlier run). */
+    restarts: { type: 'string' },
     /** Internal: run as the restarting child, in an existing directory, up to this log index. */
     'restart-to': { type: 'string' },
   },
@@ -78,6 +85,62 @@ if (values['restart-to'] !== undefined) {
   process.exit(0);
 }
 
+/** What a loading run leaves in a kept directory, for `--restarts`. */
+const metaFile = join(dir, 'bench-recovery.json');
+
+interface RestartReport {
+  count: number;
+  openMs: number;
+  leaderMs: number;
+  recoveryMs: number;
+  cpuMs: number;
+  heapMiB: number;
+  rssMiB: number;
+}
+
+/** Runs the restarting child in `runDir`; exits the process if it fails. */
+function restartChild(runDir: string, keyCount: number, lastIndex: number): RestartReport {
+  const child = spawnSync(
+    process.execPath,
+    [
+      ...process.execArgv,
+      process.argv[1]!,
+      '--dir',
+      runDir,
+      '--keys',
+      String(keyCount),
+      '--restart-to',
+      String(lastIndex),
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: restartTimeoutMs + 10_000 },
+  );
+  if (child.status !== 0) {
+    console.error(`restart child failed (status ${child.status}, signal ${child.signal})`);
+    process.exit(1);
+  }
+  return JSON.parse(child.stdout.trim().split('\n').pop()!) as RestartReport;
+}
+
+if (values.restarts !== undefined) {
+  if (values.dir === undefined || !existsSync(metaFile)) {
+    console.error(
+      '--restarts needs --dir of a directory loaded by an earlier run (with bench-recovery.json)',
+    );
+    process.exit(2);
+  }
+  const meta = JSON.parse(readFileSync(metaFile, 'utf8')) as { keys: number; lastIndex: number };
+  const runDir = `${dir.replace(/\/+$/, '')}.restart`;
+  for (let i = 0; i < Number(values.restarts); i++) {
+    rmSync(runDir, { recursive: true, force: true });
+    cpSync(dir, runDir, { recursive: true });
+    const load = loadavg().map((l) => Math.round(l * 100) / 100);
+    const r = restartChild(runDir, meta.keys, meta.lastIndex);
+    console.log(JSON.stringify({ run: i + 1, loadAverage: load, ...r }));
+  }
+  rmSync(runDir, { recursive: true, force: true });
+  process.exit(0);
+}
+
 const c = await startCluster(opts);
 const t0 = performance.now();
 for (let i = 0; i < keys; i += perTxn * 8)
@@ -99,34 +162,18 @@ const tailBytes = c.storageStats().bytes - statsBefore.bytes;
 const lastIndex = member.storage.lastIndex();
 await c.close();
 
-const child = spawnSync(
-  process.execPath,
-  [
-    ...process.execArgv,
-    process.argv[1]!,
-    '--dir',
-    dir,
-    '--keys',
-    String(keys),
-    '--restart-to',
-    String(lastIndex),
-  ],
-  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: restartTimeoutMs + 10_000 },
-);
-if (values.dir === undefined) rmSync(dir, { recursive: true, force: true });
-if (child.status !== 0) {
-  console.error(`restart child failed (status ${child.status}, signal ${child.signal})`);
-  process.exit(1);
+let restart: RestartReport;
+if (values.dir === undefined) {
+  restart = restartChild(dir, keys, lastIndex);
+  rmSync(dir, { recursive: true, force: true });
+} else {
+  // Kept for `--restarts`: the restart below runs on a copy, so the directory stays as loaded.
+  writeFileSync(metaFile, JSON.stringify({ keys, tailMiB, lastIndex }));
+  const runDir = `${dir.replace(/\/+$/, '')}.restart`;
+  cpSync(dir, runDir, { recursive: true });
+  restart = restartChild(runDir, keys, lastIndex);
+  rmSync(runDir, { recursive: true, force: true });
 }
-const restart = JSON.parse(child.stdout.trim().split('\n').pop()!) as {
-  count: number;
-  openMs: number;
-  leaderMs: number;
-  recoveryMs: number;
-  cpuMs: number;
-  heapMiB: number;
-  rssMiB: number;
-};
 
 const result = {
   keys,
