@@ -185,6 +185,7 @@ export class Raft {
   hasReady(): boolean {
     const hs = this.hardState();
     return (
+      this.#appendPending ||
       this.#msgs.length > 0 ||
       this.log.unstable().length > 0 ||
       this.log.committed > this.log.applied ||
@@ -199,6 +200,7 @@ export class Raft {
   }
 
   ready(): Ready {
+    this.#flushAppends();
     const hs = this.hardState();
     const hardChanged =
       hs.term !== this.#prevHard.term ||
@@ -747,7 +749,18 @@ export class Raft {
     }
     this.#uncommittedBytes += size;
     this.#appendEntries(ents);
-    this.#bcastAppend();
+    // Replicated at the next ready(): every proposal since the last Ready goes out in one append
+    // per follower, not one append (and one acknowledgement) per proposal.
+    this.#appendPending = true;
+  }
+
+  /** Proposals appended since the last Ready that have not been broadcast yet. */
+  #appendPending = false;
+
+  #flushAppends(): void {
+    if (!this.#appendPending) return;
+    this.#appendPending = false;
+    if (this.role === Role.Leader) this.#bcastAppend();
   }
 
   #appendEntries(ents: readonly Entry[]): void {
