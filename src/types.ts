@@ -15,7 +15,14 @@ export type Revision = number;
 /** An etcd lease id (int64). `0n` means no lease. */
 export type LeaseId = bigint;
 
-/** One key's state at a revision, as etcd's `mvccpb.KeyValue`. */
+/**
+ * One key's state at a revision, as etcd's `mvccpb.KeyValue`.
+ *
+ * The bytes of `key` and `value` are read-only: a backend may hand out views of its own storage
+ * (the embedded store returns views into the replicated log entry or snapshot that holds them,
+ * shared by every member of an in-process cluster), so writing into them would change the stored
+ * data. Copy them (`Uint8Array.prototype.slice`) before modifying.
+ */
 export interface KeyValue {
   readonly key: Uint8Array;
   /** Revision of the last creation of this key (start of the current generation). */
