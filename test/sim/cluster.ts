@@ -64,7 +64,12 @@ interface SimDisk {
   syncedBytes: number;
   snap: import('../../backends/raft/consensus/types.js').Snapshot | undefined;
   /** The write in flight: completes (is synced) at `doneAt`. */
-  pending: { rd: Ready; term: number; bytes: Uint8Array; doneAt: number } | undefined;
+  pending:
+    | { rd: Ready; term: number; bytes: Uint8Array; doneAt: number; late: readonly Message[] }
+    | undefined;
+  /** Term and vote of the last synced hard state (a leader sends early only under them). */
+  durableTerm: number;
+  durableVote: number;
   /** Recovery found corruption: the node refuses to start for the rest of the run. */
   corrupt: boolean;
   /** Records written without waiting for a sync (commit-only hard states). */
@@ -166,6 +171,8 @@ export class Simulation {
           syncedBytes: 0,
           snap: undefined,
           pending: undefined,
+          durableTerm: 0,
+          durableVote: 0,
           corrupt: false,
           unsynced: new Uint8Array(0),
         };
@@ -242,6 +249,8 @@ export class Simulation {
     if (d.snap) st.snap = d.snap;
     st.ents = state.ents;
     st.hardState = { ...state.hardState, commit: Math.max(state.hardState.commit, after) };
+    d.durableTerm = state.hardState.term;
+    d.durableVote = state.hardState.vote;
     n.storage = st;
     return true;
   }
@@ -489,10 +498,14 @@ export class Simulation {
     if (d?.pending) {
       // Nothing of a Ready is sent or applied before its write is synced.
       if (d.pending.doneAt > this.now) return;
-      const { rd, term, bytes } = d.pending;
+      const { rd, term, bytes, late } = d.pending;
       d.pending = undefined;
       this.#diskWrite(d, bytes);
-      this.#afterPersist(n, r, rd, term);
+      if (rd.hardState) {
+        d.durableTerm = rd.hardState.term;
+        d.durableVote = rd.hardState.vote;
+      }
+      this.#afterPersist(n, r, rd, term, late);
       return;
     }
     if (!r.hasReady()) return;
@@ -524,7 +537,21 @@ export class Simulation {
       if (rd.snapshot) d.snap = rd.snapshot;
       // The core keeps stepping messages while the write is in flight (as the node does): its
       // term may move on before this Ready is handled, so the Ready's own term travels with it.
-      d.pending = { rd, term: r.term, bytes, doneAt: this.now + this.rng.int(3) * TICK_MS };
+      // As the node: a leader's appends and heartbeats go out while its write is in flight (Raft
+      // thesis §10.2.1), unless the Ready changes the term or vote; the rest waits for the sync.
+      const hs = rd.hardState;
+      let late: Message[] = [...rd.messages];
+      if (r.role === Role.Leader && (!hs || (hs.term === d.durableTerm && hs.vote === d.durableVote))) {
+        late = [];
+        for (const m of rd.messages) {
+          if (m.type === MessageType.Append || m.type === MessageType.Heartbeat) this.#send(m);
+          else late.push(m);
+        }
+      }
+      // Usually a fast sync; sometimes a slow one (an fsync stall), the window where a leader's
+      // early-sent appends are acknowledged by followers before its own write is durable.
+      const syncMs = this.rng.chance(0.1) ? (3 + this.rng.int(12)) * TICK_MS : this.rng.int(3) * TICK_MS;
+      d.pending = { rd, term: r.term, bytes, late, doneAt: this.now + syncMs };
       return;
     }
     this.#persistMemory(n, rd);
@@ -542,11 +569,14 @@ export class Simulation {
   }
 
   /** `term`: the core's term when it produced `rd`. */
-  #afterPersist(n: SimNode, r: Raft, rd: Ready, term: number): void {
-    for (const m of rd.messages) {
-      const delay = this.opts.faults ? 1 + this.rng.int(30) : 1;
-      this.net.push({ at: this.now + delay, m });
-    }
+  #afterPersist(
+    n: SimNode,
+    r: Raft,
+    rd: Ready,
+    term: number,
+    messages: readonly Message[] = rd.messages,
+  ): void {
+    for (const m of messages) this.#send(m);
     for (const e of rd.committed) this.#apply(n, e);
     for (const rs of rd.readStates) {
       const ctx = dec.decode(rs.context);
@@ -575,6 +605,11 @@ export class Simulation {
         }
     }
     r.advance(rd);
+  }
+
+  #send(m: Message): void {
+    const delay = this.opts.faults ? 1 + this.rng.int(30) : 1;
+    this.net.push({ at: this.now + delay, m });
   }
 
   #apply(n: SimNode, e: Entry): void {
