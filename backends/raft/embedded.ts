@@ -354,7 +354,8 @@ export class EmbeddedKV implements KV {
   /** Proposes through the leader, retrying (bounded) only failures that certainly did not apply. */
   async #write<T>(cmd: CommandBody, signal?: AbortSignal): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      const l = await this.#c.waitLeader(signal);
+      // The known leader without a turn of the event loop (waitLeader is async); else wait for one.
+      const l = this.#c.leader() ?? (await this.#c.waitLeader(signal));
       try {
         const r = await l.propose<T>(cmd);
         signal?.throwIfAborted();

@@ -207,10 +207,12 @@ export class Store {
     // etcd looks a plain put's lease up before anything else (apply.go Put without a txn), so an
     // unknown lease is lease-not-found even when an ignore flag's key is missing too.
     if (o.lease !== undefined && o.lease !== 0n) this.leases.require(o.lease);
-    return this.#atomic((w) => {
-      const r = this.#put(w, key, value, o);
-      return { ...r, revision: this.#commit(w) };
-    });
+    // A single put needs no undo log (`#atomic`): `#put` refuses (throws) only before its first
+    // change, and nothing after that throws. Its result carries `w.main`, the revision committed.
+    const w = this.#begin();
+    const r = this.#put(w, key, value, o);
+    this.#commit(w);
+    return r;
   }
 
   applyDelete(
