@@ -287,18 +287,28 @@ export class Mvcc {
     if (decoded) for (const [k, recs] of decoded) this.#decoded(k, recs);
   }
 
-  /** Builds `#live` from the index (see there). */
+  /**
+   * Builds `#live` from the index (see there). When every key is live (a store restored from a
+   * snapshot without tombstones, the common case) it is a copy-on-write clone of the index: O(1),
+   * and the two trees share their nodes until a write copies the path it changes.
+   */
   #buildLive(): BTree<string, Records> {
-    const keys: string[] = [];
-    const values: Records[] = [];
     const src = this.source;
-    this.index.forEachPair((k, r) => {
-      const live = typeof r === 'number' ? src![lastEncoded(src!, r) + 16] === 1 : !!r[r.length - 1]!.kv;
-      if (!live) return;
-      keys.push(k);
-      values.push(r);
-    });
-    this.#live = bulkLoad<string, Records>(keys, values, indexNodeSize, compareKeys);
+    const isLive = (r: Records): boolean =>
+      typeof r === 'number' ? src![lastEncoded(src!, r) + 16] === 1 : !!r[r.length - 1]!.kv;
+    // First pass: stops at the first key that is not live.
+    const allLive = this.index.forEachPair((_k, r) => (isLive(r) ? undefined : { break: false })) !== false;
+    if (allLive) this.#live = this.index.clone();
+    else {
+      const keys: string[] = [];
+      const values: Records[] = [];
+      this.index.forEachPair((k, r) => {
+        if (!isLive(r)) return;
+        keys.push(k);
+        values.push(r);
+      });
+      this.#live = bulkLoad<string, Records>(keys, values, indexNodeSize, compareKeys);
+    }
     this.#liveOf = this.index;
     return this.#live;
   }
@@ -322,7 +332,9 @@ export class Mvcc {
     prev: KeyValue | undefined = recs ? recordAt(recs, main)?.kv : undefined,
   ): MvccEvent {
     const kv: KeyValue = {
-      key: keyB,
+      // The bytes the key already has (equal to `keyB`): a record then keeps no view of its own
+      // into the command that wrote it (less for the collector to trace per record).
+      key: prev ? prev.key : keyB,
       createRevision: prev ? prev.createRevision : main,
       modRevision: main,
       version: prev ? prev.version + 1 : 1,
