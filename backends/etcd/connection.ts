@@ -36,9 +36,12 @@ function normalizeEndpoint(e: string): string {
 const channelOptions: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 64 * 1024 * 1024,
   'grpc.max_send_message_length': 16 * 1024 * 1024,
+  // Pings find a dead peer while calls or streams are open. Not on an idle connection: etcd's
+  // server enforces keepalive with PermitWithoutStream=false (and a 5 s minimum interval), so
+  // pings without a call are "bad pings" and it answers them with GOAWAY (too_many_pings).
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
-  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.keepalive_permit_without_calls': 0,
   'grpc.initial_reconnect_backoff_ms': 100,
   'grpc.max_reconnect_backoff_ms': 2_000,
 };
