@@ -55,8 +55,11 @@ export interface NodeOptions {
   onFatal?: (err: unknown) => void;
 }
 
-/** Default for `snapshotEntries` (etcd 3.5 uses 100,000). */
-export const snapshotEntriesDefault = 50_000;
+/** Default for `snapshotEntries`: etcd's default `--snapshot-count` (100,000). Each snapshot encodes the
+ * whole store and its history since the last compaction, so fewer of them is less CPU under write
+ * load (put128, 3 in-process members, memory-only: ~11.9k → ~16.6k puts/s vs 50,000); the cost is
+ * a longer WAL tail to replay at restart and up to two intervals of log entries in memory. */
+export const snapshotEntriesDefault = 100_000;
 
 /** Attempts of an on-demand snapshot (`RaftNode.snapshot()`) given up because of a compaction. */
 const snapshotAttemptsMax = 5;
