@@ -384,8 +384,15 @@ export const registerNamingTests: RegisterTests = (ctx) => {
     expect(ids(r)).toEqual(['b', 'c']);
     // The watch resumed after the re-read.
     await registry.register(s, service, { id: 'd', addr: 'd:1' });
-    await waitFor(() => ids(r).includes('d'), 10_000, 'a change after the resync');
+    // Wait for the change item itself: the resolver's list is updated before its change stream
+    // delivers the item to a consumer, so the list alone can show d a few turns earlier.
+    await waitFor(
+      () => c.items.some((x) => x.added.some((i) => i.id === 'd')),
+      10_000,
+      'a change after the resync',
+    );
     expect(c.items.at(-1)!.resync).toBeUndefined();
+    expect(ids(r)).toEqual(['b', 'c', 'd']);
   }, 30_000);
 
   it('naming — a resolver cut off while instances change and history is compacted resyncs to the right list', async (t) => {
