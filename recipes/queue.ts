@@ -23,6 +23,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { compareBytes, EMPTY, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchEvent } from '../src/types.js';
+import { sleep } from './internal/timing.js';
 
 /** Keys read per dequeue attempt: a consumer that loses the race for the oldest item tries the next. */
 export const queueClaimBatchMax = 8;
@@ -355,7 +356,7 @@ export class PriorityQueue extends ClaimQueue<PriorityQueueItem> {
           `priority queue ${this.name}: other producers of priority ${priority} won the next sequence number ${attempt} times in a row (priorityEnqueueAttemptsMax); retry, or spread producers over priorities`,
           { retryable: true },
         );
-      await pause(Math.random() * Math.min(2 ** attempt, priorityEnqueueBackoffMsMax), opts.signal);
+      await sleep(Math.random() * Math.min(2 ** attempt, priorityEnqueueBackoffMsMax), opts.signal);
     }
   }
 
@@ -379,23 +380,4 @@ export class PriorityQueue extends ClaimQueue<PriorityQueueItem> {
     const m = /^(\d+)\//.exec(rest);
     return { ...base, priority: m ? Number(m[1]) : Number.NaN };
   }
-}
-
-/** Waits `ms`, or rejects with the signal's reason; removes its listener either way. */
-function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(abortReason(signal));
-      return;
-    }
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(abortReason(signal!));
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

@@ -5,27 +5,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
-import { Raft } from '../../backends/raft/consensus/raft.js';
+import { msg, Raft } from '../../backends/raft/consensus/raft.js';
 import { type Message, MessageType } from '../../backends/raft/consensus/types.js';
 
-const EMPTY = new Uint8Array(0);
-
-function message(type: Message['type'], from: number, term: number, index = 0): Message {
-  return {
-    type,
-    from,
-    to: 1,
-    term,
-    index,
-    logTerm: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    hintTerm: 0,
-    context: EMPTY,
-  };
-}
+const message = (type: Message['type'], from: number, term: number, index = 0): Message =>
+  msg({ type, from, to: 1, term, index });
 
 /** Node 1 of {1, 2, 3} elected in term 1 (its candidacy persisted); returns it with its first leader Ready not yet persisted. */
 function newLeader(): { n1: Raft; storage: MemoryStorage } {

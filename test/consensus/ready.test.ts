@@ -1,19 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
-import { Raft } from '../../backends/raft/consensus/raft.js';
+import { msg, Raft } from '../../backends/raft/consensus/raft.js';
 import { type Entry, EntryType, type Message, MessageType } from '../../backends/raft/consensus/types.js';
-
-const msg = (m: Partial<Message> & Pick<Message, 'type' | 'from' | 'to' | 'term'>): Message => ({
-  index: 0,
-  logTerm: 0,
-  entries: [],
-  commit: 0,
-  reject: false,
-  rejectHint: 0,
-  hintTerm: 0,
-  context: new Uint8Array(0),
-  ...m,
-});
 
 const entry = (index: number): Entry => ({
   term: 1,

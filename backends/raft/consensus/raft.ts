@@ -48,7 +48,8 @@ export function decodeConfChange(data: Uint8Array): ConfChange {
   return o.c ? { type: o.t, nodeId: o.n, context: Uint8Array.from(o.c) } : { type: o.t, nodeId: o.n };
 }
 
-function msg(partial: Partial<Message> & Pick<Message, 'type' | 'from' | 'to' | 'term'>): Message {
+/** A message with the given fields and every other field zero or empty (also used by tests). */
+export function msg(partial: Partial<Message> & Pick<Message, 'type' | 'from' | 'to' | 'term'>): Message {
   return {
     index: 0,
     logTerm: 0,

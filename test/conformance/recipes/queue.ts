@@ -3,7 +3,7 @@ import { PriorityQueue, Queue, type QueueItem } from '../../../recipes/queue.js'
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import type { RegisterTests } from '../context.js';
-import { keys } from '../util.js';
+import { afterFirstRead, keys } from '../util.js';
 
 /** A KV whose `watch()` calls are reported once the server accepted them (the dequeue is waiting). */
 function watchReporting(kv: KV): { kv: KV; watching: () => Promise<void> } {
@@ -163,23 +163,11 @@ export const registerQueueTests: RegisterTests = (ctx) => {
     let fired = false;
     // After the dequeue's first (empty) read: an item arrives and history past it is compacted,
     // so the watch from after the read fails `compacted`.
-    const compacting = new Proxy(kv, {
-      get(target, prop) {
-        if (prop === 'range') {
-          return async (...args: Parameters<KV['range']>) => {
-            const r = await target.range(...args);
-            if (!fired) {
-              fired = true;
-              await new Queue(target, name).enqueue('survivor');
-              const { revision } = await target.put(`${name}-other`, 'bump');
-              await target.compact(revision);
-            }
-            return r;
-          };
-        }
-        const v = Reflect.get(target, prop, target);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
+    const compacting = afterFirstRead(kv, async () => {
+      fired = true;
+      await new Queue(kv, name).enqueue('survivor');
+      const { revision } = await kv.put(`${name}-other`, 'bump');
+      await kv.compact(revision);
     });
     const item = await new Queue(compacting, name).dequeue({ signal: AbortSignal.timeout(20_000) });
     expect(fired).toBe(true);
