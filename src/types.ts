@@ -224,8 +224,19 @@ export interface WatchBatch {
  * compacted, and `watch-overflow` when the consumer fell too far behind.
  */
 export interface Watch extends AsyncIterable<WatchBatch>, AsyncDisposable {
-  /** Resolves once the server has accepted the watch (events from `startRevision` will follow). */
-  readonly ready: Promise<void>;
+  /**
+   * Resolves once the server has accepted the watch, with the store revision at which it was
+   * registered (etcd: the created response's header revision). Every event from `startRevision`
+   * follows; a watch without `startRevision` delivers exactly the events after that revision. Rejects
+   * if the watch fails or is closed before it is accepted.
+   *
+   * Latency note (etcd): a watch whose `startRevision` is at or below the server's current revision
+   * is served from etcd's "unsynced" group, whose events are caught up only every 100 ms; a watch
+   * without `startRevision` is live at once. A waiter that must not miss a change since revision R
+   * can open its watch without a start revision and cover (R, ready] with one read (see
+   * recipes/internal/wait.ts).
+   */
+  readonly ready: Promise<Revision>;
   close(): Promise<void>;
 }
 

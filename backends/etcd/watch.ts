@@ -28,14 +28,15 @@ interface PbWatchResponse {
 const watchMethod = method<PbWatchResponse>(methods.watch, pb.WatchRequest, pb.WatchResponse);
 
 export class EtcdWatch implements Watch {
-  readonly ready: Promise<void>;
+  /** The created response's header revision (see `Watch.ready`). */
+  readonly ready: Promise<number>;
   readonly #hub: WatchHub;
   readonly create: Record<string, unknown>;
   readonly progressNotify: boolean;
   /** Next revision to deliver; 0 until the server told us "now" (first created response). */
   nextRev: number;
   serverId: number | undefined;
-  #resolveReady!: () => void;
+  #resolveReady!: (revision: number) => void;
   #rejectReady!: (e: unknown) => void;
   readonly #buffer: WatchBatch[] = [];
   readonly #bufferMax: number;
@@ -86,7 +87,8 @@ export class EtcdWatch implements Watch {
 
   markCreated(headerRevision: number): void {
     if (this.nextRev === 0) this.nextRev = headerRevision + 1;
-    this.#resolveReady();
+    // After a re-create (stream broken) the first resolution stands.
+    this.#resolveReady(headerRevision);
   }
 
   deliver(res: PbWatchResponse): void {

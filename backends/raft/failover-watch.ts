@@ -22,7 +22,8 @@ export interface WatchSource {
 }
 
 export class FailoverWatch implements Watch {
-  readonly ready = Promise.resolve();
+  /** The first serving member's registration (see `Watch.ready`); a move later does not change it. */
+  readonly ready: Promise<number>;
   /** Member failovers this watch went through (for tests and diagnostics). */
   failovers = 0;
   /** The id of the member serving the watch now (for tests and diagnostics). */
@@ -51,6 +52,7 @@ export class FailoverWatch implements Watch {
     this.#nextRev = o.startRevision ?? member.store.revision + 1;
     this.servedBy = member.id;
     this.#inner = this.#subscribe(member);
+    this.ready = this.#inner.ready;
     if (o.signal?.aborted) queueMicrotask(() => void this.close());
     else o.signal?.addEventListener('abort', this.#onAbort, { once: true });
   }

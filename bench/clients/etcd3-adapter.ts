@@ -113,6 +113,8 @@ export class Etcd3Adapter implements BenchKV {
         queue.push({ events, revision: Number(res.header.revision) } satisfies WatchBatch);
       });
       w.on('error', (err) => queue.fail(err));
+      // The revision etcd registered the watch at (its created response's header).
+      return w.lastRevision() ?? 0;
     });
     ready.catch((err) => queue.fail(err));
     const close = async (): Promise<void> => {

@@ -1,20 +1,29 @@
 /**
- * Watch-driven waiting shared by the recipes (never polling, never spinning). Every wait starts its
- * watch at a revision the caller has already read (no gap, no duplicate read), and survives
- * compaction of that revision by reading the present state instead (DESIGN.md §3).
+ * Watch-driven waiting shared by the recipes (never polling, never spinning). Every wait covers
+ * every revision from one the caller has already read (no gap), and survives compaction of that
+ * revision by reading the present state instead (DESIGN.md §3). `waitDelete` watches from "now" and
+ * covers the revisions before its watch with one read (see there: latency on etcd).
  */
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
+import type { KeyValue } from '../../src/types.js';
 
 /** How often one wait re-reads after its start revision was compacted before giving up. */
 export const compactedRetriesMax = 8;
 
 /**
- * Resolves with the revision at which `key` was deleted, watching from `fromRevision` (inclusive).
- * With `createRevision`, a key that is present but has another create revision (deleted and
- * re-created while history was compacted) also counts as deleted. When the start revision was
- * compacted, reads the key: absent (or re-created) → resolves with the read's revision; present →
- * watches on from after the read. Rejects with the reason of `signal`.
+ * Resolves with a revision by which `key` is deleted — the delete's own revision when its event is
+ * seen, else the revision of the read that found the key gone — watching for deletes from
+ * `fromRevision` (inclusive). With `createRevision`, a key that is present but has another create
+ * revision (deleted and re-created) also counts as deleted. Rejects with the reason of `signal`.
+ *
+ * The watch is opened WITHOUT a start revision. etcd serves a watch whose start revision is at or
+ * below its current revision from its "unsynced" group, which it catches up only every 100 ms: when
+ * other writes land between our read and the watch's creation (the normal case in a busy lock
+ * queue), the predecessor's delete would reach us up to 100 ms late. A watch from "now" is live at
+ * once; `ready` gives the revision it was registered at, and when that is at or after
+ * `fromRevision`, one serializable read of the key at that revision covers the gap
+ * [fromRevision, registered]. No revision is missed, and a compacted `fromRevision` needs no retry.
  */
 export async function waitDelete(
   kv: KV,
@@ -23,32 +32,55 @@ export async function waitDelete(
   signal: AbortSignal,
   createRevision?: number,
 ): Promise<number> {
-  let start = fromRevision;
-  for (let attempt = 0; ; attempt++) {
-    signal.throwIfAborted();
-    const w = kv.watch(key, { startRevision: start, filters: ['noput'], signal });
-    try {
-      for await (const batch of w) {
-        const del = batch.events.find((e) => e.type === 'delete');
-        if (del) return del.kv.modRevision;
-      }
-      // The iterator ended without a delete: the signal closed it.
-      throw abortReason(signal);
-    } catch (err) {
-      if (ConclaveError.is(err, ErrorCode.Compacted) && !signal.aborted && attempt < compactedRetriesMax) {
-        // History is gone: read the present instead, then watch from after it.
-        const r = await kv.range(key, { signal });
-        const now = r.kvs[0];
-        if (!now || (createRevision !== undefined && now.createRevision !== createRevision))
-          return r.revision;
-        start = r.revision + 1;
-        continue;
-      }
-      throw signal.aborted ? abortReason(signal) : err;
-    } finally {
-      await w.close();
+  signal.throwIfAborted();
+  const w = kv.watch(key, { filters: ['noput'], signal });
+  try {
+    const registered = await w.ready;
+    if (registered >= fromRevision) {
+      const gone = await goneBy(kv, key, registered, signal, createRevision);
+      if (gone !== undefined) return gone;
     }
+    for await (const batch of w) {
+      // A member behind the one the caller read from registers the watch earlier: skip older deletes.
+      const del = batch.events.find((e) => e.type === 'delete' && e.kv.modRevision >= fromRevision);
+      if (del) return del.kv.modRevision;
+    }
+    // The iterator ended without a delete: the signal closed it.
+    throw abortReason(signal);
+  } catch (err) {
+    throw signal.aborted ? abortReason(signal) : err;
+  } finally {
+    await w.close();
   }
+}
+
+/**
+ * Whether `key` (generation `createRevision`, if given) is gone by revision `at`: a revision at or
+ * after `at` by which it is, else undefined. Reads serializably at `at` (immutable history, any
+ * member that applied it answers alike); a member that has not applied `at` yet, or has compacted
+ * it, is asked for the present linearizably instead (a later state: still correct, as a watch
+ * registered at `at` reports every delete after it).
+ */
+async function goneBy(
+  kv: KV,
+  key: Uint8Array,
+  at: number,
+  signal: AbortSignal,
+  createRevision: number | undefined,
+): Promise<number | undefined> {
+  let kvs: KeyValue[];
+  let by = at;
+  try {
+    kvs = (await kv.range(key, { revision: at, serializable: true, keysOnly: true, signal })).kvs;
+  } catch (err) {
+    if (!ConclaveError.is(err, ErrorCode.FutureRevision) && !ConclaveError.is(err, ErrorCode.Compacted))
+      throw err;
+    const r = await kv.range(key, { keysOnly: true, signal });
+    kvs = r.kvs;
+    by = r.revision;
+  }
+  const now = kvs[0];
+  return !now || (createRevision !== undefined && now.createRevision !== createRevision) ? by : undefined;
 }
 
 /**

@@ -22,6 +22,27 @@ export const registerWatchTests: RegisterTests = (ctx) => {
     expect(text(evs[1]?.prevKv?.value)).toBe('v1');
   });
 
+  it('watch — ready resolves with the registration revision: without startRevision, exactly the events after it', async () => {
+    const { kv, prefix } = ctx();
+    const k = `${prefix('w-ready')}k`;
+    const r0 = await kv.put(k, 'before');
+    await using w = kv.watch(k);
+    const at = await w.ready;
+    expect(at).toBeGreaterThanOrEqual(r0.revision);
+    // A store revision: readable, and the put before it is there.
+    expect(text((await kv.range(k, { revision: at })).kvs[0]?.value)).toBe('before');
+    const r1 = await kv.put(k, 'after');
+    expect(r1.revision).toBeGreaterThan(at);
+    const bs = await collect(w, (b) => eventCount(b) >= 1);
+    // Nothing at or before `at` (the put of r0) is delivered.
+    expect(bs.flatMap((b) => b.events).map((e) => e.kv.modRevision)).toEqual([r1.revision]);
+    // With a start revision in the past, ready still reports the store's revision, not the start.
+    await using w2 = kv.watch(k, { startRevision: r0.revision });
+    expect(await w2.ready).toBeGreaterThanOrEqual(r1.revision);
+    const replay = await collect(w2, (b) => eventCount(b) >= 2);
+    expect(replay.flatMap((b) => b.events).map((e) => e.kv.modRevision)).toEqual([r0.revision, r1.revision]);
+  });
+
   it('watch — startRevision is inclusive and replays history', async () => {
     const { kv, prefix } = ctx();
     const p = prefix('w-start');

@@ -17,7 +17,9 @@ export const watchersMax = 100_000;
 export const historyRevisionsMax = 1_000_000;
 
 class HubWatch implements Watch {
-  readonly ready = Promise.resolve();
+  /** The store revision at registration (see `Watch.ready`); rejects if it failed or closed first. */
+  readonly ready: Promise<number>;
+  #settleReady: ((revision: number | Error) => void) | undefined;
   readonly #hub: WatchHub;
   readonly start: string;
   readonly end: string;
@@ -43,6 +45,10 @@ class HubWatch implements Watch {
     this.#noDelete = (o.filters ?? []).includes('nodelete');
     this.#max = o.bufferBatchesMax ?? limits.watchBufferBatchesMax;
     this.#signal = o.signal;
+    this.ready = new Promise<number>((resolve, reject) => {
+      this.#settleReady = (r) => (typeof r === 'number' ? resolve(r) : reject(r));
+    });
+    this.ready.catch(() => undefined);
     if (o.signal?.aborted) queueMicrotask(() => void this.close());
     else o.signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
@@ -78,6 +84,12 @@ class HubWatch implements Watch {
     this.#wake?.();
   }
 
+  /** Registered in the hub at `revision`: resolves `ready`. */
+  registered(revision: number): void {
+    this.#settleReady?.(revision);
+    this.#settleReady = undefined;
+  }
+
   fail(err: unknown): void {
     if (this.done) return;
     this.#error = err;
@@ -86,6 +98,12 @@ class HubWatch implements Watch {
 
   #finish(): void {
     this.done = true;
+    this.#settleReady?.(
+      this.#error instanceof Error
+        ? this.#error
+        : new ConclaveError(ErrorCode.Closed, 'watch closed before it was created'),
+    );
+    this.#settleReady = undefined;
     this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#hub.remove(this);
     this.#wake?.();
@@ -165,6 +183,7 @@ export class WatchHub {
     }
     w.nextRev = startRev > 0 ? startRev : current + 1;
     this.#watchers.add(w);
+    w.registered(current);
     if (w.nextRev <= current) {
       this.#cover(w.nextRev);
       for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);

@@ -77,6 +77,37 @@ export const registerLossTests: RegisterTests = (ctx) => {
     await a.close();
   });
 
+  it('recipes — a delete wait covers the revisions between its start and its watch (deleted, re-created, still there)', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('gap-wait');
+    const ac = new AbortController();
+    // Deleted after the start revision, before the wait began: found by the gap read, not missed.
+    const a = await kv.put(`${p}a`, 'x');
+    const aDel = await kv.delete(`${p}a`);
+    expect(await waitDelete(kv, toBytes(`${p}a`), a.revision + 1, ac.signal)).toBeGreaterThanOrEqual(
+      aDel.revision,
+    );
+    // Deleted and re-created: another generation counts as deleted when the create revision is given.
+    const b = await kv.put(`${p}b`, 'x');
+    await kv.delete(`${p}b`);
+    const b2 = await kv.put(`${p}b`, 'again');
+    expect(
+      await waitDelete(kv, toBytes(`${p}b`), b.revision + 1, ac.signal, b.revision),
+    ).toBeGreaterThanOrEqual(b2.revision);
+    // Present, with later writes in between (the watch registers after the start): waits for the delete.
+    const c = await kv.put(`${p}c`, 'x');
+    await kv.put(`${p}other`, '1');
+    let done = false;
+    const waiting = waitDelete(kv, toBytes(`${p}c`), c.revision + 1, ac.signal, c.revision).then((r) => {
+      done = true;
+      return r;
+    });
+    await sleep(150);
+    expect(done).toBe(false);
+    const cDel = await kv.delete(`${p}c`);
+    expect(await waiting).toBe(cDel.revision);
+  });
+
   it('recipes — a wait whose start revision was compacted reads the present and still sees the delete', async () => {
     const { kv, prefix } = ctx();
     const p = prefix('compacted-wait');

@@ -17,7 +17,7 @@ const keyText = (k: Bytes): string => (typeof k === 'string' ? k : toText(k));
 class GatedWatch implements Watch {
   auto = true;
   readonly pending: WatchBatch[] = [];
-  readonly ready: Promise<void>;
+  readonly ready: Promise<number>;
   #waiter: ((r: IteratorResult<WatchBatch>) => void) | undefined;
   #done = false;
   #error: unknown;
