@@ -38,6 +38,8 @@ export class EtcdWatch implements Watch {
   serverId: number | undefined;
   #resolveReady!: (revision: number) => void;
   #rejectReady!: (e: unknown) => void;
+  /** `ready` is settled (no error object needs building when the watch ends). */
+  #readySettled = false;
   readonly #buffer: WatchBatch[] = [];
   readonly #bufferMax: number;
   #wake: (() => void) | undefined;
@@ -89,6 +91,7 @@ export class EtcdWatch implements Watch {
     if (this.nextRev === 0) this.nextRev = headerRevision + 1;
     // After a re-create (stream broken) the first resolution stands.
     this.#resolveReady(headerRevision);
+    this.#readySettled = true;
   }
 
   deliver(res: PbWatchResponse): void {
@@ -134,6 +137,7 @@ export class EtcdWatch implements Watch {
     this.#error = err;
     this.#finish();
     this.#rejectReady(err);
+    this.#readySettled = true;
   }
 
   #finish(): void {
@@ -148,7 +152,11 @@ export class EtcdWatch implements Watch {
     this.#error = undefined;
     this.#buffer.length = 0;
     this.#finish();
-    this.#rejectReady(new ConclaveError(ErrorCode.Closed, 'watch closed before it was created'));
+    // An error object captures a stack: build it only when someone can still observe it.
+    if (!this.#readySettled) {
+      this.#readySettled = true;
+      this.#rejectReady(new ConclaveError(ErrorCode.Closed, 'watch closed before it was created'));
+    }
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
