@@ -3,7 +3,14 @@ import { parseArgs } from 'node:util';
 import { Backend, ClientKind } from './clients/types.js';
 
 export const kvPhaseNames = ['put1', 'put16', 'put128', 'get-lin', 'get-ser', 'txn16', 'watch'] as const;
-export const recipePhaseNames = ['lock8', 'queue', 'workqueue', 'config', 'config-debounce50'] as const;
+export const recipePhaseNames = [
+  'lock8',
+  'election-failover',
+  'queue',
+  'workqueue',
+  'config',
+  'config-debounce50',
+] as const;
 const allPhaseNames: readonly string[] = [...kvPhaseNames, ...recipePhaseNames];
 
 /** The largest count bound a phase may be given. */

@@ -1,4 +1,5 @@
 /** Every phase by its command-line name. */
+import { electionFailoverPhase } from './election-failover.js';
 import { getPhase } from './get.js';
 import { lockHandoffPhase } from './lock-handoff.js';
 import { putPhase } from './put.js';
@@ -18,6 +19,7 @@ const phases: readonly Phase[] = [
   txnPhase(16),
   watchPhase(100, 100),
   lockHandoffPhase(8),
+  electionFailoverPhase(2),
   queuePhase(4, 4),
   workQueuePhase(4, 16),
   configPhase(100, 0),
