@@ -10,6 +10,8 @@
  * Restoring a million keys then costs a million strings and one bulk-loaded tree, not six million
  * objects and a million value buffers (issue 5: recovery time). Values decoded from the snapshot
  * are views into its buffer, which therefore stays alive while any of them does (it is the data).
+ * A put to such a key does not decode it either: the new records go beside the encoded ones
+ * (`Touched`) until something needs the key's whole history.
  *
  * Every write is a record of its own, as in etcd's backend: a txn that writes one key twice (a put
  * and a fromKey delete, or nested txns) leaves two records at one main revision, in sub order, and
@@ -53,12 +55,30 @@ export interface KeyRecord {
 }
 
 /**
- * A key's records: decoded, or the offset in `Mvcc.source` of the encoded ones (a key restored
- * from a snapshot and not touched since). Encoding (snapshot format 2, snapshot.ts):
+ * A key restored from a snapshot and written since by puts only: its restored records are still
+ * encoded at `off` in `Mvcc.source`, and `recs` (never empty) are the records written since, all
+ * above the encoded ones. A put to a restored key appends here instead of decoding the key's
+ * history (its create revision, version and lease are read from the bytes), so applying a
+ * recovered log keeps one small object per key instead of the decoded records (issue 5: recovery
+ * time). Anything that needs the whole history (`records()`: a delete, a read at an older
+ * revision, compaction) decodes the encoded part in front of `recs` and stores a plain array.
+ * `recs` grows only with records above every earlier one (a snapshot frozen before shares this
+ * object and keeps the records at or below its revision); a write's undo removes its own.
+ */
+export class Touched {
+  constructor(
+    readonly off: number,
+    readonly recs: KeyRecord[],
+  ) {}
+}
+
+/**
+ * A key's records: decoded, the offset in `Mvcc.source` of the encoded ones (a key restored from a
+ * snapshot and not touched since), or both (`Touched`). Encoding (snapshot format 2, snapshot.ts):
  * [records u32] records × ([main u64][sub u64][kind u8] value records: [create u64][mod u64]
  * [version u64][lease i64][value: u32 length + bytes]); the key's bytes come just before.
  */
-export type Records = KeyRecord[] | number;
+export type Records = KeyRecord[] | number | Touched;
 
 /**
  * A watch event. `prevKv` is etcd's (v3rpc/watch.go): none for a put that creates the key (its
@@ -136,6 +156,25 @@ function lastEncoded(b: Buffer, off: number): number {
   let o = off + 4;
   for (let j = 0; j < n - 1; j++) o += recordBytes(b, o);
   return o;
+}
+
+/**
+ * The kv of the last encoded record of the records at `off` (views into `b`), or undefined if it
+ * is a tombstone. Not kept by the index: a put reads its predecessor this way.
+ */
+function lastEncodedKv(b: Buffer, off: number, keyLength: number): KeyValue | undefined {
+  const o = lastEncoded(b, off) + 17;
+  if (b[o - 1] === 0) return undefined;
+  const lo = b.readUInt32LE(o + 24);
+  const hi = b.readInt32LE(o + 28);
+  return {
+    key: new Uint8Array(b.buffer, b.byteOffset + off - keyLength, keyLength),
+    createRevision: u64(b, o),
+    modRevision: u64(b, o + 8),
+    version: u64(b, o + 16),
+    value: new Uint8Array(b.buffer, b.byteOffset + o + 36, b.readUInt32LE(o + 32)),
+    lease: lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24),
+  };
 }
 
 /** The record in effect at `rev` (the last one, in {main, sub} order, at or before it), or undefined. */
@@ -216,10 +255,22 @@ export class Mvcc {
   /** A key's records, decoded (and kept decoded) if they were still encoded; undefined if none. */
   records(key: string): KeyRecord[] | undefined {
     const r = this.index.get(key);
-    if (typeof r !== 'number') return r;
-    const recs = decodeRecords(this.source!, r, key.length);
+    if (r === undefined || Array.isArray(r)) return r;
+    const recs = this.#peek(key, r);
     this.#decoded(key, recs);
     return recs;
+  }
+
+  /**
+   * The key's latest kv (its last record's), or undefined if it has none or was deleted, from its
+   * index entry `r`; an encoded one is read without decoding the key's records (the kv returned
+   * is not kept).
+   */
+  latest(key: string, r: Records | undefined): KeyValue | undefined {
+    if (r === undefined) return undefined;
+    if (typeof r === 'number') return lastEncodedKv(this.source!, r, key.length);
+    const recs = Array.isArray(r) ? r : r.recs;
+    return recs[recs.length - 1]!.kv;
   }
 
   /** Replaces a key's encoded records with their decoding, in the index and the live keys. */
@@ -228,9 +279,16 @@ export class Mvcc {
     if (recs[recs.length - 1]!.kv) this.#live?.set(key, recs);
   }
 
-  /** Decodes without keeping the result (while iterating the index, which must not change). */
+  /**
+   * The whole records of an entry, decoding without keeping the result (while iterating the
+   * index, which must not change). A `Touched` entry gives a new array (its `recs` stay as they are).
+   */
   #peek(key: string, r: Records): KeyRecord[] {
-    return typeof r === 'number' ? decodeRecords(this.source!, r, key.length) : r;
+    if (typeof r === 'number') return decodeRecords(this.source!, r, key.length);
+    if (Array.isArray(r)) return r;
+    const recs = decodeRecords(this.source!, r.off, key.length);
+    for (const x of r.recs) recs.push(x);
+    return recs;
   }
 
   /** The encoded bytes of an undecoded entry (the snapshot writer copies them as they are). */
@@ -252,8 +310,17 @@ export class Mvcc {
 
   /** The key's state at `rev`, or undefined. */
   getAt(key: string, rev: number): KeyValue | undefined {
-    const recs = this.records(key);
-    return recs ? recordAt(recs, rev)?.kv : undefined;
+    const r = this.index.get(key);
+    if (r === undefined) return undefined;
+    // At or above a touched key's first write since the restore, its encoded records are older.
+    if (r instanceof Touched && rev >= r.recs[0]!.main) return recordAt(r.recs, rev)?.kv;
+    let recs: KeyRecord[];
+    if (Array.isArray(r)) recs = r;
+    else {
+      recs = this.#peek(key, r);
+      this.#decoded(key, recs);
+    }
+    return recordAt(recs, rev)?.kv;
   }
 
   /** Live keys in [start, end) at `rev`, in key order; end '' = the single key, '\0' = to the end. */
@@ -277,10 +344,13 @@ export class Mvcc {
     let decoded: Array<[string, KeyRecord[]]> | undefined;
     tree.forRange(start, high, end === '\u0000', (k, r) => {
       let recs: KeyRecord[];
-      if (typeof r === 'number') {
-        recs = decodeRecords(this.source!, r, k.length);
+      if (Array.isArray(r)) recs = r;
+      // A touched key's encoded records are all older than its first write since the restore.
+      else if (r instanceof Touched && rev >= r.recs[0]!.main) recs = r.recs;
+      else {
+        recs = this.#peek(k, r);
         (decoded ??= []).push([k, recs]);
-      } else recs = r;
+      }
       const kv = latest ? recs[recs.length - 1]!.kv : recordAt(recs, rev)?.kv;
       if (kv) visit(k, kv);
     });
@@ -294,8 +364,11 @@ export class Mvcc {
    */
   #buildLive(): BTree<string, Records> {
     const src = this.source;
-    const isLive = (r: Records): boolean =>
-      typeof r === 'number' ? src![lastEncoded(src!, r) + 16] === 1 : !!r[r.length - 1]!.kv;
+    const isLive = (r: Records): boolean => {
+      if (typeof r === 'number') return src![lastEncoded(src!, r) + 16] === 1;
+      const recs = Array.isArray(r) ? r : r.recs;
+      return !!recs[recs.length - 1]!.kv;
+    };
     // First pass: stops at the first key that is not live.
     const allLive = this.index.forEachPair((_k, r) => (isLive(r) ? undefined : { break: false })) !== false;
     if (allLive) this.#live = this.index.clone();
@@ -317,9 +390,11 @@ export class Mvcc {
   undo: Array<() => void> | undefined;
 
   /**
-   * Writes a put at {main, sub}; returns its watch event. `recs` and `prev` may be passed when the
-   * caller already looked them up (`records(key)`, and the kv in effect at `main`, which includes
-   * the txn's earlier writes: the put's version and create revision follow from it).
+   * Writes a put at {main, sub} (at or above every record: `main` is the write's revision); returns
+   * its watch event. `entry` and `prev` may be passed when the caller already looked them up (the
+   * key's index entry, and `latest(key, entry)`, which includes the txn's earlier writes: the
+   * put's version and create revision follow from it). A key still encoded in the restored
+   * snapshot is not decoded: it becomes `Touched`.
    */
   put(
     key: string,
@@ -328,8 +403,8 @@ export class Mvcc {
     lease: bigint,
     main: number,
     sub: number,
-    recs: KeyRecord[] | undefined = this.records(key),
-    prev: KeyValue | undefined = recs ? recordAt(recs, main)?.kv : undefined,
+    entry: Records | undefined = this.index.get(key),
+    prev: KeyValue | undefined = this.latest(key, entry),
   ): MvccEvent {
     const kv: KeyValue = {
       // The bytes the key already has (equal to `keyB`): a record then keeps no view of its own
@@ -343,9 +418,19 @@ export class Mvcc {
     };
     // The event's prevKv: none for a create, else the key before this revision (`prev` unless
     // the txn wrote the key already).
-    const before = !prev ? undefined : recs![recs!.length - 1]!.main === main ? kvBefore(recs!, main) : prev;
-    this.#append(key, recs, { main, sub, kv });
+    const before = !prev ? undefined : this.#kvBefore(key, entry!, main);
+    this.#append(key, entry, { main, sub, kv });
     return before ? { type: 'put', kv, prevKv: before } : { type: 'put', kv };
+  }
+
+  /** The key's kv before revision `main` (at main - 1), from its index entry; undefined if none. */
+  #kvBefore(key: string, r: Records, main: number): KeyValue | undefined {
+    // An encoded key has no record at or above `main` (only a write in progress has).
+    if (typeof r === 'number') return lastEncodedKv(this.source!, r, key.length);
+    if (Array.isArray(r)) return kvBefore(r, main);
+    const recs = r.recs;
+    for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main < main) return recs[i]!.kv;
+    return lastEncodedKv(this.source!, r.off, key.length);
   }
 
   /** Writes a tombstone at {main, sub} if the key is live at `main`. */
@@ -359,15 +444,15 @@ export class Mvcc {
     return { event: before ? { type: 'delete', kv, prevKv: before } : { type: 'delete', kv }, prev };
   }
 
-  /** Appends a record (above every other of the key), with its undo. */
-  #append(key: string, recs: KeyRecord[] | undefined, r: KeyRecord): void {
+  /** Appends a record (above every other of the key) to its index entry `entry`, with its undo. */
+  #append(key: string, entry: Records | undefined, r: KeyRecord): void {
     if (r.main > this.#top) {
       this.#top = r.main;
       this.undo?.push(() => {
         this.#top = this.#currentRev;
       });
     }
-    if (!recs) {
+    if (entry === undefined) {
       const added = [r];
       this.index.set(key, added);
       this.#live?.set(key, added);
@@ -377,14 +462,35 @@ export class Mvcc {
       });
       return;
     }
+    if (typeof entry === 'number') {
+      // A restored key's first write since the restore: its encoded records stay as they are.
+      const src = this.source!;
+      const wasLive = src[lastEncoded(src, entry) + 16] === 1;
+      const t = new Touched(entry, [r]);
+      this.index.set(key, t);
+      if (r.kv) this.#live?.set(key, t);
+      else this.#live?.delete(key);
+      this.undo?.push(() => {
+        // Whatever the entry became meanwhile (a later op of the write may have decoded it, and
+        // its own undo already ran), it holds the encoded records and this one.
+        this.index.set(key, entry);
+        if (wasLive) this.#live?.set(key, entry);
+        else this.#live?.delete(key);
+      });
+      return;
+    }
+    const recs = Array.isArray(entry) ? entry : entry.recs;
     const wasLive = !!recs[recs.length - 1]!.kv;
     recs.push(r);
     if (!r.kv) this.#live?.delete(key);
-    else if (!wasLive) this.#live?.set(key, recs);
+    else if (!wasLive) this.#live?.set(key, entry);
     this.undo?.push(() => {
-      recs.pop();
+      // The key's entry as it is now: a `Touched` one may have been decoded by a later op of the
+      // write (whose undo already ran), and this record is its last either way.
+      const now = this.index.get(key)!;
+      (Array.isArray(now) ? now : (now as Touched).recs).pop();
       // `#live` as it is now: it may have been built after this record was appended.
-      if (wasLive) this.#live?.set(key, recs);
+      if (wasLive) this.#live?.set(key, now);
       else this.#live?.delete(key);
     });
   }
@@ -403,6 +509,7 @@ export class Mvcc {
     this.index.forEachPair((k, entry) => {
       // An undecoded key whose last record is older than fromRev has nothing to replay.
       if (typeof entry === 'number' && u64(this.source!, lastEncoded(this.source!, entry)) < fromRev) return;
+      if (entry instanceof Touched && entry.recs[entry.recs.length - 1]!.main < fromRev) return;
       const recs = this.#peek(k, entry);
       for (let i = 0; i < recs.length; i++) {
         const r = recs[i]!;

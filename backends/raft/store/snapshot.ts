@@ -14,7 +14,8 @@
  *   [leases u32] leases × ([id i64][ttl f64][granted f64][keys u32] keys × [key: bytes])
  *
  * It is written in two passes (size, then bytes into one exact buffer); a key whose records were
- * never decoded since the store was restored is copied as the bytes it was restored from.
+ * never decoded since the store was restored is copied as the bytes it was restored from, and a
+ * key only put to since (`Touched` in mvcc.ts) as those bytes with its new records after them.
  *
  * Taking a snapshot without stopping the member (`snapshotStoreSliced`): the state at the applied
  * index is frozen synchronously in O(1) for the keys — the key index is a copy-on-write B+ tree,
@@ -33,7 +34,7 @@
  * keeps `data` as its backing bytes: the caller must not modify it afterwards.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
-import { encodedRecordsEnd, type KeyRecord, type Mvcc, type Records } from './mvcc.js';
+import { encodedRecordsEnd, type KeyRecord, type Mvcc, type Records, Touched } from './mvcc.js';
 import { Store } from './store.js';
 
 /** The store snapshot format this build writes and reads. */
@@ -105,6 +106,8 @@ function recordsUpTo(recs: readonly KeyRecord[], rev: number): number {
   return n;
 }
 
+const noRecords: readonly KeyRecord[] = [];
+
 /** Keys handled between two checks of the clock. */
 const keysPerStep = 64;
 
@@ -121,20 +124,23 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
   let size = 1 + 8 * 4;
   let keys = 0;
   let step = 0;
-  for (const [k, recs] of f.index.entries(undefined, pair)) {
+  for (const [k, entry] of f.index.entries(undefined, pair)) {
     if (++step === keysPerStep) {
       step = 0;
       yield;
     }
-    if (typeof recs === 'number') {
+    if (typeof entry === 'number') {
       keys++;
-      size += 4 + k.length + encodedRecordsEnd(src!, recs) - recs;
+      size += 4 + k.length + encodedRecordsEnd(src!, entry) - entry;
       continue;
     }
+    // A touched key: its encoded records as they are (count included), then the decoded ones.
+    const touched = entry instanceof Touched;
+    const recs = touched ? entry.recs : entry;
     const n = recordsUpTo(recs, rev);
-    if (n === 0) continue; // written after the freeze (not possible for a key in the clone)
+    if (n === 0 && !touched) continue; // written after the freeze (not possible for a key in the clone)
     keys++;
-    size += 4 + k.length + 4;
+    size += 4 + k.length + (touched ? encodedRecordsEnd(src!, entry.off) - entry.off : 4);
     for (let i = 0; i < n; i++) {
       const kv = recs[i]!.kv;
       size += 17 + (kv ? 32 + 4 + kv.value.length : 0);
@@ -151,25 +157,32 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
   putU64(b, o + 16, f.compactRev);
   putU64(b, o + 24, keys);
   o += 32;
-  for (const [k, recs] of f.index.entries(undefined, pair)) {
+  for (const [k, entry] of f.index.entries(undefined, pair)) {
     if (++step === keysPerStep) {
       step = 0;
       yield;
     }
     let n = 0;
-    if (typeof recs !== 'number') {
+    let recs = noRecords;
+    if (typeof entry !== 'number') {
+      recs = entry instanceof Touched ? entry.recs : entry;
       n = recordsUpTo(recs, rev);
-      if (n === 0) continue;
+      if (n === 0 && !(entry instanceof Touched)) continue;
     }
     b.writeUInt32LE(k.length, o);
     b.write(k, o + 4, k.length, 'latin1');
     o += 4 + k.length;
-    if (typeof recs === 'number') {
-      o += src!.copy(b, o, recs, encodedRecordsEnd(src!, recs));
+    if (typeof entry === 'number') {
+      o += src!.copy(b, o, entry, encodedRecordsEnd(src!, entry));
       continue;
     }
-    dv.setUint32(o, n, true);
-    o += 4;
+    if (entry instanceof Touched) {
+      dv.setUint32(o, src!.readUInt32LE(entry.off) + n, true);
+      o += 4 + src!.copy(b, o + 4, entry.off + 4, encodedRecordsEnd(src!, entry.off));
+    } else {
+      dv.setUint32(o, n, true);
+      o += 4;
+    }
     for (let i = 0; i < n; i++) {
       const r = recs[i]!;
       setU64(dv, o, r.main);

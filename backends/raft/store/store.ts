@@ -18,7 +18,7 @@ import type {
   TxnResult,
 } from '../../../src/types.js';
 import { Leases } from './leases.js';
-import { keyString, Mvcc, type MvccEvent, recordAt } from './mvcc.js';
+import { keyString, Mvcc, type MvccEvent } from './mvcc.js';
 import { branch, checkPath, checkTxnRequest, choosePath, type TxnPath } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
@@ -162,15 +162,16 @@ export class Store {
     o: { lease?: bigint; prevKv?: boolean; ignoreValue?: boolean; ignoreLease?: boolean },
   ): PutResult {
     const k = keyString(key);
-    // One index lookup per put: the records are passed on to the MVCC write.
-    const recs = this.mvcc.records(k);
-    const prev = recs ? recordAt(recs, w.main)?.kv : undefined;
+    // One index lookup per put: the entry is passed on to the MVCC write (the write is at or
+    // above every record, so the kv it follows is the key's latest).
+    const entry = this.mvcc.index.get(k);
+    const prev = this.mvcc.latest(k, entry);
     if ((o.ignoreValue || o.ignoreLease) && !prev)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: key not found');
     const lease = o.ignoreLease ? prev!.lease : (o.lease ?? 0n);
     if (lease !== 0n) this.leases.require(lease);
     const val = o.ignoreValue ? prev!.value : value;
-    const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++, recs, prev);
+    const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++, entry, prev);
     if (prev && prev.lease !== lease) this.leases.detach(prev.lease, k, this.mvcc.undo);
     this.leases.attach(lease, k, this.mvcc.undo);
     w.changed = true;
