@@ -6,6 +6,7 @@
  * leftover `.tmp` is removed on open). Loading tries the newest file first and falls back to older
  * ones when a file fails its checksum; the caller checks the WAL still covers the one chosen.
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -23,6 +24,35 @@ const MAGIC = [0x43, 0x53, 0x4e, 0x50]; // "CSNP"
 export const snapshotWriteChunkBytes = 4 * 1024 * 1024;
 /** Bytes checksummed between two event-loop turns (about 1–2 ms of CRC-32C in JavaScript). */
 export const snapshotCrcSliceBytes = 512 * 1024;
+
+/** Bytes per read of a snapshot file (recovery). */
+export const snapshotReadChunkBytes = 8 * 1024 * 1024;
+/** Reads of one snapshot file in flight at once (libuv's pool runs four; the WAL reads alongside). */
+export const snapshotReadsInFlightMax = 3;
+/** The largest snapshot file read (a typed array's bound; the size field is outside input). */
+export const snapshotFileBytesMax = bufferConstants.MAX_LENGTH;
+
+/** Reads `buf[from, to)` from the same range of the file; a file shorter than that is damaged. */
+async function readRange(
+  fh: FileHandle,
+  file: string,
+  buf: Uint8Array,
+  from: number,
+  to: number,
+): Promise<void> {
+  for (let off = from; off < to; ) {
+    const { bytesRead } = await fh.read(buf, off, to - off, off);
+    if (bytesRead === 0)
+      throw new ConclaveError(
+        ErrorCode.Corrupt,
+        `snapshot ${file}: the file ended at ${off} bytes while it was read`,
+        {
+          details: { file },
+        },
+      );
+    off += bytesRead;
+  }
+}
 
 const setImmediateTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
@@ -147,17 +177,67 @@ export class Snapshotter {
     for (const f of files.slice(this.#kept)) await fsp.rm(join(this.dir, f.name), { force: true });
   }
 
-  /** Reads one file; throws `corrupt` when it is damaged. */
+  /**
+   * Reads one file; throws `corrupt` when it is damaged. The file is read in
+   * `snapshotReadChunkBytes` pieces with up to `snapshotReadsInFlightMax` reads in flight on
+   * libuv's pool, and each piece is checksummed here as soon as it and those before it have
+   * arrived: the checksum (whose cost at recovery is mostly the first touch of freshly read
+   * memory) runs while the next pieces are read, instead of after the whole file (one
+   * `readFile` of a 184 MB snapshot left this thread idle ~0.7 s, then checksummed ~0.6 s).
+   */
   async read(name: string): Promise<Snapshot> {
     const file = join(this.dir, name);
-    // A view of the file's buffer, not a copy: the store keeps views into the snapshot data.
-    const raw = await fsp.readFile(file);
-    const buf = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
     const bad = (why: string) =>
       new ConclaveError(ErrorCode.Corrupt, `snapshot ${file}: ${why}`, { details: { file } });
-    if (buf.length < 8 || MAGIC.some((b, i) => buf[i] !== b)) throw bad('not a snapshot file');
-    if (new DataView(buf.buffer, buf.byteOffset).getUint32(4, true) !== crc32c(buf, 0, 8))
-      throw bad('checksum mismatch');
+    const fh = await fsp.open(file, 'r');
+    let buf: Uint8Array;
+    let stored: number;
+    let crc = 0;
+    try {
+      const size = (await fh.stat()).size;
+      if (size < 8) throw bad('not a snapshot file');
+      if (size > snapshotFileBytesMax) throw bad(`${size} bytes, more than ${snapshotFileBytesMax}`);
+      // The store keeps views into the data (never copied), so this buffer is its memory.
+      buf = new Uint8Array(size);
+      const pieces = Math.ceil(size / snapshotReadChunkBytes);
+      const reads: Array<Promise<void>> = [];
+      const issue = (upTo: number) => {
+        while (reads.length < Math.min(pieces, upTo)) {
+          const i = reads.length;
+          const p = readRange(
+            fh,
+            file,
+            buf,
+            i * snapshotReadChunkBytes,
+            Math.min(size, (i + 1) * snapshotReadChunkBytes),
+          );
+          // Awaited in order below; a failure of a later read must not go unhandled meanwhile.
+          p.catch(() => undefined);
+          reads.push(p);
+        }
+      };
+      issue(snapshotReadsInFlightMax);
+      for (let i = 0; i < pieces; i++) {
+        try {
+          await reads[i];
+        } catch (err) {
+          // The other reads still write into `buf`: let them finish before the file is closed.
+          await Promise.allSettled(reads);
+          throw err;
+        }
+        issue(i + 1 + snapshotReadsInFlightMax);
+        const from = i * snapshotReadChunkBytes;
+        if (i === 0 && MAGIC.some((b, j) => buf[j] !== b)) {
+          await Promise.allSettled(reads);
+          throw bad('not a snapshot file');
+        }
+        crc = crc32c(buf, crc, i === 0 ? 8 : from, Math.min(size, from + snapshotReadChunkBytes));
+      }
+      stored = new DataView(buf.buffer).getUint32(4, true);
+    } finally {
+      await fh.close();
+    }
+    if (stored !== crc) throw bad('checksum mismatch');
     const f = decodeSnapshotFile(buf.subarray(8));
     const meta = parseSnapName(name);
     if (!meta || meta.index !== f.index || meta.term !== f.term) throw bad('name and contents disagree');
