@@ -13,13 +13,13 @@
  * at R" means "none from R on". A member that has not applied R yet answers `future-revision`, and
  * then (or on `compacted`) we fall back to a linearizable read.
  */
-import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes, toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
 import type { Bytes, KeyValue } from '../../src/types.js';
 import { type LossPolicy, sessionLossController } from './session-state.js';
-import { rejectOnAbort, waitAnyDelete, waitDelete, watchOwnership } from './wait.js';
+import { rejectOnAbort, waitDelete, watchOwnership } from './wait.js';
 
 export interface TurnSpec {
   /** Our own queue key. */
@@ -229,41 +229,91 @@ async function waitBlockers(
 ): Promise<number> {
   const allowed = spec.allowed ?? 0;
   const keyLost = rejectOnAbort(mine);
+  const ours = (view: QueueView): QueueView => {
+    if (!view.mine || mine.aborted) {
+      throw new ConclaveError(
+        ErrorCode.SessionLost,
+        `${spec.what}: our queue key ${spec.myKey} disappeared (session expired or key deleted)`,
+        { cause: mine.reason },
+      );
+    }
+    return view;
+  };
   try {
-    let view = initial ?? (await readQueue(kv, spec, myRev, 0, signal));
+    let view = ours(initial ?? (await readQueue(kv, spec, myRev, 0, signal)));
+    if (allowed > 0) return await waitPermit(kv, spec, myRev, signal, view, ours, keyLost.promise);
     // Terminates: blockers have create revisions below ours, so their set only shrinks, and every
     // wake-up is the delete of one of them.
     while (true) {
-      if (!view.mine || mine.aborted) {
-        throw new ConclaveError(
-          ErrorCode.SessionLost,
-          `${spec.what}: our queue key ${spec.myKey} disappeared (session expired or key deleted)`,
-          { cause: mine.reason },
-        );
-      }
       const pred = view.blockers[0];
-      if (!pred || view.blockers.length <= allowed) return view.revision;
+      if (!pred) return view.revision;
       // Locks wait for the newest blocker created before us: every earlier one must go anyway,
-      // and one watched key means no herd. With permits, any earlier delete may be the one that
-      // lets us in, so watch the blockers' range for deletes. Either way, re-check everything.
+      // and one watched key means no herd. Then re-check everything.
       const stop = new AbortController();
       const s = AbortSignal.any([signal, stop.signal]);
-      const from = view.revision + 1;
       let at: number;
       try {
         at = await Promise.race([
-          allowed === 0
-            ? waitDelete(kv, pred.key, from, s, pred.createRevision)
-            : waitAnyDelete(kv, spec.blockers, from, s),
+          waitDelete(kv, pred.key, view.revision + 1, s, pred.createRevision),
           keyLost.promise,
         ]);
       } finally {
         stop.abort();
       }
-      view = await readQueue(kv, spec, myRev, at, signal);
+      view = ours(await readQueue(kv, spec, myRev, at, signal));
     }
   } finally {
     keyLost.off();
+  }
+}
+
+/**
+ * With permits (a semaphore), any earlier delete may be the one that lets us in, so ONE watch of
+ * the blockers' range (deletes only) serves the whole wait, and every delete after the last view is
+ * re-checked at its revision. The watch starts from "now" (live at once on etcd: see
+ * `waitDelete`); the revisions between the last view and its registration are covered by one
+ * re-check at the registered revision. Re-creating a watch per wake-up would either leave each new
+ * watch in etcd's 100 ms catch-up group or, started from "now", wake us without a delete: a spin.
+ */
+async function waitPermit(
+  kv: KV,
+  spec: TurnSpec,
+  myRev: number,
+  signal: AbortSignal,
+  first: QueueView,
+  ours: (v: QueueView) => QueueView,
+  keyLost: Promise<never>,
+): Promise<number> {
+  const allowed = spec.allowed ?? 0;
+  let view = first;
+  if (view.blockers.length <= allowed) return view.revision;
+  const stop = new AbortController();
+  const w = kv.watch(spec.blockers, {
+    prefix: true,
+    filters: ['noput'],
+    signal: AbortSignal.any([signal, stop.signal]),
+  });
+  try {
+    const registered = await Promise.race([w.ready, keyLost]);
+    if (registered > view.revision) {
+      view = ours(await readQueue(kv, spec, myRev, registered, signal));
+      if (view.blockers.length <= allowed) return view.revision;
+    }
+    const batches = w[Symbol.asyncIterator]();
+    while (true) {
+      const next = await Promise.race([batches.next(), keyLost]);
+      if (next.done) throw abortReason(signal);
+      const del = next.value.events.find((e) => e.type === 'delete' && e.kv.modRevision > view.revision);
+      if (!del) continue;
+      const at = next.value.events[next.value.events.length - 1]!.kv.modRevision;
+      view = ours(await readQueue(kv, spec, myRev, at, signal));
+      if (view.blockers.length <= allowed) return view.revision;
+    }
+  } catch (err) {
+    throw signal.aborted ? abortReason(signal) : err;
+  } finally {
+    stop.abort();
+    await w.close();
   }
 }
 

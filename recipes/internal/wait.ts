@@ -83,31 +83,6 @@ async function goneBy(
   return !now || (createRevision !== undefined && now.createRevision !== createRevision) ? by : undefined;
 }
 
-/**
- * Resolves at the first delete under `prefix` at or after `fromRevision`, with its revision. If the
- * start revision was compacted it resolves with 0 ("re-read the present"), so the caller re-checks.
- */
-export async function waitAnyDelete(
-  kv: KV,
-  prefix: string,
-  fromRevision: number,
-  signal: AbortSignal,
-): Promise<number> {
-  const w = kv.watch(prefix, { prefix: true, startRevision: fromRevision, filters: ['noput'], signal });
-  try {
-    for await (const batch of w) {
-      const del = batch.events.find((e) => e.type === 'delete');
-      if (del) return del.kv.modRevision;
-    }
-    throw abortReason(signal);
-  } catch (err) {
-    if (ConclaveError.is(err, ErrorCode.Compacted) && !signal.aborted) return 0;
-    throw signal.aborted ? abortReason(signal) : err;
-  } finally {
-    await w.close();
-  }
-}
-
 /** A promise that rejects when `signal` aborts (with its reason); `off()` detaches it. */
 export function rejectOnAbort(signal: AbortSignal): { promise: Promise<never>; off(): void } {
   let off = () => {};

@@ -3,7 +3,9 @@ import { Barrier } from '../../../recipes/barrier.js';
 import { DoubleBarrier } from '../../../recipes/double-barrier.js';
 import { RWMutex } from '../../../recipes/rw-mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
+import { toText } from '../../../src/keys.js';
 import { Session } from '../../../src/session.js';
+import type { Bytes, Watch, WatchOptions } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
 
@@ -159,6 +161,55 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     expect(maxInside).toBe(2);
     expect(aborted).toBeLessThanOrEqual(1);
   });
+
+  for (const permits of [1, 2]) {
+    it(`semaphore — a permit released while the waiter opens its watch is not missed (${permits} permit${permits > 1 ? 's' : ''})`, async () => {
+      const { kv, prefix, backend } = ctx();
+      const name = `${prefix(`sem-gap${permits}`)}s`;
+      const holders = await sessions(permits);
+      const held = await Promise.all(holders.map((h) => new Semaphore(h, name, permits).acquire()));
+      // The waiter's first watch of the holders is created only after one permit is released: the
+      // delete falls between its enqueue and its watch, and only the re-check at the watch's
+      // registered revision can see it (1 permit: the predecessor's watch; 2: the holders' range).
+      let fired = false;
+      const gapKv = new Proxy(kv, {
+        get(t, prop) {
+          const v = Reflect.get(t, prop, t);
+          if (prop !== 'watch') return typeof v === 'function' ? v.bind(t) : v;
+          return (key: Bytes, opts: WatchOptions): Watch => {
+            const text = typeof key === 'string' ? key : toText(key);
+            if (fired || !text.includes('/holders/')) return t.watch(key, opts);
+            fired = true;
+            let real: Watch | undefined;
+            const ready = (async () => {
+              await held[0]!.release();
+              real = t.watch(key, opts);
+              return real.ready;
+            })();
+            const close = async () => {
+              await ready.catch(() => undefined);
+              await real?.close();
+            };
+            return {
+              ready,
+              close,
+              async *[Symbol.asyncIterator]() {
+                await ready;
+                yield* real!;
+              },
+              [Symbol.asyncDispose]: close,
+            };
+          };
+        },
+      });
+      const b = await Session.create(gapKv, { ttlSeconds: backend.minTtlSeconds + 5 });
+      const p = await new Semaphore(b, name, permits).acquire({ signal: AbortSignal.timeout(10_000) });
+      expect(fired).toBe(true);
+      await p.release();
+      await Promise.all(held.map((h) => h.release()));
+      await closeAll([...holders, b]);
+    });
+  }
 
   it('semaphore — a participant with a different permit count gets a conflict error', async () => {
     const { prefix } = ctx();
