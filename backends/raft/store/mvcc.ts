@@ -418,7 +418,8 @@ export class Mvcc {
     };
     // The event's prevKv: none for a create, else the key before this revision (`prev` unless
     // the txn wrote the key already).
-    const before = !prev ? undefined : this.#kvBefore(key, entry!, main);
+    // An encoded key's records are all below `main`: what it was before is `prev`.
+    const before = !prev ? undefined : typeof entry === 'number' ? prev : this.#kvBefore(key, entry!, main);
     this.#append(key, entry, { main, sub, kv });
     return before ? { type: 'put', kv, prevKv: before } : { type: 'put', kv };
   }

@@ -24,6 +24,9 @@ import { WatchHub } from './watch-hub.js';
 
 type RangeOpts = Omit<RangeOptions, 'signal' | 'serializable'>;
 
+/** The options of an op that has none (shared: never modified). */
+const noOptions = Object.freeze({});
+
 interface WriteCtx {
   readonly main: number;
   sub: number;
@@ -252,8 +255,13 @@ export class Store {
     switch (op.type) {
       case 'get':
         return { type: 'get', ...this.range(op.key, op.options ?? {}, op.options?.revision ? 0 : w.main) };
-      case 'put':
-        return { type: 'put', ...this.#put(w, toBytes(op.key), toBytes(op.value), op.options ?? {}) };
+      case 'put': {
+        // No spread (the hot op of a txn): the response is built from the result's two fields.
+        const r = this.#put(w, toBytes(op.key), toBytes(op.value), op.options ?? noOptions);
+        return r.prevKv
+          ? { type: 'put', revision: r.revision, prevKv: r.prevKv }
+          : { type: 'put', revision: r.revision };
+      }
       case 'delete':
         return { type: 'delete', ...this.#delete(w, op.key, op.options ?? {}) };
       case 'txn':
@@ -323,13 +331,15 @@ export class Store {
   }
 }
 
-/** Inside a txn every response carries the txn's final revision (etcd's header). */
+/**
+ * Inside a txn every response carries the txn's final revision (etcd's header). Set in place:
+ * every response of `r` was made by this txn's ops (no copy per op).
+ */
 function fixRevisions(r: TxnResult, revision: number): TxnResult {
-  return {
-    succeeded: r.succeeded,
-    revision,
-    responses: r.responses.map((x) =>
-      x.type === 'txn' ? { ...fixRevisions(x, revision), type: 'txn' } : { ...x, revision },
-    ),
-  };
+  for (const x of r.responses) {
+    if (x.type === 'txn') fixRevisions(x, revision);
+    else (x as { revision: number }).revision = revision;
+  }
+  (r as { revision: number }).revision = revision;
+  return r;
 }
