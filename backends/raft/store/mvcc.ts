@@ -47,11 +47,58 @@ const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(start: number,
 export const keyString = (b: Uint8Array): string => latin1Slice.call(b, 0, b.length);
 export const keyBytes = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 
-export interface KeyRecord {
-  readonly main: number;
-  readonly sub: number;
-  /** undefined for a tombstone. */
-  readonly kv: KeyValue | undefined;
+/**
+ * One write of a key: a put or a tombstone at revision {main, sub}. A put's `kv` is made on first
+ * use (and kept): until then the record holds its fields and where its key and value bytes are
+ * (a command's entry, or the restored snapshot), not the KeyValue and its two byte views — a
+ * record costs one object instead of four, which applying a recovered log makes by the hundred
+ * thousand (issue 5: recovery time). Code that only needs a field reads it here (`isPut`,
+ * `create`, `version`, `lease`…) without making the kv.
+ */
+export class KeyRecord {
+  #kv: KeyValue | undefined;
+  constructor(
+    readonly main: number,
+    readonly sub: number,
+    /** -1 for a tombstone (which has no key, value or fields of its own). */
+    readonly valueLength: number,
+    readonly valueBytes: ArrayBufferLike | undefined,
+    readonly valueOffset: number,
+    readonly keyBytes: ArrayBufferLike | undefined,
+    readonly keyOffset: number,
+    readonly keyLength: number,
+    readonly create: number,
+    readonly mod: number,
+    readonly version: number,
+    readonly lease: bigint,
+  ) {}
+
+  static tombstone(main: number, sub: number): KeyRecord {
+    return new KeyRecord(main, sub, -1, undefined, 0, undefined, 0, 0, 0, 0, 0, 0n);
+  }
+
+  get isPut(): boolean {
+    return this.valueLength >= 0;
+  }
+
+  /** The put's key and value as a KeyValue (views into the bytes, made once); undefined for a tombstone. */
+  get kv(): KeyValue | undefined {
+    if (this.valueLength < 0) return undefined;
+    this.#kv ??= {
+      key: new Uint8Array(this.keyBytes!, this.keyOffset, this.keyLength),
+      createRevision: this.create,
+      modRevision: this.mod,
+      version: this.version,
+      value: new Uint8Array(this.valueBytes!, this.valueOffset, this.valueLength),
+      lease: this.lease,
+    };
+    return this.#kv;
+  }
+
+  /** The value's bytes, without making the kv (a view: not kept). */
+  value(): Uint8Array {
+    return this.#kv?.value ?? new Uint8Array(this.valueBytes!, this.valueOffset, this.valueLength);
+  }
 }
 
 /**
@@ -114,38 +161,39 @@ export function encodedRecordsEnd(b: Buffer, off: number): number {
   return o;
 }
 
-/** Decodes a key's records; values and the key are views into `b`. */
+/** The encoded record at `o` of the key whose records start at `off`; its bytes stay in `b`. */
+function decodeRecord(b: Buffer, o: number, off: number, keyLength: number): KeyRecord {
+  const main = u64(b, o);
+  const sub = u64(b, o + 8);
+  if (b[o + 16] === 0) return KeyRecord.tombstone(main, sub);
+  o += 17;
+  const lo = b.readUInt32LE(o + 24);
+  const hi = b.readInt32LE(o + 28);
+  return new KeyRecord(
+    main,
+    sub,
+    b.readUInt32LE(o + 32),
+    b.buffer,
+    b.byteOffset + o + 36,
+    b.buffer,
+    b.byteOffset + off - keyLength,
+    keyLength,
+    u64(b, o),
+    u64(b, o + 8),
+    u64(b, o + 16),
+    // Most keys have no lease: skip the BigInt allocation for 0.
+    lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24),
+  );
+}
+
+/** Decodes a key's records (their key and value bytes stay in `b`). */
 function decodeRecords(b: Buffer, off: number, keyLength: number): KeyRecord[] {
-  const ab = b.buffer;
-  const base = b.byteOffset;
-  const key = new Uint8Array(ab, base + off - keyLength, keyLength);
   const n = b.readUInt32LE(off);
   const recs: KeyRecord[] = new Array(n);
   let o = off + 4;
   for (let j = 0; j < n; j++) {
-    const main = u64(b, o);
-    const sub = u64(b, o + 8);
-    if (b[o + 16] === 0) {
-      recs[j] = { main, sub, kv: undefined };
-      o += 17;
-      continue;
-    }
-    o += 17;
-    const lo = b.readUInt32LE(o + 24);
-    const hi = b.readInt32LE(o + 28);
-    // Most keys have no lease: skip the BigInt allocation for 0.
-    const lease = lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24);
-    const len = b.readUInt32LE(o + 32);
-    const kv: KeyValue = {
-      key,
-      createRevision: u64(b, o),
-      modRevision: u64(b, o + 8),
-      version: u64(b, o + 16),
-      value: new Uint8Array(ab, base + o + 36, len),
-      lease,
-    };
-    recs[j] = { main, sub, kv };
-    o += 36 + len;
+    recs[j] = decodeRecord(b, o, off, keyLength);
+    o += recordBytes(b, o);
   }
   return recs;
 }
@@ -159,22 +207,12 @@ function lastEncoded(b: Buffer, off: number): number {
 }
 
 /**
- * The kv of the last encoded record of the records at `off` (views into `b`), or undefined if it
- * is a tombstone. Not kept by the index: a put reads its predecessor this way.
+ * The last encoded record of the records at `off` if it is a put, else undefined. Not kept by the
+ * index: a put reads its predecessor this way.
  */
-function lastEncodedKv(b: Buffer, off: number, keyLength: number): KeyValue | undefined {
-  const o = lastEncoded(b, off) + 17;
-  if (b[o - 1] === 0) return undefined;
-  const lo = b.readUInt32LE(o + 24);
-  const hi = b.readInt32LE(o + 28);
-  return {
-    key: new Uint8Array(b.buffer, b.byteOffset + off - keyLength, keyLength),
-    createRevision: u64(b, o),
-    modRevision: u64(b, o + 8),
-    version: u64(b, o + 16),
-    value: new Uint8Array(b.buffer, b.byteOffset + o + 36, b.readUInt32LE(o + 32)),
-    lease: lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24),
-  };
+function lastEncodedPut(b: Buffer, off: number, keyLength: number): KeyRecord | undefined {
+  const o = lastEncoded(b, off);
+  return b[o + 16] === 0 ? undefined : decodeRecord(b, o, off, keyLength);
 }
 
 /** The record in effect at `rev` (the last one, in {main, sub} order, at or before it), or undefined. */
@@ -183,10 +221,29 @@ export function recordAt(recs: readonly KeyRecord[], rev: number): KeyRecord | u
   return undefined;
 }
 
-/** The key's kv before revision `main` (at main - 1) from its records up to index `i`, or undefined. */
-function kvBefore(recs: readonly KeyRecord[], main: number, i = recs.length - 1): KeyValue | undefined {
-  for (; i >= 0; i--) if (recs[i]!.main < main) return recs[i]!.kv;
+/** The key's record before revision `main` (at main - 1) from its records up to index `i`, or undefined. */
+function recordBefore(recs: readonly KeyRecord[], main: number, i = recs.length - 1): KeyRecord | undefined {
+  for (; i >= 0; i--) if (recs[i]!.main < main) return recs[i];
   return undefined;
+}
+
+/**
+ * A put's watch event: its kv and prevKv are made when a watcher reads them (most applied events
+ * are dropped unread: the hub keeps none while nobody watches).
+ */
+class PutEvent implements MvccEvent {
+  readonly type = 'put' as const;
+  constructor(
+    readonly record: KeyRecord,
+    /** The put's predecessor at revision main - 1 (undefined: none, or a tombstone). */
+    readonly before: KeyRecord | undefined,
+  ) {}
+  get kv(): KeyValue {
+    return this.record.kv!;
+  }
+  get prevKv(): KeyValue | undefined {
+    return this.before?.kv;
+  }
 }
 
 /** A tombstone's event kv: the key, the delete's revision, nothing else (etcd's). */
@@ -262,21 +319,22 @@ export class Mvcc {
   }
 
   /**
-   * The key's latest kv (its last record's), or undefined if it has none or was deleted, from its
-   * index entry `r`; an encoded one is read without decoding the key's records (the kv returned
-   * is not kept).
+   * The key's latest record (its last one) if it is a put, else undefined (no key, or deleted),
+   * from its index entry `r`; an encoded one is read without decoding the key's records (the
+   * record returned is not kept).
    */
-  latest(key: string, r: Records | undefined): KeyValue | undefined {
+  latest(key: string, r: Records | undefined): KeyRecord | undefined {
     if (r === undefined) return undefined;
-    if (typeof r === 'number') return lastEncodedKv(this.source!, r, key.length);
+    if (typeof r === 'number') return lastEncodedPut(this.source!, r, key.length);
     const recs = Array.isArray(r) ? r : r.recs;
-    return recs[recs.length - 1]!.kv;
+    const last = recs[recs.length - 1]!;
+    return last.isPut ? last : undefined;
   }
 
   /** Replaces a key's encoded records with their decoding, in the index and the live keys. */
   #decoded(key: string, recs: KeyRecord[]): void {
     this.index.set(key, recs);
-    if (recs[recs.length - 1]!.kv) this.#live?.set(key, recs);
+    if (recs[recs.length - 1]!.isPut) this.#live?.set(key, recs);
   }
 
   /**
@@ -367,7 +425,7 @@ export class Mvcc {
     const isLive = (r: Records): boolean => {
       if (typeof r === 'number') return src![lastEncoded(src!, r) + 16] === 1;
       const recs = Array.isArray(r) ? r : r.recs;
-      return !!recs[recs.length - 1]!.kv;
+      return recs[recs.length - 1]!.isPut;
     };
     // First pass: stops at the first key that is not live.
     const allLive = this.index.forEachPair((_k, r) => (isLive(r) ? undefined : { break: false })) !== false;
@@ -394,7 +452,8 @@ export class Mvcc {
    * its watch event. `entry` and `prev` may be passed when the caller already looked them up (the
    * key's index entry, and `latest(key, entry)`, which includes the txn's earlier writes: the
    * put's version and create revision follow from it). A key still encoded in the restored
-   * snapshot is not decoded: it becomes `Touched`.
+   * snapshot is not decoded: it becomes `Touched`. The record keeps where `keyB` and `value` are
+   * (their bytes: a command's entry), not the views themselves (see `KeyRecord`).
    */
   put(
     key: string,
@@ -404,34 +463,41 @@ export class Mvcc {
     main: number,
     sub: number,
     entry: Records | undefined = this.index.get(key),
-    prev: KeyValue | undefined = this.latest(key, entry),
+    prev: KeyRecord | undefined = this.latest(key, entry),
   ): MvccEvent {
-    const kv: KeyValue = {
-      // The bytes the key already has (equal to `keyB`): a record then keeps no view of its own
-      // into the command that wrote it (less for the collector to trace per record).
-      key: prev ? prev.key : keyB,
-      createRevision: prev ? prev.createRevision : main,
-      modRevision: main,
-      version: prev ? prev.version + 1 : 1,
-      value,
+    const r = new KeyRecord(
+      main,
+      sub,
+      value.length,
+      value.buffer,
+      value.byteOffset,
+      keyB.buffer,
+      keyB.byteOffset,
+      keyB.length,
+      prev ? prev.create : main,
+      main,
+      prev ? prev.version + 1 : 1,
       lease,
-    };
+    );
     // The event's prevKv: none for a create, else the key before this revision (`prev` unless
-    // the txn wrote the key already).
-    // An encoded key's records are all below `main`: what it was before is `prev`.
-    const before = !prev ? undefined : typeof entry === 'number' ? prev : this.#kvBefore(key, entry!, main);
-    this.#append(key, entry, { main, sub, kv });
-    return before ? { type: 'put', kv, prevKv: before } : { type: 'put', kv };
+    // the txn wrote the key already; an encoded key's records are all below `main`).
+    const before = !prev
+      ? undefined
+      : typeof entry === 'number'
+        ? prev
+        : this.#recordBefore(key, entry!, main);
+    this.#append(key, entry, r);
+    return new PutEvent(r, before);
   }
 
-  /** The key's kv before revision `main` (at main - 1), from its index entry; undefined if none. */
-  #kvBefore(key: string, r: Records, main: number): KeyValue | undefined {
+  /** The key's record before revision `main` (at main - 1), from its index entry; undefined if none. */
+  #recordBefore(key: string, r: Records, main: number): KeyRecord | undefined {
     // An encoded key has no record at or above `main` (only a write in progress has).
-    if (typeof r === 'number') return lastEncodedKv(this.source!, r, key.length);
-    if (Array.isArray(r)) return kvBefore(r, main);
+    if (typeof r === 'number') return lastEncodedPut(this.source!, r, key.length);
+    if (Array.isArray(r)) return recordBefore(r, main);
     const recs = r.recs;
-    for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main < main) return recs[i]!.kv;
-    return lastEncodedKv(this.source!, r.off, key.length);
+    for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main < main) return recs[i];
+    return lastEncodedPut(this.source!, r.off, key.length);
   }
 
   /** Writes a tombstone at {main, sub} if the key is live at `main`. */
@@ -439,8 +505,8 @@ export class Mvcc {
     const recs = this.records(key);
     const prev = recs ? recordAt(recs, main)?.kv : undefined;
     if (!recs || !prev) return undefined;
-    const before = recs[recs.length - 1]!.main === main ? kvBefore(recs, main) : prev;
-    this.#append(key, recs, { main, sub, kv: undefined });
+    const before = recs[recs.length - 1]!.main === main ? recordBefore(recs, main)?.kv : prev;
+    this.#append(key, recs, KeyRecord.tombstone(main, sub));
     const kv = deletedKv(prev.key, main);
     return { event: before ? { type: 'delete', kv, prevKv: before } : { type: 'delete', kv }, prev };
   }
@@ -469,7 +535,7 @@ export class Mvcc {
       const wasLive = src[lastEncoded(src, entry) + 16] === 1;
       const t = new Touched(entry, [r]);
       this.index.set(key, t);
-      if (r.kv) this.#live?.set(key, t);
+      if (r.isPut) this.#live?.set(key, t);
       else this.#live?.delete(key);
       this.undo?.push(() => {
         // Whatever the entry became meanwhile (a later op of the write may have decoded it, and
@@ -481,9 +547,9 @@ export class Mvcc {
       return;
     }
     const recs = Array.isArray(entry) ? entry : entry.recs;
-    const wasLive = !!recs[recs.length - 1]!.kv;
+    const wasLive = recs[recs.length - 1]!.isPut;
     recs.push(r);
-    if (!r.kv) this.#live?.delete(key);
+    if (!r.isPut) this.#live?.delete(key);
     else if (!wasLive) this.#live?.set(key, entry);
     this.undo?.push(() => {
       // The key's entry as it is now: a `Touched` one may have been decoded by a later op of the
@@ -516,9 +582,9 @@ export class Mvcc {
         const r = recs[i]!;
         if (r.main < fromRev) continue;
         if (r.main >= toRev) break;
-        const before = r.kv?.createRevision === r.main ? undefined : kvBefore(recs, r.main, i - 1);
+        const before = r.isPut && r.create === r.main ? undefined : recordBefore(recs, r.main, i - 1)?.kv;
         let ev: MvccEvent;
-        if (r.kv) ev = before ? { type: 'put', kv: r.kv, prevKv: before } : { type: 'put', kv: r.kv };
+        if (r.isPut) ev = before ? { type: 'put', kv: r.kv!, prevKv: before } : { type: 'put', kv: r.kv! };
         else {
           // A tombstone follows a put (of this revision or an earlier one): that put has the key.
           const kv = deletedKv(recs[i - 1]!.kv!.key, r.main);
@@ -562,7 +628,7 @@ export class Mvcc {
       let keepFrom = 0;
       for (let i = recs.length - 1; i >= 0; i--) {
         if (recs[i]!.main <= rev) {
-          keepFrom = recs[i]!.kv ? i : i + 1;
+          keepFrom = recs[i]!.isPut ? i : i + 1;
           break;
         }
       }

@@ -141,9 +141,10 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
     if (n === 0 && !touched) continue; // written after the freeze (not possible for a key in the clone)
     keys++;
     size += 4 + k.length + (touched ? encodedRecordsEnd(src!, entry.off) - entry.off : 4);
+    // Record fields, not `kv` (which would make every record's KeyValue).
     for (let i = 0; i < n; i++) {
-      const kv = recs[i]!.kv;
-      size += 17 + (kv ? 32 + 4 + kv.value.length : 0);
+      const r = recs[i]!;
+      size += 17 + (r.isPut ? 32 + 4 + r.valueLength : 0);
     }
   }
   size += f.leases.length;
@@ -188,22 +189,20 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
       setU64(dv, o, r.main);
       setU64(dv, o + 8, r.sub);
       o += 16;
-      const kv = r.kv;
-      if (!kv) {
+      if (!r.isPut) {
         b[o++] = 0;
         continue;
       }
       b[o++] = 1;
-      setU64(dv, o, kv.createRevision);
-      setU64(dv, o + 8, kv.modRevision);
-      setU64(dv, o + 16, kv.version);
+      setU64(dv, o, r.create);
+      setU64(dv, o + 8, r.mod);
+      setU64(dv, o + 16, r.version);
       // Most keys have no lease: no BigInt arithmetic (and garbage) for 0.
-      if (kv.lease === 0n) setU64(dv, o + 24, 0);
-      else dv.setBigInt64(o + 24, kv.lease, true);
-      const value = kv.value;
-      dv.setUint32(o + 32, value.length, true);
-      b.set(value, o + 36);
-      o += 36 + value.length;
+      if (r.lease === 0n) setU64(dv, o + 24, 0);
+      else dv.setBigInt64(o + 24, r.lease, true);
+      dv.setUint32(o + 32, r.valueLength, true);
+      b.set(r.value(), o + 36);
+      o += 36 + r.valueLength;
     }
   }
   o += f.leases.copy(b, o);

@@ -166,20 +166,20 @@ export class Store {
   ): PutResult {
     const k = keyString(key);
     // One index lookup per put: the entry is passed on to the MVCC write (the write is at or
-    // above every record, so the kv it follows is the key's latest).
+    // above every record, so the put it follows is the key's latest record).
     const entry = this.mvcc.index.get(k);
     const prev = this.mvcc.latest(k, entry);
     if ((o.ignoreValue || o.ignoreLease) && !prev)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: key not found');
     const lease = o.ignoreLease ? prev!.lease : (o.lease ?? 0n);
     if (lease !== 0n) this.leases.require(lease);
-    const val = o.ignoreValue ? prev!.value : value;
+    const val = o.ignoreValue ? prev!.value() : value;
     const ev = this.mvcc.put(k, key, val, lease, w.main, w.sub++, entry, prev);
     if (prev && prev.lease !== lease) this.leases.detach(prev.lease, k, this.mvcc.undo);
     this.leases.attach(lease, k, this.mvcc.undo);
     w.changed = true;
     w.events.push(ev);
-    return o.prevKv && prev ? { revision: w.main, prevKv: prev } : { revision: w.main };
+    return o.prevKv && prev ? { revision: w.main, prevKv: prev.kv! } : { revision: w.main };
   }
 
   #delete(
