@@ -170,27 +170,32 @@ export class Election {
     };
     while (true) {
       signal?.throwIfAborted();
-      // Candidates by key; the leader is the one with the lowest create revision.
-      const r = await kv.range(this.#pfx, { prefix: true, signal });
-      const live = new Map<string, KeyValue>(r.kvs.map((k) => [toText(k.key), k]));
-      const leader = () =>
-        [...live.values()].reduce<KeyValue | undefined>(
-          (a, b) => (!a || b.createRevision < a.createRevision ? b : a),
-          undefined,
-        );
-      const o = next(leader(), r.revision);
-      if (o) yield o;
-      const w = kv.watch(this.#pfx, {
-        prefix: true,
-        startRevision: r.revision + 1,
-        ...(signal ? { signal } : {}),
-      });
+      // Watch first (from "now"), then read: a watch started at a past revision is served by
+      // etcd's unsynced group, caught up only every 100 ms, which would delay every change of
+      // leader seen here. The linearizable read after the watch's registration is at or after the
+      // registered revision, so the events up to the read's revision are already in it: skipped.
+      const w = kv.watch(this.#pfx, { prefix: true, ...(signal ? { signal } : {}) });
       try {
+        await w.ready;
+        // Candidates by key; the leader is the one with the lowest create revision.
+        const r = await kv.range(this.#pfx, { prefix: true, signal });
+        const live = new Map<string, KeyValue>(r.kvs.map((k) => [toText(k.key), k]));
+        const leader = () =>
+          [...live.values()].reduce<KeyValue | undefined>(
+            (a, b) => (!a || b.createRevision < a.createRevision ? b : a),
+            undefined,
+          );
+        const o = next(leader(), r.revision);
+        if (o) yield o;
         for await (const batch of w) {
+          let changed = false;
           for (const e of batch.events) {
+            if (e.kv.modRevision <= r.revision) continue;
+            changed = true;
             if (e.type === 'delete') live.delete(toText(e.kv.key));
             else live.set(toText(e.kv.key), e.kv);
           }
+          if (!changed) continue;
           const ob = next(leader(), batch.revision);
           if (ob) yield ob;
         }

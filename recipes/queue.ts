@@ -198,19 +198,52 @@ abstract class ClaimQueue<I extends QueueItem> {
   /**
    * Watches the queue from `from` (inclusive) and tries to claim every new item, oldest first
    * (Queue) or in key order within one batch (PriorityQueue), until one claim succeeds. Resolves
-   * `undefined` when the caller must re-read (history compacted, or the watch ended by itself).
-   * Every waiting consumer tries every new item (as Go): one wins, the others keep waiting.
+   * `undefined` when the caller must re-read (history compacted, the watch ended by itself, or
+   * more items appeared before the watch than one read takes). Every waiting consumer tries every
+   * new item (as Go): one wins, the others keep waiting.
+   *
+   * The watch starts from "now", not at `from`: etcd serves a watch whose start revision is in
+   * the past from its unsynced group, caught up only every 100 ms, so an item enqueued right after
+   * would wait for it. Items put between `from` and the watch's registered revision are read
+   * once, at that revision (keys only, those modified since `from`), and claimed first.
    */
   async #waitAndClaim(from: number, signal: AbortSignal | undefined): Promise<I | undefined> {
-    const w = this.kv.watch(this.#prefix, {
-      prefix: true,
-      startRevision: from,
-      filters: ['nodelete'],
-      signal,
-    });
+    const w = this.kv.watch(this.#prefix, { prefix: true, filters: ['nodelete'], signal });
     try {
+      const registered = await w.ready;
+      if (registered >= from) {
+        let gap: KeyValue[];
+        try {
+          const r = await this.kv.range(this.#prefix, {
+            prefix: true,
+            revision: registered,
+            serializable: true,
+            minModRevision: from,
+            keysOnly: true,
+            limit: queueClaimBatchMax,
+            ...(this.#orderByKey ? {} : { sort: { target: 'mod', order: 'ascend' } as const }),
+            signal,
+          });
+          if (r.more) return undefined;
+          gap = r.kvs;
+        } catch (err) {
+          // This member has not applied `registered` yet, or compacted it: re-read the present.
+          if (ConclaveError.is(err, ErrorCode.FutureRevision) || ConclaveError.is(err, ErrorCode.Compacted))
+            return undefined;
+          throw err;
+        }
+        for (const kv of gap) {
+          signal?.throwIfAborted();
+          const item = await this.#claim(kv, undefined);
+          if (item) return item;
+        }
+      }
+      // Puts up to here were in the caller's read or the gap read (a member behind the one the
+      // caller read from registers the watch earlier than `from`).
+      const seen = Math.max(registered, from - 1);
       for await (const batch of w) {
         for (const ev of this.#ordered(batch.events)) {
+          if (ev.kv.modRevision <= seen) continue;
           signal?.throwIfAborted();
           const item = await this.#claim(ev.kv, ev.kv.value);
           if (item) return item;
