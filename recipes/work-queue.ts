@@ -1021,8 +1021,12 @@ export class WorkQueue implements AsyncDisposable {
 
 /**
  * Resolves at the first put under `prefix` at or after `fromRevision` (a new ready item), or at
- * once when that revision was compacted (the caller re-reads anyway). Rejects with the reason of
- * `signal`.
+ * once when the revisions it needs are gone or not yet applied where it reads (the caller re-reads
+ * anyway). Rejects with the reason of `signal`.
+ *
+ * The watch starts from "now" (etcd serves a watch started in the past from its unsynced group,
+ * caught up only every 100 ms); puts between `fromRevision` and its registered revision are found
+ * by one count of the ready keys modified since `fromRevision`, read at that revision.
  */
 async function waitReadyPut(
   kv: KV,
@@ -1031,13 +1035,30 @@ async function waitReadyPut(
   signal: AbortSignal,
 ): Promise<void> {
   const span = WorkQueueKeys.span(prefix);
-  const w = kv.watch(span.key, { end: span.end, startRevision: fromRevision, filters: ['nodelete'], signal });
+  const w = kv.watch(span.key, { end: span.end, filters: ['nodelete'], signal });
   try {
-    for await (const b of w) if (b.events.length > 0) return;
+    const registered = await w.ready;
+    if (registered >= fromRevision) {
+      const r = await kv.range(span.key, {
+        end: span.end,
+        revision: registered,
+        serializable: true,
+        minModRevision: fromRevision,
+        countOnly: true,
+        signal,
+      });
+      if (r.count > 0) return;
+    }
+    for await (const b of w) if (b.events.some((e) => e.kv.modRevision >= fromRevision)) return;
     throw abortReason(signal);
   } catch (err) {
     if (signal.aborted) throw abortReason(signal);
-    if (ConclaveError.is(err, ErrorCode.Compacted) || ConclaveError.is(err, ErrorCode.WatchOverflow)) return;
+    if (
+      ConclaveError.is(err, ErrorCode.Compacted) ||
+      ConclaveError.is(err, ErrorCode.FutureRevision) ||
+      ConclaveError.is(err, ErrorCode.WatchOverflow)
+    )
+      return;
     throw err;
   } finally {
     await w.close();
