@@ -58,9 +58,12 @@ export class DoubleBarrier {
         await kv.put(this.#ready, '', { signal });
         return;
       }
-      // Wait for the ready key to appear.
-      const w = kv.watch(this.#ready, { startRevision: r.revision + 1, filters: ['nodelete'], signal });
+      // Wait for the ready key to appear: a watch from "now" (one started in the past is served
+      // by etcd's unsynced group, caught up every 100 ms), then a linearizable read once it is
+      // registered, which covers everything before its registered revision.
+      const w = kv.watch(this.#ready, { filters: ['nodelete'], signal });
       try {
+        await w.ready;
         const now = await kv.get(this.#ready, { signal });
         if (now) return;
         for await (const b of w) if (b.events.length > 0) return;
