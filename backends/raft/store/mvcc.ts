@@ -109,13 +109,17 @@ export class KeyRecord {
  * recovered log keeps one small object per key instead of the decoded records (issue 5: recovery
  * time). Anything that needs the whole history (`records()`: a delete, a read at an older
  * revision, compaction) decodes the encoded part in front of `recs` and stores a plain array.
- * `recs` grows only with records above every earlier one (a snapshot frozen before shares this
- * object and keeps the records at or below its revision); a write's undo removes its own.
+ * `recs` only gains records above every earlier one (in place, or as a longer copy: a snapshot
+ * frozen before shares this object and keeps the records at or below its revision); a write's
+ * undo removes its own.
  */
+/** Up to this many records, a touched key's `recs` grows by exact copies. */
+const touchedCopiedMax = 8;
+
 export class Touched {
   constructor(
     readonly off: number,
-    readonly recs: KeyRecord[],
+    public recs: KeyRecord[],
   ) {}
 }
 
@@ -344,9 +348,7 @@ export class Mvcc {
   #peek(key: string, r: Records): KeyRecord[] {
     if (typeof r === 'number') return decodeRecords(this.source!, r, key.length);
     if (Array.isArray(r)) return r;
-    const recs = decodeRecords(this.source!, r.off, key.length);
-    for (const x of r.recs) recs.push(x);
-    return recs;
+    return decodeRecords(this.source!, r.off, key.length).concat(r.recs);
   }
 
   /** The encoded bytes of an undecoded entry (the snapshot writer copies them as they are). */
@@ -548,7 +550,9 @@ export class Mvcc {
     }
     const recs = Array.isArray(entry) ? entry : entry.recs;
     const wasLive = recs[recs.length - 1]!.isPut;
-    recs.push(r);
+    // A touched key's first few records: an exact copy (a push would reserve 17 slots).
+    if (recs !== entry && recs.length < touchedCopiedMax) (entry as Touched).recs = recs.concat(r);
+    else recs.push(r);
     if (!r.isPut) this.#live?.delete(key);
     else if (!wasLive) this.#live?.set(key, entry);
     this.undo?.push(() => {
