@@ -92,6 +92,13 @@ if (values['restart-to'] !== undefined) {
   process.exit(0);
 }
 
+/**
+ * The restart inherits the environment; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge
+ * pages for large allocations, see docs/storage.md "Recovery time") changes its figures a lot on
+ * some machines, so it is printed beside them.
+ */
+const tunables = process.env.GLIBC_TUNABLES ? { glibcTunables: process.env.GLIBC_TUNABLES } : {};
+
 /** What a loading run leaves in a kept directory, for `--restarts`. */
 const metaFile = join(dir, 'bench-recovery.json');
 
@@ -145,7 +152,7 @@ if (values.restarts !== undefined) {
     cpSync(dir, runDir, { recursive: true });
     const load = loadavg().map((l) => Math.round(l * 100) / 100);
     const r = restartChild(runDir, meta.keys, meta.lastIndex);
-    console.log(JSON.stringify({ run: i + 1, loadAverage: load, ...r }));
+    console.log(JSON.stringify({ run: i + 1, loadAverage: load, ...r, ...tunables }));
   }
   rmSync(runDir, { recursive: true, force: true });
   process.exit(0);
@@ -207,6 +214,7 @@ const result = {
   cpuMs: restart.cpuMs,
   heapMiB: restart.heapMiB,
   rssMiB: restart.rssMiB,
+  ...tunables,
 };
 console.log(JSON.stringify(result));
 console.log(

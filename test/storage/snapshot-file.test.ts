@@ -2,7 +2,8 @@
  * Snapshot files written in pieces (issue 5): the data is written straight from the snapshot's
  * buffer in chunks and checksummed in slices between event-loop turns, yet the file is byte for
  * byte the one-buffer format (`"CSNP"` + CRC-32C + SnapshotFile protobuf), reads back, and a
- * damaged byte anywhere is still caught.
+ * damaged byte anywhere is still caught (the file is read back in pieces, each checksummed as it
+ * arrives).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,11 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { Snapshot } from '../../backends/raft/consensus/types.js';
 import { crc32c } from '../../backends/raft/storage/crc32c.js';
 import { encodeSnapshotFile } from '../../backends/raft/storage/records.js';
-import { Snapshotter, snapshotWriteChunkBytes } from '../../backends/raft/storage/snapshots.js';
+import {
+  Snapshotter,
+  snapshotReadChunkBytes,
+  snapshotWriteChunkBytes,
+} from '../../backends/raft/storage/snapshots.js';
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 
 const root = mkdtempSync(join(tmpdir(), 'conclave-snapfile-'));
@@ -71,13 +76,22 @@ describe('snapshot files', () => {
     const snaps = new Snapshotter(dir);
     await snaps.init();
     const older = new Uint8Array(1000).fill(1);
-    const newer = new Uint8Array(snapshotWriteChunkBytes + 5).fill(2);
+    const newer = new Uint8Array(2 * snapshotReadChunkBytes + 5).fill(2);
     await snaps.save(snapshot(5, older));
     await snaps.save(snapshot(9, newer));
     const [newest] = await snaps.list();
     const path = join(dir, newest!.name);
     const file = readFileSync(path);
-    for (const at of [8, 20, file.length - 1, snapshotWriteChunkBytes + 3]) {
+    // The magic, the stored CRC, the head, the last byte, and bytes in later read and write pieces.
+    for (const at of [
+      0,
+      4,
+      8,
+      20,
+      file.length - 1,
+      snapshotWriteChunkBytes + 3,
+      snapshotReadChunkBytes + 1,
+    ]) {
       const bad = Buffer.from(file);
       bad[at]! ^= 0x10;
       writeFileSync(path, bad);
