@@ -201,4 +201,26 @@ describe('restored keys written since (touched)', () => {
     );
     expect(reads(r)).toEqual(reads(ref));
   });
+
+  it('a first write replaces the index entry in place only where no clone of the index shares it', () => {
+    // Enough keys for a tree of several levels (32 keys a node).
+    const s = new StoreClass({ minTtlSeconds: 1 });
+    const names = Array.from({ length: 3000 }, (_, i) => `k${String(i).padStart(5, '0')}`);
+    for (const k of names) s.applyPut(enc.encode(k), enc.encode('v'), {});
+    const r = restoreStore(snapshotStore(s), { minTtlSeconds: 1, nowMs: 0 });
+    const put = (k: string, v: string) => {
+      r.applyPut(enc.encode(k), enc.encode(v), {});
+      s.applyPut(enc.encode(k), enc.encode(v), {});
+    };
+    for (const k of names.filter((_, i) => i % 5 === 0)) put(k, 'w'); // owned by the index alone
+    const frozen = r.mvcc.index.clone(); // what a snapshot freeze holds
+    for (const k of names.filter((_, i) => i % 7 === 0)) put(k, 'x'); // shared with `frozen`
+    for (const k of names.filter((_, i) => i % 3 === 0)) put(k, 'y'); // some paths copied by now
+    for (const [i, k] of names.entries()) {
+      expect(typeof frozen.get(k) === 'number', k).toBe(i % 5 !== 0);
+      expect(r.mvcc.index.get(k) instanceof Touched, k).toBe(i % 5 === 0 || i % 7 === 0 || i % 3 === 0);
+    }
+    expect(r.range('', { prefix: true }).kvs.map(show)).toEqual(s.range('', { prefix: true }).kvs.map(show));
+    expect(Buffer.from(snapshotStore(r)).equals(Buffer.from(snapshotStore(s)))).toBe(true);
+  });
 });

@@ -34,6 +34,14 @@ import type { KeyValue } from '../../../src/types.js';
 const BTree = ((BTreeModule as unknown as { default?: unknown }).default ??
   BTreeModule) as typeof import('sorted-btree').default;
 type BTree<K, V> = import('sorted-btree').default<K, V>;
+/** A node of the key index as sorted-btree 2.x lays it out (read by `Mvcc.entry`). */
+interface IndexNode {
+  readonly keys: string[];
+  readonly values: Records[];
+  /** Internal nodes only: child i holds the keys up to keys[i]. */
+  readonly children?: IndexNode[];
+  readonly isShared?: boolean;
+}
 
 /** Latin1 key strings compare in byte order with plain `<` (no mixed key types to handle). */
 const compareKeys = (a: string, b: string): number => (a > b ? 1 : a < b ? -1 : 0);
@@ -313,6 +321,68 @@ export class Mvcc {
     this.#liveOf = other.#liveOf;
   }
 
+  /** The index's root when the last `entry()` found its key in a leaf only the index owns. */
+  #slotRoot: IndexNode | undefined;
+  #slotLeaf: IndexNode | undefined;
+  #slotAt = 0;
+
+  /**
+   * The key's index entry (`index.get`), remembering the leaf slot it was found in when no node
+   * on the way is shared with a clone of the index (copy-on-write: `clone()` marks the root
+   * shared, and a write marks the children of each node it copies), so that the write that
+   * follows can replace it without a second walk down the tree (`#replace`). Reads sorted-btree's
+   * nodes (2.x: `_root`, `keys`, `children`, `values`, `isShared`); the index compares keys with
+   * plain `<`, as here.
+   */
+  entry(key: string): Records | undefined {
+    const root = (this.index as unknown as { _root: IndexNode })._root;
+    let node = root;
+    let owned = !root.isShared;
+    for (;;) {
+      const keys = node.keys;
+      // The first key at or above `key` (a child holds the keys up to its own key here).
+      let lo = 0;
+      let hi = keys.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (keys[mid]! < key) lo = mid + 1;
+        else hi = mid;
+      }
+      const children = node.children;
+      if (children === undefined) {
+        if (lo >= keys.length || keys[lo] !== key) return undefined;
+        this.#slotRoot = owned ? root : undefined;
+        this.#slotLeaf = node;
+        this.#slotAt = lo;
+        return node.values[lo];
+      }
+      if (lo >= children.length) return undefined;
+      node = children[lo]!;
+      if (node.isShared) owned = false;
+    }
+  }
+
+  /**
+   * Sets a key's index entry, in place when the last `entry()` found `key` at a slot only the
+   * index owns and nothing changed the tree since (same root, still not shared, the key and its
+   * old entry `was` still there), else with `index.set`.
+   */
+  #replace(key: string, was: Records, value: Records): void {
+    const leaf = this.#slotLeaf;
+    const at = this.#slotAt;
+    const root = this.#slotRoot;
+    this.#slotRoot = this.#slotLeaf = undefined;
+    if (
+      root !== undefined &&
+      root === (this.index as unknown as { _root: IndexNode })._root &&
+      !root.isShared &&
+      leaf!.keys[at] === key &&
+      leaf!.values[at] === was
+    )
+      leaf!.values[at] = value;
+    else this.index.set(key, value);
+  }
+
   /** A key's records, decoded (and kept decoded) if they were still encoded; undefined if none. */
   records(key: string): KeyRecord[] | undefined {
     const r = this.index.get(key);
@@ -464,7 +534,7 @@ export class Mvcc {
     lease: bigint,
     main: number,
     sub: number,
-    entry: Records | undefined = this.index.get(key),
+    entry: Records | undefined = this.entry(key),
     prev: KeyRecord | undefined = this.latest(key, entry),
   ): MvccEvent {
     const r = new KeyRecord(
@@ -536,7 +606,7 @@ export class Mvcc {
       const src = this.source!;
       const wasLive = src[lastEncoded(src, entry) + 16] === 1;
       const t = new Touched(entry, [r]);
-      this.index.set(key, t);
+      this.#replace(key, entry, t);
       if (r.isPut) this.#live?.set(key, t);
       else this.#live?.delete(key);
       this.undo?.push(() => {

@@ -167,7 +167,7 @@ export class Store {
     const k = keyString(key);
     // One index lookup per put: the entry is passed on to the MVCC write (the write is at or
     // above every record, so the put it follows is the key's latest record).
-    const entry = this.mvcc.index.get(k);
+    const entry = this.mvcc.entry(k);
     const prev = this.mvcc.latest(k, entry);
     if ((o.ignoreValue || o.ignoreLease) && !prev)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: key not found');
