@@ -238,6 +238,91 @@ async function readWhole(file: string, reuse: Uint8Array | undefined): Promise<U
   }
 }
 
+/** The largest piece the last segment is read in (it is read up to its first all-zero piece). */
+export const walReadPieceBytesMax = 4 * 1024 * 1024;
+
+/** Reads `buf[from, to)` from the same range of the file; returns the bytes read (less at its end). */
+async function readInto(fh: fsp.FileHandle, buf: Uint8Array, from: number, to: number): Promise<number> {
+  let got = from;
+  while (got < to) {
+    const { bytesRead } = await fh.read(buf, got, to - got, got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got - from;
+}
+
+/**
+ * Reads the last segment, whose preallocated rest is normally zeros, without bringing that rest
+ * into memory: pieces are read into `reuse` (or a new buffer) up to and including the first
+ * all-zero piece, and the pieces after it through that piece's place in the buffer, each checked
+ * to be all zeros (a freshly allocated buffer is not touched beyond the data: fresh memory is
+ * what reading costs most). If one is not, the rest of the file is read into place after all.
+ * Returns `prefix` (the file from 0; shorter than `size` only when every byte after it is zero),
+ * the file's `size` as read, the whole buffer, and how much memory the buffer holds.
+ */
+async function readLastSegment(
+  file: string,
+  reuse: Uint8Array | undefined,
+): Promise<{ prefix: Uint8Array; size: number; buf: Uint8Array; residentBytes: number }> {
+  const fh = await fsp.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const fresh = !(reuse !== undefined && reuse.length >= size);
+    const buf = fresh ? new Uint8Array(size) : reuse;
+    // The memory this buffer holds: a new one only where it was written (the rest is never touched).
+    const done = (prefixBytes: number, fileBytes: number, touched: number) => ({
+      prefix: buf.subarray(0, prefixBytes),
+      size: fileBytes,
+      buf,
+      residentBytes: fresh ? touched : buf.buffer.byteLength,
+    });
+    // Pieces of at most walReadPieceBytesMax, at least 4 KiB, about 1/16 of the segment.
+    const piece = Math.max(4096, Math.min(walReadPieceBytesMax, Math.ceil(size / 16 / 4096) * 4096));
+    let off = 0;
+    let zeroAt = -1;
+    while (off < size) {
+      const n = await readInto(fh, buf, off, Math.min(size, off + piece));
+      if (n === 0) return done(off, off, off);
+      off += n;
+      if (lastNonZero(buf.subarray(off - n, off)) < 0) {
+        zeroAt = off - n;
+        break;
+      }
+    }
+    if (zeroAt < 0 || off >= size) return done(off, off, off);
+    const prefixEnd = off;
+    const scratch = buf.subarray(zeroAt, prefixEnd);
+    for (let at = prefixEnd; at < size; ) {
+      const n = await readAt(fh, scratch, at);
+      if (n === 0) return done(prefixEnd, at, prefixEnd);
+      if (lastNonZero(scratch.subarray(0, n)) >= 0) {
+        // Not zeros (damage, or data after a gap): read the rest in place, as a whole file. The
+        // pieces checked so far were zeros: so is their place (a reused buffer holds old bytes).
+        scratch.fill(0);
+        if (!fresh) buf.fill(0, prefixEnd, at);
+        const rest = at + (await readInto(fh, buf, at, size));
+        return done(rest, rest, rest);
+      }
+      at += n;
+    }
+    return done(prefixEnd, size, prefixEnd);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads up to `into.length` bytes of the file at `position` into `into`; returns how many. */
+async function readAt(fh: fsp.FileHandle, into: Uint8Array, position: number): Promise<number> {
+  let got = 0;
+  while (got < into.length) {
+    const { bytesRead } = await fh.read(into, got, into.length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
+}
+
 /**
  * Gives the entries of `ents` whose data is a view into `buf` bytes of their own. They are a
  * suffix of `ents` (replay appends a segment's entries after those of earlier segments, which
@@ -354,10 +439,41 @@ export class Wal {
     for (let i = 0; i < segments.length; i++) {
       const seg = segments[i]!;
       const file = join(o.dir, seg.name);
-      const buf = await readWhole(file, readBuf);
-      if (readBuf === undefined || buf.buffer !== readBuf.buffer) readBuf = buf;
       const last = i === segments.length - 1;
-      const scan = scanSegment(buf, file, last, 'view');
+      let buf: Uint8Array;
+      let scan: ScanResult;
+      // The memory the read buffer holds (what kept views into it would pin).
+      let residentBytes: number;
+      if (!last) {
+        buf = await readWhole(file, readBuf);
+        residentBytes = buf.buffer.byteLength;
+        scan = scanSegment(buf, file, last, 'view');
+      } else {
+        // The last segment is read up to the first all-zero piece after its data, the rest
+        // only checked to be zeros (see readLastSegment). A scan of that prefix that ends
+        // cleanly ends where a scan of the whole file would (everything after it is zeros);
+        // any other outcome (a torn tail, damage) is decided on the whole file, zeros included.
+        const r = await readLastSegment(file, readBuf);
+        buf = r.prefix;
+        residentBytes = r.residentBytes;
+        let clean: ScanResult | undefined;
+        if (r.prefix.length < r.size) {
+          try {
+            const s = scanSegment(r.prefix, file, last, 'view');
+            if (s.tornBytes === 0) clean = s;
+          } catch {
+            // Decided on the whole file below.
+          }
+        }
+        if (clean) scan = clean;
+        else {
+          buf = r.buf.subarray(0, r.size);
+          buf.fill(0, r.prefix.length);
+          residentBytes = Math.max(residentBytes, r.size);
+          scan = scanSegment(buf, file, last, 'view');
+        }
+      }
+      if (readBuf === undefined || buf.buffer !== readBuf.buffer) readBuf = buf;
       const first = scan.records[0]?.rec;
       if (!first || first.type !== RecordType.Metadata) {
         if (last && scan.records.length === 0 && scan.tornBytes === 0 && i > 0) {
@@ -366,8 +482,7 @@ export class Wal {
       } else if (first.nodeId !== o.nodeId || first.segment !== seg.seq)
         throw walCorrupt(file, 0, `metadata of member ${first.nodeId} segment ${first.segment}`);
       replayRecords(scan.records, base, file, state);
-      if (!last || viewBytesInto(state.ents, buf) * 2 < buf.buffer.byteLength)
-        ownEntriesFrom(state.ents, buf);
+      if (!last || viewBytesInto(state.ents, buf) * 2 < residentBytes) ownEntriesFrom(state.ents, buf);
       if (last) {
         end = scan.end;
         if (scan.tornBytes > 0) {
