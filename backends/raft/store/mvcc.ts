@@ -53,6 +53,9 @@ const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(start: number,
   .latin1Slice as (this: Uint8Array, start: number, end: number) => string;
 /** The index key of a key's bytes (latin1: one char per byte), without a Buffer wrapper per call. */
 export const keyString = (b: Uint8Array): string => latin1Slice.call(b, 0, b.length);
+/** The latin1 string of `b[start, end)` (an index key read from a snapshot). */
+export const latin1String = (b: Uint8Array, start: number, end: number): string =>
+  latin1Slice.call(b, start, end);
 export const keyBytes = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 
 /**

@@ -34,7 +34,7 @@
  * keeps `data` as its backing bytes: the caller must not modify it afterwards.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
-import { encodedRecordsEnd, type KeyRecord, type Mvcc, type Records, Touched } from './mvcc.js';
+import { encodedRecordsEnd, type KeyRecord, latin1String, type Mvcc, type Records, Touched } from './mvcc.js';
 import { Store } from './store.js';
 
 /** The store snapshot format this build writes and reads. */
@@ -315,6 +315,58 @@ class Reader {
   }
 }
 
+const truncated = (o: number) => new RangeError(`truncated at byte ${o}`);
+/** Whether the u64 LE at `o` is above 2^53 (its high word is). */
+const beyondSafe = (b: Buffer, o: number): boolean => b.readUInt32LE(o + 4) >= 0x20_0000;
+
+/**
+ * Validates the key section from `o` (the `Reader` checks, inlined: one pass over a million keys
+ * is the restore) and fills `names` (latin1 key strings, strictly ascending) and `offsets` (where
+ * each key's records start); returns the offset after the section.
+ */
+function readKeys(b: Buffer, o: number, names: string[], offsets: number[]): number {
+  const end = b.length;
+  let prev = '';
+  for (let i = 0; i < names.length; i++) {
+    if (o + 4 > end) throw truncated(o);
+    const kl = b.readUInt32LE(o);
+    o += 4;
+    if (o + kl > end) throw truncated(o);
+    const key = latin1String(b, o, o + kl);
+    o += kl;
+    if (i > 0 && !(key > prev)) throw new RangeError(`keys out of order at byte ${o}`);
+    prev = key;
+    names[i] = key;
+    offsets[i] = o;
+    if (o + 4 > end) throw truncated(o);
+    const n = b.readUInt32LE(o);
+    if (n === 0) throw new RangeError(`a key without records at byte ${o}`);
+    o += 4;
+    for (let j = 0; j < n; j++) {
+      // [main][sub][kind]
+      if (o + 17 > end) throw truncated(o);
+      if (beyondSafe(b, o) || beyondSafe(b, o + 8))
+        throw new RangeError(`an integer beyond 2^53 at byte ${o}`);
+      const kind = b[o + 16]!;
+      o += 17;
+      if (kind === 0) {
+        if (j === 0) throw new RangeError(`a key whose first record is a tombstone at byte ${o - 1}`);
+        continue;
+      }
+      if (kind !== 1) throw new RangeError(`record kind ${kind} at byte ${o - 1}`);
+      // [create][mod][version][lease i64][value: u32 length + bytes]
+      if (o + 36 > end) throw truncated(o);
+      if (beyondSafe(b, o) || beyondSafe(b, o + 8) || beyondSafe(b, o + 16))
+        throw new RangeError(`an integer beyond 2^53 at byte ${o}`);
+      const vl = b.readUInt32LE(o + 32);
+      o += 36;
+      if (o + vl > end) throw truncated(o);
+      o += vl;
+    }
+  }
+  return o;
+}
+
 export function restoreStore(data: Uint8Array, opts: { minTtlSeconds: number; nowMs: number }): Store {
   const format = data[0];
   if (format !== storeSnapshotFormat)
@@ -344,31 +396,7 @@ function read(r: Reader, opts: { minTtlSeconds: number; nowMs: number }): Store 
   if (keys > (r.b.length - r.o) / 8) throw new RangeError(`${keys} keys in ${r.b.length} bytes`);
   const names: string[] = new Array(keys);
   const offsets: number[] = new Array(keys);
-  let prev = '';
-  for (let i = 0; i < keys; i++) {
-    const key = r.latin1();
-    if (i > 0 && !(key > prev)) throw new RangeError(`keys out of order at byte ${r.o}`);
-    prev = key;
-    names[i] = key;
-    offsets[i] = r.o;
-    const n = r.u32();
-    if (n === 0) throw new RangeError(`a key without records at byte ${r.o - 4}`);
-    for (let j = 0; j < n; j++) {
-      r.u64(); // main
-      r.u64(); // sub
-      const kind = r.u8();
-      if (kind === 0) {
-        if (j === 0) throw new RangeError(`a key whose first record is a tombstone at byte ${r.o - 1}`);
-        continue;
-      }
-      if (kind !== 1) throw new RangeError(`record kind ${kind} at byte ${r.o - 1}`);
-      r.u64(); // create
-      r.u64(); // mod
-      r.u64(); // version
-      r.skip(8); // lease
-      r.skip(r.u32()); // value
-    }
-  }
+  r.o = readKeys(r.b, r.o, names, offsets);
   store.mvcc.load(r.b, names, offsets);
   const leases = r.u32();
   for (let i = 0; i < leases; i++) {
