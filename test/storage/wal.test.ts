@@ -248,6 +248,44 @@ describe('snapshot files and disk storage', () => {
     await fallback.close();
   });
 
+  it('disk storage — a damaged newest snapshot and a torn WAL tail: the tail is repaired and reported, the WAL replayed after the older snapshot', async () => {
+    const dataDir = freshDir();
+    const ds = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });
+    for (let i = 1; i <= 60; i++)
+      await ds.save({ entries: [ent(i)], hardState: { term: 1, vote: 1, commit: i } });
+    await ds.snapshotAt(20, new TextEncoder().encode('state@20'), { voters: [1], learners: [] });
+    await ds.snapshotAt(40, new TextEncoder().encode('state@40'), { voters: [1], learners: [] });
+    await ds.close();
+    const snapDir = join(dataDir, 'snap');
+    const newest = readdirSync(snapDir).sort().reverse()[0]!;
+    const b = readFileSync(join(snapDir, newest));
+    b[12]! ^= 1;
+    writeFileSync(join(snapDir, newest), b);
+    // Tear the last record (the hard state after entry 60): its end marker never reached the disk.
+    const walDir = join(dataDir, 'wal');
+    const lastSeg = join(walDir, segFiles(walDir).at(-1)!);
+    const seg = new Uint8Array(readFileSync(lastSeg));
+    const scan = scanSegment(seg, lastSeg, true);
+    const tornAt = scan.records.at(-1)!.offset;
+    seg.fill(0, scan.end - 3, scan.end);
+    writeFileSync(lastSeg, seg);
+    const logs: string[] = [];
+    const again = await DiskStorage.open({
+      dataDir,
+      nodeId: 1,
+      voters: [1],
+      segmentBytes: 4096,
+      log: (m) => logs.push(m),
+    });
+    expect(new TextDecoder().decode(again.snap.data)).toBe('state@20');
+    expect(again.recovery.skippedSnapshots).toEqual([newest]);
+    expect(again.recovery.wal.truncated?.offset).toBe(tornAt);
+    expect(logs.join('\n')).toMatch(/torn tail/);
+    expect(again.firstIndex()).toBe(21);
+    expect(again.lastIndex()).toBe(60);
+    await again.close();
+  });
+
   it('disk storage — a second opener of the same data directory is refused', async () => {
     const dataDir = freshDir();
     const ds = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });

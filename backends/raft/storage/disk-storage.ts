@@ -107,7 +107,11 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
         after === assumed.index && afterTerm === assumed.term
           ? await reading
           : await reading.then(
-              () => Wal.read(walOptions, { index: after, term: afterTerm }),
+              // A torn tail the first pass repaired is reported, though this pass finds it gone.
+              async (first) => {
+                const again = await Wal.read(walOptions, { index: after, term: afterTerm });
+                return first.truncated && !again.truncated ? { ...again, truncated: first.truncated } : again;
+              },
               () => Wal.read(walOptions, { index: after, term: afterTerm }),
             );
       const { wal, recovery } = await Wal.open(walOptions, after, afterTerm, read);
