@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { Touched } from '../../backends/raft/store/mvcc.js';
+import { KeyRecord, type Records, Touched } from '../../backends/raft/store/mvcc.js';
 import { restoreStore, snapshotStore, snapshotStoreSliced } from '../../backends/raft/store/snapshot.js';
 import type { Store } from '../../backends/raft/store/store.js';
 import { Store as StoreClass } from '../../backends/raft/store/store.js';
@@ -39,7 +39,11 @@ function pair(data: Uint8Array): { r: Store; ref: Store } {
   return { r, ref };
 }
 
-const touchedCount = (s: Store) => s.mvcc.index.valuesArray().filter((e) => e instanceof Touched).length;
+/** A restored key written since by puts only: its first write alone (a record) or `Touched`. */
+const isTouched = (e: Records | undefined) => e instanceof Touched || e instanceof KeyRecord;
+const touchedCount = (s: Store) => s.mvcc.index.valuesArray().filter(isTouched).length;
+/** Restored keys with two or more writes since (both forms must be exercised). */
+const touchedTwiceCount = (s: Store) => s.mvcc.index.valuesArray().filter((e) => e instanceof Touched).length;
 
 const opArb = fc.oneof(
   {
@@ -122,6 +126,7 @@ describe('restored keys written since (touched)', () => {
   it('answers, writes and snapshots exactly as the decoded store does', async () => {
     const data = history();
     let sawTouched = false;
+    let sawTouchedTwice = false;
     await fc.assert(
       fc.asyncProperty(fc.array(opArb, { maxLength: 25 }), fc.nat({ max: 25 }), async (ops, freezeAt) => {
         const { r, ref } = pair(data);
@@ -132,6 +137,7 @@ describe('restored keys written since (touched)', () => {
             ref.range('', { prefix: true }).kvs.map(show),
           );
           if (touchedCount(r) > 0) sawTouched = true;
+          if (touchedTwiceCount(r) > 0) sawTouchedTwice = true;
           if (i === freezeAt) {
             // A snapshot frozen now, encoded while both stores keep applying the remaining ops.
             const want = snapshotStore(ref);
@@ -163,6 +169,7 @@ describe('restored keys written since (touched)', () => {
       { numRuns: 300 },
     );
     expect(sawTouched).toBe(true);
+    expect(sawTouchedTwice).toBe(true);
   });
 
   it('a write undone midway that put a restored key, put it again and deleted it leaves its encoded records', () => {
@@ -173,11 +180,12 @@ describe('restored keys written since (touched)', () => {
     const main = r.revision + 1;
     m.undo = [];
     const first = m.put('a', enc.encode('a'), enc.encode('x'), 0n, main, 0);
-    expect(m.index.get('a')).toBeInstanceOf(Touched);
+    expect(m.index.get('a')).toBeInstanceOf(KeyRecord); // the first write alone
     // Each write's event has the key as it was before the write's revision (the restored one).
     expect(show(first.prevKv!)).toBe('a=a2@2/12/3/0');
     const second = m.put('a', enc.encode('a'), enc.encode('y'), 0n, main, 1);
     expect([show(second.kv), show(second.prevKv!)]).toEqual([`a=y@2/${main}/5/0`, 'a=a2@2/12/3/0']);
+    expect(m.index.get('a')).toBeInstanceOf(Touched);
     m.put('d', enc.encode('d'), enc.encode('z'), 0n, main, 2); // deleted before the restore
     m.delete('a', main, 3); // decodes 'a'
     expect(Array.isArray(m.index.get('a'))).toBe(true);
@@ -195,7 +203,7 @@ describe('restored keys written since (touched)', () => {
     const undo2 = m.undo;
     m.undo = undefined;
     for (let i = undo2.length - 1; i >= 0; i--) undo2[i]!();
-    expect((m.index.get('b') as Touched).recs.length).toBe(1);
+    expect(m.index.get('b')).toBeInstanceOf(KeyRecord);
     expect(r.range('', { prefix: true }).kvs.map(show)).toEqual(
       ref.range('', { prefix: true }).kvs.map(show),
     );
@@ -218,7 +226,7 @@ describe('restored keys written since (touched)', () => {
     for (const k of names.filter((_, i) => i % 3 === 0)) put(k, 'y'); // some paths copied by now
     for (const [i, k] of names.entries()) {
       expect(typeof frozen.get(k) === 'number', k).toBe(i % 5 !== 0);
-      expect(r.mvcc.index.get(k) instanceof Touched, k).toBe(i % 5 === 0 || i % 7 === 0 || i % 3 === 0);
+      expect(isTouched(r.mvcc.index.get(k)), k).toBe(i % 5 === 0 || i % 7 === 0 || i % 3 === 0);
     }
     expect(r.range('', { prefix: true }).kvs.map(show)).toEqual(s.range('', { prefix: true }).kvs.map(show));
     expect(Buffer.from(snapshotStore(r)).equals(Buffer.from(snapshotStore(s)))).toBe(true);

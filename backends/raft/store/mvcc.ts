@@ -82,10 +82,15 @@ export class KeyRecord {
     readonly mod: number,
     readonly version: number,
     readonly lease: bigint,
+    /**
+     * As a key's index entry (a restored key's first write since the restore, and its only one so
+     * far): the offset in `Mvcc.source` of the key's encoded records, all older; else -1.
+     */
+    readonly encodedAt = -1,
   ) {}
 
   static tombstone(main: number, sub: number): KeyRecord {
-    return new KeyRecord(main, sub, -1, undefined, 0, undefined, 0, 0, 0, 0, 0, 0n);
+    return new KeyRecord(main, sub, -1, undefined, 0, undefined, 0, 0, 0, 0, 0, 0n, -1);
   }
 
   get isPut(): boolean {
@@ -112,21 +117,22 @@ export class KeyRecord {
   }
 }
 
+/** Up to this many records, a touched key's `recs` grows by exact copies. */
+const touchedCopiedMax = 8;
+
 /**
  * A key restored from a snapshot and written since by puts only: its restored records are still
  * encoded at `off` in `Mvcc.source`, and `recs` (never empty) are the records written since, all
  * above the encoded ones. A put to a restored key appends here instead of decoding the key's
  * history (its create revision, version and lease are read from the bytes), so applying a
  * recovered log keeps one small object per key instead of the decoded records (issue 5: recovery
- * time). Anything that needs the whole history (`records()`: a delete, a read at an older
- * revision, compaction) decodes the encoded part in front of `recs` and stores a plain array.
- * `recs` only gains records above every earlier one (in place, or as a longer copy: a snapshot
- * frozen before shares this object and keeps the records at or below its revision); a write's
- * undo removes its own.
+ * time); after its first write only, the key's entry is that record itself (`encodedAt` set: no
+ * Touched and no array yet). Anything that needs the whole history (`records()`: a delete, a read
+ * at an older revision, compaction) decodes the encoded part in front of the new records and
+ * stores a plain array. `recs` only gains records above every earlier one (in place, or as a
+ * longer copy: a snapshot frozen before shares this object and keeps the records at or below its
+ * revision); a write's undo removes its own.
  */
-/** Up to this many records, a touched key's `recs` grows by exact copies. */
-const touchedCopiedMax = 8;
-
 export class Touched {
   constructor(
     readonly off: number,
@@ -136,11 +142,16 @@ export class Touched {
 
 /**
  * A key's records: decoded, the offset in `Mvcc.source` of the encoded ones (a key restored from a
- * snapshot and not touched since), or both (`Touched`). Encoding (snapshot format 2, snapshot.ts):
- * [records u32] records × ([main u64][sub u64][kind u8] value records: [create u64][mod u64]
- * [version u64][lease i64][value: u32 length + bytes]); the key's bytes come just before.
+ * snapshot and not touched since), or both (`Touched`, or a single `KeyRecord` with `encodedAt`).
+ * Encoding (snapshot format 2, snapshot.ts): [records u32] records × ([main u64][sub u64]
+ * [kind u8] value records: [create u64][mod u64][version u64][lease i64][value: u32 length +
+ * bytes]); the key's bytes come just before.
  */
-export type Records = KeyRecord[] | number | Touched;
+export type Records = KeyRecord[] | number | Touched | KeyRecord;
+
+/** A touched key's entry as a `Touched` (a new one, not kept, for a single record). */
+export const asTouched = (r: Touched | KeyRecord): Touched =>
+  r instanceof KeyRecord ? new Touched(r.encodedAt, [r]) : r;
 
 /**
  * A watch event. `prevKv` is etcd's (v3rpc/watch.go): none for a put that creates the key (its
@@ -403,8 +414,8 @@ export class Mvcc {
   latest(key: string, r: Records | undefined): KeyRecord | undefined {
     if (r === undefined) return undefined;
     if (typeof r === 'number') return lastEncodedPut(this.source!, r, key.length);
-    const recs = Array.isArray(r) ? r : r.recs;
-    const last = recs[recs.length - 1]!;
+    const last =
+      r instanceof KeyRecord ? r : Array.isArray(r) ? r[r.length - 1]! : r.recs[r.recs.length - 1]!;
     return last.isPut ? last : undefined;
   }
 
@@ -421,6 +432,7 @@ export class Mvcc {
   #peek(key: string, r: Records): KeyRecord[] {
     if (typeof r === 'number') return decodeRecords(this.source!, r, key.length);
     if (Array.isArray(r)) return r;
+    if (r instanceof KeyRecord) return decodeRecords(this.source!, r.encodedAt, key.length).concat(r);
     return decodeRecords(this.source!, r.off, key.length).concat(r.recs);
   }
 
@@ -447,6 +459,7 @@ export class Mvcc {
     if (r === undefined) return undefined;
     // At or above a touched key's first write since the restore, its encoded records are older.
     if (r instanceof Touched && rev >= r.recs[0]!.main) return recordAt(r.recs, rev)?.kv;
+    if (r instanceof KeyRecord && rev >= r.main) return r.kv;
     let recs: KeyRecord[];
     if (Array.isArray(r)) recs = r;
     else {
@@ -476,9 +489,14 @@ export class Mvcc {
     // under its iteration).
     let decoded: Array<[string, KeyRecord[]]> | undefined;
     tree.forRange(start, high, end === '\u0000', (k, r) => {
+      // A touched key's encoded records are all older than its first write since the restore.
+      if (r instanceof KeyRecord && rev >= r.main) {
+        const kv = r.kv;
+        if (kv) visit(k, kv);
+        return;
+      }
       let recs: KeyRecord[];
       if (Array.isArray(r)) recs = r;
-      // A touched key's encoded records are all older than its first write since the restore.
       else if (r instanceof Touched && rev >= r.recs[0]!.main) recs = r.recs;
       else {
         recs = this.#peek(k, r);
@@ -499,6 +517,7 @@ export class Mvcc {
     const src = this.source;
     const isLive = (r: Records): boolean => {
       if (typeof r === 'number') return src![lastEncoded(src!, r) + 16] === 1;
+      if (r instanceof KeyRecord) return r.isPut;
       const recs = Array.isArray(r) ? r : r.recs;
       return recs[recs.length - 1]!.isPut;
     };
@@ -553,6 +572,8 @@ export class Mvcc {
       main,
       prev ? prev.version + 1 : 1,
       lease,
+      // A restored key's first write since the restore becomes its index entry (see `Touched`).
+      typeof entry === 'number' ? entry : -1,
     );
     // The event's prevKv: none for a create, else the key before this revision (`prev` unless
     // the txn wrote the key already; an encoded key's records are all below `main`).
@@ -570,6 +591,8 @@ export class Mvcc {
     // An encoded key has no record at or above `main` (only a write in progress has).
     if (typeof r === 'number') return lastEncodedPut(this.source!, r, key.length);
     if (Array.isArray(r)) return recordBefore(r, main);
+    if (r instanceof KeyRecord)
+      return r.main < main ? r : lastEncodedPut(this.source!, r.encodedAt, key.length);
     const recs = r.recs;
     for (let i = recs.length - 1; i >= 0; i--) if (recs[i]!.main < main) return recs[i];
     return lastEncodedPut(this.source!, r.off, key.length);
@@ -608,15 +631,29 @@ export class Mvcc {
       // A restored key's first write since the restore: its encoded records stay as they are.
       const src = this.source!;
       const wasLive = src[lastEncoded(src, entry) + 16] === 1;
-      const t = new Touched(entry, [r]);
-      this.#replace(key, entry, t);
-      if (r.isPut) this.#live?.set(key, t);
+      // The record is the entry (its `encodedAt` is `entry`): no Touched, no array yet.
+      this.#replace(key, entry, r);
+      if (r.isPut) this.#live?.set(key, r);
       else this.#live?.delete(key);
       this.undo?.push(() => {
         // Whatever the entry became meanwhile (a later op of the write may have decoded it, and
         // its own undo already ran), it holds the encoded records and this one.
         this.index.set(key, entry);
         if (wasLive) this.#live?.set(key, entry);
+        else this.#live?.delete(key);
+      });
+      return;
+    }
+    if (entry instanceof KeyRecord) {
+      // A touched key's second record since the restore.
+      const t = new Touched(entry.encodedAt, [entry, r]);
+      this.#replace(key, entry, t);
+      if (r.isPut) this.#live?.set(key, t);
+      else this.#live?.delete(key);
+      this.undo?.push(() => {
+        // As for the first write: whatever the entry became, it held `entry` and this record.
+        this.index.set(key, entry);
+        if (entry.isPut) this.#live?.set(key, entry);
         else this.#live?.delete(key);
       });
       return;
@@ -654,6 +691,7 @@ export class Mvcc {
       // An undecoded key whose last record is older than fromRev has nothing to replay.
       if (typeof entry === 'number' && u64(this.source!, lastEncoded(this.source!, entry)) < fromRev) return;
       if (entry instanceof Touched && entry.recs[entry.recs.length - 1]!.main < fromRev) return;
+      if (entry instanceof KeyRecord && entry.main < fromRev) return;
       const recs = this.#peek(k, entry);
       for (let i = 0; i < recs.length; i++) {
         const r = recs[i]!;

@@ -34,7 +34,15 @@
  * keeps `data` as its backing bytes: the caller must not modify it afterwards.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
-import { encodedRecordsEnd, type KeyRecord, latin1String, type Mvcc, type Records, Touched } from './mvcc.js';
+import {
+  asTouched,
+  encodedRecordsEnd,
+  type KeyRecord,
+  latin1String,
+  type Mvcc,
+  type Records,
+  Touched,
+} from './mvcc.js';
 import { Store } from './store.js';
 
 /** The store snapshot format this build writes and reads. */
@@ -124,17 +132,18 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
   let size = 1 + 8 * 4;
   let keys = 0;
   let step = 0;
-  for (const [k, entry] of f.index.entries(undefined, pair)) {
+  for (const [k, e] of f.index.entries(undefined, pair)) {
     if (++step === keysPerStep) {
       step = 0;
       yield;
     }
-    if (typeof entry === 'number') {
+    if (typeof e === 'number') {
       keys++;
-      size += 4 + k.length + encodedRecordsEnd(src!, entry) - entry;
+      size += 4 + k.length + encodedRecordsEnd(src!, e) - e;
       continue;
     }
     // A touched key: its encoded records as they are (count included), then the decoded ones.
+    const entry = Array.isArray(e) ? e : asTouched(e);
     const touched = entry instanceof Touched;
     const recs = touched ? entry.recs : entry;
     const n = recordsUpTo(recs, rev);
@@ -158,11 +167,12 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
   putU64(b, o + 16, f.compactRev);
   putU64(b, o + 24, keys);
   o += 32;
-  for (const [k, entry] of f.index.entries(undefined, pair)) {
+  for (const [k, e] of f.index.entries(undefined, pair)) {
     if (++step === keysPerStep) {
       step = 0;
       yield;
     }
+    const entry = typeof e === 'number' || Array.isArray(e) ? e : asTouched(e);
     let n = 0;
     let recs = noRecords;
     if (typeof entry !== 'number') {
