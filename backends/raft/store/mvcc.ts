@@ -59,61 +59,122 @@ export const latin1String = (b: Uint8Array, start: number, end: number): string 
 export const keyBytes = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 
 /**
- * One write of a key: a put or a tombstone at revision {main, sub}. A put's `kv` is made on first
- * use (and kept): until then the record holds its fields and where its key and value bytes are
- * (a command's entry, or the restored snapshot), not the KeyValue and its two byte views — a
- * record costs one object instead of four, which applying a recovered log makes by the hundred
- * thousand (issue 5: recovery time). Code that only needs a field reads it here (`isPut`,
- * `create`, `version`, `lease`…) without making the kv.
+ * One write of a key: a put or a tombstone at revision {main, sub}. Code that only needs a field
+ * reads it here (`isPut`, `create`, `version`, `lease`…); `kv` is the put's KeyValue. Two forms:
+ * - `LazyRecord`: the fields and where the key and value bytes are (a command's entry, or the
+ *   restored snapshot); the KeyValue and its two byte views are made on first use (and kept). A
+ *   record costs one object instead of four, which applying a recovered log makes by the hundred
+ *   thousand (issue 5: recovery time).
+ * - `KvRecord`: revision and KeyValue, made at once — tombstones, and a put to a key whose
+ *   previous record's kv was made (its records get read: a watcher, say), which has the views at
+ *   hand (the predecessor's key, the command's value) and would otherwise make two more.
  */
-export class KeyRecord {
+export abstract class KeyRecord {
+  abstract readonly main: number;
+  abstract readonly sub: number;
+  abstract readonly kv: KeyValue | undefined;
+  abstract readonly isPut: boolean;
+  abstract readonly create: number;
+  abstract readonly mod: number;
+  abstract readonly version: number;
+  abstract readonly lease: bigint;
+  abstract readonly valueLength: number;
+  /** Whether the kv exists already (a `KvRecord`, or a `LazyRecord` that was read). */
+  abstract readonly hasKv: boolean;
+  /**
+   * As a key's index entry (a restored key's first write since the restore, and its only one so
+   * far; always a `LazyRecord`): the offset in `Mvcc.source` of the key's encoded records, all
+   * older; else -1.
+   */
+  abstract readonly encodedAt: number;
+  /** The value's bytes (a view, not kept, unless the kv exists). */
+  abstract value(): Uint8Array;
+
+  static tombstone(main: number, sub: number): KeyRecord {
+    return new KvRecord(main, sub, undefined);
+  }
+}
+
+export class LazyRecord extends KeyRecord {
   #kv: KeyValue | undefined;
   constructor(
     readonly main: number,
     readonly sub: number,
-    /** -1 for a tombstone (which has no key, value or fields of its own). */
     readonly valueLength: number,
-    readonly valueBytes: ArrayBufferLike | undefined,
+    readonly valueBytes: ArrayBufferLike,
     readonly valueOffset: number,
-    readonly keyBytes: ArrayBufferLike | undefined,
+    readonly keyBytes: ArrayBufferLike,
     readonly keyOffset: number,
     readonly keyLength: number,
     readonly create: number,
     readonly mod: number,
     readonly version: number,
     readonly lease: bigint,
-    /**
-     * As a key's index entry (a restored key's first write since the restore, and its only one so
-     * far): the offset in `Mvcc.source` of the key's encoded records, all older; else -1.
-     */
-    readonly encodedAt = -1,
-  ) {}
-
-  static tombstone(main: number, sub: number): KeyRecord {
-    return new KeyRecord(main, sub, -1, undefined, 0, undefined, 0, 0, 0, 0, 0, 0n, -1);
+    readonly encodedAt: number,
+  ) {
+    super();
   }
 
   get isPut(): boolean {
-    return this.valueLength >= 0;
+    return true;
   }
 
-  /** The put's key and value as a KeyValue (views into the bytes, made once); undefined for a tombstone. */
-  get kv(): KeyValue | undefined {
-    if (this.valueLength < 0) return undefined;
+  get kv(): KeyValue {
     this.#kv ??= {
-      key: new Uint8Array(this.keyBytes!, this.keyOffset, this.keyLength),
+      key: new Uint8Array(this.keyBytes, this.keyOffset, this.keyLength),
       createRevision: this.create,
       modRevision: this.mod,
       version: this.version,
-      value: new Uint8Array(this.valueBytes!, this.valueOffset, this.valueLength),
+      value: new Uint8Array(this.valueBytes, this.valueOffset, this.valueLength),
       lease: this.lease,
     };
     return this.#kv;
   }
 
-  /** The value's bytes, without making the kv (a view: not kept). */
+  get hasKv(): boolean {
+    return this.#kv !== undefined;
+  }
+
   value(): Uint8Array {
-    return this.#kv?.value ?? new Uint8Array(this.valueBytes!, this.valueOffset, this.valueLength);
+    return this.#kv?.value ?? new Uint8Array(this.valueBytes, this.valueOffset, this.valueLength);
+  }
+}
+
+export class KvRecord extends KeyRecord {
+  constructor(
+    readonly main: number,
+    readonly sub: number,
+    /** undefined for a tombstone. */
+    readonly kv: KeyValue | undefined,
+  ) {
+    super();
+  }
+  get isPut(): boolean {
+    return this.kv !== undefined;
+  }
+  get create(): number {
+    return this.kv?.createRevision ?? 0;
+  }
+  get mod(): number {
+    return this.kv?.modRevision ?? 0;
+  }
+  get version(): number {
+    return this.kv?.version ?? 0;
+  }
+  get lease(): bigint {
+    return this.kv?.lease ?? 0n;
+  }
+  get valueLength(): number {
+    return this.kv ? this.kv.value.length : -1;
+  }
+  get hasKv(): boolean {
+    return true;
+  }
+  get encodedAt(): number {
+    return -1;
+  }
+  value(): Uint8Array {
+    return this.kv!.value;
   }
 }
 
@@ -195,7 +256,7 @@ function decodeRecord(b: Buffer, o: number, off: number, keyLength: number): Key
   o += 17;
   const lo = b.readUInt32LE(o + 24);
   const hi = b.readInt32LE(o + 28);
-  return new KeyRecord(
+  return new LazyRecord(
     main,
     sub,
     b.readUInt32LE(o + 32),
@@ -209,6 +270,7 @@ function decodeRecord(b: Buffer, o: number, off: number, keyLength: number): Key
     u64(b, o + 16),
     // Most keys have no lease: skip the BigInt allocation for 0.
     lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24),
+    -1,
   );
 }
 
@@ -559,22 +621,36 @@ export class Mvcc {
     entry: Records | undefined = this.entry(key),
     prev: KeyRecord | undefined = this.latest(key, entry),
   ): MvccEvent {
-    const r = new KeyRecord(
-      main,
-      sub,
-      value.length,
-      value.buffer,
-      value.byteOffset,
-      keyB.buffer,
-      keyB.byteOffset,
-      keyB.length,
-      prev ? prev.create : main,
-      main,
-      prev ? prev.version + 1 : 1,
-      lease,
-      // A restored key's first write since the restore becomes its index entry (see `Touched`).
-      typeof entry === 'number' ? entry : -1,
-    );
+    const create = prev ? prev.create : main;
+    const version = prev ? prev.version + 1 : 1;
+    // A key whose records get read (a watcher, say: its predecessor's kv was made) gets its kv at
+    // once from the views at hand, the predecessor's key and the command's value (made later it
+    // would take two more views); else the record keeps where the bytes are (`LazyRecord`). A
+    // restored key's first write since the restore becomes its index entry (see `Touched`).
+    const r: KeyRecord = prev?.hasKv
+      ? new KvRecord(main, sub, {
+          key: prev.kv!.key,
+          createRevision: create,
+          modRevision: main,
+          version,
+          value,
+          lease,
+        })
+      : new LazyRecord(
+          main,
+          sub,
+          value.length,
+          value.buffer,
+          value.byteOffset,
+          keyB.buffer,
+          keyB.byteOffset,
+          keyB.length,
+          create,
+          main,
+          version,
+          lease,
+          typeof entry === 'number' ? entry : -1,
+        );
     // The event's prevKv: none for a create, else the key before this revision (`prev` unless
     // the txn wrote the key already; an encoded key's records are all below `main`).
     const before = !prev
@@ -632,8 +708,9 @@ export class Mvcc {
       const src = this.source!;
       const wasLive = src[lastEncoded(src, entry) + 16] === 1;
       // The record is the entry (its `encodedAt` is `entry`): no Touched, no array yet.
-      this.#replace(key, entry, r);
-      if (r.isPut) this.#live?.set(key, r);
+      const e = r.encodedAt === entry ? r : new Touched(entry, [r]);
+      this.#replace(key, entry, e);
+      if (r.isPut) this.#live?.set(key, e);
       else this.#live?.delete(key);
       this.undo?.push(() => {
         // Whatever the entry became meanwhile (a later op of the write may have decoded it, and
