@@ -57,7 +57,7 @@ export class Leases {
 
   detach(id: bigint, key: string, undo?: Array<() => void>): void {
     const l = id !== 0n ? this.byId.get(id) : undefined;
-    if (!l || !l.keys.has(key)) return;
+    if (!l?.keys.has(key)) return;
     l.keys.delete(key);
     undo?.push(() => l.keys.add(key));
   }
