@@ -27,7 +27,9 @@
  *   writer and the in-memory transport only read entries; `encodeCommand` returns a fresh array);
  * - the data is not a window of a much larger buffer, which a stored value would pin for as long
  *   as it lives: the WAL reader copies each entry out of the segment it read (`decodePayload` in
- *   storage/records.ts), and a network transport must do the same with its read buffers.
+ *   storage/records.ts), except the last segment's kept entries when they fill at least half of
+ *   its read buffer (storage/wal.ts), and a network transport must do the same with its read
+ *   buffers.
  * A payload whose first byte is not a known format version (a JSON command of a pre-1.0 data
  * directory starts with `{`) is refused with `corrupt`.
  */
