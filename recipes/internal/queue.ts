@@ -116,7 +116,7 @@ export async function enqueue(
   return { myRev: mine.createRevision, created: false, ...(f ? { first: f } : {}) };
 }
 
-/** Reads the queue linearizably (`at` 0), or serializably pinned at revision `at`. */
+/** Reads the queue linearizably (`at` 0), or serializably at a revision at or after `at` (the view says which). */
 export async function readQueue(
   kv: KV,
   spec: TurnSpec,
@@ -133,19 +133,26 @@ export async function readQueue(
   } as const;
   if (at > 0) {
     try {
-      const pinned = { revision: at, serializable: true, signal };
       if (spec.myKey.startsWith(spec.blockers)) {
-        // One read: our key is in the blockers' range, and the newest key created up to us.
+        // One read: our key is in the blockers' range, and the newest key created up to us. Not
+        // pinned at `at`: a read at the member's current revision costs etcd about half as much
+        // as one at a past revision (0.49 vs 0.93 ms p50, 3 idle members), and any revision's
+        // state is as good for the re-check — unless the member has not applied `at` yet.
         const r = await kv.range(spec.blockers, {
           ...blockersOpts,
-          ...pinned,
+          serializable: true,
+          signal,
           maxCreateRevision: myRev,
           limit: limitFor(spec) + 1,
         });
-        const [head, ...rest] = r.kvs;
-        const mine = head?.createRevision === myRev && toText(head.key) === spec.myKey;
-        return { revision: at, mine, blockers: mine ? rest : r.kvs };
+        if (r.revision >= at) {
+          const [head, ...rest] = r.kvs;
+          const mine = head?.createRevision === myRev && toText(head.key) === spec.myKey;
+          return { revision: r.revision, mine, blockers: mine ? rest : r.kvs };
+        }
+        throw new ConclaveError(ErrorCode.FutureRevision, 'the member has not applied the revision yet');
       }
+      const pinned = { revision: at, serializable: true, signal };
       const [b, m] = await Promise.all([
         kv.range(spec.blockers, { ...blockersOpts, ...pinned }),
         kv.range(spec.myKey, { keysOnly: true, ...pinned }),
