@@ -70,7 +70,7 @@ export class Mutex {
    */
   async tryLock(opts: CallOptions = {}): Promise<Result<LockHandle, LockHeld>> {
     this.#checkSession();
-    const e = await enqueue(this.session, this.#spec, '', opts.signal);
+    const e = await enqueue(this.session, this.#spec, '', opts.signal, { first: true });
     const owner = e.first;
     if (!owner || owner.createRevision === e.myRev)
       return Ok(this.#handle(e.myRev, watchGeneration(this.session, this.#spec.myKey, e.myRev)));

@@ -89,7 +89,7 @@ export class RWMutex {
   async #try(kind: 'read' | 'write', opts: CallOptions): Promise<Result<RWLockHandle, RWLockHeld>> {
     if (this.session.lost.aborted) throw this.session.lost.reason;
     const spec = this.#spec(kind);
-    const e = await enqueue(this.session, spec, '', opts.signal);
+    const e = await enqueue(this.session, spec, '', opts.signal, { first: true });
     // The earliest conflicting key: we are blocked iff it was created before ours.
     const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
     if (!blocker)

@@ -47,7 +47,7 @@ export interface Enqueued {
   readonly myRev: number;
   /** False when the key already existed (same session: re-entrant, as in Go). */
   readonly created: boolean;
-  /** The earliest key under the blockers prefix (the owner for locks), if any. */
+  /** With `first: true`: the earliest key under the blockers prefix (the owner for locks), if any. */
   readonly first?: KeyValue;
   /** When `created`: the queue right after our put, so the first wait needs no extra read. */
   readonly view?: QueueView;
@@ -64,12 +64,19 @@ export async function enqueue(
   spec: TurnSpec,
   value: Bytes,
   signal: AbortSignal | undefined,
+  opts: { first?: boolean } = {},
 ): Promise<Enqueued> {
-  const first = {
-    type: 'get',
-    key: spec.blockers,
-    options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1 },
-  } as const;
+  // The earliest key, for the try* calls (`first: true`). A waiting acquire needs only the
+  // blockers: every member applies the txn's reads too, so an unused range costs three times.
+  const first = opts.first
+    ? [
+        {
+          type: 'get',
+          key: spec.blockers,
+          options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1 },
+        } as const,
+      ]
+    : [];
   const t = await session.kv.txn(
     {
       compare: [{ key: spec.myKey, target: 'create', result: '=', value: 0 }],
@@ -86,9 +93,9 @@ export async function enqueue(
             limit: limitFor(spec) + 1,
           },
         },
-        first,
+        ...first,
       ],
-      failure: [{ type: 'get', key: spec.myKey, options: { keysOnly: true } }, first],
+      failure: [{ type: 'get', key: spec.myKey, options: { keysOnly: true } }, ...first],
     },
     signal ? { signal } : {},
   );
