@@ -1,9 +1,11 @@
 import { expect, it } from 'vitest';
 import { Barrier } from '../../../recipes/barrier.js';
 import { DoubleBarrier } from '../../../recipes/double-barrier.js';
+import { Mutex } from '../../../recipes/mutex.js';
 import { RWMutex } from '../../../recipes/rw-mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
 import { toText } from '../../../src/keys.js';
+import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { Bytes, Watch, WatchOptions } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
@@ -171,45 +173,55 @@ export const registerSyncTests: RegisterTests = (ctx) => {
       // The waiter's first watch of the holders is created only after one permit is released: the
       // delete falls between its enqueue and its watch, and only the re-check at the watch's
       // registered revision can see it (1 permit: the predecessor's watch; 2: the holders' range).
-      let fired = false;
-      const gapKv = new Proxy(kv, {
-        get(t, prop) {
-          const v = Reflect.get(t, prop, t);
-          if (prop !== 'watch') return typeof v === 'function' ? v.bind(t) : v;
-          return (key: Bytes, opts: WatchOptions): Watch => {
-            const text = typeof key === 'string' ? key : toText(key);
-            if (fired || !text.includes('/holders/')) return t.watch(key, opts);
-            fired = true;
-            let real: Watch | undefined;
-            const ready = (async () => {
-              await held[0]!.release();
-              real = t.watch(key, opts);
-              return real.ready;
-            })();
-            const close = async () => {
-              await ready.catch(() => undefined);
-              await real?.close();
-            };
-            return {
-              ready,
-              close,
-              async *[Symbol.asyncIterator]() {
-                await ready;
-                yield* real!;
-              },
-              [Symbol.asyncDispose]: close,
-            };
-          };
-        },
-      });
-      const b = await Session.create(gapKv, { ttlSeconds: backend.minTtlSeconds + 5 });
+      const gap = watchOpenedAfter(
+        kv,
+        (key) => key.includes('/holders/'),
+        () => held[0]!.release(),
+      );
+      const b = await Session.create(gap.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
       const p = await new Semaphore(b, name, permits).acquire({ signal: AbortSignal.timeout(10_000) });
-      expect(fired).toBe(true);
+      expect(gap.fired()).toBe(true);
       await p.release();
       await Promise.all(held.map((h) => h.release()));
       await closeAll([...holders, b]);
     });
   }
+
+  it('mutex — a waiting predecessor that gives up while the next waiter opens its watch is not waited for', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-gap')}m`;
+    const [sh, sp] = await sessions(2);
+    const held = await new Mutex(sh!, name).lock();
+    const giveUp = new AbortController();
+    const waiting = new Mutex(sp!, name).lock({ signal: giveUp.signal });
+    waiting.catch(() => undefined);
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'the second waiter queued',
+    );
+    // The third waiter's predecessor is the second (not the first key): its watch is created only
+    // after the second gave up (its key deleted), so only the delayed gap read finds it gone.
+    let own = '';
+    const gap = watchOpenedAfter(
+      kv,
+      (key) => key.startsWith(`${name}/`) && key !== own,
+      async () => {
+        giveUp.abort();
+        await waiting.catch(() => undefined);
+      },
+    );
+    const sw = await Session.create(gap.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const third = new Mutex(sw, name);
+    own = third.key;
+    const acquired = third.lock({ signal: AbortSignal.timeout(10_000) });
+    await waitFor(() => gap.fired(), 5000, "the third waiter's predecessor watch");
+    await held.unlock();
+    const h = await acquired;
+    expect(h.token).toBeGreaterThan(held.token);
+    await h.unlock();
+    await closeAll([sh!, sp!, sw]);
+  });
 
   it('semaphore — a participant with a different permit count gets a conflict error', async () => {
     const { prefix } = ctx();
@@ -313,3 +325,45 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     expect(released).toBe(5);
   });
 };
+
+/**
+ * A KV whose first watch of a key that `matches` is opened only after `before()` ran (a change
+ * that falls between a waiter's read and its watch); `fired()` tells whether that happened.
+ */
+function watchOpenedAfter(
+  kv: KV,
+  matches: (key: string) => boolean,
+  before: () => Promise<unknown>,
+): { kv: KV; fired(): boolean } {
+  let fired = false;
+  const proxy = new Proxy(kv, {
+    get(t, prop) {
+      const v = Reflect.get(t, prop, t);
+      if (prop !== 'watch') return typeof v === 'function' ? v.bind(t) : v;
+      return (key: Bytes, opts: WatchOptions): Watch => {
+        if (fired || !matches(typeof key === 'string' ? key : toText(key))) return t.watch(key, opts);
+        fired = true;
+        let real: Watch | undefined;
+        const ready = (async () => {
+          await before();
+          real = t.watch(key, opts);
+          return real.ready;
+        })();
+        const close = async () => {
+          await ready.catch(() => undefined);
+          await real?.close();
+        };
+        return {
+          ready,
+          close,
+          async *[Symbol.asyncIterator]() {
+            await ready;
+            yield* real!;
+          },
+          [Symbol.asyncDispose]: close,
+        };
+      };
+    },
+  });
+  return { kv: proxy, fired: () => fired };
+}
