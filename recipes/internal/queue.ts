@@ -7,11 +7,14 @@
  *
  * Round trips. Go's `waitDeletes` opens a watch on the predecessor, and after its delete issues a
  * linearizable range, then `Lock` issues a linearizable get of its own key: two quorum reads per
- * handoff. Here the re-check after a delete event at revision R is ONE pair of concurrent
- * *serializable* reads pinned at revision R: the state at R is immutable history, identical on
- * every member, and no key created after R can have a create revision below ours, so "no blocker
- * at R" means "none from R on". A member that has not applied R yet answers `future-revision`, and
- * then (or on `compacted`) we fall back to a linearizable read.
+ * handoff. Here the re-check after a delete event at revision R is ONE *serializable* read (when
+ * our key is under the blockers' prefix; else a pair pinned at R) at the member's current revision
+ * C ≥ R: any revision's state is a consistent snapshot, and no key created later can have a create
+ * revision below ours, so "no blocker at C" means "none from C on". A member that has not applied R
+ * yet (C < R, or `future-revision` for the pinned pair), or a compacted R, makes us fall back to a
+ * linearizable read. The waits themselves watch from "now" and cover the revisions before the
+ * watch's registration with one read (wait.ts `waitDelete`, and `waitPermit` here): a watch started
+ * in the past is served by etcd's unsynced group, caught up only every 100 ms.
  */
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes, toText } from '../../src/keys.js';
@@ -157,14 +160,16 @@ export async function readQueue(
           const mine = head?.createRevision === myRev && toText(head.key) === spec.myKey;
           return { revision: r.revision, mine, blockers: mine ? rest : r.kvs };
         }
-        throw new ConclaveError(ErrorCode.FutureRevision, 'the member has not applied the revision yet');
+        // The member has not applied `at` yet: the linearizable read below.
+      } else {
+        // Two reads: pinned at `at`, so that they describe the same revision.
+        const pinned = { revision: at, serializable: true, signal };
+        const [b, m] = await Promise.all([
+          kv.range(spec.blockers, { ...blockersOpts, ...pinned }),
+          kv.range(spec.myKey, { keysOnly: true, ...pinned }),
+        ]);
+        return { revision: at, mine: m.kvs[0]?.createRevision === myRev, blockers: b.kvs };
       }
-      const pinned = { revision: at, serializable: true, signal };
-      const [b, m] = await Promise.all([
-        kv.range(spec.blockers, { ...blockersOpts, ...pinned }),
-        kv.range(spec.myKey, { keysOnly: true, ...pinned }),
-      ]);
-      return { revision: at, mine: m.kvs[0]?.createRevision === myRev, blockers: b.kvs };
     } catch (err) {
       if (!ConclaveError.is(err, ErrorCode.FutureRevision) && !ConclaveError.is(err, ErrorCode.Compacted))
         throw err;
