@@ -34,6 +34,28 @@ const ent = (index: number, term = 1, data = `v${index}`): Entry => ({
   data: new TextEncoder().encode(data),
 });
 const entRecs = (es: Entry[]): WalRecord[] => es.map((e) => ({ type: RecordType.Entry, entry: e }));
+
+/** A data directory with entries 1..60 and snapshots at 20 and 40 (segments of 4 KiB), closed. */
+async function storageWithTwoSnapshots(): Promise<string> {
+  const dataDir = freshDir();
+  const ds = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });
+  for (let i = 1; i <= 60; i++)
+    await ds.save({ entries: [ent(i)], hardState: { term: 1, vote: 1, commit: i } });
+  await ds.snapshotAt(20, new TextEncoder().encode('state@20'), { voters: [1], learners: [] });
+  await ds.snapshotAt(40, new TextEncoder().encode('state@40'), { voters: [1], learners: [] });
+  await ds.close();
+  return dataDir;
+}
+
+/** Flips a bit in the newest snapshot file of `dataDir`; returns its name. */
+function damageNewestSnapshot(dataDir: string): string {
+  const snapDir = join(dataDir, 'snap');
+  const newest = readdirSync(snapDir).sort().reverse()[0]!;
+  const b = readFileSync(join(snapDir, newest));
+  b[12]! ^= 1;
+  writeFileSync(join(snapDir, newest), b);
+  return newest;
+}
 const hs = (term: number, commit: number, vote = 0): WalRecord => ({
   type: RecordType.HardState,
   hardState: { term, vote, commit },
@@ -222,23 +244,13 @@ describe('snapshot files and disk storage', () => {
   });
 
   it('disk storage — a damaged newest snapshot falls back to the older one and the WAL replays from there', async () => {
-    const dataDir = freshDir();
-    const ds = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });
-    for (let i = 1; i <= 60; i++)
-      await ds.save({ entries: [ent(i)], hardState: { term: 1, vote: 1, commit: i } });
-    await ds.snapshotAt(20, new TextEncoder().encode('state@20'), { voters: [1], learners: [] });
-    await ds.snapshotAt(40, new TextEncoder().encode('state@40'), { voters: [1], learners: [] });
-    await ds.close();
+    const dataDir = await storageWithTwoSnapshots();
     const again = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });
     expect(again.snap.meta.index).toBe(40);
     expect(again.firstIndex()).toBe(41);
     expect(again.lastIndex()).toBe(60);
     await again.close();
-    const snapDir = join(dataDir, 'snap');
-    const newest = readdirSync(snapDir).sort().reverse()[0]!;
-    const b = readFileSync(join(snapDir, newest));
-    b[12]! ^= 1;
-    writeFileSync(join(snapDir, newest), b);
+    const newest = damageNewestSnapshot(dataDir);
     const fallback = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });
     expect(new TextDecoder().decode(fallback.snap.data)).toBe('state@20');
     expect(fallback.recovery.skippedSnapshots).toEqual([newest]);
@@ -249,18 +261,8 @@ describe('snapshot files and disk storage', () => {
   });
 
   it('disk storage — a damaged newest snapshot and a torn WAL tail: the tail is repaired and reported, the WAL replayed after the older snapshot', async () => {
-    const dataDir = freshDir();
-    const ds = await DiskStorage.open({ dataDir, nodeId: 1, voters: [1], segmentBytes: 4096 });
-    for (let i = 1; i <= 60; i++)
-      await ds.save({ entries: [ent(i)], hardState: { term: 1, vote: 1, commit: i } });
-    await ds.snapshotAt(20, new TextEncoder().encode('state@20'), { voters: [1], learners: [] });
-    await ds.snapshotAt(40, new TextEncoder().encode('state@40'), { voters: [1], learners: [] });
-    await ds.close();
-    const snapDir = join(dataDir, 'snap');
-    const newest = readdirSync(snapDir).sort().reverse()[0]!;
-    const b = readFileSync(join(snapDir, newest));
-    b[12]! ^= 1;
-    writeFileSync(join(snapDir, newest), b);
+    const dataDir = await storageWithTwoSnapshots();
+    const newest = damageNewestSnapshot(dataDir);
     // Tear the last record (the hard state after entry 60): its end marker never reached the disk.
     const walDir = join(dataDir, 'wal');
     const lastSeg = join(walDir, segFiles(walDir).at(-1)!);
