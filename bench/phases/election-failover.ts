@@ -12,9 +12,10 @@
  * target. The rounds are bounded by count (`failoverRoundsMax`) and by the phase's duration.
  */
 import { Election } from '../../recipes/election.js';
-import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';
+// The conformance suite's dying client: every call after die() throws `closed`.
+import { mortal } from '../../test/conformance/util.js';
 import { nowMs } from '../clock.js';
 import { round } from '../cpu.js';
 import { Histogram } from '../histogram.js';
@@ -25,24 +26,6 @@ import type { Phase, PhaseContext, PhaseResult } from './types.js';
 export const failoverRoundsMax = 8;
 /** How long one failover may take before the round is declared failed. */
 const failoverTimeoutMs = 30_000;
-
-/** A client that dies on `die()`: every later call throws `closed`, as the KV of a killed process. */
-function silenceable(kv: KV): { kv: KV; die(): void } {
-  let dead = false;
-  const wrap = <T extends object>(target: T): T =>
-    new Proxy(target, {
-      get(t, prop) {
-        if (prop === 'lease') return wrap(kv.lease);
-        const v = Reflect.get(t, prop, t);
-        if (typeof v !== 'function') return v;
-        return (...args: unknown[]) => {
-          if (dead) throw new ConclaveError(ErrorCode.Closed, 'this client died (bench: process killed)');
-          return (v as (...a: unknown[]) => unknown).apply(t, args);
-        };
-      },
-    });
-  return { kv: wrap(kv), die: () => (dead = true) };
-}
 
 export function electionFailoverPhase(ttlSeconds: number): Phase {
   return {
@@ -78,7 +61,7 @@ async function runFailovers(ctx: PhaseContext, kv: KV, ttlSeconds: number): Prom
 /** One failover; resolves with death → the candidate observed as leader, in ms. */
 async function oneFailover(kv: KV, name: string, ttlSeconds: number, outer: AbortSignal): Promise<number> {
   const signal = AbortSignal.any([outer, AbortSignal.timeout(failoverTimeoutMs)]);
-  const doomed = silenceable(kv);
+  const doomed = mortal(kv);
   const a = await Session.create(doomed.kv, { ttlSeconds });
   const b = await Session.create(kv, { ttlSeconds });
   const watcher = await Session.create(kv, { ttlSeconds });
