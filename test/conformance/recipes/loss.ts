@@ -8,6 +8,7 @@ import { waitDelete } from '../../../recipes/internal/wait.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
 import { toBytes } from '../../../src/keys.js';
+import type { KV } from '../../../src/kv.js';
 import { Session, SessionState } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
@@ -97,15 +98,11 @@ export const registerLossTests: RegisterTests = (ctx) => {
     // Present, with later writes in between (the watch registers after the start): waits for the delete.
     const c = await kv.put(`${p}c`, 'x');
     await kv.put(`${p}other`, '1');
-    let done = false;
-    const waiting = waitDelete(kv, toBytes(`${p}c`), c.revision + 1, ac.signal, c.revision).then((r) => {
-      done = true;
-      return r;
-    });
-    await sleep(150);
-    expect(done).toBe(false);
-    const cDel = await kv.delete(`${p}c`);
-    expect(await waiting).toBe(cDel.revision);
+    await expectWaitsForDelete(
+      kv,
+      `${p}c`,
+      waitDelete(kv, toBytes(`${p}c`), c.revision + 1, ac.signal, c.revision),
+    );
   });
 
   it('recipes — a wait whose start revision was compacted reads the present and still sees the delete', async () => {
@@ -121,15 +118,11 @@ export const registerLossTests: RegisterTests = (ctx) => {
     const gone = await waitDelete(kv, toBytes(`${p}gone`), held.revision + 1, ac.signal);
     expect(gone).toBeGreaterThanOrEqual(later.revision);
     // Still present: waits for the delete that comes after the compaction.
-    let done = false;
-    const waiting = waitDelete(kv, toBytes(`${p}held`), held.revision + 1, ac.signal).then((r) => {
-      done = true;
-      return r;
-    });
-    await sleep(150);
-    expect(done).toBe(false);
-    const del = await kv.delete(`${p}held`);
-    expect(await waiting).toBe(del.revision);
+    await expectWaitsForDelete(
+      kv,
+      `${p}held`,
+      waitDelete(kv, toBytes(`${p}held`), held.revision + 1, ac.signal),
+    );
   });
 
   it('mutex — a re-entrant lock after compaction keeps a working lost signal', async () => {
@@ -148,3 +141,16 @@ export const registerLossTests: RegisterTests = (ctx) => {
     await waitFor(() => again.lost.aborted && first.lost.aborted, 5000, 'lost after the delete');
   });
 };
+
+/** `waiting` (a delete wait on `key`) is still pending 150 ms on, then resolves with the revision of the delete made next. */
+async function expectWaitsForDelete(kv: KV, key: string, waiting: Promise<number>): Promise<void> {
+  let done = false;
+  const settled = waiting.then((r) => {
+    done = true;
+    return r;
+  });
+  await sleep(150);
+  expect(done).toBe(false);
+  const del = await kv.delete(key);
+  expect(await settled).toBe(del.revision);
+}
