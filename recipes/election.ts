@@ -110,10 +110,14 @@ export class Election {
 
   #leadership(myRev: number, ownership: AbortController): Leadership {
     const kv = this.#kv;
-    const h = heldKey(this.session, this.#myKey, myRev, ownership, {
-      lostOnSuspend: this.#lostOnSuspend,
-      what: `election ${this.name}`,
-    });
+    const h = heldKey(
+      this.session,
+      this.#myKey,
+      myRev,
+      ownership,
+      { lostOnSuspend: this.#lostOnSuspend, what: `election ${this.name}` },
+      this.#spec.blockers,
+    );
     const { key, guard, lost } = h;
     return {
       key,

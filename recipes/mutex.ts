@@ -117,10 +117,14 @@ export class Mutex {
   }
 
   #handle(myRev: number, ownership: AbortController): LockHandle {
-    const h = heldKey(this.session, this.#spec.myKey, myRev, ownership, {
-      lostOnSuspend: this.#lostOnSuspend,
-      what: `lock ${this.name}`,
-    });
+    const h = heldKey(
+      this.session,
+      this.#spec.myKey,
+      myRev,
+      ownership,
+      { lostOnSuspend: this.#lostOnSuspend, what: `lock ${this.name}` },
+      this.#spec.blockers,
+    );
     return Object.assign(h, { unlock: h.release });
   }
 }

@@ -3,6 +3,7 @@ import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
 import type { CallOptions, Compare } from '../../src/types.js';
+import { handoffRead, offerHandoff, trackRelease } from './handoff.js';
 import { holderLoss } from './queue.js';
 import type { LossPolicy } from './session-state.js';
 
@@ -19,7 +20,9 @@ export interface HeldKey extends AsyncDisposable {
 /**
  * A handle for `key` (generation `myRev`), held while `ownership` (see `watchKeyLoss`) has not
  * fired and the session is not lost (or, with `lostOnSuspend`, suspended). Takes over `ownership`:
- * releasing or losing the handle stops its watch.
+ * releasing or losing the handle stops its watch. `handoffPrefix`: the queue prefix of a "lowest
+ * create revision owns" recipe, whose next owner on this client is handed the turn by the release
+ * (handoff.ts).
  */
 export function heldKey(
   session: Session,
@@ -27,21 +30,33 @@ export function heldKey(
   myRev: number,
   ownership: AbortController,
   policy: LossPolicy,
+  handoffPrefix?: string,
 ): HeldKey {
   const lost = holderLoss(session, ownership, policy);
   const guard = (): Compare => ({ key, target: 'create', result: '=', value: myRev });
   let released: Promise<void> | undefined;
   const release = (o: CallOptions = {}): Promise<void> => {
-    // Delete only our own generation of the key (a later holder may reuse the same key name).
-    released ??= session.kv
-      .txn({ compare: [guard()], success: [{ type: 'delete', key }], failure: [] }, o)
-      .then(() => {
-        if (!lost.signal.aborted) lost.abort(new ConclaveError(ErrorCode.Closed, `${policy.what} released`));
-      })
-      .catch((err) => {
-        released = undefined;
-        throw err;
-      });
+    released ??= (async () => {
+      const kv = session.kv;
+      // Delete only our own generation of the key (a later holder may reuse the same key name).
+      const del = { type: 'delete', key } as const;
+      // With waiters of this queue on the same client, the delete also reads who is first now.
+      const next = handoffPrefix === undefined ? undefined : handoffRead(kv, handoffPrefix);
+      if (!next) {
+        await kv.txn({ compare: [guard()], success: [del], failure: [] }, o);
+      } else {
+        const prefix = handoffPrefix!;
+        await trackRelease(kv, prefix, key, myRev, async () => {
+          const t = await kv.txn({ compare: [guard()], success: [del, next], failure: [] }, o);
+          const r = t.responses[1];
+          if (t.succeeded) offerHandoff(kv, prefix, r?.type === 'get' ? r.kvs[0] : undefined, t.revision);
+        });
+      }
+      if (!lost.signal.aborted) lost.abort(new ConclaveError(ErrorCode.Closed, `${policy.what} released`));
+    })().catch((err) => {
+      released = undefined;
+      throw err;
+    });
     return released;
   };
   return {

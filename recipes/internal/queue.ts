@@ -21,6 +21,7 @@ import { toBytes, toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
 import type { Bytes, KeyValue } from '../../src/types.js';
+import { awaitHandoff, releaseOf } from './handoff.js';
 import { type LossPolicy, sessionLossController } from './session-state.js';
 import { rangeAtLeast, rejectOnAbort, waitDelete, watchOwnership } from './wait.js';
 
@@ -255,25 +256,50 @@ async function waitBlockers(
   try {
     let view = ours(initial ?? (await readQueue(kv, spec, myRev, 0, signal)));
     if (allowed > 0) return await waitPermit(kv, spec, myRev, signal, view, ours, keyLost.promise);
-    // Terminates: blockers have create revisions below ours, so their set only shrinks, and every
-    // wake-up is the delete of one of them.
-    while (true) {
-      const pred = view.blockers[0];
-      if (!pred) return view.revision;
-      // Locks wait for the newest blocker created before us: every earlier one must go anyway,
-      // and one watched key means no herd. Then re-check everything.
-      const stop = new AbortController();
-      const s = AbortSignal.any([signal, stop.signal]);
-      let at: number;
-      try {
-        at = await Promise.race([
-          waitDelete(kv, pred.key, view.revision + 1, s, pred.createRevision),
-          keyLost.promise,
-        ]);
-      } finally {
-        stop.abort();
+    if (!view.blockers[0]) return view.revision;
+    // A releaser on this client may prove our turn itself (handoff.ts): its delete txn read our
+    // key as the earliest one left. Then neither the delete event nor a re-check is needed.
+    let grantedAt = 0;
+    let onGrant: (() => void) | undefined;
+    const granted = new Promise<number>((resolve) => {
+      onGrant = () => resolve(grantedAt);
+    });
+    const unregister = spec.myKey.startsWith(spec.blockers)
+      ? awaitHandoff(kv, spec.blockers, spec.myKey, myRev, (rev) => {
+          grantedAt = rev;
+          onGrant?.();
+        })
+      : undefined;
+    try {
+      // Terminates: blockers have create revisions below ours, so their set only shrinks, and
+      // every wake-up is the delete of one of them (or a proven handoff).
+      while (true) {
+        const pred = view.blockers[0];
+        if (!pred) return view.revision;
+        // Locks wait for the newest blocker created before us: every earlier one must go anyway,
+        // and one watched key means no herd. Then re-check everything.
+        const stop = new AbortController();
+        const s = AbortSignal.any([signal, stop.signal]);
+        let at: number;
+        try {
+          at = await Promise.race([
+            waitDelete(kv, pred.key, view.revision + 1, s, pred.createRevision),
+            keyLost.promise,
+            granted,
+          ]);
+        } finally {
+          stop.abort();
+        }
+        // Woken by the delete event of a release on this client: its offer follows at once.
+        if (grantedAt === 0 && unregister) {
+          const local = releaseOf(kv, spec.blockers, toText(pred.key), pred.createRevision);
+          if (local) await local;
+        }
+        if (grantedAt > 0) return grantedAt;
+        view = ours(await readQueue(kv, spec, myRev, at, signal));
       }
-      view = ours(await readQueue(kv, spec, myRev, at, signal));
+    } finally {
+      unregister?.();
     }
   } finally {
     keyLost.off();

@@ -458,4 +458,82 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     expect(h.lost.aborted).toBe(false);
     await h.unlock();
   });
+
+  it('mutex — an unlock hands the lock to the next waiter on the same client with proof, without a queue re-read', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-handoff')}lock`;
+    // One client for both sessions, counting the waiter's queue re-reads (ranges bounded by create revision).
+    let queueReads = 0;
+    const counted = new Proxy(kv, {
+      get(target, p, receiver) {
+        if (p === 'range')
+          return (...args: Parameters<KV['range']>) => {
+            if (args[1]?.maxCreateRevision !== undefined) queueReads++;
+            return target.range(...args);
+          };
+        const v = Reflect.get(target, p, receiver);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const ttl = backend.minTtlSeconds + 5;
+    await using a = await Session.create(counted, { ttlSeconds: ttl });
+    await using b = await Session.create(counted, { ttlSeconds: ttl });
+    for (let round = 0; round < 3; round++) {
+      const ha = await new Mutex(a, name).lock();
+      let unlocked = false;
+      const waiting = new Mutex(b, name).lock().then((h) => {
+        expect(unlocked).toBe(true);
+        return h;
+      });
+      await waitFor(
+        async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+        5000,
+        "B's key",
+      );
+      await sleep(50); // B is watching A by now
+      queueReads = 0;
+      unlocked = true;
+      await ha.unlock();
+      const hb = await waiting;
+      expect(queueReads).toBe(0);
+      expect(hb.token).toBeGreaterThan(ha.token);
+      expect(hb.lost.aborted).toBe(false);
+      // The handed-over holder is a full holder: its guard holds, and its unlock frees the lock.
+      const t = await kv.txn({ compare: [hb.guard()], success: [], failure: [] });
+      expect(t.succeeded).toBe(true);
+      await hb.unlock();
+    }
+    expect((await kv.range(`${name}/`, { prefix: true, countOnly: true })).count).toBe(0);
+  });
+
+  it('mutex — a waiter on another client queued before a local waiter gets the lock first; no handoff skips it', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-handoff-foreign')}lock`;
+    const other = await ctx().newKv();
+    const ttl = backend.minTtlSeconds + 5;
+    await using a = await Session.create(kv, { ttlSeconds: ttl });
+    await using f = await Session.create(other, { ttlSeconds: ttl });
+    await using w = await Session.create(kv, { ttlSeconds: ttl });
+    const count = async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count;
+    const ha = await new Mutex(a, name).lock();
+    const order: string[] = [];
+    let inside = 0;
+    let overlap = false;
+    const enter = async (who: string, h: { unlock(): Promise<void> }) => {
+      if (++inside > 1) overlap = true;
+      order.push(who);
+      await sleep(30);
+      inside--;
+      await h.unlock();
+    };
+    const fDone = new Mutex(f, name).lock().then((h) => enter('foreign', h));
+    await waitFor(async () => (await count()) === 2, 5000, "the foreign waiter's key");
+    const wDone = new Mutex(w, name).lock().then((h) => enter('local', h));
+    await waitFor(async () => (await count()) === 3, 5000, "the local waiter's key");
+    await sleep(50);
+    await ha.unlock();
+    await Promise.all([fDone, wDone]);
+    expect(order).toEqual(['foreign', 'local']);
+    expect(overlap).toBe(false);
+  });
 };
