@@ -5,6 +5,7 @@ import { Backend, ClientKind } from './clients/types.js';
 export const kvPhaseNames = ['put1', 'put16', 'put128', 'get-lin', 'get-ser', 'txn16', 'watch'] as const;
 export const recipePhaseNames = [
   'lock8',
+  'lock8-clients',
   'election-failover',
   'queue',
   'workqueue',

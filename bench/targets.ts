@@ -53,13 +53,35 @@ export async function openEtcdTarget(
   try {
     if (client === ClientKind.Etcd3) {
       const adapter = new Etcd3Adapter(endpoints);
-      target = { backend: Backend.Etcd, client, kv: adapter, etcd3: adapter.client, serverPids, notes: [] };
+      target = {
+        backend: Backend.Etcd,
+        client,
+        kv: adapter,
+        etcd3: adapter.client,
+        serverPids,
+        notes: [],
+        openClient: async () => {
+          const more = new Etcd3Adapter(endpoints);
+          return { etcd3: more.client, close: () => more.close() };
+        },
+      };
     } else {
       const kv = await withTimeout(
         'conclave etcd client',
         connect({ backend: 'etcd', endpoints: [...endpoints] }),
       );
-      target = { backend: Backend.Etcd, client, kv, conclave: kv, serverPids, notes: [] };
+      target = {
+        backend: Backend.Etcd,
+        client,
+        kv,
+        conclave: kv,
+        serverPids,
+        notes: [],
+        openClient: async () => {
+          const more = await connect({ backend: 'etcd', endpoints: [...endpoints] });
+          return { conclave: more, close: () => more.close() };
+        },
+      };
     }
     await withTimeout(`${targetLabel(target)} probe`, probe(target));
     return { ok: true, target };

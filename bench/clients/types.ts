@@ -26,6 +26,15 @@ export interface BenchTarget {
   readonly serverPids: readonly number[];
   /** Caveats printed beside this target's figures (e.g. memory-only storage). */
   readonly notes: readonly string[];
+  /**
+   * Opens one more client of the same system, as a separate process would hold (its own
+   * connection). Absent where a target has a single client (the embedded cluster).
+   */
+  readonly openClient?: () => Promise<{
+    conclave?: KV;
+    etcd3?: import('etcd3').Etcd3;
+    close(): Promise<void>;
+  }>;
   /** Durable embedded storage: WAL counters summed over members (fsyncs, entries written). */
   readonly storageStats?: () => { syncs: number; entries: number };
 }

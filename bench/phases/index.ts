@@ -19,6 +19,7 @@ const phases: readonly Phase[] = [
   txnPhase(16),
   watchPhase(100, 100),
   lockHandoffPhase(8),
+  lockHandoffPhase(8, true),
   electionFailoverPhase(2),
   queuePhase(4, 4),
   workQueuePhase(4, 16),

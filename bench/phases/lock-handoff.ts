@@ -5,6 +5,11 @@
  * on the side: an acquire returning while another worker holds the lock counts as an overlap (it must
  * stay 0).
  *
+ * `lock8` shares one client among the workers (as one process with 8 concurrent tasks would);
+ * `lock8-clients` gives each worker a client of its own (one connection each, as 8 processes
+ * would): there a release can never hand the lock over inside the client (recipes/internal/
+ * handoff.ts), so every handoff takes the cross-process path (delete event, then a re-check read).
+ *
  * Two lock implementations, chosen by the target's client:
  * - conclave: `new Mutex(session, name).lock()` from recipes/mutex.ts, one Session per worker;
  * - etcd3 (the Go-style baseline): the `etcd3` client's Election used as a lock — campaign, wait
@@ -17,12 +22,12 @@ import { closedLoop, warmupBounds } from '../load.js';
 import { type LockProvider, lockProviderFor } from './lock-providers.js';
 import type { Phase, PhaseContext, PhaseResult } from './types.js';
 
-export function lockHandoffPhase(workers: number): Phase {
+export function lockHandoffPhase(workers: number, separateClients = false): Phase {
   return {
-    name: `lock${workers}`,
-    description: `lock handoff: ${workers} workers on one lock, hold 0 ms; release → next acquired`,
+    name: separateClients ? `lock${workers}-clients` : `lock${workers}`,
+    description: `lock handoff: ${workers} workers on one lock, hold 0 ms; release → next acquired${separateClients ? '; each worker on a client (connection) of its own' : ''}`,
     run: async (ctx) => {
-      const provider = await lockProviderFor(ctx, workers);
+      const provider = await lockProviderFor(ctx, workers, separateClients);
       try {
         return await runHandoff(ctx, workers, provider);
       } finally {

@@ -41,18 +41,51 @@ async function loadMutex(): Promise<MutexModule> {
   }
 }
 
-export async function lockProviderFor(ctx: PhaseContext, workers: number): Promise<LockProvider> {
+/**
+ * The lock of `ctx.target` for `workers` workers. `separateClients`: each worker gets a client of
+ * its own (its own connection, as separate processes would have) instead of sharing the target's.
+ */
+export async function lockProviderFor(
+  ctx: PhaseContext,
+  workers: number,
+  separateClients = false,
+): Promise<LockProvider> {
   const { target } = ctx;
+  if (separateClients && target.openClient === undefined)
+    throw new NotAvailable(`${target.backend}: one client only (no separate clients to open)`);
+  const opened: Array<{ conclave?: KV; etcd3?: import('etcd3').Etcd3; close(): Promise<void> }> = [];
+  const closeOpened = () => Promise.all(opened.map((c) => c.close().catch(() => undefined)));
+  try {
+    if (separateClients) for (let w = 0; w < workers; w++) opened.push(await target.openClient!());
+  } catch (err) {
+    await closeOpened();
+    throw err;
+  }
+  const withClients = (p: LockProvider): LockProvider => ({
+    ...p,
+    close: async () => {
+      await p.close();
+      await closeOpened();
+    },
+  });
   if (target.client === 'etcd3') {
     if (target.etcd3 === undefined) throw new Error('etcd3 target without its client');
-    return electionProvider(target.etcd3, `${ctx.prefix}/election`);
+    const clients = separateClients ? opened.map((c) => c.etcd3!) : [target.etcd3];
+    return withClients(electionProvider(clients, `${ctx.prefix}/election`));
   }
   if (target.conclave === undefined) throw new NotAvailable(`${target.backend}: no Conclave KV`);
-  return mutexProvider(target.conclave, `${ctx.prefix}/mutex`, workers, ctx.signal);
+  const kvs = separateClients ? opened.map((c) => c.conclave!) : [target.conclave];
+  try {
+    return withClients(await mutexProvider(kvs, `${ctx.prefix}/mutex`, workers, ctx.signal));
+  } catch (err) {
+    await closeOpened();
+    throw err;
+  }
 }
 
+/** Worker `w` uses `kvs[w % kvs.length]`. */
 async function mutexProvider(
-  kv: KV,
+  kvs: readonly KV[],
   name: string,
   workers: number,
   signal: AbortSignal,
@@ -61,14 +94,14 @@ async function mutexProvider(
   const sessions: Session[] = [];
   try {
     for (let w = 0; w < workers; w++)
-      sessions.push(await Session.create(kv, { ttlSeconds: sessionTtlSeconds }));
+      sessions.push(await Session.create(kvs[w % kvs.length]!, { ttlSeconds: sessionTtlSeconds }));
   } catch (err) {
     await Promise.all(sessions.map((s) => s.close().catch(() => undefined)));
     throw err;
   }
   const mutexes = sessions.map((s) => new Mutex(s, name));
   return {
-    label: 'conclave Mutex',
+    label: kvs.length > 1 ? 'conclave Mutex, a client per worker' : 'conclave Mutex',
     acquire: async (w) => {
       const handle = await mutexes[w]!.lock({
         signal: AbortSignal.any([signal, AbortSignal.timeout(acquireTimeoutMs)]),
@@ -86,12 +119,13 @@ async function mutexProvider(
   };
 }
 
-function electionProvider(client: import('etcd3').Etcd3, name: string): LockProvider {
-  const election = client.election(name, sessionTtlSeconds);
+/** Worker `w` uses `clients[w % clients.length]`. */
+function electionProvider(clients: ReadonlyArray<import('etcd3').Etcd3>, name: string): LockProvider {
+  const elections = clients.map((c) => c.election(name, sessionTtlSeconds));
   return {
-    label: 'etcd3 Election as lock',
+    label: clients.length > 1 ? 'etcd3 Election as lock, a client per worker' : 'etcd3 Election as lock',
     acquire: async (w) => {
-      const campaign = election.campaign(`worker-${w}`);
+      const campaign = elections[w % elections.length]!.campaign(`worker-${w}`);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(
