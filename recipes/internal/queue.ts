@@ -293,7 +293,14 @@ async function waitBlockers(
         // Woken by the delete event of a release on this client: its offer follows at once.
         if (grantedAt === 0 && unregister) {
           const local = releaseOf(kv, spec.blockers, toText(pred.key), pred.createRevision);
-          if (local) await local;
+          if (local) {
+            const aborted = rejectOnAbort(signal);
+            try {
+              await Promise.race([local, keyLost.promise, aborted.promise]);
+            } finally {
+              aborted.off();
+            }
+          }
         }
         if (grantedAt > 0) return grantedAt;
         view = ours(await readQueue(kv, spec, myRev, at, signal));
