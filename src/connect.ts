@@ -27,7 +27,13 @@ export interface EtcdConnectOptions {
   /** `host:port` or `http(s)://host:port` strings. */
   endpoints: string[];
   tls?: TlsOptions;
-  /** Username/password authentication. */
+  /**
+   * etcd username/password authentication (both non-empty, else `invalid-argument`). `connect()`
+   * fetches a token first and rejects `unauthenticated` if etcd refuses the credentials; calls and
+   * streams carry the token, and an expired one is replaced transparently (README, "Authentication").
+   * Against an etcd with auth disabled the client goes on without a token. The password is never
+   * logged nor put into an error message.
+   */
   auth?: { username: string; password: string };
   /** Per-call deadline in ms when the caller gave no signal (default 30 s). */
   callTimeoutMs?: number;

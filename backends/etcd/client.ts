@@ -106,18 +106,24 @@ export class EtcdKV implements KV {
   readonly #watches: WatchHub;
   readonly #keepAlive: KeepAliveStream;
   #closed = false;
-  /** Settles once the leader's endpoint was looked for (never rejects). */
-  readonly #leaderFound: Promise<void>;
+  /**
+   * Settles once the first token was fetched (with `auth`) and the leader's endpoint was looked
+   * for. Rejects only when etcd refused the credentials (or the client was closed meanwhile).
+   */
+  readonly #ready: Promise<void>;
   readonly lease: LeaseApi;
 
   constructor(opts: EtcdConnectOptions) {
     this.#conn = new Connection(opts);
     this.#watches = new WatchHub(this.#conn);
     this.#keepAlive = new KeepAliveStream(this.#conn);
-    this.#leaderFound = this.#conn.preferLeader(async (i) => {
-      const r = await this.#conn.unaryAt(m.status, {}, i, AbortSignal.timeout(1000));
-      return { memberId: big(r.header?.memberId, true), leader: big(r.leader, true) };
-    });
+    this.#ready = this.#authenticate().then(() =>
+      this.#conn.preferLeader(async (i) => {
+        const r = await this.#conn.unaryAt(m.status, {}, i, AbortSignal.timeout(1000));
+        return { memberId: big(r.header?.memberId, true), leader: big(r.leader, true) };
+      }),
+    );
+    this.#ready.catch(() => undefined);
     this.lease = {
       grant: (ttl, o) => this.#leaseGrant(ttl, o),
       revoke: (id, o) => this.#leaseRevoke(id, o),
@@ -127,9 +133,36 @@ export class EtcdKV implements KV {
     };
   }
 
-  /** Resolves once the client has looked for the leader's endpoint (connectEtcd awaits it). */
-  ready(): Promise<void> {
-    return this.#leaderFound;
+  /**
+   * Resolves once the client holds a token (with `auth`) and has looked for the leader's endpoint
+   * (connectEtcd awaits it). Rejects, and closes the client, when etcd refuses the credentials.
+   */
+  async ready(): Promise<void> {
+    try {
+      await this.#ready;
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Fetches the first token. Refused credentials reject (connect fails `unauthenticated`); a
+   * failure to reach etcd does not: the first call authenticates again, so connecting with `auth`
+   * needs a reachable etcd no more than connecting without it.
+   */
+  async #authenticate(): Promise<void> {
+    try {
+      await this.#conn.refreshToken(undefined);
+    } catch (err) {
+      const refused =
+        err instanceof ConclaveError &&
+        (err.code === ErrorCode.Unauthenticated ||
+          err.code === ErrorCode.PermissionDenied ||
+          err.code === ErrorCode.InvalidArgument ||
+          err.code === ErrorCode.Closed);
+      if (refused) throw err;
+    }
   }
 
   get endpoints(): readonly string[] {

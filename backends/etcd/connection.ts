@@ -4,13 +4,24 @@
  * failure. Safe calls (reads, keep-alives, status, and writes that certainly never left this
  * process) are retried with backoff up to `limits.retryAttemptsMax`; a write whose outcome is
  * unknown is never retried (it surfaces as `indeterminate`).
+ *
+ * With `auth`, every call and stream carries the current token as metadata `token` (auth.ts). A
+ * call refused for a stale token is re-sent once after a (shared) re-authentication, writes
+ * included: etcd refuses such a call before applying it.
  */
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import type { EtcdConnectOptions } from '../../src/connect.js';
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { limits } from '../../src/limits.js';
-import { decoder, encoder } from '../../src/protocol/codec.js';
+import { decoder, encoder, methods, pb } from '../../src/protocol/codec.js';
+import {
+  AuthTokens,
+  type Credentials,
+  checkCredentials,
+  isAuthNotEnabled,
+  isStaleTokenError,
+} from './auth.js';
 import { isGrpcError, isPreSendFailure, mapGrpcError } from './errors.js';
 
 export interface Method<Res> {
@@ -22,6 +33,12 @@ export interface Method<Res> {
 export function method<Res>(path: string, req: protobuf.Type, res: protobuf.Type): Method<Res> {
   return { path, serialize: encoder(req), deserialize: decoder<Res>(res) };
 }
+
+const authenticateMethod = method<{ token?: string }>(
+  methods.authenticate,
+  pb.AuthenticateRequest,
+  pb.AuthenticateResponse,
+);
 
 export interface CallPolicy {
   /** Reads and idempotent calls: retry on any connection failure. */
@@ -73,6 +90,7 @@ export class Connection {
   readonly #clients = new Map<string, grpc.Client>();
   readonly #callTimeoutMs: number;
   readonly #gate = new Gate(limits.inFlightCallsMax);
+  readonly #auth: AuthTokens | undefined;
   #current = 0;
   #closed = false;
 
@@ -80,6 +98,8 @@ export class Connection {
     if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) {
       throw new ConclaveError(ErrorCode.InvalidArgument, 'endpoints: must be a non-empty array of host:port');
     }
+    const credentials = checkCredentials(opts.auth);
+    this.#auth = credentials && new AuthTokens(credentials, (c) => this.#fetchToken(c));
     this.endpoints = opts.endpoints.map(normalizeEndpoint);
     this.#callTimeoutMs = opts.callTimeoutMs ?? 30_000;
     this.#credentials = opts.tls
@@ -149,7 +169,7 @@ export class Connection {
 
   /** One attempt on one endpoint, no retry (used by preferLeader). */
   unaryAt<Res>(m: Method<Res>, req: object, index: number, signal?: AbortSignal): Promise<Res> {
-    return this.#once(m, req, index, signal);
+    return this.#once(m, req, index, this.#auth?.token, signal);
   }
 
   async unary<Res>(
@@ -162,24 +182,94 @@ export class Connection {
     const wait = this.#gate.acquire();
     if (wait) await wait;
     try {
-      let attempt = 0;
-      while (true) {
-        const index = this.#current;
-        try {
-          return await this.#once(m, req, index, signal);
-        } catch (err) {
-          if (signal?.aborted) throw abortReason(signal);
-          const retry =
-            this.#shouldRetry(err, policy) && attempt + 1 < limits.retryAttemptsMax && !this.#closed;
-          if (!retry) throw mapGrpcError(err, policy.what, !policy.safe);
-          if (isGrpcError(err) && err.code === grpc.status.UNAVAILABLE) this.failover(index);
-          attempt++;
-          await sleep(Math.min(1000, 50 * 2 ** attempt), signal);
-        }
-      }
+      return await this.#call(m, req, policy, signal, this.#auth);
     } finally {
       this.#gate.release();
     }
+  }
+
+  /** The retry loop of one call; with `auth`, each attempt carries the current token. */
+  async #call<Res>(
+    m: Method<Res>,
+    req: object,
+    policy: CallPolicy,
+    signal: AbortSignal | undefined,
+    auth: AuthTokens | undefined,
+  ): Promise<Res> {
+    let attempt = 0;
+    let reauthenticated = false;
+    while (true) {
+      if (auth && !auth.settled) await auth.refresh(undefined, signal);
+      const token = auth?.token;
+      const index = this.#current;
+      try {
+        return await this.#once(m, req, index, token, signal);
+      } catch (err) {
+        if (signal?.aborted) throw abortReason(signal);
+        if (auth && !reauthenticated && isStaleTokenError(err) && !this.#closed) {
+          // Refused before any effect (see auth.ts): fetch a fresh token once and re-send.
+          reauthenticated = true;
+          await auth.refresh(token, signal);
+          continue;
+        }
+        const retry =
+          this.#shouldRetry(err, policy) && attempt + 1 < limits.retryAttemptsMax && !this.#closed;
+        if (!retry) throw mapGrpcError(err, policy.what, !policy.safe);
+        if (isGrpcError(err) && err.code === grpc.status.UNAVAILABLE) this.failover(index);
+        attempt++;
+        await sleep(Math.min(1000, 50 * 2 ** attempt), signal);
+      }
+    }
+  }
+
+  /**
+   * Authenticate (no token, outside the in-flight gate so callers holding the gate can wait for
+   * it). Resolves undefined when the server has auth disabled. Authenticate only creates a token,
+   * so it is retried like a read.
+   */
+  async #fetchToken(c: Credentials): Promise<string | undefined> {
+    try {
+      const r = await this.#call(
+        authenticateMethod,
+        { name: c.username, password: c.password },
+        { safe: true, what: `authenticate as user "${c.username}"` },
+        AbortSignal.timeout(this.#callTimeoutMs),
+        undefined,
+      );
+      if (!r.token) {
+        throw new ConclaveError(
+          ErrorCode.Unauthenticated,
+          `authenticate as user "${c.username}": etcd returned no token`,
+        );
+      }
+      return r.token;
+    } catch (err) {
+      if (isAuthNotEnabled(err)) return undefined;
+      if (err instanceof ConclaveError) throw err;
+      throw new ConclaveError(
+        ErrorCode.DeadlineExceeded,
+        `authenticate as user "${c.username}": no answer within ${this.#callTimeoutMs} ms`,
+        { cause: err },
+      );
+    }
+  }
+
+  /** Whether `auth` was given. */
+  get hasAuth(): boolean {
+    return this.#auth !== undefined;
+  }
+
+  /** The token calls and new streams carry now (undefined without auth or before the first one). */
+  get token(): string | undefined {
+    return this.#auth?.token;
+  }
+
+  /**
+   * Fetches a token unless one newer than `stale` is held or on its way (one Authenticate shared
+   * by all callers). Without `auth` it does nothing. EtcdKV.ready() calls it with `stale` undefined.
+   */
+  async refreshToken(stale: string | undefined, signal?: AbortSignal): Promise<void> {
+    if (this.#auth) await this.#auth.refresh(stale, signal);
   }
 
   #shouldRetry(err: unknown, policy: CallPolicy): boolean {
@@ -192,15 +282,23 @@ export class Connection {
     return policy.safe || isPreSendFailure(err);
   }
 
-  #once<Res>(m: Method<Res>, req: object, index: number, signal: AbortSignal | undefined): Promise<Res> {
+  #once<Res>(
+    m: Method<Res>,
+    req: object,
+    index: number,
+    token: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
       const deadline = Date.now() + this.#callTimeoutMs;
+      const md = new grpc.Metadata();
+      if (token !== undefined) md.set('token', token);
       const call = this.client(index).makeUnaryRequest(
         m.path,
         m.serialize,
         m.deserialize,
         req,
-        new grpc.Metadata(),
+        md,
         { deadline },
         (err, res) => {
           signal?.removeEventListener('abort', onAbort);
@@ -211,6 +309,19 @@ export class Connection {
       const onAbort = () => call.cancel();
       signal?.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  /**
+   * Metadata for opening a stream: `hasleader` (etcd's clientv3 attaches it so a member without a
+   * leader refuses the stream) and the current token. A stream keeps the token it was opened with,
+   * so a stream re-opened after a break or a refusal carries the fresh one.
+   */
+  streamMetadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    md.set('hasleader', 'true');
+    const token = this.#auth?.token;
+    if (token !== undefined) md.set('token', token);
+    return md;
   }
 
   close(): void {
@@ -237,11 +348,4 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     };
     signal?.addEventListener('abort', onAbort, { once: true });
   });
-}
-
-/** Metadata etcd's clientv3 attaches to streams so a member without a leader refuses them. */
-export function streamMetadata(): grpc.Metadata {
-  const md = new grpc.Metadata();
-  md.set('hasleader', 'true');
-  return md;
 }

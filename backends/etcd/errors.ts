@@ -21,7 +21,11 @@ const byMessage: ReadonlyArray<[RegExp, ErrorCode, boolean?]> = [
   [/no leader/, ErrorCode.Unavailable],
   [/not capable/, ErrorCode.Unavailable],
   [/permission denied/, ErrorCode.PermissionDenied],
-  [/invalid auth token|user name is empty|authentication failed/, ErrorCode.Unauthenticated],
+  // Bad credentials, no token, an expired token, or one issued before a permission change.
+  [
+    /invalid auth token|user name is empty|authentication failed|revision of auth store is old/,
+    ErrorCode.Unauthenticated,
+  ],
 ];
 
 /** Errors that mean the request never left this process or was refused before any effect. */

@@ -7,7 +7,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { big, type Int64, int64, methods, num, pb } from '../../src/protocol/codec.js';
 import type { LeaseKeepAliveResult } from '../../src/types.js';
-import { type Connection, method, streamMetadata } from './connection.js';
+import { type Connection, method } from './connection.js';
 import { mapGrpcError } from './errors.js';
 
 interface PbKeepAliveResponse {
@@ -89,7 +89,7 @@ export class KeepAliveStream {
         keepAliveMethod.path,
         keepAliveMethod.serialize,
         keepAliveMethod.deserialize,
-        streamMetadata(),
+        this.#conn.streamMetadata(),
       );
     s.on('data', (r: PbKeepAliveResponse) => {
       const id = big(r.ID);

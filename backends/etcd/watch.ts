@@ -12,7 +12,8 @@ import { limits } from '../../src/limits.js';
 import { type Int64, methods, num, pb } from '../../src/protocol/codec.js';
 import type { Bytes, Watch, WatchBatch, WatchEvent, WatchOptions } from '../../src/types.js';
 import { checkRevision } from '../../src/validate.js';
-import { type Connection, method, sleep, streamMetadata } from './connection.js';
+import { isStaleTokenReason } from './auth.js';
+import { type Connection, method, sleep } from './connection.js';
 import { kvFromPb, type PbHeader, type PbKeyValue } from './convert.js';
 
 interface PbWatchResponse {
@@ -40,6 +41,8 @@ export class EtcdWatch implements Watch {
   #rejectReady!: (e: unknown) => void;
   /** `ready` is settled (no error object needs building when the watch ends). */
   #readySettled = false;
+  /** This watch's create was already re-sent once on a stream with a fresh auth token. */
+  authRetried = false;
   readonly #buffer: WatchBatch[] = [];
   readonly #bufferMax: number;
   #wake: (() => void) | undefined;
@@ -192,6 +195,10 @@ export class WatchHub {
   readonly #toCreate: EtcdWatch[] = [];
   #creating: EtcdWatch | undefined;
   #reconnecting = false;
+  /** A re-authentication for a refused create is in flight: creates wait for its token. */
+  #renewing = false;
+  /** The auth token the current stream was opened with (etcd checks it on every create). */
+  #streamToken: string | undefined;
   #closed = false;
 
   constructor(conn: Connection) {
@@ -228,13 +235,14 @@ export class WatchHub {
   #ensureStream(): grpc.ClientDuplexStream<object, PbWatchResponse> {
     if (this.#stream) return this.#stream;
     this.#streamIndex = this.#conn.currentIndex;
+    this.#streamToken = this.#conn.token;
     const s = this.#conn
       .client(this.#streamIndex)
       .makeBidiStreamRequest(
         watchMethod.path,
         watchMethod.serialize,
         watchMethod.deserialize,
-        streamMetadata(),
+        this.#conn.streamMetadata(),
       );
     s.on('data', (res: PbWatchResponse) => this.#onResponse(res));
     s.on('error', (err) => this.#onBroken(s, err));
@@ -244,7 +252,7 @@ export class WatchHub {
   }
 
   #pump(): void {
-    if (this.#creating || this.#reconnecting || this.#closed) return;
+    if (this.#creating || this.#reconnecting || this.#renewing || this.#closed) return;
     let w = this.#toCreate.shift();
     while (w?.done) w = this.#toCreate.shift();
     if (!w) return;
@@ -262,9 +270,15 @@ export class WatchHub {
     if (res.created) {
       const w = this.#creating;
       this.#creating = undefined;
+      if (res.canceled) {
+        // A refused create names no watcher of ours: etcd 3.4.23 sends watch id -1, and earlier
+        // releases echoed the request's id (0), which must not reach the live watcher with id 0.
+        if (w) this.#onRefused(w, res);
+        this.#pump();
+        return;
+      }
       if (w) {
-        if (res.canceled) w.fail(this.#cancelError(res));
-        else if (w.done) this.#stream?.write({ cancelRequest: { watchId: id } });
+        if (w.done) this.#stream?.write({ cancelRequest: { watchId: id } });
         else {
           w.serverId = id;
           this.#byId.set(id, w);
@@ -286,6 +300,60 @@ export class WatchHub {
     w.deliver(res);
   }
 
+  /**
+   * etcd refused a create. An auth refusal for a stale token (etcd 3.4.23 says "invalid auth
+   * token", "revision of auth store is old" or "user name is empty"; older 3.4 releases said
+   * "permission denied" for all of them, etcd issue #12385) is retried once: on a stale-token
+   * reason, or on "permission denied" from a stream whose token was replaced since it was opened,
+   * the hub fetches a fresh token (shared with unary calls) and re-opens the stream with it; the
+   * live watchers move to the new stream from their next revision (nothing lost or repeated).
+   */
+  #onRefused(w: EtcdWatch, res: PbWatchResponse): void {
+    const reason = res.cancelReason ?? '';
+    const stale = this.#streamToken;
+    const retry =
+      this.#conn.hasAuth &&
+      !w.authRetried &&
+      !w.done &&
+      (isStaleTokenReason(reason) || (/permission denied/.test(reason) && this.#conn.token !== stale));
+    if (!retry) {
+      w.fail(this.#cancelError(res));
+      return;
+    }
+    w.authRetried = true;
+    this.#toCreate.unshift(w);
+    void this.#renewToken(w, stale);
+  }
+
+  async #renewToken(w: EtcdWatch, stale: string | undefined): Promise<void> {
+    this.#renewing = true;
+    try {
+      await this.#conn.refreshToken(stale);
+      if (!this.#closed && this.#conn.token !== this.#streamToken) this.#replaceStream();
+    } catch (err) {
+      // No fresh token (bad credentials now, or etcd unreachable): the refused create fails
+      // (fail() takes it out of the queue).
+      w.fail(err);
+    } finally {
+      this.#renewing = false;
+      this.#pump();
+    }
+  }
+
+  /** Closes the stream on purpose (no failover) and queues its live watchers for re-creation. */
+  #replaceStream(): void {
+    const s = this.#stream;
+    if (!s) return;
+    this.#stream = undefined;
+    s.removeAllListeners('data');
+    s.on('error', () => undefined);
+    s.cancel();
+    const live = [...this.#byId.values()];
+    this.#byId.clear();
+    for (const w of live) w.serverId = undefined;
+    this.#toCreate.unshift(...live.filter((w) => !w.done));
+  }
+
   #cancelError(res: PbWatchResponse): ConclaveError {
     const compactRevision = num(res.compactRevision);
     if (compactRevision > 0) {
@@ -295,10 +363,17 @@ export class WatchHub {
         { compactRevision },
       );
     }
-    return new ConclaveError(
-      ErrorCode.Unavailable,
-      `watch canceled by the server: ${res.cancelReason || 'no reason given'}`,
-    );
+    const reason = res.cancelReason || 'no reason given';
+    if (/permission denied/.test(reason)) {
+      return new ConclaveError(
+        ErrorCode.PermissionDenied,
+        `watch: etcd refused it (${reason}); the user needs read permission on the watched range`,
+      );
+    }
+    if (isStaleTokenReason(reason)) {
+      return new ConclaveError(ErrorCode.Unauthenticated, `watch: etcd refused the auth token (${reason})`);
+    }
+    return new ConclaveError(ErrorCode.Unavailable, `watch canceled by the server: ${reason}`);
   }
 
   #onBroken(s: grpc.ClientDuplexStream<object, PbWatchResponse>, err: unknown): void {

@@ -48,6 +48,8 @@ export const pb = {
   LeaseLeasesResponse: t('LeaseLeasesResponse'),
   StatusRequest: t('StatusRequest'),
   StatusResponse: t('StatusResponse'),
+  AuthenticateRequest: t('AuthenticateRequest'),
+  AuthenticateResponse: t('AuthenticateResponse'),
 } as const;
 
 /** gRPC method paths (`/package.Service/Method`), as etcd serves them. */
@@ -64,6 +66,7 @@ export const methods = {
   leaseTimeToLive: '/etcdserverpb.Lease/LeaseTimeToLive',
   leaseLeases: '/etcdserverpb.Lease/LeaseLeases',
   status: '/etcdserverpb.Maintenance/Status',
+  authenticate: '/etcdserverpb.Auth/Authenticate',
 } as const;
 
 export function encoder(type: Type): (msg: object) => Buffer {
