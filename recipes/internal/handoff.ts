@@ -12,11 +12,14 @@
  * The proof comes from a linearizable txn, so the handoff is as safe as the normal path. It is
  * only a shortcut: the waiter keeps its predecessor watch until granted, and a waiter never
  * registered (another client, another process, Go or etcdctl) is woken by the usual delete event.
- * A releaser adds the read only while waiters of the same prefix are registered on its client, so
- * a lone holder's unlock costs exactly what it did.
+ * A releaser adds the read only while a waiter registered on its client watches the releasing key
+ * as its predecessor, so an unlock with nobody local directly behind it costs exactly what it did.
+ * (On etcd the read scans and sorts the prefix on every member, as the enqueue txn's read already
+ * does: a cost proportional to the queue's length, paid once per handoff.)
  *
- * Bound: one registration per waiting acquire (its session's key), removed when the wait ends; the
- * registry holds nothing from outside input.
+ * Bound: one registration per waiting acquire (its session's key), removed when the wait ends or
+ * the turn is granted, and a prefix's map is dropped with its last registration; one tracked
+ * release per releasing handle. Nothing stays behind per lock name.
  */
 
 import { toText } from '../../src/keys.js';
@@ -28,22 +31,113 @@ type Grant = (revision: number) => void;
 interface Registered {
   readonly myRev: number;
   readonly grant: Grant;
+  /** `generationId` of the predecessor currently watched ('' before the first). */
+  pred: string;
 }
+
+const generationId = (key: string, rev: number) => `${rev}:${key}`;
 
 /** kv → blockers prefix → our key → the waiting generation. */
 const waiting = new WeakMap<KV, Map<string, Map<string, Registered>>>();
 
 /**
- * kv → "prefix + key + create revision" of a release with a handoff read in flight → settles once
- * its offer was made. etcd sends the delete's watch event before the txn's reply, so a waiter woken
- * by the event of a local release waits for that offer instead of reading the queue again.
+ * kv → prefix → `generationId` of a release with a handoff read in flight → settles once the
+ * release is over (its offer made, or its txn failed). A waiter woken by the delete event of such a
+ * release waits for it instead of reading the queue: the event and the txn's reply travel on
+ * different streams, and the offer comes when the reply arrives.
  */
 const releasing = new WeakMap<KV, Map<string, Promise<void>>>();
-const releaseId = (prefix: string, key: string, rev: number) => `${rev}:${prefix}\0${key}`;
+const releaseId = (prefix: string, key: string, rev: number) => `${prefix}\0${generationId(key, rev)}`;
+
+/** A registered waiter: say which predecessor it watches; `done()` when the wait ends. */
+export interface HandoffWait {
+  watching(predKey: string, predRev: number): void;
+  done(): void;
+}
 
 /**
- * Runs `release` (a delete txn carrying `handoffRead`, which makes its offer before settling) as
- * a known local release of generation `rev` of `key`, for `releaseOf`.
+ * Registers generation `myRev` of `myKey` (under `prefix`) as waiting on `kv`. `grant` is called at
+ * most once, with the revision from which the key owns the turn.
+ */
+export function awaitHandoff(
+  kv: KV,
+  prefix: string,
+  myKey: string,
+  myRev: number,
+  grant: Grant,
+): HandoffWait {
+  let byPrefix = waiting.get(kv);
+  if (!byPrefix) {
+    byPrefix = new Map();
+    waiting.set(kv, byPrefix);
+  }
+  let keys = byPrefix.get(prefix);
+  if (!keys) {
+    keys = new Map();
+    byPrefix.set(prefix, keys);
+  }
+  const entry: Registered = { myRev, grant, pred: '' };
+  // A second wait of the same session and name (a re-entrant key) replaces the first here; the
+  // first then simply takes the normal path.
+  keys.set(myKey, entry);
+  const map = keys;
+  const prefixes = byPrefix;
+  return {
+    watching: (predKey, predRev) => {
+      entry.pred = generationId(predKey, predRev);
+    },
+    done: () => {
+      if (map.get(myKey) !== entry) return;
+      map.delete(myKey);
+      if (map.size === 0 && prefixes.get(prefix) === map) prefixes.delete(prefix);
+    },
+  };
+}
+
+/**
+ * The read a releaser of generation `rev` of `key` appends to its delete txn, or none when no
+ * waiter registered on `kv` watches that generation as its predecessor (then the txn stays a plain
+ * guarded delete).
+ */
+export function handoffRead(kv: KV, prefix: string, key: string, rev: number): Op | undefined {
+  const keys = waiting.get(kv)?.get(prefix);
+  if (!keys) return undefined;
+  const id = generationId(key, rev);
+  let behind = false;
+  for (const w of keys.values()) {
+    if (w.pred === id) {
+      behind = true;
+      break;
+    }
+  }
+  if (!behind) return undefined;
+  return {
+    type: 'get',
+    key: prefix,
+    options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1, keysOnly: true },
+  };
+}
+
+/**
+ * After a releaser's delete at `revision`: `first` is the earliest key left under `prefix` at that
+ * revision (read in the same txn). Grants the turn if it is a registered waiter's generation.
+ */
+export function offerHandoff(kv: KV, prefix: string, first: KeyValue | undefined, revision: number): void {
+  if (!first) return;
+  const byPrefix = waiting.get(kv);
+  const keys = byPrefix?.get(prefix);
+  if (!byPrefix || !keys) return;
+  const key = toText(first.key);
+  const w = keys.get(key);
+  if (!w || w.myRev !== first.createRevision) return;
+  keys.delete(key);
+  if (keys.size === 0) byPrefix.delete(prefix);
+  w.grant(revision);
+}
+
+/**
+ * Runs `release` (a delete txn carrying `handoffRead`; it makes its offer before settling) as the
+ * known local release of generation `rev` of `key`, for `releaseOf`.
  */
 export async function trackRelease(
   kv: KV,
@@ -59,6 +153,8 @@ export async function trackRelease(
   }
   const id = releaseId(prefix, key, rev);
   const p = release();
+  // Two handles of one generation (a re-entrant key) releasing at once: the first one is tracked.
+  if (map.has(id)) return p;
   const settled = p.then(
     () => undefined,
     () => undefined,
@@ -76,56 +172,10 @@ export function releaseOf(kv: KV, prefix: string, key: string, rev: number): Pro
   return releasing.get(kv)?.get(releaseId(prefix, key, rev));
 }
 
-/**
- * Registers generation `myRev` of `myKey` (under `prefix`) as waiting on `kv`. `grant` is called at
- * most once, with the revision from which the key owns the turn. Call the returned function when
- * the wait ends, granted or not.
- */
-export function awaitHandoff(kv: KV, prefix: string, myKey: string, myRev: number, grant: Grant): () => void {
-  let byPrefix = waiting.get(kv);
-  if (!byPrefix) {
-    byPrefix = new Map();
-    waiting.set(kv, byPrefix);
-  }
-  let keys = byPrefix.get(prefix);
-  if (!keys) {
-    keys = new Map();
-    byPrefix.set(prefix, keys);
-  }
-  const entry: Registered = { myRev, grant };
-  keys.set(myKey, entry);
-  const map = keys;
-  return () => {
-    if (map.get(myKey) !== entry) return;
-    map.delete(myKey);
-    if (map.size === 0 && byPrefix.get(prefix) === map) byPrefix.delete(prefix);
-  };
-}
-
-/**
- * The read a releaser appends to its delete txn, or none when no waiter of `prefix` is registered
- * on `kv` (then the txn stays a plain guarded delete).
- */
-export function handoffRead(kv: KV, prefix: string): Op | undefined {
-  if (!waiting.get(kv)?.get(prefix)?.size) return undefined;
-  return {
-    type: 'get',
-    key: prefix,
-    options: { prefix: true, sort: { target: 'create', order: 'ascend' }, limit: 1, keysOnly: true },
-  };
-}
-
-/**
- * After a releaser's delete at `revision`: `first` is the earliest key left under `prefix` at that
- * revision (read in the same txn). Grants the turn if it is a registered waiter's generation.
- */
-export function offerHandoff(kv: KV, prefix: string, first: KeyValue | undefined, revision: number): void {
-  if (!first) return;
-  const keys = waiting.get(kv)?.get(prefix);
-  if (!keys) return;
-  const key = toText(first.key);
-  const w = keys.get(key);
-  if (!w || w.myRev !== first.createRevision) return;
-  keys.delete(key);
-  w.grant(revision);
+/** Registered waiters and tracked releases on `kv` (for tests: both are 0 when nothing waits). */
+export function handoffState(kv: KV): { prefixes: number; waiters: number; releases: number } {
+  const byPrefix = waiting.get(kv);
+  let waiters = 0;
+  for (const m of byPrefix?.values() ?? []) waiters += m.size;
+  return { prefixes: byPrefix?.size ?? 0, waiters, releases: releasing.get(kv)?.size ?? 0 };
 }

@@ -40,19 +40,22 @@ export function heldKey(
       const kv = session.kv;
       // Delete only our own generation of the key (a later holder may reuse the same key name).
       const del = { type: 'delete', key } as const;
-      // With waiters of this queue on the same client, the delete also reads who is first now.
-      const next = handoffPrefix === undefined ? undefined : handoffRead(kv, handoffPrefix);
+      const releasedError = () => new ConclaveError(ErrorCode.Closed, `${policy.what} released`);
+      // With a waiter on this client right behind us, the delete also reads who is first now.
+      const next = handoffPrefix === undefined ? undefined : handoffRead(kv, handoffPrefix, key, myRev);
       if (!next) {
         await kv.txn({ compare: [guard()], success: [del], failure: [] }, o);
-      } else {
-        const prefix = handoffPrefix!;
-        await trackRelease(kv, prefix, key, myRev, async () => {
-          const t = await kv.txn({ compare: [guard()], success: [del, next], failure: [] }, o);
-          const r = t.responses[1];
-          if (t.succeeded) offerHandoff(kv, prefix, r?.type === 'get' ? r.kvs[0] : undefined, t.revision);
-        });
+        if (!lost.signal.aborted) lost.abort(releasedError());
+        return;
       }
-      if (!lost.signal.aborted) lost.abort(new ConclaveError(ErrorCode.Closed, `${policy.what} released`));
+      const prefix = handoffPrefix!;
+      await trackRelease(kv, prefix, key, myRev, async () => {
+        const t = await kv.txn({ compare: [guard()], success: [del, next], failure: [] }, o);
+        // Our `lost` fires before the next holder is handed the lock.
+        if (!lost.signal.aborted) lost.abort(releasedError());
+        const r = t.responses[1];
+        if (t.succeeded) offerHandoff(kv, prefix, r?.type === 'get' ? r.kvs[0] : undefined, t.revision);
+      });
     })().catch((err) => {
       released = undefined;
       throw err;

@@ -264,7 +264,7 @@ async function waitBlockers(
     const granted = new Promise<number>((resolve) => {
       onGrant = () => resolve(grantedAt);
     });
-    const unregister = spec.myKey.startsWith(spec.blockers)
+    const handoff = spec.myKey.startsWith(spec.blockers)
       ? awaitHandoff(kv, spec.blockers, spec.myKey, myRev, (rev) => {
           grantedAt = rev;
           onGrant?.();
@@ -276,6 +276,7 @@ async function waitBlockers(
       while (true) {
         const pred = view.blockers[0];
         if (!pred) return view.revision;
+        handoff?.watching(toText(pred.key), pred.createRevision);
         // Locks wait for the newest blocker created before us: every earlier one must go anyway,
         // and one watched key means no herd. Then re-check everything.
         const stop = new AbortController();
@@ -290,8 +291,9 @@ async function waitBlockers(
         } finally {
           stop.abort();
         }
-        // Woken by the delete event of a release on this client: its offer follows at once.
-        if (grantedAt === 0 && unregister) {
+        // Woken by the delete event of a release on this client: its offer comes with the
+        // release txn's reply (the event and the reply travel on different streams).
+        if (grantedAt === 0 && handoff) {
           const local = releaseOf(kv, spec.blockers, toText(pred.key), pred.createRevision);
           if (local) {
             const aborted = rejectOnAbort(signal);
@@ -306,7 +308,7 @@ async function waitBlockers(
         view = ours(await readQueue(kv, spec, myRev, at, signal));
       }
     } finally {
-      unregister?.();
+      handoff?.done();
     }
   } finally {
     keyLost.off();

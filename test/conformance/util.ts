@@ -96,3 +96,38 @@ export function afterFirstRead(kv: KV, afterRead: () => Promise<void>): KV {
     },
   });
 }
+
+/**
+ * A client for the in-client handoff tests (recipes/internal/handoff.ts): counts queue re-reads
+ * (ranges bounded by create revision), and while `delayReplies(ms)` is set, returns the reply of a
+ * release txn that carries a handoff read (a delete, then a get) only after `ms` — its effect is
+ * already applied, so waiters see the delete event long before the offer.
+ */
+export function handoffProbe(kv: KV): {
+  kv: KV;
+  queueReads(): number;
+  delayReplies(ms: number): void;
+} {
+  let reads = 0;
+  let delayMs = 0;
+  const probed = new Proxy(kv, {
+    get(target, prop) {
+      if (prop === 'range')
+        return (...args: Parameters<KV['range']>) => {
+          if (args[1]?.maxCreateRevision !== undefined) reads++;
+          return target.range(...args);
+        };
+      if (prop === 'txn')
+        return async (...args: Parameters<KV['txn']>) => {
+          const r = await target.txn(...args);
+          const ops = args[0].success;
+          if (delayMs > 0 && ops.length === 2 && ops[0]!.type === 'delete' && ops[1]!.type === 'get')
+            await sleep(delayMs);
+          return r;
+        };
+      const v = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  return { kv: probed, queueReads: () => reads, delayReplies: (ms) => (delayMs = ms) };
+}

@@ -1,11 +1,36 @@
 import { expect, it } from 'vitest';
 import { Election, type Observation } from '../../../recipes/election.js';
+import { handoffState } from '../../../recipes/internal/handoff.js';
 import { toText } from '../../../src/keys.js';
 import { Session } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
-import { mortal, sleep, waitFor } from '../util.js';
+import { handoffProbe, mortal, sleep, waitFor } from '../util.js';
 
 export const registerElectionTests: RegisterTests = (ctx) => {
+  it('election — a resign hands leadership to the next candidate on the same client without a queue re-read', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-handoff')}e`;
+    const probe = handoffProbe(kv);
+    await using a = await Session.create(probe.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(probe.kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const la = await new Election(a, name).campaign('a');
+    const pb = new Election(b, name).campaign('b');
+    await waitFor(
+      () => handoffState(probe.kv).waiters === 1,
+      5000,
+      'candidate b registered as a local waiter',
+    );
+    const readsBefore = probe.queueReads();
+    await la.resign();
+    const lb = await pb;
+    expect(probe.queueReads()).toBe(readsBefore);
+    expect(la.lost.aborted).toBe(true);
+    expect(lb.token).toBeGreaterThan(la.token);
+    expect(toText((await new Election(a, name).leader())!.value)).toBe('b');
+    await lb.resign();
+    expect(handoffState(probe.kv)).toEqual({ prefixes: 0, waiters: 0, releases: 0 });
+  });
+
   it('election — one leader at a time; the next candidate wins when the leader resigns', async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('elect-one')}e`;

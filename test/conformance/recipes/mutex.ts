@@ -1,4 +1,5 @@
 import { expect, it } from 'vitest';
+import { handoffState } from '../../../recipes/internal/handoff.js';
 import { keyWatchLingerMs } from '../../../recipes/internal/key-watch.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
@@ -7,7 +8,7 @@ import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { Watch } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
-import { sleep, waitFor } from '../util.js';
+import { handoffProbe, sleep, waitFor } from '../util.js';
 
 /**
  * `kv`, recording the key of every watch opened through it (to see what a waiter waits on). With
@@ -462,27 +463,18 @@ export const registerMutexTests: RegisterTests = (ctx) => {
   it('mutex — an unlock hands the lock to the next waiter on the same client with proof, without a queue re-read', async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('mutex-handoff')}lock`;
-    // One client for both sessions, counting the waiter's queue re-reads (ranges bounded by create revision).
-    let queueReads = 0;
-    const counted = new Proxy(kv, {
-      get(target, p, receiver) {
-        if (p === 'range')
-          return (...args: Parameters<KV['range']>) => {
-            if (args[1]?.maxCreateRevision !== undefined) queueReads++;
-            return target.range(...args);
-          };
-        const v = Reflect.get(target, p, receiver);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
-    });
+    // One client for both sessions, counting the waiter's queue re-reads.
+    const probe = handoffProbe(kv);
     const ttl = backend.minTtlSeconds + 5;
-    await using a = await Session.create(counted, { ttlSeconds: ttl });
-    await using b = await Session.create(counted, { ttlSeconds: ttl });
+    await using a = await Session.create(probe.kv, { ttlSeconds: ttl });
+    await using b = await Session.create(probe.kv, { ttlSeconds: ttl });
     for (let round = 0; round < 3; round++) {
       const ha = await new Mutex(a, name).lock();
       let unlocked = false;
+      let aLostFirst: boolean | undefined;
       const waiting = new Mutex(b, name).lock().then((h) => {
         expect(unlocked).toBe(true);
+        aLostFirst = ha.lost.aborted;
         return h;
       });
       await waitFor(
@@ -490,12 +482,13 @@ export const registerMutexTests: RegisterTests = (ctx) => {
         5000,
         "B's key",
       );
-      await sleep(50); // B is watching A by now
-      queueReads = 0;
+      await waitFor(() => handoffState(probe.kv).waiters === 1, 5000, 'B registered as a local waiter');
+      const readsBefore = probe.queueReads();
       unlocked = true;
       await ha.unlock();
       const hb = await waiting;
-      expect(queueReads).toBe(0);
+      expect(probe.queueReads()).toBe(readsBefore);
+      expect(aLostFirst).toBe(true);
       expect(hb.token).toBeGreaterThan(ha.token);
       expect(hb.lost.aborted).toBe(false);
       // The handed-over holder is a full holder: its guard holds, and its unlock frees the lock.
@@ -504,6 +497,52 @@ export const registerMutexTests: RegisterTests = (ctx) => {
       await hb.unlock();
     }
     expect((await kv.range(`${name}/`, { prefix: true, countOnly: true })).count).toBe(0);
+    // Nothing stays registered per lock name once the waits are over.
+    expect(handoffState(probe.kv)).toEqual({ prefixes: 0, waiters: 0, releases: 0 });
+  });
+
+  it("mutex — a waiter woken by a local release's delete event, still waiting for its offer, can be aborted and loses its key cleanly", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-handoff-abort')}lock`;
+    const probe = handoffProbe(kv);
+    const ttl = backend.minTtlSeconds + 5;
+    await using a = await Session.create(probe.kv, { ttlSeconds: ttl });
+    await using b = await Session.create(probe.kv, { ttlSeconds: ttl });
+    const count = async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count;
+    // 1. Aborted while waiting for the offer: rejects at once with the reason, and leaves no key.
+    const ha = await new Mutex(a, name).lock();
+    const ac = new AbortController();
+    const mb = new Mutex(b, name);
+    const waiting = mb.lock({ signal: ac.signal });
+    waiting.catch(() => undefined);
+    await waitFor(() => handoffState(probe.kv).waiters === 1, 5000, 'B registered as a local waiter');
+    probe.delayReplies(2000);
+    const unlocking = ha.unlock();
+    // A's key is gone (the txn applied) while its reply is held back.
+    await waitFor(async () => (await count()) === 1, 5000, "A's delete applied");
+    await sleep(50);
+    const reason = new Error('caller gave up');
+    const t0 = Date.now();
+    ac.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    await waitFor(async () => (await count()) === 0, 5000, "B's key removed");
+    await unlocking;
+    probe.delayReplies(0);
+    // 2. Its key deleted while waiting for the offer: fails with session-lost, holds nothing.
+    const ha2 = await new Mutex(a, name).lock();
+    const waiting2 = mb.lock();
+    waiting2.catch(() => undefined);
+    await waitFor(() => handoffState(probe.kv).waiters === 1, 5000, 'B registered again');
+    probe.delayReplies(2000);
+    const unlocking2 = ha2.unlock();
+    await waitFor(async () => (await count()) === 1, 5000, "A's second delete applied");
+    await kv.delete(mb.key);
+    await expect(waiting2).rejects.toMatchObject({ code: 'session-lost' });
+    await unlocking2;
+    probe.delayReplies(0);
+    expect(await count()).toBe(0);
+    expect(handoffState(probe.kv)).toEqual({ prefixes: 0, waiters: 0, releases: 0 });
   });
 
   it('mutex — a waiter on another client queued before a local waiter gets the lock first; no handoff skips it', async () => {
