@@ -8,8 +8,10 @@
  * a controller that fires (reason: `session-lost` ConclaveError) once the key is deleted at a
  * revision above `myRev` — deleted, expired with its lease, or deleted and re-created — exactly
  * like `watchOwnership` (wait.ts) does with a watch of its own. Aborting the controller yourself
- * detaches the generation. The shared watch starts at the first generation's `myRev + 1` and runs
- * while a generation is attached, then lingers `keyWatchLingerMs` for the next one. A delete already
+ * detaches the generation. The shared watch covers revisions from the first generation's
+ * `myRev + 1` on — it is opened from "now" and the revisions before its registration are covered by
+ * one read of the key — and runs while a generation is attached, then lingers `keyWatchLingerMs`
+ * for the next one. A delete already
  * delivered is remembered (`lastDelete`), so a generation attached after its own delete arrived
  * still fires at once.
  *
@@ -21,7 +23,7 @@ import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
-import { watchOwnership } from './wait.js';
+import { gapRead, rangeAtLeast, watchOwnership } from './wait.js';
 
 /** How long a kept watch with no generation attached stays open, waiting for the next lock(). */
 export const keyWatchLingerMs = 1000;
@@ -145,12 +147,13 @@ class KeyWatch {
 
   async #run(): Promise<void> {
     if (this.#stop.signal.aborted) return;
-    const w = this.#kv.watch(this.#key, {
-      startRevision: this.#from,
-      filters: ['noput'],
-      signal: this.#stop.signal,
-    });
+    // From "now", not from `#from`: etcd serves a watch started in the past from its unsynced group,
+    // caught up only every 100 ms, and a loss in that window would fire `lost` up to 100 ms late.
+    // The revisions between `#from` and the registration are covered by one read of the key.
+    const w = this.#kv.watch(this.#key, { filters: ['noput'], signal: this.#stop.signal });
     try {
+      const registered = await w.ready;
+      if (registered >= this.#from) await this.#readGap(registered);
       for await (const batch of w)
         for (const e of batch.events) if (e.type === 'delete') this.#deleted(e.kv.modRevision);
       // The iterator ends only when closed; if it ends otherwise, ownership is no longer watched.
@@ -179,6 +182,20 @@ class KeyWatch {
     } finally {
       await w.close();
     }
+  }
+
+  /**
+   * The key as of revision `at` or later, for the revisions the watch (registered at `at`) does not
+   * cover: absent means every generation so far was deleted by then; present with create revision
+   * `c` means every earlier generation was deleted before `c`.
+   */
+  async #readGap(at: number): Promise<void> {
+    const stop = this.#stop.signal;
+    const r = await gapRead(() => rangeAtLeast(this.#kv, this.#key, at, { keysOnly: true }, stop), stop);
+    const now = r.kvs[0];
+    if (!now) this.#deleted(r.revision);
+    else if (now.createRevision - 1 >= this.#from) this.#deleted(now.createRevision - 1);
+    if (r.revision + 1 > this.#next) this.#next = r.revision + 1;
   }
 
   /** Ends the kept watch; attached generations fire with `reason` (none are attached on idle). */

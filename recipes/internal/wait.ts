@@ -7,9 +7,31 @@
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import type { Bytes, RangeOptions, RangeResult } from '../../src/types.js';
+import { sleep } from './timing.js';
 
 /** How often one wait re-reads after its start revision was compacted before giving up. */
 export const compactedRetriesMax = 8;
+
+/**
+ * Attempts of a gap read (the read covering the revisions before a watch's registration) that
+ * fails with a retryable error — a member unreachable for a while — before the wait fails. The
+ * watch itself re-connects meanwhile; with the backoff capped at 1 s this rides out a cut of about
+ * half a minute, as the watch does.
+ */
+export const gapReadAttemptsMax = 32;
+
+/** `read()`, retried with backoff while it fails with a retryable ConclaveError (gapReadAttemptsMax). */
+export async function gapRead<T>(read: () => Promise<T>, signal: AbortSignal): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await read();
+    } catch (err) {
+      if (signal.aborted) throw abortReason(signal);
+      if (attempt >= gapReadAttemptsMax || !(err instanceof ConclaveError) || !err.retryable) throw err;
+      await sleep(Math.min(1000, 25 * 2 ** attempt), signal);
+    }
+  }
+}
 
 /**
  * Resolves with a revision by which `key` is deleted — the delete's own revision when its event is
@@ -83,7 +105,7 @@ async function goneBy(
   signal: AbortSignal,
   createRevision: number | undefined,
 ): Promise<number | undefined> {
-  const r = await rangeAtLeast(kv, key, at, { keysOnly: true }, signal);
+  const r = await gapRead(() => rangeAtLeast(kv, key, at, { keysOnly: true }, signal), signal);
   const now = r.kvs[0];
   return !now || (createRevision !== undefined && now.createRevision !== createRevision)
     ? r.revision

@@ -7,6 +7,7 @@ import { expect, it } from 'vitest';
 import { waitDelete } from '../../../recipes/internal/wait.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toBytes } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session, SessionState } from '../../../src/session.js';
@@ -103,6 +104,51 @@ export const registerLossTests: RegisterTests = (ctx) => {
       `${p}c`,
       waitDelete(kv, toBytes(`${p}c`), c.revision + 1, ac.signal, c.revision),
     );
+  });
+
+  it('recipes — a gap read failing with a retryable error (member unreachable) is retried; the wait still sees the delete', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('gap-retry');
+    let failures = 2;
+    // The first two single-key reads fail as a cut connection would; the watch itself is fine.
+    const flaky = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'range')
+          return (...args: Parameters<KV['range']>) => {
+            if (failures > 0) {
+              failures--;
+              return Promise.reject(
+                new ConclaveError(ErrorCode.Unavailable, 'range: member unreachable (test)'),
+              );
+            }
+            return target.range(...args);
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const a = await kv.put(`${p}a`, 'x');
+    const aDel = await kv.delete(`${p}a`);
+    const ac = new AbortController();
+    expect(await waitDelete(flaky, toBytes(`${p}a`), a.revision + 1, ac.signal)).toBeGreaterThanOrEqual(
+      aDel.revision,
+    );
+    expect(failures).toBe(0);
+    // A non-retryable failure is not retried: it ends the wait.
+    const b = await kv.put(`${p}b`, 'x');
+    await kv.put(`${p}other`, '1');
+    failures = 0;
+    const broken = new Proxy(kv, {
+      get(target, prop) {
+        if (prop === 'range')
+          return () => Promise.reject(new ConclaveError(ErrorCode.PermissionDenied, 'range: denied (test)'));
+        const v = Reflect.get(target, prop, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await expect(waitDelete(broken, toBytes(`${p}b`), b.revision + 1, ac.signal)).rejects.toMatchObject({
+      code: 'permission-denied',
+    });
   });
 
   it('recipes — a wait whose start revision was compacted reads the present and still sees the delete', async () => {

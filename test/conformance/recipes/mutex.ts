@@ -575,4 +575,95 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     expect(order).toEqual(['foreign', 'local']);
     expect(overlap).toBe(false);
   });
+
+  it('mutex — no watch opened by lock cycles starts in the past (etcd serves those from a 100 ms catch-up)', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-watch-start')}lock`;
+    const starts: Array<number | undefined> = [];
+    const spied = new Proxy(kv, {
+      get(target, p) {
+        if (p === 'watch')
+          return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]) => {
+            starts.push(opts?.startRevision);
+            return target.watch(key, opts);
+          };
+        const v = Reflect.get(target, p, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const ttl = backend.minTtlSeconds + 5;
+    await using a = await Session.create(spied, { ttlSeconds: ttl });
+    await using b = await Session.create(spied, { ttlSeconds: ttl });
+    // Other writes land between every enqueue and the watches it opens.
+    const noise = (async () => {
+      for (let i = 0; i < 40; i++) await kv.put(`${name}-noise`, String(i));
+    })();
+    await Promise.all(
+      [a, b].map(async (s) => {
+        const m = new Mutex(s, name);
+        for (let i = 0; i < 4; i++) await (await m.lock()).unlock();
+      }),
+    );
+    await noise;
+    expect(starts.length).toBeGreaterThan(0);
+    expect(starts.filter((x) => x !== undefined)).toEqual([]);
+  });
+
+  it("mutex — a holder's key deleted before the watch of it is registered still fires lost", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-own-gap')}lock`;
+    let deleteFirst: string | undefined;
+    // The first watch of `deleteFirst` opens only after that key was deleted by another client.
+    const slow = new Proxy(kv, {
+      get(target, p) {
+        if (p === 'watch')
+          return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]): Watch => {
+            const k = typeof key === 'string' ? key : toText(key);
+            if (k !== deleteFirst) return target.watch(key, opts);
+            deleteFirst = undefined;
+            return deferredWatch(
+              target.delete(k).then(() => undefined),
+              () => target.watch(key, opts),
+            );
+          };
+        const v = Reflect.get(target, p, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    await using s = await Session.create(slow, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(s, name);
+    deleteFirst = m.key;
+    const h = await m.lock();
+    await waitFor(() => h.lost.aborted, 5000, "the holder's lost");
+    expect(h.lost.reason).toMatchObject({ code: 'session-lost' });
+    expect(deleteFirst).toBeUndefined();
+    // The next lock cycle of the session is not fired by that old delete.
+    const h2 = await m.lock();
+    await sleep(100);
+    expect(h2.lost.aborted).toBe(false);
+    await h2.unlock();
+  });
 };
+
+/** A watch opened only once `before` settles (to put events between a caller's read and its watch). */
+function deferredWatch(before: Promise<void>, open: () => Watch): Watch {
+  let inner: Watch | undefined;
+  const opened = before.then(() => {
+    inner = open();
+    return inner;
+  });
+  const ready = opened.then((w) => w.ready);
+  ready.catch(() => undefined);
+  const close = async () => {
+    await opened.catch(() => undefined);
+    await inner?.close();
+  };
+  return {
+    ready,
+    close,
+    [Symbol.asyncDispose]: close,
+    async *[Symbol.asyncIterator]() {
+      yield* await opened;
+    },
+  };
+}
