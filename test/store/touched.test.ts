@@ -114,6 +114,12 @@ function reads(s: Store): string[] {
   const out: string[] = [];
   for (let rev = s.revision; rev >= Math.max(1, s.mvcc.compactRev); rev--) {
     out.push(`${rev}: ${s.range('', { prefix: true, revision: rev }).kvs.map(show).join(' ')}`);
+    // Counting and limited reads make only some KeyValues (mvcc.count, scan's max): same answers.
+    out.push(`${rev} count: ${s.range('', { prefix: true, revision: rev, countOnly: true }).count}`);
+    for (const limit of [1, 2]) {
+      const l = s.range('', { prefix: true, revision: rev, limit });
+      out.push(`${rev} limit ${limit}: ${l.kvs.map(show).join(' ')} count ${l.count} more ${l.more}`);
+    }
     for (const k of keys) {
       const kv = s.mvcc.getAt(k, rev);
       out.push(kv ? show(kv) : `${k} none`);

@@ -531,13 +531,24 @@ export class Mvcc {
     return recordAt(recs, rev)?.kv;
   }
 
-  /** Live keys in [start, end) at `rev`, in key order; end '' = the single key, '\0' = to the end. */
-  scan(start: string, end: string, rev: number, visit: (key: string, kv: KeyValue) => void): void {
+  /**
+   * Live keys in [start, end) at `rev`, in key order; end '' = the single key, '\0' = to the end.
+   * Stops after `max` visits.
+   */
+  scan(
+    start: string,
+    end: string,
+    rev: number,
+    visit: (key: string, kv: KeyValue) => void,
+    max = Number.POSITIVE_INFINITY,
+  ): void {
+    if (max <= 0) return;
     if (end === '') {
       const kv = this.getAt(start, rev);
       if (kv) visit(start, kv);
       return;
     }
+    let visited = 0;
     // At or above every record, a key's state is its latest record: only live keys have one.
     const latest = rev >= this.#top;
     const tree = latest
@@ -551,23 +562,57 @@ export class Mvcc {
     // under its iteration).
     let decoded: Array<[string, KeyRecord[]]> | undefined;
     tree.forRange(start, high, end === '\u0000', (k, r) => {
+      let kv: KeyValue | undefined;
       // A touched key's encoded records are all older than its first write since the restore.
-      if (r instanceof KeyRecord && rev >= r.main) {
-        const kv = r.kv;
-        if (kv) visit(k, kv);
-        return;
-      }
-      let recs: KeyRecord[];
-      if (Array.isArray(r)) recs = r;
-      else if (r instanceof Touched && rev >= r.recs[0]!.main) recs = r.recs;
+      if (r instanceof KeyRecord && rev >= r.main) kv = r.kv;
       else {
-        recs = this.#peek(k, r);
-        (decoded ??= []).push([k, recs]);
+        let recs: KeyRecord[];
+        if (Array.isArray(r)) recs = r;
+        else if (r instanceof Touched && rev >= r.recs[0]!.main) recs = r.recs;
+        else {
+          recs = this.#peek(k, r);
+          (decoded ??= []).push([k, recs]);
+        }
+        kv = latest ? recs[recs.length - 1]!.kv : recordAt(recs, rev)?.kv;
       }
-      const kv = latest ? recs[recs.length - 1]!.kv : recordAt(recs, rev)?.kv;
-      if (kv) visit(k, kv);
+      if (!kv) return;
+      visit(k, kv);
+      if (++visited >= max) return { break: true };
     });
     if (decoded) for (const [k, recs] of decoded) this.#decoded(k, recs);
+  }
+
+  /**
+   * How many keys `scan` would visit, without making their KeyValues (a `countOnly` read, or the
+   * count beside a limited one). At the latest revision that is the size of the live tree's range;
+   * at an older one each key's record at `rev` is looked at (an encoded key is decoded for that,
+   * but not kept: counting a large range must not leave it decoded in memory).
+   */
+  count(start: string, end: string, rev: number): number {
+    if (end === '') return this.getAt(start, rev) ? 1 : 0;
+    const latest = rev >= this.#top;
+    const tree = latest
+      ? this.#liveOf === this.index && this.#live
+        ? this.#live
+        : this.#buildLive()
+      : this.index;
+    const high = end === '\u0000' ? tree.maxKey() : end;
+    if (high === undefined || start > high) return 0;
+    if (latest) return tree.forRange(start, high, end === '\u0000');
+    let n = 0;
+    tree.forRange(start, high, end === '\u0000', (k, r) => {
+      if (r instanceof KeyRecord && rev >= r.main) {
+        if (r.isPut) n++;
+        return;
+      }
+      const recs = Array.isArray(r)
+        ? r
+        : r instanceof Touched && rev >= r.recs[0]!.main
+          ? r.recs
+          : this.#peek(k, r);
+      if (recordAt(recs, rev)?.isPut) n++;
+    });
+    return n;
   }
 
   /**

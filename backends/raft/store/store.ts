@@ -87,9 +87,29 @@ export class Store {
         : atRev > 0
           ? atRev
           : this.mvcc.currentRev;
+    const start = keyString(r.key);
+    const end = keyString(r.end);
+    // `count` is the whole range whatever the filters and the limit (etcd's apply.go Range).
+    if (o.countOnly)
+      return {
+        kvs: [],
+        count: this.mvcc.count(start, end, rev),
+        more: false,
+        revision: this.mvcc.currentRev,
+      };
     let kvs: KeyValue[] = [];
     let count = 0;
-    this.mvcc.scan(keyString(r.key), keyString(r.end), rev, (_k, kv) => {
+    const filtered = !!(o.minModRevision || o.maxModRevision || o.minCreateRevision || o.maxCreateRevision);
+    const keyOrder = !o.sort || ((o.sort.target ?? 'key') === 'key' && o.sort.order !== 'descend');
+    if (o.limit && o.limit > 0 && !filtered && keyOrder) {
+      // Only the first `limit` keys are returned: make only their KeyValues, count the rest.
+      this.mvcc.scan(start, end, rev, (_k, kv) => kvs.push(kv), o.limit);
+      count = kvs.length < o.limit ? kvs.length : this.mvcc.count(start, end, rev);
+      const more = count > kvs.length;
+      if (o.keysOnly) kvs = kvs.map((kv) => ({ ...kv, value: EMPTY }));
+      return { kvs, count, more, revision: this.mvcc.currentRev };
+    }
+    this.mvcc.scan(start, end, rev, (_k, kv) => {
       count++;
       kvs.push(kv);
     });
