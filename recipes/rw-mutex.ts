@@ -99,10 +99,17 @@ export class RWMutex {
   }
 
   #handle(kind: 'read' | 'write', key: string, myRev: number, ownership: AbortController): RWLockHandle {
-    const h = heldKey(this.session, key, myRev, ownership, {
-      lostOnSuspend: this.#lostOnSuspend,
-      what: `rwmutex ${this.name} (${kind})`,
-    });
+    // A writer waiting on this client right behind us is handed the lock (internal/handoff.ts):
+    // writers wait for every key under `name/`, so "first under name/" is exactly their turn.
+    // Readers wait for writers only and are never handed over; they wake by the delete event.
+    const h = heldKey(
+      this.session,
+      key,
+      myRev,
+      ownership,
+      { lostOnSuspend: this.#lostOnSuspend, what: `rwmutex ${this.name} (${kind})` },
+      this.#blockers('write'),
+    );
     return Object.assign(h, { unlock: h.release });
   }
 }

@@ -1,6 +1,7 @@
 import { expect, it } from 'vitest';
 import { Barrier } from '../../../recipes/barrier.js';
 import { DoubleBarrier } from '../../../recipes/double-barrier.js';
+import { handoffState } from '../../../recipes/internal/handoff.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { RWMutex } from '../../../recipes/rw-mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
@@ -9,7 +10,7 @@ import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { Bytes, Watch, WatchOptions } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
-import { sleep, waitFor } from '../util.js';
+import { handoffProbe, sleep, waitFor } from '../util.js';
 
 export const registerSyncTests: RegisterTests = (ctx) => {
   const sessions = async (n: number) => {
@@ -117,6 +118,42 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     expect(hc.token).toBeGreaterThan(ha.token);
     await hc.unlock();
     await closeAll([a!, c!]);
+  });
+
+  it('rwmutex — readers releasing on the same client hand a waiting writer the lock only when none is left', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('rw-handoff')}rw`;
+    const probe = handoffProbe(kv);
+    const ttl = backend.minTtlSeconds + 5;
+    await using r1 = await Session.create(probe.kv, { ttlSeconds: ttl });
+    await using r2 = await Session.create(probe.kv, { ttlSeconds: ttl });
+    await using w = await Session.create(probe.kv, { ttlSeconds: ttl });
+    const h1 = await new RWMutex(r1, name).rLock();
+    const h2 = await new RWMutex(r2, name).rLock();
+    let released = 0;
+    const writing = new RWMutex(w, name).lock().then((h) => {
+      expect(released).toBe(2);
+      return h;
+    });
+    await waitFor(
+      () => handoffState(probe.kv).waiters === 1,
+      5000,
+      'the writer registered as a local waiter',
+    );
+    // The newest reader goes first: the writer is not first yet, re-checks, and waits for the other.
+    released++;
+    await h2.unlock();
+    await sleep(100);
+    const readsBefore = probe.queueReads();
+    released++;
+    await h1.unlock();
+    const hw = await writing;
+    expect(probe.queueReads()).toBe(readsBefore); // handed over by the last reader's release
+    expect(hw.token).toBeGreaterThan(h1.token);
+    const t = await kv.txn({ compare: [hw.guard()], success: [], failure: [] });
+    expect(t.succeeded).toBe(true);
+    await hw.unlock();
+    expect(handoffState(probe.kv)).toEqual({ prefixes: 0, waiters: 0, releases: 0 });
   });
 
   it('rwmutex — tryLock fails while read-held; tryRLock succeeds', async () => {
