@@ -260,14 +260,14 @@ async function waitBlockers(
     // A releaser on this client may prove our turn itself (handoff.ts): its delete txn read our
     // key as the earliest one left. Then neither the delete event nor a re-check is needed.
     let grantedAt = 0;
-    let onGrant: (() => void) | undefined;
+    let grant!: (rev: number) => void;
     const granted = new Promise<number>((resolve) => {
-      onGrant = () => resolve(grantedAt);
+      grant = resolve;
     });
     const handoff = spec.myKey.startsWith(spec.blockers)
       ? awaitHandoff(kv, spec.blockers, spec.myKey, myRev, (rev) => {
           grantedAt = rev;
-          onGrant?.();
+          grant(rev);
         })
       : undefined;
     try {

@@ -548,16 +548,10 @@ export class Mvcc {
       if (kv) visit(start, kv);
       return;
     }
+    const span = this.#span(start, end, rev);
+    if (!span) return;
+    const { tree, high, latest } = span;
     let visited = 0;
-    // At or above every record, a key's state is its latest record: only live keys have one.
-    const latest = rev >= this.#top;
-    const tree = latest
-      ? this.#liveOf === this.index && this.#live
-        ? this.#live
-        : this.#buildLive()
-      : this.index;
-    const high = end === '\u0000' ? tree.maxKey() : end;
-    if (high === undefined || start > high) return;
     // Entries decoded on the way are kept once the iteration is over (the tree must not change
     // under its iteration).
     let decoded: Array<[string, KeyRecord[]]> | undefined;
@@ -583,13 +577,15 @@ export class Mvcc {
   }
 
   /**
-   * How many keys `scan` would visit, without making their KeyValues (a `countOnly` read, or the
-   * count beside a limited one). At the latest revision that is the size of the live tree's range;
-   * at an older one each key's record at `rev` is looked at (an encoded key is decoded for that,
-   * but not kept: counting a large range must not leave it decoded in memory).
+   * The tree a range read at `rev` walks, and its inclusive upper key (`end` '\0': the last key);
+   * undefined when the range is empty. At or above every record, a key's state is its latest
+   * record, and only live keys have one: the live tree.
    */
-  count(start: string, end: string, rev: number): number {
-    if (end === '') return this.getAt(start, rev) ? 1 : 0;
+  #span(
+    start: string,
+    end: string,
+    rev: number,
+  ): { tree: BTree<string, Records>; high: string; latest: boolean } | undefined {
     const latest = rev >= this.#top;
     const tree = latest
       ? this.#liveOf === this.index && this.#live
@@ -597,7 +593,21 @@ export class Mvcc {
         : this.#buildLive()
       : this.index;
     const high = end === '\u0000' ? tree.maxKey() : end;
-    if (high === undefined || start > high) return 0;
+    if (high === undefined || start > high) return undefined;
+    return { tree, high, latest };
+  }
+
+  /**
+   * How many keys `scan` would visit, without making their KeyValues (a `countOnly` read, or the
+   * count beside a limited one). At the latest revision that is the size of the live tree's range;
+   * at an older one each key's record at `rev` is looked at (an encoded key is decoded for that,
+   * but not kept: counting a large range must not leave it decoded in memory).
+   */
+  count(start: string, end: string, rev: number): number {
+    if (end === '') return this.getAt(start, rev) ? 1 : 0;
+    const span = this.#span(start, end, rev);
+    if (!span) return 0;
+    const { tree, high, latest } = span;
     if (latest) return tree.forRange(start, high, end === '\u0000');
     let n = 0;
     tree.forRange(start, high, end === '\u0000', (k, r) => {
