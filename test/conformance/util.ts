@@ -98,6 +98,28 @@ export function afterFirstRead(kv: KV, afterRead: () => Promise<void>): KV {
 }
 
 /**
+ * `kv` with some of its methods replaced (each override receives the real client to delegate to);
+ * every other member is the real client's, bound to it.
+ */
+export function overriding(
+  kv: KV,
+  overrides: {
+    [M in 'range' | 'txn' | 'watch']?: (real: KV, ...args: Parameters<KV[M]>) => ReturnType<KV[M]>;
+  },
+): KV {
+  return new Proxy(kv, {
+    get(target, prop) {
+      const o = overrides[prop as keyof typeof overrides] as
+        | ((real: KV, ...a: unknown[]) => unknown)
+        | undefined;
+      if (o) return (...args: unknown[]) => o(target, ...args);
+      const v = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}
+
+/**
  * A client for the in-client handoff tests (recipes/internal/handoff.ts): counts queue re-reads
  * (ranges bounded by create revision), and while `delayReplies(ms)` is set, returns the reply of a
  * release txn that carries a handoff read (a delete, then a get) only after `ms` — its effect is
@@ -110,23 +132,17 @@ export function handoffProbe(kv: KV): {
 } {
   let reads = 0;
   let delayMs = 0;
-  const probed = new Proxy(kv, {
-    get(target, prop) {
-      if (prop === 'range')
-        return (...args: Parameters<KV['range']>) => {
-          if (args[1]?.maxCreateRevision !== undefined) reads++;
-          return target.range(...args);
-        };
-      if (prop === 'txn')
-        return async (...args: Parameters<KV['txn']>) => {
-          const r = await target.txn(...args);
-          const ops = args[0].success;
-          if (delayMs > 0 && ops.length === 2 && ops[0]!.type === 'delete' && ops[1]!.type === 'get')
-            await sleep(delayMs);
-          return r;
-        };
-      const v = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? v.bind(target) : v;
+  const probed = overriding(kv, {
+    range: (real, key, opts) => {
+      if (opts?.maxCreateRevision !== undefined) reads++;
+      return real.range(key, opts);
+    },
+    txn: async (real, t, opts) => {
+      const r = await real.txn(t, opts);
+      const ops = t.success;
+      if (delayMs > 0 && ops.length === 2 && ops[0]!.type === 'delete' && ops[1]!.type === 'get')
+        await sleep(delayMs);
+      return r;
     },
   });
   return { kv: probed, queueReads: () => reads, delayReplies: (ms) => (delayMs = ms) };

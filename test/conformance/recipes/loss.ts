@@ -12,7 +12,7 @@ import { toBytes } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session, SessionState } from '../../../src/session.js';
 import type { RegisterTests } from '../context.js';
-import { sleep, waitFor } from '../util.js';
+import { overriding, sleep, waitFor } from '../util.js';
 
 export const registerLossTests: RegisterTests = (ctx) => {
   it('session state — a suspended session fires lost for default holders only; lostOnSuspend: false waits for real loss', async (t) => {
@@ -111,20 +111,11 @@ export const registerLossTests: RegisterTests = (ctx) => {
     const p = prefix('gap-retry');
     let failures = 2;
     // The first two single-key reads fail as a cut connection would; the watch itself is fine.
-    const flaky = new Proxy(kv, {
-      get(target, prop) {
-        if (prop === 'range')
-          return (...args: Parameters<KV['range']>) => {
-            if (failures > 0) {
-              failures--;
-              return Promise.reject(
-                new ConclaveError(ErrorCode.Unavailable, 'range: member unreachable (test)'),
-              );
-            }
-            return target.range(...args);
-          };
-        const v = Reflect.get(target, prop, target);
-        return typeof v === 'function' ? v.bind(target) : v;
+    const flaky = overriding(kv, {
+      range: (real, key, opts) => {
+        if (failures === 0) return real.range(key, opts);
+        failures--;
+        return Promise.reject(new ConclaveError(ErrorCode.Unavailable, 'range: member unreachable (test)'));
       },
     });
     const a = await kv.put(`${p}a`, 'x');
@@ -138,13 +129,8 @@ export const registerLossTests: RegisterTests = (ctx) => {
     const b = await kv.put(`${p}b`, 'x');
     await kv.put(`${p}other`, '1');
     failures = 0;
-    const broken = new Proxy(kv, {
-      get(target, prop) {
-        if (prop === 'range')
-          return () => Promise.reject(new ConclaveError(ErrorCode.PermissionDenied, 'range: denied (test)'));
-        const v = Reflect.get(target, prop, target);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
+    const broken = overriding(kv, {
+      range: () => Promise.reject(new ConclaveError(ErrorCode.PermissionDenied, 'range: denied (test)')),
     });
     await expect(waitDelete(broken, toBytes(`${p}b`), b.revision + 1, ac.signal)).rejects.toMatchObject({
       code: 'permission-denied',

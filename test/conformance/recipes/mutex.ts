@@ -8,7 +8,7 @@ import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { Watch } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
-import { handoffProbe, sleep, waitFor } from '../util.js';
+import { handoffProbe, overriding, sleep, waitFor } from '../util.js';
 
 /**
  * `kv`, recording the key of every watch opened through it (to see what a waiter waits on). With
@@ -580,15 +580,10 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('mutex-watch-start')}lock`;
     const starts: Array<number | undefined> = [];
-    const spied = new Proxy(kv, {
-      get(target, p) {
-        if (p === 'watch')
-          return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]) => {
-            starts.push(opts?.startRevision);
-            return target.watch(key, opts);
-          };
-        const v = Reflect.get(target, p, target);
-        return typeof v === 'function' ? v.bind(target) : v;
+    const spied = overriding(kv, {
+      watch: (real, key, opts) => {
+        starts.push(opts?.startRevision);
+        return real.watch(key, opts);
       },
     });
     const ttl = backend.minTtlSeconds + 5;
@@ -614,20 +609,15 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     const name = `${prefix('mutex-own-gap')}lock`;
     let deleteFirst: string | undefined;
     // The first watch of `deleteFirst` opens only after that key was deleted by another client.
-    const slow = new Proxy(kv, {
-      get(target, p) {
-        if (p === 'watch')
-          return (key: Parameters<KV['watch']>[0], opts?: Parameters<KV['watch']>[1]): Watch => {
-            const k = typeof key === 'string' ? key : toText(key);
-            if (k !== deleteFirst) return target.watch(key, opts);
-            deleteFirst = undefined;
-            return deferredWatch(
-              target.delete(k).then(() => undefined),
-              () => target.watch(key, opts),
-            );
-          };
-        const v = Reflect.get(target, p, target);
-        return typeof v === 'function' ? v.bind(target) : v;
+    const slow = overriding(kv, {
+      watch: (real, key, opts) => {
+        const k = typeof key === 'string' ? key : toText(key);
+        if (k !== deleteFirst) return real.watch(key, opts);
+        deleteFirst = undefined;
+        return deferredWatch(
+          real.delete(k).then(() => undefined),
+          () => real.watch(key, opts),
+        );
       },
     });
     await using s = await Session.create(slow, { ttlSeconds: backend.minTtlSeconds + 5 });
