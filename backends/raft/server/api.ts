@@ -1,0 +1,60 @@
+/**
+ * The seam between one `conclave serve` member and the client API served on its client URLs.
+ *
+ * The member side (the Raft node, its durable storage, the peer transport, identity) implements
+ * `MemberBackend`; the API side (gRPC services and the JSON gateway) depends only on this file and
+ * on the KV contract, so it can be tested over an in-process cluster as well as a real process.
+ *
+ * Contracts:
+ * - `kv` serves every request on this member: writes are proposed (a follower's core forwards them
+ *   to the leader) and resolve once applied here; linearizable reads use ReadIndex; `serializable`
+ *   reads are local; lease keep-alives, time-to-live and lists are answered by the leader (a
+ *   follower forwards them). Failures are `ConclaveError`s, which the API side maps to etcd's exact
+ *   gRPC codes and messages.
+ * - `info` is read on every response (headers), so each method is O(1) and never throws.
+ * - IDs are etcd's uint64 member and cluster IDs (`bigint`), never the Raft core's small node ids.
+ */
+import type { KV } from '../../../src/kv.js';
+
+export interface MemberDescription {
+  /** etcd member ID (uint64). */
+  readonly id: bigint;
+  /** `--name`; empty while an added member has not started (etcdctl prints "unstarted"). */
+  readonly name: string;
+  readonly peerUrls: readonly string[];
+  readonly clientUrls: readonly string[];
+  readonly isLearner: boolean;
+}
+
+export interface MemberInfo {
+  readonly clusterId: bigint;
+  readonly memberId: bigint;
+  /** Version string reported by Maintenance.Status and /version (etcd's `version` field). */
+  readonly version: string;
+  /** Current Raft term as this member knows it. */
+  raftTerm(): number;
+  /** The leader's member ID as this member knows it, `0n` when it knows none. */
+  leaderId(): bigint;
+  /** Last index of this member's Raft log. */
+  raftIndex(): number;
+  /** Highest index applied to this member's store. */
+  raftAppliedIndex(): number;
+  /** Size of the store as counted against `--quota-backend-bytes` (docs/server.md says which measure). */
+  dbSizeBytes(): number;
+  /** The cluster's members, as Cluster.MemberList reports them. */
+  members(): readonly MemberDescription[];
+}
+
+/** Request limits enforced once, in the member's propose path (etcd's flags and defaults). */
+export interface RequestLimits {
+  /** `--max-request-bytes`; etcd's default is 1.5 MiB. */
+  readonly maxRequestBytes: number;
+  /** `--max-txn-ops`; etcd's default is 128. */
+  readonly maxTxnOps: number;
+}
+
+export interface MemberBackend {
+  readonly kv: KV;
+  readonly info: MemberInfo;
+  readonly limits: RequestLimits;
+}
