@@ -31,6 +31,11 @@ export interface MemberInfo {
   readonly memberId: bigint;
   /** Version string reported by Maintenance.Status and /version (etcd's `version` field). */
   readonly version: string;
+  /**
+   * This member's current store revision (its applied state). The header revision of responses
+   * that carry no revision of their own (lease calls, Status, watch progress), as etcd's `KV().Rev()`.
+   */
+  revision(): number;
   /** Current Raft term as this member knows it. */
   raftTerm(): number;
   /** The leader's member ID as this member knows it, `0n` when it knows none. */
@@ -43,6 +48,14 @@ export interface MemberInfo {
   dbSizeBytes(): number;
   /** The cluster's members, as Cluster.MemberList reports them. */
   members(): readonly MemberDescription[];
+  /** Raised alarms (Maintenance.Alarm GET, Status errors); absent means none. */
+  alarms?(): readonly MemberAlarm[];
+}
+
+/** An alarm raised on a member (etcd's AlarmMember): `nospace` when the quota is exceeded. */
+export interface MemberAlarm {
+  readonly memberId: bigint;
+  readonly alarm: 'nospace' | 'corrupt';
 }
 
 /** Request limits enforced once, in the member's propose path (etcd's flags and defaults). */
