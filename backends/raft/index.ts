@@ -1,2 +1,5 @@
-/** `conclave/raft`: Conclave's own Raft store (embedded, memory-only until the WAL lands). */
+/**
+ * `conclave/raft`: Conclave's own Raft store embedded in the process: a cluster of in-process
+ * members, memory-only or durable (a write-ahead log and snapshots under `dataDir`).
+ */
 export { type ClusterOptions, connectEmbedded, EmbeddedCluster, startCluster } from './embedded.js';
