@@ -25,7 +25,7 @@ import {
 } from '../consensus/types.js';
 import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
-import type { Transport } from '../transport/memory.js';
+import type { Transport } from '../transport/transport.js';
 import { type Command, decodeCommand, encodeCommand } from './commands.js';
 
 /** Requests in flight per member (writes waiting to apply, reads waiting for ReadIndex). */

@@ -4,15 +4,12 @@
  * node never re-enters its own loop from `send`.
  */
 import type { Message, NodeId } from '../consensus/types.js';
+import type { Transport } from './transport.js';
+
+export type { Transport } from './transport.js';
 
 /** Messages queued per destination before new ones are dropped (Raft tolerates loss). */
 export const queuedMessagesMax = 65_536;
-
-export interface Transport {
-  register(id: NodeId, onMessage: (m: Message) => void): void;
-  unregister(id: NodeId): void;
-  send(messages: readonly Message[]): void;
-}
 
 export class MemoryTransport implements Transport {
   readonly #handlers = new Map<NodeId, (m: Message) => void>();

@@ -1,0 +1,778 @@
+/**
+ * The peer transport of `conclave serve`: Raft messages and side-channel requests between
+ * members over plain TCP (frames: codec.ts).
+ *
+ * Design (etcd's rafthttp keeps long-lived streams per peer for the same reasons):
+ * - One long-lived connection per peer pair and direction. A member dials each peer and sends its
+ *   messages (and its side-channel requests) on that connection; it receives on the connections
+ *   its peers dialed (and answers requests on them). Each direction has one writer, so no
+ *   ordering or tie-breaking between simultaneous dials is needed, and a slow link in one
+ *   direction never holds up the other.
+ * - The dialer opens with Hello {protocol version, cluster ID, its member ID, the member ID it
+ *   expects}; the acceptor answers Welcome or Refuse. A peer of another cluster, an unknown
+ *   member, or a version this build does not speak is refused with one log line on each side, and
+ *   the dialer waits `refusedRetryMs` before trying again (a misconfigured peer is not a storm).
+ * - Batching: `send` only queues; one microtask later every peer's queue is encoded into one
+ *   buffer and written with one socket write (`TCP_NODELAY`: Nagle with delayed ACKs would add
+ *   tens of ms to every commit round). Consecutive forwarded proposals to one peer are merged into
+ *   one message.
+ * - Bounds: a peer's queue holds at most `queuedMessagesMax` messages / `queuedBytesMax` bytes, and
+ *   nothing more is written while the socket holds `socketBacklogBytesMax` unsent bytes; beyond
+ *   that, and while a peer is unreachable, messages are dropped and counted (Raft retransmits).
+ *   The member is told a peer is unreachable (an `Unreachable` message), as etcd reports
+ *   `ReportUnreachable`, so the leader probes it instead of streaming appends into the void.
+ * - Reconnect: exponential backoff from `reconnectDelayMsMin` to `reconnectDelayMsMax`, each delay
+ *   jittered to 50–100 % so that members restarted together do not dial in lockstep.
+ * - Snapshots: streamed as SnapChunk frames of `snapshotChunkBytes`, one chunk in the socket at a
+ *   time, interleaved with the peer's other messages. When the last chunk is written the member
+ *   is told `SnapStatus` ok; a broken connection reports it failed (etcd's ReportSnapshot).
+ * - Side channel (`PeerRequests`): numeric request ids, one deadline sweep per
+ *   `requestSweepMs` (no timer per request), at most `pendingRequestsMax` waiting.
+ */
+import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { type Entry, type Message, MessageType, type NodeId } from '../consensus/types.js';
+import {
+  decodeHello,
+  decodeMessage,
+  decodeResponse,
+  decodeSnapBegin,
+  decodeWelcome,
+  encodeHello,
+  encodeMessageInto,
+  encodeRefuse,
+  encodeRequest,
+  encodeResponse,
+  encodeSnapBegin,
+  encodeSnapChunk,
+  encodeWelcome,
+  FrameError,
+  FrameKind,
+  FrameReader,
+  type IdMap,
+  messageFrameBytes,
+  peerProtocolVersion,
+  type ResponseBody,
+  type SnapBegin,
+  snapshotChunkBytes,
+  Writer,
+} from './codec.js';
+import type { PeerRequests, Transport } from './transport.js';
+
+/** Messages queued for one peer between flushes (beyond: dropped and counted). */
+export const queuedMessagesMax = 8192;
+/** Bytes queued for one peer between flushes. */
+export const queuedBytesMax = 64 * 1024 * 1024;
+/** Unsent bytes a peer's socket may hold before new messages to it are dropped. */
+export const socketBacklogBytesMax = 32 * 1024 * 1024;
+/** Reconnect backoff bounds (each delay jittered to 50–100 %). */
+export const reconnectDelayMsMin = 50;
+export const reconnectDelayMsMax = 2000;
+/** The wait before dialing again a peer that refused the handshake. */
+export const refusedRetryMs = 5000;
+/** A connection that has not completed its handshake within this is closed. */
+export const handshakeTimeoutMs = 5000;
+/** Side-channel requests waiting for an answer, per transport. */
+export const pendingRequestsMax = 10_000;
+/** Side-channel requests a member serves at once per inbound connection. */
+export const servingRequestsMax = 1024;
+/** How often request deadlines are checked. */
+export const requestSweepMs = 50;
+
+/** The logger shape the transport writes events to (pino's, and anything like it). */
+export interface TransportLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface TcpPeer {
+  readonly nodeId: NodeId;
+  readonly memberId: bigint;
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface TcpTransportOptions {
+  readonly clusterId: bigint;
+  readonly nodeId: NodeId;
+  readonly memberId: bigint;
+  /** Every other member of the cluster. */
+  readonly peers: readonly TcpPeer[];
+  /** Where to accept peer connections (`--listen-peer-urls`). */
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly log: TransportLogger;
+  /** For backoff jitter (default Math.random). */
+  readonly random?: () => number;
+  /** The protocol version announced (default `peerProtocolVersion`; tests announce others). */
+  readonly version?: number;
+}
+
+export interface PeerStats {
+  sentMessages: number;
+  droppedMessages: number;
+  receivedMessages: number;
+  writes: number;
+  connects: number;
+  refusals: number;
+}
+
+type RequestHandler = (from: NodeId, kind: number, body: Uint8Array) => Promise<Uint8Array>;
+
+interface PendingRequest {
+  readonly to: NodeId;
+  readonly deadline: number;
+  resolve(b: Uint8Array): void;
+  reject(e: unknown): void;
+}
+
+const hex = (id: bigint) => id.toString(16);
+
+export class TcpTransport implements Transport, PeerRequests {
+  readonly #o: TcpTransportOptions;
+  readonly #ids: IdMap;
+  readonly #links = new Map<NodeId, PeerLink>();
+  readonly #byMember = new Map<bigint, TcpPeer>();
+  readonly #inbound = new Set<InboundConn>();
+  readonly #server: Server;
+  #handler: ((m: Message) => void) | undefined;
+  #requestHandler: RequestHandler | undefined;
+  readonly #requests = new Map<number, PendingRequest>();
+  #requestSeq = 0;
+  #sweep: ReturnType<typeof setInterval> | undefined;
+  #flushScheduled = false;
+  #closed = false;
+  readonly #dirty = new Set<PeerLink>();
+
+  constructor(o: TcpTransportOptions) {
+    this.#o = o;
+    const byNode = new Map<NodeId, bigint>([[o.nodeId, o.memberId]]);
+    const byWire = new Map<bigint, NodeId>([[o.memberId, o.nodeId]]);
+    for (const p of o.peers) {
+      byNode.set(p.nodeId, p.memberId);
+      byWire.set(p.memberId, p.nodeId);
+      this.#byMember.set(p.memberId, p);
+    }
+    this.#ids = { toWire: (id) => byNode.get(id), fromWire: (w) => byWire.get(w) };
+    for (const p of o.peers) this.#links.set(p.nodeId, new PeerLink(this, p));
+    this.#server = createServer({ noDelay: true }, (s) => this.#accept(s));
+  }
+
+  get ids(): IdMap {
+    return this.#ids;
+  }
+  get options(): TcpTransportOptions {
+    return this.#o;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Starts listening for peers; resolves with the bound port. */
+  listen(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(this.#o.listen.port, this.#o.listen.host, () => {
+        this.#server.off('error', reject);
+        const a = this.#server.address();
+        resolve(typeof a === 'object' && a ? a.port : this.#o.listen.port);
+      });
+    });
+  }
+
+  register(id: NodeId, onMessage: (m: Message) => void): void {
+    if (id !== this.#o.nodeId)
+      throw new RangeError(`tcp transport of node ${this.#o.nodeId} cannot register ${id}`);
+    this.#handler = onMessage;
+    for (const l of this.#links.values()) l.start();
+    this.#sweep ??= setInterval(() => this.#sweepRequests(), requestSweepMs);
+  }
+
+  unregister(id: NodeId): void {
+    if (id === this.#o.nodeId) this.#handler = undefined;
+  }
+
+  /** Delivers a message (or a driver report) to the registered member. */
+  deliver(m: Message): void {
+    if (!this.#closed) this.#handler?.(m);
+  }
+
+  send(messages: readonly Message[]): void {
+    if (this.#closed) return;
+    for (const m of messages) {
+      const link = this.#links.get(m.to);
+      if (!link) continue; // not a peer (removed member): dropped
+      link.enqueue(m);
+      this.#dirty.add(link);
+    }
+    this.#scheduleFlush();
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled || this.#dirty.size === 0) return;
+    this.#flushScheduled = true;
+    queueMicrotask(() => {
+      this.#flushScheduled = false;
+      const dirty = [...this.#dirty];
+      this.#dirty.clear();
+      for (const l of dirty) l.flush();
+    });
+  }
+
+  stats(): Map<NodeId, Readonly<PeerStats>> {
+    return new Map([...this.#links].map(([id, l]) => [id, { ...l.stats }]));
+  }
+
+  /** True when the outbound connection to `id` has completed its handshake. */
+  connected(id: NodeId): boolean {
+    return this.#links.get(id)?.ready ?? false;
+  }
+
+  // --------------------------------------------------------------------------------------------
+  // Side channel
+
+  serve(handler: RequestHandler): void {
+    this.#requestHandler = handler;
+  }
+
+  request(to: NodeId, kind: number, body: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    const link = this.#links.get(to);
+    if (!link)
+      return Promise.reject(new ConclaveError(ErrorCode.Unavailable, `member node ${to} is not a peer`));
+    if (this.#requests.size >= pendingRequestsMax)
+      return Promise.reject(
+        new ConclaveError(
+          ErrorCode.TooManyRequests,
+          `more than ${pendingRequestsMax} peer requests pending; retry`,
+        ),
+      );
+    const id = (this.#requestSeq = (this.#requestSeq + 1) >>> 0);
+    return new Promise<Uint8Array>((resolve, reject) => {
+      if (!link.sendFrame(encodeRequest(id, kind, body))) {
+        reject(
+          new ConclaveError(
+            ErrorCode.Unavailable,
+            `peer ${hex(link.peer.memberId)} is not connected; retry (its member may be down)`,
+          ),
+        );
+        return;
+      }
+      this.#requests.set(id, { to, deadline: performance.now() + timeoutMs, resolve, reject });
+    });
+  }
+
+  /** Answers a request id (from a Response frame on the connection to `from`). */
+  answer(from: NodeId, body: Uint8Array): void {
+    const { id, response } = decodeResponse(body);
+    const r = this.#requests.get(id);
+    if (!r || r.to !== from) return;
+    this.#requests.delete(id);
+    if (response.ok) r.resolve(response.body);
+    else {
+      const code = (Object.values(ErrorCode) as string[]).includes(response.code)
+        ? (response.code as ErrorCode)
+        : ErrorCode.Internal;
+      r.reject(new ConclaveError(code, response.message));
+    }
+  }
+
+  /** Fails the requests waiting on `to` (its connection broke: they may never be answered). */
+  failRequests(to: NodeId, why: string): void {
+    for (const [id, r] of this.#requests) {
+      if (r.to !== to) continue;
+      this.#requests.delete(id);
+      r.reject(new ConclaveError(ErrorCode.Unavailable, why));
+    }
+  }
+
+  #sweepRequests(): void {
+    const now = performance.now();
+    for (const [id, r] of this.#requests) {
+      if (r.deadline > now) continue;
+      this.#requests.delete(id);
+      r.reject(new ConclaveError(ErrorCode.Unavailable, 'the peer did not answer in time; retry'));
+    }
+  }
+
+  /** Serves one request from an inbound connection (answers on the same connection). */
+  async handleRequest(conn: InboundConn, body: Uint8Array): Promise<void> {
+    const id = (body[0]! | (body[1]! << 8) | (body[2]! << 16)) + body[3]! * 0x100_0000;
+    const kind = body[4];
+    let r: ResponseBody;
+    if (kind === undefined) throw new FrameError('a request without a kind');
+    if (!this.#requestHandler)
+      r = { ok: false, code: ErrorCode.Unavailable, message: 'member not serving yet' };
+    else if (conn.serving >= servingRequestsMax)
+      r = { ok: false, code: ErrorCode.TooManyRequests, message: 'too many peer requests; retry' };
+    else {
+      conn.serving++;
+      try {
+        r = { ok: true, body: await this.#requestHandler(conn.peer!.nodeId, kind, body.subarray(5)) };
+      } catch (err) {
+        r = ConclaveError.is(err)
+          ? { ok: false, code: err.code, message: err.message }
+          : { ok: false, code: ErrorCode.Internal, message: String(err) };
+      } finally {
+        conn.serving--;
+      }
+    }
+    conn.write(encodeResponse(id, r));
+  }
+
+  // --------------------------------------------------------------------------------------------
+  // Accepting
+
+  #accept(s: Socket): void {
+    if (this.#closed) {
+      s.destroy();
+      return;
+    }
+    const c = new InboundConn(this, s);
+    this.#inbound.add(c);
+    s.once('close', () => this.#inbound.delete(c));
+  }
+
+  /** Checks a Hello; returns the peer, or the reason to refuse it. */
+  checkHello(h: ReturnType<typeof decodeHello>): TcpPeer | string {
+    if (h.version !== peerProtocolVersion)
+      return `peer protocol version ${h.version} is not spoken here (this member speaks ${peerProtocolVersion})`;
+    if (h.clusterId !== this.#o.clusterId)
+      return `cluster ID mismatch: the dialer is in cluster ${hex(h.clusterId)}, this member in ${hex(this.#o.clusterId)}`;
+    if (h.to !== this.#o.memberId)
+      return `member ID mismatch: the dialer expected member ${hex(h.to)}, this is ${hex(this.#o.memberId)}`;
+    const p = this.#byMember.get(h.from);
+    if (!p) return `member ${hex(h.from)} is not a member of cluster ${hex(this.#o.clusterId)}`;
+    return p;
+  }
+
+  /** A newer inbound connection from the same peer replaces an older one. */
+  adopt(c: InboundConn): void {
+    for (const o of this.#inbound) if (o !== c && o.peer?.nodeId === c.peer?.nodeId) o.close();
+  }
+
+  onSnapshot(m: Message): void {
+    this.deliver(m);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    for (const l of this.#links.values()) l.close();
+    for (const c of this.#inbound) c.close();
+    for (const id of this.#links.keys()) this.failRequests(id, 'the transport closed');
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}
+
+/** One outbound connection: this member's messages and requests to one peer. */
+class PeerLink {
+  readonly peer: TcpPeer;
+  readonly stats: PeerStats = {
+    sentMessages: 0,
+    droppedMessages: 0,
+    receivedMessages: 0,
+    writes: 0,
+    connects: 0,
+    refusals: 0,
+  };
+  readonly #t: TcpTransport;
+  #socket: Socket | undefined;
+  ready = false;
+  #queue: Message[] = [];
+  #queuedBytes = 0;
+  #frames: Buffer[] = [];
+  #attempt = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #started = false;
+  /** The snapshot being streamed: its data and the next offset (-1: SnapBegin not yet written). */
+  #snap: { m: Message; stream: number; offset: number } | undefined;
+  #snapStream = 0;
+  #chunkInFlight = false;
+  /** Reported the peer unreachable since the last successful connect. */
+  #reported = false;
+  #lastRefusal = '';
+
+  constructor(t: TcpTransport, peer: TcpPeer) {
+    this.#t = t;
+    this.peer = peer;
+  }
+
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#dial();
+  }
+
+  enqueue(m: Message): void {
+    if (m.type === MessageType.Snapshot) {
+      if (this.#snap || !this.ready) {
+        this.stats.droppedMessages++;
+        // Tell the core at once so it falls back to probing and tries again later.
+        queueMicrotask(() => this.#snapStatus(true));
+        return;
+      }
+      this.#snap = { m, stream: ++this.#snapStream, offset: -1 };
+      return;
+    }
+    const size = messageFrameBytes(m);
+    if (!this.ready && this.#socket === undefined) {
+      this.#drop();
+      return;
+    }
+    if (this.#queue.length >= queuedMessagesMax || this.#queuedBytes + size > queuedBytesMax) {
+      this.stats.droppedMessages++;
+      return;
+    }
+    // Forwarded proposals of one turn travel as one message (the leader appends them together).
+    // `queuedBytes` counts each merged message's head too: a slight overestimate, on the safe side.
+    const last = this.#queue[this.#queue.length - 1];
+    if (m.type === MessageType.Propose && last?.type === MessageType.Propose && last.from === m.from) {
+      if (this.#merged !== last) {
+        this.#merged = { ...last, entries: [...last.entries] };
+        this.#queue[this.#queue.length - 1] = this.#merged;
+      }
+      (this.#merged.entries as Entry[]).push(...m.entries);
+    } else this.#queue.push(m);
+    this.#queuedBytes += size;
+  }
+
+  /** The last queued message when it is a merge of forwarded proposals this link made (owns its entries). */
+  #merged: Message | undefined;
+
+  #drop(): void {
+    this.stats.droppedMessages++;
+    if (this.#reported) return;
+    this.#reported = true;
+    const id = this.peer.nodeId;
+    queueMicrotask(() => this.#t.deliver(unreachable(id, this.#t.options.nodeId)));
+  }
+
+  /** Writes a ready-made frame (requests); false when not connected. */
+  sendFrame(f: Buffer): boolean {
+    if (!this.ready || !this.#socket) return false;
+    this.#frames.push(f);
+    this.flush();
+    return true;
+  }
+
+  /** Encodes the queue into one buffer and writes it (one socket write per peer per turn). */
+  flush(): void {
+    const s = this.#socket;
+    if (!this.ready || !s) return;
+    if (this.#queue.length > 0) {
+      if (s.writableLength > socketBacklogBytesMax) {
+        this.stats.droppedMessages += this.#queue.length;
+      } else {
+        const size = this.#queue.reduce((n, m) => n + messageFrameBytes(m), 0);
+        const w = new Writer(Buffer.allocUnsafe(size));
+        for (const m of this.#queue) encodeMessageInto(w, m, this.#t.ids);
+        this.#frames.push(w.buf);
+        this.stats.sentMessages += this.#queue.length;
+      }
+      this.#queue = [];
+      this.#queuedBytes = 0;
+      this.#merged = undefined;
+    }
+    if (this.#frames.length > 0) {
+      const out = this.#frames.length === 1 ? this.#frames[0]! : Buffer.concat(this.#frames);
+      this.#frames = [];
+      s.write(out);
+      this.stats.writes++;
+    }
+    this.#pumpSnapshot();
+  }
+
+  #pumpSnapshot(): void {
+    const sn = this.#snap;
+    const s = this.#socket;
+    if (!sn || !s || this.#chunkInFlight) return;
+    const data = sn.m.snapshot!.data;
+    let frame: Buffer;
+    if (sn.offset < 0) {
+      frame = encodeSnapBegin(sn.stream, sn.m, this.#t.ids);
+      sn.offset = 0;
+    } else {
+      const end = Math.min(data.length, sn.offset + snapshotChunkBytes);
+      frame = encodeSnapChunk(sn.stream, data.subarray(sn.offset, end));
+      sn.offset = end;
+    }
+    const last = sn.offset >= data.length;
+    this.#chunkInFlight = true;
+    s.write(frame, (err) => {
+      this.#chunkInFlight = false;
+      if (this.#snap !== sn) return;
+      if (err) return; // the close handler reports the failure
+      if (last && sn.offset >= data.length && (data.length === 0 || sn.offset > 0)) {
+        this.#snap = undefined;
+        this.#snapStatus(false);
+        return;
+      }
+      this.#pumpSnapshot();
+    });
+  }
+
+  #snapStatus(failed: boolean): void {
+    this.#t.deliver({
+      ...unreachable(this.peer.nodeId, this.#t.options.nodeId),
+      type: MessageType.SnapStatus,
+      reject: failed,
+    });
+  }
+
+  #dial(): void {
+    if (this.#closed || this.#t.closed) return;
+    const o = this.#t.options;
+    const s = tcpConnect({ host: this.peer.host, port: this.peer.port, noDelay: true });
+    this.#socket = s;
+    let handshake = true;
+    const hs = setTimeout(() => s.destroy(new Error('handshake timed out')), handshakeTimeoutMs);
+    const reader = new FrameReader((kind, body) => {
+      if (handshake) {
+        handshake = false;
+        clearTimeout(hs);
+        this.#onHandshake(s, kind, body);
+        return;
+      }
+      if (kind === FrameKind.Response) this.#t.answer(this.peer.nodeId, body);
+      else throw new FrameError(`unexpected frame kind ${kind} from the acceptor`);
+    });
+    s.on('connect', () => {
+      s.write(
+        encodeHello({
+          version: o.version ?? peerProtocolVersion,
+          clusterId: o.clusterId,
+          from: o.memberId,
+          to: this.peer.memberId,
+        }),
+      );
+    });
+    s.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        o.log.warn(
+          { peer: hex(this.peer.memberId), err: String(err) },
+          'peer sent a malformed frame; reconnecting',
+        );
+        s.destroy();
+      }
+    });
+    s.on('error', () => undefined); // 'close' follows
+    s.on('close', () => {
+      clearTimeout(hs);
+      this.#onClose(s);
+    });
+  }
+
+  #onHandshake(s: Socket, kind: number, body: Uint8Array): void {
+    const o = this.#t.options;
+    if (kind === FrameKind.Refuse) {
+      const reason = Buffer.from(body).toString('utf8');
+      this.stats.refusals++;
+      if (reason !== this.#lastRefusal)
+        o.log.error(
+          { peer: hex(this.peer.memberId), address: `${this.peer.host}:${this.peer.port}`, reason },
+          'peer refused the connection',
+        );
+      this.#lastRefusal = reason;
+      this.#refused = true;
+      s.destroy();
+      return;
+    }
+    let why: string | undefined;
+    if (kind !== FrameKind.Welcome) why = `unexpected frame kind ${kind} instead of a welcome`;
+    else {
+      const w = decodeWelcome(body);
+      if (w.version !== peerProtocolVersion)
+        why = `peer speaks protocol version ${w.version}, this member ${peerProtocolVersion}`;
+      else if (w.clusterId !== o.clusterId)
+        why = `cluster ID mismatch: the peer is in cluster ${hex(w.clusterId)}, this member in ${hex(o.clusterId)}`;
+      else if (w.memberId !== this.peer.memberId)
+        why = `member ID mismatch: expected ${hex(this.peer.memberId)}, the peer is ${hex(w.memberId)}`;
+    }
+    if (why !== undefined) {
+      this.stats.refusals++;
+      if (why !== this.#lastRefusal)
+        o.log.error({ peer: hex(this.peer.memberId), reason: why }, 'refusing a peer at the handshake');
+      this.#lastRefusal = why;
+      this.#refused = true;
+      s.end(encodeRefuse(why));
+      s.destroy();
+      return;
+    }
+    this.ready = true;
+    this.#attempt = 0;
+    this.#reported = false;
+    this.#lastRefusal = '';
+    this.stats.connects++;
+    o.log.info({ peer: hex(this.peer.memberId) }, 'connected to peer');
+    this.flush();
+  }
+
+  #refused = false;
+
+  #onClose(s: Socket): void {
+    if (this.#socket !== s) return;
+    const wasReady = this.ready;
+    this.ready = false;
+    this.#socket = undefined;
+    this.stats.droppedMessages += this.#queue.length;
+    this.#merged = undefined;
+    this.#queue = [];
+    this.#queuedBytes = 0;
+    this.#frames = [];
+    this.#chunkInFlight = false;
+    if (this.#snap) {
+      this.#snap = undefined;
+      this.#snapStatus(true);
+    }
+    this.#t.failRequests(this.peer.nodeId, `the connection to peer ${hex(this.peer.memberId)} broke; retry`);
+    if (wasReady) {
+      this.#t.options.log.warn({ peer: hex(this.peer.memberId) }, 'lost the connection to peer');
+      if (!this.#reported) {
+        this.#reported = true;
+        this.#t.deliver(unreachable(this.peer.nodeId, this.#t.options.nodeId));
+      }
+    }
+    if (this.#closed || this.#t.closed) return;
+    let delay: number;
+    if (this.#refused) delay = refusedRetryMs;
+    else {
+      const base = Math.min(reconnectDelayMsMax, reconnectDelayMsMin * 2 ** Math.min(this.#attempt, 16));
+      delay = base * (0.5 + 0.5 * (this.#t.options.random ?? Math.random)());
+    }
+    this.#refused = false;
+    this.#attempt++;
+    this.#timer = setTimeout(() => this.#dial(), delay);
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#socket?.destroy();
+  }
+}
+
+/** One connection a peer dialed: its messages and requests to this member. */
+class InboundConn {
+  peer: TcpPeer | undefined;
+  serving = 0;
+  readonly #t: TcpTransport;
+  readonly #s: Socket;
+  #snap: { begin: SnapBegin; buf: Buffer; fill: number } | undefined;
+
+  constructor(t: TcpTransport, s: Socket) {
+    this.#t = t;
+    this.#s = s;
+    s.setNoDelay(true);
+    const hs = setTimeout(() => s.destroy(), handshakeTimeoutMs);
+    const reader = new FrameReader((kind, body) => this.#onFrame(kind, body, hs));
+    s.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        t.options.log.warn(
+          { peer: this.peer ? hex(this.peer.memberId) : s.remoteAddress, err: String(err) },
+          'peer sent a malformed frame; closing its connection',
+        );
+        s.destroy();
+      }
+    });
+    s.on('error', () => undefined);
+    s.on('close', () => clearTimeout(hs));
+  }
+
+  #onFrame(kind: number, body: Uint8Array, hs: ReturnType<typeof setTimeout>): void {
+    const t = this.#t;
+    if (!this.peer) {
+      clearTimeout(hs);
+      if (kind !== FrameKind.Hello) throw new FrameError(`expected a hello, got frame kind ${kind}`);
+      const h = decodeHello(body);
+      const p = t.checkHello(h);
+      if (typeof p === 'string') {
+        t.options.log.error(
+          { peer: hex(h.from), address: `${this.#s.remoteAddress}:${this.#s.remotePort}`, reason: p },
+          'refusing a peer at the handshake',
+        );
+        this.#s.end(encodeRefuse(p));
+        return;
+      }
+      this.peer = p;
+      t.adopt(this);
+      this.write(
+        encodeWelcome({
+          version: peerProtocolVersion,
+          clusterId: t.options.clusterId,
+          memberId: t.options.memberId,
+        }),
+      );
+      return;
+    }
+    switch (kind) {
+      case FrameKind.Message: {
+        const m = decodeMessage(body, t.ids);
+        t.deliver(m);
+        return;
+      }
+      case FrameKind.SnapBegin: {
+        const b = decodeSnapBegin(body, t.ids);
+        this.#snap = { begin: b, buf: Buffer.allocUnsafe(b.total), fill: 0 };
+        if (b.total === 0) this.#finishSnapshot();
+        return;
+      }
+      case FrameKind.SnapChunk: {
+        const sn = this.#snap;
+        const stream = (body[0]! | (body[1]! << 8) | (body[2]! << 16)) + body[3]! * 0x100_0000;
+        if (!sn || sn.begin.stream !== stream) throw new FrameError('a snapshot chunk of no open snapshot');
+        const data = body.subarray(4);
+        if (sn.fill + data.length > sn.buf.length) throw new FrameError('a snapshot longer than announced');
+        sn.buf.set(data, sn.fill);
+        sn.fill += data.length;
+        if (sn.fill === sn.buf.length) this.#finishSnapshot();
+        return;
+      }
+      case FrameKind.Request:
+        void t.handleRequest(this, new Uint8Array(body)).catch((err: unknown) => {
+          t.options.log.warn({ err: String(err) }, 'malformed peer request');
+          this.#s.destroy();
+        });
+        return;
+      default:
+        throw new FrameError(`unexpected frame kind ${kind} from a dialer`);
+    }
+  }
+
+  #finishSnapshot(): void {
+    const sn = this.#snap!;
+    this.#snap = undefined;
+    const data = new Uint8Array(sn.buf.buffer, sn.buf.byteOffset, sn.buf.length);
+    this.#t.onSnapshot({ ...sn.begin.head, entries: [], snapshot: { meta: sn.begin.meta, data } });
+  }
+
+  write(b: Buffer): void {
+    if (!this.#s.destroyed) this.#s.write(b);
+  }
+
+  close(): void {
+    this.#s.destroy();
+  }
+}
+
+function unreachable(from: NodeId, to: NodeId): Message {
+  return {
+    type: MessageType.Unreachable,
+    from,
+    to,
+    term: 0,
+    index: 0,
+    logTerm: 0,
+    entries: [],
+    commit: 0,
+    reject: false,
+    rejectHint: 0,
+    hintTerm: 0,
+    context: new Uint8Array(0),
+  };
+}
