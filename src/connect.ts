@@ -5,6 +5,8 @@
  * URLs:
  *   etcd://host:port[,host:port…]      etcd over plaintext gRPC
  *   etcds://host:port[,host:port…]     etcd over TLS (system roots unless `tls` options are given)
+ * A URL never carries credentials: userinfo (`etcd://alice:pw@host`) and query strings on etcd URLs
+ * are refused, and every message shows the URL redacted (`etcd://alice:***@host`).
  *   embedded:                          an in-process single-node Raft store (memory)
  *   embedded:?nodes=3                  an in-process 3-node Raft cluster
  *   embedded:?dir=./data               a single durable node in ./data
@@ -24,9 +26,20 @@ export interface TlsOptions {
 
 export interface EtcdConnectOptions {
   backend: 'etcd';
-  /** `host:port` or `http(s)://host:port` strings. */
+  /**
+   * `host:port`, `http://host:port` (plaintext) or `https://host:port` (TLS) strings. The scheme
+   * decides the transport: `https://` uses TLS even without `tls` options (system roots), a bare
+   * `host:port` uses TLS when `tls` is given. Mixed schemes, `https://` with `tls: false`, `http://`
+   * with `tls` options, and credentials in an endpoint are `invalid-argument`.
+   */
   endpoints: string[];
-  tls?: TlsOptions;
+  /** TLS options (TLS on), or `false` (plaintext; refused with `https://` endpoints). */
+  tls?: TlsOptions | false;
+  /**
+   * `auth` over plaintext to a non-loopback endpoint: `'warn'` (default) emits one process warning
+   * (code `CONCLAVE_PLAINTEXT_AUTH`); `'refuse'` makes connect() reject `invalid-argument`.
+   */
+  plaintextAuth?: 'warn' | 'refuse';
   /**
    * etcd username/password authentication (both non-empty, else `invalid-argument`). `connect()`
    * fetches a token first and rejects `unauthenticated` if etcd refuses the credentials; calls and
@@ -51,33 +64,65 @@ export interface EmbeddedConnectOptions {
 
 export type ConnectOptions = EtcdConnectOptions | EmbeddedConnectOptions;
 
+/**
+ * A URL or endpoint as it may be shown in a message or log: the password of any userinfo and the
+ * value of every query parameter replaced by `***` (`etcd://alice:***@host:2379?password=***`).
+ */
+export function redactUrl(url: string): string {
+  const m = /^([a-z][a-z0-9+.-]*:(?:\/\/)?)([\s\S]*)$/i.exec(url);
+  const head = m ? m[1]! : '';
+  let rest = m ? m[2]! : url;
+  // Userinfo ends at the last '@' (a password may hold '/', '?', '#' or '@'); over-redacting a
+  // query value that holds an '@' is the safe mistake.
+  const at = rest.lastIndexOf('@');
+  if (at >= 0) {
+    const colon = rest.indexOf(':');
+    const user = colon >= 0 && colon < at ? rest.slice(0, colon) : '';
+    rest = `${user === '' || /[/?#]/.test(user) ? '' : `${user}:`}***${rest.slice(at)}`;
+  }
+  return head + rest.replace(/([?&;][^=&;#]*)=[^&;#]*/g, '$1=***');
+}
+
+function invalidUrl(message: string): never {
+  throw new ConclaveError(ErrorCode.InvalidArgument, message, { details: { argument: 'url' } });
+}
+
 export function parseConnectUrl(url: string): ConnectOptions {
   if (typeof url !== 'string' || url.length === 0) {
-    throw new TypeError(
+    invalidUrl(
       'connect: expected a URL such as "etcd://127.0.0.1:2379" or "embedded:", or an options object',
     );
   }
+  const shown = redactUrl(url);
   const m = /^([a-z]+):(.*)$/i.exec(url);
   const scheme = m?.[1]?.toLowerCase();
   const rest = m?.[2] ?? '';
   if (scheme === 'etcd' || scheme === 'etcds') {
-    const hosts = rest.replace(/^\/\//, '').replace(/\/.*$/, '');
+    const afterSlashes = rest.replace(/^\/\//, '');
+    if (afterSlashes.includes('@')) {
+      invalidUrl(
+        `connect: "${shown}" carries credentials; a URL must not (it would be logged and shown in ` +
+          'errors): pass { backend: "etcd", endpoints, auth: { username, password } } instead',
+      );
+    }
+    const authorityEnd = afterSlashes.search(/[/?#]/);
+    const hosts = authorityEnd < 0 ? afterSlashes : afterSlashes.slice(0, authorityEnd);
+    const tail = authorityEnd < 0 ? '' : afterSlashes.slice(authorityEnd);
+    if (tail !== '' && tail !== '/') {
+      invalidUrl(
+        `connect: "${shown}" has a path or query; etcd URLs take none (credentials go in the auth option)`,
+      );
+    }
     const endpoints = hosts
       .split(',')
       .map((h) => h.trim())
       .filter((h) => h.length > 0);
     if (endpoints.length === 0) {
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `connect: "${url}" names no endpoint; use etcd://host:port[,host:port]`,
-      );
+      invalidUrl(`connect: "${shown}" names no endpoint; use etcd://host:port[,host:port]`);
     }
     for (const e of endpoints) {
       if (!/^(\[[0-9a-f:]+\]|[^:/\s]+):\d{1,5}$/i.test(e)) {
-        throw new ConclaveError(
-          ErrorCode.InvalidArgument,
-          `connect: endpoint "${e}" in "${url}" is not host:port`,
-        );
+        invalidUrl(`connect: endpoint "${e}" in "${shown}" is not host:port`);
       }
     }
     return scheme === 'etcds' ? { backend: 'etcd', endpoints, tls: {} } : { backend: 'etcd', endpoints };
@@ -111,7 +156,7 @@ export function parseConnectUrl(url: string): ConnectOptions {
   }
   throw new ConclaveError(
     ErrorCode.InvalidArgument,
-    `connect: unsupported URL "${url}"; use etcd://host:port[,host:port], etcds://…, or embedded:[?nodes=N][&dir=PATH]`,
+    `connect: unsupported URL "${shown}"; use etcd://host:port[,host:port], etcds://…, or embedded:[?nodes=N][&dir=PATH]`,
   );
 }
 
@@ -119,12 +164,13 @@ export function parseConnectUrl(url: string): ConnectOptions {
 export async function connect(target: string | ConnectOptions): Promise<KV> {
   const opts = typeof target === 'string' ? parseConnectUrl(target) : target;
   if (typeof opts !== 'object' || opts === null)
-    throw new TypeError('connect: expected a URL string or an options object');
+    invalidUrl('connect: expected a URL string or an options object');
   if (opts.backend === 'etcd') {
     if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) {
       throw new ConclaveError(
         ErrorCode.InvalidArgument,
         'connect: endpoints must be a non-empty array of host:port',
+        { details: { argument: 'endpoints' } },
       );
     }
     // biome-ignore lint/style/noRestrictedImports: the one sanctioned, lazy edge from src/ to a backend.

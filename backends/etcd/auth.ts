@@ -68,7 +68,8 @@ export type Authenticate = (credentials: Credentials) => Promise<string | undefi
 
 export class AuthTokens {
   readonly username: string;
-  readonly #credentials: Credentials;
+  /** Dropped by forget() (the client closed): nothing keeps the password reachable after close(). */
+  #credentials: Credentials | undefined;
   readonly #authenticate: Authenticate;
   #token: string | undefined;
   /** The server said auth is not enabled: calls go without a token until it says otherwise. */
@@ -99,10 +100,16 @@ export class AuthTokens {
   refresh(stale: string | undefined, signal?: AbortSignal): Promise<void> {
     if (this.#inFlight === undefined) {
       if (this.#token !== stale) return Promise.resolve();
-      this.#inFlight = this.#authenticate(this.#credentials).then(
+      const credentials = this.#credentials;
+      if (credentials === undefined) {
+        return Promise.reject(new ConclaveError(ErrorCode.Closed, 'the etcd client is closed'));
+      }
+      this.#inFlight = this.#authenticate(credentials).then(
         (token) => {
-          this.#token = token;
-          this.#disabled = token === undefined;
+          if (this.#credentials !== undefined) {
+            this.#token = token;
+            this.#disabled = token === undefined;
+          }
           this.#inFlight = undefined;
         },
         (err: unknown) => {
@@ -112,6 +119,12 @@ export class AuthTokens {
       );
     }
     return signal ? raceAbort(this.#inFlight, signal) : this.#inFlight;
+  }
+
+  /** Drops the password and the token (the client closed). Later refreshes reject `closed`. */
+  forget(): void {
+    this.#credentials = undefined;
+    this.#token = undefined;
   }
 }
 

@@ -22,6 +22,7 @@ import {
   isAuthNotEnabled,
   isStaleTokenError,
 } from './auth.js';
+import { checkPlaintextAuth, resolveTransport } from './endpoints.js';
 import { isGrpcError, isPreSendFailure, mapGrpcError } from './errors.js';
 
 export interface Method<Res> {
@@ -44,10 +45,6 @@ export interface CallPolicy {
   /** Reads and idempotent calls: retry on any connection failure. */
   readonly safe: boolean;
   readonly what: string;
-}
-
-function normalizeEndpoint(e: string): string {
-  return e.replace(/^https?:\/\//, '').replace(/\/$/, '');
 }
 
 const channelOptions: grpc.ChannelOptions = {
@@ -95,22 +92,29 @@ export class Connection {
   #closed = false;
 
   constructor(opts: EtcdConnectOptions) {
-    if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) {
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'endpoints: must be a non-empty array of host:port');
-    }
-    const credentials = checkCredentials(opts.auth);
+    const transport = resolveTransport(opts);
+    const credentials = checkCredentials(Object.hasOwn(opts, 'auth') ? opts.auth : undefined);
+    checkPlaintextAuth(opts, transport, credentials !== undefined);
     this.#auth = credentials && new AuthTokens(credentials, (c) => this.#fetchToken(c));
-    this.endpoints = opts.endpoints.map(normalizeEndpoint);
+    this.endpoints = transport.endpoints.map((e) => e.address);
     this.#callTimeoutMs = opts.callTimeoutMs ?? 30_000;
-    this.#credentials = opts.tls
+    const tls = transport.tls;
+    this.secure = tls !== undefined;
+    // TLS verifies the server's chain against `tls.ca` or, without it, grpc-js's roots (Node's
+    // bundled Mozilla list, or the file GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names), and its name
+    // against the endpoint's host (or tls.serverName). Nothing here turns verification off.
+    this.#credentials = tls
       ? grpc.credentials.createSsl(
-          opts.tls.ca === undefined ? null : Buffer.from(opts.tls.ca),
-          opts.tls.key === undefined ? null : Buffer.from(opts.tls.key),
-          opts.tls.cert === undefined ? null : Buffer.from(opts.tls.cert),
+          tls.ca === undefined ? null : Buffer.from(tls.ca),
+          tls.key === undefined ? null : Buffer.from(tls.key),
+          tls.cert === undefined ? null : Buffer.from(tls.cert),
         )
       : grpc.credentials.createInsecure();
-    if (opts.tls?.serverName) this.#serverName = opts.tls.serverName;
+    if (tls?.serverName) this.#serverName = tls.serverName;
   }
+
+  /** TLS is on for every endpoint. */
+  readonly secure: boolean;
 
   #serverName: string | undefined;
 
@@ -327,6 +331,7 @@ export class Connection {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#auth?.forget();
     for (const c of this.#clients.values()) c.close();
     this.#clients.clear();
   }

@@ -1,4 +1,5 @@
 /** Conversions between the KV contract's types and etcd's wire messages. */
+import { ConclaveError, ErrorCode, invalidArgument } from '../../src/errors.js';
 import { EMPTY, resolveRange, toBytes } from '../../src/keys.js';
 import { big, type Int64, int64, num } from '../../src/protocol/codec.js';
 import type {
@@ -92,10 +93,11 @@ export function rangeRequest(
   if (o.sort) {
     const order = o.sort.order ?? 'ascend';
     const target = o.sort.target ?? 'key';
-    if (!(order in sortOrders))
-      throw new TypeError(`sort.order must be none, ascend or descend, got ${String(order)}`);
-    if (!(target in sortTargets))
-      throw new TypeError(`sort.target must be key, version, create, mod or value, got ${String(target)}`);
+    // Own properties only: `'toString' in sortOrders` is true.
+    if (typeof order !== 'string' || !Object.hasOwn(sortOrders, order))
+      invalidArgument('sort.order', `must be none, ascend or descend, got ${String(order)}`);
+    if (typeof target !== 'string' || !Object.hasOwn(sortTargets, target))
+      invalidArgument('sort.target', `must be key, version, create, mod or value, got ${String(target)}`);
     req.sortOrder = sortOrders[order];
     req.sortTarget = sortTargets[target];
   }
@@ -232,5 +234,5 @@ function opResponse(r: PbResponseOp, op: Op | undefined, revision: number): OpRe
     const nested = op?.type === 'txn' ? op.txn : { compare: [], success: [], failure: [] };
     return { type: 'txn', ...txnResult(r.responseTxn, nested, revision), revision };
   }
-  throw new TypeError('etcd returned an empty ResponseOp');
+  throw new ConclaveError(ErrorCode.Internal, 'txn: etcd returned an empty ResponseOp');
 }

@@ -6,7 +6,7 @@
  * that revision are dropped if a server re-sends them).
  */
 import type * as grpc from '@grpc/grpc-js';
-import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { ConclaveError, ErrorCode, invalidArgument } from '../../src/errors.js';
 import { resolveRange } from '../../src/keys.js';
 import { limits } from '../../src/limits.js';
 import { type Int64, methods, num, pb } from '../../src/protocol/codec.js';
@@ -57,12 +57,12 @@ export class EtcdWatch implements Watch {
     this.nextRev = opts.startRevision === undefined ? 0 : checkRevision('startRevision', opts.startRevision);
     this.#bufferMax = opts.bufferBatchesMax ?? limits.watchBufferBatchesMax;
     if (!Number.isInteger(this.#bufferMax) || this.#bufferMax < 1)
-      throw new TypeError('bufferBatchesMax must be a positive integer');
+      invalidArgument('bufferBatchesMax', 'must be a positive integer');
     const filters: number[] = [];
     for (const f of opts.filters ?? []) {
       if (f === 'noput') filters.push(0);
       else if (f === 'nodelete') filters.push(1);
-      else throw new TypeError(`filters: unknown filter ${String(f)} (noput or nodelete)`);
+      else invalidArgument('filters', `unknown filter ${String(f)} (noput or nodelete)`);
     }
     this.progressNotify = !!opts.progressNotify;
     this.create = {

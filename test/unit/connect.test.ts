@@ -22,7 +22,7 @@ describe('connect URL parsing', () => {
     expect(() => parseConnectUrl('etcd://nohost')).toThrow(/not host:port/);
     expect(() => parseConnectUrl('embedded:?nodes=0')).toThrow(/nodes must be/);
     expect(() => parseConnectUrl('embedded:?color=red')).toThrow(/unknown embedded parameter "color"/);
-    expect(() => parseConnectUrl('')).toThrow(TypeError);
+    expect(() => parseConnectUrl('')).toThrow(expect.objectContaining({ code: 'invalid-argument' }));
   });
 
   it('connect rejects an options object without endpoints', async () => {
