@@ -14,5 +14,6 @@ export { ConclaveError, type ConclaveErrorOptions, ErrorCode } from './errors.js
 export { compareBytes, leaseHex, prefixEnd, toBytes, toText } from './keys.js';
 export type { KV } from './kv.js';
 export { limits } from './limits.js';
+export { type NamespacedKV, namespace } from './namespace.js';
 export { Session, type SessionOptions, SessionState } from './session.js';
 export * from './types.js';
