@@ -47,6 +47,7 @@ import {
 import type { NodeStorage } from './consensus/memory-storage.js';
 import type { NodeId } from './consensus/types.js';
 import { FailoverWatch } from './failover-watch.js';
+import { type RequestLimits, resolveRequestLimits } from './limits.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { MemoryTransport } from './transport/memory.js';
@@ -75,6 +76,10 @@ export interface ClusterOptions {
    * a virtual clock to expire a lease without waiting its TTL; Raft ticks still come from a timer.
    */
   now?: () => number;
+  /** etcd's `--max-request-bytes`: larger writes fail `request-too-large` (default 1.5 MiB, as etcd). */
+  maxRequestBytes?: number;
+  /** etcd's `--max-txn-ops`: a txn list longer than this fails `too-many-ops` (default 128, as etcd). */
+  maxTxnOps?: number;
 }
 
 /** Default wait for the first leader in `startCluster` (recovering a large data dir takes a while). */
@@ -92,8 +97,20 @@ export class EmbeddedCluster {
   readonly minTtlSeconds: number;
   /** The clock lease deadlines are kept on (`ClusterOptions.now`). */
   readonly now: () => number;
+  /** The request limits every member enforces where it proposes (backends/raft/limits.ts). */
+  readonly limits: RequestLimits;
   readonly #o: Required<
-    Omit<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log' | 'now' | 'startTimeoutMs'>
+    Omit<
+      ClusterOptions,
+      | 'dataDir'
+      | 'segmentBytes'
+      | 'snapshotEntries'
+      | 'log'
+      | 'now'
+      | 'startTimeoutMs'
+      | 'maxRequestBytes'
+      | 'maxTxnOps'
+    >
   > &
     Pick<ClusterOptions, 'dataDir' | 'segmentBytes' | 'snapshotEntries' | 'log'>;
   readonly kv: EmbeddedKV;
@@ -128,6 +145,10 @@ export class EmbeddedCluster {
       requestTimeoutMs: o.requestTimeoutMs ?? 5000,
     };
     this.now = o.now ?? (() => performance.now());
+    this.limits = resolveRequestLimits({
+      ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: o.maxRequestBytes } : {}),
+      ...(o.maxTxnOps !== undefined ? { maxTxnOps: o.maxTxnOps } : {}),
+    });
     this.ids = Array.from({ length: nodes }, (_, i) => i + 1);
     this.minTtlSeconds = minTtlSeconds(this.#o.tickMs, this.#o.electionTicks);
     for (const id of this.ids) this.#start(id, storages?.get(id));
@@ -148,6 +169,7 @@ export class EmbeddedCluster {
       requestTimeoutMs: this.#o.requestTimeoutMs,
       now: this.now,
       random: Math.random,
+      limits: this.limits,
       ...(storage ? { storage } : {}),
       ...(this.#o.snapshotEntries !== undefined ? { snapshotEntries: this.#o.snapshotEntries } : {}),
       onFatal: (err) => (this.#o.log ?? console.error)(`conclave: member ${id} stopped: ${String(err)}`),

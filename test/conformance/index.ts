@@ -7,6 +7,7 @@ import type { KV } from '../../src/kv.js';
 import type { ConformanceBackend, ConformanceContext, RegisterTests } from './context.js';
 import { registerKvTests } from './kv.js';
 import { registerLeaseTests } from './lease.js';
+import { registerLimitsTests } from './limits.js';
 import { registerRecipes } from './recipes/index.js';
 import { registerSessionTests } from './session.js';
 import { registerTxnTests } from './txn.js';
@@ -18,6 +19,7 @@ const suites: Array<[string, RegisterTests | undefined]> = [
   ['txn', registerTxnTests],
   ['watch', registerWatchTests],
   ['lease', registerLeaseTests],
+  ['limits', registerLimitsTests],
   ['session', registerSessionTests],
   ['validation', registerValidationTests],
   ['recipes', registerRecipes],

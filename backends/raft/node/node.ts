@@ -23,10 +23,11 @@ import {
   Role,
   type Snapshot,
 } from '../consensus/types.js';
+import { encodeRequest, type RequestLimits, requestLimitsDefault } from '../limits.js';
 import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
 import type { Transport } from '../transport/transport.js';
-import { type Command, decodeCommand, encodeCommand } from './commands.js';
+import { type Command, decodeCommand } from './commands.js';
 
 /** Requests in flight per member (writes waiting to apply, reads waiting for ReadIndex). */
 export const pendingRequestsMax = 10_000;
@@ -53,6 +54,8 @@ export interface NodeOptions {
   snapshotSliceMs?: number;
   /** Called once if the member stops because its storage failed (it never serves after that). */
   onFatal?: (err: unknown) => void;
+  /** etcd's `--max-request-bytes` and `--max-txn-ops` for requests proposed here (default: etcd's). */
+  limits?: RequestLimits;
 }
 
 /** Default for `snapshotEntries`: etcd's default `--snapshot-count` (100,000). Each snapshot encodes the
@@ -438,13 +441,18 @@ export class RaftNode {
     }
   }
 
-  /** Proposes a command and resolves with its applied result on this member. */
+  /**
+   * Proposes a command and resolves with its applied result on this member. A request over the
+   * member's limits (`too-many-ops`, `request-too-large`; backends/raft/limits.ts) throws before
+   * anything is proposed.
+   */
   propose<T>(cmd: CommandBody & { id?: string }): Promise<T> {
     this.#check();
     const c = { ...cmd, id: cmd.id ?? this.#newId() } as Command;
+    const data = encodeRequest(c, this.#o.limits ?? requestLimitsDefault);
     return new Promise<T>((resolve, reject) => {
       try {
-        this.raft.propose(encodeCommand(c));
+        this.raft.propose(data);
       } catch (err) {
         if (err instanceof ProposalDropped) {
           const code = err.reason === 'uncommitted-bytes' ? ErrorCode.TooManyRequests : ErrorCode.Unavailable;

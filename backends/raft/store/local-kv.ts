@@ -6,6 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { toBytes } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import type {
   Bytes,
@@ -39,6 +40,7 @@ import {
   checkTtl,
   checkTxn,
 } from '../../../src/validate.js';
+import { encodeRequest, type RequestLimits, resolveRequestLimits } from '../limits.js';
 import { Store } from './store.js';
 
 export interface LocalKVOptions {
@@ -47,6 +49,8 @@ export interface LocalKVOptions {
   now?: () => number;
   /** How often expired leases are revoked (ms). */
   expiryCheckMs?: number;
+  /** etcd's `--max-request-bytes` and `--max-txn-ops`, as a Raft member enforces them (default: etcd's). */
+  limits?: Partial<RequestLimits>;
 }
 
 export class LocalKV implements KV {
@@ -54,10 +58,12 @@ export class LocalKV implements KV {
   readonly lease: LeaseApi;
   readonly #now: () => number;
   readonly #timer: ReturnType<typeof setInterval>;
+  readonly #limits: RequestLimits;
   #nextLease = BigInt(`0x${randomBytes(6).toString('hex')}`);
   #closed = false;
 
   constructor(opts: LocalKVOptions = {}) {
+    this.#limits = resolveRequestLimits(opts.limits);
     this.store = new Store({ minTtlSeconds: opts.minTtlSeconds ?? 1 });
     this.#now = opts.now ?? (() => performance.now());
     this.#timer = setInterval(() => this.expireLeases(), opts.expiryCheckMs ?? 100);
@@ -140,18 +146,24 @@ export class LocalKV implements KV {
     const v = checkBytes('value', value);
     if (o.lease !== undefined) checkLeaseId('lease', o.lease);
     checkPutOptions('put', v, o);
+    // The member's check (it measures the command a member would log; nothing is written if refused).
+    const { signal: _s, ...opts } = o;
+    encodeRequest({ id: '', op: 'put', key: k, value: v, opts }, this.#limits);
     return this.store.applyPut(k, v, o);
   }
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
     this.#checkRange(key, o);
+    const { signal: _s, ...opts } = o;
+    encodeRequest({ id: '', op: 'delete', key: toBytes(key), opts }, this.#limits);
     return this.store.applyDelete(key, o);
   }
 
   async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
     this.#open(o);
     checkTxn(t);
+    encodeRequest({ id: '', op: 'txn', txn: t }, this.#limits);
     return this.store.applyTxn(t);
   }
 

@@ -2,8 +2,9 @@
  * etcd 3.4's txn validation and branch choice, in the order etcd runs them, for the embedded store.
  *
  * etcd checks a txn in four steps before any op runs, and the first that fails decides the error:
- * 1. At the gRPC edge (v3rpc/key.go `Txn`): op counts (`checkTxnRequest`), then the duplicate-key
- *    check of each branch (`checkIntervals`) — `checkTxnRequest` here.
+ * 1. At the gRPC edge (v3rpc/key.go `Txn`): op counts (`checkTxnRequest`; here the member checks
+ *    them where it proposes, backends/raft/limits.ts), then the duplicate-key check of each branch
+ *    (`checkIntervals`) — `checkTxnRequest` here.
  * 2. At apply (apply.go `Txn`): `compareToPath` evaluates every compare of the tree, nested txns
  *    included, against the store as it was before the txn, and so fixes the branch each txn takes
  *    before any write — `choosePath` here.
@@ -14,28 +15,16 @@
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { resolveRange, toBytes } from '../../../src/keys.js';
-import { limits } from '../../../src/limits.js';
 import type { Compare, Op, Txn } from '../../../src/types.js';
 import { keyString } from './mvcc.js';
 
 /**
- * etcd's request checks that need no store: at most `limits.txnOpsMax` compares and ops per branch
- * (a nested txn gets what its parent leaves: the max minus the parent's largest list, as etcd's
- * `checkTxnRequest`), then no key written twice in a branch (`checkIntervals`).
+ * etcd's duplicate-key check (`checkIntervals`): no key written twice in a branch. The op-count
+ * check that etcd runs first (`checkTxnRequest`) is the member's, at propose: backends/raft/limits.ts.
  */
 export function checkTxnRequest(t: Txn): void {
-  checkOpCounts(t, limits.txnOpsMax);
   branchWrites(t.success ?? []);
   branchWrites(t.failure ?? []);
-}
-
-function checkOpCounts(t: Txn, max: number): void {
-  const used = Math.max((t.compare ?? []).length, (t.success ?? []).length, (t.failure ?? []).length);
-  if (used > max)
-    throw new ConclaveError(ErrorCode.TooManyOps, 'etcdserver: too many operations in txn request');
-  for (const op of [...(t.success ?? []), ...(t.failure ?? [])]) {
-    if (op.type === 'txn') checkOpCounts(op.txn, max - used);
-  }
 }
 
 /** A deleted range `[start, end)` as latin1 key strings; an empty `end` is the single key `start`. */
