@@ -9,7 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { EmbeddedConnectOptions } from '../../src/connect.js';
-import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import { limits } from '../../src/limits.js';
@@ -80,6 +80,20 @@ export interface ClusterOptions {
   maxRequestBytes?: number;
   /** etcd's `--max-txn-ops`: a txn list longer than this fails `too-many-ops` (default 128, as etcd). */
   maxTxnOps?: number;
+}
+
+/** Pause before a keep-alive refused "not primary" is retried on the leader (etcd's LeaseRenew sleeps 50 ms). */
+const keepAliveRetryMs = 10;
+
+/** `p`, or the signal's reason as soon as it aborts (the work behind `p` goes on). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortReason(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /** Default wait for the first leader in `startCluster` (recovering a large data dir takes a while). */
@@ -176,6 +190,11 @@ export class EmbeddedCluster {
     });
     this.members.set(id, n);
     return n;
+  }
+
+  /** How long a request may wait on the cluster (a proposal to apply, a leader, a revocation). */
+  get requestTimeoutMs(): number {
+    return this.#o.requestTimeoutMs;
   }
 
   leader(): RaftNode | undefined {
@@ -338,9 +357,22 @@ export class EmbeddedKV implements KV {
       keepAliveOnce: async (id, o = {}) => {
         this.#open(o);
         checkLeaseId('id', id, { allowZero: false });
-        // Served by the leader without a log entry (etcd): it owns lease deadlines.
-        const l = await this.#c.waitLeader(o.signal);
-        return { id, ttlSeconds: l.store.leases.renew(id, this.#c.now()) };
+        // Served by the lease primary without a log entry (etcd): it owns lease deadlines. An
+        // expiring lease is never renewed: the primary answers 0 once its revocation applies.
+        // "Not primary" (no leader yet, a new leader still applying earlier terms, leadership
+        // moved during that wait) is retried on the leader until the request timeout, as etcd's
+        // LeaseRenew forwards to the leader until its request timeout.
+        const until = performance.now() + this.#c.requestTimeoutMs;
+        for (;;) {
+          const l = this.#c.leader() ?? (await this.#c.waitLeader(o.signal));
+          try {
+            return { id, ttlSeconds: await untilAborted(l.renewLease(id), o.signal) };
+          } catch (err) {
+            if (!ConclaveError.is(err, ErrorCode.Unavailable) || performance.now() >= until) throw err;
+            o.signal?.throwIfAborted();
+            await new Promise((r) => setTimeout(r, keepAliveRetryMs));
+          }
+        }
       },
       timeToLive: async (id, o = {}) => {
         this.#open(o);

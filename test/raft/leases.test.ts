@@ -17,27 +17,7 @@ import { toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { WatchEvent } from '../../src/types.js';
 import { collect, eventCount, waitFor } from '../conformance/util.js';
-
-/** A hand-moved monotonic clock; counts reads so a test can wait for the leader's expiry checks. */
-class VirtualClock {
-  ms = 1_000_000;
-  reads = 0;
-  readonly now = (): number => {
-    this.reads++;
-    return this.ms;
-  };
-  advance(ms: number): void {
-    this.ms += ms;
-  }
-  /**
-   * Waits until the clock was read `n` more times: the leader reads it on every tick to look for
-   * expired leases, so this waits for that many expiry checks (event-driven, not a fixed sleep).
-   */
-  async readsMore(n: number, what: string): Promise<void> {
-    const target = this.reads + n;
-    await waitFor(() => this.reads >= target, 10_000, what);
-  }
-}
+import { leaseCluster, VirtualClock } from './lease-fixtures.js';
 
 /** Waits until every running member has applied the leader's revision. */
 async function converged(c: EmbeddedCluster, kv: KV): Promise<number> {
@@ -180,13 +160,15 @@ describe('raft embedded — leases and leadership', () => {
       // Without the refresh the new leader would find the lease expired on its first tick.
       await clock.readsMore(30, 'the new leader to check expiry several times');
       expect(c.leader()?.id).toBe(target);
+      // The refresh is the TTL plus one election timeout (100 ms here), as etcd's Promote does.
       const t = await kv.lease.timeToLive(id);
-      expect(t.ttlSeconds).toBe(ttl);
+      expect(t.ttlSeconds).toBeGreaterThanOrEqual(ttl);
+      expect(t.ttlSeconds).toBeLessThanOrEqual(ttl + 1);
       expect((await kv.get('pr/k'))?.lease).toBe(id);
       expect((await kv.status()).revision).toBe(revBefore);
 
       // Control: past the refreshed deadline without a keep-alive, the new leader does revoke it.
-      clock.advance(ttl * 1000 + 1);
+      clock.advance(ttl * 1000 + 100 + 1);
       await waitFor(async () => (await kv.get('pr/k')) === undefined, 10_000, 'the lease to expire');
       expect((await kv.lease.timeToLive(id)).ttlSeconds).toBe(-1);
     } finally {
@@ -297,6 +279,144 @@ describe('raft embedded — leases and leadership', () => {
     } finally {
       await kv.close();
       await c.close();
+    }
+  }, 40_000);
+});
+
+/**
+ * A keep-alive never revives an expiring lease (etcd lessor.Renew): the three ways a keep-alive
+ * can meet a lease whose deadline passed, on every storage flavour. On the virtual clock the
+ * deadline passes exactly when the test moves it, and the gate holds a revocation in flight.
+ */
+const flavours = [
+  { nodes: 1, durable: false },
+  { nodes: 3, durable: false },
+  { nodes: 1, durable: true },
+  { nodes: 3, durable: true },
+];
+describe.each(flavours)(
+  'raft embedded, $nodes node(s), durable: $durable — an expiring lease is never renewed',
+  (f) => {
+    async function leased(label: string) {
+      const lc = await leaseCluster(f);
+      const kv = lc.cluster.client();
+      const ttl = lc.cluster.minTtlSeconds;
+      const { id } = await kv.lease.grant(ttl);
+      const key = `${label}/k`;
+      await kv.put(key, 'v', { lease: id });
+      return {
+        lc,
+        kv,
+        ttl,
+        id,
+        key,
+        close: async () => {
+          await kv.close();
+          await lc.close();
+        },
+      };
+    }
+
+    it('a keep-alive arriving after the deadline, before the leader noticed it, is answered TTL 0 and the keys are gone', async () => {
+      const t = await leased('at-once');
+      try {
+        // The deadline passes and the keep-alive reaches the leader before its next expiry check.
+        t.lc.clock.advance(t.ttl * 1000 + 1);
+        const ka = await t.kv.lease.keepAliveOnce(t.id);
+        expect(ka.ttlSeconds).toBe(0);
+        expect(await t.kv.get(t.key)).toBeUndefined();
+        expect((await t.kv.lease.timeToLive(t.id)).ttlSeconds).toBe(-1);
+      } finally {
+        await t.close();
+      }
+    }, 40_000);
+
+    it('a keep-alive after the leader proposed the revocation is answered TTL 0, never a TTL', async () => {
+      const t = await leased('after-check');
+      try {
+        const seen = t.lc.gate.seen;
+        t.lc.clock.advance(t.ttl * 1000 + 1);
+        await waitFor(() => t.lc.gate.seen > seen, 10_000, 'the leader to propose the revocation');
+        const ka = await t.kv.lease.keepAliveOnce(t.id);
+        expect(ka.ttlSeconds).toBe(0);
+        expect(await t.kv.get(t.key)).toBeUndefined();
+      } finally {
+        await t.close();
+      }
+    }, 40_000);
+
+    it('a keep-alive while the revocation is in flight waits for it to apply, then answers TTL 0; a put with the lease leaves no key', async () => {
+      const t = await leased('in-flight');
+      try {
+        t.lc.gate.close();
+        t.lc.clock.advance(t.ttl * 1000 + 1);
+        await waitFor(() => t.lc.gate.holding > 0, 10_000, 'the revocation to be proposed and held');
+        let answer: number | string | undefined;
+        const ka = t.kv.lease.keepAliveOnce(t.id).then(
+          (r) => (answer = r.ttlSeconds),
+          (err: unknown) => (answer = String(err)),
+        );
+        const put = t.kv.put(`${t.key}2`, 'v', { lease: t.id }).then(
+          () => 'put',
+          (err: unknown) => (err as { code?: string }).code,
+        );
+        // Several expiry checks later, the keep-alive is still waiting: nothing renewed the lease.
+        await t.lc.clock.readsMore(3, 'a few leader ticks');
+        expect(answer).toBeUndefined();
+        t.lc.gate.release();
+        await ka;
+        expect(answer).toBe(0);
+        // Proposed after the revocation, the put applies after it: lease-not-found, no key left.
+        expect(await put).toBe('lease-not-found');
+        expect(await t.kv.get(t.key)).toBeUndefined();
+        expect(await t.kv.get(`${t.key}2`)).toBeUndefined();
+        expect((await t.kv.lease.timeToLive(t.id)).ttlSeconds).toBe(-1);
+      } finally {
+        await t.close();
+      }
+    }, 40_000);
+  },
+);
+
+describe('raft embedded — a new leader never expires a lease earlier than its previous leader could have', () => {
+  it('a keep-alive answered TTL t at T by the old leader holds on the new one until T + t, plus one election timeout', async () => {
+    const lc = await leaseCluster({ nodes: 3, durable: false });
+    const kv = lc.cluster.client();
+    try {
+      const c = lc.cluster;
+      const first = await c.waitLeader();
+      const ttl = c.minTtlSeconds;
+      const { id } = await kv.lease.grant(ttl);
+      await kv.put('lc/k', 'v', { lease: id });
+      await converged(c, kv);
+      lc.clock.advance(ttl * 500);
+      const T = lc.clock.ms;
+      expect((await kv.lease.keepAliveOnce(id)).ttlSeconds).toBe(ttl);
+      const target = c.ids.find((i) => i !== first.id)!;
+      await waitFor(
+        () => {
+          if (c.leader()?.id === target) return true;
+          c.transferLeader(target);
+          return false;
+        },
+        10_000,
+        `member ${target} to lead`,
+      );
+      // The new leader is the lease primary once it answers keep-alives; it did not renew here.
+      expect((await kv.lease.timeToLive(id)).ttlSeconds).toBeGreaterThanOrEqual(ttl);
+      const extendMs = 10 * 10; // electionTicks × tickMs of this cluster
+      // Just before T + t + the extension, after many expiry checks: still alive, key still there.
+      lc.clock.ms = T + ttl * 1000 + extendMs - 1;
+      await lc.clock.readsMore(30, 'the new leader to check expiry several times');
+      expect(c.leader()?.id).toBe(target);
+      expect((await kv.get('lc/k'))?.lease).toBe(id);
+      // Past it, with no keep-alive: revoked.
+      lc.clock.advance(2);
+      await waitFor(async () => (await kv.get('lc/k')) === undefined, 10_000, 'the lease to expire');
+      expect((await kv.lease.timeToLive(id)).ttlSeconds).toBe(-1);
+    } finally {
+      await kv.close();
+      await lc.close();
     }
   }, 40_000);
 });

@@ -32,6 +32,9 @@ import { type Command, decodeCommand } from './commands.js';
 /** Requests in flight per member (writes waiting to apply, reads waiting for ReadIndex). */
 export const pendingRequestsMax = 10_000;
 
+/** Keep-alives of expiring leases waiting at once for their revocation to apply (`renewLease`). */
+export const revocationWaitersMax = 10_000;
+
 /** A command without its request id (distributes over the union). */
 export type CommandBody = Command extends infer C ? (C extends Command ? Omit<C, 'id'> : never) : never;
 
@@ -73,6 +76,12 @@ interface Waiter {
   timer: ReturnType<typeof setTimeout>;
 }
 
+interface RevocationWaiter {
+  /** The revocation applied (or the lease is otherwise gone): the keep-alive answers TTL 0. */
+  revoked(): void;
+  fail(e: ConclaveError): void;
+}
+
 export class RaftNode {
   readonly id: NodeId;
   readonly storage: NodeStorage;
@@ -87,7 +96,15 @@ export class RaftNode {
   #tick: ReturnType<typeof setInterval> | undefined;
   #scheduled = false;
   #stopped = false;
-  readonly #revoking = new Set<bigint>();
+  /**
+   * This member is the lease primary: it leads and has applied every entry of earlier terms (etcd
+   * promotes its lessor when it applies its own term's first, empty entry). Only the primary
+   * renews and expires leases; until then keep-alives are refused "not primary" and retried.
+   */
+  #leasePrimaryTerm = 0;
+  /** Keep-alives of expiring leases waiting for the revocation (etcd: waiting on `revokec`). */
+  readonly #revocationWaiters = new Map<bigint, Set<RevocationWaiter>>();
+  #revocationWaiting = 0;
   /** A Ready is being made durable: nothing more is taken from the core until it is (group commit). */
   #persisting = false;
   /** The snapshot being taken (resolves whether it was taken; it never rejects). */
@@ -138,6 +155,11 @@ export class RaftNode {
     return this.raft.role === Role.Leader;
   }
 
+  /** Leads, and has applied its own term's first entry (the core's role is checked as of now). */
+  get #leasePrimary(): boolean {
+    return this.#leasePrimaryTerm === this.raft.term && this.raft.role === Role.Leader;
+  }
+
   get stopped(): boolean {
     return this.#stopped;
   }
@@ -157,7 +179,7 @@ export class RaftNode {
   #onTick(): void {
     if (this.#stopped) return;
     this.raft.tick();
-    if (this.isLeader) this.#expireLeases();
+    if (this.#leasePrimary) this.#expireLeases();
     this.#schedule();
   }
 
@@ -243,6 +265,7 @@ export class RaftNode {
       if (e.index <= this.store.appliedIndex) continue;
       if (e.type === EntryType.ConfChange) this.raft.applyConfChange(decodeConfChange(e.data));
       else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
+      else if (e.term === this.raft.term && this.raft.role === Role.Leader) this.#promoteLeases();
       this.store.appliedIndex = e.index;
     }
     for (const rs of rd.readStates) {
@@ -264,6 +287,9 @@ export class RaftNode {
     const restored = restoreStore(snap.data, { minTtlSeconds: this.#o.minTtlSeconds, nowMs: this.#o.now() });
     restored.appliedIndex = snap.meta.index;
     this.store.replaceState(restored);
+    // Keep-alives waiting on a lease the snapshot no longer holds: its revocation applied.
+    for (const id of [...this.#revocationWaiters.keys()])
+      if (!this.store.leases.get(id)) this.#revocationApplied(id);
     this.#lastSnapshotIndex = snap.meta.index;
     this.#installs++;
   }
@@ -365,9 +391,10 @@ export class RaftNode {
   }
 
   #onRoleChange(role: Role): void {
-    // §5 / etcd: a new leader gives every lease its full TTL again (the old leader's clock is gone).
-    if (role === Role.Leader) this.store.leases.promote(this.#o.now());
-    else {
+    // A new leader becomes the lease primary only once it applies its own term's first entry
+    // (#promoteLeases), not here: revocations proposed by the previous leader apply first.
+    if (role !== Role.Leader) {
+      this.#demoteLeases();
       // Reads waiting for this member's confirmation as leader will not get it.
       const e = new ConclaveError(
         ErrorCode.Unavailable,
@@ -403,8 +430,12 @@ export class RaftNode {
           result = this.store.applyLeaseGrant(c.lease, c.ttlSeconds, this.#o.now());
           break;
         case 'revoke':
-          this.#revoking.delete(c.lease);
-          result = this.store.applyLeaseRevoke(c.lease);
+          try {
+            result = this.store.applyLeaseRevoke(c.lease);
+          } finally {
+            // Applied (or the lease was already gone): keep-alives waiting on it answer TTL 0.
+            this.#revocationApplied(c.lease);
+          }
           break;
       }
     } catch (err) {
@@ -419,12 +450,121 @@ export class RaftNode {
     else w.resolve(result);
   }
 
+  /**
+   * The primary's expiry pass: every lease past its deadline is marked revoking (never renewed
+   * again) and its revocation proposed. A proposal that fails unmarks it, and the next pass
+   * proposes it again while this member is still primary (etcd's lessor re-sends expired leases).
+   */
   #expireLeases(): void {
-    for (const id of this.store.leases.expired(this.#o.now())) {
-      if (this.#revoking.has(id)) continue;
-      this.#revoking.add(id);
-      this.propose({ id: this.#newId(), op: 'revoke', lease: id }).catch(() => this.#revoking.delete(id));
+    const leases = this.store.leases;
+    for (const id of leases.startRevoking(this.#o.now())) {
+      let p: Promise<unknown>;
+      try {
+        p = this.propose({ id: this.#newId(), op: 'revoke', lease: id });
+      } catch {
+        leases.revokeFailed(id);
+        continue;
+      }
+      p.catch(() => leases.revokeFailed(id));
     }
+  }
+
+  /**
+   * This leader applied its own term's first entry: every entry of earlier terms has applied, so
+   * every revocation an earlier leader proposed has applied or never will. It becomes the lease
+   * primary and refreshes every lease (etcd lessor.Promote(electionTimeout)): deadline = now + TTL
+   * + one election timeout. A keep-alive the previous leader answered with TTL t at time T was
+   * answered before that leader could be deposed, i.e. no later than about one election timeout
+   * before this member won (check-quorum and pre-vote: a majority must have gone an election
+   * timeout without hearing from it); the extension covers that, so this member never expires a
+   * lease earlier than the previous leader could have.
+   */
+  #promoteLeases(): void {
+    if (this.#leasePrimaryTerm === this.raft.term) return;
+    this.#leasePrimaryTerm = this.raft.term;
+    // Waiters from an earlier term of ours: their revocation applied already or never will.
+    this.#failRevocationWaiters(this.#notPrimary('a new term began while the keep-alive waited'));
+    this.store.leases.promote(this.#o.now(), this.#o.electionTicks * this.#o.tickMs);
+  }
+
+  #notPrimary(why: string): ConclaveError {
+    return new ConclaveError(
+      ErrorCode.Unavailable,
+      `member ${this.id} is not the lease primary (${why}); the lease was not renewed: retry on the leader`,
+    );
+  }
+
+  /** Leadership is gone: keep-alives waiting for a revocation answer "not primary" (etcd's `demotec`). */
+  #demoteLeases(): void {
+    this.#leasePrimaryTerm = 0;
+    this.#failRevocationWaiters(this.#notPrimary('leadership moved while the keep-alive waited'));
+  }
+
+  #revocationApplied(id: bigint): void {
+    const ws = this.#revocationWaiters.get(id);
+    if (!ws) return;
+    this.#revocationWaiters.delete(id);
+    this.#revocationWaiting -= ws.size;
+    for (const w of ws) w.revoked();
+  }
+
+  #failRevocationWaiters(e: ConclaveError): void {
+    const all = [...this.#revocationWaiters.values()];
+    this.#revocationWaiters.clear();
+    this.#revocationWaiting = 0;
+    for (const ws of all) for (const w of ws) w.fail(e);
+  }
+
+  /**
+   * A keep-alive (served by the lease primary without a log entry, as in etcd). Resolves with the
+   * TTL granted, or 0 when the lease is unknown. A lease past its deadline or being revoked is never
+   * renewed: the keep-alive waits for its revocation to apply and resolves 0 (etcd lessor.Renew).
+   * Fails `unavailable` (retryable, nothing renewed) when this member is not the lease primary
+   * ("not primary": the caller retries on the leader), when leadership moves during the wait, or
+   * when the revocation has not applied within the request timeout.
+   */
+  renewLease(id: bigint): Promise<number> {
+    this.#check();
+    if (!this.#leasePrimary)
+      return Promise.reject(this.#notPrimary('not the leader, or a new leader still applying earlier terms'));
+    const r = this.store.leases.renew(id, this.#o.now());
+    if (r !== 'expiring') return Promise.resolve(r);
+    if (this.#revocationWaiting >= revocationWaitersMax)
+      return Promise.reject(
+        new ConclaveError(
+          ErrorCode.TooManyRequests,
+          `member ${this.id}: more than ${revocationWaitersMax} keep-alives waiting for revocations`,
+        ),
+      );
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const ws = this.#revocationWaiters.get(id);
+        if (ws?.delete(w)) {
+          this.#revocationWaiting--;
+          if (ws.size === 0) this.#revocationWaiters.delete(id);
+        }
+        reject(
+          new ConclaveError(
+            ErrorCode.Unavailable,
+            `member ${this.id}: lease ${id.toString(16)} is expiring and its revocation did not apply within ${this.#o.requestTimeoutMs} ms; it was not renewed`,
+          ),
+        );
+      }, this.#o.requestTimeoutMs);
+      const w: RevocationWaiter = {
+        revoked: () => {
+          clearTimeout(timer);
+          resolve(0);
+        },
+        fail: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      let ws = this.#revocationWaiters.get(id);
+      if (!ws) this.#revocationWaiters.set(id, (ws = new Set()));
+      ws.add(w);
+      this.#revocationWaiting++;
+    });
   }
 
   #newId(): string {
@@ -509,6 +649,8 @@ export class RaftNode {
     }
     this.#writes.clear();
     this.#reads.clear();
+    this.#leasePrimaryTerm = 0;
+    this.#failRevocationWaiters(e);
     this.store.hub.close();
     this.#closing = Promise.resolve(this.storage.close()).catch(() => undefined);
     return this.#closing;

@@ -83,7 +83,12 @@ export class LocalKV implements KV {
       keepAliveOnce: async (id, o = {}) => {
         this.#open(o);
         checkLeaseId('id', id, { allowZero: false });
-        return { id, ttlSeconds: this.store.leases.renew(id, this.#now()) };
+        const r = this.store.leases.renew(id, this.#now());
+        if (r !== 'expiring') return { id, ttlSeconds: r };
+        // Its deadline passed: never renewed (etcd's lessor waits for the revocation). This store
+        // is its own expiry authority and revokes synchronously, so the wait is the revocation itself.
+        this.expireLeases();
+        return { id, ttlSeconds: 0 };
       },
       timeToLive: async (id, o = {}) => {
         this.#open(o);
@@ -106,7 +111,7 @@ export class LocalKV implements KV {
 
   /** Revokes every lease whose deadline passed (the leader does this through Raft in a cluster). */
   expireLeases(): void {
-    for (const id of this.store.leases.expired(this.#now())) this.store.applyLeaseRevoke(id);
+    for (const id of this.store.leases.startRevoking(this.#now())) this.store.applyLeaseRevoke(id);
   }
 
   #open(o: CallOptions | undefined): void {

@@ -422,6 +422,7 @@ function read(r: Reader, opts: { minTtlSeconds: number; nowMs: number }): Store 
       grantedTtlSeconds: granted,
       keys: lk,
       expiryMs: opts.nowMs + ttl * 1000,
+      revoking: false,
     });
   }
   if (r.o !== r.b.length) throw new RangeError(`${r.b.length - r.o} bytes after the snapshot`);

@@ -345,7 +345,7 @@ export class Store {
     const l = this.leases.require(id);
     return this.#atomic((w) => {
       for (const k of [...l.keys].sort()) this.#delete(w, new Uint8Array(Buffer.from(k, 'latin1')), {});
-      this.leases.byId.delete(id);
+      this.leases.remove(id);
       return { revision: this.#commit(w) };
     });
   }
