@@ -1,0 +1,651 @@
+/**
+ * One `conclave serve` member: a Raft node over durable storage (the WAL and snapshots in
+ * `--data-dir`) and the TCP peer transport, with its identity (etcd member and cluster IDs), as
+ * the `MemberBackend` the client API serves (server/api.ts).
+ *
+ * Requests on this member (`MemberKV`), as an etcd member serves them:
+ * - writes are proposed here; a follower's core forwards them to the leader, and the call
+ *   resolves once this member has applied the entry (so a client sees its own write on the member
+ *   it talks to). A proposal refused before it entered the log (no leader yet) is retried with a
+ *   short backoff, a bounded number of times.
+ * - linearizable reads confirm the read index (ReadIndex, Raft thesis §6.4, forwarded by a
+ *   follower's core to the leader) and wait until this member has applied it; serializable reads
+ *   are served from the local store at once.
+ * - lease keep-alive, time-to-live and lists are answered by the leader, which owns lease
+ *   deadlines: a follower forwards them over the transport's side channel, as etcd forwards them
+ *   over its peer HTTP API (`/leases`, `/leases/internal`).
+ * - watches are served from this member's store (its watch hub), as etcd serves a watch from the
+ *   member the client's stream is connected to.
+ *
+ * Members learn each other's client URLs and names over the side channel (etcd publishes them
+ * through Raft at start): Cluster.MemberList lists a peer's client URLs once it has answered.
+ */
+import { randomBytes } from 'node:crypto';
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { toBytes } from '../../src/keys.js';
+import type { KV } from '../../src/kv.js';
+import { limits as clientLimits } from '../../src/limits.js';
+import type {
+  Bytes,
+  CallOptions,
+  CompactOptions,
+  DeleteOptions,
+  DeleteResult,
+  GetOptions,
+  KeyValue,
+  LeaseApi,
+  PutOptions,
+  PutResult,
+  RangeOptions,
+  RangeResult,
+  StatusResult,
+  Txn,
+  TxnResult,
+  Watch,
+  WatchOptions,
+} from '../../src/types.js';
+import {
+  checkBytes,
+  checkKey,
+  checkLeaseId,
+  checkNonNegativeInt,
+  checkOptionsObject,
+  checkPutOptions,
+  checkRevision,
+  checkSignal,
+  checkTtl,
+  checkTxn,
+} from '../../src/validate.js';
+import { Role } from './consensus/types.js';
+import { type CommandBody, RaftNode } from './node/node.js';
+import type { MemberBackend, MemberDescription, MemberInfo, RequestLimits } from './server/api.js';
+import { hexId, type Identity, writeIdentity } from './server/ids.js';
+import { DiskStorage } from './storage/disk-storage.js';
+import { Reader, Writer } from './transport/codec.js';
+import { TcpTransport, type TransportLogger } from './transport/tcp.js';
+
+/** The etcd API version this member speaks (Maintenance.Status `version`). */
+export const memberVersion = '3.4.0';
+
+/** Side-channel request kinds. */
+export const RequestKind = { KeepAlive: 1, TimeToLive: 2, Leases: 3, Attributes: 4 } as const;
+
+/** Keys returned by a forwarded time-to-live with keys (a bound on one answer's size). */
+export const ttlKeysMax = 100_000;
+/** How often a member asks peers it has no client URLs for (until it has them all). */
+export const attributesPollMs = 1000;
+
+export interface MemberOptions {
+  readonly identity: Identity;
+  readonly dataDir: string;
+  /** Where to accept peer connections (from `--listen-peer-urls`). */
+  readonly listenPeer: { readonly host: string; readonly port: number };
+  /** `--heartbeat-interval` (ms): one Raft tick. */
+  readonly heartbeatMs: number;
+  /** `--election-timeout` (ms). */
+  readonly electionTimeoutMs: number;
+  /** `--snapshot-count`. */
+  readonly snapshotEntries?: number;
+  readonly limits: RequestLimits;
+  readonly log: TransportLogger;
+}
+
+/** etcd's minimum lease TTL: ceil(1.5 × election timeout) in seconds. */
+export function minTtlSecondsFor(heartbeatMs: number, electionTimeoutMs: number): number {
+  const electionTicks = Math.floor(electionTimeoutMs / heartbeatMs);
+  return Math.max(1, Math.ceil((Math.floor((3 * electionTicks) / 2) * heartbeatMs) / 1000));
+}
+
+/** Whether `dataDir` holds a WAL (a member started there before). */
+export async function hasWal(dataDir: string): Promise<boolean> {
+  try {
+    await access(join(dataDir, 'wal'));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export class Member implements MemberBackend {
+  readonly identity: Identity;
+  readonly node: RaftNode;
+  readonly transport: TcpTransport;
+  readonly kv: MemberKV;
+  readonly info: MemberInfo;
+  readonly limits: RequestLimits;
+  readonly requestTimeoutMs: number;
+  readonly #o: MemberOptions;
+  readonly #byNode = new Map<number, Identity['members'][number]>();
+  #poll: ReturnType<typeof setInterval> | undefined;
+  #stopping: Promise<void> | undefined;
+
+  private constructor(o: MemberOptions, transport: TcpTransport, storage: DiskStorage) {
+    this.#o = o;
+    this.identity = o.identity;
+    this.limits = o.limits;
+    this.transport = transport;
+    for (const m of o.identity.members) this.#byNode.set(m.nodeId, m);
+    const electionTicks = Math.max(2, Math.floor(o.electionTimeoutMs / o.heartbeatMs));
+    // etcd's request timeout: 5 s plus two election timeouts.
+    this.requestTimeoutMs = 5000 + 2 * o.electionTimeoutMs;
+    this.node = new RaftNode({
+      id: o.identity.nodeId,
+      voters: o.identity.members.map((m) => m.nodeId),
+      transport,
+      tickMs: o.heartbeatMs,
+      electionTicks,
+      heartbeatTicks: 1,
+      minTtlSeconds: minTtlSecondsFor(o.heartbeatMs, o.electionTimeoutMs),
+      requestTimeoutMs: this.requestTimeoutMs,
+      now: () => performance.now(),
+      random: Math.random,
+      storage,
+      ...(o.snapshotEntries !== undefined ? { snapshotEntries: o.snapshotEntries } : {}),
+      onFatal: (err) => o.log.error({ err: String(err) }, 'storage failed: the member stopped serving'),
+    });
+    transport.serve((from, kind, body) => this.#serveRequest(from, kind, body));
+    this.kv = new MemberKV(this);
+    this.info = this.#makeInfo();
+    this.#poll = setInterval(() => void this.#learnAttributes(), attributesPollMs);
+    void this.#learnAttributes();
+  }
+
+  /** Opens the data dir (recovering the WAL and snapshots), listens for peers and starts the Raft node. */
+  static async start(o: MemberOptions): Promise<Member> {
+    const id = o.identity;
+    const self = id.members.find((m) => m.id === id.memberId)!;
+    const peers = id.members
+      .filter((m) => m.id !== id.memberId)
+      .map((m) => {
+        const u = new URL(m.peerUrls[0]!);
+        return {
+          nodeId: m.nodeId,
+          memberId: m.id,
+          host: u.hostname.replace(/^\[|\]$/g, ''),
+          port: Number(u.port),
+        };
+      });
+    const transport = new TcpTransport({
+      clusterId: id.clusterId,
+      nodeId: self.nodeId,
+      memberId: id.memberId,
+      peers,
+      listen: o.listenPeer,
+      log: o.log,
+    });
+    await transport.listen();
+    let storage: DiskStorage;
+    try {
+      storage = await DiskStorage.open({
+        dataDir: o.dataDir,
+        nodeId: self.nodeId,
+        voters: id.members.map((m) => m.nodeId),
+        log: (message) => o.log.warn({}, `storage: ${message}`),
+      });
+    } catch (err) {
+      await transport.close();
+      throw err;
+    }
+    o.log.info(
+      {
+        member: hexId(id.memberId),
+        cluster: hexId(id.clusterId),
+        name: id.name,
+        recovered: { snapshot: storage.snapshot().meta.index, lastIndex: storage.lastIndex() },
+      },
+      'member started',
+    );
+    return new Member(o, transport, storage);
+  }
+
+  get stopped(): boolean {
+    return this.node.stopped;
+  }
+
+  memberIdOf(nodeId: number): bigint {
+    return this.#byNode.get(nodeId)?.id ?? 0n;
+  }
+
+  /** The leader's node id, waiting (bounded by the request timeout) while there is none. */
+  async leaderNode(signal?: AbortSignal): Promise<number> {
+    const until = performance.now() + this.requestTimeoutMs;
+    for (;;) {
+      if (this.node.stopped) throw new ConclaveError(ErrorCode.Unavailable, 'etcdserver: server stopped');
+      const lead = this.node.raft.lead;
+      if (lead !== 0) return lead;
+      signal?.throwIfAborted();
+      if (performance.now() > until) throw new ConclaveError(ErrorCode.Unavailable, 'etcdserver: no leader');
+      await new Promise((r) => setTimeout(r, this.#o.heartbeatMs));
+    }
+  }
+
+  #makeInfo(): MemberInfo {
+    const n = this.node;
+    const id = this.identity;
+    return {
+      clusterId: id.clusterId,
+      memberId: id.memberId,
+      version: memberVersion,
+      revision: () => n.store.revision,
+      raftTerm: () => n.raft.term,
+      leaderId: () => this.memberIdOf(n.raft.lead),
+      raftIndex: () => n.raft.log.lastIndex,
+      raftAppliedIndex: () => n.store.appliedIndex,
+      // The size of the newest snapshot of the store (what a new member would receive); 0 before
+      // the first snapshot. docs/server.md says so.
+      dbSizeBytes: () => n.storage.snapshot().data.length,
+      members: (): readonly MemberDescription[] =>
+        id.members.map((m) => ({
+          id: m.id,
+          name: m.name,
+          peerUrls: m.peerUrls,
+          clientUrls: m.clientUrls,
+          isLearner: false,
+        })),
+    };
+  }
+
+  // ----------------------------------------------------------------------------------------------
+  // Side channel: what a follower forwards to the leader
+
+  async #serveRequest(_from: number, kind: number, body: Uint8Array): Promise<Uint8Array> {
+    switch (kind) {
+      case RequestKind.KeepAlive: {
+        const id = new Reader(body).id();
+        const w = new Writer(Buffer.alloc(8));
+        w.u64(await this.kv.keepAliveHere(BigInt.asIntN(64, id)));
+        return w.buf;
+      }
+      case RequestKind.TimeToLive: {
+        const r = new Reader(body);
+        const id = BigInt.asIntN(64, r.id());
+        const t = await this.kv.timeToLiveHere(id, r.u8() === 1);
+        return encodeTtl(t);
+      }
+      case RequestKind.Leases: {
+        const ids = await this.kv.leasesHere();
+        const w = new Writer(Buffer.alloc(4 + 8 * ids.length));
+        w.u32(ids.length);
+        for (const id of ids) w.id(BigInt.asUintN(64, id));
+        return w.buf;
+      }
+      case RequestKind.Attributes: {
+        const self = this.identity.members.find((m) => m.id === this.identity.memberId)!;
+        return Buffer.from(JSON.stringify({ name: self.name, clientUrls: self.clientUrls }));
+      }
+      default:
+        throw new ConclaveError(ErrorCode.InvalidArgument, `unknown peer request kind ${kind}`);
+    }
+  }
+
+  /** Asks peers whose client URLs are unknown for them; persists what changed. */
+  async #learnAttributes(): Promise<void> {
+    const missing = this.identity.members.filter(
+      (m) => m.id !== this.identity.memberId && m.clientUrls.length === 0,
+    );
+    if (missing.length === 0) {
+      clearInterval(this.#poll);
+      return;
+    }
+    let changed = false;
+    for (const m of missing) {
+      if (!this.transport.connected(m.nodeId)) continue;
+      try {
+        const b = await this.transport.request(m.nodeId, RequestKind.Attributes, new Uint8Array(0), 2000);
+        const a = JSON.parse(Buffer.from(b).toString('utf8')) as { clientUrls?: unknown };
+        if (Array.isArray(a.clientUrls) && a.clientUrls.length > 0) {
+          m.clientUrls = a.clientUrls.map(String).slice(0, 16);
+          changed = true;
+        }
+      } catch {
+        // Not reachable yet: asked again at the next poll.
+      }
+    }
+    if (changed && !this.stopped) {
+      await writeIdentity(this.#o.dataDir, this.identity).catch((err: unknown) =>
+        this.#o.log.warn({ err: String(err) }, 'could not record peers client URLs'),
+      );
+    }
+  }
+
+  // ----------------------------------------------------------------------------------------------
+  // Shutdown
+
+  /**
+   * A leader hands leadership to its most up-to-date follower first (etcd does the same on
+   * SIGTERM: `TransferLeadership` before stopping), waiting at most `timeoutMs`; resolves whether
+   * this member is no longer leader.
+   */
+  async transferLeadership(timeoutMs: number): Promise<boolean> {
+    const raft = this.node.raft;
+    if (raft.role !== Role.Leader) return true;
+    let best = 0;
+    let bestMatch = -1;
+    for (const [id, pr] of raft.prs) {
+      if (id === raft.id || !this.transport.connected(id)) continue;
+      if (pr.match > bestMatch) {
+        best = id;
+        bestMatch = pr.match;
+      }
+    }
+    if (best === 0) return false;
+    this.#o.log.info({ to: hexId(this.memberIdOf(best)) }, 'transferring leadership before stopping');
+    // The core sends TimeoutNow once the target has caught up (Raft thesis §3.10); the node's next
+    // tick (one heartbeat interval) carries the messages out.
+    raft.transferLeader(best);
+    const until = performance.now() + timeoutMs;
+    while (performance.now() < until) {
+      if (this.node.raft.role !== Role.Leader) return true;
+      await new Promise((r) => setTimeout(r, Math.max(5, this.#o.heartbeatMs / 2)));
+    }
+    return this.node.raft.role !== Role.Leader;
+  }
+
+  /** Stops the member: pending requests fail `unavailable`, storage is synced and closed, peers dropped. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      clearInterval(this.#poll);
+      await this.kv.close();
+      await this.node.stop();
+      await this.transport.close();
+    })();
+    return this.#stopping;
+  }
+}
+
+interface TtlAnswer {
+  ttlSeconds: number;
+  grantedTtlSeconds: number;
+  keys: Uint8Array[];
+}
+
+function encodeTtl(t: TtlAnswer): Uint8Array {
+  const size = 8 + 8 + 4 + t.keys.reduce((n, k) => n + 4 + k.length, 0);
+  const w = new Writer(Buffer.alloc(size));
+  w.buf.writeDoubleLE(t.ttlSeconds, 0);
+  w.buf.writeDoubleLE(t.grantedTtlSeconds, 8);
+  w.p = 16;
+  w.u32(t.keys.length);
+  for (const k of t.keys) {
+    w.u32(k.length);
+    w.bytes(k);
+  }
+  return w.buf;
+}
+
+function decodeTtl(b: Uint8Array): TtlAnswer {
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  const r = new Reader(b, 16);
+  const n = r.u32();
+  if (n > ttlKeysMax) throw new ConclaveError(ErrorCode.Internal, `a time-to-live answer with ${n} keys`);
+  const keys: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) keys.push(new Uint8Array(r.view(r.u32())));
+  return { ttlSeconds: buf.readDoubleLE(0), grantedTtlSeconds: buf.readDoubleLE(8), keys };
+}
+
+/** The KV contract served by one member (see the module comment for how each call is served). */
+export class MemberKV implements KV {
+  readonly #m: Member;
+  #closed = false;
+  readonly #watches = new Set<Watch>();
+  readonly lease: LeaseApi;
+
+  constructor(m: Member) {
+    this.#m = m;
+    this.lease = {
+      grant: async (ttl, o = {}) => {
+        this.#open(o);
+        checkTtl('ttlSeconds', ttl);
+        const id =
+          o.id === undefined || o.id === 0n
+            ? BigInt(`0x${randomBytes(6).toString('hex')}`) + 1n
+            : checkLeaseId('id', o.id);
+        return this.#write({ op: 'grant', lease: id, ttlSeconds: ttl }, o.signal);
+      },
+      revoke: async (id, o = {}) => {
+        this.#open(o);
+        checkLeaseId('id', id, { allowZero: false });
+        return this.#write({ op: 'revoke', lease: id }, o.signal);
+      },
+      keepAliveOnce: async (id, o = {}) => {
+        this.#open(o);
+        checkLeaseId('id', id, { allowZero: false });
+        const ttlSeconds = await this.#atLeader(
+          () => this.keepAliveHere(id),
+          (lead) => this.#ask(lead, RequestKind.KeepAlive, idBody(id)).then((b) => new Reader(b).u64()),
+          o.signal,
+        );
+        return { id, ttlSeconds };
+      },
+      timeToLive: async (id, o = {}) => {
+        this.#open(o);
+        checkLeaseId('id', id, { allowZero: false });
+        const keys = o.keys === true;
+        const t = await this.#atLeader(
+          () => this.timeToLiveHere(id, keys),
+          (lead) => {
+            const body = Buffer.alloc(9);
+            body.writeBigUInt64LE(BigInt.asUintN(64, id), 0);
+            body[8] = keys ? 1 : 0;
+            return this.#ask(lead, RequestKind.TimeToLive, body).then(decodeTtl);
+          },
+          o.signal,
+        );
+        return { id, ...t };
+      },
+      list: async (o = {}) => {
+        this.#open(o);
+        return this.#atLeader(
+          () => this.leasesHere(),
+          (lead) =>
+            this.#ask(lead, RequestKind.Leases, new Uint8Array(0)).then((b) => {
+              const r = new Reader(b);
+              const n = r.u32();
+              const out: bigint[] = [];
+              for (let i = 0; i < n; i++) out.push(BigInt.asIntN(64, r.id()));
+              return out;
+            }),
+          o.signal,
+        );
+      },
+    };
+  }
+
+  // ----------------------------------------------------------------------------------------------
+  // Lease calls answered on the leader (here, or forwarded here by a follower)
+
+  #requireLeader(): void {
+    if (this.#m.node.raft.role !== Role.Leader)
+      throw new ConclaveError(ErrorCode.NotLeader, 'etcdserver: not leader; retry', { retryable: true });
+  }
+
+  /** Keep-alive on the leader: the remaining TTL, 0 when the lease is unknown (etcd's answer). */
+  async keepAliveHere(id: bigint): Promise<number> {
+    this.#requireLeader();
+    const n = this.#m.node;
+    return n.store.leases.renew(id, performance.now());
+  }
+
+  async timeToLiveHere(id: bigint, withKeys: boolean): Promise<TtlAnswer> {
+    this.#requireLeader();
+    const n = this.#m.node;
+    await n.readIndex();
+    const lease = n.store.leases.get(id);
+    const keys =
+      withKeys && lease
+        ? [...lease.keys].slice(0, ttlKeysMax).map((k) => new Uint8Array(Buffer.from(k, 'latin1')))
+        : [];
+    return {
+      ttlSeconds: n.store.leases.remainingSeconds(id, performance.now()),
+      grantedTtlSeconds: lease?.grantedTtlSeconds ?? 0,
+      keys,
+    };
+  }
+
+  async leasesHere(): Promise<bigint[]> {
+    this.#requireLeader();
+    await this.#m.node.readIndex();
+    return [...this.#m.node.store.leases.byId.keys()];
+  }
+
+  #ask(lead: number, kind: number, body: Uint8Array): Promise<Uint8Array> {
+    return this.#m.transport.request(lead, kind, body, this.#m.requestTimeoutMs);
+  }
+
+  /** Runs `here` on the leader or `forward` to it, retrying (bounded) while leadership moves. */
+  async #atLeader<T>(
+    here: () => Promise<T>,
+    forward: (lead: number) => Promise<T>,
+    signal?: AbortSignal,
+  ): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const lead = await this.#m.leaderNode(signal);
+      try {
+        return lead === this.#m.node.id ? await here() : await forward(lead);
+      } catch (err) {
+        if (!ConclaveError.is(err) || !err.retryable || attempt >= clientLimits.retryAttemptsMax) throw err;
+        await new Promise((r) => setTimeout(r, 20 * attempt));
+      }
+    }
+  }
+
+  // ----------------------------------------------------------------------------------------------
+
+  #open(o: CallOptions | undefined): void {
+    checkOptionsObject('options', o);
+    checkSignal(o);
+    if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the member is stopping');
+    o?.signal?.throwIfAborted();
+  }
+
+  /** Proposes on this member, retrying (bounded) only refusals that certainly did not apply. */
+  async #write<T>(cmd: CommandBody, signal?: AbortSignal): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const r = await this.#m.node.propose<T>(cmd);
+        signal?.throwIfAborted();
+        return r;
+      } catch (err) {
+        if (!ConclaveError.is(err) || !err.retryable || attempt >= clientLimits.retryAttemptsMax) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(this.#m.requestTimeoutMs / 8, 50 * attempt)));
+        signal?.throwIfAborted();
+      }
+    }
+  }
+
+  async #read(o: { serializable?: boolean; signal?: AbortSignal }): Promise<void> {
+    if (o.serializable) return;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#m.node.readIndex();
+        return;
+      } catch (err) {
+        if (!ConclaveError.is(err) || !err.retryable || attempt >= clientLimits.retryAttemptsMax) throw err;
+        await new Promise((r) => setTimeout(r, 20 * attempt));
+        o.signal?.throwIfAborted();
+      }
+    }
+  }
+
+  #checkRange(key: Bytes, o: RangeOptions | DeleteOptions): void {
+    checkBytes('key', key);
+    if (!o.prefix && !o.fromKey && o.end === undefined) checkKey('key', key);
+    const r = o as RangeOptions;
+    if (r.limit !== undefined) checkNonNegativeInt('limit', r.limit);
+    if (r.revision !== undefined) checkRevision('revision', r.revision);
+    for (const f of ['minModRevision', 'maxModRevision', 'minCreateRevision', 'maxCreateRevision'] as const) {
+      if (r[f] !== undefined) checkRevision(f, r[f]);
+    }
+  }
+
+  async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
+    this.#open(o);
+    checkKey('key', key);
+    if (o.revision !== undefined) checkRevision('revision', o.revision);
+    await this.#read(o);
+    return this.#m.node.store.range(key, o).kvs[0];
+  }
+
+  async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
+    this.#open(o);
+    this.#checkRange(key, o);
+    await this.#read(o);
+    return this.#m.node.store.range(key, o);
+  }
+
+  async put(key: Bytes, value: Bytes, o: PutOptions = {}): Promise<PutResult> {
+    this.#open(o);
+    const k = checkKey('key', key);
+    const v = checkBytes('value', value);
+    if (o.lease !== undefined) checkLeaseId('lease', o.lease);
+    checkPutOptions('put', v, o);
+    const { signal: _s, ...opts } = o;
+    return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
+  }
+
+  async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
+    this.#open(o);
+    this.#checkRange(key, o);
+    const { signal: _s, ...opts } = o;
+    return this.#write({ op: 'delete', key: toBytes(key), opts }, o.signal);
+  }
+
+  async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
+    this.#open(o);
+    checkTxn(t);
+    return this.#write({ op: 'txn', txn: t }, o.signal);
+  }
+
+  watch(key: Bytes, o: WatchOptions = {}): Watch {
+    this.#open(o);
+    checkBytes('key', key);
+    if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
+    const w = this.#m.node.store.hub.watch(key, o);
+    this.#watches.add(w);
+    const close = w.close.bind(w);
+    w.close = async () => {
+      this.#watches.delete(w);
+      await close();
+    };
+    return w;
+  }
+
+  async compact(revision: number, o: CompactOptions = {}): Promise<void> {
+    this.#open(o);
+    checkRevision('revision', revision, { allowZero: false });
+    const { signal: _s, ...opts } = o;
+    await this.#write({ op: 'compact', revision, opts }, o.signal);
+  }
+
+  async status(o: CallOptions = {}): Promise<StatusResult> {
+    this.#open(o);
+    const i = this.#m.info;
+    return {
+      revision: i.revision(),
+      version: i.version,
+      memberId: i.memberId,
+      leader: i.leaderId(),
+      raftTerm: i.raftTerm(),
+      raftIndex: i.raftIndex(),
+      dbSizeBytes: i.dbSizeBytes(),
+    };
+  }
+
+  /** Refuses new calls and ends open watches (the member itself is stopped by `Member.stop`). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all([...this.#watches].map((w) => w.close()));
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function idBody(id: bigint): Uint8Array {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt.asUintN(64, id), 0);
+  return b;
+}
