@@ -74,6 +74,8 @@ export const RequestKind = { KeepAlive: 1, TimeToLive: 2, Leases: 3, Attributes:
 
 /** Keys returned by a forwarded time-to-live with keys (a bound on one answer's size). */
 export const ttlKeysMax = 100_000;
+/** The pause between attempts of a lease call while leadership settles. */
+export const leaderRetryMs = 10;
 /** How often a member asks peers it has no client URLs for (until it has them all). */
 export const attributesPollMs = 1000;
 
@@ -142,6 +144,7 @@ export class Member implements MemberBackend {
       now: () => performance.now(),
       random: Math.random,
       storage,
+      limits: o.limits,
       ...(o.snapshotEntries !== undefined ? { snapshotEntries: o.snapshotEntries } : {}),
       onFatal: (err) => o.log.error({ err: String(err) }, 'storage failed: the member stopped serving'),
     });
@@ -461,11 +464,12 @@ export class MemberKV implements KV {
       throw new ConclaveError(ErrorCode.NotLeader, 'etcdserver: not leader; retry', { retryable: true });
   }
 
-  /** Keep-alive on the leader: the remaining TTL, 0 when the lease is unknown (etcd's answer). */
-  async keepAliveHere(id: bigint): Promise<number> {
-    this.#requireLeader();
-    const n = this.#m.node;
-    return n.store.leases.renew(id, performance.now());
+  /**
+   * Keep-alive on the lease primary (node.ts `renewLease`): the TTL granted, 0 when the lease is
+   * unknown, and for an expiring lease 0 once its revocation applied (it is never revived).
+   */
+  keepAliveHere(id: bigint): Promise<number> {
+    return this.#m.node.renewLease(id);
   }
 
   async timeToLiveHere(id: bigint, withKeys: boolean): Promise<TtlAnswer> {
