@@ -24,6 +24,12 @@ export {
 export { DoubleBarrier } from './double-barrier.js';
 export { Election, type Leader, type Leadership, type Observation } from './election.js';
 export type { HeldKey } from './internal/hold.js';
+export {
+  MultiLock,
+  type MultiLockHandle,
+  type MultiLockHeld,
+  multiLockNamesMax,
+} from './multi-lock.js';
 export { type LockHandle, type LockHeld, Mutex, type MutexOptions } from './mutex.js';
 export {
   decodeEndpoint,

@@ -6,6 +6,7 @@ import { registerElectionTests } from './election.js';
 import { registerFailoverTests } from './failover.js';
 import { registerInteropTests } from './interop.js';
 import { registerLossTests } from './loss.js';
+import { registerMultiLockTests } from './multi-lock.js';
 import { registerMutexTests } from './mutex.js';
 import { registerNamingTests } from './naming.js';
 import { registerQueueTests } from './queue.js';
@@ -27,4 +28,5 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('naming', () => registerNamingTests(ctx));
   describe('topic', () => registerTopicTests(ctx));
   describe('work queue', () => registerWorkQueueTests(ctx));
+  describe('multi-lock', () => registerMultiLockTests(ctx));
 };

@@ -8,7 +8,7 @@ import type { RegisterTests } from '../context.js';
 import { sleep, waitFor } from '../util.js';
 
 /** `etcdctl lock NAME` prints the lock key once it holds the lock, and holds it until killed. */
-function etcdctlLock(endpoints: string[], name: string): { child: ChildProcess; out: () => string } {
+export function etcdctlLock(endpoints: string[], name: string): { child: ChildProcess; out: () => string } {
   let out = '';
   const child = spawn('etcdctl', ['--endpoints', endpoints.join(','), 'lock', name], {
     env: { ...process.env, ETCDCTL_API: '3' },
@@ -19,7 +19,7 @@ function etcdctlLock(endpoints: string[], name: string): { child: ChildProcess; 
   return { child, out: () => out };
 }
 
-async function stop(child: ChildProcess): Promise<void> {
+export async function stop(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGINT');
