@@ -1,0 +1,739 @@
+/**
+ * The client API of one `conclave serve` member: etcd 3.4's v3 gRPC services over any
+ * `MemberBackend` (api.ts), served with @grpc/grpc-js.
+ *
+ * Served: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Lease (Grant, Revoke, KeepAlive,
+ * TimeToLive, Leases), Cluster.MemberList, Maintenance (Status, Alarm), grpc.health.v1.Health.
+ * Anything else is answered UNIMPLEMENTED by grpc-js. docs/server-api.md lists what is served,
+ * what is not and why, and the error mapping.
+ *
+ * Every response header carries cluster_id, member_id, revision and raft_term, as etcd's do.
+ * Requests are checked at this edge the way etcd's v3rpc layer checks them (key.go), so a bad
+ * request is refused with etcd's text before it reaches the member; failures from the member are
+ * mapped by errors.ts.
+ *
+ * Hot path (the CPU budget): handlers are registered directly (no interceptors, no service
+ * wrapper), messages are encoded and decoded by protobufjs's generated code, header IDs are
+ * precomputed, and a request over max-request-bytes is refused from its size without decoding.
+ */
+import * as grpc from '@grpc/grpc-js';
+import protobuf from 'protobufjs';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { limits } from '../../../src/limits.js';
+import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
+import type { MemberBackend } from './api.js';
+import { type ContextOptions, ServerContext } from './context.js';
+import { etcdErrors, type GrpcFailure } from './errors.js';
+import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
+import { type PbWatchRequest, WatchStream } from './watch.js';
+import {
+  bytesOf,
+  deleteBody,
+  deleteOptions,
+  type PbDeleteRangeRequest,
+  type PbPutRequest,
+  type PbRangeRequest,
+  type PbRequestOp,
+  type PbTxnRequest,
+  putBody,
+  putOptions,
+  rangeBody,
+  rangeOptions,
+  txnBody,
+  txnOf,
+  wire64,
+} from './wire.js';
+
+export interface ClientServerOptions {
+  /** Loopback or any address to listen on (default 127.0.0.1). */
+  host?: string;
+  /** 0 picks a free port (see `ClientServer.port`). */
+  port?: number;
+  /** HTTP/2 streams one connection may have open at once (etcd: --max-concurrent-streams). */
+  maxConcurrentStreams?: number;
+  /** Unary calls being served at once before "etcdserver: too many requests". */
+  pendingRequestsMax?: number;
+  /** Watch and keep-alive streams open at once before "etcdserver: too many requests". */
+  streamsMax?: number;
+  /** Watches on one Watch stream. */
+  watchesPerStreamMax?: number;
+  /** Batches one served watch buffers while its stream is not writable, before a resync. */
+  watchBufferBatchesMax?: number;
+  /** Requests queued on one stream before it stops reading. */
+  streamRequestsPendingMax?: number;
+  /** etcd's --experimental-watch-progress-notify-interval (default 10 min; at least 100 ms). */
+  progressNotifyIntervalMs?: number;
+  /**
+   * How often a leaderless member is noticed (etcd: one election timeout). After three checks in a
+   * row without a leader, streams opened with `hasleader=true` end with "etcdserver: no leader".
+   */
+  leaderCheckIntervalMs?: number;
+  /** etcd's --grpc-keepalive-interval (default 2 h) and --grpc-keepalive-timeout (default 20 s). */
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
+}
+
+export interface ClientServer {
+  readonly port: number;
+  readonly server: grpc.Server;
+  /** Streams open now (tests and diagnostics). */
+  readonly openStreams: number;
+  /** Stops accepting, ends open streams with "etcdserver: server stopped", then shuts down. */
+  close(): Promise<void>;
+}
+
+/** Defaults of the bounds (every one has a name ending in Max in the options). */
+export const clientServerDefaults = {
+  maxConcurrentStreams: 1024,
+  pendingRequestsMax: 10_000,
+  streamsMax: 10_000,
+  watchesPerStreamMax: limits.watchesPerStreamMax,
+  watchBufferBatchesMax: 128,
+  streamRequestsPendingMax: 1024,
+  progressNotifyIntervalMs: 10 * 60_000,
+  leaderCheckIntervalMs: 1000,
+  keepaliveIntervalMs: 2 * 3600_000,
+  keepaliveTimeoutMs: 20_000,
+} as const;
+
+/** etcd: consecutive leader checks without a leader before hasleader streams are canceled. */
+const noLeaderChecksMax = 3;
+
+const TOO_LARGE = Object.freeze({ tooLarge: true });
+
+type Handler = grpc.handleUnaryCall<never, object>;
+
+function type(name: string): protobuf.Type {
+  return root.lookupType(`etcdserverpb.${name}`);
+}
+
+function encoder(t: protobuf.Type): (m: object) => Buffer {
+  return (m) => {
+    const u = t.encode(m as Record<string, unknown>).finish();
+    return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+  };
+}
+
+/** A decoder; with `maxBytes`, a larger message is not decoded and becomes TOO_LARGE. */
+function decoder(t: protobuf.Type, maxBytes?: number): (b: Buffer) => object {
+  if (maxBytes === undefined) return (b) => t.decode(b);
+  return (b) => (b.length > maxBytes ? TOO_LARGE : t.decode(b));
+}
+
+/** grpc.health.v1: HealthCheckRequest { string service = 1 }, HealthCheckResponse { ServingStatus status = 1 }. */
+const health = protobuf.Root.fromJSON({
+  nested: {
+    grpc: {
+      nested: {
+        health: {
+          nested: {
+            v1: {
+              nested: {
+                HealthCheckRequest: { fields: { service: { type: 'string', id: 1 } } },
+                HealthCheckResponse: { fields: { status: { type: 'int32', id: 1 } } },
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+});
+const SERVING = 1;
+
+function fail(cb: grpc.sendUnaryData<object>, f: GrpcFailure): void {
+  cb({ code: f.code, details: f.details } as grpc.ServiceError);
+}
+
+/** Starts serving `backend` on `host:port`; resolves once bound. */
+export async function startClientServer(
+  backend: MemberBackend,
+  opts: ClientServerOptions = {},
+): Promise<ClientServer> {
+  const d = clientServerDefaults;
+  const o: ContextOptions = {
+    maxRequestBytes: backend.limits.maxRequestBytes,
+    maxTxnOps: backend.limits.maxTxnOps,
+    pendingRequestsMax: opts.pendingRequestsMax ?? d.pendingRequestsMax,
+    streamsMax: opts.streamsMax ?? d.streamsMax,
+    watchesPerStreamMax: opts.watchesPerStreamMax ?? d.watchesPerStreamMax,
+    watchBufferBatchesMax: opts.watchBufferBatchesMax ?? d.watchBufferBatchesMax,
+    streamRequestsPendingMax: opts.streamRequestsPendingMax ?? d.streamRequestsPendingMax,
+  };
+  const ctx = new ServerContext(backend, o);
+  const { kv, info } = backend;
+  const maxReq = o.maxRequestBytes;
+
+  const server = new grpc.Server({
+    // etcd: MaxRecvMsgSize = max-request-bytes + grpcOverheadBytes (512 KiB); larger messages are
+    // refused by gRPC itself (RESOURCE_EXHAUSTED), smaller ones over the limit by us with etcd's text.
+    'grpc.max_receive_message_length': maxReq + 512 * 1024,
+    'grpc.max_send_message_length': 2 ** 31 - 1,
+    'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? d.maxConcurrentStreams,
+    'grpc.keepalive_time_ms': opts.keepaliveIntervalMs ?? d.keepaliveIntervalMs,
+    'grpc.keepalive_timeout_ms': opts.keepaliveTimeoutMs ?? d.keepaliveTimeoutMs,
+    // Per-call bookkeeping nobody reads here.
+    'grpc.enable_channelz': 0,
+  });
+
+  const unary = (
+    path: string,
+    req: protobuf.Type,
+    res: protobuf.Type,
+    handler: Handler,
+    checkSize = false,
+  ): void => {
+    server.register(
+      path,
+      handler as grpc.UntypedHandleCall,
+      encoder(res),
+      decoder(req, checkSize ? maxReq : undefined),
+      'unary',
+    );
+  };
+
+  /** Common entry checks of a unary call; returns false (after answering) when it must not run. */
+  const admit = (call: grpc.ServerUnaryCall<unknown, object>, cb: grpc.sendUnaryData<object>): boolean => {
+    if (call.request === TOO_LARGE) {
+      fail(cb, etcdErrors.requestTooLarge);
+      return false;
+    }
+    if (ctx.leaderMissing(call.metadata)) {
+      fail(cb, etcdErrors.noLeader);
+      return false;
+    }
+    if (ctx.inflight >= o.pendingRequestsMax) {
+      fail(cb, etcdErrors.tooManyRequests);
+      return false;
+    }
+    return true;
+  };
+
+  // ---- KV ------------------------------------------------------------------------------------
+
+  const T = {
+    RangeRequest: type('RangeRequest'),
+    RangeResponse: type('RangeResponse'),
+    PutRequest: type('PutRequest'),
+    PutResponse: type('PutResponse'),
+    DeleteRangeRequest: type('DeleteRangeRequest'),
+    DeleteRangeResponse: type('DeleteRangeResponse'),
+    TxnRequest: type('TxnRequest'),
+    TxnResponse: type('TxnResponse'),
+    CompactionRequest: type('CompactionRequest'),
+    CompactionResponse: type('CompactionResponse'),
+    WatchRequest: type('WatchRequest'),
+    WatchResponse: type('WatchResponse'),
+    LeaseGrantRequest: type('LeaseGrantRequest'),
+    LeaseGrantResponse: type('LeaseGrantResponse'),
+    LeaseRevokeRequest: type('LeaseRevokeRequest'),
+    LeaseRevokeResponse: type('LeaseRevokeResponse'),
+    LeaseKeepAliveRequest: type('LeaseKeepAliveRequest'),
+    LeaseKeepAliveResponse: type('LeaseKeepAliveResponse'),
+    LeaseTimeToLiveRequest: type('LeaseTimeToLiveRequest'),
+    LeaseTimeToLiveResponse: type('LeaseTimeToLiveResponse'),
+    LeaseLeasesRequest: type('LeaseLeasesRequest'),
+    LeaseLeasesResponse: type('LeaseLeasesResponse'),
+    MemberListRequest: type('MemberListRequest'),
+    MemberListResponse: type('MemberListResponse'),
+    AlarmRequest: type('AlarmRequest'),
+    AlarmResponse: type('AlarmResponse'),
+    StatusRequest: type('StatusRequest'),
+    StatusResponse: type('StatusResponse'),
+  };
+
+  unary('/etcdserverpb.KV/Range', T.RangeRequest, T.RangeResponse, (async (
+    call: grpc.ServerUnaryCall<PbRangeRequest, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    const r = call.request;
+    const key = bytesOf(r.key);
+    if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
+    ctx.inflight++;
+    try {
+      const res = await kv.range(key, rangeOptions(r));
+      const body = rangeBody(res);
+      body.header = ctx.header(res.revision);
+      cb(null, body);
+    } catch (err) {
+      fail(cb, ctx.failure(err));
+    } finally {
+      ctx.inflight--;
+    }
+  }) as Handler);
+
+  unary(
+    '/etcdserverpb.KV/Put',
+    T.PutRequest,
+    T.PutResponse,
+    (async (call: grpc.ServerUnaryCall<PbPutRequest, object>, cb: grpc.sendUnaryData<object>) => {
+      if (!admit(call, cb)) return;
+      const r = call.request;
+      const key = bytesOf(r.key);
+      if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
+      const value = bytesOf(r.value);
+      if (r.ignoreValue && value.length > 0) return fail(cb, etcdErrors.valueProvided);
+      const lease = big(r.lease);
+      if (r.ignoreLease && lease !== 0n) return fail(cb, etcdErrors.leaseProvided);
+      // The contract has no negative lease ids; etcd has none it would find either.
+      if (lease < 0n) return fail(cb, etcdErrors.leaseNotFound);
+      ctx.inflight++;
+      try {
+        const res = await kv.put(key, value, putOptions(r));
+        const body = putBody(res);
+        body.header = ctx.header(res.revision);
+        cb(null, body);
+      } catch (err) {
+        fail(cb, ctx.failure(err));
+      } finally {
+        ctx.inflight--;
+      }
+    }) as Handler,
+    true,
+  );
+
+  unary(
+    '/etcdserverpb.KV/DeleteRange',
+    T.DeleteRangeRequest,
+    T.DeleteRangeResponse,
+    (async (call: grpc.ServerUnaryCall<PbDeleteRangeRequest, object>, cb: grpc.sendUnaryData<object>) => {
+      if (!admit(call, cb)) return;
+      const r = call.request;
+      const key = bytesOf(r.key);
+      if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
+      ctx.inflight++;
+      try {
+        const res = await kv.delete(key, deleteOptions(r));
+        const body = deleteBody(res);
+        body.header = ctx.header(res.revision);
+        cb(null, body);
+      } catch (err) {
+        fail(cb, ctx.failure(err));
+      } finally {
+        ctx.inflight--;
+      }
+    }) as Handler,
+    true,
+  );
+
+  unary(
+    '/etcdserverpb.KV/Txn',
+    T.TxnRequest,
+    T.TxnResponse,
+    (async (call: grpc.ServerUnaryCall<PbTxnRequest, object>, cb: grpc.sendUnaryData<object>) => {
+      if (!admit(call, cb)) return;
+      const r = call.request;
+      const refused = checkTxnRequest(r, o.maxTxnOps);
+      if (refused) return fail(cb, refused);
+      ctx.inflight++;
+      try {
+        const res = await kv.txn(txnOf(r));
+        const body = txnBody(res);
+        body.header = ctx.header(res.revision);
+        cb(null, body);
+      } catch (err) {
+        fail(cb, ctx.failure(err));
+      } finally {
+        ctx.inflight--;
+      }
+    }) as Handler,
+    true,
+  );
+
+  unary('/etcdserverpb.KV/Compact', T.CompactionRequest, T.CompactionResponse, (async (
+    call: grpc.ServerUnaryCall<{ revision?: Int64; physical?: boolean }, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    const rev = num(call.request.revision);
+    // etcd (mvcc kvstore.compact): a revision at or below the compacted one (0 and negatives
+    // included) is "compacted"; one above the current revision is "future revision".
+    if (rev <= 0) return fail(cb, etcdErrors.compacted);
+    ctx.inflight++;
+    try {
+      await kv.compact(rev, call.request.physical ? { physical: true } : {});
+      cb(null, { header: ctx.currentHeader() });
+    } catch (err) {
+      fail(cb, ctx.failure(err));
+    } finally {
+      ctx.inflight--;
+    }
+  }) as Handler);
+
+  // ---- Watch ---------------------------------------------------------------------------------
+
+  const watchEncode = encoder(T.WatchResponse);
+  const sizeOf = (m: object): number => T.WatchResponse.encode(m as Record<string, unknown>).len;
+  server.register(
+    '/etcdserverpb.Watch/Watch',
+    ((call: grpc.ServerDuplexStream<PbWatchRequest, object>) => {
+      if (!openStream(call)) return;
+      ctx.streams.add(new WatchStream(ctx, call, sizeOf));
+    }) as grpc.UntypedHandleCall,
+    watchEncode,
+    decoder(T.WatchRequest),
+    'bidi',
+  );
+
+  /** Stream admission: hasleader with no leader, and the stream bound. */
+  function openStream(call: grpc.ServerDuplexStream<unknown, object>): boolean {
+    const f = ctx.leaderMissing(call.metadata)
+      ? etcdErrors.noLeader
+      : ctx.streams.size >= o.streamsMax
+        ? etcdErrors.tooManyRequests
+        : undefined;
+    if (!f) return true;
+    call.emit('error', { code: f.code, details: f.details });
+    return false;
+  }
+
+  // ---- Lease ---------------------------------------------------------------------------------
+
+  unary(
+    '/etcdserverpb.Lease/LeaseGrant',
+    T.LeaseGrantRequest,
+    T.LeaseGrantResponse,
+    (async (
+      call: grpc.ServerUnaryCall<{ TTL?: Int64; ID?: Int64 }, object>,
+      cb: grpc.sendUnaryData<object>,
+    ) => {
+      if (!admit(call, cb)) return;
+      const ttl = num(call.request.TTL);
+      const id = big(call.request.ID);
+      // etcd's lessor: MaxLeaseTTL is 9,000,000,000 s; a TTL below the minimum is raised to it.
+      if (ttl > limits.leaseTtlSecondsMax) return fail(cb, etcdErrors.leaseTtlTooLarge);
+      if (id < 0n)
+        return fail(cb, {
+          code: grpc.status.INVALID_ARGUMENT,
+          details: 'etcdserver: lease ID must be positive (this server does not grant negative IDs)',
+        });
+      ctx.inflight++;
+      try {
+        const g = await kv.lease.grant(Math.max(1, ttl), id === 0n ? {} : { id });
+        cb(null, { header: ctx.currentHeader(), ID: wire64(g.id), TTL: g.ttlSeconds });
+      } catch (err) {
+        fail(cb, ctx.failure(err));
+      } finally {
+        ctx.inflight--;
+      }
+    }) as Handler,
+    true,
+  );
+
+  unary('/etcdserverpb.Lease/LeaseRevoke', T.LeaseRevokeRequest, T.LeaseRevokeResponse, (async (
+    call: grpc.ServerUnaryCall<{ ID?: Int64 }, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    const id = big(call.request.ID);
+    // etcd: no lease has ID 0 (NoLease) or a negative one: "requested lease not found".
+    if (id <= 0n) return fail(cb, etcdErrors.leaseNotFound);
+    ctx.inflight++;
+    try {
+      const r = await kv.lease.revoke(id);
+      cb(null, { header: ctx.header(r.revision) });
+    } catch (err) {
+      fail(cb, ctx.failure(err));
+    } finally {
+      ctx.inflight--;
+    }
+  }) as Handler);
+
+  unary('/etcdserverpb.Lease/LeaseTimeToLive', T.LeaseTimeToLiveRequest, T.LeaseTimeToLiveResponse, (async (
+    call: grpc.ServerUnaryCall<{ ID?: Int64; keys?: boolean }, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    const id = big(call.request.ID);
+    const wid = wire64(id);
+    // etcd answers an unknown lease with TTL -1 (not an error).
+    if (id <= 0n) return cb(null, { header: ctx.currentHeader(), ID: wid, TTL: -1 });
+    ctx.inflight++;
+    try {
+      const t = await kv.lease.timeToLive(id, { keys: !!call.request.keys });
+      const header = ctx.currentHeader();
+      if (t.ttlSeconds < 0) cb(null, { header, ID: wid, TTL: -1 });
+      else cb(null, { header, ID: wid, TTL: t.ttlSeconds, grantedTTL: t.grantedTtlSeconds, keys: t.keys });
+    } catch (err) {
+      if (ConclaveError.is(err, ErrorCode.LeaseNotFound))
+        cb(null, { header: ctx.currentHeader(), ID: wid, TTL: -1 });
+      else fail(cb, ctx.failure(err));
+    } finally {
+      ctx.inflight--;
+    }
+  }) as Handler);
+
+  unary('/etcdserverpb.Lease/LeaseLeases', T.LeaseLeasesRequest, T.LeaseLeasesResponse, (async (
+    call: grpc.ServerUnaryCall<object, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    ctx.inflight++;
+    try {
+      const ids = await kv.lease.list();
+      cb(null, { header: ctx.currentHeader(), leases: ids.map((id) => ({ ID: wire64(id) })) });
+    } catch (err) {
+      fail(cb, ctx.failure(err));
+    } finally {
+      ctx.inflight--;
+    }
+  }) as Handler);
+
+  server.register(
+    '/etcdserverpb.Lease/LeaseKeepAlive',
+    ((call: grpc.ServerDuplexStream<PbKeepAliveRequest, object>) => {
+      if (!openStream(call)) return;
+      ctx.streams.add(new KeepAliveStream(ctx, call));
+    }) as grpc.UntypedHandleCall,
+    encoder(T.LeaseKeepAliveResponse),
+    decoder(T.LeaseKeepAliveRequest),
+    'bidi',
+  );
+
+  // ---- Cluster, Maintenance, Health ----------------------------------------------------------
+
+  unary('/etcdserverpb.Cluster/MemberList', T.MemberListRequest, T.MemberListResponse, ((
+    call: grpc.ServerUnaryCall<object, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    // etcd's ClusterServer header carries no revision.
+    cb(null, {
+      header: ctx.header(0),
+      members: info.members().map((m) => ({
+        ID: wire64(m.id, true),
+        name: m.name,
+        peerURLs: m.peerUrls,
+        clientURLs: m.clientUrls,
+        isLearner: m.isLearner,
+      })),
+    });
+  }) as Handler);
+
+  const alarmNames = { nospace: 1, corrupt: 2 } as const;
+  const alarmTexts = { nospace: 'NOSPACE', corrupt: 'CORRUPT' } as const;
+
+  unary('/etcdserverpb.Maintenance/Alarm', T.AlarmRequest, T.AlarmResponse, ((
+    call: grpc.ServerUnaryCall<{ action?: number; alarm?: number }, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    const action = call.request.action ?? 0;
+    const want = call.request.alarm ?? 0;
+    const raised = (info.alarms?.() ?? []).filter((a) => want === 0 || alarmNames[a.alarm] === want);
+    const alarms = raised.map((a) => ({ memberID: wire64(a.memberId, true), alarm: alarmNames[a.alarm] }));
+    // GET lists; DEACTIVATE of an alarm that is not raised changes nothing (etcd answers with no
+    // alarms). Raising or clearing alarms by hand is not served: the quota raises NOSPACE itself.
+    if (action === 0) return cb(null, { header: ctx.currentHeader(), alarms });
+    if (action === 2 && raised.length === 0) return cb(null, { header: ctx.currentHeader(), alarms: [] });
+    fail(cb, {
+      code: grpc.status.UNIMPLEMENTED,
+      details: 'etcdserver: activating or deactivating alarms by hand is not supported by conclave serve',
+    });
+  }) as Handler);
+
+  unary('/etcdserverpb.Maintenance/Status', T.StatusRequest, T.StatusResponse, ((
+    call: grpc.ServerUnaryCall<object, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if (!admit(call, cb)) return;
+    const leader = info.leaderId();
+    const errors: string[] = [];
+    if (leader === 0n) errors.push(etcdErrors.noLeader.details);
+    for (const a of info.alarms?.() ?? [])
+      errors.push(`memberID:${a.memberId} alarm:${alarmTexts[a.alarm]} `);
+    const db = info.dbSizeBytes();
+    const self = info.members().find((m) => m.id === info.memberId);
+    cb(null, {
+      header: ctx.currentHeader(),
+      version: info.version,
+      dbSize: db,
+      leader: wire64(leader, true),
+      raftIndex: info.raftIndex(),
+      raftTerm: info.raftTerm(),
+      raftAppliedIndex: info.raftAppliedIndex(),
+      errors,
+      dbSizeInUse: db,
+      isLearner: !!self?.isLearner,
+    });
+  }) as Handler);
+
+  const hReq = health.lookupType('grpc.health.v1.HealthCheckRequest');
+  const hRes = health.lookupType('grpc.health.v1.HealthCheckResponse');
+  // etcd registers only the empty service name as SERVING (grpc.go); others are NOT_FOUND.
+  unary('/grpc.health.v1.Health/Check', hReq, hRes, ((
+    call: grpc.ServerUnaryCall<{ service?: string }, object>,
+    cb: grpc.sendUnaryData<object>,
+  ) => {
+    if ((call.request.service ?? '') !== '')
+      return fail(cb, { code: grpc.status.NOT_FOUND, details: 'unknown service' });
+    cb(null, { status: SERVING });
+  }) as Handler);
+  server.register(
+    '/grpc.health.v1.Health/Watch',
+    ((call: grpc.ServerWritableStream<{ service?: string }, object>) => {
+      // Go's health server: an unknown service is reported SERVICE_UNKNOWN (3) and the stream stays open.
+      call.write({ status: (call.request.service ?? '') === '' ? SERVING : 3 });
+    }) as grpc.UntypedHandleCall,
+    encoder(hRes),
+    decoder(hReq),
+    'serverStream',
+  );
+
+  // ---- Timers: progress notifications and the leader monitor (one each for the whole server) --
+
+  const progressMs = Math.max(100, opts.progressNotifyIntervalMs ?? d.progressNotifyIntervalMs);
+  const progressTimer = setInterval(() => {
+    for (const s of ctx.streams) if (s instanceof WatchStream) s.progressTick();
+  }, progressMs);
+  progressTimer.unref();
+  let noLeaderChecks = 0;
+  const leaderTimer = setInterval(() => {
+    noLeaderChecks = info.leaderId() === 0n ? noLeaderChecks + 1 : 0;
+    if (noLeaderChecks < noLeaderChecksMax) return;
+    for (const s of [...ctx.streams]) if (s.requireLeader) s.fail(etcdErrors.noLeader);
+  }, opts.leaderCheckIntervalMs ?? d.leaderCheckIntervalMs);
+  leaderTimer.unref();
+
+  const host = opts.host ?? '127.0.0.1';
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${host}:${opts.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    );
+  }).catch((err) => {
+    clearInterval(progressTimer);
+    clearInterval(leaderTimer);
+    throw new ConclaveError(
+      ErrorCode.Unavailable,
+      `conclave serve: cannot listen for clients on ${host}:${opts.port ?? 0}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    server,
+    get openStreams() {
+      return ctx.streams.size;
+    },
+    close() {
+      closing ??= (async () => {
+        clearInterval(progressTimer);
+        clearInterval(leaderTimer);
+        for (const s of [...ctx.streams]) s.fail(etcdErrors.stopped);
+        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      })();
+      return closing;
+    },
+  };
+}
+
+/**
+ * etcd's checkTxnRequest (v3rpc/key.go): at most `maxTxnOps` compares and ops per branch (a nested
+ * txn gets what its parent leaves), no empty key, no empty RequestOp ("key not found"); then
+ * checkIntervals: no key put twice, or put and deleted, in one branch (nested branches included).
+ */
+export function checkTxnRequest(r: PbTxnRequest, maxTxnOps: number): GrpcFailure | undefined {
+  const f = checkOps(r, maxTxnOps);
+  if (f) return f;
+  if (duplicateWrites(r.success ?? []) || duplicateWrites(r.failure ?? [])) return etcdErrors.duplicateKey;
+  return undefined;
+}
+
+function checkOps(r: PbTxnRequest, maxTxnOps: number): GrpcFailure | undefined {
+  const compare = r.compare ?? [];
+  const success = r.success ?? [];
+  const failure = r.failure ?? [];
+  const opc = Math.max(compare.length, success.length, failure.length);
+  if (opc > maxTxnOps) return etcdErrors.tooManyOps;
+  for (const c of compare) if (bytesOf(c.key).length === 0) return etcdErrors.emptyKey;
+  for (const list of [success, failure]) {
+    for (const op of list) {
+      const f = checkOp(op, maxTxnOps - opc);
+      if (f) return f;
+    }
+  }
+  return undefined;
+}
+
+function checkOp(op: PbRequestOp, maxTxnOps: number): GrpcFailure | undefined {
+  if (op.requestRange) return bytesOf(op.requestRange.key).length === 0 ? etcdErrors.emptyKey : undefined;
+  if (op.requestPut) {
+    const p = op.requestPut;
+    if (bytesOf(p.key).length === 0) return etcdErrors.emptyKey;
+    if (p.ignoreValue && bytesOf(p.value).length > 0) return etcdErrors.valueProvided;
+    if (p.ignoreLease && big(p.lease) !== 0n) return etcdErrors.leaseProvided;
+    return undefined;
+  }
+  if (op.requestDeleteRange)
+    return bytesOf(op.requestDeleteRange.key).length === 0 ? etcdErrors.emptyKey : undefined;
+  if (op.requestTxn) return checkOps(op.requestTxn, maxTxnOps);
+  return etcdErrors.keyNotFound;
+}
+
+interface Interval {
+  start: string;
+  end: string;
+  point: boolean;
+}
+
+const latin1 = (b: Uint8Array): string =>
+  Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
+
+function hits(dels: readonly Interval[], k: string): boolean {
+  for (const d of dels) {
+    if (d.point ? k === d.start : k >= d.start && k < d.end) return true;
+  }
+  return false;
+}
+
+/**
+ * etcd's checkIntervals for one branch: returns true when a key is written twice. Puts of a
+ * nested txn's success and failure branches may repeat each other (only one runs), but not a key
+ * written elsewhere in the enclosing branch.
+ */
+function duplicateWrites(reqs: readonly PbRequestOp[]): boolean {
+  return collect(reqs) === undefined;
+}
+
+function collect(reqs: readonly PbRequestOp[]): { puts: Set<string>; dels: Interval[] } | undefined {
+  const dels: Interval[] = [];
+  for (const r of reqs) {
+    const d = r.requestDeleteRange;
+    if (!d) continue;
+    const end = bytesOf(d.rangeEnd);
+    const start = latin1(bytesOf(d.key));
+    // etcd builds the interval from the raw range end, so an end of "\0" (every key from `start`)
+    // makes an interval no put falls in: kept as is, to refuse exactly what etcd refuses.
+    if (end.length === 0) dels.push({ start, end: '', point: true });
+    else dels.push({ start, end: latin1(end), point: false });
+  }
+  const puts = new Set<string>();
+  for (const r of reqs) {
+    const t = r.requestTxn;
+    if (!t) continue;
+    const then = collect(t.success ?? []);
+    const els = collect(t.failure ?? []);
+    if (!then || !els) return undefined;
+    for (const k of then.puts) {
+      if (puts.has(k) || hits(dels, k)) return undefined;
+      puts.add(k);
+    }
+    for (const k of els.puts) {
+      if (puts.has(k) && !then.puts.has(k)) return undefined;
+      if (hits(dels, k)) return undefined;
+      puts.add(k);
+    }
+    dels.push(...then.dels, ...els.dels);
+  }
+  for (const r of reqs) {
+    const p = r.requestPut;
+    if (!p) continue;
+    const k = latin1(bytesOf(p.key));
+    if (puts.has(k) || hits(dels, k)) return undefined;
+    puts.add(k);
+  }
+  return { puts, dels };
+}

@@ -1,0 +1,396 @@
+/**
+ * The Watch service: one bidirectional stream multiplexes many watches (etcd's
+ * api/v3rpc/watch.go), each served by a watch of the member's KV.
+ *
+ * Wire behaviour kept from etcd 3.4:
+ * - Requests on a stream are handled in order, and each create is answered by a `created` response
+ *   before any event of that watch; clients match created responses to their creates by order.
+ *   IDs are per stream, from 0 upwards, unless the client picks one (`watch_id` != 0); a taken
+ *   one is refused "mvcc: duplicate watch ID provided on the WatchStream".
+ * - An empty key means "\0"; a range end of "\0" means every key from `key`; a range end not
+ *   after the key is refused "mvcc: watcher range is empty". A refused create is answered with
+ *   `created` and `canceled` both set, watch ID -1 and the reason.
+ * - A start revision that was compacted: `created`, then `canceled` with `compact_revision`.
+ * - Cancel of an unknown ID: no answer. Cancel of a live one: `canceled`, then nothing more for it.
+ * - Progress request: one response with watch ID -1 at the current revision, once every watch of
+ *   the stream has delivered everything up to it (later etcd releases wait the same way; 3.4.23
+ *   answered at once, which could claim a revision whose events were still queued).
+ * - `progress_notify`: every `progressNotifyIntervalMs` (etcd: 10 min), a watch that sent nothing
+ *   since the last tick and is caught up gets an empty response at the current revision.
+ * - `fragment`: a response larger than max-request-bytes + 512 KiB is split, each part but the
+ *   last flagged `fragment` (etcd's sendFragments).
+ *
+ * Slow consumers: a write the stream cannot take (grpc-js `write` returns false) pauses every
+ * watch of the stream until 'drain'; meanwhile each watch's KV buffer fills to
+ * `watchBufferBatchesMax` batches, and a watch that overflows it is resynced from history at its
+ * first undelivered revision — etcd's "victim"/unsynced catch-up — or canceled with
+ * `compact_revision` when that revision was compacted meanwhile. Memory per stream is bounded by
+ * watches × buffer, never by how far behind the client is.
+ */
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { num } from '../../../src/protocol/codec.js';
+import type { Watch, WatchBatch, WatchOptions } from '../../../src/types.js';
+import { type OpenStream, requiresLeader, type ServerContext } from './context.js';
+import { etcdErrors, type GrpcFailure } from './errors.js';
+import { bytesOf, eventToPb } from './wire.js';
+
+/** etcd's grpcOverheadBytes: a fragmented watch response part stays under max-request-bytes + this. */
+export const grpcOverheadBytes = 512 * 1024;
+
+interface PbWatchCreate {
+  key?: Uint8Array;
+  rangeEnd?: Uint8Array;
+  startRevision?: unknown;
+  progressNotify?: boolean;
+  filters?: number[];
+  prevKv?: boolean;
+  watchId?: unknown;
+  fragment?: boolean;
+}
+export interface PbWatchRequest {
+  createRequest?: PbWatchCreate | null;
+  cancelRequest?: { watchId?: unknown } | null;
+  progressRequest?: object | null;
+}
+
+/** Sizes a watch response for fragmenting (the encoder of WatchResponse). */
+export type SizeOf = (msg: object) => number;
+
+class ServedWatch {
+  readonly id: number;
+  readonly key: Uint8Array;
+  readonly options: WatchOptions;
+  readonly progressNotify: boolean;
+  readonly fragment: boolean;
+  /** First revision not yet delivered: where a resync starts. */
+  nextRev: number;
+  inner: Watch | undefined;
+  /** Waiting for the next batch with nothing held back: everything applied so far was sent. */
+  idle = false;
+  /** Sent events since the last progress tick (etcd's `progress[id] = false`). */
+  sentSinceTick = false;
+  canceled = false;
+  /** Resyncs from history after the KV buffer overflowed (for tests and diagnostics). */
+  resyncs = 0;
+
+  constructor(id: number, key: Uint8Array, options: WatchOptions, c: PbWatchCreate, startRev: number) {
+    this.id = id;
+    this.key = key;
+    this.options = options;
+    this.progressNotify = !!c.progressNotify;
+    this.fragment = !!c.fragment;
+    this.nextRev = startRev;
+  }
+}
+
+export class WatchStream implements OpenStream {
+  readonly requireLeader: boolean;
+  readonly #ctx: ServerContext;
+  readonly #call: ServerDuplexStream<PbWatchRequest, object>;
+  readonly #sizeOf: SizeOf;
+  readonly #watches = new Map<number, ServedWatch>();
+  #nextId = 0;
+  readonly #requests: PbWatchRequest[] = [];
+  #handling = false;
+  #readPaused = false;
+  /** Set while grpc-js buffers more than its high-water mark: senders wait for 'drain'. */
+  #drain: Promise<void> | undefined;
+  #progressWanted = false;
+  #done = false;
+
+  constructor(ctx: ServerContext, call: ServerDuplexStream<PbWatchRequest, object>, sizeOf: SizeOf) {
+    this.#ctx = ctx;
+    this.#call = call;
+    this.#sizeOf = sizeOf;
+    this.requireLeader = requiresLeader(call.metadata);
+    call.on('data', (req: PbWatchRequest) => this.#onRequest(req));
+    // A client that half-closes keeps receiving (etcd's recvLoop ends, the send loop does not).
+    call.on('end', () => undefined);
+    call.on('cancelled', () => this.#close());
+    call.on('error', () => this.#close());
+    call.on('close', () => this.#close());
+  }
+
+  /** Watches open on this stream (tests and diagnostics). */
+  get size(): number {
+    return this.#watches.size;
+  }
+
+  /** Resyncs done on this stream's watches so far (tests and diagnostics). */
+  get resyncs(): number {
+    let n = 0;
+    for (const w of this.#watches.values()) n += w.resyncs;
+    return n;
+  }
+
+  fail(f: GrpcFailure): void {
+    if (this.#done) return;
+    this.#close();
+    this.#call.emit('error', { code: f.code, details: f.details });
+  }
+
+  #close(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#ctx.streams.delete(this);
+    for (const w of this.#watches.values()) {
+      w.canceled = true;
+      void w.inner?.close();
+    }
+    this.#watches.clear();
+    this.#requests.length = 0;
+  }
+
+  #onRequest(req: PbWatchRequest): void {
+    if (this.#done) return;
+    this.#requests.push(req);
+    if (!this.#readPaused && this.#requests.length >= this.#ctx.o.streamRequestsPendingMax) {
+      // Stop reading: HTTP/2 flow control pushes back on the client.
+      this.#readPaused = true;
+      this.#call.pause();
+    }
+    if (!this.#handling) void this.#handleAll();
+  }
+
+  async #handleAll(): Promise<void> {
+    this.#handling = true;
+    try {
+      while (!this.#done) {
+        const req = this.#requests.shift();
+        if (!req) break;
+        if (this.#readPaused && this.#requests.length < this.#ctx.o.streamRequestsPendingMax / 2) {
+          this.#readPaused = false;
+          this.#call.resume();
+        }
+        if (req.createRequest) await this.#create(req.createRequest);
+        else if (req.cancelRequest) await this.#cancel(num(req.cancelRequest.watchId as never));
+        else if (req.progressRequest) {
+          this.#progressWanted = true;
+          this.#maybeProgress();
+        }
+        // An empty request union: ignored, as etcd does.
+      }
+    } catch (err) {
+      this.fail(this.#ctx.failure(err));
+    } finally {
+      this.#handling = false;
+    }
+  }
+
+  async #send(msg: object): Promise<void> {
+    while (this.#drain) await this.#drain;
+    if (this.#done) return;
+    if (!this.#call.write(msg)) {
+      this.#drain ??= new Promise<void>((resolve) => {
+        this.#call.once('drain', () => {
+          this.#drain = undefined;
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** `created` + `canceled` with watch ID -1: etcd's answer to a create it refused. */
+  #refuse(reason: string): Promise<void> {
+    return this.#send({
+      header: this.#ctx.currentHeader(),
+      watchId: -1,
+      created: true,
+      canceled: true,
+      cancelReason: reason,
+    });
+  }
+
+  async #create(c: PbWatchCreate): Promise<void> {
+    const ctx = this.#ctx;
+    let key = bytesOf(c.key);
+    if (key.length === 0) key = ZERO;
+    let end: Uint8Array | undefined = bytesOf(c.rangeEnd);
+    if (end.length === 0) end = undefined;
+    else if (end.length === 1 && end[0] === 0) end = ZERO;
+    if (end !== undefined && end !== ZERO && Buffer.compare(key, end) >= 0)
+      return this.#refuse('mvcc: watcher range is empty');
+    const wanted = num(c.watchId as never);
+    if (wanted !== 0 && this.#watches.has(wanted))
+      return this.#refuse('mvcc: duplicate watch ID provided on the WatchStream');
+    if (this.#watches.size >= ctx.o.watchesPerStreamMax)
+      return this.#refuse(
+        `etcdserver: too many watches on one stream (max ${ctx.o.watchesPerStreamMax}); open another stream`,
+      );
+    let id = wanted;
+    if (id === 0) {
+      while (this.#watches.has(this.#nextId)) this.#nextId++;
+      id = this.#nextId++;
+    }
+    const options: WatchOptions = { bufferBatchesMax: ctx.o.watchBufferBatchesMax };
+    if (end !== undefined) options.end = end;
+    if (c.prevKv) options.prevKv = true;
+    const filters = c.filters ?? [];
+    if (filters.length > 0) {
+      const f: ('noput' | 'nodelete')[] = [];
+      for (const x of filters) {
+        if (x === 0) f.push('noput');
+        else if (x === 1) f.push('nodelete');
+      }
+      if (f.length > 0) options.filters = f;
+    }
+    // etcd: a start revision of 0 is the next revision. A negative one is passed on by etcd and
+    // replays from the oldest revision kept (or is canceled as compacted): the same as 1 here.
+    const asked = num(c.startRevision as never);
+    const start = asked < 0 ? 1 : asked;
+    const w = new ServedWatch(id, key, options, c, start);
+    this.#watches.set(id, w);
+    let inner: Watch;
+    try {
+      inner = ctx.backend.kv.watch(key, start > 0 ? { ...options, startRevision: start } : options);
+    } catch (err) {
+      this.#watches.delete(id);
+      return this.#refuse(ctx.failure(err).details);
+    }
+    w.inner = inner;
+    let registered: number;
+    try {
+      registered = await inner.ready;
+    } catch (err) {
+      if (ConclaveError.is(err, ErrorCode.Compacted)) {
+        await this.#send({ header: ctx.currentHeader(), watchId: id, created: true });
+        await this.#sendCompacted(w, err);
+        return;
+      }
+      this.#watches.delete(id);
+      if (w.canceled || this.#done) return;
+      return this.#refuse(ctx.failure(err).details);
+    }
+    if (w.nextRev === 0) w.nextRev = registered + 1;
+    await this.#send({ header: ctx.header(registered), watchId: id, created: true });
+    void this.#run(w, inner);
+  }
+
+  async #sendCompacted(w: ServedWatch, err: ConclaveError): Promise<void> {
+    this.#watches.delete(w.id);
+    w.canceled = true;
+    // etcd: the compacted response carries only the watch ID and the compact revision.
+    await this.#send({
+      header: this.#ctx.header(0),
+      watchId: w.id,
+      canceled: true,
+      compactRevision: err.compactRevision ?? 0,
+    });
+  }
+
+  async #cancel(id: number): Promise<void> {
+    const w = this.#watches.get(id);
+    if (!w) return;
+    this.#watches.delete(id);
+    w.canceled = true;
+    await w.inner?.close();
+    await this.#send({ header: this.#ctx.currentHeader(), watchId: id, canceled: true });
+    this.#maybeProgress();
+  }
+
+  async #run(w: ServedWatch, first: Watch): Promise<void> {
+    let inner = first;
+    for (;;) {
+      try {
+        const it = inner[Symbol.asyncIterator]();
+        for (;;) {
+          w.idle = true;
+          if (this.#progressWanted) this.#maybeProgress();
+          const n = await it.next();
+          w.idle = false;
+          if (n.done || w.canceled || this.#done) return;
+          const b = n.value;
+          w.nextRev = b.revision + 1;
+          if (b.events.length === 0) continue;
+          await this.#sendBatch(w, b);
+          if (w.canceled || this.#done) return;
+        }
+      } catch (caught) {
+        let err = caught;
+        w.idle = false;
+        if (w.canceled || this.#done) return;
+        if (ConclaveError.is(err, ErrorCode.WatchOverflow)) {
+          // The stream fell behind: catch up from history, from the first undelivered revision.
+          w.resyncs++;
+          try {
+            inner = this.#ctx.backend.kv.watch(w.key, { ...w.options, startRevision: w.nextRev });
+            w.inner = inner;
+            continue;
+          } catch (e) {
+            err = e;
+          }
+        }
+        if (ConclaveError.is(err, ErrorCode.Compacted)) {
+          await this.#sendCompacted(w, err);
+          return;
+        }
+        if (ConclaveError.is(err, ErrorCode.Closed)) {
+          // The member is stopping: etcd ends the whole stream.
+          this.fail(etcdErrors.stopped);
+          return;
+        }
+        this.#watches.delete(w.id);
+        w.canceled = true;
+        await this.#send({
+          header: this.#ctx.currentHeader(),
+          watchId: w.id,
+          canceled: true,
+          cancelReason: this.#ctx.failure(err).details,
+        });
+        return;
+      }
+    }
+  }
+
+  async #sendBatch(w: ServedWatch, b: WatchBatch): Promise<void> {
+    const events = new Array<Record<string, unknown>>(b.events.length);
+    for (let i = 0; i < events.length; i++) events[i] = eventToPb(b.events[i]!);
+    const msg = { header: this.#ctx.header(b.revision), watchId: w.id, events };
+    w.sentSinceTick = true;
+    if (!w.fragment || events.length < 2) return this.#send(msg);
+    const max = this.#ctx.o.maxRequestBytes + grpcOverheadBytes;
+    if (this.#sizeOf(msg) < max) return this.#send(msg);
+    // etcd's sendFragments: fill each part until the next event would reach the limit.
+    let i = 0;
+    while (i < events.length) {
+      const part: Record<string, unknown>[] = [events[i++]!];
+      let size = this.#sizeOf({ header: msg.header, watchId: w.id, events: part, fragment: true });
+      while (i < events.length) {
+        const s = this.#sizeOf({ events: [events[i]!] });
+        if (size + s >= max) break;
+        part.push(events[i++]!);
+        size += s;
+      }
+      const last = i >= events.length;
+      await this.#send(
+        last
+          ? { header: msg.header, watchId: w.id, events: part }
+          : { header: msg.header, watchId: w.id, events: part, fragment: true },
+      );
+      if (w.canceled || this.#done) return;
+    }
+  }
+
+  /** Answers a pending progress request once every watch of the stream is caught up. */
+  #maybeProgress(): void {
+    // A watch being created is not idle until its loop starts, so it holds the answer back too.
+    if (!this.#progressWanted || this.#done) return;
+    for (const w of this.#watches.values()) if (!w.idle) return;
+    this.#progressWanted = false;
+    void this.#send({ header: this.#ctx.currentHeader(), watchId: -1 });
+  }
+
+  /** A progress tick (etcd's progressTicker): notify caught-up watches that sent nothing since. */
+  progressTick(): void {
+    if (this.#done) return;
+    for (const w of this.#watches.values()) {
+      if (!w.progressNotify) continue;
+      if (!w.sentSinceTick && w.idle && !this.#drain)
+        void this.#send({ header: this.#ctx.currentHeader(), watchId: w.id });
+      w.sentSinceTick = false;
+    }
+  }
+}
+
+const ZERO = new Uint8Array([0]);
