@@ -215,6 +215,30 @@ export class EmbeddedCluster {
     }
   }
 
+  /** Watches open on this cluster's clients (what `retain` counts). */
+  #retained = 0;
+  /** A ref'd handle that keeps the process alive while `#retained > 0`. */
+  #hold: ReturnType<typeof setInterval> | undefined;
+
+  /**
+   * Keeps the process alive until the returned release is called (idempotent). The members' ticks
+   * are unref'd (a store alone does not hold a script open), so an open watch takes a hold: its
+   * events may come from a lease expiring, which needs ticks, as an etcd client's open watch
+   * stream holds its socket.
+   */
+  retain(): () => void {
+    if (this.#retained++ === 0) this.#hold = setInterval(() => undefined, 1 << 30);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.#retained === 0) {
+        clearInterval(this.#hold);
+        this.#hold = undefined;
+      }
+    };
+  }
+
   /** A new client of this cluster (its own open/closed state; closing it leaves the cluster running). */
   client(): KV {
     return new EmbeddedKV(this);
@@ -283,6 +307,8 @@ export class EmbeddedCluster {
 
   /** Stops every member (resolves when their storage is closed). */
   async close(): Promise<void> {
+    clearInterval(this.#hold);
+    this.#hold = undefined;
     await Promise.all([...this.members.values()].map((n) => n.stop()));
   }
 }
@@ -487,7 +513,17 @@ export class EmbeddedKV implements KV {
     this.#open(o);
     checkBytes('key', key);
     if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
-    const w = new FailoverWatch(this.#c, key, o, (closed) => this.#watches.delete(closed));
+    const release = this.#c.retain();
+    let w: FailoverWatch;
+    try {
+      w = new FailoverWatch(this.#c, key, o, (closed) => {
+        this.#watches.delete(closed);
+        release();
+      });
+    } catch (err) {
+      release();
+      throw err;
+    }
     this.#watches.add(w);
     return w;
   }

@@ -148,7 +148,13 @@ export class RaftNode {
     // the same reason. With more voters nothing changes: they hold a normal election.
     const voters = this.raft.voters;
     if (voters.size === 1 && voters.has(o.id)) this.campaign();
-    // Not unref()ed: a running member keeps the process alive, like an open socket; stop() ends it.
+    // Unref'd: a member alone does not keep the process alive, so a script that never closes an
+    // embedded store still exits. Work in flight does: a pending request has its own timer, a
+    // storage write is a pending fs request, an embedded client's open watch holds the process
+    // (embedded.ts), and a served member has its sockets. Exiting loses nothing acknowledged: a
+    // write resolves only after its Ready was saved (#loop), and DiskStorage.save resolves only
+    // once the WAL write is synced (O_DSYNC or fdatasync).
+    this.#tick.unref?.();
   }
 
   get isLeader(): boolean {
