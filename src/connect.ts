@@ -48,10 +48,26 @@ export interface EtcdConnectOptions {
    * logged nor put into an error message.
    */
   auth?: { username: string; password: string };
-  /** Per-call deadline in ms when the caller gave no signal (default 30 s). */
+  /**
+   * Deadline of every call in ms, retries included (default 10 s; etcdctl uses 5 s). It also bounds
+   * a watch's creation and a lease keep-alive. A caller's signal can end a call earlier, never later.
+   */
   callTimeoutMs?: number;
-  /** Dial timeout for one endpoint in ms (default 3 s). */
+  /**
+   * etcd's DialTimeout: connect() reaches a member within this many ms (default 3 s; endpoints are
+   * tried in parallel) or rejects — `unavailable` naming each endpoint and why, or `tls-failure`.
+   */
   dialTimeoutMs?: number;
+  /**
+   * Resolve connect() without reaching etcd (no dial; the first call connects). Refused credentials
+   * and TLS failures then surface on the first call instead of at connect().
+   */
+  lazy?: boolean;
+  /**
+   * Largest response accepted, in bytes (default 16 MiB; etcd's Go client accepts 2 GiB). A larger
+   * one fails `response-too-large`: read in pages with `limit`, or raise this.
+   */
+  maxReceiveBytes?: number;
 }
 
 export interface EmbeddedConnectOptions {

@@ -22,8 +22,16 @@ export const ErrorCode = {
   InvalidArgument: 'invalid-argument',
   /** A bound was hit (uncommitted bytes, request rate); back off and retry. */
   TooManyRequests: 'too-many-requests',
-  /** Request or value larger than the server accepts. */
+  /** Request or value larger than the server (or the client's send limit) accepts. Never retried. */
   RequestTooLarge: 'request-too-large',
+  /** A response larger than the client accepts (etcd client: `maxReceiveBytes`); read less at a time. */
+  ResponseTooLarge: 'response-too-large',
+  /**
+   * The TLS handshake failed: unknown CA, expired or not yet valid certificate, wrong host name,
+   * client certificate missing or refused, or a peer that does not speak TLS. A configuration (or
+   * an attack) rather than a passing fault: not retryable.
+   */
+  TlsFailure: 'tls-failure',
   /** A txn repeated a key among its puts/deletes, or had too many ops. */
   DuplicateKey: 'duplicate-key',
   TooManyOps: 'too-many-ops',

@@ -117,12 +117,19 @@ export class EtcdKV implements KV {
     this.#conn = new Connection(opts);
     this.#watches = new WatchHub(this.#conn);
     this.#keepAlive = new KeepAliveStream(this.#conn);
-    this.#ready = this.#authenticate().then(() =>
-      this.#conn.preferLeader(async (i) => {
-        const r = await this.#conn.unaryAt(m.status, {}, i, AbortSignal.timeout(1000));
-        return { memberId: big(r.header?.memberId, true), leader: big(r.leader, true) };
-      }),
-    );
+    const lazy = Object.hasOwn(opts, 'lazy') && opts.lazy === true;
+    const dialTimeoutMs = Connection.dialTimeoutMs(opts);
+    this.#ready = lazy
+      ? Promise.resolve()
+      : this.#conn
+          .dial(m.status, dialTimeoutMs)
+          .then(() => this.#authenticate())
+          .then(() =>
+            this.#conn.preferLeader(async (i) => {
+              const r = await this.#conn.unaryAt(m.status, {}, i, AbortSignal.timeout(1000));
+              return { memberId: big(r.header?.memberId, true), leader: big(r.leader, true) };
+            }),
+          );
     this.#ready.catch(() => undefined);
     this.lease = {
       grant: (ttl, o) => this.#leaseGrant(ttl, o),
@@ -134,8 +141,10 @@ export class EtcdKV implements KV {
   }
 
   /**
-   * Resolves once the client holds a token (with `auth`) and has looked for the leader's endpoint
-   * (connectEtcd awaits it). Rejects, and closes the client, when etcd refuses the credentials.
+   * Resolves once a member answered within dialTimeoutMs (unless `lazy`), the client holds a token
+   * (with `auth`), and it has looked for the leader's endpoint (connectEtcd awaits it). Rejects, and
+   * closes the client, when no member could be reached (`unavailable`), a TLS handshake failed
+   * (`tls-failure`), or etcd refused the credentials (`unauthenticated`).
    */
   async ready(): Promise<void> {
     try {
@@ -160,6 +169,7 @@ export class EtcdKV implements KV {
         (err.code === ErrorCode.Unauthenticated ||
           err.code === ErrorCode.PermissionDenied ||
           err.code === ErrorCode.InvalidArgument ||
+          err.code === ErrorCode.TlsFailure ||
           err.code === ErrorCode.Closed);
       if (refused) throw err;
     }

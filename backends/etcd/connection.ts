@@ -23,7 +23,7 @@ import {
   isStaleTokenError,
 } from './auth.js';
 import { checkPlaintextAuth, resolveTransport } from './endpoints.js';
-import { isGrpcError, isPreSendFailure, mapGrpcError } from './errors.js';
+import { grpcReason, isGrpcError, isPreSendFailure, isTlsFailure, mapGrpcError } from './errors.js';
 
 export interface Method<Res> {
   readonly path: string;
@@ -47,9 +47,26 @@ export interface CallPolicy {
   readonly what: string;
 }
 
+/**
+ * Defaults of the connect options that bound time and memory (docs/errors.md, docs/security.md).
+ * etcd's Go client has no default call deadline (contexts) and etcdctl uses 5 s per command; its
+ * DialTimeout has no default and etcdctl uses 2 s. Its receive limit is 2 GiB (math.MaxInt32):
+ * etcd's server never sends more than one response per request and a Range can be large. Ours is
+ * 16 MiB: a response is decoded into objects several times its wire size, and a client that
+ * trusts any server must not let one response cost gigabytes; a larger range is read in pages
+ * (`limit`) or with a raised `maxReceiveBytes`.
+ */
+export const etcdClientDefaults = {
+  callTimeoutMs: 10_000,
+  dialTimeoutMs: 3_000,
+  maxReceiveBytes: 16 * 1024 * 1024,
+} as const;
+
+/** Largest request we send: etcd refuses more than --max-request-bytes (1.5 MiB by default) + 512 KiB of gRPC overhead anyway. */
+const sendBytesMax = 16 * 1024 * 1024;
+
 const channelOptions: grpc.ChannelOptions = {
-  'grpc.max_receive_message_length': 64 * 1024 * 1024,
-  'grpc.max_send_message_length': 16 * 1024 * 1024,
+  'grpc.max_send_message_length': sendBytesMax,
   // Pings find a dead peer while calls or streams are open. Not on an idle connection: etcd's
   // server enforces keepalive with PermitWithoutStream=false (and a 5 s minimum interval), so
   // pings without a call are "bad pings" and it answers them with GOAWAY (too_many_pings).
@@ -86,6 +103,7 @@ export class Connection {
   readonly #credentials: grpc.ChannelCredentials;
   readonly #clients = new Map<string, grpc.Client>();
   readonly #callTimeoutMs: number;
+  readonly #maxReceiveBytes: number;
   readonly #gate = new Gate(limits.inFlightCallsMax);
   readonly #auth: AuthTokens | undefined;
   #current = 0;
@@ -97,7 +115,8 @@ export class Connection {
     checkPlaintextAuth(opts, transport, credentials !== undefined);
     this.#auth = credentials && new AuthTokens(credentials, (c) => this.#fetchToken(c));
     this.endpoints = transport.endpoints.map((e) => e.address);
-    this.#callTimeoutMs = opts.callTimeoutMs ?? 30_000;
+    this.#callTimeoutMs = positiveInt(opts, 'callTimeoutMs', etcdClientDefaults.callTimeoutMs);
+    this.#maxReceiveBytes = positiveInt(opts, 'maxReceiveBytes', etcdClientDefaults.maxReceiveBytes);
     const tls = transport.tls;
     this.secure = tls !== undefined;
     // TLS verifies the server's chain against `tls.ca` or, without it, grpc-js's roots (Node's
@@ -118,6 +137,16 @@ export class Connection {
 
   #serverName: string | undefined;
 
+  /** The per-call deadline (callTimeoutMs): every unary call and every stream request gets one. */
+  get callTimeoutMs(): number {
+    return this.#callTimeoutMs;
+  }
+
+  /** Connect option `dialTimeoutMs`, checked. */
+  static dialTimeoutMs(opts: EtcdConnectOptions): number {
+    return positiveInt(opts, 'dialTimeoutMs', etcdClientDefaults.dialTimeoutMs);
+  }
+
   get closed(): boolean {
     return this.#closed;
   }
@@ -128,7 +157,10 @@ export class Connection {
     const ep = this.endpoints[index % this.endpoints.length]!;
     let c = this.#clients.get(ep);
     if (!c) {
-      const o: grpc.ChannelOptions = { ...channelOptions };
+      const o: grpc.ChannelOptions = {
+        ...channelOptions,
+        'grpc.max_receive_message_length': this.#maxReceiveBytes,
+      };
       if (this.#serverName) o['grpc.ssl_target_name_override'] = this.#serverName;
       c = new grpc.Client(ep, this.#credentials, o);
       this.#clients.set(ep, c);
@@ -171,9 +203,88 @@ export class Connection {
     if (this.#current === failedIndex) this.#current = (failedIndex + 1) % this.endpoints.length;
   }
 
-  /** One attempt on one endpoint, no retry (used by preferLeader). */
-  unaryAt<Res>(m: Method<Res>, req: object, index: number, signal?: AbortSignal): Promise<Res> {
-    return this.#once(m, req, index, this.#auth?.token, signal);
+  /** One attempt on one endpoint, no retry (used by preferLeader and dial). */
+  unaryAt<Res>(
+    m: Method<Res>,
+    req: object,
+    index: number,
+    signal?: AbortSignal,
+    deadline?: number,
+  ): Promise<Res> {
+    return this.#once(m, req, index, this.#auth?.token, signal, deadline);
+  }
+
+  /**
+   * etcd's DialTimeout: within `timeoutMs`, reach a member (any gRPC answer to `probe` will do:
+   * an HTTP/2 connection was made and a server answered) or reject. Endpoints are tried in
+   * parallel; refused connections are retried until the deadline, a TLS failure is final for its
+   * endpoint. The first endpoint that answers becomes the current one. Rejects `tls-failure` when
+   * some endpoint failed its TLS handshake (a configuration error, not a passing fault), else
+   * `unavailable`; the message names every endpoint and why it failed.
+   */
+  async dial<Res>(probe: Method<Res>, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const stop = new AbortController();
+    const reasons: Array<{ endpoint: string; reason: string; tls: boolean }> = [];
+    const tryEndpoint = async (index: number): Promise<number> => {
+      let last: { reason: string; tls: boolean } = { reason: 'no attempt', tls: false };
+      for (let attempt = 0; ; attempt++) {
+        if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the etcd client is closed');
+        try {
+          await this.#once(probe, {}, index, undefined, stop.signal, deadline);
+          return index;
+        } catch (err) {
+          if (stop.signal.aborted || this.#closed) throw err;
+          if (!isGrpcError(err)) throw err;
+          const tls = isTlsFailure(err);
+          const reached =
+            !tls &&
+            err.code !== grpc.status.UNAVAILABLE &&
+            err.code !== grpc.status.DEADLINE_EXCEEDED &&
+            err.code !== grpc.status.CANCELLED;
+          // Any other status came from a server: the member is reachable.
+          if (reached) return index;
+          last =
+            err.code === grpc.status.DEADLINE_EXCEEDED
+              ? {
+                  reason: isPreSendFailure(err)
+                    ? `no connection within ${timeoutMs} ms (nothing answered the gRPC/HTTP2 handshake)`
+                    : `no answer within ${timeoutMs} ms`,
+                  tls: false,
+                }
+              : { reason: grpcReason(err), tls };
+          const backoff = Math.min(500, 50 * 2 ** attempt);
+          if (tls || Date.now() + backoff >= deadline) break;
+          await sleep(backoff, stop.signal).catch(() => undefined);
+        }
+      }
+      reasons[index] = { endpoint: this.endpoints[index]!, ...last };
+      throw last;
+    };
+    try {
+      const index = await Promise.any(this.endpoints.map((_, i) => tryEndpoint(i)));
+      this.#current = index;
+    } catch {
+      if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the etcd client is closed');
+      const list = reasons.filter((r) => r !== undefined);
+      const tls = list.some((r) => r.tls);
+      const text = list.map((r) => `${r.endpoint}: ${r.reason}`).join('; ');
+      const details = { endpoints: list.map((r) => ({ endpoint: r.endpoint, reason: r.reason })) };
+      if (tls) {
+        throw new ConclaveError(
+          ErrorCode.TlsFailure,
+          `connect: the TLS handshake failed (${text}); check tls.ca (or the system roots), the server certificate's name and validity, and the client certificate`,
+          { details },
+        );
+      }
+      throw new ConclaveError(
+        ErrorCode.Unavailable,
+        `connect: no etcd endpoint could be reached within ${timeoutMs} ms (${text}); check that etcd runs there, or pass lazy: true to connect without reaching it`,
+        { details },
+      );
+    } finally {
+      stop.abort();
+    }
   }
 
   async unary<Res>(
@@ -200,6 +311,8 @@ export class Connection {
     signal: AbortSignal | undefined,
     auth: AuthTokens | undefined,
   ): Promise<Res> {
+    // One deadline for the whole call, retries included (callTimeoutMs).
+    const deadline = Date.now() + this.#callTimeoutMs;
     let attempt = 0;
     let reauthenticated = false;
     while (true) {
@@ -207,7 +320,7 @@ export class Connection {
       const token = auth?.token;
       const index = this.#current;
       try {
-        return await this.#once(m, req, index, token, signal);
+        return await this.#once(m, req, index, token, signal, deadline);
       } catch (err) {
         if (signal?.aborted) throw abortReason(signal);
         if (auth && !reauthenticated && isStaleTokenError(err) && !this.#closed) {
@@ -216,12 +329,16 @@ export class Connection {
           await auth.refresh(token, signal);
           continue;
         }
+        attempt++;
+        const backoff = Math.min(1000, 50 * 2 ** attempt);
         const retry =
-          this.#shouldRetry(err, policy) && attempt + 1 < limits.retryAttemptsMax && !this.#closed;
+          this.#shouldRetry(err, policy) &&
+          attempt < limits.retryAttemptsMax &&
+          !this.#closed &&
+          Date.now() + backoff < deadline;
         if (!retry) throw mapGrpcError(err, policy.what, !policy.safe);
         if (isGrpcError(err) && err.code === grpc.status.UNAVAILABLE) this.failover(index);
-        attempt++;
-        await sleep(Math.min(1000, 50 * 2 ** attempt), signal);
+        await sleep(backoff, signal);
       }
     }
   }
@@ -276,12 +393,19 @@ export class Connection {
     if (this.#auth) await this.#auth.refresh(stale, signal);
   }
 
+  /**
+   * Retried inside the call (with backoff, within its deadline): failures that certainly had no
+   * effect and may pass — etcd shed load or had no leader to propose to, or no connection was made
+   * — and, for safe calls, any connection failure. Never a TLS failure or a size refusal: those
+   * do not pass by repeating.
+   */
   #shouldRetry(err: unknown, policy: CallPolicy): boolean {
     if (!isGrpcError(err)) return false;
     const d = err.details ?? '';
-    // Refused before any effect: etcd sheds load, or has no leader to propose to.
-    if (err.code === grpc.status.RESOURCE_EXHAUSTED || /etcdserver: no leader|too many requests/.test(d))
-      return true;
+    if (isTlsFailure(err)) return false;
+    if (/etcdserver: no leader|etcdserver: too many requests/.test(d)) return true;
+    if (err.code === grpc.status.RESOURCE_EXHAUSTED) return false;
+    if (err.code === grpc.status.DEADLINE_EXCEEDED) return false;
     if (err.code !== grpc.status.UNAVAILABLE) return false;
     return policy.safe || isPreSendFailure(err);
   }
@@ -292,9 +416,9 @@ export class Connection {
     index: number,
     token: string | undefined,
     signal: AbortSignal | undefined,
+    deadline: number = Date.now() + this.#callTimeoutMs,
   ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
-      const deadline = Date.now() + this.#callTimeoutMs;
       const md = new grpc.Metadata();
       if (token !== undefined) md.set('token', token);
       const call = this.client(index).makeUnaryRequest(
@@ -335,6 +459,25 @@ export class Connection {
     for (const c of this.#clients.values()) c.close();
     this.#clients.clear();
   }
+}
+
+function positiveInt(
+  opts: EtcdConnectOptions,
+  name: 'callTimeoutMs' | 'maxReceiveBytes' | 'dialTimeoutMs',
+  dflt: number,
+): number {
+  const v = Object.hasOwn(opts, name) ? opts[name] : undefined;
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${name}: must be a positive integer, got ${String(v)}`,
+      {
+        details: { argument: name },
+      },
+    );
+  }
+  return v;
 }
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -28,11 +28,34 @@ const byMessage: ReadonlyArray<[RegExp, ErrorCode, boolean?]> = [
   ],
 ];
 
-/** Errors that mean the request never left this process or was refused before any effect. */
+/**
+ * grpc-js's words for a TLS handshake that failed (Node's TLS errors and OpenSSL alerts, as carried
+ * in "No connection established. Last error: …"): unknown CA, expired, wrong host, client
+ * certificate refused by the server (alert 42/116), TLS spoken to a plaintext port.
+ */
+const tlsFailure =
+  /certificate|CERT_|ERR_TLS|ERR_SSL|SSL routines|SSL alert|alert (bad|unknown|handshake)|Hostname\/IP does not match|self[- ]signed|unable to (verify|get)|wrong version number|tlsv1[0-9]? alert|packet length too long/i;
+
+/** The failure is a TLS handshake failure (see tlsFailure); it will not pass by retrying. */
+export function isTlsFailure(err: unknown): boolean {
+  return isGrpcError(err) && err.code === Status.UNAVAILABLE && tlsFailure.test(err.details ?? '');
+}
+
+/**
+ * The request certainly never reached a server: no connection could be made (refused, unreachable,
+ * name not resolved, TLS failed) or the deadline passed while the call still waited for a connection
+ * (grpc-js reports "Waiting for LB pick": no transport was ever picked, so nothing was written).
+ * grpc-js declares a connection ready only after the server's HTTP/2 SETTINGS arrived, so a
+ * listener that accepts TCP and never answers leaves calls waiting here.
+ */
 export function isPreSendFailure(err: ServiceError): boolean {
-  if (err.code !== Status.UNAVAILABLE) return false;
   const d = err.details ?? '';
-  return /No connection established|ECONNREFUSED|Name resolution failed|connect ETIMEDOUT|EHOSTUNREACH|Waiting for LB pick/i.test(
+  if (err.code === Status.DEADLINE_EXCEEDED) {
+    return /Waiting for LB pick|waiting for name resolution|waiting for metadata filters/.test(d);
+  }
+  if (err.code === Status.RESOURCE_EXHAUSTED) return /^Attempted to send message/.test(d);
+  if (err.code !== Status.UNAVAILABLE) return false;
+  return /No connection established|ECONNREFUSED|Name resolution failed|connect ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|Waiting for LB pick/i.test(
     d,
   );
 }
@@ -48,8 +71,27 @@ export function isGrpcError(err: unknown): err is ServiceError {
 }
 
 /**
- * Maps a gRPC failure. `mayHaveApplied`: the call was a write that reached the wire, so an
- * unavailable/deadline failure leaves its outcome unknown → `indeterminate`, never retryable.
+ * A gRPC status's details as a reason for a message: grpc-js's "No connection established. Last
+ * error: X (timestamp). Resolution note: " becomes X; no empty trailing fragments.
+ */
+export function grpcReason(err: ServiceError): string {
+  let d = (err.details ?? err.message ?? '').replace(/\s+/g, ' ');
+  d = d.replace(/\s*Resolution note:\s*$/, '');
+  const last = /Last error: (.*)$/.exec(d);
+  if (last) d = last[1]!;
+  d = d.replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, '').replace(/^Error: /, '');
+  return d.trim().replace(/\.$/, '') || `gRPC status ${err.code}`;
+}
+
+/** RESOURCE_EXHAUSTED because of a message size rather than load. */
+const requestSize =
+  /^Attempted to send message with a size larger than|^grpc: received message larger than max/;
+const responseSize = /^Received message larger than max|decompresses to a size larger than/;
+
+/**
+ * Maps a gRPC failure. `mayHaveApplied`: the call was a write, so a failure after it reached the
+ * wire leaves its outcome unknown → `indeterminate`, never retryable. `retryable` is true only where
+ * the request certainly had no effect and repeating it can succeed (see docs/errors.md).
  */
 export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean): ConclaveError {
   if (err instanceof ConclaveError) return err;
@@ -61,38 +103,74 @@ export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean
     );
   }
   const details = err.details ?? err.message;
+  const reason = grpcReason(err);
   for (const [re, code] of byMessage) {
-    if (re.test(details)) return new ConclaveError(code, `${what}: ${details}`, { cause: err });
+    if (re.test(details)) return new ConclaveError(code, `${what}: ${reason}`, { cause: err });
+  }
+  if (isTlsFailure(err)) {
+    return new ConclaveError(
+      ErrorCode.TlsFailure,
+      `${what}: the TLS handshake failed (${reason}); check the CA (tls.ca), the server's name and validity, and the client certificate`,
+      { cause: err },
+    );
   }
   switch (err.code) {
     case Status.UNAVAILABLE:
     case Status.DEADLINE_EXCEEDED: {
-      if (mayHaveApplied && !isPreSendFailure(err)) {
+      if (isPreSendFailure(err)) {
+        const why =
+          err.code === Status.DEADLINE_EXCEEDED
+            ? 'no connection to etcd was established before the deadline; the request was never sent'
+            : `no connection to etcd (${reason}); the request was never sent`;
+        return new ConclaveError(ErrorCode.Unavailable, `${what}: ${why}`, { cause: err, retryable: true });
+      }
+      if (mayHaveApplied) {
         return new ConclaveError(
           ErrorCode.Indeterminate,
-          `${what}: the connection failed after the request was sent; it may or may not have been applied (${details})`,
+          `${what}: the connection failed or the deadline passed after the request was sent; it may or may not have been applied (${reason})`,
           { cause: err, retryable: false },
         );
       }
       const code = err.code === Status.UNAVAILABLE ? ErrorCode.Unavailable : ErrorCode.DeadlineExceeded;
-      return new ConclaveError(code, `${what}: ${details}`, { cause: err });
+      return new ConclaveError(code, `${what}: ${reason}`, { cause: err });
+    }
+    case Status.RESOURCE_EXHAUSTED: {
+      if (requestSize.test(details)) {
+        return new ConclaveError(
+          ErrorCode.RequestTooLarge,
+          `${what}: the request is larger than etcd accepts (${reason}); etcd's limit is --max-request-bytes (1.5 MiB by default)`,
+          { cause: err, retryable: false },
+        );
+      }
+      if (responseSize.test(details)) {
+        if (mayHaveApplied) {
+          return new ConclaveError(
+            ErrorCode.Indeterminate,
+            `${what}: etcd's response was larger than maxReceiveBytes (${reason}); the request may or may not have been applied`,
+            { cause: err, retryable: false },
+          );
+        }
+        return new ConclaveError(
+          ErrorCode.ResponseTooLarge,
+          `${what}: the response is larger than maxReceiveBytes (${reason}); read fewer keys at a time (limit) or raise maxReceiveBytes`,
+          { cause: err, retryable: false },
+        );
+      }
+      return new ConclaveError(ErrorCode.TooManyRequests, `${what}: ${reason}`, { cause: err });
     }
     case Status.INVALID_ARGUMENT:
     case Status.FAILED_PRECONDITION:
     case Status.OUT_OF_RANGE:
-      return new ConclaveError(ErrorCode.InvalidArgument, `${what}: ${details}`, { cause: err });
     case Status.NOT_FOUND:
-      return new ConclaveError(ErrorCode.InvalidArgument, `${what}: ${details}`, { cause: err });
-    case Status.RESOURCE_EXHAUSTED:
-      return new ConclaveError(ErrorCode.TooManyRequests, `${what}: ${details}`, { cause: err });
+      return new ConclaveError(ErrorCode.InvalidArgument, `${what}: ${reason}`, { cause: err });
     case Status.PERMISSION_DENIED:
-      return new ConclaveError(ErrorCode.PermissionDenied, `${what}: ${details}`, { cause: err });
+      return new ConclaveError(ErrorCode.PermissionDenied, `${what}: ${reason}`, { cause: err });
     case Status.UNAUTHENTICATED:
-      return new ConclaveError(ErrorCode.Unauthenticated, `${what}: ${details}`, { cause: err });
+      return new ConclaveError(ErrorCode.Unauthenticated, `${what}: ${reason}`, { cause: err });
     case Status.CANCELLED:
       return new ConclaveError(ErrorCode.Aborted, `${what}: cancelled`, { cause: err });
     default:
-      return new ConclaveError(ErrorCode.Internal, `${what}: ${details} (gRPC code ${err.code})`, {
+      return new ConclaveError(ErrorCode.Internal, `${what}: ${reason} (gRPC code ${err.code})`, {
         cause: err,
       });
   }

@@ -2,13 +2,19 @@
  * Lease keep-alives over ONE shared bidirectional LeaseKeepAlive stream per client. Each
  * `keepAliveOnce(id)` writes a request and waits for the next response for that id. A TTL of 0 or
  * less in the reply means the lease is unknown or expired (etcd's way of saying so on this stream).
+ *
+ * Every keep-alive has a deadline (callTimeoutMs): one that gets no answer in time fails
+ * `deadline-exceeded` (retryable: a keep-alive is idempotent) and the stream is replaced, since a
+ * stream that swallows one request will swallow the next. A stream that ends with a stale-token
+ * refusal ("invalid auth token") is re-opened only after a fresh token was fetched.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { big, type Int64, int64, methods, num, pb } from '../../src/protocol/codec.js';
 import type { LeaseKeepAliveResult } from '../../src/types.js';
+import { isStaleTokenError } from './auth.js';
 import { type Connection, method } from './connection.js';
-import { mapGrpcError } from './errors.js';
+import { isGrpcError, mapGrpcError } from './errors.js';
 
 interface PbKeepAliveResponse {
   ID?: Int64;
@@ -29,18 +35,32 @@ interface Pending {
   reject(e: unknown): void;
 }
 
+type Stream = grpc.ClientDuplexStream<object, PbKeepAliveResponse>;
+
 export class KeepAliveStream {
   readonly #conn: Connection;
-  #stream: grpc.ClientDuplexStream<object, PbKeepAliveResponse> | undefined;
+  #stream: Stream | undefined;
   #streamIndex = 0;
+  /** The token the current stream was opened with. */
+  #streamToken: string | undefined;
+  /** The last stream ended refusing this token: fetch a fresh one before opening the next. */
+  #staleToken: { token: string | undefined } | undefined;
   readonly #pending = new Map<bigint, Pending[]>();
 
   constructor(conn: Connection) {
     this.#conn = conn;
   }
 
-  keepAliveOnce(id: bigint, signal: AbortSignal | undefined): Promise<LeaseKeepAliveResult> {
+  async keepAliveOnce(id: bigint, signal: AbortSignal | undefined): Promise<LeaseKeepAliveResult> {
     signal?.throwIfAborted();
+    const stale = this.#staleToken;
+    if (stale && !this.#stream) {
+      await this.#conn.refreshToken(
+        stale.token,
+        AbortSignal.any([AbortSignal.timeout(this.#conn.callTimeoutMs), ...(signal ? [signal] : [])]),
+      );
+      if (this.#staleToken === stale) this.#staleToken = undefined;
+    }
     return new Promise<LeaseKeepAliveResult>((resolve, reject) => {
       const list = this.#pending.get(id) ?? [];
       if (list.length >= pendingPerLeaseMax) {
@@ -52,18 +72,37 @@ export class KeepAliveStream {
         );
         return;
       }
-      const onAbort = () => {
+      const unlist = () => {
         const l = this.#pending.get(id);
         const i = l?.indexOf(p) ?? -1;
         if (l && i >= 0) l.splice(i, 1);
+        if (l && l.length === 0) this.#pending.delete(id);
+      };
+      const onAbort = () => {
+        clearTimeout(timer);
+        unlist();
         reject(abortReason(signal!));
       };
+      const timeoutMs = this.#conn.callTimeoutMs;
+      const timer = setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        unlist();
+        reject(
+          new ConclaveError(
+            ErrorCode.DeadlineExceeded,
+            `lease keep-alive: no answer within ${timeoutMs} ms (callTimeoutMs); the stream is re-opened`,
+          ),
+        );
+        this.#replace(stream);
+      }, timeoutMs);
       const p: Pending = {
         resolve: (r) => {
+          clearTimeout(timer);
           signal?.removeEventListener('abort', onAbort);
           resolve(r);
         },
         reject: (e) => {
+          clearTimeout(timer);
           signal?.removeEventListener('abort', onAbort);
           reject(e);
         },
@@ -71,18 +110,36 @@ export class KeepAliveStream {
       list.push(p);
       this.#pending.set(id, list);
       signal?.addEventListener('abort', onAbort, { once: true });
+      let stream: Stream | undefined;
       try {
-        this.#ensure().write({ ID: int64(id) });
+        stream = this.#ensure();
+        stream.write({ ID: int64(id) });
       } catch (err) {
-        list.splice(list.indexOf(p), 1);
+        unlist();
         p.reject(mapGrpcError(err, 'lease keep-alive', false));
       }
     });
   }
 
-  #ensure(): grpc.ClientDuplexStream<object, PbKeepAliveResponse> {
+  /** Drops a stream that stopped answering; pending keep-alives on it fail retryable. */
+  #replace(s: Stream | undefined): void {
+    if (!s || this.#stream !== s) return;
+    this.#stream = undefined;
+    s.removeAllListeners('data');
+    s.on('error', () => undefined);
+    s.cancel();
+    const e = new ConclaveError(
+      ErrorCode.Unavailable,
+      'lease keep-alive stream stopped answering; re-opened',
+    );
+    for (const list of this.#pending.values()) for (const p of list) p.reject(e);
+    this.#pending.clear();
+  }
+
+  #ensure(): Stream {
     if (this.#stream) return this.#stream;
     this.#streamIndex = this.#conn.currentIndex;
+    this.#streamToken = this.#conn.token;
     const s = this.#conn
       .client(this.#streamIndex)
       .makeBidiStreamRequest(
@@ -101,9 +158,27 @@ export class KeepAliveStream {
     const broken = (err: unknown) => {
       if (this.#stream !== s) return;
       this.#stream = undefined;
-      this.#conn.failover(this.#streamIndex);
+      if (isStaleTokenError(err)) {
+        // etcd refused the stream's token: the next stream must carry a fresh one.
+        this.#staleToken = { token: this.#streamToken };
+      } else if (!isGrpcError(err) || err.code !== 1 /* CANCELLED */) {
+        this.#conn.failover(this.#streamIndex);
+      }
       // A keep-alive is idempotent: callers (Session) retry; report a retryable failure.
-      const e = new ConclaveError(ErrorCode.Unavailable, 'lease keep-alive stream broke', { cause: err });
+      const e =
+        err === undefined
+          ? new ConclaveError(ErrorCode.Unavailable, 'lease keep-alive stream ended')
+          : isStaleTokenError(err)
+            ? new ConclaveError(
+                ErrorCode.Unavailable,
+                "lease keep-alive: etcd refused the stream's auth token; the next keep-alive re-authenticates",
+                { cause: err },
+              )
+            : new ConclaveError(
+                ErrorCode.Unavailable,
+                `lease keep-alive stream broke: ${mapGrpcError(err, 'lease keep-alive', false).message}`,
+                { cause: err },
+              );
       for (const list of this.#pending.values()) for (const p of list) p.reject(e);
       this.#pending.clear();
     };

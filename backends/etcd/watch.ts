@@ -194,6 +194,8 @@ export class WatchHub {
   readonly #byId = new Map<number, EtcdWatch>();
   readonly #toCreate: EtcdWatch[] = [];
   #creating: EtcdWatch | undefined;
+  /** The deadline of the create in flight (callTimeoutMs). */
+  #createTimer: ReturnType<typeof setTimeout> | undefined;
   #reconnecting = false;
   /** A re-authentication for a refused create is in flight: creates wait for its token. */
   #renewing = false;
@@ -258,11 +260,39 @@ export class WatchHub {
     if (!w) return;
     this.#creating = w;
     try {
-      this.#ensureStream().write(w.createRequest());
+      const s = this.#ensureStream();
+      s.write(w.createRequest());
+      this.#createTimer = setTimeout(() => this.#onCreateTimeout(w, s), this.#conn.callTimeoutMs);
     } catch (err) {
       this.#creating = undefined;
       w.fail(err);
     }
+  }
+
+  #clearCreateTimer(): void {
+    if (this.#createTimer !== undefined) clearTimeout(this.#createTimer);
+    this.#createTimer = undefined;
+  }
+
+  /**
+   * The server did not confirm a create within callTimeoutMs. Creates are answered in order on one
+   * stream, so a stream that swallowed one would hold every later create behind it: the watch
+   * fails `deadline-exceeded` (retryable: the stream it may exist on is dropped with it) and the
+   * stream is replaced; the live watchers and the queued creates go on on a new stream.
+   */
+  #onCreateTimeout(w: EtcdWatch, s: grpc.ClientDuplexStream<object, PbWatchResponse>): void {
+    this.#createTimer = undefined;
+    if (this.#creating !== w || this.#stream !== s) return;
+    this.#creating = undefined;
+    w.fail(
+      new ConclaveError(
+        ErrorCode.DeadlineExceeded,
+        `watch: etcd did not confirm the watch within ${this.#conn.callTimeoutMs} ms (callTimeoutMs); the watch stream was re-opened, watch again`,
+        { retryable: true },
+      ),
+    );
+    this.#replaceStream();
+    this.#pump();
   }
 
   #onResponse(res: PbWatchResponse): void {
@@ -270,6 +300,7 @@ export class WatchHub {
     if (res.created) {
       const w = this.#creating;
       this.#creating = undefined;
+      this.#clearCreateTimer();
       if (res.canceled) {
         // A refused create names no watcher of ours: etcd 3.4.23 sends watch id -1, and earlier
         // releases echoed the request's id (0), which must not reach the live watcher with id 0.
@@ -386,6 +417,7 @@ export class WatchHub {
     const live = [...this.#byId.values()];
     if (this.#creating) live.push(this.#creating);
     this.#creating = undefined;
+    this.#clearCreateTimer();
     this.#byId.clear();
     for (const w of live) w.serverId = undefined;
     this.#toCreate.unshift(...live.filter((w) => !w.done));
@@ -438,6 +470,7 @@ export class WatchHub {
 
   close(): void {
     this.#closed = true;
+    this.#clearCreateTimer();
     const e = new ConclaveError(ErrorCode.Closed, 'the etcd client was closed');
     for (const w of [...this.#byId.values(), ...this.#toCreate]) w.fail(e);
     this.#creating?.fail(e);

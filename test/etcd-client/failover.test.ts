@@ -22,11 +22,17 @@ describe.skipIf(!available)('etcd client — failover and error mapping', () => 
     expect(new TextDecoder().decode((await kv.get('failover/k'))!.value)).toBe('v');
   });
 
-  it('with every endpoint dead a read fails as retryable unavailable', async () => {
+  it('with every endpoint dead connect() rejects unavailable; with lazy, a read fails as retryable unavailable', async () => {
+    const dead = `127.0.0.1:${await freePort()}`;
+    await expect(connect({ backend: 'etcd', endpoints: [dead], dialTimeoutMs: 500 })).rejects.toMatchObject({
+      code: 'unavailable',
+      message: expect.stringContaining(dead),
+    });
     await using kv = await connect({
       backend: 'etcd',
-      endpoints: [`127.0.0.1:${await freePort()}`],
+      endpoints: [dead],
       callTimeoutMs: 2000,
+      lazy: true,
     });
     await expect(kv.get('x')).rejects.toMatchObject({ code: 'unavailable', retryable: true });
   });
