@@ -121,6 +121,8 @@ export class Member implements MemberBackend {
   readonly #o: MemberOptions;
   readonly #byNode = new Map<number, Identity['members'][number]>();
   #poll: ReturnType<typeof setInterval> | undefined;
+  #leaderWatch: ReturnType<typeof setInterval> | undefined;
+  #lastLeader = -1;
   #stopping: Promise<void> | undefined;
 
   private constructor(o: MemberOptions, transport: TcpTransport, storage: DiskStorage) {
@@ -152,6 +154,8 @@ export class Member implements MemberBackend {
     this.kv = new MemberKV(this);
     this.info = this.#makeInfo();
     this.#poll = setInterval(() => void this.#learnAttributes(), attributesPollMs);
+    // Leader changes are events worth a log line (seen at most once per heartbeat, never per request).
+    this.#leaderWatch = setInterval(() => this.#noticeLeader(), o.heartbeatMs);
     void this.#learnAttributes();
   }
 
@@ -250,6 +254,18 @@ export class Member implements MemberBackend {
     };
   }
 
+  #noticeLeader(): void {
+    const lead = this.node.raft.lead;
+    if (lead === this.#lastLeader || this.node.stopped) return;
+    this.#lastLeader = lead;
+    if (lead === 0) this.#o.log.warn({ term: this.node.raft.term }, 'no leader');
+    else
+      this.#o.log.info(
+        { leader: hexId(this.memberIdOf(lead)), term: this.node.raft.term, self: lead === this.node.id },
+        'leader elected',
+      );
+  }
+
   // ----------------------------------------------------------------------------------------------
   // Side channel: what a follower forwards to the leader
 
@@ -323,7 +339,7 @@ export class Member implements MemberBackend {
    */
   async transferLeadership(timeoutMs: number): Promise<boolean> {
     const raft = this.node.raft;
-    if (raft.role !== Role.Leader) return true;
+    if (raft.role !== Role.Leader || raft.voters.size === 1) return true;
     let best = 0;
     let bestMatch = -1;
     for (const [id, pr] of raft.prs) {
@@ -350,6 +366,7 @@ export class Member implements MemberBackend {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#poll);
+      clearInterval(this.#leaderWatch);
       await this.kv.close();
       await this.node.stop();
       await this.transport.close();

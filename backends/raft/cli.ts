@@ -1,0 +1,493 @@
+/**
+ * `conclave serve`: one Raft member in this process (its PID is the member's), with etcd's flag
+ * names and meanings; each flag is also read from `CONCLAVE_<FLAG_NAME>` (e.g. `CONCLAVE_NAME`,
+ * `CONCLAVE_INITIAL_CLUSTER`), as etcd reads `ETCD_*`. A flag given on the command line wins over
+ * its environment variable.
+ *
+ * Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for unknown or contradictory flags (one
+ * line on stderr saying which and what to do), 1 when the member cannot start or fails.
+ *
+ * Identity: a new data dir takes its identity from `--initial-cluster`, `--initial-cluster-token`
+ * and `--name` (server/ids.ts) and records it; a data dir with an identity ignores those flags
+ * (as etcd does once its data dir exists) and says so in the log.
+ *
+ * Stopping (SIGTERM/SIGINT): a leader first hands leadership to its most up-to-date follower
+ * (as etcd does on SIGTERM), then the member stops accepting client connections, fails its
+ * pending requests `unavailable`, closes its storage (every WAL write is synced when it is made:
+ * nothing acknowledged is left unsynced) and exits 0. A second signal while stopping exits 1 at once.
+ */
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import pino from 'pino';
+import { ConclaveError } from '../../src/errors.js';
+import { resolveRequestLimits } from './limits.js';
+import { hasWal, Member } from './member.js';
+import {
+  bootstrapIdentity,
+  defaultClusterToken,
+  hexId,
+  type Identity,
+  normalizeUrl,
+  parseInitialCluster,
+  readIdentity,
+  writeIdentity,
+} from './server/ids.js';
+
+export const conclaveVersion = '0.1.0';
+
+/** The longest a stop may take (leadership transfer, then closing) before the process exits 1. */
+export const shutdownTimeoutMs = 30_000;
+
+interface FlagSpec {
+  readonly name: string;
+  readonly default: string;
+  readonly help: string;
+}
+
+/** Every flag of `conclave serve`, with etcd 3.4's defaults. */
+export const serveFlags: readonly FlagSpec[] = [
+  { name: 'name', default: 'default', help: 'Human-readable name for this member.' },
+  {
+    name: 'data-dir',
+    default: '<name>.conclave',
+    help: 'Path to the data directory (WAL, snapshots, identity).',
+  },
+  {
+    name: 'listen-client-urls',
+    default: 'http://localhost:2379',
+    help: 'List of URLs to listen on for client traffic.',
+  },
+  {
+    name: 'advertise-client-urls',
+    default: 'http://localhost:2379',
+    help: "This member's client URLs to advertise to the rest of the cluster (Cluster.MemberList).",
+  },
+  {
+    name: 'listen-peer-urls',
+    default: 'http://localhost:2380',
+    help: 'URL to listen on for peer traffic (one).',
+  },
+  {
+    name: 'initial-advertise-peer-urls',
+    default: 'http://localhost:2380',
+    help: "This member's peer URLs as --initial-cluster lists them.",
+  },
+  {
+    name: 'initial-cluster',
+    default: 'default=http://localhost:2380',
+    help: 'Initial cluster configuration for bootstrapping: name=peer-url,...',
+  },
+  {
+    name: 'initial-cluster-state',
+    default: 'new',
+    help: "Initial cluster state ('new' or 'existing'; 'existing' needs a data dir: adding members is not implemented).",
+  },
+  {
+    name: 'initial-cluster-token',
+    default: defaultClusterToken,
+    help: 'Initial cluster token (member and cluster IDs derive from it and the peer URLs).',
+  },
+  { name: 'heartbeat-interval', default: '100', help: 'Time (in milliseconds) of a heartbeat interval.' },
+  { name: 'election-timeout', default: '1000', help: 'Time (in milliseconds) for an election to timeout.' },
+  {
+    name: 'snapshot-count',
+    default: '100000',
+    help: 'Number of committed transactions to trigger a snapshot to disk.',
+  },
+  {
+    name: 'max-request-bytes',
+    default: '1572864',
+    help: 'Maximum client request size in bytes the server will accept.',
+  },
+  { name: 'max-txn-ops', default: '128', help: 'Maximum number of operations permitted in a transaction.' },
+  {
+    name: 'quota-backend-bytes',
+    default: '0',
+    help: 'Raise alarms when the store exceeds the given quota (0 defaults to the low space quota; not enforced yet).',
+  },
+  {
+    name: 'log-level',
+    default: 'info',
+    help: "Log level: 'debug', 'info', 'warn', 'error', 'panic', or 'fatal'.",
+  },
+];
+
+export const envName = (flag: string) => `CONCLAVE_${flag.toUpperCase().replace(/-/g, '_')}`;
+
+/** A command-line mistake: printed as one line, exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export interface ServeConfig {
+  readonly name: string;
+  readonly dataDir: string;
+  readonly listenClientUrls: readonly string[];
+  readonly advertiseClientUrls: readonly string[];
+  readonly listenPeerUrl: string;
+  readonly initialAdvertisePeerUrls: readonly string[];
+  readonly initialCluster: string;
+  readonly initialClusterState: 'new' | 'existing';
+  readonly initialClusterToken: string;
+  readonly heartbeatMs: number;
+  readonly electionTimeoutMs: number;
+  readonly snapshotCount: number;
+  readonly maxRequestBytes: number;
+  readonly maxTxnOps: number;
+  readonly quotaBackendBytes: number;
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+  /** Flags that were set by an environment variable and overridden on the command line. */
+  readonly shadowed: readonly string[];
+}
+
+function usage(flag: string, why: string): UsageError {
+  return new UsageError(`conclave serve: --${flag}: ${why} (see conclave serve --help)`);
+}
+
+function positiveInt(flag: string, v: string, min = 1): number {
+  if (!/^\d+$/.test(v) || Number(v) < min || !Number.isSafeInteger(Number(v)))
+    throw usage(flag, `"${v}" is not an integer >= ${min}`);
+  return Number(v);
+}
+
+function urlList(flag: string, v: string): string[] {
+  const urls = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (urls.length === 0) throw usage(flag, 'needs at least one URL');
+  try {
+    return urls.map((u) => normalizeUrl(u, `--${flag}`));
+  } catch (err) {
+    throw new UsageError(`conclave serve: ${(err as Error).message} (see conclave serve --help)`);
+  }
+}
+
+/**
+ * Parses `serve`'s arguments (after the word `serve`) and the environment. Accepts `--flag value`,
+ * `--flag=value` and Go's single-dash `-flag`. Throws `UsageError` for anything unknown,
+ * malformed or contradictory.
+ */
+export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv = process.env): ServeConfig {
+  const known = new Map(serveFlags.map((f) => [f.name, f]));
+  const given = new Map<string, string>();
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const m = /^--?([a-z][a-z0-9-]*)(?:=(.*))?$/s.exec(a);
+    if (!m)
+      throw new UsageError(
+        `conclave serve: unexpected argument "${a}" (flags only; see conclave serve --help)`,
+      );
+    const name = m[1]!;
+    if (!known.has(name))
+      throw new UsageError(`conclave serve: unknown flag --${name} (see conclave serve --help)`);
+    if (given.has(name)) throw usage(name, 'given twice');
+    let value = m[2];
+    if (value === undefined) {
+      value = args[++i];
+      if (value === undefined || /^--?[a-z]/.test(value)) throw usage(name, 'needs a value');
+    }
+    given.set(name, value);
+  }
+  const shadowed: string[] = [];
+  const get = (name: string): string => {
+    const e = env[envName(name)];
+    if (given.has(name)) {
+      if (e !== undefined) shadowed.push(name);
+      return given.get(name)!;
+    }
+    if (e !== undefined) return e;
+    return known.get(name)!.default;
+  };
+  const name = get('name');
+  if (name === '') throw usage('name', 'must not be empty');
+  const dataDir =
+    given.has('data-dir') || env[envName('data-dir')] !== undefined ? get('data-dir') : `${name}.conclave`;
+  if (dataDir === '') throw usage('data-dir', 'must not be empty');
+  const state = get('initial-cluster-state');
+  if (state !== 'new' && state !== 'existing')
+    throw usage('initial-cluster-state', `"${state}" is not 'new' or 'existing'`);
+  const heartbeatMs = positiveInt('heartbeat-interval', get('heartbeat-interval'));
+  const electionTimeoutMs = positiveInt('election-timeout', get('election-timeout'));
+  // etcd: "--election-timeout should be at least as 5 times as --heartbeat-interval".
+  if (electionTimeoutMs < 5 * heartbeatMs)
+    throw usage(
+      'election-timeout',
+      `${electionTimeoutMs} ms is less than 5 × --heartbeat-interval (${heartbeatMs} ms); raise it or lower the heartbeat`,
+    );
+  if (electionTimeoutMs > 50_000)
+    throw usage('election-timeout', 'is longer than 50000 ms (etcd refuses it too)');
+  const level = get('log-level');
+  const levels = {
+    debug: 'debug',
+    info: 'info',
+    warn: 'warn',
+    error: 'error',
+    panic: 'fatal',
+    fatal: 'fatal',
+  } as const;
+  if (!(level in levels))
+    throw usage('log-level', `"${level}" is not one of ${Object.keys(levels).join(', ')}`);
+  const listenPeer = urlList('listen-peer-urls', get('listen-peer-urls'));
+  if (listenPeer.length !== 1)
+    throw usage('listen-peer-urls', 'one URL only (a member listens for peers on one address)');
+  const maxRequestBytes = positiveInt('max-request-bytes', get('max-request-bytes'));
+  const maxTxnOps = positiveInt('max-txn-ops', get('max-txn-ops'));
+  try {
+    resolveRequestLimits({ maxRequestBytes, maxTxnOps });
+  } catch (err) {
+    throw new UsageError(`conclave serve: ${(err as Error).message} (see conclave serve --help)`);
+  }
+  return {
+    name,
+    dataDir,
+    listenClientUrls: urlList('listen-client-urls', get('listen-client-urls')),
+    advertiseClientUrls: urlList('advertise-client-urls', get('advertise-client-urls')),
+    listenPeerUrl: listenPeer[0]!,
+    initialAdvertisePeerUrls: urlList('initial-advertise-peer-urls', get('initial-advertise-peer-urls')),
+    initialCluster: get('initial-cluster'),
+    initialClusterState: state,
+    initialClusterToken: get('initial-cluster-token'),
+    heartbeatMs,
+    electionTimeoutMs,
+    snapshotCount: positiveInt('snapshot-count', get('snapshot-count')),
+    maxRequestBytes,
+    maxTxnOps,
+    quotaBackendBytes: positiveInt('quota-backend-bytes', get('quota-backend-bytes'), 0),
+    logLevel: levels[level as keyof typeof levels],
+    shadowed,
+  };
+}
+
+/**
+ * The identity to start with: the data dir's own, or (a new data dir) one derived from the flags,
+ * which must agree with each other. Throws `UsageError` for contradictions.
+ */
+export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise<Identity> {
+  const recorded = await readIdentity(c.dataDir);
+  if (recorded) {
+    if (recorded.name !== c.name)
+      log.warn(
+        { recorded: recorded.name, flag: c.name },
+        'the data dir belongs to another --name; using its identity',
+      );
+    log.info(
+      { member: hexId(recorded.memberId), cluster: hexId(recorded.clusterId) },
+      'the data dir has an identity: --initial-cluster, --initial-cluster-token and --initial-cluster-state are ignored',
+    );
+    // This start's client URLs are what the member advertises now (etcd publishes them at start).
+    const self = recorded.members.find((m) => m.id === recorded.memberId)!;
+    self.clientUrls = [...c.advertiseClientUrls];
+    await writeIdentity(c.dataDir, recorded);
+    return recorded;
+  }
+  if (await hasWal(c.dataDir))
+    throw new ConclaveError(
+      'corrupt',
+      `${c.dataDir} holds a WAL but no identity (member.json): restore it, or start from an empty data dir`,
+    );
+  if (c.initialClusterState === 'existing')
+    throw new UsageError(
+      'conclave serve: --initial-cluster-state existing needs this member\'s data dir: adding a member to a running cluster (etcdctl member add) is not implemented; use "new" to bootstrap',
+    );
+  let cluster: Map<string, string[]>;
+  try {
+    cluster = parseInitialCluster(c.initialCluster);
+  } catch (err) {
+    throw new UsageError(`conclave serve: ${(err as Error).message} (see conclave serve --help)`);
+  }
+  const listed = cluster.get(c.name);
+  if (!listed)
+    throw new UsageError(
+      `conclave serve: --initial-cluster has no member named "${c.name}" (--name); it lists ${[...cluster.keys()].join(', ')}`,
+    );
+  const adv = [...c.initialAdvertisePeerUrls].sort().join(',');
+  if ([...listed].sort().join(',') !== adv)
+    throw new UsageError(
+      `conclave serve: --initial-advertise-peer-urls (${adv}) does not match --initial-cluster's URLs for "${c.name}" (${listed.join(',')})`,
+    );
+  try {
+    const id = bootstrapIdentity({
+      name: c.name,
+      initialCluster: cluster,
+      token: c.initialClusterToken,
+      clientUrls: c.advertiseClientUrls,
+    });
+    await writeIdentity(c.dataDir, id);
+    return id;
+  } catch (err) {
+    if (ConclaveError.is(err, 'invalid-argument'))
+      throw new UsageError(`conclave serve: ${err.message} (see conclave serve --help)`);
+    throw err;
+  }
+}
+
+function helpText(): string {
+  const lines = [
+    'Usage: conclave serve [flags]',
+    '',
+    'Starts one member of a Conclave Raft cluster in this process. It speaks etcd v3 gRPC on its',
+    'client URLs and the Conclave peer protocol on its peer URL. Each flag can also be set with the',
+    'environment variable CONCLAVE_<FLAG> (e.g. --initial-cluster -> CONCLAVE_INITIAL_CLUSTER).',
+    '',
+    'Flags:',
+  ];
+  for (const f of serveFlags) {
+    lines.push(`  --${f.name} '${f.default}'`);
+    lines.push(`      ${f.help} [env ${envName(f.name)}]`);
+  }
+  return lines.join('\n');
+}
+
+const topHelp = [
+  'Usage: conclave <command> [flags]',
+  '',
+  'Commands:',
+  '  serve      start one member of a Conclave cluster (conclave serve --help lists its flags)',
+  '',
+  'Flags:',
+  '  --help     show this help',
+  '  --version  print the version',
+  '',
+  'conclave serve flags:',
+  ...serveFlags.map((f) => `  --${f.name}`),
+].join('\n');
+
+function hostPort(url: string): { host: string; port: number } {
+  const u = new URL(url);
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port) };
+}
+
+/** Runs `conclave <args>`; resolves with the exit code once the command is done (serve: once stopped). */
+export async function main(args: readonly string[]): Promise<number> {
+  const [cmd, ...rest] = args;
+  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    (cmd === undefined ? process.stderr : process.stdout).write(`${topHelp}\n`);
+    return cmd === undefined ? 2 : 0;
+  }
+  if (cmd === '--version' || cmd === 'version') {
+    process.stdout.write(`conclave ${conclaveVersion} (etcd API 3.4)\n`);
+    return 0;
+  }
+  if (cmd !== 'serve') {
+    process.stderr.write(`conclave: unknown command "${cmd}" (see conclave --help)\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${helpText()}\n`);
+    return 0;
+  }
+  let config: ServeConfig;
+  try {
+    config = parseServeArgs(rest);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  return serve(config);
+}
+
+async function serve(c: ServeConfig): Promise<number> {
+  const log = pino(
+    { level: c.logLevel, base: { name: c.name, pid: process.pid } },
+    pino.destination({ dest: 2, sync: true }),
+  );
+  for (const f of c.shadowed)
+    log.warn({ flag: f, env: envName(f) }, 'the command-line flag overrides its environment variable');
+  let identity: Identity;
+  let member: Member;
+  try {
+    identity = await resolveIdentity(c, log);
+    member = await Member.start({
+      identity,
+      dataDir: c.dataDir,
+      listenPeer: hostPort(c.listenPeerUrl),
+      heartbeatMs: c.heartbeatMs,
+      electionTimeoutMs: c.electionTimeoutMs,
+      snapshotEntries: c.snapshotCount,
+      limits: { maxRequestBytes: c.maxRequestBytes, maxTxnOps: c.maxTxnOps },
+      log,
+    });
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`${err.message}\n`);
+      return 2;
+    }
+    log.fatal({ err: err instanceof Error ? err.message : String(err) }, 'the member could not start');
+    return 1;
+  }
+  const clients = await startClients(member, c, log);
+  if (typeof clients === 'number') {
+    await member.stop();
+    return clients;
+  }
+  log.info(
+    { member: hexId(identity.memberId), cluster: hexId(identity.clusterId), clientUrls: c.listenClientUrls },
+    'serving',
+  );
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal while stopping: exiting now');
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      log.info({ signal }, 'stopping');
+      const timer = setTimeout(() => {
+        log.error({ timeoutMs: shutdownTimeoutMs }, 'stopping took too long: exiting');
+        resolve(1);
+      }, shutdownTimeoutMs);
+      timer.unref();
+      void (async () => {
+        try {
+          const moved = await member.transferLeadership(2 * c.electionTimeoutMs + 1000);
+          if (!moved) log.warn({}, 'leadership was not transferred before stopping');
+          await clients.close();
+          await member.stop();
+          log.info({}, 'stopped');
+          resolve(0);
+        } catch (err) {
+          log.error({ err: String(err) }, 'stopping failed');
+          resolve(1);
+        }
+      })();
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+/** The client API servers on `--listen-client-urls`; a number is an exit code (could not start). */
+async function startClients(
+  _member: Member,
+  _c: ServeConfig,
+  _log: pino.Logger,
+): Promise<{ close(): Promise<void> } | number> {
+  return { close: async () => undefined };
+}
+
+/** True when this module is the process's entry (`node --import tsx backends/raft/cli.ts …`). */
+function isEntry(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isEntry()) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`conclave: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,275 @@
+/**
+ * `conclave serve` clusters of real processes for tests, mirroring etcd.ts: members on free
+ * loopback ports with temporary data dirs, each a `node --import tsx backends/raft/cli.ts serve`
+ * process (so the child's PID is the member's: signals reach the member itself, not a wrapper),
+ * stopped by PID. `stop` sends SIGTERM and reports the exit code, `kill` sends SIGKILL, `restart`
+ * starts a member again on its data dir.
+ *
+ * Each member's stderr (pino JSON lines) is kept (bounded) for assertions and failure reports.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, minTtlFor } from './etcd.js';
+
+const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+/** Log lines kept per member process (oldest dropped first). */
+export const logLinesMax = 2000;
+
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+export interface LogLine {
+  readonly level: number;
+  readonly msg: string;
+  readonly [k: string]: unknown;
+}
+
+export interface ServedMember {
+  readonly name: string;
+  readonly clientPort: number;
+  readonly peerPort: number;
+  readonly dataDir: string;
+  /** `host:port` of the client URL. */
+  readonly endpoint: string;
+  /** The running process, if any. */
+  proc: ChildProcess | undefined;
+  /** Log lines of every run of this member (across restarts), the newest `logLinesMax`. */
+  readonly logs: LogLine[];
+  /** Lines dropped from the front of `logs` so far (absolute line n is `logs[n - droppedLogs]`). */
+  droppedLogs: number;
+  /** Non-JSON stderr output (crashes), bounded. */
+  stderr: string;
+}
+
+export interface StartServedOptions {
+  members?: number;
+  heartbeatMs?: number;
+  electionTimeoutMs?: number;
+  token?: string;
+  /** Extra flags for every member. */
+  extraArgs?: string[];
+  /** Wait until every member logs a leader (default true). */
+  waitLeader?: boolean;
+}
+
+export class ServedCluster {
+  readonly members: ServedMember[];
+  readonly dir: string;
+  readonly minTtlSeconds: number;
+  readonly #o: Required<Omit<StartServedOptions, 'members'>>;
+  readonly #initialCluster: string;
+
+  constructor(dir: string, members: ServedMember[], o: Required<Omit<StartServedOptions, 'members'>>) {
+    this.dir = dir;
+    this.members = members;
+    this.#o = o;
+    this.minTtlSeconds = minTtlFor(o.heartbeatMs, o.electionTimeoutMs);
+    this.#initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
+  }
+
+  get endpoints(): string[] {
+    return this.members.map((m) => m.endpoint);
+  }
+
+  /** PIDs of the running members. */
+  pids(): number[] {
+    return this.members.flatMap((m) =>
+      m.proc?.pid !== undefined && m.proc.exitCode === null ? [m.proc.pid] : [],
+    );
+  }
+
+  args(m: ServedMember, extra: string[] = []): string[] {
+    return [
+      '--import',
+      'tsx',
+      join(root, 'backends/raft/cli.ts'),
+      'serve',
+      `--name=${m.name}`,
+      `--data-dir=${m.dataDir}`,
+      `--listen-client-urls=http://127.0.0.1:${m.clientPort}`,
+      `--advertise-client-urls=http://127.0.0.1:${m.clientPort}`,
+      `--listen-peer-urls=http://127.0.0.1:${m.peerPort}`,
+      `--initial-advertise-peer-urls=http://127.0.0.1:${m.peerPort}`,
+      `--initial-cluster=${this.#initialCluster}`,
+      `--initial-cluster-token=${this.#o.token}`,
+      `--heartbeat-interval=${this.#o.heartbeatMs}`,
+      `--election-timeout=${this.#o.electionTimeoutMs}`,
+      ...this.#o.extraArgs,
+      ...extra,
+    ];
+  }
+
+  /** Starts member `i` (again, on its data dir). */
+  start(i: number, extra: string[] = []): ChildProcess {
+    const m = this.members[i]!;
+    if (m.proc && m.proc.exitCode === null && m.proc.signalCode === null)
+      throw new Error(`member ${m.name} is already running (pid ${m.proc.pid})`);
+    const child = spawn(process.execPath, this.args(m, extra), {
+      cwd: root,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    children.add(child);
+    child.once('exit', () => children.delete(child));
+    m.proc = child;
+    let partial = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      partial += d.toString('utf8');
+      const lines = partial.split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) {
+        if (line.trim() === '') continue;
+        try {
+          m.logs.push(JSON.parse(line) as LogLine);
+          if (m.logs.length > logLinesMax) {
+            m.droppedLogs += m.logs.length - logLinesMax;
+            m.logs.splice(0, m.logs.length - logLinesMax);
+          }
+        } catch {
+          if (m.stderr.length < 16_384) m.stderr += `${line}\n`;
+        }
+      }
+    });
+    return child;
+  }
+
+  /** SIGTERM; resolves with the exit code (SIGKILL after `timeoutMs`, then the code is null). */
+  stop(i: number, timeoutMs = 30_000): Promise<number | null> {
+    const c = this.members[i]!.proc;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return Promise.resolve(c?.exitCode ?? null);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
+      c.once('exit', (code) => {
+        clearTimeout(t);
+        resolve(code);
+      });
+      c.kill('SIGTERM');
+    });
+  }
+
+  /** SIGKILL: the member dies at once, as in a crash. */
+  kill(i: number): Promise<void> {
+    const c = this.members[i]!.proc;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return Promise.resolve();
+    return new Promise((resolve) => {
+      c.once('exit', () => resolve());
+      c.kill('SIGKILL');
+    });
+  }
+
+  /** Starts member `i` again on its data dir and waits until it logs that it is serving. */
+  async restart(i: number, timeoutMs = 30_000): Promise<void> {
+    const m = this.members[i]!;
+    const before = m.droppedLogs + m.logs.length;
+    this.start(i);
+    await this.waitLog(i, (l) => l.msg === 'serving', timeoutMs, before);
+  }
+
+  /** Waits for a log line of member `i` (from line `from` on). */
+  async waitLog(i: number, match: (l: LogLine) => boolean, timeoutMs = 30_000, from = 0): Promise<LogLine> {
+    const m = this.members[i]!;
+    const until = performance.now() + timeoutMs;
+    for (;;) {
+      const hit = m.logs.slice(Math.max(0, from - m.droppedLogs)).find(match);
+      if (hit) return hit;
+      if (m.proc && (m.proc.exitCode !== null || m.proc.signalCode !== null))
+        throw new Error(
+          `member ${m.name} exited (${m.proc.exitCode ?? m.proc.signalCode}): ${this.report(i)}`,
+        );
+      if (performance.now() > until)
+        throw new Error(`member ${m.name}: no matching log line in ${timeoutMs} ms: ${this.report(i)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** The index of the member that most recently logged itself leader, among running members. */
+  leaderIndex(): number | undefined {
+    let best: { i: number; term: number } | undefined;
+    this.members.forEach((m, i) => {
+      if (!m.proc || m.proc.exitCode !== null || m.proc.signalCode !== null) return;
+      for (const l of m.logs)
+        if (l.msg === 'leader elected' && l.self === true && (!best || (l.term as number) > best.term))
+          best = { i, term: l.term as number };
+    });
+    if (!best) return undefined;
+    // Still leader by the others' view: no later line of a higher term elsewhere.
+    const top = Math.max(
+      ...this.members.flatMap((m) =>
+        m.logs.filter((l) => l.msg === 'leader elected').map((l) => l.term as number),
+      ),
+    );
+    return best.term === top ? best.i : undefined;
+  }
+
+  /** Waits (bounded) until a running member logs itself leader of the newest term. */
+  async waitLeader(timeoutMs = 30_000): Promise<number> {
+    const until = performance.now() + timeoutMs;
+    for (;;) {
+      const i = this.leaderIndex();
+      if (i !== undefined) return i;
+      if (performance.now() > until)
+        throw new Error(
+          `no leader in ${timeoutMs} ms: ${this.members.map((_, j) => this.report(j)).join(' | ')}`,
+        );
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** A short account of a member for failure messages. */
+  report(i: number): string {
+    const m = this.members[i]!;
+    const tail = m.logs
+      .slice(-6)
+      .map((l) => l.msg)
+      .join('; ');
+    return `${m.name} pid ${m.proc?.pid ?? '-'} logs: ${tail} ${m.stderr.slice(-800)}`;
+  }
+
+  /** Kills every member still running and removes the data dirs. */
+  async close(): Promise<void> {
+    await Promise.all(this.members.map((_, i) => this.stop(i, 10_000)));
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Starts a cluster of `conclave serve` processes (default 3) and waits for a leader. */
+export async function startServed(opts: StartServedOptions = {}): Promise<ServedCluster> {
+  const n = opts.members ?? 3;
+  const dir = mkdtempSync(join(tmpdir(), 'conclave-served-'));
+  const members: ServedMember[] = [];
+  for (let i = 0; i < n; i++) {
+    const clientPort = await freePort();
+    const peerPort = await freePort();
+    members.push({
+      name: `m${i}`,
+      clientPort,
+      peerPort,
+      dataDir: join(dir, `m${i}`),
+      endpoint: `127.0.0.1:${clientPort}`,
+      proc: undefined,
+      logs: [],
+      droppedLogs: 0,
+      stderr: '',
+    });
+  }
+  const c = new ServedCluster(dir, members, {
+    heartbeatMs: opts.heartbeatMs ?? 50,
+    electionTimeoutMs: opts.electionTimeoutMs ?? 500,
+    token: opts.token ?? `served-${Math.random().toString(36).slice(2, 8)}`,
+    extraArgs: opts.extraArgs ?? [],
+    waitLeader: opts.waitLeader ?? true,
+  });
+  try {
+    for (let i = 0; i < n; i++) c.start(i);
+    await Promise.all(members.map((_, i) => c.waitLog(i, (l) => l.msg === 'serving', 60_000)));
+    if (opts.waitLeader ?? true) await c.waitLeader(60_000);
+  } catch (err) {
+    await c.close();
+    throw err;
+  }
+  return c;
+}
