@@ -6,13 +6,22 @@
 import { type ServiceError, status as Status } from '@grpc/grpc-js';
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 
-const byMessage: ReadonlyArray<[RegExp, ErrorCode, boolean?]> = [
+/** etcd's refusals by their stable message, with what to do where the message does not say it. */
+const byMessage: ReadonlyArray<[RegExp, ErrorCode, string?]> = [
   [/required revision has been compacted/, ErrorCode.Compacted],
   [/required revision is a future revision/, ErrorCode.FutureRevision],
   [/requested lease not found/, ErrorCode.LeaseNotFound],
-  [/too many operations in txn request/, ErrorCode.TooManyOps],
-  [/duplicate key given in txn request/, ErrorCode.DuplicateKey],
-  [/request is too large/, ErrorCode.RequestTooLarge],
+  [
+    /too many operations in txn request/,
+    ErrorCode.TooManyOps,
+    "split the txn (etcd's --max-txn-ops, 128 by default)",
+  ],
+  [/duplicate key given in txn request/, ErrorCode.DuplicateKey, 'write each key once per txn branch'],
+  [
+    /request is too large/,
+    ErrorCode.RequestTooLarge,
+    "store less per request; etcd's limit is --max-request-bytes (1.5 MiB by default)",
+  ],
   [/too many requests/, ErrorCode.TooManyRequests],
   [/key not found/, ErrorCode.InvalidArgument],
   [/key is not provided/, ErrorCode.InvalidArgument],
@@ -104,8 +113,12 @@ export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean
   }
   const details = err.details ?? err.message;
   const reason = grpcReason(err);
-  for (const [re, code] of byMessage) {
-    if (re.test(details)) return new ConclaveError(code, `${what}: ${reason}`, { cause: err });
+  for (const [re, code, hint] of byMessage) {
+    if (re.test(details)) {
+      return new ConclaveError(code, hint ? `${what}: ${reason}; ${hint}` : `${what}: ${reason}`, {
+        cause: err,
+      });
+    }
   }
   if (isTlsFailure(err)) {
     return new ConclaveError(
