@@ -1,0 +1,118 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import { parseServeArgs, resolveIdentity, serveFlags, UsageError } from '../../backends/raft/cli.js';
+import { readIdentity } from '../../backends/raft/server/ids.js';
+
+const silent = pino({ level: 'silent' });
+
+function run(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, ['--import', 'tsx', 'backends/raft/cli.ts', ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 60_000,
+  });
+}
+
+describe('conclave serve flags', () => {
+  it('cli — etcd defaults, flags in --f v, --f=v and -f v forms, and CONCLAVE_* env vars', () => {
+    const d = parseServeArgs([], {});
+    expect(d).toMatchObject({
+      name: 'default',
+      dataDir: 'default.conclave',
+      heartbeatMs: 100,
+      electionTimeoutMs: 1000,
+      maxRequestBytes: 1.5 * 1024 * 1024,
+      maxTxnOps: 128,
+      initialClusterState: 'new',
+      initialClusterToken: 'etcd-cluster',
+      snapshotCount: 100_000,
+    });
+    const c = parseServeArgs(['--name', 'a', '--heartbeat-interval=20', '-election-timeout', '300'], {
+      CONCLAVE_INITIAL_CLUSTER_TOKEN: 'tok',
+      CONCLAVE_NAME: 'ignored',
+      CONCLAVE_MAX_TXN_OPS: '7',
+    });
+    expect(c).toMatchObject({
+      name: 'a',
+      heartbeatMs: 20,
+      electionTimeoutMs: 300,
+      initialClusterToken: 'tok',
+      maxTxnOps: 7,
+    });
+    expect(c.dataDir).toBe('a.conclave');
+    expect(c.shadowed).toEqual(['name']);
+  });
+
+  it('cli — unknown, repeated, valueless and contradictory flags are usage errors that say which', () => {
+    const bad: Array<[string[], RegExp]> = [
+      [['--nmae', 'x'], /unknown flag --nmae/],
+      [['--name', 'a', '--name', 'b'], /--name: given twice/],
+      [['--name'], /--name: needs a value/],
+      [['stray'], /unexpected argument "stray"/],
+      [['--heartbeat-interval', '100', '--election-timeout', '300'], /less than 5 × --heartbeat-interval/],
+      [['--initial-cluster-state', 'maybe'], /'new' or 'existing'/],
+      [['--listen-peer-urls', 'http://a:1,http://b:2'], /one URL only/],
+      [['--listen-client-urls', 'https://127.0.0.1:1'], /only http/],
+      [['--max-txn-ops', '-1'], /--max-txn-ops/],
+      [['--log-level', 'loud'], /--log-level/],
+    ];
+    for (const [args, re] of bad) expect(() => parseServeArgs(args, {}), args.join(' ')).toThrow(re);
+    expect(() => parseServeArgs(['--nmae', 'x'], {})).toThrow(UsageError);
+  });
+
+  it('cli — a new data dir takes its identity from the flags, which must agree; a recorded one ignores them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'conclave-cli-'));
+    try {
+      const base = [
+        '--name=a',
+        `--data-dir=${join(dir, 'a')}`,
+        '--initial-cluster=a=http://127.0.0.1:7001,b=http://127.0.0.1:7002,c=http://127.0.0.1:7003',
+      ];
+      await expect(
+        resolveIdentity(
+          parseServeArgs([...base, '--initial-advertise-peer-urls=http://127.0.0.1:7009'], {}),
+          silent,
+        ),
+      ).rejects.toThrow(/does not match --initial-cluster's URLs for "a"/);
+      await expect(
+        resolveIdentity(parseServeArgs([...base, '--initial-cluster-state=existing'], {}), silent),
+      ).rejects.toThrow(/member add\) is not implemented/);
+      const good = [...base, '--initial-advertise-peer-urls=http://127.0.0.1:7001'];
+      const id = await resolveIdentity(parseServeArgs(good, {}), silent);
+      expect(await readIdentity(join(dir, 'a'))).toEqual(id);
+      // A restart with other cluster flags keeps the recorded identity (etcd ignores them too).
+      const again = await resolveIdentity(
+        parseServeArgs(
+          [...good.slice(0, 2), '--initial-cluster=a=http://127.0.0.1:9', '--initial-cluster-token=zz'],
+          {},
+        ),
+        silent,
+      );
+      expect(again.memberId).toBe(id.memberId);
+      expect(again.clusterId).toBe(id.clusterId);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('cli — a bad flag exits 2 with one line; --help lists every flag and exits 0', () => {
+    const r = run(['serve', '--election-timeout', 'soon']);
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/--election-timeout: "soon" is not an integer/);
+    const h = run(['serve', '--help']);
+    expect(h.status).toBe(0);
+    for (const f of serveFlags) {
+      expect(h.stdout).toContain(`--${f.name} `);
+      expect(h.stdout).toContain(`CONCLAVE_${f.name.toUpperCase().replace(/-/g, '_')}`);
+    }
+    const top = run(['--help']);
+    expect(top.status).toBe(0);
+    for (const f of serveFlags) expect(top.stdout).toContain(`--${f.name}`);
+    expect(run(['launch']).status).toBe(2);
+  }, 120_000);
+});
