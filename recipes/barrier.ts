@@ -4,6 +4,7 @@
  * until released.
  */
 
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { toBytes } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { CallOptions } from '../src/types.js';
@@ -15,7 +16,7 @@ export class Barrier {
 
   constructor(kv: KV, name: string) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('Barrier: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Barrier: name must be a non-empty string');
     this.kv = kv;
     this.key = name;
   }

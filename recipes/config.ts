@@ -110,13 +110,14 @@ interface Snapshot {
 const jsonDecode: ConfigDecoder = (value) => JSON.parse(toText(value));
 const jsonEncode: ConfigEncoder = (value) => {
   const s = JSON.stringify(value);
-  if (s === undefined) throw new TypeError('setConfig: a value is not JSON-serialisable');
+  if (s === undefined)
+    throw new ConclaveError(ErrorCode.InvalidArgument, 'setConfig: a value is not JSON-serialisable');
   return s;
 };
 
 function checkPrefix(what: string, prefix: unknown): asserts prefix is string {
   if (typeof prefix !== 'string' || prefix.length === 0)
-    throw new TypeError(`${what}: prefix must be a non-empty string`);
+    throw new ConclaveError(ErrorCode.InvalidArgument, `${what}: prefix must be a non-empty string`);
 }
 
 /** Whole re-reads of a paginated snapshot whose pinned revision was compacted mid-way. */
@@ -253,13 +254,22 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   constructor(kv: KV, prefix: string, opts: WatchConfigOptions<T>) {
     checkPrefix('ConfigWatcher', prefix);
     if (typeof opts?.schema?.['~standard']?.validate !== 'function')
-      throw new TypeError('ConfigWatcher: schema must be a Standard Schema v1 (zod, valibot, arktype…)');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'ConfigWatcher: schema must be a Standard Schema v1 (zod, valibot, arktype…)',
+      );
     const debounceMs = opts.debounceMs ?? configDebounceMsDefault;
     if (!Number.isFinite(debounceMs) || debounceMs < 0)
-      throw new TypeError('ConfigWatcher: debounceMs must be a non-negative number');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'ConfigWatcher: debounceMs must be a non-negative number',
+      );
     const bufferMax = opts.changesBufferedMax ?? configChangesBufferedMax;
     if (!Number.isInteger(bufferMax) || bufferMax < 1)
-      throw new TypeError('ConfigWatcher: changesBufferedMax must be a positive integer');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'ConfigWatcher: changesBufferedMax must be a positive integer',
+      );
     this.kv = kv;
     this.prefix = prefix;
     this.#prefixBytes = toBytes(prefix);
@@ -272,7 +282,11 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
 
   /** The last valid config. Throws before a successful `start()`. */
   get current(): T {
-    if (!this.#valid) throw new TypeError('ConfigWatcher: no valid config yet (start() has not succeeded)');
+    if (!this.#valid)
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'ConfigWatcher: no valid config yet (start() has not succeeded)',
+      );
     return this.#valid.config;
   }
 
@@ -297,7 +311,8 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
    * Rejects with the signal's reason, or a KV error.
    */
   async start(): Promise<Result<this, ConfigRejection>> {
-    if (this.#started || this.#closed) throw new TypeError('ConfigWatcher: start() may be called once');
+    if (this.#started || this.#closed)
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'ConfigWatcher: start() may be called once');
     this.#started = true;
     const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
     signal.throwIfAborted();
@@ -684,10 +699,16 @@ export async function setConfig(
 ): Promise<Result<ConfigWritten, ConfigConflict>> {
   checkPrefix('setConfig', prefix);
   if (typeof config !== 'object' || config === null || Array.isArray(config))
-    throw new TypeError('setConfig: config must be a plain object (field → value)');
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      'setConfig: config must be a plain object (field → value)',
+    );
   const { ifRevision, signal } = opts;
   if (ifRevision !== undefined && (!Number.isSafeInteger(ifRevision) || ifRevision < 1))
-    throw new TypeError('setConfig: ifRevision must be a positive integer revision');
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      'setConfig: ifRevision must be a positive integer revision',
+    );
   const wanted = encodeConfig(config, opts.encode ?? jsonEncode);
   for (let attempt = 1; attempt <= setConfigAttemptsMax; attempt++) {
     signal?.throwIfAborted();

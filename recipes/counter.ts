@@ -44,7 +44,7 @@ export class Counter {
   /** `name` is the key itself; an absent key reads as 0. */
   constructor(kv: KV, name: string, opts: CounterOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('Counter: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Counter: name must be a non-empty string');
     const retriesMax = opts.retriesMax ?? counterRetriesMax;
     checkRetriesMax('Counter', retriesMax);
     this.kv = kv;
@@ -63,7 +63,8 @@ export class Counter {
    * result would leave the safe integer range.
    */
   async add(delta: number, opts: CallOptions = {}): Promise<number> {
-    if (!Number.isSafeInteger(delta)) throw new TypeError('Counter.add: delta must be a safe integer');
+    if (!Number.isSafeInteger(delta))
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Counter.add: delta must be a safe integer');
     const signal = opts.signal;
     signal?.throwIfAborted();
     let cur = await this.get({ signal });
@@ -115,9 +116,15 @@ export class Counter {
     opts: CallOptions = {},
   ): Promise<Result<{ revision: number }, CounterConflict>> {
     if (!Number.isSafeInteger(expectedRevision) || expectedRevision < 0)
-      throw new TypeError('Counter.compareAndSet: expectedRevision must be a non-negative integer');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'Counter.compareAndSet: expectedRevision must be a non-negative integer',
+      );
     if (!Number.isSafeInteger(value))
-      throw new TypeError('Counter.compareAndSet: value must be a safe integer');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'Counter.compareAndSet: value must be a safe integer',
+      );
     const t = await this.kv.txn(
       {
         compare: [{ key: this.name, target: 'mod', result: '=', value: expectedRevision }],

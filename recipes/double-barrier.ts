@@ -21,9 +21,12 @@ export class DoubleBarrier {
 
   constructor(session: Session, name: string, count: number) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('DoubleBarrier: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'DoubleBarrier: name must be a non-empty string');
     if (!Number.isSafeInteger(count) || count < 1)
-      throw new TypeError(`DoubleBarrier: count must be a positive integer, got ${count}`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `DoubleBarrier: count must be a positive integer, got ${count}`,
+      );
     this.session = session;
     this.name = name;
     this.count = count;

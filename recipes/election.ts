@@ -54,7 +54,7 @@ export class Election {
   /** `lostOnSuspend` (default true): a leadership counts as lost as soon as the session is suspended. */
   constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('Election: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Election: name must be a non-empty string');
     this.session = session;
     this.name = name;
     this.#pfx = `${name}/`;

@@ -65,11 +65,17 @@ export class MultiLock {
    */
   constructor(session: Session, names: Iterable<string>, opts: MutexOptions = {}) {
     if (names === null || typeof names !== 'object' || !(Symbol.iterator in names))
-      throw new TypeError('MultiLock: names must be an array (or iterable) of lock names');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'MultiLock: names must be an array (or iterable) of lock names',
+      );
     const distinct = [...new Set(names)];
     for (const n of distinct)
       if (typeof n !== 'string' || n.length === 0)
-        throw new TypeError('MultiLock: every name must be a non-empty string');
+        throw new ConclaveError(
+          ErrorCode.InvalidArgument,
+          'MultiLock: every name must be a non-empty string',
+        );
     if (distinct.length === 0) invalidArgument('names', 'a MultiLock needs at least one lock name');
     if (distinct.length > multiLockNamesMax)
       invalidArgument(

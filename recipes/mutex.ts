@@ -12,7 +12,7 @@
  * lost (by default also while it is suspended; see `lostOnSuspend`) or when the key disappears.
  */
 import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason } from '../src/errors.js';
+import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, LeaseId } from '../src/types.js';
@@ -51,7 +51,7 @@ export class Mutex {
 
   constructor(session: Session, name: string, opts: MutexOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('Mutex: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Mutex: name must be a non-empty string');
     this.session = session;
     this.name = name;
     const pfx = `${name}/`;

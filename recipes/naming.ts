@@ -79,14 +79,17 @@ export function decodeEndpoint(value: Uint8Array): Endpoint | undefined {
 
 function checkName(what: string, name: unknown): asserts name is string {
   if (typeof name !== 'string' || name.length === 0)
-    throw new TypeError(`${what} must be a non-empty string`);
+    throw new ConclaveError(ErrorCode.InvalidArgument, `${what} must be a non-empty string`);
 }
 
 function checkEndpoint(endpoint: Endpoint): Endpoint {
   if (typeof endpoint?.addr !== 'string' || endpoint.addr.length === 0)
-    throw new TypeError('register: addr must be a non-empty string (host:port)');
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      'register: addr must be a non-empty string (host:port)',
+    );
   if (endpoint.metadata !== undefined && JSON.stringify(endpoint.metadata) === undefined)
-    throw new TypeError('register: metadata must be JSON-serialisable');
+    throw new ConclaveError(ErrorCode.InvalidArgument, 'register: metadata must be JSON-serialisable');
   return { addr: endpoint.addr, metadata: endpoint.metadata ?? null };
 }
 
@@ -236,14 +239,14 @@ export class ServiceRegistration implements AsyncDisposable {
    * written again under the new lease. With a provider this is not needed.
    */
   setSession(session: Session): void {
-    if (this.#closing) throw new TypeError('setSession: the registration is closed');
+    if (this.#closing) throw new ConclaveError(ErrorCode.Closed, 'setSession: the registration is closed');
     this.#attach(session);
     this.#poke();
   }
 
   /** Changes the published address or metadata (written under the same lease). */
   update(endpoint: Endpoint): void {
-    if (this.#closing) throw new TypeError('update: the registration is closed');
+    if (this.#closing) throw new ConclaveError(ErrorCode.Closed, 'update: the registration is closed');
     this.#endpoint = checkEndpoint(endpoint);
     this.#poke();
   }
@@ -454,15 +457,22 @@ function healthOptions(
 ): Required<HealthCheckOptions> | undefined {
   if (h === undefined) return undefined;
   const o: HealthCheckOptions = typeof h === 'function' ? { check: h } : h;
-  if (typeof o.check !== 'function') throw new TypeError('register: healthCheck.check must be a function');
+  if (typeof o.check !== 'function')
+    throw new ConclaveError(ErrorCode.InvalidArgument, 'register: healthCheck.check must be a function');
   const positive = (name: string, v: number) => {
     if (!Number.isFinite(v) || v <= 0)
-      throw new TypeError(`register: healthCheck.${name} must be a positive number`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `register: healthCheck.${name} must be a positive number`,
+      );
     return v;
   };
   const count = (name: string, v: number) => {
     if (!Number.isSafeInteger(v) || v < 1)
-      throw new TypeError(`register: healthCheck.${name} must be a positive integer`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `register: healthCheck.${name} must be a positive integer`,
+      );
     return v;
   };
   return {
@@ -499,7 +509,7 @@ export class ServiceRegistry implements AsyncDisposable {
     service: string,
     opts: RegisterOptions,
   ): Promise<ServiceRegistration> {
-    if (this.#closed) throw new TypeError('ServiceRegistry: closed');
+    if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'ServiceRegistry: closed');
     if (this.#open.size >= namingRegistrationsMax)
       throw new ConclaveError(
         ErrorCode.TooManyRequests,
@@ -713,7 +723,10 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     checkName('ServiceResolver: service', service);
     const int = (name: string, v: number, min: number) => {
       if (!Number.isSafeInteger(v) || v < min)
-        throw new TypeError(`ServiceResolver: ${name} must be an integer >= ${min}`);
+        throw new ConclaveError(
+          ErrorCode.InvalidArgument,
+          `ServiceResolver: ${name} must be an integer >= ${min}`,
+        );
       return v;
     };
     this.kv = kv;
@@ -725,7 +738,10 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     this.#bufferMax = int('changesBufferedMax', opts.changesBufferedMax ?? namingChangesBufferedMax, 1);
     this.#errorThreshold = int('errorThreshold', opts.errorThreshold ?? downErrorThresholdDefault, 1);
     if (this.#errorThreshold > downErrorThresholdMax)
-      throw new TypeError(`ServiceResolver: errorThreshold must be <= ${downErrorThresholdMax}`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `ServiceResolver: errorThreshold must be <= ${downErrorThresholdMax}`,
+      );
     this.#errorWindowMs = int('errorWindowMs', opts.errorWindowMs ?? downErrorWindowMsDefault, 1);
     this.#downMs = int('downMs', opts.downMs ?? downMsDefault, 1);
     this.#now = opts.now ?? (() => performance.now());
@@ -759,7 +775,8 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
 
   /** Reads the service's instances at one revision and starts the watch. Call once. */
   async start(): Promise<this> {
-    if (this.#started || this.#closed) throw new TypeError('ServiceResolver: start() may be called once');
+    if (this.#started || this.#closed)
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'ServiceResolver: start() may be called once');
     this.#started = true;
     const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
@@ -817,7 +834,8 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
       case PickStrategy.Random:
         return cands[Math.floor(Math.random() * cands.length)]!;
       case PickStrategy.Sticky: {
-        if (typeof opts.key !== 'string') throw new TypeError('pick: the sticky strategy needs a key string');
+        if (typeof opts.key !== 'string')
+          throw new ConclaveError(ErrorCode.InvalidArgument, 'pick: the sticky strategy needs a key string');
         let best = cands[0]!;
         let bestScore = -1;
         for (const c of cands) {
@@ -830,7 +848,7 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
         return best;
       }
       default:
-        throw new TypeError(`pick: unknown strategy ${String(strategy)}`);
+        throw new ConclaveError(ErrorCode.InvalidArgument, `pick: unknown strategy ${String(strategy)}`);
     }
   }
 

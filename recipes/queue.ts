@@ -97,7 +97,7 @@ abstract class ClaimQueue<I extends QueueItem> {
 
   constructor(kind: string, kv: KV, name: string, orderByKey: boolean) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError(`${kind}: name must be a non-empty string`);
+      throw new ConclaveError(ErrorCode.InvalidArgument, `${kind}: name must be a non-empty string`);
     this.kv = kv;
     this.name = name;
     this.#prefix = toBytes(`${name}/`);
@@ -333,7 +333,8 @@ function makeItem(kv: KeyValue, value: Uint8Array, revision: number): QueueItem 
 
 function checkPriority(priority: unknown): asserts priority is number {
   if (typeof priority !== 'number' || !Number.isInteger(priority) || priority < 0 || priority > priorityMax)
-    throw new TypeError(
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
       `PriorityQueue: priority must be an integer from 0 (first) to ${priorityMax} (last), got ${String(priority)}`,
     );
 }

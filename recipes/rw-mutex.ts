@@ -9,7 +9,7 @@
  * experimental recipe, which infers ownership from one delete event).
  */
 import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason } from '../src/errors.js';
+import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
@@ -31,7 +31,7 @@ export class RWMutex {
 
   constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('RWMutex: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'RWMutex: name must be a non-empty string');
     this.session = session;
     this.name = name;
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;

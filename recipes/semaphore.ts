@@ -23,9 +23,12 @@ export class Semaphore {
 
   constructor(session: Session, name: string, permits: number, opts: { lostOnSuspend?: boolean } = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('Semaphore: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Semaphore: name must be a non-empty string');
     if (!Number.isSafeInteger(permits) || permits < 1)
-      throw new TypeError(`Semaphore: permits must be a positive integer, got ${permits}`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `Semaphore: permits must be a positive integer, got ${permits}`,
+      );
     this.session = session;
     this.name = name;
     this.permits = permits;

@@ -192,7 +192,7 @@ class Attempt implements STM {
 
   async range(key: Bytes, opts: StmRangeOptions = {}): Promise<StmEntry[]> {
     if (opts.end !== undefined && opts.fromKey)
-      throw new TypeError('stm range: use `end` or `fromKey`, not both');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'stm range: use `end` or `fromKey`, not both');
     const r = resolveRange(
       key,
       opts.end !== undefined ? { end: opts.end } : opts.fromKey ? { fromKey: true } : { prefix: true },
@@ -206,7 +206,7 @@ class Attempt implements STM {
   put(key: Bytes, value: Bytes, opts: { lease?: LeaseId } = {}): void {
     const k = toBytes(key);
     if (opts.lease !== undefined && typeof opts.lease !== 'bigint')
-      throw new TypeError('stm put: lease must be a bigint lease id');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'stm put: lease must be a bigint lease id');
     this.#check();
     this.#writes.set(id(k), { key: k, value: toBytes(value), lease: opts.lease });
     this.#checkBounds();
@@ -226,7 +226,10 @@ class Attempt implements STM {
 
   #check(): void {
     if (!this.#live)
-      throw new TypeError('stm: the STM handle was used after its attempt ended (await every call in fn)');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'stm: the STM handle was used after its attempt ended (await every call in fn)',
+      );
     this.signal.throwIfAborted();
   }
 
@@ -407,7 +410,10 @@ class Attempt implements STM {
     }
     if (missing.length === 0) return;
     if (missing.length > stmCompareMax)
-      throw new TypeError(`stm: prefetch lists more than ${stmCompareMax} keys`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `stm: prefetch lists more than ${stmCompareMax} keys`,
+      );
     const revision = pinned(this.isolation) ? this.#pin : undefined;
     const t = await this.#kv.txn(
       {
@@ -499,7 +505,10 @@ export async function conflictBackoff(attempt: number, signal: AbortSignal | und
 /** Validates a `retriesMax` option (shared with Counter). */
 export function checkRetriesMax(what: string, n: number): void {
   if (!Number.isInteger(n) || n < 0 || n > stmRetriesLimitMax)
-    throw new TypeError(`${what}: retriesMax must be an integer from 0 to ${stmRetriesLimitMax}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${what}: retriesMax must be an integer from 0 to ${stmRetriesLimitMax}`,
+    );
 }
 
 /**
@@ -513,10 +522,14 @@ export async function stm<T>(
   fn: (tx: STM) => T | Promise<T>,
   opts: StmOptions = {},
 ): Promise<StmResult<T>> {
-  if (typeof fn !== 'function') throw new TypeError('stm: fn must be a function');
+  if (typeof fn !== 'function')
+    throw new ConclaveError(ErrorCode.InvalidArgument, 'stm: fn must be a function');
   const isolation = opts.isolation ?? Isolation.SerializableSnapshot;
   if (!Object.values(Isolation).includes(isolation))
-    throw new TypeError(`stm: isolation must be one of ${Object.values(Isolation).join(', ')}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `stm: isolation must be one of ${Object.values(Isolation).join(', ')}`,
+    );
   const retriesMax = opts.retriesMax ?? stmRetriesMax;
   checkRetriesMax('stm', retriesMax);
   const prefetchKeys = (opts.prefetch ?? []).map(toBytes);

@@ -191,7 +191,7 @@ const backoffMs = (n: number): number =>
 
 function checkPositive(what: string, n: unknown, max: number): void {
   if (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > max)
-    throw new TypeError(`${what} must be an integer from 1 to ${max}`);
+    throw new ConclaveError(ErrorCode.InvalidArgument, `${what} must be an integer from 1 to ${max}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,14 +214,17 @@ export class Topic {
 
   constructor(kv: KV, name: string, opts: TopicOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('Topic: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: name must be a non-empty string');
     const r = opts.retention;
     if (r?.maxEvents !== undefined)
       checkPositive('Topic: retention.maxEvents', r.maxEvents, Number.MAX_SAFE_INTEGER);
     if (r?.maxAgeMs !== undefined && !(Number.isFinite(r.maxAgeMs) && r.maxAgeMs > 0))
-      throw new TypeError('Topic: retention.maxAgeMs must be a positive number');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'Topic: retention.maxAgeMs must be a positive number',
+      );
     if (opts.now !== undefined && typeof opts.now !== 'function')
-      throw new TypeError('Topic: now must be a function');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: now must be a function');
     this.kv = kv;
     this.name = name;
     this.#retention = r?.maxEvents !== undefined || r?.maxAgeMs !== undefined ? r : undefined;
@@ -405,7 +408,7 @@ export class Topic {
   async setCursor(subscriber: string, lastSeq: number, opts: CallOptions = {}): Promise<void> {
     checkSubscriber(subscriber);
     if (!Number.isSafeInteger(lastSeq) || lastSeq < 0)
-      throw new TypeError('setCursor: lastSeq must be an integer >= 0');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'setCursor: lastSeq must be an integer >= 0');
     await this.kv.put(this.cursorKey(subscriber), pad(lastSeq), { signal: opts.signal });
   }
 
@@ -427,7 +430,11 @@ export class Topic {
   async subscribe(opts: SubscribeOptions = {}): Promise<Subscription> {
     const { subscriber, signal } = opts;
     if (subscriber !== undefined) checkSubscriber(subscriber);
-    else if (opts.autoAck) throw new TypeError('subscribe: autoAck needs a durable subscriber name');
+    else if (opts.autoAck)
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'subscribe: autoAck needs a durable subscriber name',
+      );
     checkPosition(opts.from);
     if (opts.pageEventsMax !== undefined)
       checkPositive('subscribe: pageEventsMax', opts.pageEventsMax, topicPageEventsMax);
@@ -702,7 +709,8 @@ const searchAttemptsMax = 3;
 
 function checkSubscriber(subscriber: unknown): asserts subscriber is string {
   if (typeof subscriber !== 'string' || subscriber.length === 0 || subscriber.length > topicSubscriberNameMax)
-    throw new TypeError(
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
       `subscriber must be a non-empty string of at most ${topicSubscriberNameMax} characters`,
     );
 }
@@ -710,12 +718,16 @@ function checkSubscriber(subscriber: unknown): asserts subscriber is string {
 function checkPosition(from: unknown): void {
   if (from === undefined || from === 'oldest' || from === 'next') return;
   if (typeof from === 'number') {
-    if (!Number.isSafeInteger(from) || from < 1) throw new TypeError('subscribe: from must be a seq >= 1');
+    if (!Number.isSafeInteger(from) || from < 1)
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'subscribe: from must be a seq >= 1');
     return;
   }
   const rev = (from as { revision?: unknown } | null)?.revision;
   if (typeof from !== 'object' || !Number.isSafeInteger(rev) || (rev as number) < 1)
-    throw new TypeError("subscribe: from must be a seq, 'oldest', 'next' or { revision }");
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      "subscribe: from must be a seq, 'oldest', 'next' or { revision }",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -795,9 +807,13 @@ export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable 
   async ack(seq: number = this.#delivered, opts: CallOptions = {}): Promise<void> {
     const subscriber = this.subscriber;
     if (subscriber === undefined)
-      throw new TypeError('ack: only a durable subscription (subscriber name) has a cursor');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'ack: only a durable subscription (subscriber name) has a cursor',
+      );
     if (!Number.isSafeInteger(seq) || seq > this.#delivered)
-      throw new TypeError(
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
         `ack: seq must be an integer no greater than the last delivered (${this.#delivered})`,
       );
     if (seq <= this.#acked) return;
@@ -825,7 +841,11 @@ export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable 
   }
 
   [Symbol.asyncIterator](): AsyncGenerator<TopicEvent, void, undefined> {
-    if (this.#iterated) throw new TypeError('Subscription: iterate it once (one consumer per subscription)');
+    if (this.#iterated)
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'Subscription: iterate it once (one consumer per subscription)',
+      );
     this.#iterated = true;
     return this.#run();
   }

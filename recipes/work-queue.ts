@@ -162,13 +162,17 @@ function marginMs(ttlSeconds: number): number {
 function checkDelay(what: string, s: number | undefined): number {
   const v = s ?? 0;
   if (!Number.isFinite(v) || v < 0 || v > workQueueDelaySecondsMax)
-    throw new TypeError(`${what}: delaySeconds must be between 0 and ${workQueueDelaySecondsMax}, got ${s}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${what}: delaySeconds must be between 0 and ${workQueueDelaySecondsMax}, got ${s}`,
+    );
   return v;
 }
 
 function checkMaxAttempts(what: string, n: number): number {
   if (!Number.isSafeInteger(n) || n < 1 || n > workQueueMaxAttemptsMax)
-    throw new TypeError(
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
       `${what}: maxAttempts must be an integer from 1 to ${workQueueMaxAttemptsMax}, got ${n}`,
     );
   return n;
@@ -450,10 +454,13 @@ export class WorkQueue implements AsyncDisposable {
 
   constructor(session: Session, name: string, opts: WorkQueueOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
-      throw new TypeError('WorkQueue: name must be a non-empty string');
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'WorkQueue: name must be a non-empty string');
     const vis = opts.visibilityTimeoutSeconds ?? workQueueVisibilityTimeoutSecondsDefault;
     if (!Number.isSafeInteger(vis) || vis < 1)
-      throw new TypeError(`WorkQueue: visibilityTimeoutSeconds must be a positive integer, got ${vis}`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `WorkQueue: visibilityTimeoutSeconds must be a positive integer, got ${vis}`,
+      );
     this.session = session;
     this.name = name;
     this.visibilityTimeoutSeconds = vis;
@@ -477,7 +484,10 @@ export class WorkQueue implements AsyncDisposable {
   async add(value: Bytes, opts: AddOptions = {}): Promise<string> {
     const priority = opts.priority ?? 0;
     if (!Number.isSafeInteger(priority) || priority < 0 || priority > workQueuePriorityMax)
-      throw new TypeError(`WorkQueue.add: priority must be an integer from 0 to ${workQueuePriorityMax}`);
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `WorkQueue.add: priority must be an integer from 0 to ${workQueuePriorityMax}`,
+      );
     const delaySeconds = checkDelay('WorkQueue.add', opts.delaySeconds);
     const m = checkMaxAttempts('WorkQueue.add', opts.maxAttempts ?? this.maxAttempts);
     const body = toBytes(value);
@@ -746,7 +756,8 @@ export class WorkQueue implements AsyncDisposable {
   async process(handler: JobHandler, opts: ProcessOptions = {}): Promise<never> {
     const concurrency = opts.concurrency ?? 1;
     if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > workQueueConcurrencyMax)
-      throw new TypeError(
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
         `WorkQueue.process: concurrency must be an integer from 1 to ${workQueueConcurrencyMax}`,
       );
     checkDelay('WorkQueue.process retryDelaySeconds', opts.retryDelaySeconds);

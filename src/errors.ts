@@ -45,6 +45,11 @@ export const ErrorCode = {
   Closed: 'closed',
   /** Stored data failed a checksum or could not be decoded. */
   Corrupt: 'corrupt',
+  /**
+   * A data directory is held by another process (or another member of this one): one directory
+   * holds one member. Stop the other owner, or use another directory. Not retryable.
+   */
+  Locked: 'locked',
   /** A recipe-level conflict (e.g. a semaphore's stored permit count differs from the caller's). */
   Conflict: 'conflict',
   /** An STM/counter retry bound ran out. */

@@ -1,4 +1,5 @@
 /** Byte and key helpers shared by the contract, recipes and backends. */
+import { ConclaveError, ErrorCode } from './errors.js';
 import type { Bytes, KeySelector, LeaseId } from './types.js';
 
 const encoder = new TextEncoder();
@@ -11,7 +12,7 @@ export const ZERO_KEY = new Uint8Array([0]);
 export function toBytes(b: Bytes): Uint8Array {
   if (typeof b === 'string') return encoder.encode(b);
   if (b instanceof Uint8Array) return b;
-  throw new TypeError(`expected a Uint8Array or string, got ${describe(b)}`);
+  throw new ConclaveError(ErrorCode.InvalidArgument, `expected a Uint8Array or string, got ${describe(b)}`);
 }
 
 export function toText(b: Uint8Array): string {
@@ -76,7 +77,11 @@ export function resolveRange(key: Bytes, sel: KeySelector | undefined): { key: U
   const k = toBytes(key);
   if (!sel) return { key: k, end: EMPTY };
   const chosen = (sel.end !== undefined ? 1 : 0) + (sel.prefix ? 1 : 0) + (sel.fromKey ? 1 : 0);
-  if (chosen > 1) throw new TypeError('range: use only one of `end`, `prefix` and `fromKey`');
+  if (chosen > 1)
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      'range: use only one of `end`, `prefix` and `fromKey`',
+    );
   if (sel.prefix) {
     // An empty prefix means every key, as etcd's clientv3.WithPrefix on "".
     return k.length === 0 ? { key: ZERO_KEY, end: ZERO_KEY } : { key: k, end: prefixEnd(k) };
@@ -88,6 +93,7 @@ export function resolveRange(key: Bytes, sel: KeySelector | undefined): { key: U
 
 /** Lease id in etcd's lowercase hex form (as used in Go recipe keys and etcdctl output). */
 export function leaseHex(id: LeaseId): string {
-  if (typeof id !== 'bigint') throw new TypeError(`lease id must be a bigint, got ${describe(id)}`);
+  if (typeof id !== 'bigint')
+    throw new ConclaveError(ErrorCode.InvalidArgument, `lease id must be a bigint, got ${describe(id)}`);
   return BigInt.asUintN(64, id).toString(16);
 }

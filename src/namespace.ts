@@ -72,7 +72,10 @@ export interface NamespacedKV extends KV {
  */
 export function namespace(kv: KV, prefix: Bytes): NamespacedKV {
   if (typeof kv !== 'object' || kv === null || typeof kv.range !== 'function')
-    throw new TypeError('namespace: kv must be a KV (from connect() or a backend)');
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      'namespace: kv must be a KV (from connect() or a backend)',
+    );
   const pfx = checkBytes('namespace prefix', prefix).slice();
   if (pfx.length === 0)
     throw new ConclaveError(

@@ -3,14 +3,17 @@
  * message naming the argument (issue: "Bad input"). Programmer mistakes of type are `TypeError`;
  * values out of range are `ConclaveError('invalid-argument')`.
  */
-import { invalidArgument } from './errors.js';
+import { ConclaveError, ErrorCode, invalidArgument } from './errors.js';
 import { describe, toBytes } from './keys.js';
 import { limits } from './limits.js';
 import type { Bytes, CallOptions, Compare, Op, Txn } from './types.js';
 
 export function checkBytes(name: string, v: unknown): Uint8Array {
   if (typeof v !== 'string' && !(v instanceof Uint8Array)) {
-    throw new TypeError(`${name} must be a Uint8Array or string, got ${describe(v)}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${name} must be a Uint8Array or string, got ${describe(v)}`,
+    );
   }
   return toBytes(v as Bytes);
 }
@@ -24,7 +27,8 @@ export function checkKey(name: string, v: unknown): Uint8Array {
 
 export function checkRevision(name: string, v: unknown, opts: { allowZero?: boolean } = {}): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
-    throw new TypeError(
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
       `${name} must be a safe integer revision, got ${typeof v === 'number' ? v : describe(v)}`,
     );
   }
@@ -35,14 +39,21 @@ export function checkRevision(name: string, v: unknown, opts: { allowZero?: bool
 
 export function checkNonNegativeInt(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
-    throw new TypeError(`${name} must be an integer, got ${typeof v === 'number' ? v : describe(v)}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${name} must be an integer, got ${typeof v === 'number' ? v : describe(v)}`,
+    );
   }
   if (v < 0) invalidArgument(name, `must be >= 0, got ${v}`);
   return v;
 }
 
 export function checkLeaseId(name: string, v: unknown, opts: { allowZero?: boolean } = {}): bigint {
-  if (typeof v !== 'bigint') throw new TypeError(`${name} must be a bigint lease id, got ${describe(v)}`);
+  if (typeof v !== 'bigint')
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${name} must be a bigint lease id, got ${describe(v)}`,
+    );
   if (v < 0n || v > 0x7fff_ffff_ffff_ffffn) invalidArgument(name, `must be a non-negative int64, got ${v}`);
   if (v === 0n && opts.allowZero === false) invalidArgument(name, 'must not be 0n (0n means "no lease")');
   return v;
@@ -50,7 +61,8 @@ export function checkLeaseId(name: string, v: unknown, opts: { allowZero?: boole
 
 export function checkTtl(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
-    throw new TypeError(
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
       `${name} must be an integer number of seconds, got ${typeof v === 'number' ? v : describe(v)}`,
     );
   }
@@ -63,13 +75,16 @@ export function checkTtl(name: string, v: unknown): number {
 export function checkSignal(opts: CallOptions | undefined): void {
   const s = opts?.signal;
   if (s !== undefined && !(s instanceof AbortSignal)) {
-    throw new TypeError(`signal must be an AbortSignal, got ${describe(s)}`);
+    throw new ConclaveError(ErrorCode.InvalidArgument, `signal must be an AbortSignal, got ${describe(s)}`);
   }
 }
 
 export function checkOptionsObject(name: string, v: unknown): void {
   if (v !== undefined && (typeof v !== 'object' || v === null)) {
-    throw new TypeError(`${name} must be an options object, got ${describe(v)}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${name} must be an options object, got ${describe(v)}`,
+    );
   }
 }
 
@@ -77,14 +92,19 @@ const compareTargets = new Set(['version', 'create', 'mod', 'value', 'lease']);
 const compareResults = new Set(['=', '!=', '<', '>']);
 
 export function checkCompare(c: Compare, path: string): void {
-  if (typeof c !== 'object' || c === null) throw new TypeError(`${path} must be a Compare object`);
+  if (typeof c !== 'object' || c === null)
+    throw new ConclaveError(ErrorCode.InvalidArgument, `${path} must be a Compare object`);
   checkBytes(`${path}.key`, c.key);
   if (!compareTargets.has(c.target))
-    throw new TypeError(
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
       `${path}.target must be one of ${[...compareTargets].join(', ')}, got ${String(c.target)}`,
     );
   if (!compareResults.has(c.result))
-    throw new TypeError(`${path}.result must be one of = != < >, got ${String(c.result)}`);
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      `${path}.result must be one of = != < >, got ${String(c.result)}`,
+    );
   switch (c.target) {
     case 'value':
       checkBytes(`${path}.value`, c.value);
@@ -124,7 +144,8 @@ export function checkPutOptions(
 }
 
 export function checkOp(op: Op, path: string): void {
-  if (typeof op !== 'object' || op === null) throw new TypeError(`${path} must be an Op object`);
+  if (typeof op !== 'object' || op === null)
+    throw new ConclaveError(ErrorCode.InvalidArgument, `${path} must be an Op object`);
   switch (op.type) {
     case 'get':
     case 'delete':
@@ -139,7 +160,8 @@ export function checkOp(op: Op, path: string): void {
       checkTxn(op.txn, `${path}.txn`);
       return;
     default:
-      throw new TypeError(
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
         `${path}.type must be get, put, delete or txn, got ${String((op as { type: unknown }).type)}`,
       );
   }
@@ -147,9 +169,10 @@ export function checkOp(op: Op, path: string): void {
 
 export function checkTxn(t: Txn, path = 'txn'): void {
   if (typeof t !== 'object' || t === null)
-    throw new TypeError(`${path} must be { compare, success, failure }`);
+    throw new ConclaveError(ErrorCode.InvalidArgument, `${path} must be { compare, success, failure }`);
   for (const f of ['compare', 'success', 'failure'] as const) {
-    if (t[f] !== undefined && !Array.isArray(t[f])) throw new TypeError(`${path}.${f} must be an array`);
+    if (t[f] !== undefined && !Array.isArray(t[f]))
+      throw new ConclaveError(ErrorCode.InvalidArgument, `${path}.${f} must be an array`);
   }
   for (const [i, c] of (t.compare ?? []).entries()) checkCompare(c, `${path}.compare[${i}]`);
   for (const [i, o] of (t.success ?? []).entries()) checkOp(o, `${path}.success[${i}]`);

@@ -147,7 +147,10 @@ export class EmbeddedCluster {
   constructor(o: ClusterOptions = {}, storages?: ReadonlyMap<NodeId, NodeStorage>) {
     const nodes = checkNodes(o.nodes ?? 1);
     if (o.dataDir !== undefined && !storages)
-      throw new TypeError('EmbeddedCluster: with dataDir, use EmbeddedCluster.open() or startCluster()');
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'EmbeddedCluster: with dataDir, use EmbeddedCluster.open() or startCluster()',
+      );
     this.#o = {
       ...o,
       nodes,

@@ -53,7 +53,7 @@ try {
   await config.close();
   let code: string | undefined;
   try {
-    await kv.put('', 'an empty key is refused');
+    new Mutex(session, '');
   } catch (err) {
     if (err instanceof ConclaveError) code = err.code;
     else code = \`not a ConclaveError: \${String(err)}\`;

@@ -27,8 +27,9 @@ export async function lockDir(dir: string): Promise<DirLock> {
   const file = join(abs, 'LOCK');
   const refuse = (owner: string) =>
     new ConclaveError(
-      ErrorCode.InvalidArgument,
-      `data directory ${abs} is in use by ${owner}; one directory holds one member`,
+      ErrorCode.Locked,
+      `data directory ${abs} is in use by ${owner}; one directory holds one member: stop the other owner or use another directory`,
+      { details: { dataDir: abs } },
     );
   if (heldHere.has(abs)) throw refuse('another member of this process');
   await fsp.mkdir(abs, { recursive: true });

@@ -235,8 +235,10 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     const w = new ConfigWatcher(kv, pfx, { schema: Server });
     const r = await w.start();
     expect(r.isErr() && r.error.issues[0]?.path).toEqual(['port']);
-    expect(() => w.current).toThrow(TypeError);
-    await expect(w.start()).rejects.toThrow(TypeError); // once only
+    expect(() => w.current).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
+    await expect(w.start()).rejects.toMatchObject({ name: 'ConclaveError', code: 'invalid-argument' }); // once only
     // An undecodable value is an issue at its key, too.
     await kv.put(`${pfx}port`, '{oops');
     const r2 = await new ConfigWatcher(kv, pfx, { schema: Server }).start();

@@ -210,7 +210,9 @@ export const registerMultiLockTests: RegisterTests = (ctx) => {
           Array.from({ length: 65 }, (_, i) => `n${i}`),
         ),
     ).toThrow(/multiLockNamesMax/);
-    expect(() => new MultiLock(s, ['a', ''])).toThrow(TypeError);
+    expect(() => new MultiLock(s, ['a', ''])).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
   });
 
   it('multi-lock — `etcdctl lock` on one member name excludes it', async (t) => {

@@ -172,7 +172,9 @@ export const registerNamingTests: RegisterTests = (ctx) => {
     expect(Array.from({ length: 20 }, () => sticky('user-42'))).toEqual(Array(20).fill(home));
     const spread = new Set(Array.from({ length: 64 }, (_, k) => sticky(`user-${k}`)));
     expect(spread.size).toBeGreaterThan(1);
-    expect(() => r.pick({ strategy: 'sticky' })).toThrow(TypeError);
+    expect(() => r.pick({ strategy: 'sticky' })).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
     // Removing another instance leaves the key where it was; removing its instance moves it.
     const before = new Map(Array.from({ length: 64 }, (_, k) => [`user-${k}`, sticky(`user-${k}`)]));
     const other = regs.find((x) => x.id !== home)!;

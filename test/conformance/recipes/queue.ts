@@ -323,13 +323,18 @@ export const registerQueueTests: RegisterTests = (ctx) => {
     expect(out).toEqual([a.key, b.key, `${name}/00007/0000000000000041`, c.key]);
   });
 
-  it('priority queue — a priority outside 0..65535 or not an integer is refused with a TypeError', async () => {
+  it('priority queue — a priority outside 0..65535 or not an integer is refused with invalid-argument', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('pq-invalid')}tasks`;
     const q = new PriorityQueue(kv, name);
     for (const p of [-1, 65_536, 1.5, Number.NaN, '3' as unknown as number])
-      await expect(q.enqueue('x', p)).rejects.toThrow(TypeError);
+      await expect(q.enqueue('x', p)).rejects.toMatchObject({
+        name: 'ConclaveError',
+        code: 'invalid-argument',
+      });
     expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(0);
-    expect(() => new Queue(kv, '')).toThrow(TypeError);
+    expect(() => new Queue(kv, '')).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
   });
 };

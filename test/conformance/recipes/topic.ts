@@ -403,13 +403,20 @@ export const registerTopicTests: RegisterTests = (ctx) => {
     const topic = new Topic(kv, name);
     await topic.publish('a');
     await using sub = await topic.subscribe({ from: 1 });
-    await expect(sub.ack(1)).rejects.toThrow(TypeError);
+    await expect(sub.ack(1)).rejects.toMatchObject({ name: 'ConclaveError', code: 'invalid-argument' });
     await expect(topic.subscribe({ from: 5 })).rejects.toMatchObject({ code: 'invalid-argument' });
-    await expect(topic.subscribe({ subscriber: '' })).rejects.toThrow(TypeError);
+    await expect(topic.subscribe({ subscriber: '' })).rejects.toMatchObject({
+      name: 'ConclaveError',
+      code: 'invalid-argument',
+    });
     const durable = await topic.subscribe({ subscriber: 'd', from: 1 });
     await expect(durable.ack(1)).rejects.toThrow(/last delivered \(0\)/);
-    expect(() => new Topic(kv, '')).toThrow(TypeError);
-    expect(() => new Topic(kv, name, { retention: { maxEvents: 0 } })).toThrow(TypeError);
+    expect(() => new Topic(kv, '')).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
+    expect(() => new Topic(kv, name, { retention: { maxEvents: 0 } })).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
     await durable.close();
   });
 };
