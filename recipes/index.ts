@@ -63,6 +63,18 @@ export {
   type SessionProvider,
 } from './naming.js';
 export {
+  PrefixCache,
+  type PrefixCacheChange,
+  type PrefixCacheEvent,
+  type PrefixCacheOptions,
+  type PrefixCacheResync,
+  prefixCacheBackoffMsMax,
+  prefixCacheBytesMax,
+  prefixCacheChangesBufferedMax,
+  prefixCacheKeysMax,
+  prefixCacheResyncAttemptsMax,
+} from './prefix-cache.js';
+export {
   type EnqueueResult,
   PriorityQueue,
   type PriorityQueueItem,

@@ -9,6 +9,7 @@ import { registerLossTests } from './loss.js';
 import { registerMultiLockTests } from './multi-lock.js';
 import { registerMutexTests } from './mutex.js';
 import { registerNamingTests } from './naming.js';
+import { registerPrefixCacheTests } from './prefix-cache.js';
 import { registerQueueTests } from './queue.js';
 import { registerSyncTests } from './sync.js';
 import { registerTopicTests } from './topic.js';
@@ -29,4 +30,5 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('topic', () => registerTopicTests(ctx));
   describe('work queue', () => registerWorkQueueTests(ctx));
   describe('multi-lock', () => registerMultiLockTests(ctx));
+  describe('prefix cache', () => registerPrefixCacheTests(ctx));
 };

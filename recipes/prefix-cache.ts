@@ -1,0 +1,490 @@
+/**
+ * PrefixCache: a live, local copy of every key under a prefix (Apache Curator's CuratorCache,
+ * etcd's Go `mirror.Syncer`), with `get`/`list`/`size` answered locally, a bounded async iterator
+ * of changes, `ready(revision)` for read-your-writes, and resyncs after compaction, a broken watch
+ * or overflow.
+ *
+ * How it stays exact: `start()` reads the prefix at one revision R, then watches it from R + 1
+ * (etcd's watch history makes that gap-free: every change after R is delivered, in revision
+ * order). When that history is compacted, the watch breaks, or the watch falls too far behind, it
+ * re-reads the prefix at a new revision and emits the difference as one `resync` change, then
+ * watches again from there (as Go's Syncer does after a compaction). Memory is bounded: at most
+ * `keysMax` keys and `bytesMax` bytes of keys plus values; a prefix that outgrows either stops the
+ * cache with a `too-many-requests` error naming the bound (a partial copy would answer wrongly).
+ */
+import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { prefixEnd, toBytes, toText } from '../src/keys.js';
+import type { KV } from '../src/kv.js';
+import type { Bytes, CallOptions, KeyValue, WatchBatch } from '../src/types.js';
+import { pause } from './internal/timing.js';
+
+/** Default most keys a cache holds (`keysMax`). */
+export const prefixCacheKeysMax = 100_000;
+/** Default most bytes (keys + values) a cache holds (`bytesMax`): 64 MiB. */
+export const prefixCacheBytesMax = 64 * 1024 * 1024;
+/** Default changes buffered per iterator (`changesBufferedMax`); past it the backlog becomes one reset. */
+export const prefixCacheChangesBufferedMax = 1024;
+/** Consecutive failed attempts to re-read and re-watch before the cache fails. */
+export const prefixCacheResyncAttemptsMax = 20;
+/** Longest back-off (ms) between two resync attempts. */
+export const prefixCacheBackoffMsMax = 2000;
+/** A watch that lived this long (ms) before failing counts as healthy: the failure count starts over. */
+const watchHealthyMs = 10_000;
+
+/** Why a cache re-read its prefix: history compacted, the watch broke, or it fell behind. */
+export type PrefixCacheResync = 'compacted' | 'reconnect' | 'overflow';
+
+/** One key's change. `prevKv`: the cached entry before it (absent when the key was new). */
+export type PrefixCacheEvent =
+  | { readonly type: 'put'; readonly key: Uint8Array; readonly kv: KeyValue; readonly prevKv?: KeyValue }
+  | { readonly type: 'delete'; readonly key: Uint8Array; readonly prevKv: KeyValue };
+
+/**
+ * Changes that took the cache to `revision`. Applying `events` in order to a view that matched the
+ * cache before (or, with `reset`, to an empty view) makes it match the cache at `revision`.
+ * `resync` is set when the change comes from a re-read of the prefix (the events are then the
+ * difference, not the store's history); `reset` when this iterator fell more than
+ * `changesBufferedMax` changes behind and its backlog was replaced by the whole content.
+ */
+export interface PrefixCacheChange {
+  readonly revision: number;
+  readonly events: readonly PrefixCacheEvent[];
+  readonly resync?: PrefixCacheResync;
+  readonly reset?: boolean;
+}
+
+export interface PrefixCacheOptions extends CallOptions {
+  /** Most keys held (default `prefixCacheKeysMax`). */
+  readonly keysMax?: number;
+  /** Most bytes of keys plus values held (default `prefixCacheBytesMax`). */
+  readonly bytesMax?: number;
+  /** Changes buffered per iterator (default `prefixCacheChangesBufferedMax`). */
+  readonly changesBufferedMax?: number;
+}
+
+/** A byte string as a Map key: one char per byte, so distinct keys never collide and order is byte order. */
+const mapKey = (b: Uint8Array): string => {
+  let s = '';
+  for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode(...b.subarray(i, i + 8192));
+  return s;
+};
+const sizeOf = (kv: KeyValue): number => kv.key.length + kv.value.length;
+
+class Subscriber {
+  items: PrefixCacheChange[] = [];
+  /** Set when the backlog overflowed: the next item delivered is a reset to the current content. */
+  overflowed = false;
+  wake: (() => void) | undefined;
+  ended = false;
+  error: unknown;
+  constructor(readonly max: number) {}
+  push(c: PrefixCacheChange): void {
+    if (this.ended) return;
+    if (this.overflowed) return;
+    if (this.items.length >= this.max) {
+      this.items = [];
+      this.overflowed = true;
+    } else this.items.push(c);
+    this.wake?.();
+  }
+  end(error?: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.error = error;
+    this.wake?.();
+  }
+}
+
+export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheChange> {
+  readonly kv: KV;
+  /** The cached prefix. */
+  readonly prefix: Uint8Array;
+  readonly keysMax: number;
+  readonly bytesMax: number;
+  readonly #bufferMax: number;
+  readonly #signal: AbortSignal | undefined;
+  readonly #stop = new AbortController();
+  #entries = new Map<string, KeyValue>();
+  #sorted: KeyValue[] | undefined;
+  #bytes = 0;
+  #revision = 0;
+  #started = false;
+  #running: Promise<void> | undefined;
+  #closed: Promise<void> | undefined;
+  #error: unknown;
+  readonly #subscribers = new Set<Subscriber>();
+  /** Woken after every applied change (ready() waits on them). */
+  readonly #appliedWaiters = new Set<() => void>();
+  #onAbort = () => void this.close();
+
+  constructor(kv: KV, prefix: Bytes, opts: PrefixCacheOptions = {}) {
+    const int = (name: string, v: number) => {
+      if (!Number.isSafeInteger(v) || v < 1)
+        throw new TypeError(`PrefixCache: ${name} must be an integer >= 1`);
+      return v;
+    };
+    this.kv = kv;
+    this.prefix = toBytes(prefix).slice();
+    if (this.prefix.length === 0)
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'PrefixCache: prefix must not be empty (cache a prefix, or use namespace() to give an application its own key space)',
+      );
+    this.keysMax = int('keysMax', opts.keysMax ?? prefixCacheKeysMax);
+    this.bytesMax = int('bytesMax', opts.bytesMax ?? prefixCacheBytesMax);
+    this.#bufferMax = int('changesBufferedMax', opts.changesBufferedMax ?? prefixCacheChangesBufferedMax);
+    this.#signal = opts.signal;
+  }
+
+  /** Starts a cache: resolves once the prefix was read and the watch set up. */
+  static start(kv: KV, prefix: Bytes, opts: PrefixCacheOptions = {}): Promise<PrefixCache> {
+    return new PrefixCache(kv, prefix, opts).start();
+  }
+
+  /** The store revision the cache is current at: it equals a range of the prefix at this revision. */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** Number of cached keys. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Bytes of cached keys plus values (what `bytesMax` bounds). */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** The error that stopped the cache, if it failed (iterators and `ready` reject with it too). */
+  get error(): unknown {
+    return this.#error;
+  }
+
+  /** The cached entry of `key` (the full key, prefix included), or undefined. */
+  get(key: Bytes): KeyValue | undefined {
+    this.#check();
+    return this.#entries.get(mapKey(toBytes(key)));
+  }
+
+  /** Every cached entry in key order; with `under`, only keys starting with it (a full key prefix). */
+  list(opts: { under?: Bytes } = {}): KeyValue[] {
+    this.#check();
+    this.#sorted ??= [...this.#entries.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map((e) => e[1]);
+    if (opts.under === undefined) return [...this.#sorted];
+    const u = mapKey(toBytes(opts.under));
+    return this.#sorted.filter((kv) => mapKey(kv.key).startsWith(u));
+  }
+
+  /** Reads the prefix at one revision and starts the watch. Call once. */
+  async start(): Promise<this> {
+    if (this.#started || this.#closed) throw new TypeError('PrefixCache: start() may be called once');
+    this.#started = true;
+    const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
+    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+    try {
+      signal.throwIfAborted();
+      const snap = await this.#read(signal);
+      signal.throwIfAborted();
+      this.#replace(snap.entries, snap.bytes, snap.revision, undefined);
+      this.#running = this.#run();
+      return this;
+    } catch (err) {
+      this.#error ??= err;
+      await this.close();
+      throw this.#signal?.aborted ? abortReason(this.#signal) : err;
+    }
+  }
+
+  /**
+   * Resolves once the cache reflects the store at `revision` or later (read-your-writes: pass the
+   * revision of your write). Without `revision`: the store's current revision, read now. When no
+   * change under the prefix arrives to carry the cache past `revision` (the store moved on
+   * elsewhere), one read proves that nothing under the prefix changed since the cache's revision.
+   */
+  async ready(revision?: number, opts: CallOptions = {}): Promise<void> {
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.#stop.signal]) : this.#stop.signal;
+    let target = revision;
+    for (;;) {
+      this.#check();
+      if (signal.aborted) throw opts.signal?.aborted ? abortReason(opts.signal) : this.#closedError();
+      if (target !== undefined && this.#revision >= target) return;
+      // Wait for the next applied change while checking the store once.
+      const applied = this.#nextApplied(signal);
+      const at = this.#revision;
+      const proof = await this.#unchangedSince(at, signal).catch((err) => {
+        if (ConclaveError.is(err) && err.retryable) return undefined;
+        throw err;
+      });
+      if (proof !== undefined) {
+        target ??= proof.revision;
+        if (target > proof.revision)
+          throw new ConclaveError(
+            ErrorCode.FutureRevision,
+            `prefix cache ready(${target}): the store is only at revision ${proof.revision}; pass a revision the store returned`,
+          );
+        // Nothing under the prefix changed in (at, proof.revision]: the cache is current there too.
+        if (proof.unchanged && this.#revision === at) {
+          this.#revision = Math.max(this.#revision, proof.revision);
+          continue;
+        }
+      }
+      if (target !== undefined && this.#revision >= target) continue;
+      await applied;
+    }
+  }
+
+  /**
+   * Changes applied after this call, in order, bounded by `changesBufferedMax` (past it: one reset
+   * change with the whole content). Ends after `close()`; throws the cache's error if it failed.
+   * `signal` ends this iterator only.
+   */
+  changes(opts: CallOptions = {}): AsyncGenerator<PrefixCacheChange, void, undefined> {
+    // Subscribe now (not at the first next()), so nothing applied after this call is missed.
+    const s = new Subscriber(this.#bufferMax);
+    if (this.#closed) s.end(this.#error);
+    else if (opts.signal?.aborted) s.end(abortReason(opts.signal));
+    else this.#subscribers.add(s);
+    return this.#drain(s, opts.signal);
+  }
+
+  [Symbol.asyncIterator](): AsyncGenerator<PrefixCacheChange, void, undefined> {
+    return this.changes();
+  }
+
+  /** Stops the watch; iterators deliver what they buffered, then end. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#signal?.removeEventListener('abort', this.#onAbort);
+      this.#stop.abort(this.#closedError());
+      for (const s of this.#subscribers) s.end(this.#error);
+      for (const w of this.#appliedWaiters) w();
+      await this.#running?.catch(() => undefined);
+    })();
+    return this.#closed;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  #closedError(): ConclaveError {
+    return new ConclaveError(ErrorCode.Closed, `prefix cache ${toText(this.prefix)} closed`);
+  }
+
+  #check(): void {
+    if (this.#error !== undefined) throw this.#error;
+  }
+
+  #nextApplied(signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.#appliedWaiters.delete(done);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      this.#appliedWaiters.add(done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  #applied(): void {
+    for (const w of [...this.#appliedWaiters]) w();
+  }
+
+  /**
+   * Whether no key under the prefix changed after `at`: the count equals the cache's size at `at`
+   * and no key has a mod revision above `at` (a put shows as a newer key; a delete, unless a put
+   * replaced it, as a smaller count). One range: etcd counts the whole range before pruning by
+   * `minModRevision`, and applies `limit` after the pruning.
+   */
+  async #unchangedSince(at: number, signal: AbortSignal): Promise<{ unchanged: boolean; revision: number }> {
+    const size = this.#entries.size;
+    const r = await this.kv.range(this.prefix, {
+      end: prefixEnd(this.prefix),
+      keysOnly: true,
+      minModRevision: at + 1,
+      limit: 1,
+      signal,
+    });
+    return { unchanged: r.count === size && r.kvs.length === 0, revision: r.revision };
+  }
+
+  async *#drain(s: Subscriber, signal: AbortSignal | undefined): AsyncGenerator<PrefixCacheChange> {
+    const onAbort = () => s.end(abortReason(signal!));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      while (true) {
+        if (s.overflowed) {
+          s.overflowed = false;
+          // Everything the consumer missed, as the whole current content.
+          const events = this.#sortedEntries().map((kv) => ({ type: 'put' as const, key: kv.key, kv }));
+          yield { revision: this.#revision, events, resync: 'overflow', reset: true };
+          continue;
+        }
+        const next = s.items.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        if (s.ended) {
+          if (s.error !== undefined) throw s.error;
+          return;
+        }
+        await new Promise<void>((r) => (s.wake = r));
+        s.wake = undefined;
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.#subscribers.delete(s);
+    }
+  }
+
+  #sortedEntries(): KeyValue[] {
+    this.#sorted ??= [...this.#entries.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map((e) => e[1]);
+    return this.#sorted;
+  }
+
+  #tooBig(what: 'keysMax' | 'bytesMax', have: number): ConclaveError {
+    const bound = what === 'keysMax' ? this.keysMax : this.bytesMax;
+    return new ConclaveError(
+      ErrorCode.TooManyRequests,
+      `prefix cache ${toText(this.prefix)}: ${have} ${what === 'keysMax' ? 'keys' : 'bytes'} exceed ${what} (${bound}); raise ${what} or cache a narrower prefix`,
+      { retryable: false, details: { limit: what, bound, have } },
+    );
+  }
+
+  /** One range at one revision, within the bounds. */
+  async #read(
+    signal: AbortSignal,
+  ): Promise<{ entries: Map<string, KeyValue>; bytes: number; revision: number }> {
+    const r = await this.kv.range(this.prefix, {
+      end: prefixEnd(this.prefix),
+      limit: this.keysMax + 1,
+      signal,
+    });
+    if (r.count > this.keysMax) throw this.#tooBig('keysMax', r.count);
+    const entries = new Map<string, KeyValue>();
+    let bytes = 0;
+    for (const kv of r.kvs) {
+      entries.set(mapKey(kv.key), kv);
+      bytes += sizeOf(kv);
+    }
+    if (bytes > this.bytesMax) throw this.#tooBig('bytesMax', bytes);
+    return { entries, bytes, revision: r.revision };
+  }
+
+  /** Replaces the content with a fresh read; emits the difference as a resync change (unless starting). */
+  #replace(
+    next: Map<string, KeyValue>,
+    bytes: number,
+    revision: number,
+    resync: PrefixCacheResync | undefined,
+  ): void {
+    const before = this.#entries;
+    this.#entries = next;
+    this.#bytes = bytes;
+    this.#sorted = undefined;
+    this.#revision = Math.max(this.#revision, revision);
+    if (resync === undefined) return;
+    const events: PrefixCacheEvent[] = [];
+    for (const [k, prev] of before)
+      if (!next.has(k)) events.push({ type: 'delete', key: prev.key, prevKv: prev });
+    for (const [k, kv] of next) {
+      const prev = before.get(k);
+      if (!prev) events.push({ type: 'put', key: kv.key, kv });
+      else if (prev.modRevision !== kv.modRevision || prev.createRevision !== kv.createRevision)
+        events.push({ type: 'put', key: kv.key, kv, prevKv: prev });
+    }
+    this.#emit({ revision: this.#revision, events, resync });
+  }
+
+  #emit(change: PrefixCacheChange): void {
+    for (const s of this.#subscribers) s.push(change);
+    this.#applied();
+  }
+
+  /** Applies one watch batch; throws the bound error if the content outgrew a bound. */
+  #apply(batch: WatchBatch): void {
+    const events: PrefixCacheEvent[] = [];
+    let revision = this.#revision;
+    for (const e of batch.events) {
+      const k = mapKey(e.kv.key);
+      const prev = this.#entries.get(k);
+      revision = Math.max(revision, e.kv.modRevision);
+      if (e.type === 'delete') {
+        if (!prev) continue;
+        this.#entries.delete(k);
+        this.#bytes -= sizeOf(prev);
+        events.push({ type: 'delete', key: e.kv.key, prevKv: prev });
+      } else {
+        this.#entries.set(k, e.kv);
+        this.#bytes += sizeOf(e.kv) - (prev ? sizeOf(prev) : 0);
+        events.push(
+          prev
+            ? { type: 'put', key: e.kv.key, kv: e.kv, prevKv: prev }
+            : { type: 'put', key: e.kv.key, kv: e.kv },
+        );
+      }
+    }
+    this.#sorted = undefined;
+    this.#revision = Math.max(revision, batch.revision);
+    if (this.#entries.size > this.keysMax) throw this.#tooBig('keysMax', this.#entries.size);
+    if (this.#bytes > this.bytesMax) throw this.#tooBig('bytesMax', this.#bytes);
+    if (events.length > 0) this.#emit({ revision: this.#revision, events });
+    else this.#applied();
+  }
+
+  async #run(): Promise<void> {
+    const signal = this.#stop.signal;
+    let failures = 0;
+    const end = prefixEnd(this.prefix);
+    // Bounded: every iteration counts a failure unless its watch delivered or lived long enough.
+    while (!signal.aborted) {
+      const w = this.kv.watch(this.prefix, { end, startRevision: this.#revision + 1, signal });
+      const openedMs = performance.now();
+      let reason: PrefixCacheResync = 'reconnect';
+      try {
+        for await (const batch of w) {
+          failures = 0;
+          this.#apply(batch);
+        }
+        if (signal.aborted) return;
+      } catch (err) {
+        if (signal.aborted) return;
+        if (ConclaveError.is(err, ErrorCode.Compacted)) reason = 'compacted';
+        else if (ConclaveError.is(err, ErrorCode.WatchOverflow)) reason = 'overflow';
+        else if (!ConclaveError.is(err) || !err.retryable) return this.#fail(err);
+      } finally {
+        await w.close().catch(() => undefined);
+      }
+      if (performance.now() - openedMs >= watchHealthyMs) failures = 0;
+      if (++failures > prefixCacheResyncAttemptsMax)
+        return this.#fail(
+          new ConclaveError(
+            ErrorCode.Unavailable,
+            `prefix cache ${toText(this.prefix)}: could not re-establish its watch in ${prefixCacheResyncAttemptsMax} attempts`,
+          ),
+        );
+      try {
+        if (reason === 'reconnect' || failures > 1)
+          await pause(Math.min(prefixCacheBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10)), signal);
+        signal.throwIfAborted();
+        const snap = await this.#read(signal);
+        signal.throwIfAborted();
+        this.#replace(snap.entries, snap.bytes, snap.revision, reason);
+      } catch (err) {
+        if (signal.aborted) return;
+        if (!ConclaveError.is(err) || !(err.retryable || err.code === ErrorCode.Compacted))
+          return this.#fail(err);
+      }
+    }
+  }
+
+  #fail(err: unknown): void {
+    this.#error = err;
+    void this.close();
+  }
+}
