@@ -22,6 +22,7 @@ import pino from 'pino';
 import { ConclaveError } from '../../src/errors.js';
 import { resolveRequestLimits } from './limits.js';
 import { hasWal, Member } from './member.js';
+import { type ClientServer, startClientServer } from './server/grpc.js';
 import {
   bootstrapIdentity,
   defaultClusterToken,
@@ -464,11 +465,30 @@ async function serve(c: ServeConfig): Promise<number> {
 
 /** The client API servers on `--listen-client-urls`; a number is an exit code (could not start). */
 async function startClients(
-  _member: Member,
-  _c: ServeConfig,
-  _log: pino.Logger,
+  member: Member,
+  c: ServeConfig,
+  log: pino.Logger,
 ): Promise<{ close(): Promise<void> } | number> {
-  return { close: async () => undefined };
+  const servers: ClientServer[] = [];
+  const closeAll = async () => {
+    await Promise.all(servers.map((s) => s.close()));
+  };
+  for (const url of c.listenClientUrls) {
+    try {
+      servers.push(
+        await startClientServer(member, {
+          ...hostPort(url),
+          // etcd notices a leaderless member once per election timeout.
+          leaderCheckIntervalMs: c.electionTimeoutMs,
+        }),
+      );
+    } catch (err) {
+      log.fatal({ url, err: err instanceof Error ? err.message : String(err) }, 'cannot listen for clients');
+      await closeAll();
+      return 1;
+    }
+  }
+  return { close: closeAll };
 }
 
 /** True when this module is the process's entry (`node --import tsx backends/raft/cli.ts …`). */
