@@ -447,8 +447,14 @@ export async function startClientServer(
     if (!admit(call, cb)) return;
     const id = big(call.request.ID);
     const wid = wire64(id);
-    // etcd answers an unknown lease with TTL -1 (not an error).
-    if (id <= 0n) return cb(null, { header: ctx.currentHeader(), ID: wid, TTL: -1 });
+    // etcd answers an unknown lease with TTL -1 (not an error); ID 0 is left out as etcd leaves it.
+    if (id <= 0n)
+      return cb(
+        null,
+        id === 0n
+          ? { header: ctx.currentHeader(), TTL: -1 }
+          : { header: ctx.currentHeader(), ID: wid, TTL: -1 },
+      );
     ctx.inflight++;
     try {
       const t = await kv.lease.timeToLive(id, { keys: !!call.request.keys });

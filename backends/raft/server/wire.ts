@@ -247,7 +247,8 @@ function kvsToPb(kvs: readonly KeyValue[]): Record<string, unknown>[] {
 }
 
 export function rangeBody(r: RangeResult): Record<string, unknown> {
-  const o: Record<string, unknown> = { kvs: kvsToPb(r.kvs), count: r.count };
+  const o: Record<string, unknown> = { kvs: kvsToPb(r.kvs) };
+  if (r.count !== 0) o.count = r.count;
   if (r.more) o.more = true;
   return o;
 }
