@@ -68,6 +68,23 @@ export interface EtcdConnectOptions {
    * one fails `response-too-large`: read in pages with `limit`, or raise this.
    */
   maxReceiveBytes?: number;
+  /**
+   * Bytes one watch buffers for a consumer that is not reading before it ends with
+   * `watch-overflow` (default 8 MiB; `bufferBatchesMax` bounds the batches too).
+   */
+  watchBufferBytesMax?: number;
+  /**
+   * Bytes all watches of the client buffer together (default 64 MiB). Past half of it the watch
+   * stream is paused (flow control) until the consumers drained to a quarter; a batch past the
+   * whole bound overflows its watch.
+   */
+  watchBuffersBytesMax?: number;
+  /**
+   * A watch stream paused longer than this (default 5 s) overflows the watch holding the most
+   * bytes: etcd multiplexes a client's watches on one stream, so one consumer that never reads
+   * must not stall the others.
+   */
+  watchPausedMsMax?: number;
 }
 
 export interface EmbeddedConnectOptions {

@@ -115,7 +115,7 @@ export class EtcdKV implements KV {
 
   constructor(opts: EtcdConnectOptions) {
     this.#conn = new Connection(opts);
-    this.#watches = new WatchHub(this.#conn);
+    this.#watches = new WatchHub(this.#conn, Connection.watchBounds(opts));
     this.#keepAlive = new KeepAliveStream(this.#conn);
     const lazy = Object.hasOwn(opts, 'lazy') && opts.lazy === true;
     const dialTimeoutMs = Connection.dialTimeoutMs(opts);

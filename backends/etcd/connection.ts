@@ -22,6 +22,7 @@ import {
   isAuthNotEnabled,
   isStaleTokenError,
 } from './auth.js';
+import { checkDecodedSize } from './decode-guard.js';
 import { checkPlaintextAuth, resolveTransport } from './endpoints.js';
 import { grpcReason, isGrpcError, isPreSendFailure, isTlsFailure, mapGrpcError } from './errors.js';
 
@@ -29,10 +30,11 @@ export interface Method<Res> {
   readonly path: string;
   readonly serialize: (m: object) => Buffer;
   readonly deserialize: (b: Buffer) => Res;
+  readonly responseType: protobuf.Type;
 }
 
 export function method<Res>(path: string, req: protobuf.Type, res: protobuf.Type): Method<Res> {
-  return { path, serialize: encoder(req), deserialize: decoder<Res>(res) };
+  return { path, serialize: encoder(req), deserialize: decoder<Res>(res), responseType: res };
 }
 
 const authenticateMethod = method<{ token?: string }>(
@@ -60,7 +62,21 @@ export const etcdClientDefaults = {
   callTimeoutMs: 10_000,
   dialTimeoutMs: 3_000,
   maxReceiveBytes: 16 * 1024 * 1024,
+  /** Per watch, for a consumer that is not reading (watch.ts). */
+  watchBufferBytesMax: 8 * 1024 * 1024,
+  /** All watches of one client together; the stream pauses at half of it. */
+  watchBuffersBytesMax: 64 * 1024 * 1024,
+  /** A paused watch stream longer than this overflows the watch holding the most bytes. */
+  watchPausedMsMax: 5_000,
 } as const;
+
+type NumericOption =
+  | 'callTimeoutMs'
+  | 'maxReceiveBytes'
+  | 'dialTimeoutMs'
+  | 'watchBufferBytesMax'
+  | 'watchBuffersBytesMax'
+  | 'watchPausedMsMax';
 
 /** Largest request we send: etcd refuses more than --max-request-bytes (1.5 MiB by default) + 512 KiB of gRPC overhead anyway. */
 const sendBytesMax = 16 * 1024 * 1024;
@@ -135,11 +151,44 @@ export class Connection {
   /** TLS is on for every endpoint. */
   readonly secure: boolean;
 
+  readonly #deserializers = new Map<string, (b: Buffer) => unknown>();
+
+  /**
+   * `m`'s decoder behind the decoded-size bound (decode-guard.ts: 4 × maxReceiveBytes). A refused
+   * response fails the call (or breaks the stream) with grpc-js's parse error carrying the reason.
+   */
+  deserializer<Res>(m: Method<Res>): (b: Buffer) => Res {
+    let d = this.#deserializers.get(m.path);
+    if (!d) {
+      const budget = 4 * this.#maxReceiveBytes;
+      d = (b: Buffer) => {
+        checkDecodedSize(m.responseType, b, budget);
+        return m.deserialize(b);
+      };
+      this.#deserializers.set(m.path, d);
+    }
+    return d as (b: Buffer) => Res;
+  }
+
   #serverName: string | undefined;
 
   /** The per-call deadline (callTimeoutMs): every unary call and every stream request gets one. */
   get callTimeoutMs(): number {
     return this.#callTimeoutMs;
+  }
+
+  /** The watch buffer bounds of the connect options, checked. */
+  static watchBounds(opts: EtcdConnectOptions): {
+    watchBufferBytesMax: number;
+    watchBuffersBytesMax: number;
+    watchPausedMsMax: number;
+  } {
+    const d = etcdClientDefaults;
+    return {
+      watchBufferBytesMax: positiveInt(opts, 'watchBufferBytesMax', d.watchBufferBytesMax),
+      watchBuffersBytesMax: positiveInt(opts, 'watchBuffersBytesMax', d.watchBuffersBytesMax),
+      watchPausedMsMax: positiveInt(opts, 'watchPausedMsMax', d.watchPausedMsMax),
+    };
   }
 
   /** Connect option `dialTimeoutMs`, checked. */
@@ -424,7 +473,7 @@ export class Connection {
       const call = this.client(index).makeUnaryRequest(
         m.path,
         m.serialize,
-        m.deserialize,
+        this.deserializer(m),
         req,
         md,
         { deadline },
@@ -461,11 +510,7 @@ export class Connection {
   }
 }
 
-function positiveInt(
-  opts: EtcdConnectOptions,
-  name: 'callTimeoutMs' | 'maxReceiveBytes' | 'dialTimeoutMs',
-  dflt: number,
-): number {
+function positiveInt(opts: EtcdConnectOptions, name: NumericOption, dflt: number): number {
   const v = Object.hasOwn(opts, name) ? opts[name] : undefined;
   if (v === undefined) return dflt;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {

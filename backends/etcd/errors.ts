@@ -95,7 +95,8 @@ export function grpcReason(err: ServiceError): string {
 /** RESOURCE_EXHAUSTED because of a message size rather than load. */
 const requestSize =
   /^Attempted to send message with a size larger than|^grpc: received message larger than max/;
-const responseSize = /^Received message larger than max|decompresses to a size larger than/;
+const responseSize =
+  /^Received message larger than max|decompresses to a size larger than|would decode into more than/;
 
 /**
  * Maps a gRPC failure. `mayHaveApplied`: the call was a write, so a failure after it reached the
@@ -155,22 +156,14 @@ export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean
           { cause: err, retryable: false },
         );
       }
-      if (responseSize.test(details)) {
-        if (mayHaveApplied) {
-          return new ConclaveError(
-            ErrorCode.Indeterminate,
-            `${what}: etcd's response was larger than maxReceiveBytes (${reason}); the request may or may not have been applied`,
-            { cause: err, retryable: false },
-          );
-        }
-        return new ConclaveError(
-          ErrorCode.ResponseTooLarge,
-          `${what}: the response is larger than maxReceiveBytes (${reason}); read fewer keys at a time (limit) or raise maxReceiveBytes`,
-          { cause: err, retryable: false },
-        );
-      }
+      if (responseSize.test(details)) return sizeError(err, what, reason, mayHaveApplied);
       return new ConclaveError(ErrorCode.TooManyRequests, `${what}: ${reason}`, { cause: err });
     }
+    case Status.INTERNAL:
+      if (responseSize.test(details)) return sizeError(err, what, reason, mayHaveApplied);
+      return new ConclaveError(ErrorCode.Internal, `${what}: ${reason} (gRPC code ${err.code})`, {
+        cause: err,
+      });
     case Status.INVALID_ARGUMENT:
     case Status.FAILED_PRECONDITION:
     case Status.OUT_OF_RANGE:
@@ -187,4 +180,25 @@ export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean
         cause: err,
       });
   }
+}
+
+/** A response over maxReceiveBytes, or over the decoded-size bound (decode-guard.ts). */
+function sizeError(err: ServiceError, what: string, reason: string, mayHaveApplied: boolean): ConclaveError {
+  if (mayHaveApplied) {
+    return new ConclaveError(
+      ErrorCode.Indeterminate,
+      `${what}: etcd's response was larger than the client accepts (${reason}); the request may or may not have been applied`,
+      { cause: err, retryable: false },
+    );
+  }
+  return new ConclaveError(
+    ErrorCode.ResponseTooLarge,
+    `${what}: the response is larger than the client accepts (${reason}); read fewer keys at a time (limit, keysOnly) or raise maxReceiveBytes`,
+    { cause: err, retryable: false },
+  );
+}
+
+/** The failure is a response the client refused for its size (a retry would get the same). */
+export function isResponseSizeError(err: unknown): boolean {
+  return isGrpcError(err) && responseSize.test(err.details ?? '');
 }

@@ -145,7 +145,7 @@ export class KeepAliveStream {
       .makeBidiStreamRequest(
         keepAliveMethod.path,
         keepAliveMethod.serialize,
-        keepAliveMethod.deserialize,
+        this.#conn.deserializer(keepAliveMethod),
         this.#conn.streamMetadata(),
       );
     s.on('data', (r: PbKeepAliveResponse) => {

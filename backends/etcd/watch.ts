@@ -4,6 +4,16 @@
  * answers each with `created`. When the stream breaks, every live watcher is re-created from its
  * last delivered revision + 1, so nothing is lost and nothing is delivered twice (events below
  * that revision are dropped if a server re-sends them).
+ *
+ * Memory is bounded in bytes, not only in batches. Each watch buffers at most
+ * `watchBufferBytesMax` (and `bufferBatchesMax` batches) for a consumer that is not reading; the
+ * client's watches together at most `watchBuffersBytesMax`. Past half of the client's bound the
+ * stream is paused (flow control: grpc-js stops reading, HTTP/2's window fills, etcd stops sending
+ * on this stream and keeps the backlog on its side) and resumed below a quarter. etcd multiplexes
+ * every watch of a client on the stream, so a pause holds them all: when it lasts longer than
+ * `watchPausedMsMax`, the watch holding the most bytes overflows, so one consumer that never reads
+ * cannot stall the others. Overflowing a watch ends it with `watch-overflow` after the batches
+ * already buffered; `details.resumeRevision` is the first revision it did not deliver.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { ConclaveError, ErrorCode, invalidArgument } from '../../src/errors.js';
@@ -15,6 +25,7 @@ import { checkRevision } from '../../src/validate.js';
 import { isStaleTokenReason } from './auth.js';
 import { type Connection, method, sleep } from './connection.js';
 import { kvFromPb, type PbHeader, type PbKeyValue } from './convert.js';
+import { isResponseSizeError, mapGrpcError } from './errors.js';
 
 interface PbWatchResponse {
   header?: PbHeader;
@@ -27,6 +38,26 @@ interface PbWatchResponse {
 }
 
 const watchMethod = method<PbWatchResponse>(methods.watch, pb.WatchRequest, pb.WatchResponse);
+
+/** Bytes counted per buffered event beyond its keys and values (objects, arrays, numbers). */
+const eventOverheadBytes = 256;
+
+/** What a batch costs in memory, estimated from its byte arrays plus a fixed cost per event. */
+function batchBytes(b: WatchBatch): number {
+  let n = eventOverheadBytes;
+  for (const e of b.events) {
+    n += eventOverheadBytes + e.kv.key.length + e.kv.value.length;
+    if (e.prevKv) n += eventOverheadBytes + e.prevKv.key.length + e.prevKv.value.length;
+  }
+  return n;
+}
+
+/** The byte bounds of a client's watch buffers (connect options, see EtcdConnectOptions). */
+export interface WatchBounds {
+  readonly watchBufferBytesMax: number;
+  readonly watchBuffersBytesMax: number;
+  readonly watchPausedMsMax: number;
+}
 
 export class EtcdWatch implements Watch {
   /** The created response's header revision (see `Watch.ready`). */
@@ -43,8 +74,10 @@ export class EtcdWatch implements Watch {
   #readySettled = false;
   /** This watch's create was already re-sent once on a stream with a fresh auth token. */
   authRetried = false;
-  readonly #buffer: WatchBatch[] = [];
+  readonly #buffer: Array<{ batch: WatchBatch; bytes: number }> = [];
   readonly #bufferMax: number;
+  /** Bytes this watch holds in #buffer (and has reserved in the hub's total). */
+  #bufferBytes = 0;
   #wake: (() => void) | undefined;
   #error: unknown;
   #done = false;
@@ -110,34 +143,71 @@ export class EtcdWatch implements Watch {
     }
     const revision = num(res.header?.revision);
     if (events.length > 0) {
+      // The first revision this batch would deliver: where a resume must start if it is dropped.
+      const first = events[0]!.kv.modRevision;
       this.nextRev = events[events.length - 1]!.kv.modRevision + 1;
-      this.#push({ events, revision });
+      this.#push({ events, revision }, first);
     } else if ((res.events ?? []).length === 0) {
       // A progress notification: everything up to `revision` has been delivered.
       if (revision + 1 > this.nextRev) this.nextRev = revision + 1;
-      if (this.progressNotify) this.#push({ events: [], revision, progress: true });
+      if (this.progressNotify) this.#push({ events: [], revision, progress: true }, this.nextRev);
     }
   }
 
-  #push(b: WatchBatch): void {
-    if (this.#buffer.length >= this.#bufferMax) {
-      this.fail(
-        new ConclaveError(
-          ErrorCode.WatchOverflow,
-          `watch: the consumer fell ${this.#bufferMax} batches behind; resume from revision ${this.nextRev - (b.events.length > 0 ? 0 : 0)} with a new watch`,
-          { details: { resumeRevision: this.#buffer[0]?.events[0]?.kv.modRevision ?? this.nextRev } },
-        ),
-      );
+  /** Bytes buffered for the consumer. */
+  get bufferedBytes(): number {
+    return this.#bufferBytes;
+  }
+
+  /** `firstUndelivered`: the revision a resume must start from if this batch is dropped. */
+  #push(b: WatchBatch, firstUndelivered: number): void {
+    const bytes = batchBytes(b);
+    const bounds = this.#hub.bounds;
+    // An empty buffer always takes one batch (else a batch larger than the bound could never be
+    // delivered); the client-wide bound is checked by the hub.
+    let why: string | undefined;
+    if (this.#buffer.length >= this.#bufferMax) why = `${this.#bufferMax} batches (bufferBatchesMax)`;
+    else if (this.#buffer.length > 0 && this.#bufferBytes + bytes > bounds.watchBufferBytesMax)
+      why = `${bounds.watchBufferBytesMax} bytes (watchBufferBytesMax)`;
+    else if (this.#buffer.length > 0 && !this.#hub.fits(bytes))
+      why = `the client's ${bounds.watchBuffersBytesMax} bytes for all watches (watchBuffersBytesMax)`;
+    if (why !== undefined) {
+      this.overflow(why, firstUndelivered);
       return;
     }
-    this.#buffer.push(b);
+    this.#buffer.push({ batch: b, bytes });
+    this.#bufferBytes += bytes;
+    this.#hub.reserve(bytes);
     this.#wake?.();
+  }
+
+  /**
+   * Ends the watch with `watch-overflow` (the batches already buffered are still delivered first).
+   * `resumeRevision` is the first revision not delivered: a watch from it yields exactly the rest.
+   */
+  overflow(why: string, resumeRevision: number): void {
+    this.fail(
+      new ConclaveError(
+        ErrorCode.WatchOverflow,
+        `watch: the consumer fell behind by more than ${why}; the batches already buffered are delivered, then this error. Resume with a new watch from revision ${resumeRevision} (startRevision) to get exactly the events not delivered`,
+        { details: { resumeRevision } },
+      ),
+    );
+  }
+
+  /** Gives the buffered bytes back to the client's total (the buffer itself may still drain). */
+  #releaseAll(): void {
+    if (this.#bufferBytes > 0) this.#hub.release(this.#bufferBytes);
+    this.#bufferBytes = 0;
   }
 
   /** Ends the watch with an error (the iterator throws it after draining nothing further). */
   fail(err: unknown): void {
     if (this.#done) return;
     this.#error = err;
+    // What is still buffered drains to the consumer but no longer counts against the client's
+    // bound: the watch is off the stream and the memory goes with the watch object.
+    this.#releaseAll();
     this.#finish();
     this.#rejectReady(err);
     this.#readySettled = true;
@@ -154,6 +224,7 @@ export class EtcdWatch implements Watch {
     if (this.#done) return;
     this.#error = undefined;
     this.#buffer.length = 0;
+    this.#releaseAll();
     this.#finish();
     // An error object captures a stack: build it only when someone can still observe it.
     if (!this.#readySettled) {
@@ -167,7 +238,11 @@ export class EtcdWatch implements Watch {
       while (true) {
         const b = this.#buffer.shift();
         if (b) {
-          yield b;
+          if (!this.#done) {
+            this.#bufferBytes -= b.bytes;
+            this.#hub.release(b.bytes);
+          }
+          yield b.batch;
           continue;
         }
         if (this.#done) {
@@ -202,9 +277,70 @@ export class WatchHub {
   /** The auth token the current stream was opened with (etcd checks it on every create). */
   #streamToken: string | undefined;
   #closed = false;
+  readonly bounds: WatchBounds;
+  /** Bytes buffered by all this client's watches. */
+  #bufferedBytes = 0;
+  #paused = false;
+  #pausedTimer: ReturnType<typeof setTimeout> | undefined;
 
-  constructor(conn: Connection) {
+  constructor(conn: Connection, bounds: WatchBounds) {
     this.#conn = conn;
+    this.bounds = bounds;
+  }
+
+  /** Whether `bytes` more fit in the client's bound for all watch buffers. */
+  fits(bytes: number): boolean {
+    return this.#bufferedBytes + bytes <= this.bounds.watchBuffersBytesMax;
+  }
+
+  reserve(bytes: number): void {
+    this.#bufferedBytes += bytes;
+    if (!this.#paused && this.#bufferedBytes >= this.bounds.watchBuffersBytesMax / 2) {
+      this.#paused = true;
+      this.#stream?.pause();
+      this.#armPausedTimer();
+    }
+  }
+
+  release(bytes: number): void {
+    this.#bufferedBytes = Math.max(0, this.#bufferedBytes - bytes);
+    if (this.#paused && this.#bufferedBytes <= this.bounds.watchBuffersBytesMax / 4) this.#unpause();
+  }
+
+  /** Bytes buffered by all watches (for tests and metrics). */
+  get bufferedBytes(): number {
+    return this.#bufferedBytes;
+  }
+
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  #unpause(): void {
+    this.#paused = false;
+    if (this.#pausedTimer !== undefined) clearTimeout(this.#pausedTimer);
+    this.#pausedTimer = undefined;
+    this.#stream?.resume();
+  }
+
+  /** A pause longer than watchPausedMsMax overflows the watch holding the most bytes (see top). */
+  #armPausedTimer(): void {
+    if (this.#pausedTimer !== undefined) clearTimeout(this.#pausedTimer);
+    this.#pausedTimer = setTimeout(() => {
+      this.#pausedTimer = undefined;
+      if (!this.#paused || this.#closed) return;
+      let largest: EtcdWatch | undefined;
+      for (const w of this.#byId.values()) {
+        if (!largest || w.bufferedBytes > largest.bufferedBytes) largest = w;
+      }
+      if (largest && largest.bufferedBytes > 0) {
+        largest.overflow(
+          `what the client could hold while its watch stream was paused for ${this.bounds.watchPausedMsMax} ms (watchPausedMsMax)`,
+          largest.nextRev,
+        );
+      }
+      if (this.#paused) this.#armPausedTimer();
+    }, this.bounds.watchPausedMsMax);
   }
 
   add(w: EtcdWatch): void {
@@ -243,10 +379,11 @@ export class WatchHub {
       .makeBidiStreamRequest(
         watchMethod.path,
         watchMethod.serialize,
-        watchMethod.deserialize,
+        this.#conn.deserializer(watchMethod),
         this.#conn.streamMetadata(),
       );
     s.on('data', (res: PbWatchResponse) => this.#onResponse(res));
+    if (this.#paused) s.pause();
     s.on('error', (err) => this.#onBroken(s, err));
     s.on('end', () => this.#onBroken(s, undefined));
     this.#stream = s;
@@ -420,6 +557,14 @@ export class WatchHub {
     this.#clearCreateTimer();
     this.#byId.clear();
     for (const w of live) w.serverId = undefined;
+    if (isResponseSizeError(err)) {
+      // A response the client refused for its size (decode-guard.ts): re-creating the watches
+      // would fetch it again. We cannot tell whose it was, so every watch on the stream ends.
+      const e = mapGrpcError(err, 'watch', false);
+      for (const w of live) w.fail(e);
+      void this.#reconnect(err);
+      return;
+    }
     this.#toCreate.unshift(...live.filter((w) => !w.done));
     this.#conn.failover(this.#streamIndex);
     void this.#reconnect(err);
@@ -471,6 +616,7 @@ export class WatchHub {
   close(): void {
     this.#closed = true;
     this.#clearCreateTimer();
+    if (this.#pausedTimer !== undefined) clearTimeout(this.#pausedTimer);
     const e = new ConclaveError(ErrorCode.Closed, 'the etcd client was closed');
     for (const w of [...this.#byId.values(), ...this.#toCreate]) w.fail(e);
     this.#creating?.fail(e);

@@ -1,0 +1,176 @@
+/**
+ * Memory is bounded in bytes against any server: a hostile gRPC server (test/harness/hostile-grpc.ts)
+ * answers with responses that inflate when decoded, responses over the receive limit, and an
+ * endless watch, to a consumer that never reads. The client's RSS must stay under a stated bound
+ * (growth under 256 MiB here; today's client reached 715 MiB of heap for an 8 MiB response and
+ * 1.1-1.4 GB for a watch whose consumer did not read) and the process must live on.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect } from '../../src/connect.js';
+import { type HostileEtcd, hostileEtcd } from '../harness/hostile-grpc.js';
+
+const MiB = 1024 * 1024;
+/** The RSS growth this file allows the client under attack. */
+const rssGrowthMax = 256 * MiB;
+
+/** A RangeResponse of `bytes` wire bytes made only of empty KeyValues (field 2, length 0). */
+function emptyKvs(bytes: number): Buffer {
+  const b = Buffer.alloc(bytes - (bytes % 2));
+  for (let i = 0; i < b.length; i += 2) b[i] = 0x12;
+  return b;
+}
+
+/** A WatchResponse for watch id 0 with one put event of a `valueBytes` value at `rev`. */
+function eventResponse(rev: number, valueBytes: number): object {
+  return {
+    header: { revision: rev },
+    watchId: 0,
+    events: [
+      {
+        type: 0,
+        kv: {
+          key: Buffer.from('fire/k'),
+          value: Buffer.alloc(valueBytes, 1),
+          modRevision: rev,
+          createRevision: 1,
+          version: rev,
+        },
+      },
+    ],
+  };
+}
+
+function rss(): number {
+  return process.memoryUsage().rss;
+}
+
+describe('etcd client — memory bounded in bytes against a hostile server', () => {
+  let hostile: HostileEtcd | undefined;
+  afterEach(async () => {
+    await hostile?.close();
+    hostile = undefined;
+  });
+
+  it('a response that would inflate when decoded is refused (response-too-large), RSS bounded', async () => {
+    // 15 MiB of empty KeyValues: under the 16 MiB receive limit, ~7.9 M objects once decoded.
+    const body = emptyKvs(15 * MiB);
+    hostile = await hostileEtcd({ unary: { range: () => body } });
+    await using kv = await connect({ backend: 'etcd', endpoints: [hostile.endpoint] });
+    const before = rss();
+    for (let i = 0; i < 3; i++) {
+      await expect(kv.range('a', { prefix: true })).rejects.toMatchObject({
+        code: 'response-too-large',
+        retryable: false,
+      });
+    }
+    expect(rss() - before).toBeLessThan(rssGrowthMax);
+  });
+
+  it('a response over maxReceiveBytes is refused before it is buffered whole', async () => {
+    const body = emptyKvs(40 * MiB);
+    hostile = await hostileEtcd({ unary: { range: () => body } });
+    await using kv = await connect({
+      backend: 'etcd',
+      endpoints: [hostile.endpoint],
+      maxReceiveBytes: 4 * MiB,
+    });
+    await expect(kv.get('a')).rejects.toMatchObject({ code: 'response-too-large', retryable: false });
+  });
+
+  it('a firehose watch to a consumer that never reads overflows at the per-watch byte bound; RSS bounded', async () => {
+    let sent = 0;
+    hostile = await hostileEtcd({
+      bidi: {
+        watch: (call) => {
+          call.once('data', async () => {
+            call.write({ header: { revision: 1 }, watchId: 0, created: true });
+            // Bounded: at most 4,000 responses of 64 KiB (250 MiB) or 15 s.
+            const until = Date.now() + 15_000;
+            for (let rev = 2; rev < 4002 && Date.now() < until && !call.cancelled; rev++) {
+              sent += 64 * 1024;
+              if (!call.write(eventResponse(rev, 64 * 1024))) {
+                await new Promise<void>((r) => {
+                  const t = setTimeout(r, 1000);
+                  call.once('drain', () => {
+                    clearTimeout(t);
+                    r();
+                  });
+                });
+              }
+            }
+          });
+        },
+      },
+    });
+    const before = rss();
+    await using kv = await connect({ backend: 'etcd', endpoints: [hostile.endpoint] });
+    const w = kv.watch('fire/', { prefix: true });
+    await w.ready;
+    // Let the server push well past the per-watch bound (8 MiB) while nobody reads.
+    const until = Date.now() + 10_000;
+    while (sent < 48 * MiB && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    expect(rss() - before).toBeLessThan(rssGrowthMax);
+    let delivered = 0;
+    let err: (Error & { code?: string; details?: { resumeRevision?: number } }) | undefined;
+    try {
+      for await (const b of w) for (const e of b.events) delivered += e.kv.value.length;
+    } catch (e) {
+      err = e as typeof err;
+    }
+    expect(err).toMatchObject({ code: 'watch-overflow' });
+    expect(delivered).toBeLessThanOrEqual(8 * MiB + 64 * 1024);
+    expect(err!.details!.resumeRevision).toBe(2 + delivered / (64 * 1024));
+  }, 30_000);
+
+  it('past the client-wide bound the watch stream pauses (the server is held back) and resumes when the consumer reads', async () => {
+    let sent = 0;
+    hostile = await hostileEtcd({
+      bidi: {
+        watch: (call) => {
+          call.once('data', async () => {
+            call.write({ header: { revision: 1 }, watchId: 0, created: true });
+            const until = Date.now() + 20_000;
+            for (let rev = 2; rev < 4002 && Date.now() < until && !call.cancelled; rev++) {
+              if (!call.write(eventResponse(rev, 64 * 1024))) {
+                await new Promise<void>((r) => {
+                  const t = setTimeout(r, 250);
+                  call.once('drain', () => {
+                    clearTimeout(t);
+                    r();
+                  });
+                });
+              }
+              sent++;
+            }
+          });
+        },
+      },
+    });
+    await using kv = await connect({
+      backend: 'etcd',
+      endpoints: [hostile.endpoint],
+      watchBufferBytesMax: 1024 * MiB,
+      watchBuffersBytesMax: 8 * MiB,
+      watchPausedMsMax: 60_000,
+    });
+    const w = kv.watch('fire/', { prefix: true, bufferBatchesMax: 100_000 });
+    await w.ready;
+    // The stream pauses at 4 MiB buffered; HTTP/2 windows and socket buffers hold a few MiB more.
+    await new Promise((r) => setTimeout(r, 3000));
+    const held = sent;
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(sent - held).toBeLessThan(8);
+    expect(held * 64 * 1024).toBeLessThan(48 * MiB);
+    // Reading drains the buffer and the stream resumes: the server sends again.
+    const it = w[Symbol.asyncIterator]();
+    const until = Date.now() + 10_000;
+    let read = 0;
+    while (sent < held + 200 && Date.now() < until) {
+      await it.next();
+      read++;
+    }
+    expect(sent).toBeGreaterThanOrEqual(held + 200);
+    expect(read).toBeGreaterThan(0);
+    await w.close();
+  }, 40_000);
+});
