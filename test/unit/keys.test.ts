@@ -16,7 +16,9 @@ describe('keys', () => {
     expect(Array.from(resolveRange('a', { fromKey: true }).end)).toEqual([0]);
     expect(Array.from(resolveRange('', { prefix: true }).key)).toEqual([0]);
     expect(Array.from(resolveRange('a', { end: 'c' }).end)).toEqual(Array.from(toBytes('c')));
-    expect(() => resolveRange('a', { prefix: true, fromKey: true })).toThrow(expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }));
+    expect(() => resolveRange('a', { prefix: true, fromKey: true })).toThrow(
+      expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
+    );
   });
 
   it('compareBytes orders bytewise, shorter prefix first', () => {
