@@ -27,7 +27,7 @@ const catalog = ['anchor', 'beacon', 'compass', 'drift', 'ember', 'fathom', 'gal
 export function startService(watcher: ConfigWatcher<ServiceConfig>): Promise<Server> {
   const server = createServer((req, res) => {
     const cfg = watcher.current; // one consistent snapshot for the whole request
-    res.setHeader('x-config-revision', String(watcher.revision));
+    res.setHeader('x-config-revision', String(watcher.currentRevision));
     if (cfg.maintenance) {
       res.writeHead(503, { 'content-type': 'text/plain' }).end('down for maintenance\n');
       return;
@@ -69,7 +69,7 @@ export async function runScenario(kv: KV, prefix: string, log: (line: string) =>
   const server = await startService(watcher);
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/items`;
   try {
-    log(`service up at ${url}, config revision ${watcher.revision}`);
+    log(`service up at ${url}, config revision ${watcher.currentRevision}`);
     log(`GET /items → ${await get(url)}`);
 
     // An operator changes two keys in one txn, guarded by the revision they read.

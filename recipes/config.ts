@@ -240,6 +240,11 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   /** Bytes of the last evaluated candidate, to tell which keys changed. */
   #evaluated = new Map<string, Uint8Array>();
   #valid: { config: T; revision: number; keys: string[] } | undefined;
+  /**
+   * The newest state of the prefix evaluated, valid or rejected: what a guarded write compares
+   * against (`revision`, `keys`). After a rejected candidate it is ahead of `#valid`.
+   */
+  #seen: { revision: number; keys: string[] } = { revision: 0, keys: [] };
   #subscribers = new Set<ChangeBuffer<T>>();
   #pending: Pending | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -290,14 +295,43 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     return this.#valid.config;
   }
 
-  /** The store revision `current` was read at (pass it to `setConfig({ ifRevision })`). */
+  /**
+   * The store revision of the newest state of the prefix this watcher has evaluated, valid or
+   * rejected: pass it to `setConfig({ ifRevision })` (or use `set()`), so a guarded write succeeds
+   * when nobody wrote since — including after a rejected (invalid) write, which such a write is
+   * meant to replace. Equal to `currentRevision` unless the newest state was rejected.
+   */
   get revision(): number {
-    return this.#valid?.revision ?? 0;
+    return this.#seen.revision;
   }
 
   /** The keys (relative to the prefix) present at `revision` (`setConfig`'s `ifKeys`). */
   get keys(): readonly string[] {
-    return this.#valid?.keys ?? [];
+    return this.#seen.keys;
+  }
+
+  /** The store revision `current` (the last valid config) was read at. */
+  get currentRevision(): number {
+    return this.#valid?.revision ?? 0;
+  }
+
+  /**
+   * Writes `config` as the whole prefix, guarded by what this watcher last saw in the store
+   * (`revision` and `keys`), after checking it with the watcher's schema (and decoder): `Err` with
+   * reason `invalid` (nothing written) if the watchers would reject it, `changed`/`compacted` if
+   * the prefix changed since the watcher last saw it (wait for the change, then decide again).
+   */
+  set(
+    config: Readonly<Record<string, unknown>>,
+    opts: Omit<SetConfigOptions, 'ifRevision' | 'ifKeys' | 'schema' | 'decode'> = {},
+  ): Promise<Result<ConfigWritten, ConfigConflict | ConfigInvalid>> {
+    return setConfig(this.kv, this.prefix, config, {
+      ...opts,
+      ifRevision: this.revision,
+      ifKeys: this.keys,
+      schema: this.#schema,
+      decode: this.#decode,
+    });
   }
 
   /** The error that stopped the watcher, if it failed (iterators throw it too). */
@@ -329,6 +363,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
       }
       this.#evaluated = cand.bytes;
       this.#valid = { config: checked.value, revision: snap.revision, keys: [...cand.bytes.keys()] };
+      this.#seen = { revision: snap.revision, keys: this.#valid.keys };
       this.#running = this.#run();
       return Ok(this);
     } catch (err) {
@@ -572,6 +607,8 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     const revision = this.#rawRevision;
     const cand = this.#candidate();
     const changedKeys = changed(this.#evaluated, cand.bytes);
+    // Seen even when no byte changed (a rewrite of the same value still moves mod revisions).
+    this.#seen = { revision, keys: [...cand.bytes.keys()] };
     if (p.kind === 'update' && changedKeys.length === 0) return;
     this.#evaluated = cand.bytes;
     const checked = await this.#validate(cand.object, cand.decodeIssues);
@@ -665,6 +702,20 @@ export interface SetConfigOptions extends CallOptions {
   readonly ifKeys?: readonly string[];
   /** Default: JSON. */
   readonly encode?: ConfigEncoder;
+  /**
+   * The watchers' schema: the config is encoded, decoded (with `decode`, default JSON) and
+   * validated as a watcher would, and refused as `Err` with reason `invalid` before anything is
+   * written if it fails.
+   */
+  readonly schema?: StandardSchemaV1;
+  /** The watchers' decoder, for `schema` (default: JSON). */
+  readonly decode?: ConfigDecoder;
+}
+
+/** `setConfig` with a `schema` refused the config: nothing was written. */
+export interface ConfigInvalid {
+  readonly reason: 'invalid';
+  readonly issues: readonly StandardSchemaV1.Issue[];
 }
 
 export interface ConfigWritten {
@@ -691,12 +742,24 @@ export interface ConfigConflict {
  * fails `retries-exhausted`. More than 128 puts+deletes, or more than 128 guarded keys, fails
  * `too-many-ops` (etcd's default --max-txn-ops) before anything is written.
  */
+export function setConfig(
+  kv: KV,
+  prefix: string,
+  config: Readonly<Record<string, unknown>>,
+  opts: SetConfigOptions & { readonly schema: StandardSchemaV1 },
+): Promise<Result<ConfigWritten, ConfigConflict | ConfigInvalid>>;
+export function setConfig(
+  kv: KV,
+  prefix: string,
+  config: Readonly<Record<string, unknown>>,
+  opts?: SetConfigOptions,
+): Promise<Result<ConfigWritten, ConfigConflict>>;
 export async function setConfig(
   kv: KV,
   prefix: string,
   config: Readonly<Record<string, unknown>>,
   opts: SetConfigOptions = {},
-): Promise<Result<ConfigWritten, ConfigConflict>> {
+): Promise<Result<ConfigWritten, ConfigConflict | ConfigInvalid>> {
   checkPrefix('setConfig', prefix);
   if (typeof config !== 'object' || config === null || Array.isArray(config))
     throw new ConclaveError(
@@ -710,6 +773,10 @@ export async function setConfig(
       'setConfig: ifRevision must be a positive integer revision',
     );
   const wanted = encodeConfig(config, opts.encode ?? jsonEncode);
+  if (opts.schema !== undefined) {
+    const issues = await checkConfig(wanted, opts.schema, opts.decode ?? jsonDecode);
+    if (issues.length > 0) return Err({ reason: 'invalid', issues });
+  }
   for (let attempt = 1; attempt <= setConfigAttemptsMax; attempt++) {
     signal?.throwIfAborted();
     const snap = await readSnapshot(kv, prefix, signal);
@@ -728,6 +795,38 @@ export async function setConfig(
     ErrorCode.RetriesExhausted,
     `setConfig ${prefix}: other writers kept changing the prefix; gave up after ${setConfigAttemptsMax} attempts`,
   );
+}
+
+/** The issues a watcher with `schema` and `decode` would report for `wanted` (none: valid). */
+async function checkConfig(
+  wanted: Map<string, Uint8Array>,
+  schema: StandardSchemaV1,
+  decode: ConfigDecoder,
+): Promise<readonly StandardSchemaV1.Issue[]> {
+  if (typeof schema?.['~standard']?.validate !== 'function')
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      'setConfig: schema must be a Standard Schema v1 (zod, valibot, arktype…)',
+    );
+  const entries: [string, unknown][] = [];
+  const issues: StandardSchemaV1.Issue[] = [];
+  for (const [key, bytes] of wanted) {
+    try {
+      entries.push([key, decode(bytes, key)]);
+    } catch (err) {
+      issues.push({
+        message: `cannot decode: ${err instanceof Error ? err.message : String(err)}`,
+        path: [key],
+      });
+    }
+  }
+  if (issues.length > 0) return issues;
+  try {
+    const r = await schema['~standard'].validate(Object.fromEntries(entries));
+    return r.issues ?? [];
+  } catch (err) {
+    return [{ message: `schema validation threw: ${err instanceof Error ? err.message : String(err)}` }];
+  }
 }
 
 function encodeConfig(

@@ -5,6 +5,7 @@ export {
   type ConfigConflict,
   type ConfigDecoder,
   type ConfigEncoder,
+  type ConfigInvalid,
   type ConfigRejection,
   ConfigWatcher,
   type ConfigWritten,

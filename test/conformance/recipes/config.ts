@@ -171,6 +171,48 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     }
   });
 
+  it('config — after a rejected write, a write guarded by the watcher (set, or ifRevision: revision) replaces it', async () => {
+    const { kv, prefix } = ctx();
+    const pfx = prefix('cfg-guard-after-reject');
+    const first = (await setConfig(kv, pfx, { host: 'a', port: 80 })).unwrap();
+    await using w = await watchConfig(kv, pfx, { schema: Server, debounceMs: 0 });
+    const c = collectChanges(w);
+    const bad = await kv.put(`${pfx}port`, '"eighty"');
+    await waitFor(() => c.items.length === 1, 4000, 'the rejected update');
+    // current is still the last valid config; the guard compares with what is in the store.
+    expect(w.current).toEqual({ host: 'a', port: 80 });
+    expect(w.currentRevision).toBe(first.revision);
+    expect(w.revision).toBe(bad.revision);
+    const fixed = await setConfig(
+      kv,
+      pfx,
+      { host: 'a', port: 81 },
+      { ifRevision: w.revision, ifKeys: w.keys },
+    );
+    expect(fixed.isOk()).toBe(true);
+    await waitFor(() => w.current.port === 81, 4000, 'the fixed config');
+
+    // set(): guarded the same way, and refused before writing when the schema rejects it.
+    const before = (await kv.range(pfx, { prefix: true })).revision;
+    const invalid = await w.set({ host: 'a', port: -1 });
+    expect(invalid.isErr() && invalid.error).toMatchObject({ reason: 'invalid' });
+    expect(invalid.isErr() && invalid.error.reason === 'invalid' && invalid.error.issues[0]?.path).toEqual([
+      'port',
+    ]);
+    expect((await kv.range(pfx, { prefix: true })).revision).toBe(before);
+    const ok = await w.set({ host: 'b', port: 82 });
+    expect(ok.isOk()).toBe(true);
+    await waitFor(() => w.current.host === 'b', 4000, 'the set config');
+    // A stale guard loses: someone wrote after the watcher's revision.
+    await kv.put(`${pfx}port`, '83');
+    const stale = await setConfig(kv, pfx, { host: 'c', port: 84 }, { ifRevision: ok.unwrap().revision });
+    expect(stale.isErr() && stale.error.reason).toBe('changed');
+    // setConfig with the schema refuses an invalid config, nothing written.
+    const refused = await setConfig(kv, pfx, { host: 7 }, { schema: Server });
+    expect(refused.isErr() && refused.error.reason).toBe('invalid');
+    expect(toText((await kv.get(`${pfx}port`))!.value)).toBe('83');
+  });
+
   it('config — setConfig guarded by the read revision fails after a concurrent change', async () => {
     const { kv, prefix } = ctx();
     const pfx = prefix('cfg-guard');
