@@ -74,6 +74,8 @@ export class RawClient {
       status: undefined,
       send: (m) => call.write(m),
       close: () => call.cancel(),
+      pause: () => call.pause(),
+      resume: () => call.resume(),
     };
     call.on('data', (b: Buffer) =>
       probe.responses.push(
@@ -99,6 +101,9 @@ export interface WatchProbe {
   status: { code: number; details: string } | undefined;
   send(m: Record<string, unknown>): void;
   close(): void;
+  /** Stop reading responses (HTTP/2 flow control then holds the server back). */
+  pause(): void;
+  resume(): void;
 }
 
 export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {

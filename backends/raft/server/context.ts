@@ -47,6 +47,8 @@ export class ServerContext {
   readonly streams = new Set<OpenStream>();
   /** Unary calls being served now (bounded by `o.pendingRequestsMax`). */
   inflight = 0;
+  /** Watches resynced from history after their stream fell behind (diagnostics, tests). */
+  watchResyncs = 0;
 
   constructor(backend: MemberBackend, o: ContextOptions) {
     this.backend = backend;

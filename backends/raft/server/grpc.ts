@@ -78,6 +78,8 @@ export interface ClientServer {
   readonly server: grpc.Server;
   /** Streams open now (tests and diagnostics). */
   readonly openStreams: number;
+  /** Watches resynced from history so far because their stream could not keep up. */
+  readonly watchResyncs: number;
   /** Stops accepting, ends open streams with "etcdserver: server stopped", then shuts down. */
   close(): Promise<void>;
 }
@@ -623,6 +625,9 @@ export async function startClientServer(
     server,
     get openStreams() {
       return ctx.streams.size;
+    },
+    get watchResyncs() {
+      return ctx.watchResyncs;
     },
     close() {
       closing ??= (async () => {

@@ -313,6 +313,7 @@ export class WatchStream implements OpenStream {
         if (ConclaveError.is(err, ErrorCode.WatchOverflow)) {
           // The stream fell behind: catch up from history, from the first undelivered revision.
           w.resyncs++;
+          this.#ctx.watchResyncs++;
           try {
             inner = this.#ctx.backend.kv.watch(w.key, { ...w.options, startRevision: w.nextRev });
             w.inner = inner;
