@@ -1,6 +1,7 @@
 /**
  * connect(url | options) → KV. The backends are loaded with dynamic import so that `conclave`
- * itself imports no backend code until one is asked for (DESIGN.md §1).
+ * itself imports no backend code until one is asked for (a user of one backend loads nothing of
+ * the other).
  *
  * URLs:
  *   etcd://host:port[,host:port…]      etcd over plaintext gRPC

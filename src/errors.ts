@@ -1,6 +1,7 @@
 /**
- * Conclave's one error type (DESIGN.md §4). Backends translate native errors (gRPC status codes,
- * Raft refusals) into these codes at their edge; callers branch on `code`, never on messages.
+ * Conclave's one error type (every code, its causes and what to do: docs/errors.md). Backends
+ * translate native errors (gRPC status codes, Raft refusals) into these codes at their edge;
+ * callers branch on `code`, never on messages.
  */
 
 export const ErrorCode = {
