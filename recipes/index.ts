@@ -24,6 +24,19 @@ export {
 } from './counter.js';
 export { DoubleBarrier } from './double-barrier.js';
 export { Election, type Leader, type Leadership, type Observation } from './election.js';
+export {
+  type GroupChange,
+  GroupMember,
+  type GroupMemberInfo,
+  GroupView,
+  type GroupViewOptions,
+  groupChangesBufferedMax,
+  groupDataBytesMax,
+  groupMembersMax,
+  type JoinOptions,
+  joinGroup,
+  watchGroup,
+} from './group.js';
 export type { HeldKey } from './internal/hold.js';
 export {
   MultiLock,
@@ -63,6 +76,20 @@ export {
   ServiceResolver,
   type SessionProvider,
 } from './naming.js';
+export {
+  buildRing,
+  type MovedItem,
+  type PartitionChange,
+  Partitioner,
+  type PartitionerOptions,
+  partitionerChangesBufferedMax,
+  partitionerRingPointsMax,
+  partitionerTrackedMax,
+  partitionerVnodesDefault,
+  type Ring,
+  type RingMember,
+  ringOwners,
+} from './partitioner.js';
 export {
   PrefixCache,
   type PrefixCacheChange,

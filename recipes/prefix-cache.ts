@@ -12,7 +12,7 @@
  * `keysMax` keys and `bytesMax` bytes of keys plus values; a prefix that outgrows either stops the
  * cache with a `too-many-requests` error naming the bound (a partial copy would answer wrongly).
  */
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { abortReason, ConclaveError, ErrorCode, invalidArgument } from '../src/errors.js';
 import { prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchBatch } from '../src/types.js';
@@ -120,7 +120,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   constructor(kv: KV, prefix: Bytes, opts: PrefixCacheOptions = {}) {
     const int = (name: string, v: number) => {
       if (!Number.isSafeInteger(v) || v < 1)
-        throw new TypeError(`PrefixCache: ${name} must be an integer >= 1`);
+        invalidArgument(name, `PrefixCache: must be an integer >= 1, got ${v}`);
       return v;
     };
     this.kv = kv;
@@ -178,7 +178,11 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
 
   /** Reads the prefix at one revision and starts the watch. Call once. */
   async start(): Promise<this> {
-    if (this.#started || this.#closed) throw new TypeError('PrefixCache: start() may be called once');
+    if (this.#started || this.#closed)
+      invalidArgument(
+        'start',
+        'PrefixCache: start() may be called once (PrefixCache.start() creates and starts one)',
+      );
     this.#started = true;
     const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });

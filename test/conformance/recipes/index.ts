@@ -4,6 +4,7 @@ import { registerConfigTests } from './config.js';
 import { registerCounterStmTests } from './counter-stm.js';
 import { registerElectionTests } from './election.js';
 import { registerFailoverTests } from './failover.js';
+import { registerGroupTests } from './group.js';
 import { registerInteropTests } from './interop.js';
 import { registerLossTests } from './loss.js';
 import { registerMultiLockTests } from './multi-lock.js';
@@ -31,4 +32,5 @@ export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('work queue', () => registerWorkQueueTests(ctx));
   describe('multi-lock', () => registerMultiLockTests(ctx));
   describe('prefix cache', () => registerPrefixCacheTests(ctx));
+  describe('group and partitioner', () => registerGroupTests(ctx));
 };
