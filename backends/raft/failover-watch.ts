@@ -22,8 +22,8 @@ export interface WatchSource {
 }
 
 export class FailoverWatch implements Watch {
-  /** The first serving member's registration (see `Watch.ready`); a move later does not change it. */
-  readonly ready: Promise<number>;
+  /** The first serving member's `ready`, taken from it on first use or before the watch moves. */
+  #ready: Promise<number> | undefined;
   /** Member failovers this watch went through (for tests and diagnostics). */
   failovers = 0;
   /** The id of the member serving the watch now (for tests and diagnostics). */
@@ -31,8 +31,10 @@ export class FailoverWatch implements Watch {
   readonly #src: WatchSource;
   readonly #key: Bytes;
   readonly #o: WatchOptions;
-  readonly #stop = new AbortController();
-  readonly #onAbort = () => void this.close();
+  /** Set by close(); `#stop` exists only while a move waits for a live member (a watch's state is kept small). */
+  #closed = false;
+  #stop: AbortController | undefined;
+  readonly #onAbort: (() => void) | undefined;
   #inner: Watch;
   /** The first revision not yet delivered: where a moved watch resumes. */
   #nextRev: number;
@@ -52,9 +54,17 @@ export class FailoverWatch implements Watch {
     this.#nextRev = o.startRevision ?? member.store.revision + 1;
     this.servedBy = member.id;
     this.#inner = this.#subscribe(member);
-    this.ready = this.#inner.ready;
     if (o.signal?.aborted) queueMicrotask(() => void this.close());
-    else o.signal?.addEventListener('abort', this.#onAbort, { once: true });
+    else if (o.signal) {
+      this.#onAbort = () => void this.close();
+      o.signal.addEventListener('abort', this.#onAbort, { once: true });
+    }
+  }
+
+  /** The first serving member's registration (see `Watch.ready`); a move later does not change it. */
+  get ready(): Promise<number> {
+    this.#ready ??= this.#inner.ready;
+    return this.#ready;
   }
 
   #subscribe(member: RaftNode): Watch {
@@ -63,9 +73,10 @@ export class FailoverWatch implements Watch {
   }
 
   async close(): Promise<void> {
-    if (this.#stop.signal.aborted) return;
-    this.#stop.abort(new ConclaveError(ErrorCode.Closed, 'the watch was closed'));
-    this.#o.signal?.removeEventListener('abort', this.#onAbort);
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stop?.abort(new ConclaveError(ErrorCode.Closed, 'the watch was closed'));
+    if (this.#onAbort) this.#o.signal?.removeEventListener('abort', this.#onAbort);
     this.#onClose(this);
     await this.#inner.close();
   }
@@ -82,9 +93,18 @@ export class FailoverWatch implements Watch {
         } catch (err) {
           // Only the serving member's shutdown moves the watch; anything else (compacted,
           // overflow, too many watchers) is the watch's real outcome.
-          if (this.#stop.signal.aborted || !ConclaveError.is(err) || err.code !== ErrorCode.Closed) throw err;
-          const member = this.#src.leader() ?? (await this.#src.liveMember(this.#stop.signal));
-          if (this.#stop.signal.aborted) return;
+          if (this.#closed || !ConclaveError.is(err) || err.code !== ErrorCode.Closed) throw err;
+          let member = this.#src.leader();
+          if (!member) {
+            this.#stop = new AbortController();
+            try {
+              member = await this.#src.liveMember(this.#stop.signal);
+            } finally {
+              this.#stop = undefined;
+            }
+          }
+          if (this.#closed) return;
+          this.#ready ??= this.#inner.ready;
           this.failovers++;
           this.servedBy = member.id;
           this.#inner = this.#subscribe(member);

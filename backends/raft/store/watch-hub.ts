@@ -2,75 +2,214 @@
  * The watch hub: serves watches from the applied state. A watcher with a start revision in the
  * past replays history from the MVCC records, then follows new revisions as they are applied. The
  * events of one revision are delivered in one batch. Each watcher's buffer is bounded
- * (`bufferBatchesMax`); a consumer that falls further behind ends with `watch-overflow`.
+ * (`bufferBatchesMax`); a live consumer that falls further behind ends with `watch-overflow`.
+ *
+ * Cost model (etcd's watchableStore, mvcc/watchable_store.go and watcher_group.go): watchers live
+ * in groups that share their next revision. Each group indexes its watchers by what they watch —
+ * single keys in a map by key, ranges (prefix, [key, end), fromKey) in an interval index — so an
+ * applied revision is matched to its watchers in O(E·log W + matches) for E events, whatever the
+ * number of watchers on other keys, and nothing proportional to W is copied or allocated per
+ * revision. Registration and cancellation are O(log W).
+ *
+ * - The synced group follows the applied revisions (`notify`).
+ * - Catching-up groups ("unsynced" in etcd): watchers whose next revision is in the past, one
+ *   group per next revision. They replay the history on their own turns, at most
+ *   `catchUpScanMax` revisions per turn, never on the apply path; a group that reaches the
+ *   current revision joins the synced one. A watcher that starts in the past replays its first
+ *   `catchUpScanMax` revisions at registration (a short replay is complete when `watch` returns).
+ *   A catching-up watcher whose buffer is full waits for its consumer (it is parked, not failed);
+ *   one whose next revision is compacted meanwhile ends with `compacted`, as in etcd.
+ * - Future groups: watchers whose start revision is ahead of the store (a member behind its
+ *   cluster), one group per start revision, joining the synced group when it is reached.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { resolveRange } from '../../../src/keys.js';
 import { limits } from '../../../src/limits.js';
 import type { Bytes, Watch, WatchBatch, WatchEvent, WatchOptions } from '../../../src/types.js';
+import { IntervalIndex, unboundedHi } from './interval-index.js';
 import { keyString, type Mvcc, type MvccEvent } from './mvcc.js';
 
-/** Watchers per store (each holds a buffer); beyond it new watches fail `too-many-requests`. */
+/**
+ * Watchers per store (each holds a buffer); beyond it new watches fail `too-many-requests`. An idle
+ * watcher's state costs ~0.3–0.7 KiB (docs/architecture.md, Watchers), so the bound caps it near 70 MiB.
+ */
 export const watchersMax = 100_000;
 
 /** Revisions of events kept for replay (since compaction), as a bound on memory for history. */
 export const historyRevisionsMax = 1_000_000;
 
+/**
+ * History revisions replayed to catching-up watchers per turn of the event loop (and at a watch's
+ * registration), so a long replay never holds the loop for long (a heartbeat is 10 ms embedded).
+ */
+export const catchUpScanMax = 2048;
+
+/** One revision of history: its events in {main, sub} order. */
+interface Revision {
+  readonly rev: number;
+  readonly events: readonly MvccEvent[];
+}
+
+/** The watchers of one group sharing one key or one interval: a lone watcher is held bare. */
+type Members = HubWatch | Set<HubWatch>;
+
+const eachMember = (m: Members, fn: (w: HubWatch) => void): void => {
+  if (m instanceof HubWatch) fn(m);
+  else for (const w of m) fn(w);
+};
+
+/**
+ * Watchers sharing a next revision, indexed by what they watch. `nextRev` is the next revision
+ * every member is owed; the synced group's is the store's revision + 1.
+ */
+class WatcherGroup {
+  size = 0;
+  readonly #singles = new Map<string, Members>();
+  readonly #ranges = new IntervalIndex<Members>();
+
+  constructor(public nextRev: number) {}
+
+  add(w: HubWatch): void {
+    w.group = this;
+    this.size++;
+    if (w.hi === '') {
+      const m = this.#singles.get(w.start);
+      if (m === undefined) this.#singles.set(w.start, w);
+      else if (m instanceof HubWatch) this.#singles.set(w.start, new Set([m, w]));
+      else m.add(w);
+      return;
+    }
+    const m = this.#ranges.get(w.start, w.hi);
+    if (m === undefined) this.#ranges.set(w.start, w.hi, w);
+    else if (m instanceof HubWatch) this.#ranges.set(w.start, w.hi, new Set([m, w]));
+    else m.add(w);
+  }
+
+  delete(w: HubWatch): void {
+    if (w.group !== this) return;
+    w.group = undefined;
+    this.size--;
+    const m = w.hi === '' ? this.#singles.get(w.start) : this.#ranges.get(w.start, w.hi);
+    if (m === undefined) return;
+    if (m === w) {
+      if (w.hi === '') this.#singles.delete(w.start);
+      else this.#ranges.delete(w.start, w.hi);
+    } else if (m instanceof Set) {
+      m.delete(w);
+      // Back to a bare watcher when one is left: a key or interval held by one watcher costs no Set.
+      if (m.size === 1) {
+        const [last] = m as Set<HubWatch>;
+        if (w.hi === '') this.#singles.set(w.start, last!);
+        else this.#ranges.set(w.start, w.hi, last!);
+      }
+    }
+  }
+
+  /** Calls `visit` for every member watching `key` (it must not change this group). */
+  match(key: string, visit: (m: Members) => void): void {
+    const m = this.#singles.get(key);
+    if (m !== undefined) visit(m);
+    if (this.#ranges.size > 0) this.#ranges.stab(key, visit);
+  }
+
+  /** Every member, in an array (for the rare whole-group operations: merge, fail, close). */
+  members(): HubWatch[] {
+    const out: HubWatch[] = [];
+    const push = (m: Members) => eachMember(m, (w) => out.push(w));
+    for (const m of this.#singles.values()) push(m);
+    this.#ranges.forEach(push);
+    return out;
+  }
+}
+
 class HubWatch implements Watch {
-  /** The store revision at registration (see `Watch.ready`); rejects if it failed or closed first. */
-  readonly ready: Promise<number>;
-  #settleReady: ((revision: number | Error) => void) | undefined;
+  /** The revision at registration, or the error that ended the watch first (what `ready` settles with). */
+  #readyOutcome: number | Error | undefined;
+  #ready: Promise<number> | undefined;
+  #settleReady: ((outcome: number | Error) => void) | undefined;
   readonly #hub: WatchHub;
+  /** The watched key, or the interval's start (latin1 key strings). */
   readonly start: string;
-  readonly end: string;
-  nextRev = 0;
-  readonly #prevKv: boolean;
-  readonly #noPut: boolean;
-  readonly #noDelete: boolean;
+  /** '' for a single key; else the interval's exclusive end (`unboundedHi`: to the end of the keys). */
+  readonly hi: string;
+  /** The group holding this watcher (the synced one, or a catching-up or future one); none when parked or done. */
+  group: WatcherGroup | undefined;
+  /** Set while registered (counted in the hub's `watchersMax`). */
+  live = false;
+  /** A catching-up watcher whose buffer filled: it waits for its consumer with `parkedRev` as its next revision. */
+  parked = false;
+  parkedRev = 0;
+  readonly prevKv: boolean;
+  readonly noPut: boolean;
+  readonly noDelete: boolean;
   readonly #max: number;
   readonly #buffer: WatchBatch[] = [];
+  /** The revision being matched, and its events for this watcher so far (scratch of the hub's match pass). */
+  batchRev = 0;
+  batch: WatchEvent[] | undefined;
   #wake: (() => void) | undefined;
   #error: unknown;
   done = false;
   readonly #signal: AbortSignal | undefined;
-  readonly #onAbort = () => void this.close();
+  /** Made only for a watch with a signal (an idle watcher's state is kept small). */
+  readonly #onAbort: (() => void) | undefined;
 
   constructor(hub: WatchHub, key: Bytes, o: WatchOptions) {
     this.#hub = hub;
     const r = resolveRange(key, o);
     this.start = keyString(r.key);
-    this.end = keyString(r.end);
-    this.#prevKv = !!o.prevKv;
-    this.#noPut = (o.filters ?? []).includes('noput');
-    this.#noDelete = (o.filters ?? []).includes('nodelete');
+    const end = keyString(r.end);
+    this.hi = end === '\u0000' ? unboundedHi : end;
+    this.prevKv = !!o.prevKv;
+    this.noPut = (o.filters ?? []).includes('noput');
+    this.noDelete = (o.filters ?? []).includes('nodelete');
     this.#max = o.bufferBatchesMax ?? limits.watchBufferBatchesMax;
     this.#signal = o.signal;
-    this.ready = new Promise<number>((resolve, reject) => {
-      this.#settleReady = (r) => (typeof r === 'number' ? resolve(r) : reject(r));
-    });
-    this.ready.catch(() => undefined);
     if (o.signal?.aborted) queueMicrotask(() => void this.close());
-    else o.signal?.addEventListener('abort', this.#onAbort, { once: true });
-  }
-
-  matches(k: string): boolean {
-    if (this.end === '') return k === this.start;
-    return k >= this.start && (this.end === '\u0000' || k < this.end);
-  }
-
-  /** Offers the events of revision `rev`; returns false when the watcher had to end. */
-  offer(rev: number, events: readonly MvccEvent[]): void {
-    if (this.done || rev < this.nextRev) return;
-    this.nextRev = rev + 1;
-    const out: WatchEvent[] = [];
-    for (const e of events) {
-      if ((e.type === 'put' && this.#noPut) || (e.type === 'delete' && this.#noDelete)) continue;
-      if (!this.matches(keyString(e.kv.key))) continue;
-      out.push(
-        this.#prevKv && e.prevKv ? { type: e.type, kv: e.kv, prevKv: e.prevKv } : { type: e.type, kv: e.kv },
-      );
+    else if (o.signal) {
+      this.#onAbort = () => void this.close();
+      o.signal.addEventListener('abort', this.#onAbort, { once: true });
     }
-    if (out.length === 0) return;
+  }
+
+  /**
+   * The store revision at registration (see `Watch.ready`); rejects if the watch failed or was
+   * closed first. Made on first use: the hub settles a watch as it creates it, so most watchers
+   * never need a promise of their own.
+   */
+  get ready(): Promise<number> {
+    if (this.#ready) return this.#ready;
+    const outcome = this.#readyOutcome;
+    if (outcome === undefined) {
+      this.#ready = new Promise<number>((resolve, reject) => {
+        this.#settleReady = (r) => (typeof r === 'number' ? resolve(r) : reject(r));
+      });
+    } else this.#ready = typeof outcome === 'number' ? Promise.resolve(outcome) : Promise.reject(outcome);
+    this.#ready.catch(() => undefined);
+    return this.#ready;
+  }
+
+  #settle(outcome: number | Error): void {
+    if (this.#readyOutcome !== undefined) return;
+    this.#readyOutcome = outcome;
+    this.#settleReady?.(outcome);
+    this.#settleReady = undefined;
+  }
+
+  /** Whether this watcher's key or range holds `k` (filters aside). */
+  matches(k: string): boolean {
+    if (this.hi === '') return k === this.start;
+    return k >= this.start && k < this.hi;
+  }
+
+  /** Whether the buffer has room for one more batch. */
+  get hasRoom(): boolean {
+    return this.#buffer.length < this.#max;
+  }
+
+  /** Delivers one revision's batch; a live watcher with a full buffer ends with `watch-overflow`. */
+  push(rev: number, events: WatchEvent[]): void {
+    if (this.done) return;
     if (this.#buffer.length >= this.#max) {
       this.fail(
         new ConclaveError(
@@ -80,14 +219,13 @@ class HubWatch implements Watch {
       );
       return;
     }
-    this.#buffer.push({ events: out, revision: rev });
+    this.#buffer.push({ events, revision: rev });
     this.#wake?.();
   }
 
   /** Registered in the hub at `revision`: resolves `ready`. */
   registered(revision: number): void {
-    this.#settleReady?.(revision);
-    this.#settleReady = undefined;
+    this.#settle(revision);
   }
 
   fail(err: unknown): void {
@@ -98,13 +236,12 @@ class HubWatch implements Watch {
 
   #finish(): void {
     this.done = true;
-    this.#settleReady?.(
+    this.#settle(
       this.#error instanceof Error
         ? this.#error
         : new ConclaveError(ErrorCode.Closed, 'watch closed before it was created'),
     );
-    this.#settleReady = undefined;
-    this.#signal?.removeEventListener('abort', this.#onAbort);
+    if (this.#onAbort) this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#hub.remove(this);
     this.#wake?.();
   }
@@ -120,6 +257,8 @@ class HubWatch implements Watch {
       while (true) {
         const b = this.#buffer.shift();
         if (b) {
+          // A parked catch-up resumes once half the buffer is free (not after every batch).
+          if (this.parked && this.#buffer.length <= this.#max >> 1) this.#hub.unpark(this);
           yield b;
           continue;
         }
@@ -142,7 +281,17 @@ class HubWatch implements Watch {
 
 export class WatchHub {
   readonly #mvcc: Mvcc;
-  readonly #watchers = new Set<HubWatch>();
+  /** Watchers registered (every group, and parked), bounded by `watchersMax`. */
+  #count = 0;
+  #synced: WatcherGroup;
+  /** Catching-up groups by next revision (each at or below the store's revision). */
+  readonly #catching = new Map<number, WatcherGroup>();
+  /** Groups by start revision, ahead of the store's revision + 1. */
+  readonly #future = new Map<number, WatcherGroup>();
+  /** Catching-up watchers waiting for their consumer to make room. */
+  readonly #parked = new Set<HubWatch>();
+  #catchUpTimer: ReturnType<typeof setImmediate> | undefined;
+  #closed = false;
   /**
    * Events by revision, for history replay: a cache of what the MVCC records hold, complete for
    * every revision in [#historyFrom, #historyTo] (a revision without events has no entry). It is
@@ -150,24 +299,62 @@ export class WatchHub {
    * events nobody may ask for), nor kept while it is empty and nobody watches; a watch that starts
    * before #historyFrom fills it from the records first (`#cover`).
    */
-  #history: Array<{ rev: number; events: readonly MvccEvent[] }> = [];
+  #history: Revision[] = [];
   #historyFrom: number;
   #historyTo: number;
   /** Fills so far since the last reset: the second one goes back to the compaction revision. */
   #fills = 0;
 
+  // Scratch of one match pass (reused: nothing per watcher is allocated per revision).
+  /** Watchers with events in the revision being matched. */
+  readonly #touched: HubWatch[] = [];
+  #curRev = 0;
+  #curEvent: MvccEvent | undefined;
+  /** The current event without its prevKv (for watchers that did not ask for it), made once per event. */
+  #curPlain: WatchEvent | undefined;
+  readonly #visit = (m: Members): void => {
+    if (m instanceof HubWatch) this.#collect(m);
+    else for (const w of m) this.#collect(w);
+  };
+
   constructor(mvcc: Mvcc) {
     this.#mvcc = mvcc;
     this.#historyFrom = mvcc.currentRev + 1;
     this.#historyTo = mvcc.currentRev;
+    this.#synced = new WatcherGroup(mvcc.currentRev + 1);
+  }
+
+  /** Watchers registered now (every group). */
+  get size(): number {
+    return this.#count;
+  }
+
+  /** Watchers in each group kind (for tests and diagnostics). */
+  groups(): { synced: number; catchingUp: number; future: number; parked: number } {
+    let catchingUp = 0;
+    let future = 0;
+    for (const g of this.#catching.values()) catchingUp += g.size;
+    for (const g of this.#future.values()) future += g.size;
+    return { synced: this.#synced.size, catchingUp, future, parked: this.#parked.size };
   }
 
   watch(key: Bytes, o: WatchOptions): Watch {
     const w = new HubWatch(this, key, o);
-    if (this.#watchers.size >= watchersMax) {
-      w.fail(new ConclaveError(ErrorCode.TooManyRequests, `too many watches (max ${watchersMax})`));
+    if (this.#count >= watchersMax) {
+      w.fail(
+        new ConclaveError(
+          ErrorCode.TooManyRequests,
+          `too many watches on this member (watchersMax ${watchersMax}); close watches that are no longer needed`,
+        ),
+      );
       return w;
     }
+    if (this.#closed) {
+      w.fail(new ConclaveError(ErrorCode.Closed, 'the store was closed'));
+      return w;
+    }
+    // The state was replaced under the hub without a resync (a restored store): resync first.
+    if (this.#historyTo !== this.#mvcc.currentRev) this.resync();
     const startRev = o.startRevision ?? 0;
     const current = this.#mvcc.currentRev;
     if (startRev > 0 && startRev < this.#mvcc.compactRev) {
@@ -181,23 +368,65 @@ export class WatchHub {
       );
       return w;
     }
-    w.nextRev = startRev > 0 ? startRev : current + 1;
-    this.#watchers.add(w);
+    w.live = true;
+    this.#count++;
     w.registered(current);
-    if (w.nextRev <= current) {
-      this.#cover(w.nextRev);
-      for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);
-      w.nextRev = Math.max(w.nextRev, current + 1);
+    const next = startRev > 0 ? startRev : current + 1;
+    if (next === current + 1) this.#synced.add(w);
+    else if (next > current) this.#groupAt(this.#future, next).add(w);
+    else {
+      const g = this.#groupAt(this.#catching, next);
+      g.add(w);
+      // A short replay completes here, as the watch is created; a long one goes on later turns.
+      this.#catchUp(g, catchUpScanMax);
+      this.#scheduleCatchUp();
     }
     return w;
   }
 
+  #groupAt(groups: Map<number, WatcherGroup>, rev: number): WatcherGroup {
+    let g = groups.get(rev);
+    if (!g) groups.set(rev, (g = new WatcherGroup(rev)));
+    return g;
+  }
+
   remove(w: HubWatch): void {
-    this.#watchers.delete(w);
+    if (!w.live) return;
+    w.live = false;
+    this.#count--;
+    const g = w.group;
+    if (g) {
+      g.delete(w);
+      if (g.size === 0 && g !== this.#synced) {
+        if (this.#catching.get(g.nextRev) === g) this.#catching.delete(g.nextRev);
+        if (this.#future.get(g.nextRev) === g) this.#future.delete(g.nextRev);
+      }
+    }
+    if (w.parked) {
+      w.parked = false;
+      this.#parked.delete(w);
+    }
+  }
+
+  /** A parked watcher's consumer made room: it catches up again from where it stopped. */
+  unpark(w: HubWatch): void {
+    if (!w.parked || !w.live) return;
+    w.parked = false;
+    this.#parked.delete(w);
+    this.#place(w, w.parkedRev);
+    this.#scheduleCatchUp();
+  }
+
+  /** Puts a watcher owed revision `rev` in the group it belongs to now. */
+  #place(w: HubWatch, rev: number): void {
+    const current = this.#historyTo;
+    if (rev === current + 1) this.#synced.add(w);
+    else if (rev > current) this.#groupAt(this.#future, rev).add(w);
+    else this.#groupAt(this.#catching, rev).add(w);
   }
 
   /** Forgets the history: it starts after revision `to` (older ones are filled on demand). */
-  #reset(to = this.#mvcc.currentRev): void {
+  #reset(to: number): void {
     this.#history = [];
     this.#historyFrom = to + 1;
     this.#historyTo = to;
@@ -209,27 +438,40 @@ export class WatchHub {
    * revision, reading what it lacks from the MVCC records (one pass over the index). The first
    * fill reads only from `rev` (watches usually start at a recent revision); a later one reads
    * from the compaction revision, so a run of watches at ever older revisions costs two passes.
+   * When the history is full (`historyRevisionsMax`) nothing is filled: the caller reads the
+   * records directly.
    */
   #cover(rev: number): void {
-    if (this.#historyTo !== this.#mvcc.currentRev) this.#reset();
     if (rev >= this.#historyFrom || this.#history.length >= historyRevisionsMax) return;
     const from = this.#fills++ === 0 ? rev : Math.min(rev, Math.max(this.#mvcc.compactRev, 1));
     const older = this.#mvcc.eventsSince(from, this.#historyFrom);
-    if (older.length > 0) this.#history = [...older, ...this.#history];
-    this.#historyFrom = from;
-    if (this.#history.length > historyRevisionsMax) {
-      this.#history = this.#history.slice(-historyRevisionsMax);
-      this.#historyFrom = this.#history[0]!.rev;
+    const room = historyRevisionsMax - this.#history.length;
+    // Keep the revisions nearest the present when the fill does not fit (the history stays contiguous).
+    const kept = older.length > room ? older.slice(older.length - room) : older;
+    if (kept.length > 0) this.#history = [...kept, ...this.#history];
+    this.#historyFrom = kept.length < older.length ? kept[0]!.rev : from;
+  }
+
+  /** Index of the first history entry at or after `rev`. */
+  #historyIndex(rev: number): number {
+    let lo = 0;
+    let hi = this.#history.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.#history[mid]!.rev < rev) lo = mid + 1;
+      else hi = mid;
     }
+    return lo;
   }
 
   notify(rev: number, events: readonly MvccEvent[]): void {
-    // The state changed under the hub (a store restored without resync): start over at `rev`.
-    if (this.#historyTo !== rev - 1) this.#reset(rev - 1);
+    // The state changed under the hub (a store restored without resync): resync as of `rev - 1`.
+    if (this.#historyTo !== rev - 1) this.#rebase(rev - 1);
     this.#historyTo = rev;
-    if (this.#history.length === 0 && this.#watchers.size === 0) {
+    if (this.#history.length === 0 && this.#count === 0) {
       // Nobody can see this revision now; a later watch from it fills it from the records.
       this.#historyFrom = rev + 1;
+      this.#synced.nextRev = rev + 1;
       return;
     }
     this.#history.push({ rev, events });
@@ -237,7 +479,152 @@ export class WatchHub {
       this.#history.shift();
       this.#historyFrom = this.#history[0]!.rev;
     }
-    for (const w of [...this.#watchers]) w.offer(rev, events);
+    // Watchers that start at this revision join the synced group first.
+    const f = this.#future.get(rev);
+    if (f) {
+      this.#future.delete(rev);
+      this.#merge(f, this.#synced);
+    }
+    const synced = this.#synced;
+    if (synced.size > 0) {
+      this.#match(synced, rev, events);
+      for (const w of this.#touched) {
+        const batch = w.batch!;
+        w.batch = undefined;
+        w.push(rev, batch);
+      }
+      this.#touched.length = 0;
+    }
+    synced.nextRev = rev + 1;
+  }
+
+  /** Collects, into #touched, every watcher of `g` with events in `rev` (each with its batch). */
+  #match(g: WatcherGroup, rev: number, events: readonly MvccEvent[]): void {
+    this.#curRev = rev;
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i]!;
+      this.#curEvent = e;
+      this.#curPlain = undefined;
+      g.match(keyString(e.kv.key), this.#visit);
+    }
+    this.#curEvent = undefined;
+    this.#curPlain = undefined;
+  }
+
+  #collect(w: HubWatch): void {
+    const e = this.#curEvent!;
+    if (e.type === 'put' ? w.noPut : w.noDelete) return;
+    // An event is delivered as the hub's own object when it fits the watcher (they are read-only).
+    let ev: WatchEvent = e;
+    if (!w.prevKv && e.prevKv) ev = this.#curPlain ??= { type: e.type, kv: e.kv };
+    if (w.batchRev !== this.#curRev || w.batch === undefined) {
+      w.batchRev = this.#curRev;
+      w.batch = [ev];
+      this.#touched.push(w);
+    } else w.batch.push(ev);
+  }
+
+  /** Moves every member of `from` into `into` (the larger group is kept, the smaller one emptied). */
+  #merge(from: WatcherGroup, into: WatcherGroup): void {
+    if (from.size > into.size) {
+      // Keep the larger group's index: it takes the smaller one's members and `into`'s role.
+      from.nextRev = into.nextRev;
+      if (into === this.#synced) this.#synced = from;
+      else if (this.#catching.get(into.nextRev) === into) this.#catching.set(into.nextRev, from);
+      else if (this.#future.get(into.nextRev) === into) this.#future.set(into.nextRev, from);
+      [from, into] = [into, from];
+    }
+    for (const w of from.members()) {
+      from.delete(w);
+      into.add(w);
+    }
+  }
+
+  #scheduleCatchUp(): void {
+    if (this.#catchUpTimer !== undefined || this.#catching.size === 0 || this.#closed) return;
+    this.#catchUpTimer = setImmediate(() => {
+      this.#catchUpTimer = undefined;
+      let budget = catchUpScanMax;
+      // Oldest groups first (their history is the likeliest to be compacted or evicted).
+      const groups = [...this.#catching.values()].sort((a, b) => a.nextRev - b.nextRev);
+      for (const g of groups) {
+        if (budget <= 0) break;
+        if (g.size > 0 && this.#catching.get(g.nextRev) === g) budget = this.#catchUp(g, budget);
+      }
+      this.#scheduleCatchUp();
+    });
+  }
+
+  /**
+   * Replays history to the catching-up group `g` from its next revision, at most `budget`
+   * revisions; returns the budget left. A member whose buffer is full is parked at the revision it
+   * did not get; the group joins the synced one when it reaches the store's revision, or another
+   * catching-up group it reaches.
+   */
+  #catchUp(g: WatcherGroup, budget: number): number {
+    this.#catching.delete(g.nextRev);
+    const compactRev = this.#mvcc.compactRev;
+    if (g.nextRev < compactRev) {
+      this.#failCompacted(g.members(), compactRev);
+      return budget;
+    }
+    this.#cover(g.nextRev);
+    let entries: readonly Revision[];
+    let i: number;
+    let to: number;
+    if (g.nextRev < this.#historyFrom) {
+      // The history is full and starts later: read this stretch straight from the records.
+      const upTo = Math.min(this.#historyFrom, g.nextRev + budget);
+      entries = this.#mvcc.eventsSince(g.nextRev, upTo);
+      i = 0;
+      to = upTo - 1;
+    } else {
+      entries = this.#history;
+      i = this.#historyIndex(g.nextRev);
+      to = this.#historyTo;
+    }
+    const end = entries.length;
+    for (; i < end && g.size > 0; i++) {
+      if (budget <= 0) {
+        to = entries[i]!.rev - 1;
+        break;
+      }
+      budget--;
+      const h = entries[i]!;
+      this.#match(g, h.rev, h.events);
+      for (const w of this.#touched) {
+        const batch = w.batch!;
+        w.batch = undefined;
+        if (w.hasRoom) w.push(h.rev, batch);
+        else this.#park(w, h.rev);
+      }
+      this.#touched.length = 0;
+    }
+    g.nextRev = to + 1;
+    if (g.size === 0) return budget;
+    if (g.nextRev === this.#historyTo + 1) this.#merge(g, this.#synced);
+    else {
+      const other = this.#catching.get(g.nextRev);
+      if (other) this.#merge(g, other);
+      else this.#catching.set(g.nextRev, g);
+    }
+    return budget;
+  }
+
+  #park(w: HubWatch, rev: number): void {
+    w.group?.delete(w);
+    w.parked = true;
+    w.parkedRev = rev;
+    this.#parked.add(w);
+  }
+
+  #failCompacted(ws: readonly HubWatch[], compactRev: number): void {
+    const e = new ConclaveError(
+      ErrorCode.Compacted,
+      `watch: the revisions this watch still had to replay were compacted; the oldest available revision is ${compactRev}`,
+      { compactRevision: compactRev },
+    );
+    for (const w of ws) w.fail(e);
   }
 
   compacted(rev: number): void {
@@ -245,39 +632,72 @@ export class WatchHub {
     while (i < this.#history.length && this.#history[i]!.rev < rev) i++;
     if (i > 0) this.#history = this.#history.slice(i);
     if (this.#historyFrom < rev) this.#historyFrom = Math.min(rev, this.#historyTo + 1);
+    // Catching-up watchers still owed a compacted revision end with `compacted` (etcd does the same
+    // to an unsynced watcher whose minRev fell below the compaction: watchable_store.go chooseAll).
+    for (const g of [...this.#catching.values()]) if (g.nextRev < rev) this.#failCompacted(g.members(), rev);
+    const parked = [...this.#parked].filter((w) => w.parkedRev < rev);
+    if (parked.length > 0) this.#failCompacted(parked, rev);
   }
 
   /**
    * After the store's state was replaced (a Raft snapshot installed, or restored at startup):
    * forgets the replay history (it is filled from the new records on demand), ends watchers whose
-   * next revision is now compacted, and catches the others up from the new state (etcd resyncs
-   * its watchers the same way after a snapshot restore).
+   * next revision is now compacted, and catches the others up from the new state (etcd moves its
+   * synced watchers to the unsynced group after a snapshot restore the same way).
    */
   resync(): void {
-    this.#reset();
+    this.#rebase(this.#mvcc.currentRev);
+  }
+
+  #rebase(current: number): void {
+    const groups = [this.#synced, ...this.#catching.values(), ...this.#future.values()];
+    this.#synced = new WatcherGroup(current + 1);
+    this.#catching.clear();
+    this.#future.clear();
+    this.#reset(current);
     const compactRev = this.#mvcc.compactRev;
-    const current = this.#mvcc.currentRev;
-    for (const w of [...this.#watchers]) {
-      if (w.nextRev < compactRev) {
-        w.fail(
-          new ConclaveError(
-            ErrorCode.Compacted,
-            `watch: the member installed a snapshot past this watch's revision; the oldest available revision is ${compactRev}`,
-            { compactRevision: compactRev },
-          ),
-        );
-        continue;
+    for (const g of groups) {
+      if (g.size === 0) continue;
+      if (g.nextRev < compactRev) this.#failCompactedBySnapshot(g.members(), compactRev);
+      else if (g.nextRev === current + 1) this.#merge(g, this.#synced);
+      else {
+        const groupsAt = g.nextRev > current ? this.#future : this.#catching;
+        const other = groupsAt.get(g.nextRev);
+        if (other) this.#merge(g, other);
+        else groupsAt.set(g.nextRev, g);
       }
-      if (w.nextRev <= current) {
-        this.#cover(w.nextRev);
-        for (const h of this.#history) if (h.rev >= w.nextRev) w.offer(h.rev, h.events);
-      }
-      w.nextRev = Math.max(w.nextRev, current + 1);
     }
+    const lost = [...this.#parked].filter((w) => w.parkedRev < compactRev);
+    if (lost.length > 0) this.#failCompactedBySnapshot(lost, compactRev);
+    // As at registration: a short replay is done now, a long one on later turns.
+    let budget = catchUpScanMax;
+    for (const g of [...this.#catching.values()].sort((a, b) => a.nextRev - b.nextRev)) {
+      if (budget <= 0) break;
+      if (this.#catching.get(g.nextRev) === g) budget = this.#catchUp(g, budget);
+    }
+    this.#scheduleCatchUp();
+  }
+
+  #failCompactedBySnapshot(ws: readonly HubWatch[], compactRev: number): void {
+    const e = new ConclaveError(
+      ErrorCode.Compacted,
+      `watch: the member installed a snapshot past this watch's revision; the oldest available revision is ${compactRev}`,
+      { compactRevision: compactRev },
+    );
+    for (const w of ws) w.fail(e);
   }
 
   close(): void {
+    this.#closed = true;
+    if (this.#catchUpTimer !== undefined) clearImmediate(this.#catchUpTimer);
+    this.#catchUpTimer = undefined;
     const e = new ConclaveError(ErrorCode.Closed, 'the store was closed');
-    for (const w of [...this.#watchers]) w.fail(e);
+    const all = [
+      ...this.#synced.members(),
+      ...[...this.#catching.values()].flatMap((g) => g.members()),
+      ...[...this.#future.values()].flatMap((g) => g.members()),
+      ...this.#parked,
+    ];
+    for (const w of all) w.fail(e);
   }
 }
