@@ -5,6 +5,13 @@
  * local deadline is measured from when each successful keep-alive was *sent* (monotonic clock)
  * plus the TTL it granted, minus a safety margin — never from when the answer came back, because
  * the server starts the new TTL somewhere between sending and receiving.
+ *
+ * What makes that sound: a keep-alive answered with TTL t means the server will not expire the
+ * lease before t seconds after it renewed it (it never renews a lease that is expiring or being
+ * revoked: it answers TTL 0). The process itself may stall (a long GC pause, a blocked loop): then
+ * the timer that fires `lost` runs late. So the deadline is also checked synchronously wherever
+ * the session is consulted — `state`, `remainingMs()`, and before a keep-alive is sent — and a
+ * session found past its deadline is lost at once, whatever a later keep-alive would answer.
  */
 import { abortReason, ConclaveError, ErrorCode } from './errors.js';
 import type { KV } from './kv.js';
@@ -83,7 +90,12 @@ export class Session implements AsyncDisposable {
     return new Session(kv, grant.id, grant.ttlSeconds, sentAt, now);
   }
 
+  /**
+   * The current state, checked against the clock: past its deadline the session is lost now,
+   * even if a stalled event loop has not yet run the timer that fires `lost`.
+   */
   get state(): SessionState {
+    this.#checkDeadline();
     return this.#state;
   }
 
@@ -93,7 +105,14 @@ export class Session implements AsyncDisposable {
 
   /** Milliseconds until `lost` would fire if no keep-alive succeeds from now on. */
   remainingMs(): number {
+    this.#checkDeadline();
     return Math.max(0, this.#deadline - this.#now());
+  }
+
+  /** Fires `lost` now if the deadline has passed (the deadline timer may be late after a stall). */
+  #checkDeadline(): void {
+    if (!this.lost.aborted && this.#now() >= this.#deadline)
+      this.#markLost('the lease could have expired: no keep-alive succeeded in time');
   }
 
   /** Subscribe to state changes; returns an unsubscribe function. */
@@ -162,6 +181,12 @@ export class Session implements AsyncDisposable {
   async #keepAlive(attempt = 1): Promise<void> {
     if (this.#closed || this.lost.aborted) return;
     const sentAt = this.#now();
+    // Past the deadline (the loop stalled, or keep-alives kept failing) the server may have expired
+    // the lease already: the session is lost, and no keep-alive may bring it back.
+    if (sentAt >= this.#deadline) {
+      this.#markLost('the lease could have expired: no keep-alive succeeded in time');
+      return;
+    }
     const ctl = new AbortController();
     this.#inFlight = ctl;
     const remaining = this.#deadline - sentAt;

@@ -24,6 +24,16 @@ export interface BackendSupports {
   readonly killLeader?: boolean;
   /** Lease expiry can be fast-forwarded with `advanceTime(ms)` (virtual clock). */
   readonly virtualTime?: boolean;
+  /** `holdRevocations()` is available: a lease revocation can be held proposed but not applied. */
+  readonly holdRevocations?: boolean;
+}
+
+/** Lease revocations held in flight (decided and proposed, not applied) until `release()`. */
+export interface RevocationHold {
+  /** Revocations held so far. */
+  held(): number;
+  /** Lets them apply; later ones are no longer held. */
+  release(): void;
 }
 
 export interface ConformanceBackend {
@@ -39,6 +49,8 @@ export interface ConformanceBackend {
   proxied?(): Promise<ConnectionCut>;
   killLeader?(): Promise<void>;
   advanceTime?(ms: number): Promise<void>;
+  /** Holds every lease revocation proposed from now on in flight until released. */
+  holdRevocations?(): RevocationHold;
   /** The smallest lease TTL in seconds the store accepts (derived from its election timeout). */
   readonly minTtlSeconds: number;
 }

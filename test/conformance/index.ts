@@ -25,7 +25,14 @@ const suites: Array<[string, RegisterTests | undefined]> = [
   ['recipes', registerRecipes],
 ];
 
-export function runConformance(backend: ConformanceBackend, opts: { skip?: boolean } = {}): void {
+/**
+ * Registers the suite for one backend. `only` limits it to some parts (by name: 'lease', 'session',
+ * …), for a backend variant that only needs those (e.g. durable storage for the lease tests).
+ */
+export function runConformance(
+  backend: ConformanceBackend,
+  opts: { skip?: boolean; only?: readonly string[] } = {},
+): void {
   describe.skipIf(opts.skip === true)(`conformance: ${backend.name}`, () => {
     let ctx: ConformanceContext | undefined;
     const extra: KV[] = [];
@@ -57,6 +64,7 @@ export function runConformance(backend: ConformanceBackend, opts: { skip?: boole
       if (!ctx) throw new Error('conformance context used before setup');
       return ctx;
     };
-    for (const [name, register] of suites) if (register) describe(name, () => register(get));
+    for (const [name, register] of suites)
+      if (register && (!opts.only || opts.only.includes(name))) describe(name, () => register(get));
   });
 }

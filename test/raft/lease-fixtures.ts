@@ -79,6 +79,34 @@ export class RevocationGate {
   }
 }
 
+/**
+ * Storages for the members `1..nodes` (durable under `dir`, else memory) and a gate on them, to
+ * hand to `new EmbeddedCluster(o, storages)`; call `gated(cluster)` once it exists. The gate holds
+ * the followers' persistence (with 3 members the leader needs one follower to commit; its own write
+ * is not needed) or, with one member, the member's own.
+ */
+export async function gatedStorages(
+  nodes: number,
+  dir?: string,
+): Promise<{ storages: Map<number, NodeStorage>; gate: RevocationGate; gated(c: EmbeddedCluster): void }> {
+  const ids = Array.from({ length: nodes }, (_, i) => i + 1);
+  const gate = new RevocationGate();
+  const storages = new Map<number, NodeStorage>();
+  for (const id of ids) {
+    const st = dir
+      ? await DiskStorage.open({ dataDir: join(dir, `member-${id}`), nodeId: id, voters: ids, log: () => {} })
+      : new MemoryStorage({ voters: ids, learners: [] });
+    storages.set(id, st);
+  }
+  return {
+    storages,
+    gate,
+    gated: (c) => {
+      for (const id of ids) gate.wrap(storages.get(id)!, () => nodes === 1 || !c.members.get(id)!.isLeader);
+    },
+  };
+}
+
 export interface LeaseCluster {
   cluster: EmbeddedCluster;
   gate: RevocationGate;
@@ -93,23 +121,13 @@ export interface LeaseCluster {
  */
 export async function leaseCluster(o: { nodes: number; durable: boolean }): Promise<LeaseCluster> {
   const clock = new VirtualClock();
-  const gate = new RevocationGate();
-  const ids = Array.from({ length: o.nodes }, (_, i) => i + 1);
   const dir = o.durable ? mkdtempSync(join(tmpdir(), 'conclave-lease-')) : undefined;
-  const storages = new Map<number, NodeStorage>();
-  for (const id of ids) {
-    const st = dir
-      ? await DiskStorage.open({ dataDir: join(dir, `member-${id}`), nodeId: id, voters: ids, log: () => {} })
-      : new MemoryStorage({ voters: ids, learners: [] });
-    storages.set(id, st);
-  }
+  const { storages, gate, gated } = await gatedStorages(o.nodes, dir);
   const cluster = new EmbeddedCluster(
     { nodes: o.nodes, now: clock.now, ...(dir ? { dataDir: dir } : {}) },
     storages,
   );
-  for (const id of ids) {
-    gate.wrap(storages.get(id)!, () => o.nodes === 1 || !cluster.members.get(id)!.isLeader);
-  }
+  gated(cluster);
   try {
     await cluster.waitLeader(undefined, 30_000);
   } catch (err) {
