@@ -11,6 +11,10 @@ export const recipePhaseNames = [
   'workqueue',
   'config',
   'config-debounce50',
+  'multilock3',
+  'mutex3-seq',
+  'prefixcache',
+  'prefixwatch',
 ] as const;
 const allPhaseNames: readonly string[] = [...kvPhaseNames, ...recipePhaseNames];
 

@@ -4,6 +4,8 @@ import { getPhase } from './get.js';
 import { lockHandoffPhase } from './lock-handoff.js';
 import { putPhase } from './put.js';
 import { configPhase } from './recipes-config.js';
+import { multiLockPhase } from './recipes-multi-lock.js';
+import { prefixCachePhase } from './recipes-prefix-cache.js';
 import { queuePhase } from './recipes-queue.js';
 import { workQueuePhase } from './recipes-work-queue.js';
 import { txnPhase } from './txn.js';
@@ -25,6 +27,10 @@ const phases: readonly Phase[] = [
   workQueuePhase(4, 16),
   configPhase(100, 0),
   configPhase(100, undefined),
+  multiLockPhase(8, 3, false),
+  multiLockPhase(8, 3, true),
+  prefixCachePhase(100, false),
+  prefixCachePhase(100, true),
 ];
 
 export function phaseByName(name: string): Phase {
