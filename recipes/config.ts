@@ -392,19 +392,20 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   /**
    * Changes applied after this call, in order. A consumer more than `changesBufferedMax` changes
    * behind gets one `resync` (reason `overflow`) with the latest config instead of the backlog.
-   * Ends after `close()`; throws the watcher's error if it failed. `signal` ends this iterator only.
+   * Ends after `close()`; throws the watcher's error if it failed. Aborting `signal` ends this
+   * iterator only, normally (a stop you asked for is not an error).
    */
   changes(opts: CallOptions = {}): AsyncGenerator<ConfigChange<T>, void, undefined> {
     // Subscribe now (not at the first next()), so nothing applied after this call is missed.
     const buf = new ChangeBuffer<T>(this.#bufferMax);
     if (this.#closed) buf.end(this.#error);
-    else if (opts.signal?.aborted) buf.end(abortReason(opts.signal));
+    else if (opts.signal?.aborted) buf.end();
     else this.#subscribers.add(buf);
     return this.#drain(buf, opts.signal);
   }
 
   async *#drain(buf: ChangeBuffer<T>, signal: AbortSignal | undefined): AsyncGenerator<ConfigChange<T>> {
-    const onAbort = () => buf.end(abortReason(signal!));
+    const onAbort = () => buf.end();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       while (true) {

@@ -53,8 +53,7 @@ export class Election {
 
   /** `lostOnSuspend` (default true): a leadership counts as lost as soon as the session is suspended. */
   constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'Election: name must be a non-empty string');
+    checkName(name);
     this.session = session;
     this.name = name;
     this.#pfx = `${name}/`;
@@ -145,14 +144,8 @@ export class Election {
   }
 
   /** The current leader, or undefined when there is none. */
-  async leader(opts: CallOptions = {}): Promise<Leader | undefined> {
-    const r = await this.#kv.range(this.#pfx, {
-      prefix: true,
-      sort: { target: 'create', order: 'ascend' },
-      limit: 1,
-      signal: opts.signal,
-    });
-    return r.kvs[0] ? toLeader(r.kvs[0]) : undefined;
+  leader(opts: CallOptions = {}): Promise<Leader | undefined> {
+    return currentLeader(this.#kv, this.#pfx, opts);
   }
 
   /**
@@ -161,57 +154,95 @@ export class Election {
    * (`token`, its key's create revision). Survives compaction and a consumer that fell too far
    * behind by re-reading the present (a resync: the re-read state is emitted if it differs from
    * the last one emitted, so intermediate states may be skipped, never reordered).
+   *
+   * Stopping: aborting `signal` (or `return()`/`break`) ends the iteration normally — a stop you
+   * asked for is not an error; the iterator throws only on a failure (the store's error).
    */
-  async *observe(opts: CallOptions = {}): AsyncGenerator<Observation> {
-    const kv = this.#kv;
-    const signal = opts.signal;
-    let last: string | undefined;
-    const next = (l: KeyValue | undefined, revision: number): Observation | undefined => {
-      const id = l ? `${l.createRevision}@${l.modRevision}` : 'none';
-      if (id === last) return undefined;
-      last = id;
-      return { leader: l ? toLeader(l) : undefined, revision };
-    };
-    while (true) {
-      signal?.throwIfAborted();
-      // Watch first (from "now"), then read: a watch started at a past revision is served by
-      // etcd's unsynced group, caught up only every 100 ms, which would delay every change of
-      // leader seen here. The linearizable read after the watch's registration is at or after the
-      // registered revision, so the events up to the read's revision are already in it: skipped.
-      const w = kv.watch(this.#pfx, { prefix: true, ...(signal ? { signal } : {}) });
-      try {
-        await w.ready;
-        // Candidates by key; the leader is the one with the lowest create revision.
-        const r = await kv.range(this.#pfx, { prefix: true, signal });
-        const live = new Map<string, KeyValue>(r.kvs.map((k) => [toText(k.key), k]));
-        const leader = () =>
-          [...live.values()].reduce<KeyValue | undefined>(
-            (a, b) => (!a || b.createRevision < a.createRevision ? b : a),
-            undefined,
-          );
-        const o = next(leader(), r.revision);
-        if (o) yield o;
-        for await (const batch of w) {
-          let changed = false;
-          for (const e of batch.events) {
-            if (e.kv.modRevision <= r.revision) continue;
-            changed = true;
-            if (e.type === 'delete') live.delete(toText(e.kv.key));
-            else live.set(toText(e.kv.key), e.kv);
-          }
-          if (!changed) continue;
-          const ob = next(leader(), batch.revision);
-          if (ob) yield ob;
+  observe(opts: CallOptions = {}): AsyncGenerator<Observation> {
+    return observeElection(this.#kv, this.#pfx, opts);
+  }
+
+  /** The current leader of election `name` on `kv`, without a session. */
+  static leader(kv: KV, name: string, opts: CallOptions = {}): Promise<Leader | undefined> {
+    checkName(name);
+    return currentLeader(kv, `${name}/`, opts);
+  }
+
+  /**
+   * Observes election `name` on `kv` without a session (no lease, no candidacy): the same stream
+   * as `election.observe()`. For processes that only need to know who leads.
+   */
+  static observe(kv: KV, name: string, opts: CallOptions = {}): AsyncGenerator<Observation> {
+    checkName(name);
+    return observeElection(kv, `${name}/`, opts);
+  }
+}
+
+function checkName(name: unknown): asserts name is string {
+  if (typeof name !== 'string' || name.length === 0)
+    throw new ConclaveError(ErrorCode.InvalidArgument, 'Election: name must be a non-empty string');
+}
+
+async function currentLeader(kv: KV, pfx: string, opts: CallOptions): Promise<Leader | undefined> {
+  const r = await kv.range(pfx, {
+    prefix: true,
+    sort: { target: 'create', order: 'ascend' },
+    limit: 1,
+    signal: opts.signal,
+  });
+  return r.kvs[0] ? toLeader(r.kvs[0]) : undefined;
+}
+
+/** The observation stream of the election whose candidates live under `pfx` (see `observe`). */
+async function* observeElection(kv: KV, pfx: string, opts: CallOptions): AsyncGenerator<Observation> {
+  const signal = opts.signal;
+  let last: string | undefined;
+  const next = (l: KeyValue | undefined, revision: number): Observation | undefined => {
+    const id = l ? `${l.createRevision}@${l.modRevision}` : 'none';
+    if (id === last) return undefined;
+    last = id;
+    return { leader: l ? toLeader(l) : undefined, revision };
+  };
+  // Bounded by the caller: it runs until the signal is aborted or the consumer stops iterating.
+  while (true) {
+    if (signal?.aborted) return; // a requested stop ends the stream normally
+    // Watch first (from "now"), then read: a watch started at a past revision is served by
+    // etcd's unsynced group, caught up only every 100 ms, which would delay every change of
+    // leader seen here. The linearizable read after the watch's registration is at or after the
+    // registered revision, so the events up to the read's revision are already in it: skipped.
+    const w = kv.watch(pfx, { prefix: true, ...(signal ? { signal } : {}) });
+    try {
+      await w.ready;
+      // Candidates by key; the leader is the one with the lowest create revision.
+      const r = await kv.range(pfx, { prefix: true, signal });
+      const live = new Map<string, KeyValue>(r.kvs.map((k) => [toText(k.key), k]));
+      const leader = () =>
+        [...live.values()].reduce<KeyValue | undefined>(
+          (a, b) => (!a || b.createRevision < a.createRevision ? b : a),
+          undefined,
+        );
+      const o = next(leader(), r.revision);
+      if (o) yield o;
+      for await (const batch of w) {
+        let changed = false;
+        for (const e of batch.events) {
+          if (e.kv.modRevision <= r.revision) continue;
+          changed = true;
+          if (e.type === 'delete') live.delete(toText(e.kv.key));
+          else live.set(toText(e.kv.key), e.kv);
         }
-        if (signal?.aborted) throw abortReason(signal);
-        return;
-      } catch (err) {
-        if (ConclaveError.is(err, ErrorCode.Compacted) || ConclaveError.is(err, ErrorCode.WatchOverflow))
-          continue; // resync from the present
-        throw err;
-      } finally {
-        await w.close();
+        if (!changed) continue;
+        const ob = next(leader(), batch.revision);
+        if (ob) yield ob;
       }
+      return; // the watch ended: closed by the caller's signal
+    } catch (err) {
+      if (signal?.aborted) return;
+      if (ConclaveError.is(err, ErrorCode.Compacted) || ConclaveError.is(err, ErrorCode.WatchOverflow))
+        continue; // resync from the present
+      throw err;
+    } finally {
+      await w.close();
     }
   }
 }

@@ -749,11 +749,15 @@ export class WorkQueue implements AsyncDisposable {
    * (one claim is three round trips, so a single claimer caps throughput however many handlers
    * may run). A handler that returns acks the job (unless it settled it itself); one that throws
    * nacks it with the error (after `retryDelaySeconds`). The handler's `signal` fires when the
-   * job's claim may expire, or when processing stops. Resolves never; rejects with the reason
-   * processing stopped (signal, close, session loss, store failure) after the running handlers
-   * have finished.
+   * job's claim may expire, or when processing stops.
+   *
+   * Stopping (the convention of every long-running recipe loop): a stop you asked for is not a
+   * failure. When `signal` is aborted or the queue is closed, `process` resolves (undefined) once
+   * the running handlers have finished. It rejects only on a failure that stopped it: the
+   * session was lost (`session-lost`), the store kept failing (the last error), or the queue's
+   * background maintenance failed.
    */
-  async process(handler: JobHandler, opts: ProcessOptions = {}): Promise<never> {
+  async process(handler: JobHandler, opts: ProcessOptions = {}): Promise<void> {
     const concurrency = opts.concurrency ?? 1;
     if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > workQueueConcurrencyMax)
       throw new ConclaveError(
@@ -777,7 +781,7 @@ export class WorkQueue implements AsyncDisposable {
     opts: ProcessOptions,
     concurrency: number,
     stop: AbortSignal,
-  ): Promise<never> {
+  ): Promise<void> {
     // `halt` stops every worker when claims keep failing; `signal` is what they all run under.
     const halt = new AbortController();
     const signal = AbortSignal.any([stop, halt.signal]);
@@ -826,7 +830,10 @@ export class WorkQueue implements AsyncDisposable {
       }
     };
     await Promise.all(Array.from({ length: concurrency }, worker));
-    throw fatal ?? this.#failure ?? abortReason(stop);
+    if (fatal !== undefined) throw fatal;
+    if (this.#failure !== undefined) throw this.#failure;
+    if (this.session.lost.aborted) throw this.session.lost.reason;
+    // Stopped by the caller's signal or by close(): the normal end.
   }
 
   /** `claim()` for a worker of `process`: waits for new ready items on the group's shared watch. */

@@ -45,6 +45,25 @@ export const registerConfigTests: RegisterTests = (ctx) => {
     expect(w.current.port).toBe(8080);
   });
 
+  it('config — aborting the signal of changes() ends that iterator normally; the watcher goes on', async () => {
+    const { kv, prefix } = ctx();
+    const pfx = prefix('cfg-changes-stop');
+    await setConfig(kv, pfx, { host: 'a', port: 80 });
+    await using w = await watchConfig(kv, pfx, { schema: Server, debounceMs: 0 });
+    const ac = new AbortController();
+    const seen: number[] = [];
+    const it = (async () => {
+      for await (const c of w.changes({ signal: ac.signal })) seen.push(c.config.port);
+      return 'ended';
+    })();
+    await kv.put(`${pfx}port`, '81');
+    await waitFor(() => seen.length === 1, 4000, 'the update');
+    ac.abort();
+    expect(await it).toBe('ended');
+    await kv.put(`${pfx}port`, '82');
+    await waitFor(() => w.current.port === 82, 4000, 'the watcher still running');
+  });
+
   it('config — an invalid update keeps the last valid config and reports the schema issues', async () => {
     const { kv, prefix } = ctx();
     const pfx = prefix('cfg-invalid');

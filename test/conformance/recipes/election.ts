@@ -85,6 +85,29 @@ export const registerElectionTests: RegisterTests = (ctx) => {
     expect(seen).toEqual(['(none)', 'v1', 'v2', '(none)']);
   });
 
+  it('election — Election.observe(kv, name) watches without a session; aborting its signal ends it normally', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-observe-kv')}e`;
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const obs = (async () => {
+      for await (const o of Election.observe(kv, name, { signal: ac.signal }))
+        seen.push(o.leader ? `${toText(o.leader.value)}@${o.leader.token}` : '(none)');
+      return 'ended';
+    })();
+    await waitFor(() => seen.length === 1, 5000, 'initial observation');
+    expect(await Election.leader(kv, name)).toBeUndefined();
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const l = await new Election(a, name).campaign('v1');
+    await waitFor(() => seen.length === 2, 5000, 'the leader');
+    expect(seen).toEqual(['(none)', `v1@${l.token}`]);
+    expect((await Election.leader(kv, name))?.token).toBe(l.token);
+    ac.abort();
+    expect(await obs).toBe('ended'); // a requested stop is not an error
+    await l.resign();
+    expect(() => Election.observe(kv, '')).toThrow(expect.objectContaining({ code: 'invalid-argument' }));
+  });
+
   it("election — the leader's session expiring elects the next candidate and fires lost", async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('elect-expire')}e`;
