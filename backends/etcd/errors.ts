@@ -174,7 +174,16 @@ export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean
     case Status.UNAUTHENTICATED:
       return new ConclaveError(ErrorCode.Unauthenticated, `${what}: ${reason}`, { cause: err });
     case Status.CANCELLED:
-      return new ConclaveError(ErrorCode.Aborted, `${what}: cancelled`, { cause: err });
+      // Not our signal (that rejects with its reason before mapping): the server or the channel
+      // cancelled the call (etcd: "request cancelled"), possibly after a write was proposed.
+      if (mayHaveApplied) {
+        return new ConclaveError(
+          ErrorCode.Indeterminate,
+          `${what}: the call was cancelled after the request was sent (${reason}); it may or may not have been applied`,
+          { cause: err, retryable: false },
+        );
+      }
+      return new ConclaveError(ErrorCode.Aborted, `${what}: cancelled (${reason})`, { cause: err });
     default:
       return new ConclaveError(ErrorCode.Internal, `${what}: ${reason} (gRPC code ${err.code})`, {
         cause: err,
