@@ -95,12 +95,16 @@ export function buildRing(members: readonly RingMember[], vnodes = partitionerVn
   return { points: pts.map((x) => x.p), ids: pts.map((x) => x.id), members: seen.size };
 }
 
-/** The owners of `item` on `ring`: up to `replicas` distinct member ids, primary first. Pure. */
-export function ringOwners(ring: Ring, item: string, replicas = 1): string[] {
+/**
+ * The owners of `item` on `ring`: up to `replicas` distinct member ids, primary first, skipping the
+ * members in `ignore` (tooz's `ignore_members`: e.g. members known to be draining). Pure.
+ */
+export function ringOwners(ring: Ring, item: string, replicas = 1, ignore?: Iterable<string>): string[] {
   if (!Number.isSafeInteger(replicas) || replicas < 1)
     invalidArgument('replicas', `must be an integer >= 1, got ${replicas}`);
   const n = ring.points.length;
   if (n === 0) return [];
+  const skip = ignore === undefined ? undefined : new Set(ignore);
   const h = h48(`item\0${item}`);
   let lo = 0;
   let hi = n;
@@ -113,7 +117,7 @@ export function ringOwners(ring: Ring, item: string, replicas = 1): string[] {
   const out: string[] = [];
   for (let i = 0; out.length < want && i < n; i++) {
     const id = ring.ids[(lo + i) % n]!;
-    if (!out.includes(id)) out.push(id);
+    if (!out.includes(id) && !skip?.has(id)) out.push(id);
   }
   return out;
 }
@@ -198,9 +202,12 @@ export class Partitioner implements AsyncDisposable {
     return this.#ring;
   }
 
-  /** Up to `replicas` member ids owning `item`, primary first; empty when the group is empty. */
-  owners(item: string, replicas = this.replicas): string[] {
-    return ringOwners(this.#ring, item, replicas);
+  /**
+   * Up to `replicas` member ids owning `item`, primary first; empty when the group is empty.
+   * `ignore`: members to skip (the next ones on the ring take their place).
+   */
+  owners(item: string, replicas = this.replicas, opts: { ignore?: Iterable<string> } = {}): string[] {
+    return ringOwners(this.#ring, item, replicas, opts.ignore);
   }
 
   /** The primary owner, or undefined when the group is empty. */

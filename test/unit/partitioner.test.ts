@@ -75,6 +75,11 @@ describe('partitioner ring', () => {
     expect(ringOwners(ring, 'q', 5).sort()).toEqual(['a', 'b']);
     expect(ringOwners(ring, 'q', 1)[0]).toBe(ringOwners(ring, 'q', 2)[0]);
     expect(ringOwners(buildRing([]), 'q')).toEqual([]);
+    // Ignoring the primary promotes the next member on the ring (as tooz's ignore_members).
+    const three = buildRing([{ id: 'a' }, { id: 'b' }, { id: 'c' }]);
+    const [first, second] = ringOwners(three, 'q', 2);
+    expect(ringOwners(three, 'q', 1, [first!])).toEqual([second]);
+    expect(ringOwners(three, 'q', 3, ['a', 'b', 'c'])).toEqual([]);
   });
 
   it('refuses bad weights, duplicate ids, bad replicas and rings past partitionerRingPointsMax', () => {
