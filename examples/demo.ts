@@ -161,18 +161,16 @@ async function workQueue(t: Target, name: string, ttlSeconds: number): Promise<v
   });
   const done: string[] = [];
   const stop = new AbortController();
-  const processing = b
-    .process(
-      async (job) => {
-        const what = toText(job.value);
-        if (what === 'poison') throw new Error('cannot parse the payload');
-        done.push(what);
-        if (job.id === crashed.id)
-          log(`consumer B got ${what} back after ${secondsSince(crashedAt)} and finished it`);
-      },
-      { concurrency: 2, signal: stop.signal },
-    )
-    .catch(() => undefined);
+  const processing = b.process(
+    async (job) => {
+      const what = toText(job.value);
+      if (what === 'poison') throw new Error('cannot parse the payload');
+      done.push(what);
+      if (job.id === crashed.id)
+        log(`consumer B got ${what} back after ${secondsSince(crashedAt)} and finished it`);
+    },
+    { concurrency: 2, signal: stop.signal },
+  );
   await until(() => done.length === 5, 'all five jobs');
   let s = await stats(producer);
   await until(() => s.dead === 1 && s.ready + s.inFlight + s.delayed === 0, 'the dead letter', 20_000).catch(
@@ -182,6 +180,8 @@ async function workQueue(t: Target, name: string, ttlSeconds: number): Promise<v
     await sleep(50);
     s = await stats(producer);
   }
+  // Stopping is the normal end: process() resolves once its running handlers have settled their
+  // jobs; it would reject only on a failure (the session lost, the store failing).
   stop.abort();
   await processing;
   const dead = await producer.deadLetters();
