@@ -155,11 +155,17 @@ describe('etcd client — memory bounded in bytes against a hostile server', () 
     const w = kv.watch('fire/', { prefix: true, bufferBatchesMax: 100_000 });
     await w.ready;
     // The stream pauses at 4 MiB buffered; HTTP/2 windows and socket buffers hold a few MiB more.
-    await new Promise((r) => setTimeout(r, 3000));
-    const held = sent;
-    await new Promise((r) => setTimeout(r, 1500));
-    // Held back: the server's writes wait for HTTP/2 flow control to let them through.
-    expect(sent - held).toBeLessThanOrEqual(1);
+    // Wait until the server is held back: no write got through for 1.5 s (at most 15 s).
+    let held = -1;
+    for (const stop = Date.now() + 15_000; Date.now() < stop; ) {
+      const before = sent;
+      await new Promise((r) => setTimeout(r, 1500));
+      if (sent > 0 && sent - before <= 1) {
+        held = sent;
+        break;
+      }
+    }
+    expect(held, 'the server was never held back').toBeGreaterThan(0);
     expect(held * 64 * 1024).toBeLessThan(48 * MiB);
     // Reading drains the buffer and the stream resumes: the server sends again.
     const it = w[Symbol.asyncIterator]();
