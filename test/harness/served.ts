@@ -1,14 +1,15 @@
 /**
  * `conclave serve` clusters of real processes for tests, mirroring etcd.ts: members on free
- * loopback ports with temporary data dirs, each a `node --import tsx backends/raft/cli.ts serve`
- * process (so the child's PID is the member's: signals reach the member itself, not a wrapper),
+ * loopback ports with temporary data dirs, each a `node … cli serve` process (the built CLI when
+ * dist/ is up to date, else `node --import tsx backends/raft/cli.ts`; CONCLAVE_SERVED_SOURCES=1
+ * forces the sources), so the child's PID is the member's: signals reach the member itself,
  * stopped by PID. `stop` sends SIGTERM and reports the exit code, `kill` sends SIGKILL, `restart`
  * starts a member again on its data dir.
  *
  * Each member's stderr (pino JSON lines) is kept (bounded) for assertions and failure reports.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +18,35 @@ import { freePort, minTtlFor } from './etcd.js';
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 /** Log lines kept per member process (oldest dropped first). */
 export const logLinesMax = 2000;
+
+/** The newest modification time of the sources a member runs (ms). */
+function newestSourceMs(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) newest = Math.max(newest, newestSourceMs(p));
+    else if (e.name.endsWith('.ts') || e.name.endsWith('.proto'))
+      newest = Math.max(newest, statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+/**
+ * How a member process is started: the built CLI when dist/ is newer than every source (a process
+ * starts in about a third of the time: nothing to transpile), else the sources through tsx. Either
+ * way the child is `node` running the CLI itself, so its PID is the member's.
+ */
+function memberEntry(): string[] {
+  const dist = join(root, 'dist/backends/raft/cli.js');
+  if (
+    process.env.CONCLAVE_SERVED_SOURCES !== '1' &&
+    existsSync(dist) &&
+    statSync(dist).mtimeMs >=
+      Math.max(newestSourceMs(join(root, 'src')), newestSourceMs(join(root, 'backends')))
+  )
+    return [dist];
+  return ['--import', 'tsx', join(root, 'backends/raft/cli.ts')];
+}
 
 const children = new Set<ChildProcess>();
 process.once('exit', () => {
@@ -63,6 +93,7 @@ export class ServedCluster {
   readonly minTtlSeconds: number;
   readonly #o: Required<Omit<StartServedOptions, 'members'>>;
   readonly #initialCluster: string;
+  readonly #entry = memberEntry();
 
   constructor(dir: string, members: ServedMember[], o: Required<Omit<StartServedOptions, 'members'>>) {
     this.dir = dir;
@@ -85,9 +116,7 @@ export class ServedCluster {
 
   args(m: ServedMember, extra: string[] = []): string[] {
     return [
-      '--import',
-      'tsx',
-      join(root, 'backends/raft/cli.ts'),
+      ...this.#entry,
       'serve',
       `--name=${m.name}`,
       `--data-dir=${m.dataDir}`,
