@@ -1,4 +1,4 @@
-// backends/raft/consensus must be pure and deterministic (DESIGN.md §1): biome forbids timers,
+// backends/raft/consensus must be pure and deterministic: biome forbids timers,
 // clocks and I/O imports there; this check forbids Math.random, which biome cannot single out.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';

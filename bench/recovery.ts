@@ -1,5 +1,5 @@
 /**
- * Recovery time of one durable member (issue 5): `npm run bench:recovery -- [--keys N] [--tail-mib M] [--dir D]`.
+ * Recovery time of one durable member: `npm run bench:recovery -- [--keys N] [--tail-mib M] [--dir D]`.
  * Loads N keys (100-byte values, 128 puts per txn) into a single-member durable cluster, takes a
  * snapshot, writes a WAL tail of about M MiB after it (more txns overwriting the same keys), stops,
  * then times a restart until the member has applied its whole log. The restart runs in a fresh

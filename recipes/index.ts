@@ -1,4 +1,4 @@
-/** The recipes (issues 6 and 7). Only depends on the KV contract in src/. */
+/** The recipes. Only depends on the KV contract in src/. */
 export { Barrier } from './barrier.js';
 export {
   type ConfigChange,

@@ -1,6 +1,6 @@
 /**
  * WorkQueue: an at-least-once work queue with visibility timeout, ack/nack, delay, priority and
- * dead letters (DESIGN.md §3), on any etcd-v3 store.
+ * dead letters, on any etcd-v3 store.
  *
  * Key layout (recipes/internal/work-queue-keys.ts): the body at `<name>/items/<id>` is written
  * once; a small state record moves between `ready/<priority>/<id>`, `delayed/<due ms>/<id>`,

@@ -19,7 +19,7 @@ import type {
 } from './types.js';
 
 /**
- * The KV contract every backend implements and every recipe is written against (DESIGN.md §2).
+ * The KV contract every backend implements and every recipe is written against.
  *
  * Semantics are etcd v3.4's, as pinned by the conformance suite (`test/conformance`):
  * - the store starts at revision 1; each write (put, delete that deleted something, txn that

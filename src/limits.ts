@@ -1,5 +1,5 @@
 /**
- * Named upper bounds on everything fed by outside input (DESIGN.md §8: every queue, buffer, retry
+ * Named upper bounds on everything fed by outside input (every queue, buffer, retry
  * and map has a bound; names end in `Max`). Backends and recipes import these rather than
  * inventing literals.
  */

@@ -1,5 +1,5 @@
 /**
- * Session: a lease kept alive (DESIGN.md §2). Every recipe that holds something is tied to one.
+ * Session: a lease kept alive. Every recipe that holds something is tied to one.
  *
  * Contract of `lost`: it fires no later than the moment the server could expire the lease. The
  * local deadline is measured from when each successful keep-alive was *sent* (monotonic clock)

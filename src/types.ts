@@ -1,5 +1,5 @@
 /**
- * Value types of the KV contract (DESIGN.md §2). etcd v3 semantics, binary-safe.
+ * Value types of the KV contract. etcd v3 semantics, binary-safe.
  *
  * Keys and values are bytes (`Uint8Array`); every input also accepts a `string`, encoded as UTF-8.
  * Revisions are `number` (safe up to 2^53). Lease ids are int64 and always `bigint`; `0n` means

@@ -1,5 +1,5 @@
 /**
- * Election failover (issue 6): the leader's process dies, and we measure the time from its death
+ * Election failover: the leader's process dies, and we measure the time from its death
  * to an observer seeing the next candidate lead. Target: at most the session TTL + 1 s.
  *
  * A dying process is modelled by its client going silent at once: no resign, no revoke, no more

@@ -1,5 +1,5 @@
 /**
- * Lock handoff (issue 6): `workers` workers contend for ONE lock, hold it 0 ms, release, and queue
+ * Lock handoff: `workers` workers contend for ONE lock, hold it 0 ms, release, and queue
  * again. Reported: acquisitions/s, and release→acquired latency (from the moment the holder starts
  * releasing to the moment the next holder's acquire returns) p50/p99. Mutual exclusion is checked
  * on the side: an acquire returning while another worker holds the lock counts as an overlap (it must

@@ -1,5 +1,5 @@
 /**
- * `config` and `config-debounce50` (issue 7): config propagation to `watchers` `ConfigWatcher`s
+ * `config` and `config-debounce50`: config propagation to `watchers` `ConfigWatcher`s
  * (recipes/config.ts, `watchConfig` with a zod schema) on one prefix. Sequential updates: each is
  * one `setConfig()` of a three-field config with a new `seq`, and the next starts only when every
  * watcher's change stream has delivered the new typed config. ops/s = updates per second; latency

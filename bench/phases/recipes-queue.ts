@@ -1,5 +1,5 @@
 /**
- * `queue` (issue 7): `Queue` (recipes/queue.ts, etcd Go `recipe.Queue` layout) with `producers`
+ * `queue`: `Queue` (recipes/queue.ts, etcd Go `recipe.Queue` layout) with `producers`
  * producers and `consumers` consumers on one queue. ops/s = enqueue+dequeue pairs per second
  * (items dequeued ÷ time from the pass's start to the last dequeue); latency = from just before
  * `enqueue()` is sent to `dequeue()` returning the item in a consumer. `enqueueP50/P99Ms`: the

@@ -1,5 +1,5 @@
 /**
- * `workqueue` (issue 7): `WorkQueue` (recipes/work-queue.ts) with `producers` concurrent producers
+ * `workqueue`: `WorkQueue` (recipes/work-queue.ts) with `producers` concurrent producers
  * calling `add()` and one `process(handler, { concurrency })` consumer whose handler acks the job
  * itself (so the ack's completion is observed). ops/s = jobs acked per second; latency = from just
  * before `add()` is sent to `job.ack()` returning Ok. Producers hold at most

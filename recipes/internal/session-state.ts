@@ -1,5 +1,5 @@
 /**
- * The connection/session state as the recipes see it (issue 6): `connected` (keep-alives succeed),
+ * The connection/session state as the recipes see it: `connected` (keep-alives succeed),
  * `suspended` (a keep-alive failed; the lease may still be alive on the server), `lost` (the lease
  * is or may be gone). The states come from `Session.state` / `Session.states()`; this file turns
  * them into the one policy every holder shares:

@@ -1,7 +1,7 @@
 /**
  * Watch-driven waiting shared by the recipes (never polling, never spinning). Every wait covers
  * every revision from one the caller has already read (no gap), and survives compaction of that
- * revision by reading the present state instead (DESIGN.md §3). `waitDelete` watches from "now" and
+ * revision by reading the present state instead. `waitDelete` watches from "now" and
  * covers the revisions before its watch with one read (see there: latency on etcd).
  */
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';

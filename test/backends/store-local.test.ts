@@ -1,6 +1,6 @@
 /**
  * The conformance suite against the Raft store's state machine alone (LocalKV: one Store, no
- * replication). The embedded Raft cluster (issue 4) will run the same suite through consensus.
+ * replication). The embedded Raft cluster runs the same suite through consensus (raft-embedded.test.ts).
  */
 import { LocalKV } from '../../backends/raft/store/local-kv.js';
 import { runConformance } from '../conformance/index.js';

@@ -1,5 +1,5 @@
 /**
- * The seam between the one conformance suite and the backends that run it (DESIGN.md §6).
+ * The seam between the one conformance suite and the backends that run it.
  * A backend supplies a `ConformanceBackend`; test files in this folder (and `recipes/`) export
  * `register…(ctx)` functions that declare vitest tests using only the context.
  */

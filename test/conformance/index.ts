@@ -1,6 +1,6 @@
 /**
- * runConformance: the ONE suite of semantic tests, run unchanged against every backend
- * (DESIGN.md §6). Expectations are etcd 3.4's observable behaviour, checked against a real etcd.
+ * runConformance: the ONE suite of semantic tests, run unchanged against every backend.
+ * Expectations are etcd 3.4's observable behaviour, checked against a real etcd.
  */
 import { afterAll, beforeAll, describe } from 'vitest';
 import type { KV } from '../../src/kv.js';

@@ -1,5 +1,5 @@
 /**
- * The third way test/harness/etcd.ts finds real etcd (DESIGN.md §6): when there is no
+ * The third way test/harness/etcd.ts finds real etcd: when there is no
  * ETCD_ENDPOINTS and no `etcd` binary, but a Docker engine is reachable, etcd runs in containers
  * started with testcontainers (1 or 3 members; 3 share a container network and reach each other
  * by alias). testcontainers (a dev dependency) is loaded with a dynamic import only on this path:

@@ -1,5 +1,5 @@
 /**
- * Real etcd for tests and benchmarks (DESIGN.md §6), found in this order:
+ * Real etcd for tests and benchmarks, found in this order:
  *   1. ETCD_ENDPOINTS (comma-separated host:port) — used as is, never stopped;
  *   2. an `etcd` binary on PATH — started on free loopback ports with a temporary data dir and a
  *      short election timeout (so the minimum lease TTL is small), stopped by PID;

@@ -1,5 +1,5 @@
 /**
- * Real crashes (issue 5): a child process running a durable 3-member embedded cluster under write
+ * Real crashes: a child process running a durable 3-member embedded cluster under write
  * load is killed with SIGKILL at seeded-random moments, 20 times. After every restart, every write
  * the child had acknowledged is present and the store's revision never went backwards.
  */

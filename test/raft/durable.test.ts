@@ -1,5 +1,5 @@
 /**
- * The embedded Raft backend on durable storage (issue 5): data survives stopping and reopening the
+ * The embedded Raft backend on durable storage: data survives stopping and reopening the
  * whole cluster, a member restarted after the log it missed was compacted catches up by snapshot,
  * `connect('embedded:?dir=')` is durable, and a data directory serves one process at a time.
  */

@@ -1,5 +1,5 @@
 /**
- * The deterministic cluster simulator (issue 3): N pure Raft cores driven on a virtual clock over a
+ * The deterministic cluster simulator: N pure Raft cores driven on a virtual clock over a
  * faulty simulated network, with invariant checks after every step. Everything random comes from
  * one seeded PRNG, so a failing seed replays exactly.
  */
@@ -36,7 +36,7 @@ export interface SimOptions {
   /** Random membership changes (remove, re-add as learner, promote). Default true with 5 nodes. */
   confChanges?: boolean;
   /**
-   * Simulated disks (issue 5): each Ready is written as real WAL records and becomes durable only
+   * Simulated disks: each Ready is written as real WAL records and becomes durable only
    * after a virtual fsync delay; nothing of it is sent or applied before. A crash loses the
    * unsynced write or leaves a torn byte prefix of it; a restart may read a flipped bit in synced
    * data, which the WAL's recovery must detect — that node then stays down, never serving.

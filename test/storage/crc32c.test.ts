@@ -1,5 +1,5 @@
 /**
- * CRC-32C (issue 5, recovery time): the WebAssembly path and the JavaScript loop against known
+ * CRC-32C (recovery time): the WebAssembly path and the JavaScript loop against known
  * vectors and against a bit-at-a-time reference (the definition), on random buffers at random
  * offsets and lengths, across the copy-buffer boundary, and continued over split inputs.
  */

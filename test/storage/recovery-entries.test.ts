@@ -1,5 +1,5 @@
 /**
- * WAL recovery's ownership of entry bytes (issue 5, recovery time): recovery reads every segment
+ * WAL recovery's ownership of entry bytes (recovery time): recovery reads every segment
  * into one reused buffer and parses entries as views into it, then copies the entries the log
  * keeps — except those of the last segment when they are most of the buffer (nothing overwrites
  * it any more). The recovered entries must hold their own bytes or share only such a buffer

@@ -1,5 +1,5 @@
 /**
- * The WAL's durable writes (issue 5, put path): the segment being written is opened with O_DSYNC,
+ * The WAL's durable writes (put path): the segment being written is opened with O_DSYNC,
  * so a save's write returns once durable without a separate fdatasync — after a recovery (the
  * last segment reopened) and after every rotation (the spare reopened once renamed). Checked on
  * Linux through /proc/self/fdinfo (the open flags of every descriptor on the segment file).

@@ -1,5 +1,5 @@
 /**
- * Rebuilding the log after a snapshot (backends/raft/storage/replay.ts; issue 5): the entries
+ * Rebuilding the log after a snapshot (backends/raft/storage/replay.ts): the entries
  * after the snapshot are kept only when they continue it (Raft §7: "If existing log entry has same
  * index and term as snapshot's last included entry, retain log entries following it"; otherwise
  * the log is discarded). The case that matters is a member that saved a snapshot received from

@@ -1,5 +1,5 @@
 /**
- * Snapshot files written in pieces (issue 5): the data is written straight from the snapshot's
+ * Snapshot files written in pieces: the data is written straight from the snapshot's
  * buffer in chunks and checksummed in slices between event-loop turns, yet the file is byte for
  * byte the one-buffer format (`"CSNP"` + CRC-32C + SnapshotFile protobuf), reads back, and a
  * damaged byte anywhere is still caught (the file is read back in pieces, each checksummed as it

@@ -1,5 +1,5 @@
 /**
- * Reading the last WAL segment (issue 5, recovery time): recovery reads it only up to the first
+ * Reading the last WAL segment (recovery time): recovery reads it only up to the first
  * all-zero piece after its data and checks that the rest is zeros without keeping it. Whatever the
  * segment holds, the outcome must be exactly that of scanning the whole file: the same entries,
  * the same torn tail repaired, the same corruption refused (file and offset). Segments of 64 KiB

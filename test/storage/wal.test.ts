@@ -1,5 +1,5 @@
 /**
- * The write-ahead log and snapshot files (issue 5): round trip, segment rotation and release,
+ * The write-ahead log and snapshot files: round trip, segment rotation and release,
  * a torn tail at every byte offset of the last record, a flipped bit anywhere, partial and damaged
  * snapshot files.
  */

@@ -1,4 +1,4 @@
-/** The pure Raft core (issue 3). */
+/** The pure Raft core: pure, deterministic, no I/O, no timers and no clock. */
 export { ProposalDropped, RaftInvariantError } from './assert.js';
 export { MemoryStorage } from './memory-storage.js';
 export { decodeConfChange, encodeConfChange, Raft } from './raft.js';

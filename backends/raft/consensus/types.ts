@@ -1,5 +1,5 @@
 /**
- * The public shape of the pure Raft core (DESIGN.md §5), modelled on etcd-io/raft's RawNode:
+ * The public shape of the pure Raft core, modelled on etcd-io/raft's RawNode:
  * inputs `tick()`, `step(msg)`, `propose(data)`, `proposeConfChange(cc)`, `readIndex(ctx)`,
  * `transferLeader(id)`; output `ready()` → `Ready`, then `advance(ready)`.
  *

@@ -1,5 +1,5 @@
 /**
- * One Raft member: the single loop that drives consensus (DESIGN.md §5). Each turn: take Ready →
+ * One Raft member: the single loop that drives consensus. Each turn: take Ready →
  * persist hard state and entries → send messages → apply committed entries to the store → resolve
  * the requests waiting on them → advance. Ticks come from a timer.
  *

@@ -1,10 +1,10 @@
 /**
- * WAL record payloads and framing (DESIGN.md §5). Every record is framed as
+ * WAL record payloads and framing. Every record is framed as
  *
  *   [length u32 LE][crc32c u32 LE][type u8][payload: length bytes][end marker 0xA5]
  *
  * `length` counts the payload only; the CRC covers the type byte and the payload. The end marker
- * is one byte beyond DESIGN.md's frame: a record whose marker is missing was not completely
+ * is there so that a record whose marker is missing can be told apart: it was not completely
  * written (a torn write), while a complete record with a bad CRC is corruption. Recovery needs
  * that distinction: a torn tail is truncated, corruption stops the node (see wal.ts).
  *

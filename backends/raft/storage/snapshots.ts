@@ -1,5 +1,5 @@
 /**
- * Snapshot files of one member (DESIGN.md §5): `<dir>/<term:16 hex>-<index:16 hex>.snap`, each
+ * Snapshot files of one member: `<dir>/<term:16 hex>-<index:16 hex>.snap`, each
  * `"CSNP"` + crc32c (u32 LE) of the rest + the SnapshotFile protobuf (its data field last, so the
  * data is written and checksummed in pieces straight from the snapshot's buffer). Written to a temporary file,
  * fsynced, renamed, and the directory fsynced, so a crash leaves either the whole file or none (a

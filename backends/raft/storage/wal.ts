@@ -1,5 +1,5 @@
 /**
- * The segmented write-ahead log of one Raft member (DESIGN.md §5).
+ * The segmented write-ahead log of one Raft member.
  *
  * Files: `<dir>/<seq:16 hex>-<firstIndex:16 hex>.wal`, each preallocated to `segmentBytes` with
  * zeros (so an fdatasync does not also have to update the file size) and starting with a Metadata

@@ -1,7 +1,7 @@
 /**
  * LocalKV: the KV contract served straight from one Store, with no replication. It exists so the
  * whole conformance suite can check the state machine's etcd semantics on its own; the Raft node
- * (issue 4) wraps the same Store behind consensus. Writes apply synchronously; lease expiry runs
+ * wraps the same Store behind consensus. Writes apply synchronously; lease expiry runs
  * on a timer against the monotonic clock.
  */
 import { randomBytes } from 'node:crypto';

@@ -8,7 +8,7 @@
  * index maps each key to the offset of its encoded records in the snapshot buffer (`Mvcc.source`),
  * and a key's records become objects the first time they are read or written (`records()`).
  * Restoring a million keys then costs a million strings and one bulk-loaded tree, not six million
- * objects and a million value buffers (issue 5: recovery time). Values decoded from the snapshot
+ * objects and a million value buffers (recovery time). Values decoded from the snapshot
  * are views into its buffer, which therefore stays alive while any of them does (it is the data).
  * A put to such a key does not decode it either: the new records go beside the encoded ones
  * (`Touched`) until something needs the key's whole history.
@@ -64,7 +64,7 @@ export const keyBytes = (s: string): Uint8Array => new Uint8Array(Buffer.from(s,
  * - `LazyRecord`: the fields and where the key and value bytes are (a command's entry, or the
  *   restored snapshot); the KeyValue and its two byte views are made on first use (and kept). A
  *   record costs one object instead of four, which applying a recovered log makes by the hundred
- *   thousand (issue 5: recovery time).
+ *   thousand (recovery time).
  * - `KvRecord`: revision and KeyValue, made at once — tombstones, and a put to a key whose
  *   previous record's kv was made (its records get read: a watcher, say), which has the views at
  *   hand (the predecessor's key, the command's value) and would otherwise make two more.
@@ -186,7 +186,7 @@ const touchedCopiedMax = 8;
  * encoded at `off` in `Mvcc.source`, and `recs` (never empty) are the records written since, all
  * above the encoded ones. A put to a restored key appends here instead of decoding the key's
  * history (its create revision, version and lease are read from the bytes), so applying a
- * recovered log keeps one small object per key instead of the decoded records (issue 5: recovery
+ * recovered log keeps one small object per key instead of the decoded records (recovery
  * time); after its first write only, the key's entry is that record itself (`encodedAt` set: no
  * Touched and no array yet). Anything that needs the whole history (`records()`: a delete, a read
  * at an older revision, compaction) decodes the encoded part in front of the new records and

@@ -24,7 +24,7 @@ function collectChanges<T>(w: ConfigWatcher<T>): { items: ConfigChange<T>[]; don
   return { items, done };
 }
 
-/** Conformance tests of ConfigWatcher / watchConfig / setConfig (issue 7); run on every backend. */
+/** Conformance tests of ConfigWatcher / watchConfig / setConfig; run on every backend. */
 export const registerConfigTests: RegisterTests = (ctx) => {
   it('config — current is the typed config read at one revision; close() is idempotent', async () => {
     const { kv, prefix } = ctx();

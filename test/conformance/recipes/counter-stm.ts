@@ -42,7 +42,7 @@ const num = async (tx: STM, key: string): Promise<number> => Number((await tx.ge
 
 const guarded = [Isolation.SerializableSnapshot, Isolation.Serializable, Isolation.RepeatableReads] as const;
 
-/** Conformance tests of Counter and stm (issue 7); run on every backend. */
+/** Conformance tests of Counter and stm; run on every backend. */
 export const registerCounterStmTests: RegisterTests = (ctx) => {
   it('counter — 8 clients adding concurrently lose no update', async () => {
     const { kv, prefix, newKv } = ctx();

@@ -16,7 +16,7 @@ import { registerSyncTests } from './sync.js';
 import { registerTopicTests } from './topic.js';
 import { registerWorkQueueTests } from './work-queue.js';
 
-/** Recipe conformance tests (issues 6 and 7), run on every backend. */
+/** Recipe conformance tests, run on every backend. */
 export const registerRecipes: RegisterTests | undefined = (ctx) => {
   describe('mutex', () => registerMutexTests(ctx));
   describe('election', () => registerElectionTests(ctx));

@@ -41,7 +41,7 @@ function etcdctlGetPrefix(endpoints: string[], prefix: string): Promise<string> 
   });
 }
 
-/** Conformance tests of ServiceRegistry and ServiceResolver (issue 7); run on every backend. */
+/** Conformance tests of ServiceRegistry and ServiceResolver; run on every backend. */
 export const registerNamingTests: RegisterTests = (ctx) => {
   it("naming — a registration is stored as etcd's naming JSON under service/id, bound to the session's lease", async (t) => {
     const { kv, prefix, backend } = ctx();

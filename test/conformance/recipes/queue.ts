@@ -53,7 +53,7 @@ function expectExactlyOnceInProducerOrder(
   }
 }
 
-/** Conformance tests of Queue and PriorityQueue (issue 7); run on every backend. */
+/** Conformance tests of Queue and PriorityQueue; run on every backend. */
 export const registerQueueTests: RegisterTests = (ctx) => {
   /** Consumers on their own clients, taking items until `total` arrived while producers run. */
   async function consume(

@@ -46,7 +46,7 @@ async function publishAll(topic: Topic, values: string[]): Promise<void> {
   for (const v of values) await topic.publish(v);
 }
 
-/** Conformance tests of Topic (issue 7); run on every backend. */
+/** Conformance tests of Topic; run on every backend. */
 export const registerTopicTests: RegisterTests = (ctx) => {
   it('topic — every subscriber sees every event once, in publish order, with concurrent publishers', async () => {
     const { prefix, newKv } = ctx();

@@ -128,7 +128,7 @@ function reaperSeams(kv: KV, gatedPrefix: string) {
   return seams;
 }
 
-/** Conformance tests of WorkQueue (issue 7); run on every backend. */
+/** Conformance tests of WorkQueue; run on every backend. */
 export const registerWorkQueueTests: RegisterTests = (ctx) => {
   /** A session and a queue on `kv`; the visibility timeout is the store's minimum TTL unless given. */
   async function open(kv: KV, name: string, opts: { visibilitySeconds?: number; maxAttempts?: number } = {}) {
