@@ -254,7 +254,7 @@ export class WatchStream implements OpenStream {
       registered = await inner.ready;
     } catch (err) {
       if (ConclaveError.is(err, ErrorCode.Compacted)) {
-        await this.#send({ header: ctx.currentHeader(), watchId: id, created: true });
+        await this.#send({ header: ctx.currentHeader(), watchId: id || undefined, created: true });
         await this.#sendCompacted(w, err);
         return;
       }
@@ -263,7 +263,7 @@ export class WatchStream implements OpenStream {
       return this.#refuse(ctx.failure(err).details);
     }
     if (w.nextRev === 0) w.nextRev = registered + 1;
-    await this.#send({ header: ctx.header(registered), watchId: id, created: true });
+    await this.#send({ header: ctx.header(registered), watchId: id || undefined, created: true });
     void this.#run(w, inner);
   }
 
@@ -273,7 +273,7 @@ export class WatchStream implements OpenStream {
     // etcd: the compacted response carries only the watch ID and the compact revision.
     await this.#send({
       header: this.#ctx.header(0),
-      watchId: w.id,
+      watchId: w.id || undefined,
       canceled: true,
       compactRevision: err.compactRevision ?? 0,
     });
@@ -285,7 +285,7 @@ export class WatchStream implements OpenStream {
     this.#watches.delete(id);
     w.canceled = true;
     await w.inner?.close();
-    await this.#send({ header: this.#ctx.currentHeader(), watchId: id, canceled: true });
+    await this.#send({ header: this.#ctx.currentHeader(), watchId: id || undefined, canceled: true });
     this.#maybeProgress();
   }
 
@@ -335,7 +335,7 @@ export class WatchStream implements OpenStream {
         w.canceled = true;
         await this.#send({
           header: this.#ctx.currentHeader(),
-          watchId: w.id,
+          watchId: w.id || undefined,
           canceled: true,
           cancelReason: this.#ctx.failure(err).details,
         });
@@ -347,7 +347,7 @@ export class WatchStream implements OpenStream {
   async #sendBatch(w: ServedWatch, b: WatchBatch): Promise<void> {
     const events = new Array<Record<string, unknown>>(b.events.length);
     for (let i = 0; i < events.length; i++) events[i] = eventToPb(b.events[i]!);
-    const msg = { header: this.#ctx.header(b.revision), watchId: w.id, events };
+    const msg = { header: this.#ctx.header(b.revision), watchId: w.id || undefined, events };
     w.sentSinceTick = true;
     if (!w.fragment || events.length < 2) return this.#send(msg);
     const max = this.#ctx.o.maxRequestBytes + grpcOverheadBytes;
@@ -356,7 +356,12 @@ export class WatchStream implements OpenStream {
     let i = 0;
     while (i < events.length) {
       const part: Record<string, unknown>[] = [events[i++]!];
-      let size = this.#sizeOf({ header: msg.header, watchId: w.id, events: part, fragment: true });
+      let size = this.#sizeOf({
+        header: msg.header,
+        watchId: w.id || undefined,
+        events: part,
+        fragment: true,
+      });
       while (i < events.length) {
         const s = this.#sizeOf({ events: [events[i]!] });
         if (size + s >= max) break;
@@ -366,8 +371,8 @@ export class WatchStream implements OpenStream {
       const last = i >= events.length;
       await this.#send(
         last
-          ? { header: msg.header, watchId: w.id, events: part }
-          : { header: msg.header, watchId: w.id, events: part, fragment: true },
+          ? { header: msg.header, watchId: w.id || undefined, events: part }
+          : { header: msg.header, watchId: w.id || undefined, events: part, fragment: true },
       );
       if (w.canceled || this.#done) return;
     }
@@ -388,7 +393,7 @@ export class WatchStream implements OpenStream {
     for (const w of this.#watches.values()) {
       if (!w.progressNotify) continue;
       if (!w.sentSinceTick && w.idle && !this.#drain)
-        void this.#send({ header: this.#ctx.currentHeader(), watchId: w.id });
+        void this.#send({ header: this.#ctx.currentHeader(), watchId: w.id || undefined });
       w.sentSinceTick = false;
     }
   }

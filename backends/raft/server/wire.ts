@@ -229,13 +229,13 @@ export function txnOf(t: PbTxnRequest): Txn {
 
 /** mvccpb.KeyValue for the wire; zero fields left out. */
 export function kvToPb(kv: KeyValue): Record<string, unknown> {
-  const o: Record<string, unknown> = {
-    key: kv.key,
-    createRevision: kv.createRevision,
-    modRevision: kv.modRevision,
-    version: kv.version,
-    value: kv.value,
-  };
+  // etcd (gogoproto) writes no field at its zero value: a delete event's kv has only key and
+  // mod_revision, a keys-only read has no value.
+  const o: Record<string, unknown> = { key: kv.key };
+  if (kv.createRevision !== 0) o.createRevision = kv.createRevision;
+  if (kv.modRevision !== 0) o.modRevision = kv.modRevision;
+  if (kv.version !== 0) o.version = kv.version;
+  if (kv.value.length > 0) o.value = kv.value;
   if (kv.lease !== 0n) o.lease = wire64(kv.lease);
   return o;
 }
@@ -258,28 +258,57 @@ export function putBody(r: PutResult): Record<string, unknown> {
 }
 
 export function deleteBody(r: DeleteResult): Record<string, unknown> {
-  return { deleted: r.deleted, prevKvs: kvsToPb(r.prevKvs) };
+  return r.deleted === 0
+    ? { prevKvs: kvsToPb(r.prevKvs) }
+    : { deleted: r.deleted, prevKvs: kvsToPb(r.prevKvs) };
 }
 
 /**
- * A txn's responses. etcd gives each read, put and delete inside a txn a header holding only its
- * revision, and a nested txn a header without one (apply.go: only the outermost txn's header
- * revision is set).
+ * A txn's responses, with etcd's per-op header revisions (apply.go, mvcc storeTxnWrite): inside a
+ * txn that changes something (a put, or a delete that deleted a key) at new revision R, a read or a
+ * delete that no change precedes reports R - 1 and every op after the first change reports R; a put
+ * always reports R; a txn that changes nothing reports R everywhere. A nested txn's header carries
+ * no revision.
  */
 export function txnBody(r: TxnResult): Record<string, unknown> {
-  return { succeeded: r.succeeded, responses: r.responses.map(opResponseToPb) };
+  const st = { changed: false, begin: changes(r.responses) ? r.revision - 1 : r.revision, rev: r.revision };
+  return txnBodyAt(r, st);
 }
 
-function opResponseToPb(r: OpResponse): Record<string, unknown> {
+function changes(rs: readonly OpResponse[]): boolean {
+  for (const x of rs) {
+    if (x.type === 'put' || (x.type === 'delete' && x.deleted > 0)) return true;
+    if (x.type === 'txn' && changes(x.responses)) return true;
+  }
+  return false;
+}
+
+interface TxnWalk {
+  changed: boolean;
+  readonly begin: number;
+  readonly rev: number;
+}
+
+function txnBodyAt(r: TxnResult, st: TxnWalk): Record<string, unknown> {
+  const responses = new Array<Record<string, unknown>>(r.responses.length);
+  for (let i = 0; i < responses.length; i++) responses[i] = opResponseToPb(r.responses[i]!, st);
+  return r.succeeded ? { succeeded: true, responses } : { responses };
+}
+
+function opResponseToPb(r: OpResponse, st: TxnWalk): Record<string, unknown> {
   switch (r.type) {
     case 'get':
-      return { responseRange: { header: { revision: r.revision }, ...rangeBody(r) } };
+      return { responseRange: { header: { revision: st.changed ? st.rev : st.begin }, ...rangeBody(r) } };
     case 'put':
-      return { responsePut: { header: { revision: r.revision }, ...putBody(r) } };
+      st.changed = true;
+      return { responsePut: { header: { revision: st.rev }, ...putBody(r) } };
     case 'delete':
-      return { responseDeleteRange: { header: { revision: r.revision }, ...deleteBody(r) } };
+      if (r.deleted > 0) st.changed = true;
+      return {
+        responseDeleteRange: { header: { revision: st.changed ? st.rev : st.begin }, ...deleteBody(r) },
+      };
     case 'txn':
-      return { responseTxn: { header: {}, ...txnBody(r) } };
+      return { responseTxn: { header: {}, ...txnBodyAt(r, st) } };
   }
 }
 
