@@ -170,7 +170,9 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect(job.lastError).toMatch(/expired/);
     // The claim lease was granted after `before`, and no store expires a lease before its TTL.
     expect(elapsedMs).toBeGreaterThanOrEqual(vis * 1000 - 100);
-    expect(jobB.lost.aborted).toBe(true);
+    // B's claim had run out in B's own view: its `lost` fired, or (if this process just stalled
+    // and the timer that fires it has not run yet) its deadline has passed.
+    expect(jobB.lost.aborted || jobB.remainingMs() === 0).toBe(true);
     expect((await job.ack()).isOk()).toBe(true);
     expect(await a.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
     await b[Symbol.asyncDispose]();
