@@ -11,10 +11,32 @@ import { ConclaveError } from '../../src/errors.js';
 import { concatBytes, prefixEnd, toBytes, toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import { namespace } from '../../src/namespace.js';
-import type { KeyValue, OpResponse, TxnResult, WatchBatch } from '../../src/types.js';
+import type { KeyValue, OpResponse, TxnResult, Watch, WatchBatch } from '../../src/types.js';
 import { collect } from '../conformance/util.js';
 
 const keysOf = (kvs: KeyValue[]) => kvs.map((k) => toText(k.key));
+
+/** Every batch a watch delivers until it has been quiet for `quietMs` (or ended / failed). */
+async function drain(w: Watch, quietMs = 200): Promise<{ batches: WatchBatch[]; error?: unknown }> {
+  const it = w[Symbol.asyncIterator]();
+  const batches: WatchBatch[] = [];
+  try {
+    for (;;) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const r = await Promise.race([
+        it.next(),
+        new Promise<'quiet'>((res) => (timer = setTimeout(() => res('quiet'), quietMs))),
+      ]);
+      clearTimeout(timer);
+      if (r === 'quiet' || r.done) return { batches };
+      batches.push(r.value);
+    }
+  } catch (error) {
+    return { batches, error };
+  } finally {
+    await w.close();
+  }
+}
 
 let raw: LocalKV;
 beforeEach(() => {
@@ -265,6 +287,70 @@ describe('namespace', () => {
         }
       }),
       { numRuns: 40 },
+    );
+  });
+  it('watches through a view equal raw watches of the prefixed range, minus the prefix, including below and at a compaction', async () => {
+    const pfx = toBytes('ns/');
+    const P = (k: string) => concatBytes(pfx, toBytes(k));
+    const key = fc.constantFrom('a', 'b', 'c/1', 'c/2');
+    const op = fc.oneof(
+      fc.record({ t: fc.constant('put' as const), k: key, v: fc.string({ maxLength: 3 }) }),
+      fc.record({ t: fc.constant('del' as const), k: key }),
+    );
+    const norm = (x: unknown): unknown =>
+      JSON.parse(
+        JSON.stringify(x, (_k, v) =>
+          v instanceof Uint8Array ? toText(v) : typeof v === 'bigint' ? v.toString() : v,
+        ).replaceAll('"ns/', '"'),
+      );
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(op, { minLength: 2, maxLength: 15 }),
+        fc.nat(),
+        fc.constantFrom('one', 'prefix', 'from'),
+        async (ops, cut, sel) => {
+          const a = new LocalKV({ minTtlSeconds: 1 });
+          const b = new LocalKV({ minTtlSeconds: 1 });
+          try {
+            for (const s of [a, b]) await neighbours(s);
+            const view = namespace(b, pfx);
+            const revs: number[] = [];
+            for (const o of ops) {
+              if (o.t === 'put') {
+                revs.push((await a.put(P(o.k), o.v)).revision);
+                await view.put(o.k, o.v);
+              } else {
+                revs.push((await a.delete(P(o.k))).revision);
+                await view.delete(o.k);
+              }
+            }
+            // Compact both at the same revision (a delete of an absent key leaves the revision alone).
+            const at = revs[cut % revs.length]!;
+            await a.compact(at);
+            await b.compact(at);
+            const rawSel =
+              sel === 'prefix' ? { end: prefixEnd(P('c/')) } : sel === 'from' ? { end: prefixEnd(pfx) } : {};
+            const viewSel = sel === 'prefix' ? { prefix: true } : sel === 'from' ? { fromKey: true } : {};
+            const rawKey = sel === 'prefix' ? P('c/') : sel === 'from' ? P('b') : P('a');
+            const viewKey = sel === 'prefix' ? 'c/' : sel === 'from' ? 'b' : 'a';
+            for (const start of [at - 1, at]) {
+              if (start < 1) continue;
+              const ra = await drain(a.watch(rawKey, { ...rawSel, startRevision: start, prevKv: true }));
+              const rb = await drain(view.watch(viewKey, { ...viewSel, startRevision: start, prevKv: true }));
+              expect(norm(rb.batches.flatMap((x) => x.events))).toEqual(
+                norm(ra.batches.flatMap((x) => x.events)),
+              );
+              expect(ConclaveError.is(rb.error, 'compacted')).toBe(ConclaveError.is(ra.error, 'compacted'));
+              if (ConclaveError.is(ra.error))
+                expect((rb.error as ConclaveError).compactRevision).toBe(ra.error.compactRevision);
+            }
+          } finally {
+            await a.close();
+            await b.close();
+          }
+        },
+      ),
+      { numRuns: 15 },
     );
   });
 });
