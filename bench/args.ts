@@ -44,7 +44,8 @@ export interface BenchConfig {
 }
 
 export const usage = `usage: npm run bench -- [options]
-  --backend etcd|embedded|etcd,embedded   systems under test (default etcd)
+  --backend etcd,embedded,served          systems under test, any of them (default etcd); served:
+                                          3 conclave serve processes, etcd's default timing
   --endpoints host:port,…                 an existing etcd (default: start our own)
   --server-pids PID,…                     an external etcd's member PIDs, to report its CPU per op
   --members 1|3                           members of our own etcd (default 3)
@@ -103,7 +104,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchConfig | 'help' {
   });
   if (v.help) return 'help';
   const backends = list(v.backend);
-  for (const b of backends) if (b !== Backend.Etcd && b !== Backend.Embedded) fail(`unknown backend "${b}"`);
+  for (const b of backends)
+    if (b !== Backend.Etcd && b !== Backend.Embedded && b !== Backend.Served) fail(`unknown backend "${b}"`);
   if (backends.length === 0) fail('--backend names no backend');
   const clients: ClientKind[] =
     v.client === 'both'

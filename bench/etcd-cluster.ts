@@ -1,5 +1,6 @@
-/** The benchmark's own etcd: the test harness's `startEtcd`, made abortable. */
+/** The benchmark's own etcd and `conclave serve` clusters: the test harnesses, made abortable. */
 import { startEtcd } from '../test/harness/etcd.js';
+import { startServed } from '../test/harness/served.js';
 
 export interface OwnEtcd {
   readonly endpoints: readonly string[];
@@ -17,4 +18,18 @@ export async function startOwnEtcd(members: 1 | 3, signal: AbortSignal): Promise
     signal.throwIfAborted();
   }
   return { endpoints: c.endpoints, pids: c.pids, stop: () => c.stop() };
+}
+
+/**
+ * Three `conclave serve` processes on loopback with etcd's default timing (100 ms heartbeat, 1 s
+ * election), durable in temporary data dirs: the served backend (fsync on every write, like etcd).
+ */
+export async function startOwnServed(signal: AbortSignal): Promise<OwnEtcd> {
+  signal.throwIfAborted();
+  const c = await startServed({ members: 3, heartbeatMs: 100, electionTimeoutMs: 1000 });
+  if (signal.aborted) {
+    await c.close();
+    signal.throwIfAborted();
+  }
+  return { endpoints: c.endpoints, pids: c.pids(), stop: () => c.close() };
 }

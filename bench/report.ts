@@ -71,6 +71,16 @@ export function computeRatios(rows: readonly Row[]): Ratio[] {
     out.push(
       ...ratioOf(phase, `embedded/etcd (etcd via ${etcdRef?.client ?? '?'} client)`, embedded, etcdRef),
     );
+    // The same client path against 3 conclave serve processes and against etcd.
+    for (const client of ['conclave', 'etcd3'])
+      out.push(
+        ...ratioOf(
+          phase,
+          `served/etcd (${client} client)`,
+          find(phase, 'served', client),
+          find(phase, 'etcd', client),
+        ),
+      );
   }
   return out;
 }

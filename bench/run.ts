@@ -12,9 +12,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BenchConfig, parseBenchArgs, usage } from './args.js';
-import { type BenchTarget, targetLabel } from './clients/types.js';
+import { Backend, type BenchTarget, targetLabel } from './clients/types.js';
 import { runConsensusScript } from './delegate.js';
-import { startOwnEtcd } from './etcd-cluster.js';
+import { startOwnEtcd, startOwnServed } from './etcd-cluster.js';
 import { describe } from './load.js';
 import { describeMachine, etcdVersion, loadAverages, type MachineInfo } from './machine.js';
 import { phaseByName } from './phases/index.js';
@@ -48,6 +48,18 @@ async function openTargets(cfg: BenchConfig, machine: MachineInfo, cleanups: Cle
     machine.etcdVersion = await etcdVersion(endpoints[0]!);
     for (const client of cfg.clients) {
       const r = await openEtcdTarget(client, endpoints, pids);
+      if (r.ok) targets.push(r.target);
+      else unavailable.push(r.unavailable);
+    }
+  }
+  if (cfg.backends.includes('served')) {
+    const served = await startOwnServed(signal);
+    cleanups.push(served.stop);
+    console.error(
+      `started conclave serve: 3 members at ${served.endpoints.join(',')} (pids ${served.pids.join(',')})`,
+    );
+    for (const client of cfg.clients) {
+      const r = await openEtcdTarget(client, served.endpoints, served.pids, Backend.Served);
       if (r.ok) targets.push(r.target);
       else unavailable.push(r.unavailable);
     }

@@ -44,17 +44,19 @@ async function probe(t: BenchTarget): Promise<void> {
   await t.kv.delete(key);
 }
 
+/** A target speaking etcd's gRPC API: real etcd, or `conclave serve` processes (`backend` served). */
 export async function openEtcdTarget(
   client: ClientKind,
   endpoints: readonly string[],
   serverPids: readonly number[],
+  backend: Backend = Backend.Etcd,
 ): Promise<OpenResult> {
   let target: BenchTarget | undefined;
   try {
     if (client === ClientKind.Etcd3) {
       const adapter = new Etcd3Adapter(endpoints);
       target = {
-        backend: Backend.Etcd,
+        backend,
         client,
         kv: adapter,
         etcd3: adapter.client,
@@ -71,7 +73,7 @@ export async function openEtcdTarget(
         connect({ backend: 'etcd', endpoints: [...endpoints] }),
       );
       target = {
-        backend: Backend.Etcd,
+        backend,
         client,
         kv,
         conclave: kv,
@@ -87,7 +89,7 @@ export async function openEtcdTarget(
     return { ok: true, target };
   } catch (err) {
     await target?.kv.close().catch(() => undefined);
-    return { ok: false, unavailable: { backend: Backend.Etcd, client, reason: describe(err) } };
+    return { ok: false, unavailable: { backend, client, reason: describe(err) } };
   }
 }
 

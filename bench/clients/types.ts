@@ -7,7 +7,7 @@ import type { KV } from '../../src/kv.js';
 
 export type BenchKV = Pick<KV, 'put' | 'get' | 'txn' | 'watch' | 'delete' | 'close'>;
 
-export const Backend = { Etcd: 'etcd', Embedded: 'embedded' } as const;
+export const Backend = { Etcd: 'etcd', Embedded: 'embedded', Served: 'served' } as const;
 export type Backend = (typeof Backend)[keyof typeof Backend];
 
 export const ClientKind = { Conclave: 'conclave', Etcd3: 'etcd3' } as const;
