@@ -161,7 +161,7 @@ describe('watch hub (property)', () => {
     let catchUps = 0;
     let parkedSeen = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 60 }), async (steps) => {
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 60, size: 'max' }), async (steps) => {
         let s = new Store({ minTtlSeconds: 1 });
         /** Every applied revision's events, as the store handed them to its hub. */
         const applied = new Map<number, readonly WatchEvent[]>();
@@ -309,7 +309,29 @@ describe('watch hub (property)', () => {
         expect(s.hub.size).toBe(0);
         s = undefined as unknown as Store;
       }),
-      { numRuns: 300 },
+      {
+        numRuns: 300,
+        // One run that parks for sure: a replay of 4 revisions into a buffer of 1.
+        examples: [
+          [
+            [
+              ...[1, 2, 3, 4].map((v) => ({ t: 'put' as const, k: 'a', v })),
+              {
+                t: 'watch' as const,
+                spec: {
+                  sel: { kind: 'key' as const, key: 'a' },
+                  filter: 'none' as const,
+                  prevKv: true,
+                  start: { at: 'past' as const, back: 4 },
+                  buffer: 1,
+                },
+              },
+              { t: 'put' as const, k: 'a', v: 5 },
+              { t: 'readAll' as const },
+            ],
+          ],
+        ],
+      },
     );
     // The runs did exercise catching up and parking.
     expect(catchUps).toBeGreaterThan(50);

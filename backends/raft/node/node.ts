@@ -29,6 +29,12 @@ import { Store } from '../store/store.js';
 import type { Transport } from '../transport/transport.js';
 import { type Command, decodeCommand } from './commands.js';
 
+/**
+ * Revocations one expiry pass (one tick) proposes at most; more expired leases are proposed by the
+ * next ticks (etcd rate-limits revocations the same way: lessor leaseRevokeRate, 1,000/s).
+ */
+export const leaseRevocationsPerPassMax = 500;
+
 /** Requests in flight per member (writes waiting to apply, reads waiting for ReadIndex). */
 export const pendingRequestsMax = 10_000;
 
@@ -463,7 +469,7 @@ export class RaftNode {
    */
   #expireLeases(): void {
     const leases = this.store.leases;
-    for (const id of leases.startRevoking(this.#o.now())) {
+    for (const id of leases.startRevoking(this.#o.now(), leaseRevocationsPerPassMax)) {
       let p: Promise<unknown>;
       try {
         p = this.propose({ id: this.#newId(), op: 'revoke', lease: id });
