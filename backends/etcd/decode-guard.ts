@@ -21,6 +21,8 @@ export const decodeRefusal = 'would decode into more than';
 
 class Refused extends Error {}
 
+const resolved = new WeakSet<protobuf.Type>();
+
 function count(type: protobuf.Type, r: protobuf.Reader, end: number, depth: number, budget: number): number {
   if (depth > nestingDepthMax) throw new Refused(`messages nested deeper than ${nestingDepthMax}`);
   let objects = 0;
@@ -49,6 +51,12 @@ function count(type: protobuf.Type, r: protobuf.Reader, end: number, depth: numb
  * comment). Cheap next to decoding: one pass over the wire bytes without allocating.
  */
 export function checkDecodedSize(type: protobuf.Type, buf: Uint8Array, budget: number): void {
+  // protobufjs resolves field types lazily (on a type's first encode or decode); the walk needs
+  // them now to know which fields hold messages.
+  if (!resolved.has(type)) {
+    (type.root ?? type).resolveAll();
+    resolved.add(type);
+  }
   if (buf.length > budget)
     throw new Error(`response of ${buf.length} bytes ${decodeRefusal} ${budget} bytes`);
   try {

@@ -88,7 +88,10 @@ export function grpcReason(err: ServiceError): string {
   d = d.replace(/\s*Resolution note:\s*$/, '');
   const last = /Last error: (.*)$/.exec(d);
   if (last) d = last[1]!;
-  d = d.replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, '').replace(/^Error: /, '');
+  d = d
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, '')
+    .replace(/^Error: /, '')
+    .replace(/^Response message parsing error: /, '');
   return d.trim().replace(/\.$/, '') || `gRPC status ${err.code}`;
 }
 

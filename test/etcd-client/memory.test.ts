@@ -55,6 +55,34 @@ function drained(call: NodeJS.EventEmitter, until: number): Promise<void> {
   });
 }
 
+/** A TxnResponse nesting `depth` txns inside txns (TxnResponse.responses[0].response_txn …). */
+function nestedTxns(depth: number): Buffer {
+  const varintLen = (n: number) => (n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : 4);
+  // Sizes from the innermost (an empty TxnResponse) outwards.
+  const txn: number[] = [0];
+  const op: number[] = [0];
+  for (let k = 1; k <= depth; k++) {
+    op[k] = 1 + varintLen(txn[k - 1]!) + txn[k - 1]!;
+    txn[k] = 1 + varintLen(op[k]!) + op[k]!;
+  }
+  const out = Buffer.alloc(txn[depth]!);
+  let pos = 0;
+  const varint = (n: number) => {
+    while (n >= 0x80) {
+      out[pos++] = (n & 0x7f) | 0x80;
+      n >>>= 7;
+    }
+    out[pos++] = n;
+  };
+  for (let k = depth; k >= 1; k--) {
+    out[pos++] = 0x1a; // TxnResponse.responses (3), length-delimited
+    varint(op[k]!);
+    out[pos++] = 0x22; // ResponseOp.response_txn (4), length-delimited
+    varint(txn[k - 1]!);
+  }
+  return out;
+}
+
 function rss(): number {
   return process.memoryUsage().rss;
 }
@@ -79,6 +107,19 @@ describe('etcd client — memory bounded in bytes against a hostile server', () 
       });
     }
     expect(rss() - before).toBeLessThan(rssGrowthMax);
+  });
+
+  it('a response nesting txns 20,000 deep is refused (response-too-large), not decoded recursively', async () => {
+    const body = nestedTxns(20_000);
+    hostile = await hostileEtcd({ unary: { txn: () => body } });
+    await using kv = await connect({ backend: 'etcd', endpoints: [hostile.endpoint] });
+    await expect(
+      kv.txn({ compare: [], success: [{ type: 'get', key: 'k' }], failure: [] }),
+    ).rejects.toMatchObject({
+      code: 'response-too-large',
+      retryable: false,
+      message: expect.stringMatching(/nested deeper/),
+    });
   });
 
   it('a response over maxReceiveBytes is refused before it is buffered whole', async () => {
