@@ -93,7 +93,6 @@ const byText: ReadonlyArray<readonly [string, GrpcFailure]> = [
   etcdErrors.tooManyRequests,
   etcdErrors.leaderChanged,
   etcdErrors.noLeader,
-  etcdErrors.notLeader,
   etcdErrors.stopped,
   etcdErrors.unhealthy,
   etcdErrors.corrupt,
@@ -150,8 +149,12 @@ export function toGrpcFailure(err: unknown, leaderKnown: boolean): GrpcFailure {
     // A proposal that did not apply in time: etcd's ErrTimeout (the client cannot know the outcome).
     case ErrorCode.Indeterminate:
       return etcdErrors.timeout;
-    case ErrorCode.Unavailable:
-    case ErrorCode.NotLeader: {
+    // A request that reached a member which is no longer the leader (a forwarded lease call):
+    // etcd's clients retry "leader changed" and "no leader"; its FAILED_PRECONDITION "not leader"
+    // is for peer calls and would end a client's call for good.
+    case ErrorCode.NotLeader:
+      return leaderKnown ? etcdErrors.leaderChanged : etcdErrors.noLeader;
+    case ErrorCode.Unavailable: {
       for (const [re, failure] of unavailableByText) if (re.test(msg)) return failure;
       return leaderKnown ? etcdErrors.timeout : etcdErrors.noLeader;
     }
