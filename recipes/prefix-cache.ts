@@ -209,32 +209,41 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   async ready(revision?: number, opts: CallOptions = {}): Promise<void> {
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.#stop.signal]) : this.#stop.signal;
     let target = revision;
+    let failures = 0;
     for (;;) {
       this.#check();
       if (signal.aborted) throw opts.signal?.aborted ? abortReason(opts.signal) : this.#closedError();
       if (target !== undefined && this.#revision >= target) return;
-      // Wait for the next applied change while checking the store once.
+      // Registered before the read, so a change applied while it is in flight still wakes us.
       const applied = this.#nextApplied(signal);
       const at = this.#revision;
-      const proof = await this.#unchangedSince(at, signal).catch((err) => {
-        if (ConclaveError.is(err) && err.retryable) return undefined;
-        throw err;
-      });
-      if (proof !== undefined) {
-        target ??= proof.revision;
-        if (target > proof.revision)
-          throw new ConclaveError(
-            ErrorCode.FutureRevision,
-            `prefix cache ready(${target}): the store is only at revision ${proof.revision}; pass a revision the store returned`,
-          );
-        // Nothing under the prefix changed in (at, proof.revision]: the cache is current there too.
-        if (proof.unchanged && this.#revision === at) {
-          this.#revision = Math.max(this.#revision, proof.revision);
-          continue;
-        }
+      let proof: { unchanged: boolean; revision: number };
+      try {
+        proof = await this.#unchangedSince(at, signal);
+      } catch (err) {
+        applied.cancel();
+        if (signal.aborted) continue;
+        // Bounded like the watch's resyncs; a retryable failure is tried again after a pause.
+        if (!ConclaveError.is(err) || !err.retryable || ++failures > prefixCacheResyncAttemptsMax) throw err;
+        await pause(Math.min(prefixCacheBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10)), signal);
+        continue;
       }
-      if (target !== undefined && this.#revision >= target) continue;
-      await applied;
+      target ??= proof.revision;
+      if (target > proof.revision) {
+        applied.cancel();
+        throw new ConclaveError(
+          ErrorCode.FutureRevision,
+          `prefix cache ready(${target}): the store is only at revision ${proof.revision}; pass a revision the store returned`,
+        );
+      }
+      // Nothing under the prefix changed in (at, proof.revision]: the cache is current there too.
+      if (proof.unchanged && this.#revision === at) this.#revision = Math.max(this.#revision, proof.revision);
+      if (this.#revision >= target) {
+        applied.cancel();
+        return;
+      }
+      // Changes are on their way: wait for the next one, then check again.
+      await applied.promise;
     }
   }
 
@@ -282,9 +291,10 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
     if (this.#error !== undefined) throw this.#error;
   }
 
-  #nextApplied(signal: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = () => {
+  #nextApplied(signal: AbortSignal): { promise: Promise<void>; cancel(): void } {
+    let done!: () => void;
+    const promise = new Promise<void>((resolve) => {
+      done = () => {
         this.#appliedWaiters.delete(done);
         signal.removeEventListener('abort', done);
         resolve();
@@ -292,6 +302,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
       this.#appliedWaiters.add(done);
       signal.addEventListener('abort', done, { once: true });
     });
+    return { promise, cancel: done };
   }
 
   #applied(): void {

@@ -1,12 +1,12 @@
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
 import { PrefixCache, type PrefixCacheChange } from '../../../recipes/prefix-cache.js';
-import { ConclaveError } from '../../../src/errors.js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import type { KeyValue } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
-import { afterFirstRead, waitFor } from '../util.js';
+import { afterFirstRead, overriding, waitFor } from '../util.js';
 
 const view = (kvs: readonly KeyValue[]) =>
   kvs.map((k) => `${toText(k.key)}=${toText(k.value)}@${k.modRevision}/${k.createRevision}`);
@@ -237,4 +237,29 @@ export const registerPrefixCacheTests: RegisterTests = (ctx) => {
       await proxy.close();
     }
   }, 40_000);
+  it('prefix cache — ready() retries a read that failed retryably, and gives up on one that did not', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('pc-ready-retry');
+    let failRanges = 0;
+    let failWith: ConclaveError | undefined;
+    const flaky = overriding(kv, {
+      range: (real, key, opts) => {
+        if (failRanges > 0 && failWith) {
+          failRanges--;
+          return Promise.reject(failWith);
+        }
+        return real.range(key, opts);
+      },
+    });
+    await using cache = await PrefixCache.start(flaky, p);
+    const elsewhere = await kv.put(`${prefix('pc-ready-retry-other')}x`, 'y');
+    failWith = new ConclaveError(ErrorCode.Unavailable, 'test: no leader');
+    failRanges = 2;
+    await cache.ready(elsewhere.revision, { signal: AbortSignal.timeout(10_000) });
+    expect(failRanges).toBe(0);
+    const again = await kv.put(`${prefix('pc-ready-retry-other')}x`, 'z');
+    failWith = new ConclaveError(ErrorCode.PermissionDenied, 'test: denied');
+    failRanges = 1;
+    await expect(cache.ready(again.revision)).rejects.toBe(failWith);
+  });
 };
