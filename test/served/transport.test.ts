@@ -1,3 +1,4 @@
+import { createConnection } from 'node:net';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Entry, type Message, MessageType, type NodeId } from '../../backends/raft/consensus/types.js';
@@ -13,7 +14,12 @@ import {
   messageFrameBytes,
   Writer,
 } from '../../backends/raft/transport/codec.js';
-import { type TcpPeer, TcpTransport, type TransportLogger } from '../../backends/raft/transport/tcp.js';
+import {
+  inboundConnectionsMax,
+  type TcpPeer,
+  TcpTransport,
+  type TransportLogger,
+} from '../../backends/raft/transport/tcp.js';
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { freePort } from '../harness/etcd.js';
 
@@ -391,5 +397,22 @@ describe('tcp transport', () => {
     b.t.serve(() => new Promise(() => undefined));
     const slow = await a.t.request(2, 1, new Uint8Array(0), 100).catch((e: unknown) => e);
     expect(ConclaveError.is(slow) && slow.code).toBe(ErrorCode.Unavailable);
+  });
+
+  it('tcp transport — connections beyond the inbound bound are closed at once; peers still get through', async () => {
+    const { a, b, ports } = await pair();
+    await until(() => a.t.connected(2), 'link');
+    const strays = Array.from({ length: inboundConnectionsMax + 5 }, () =>
+      createConnection({ host: '127.0.0.1', port: ports[1]! }).on('error', () => undefined),
+    );
+    try {
+      await until(() => b.t.refusedInbound >= 5, 'strays beyond the bound closed');
+      expect(b.log.filter((l) => /too many inbound/.test(l.msg))).toHaveLength(1);
+      // The established peer link is unaffected.
+      a.t.send([heartbeat(1, 2, 99)]);
+      await until(() => b.got.some((m) => m.commit === 99), 'a message over the peer link');
+    } finally {
+      for (const s of strays) s.destroy();
+    }
   });
 });

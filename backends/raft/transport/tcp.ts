@@ -76,6 +76,11 @@ export const handshakeTimeoutMs = 5000;
 export const pendingRequestsMax = 10_000;
 /** Side-channel requests a member serves at once per inbound connection. */
 export const servingRequestsMax = 1024;
+/**
+ * Inbound connections held at once (peers dial one each; the rest are strays or reconnects that
+ * have not completed their handshake yet). Beyond it new connections are closed at once.
+ */
+export const inboundConnectionsMax = 64;
 /** How often request deadlines are checked. */
 export const requestSweepMs = 50;
 
@@ -322,8 +327,20 @@ export class TcpTransport implements Transport, PeerRequests {
   // --------------------------------------------------------------------------------------------
   // Accepting
 
+  /** Inbound connections closed because `inboundConnectionsMax` were open. */
+  refusedInbound = 0;
+
   #accept(s: Socket): void {
     if (this.#closed) {
+      s.destroy();
+      return;
+    }
+    if (this.#inbound.size >= inboundConnectionsMax) {
+      if (this.refusedInbound++ === 0)
+        this.#o.log.warn(
+          { max: inboundConnectionsMax },
+          'too many inbound peer connections: closing new ones',
+        );
       s.destroy();
       return;
     }
