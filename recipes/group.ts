@@ -275,6 +275,8 @@ export class GroupMember implements AsyncDisposable {
       opts.signal ? { signal: opts.signal } : {},
     );
     let rev = t.revision;
+    let written = t.revision;
+    const created = t.succeeded;
     if (!t.succeeded) {
       const r = t.responses[0];
       const held = r?.type === 'get' ? r.kvs[0] : undefined;
@@ -286,20 +288,28 @@ export class GroupMember implements AsyncDisposable {
         );
       // Our own session already holds it: adopt the key, with the data given now.
       rev = held.createRevision;
-      await session.kv.txn({
+      const adopted = await session.kv.txn({
         compare: [{ key, target: 'create', result: '=', value: rev }],
         success: [{ type: 'put', key, value: data, options: { lease: session.lease } }],
         failure: [],
       });
+      if (!adopted.succeeded)
+        throw new ConclaveError(
+          ErrorCode.Conflict,
+          `group ${group}: member id ${opts.id} changed hands while joining; join again`,
+          { details: { group, id: opts.id } },
+        );
+      written = adopted.revision;
     }
     let view: GroupView;
     try {
       // The signal governs this call only, not the view's life (leave() ends that).
       const { signal: _signal, ...viewOpts } = opts;
       view = await GroupView.start(session.kv, group, viewOpts);
-      await view.ready(t.revision, opts.signal ? { signal: opts.signal } : {});
+      await view.ready(written, opts.signal ? { signal: opts.signal } : {});
     } catch (err) {
-      await deleteIfOurs(session.kv, key, rev);
+      // Only a key this call created is removed: an adopted one belongs to the earlier join.
+      if (created) await deleteIfOurs(session.kv, key, rev);
       throw err;
     }
     return new GroupMember(session, group, opts.id, rev, view);
