@@ -16,7 +16,18 @@ export const recipePhaseNames = [
   'prefixcache',
   'prefixwatch',
 ] as const;
-const allPhaseNames: readonly string[] = [...kvPhaseNames, ...recipePhaseNames];
+/** Watchers and leases at scale (bench/phases/scale.ts): only when named with --phases. */
+export const scalePhaseNames = [
+  'scale-put16-w0',
+  'scale-put16-w1k',
+  'scale-put16-w10k',
+  'scale-put16-w100k',
+  'scale-watch-prefix10k',
+  'scale-leases-0',
+  'scale-leases-10k',
+  'scale-leases-100k',
+] as const;
+const allPhaseNames: readonly string[] = [...kvPhaseNames, ...recipePhaseNames, ...scalePhaseNames];
 
 /** The largest count bound a phase may be given. */
 export const opsMaxMax = 10_000_000;
@@ -55,6 +66,7 @@ export const usage = `usage: npm run bench -- [options]
   --phases ${kvPhaseNames.join(',')}      (default: all of these)
   --recipes                               recipe phases (${recipePhaseNames.join(',')}) instead of the KV ones;
                                           with --phases naming recipe phases, only those (e.g. --phases lock8)
+                                          scale phases, named only: ${scalePhaseNames.join(',')}
   --consensus                             run bench/consensus.ts instead
   --duration-s S                          time bound of each measured pass (default 10)
   --ops-max N                             count bound of each measured pass (default 200000)

@@ -8,6 +8,7 @@ import { multiLockPhase } from './recipes-multi-lock.js';
 import { prefixCachePhase } from './recipes-prefix-cache.js';
 import { queuePhase } from './recipes-queue.js';
 import { workQueuePhase } from './recipes-work-queue.js';
+import { scaleLeasesPhase, scalePutPhase, scaleWatchPrefixPhase } from './scale.js';
 import { txnPhase } from './txn.js';
 import type { Phase } from './types.js';
 import { watchPhase } from './watch.js';
@@ -31,6 +32,9 @@ const phases: readonly Phase[] = [
   multiLockPhase(8, 3, true),
   prefixCachePhase(100, false),
   prefixCachePhase(100, true),
+  ...[0, 1000, 10_000, 100_000].map((n) => scalePutPhase(n)),
+  scaleWatchPrefixPhase(10_000, 100),
+  ...[0, 10_000, 100_000].map((n) => scaleLeasesPhase(n)),
 ];
 
 export function phaseByName(name: string): Phase {

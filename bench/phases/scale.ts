@@ -1,0 +1,291 @@
+/**
+ * Scale phases: what watchers and leases on other keys cost the store.
+ *
+ * - `scale-put16-w<N>`: N idle watchers, each on its own key that is never written, then put with
+ *   16 in flight over 1,024 other keys (put16's shape). The figure that matters is the ratio to
+ *   `scale-put16-w0`. Extra: how long creating and closing the watchers took, and the event loop's
+ *   longest stall meanwhile (`loopLagMaxMs`: the longest synchronous stretch a member's ticks
+ *   waited behind, for the embedded store, which runs in this process).
+ * - `scale-watch-prefix10k`: 10,000 watchers on one prefix, 100 puts/s into it (open loop);
+ *   latency from just before each put to the LAST watcher's event (the main columns), and per
+ *   event (extra).
+ * - `scale-leases-<N>`: N live leases (TTL 600 s, granted 64 at a time, revoked at the end),
+ *   then the member's CPU while idle (`idleCores`: fraction of a core, the least of three idle
+ *   windows with nothing sent, after 2 s of quiet) and put throughput with 16 in flight. Needs Conclave's client (leases are not
+ *   in the `etcd3` adapter's subset).
+ *
+ * Bounds: watchers/leases ≤ the phase's N (≤ 100,000), set up `setupConcurrency` at a time within
+ * `setupMsMax`; measured passes bounded by --duration-s/--ops-max; every watch closed and every
+ * lease revoked in `finally` (revocations bounded by `setupMsMax` too). Watches are opened without
+ * the run's abort signal (an AbortSignal with 100,000 listeners costs O(listeners) per add) and
+ * closed in `finally`.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { KV } from '../../src/kv.js';
+import type { Watch } from '../../src/types.js';
+import { nowMs, sleepMs } from '../clock.js';
+import { cpuPerOp, round, sampleCpu } from '../cpu.js';
+import { Histogram } from '../histogram.js';
+import { benchValue, measuredLoop, valueBytes } from './measure.js';
+import { NotAvailable, type Phase, type PhaseContext, type PhaseResult } from './types.js';
+
+const keySpace = 1024;
+const inFlight = 16;
+/** Watches or leases set up at once. */
+const setupConcurrency = 64;
+/** Watch creations between two checks of their `ready` (and turns of the event loop). */
+const watchChunk = 1000;
+/** The longest set-up (or tear-down) of one phase's watchers or leases. */
+const setupMsMax = 300_000;
+/** The idle time over which a member's CPU is measured (split in `idleWindows` windows). */
+const idleMsMax = 6000;
+const idleWindows = 3;
+/** Quiet time after the grants before the idle windows. */
+const idleSettleMs = 2000;
+const leaseTtlSeconds = 600;
+/** Delivery phase: puts in flight at most, and how long stragglers are awaited. */
+const putsInFlightMax = 1000;
+const drainMs = 5000;
+const warmupPuts = 50;
+
+const count = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n));
+
+/** Event-loop stall monitor (resolution 1 ms): the longest delay seen between start and stop. */
+function loopLag() {
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  h.enable();
+  return () => {
+    h.disable();
+    return round(h.max / 1e6, 1);
+  };
+}
+
+async function openWatches(
+  ctx: PhaseContext,
+  n: number,
+  make: (i: number) => Watch,
+): Promise<{ ws: Watch[]; ms: number }> {
+  const ws: Watch[] = [];
+  const t0 = nowMs();
+  while (ws.length < n && !ctx.signal.aborted) {
+    if (nowMs() - t0 > setupMsMax) throw new Error(`creating ${n} watches took over ${setupMsMax} ms`);
+    const chunk: Watch[] = [];
+    for (let i = 0; i < watchChunk && ws.length + chunk.length < n; i++)
+      chunk.push(make(ws.length + chunk.length));
+    ws.push(...chunk);
+    // Every watch of the chunk is registered before the next chunk (bounded outstanding creates),
+    // and the event loop turns between chunks (as when clients open watches over time).
+    await Promise.all(chunk.map((w) => w.ready));
+    await new Promise((r) => setImmediate(r));
+  }
+  return { ws, ms: nowMs() - t0 };
+}
+
+async function closeAll(ws: readonly Watch[]): Promise<number> {
+  const t0 = nowMs();
+  for (let i = 0; i < ws.length; i += watchChunk) {
+    await Promise.all(ws.slice(i, i + watchChunk).map((w) => w.close().catch(() => undefined)));
+    await new Promise((r) => setImmediate(r));
+    if (nowMs() - t0 > setupMsMax) break;
+  }
+  return nowMs() - t0;
+}
+
+export function scalePutPhase(watchers: number): Phase {
+  return {
+    name: `scale-put16-w${count(watchers)}`,
+    description: `put, ${inFlight} in flight, ${keySpace} keys, with ${watchers} idle watchers on other keys`,
+    run: async (ctx) => {
+      const kv = ctx.target.kv;
+      const lag = loopLag();
+      const { ws, ms: createMs } = await openWatches(ctx, watchers, (i) =>
+        kv.watch(`${ctx.prefix}/idle/${i}`),
+      );
+      const createLagMs = lag();
+      try {
+        const keys = Array.from({ length: keySpace }, (_, i) => `${ctx.prefix}/k${i}`);
+        const value = benchValue();
+        const r = await measuredLoop(ctx, inFlight, async (_w, seq) => {
+          await kv.put(keys[seq % keySpace]!, value, { signal: ctx.signal });
+        });
+        const closeLag = loopLag();
+        const closeMs = await closeAll(ws);
+        const closeLagMs = closeLag();
+        return {
+          ...r,
+          extra: {
+            ...r.extra,
+            watchers,
+            createMs: round(createMs),
+            closeMs: round(closeMs),
+            loopLagMaxMs: Math.max(createLagMs, closeLagMs),
+          },
+        };
+      } finally {
+        await closeAll(ws);
+      }
+    },
+  };
+}
+
+export function scaleWatchPrefixPhase(watchers: number, putsPerSec: number): Phase {
+  return {
+    name: `scale-watch-prefix${count(watchers)}`,
+    description: `watch delivery: ${watchers} watchers on one prefix, ${putsPerSec} puts/s, put → last watcher's event`,
+    run: (ctx) => runPrefix(ctx, watchers, putsPerSec),
+  };
+}
+
+async function runPrefix(ctx: PhaseContext, watchers: number, putsPerSec: number): Promise<PhaseResult> {
+  const kv = ctx.target.kv;
+  const dir = `${ctx.prefix}/p/`;
+  const putsMax = warmupPuts + Math.min(ctx.opsMax, Math.ceil((putsPerSec * ctx.durationMs) / 1000));
+  const sentAt = new Float64Array(putsMax).fill(Number.NaN);
+  const received = new Uint32Array(putsMax);
+  const perEvent = new Histogram();
+  const allReceived = new Histogram();
+  let delivered = 0;
+  let allDone = 0;
+  const { ws } = await openWatches(ctx, watchers, () => kv.watch(dir, { prefix: true }));
+  try {
+    const consumers = ws.map(async (w) => {
+      for await (const batch of w) {
+        const at = nowMs();
+        for (const e of batch.events) {
+          const seq = Number(new TextDecoder().decode(e.kv.key.subarray(e.kv.key.lastIndexOf(0x2f) + 1)));
+          if (!(seq >= 0 && seq < putsMax)) continue;
+          received[seq]! += 1;
+          if (seq < warmupPuts) continue;
+          delivered++;
+          perEvent.recordMs(at - sentAt[seq]!);
+          if (received[seq] === watchers) {
+            allReceived.recordMs(at - sentAt[seq]!);
+            allDone++;
+          }
+        }
+      }
+    });
+    const failed = Promise.race(consumers).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    const value = new Uint8Array(valueBytes).fill(0x2e);
+    const inFlightPuts = new Set<Promise<unknown>>();
+    let failure: unknown;
+    let before = sampleCpu(ctx.target.serverPids);
+    let measuredStart = nowMs();
+    const start = nowMs();
+    for (let seq = 0; seq < putsMax && !ctx.signal.aborted && failure === undefined; seq++) {
+      await sleepMs(start + (seq * 1000) / putsPerSec - nowMs(), ctx.signal);
+      if (seq === warmupPuts) {
+        before = sampleCpu(ctx.target.serverPids);
+        measuredStart = nowMs();
+      }
+      while (inFlightPuts.size >= putsInFlightMax) await Promise.race(inFlightPuts);
+      sentAt[seq] = nowMs();
+      const p: Promise<unknown> = kv.put(`${dir}${seq}`, value, { signal: ctx.signal }).then(
+        () => inFlightPuts.delete(p),
+        (err: unknown) => {
+          failure ??= err;
+          inFlightPuts.delete(p);
+        },
+      );
+      inFlightPuts.add(p);
+    }
+    await Promise.all(inFlightPuts);
+    if (failure !== undefined) throw failure;
+    const elapsedMs = nowMs() - measuredStart;
+    const measured = putsMax - warmupPuts;
+    const drainUntil = nowMs() + drainMs;
+    while (allDone < measured && nowMs() < drainUntil && !ctx.signal.aborted) await sleepMs(10);
+    const err = await Promise.race([failed, sleepMs(0).then(() => undefined)]);
+    if (err !== undefined) throw err;
+    return {
+      ops: measured,
+      elapsedMs: round(elapsedMs),
+      opsPerSec: round((measured * 1000) / elapsedMs),
+      latency: allReceived.summary(),
+      cpu: cpuPerOp(before, sampleCpu(ctx.target.serverPids), measured, elapsedMs),
+      extra: {
+        watchers,
+        perEventP50Ms: round(perEvent.quantileMs(0.5), 3),
+        perEventP99Ms: round(perEvent.quantileMs(0.99), 3),
+        eventsPerSec: round((delivered * 1000) / elapsedMs),
+        missedEvents: measured * watchers - delivered,
+        ...(allDone < measured ? { putsNotSeenByAll: measured - allDone } : {}),
+      },
+    };
+  } finally {
+    await closeAll(ws);
+  }
+}
+
+export function scaleLeasesPhase(leases: number): Phase {
+  return {
+    name: `scale-leases-${count(leases)}`,
+    description: `idle CPU, then put with ${inFlight} in flight, with ${leases} live leases (TTL ${leaseTtlSeconds} s)`,
+    run: (ctx) => runLeases(ctx, leases),
+  };
+}
+
+/** Runs `op(i)` for i < n, `setupConcurrency` at a time, within `setupMsMax`. */
+async function bounded(ctx: PhaseContext, n: number, op: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const t0 = nowMs();
+  const worker = async () => {
+    while (next < n && !ctx.signal.aborted) {
+      if (nowMs() - t0 > setupMsMax) throw new Error(`setting up ${n} leases took over ${setupMsMax} ms`);
+      await op(next++);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(setupConcurrency, n) }, worker));
+}
+
+async function runLeases(ctx: PhaseContext, n: number): Promise<PhaseResult> {
+  const kv: KV | undefined = ctx.target.conclave;
+  if (kv === undefined)
+    throw new NotAvailable('leases need the Conclave client (the etcd3 adapter has no lease calls)');
+  const ids: bigint[] = [];
+  try {
+    const t0 = nowMs();
+    await bounded(ctx, n, async () => {
+      ids.push((await kv.lease.grant(leaseTtlSeconds, { signal: ctx.signal })).id);
+    });
+    const grantMs = nowMs() - t0;
+    // Idle: nothing sent; the member only ticks (and, on the leader, checks lease deadlines).
+    // After the grants settle (replies, garbage collection of the burst), the least busy of
+    // `idleWindows` windows: one collection landing in a window is not the steady state.
+    await sleepMs(idleSettleMs, ctx.signal);
+    const windowMs = Math.min(idleMsMax, Math.max(1500, ctx.durationMs / 2)) / idleWindows;
+    let idleCpuMs = Number.POSITIVE_INFINITY;
+    let onServer = false;
+    for (let i = 0; i < idleWindows && !ctx.signal.aborted; i++) {
+      const a = sampleCpu(ctx.target.serverPids);
+      await sleepMs(windowMs, ctx.signal);
+      const b = sampleCpu(ctx.target.serverPids);
+      onServer = a.serverMs !== undefined && b.serverMs !== undefined;
+      idleCpuMs = Math.min(idleCpuMs, onServer ? b.serverMs! - a.serverMs! : b.clientMs - a.clientMs);
+    }
+    const idleMs = windowMs;
+    const keys = Array.from({ length: keySpace }, (_, i) => `${ctx.prefix}/k${i}`);
+    const value = benchValue();
+    const r = await measuredLoop(ctx, inFlight, async (_w, seq) => {
+      await kv.put(keys[seq % keySpace]!, value, { signal: ctx.signal });
+    });
+    return {
+      ...r,
+      extra: {
+        ...r.extra,
+        leases: n,
+        grantMs: round(grantMs),
+        idleCores: round(idleCpuMs / idleMs, 4),
+        idleCpuOf: onServer ? 'server' : 'this process (in-process members)',
+      },
+    };
+  } finally {
+    const left = [...ids];
+    await bounded(ctx, left.length, async (i) => {
+      await kv.lease.revoke(left[i]!).catch(() => undefined);
+    }).catch(() => undefined);
+  }
+}
