@@ -8,6 +8,7 @@
  * Raft ticks (elections, heartbeats, the leader's expiry check) still come from real timers.
  */
 import { describe, expect, it } from 'vitest';
+import { MessageType } from '../../backends/raft/consensus/types.js';
 import { EmbeddedCluster } from '../../backends/raft/embedded.js';
 import type { FailoverWatch } from '../../backends/raft/failover-watch.js';
 import { decodeCommand } from '../../backends/raft/node/commands.js';
@@ -16,7 +17,7 @@ import { ConclaveError } from '../../src/errors.js';
 import { toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { WatchEvent } from '../../src/types.js';
-import { collect, eventCount, waitFor } from '../conformance/util.js';
+import { collect, eventCount, sleep, waitFor } from '../conformance/util.js';
 import { leaseCluster, VirtualClock } from './lease-fixtures.js';
 
 /** Waits until every running member has applied the leader's revision. */
@@ -415,6 +416,74 @@ describe('raft embedded — a new leader never expires a lease earlier than its 
       await waitFor(async () => (await kv.get('lc/k')) === undefined, 10_000, 'the lease to expire');
       expect((await kv.lease.timeToLive(id)).ttlSeconds).toBe(-1);
     } finally {
+      await kv.close();
+      await lc.close();
+    }
+  }, 40_000);
+});
+
+describe('raft embedded — a new leader serves leases only after the earlier terms applied', () => {
+  it('a revocation the old leader proposed but could not commit applies before the new leader renews anything: a keep-alive racing the election never gets a TTL for a lease that is then revoked', async () => {
+    const lc = await leaseCluster({ nodes: 3, durable: false });
+    const c = lc.cluster;
+    const kv = c.client();
+    const send = c.transport.send.bind(c.transport);
+    try {
+      const old = await c.waitLeader();
+      const ttl = c.minTtlSeconds;
+      const { id } = await kv.lease.grant(ttl);
+      await kv.put('nl/k', 'v', { lease: id });
+      await converged(c, kv);
+      // The followers still hear the leader, but nothing reaches it back: its revocation is
+      // replicated into their logs and never committed by it; it steps down (check-quorum). And
+      // no new leader hears its log acknowledged: it cannot commit (so cannot apply) the entries
+      // of the old term until the test lets it.
+      const newLeaderCommits = { held: true };
+      c.transport.send = (ms) =>
+        send(
+          ms.filter(
+            (m) =>
+              m.to !== old.id &&
+              !(newLeaderCommits.held && m.type === MessageType.AppendResp && c.members.get(m.to)?.isLeader),
+          ),
+        );
+      const seen = lc.gate.seen;
+      lc.clock.advance(ttl * 1000 + 1);
+      await waitFor(() => lc.gate.seen >= seen + 3, 10_000, 'the revocation in all three logs');
+      expect(old.raft.log.committed).toBeLessThan(old.raft.log.lastIndex);
+      // Keep-alive as soon as another member leads, before it has applied the old term's entries.
+      let next: RaftNode | undefined;
+      await waitFor(
+        () => {
+          next = c.leader();
+          return next !== undefined && next.id !== old.id;
+        },
+        10_000,
+        'a new leader',
+      );
+      let answered = false;
+      const pending = kv.lease.keepAliveOnce(id).finally(() => (answered = true));
+      await sleep(50);
+      // Not primary yet: nothing was renewed; the keep-alive is retried on the leader meanwhile.
+      expect(answered).toBe(false);
+      expect(next!.store.leases.get(id)).toBeDefined();
+      newLeaderCommits.held = false;
+      const ka = await pending;
+      c.transport.send = send;
+      const key = await kv.get('nl/k');
+      const lease = await kv.lease.timeToLive(id);
+      if (ka.ttlSeconds > 0) {
+        // Renewed: then the lease and its key must live on.
+        expect(key?.lease).toBe(id);
+        expect(lease.ttlSeconds).toBeGreaterThan(0);
+      } else {
+        expect(key).toBeUndefined();
+        expect(lease.ttlSeconds).toBe(-1);
+      }
+      // The old leader's revocation was in the new leader's log: it applied, so the answer was 0.
+      expect(ka.ttlSeconds).toBe(0);
+    } finally {
+      c.transport.send = send;
       await kv.close();
       await lc.close();
     }
