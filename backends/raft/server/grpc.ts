@@ -80,7 +80,10 @@ export interface ClientServer {
   readonly openStreams: number;
   /** Watches resynced from history so far because their stream could not keep up. */
   readonly watchResyncs: number;
-  /** Stops accepting, ends open streams with "etcdserver: server stopped", then shuts down. */
+  /**
+   * Stops accepting, ends open streams with "etcdserver: server stopped", lets unary calls in
+   * flight finish (at most 5 s), then shuts down.
+   */
   close(): Promise<void>;
 }
 
@@ -97,6 +100,9 @@ export const clientServerDefaults = {
   keepaliveIntervalMs: 2 * 3600_000,
   keepaliveTimeoutMs: 20_000,
 } as const;
+
+/** How long `close()` waits for calls in flight before cutting them. */
+const closeGraceMs = 5000;
 
 /** etcd: consecutive leader checks without a leader before hasleader streams are canceled. */
 const noLeaderChecksMax = 3;
@@ -619,6 +625,8 @@ export async function startClientServer(
     );
   });
 
+  sizeWindows(server);
+
   let closing: Promise<void> | undefined;
   return {
     port,
@@ -634,11 +642,48 @@ export async function startClientServer(
         clearInterval(progressTimer);
         clearInterval(leaderTimer);
         for (const s of [...ctx.streams]) s.fail(etcdErrors.stopped);
-        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        // Calls in flight finish (the member answers or fails them); a call still open after the
+        // grace period is cut, so a stuck request cannot hold the process up.
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, closeGraceMs);
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        });
       })();
       return closing;
     },
   };
+}
+
+/** HTTP/2 receive windows of a client connection: per stream and for the whole connection. */
+export const http2StreamWindowBytes = 1024 * 1024;
+export const http2ConnectionWindowBytes = 16 * 1024 * 1024;
+
+/**
+ * Node's HTTP/2 default windows are 64 KiB per stream and per connection, and grpc-js offers no
+ * server option for them: 128 puts of 1 KiB in flight on one connection would wait for window
+ * updates. Every session of this server gets larger ones (grpc-go, which etcd uses, grows its
+ * windows by bandwidth-delay estimation up to 16 MiB). grpc-js keeps its HTTP/2 servers in a
+ * private map; if that ever changes, the defaults stay and nothing else does.
+ */
+function sizeWindows(server: grpc.Server): void {
+  const h2 = (server as unknown as { http2Servers?: Map<unknown, unknown> }).http2Servers;
+  if (!(h2 instanceof Map)) return;
+  for (const s of h2.keys()) {
+    (s as import('node:http2').Http2Server).on('session', (session) => {
+      try {
+        session.settings({ initialWindowSize: http2StreamWindowBytes });
+        session.setLocalWindowSize(http2ConnectionWindowBytes);
+      } catch {
+        // A session closing as it opens: nothing to size.
+      }
+    });
+  }
 }
 
 /**
