@@ -200,6 +200,7 @@ export class EmbeddedCluster {
     return this.#o.requestTimeoutMs;
   }
 
+  /** The member that leads now, if any (no waiting; see `waitLeader`). */
   leader(): RaftNode | undefined {
     for (const n of this.members.values()) if (!n.stopped && n.isLeader) return n;
     return undefined;
@@ -283,14 +284,17 @@ export class EmbeddedCluster {
     return this.#start(id, storage);
   }
 
+  /** Cuts the in-memory network into the given groups of member ids (tests); `heal()` undoes it. */
   partition(...groups: NodeId[][]): void {
     this.transport.partition(...groups);
   }
 
+  /** Restores every link cut by `partition`. */
   heal(): void {
     this.transport.heal();
   }
 
+  /** Asks the current leader to hand leadership to member `to` (Raft §3.10 leadership transfer). */
   transferLeader(to: NodeId): void {
     this.leader()?.raft.transferLeader(to);
   }
