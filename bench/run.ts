@@ -7,6 +7,7 @@
  * then a table with ratios, and writes everything to a JSON file. Every process it starts is
  * stopped by PID at the end, on error, and on Ctrl-C.
  */
+
 import { setMaxListeners } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -19,6 +20,7 @@ import { describe } from './load.js';
 import { describeMachine, etcdVersion, loadAverages, type MachineInfo } from './machine.js';
 import { phaseByName } from './phases/index.js';
 import { NotAvailable } from './phases/types.js';
+import { type Progress, startProgress } from './progress.js';
 import { computeRatios, jsonLine, type Row, renderTable } from './report.js';
 import { openEmbeddedTarget, openEtcdTarget, type UnavailableTarget } from './targets.js';
 
@@ -123,20 +125,38 @@ async function runPhases(
   signal: AbortSignal,
 ) {
   const rows: Row[] = [];
+  const progress = startProgress('bench', cfg.phases.length * cfg.rounds * targets.length);
+  try {
+    await eachRun(cfg, targets, runId, signal, rows, progress);
+  } finally {
+    progress.stop();
+  }
+  return rows;
+}
+
+async function eachRun(
+  cfg: BenchConfig,
+  targets: readonly BenchTarget[],
+  runId: string,
+  signal: AbortSignal,
+  rows: Row[],
+  progress: Progress,
+): Promise<void> {
   for (const [i, name] of cfg.phases.entries()) {
     const perTarget = new Map<BenchTarget, Row[]>(targets.map((t) => [t, []]));
     for (let round = 0; round < cfg.rounds && !signal.aborted; round++) {
       const order = (i + round) % 2 === 0 ? targets : [...targets].reverse();
       for (const target of order) {
         if (signal.aborted) break;
+        progress.note(`${name} on ${targetLabel(target)}${cfg.rounds > 1 ? `, round ${round + 1}` : ''}`);
         const row = await runOnce(cfg, name, target, runId, signal);
         perTarget.get(target)!.push(row);
+        progress.advance(1, row.status === 'failed' ? 1 : 0);
         console.log(jsonLine(row, cfg.rounds > 1 ? { round: round + 1 } : {}));
       }
     }
     for (const results of perTarget.values()) if (results.length > 0) rows.push(medianRow(results));
   }
-  return rows;
 }
 
 function medianRow(results: readonly Row[]): Row {
