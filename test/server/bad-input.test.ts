@@ -292,6 +292,33 @@ describe('bad input at the served client API', () => {
     }
   });
 
+  it('lease keep-alive stream: ID 0 and an unknown ID answer TTL 0; half-close ends it OK', async () => {
+    for (const [who, ep] of targets()) {
+      const r = new RawClient(ep);
+      try {
+        const g = await lease('Grant', { TTL: 30 })(r);
+        const id = g.response!.ID as string;
+        const s = r.stream(
+          '/etcdserverpb.Lease/LeaseKeepAlive',
+          'LeaseKeepAliveRequest',
+          'LeaseKeepAliveResponse',
+        );
+        s.send({ ID: 0 });
+        s.send({ ID: 987654321 });
+        s.send({ ID: id });
+        s.end();
+        await waitFor(() => s.status !== undefined, 10_000, `${who}: the stream to end`);
+        expect(s.status?.code, who).toBe(S.OK);
+        expect(
+          s.responses.map(({ header: _h, ...x }) => x),
+          who,
+        ).toEqual([{}, { ID: '987654321' }, { ID: id, TTL: '30' }]);
+      } finally {
+        r.close();
+      }
+    }
+  });
+
   it('watch: a compacted start revision is created, then canceled with compact_revision', async () => {
     for (const [who, ep] of targets()) {
       const r = new RawClient(ep);

@@ -61,10 +61,15 @@ export class RawClient {
 
   /** A Watch stream: send requests, collect decoded responses. */
   watch(metadata = new grpc.Metadata()): WatchProbe {
-    const req = root.lookupType('etcdserverpb.WatchRequest');
-    const res = root.lookupType('etcdserverpb.WatchResponse');
+    return this.stream('/etcdserverpb.Watch/Watch', 'WatchRequest', 'WatchResponse', metadata);
+  }
+
+  /** Any bidirectional stream of etcd's messages. */
+  stream(path: string, reqType: string, resType: string, metadata = new grpc.Metadata()): WatchProbe {
+    const req = root.lookupType(`etcdserverpb.${reqType}`);
+    const res = root.lookupType(`etcdserverpb.${resType}`);
     const call = this.client.makeBidiStreamRequest(
-      '/etcdserverpb.Watch/Watch',
+      path,
       (m: Record<string, unknown>) => Buffer.from(req.encode(req.fromObject(m)).finish()),
       identity,
       metadata,
@@ -73,6 +78,7 @@ export class RawClient {
       responses: [],
       status: undefined,
       send: (m) => call.write(m),
+      end: () => call.end(),
       close: () => call.cancel(),
       pause: () => call.pause(),
       resume: () => call.resume(),
@@ -100,6 +106,8 @@ export interface WatchProbe {
   responses: Record<string, unknown>[];
   status: { code: number; details: string } | undefined;
   send(m: Record<string, unknown>): void;
+  /** Half-close: no more requests. */
+  end(): void;
   close(): void;
   /** Stop reading responses (HTTP/2 flow control then holds the server back). */
   pause(): void;

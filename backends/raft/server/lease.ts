@@ -98,7 +98,7 @@ export class KeepAliveStream implements OpenStream {
           }
         }
         if (this.#done) return;
-        const msg: Record<string, unknown> = { header, ID: wire64(id) };
+        const msg: Record<string, unknown> = id === 0n ? { header } : { header, ID: wire64(id) };
         if (ttl > 0) msg.TTL = ttl;
         if (!this.#call.write(msg)) await new Promise((r) => this.#call.once('drain', r));
       }
