@@ -95,6 +95,25 @@ describe('bounds of the served client API', () => {
     expect(w.responses.some((x) => x.canceled)).toBe(false);
   }, 60_000);
 
+  it('a stream closed while the server waits for it to drain is released', async () => {
+    const s = await serve({ watchBufferBatchesMax: 4 });
+    const r = client();
+    const w = r.watch();
+    w.send({ createRequest: { key: b('stuck/'), rangeEnd: b('stuck0') } });
+    await waitFor(() => w.responses.length >= 1, 10_000, 'created');
+    w.pause();
+    const writer = client(1);
+    const value = Buffer.alloc(16 * 1024, 120);
+    for (let i = 0; i < 200; i++) expect((await put(writer, `stuck/${i % 10}`, value)).code).toBe(0);
+    expect(s.servers[0]!.openStreams).toBe(1);
+    w.close();
+    await waitFor(() => s.servers[0]!.openStreams === 0, 10_000, 'the stream to be released');
+    const again = client().watch();
+    again.send({ createRequest: { key: b('stuck/0') } });
+    await waitFor(() => again.responses.length >= 1, 10_000, 'a new watch');
+    expect(again.responses[0]).toMatchObject({ created: true });
+  }, 60_000);
+
   it('hasleader: a member without a leader refuses calls and ends streams with "etcdserver: no leader"', async () => {
     await serve({ leaderCheckIntervalMs: 100 });
     const md = new grpc.Metadata();

@@ -23,6 +23,8 @@ export class KeepAliveStream implements OpenStream {
   #handling = false;
   #readPaused = false;
   #done = false;
+  /** Resolves a wait for 'drain': also when the stream closes, so the handler ends. */
+  #drained: (() => void) | undefined;
 
   constructor(ctx: ServerContext, call: ServerDuplexStream<PbKeepAliveRequest, object>) {
     this.#ctx = ctx;
@@ -46,6 +48,7 @@ export class KeepAliveStream implements OpenStream {
     if (this.#done) return;
     this.#done = true;
     this.#pending.length = 0;
+    this.#drained?.();
     this.#ctx.streams.delete(this);
   }
 
@@ -100,7 +103,11 @@ export class KeepAliveStream implements OpenStream {
         if (this.#done) return;
         const msg: Record<string, unknown> = id === 0n ? { header } : { header, ID: wire64(id) };
         if (ttl > 0) msg.TTL = ttl;
-        if (!this.#call.write(msg)) await new Promise((r) => this.#call.once('drain', r));
+        if (!this.#call.write(msg))
+          await new Promise<void>((r) => {
+            this.#drained = r;
+            this.#call.once('drain', r);
+          });
       }
     } catch (err) {
       this.fail(ctx.failure(err));

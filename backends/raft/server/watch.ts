@@ -96,6 +96,8 @@ export class WatchStream implements OpenStream {
   #readPaused = false;
   /** Set while grpc-js buffers more than its high-water mark: senders wait for 'drain'. */
   #drain: Promise<void> | undefined;
+  /** Resolves `#drain`: on 'drain', or when the stream closes (its senders then see `#done`). */
+  #drained: (() => void) | undefined;
   #progressWanted = false;
   #done = false;
 
@@ -140,6 +142,8 @@ export class WatchStream implements OpenStream {
     }
     this.#watches.clear();
     this.#requests.length = 0;
+    this.#drain = undefined;
+    this.#drained?.();
   }
 
   #onRequest(req: PbWatchRequest): void {
@@ -183,8 +187,10 @@ export class WatchStream implements OpenStream {
     if (this.#done) return;
     if (!this.#call.write(msg)) {
       this.#drain ??= new Promise<void>((resolve) => {
+        this.#drained = resolve;
         this.#call.once('drain', () => {
           this.#drain = undefined;
+          this.#drained = undefined;
           resolve();
         });
       });
