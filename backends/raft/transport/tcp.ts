@@ -120,6 +120,8 @@ export interface PeerStats {
   writes: number;
   connects: number;
   refusals: number;
+  /** Snapshots streamed to the peer completely. */
+  snapshotsSent: number;
 }
 
 type RequestHandler = (from: NodeId, kind: number, body: Uint8Array) => Promise<Uint8Array>;
@@ -392,6 +394,7 @@ class PeerLink {
     writes: 0,
     connects: 0,
     refusals: 0,
+    snapshotsSent: 0,
   };
   readonly #t: TcpTransport;
   #socket: Socket | undefined;
@@ -523,6 +526,7 @@ class PeerLink {
       if (err) return; // the close handler reports the failure
       if (last && sn.offset >= data.length && (data.length === 0 || sn.offset > 0)) {
         this.#snap = undefined;
+        this.stats.snapshotsSent++;
         this.#snapStatus(false);
         return;
       }
