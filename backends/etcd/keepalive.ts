@@ -33,6 +33,8 @@ const pendingPerLeaseMax = 64;
 interface Pending {
   resolve(r: LeaseKeepAliveResult): void;
   reject(e: unknown): void;
+  /** The caller gave up (aborted) after the request was written: its answer is dropped. */
+  abandoned?: boolean;
 }
 
 type Stream = grpc.ClientDuplexStream<object, PbKeepAliveResponse>;
@@ -80,7 +82,10 @@ export class KeepAliveStream {
       };
       const onAbort = () => {
         clearTimeout(timer);
-        unlist();
+        // The request is on the stream and etcd answers every request in order: its answer is
+        // still coming. The entry stays in line, abandoned, so that answer is dropped rather than
+        // taken as a later keep-alive's (whose TTL the Session dates from its own, later send).
+        p.abandoned = true;
         reject(abortReason(signal!));
       };
       const timeoutMs = this.#conn.callTimeoutMs;
@@ -99,12 +104,12 @@ export class KeepAliveStream {
         resolve: (r) => {
           clearTimeout(timer);
           signal?.removeEventListener('abort', onAbort);
-          resolve(r);
+          if (!p.abandoned) resolve(r);
         },
         reject: (e) => {
           clearTimeout(timer);
           signal?.removeEventListener('abort', onAbort);
-          reject(e);
+          if (!p.abandoned) reject(e);
         },
       };
       list.push(p);
