@@ -282,9 +282,13 @@ describe('watch hub (property)', () => {
             (b) =>
               `${b.revision}: ${b.events.map((e) => fmt(e, sp.prevKv && b.revision > compactRev)).join(' | ')}`,
           );
-          // A watcher without prevKv never gets one.
-          if (!sp.prevKv)
-            for (const b of r.batches) for (const e of b.events) expect(e.prevKv).toBeUndefined();
+          // A watcher without prevKv never gets one; events are plain objects (a spread or JSON keeps them whole).
+          for (const b of r.batches)
+            for (const e of b.events) {
+              if (!sp.prevKv) expect(e.prevKv).toBeUndefined();
+              expect(Object.getPrototypeOf(e)).toBe(Object.prototype);
+              expect({ ...e }.kv).toBe(e.kv);
+            }
           const label = JSON.stringify(sp);
           if (r.error !== undefined) {
             expect(ConclaveError.is(r.error), label).toBe(true);

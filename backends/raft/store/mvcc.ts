@@ -224,6 +224,8 @@ export interface MvccEvent {
   readonly type: 'put' | 'delete';
   readonly kv: KeyValue;
   readonly prevKv?: KeyValue;
+  /** The key as a latin1 string when the write had it at hand: the watch hub matches on it without making the kv. */
+  readonly latin1Key?: string;
 }
 
 /** A delete's event, and the kv it deleted (what the delete's response returns as prevKv). */
@@ -325,6 +327,7 @@ class PutEvent implements MvccEvent {
     readonly record: KeyRecord,
     /** The put's predecessor at revision main - 1 (undefined: none, or a tombstone). */
     readonly before: KeyRecord | undefined,
+    readonly latin1Key: string,
   ) {}
   get kv(): KeyValue {
     return this.record.kv!;
@@ -714,7 +717,7 @@ export class Mvcc {
         ? prev
         : this.#recordBefore(key, entry!, main);
     this.#append(key, entry, r);
-    return new PutEvent(r, before);
+    return new PutEvent(r, before, key);
   }
 
   /** The key's record before revision `main` (at main - 1), from its index entry; undefined if none. */

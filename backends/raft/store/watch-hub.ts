@@ -310,8 +310,12 @@ export class WatchHub {
   readonly #touched: HubWatch[] = [];
   #curRev = 0;
   #curEvent: MvccEvent | undefined;
-  /** The current event without its prevKv (for watchers that did not ask for it), made once per event. */
+  /**
+   * The current event as delivered, made once per event when a watcher matches it and shared by
+   * every watcher it matches: without prevKv, and with it (the same object when it has none).
+   */
   #curPlain: WatchEvent | undefined;
+  #curWithPrev: WatchEvent | undefined;
   readonly #visit = (m: Members): void => {
     if (m instanceof HubWatch) this.#collect(m);
     else for (const w of m) this.#collect(w);
@@ -505,18 +509,27 @@ export class WatchHub {
       const e = events[i]!;
       this.#curEvent = e;
       this.#curPlain = undefined;
-      g.match(keyString(e.kv.key), this.#visit);
+      this.#curWithPrev = undefined;
+      // A put's event carries its key string: an event no watcher matches never makes its kv.
+      g.match(e.latin1Key ?? keyString(e.kv.key), this.#visit);
     }
     this.#curEvent = undefined;
     this.#curPlain = undefined;
+    this.#curWithPrev = undefined;
   }
 
   #collect(w: HubWatch): void {
     const e = this.#curEvent!;
     if (e.type === 'put' ? w.noPut : w.noDelete) return;
-    // An event is delivered as the hub's own object when it fits the watcher (they are read-only).
-    let ev: WatchEvent = e;
-    if (!w.prevKv && e.prevKv) ev = this.#curPlain ??= { type: e.type, kv: e.kv };
+    // Plain objects (a store event may be a lazy class instance), made once per event.
+    let ev: WatchEvent | undefined = w.prevKv ? this.#curWithPrev : this.#curPlain;
+    if (ev === undefined) {
+      this.#curPlain ??= { type: e.type, kv: e.kv };
+      if (w.prevKv) {
+        const prevKv = e.prevKv;
+        ev = this.#curWithPrev = prevKv ? { type: e.type, kv: e.kv, prevKv } : this.#curPlain;
+      } else ev = this.#curPlain;
+    }
     if (w.batchRev !== this.#curRev || w.batch === undefined) {
       w.batchRev = this.#curRev;
       w.batch = [ev];
