@@ -103,6 +103,11 @@ export class ServedCluster {
     this.#initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
   }
 
+  /** `--initial-cluster-token` of this cluster (member IDs derive from it). */
+  get token(): string {
+    return this.#o.token;
+  }
+
   get endpoints(): string[] {
     return this.members.map((m) => m.endpoint);
   }
