@@ -385,6 +385,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     return this.#closed;
   }
 
+  /** `close()`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -426,6 +427,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     }
   }
 
+  /** `changes()`: every change after this call, until `close()`. */
   [Symbol.asyncIterator](): AsyncGenerator<ConfigChange<T>, void, undefined> {
     return this.changes();
   }
@@ -719,6 +721,7 @@ export interface ConfigInvalid {
   readonly issues: readonly StandardSchemaV1.Issue[];
 }
 
+/** What `setConfig` wrote: the txn's revision and the keys put and deleted. */
 export interface ConfigWritten {
   /** The txn's revision (the read's, when nothing needed writing). */
   readonly revision: number;
@@ -726,6 +729,7 @@ export interface ConfigWritten {
   readonly deleted: readonly string[];
 }
 
+/** A guarded `setConfig` found the prefix changed since `ifRevision`: nothing was written. */
 export interface ConfigConflict {
   readonly ifRevision: number;
   /** The store revision at which the conflict was seen. */

@@ -12,6 +12,7 @@ import type { Bytes, CallOptions, Compare, KeyValue } from '../src/types.js';
 import { deleteGeneration, heldKey } from './internal/hold.js';
 import { enqueue, type TurnSpec, waitTurn } from './internal/queue.js';
 
+/** The candidate that leads: its key, its value, and its term. */
 export interface Leader {
   readonly key: string;
   readonly value: Uint8Array;
@@ -19,6 +20,7 @@ export interface Leader {
   readonly token: number;
 }
 
+/** One state of an election as `observe()` reports it. */
 export interface Observation {
   /** undefined: there is no leader right now. */
   readonly leader: Leader | undefined;
@@ -26,10 +28,12 @@ export interface Observation {
   readonly revision: number;
 }
 
+/** A won campaign: held until resigned or lost (`lost` fires); `await using` resigns. */
 export interface Leadership extends AsyncDisposable {
   readonly key: string;
   readonly token: number;
   readonly lost: AbortSignal;
+  /** A Compare that holds only while this leadership lasts (for writes fenced by it). */
   guard(): Compare;
   /** Updates the leader's value, only while still the leader. */
   proclaim(value: Bytes, opts?: CallOptions): Promise<void>;
@@ -43,6 +47,10 @@ const toLeader = (kv: KeyValue): Leader => ({
   token: kv.createRevision,
 });
 
+/**
+ * Leader election on `name` for one session: `campaign()` waits to lead, `observe()` follows who
+ * leads. `Election.observe(kv, name)` follows without a session. See docs/recipes/election.md.
+ */
 export class Election {
   readonly session: Session;
   readonly name: string;

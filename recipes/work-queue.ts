@@ -86,6 +86,7 @@ export const workQueueDeadLettersPageMax = 100;
  */
 export const workQueueLeasePoolMax = 64;
 
+/** Options of a `WorkQueue` (each has a default; see docs/recipes/work-queue.md). */
 export interface WorkQueueOptions {
   /** Claim lifetime in whole seconds (default 30). The store may raise it to its minimum lease TTL. */
   readonly visibilityTimeoutSeconds?: number;
@@ -121,6 +122,7 @@ export interface ClaimLost {
   readonly message: string;
 }
 
+/** Counts of a queue's items by state, read at one revision. */
 export interface WorkQueueStats {
   /** The revision all four counts were read at. */
   readonly revision: number;
@@ -131,6 +133,7 @@ export interface WorkQueueStats {
   readonly dead: number;
 }
 
+/** An item that used up its attempts (or was dead-lettered), with why it last failed. */
 export interface DeadLetter {
   readonly id: string;
   readonly value: Uint8Array;
@@ -152,6 +155,7 @@ export interface ProcessOptions extends CallOptions {
   readonly onError?: (err: unknown, job: Job) => void;
 }
 
+/** `process()`'s handler: return to ack the job, throw to nack it; `signal` fires when the claim may expire or processing stops. */
 export type JobHandler = (job: Job, ctx: { readonly signal: AbortSignal }) => unknown;
 
 /** How much earlier than the server could expire a claim's lease its `lost` fires (as Session). */
@@ -1032,6 +1036,7 @@ export class WorkQueue implements AsyncDisposable {
     return this.#closing;
   }
 
+  /** `close()`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
