@@ -532,21 +532,41 @@ export class RaftNode {
    * TTL granted, or 0 when the lease is unknown. A lease past its deadline or being revoked is never
    * renewed: the keep-alive waits for its revocation to apply and resolves 0 (etcd lessor.Renew).
    * Fails `unavailable` (retryable, nothing renewed) when this member is not the lease primary
-   * ("not primary": the caller retries on the leader), when leadership moves during the wait, or
-   * when the revocation has not applied within the request timeout.
+   * ("not primary": the caller retries on the leader), when a quorum does not confirm its
+   * leadership in time (a deposed leader that has not noticed yet), when leadership moves during
+   * the wait, or when the revocation has not applied within the request timeout.
    */
-  renewLease(id: bigint): Promise<number> {
+  async renewLease(id: bigint): Promise<number> {
     this.#check();
     if (!this.#leasePrimary)
-      return Promise.reject(this.#notPrimary('not the leader, or a new leader still applying earlier terms'));
-    const r = this.store.leases.renew(id, this.#o.now());
-    if (r !== 'expiring') return Promise.resolve(r);
+      throw this.#notPrimary('not the leader, or a new leader still applying earlier terms');
+    // Confirm leadership with a quorum first (a ReadIndex round, as etcd does since issue #15247):
+    // a leader cut off while its process stalled still believes it leads until its next
+    // check-quorum tick, and its successor's deadlines started at its own promotion, so a TTL
+    // granted here after that would outlive the successor's promise. A quorum acknowledging a
+    // heartbeat sent after `askedAt` means no successor can be elected before one election timeout
+    // after `askedAt`, and it extends every lease by another at its promotion; so the renewal must
+    // happen within one election timeout of `askedAt`, or it is refused (retried by the caller).
+    const term = this.raft.term;
+    const askedAt = this.#o.now();
+    try {
+      await this.readIndex();
+    } catch (err) {
+      throw this.#notPrimary(
+        `leadership not confirmed by a quorum: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+    if (!this.#leasePrimary || this.raft.term !== term)
+      throw this.#notPrimary('leadership moved while it was being confirmed');
+    const now = this.#o.now();
+    if (now - askedAt > this.#o.electionTicks * this.#o.tickMs)
+      throw this.#notPrimary('leadership confirmed too late to vouch for a renewal');
+    const r = this.store.leases.renew(id, now);
+    if (r !== 'expiring') return r;
     if (this.#revocationWaiting >= revocationWaitersMax)
-      return Promise.reject(
-        new ConclaveError(
-          ErrorCode.TooManyRequests,
-          `member ${this.id}: more than ${revocationWaitersMax} keep-alives waiting for revocations`,
-        ),
+      throw new ConclaveError(
+        ErrorCode.TooManyRequests,
+        `member ${this.id}: more than ${revocationWaitersMax} keep-alives waiting for revocations`,
       );
     return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
