@@ -1,0 +1,168 @@
+import { describe, expect, it } from 'vitest';
+import { checkOperations } from './checker.js';
+import { type EtcdInput, type EtcdOperation, type EtcdOutput, etcdModel } from './model.js';
+import { op } from './recorder.js';
+import { synthesize } from './synth.js';
+
+const put = (key: string, value: string): EtcdInput => ({ type: 'put', key, value });
+const get = (key: string): EtcdInput => ({ type: 'get', key });
+const del = (key: string): EtcdInput => ({ type: 'delete', key });
+const cas = (key: string, mod: number, value: string): EtcdInput => ({
+  type: 'txn',
+  compare: [{ key, target: 'mod', result: '=', value: mod }],
+  success: [{ type: 'put', key, value }],
+  failure: [{ type: 'get', key }],
+});
+const putOk = (revision: number): EtcdOutput => ({ type: 'put', revision });
+const got = (revision: number, value?: string, mod = 0, create = mod, version = 1): EtcdOutput => ({
+  type: 'get',
+  revision,
+  kv: value === undefined ? undefined : { value, mod, create, version },
+});
+const casOk = (revision: number): EtcdOutput => ({
+  type: 'txn',
+  revision,
+  succeeded: true,
+  results: [{ type: 'put' }],
+});
+
+function check(h: EtcdOperation[]) {
+  return checkOperations(etcdModel, h, { timeoutMs: 5000 });
+}
+
+describe('linearizability checker: hand-written histories', () => {
+  it('accepts sequential and concurrent linearizable histories', () => {
+    expect(check([]).result).toBe('ok');
+    const seq = [
+      op(0, 0, 1, put('x', 'a'), putOk(2)),
+      op(1, 2, 3, get('x'), got(2, 'a', 2)),
+      op(0, 4, 5, put('x', 'b'), putOk(3)),
+      op(1, 6, 7, get('x'), got(3, 'b', 3, 2, 2)),
+      op(1, 8, 9, del('x'), { type: 'delete', revision: 4, deleted: 1 }),
+      op(0, 10, 11, get('x'), got(4)),
+    ];
+    expect(check(seq).result).toBe('ok');
+    // A read concurrent with a write may see either side of it, and two reads may disagree as long
+    // as an order exists: the first read comes before the write, the second after.
+    const conc = [
+      op(0, 0, 10, put('x', 'a'), putOk(2)),
+      op(1, 1, 2, get('x'), got(1)),
+      op(2, 3, 4, get('x'), got(2, 'a', 2)),
+      op(1, 5, 6, get('x'), got(2, 'a', 2)),
+    ];
+    expect(check(conc).result).toBe('ok');
+  });
+
+  it('rejects a stale read', () => {
+    const h = [
+      op(0, 0, 1, put('x', 'a'), putOk(2)),
+      op(0, 2, 3, put('x', 'b'), putOk(3)),
+      op(1, 4, 5, get('x'), got(2, 'a', 2)),
+    ];
+    const r = check(h);
+    expect(r.result).toBe('illegal');
+    if (r.result === 'illegal') {
+      expect(r.report).toContain("get x -> 'a'");
+      expect(r.report).toContain('model expects now');
+    }
+  });
+
+  it('rejects a lost write (an acknowledged put that a later read does not see)', () => {
+    const h = [op(0, 0, 1, put('x', 'a'), putOk(2)), op(1, 2, 3, get('x'), got(2))];
+    expect(check(h).result).toBe('illegal');
+  });
+
+  it('rejects a read of a value never written', () => {
+    const h = [op(0, 0, 1, put('x', 'a'), putOk(2)), op(1, 0.5, 3, get('x'), got(2, 'zzz', 2))];
+    expect(check(h).result).toBe('illegal');
+  });
+
+  it('rejects the store revision going back', () => {
+    const h = [
+      op(0, 0, 1, put('x', 'a'), putOk(2)),
+      op(0, 2, 3, put('y', 'b'), putOk(3)),
+      op(1, 4, 5, get('z'), got(2)),
+    ];
+    expect(check(h).result).toBe('illegal');
+    // ...while a read concurrent with the second put may still be served at revision 2.
+    const ok = [
+      op(0, 0, 1, put('x', 'a'), putOk(2)),
+      op(0, 2, 6, put('y', 'b'), putOk(3)),
+      op(1, 4, 5, get('z'), got(2)),
+    ];
+    expect(check(ok).result).toBe('ok');
+  });
+
+  it('rejects a CAS that succeeded twice on the same mod revision', () => {
+    const h = [
+      op(0, 0, 1, put('x', 'a'), putOk(2)),
+      op(1, 2, 5, cas('x', 2, 'c1'), casOk(3)),
+      op(2, 3, 6, cas('x', 2, 'c2'), casOk(4)),
+    ];
+    expect(check(h).result).toBe('illegal');
+    const once = [
+      op(0, 0, 1, put('x', 'a'), putOk(2)),
+      op(1, 2, 5, cas('x', 2, 'c1'), casOk(3)),
+      op(2, 3, 6, cas('x', 2, 'c2'), {
+        type: 'txn',
+        revision: 3,
+        succeeded: false,
+        results: [{ type: 'get', kv: { value: 'c1', mod: 3, create: 2, version: 2 } }],
+      }),
+    ];
+    expect(check(once).result).toBe('ok');
+  });
+
+  it('counts revisions as etcd does: a delete of a missing key and a failed read-only txn do not bump', () => {
+    const h = [
+      op(0, 0, 1, del('x'), { type: 'delete', revision: 1, deleted: 0 }),
+      op(0, 2, 3, cas('x', 5, 'v'), {
+        type: 'txn',
+        revision: 1,
+        succeeded: false,
+        results: [{ type: 'get', kv: undefined }],
+      }),
+      op(0, 4, 5, put('x', 'a'), putOk(2)),
+    ];
+    expect(check(h).result).toBe('ok');
+    const bumped = [op(0, 0, 1, del('x'), { type: 'delete', revision: 2, deleted: 0 })];
+    expect(check(bumped).result).toBe('illegal');
+  });
+
+  it('lets an unknown-outcome write apply at any later point, or never', () => {
+    const unknownPut = op(0, 0, 1, put('x', 'a'), undefined);
+    // Never applied:
+    expect(check([unknownPut, op(1, 5, 6, get('x'), got(1))]).result).toBe('ok');
+    // Applied long after its call (its response time is +infinity):
+    expect(
+      check([unknownPut, op(1, 5, 6, get('x'), got(1)), op(1, 7, 8, get('x'), got(2, 'a', 2))]).result,
+    ).toBe('ok');
+    // Once seen, it cannot be undone:
+    expect(
+      check([unknownPut, op(1, 5, 6, get('x'), got(2, 'a', 2)), op(1, 7, 8, get('x'), got(1))]).result,
+    ).toBe('illegal');
+    // A later write's revision shows it applied, so a read after that must see it:
+    expect(
+      check([unknownPut, op(1, 5, 6, put('y', 'b'), putOk(3)), op(1, 7, 8, get('x'), got(3))]).result,
+    ).toBe('illegal');
+  });
+
+  it("answers 'unknown', never 'ok', when the time limit is hit", () => {
+    const h = synthesize({ seed: 3, ops: 3000, unknownRate: 0.02 });
+    const r = checkOperations(etcdModel, h, { timeoutMs: 0 });
+    expect(r.result).toBe('unknown');
+  });
+});
+
+describe('linearizability checker: generated histories', () => {
+  it('checks a 10,000-operation history of 8 clients on 10 keys (0.5 % unknown outcomes)', () => {
+    const h = synthesize({ seed: 11, ops: 10_000, clients: 8, keys: 10, unknownRate: 0.005 });
+    const unknown = h.filter((o) => o.output === undefined).length;
+    expect(unknown / h.length).toBeLessThanOrEqual(0.005);
+    const r = checkOperations(etcdModel, h, { timeoutMs: 25_000 });
+    console.log(
+      `checker: ${h.length} ops (${unknown} unknown) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
+    );
+    expect(r.result).toBe('ok');
+  });
+});
