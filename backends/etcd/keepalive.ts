@@ -81,10 +81,10 @@ export class KeepAliveStream {
         if (l && l.length === 0) this.#pending.delete(id);
       };
       const onAbort = () => {
-        clearTimeout(timer);
         // The request is on the stream and etcd answers every request in order: its answer is
         // still coming. The entry stays in line, abandoned, so that answer is dropped rather than
         // taken as a later keep-alive's (whose TTL the Session dates from its own, later send).
+        // Its timer keeps running: if the answer never comes, the stream is replaced as usual.
         p.abandoned = true;
         reject(abortReason(signal!));
       };

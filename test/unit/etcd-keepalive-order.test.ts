@@ -19,12 +19,17 @@ class FakeStream extends EventEmitter {
   cancel(): void {}
 }
 
-function fakeConnection(stream: FakeStream) {
+function fakeConnection(stream: FakeStream, callTimeoutMs = 5_000, opened = { count: 0 }) {
   return {
-    callTimeoutMs: 5_000,
+    callTimeoutMs,
     currentIndex: 0,
     token: undefined,
-    client: () => ({ makeBidiStreamRequest: () => stream }),
+    client: () => ({
+      makeBidiStreamRequest: () => {
+        opened.count++;
+        return stream;
+      },
+    }),
     deserializer: () => (b: Buffer) => b,
     streamMetadata: () => undefined,
     failover: () => undefined,
@@ -65,6 +70,25 @@ describe('etcd keep-alive stream: answers matched to their own request', () => {
     s.emit('data', { ID: 1, TTL: 7 });
     await expect(a).resolves.toEqual({ id: 1n, ttlSeconds: 7 });
     await expect(b).resolves.toEqual({ id: 2n, ttlSeconds: 5 });
+    ka.close();
+  });
+
+  it('a stream that never answers an aborted keep-alive is still replaced after callTimeoutMs', async () => {
+    const s = new FakeStream();
+    const opened = { count: 0 };
+    // biome-ignore lint/suspicious/noExplicitAny: as above
+    const ka = new KeepAliveStream(fakeConnection(s, 50, opened) as any);
+    const ctl = new AbortController();
+    const first = ka.keepAliveOnce(7n, ctl.signal);
+    ctl.abort();
+    await expect(first).rejects.toBeDefined();
+    expect(opened.count).toBe(1);
+    await new Promise((r) => setTimeout(r, 200));
+    // The silent stream was dropped: the next keep-alive opens a new one.
+    const next = ka.keepAliveOnce(7n, undefined);
+    expect(opened.count).toBe(2);
+    s.emit('data', { ID: 7, TTL: 3 });
+    await expect(next).resolves.toEqual({ id: 7n, ttlSeconds: 3 });
     ka.close();
   });
 });
