@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { checkOperations } from './checker.js';
-import { type EtcdInput, type EtcdOperation, type EtcdOutput, etcdModel } from './model.js';
+import { checkOperations, type Model, type Operation } from './checker.js';
+import {
+  type EtcdInput,
+  type EtcdOperation,
+  type EtcdOutput,
+  etcdModel,
+  resolveObservedWrites,
+} from './model.js';
 import { op } from './recorder.js';
 import { synthesize } from './synth.js';
 
@@ -154,6 +160,58 @@ describe('linearizability checker: hand-written histories', () => {
   });
 });
 
+describe('linearizability checker: P-compositionality and unknown-write resolution', () => {
+  // Per-key registers (no global revision), so a history splits by key.
+  type RIn = { key: string; write?: string };
+  const registers: Model<ReadonlyMap<string, string>, RIn, string> = {
+    init: () => new Map(),
+    step(s, i, o) {
+      if (i.write !== undefined) return new Map(s).set(i.key, i.write);
+      return o === undefined || o === (s.get(i.key) ?? '') ? s : undefined;
+    },
+    key: (s) => JSON.stringify([...s].sort()),
+    partition(ops) {
+      const by = new Map<string, Operation<RIn, string>[]>();
+      for (const o of ops) by.set(o.input.key, [...(by.get(o.input.key) ?? []), o]);
+      return [...by.values()];
+    },
+  };
+  const rop = (c: number, t0: number, t1: number, input: RIn, output: string) => ({
+    clientId: c,
+    call: t0,
+    return: t1,
+    input,
+    output,
+  });
+
+  it('checks each key on its own and finds the anomaly in one partition', () => {
+    const ok = [
+      rop(0, 0, 1, { key: 'a', write: '1' }, ''),
+      rop(1, 0, 1, { key: 'b', write: '2' }, ''),
+      rop(0, 2, 3, { key: 'a' }, '1'),
+      rop(1, 2, 3, { key: 'b' }, '2'),
+    ];
+    const r = checkOperations(registers, ok);
+    expect(r).toMatchObject({ result: 'ok', partitions: 2 });
+    const bad = [...ok, rop(2, 4, 5, { key: 'b' }, '')];
+    expect(checkOperations(registers, bad)).toMatchObject({ result: 'illegal', partitions: 2 });
+  });
+
+  it('resolves an unknown put that a read observed, and keeps the history checkable', () => {
+    const h = [
+      op(0, 0, 1, put('x', 'a'), undefined),
+      op(1, 5, 6, get('x'), got(2, 'a', 2)),
+      op(1, 7, 8, put('y', 'b'), putOk(3)),
+    ];
+    const resolved = resolveObservedWrites(h);
+    expect(resolved[0]).toMatchObject({ output: { type: 'put', revision: 2 }, return: 6 });
+    expect(check(resolved).result).toBe('ok');
+    // Resolved, it is no longer optional: a read before the observer may still miss it, one
+    // after the observer may not.
+    expect(check(resolveObservedWrites([...h, op(2, 9, 10, get('x'), got(3))])).result).toBe('illegal');
+  });
+});
+
 describe('linearizability checker: generated histories', () => {
   it('checks a 10,000-operation history of 8 clients on 10 keys (0.5 % unknown outcomes)', () => {
     const h = synthesize({ seed: 11, ops: 10_000, clients: 8, keys: 10, unknownRate: 0.005 });
@@ -165,4 +223,17 @@ describe('linearizability checker: generated histories', () => {
     );
     expect(r.result).toBe('ok');
   });
+
+  // The 2 % target is not met yet: ambiguous unknown writes (two in flight, either may have taken
+  // a revision) make the search backtrack over wide windows. The history is linearizable by
+  // construction, so 'illegal' would be a checker bug; 'unknown' (time limit) is reported.
+  it('a 10,000-operation history with 2 % unknown outcomes is never called illegal (time printed)', () => {
+    const h = resolveObservedWrites(synthesize({ seed: 11, ops: 10_000, unknownRate: 0.02 }));
+    const unknown = h.filter((o) => o.output === undefined).length;
+    const r = checkOperations(etcdModel, h, { timeoutMs: 8000 });
+    console.log(
+      `checker: ${h.length} ops (${unknown} still unknown) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
+    );
+    expect(r.result).not.toBe('illegal');
+  }, 20_000);
 });

@@ -161,9 +161,9 @@ type PartResult<S> =
 
 const timeCheckEvery = 1024;
 /** Focused search: the most unknown ops chained after one before a known op must step. */
-const focusChainMax = 2;
+const focusChainMax = 0;
 /** Focused search: how many of the latest unknown candidates a chain may use. */
-const focusRecentMax = 6;
+const focusRecentMax = 4;
 
 function checkPartition<S, I, O>(
   model: Model<S, I, O>,

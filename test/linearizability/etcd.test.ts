@@ -33,11 +33,13 @@ describe.skipIf(!run)('linearizability on real etcd (3 members)', () => {
 
   it(`a recorded workload is linearizable (seed ${seed}; replay: LIN_SEED=${seed})`, async () => {
     const prefix = `lin/${seed}/${Date.now()}/`;
+    let killed = false;
     const killer = (async () => {
       // A member SIGKILLed a third of the way in: clients on it fail over; the other two keep quorum.
       if (!cluster?.pids.length) return;
       await new Promise((r) => setTimeout(r, 1500));
       process.kill(cluster.pids[2]!, 'SIGKILL');
+      killed = true;
     })();
     recorded = await runWorkload(kvs, prefix, { seed, opsMax: 2500, durationMs: 6000, opTimeoutMs: 2000 });
     await killer;
@@ -45,7 +47,7 @@ describe.skipIf(!run)('linearizability on real etcd (3 members)', () => {
     const model = etcdModelAt(recorded.initialRevision);
     const r = checkOperations(model, h, { timeoutMs: 10_000 });
     console.log(
-      `etcd: ${h.length} ops recorded in ${recorded.elapsedMs.toFixed(0)} ms (${recorded.unknown} unknown, ${recorded.dropped} failed without effect) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
+      `etcd: ${h.length} ops recorded in ${recorded.elapsedMs.toFixed(0)} ms (${recorded.unknown} unknown,${killed ? ' member m2 SIGKILLed at 1.5 s,' : ''} ${recorded.dropped} failed without effect) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
     );
     if (r.result === 'illegal') console.log(r.report);
     expect(h.length).toBeGreaterThan(300);

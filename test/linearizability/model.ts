@@ -273,3 +273,51 @@ export const etcdModel: Model<EtcdState, EtcdInput, EtcdOutput> = {
   describeOutput,
   describeState,
 };
+
+/**
+ * Resolves unknown-outcome writes that a read proves applied, as etcd's robustness tests patch
+ * their histories: with every put writing a value unique in the run, a read that returns value v
+ * for key k with mod revision m was served after the put of v took effect, at revision m. Such a
+ * put (or a single-put CAS txn, which then succeeded) gets that response, and its response time
+ * becomes the observing read's (it took effect before that read answered). Writes never observed
+ * stay unknown. Sound only when put values are unique per key — the workload's are.
+ */
+export function resolveObservedWrites(history: readonly EtcdOperation[]): EtcdOperation[] {
+  const seen = new Map<string, { mod: number; ret: number }>();
+  const note = (key: string, kv: KvOut | undefined, ret: number) => {
+    if (!kv) return;
+    const k = `${key}\u0000${kv.value}`;
+    const prev = seen.get(k);
+    if (!prev || ret < prev.ret) seen.set(k, { mod: kv.mod, ret });
+  };
+  for (const o of history) {
+    if (!o.output) continue;
+    if (o.input.type === 'get' && o.output.type === 'get') note(o.input.key, o.output.kv, o.return);
+    if (o.input.type === 'txn' && o.output.type === 'txn') {
+      const branch = o.output.succeeded ? o.input.success : o.input.failure;
+      o.output.results.forEach((r, i) => {
+        const bop = branch[i];
+        if (r.type === 'get' && bop?.type === 'get') note(bop.key, r.kv, o.return);
+      });
+    }
+  }
+  return history.map((o) => {
+    if (o.output) return o;
+    const i = o.input;
+    if (i.type === 'put') {
+      const s = seen.get(`${i.key}\u0000${i.value}`);
+      if (s) return { ...o, output: { type: 'put', revision: s.mod }, return: Math.max(o.call, s.ret) };
+    }
+    if (i.type === 'txn' && i.success.length === 1 && i.success[0]!.type === 'put') {
+      const p = i.success[0]!;
+      const s = seen.get(`${p.key}\u0000${p.value}`);
+      if (s)
+        return {
+          ...o,
+          output: { type: 'txn', revision: s.mod, succeeded: true, results: [{ type: 'put' }] },
+          return: Math.max(o.call, s.ret),
+        };
+    }
+    return o;
+  });
+}
