@@ -230,7 +230,7 @@ describe('linearizability checker: generated histories', () => {
   it('a 10,000-operation history with 2 % unknown outcomes is never called illegal (time printed)', () => {
     const h = resolveObservedWrites(synthesize({ seed: 11, ops: 10_000, unknownRate: 0.02 }));
     const unknown = h.filter((o) => o.output === undefined).length;
-    const r = checkOperations(etcdModel, h, { timeoutMs: 8000 });
+    const r = checkOperations(etcdModel, h, { timeoutMs: 4000 });
     console.log(
       `checker: ${h.length} ops (${unknown} still unknown) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
     );
