@@ -224,16 +224,20 @@ describe('linearizability checker: generated histories', () => {
     expect(r.result).toBe('ok');
   });
 
-  // The 2 % target is not met yet: ambiguous unknown writes (two in flight, either may have taken
-  // a revision) make the search backtrack over wide windows. The history is linearizable by
-  // construction, so 'illegal' would be a checker bug; 'unknown' (time limit) is reported.
-  it('a 10,000-operation history with 2 % unknown outcomes is never called illegal (time printed)', () => {
-    const h = resolveObservedWrites(synthesize({ seed: 11, ops: 10_000, unknownRate: 0.02 }));
+  // The target: 10,000 operations, 8 clients, 10 keys, 2 % unknown outcomes, checked in under
+  // 10 s (the checker's own limit: past it the answer is 'unknown', and the test fails). Unknown
+  // writes that a later read saw are resolved first, as etcd's robustness tests patch theirs.
+  it('checks a 10,000-operation history with 2 % unknown outcomes in under 10 s', () => {
+    const raw = synthesize({ seed: 11, ops: 10_000, clients: 8, keys: 10, unknownRate: 0.02 });
+    const rawUnknown = raw.filter((o) => o.output === undefined).length;
+    expect(rawUnknown / raw.length).toBeLessThanOrEqual(0.02);
+    expect(rawUnknown / raw.length).toBeGreaterThan(0.01);
+    const h = resolveObservedWrites(raw);
     const unknown = h.filter((o) => o.output === undefined).length;
-    const r = checkOperations(etcdModel, h, { timeoutMs: 4000 });
+    const r = checkOperations(etcdModel, h, { timeoutMs: 10_000 });
     console.log(
-      `checker: ${h.length} ops (${unknown} still unknown) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
+      `checker: ${h.length} ops (${rawUnknown} unknown, ${unknown} after resolution) → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`,
     );
-    expect(r.result).not.toBe('illegal');
+    expect(r.result).toBe('ok');
   }, 20_000);
 });

@@ -263,7 +263,11 @@ function checkPartition<S, I, O>(
       if (cacheSize > cacheEntriesMax)
         return { result: 'unknown', reason: `memo cache passed ${cacheEntriesMax} configurations` };
     }
-    if (idx < cur.cands.length) {
+    // A focused search tries only the latest `focusRecentMax` unknown candidates: unknown writes
+    // that never took effect stay pending to the end and would otherwise be retried at every
+    // dead end. An older one that did take effect late is found by the complete search.
+    const end = focused ? Math.min(cur.cands.length, cur.known + focusRecentMax) : cur.cands.length;
+    if (idx < end) {
       const entry = cur.cands[idx]!;
       const op = ops[entry.id]!;
       const next = model.step(state, op.input, op.output);
