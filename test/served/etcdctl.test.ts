@@ -19,6 +19,9 @@ const hasEtcdctl = (() => {
 
 let c: ServedCluster;
 
+/** How long `member list` may take to show every peer's client URLs after start. */
+const memberUrlsWaitMs = 20_000;
+
 function ctl(...args: string[]): string {
   return execFileSync('etcdctl', ['--endpoints', c.endpoints.join(','), '--command-timeout=10s', ...args], {
     env: { ...process.env, ETCDCTL_API: '3' },
@@ -46,12 +49,20 @@ describe.skipIf(!hasEtcdctl)('etcdctl against conclave serve', () => {
     const expected = c.members.map((m) => memberIdOf([`http://127.0.0.1:${m.peerPort}`], c.token));
     expect([...ids].sort()).toEqual([...expected].sort());
     expect(uints(out, 'cluster_id')[0]).toBe(clusterIdOf(expected));
-    const text = ctl('member', 'list');
-    for (const m of c.members)
-      expect(text).toMatch(
+    // A member learns its peers' client URLs from them after start (as etcd publishes each member's
+    // attributes once it runs), so the list may lack them for a moment: wait, bounded.
+    const rows = c.members.map(
+      (m) =>
         new RegExp(`started, ${m.name}, http://127.0.0.1:${m.peerPort}, http://127.0.0.1:${m.clientPort}`),
-      );
-  });
+    );
+    const until = performance.now() + memberUrlsWaitMs;
+    let text = ctl('member', 'list');
+    while (!rows.every((r) => r.test(text)) && performance.now() < until) {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+      text = ctl('member', 'list');
+    }
+    for (const r of rows) expect(text).toMatch(r);
+  }, 60_000);
 
   it('etcdctl — endpoint status: one leader all members agree on, one term; endpoint health: all healthy', () => {
     const out = ctl('endpoint', 'status', '-w', 'json');
