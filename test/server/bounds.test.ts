@@ -75,7 +75,7 @@ describe('bounds of the served client API', () => {
   }, 180_000);
 
   it('a stream that stops reading: its watch resyncs from history and delivers every event in order', async () => {
-    const s = await serve({ watchBufferBatchesMax: 4 });
+    const s = await serve({ watchBufferBatchesMax: 4, watchSendBytesMax: 256 * 1024 });
     const r = client();
     const w = r.watch();
     w.send({ createRequest: { key: b('slow/'), rangeEnd: b('slow0') } });
@@ -96,7 +96,7 @@ describe('bounds of the served client API', () => {
   }, 60_000);
 
   it('a stream closed while the server waits for it to drain is released', async () => {
-    const s = await serve({ watchBufferBatchesMax: 4 });
+    const s = await serve({ watchBufferBatchesMax: 4, watchSendBytesMax: 256 * 1024 });
     const r = client();
     const w = r.watch();
     w.send({ createRequest: { key: b('stuck/'), rangeEnd: b('stuck0') } });

@@ -35,6 +35,8 @@ export interface ContextOptions {
   readonly watchesPerStreamMax: number;
   /** Batches a served watch buffers for a slow stream before it is resynced from history. */
   readonly watchBufferBatchesMax: number;
+  /** Bytes of responses a Watch stream queues for HTTP/2 before its watches wait for half. */
+  readonly watchSendBytesMax: number;
   /** Requests received on one stream and not yet handled before the stream stops reading. */
   readonly streamRequestsPendingMax: number;
 }

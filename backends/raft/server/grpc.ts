@@ -59,6 +59,8 @@ export interface ClientServerOptions {
   watchesPerStreamMax?: number;
   /** Batches one served watch buffers while its stream is not writable, before a resync. */
   watchBufferBatchesMax?: number;
+  /** Bytes of responses one Watch stream queues for HTTP/2 before its watches wait (about). */
+  watchSendBytesMax?: number;
   /** Requests queued on one stream before it stops reading. */
   streamRequestsPendingMax?: number;
   /** etcd's --experimental-watch-progress-notify-interval (default 10 min; at least 100 ms). */
@@ -94,6 +96,7 @@ export const clientServerDefaults = {
   streamsMax: 10_000,
   watchesPerStreamMax: limits.watchesPerStreamMax,
   watchBufferBatchesMax: 128,
+  watchSendBytesMax: 4 * 1024 * 1024,
   streamRequestsPendingMax: 1024,
   progressNotifyIntervalMs: 10 * 60_000,
   leaderCheckIntervalMs: 1000,
@@ -166,6 +169,7 @@ export async function startClientServer(
     streamsMax: opts.streamsMax ?? d.streamsMax,
     watchesPerStreamMax: opts.watchesPerStreamMax ?? d.watchesPerStreamMax,
     watchBufferBatchesMax: opts.watchBufferBatchesMax ?? d.watchBufferBatchesMax,
+    watchSendBytesMax: opts.watchSendBytesMax ?? d.watchSendBytesMax,
     streamRequestsPendingMax: opts.streamRequestsPendingMax ?? d.streamRequestsPendingMax,
   };
   const ctx = new ServerContext(backend, o);

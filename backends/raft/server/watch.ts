@@ -20,8 +20,9 @@
  * - `fragment`: a response larger than max-request-bytes + 512 KiB is split, each part but the
  *   last flagged `fragment` (etcd's sendFragments).
  *
- * Slow consumers: a write the stream cannot take (grpc-js `write` returns false) pauses every
- * watch of the stream until 'drain'; meanwhile each watch's KV buffer fills to
+ * Slow consumers: past `watchSendBytesMax` bytes handed to grpc-js and not yet written to HTTP/2
+ * (the client's flow-control window is full), every watch of the stream pauses until half are;
+ * meanwhile each watch's KV buffer fills to
  * `watchBufferBatchesMax` batches, and a watch that overflows it is resynced from history at its
  * first undelivered revision — etcd's "victim"/unsynced catch-up — or canceled with
  * `compact_revision` when that revision was compacted meanwhile. Memory per stream is bounded by
@@ -94,9 +95,11 @@ export class WatchStream implements OpenStream {
   readonly #requests: PbWatchRequest[] = [];
   #handling = false;
   #readPaused = false;
-  /** Set while grpc-js buffers more than its high-water mark: senders wait for 'drain'. */
+  /** Bytes handed to grpc-js and not yet taken by HTTP/2 (bounded by `watchSendBytesMax`). */
+  #queuedBytes = 0;
+  /** Set while more than `watchSendBytesMax` bytes are queued: senders wait until half are sent. */
   #drain: Promise<void> | undefined;
-  /** Resolves `#drain`: on 'drain', or when the stream closes (its senders then see `#done`). */
+  /** Resolves `#drain`: when the queue is half sent, or the stream closes (senders see `#done`). */
   #drained: (() => void) | undefined;
   #progressWanted = false;
   #done = false;
@@ -106,6 +109,7 @@ export class WatchStream implements OpenStream {
     this.#call = call;
     this.#sizeOf = sizeOf;
     this.requireLeader = requiresLeader(call.metadata);
+    writeBuffered(call);
     call.on('data', (req: PbWatchRequest) => this.#onRequest(req));
     // A client that half-closes keeps receiving (etcd's recvLoop ends, the send loop does not).
     call.on('end', () => undefined);
@@ -182,19 +186,34 @@ export class WatchStream implements OpenStream {
     }
   }
 
-  async #send(msg: object): Promise<void> {
+  /**
+   * Hands `msg` (about `bytes` long) to grpc-js without waiting for it to be written, so the
+   * watches of a stream do not take turns per message. Past `watchSendBytesMax` bytes not yet
+   * taken by HTTP/2, senders wait until half of it is: a client that stops reading stalls its
+   * stream's watches (which then buffer, and resync from history) at a bounded cost.
+   *
+   * Not the Writable's own back-pressure: grpc-js's high-water mark is 16 messages, and a watch
+   * stream sends one message per watch per revision (etcd's wire format), so 100 watches on one
+   * key would wait for 'drain' on every revision — each wait the whole queue written one message
+   * at a time — and fall seconds behind at 100 writes/s.
+   */
+  async #send(msg: object, bytes = smallResponseBytes): Promise<void> {
     while (this.#drain) await this.#drain;
     if (this.#done) return;
-    if (!this.#call.write(msg)) {
-      this.#drain ??= new Promise<void>((resolve) => {
+    this.#queuedBytes += bytes;
+    this.#call.write(msg, () => {
+      this.#queuedBytes -= bytes;
+      if (this.#drained && this.#queuedBytes <= this.#ctx.o.watchSendBytesMax / 2) {
+        const resolve = this.#drained;
+        this.#drain = undefined;
+        this.#drained = undefined;
+        resolve();
+      }
+    });
+    if (this.#queuedBytes > this.#ctx.o.watchSendBytesMax && !this.#drain)
+      this.#drain = new Promise<void>((resolve) => {
         this.#drained = resolve;
-        this.#call.once('drain', () => {
-          this.#drain = undefined;
-          this.#drained = undefined;
-          resolve();
-        });
       });
-    }
   }
 
   /** `created` + `canceled` with watch ID -1: etcd's answer to a create it refused. */
@@ -355,9 +374,10 @@ export class WatchStream implements OpenStream {
     for (let i = 0; i < events.length; i++) events[i] = eventToPb(b.events[i]!);
     const msg = { header: this.#ctx.header(b.revision), watchId: w.id || undefined, events };
     w.sentSinceTick = true;
-    if (!w.fragment || events.length < 2) return this.#send(msg);
+    if (!w.fragment || events.length < 2) return this.#send(msg, batchBytes(b));
     const max = this.#ctx.o.maxRequestBytes + grpcOverheadBytes;
-    if (this.#sizeOf(msg) < max) return this.#send(msg);
+    const whole = this.#sizeOf(msg);
+    if (whole < max) return this.#send(msg, whole);
     // etcd's sendFragments: fill each part until the next event would reach the limit.
     let i = 0;
     while (i < events.length) {
@@ -379,6 +399,7 @@ export class WatchStream implements OpenStream {
         last
           ? { header: msg.header, watchId: w.id || undefined, events: part }
           : { header: msg.header, watchId: w.id || undefined, events: part, fragment: true },
+        size,
       );
       if (w.canceled || this.#done) return;
     }
@@ -406,3 +427,53 @@ export class WatchStream implements OpenStream {
 }
 
 const ZERO = new Uint8Array([0]);
+
+/** What a response without events counts against `watchSendBytesMax` (header and IDs). */
+const smallResponseBytes = 64;
+
+/** About the encoded size of a batch's response (counted against `watchSendBytesMax`). */
+function batchBytes(b: WatchBatch): number {
+  let n = smallResponseBytes;
+  for (const e of b.events) {
+    n += 48 + e.kv.key.length + e.kv.value.length;
+    if (e.prevKv) n += 48 + e.prevKv.key.length + e.prevKv.value.length;
+  }
+  return n;
+}
+
+type WriteCallback = (err?: Error | null) => void;
+interface StreamWrites {
+  _write(chunk: unknown, encoding: BufferEncoding, cb: WriteCallback): void;
+  _writev?(chunks: { chunk: unknown; encoding: BufferEncoding }[], cb: WriteCallback): void;
+}
+
+/**
+ * Lets a server stream hand every message queued behind a write in flight to HTTP/2 at once.
+ *
+ * Why: grpc-js's server stream is a Node Writable with only `_write`, and `_write` calls back when
+ * the HTTP/2 stream has taken the message off to the socket: the Writable passes one message at a
+ * time, each a turn of the event loop. A watch stream sends one response per watch per revision
+ * (etcd's wire format has one watch ID per response), so 100 watches on a key written 100 times a
+ * second are 10,000 messages a second, one per loop turn: on a busy member that fell seconds
+ * behind (watch delivery p50 ~2 s where etcd, whose gRPC server coalesces frames into one socket
+ * write, delivers in ms). With `_writev` the Writable passes everything queued meanwhile in one
+ * call; each message goes to grpc-js's `_write` at once (it serializes and writes it to the HTTP/2
+ * stream, which queues and writes them together), and the batch calls back when the last one has.
+ * Back-pressure is unchanged: `write` still returns false past the Writable's high-water mark.
+ */
+export function writeBuffered(call: object): void {
+  const s = call as StreamWrites;
+  if (typeof s._write !== 'function' || s._writev !== undefined) return;
+  s._writev = (chunks, cb) => {
+    let left = chunks.length;
+    let failed = false;
+    const one: WriteCallback = (err) => {
+      if (failed) return;
+      if (err) {
+        failed = true;
+        cb(err);
+      } else if (--left === 0) cb();
+    };
+    for (const c of chunks) s._write.call(s, c.chunk, c.encoding, one);
+  };
+}
