@@ -149,15 +149,18 @@ describe('watch hub scale', () => {
     // O(W) matching made this ~1000x slower; O(log W) leaves it within noise of the first figure.
     expect(after).toBeLessThan(Math.max(before * 4, before + 50));
     // Registration: the last chunks (near 100k watchers) cost about what the first ones did.
+    const chunkFloorMs = 60;
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-    expect(median(chunkMs.slice(-10))).toBeLessThan(Math.max(median(chunkMs.slice(1, 11)) * 5, 20));
+    // The 60 ms floor absorbs GC pauses on a loaded machine; a chunk of 1,000 O(W) registrations
+    // near 100k watchers costs ~10^8 steps, well above it.
+    expect(median(chunkMs.slice(-10))).toBeLessThan(Math.max(median(chunkMs.slice(1, 11)) * 5, chunkFloorMs));
     const closeMs: number[] = [];
     for (let i = 0; i < ws.length; i += chunk) {
       const t0 = performance.now();
       for (const w of ws.slice(i, i + chunk)) await w.close();
       closeMs.push(performance.now() - t0);
     }
-    expect(median(closeMs.slice(0, 10))).toBeLessThan(Math.max(median(closeMs.slice(-10)) * 5, 20));
+    expect(median(closeMs.slice(0, 10))).toBeLessThan(Math.max(median(closeMs.slice(-10)) * 5, chunkFloorMs));
     expect(s.hub.size).toBe(1);
     // Every write reached the one watcher that watches them.
     let events = 0;
