@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
 import { ServerContext } from '../../backends/raft/server/context.js';
 import { clientServerDefaults } from '../../backends/raft/server/grpc.js';
-import { WatchStream } from '../../backends/raft/server/watch.js';
+import { WatchStream, writeBuffered } from '../../backends/raft/server/watch.js';
 import { embeddedBackend } from './harness.js';
 import { waitFor } from './raw.js';
 
@@ -24,6 +24,8 @@ class HeldCall extends Duplex {
   readonly written: Record<string, unknown>[] = [];
   readonly #held: Array<() => void> = [];
   holding = false;
+  /** Messages passed to `_write` (to HTTP/2, in a real call). */
+  taken = 0;
 
   constructor() {
     super({ objectMode: true });
@@ -35,6 +37,7 @@ class HeldCall extends Duplex {
   }
 
   override _write(_m: unknown, _e: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.taken++;
     if (this.holding) this.#held.push(() => cb());
     else setImmediate(cb);
   }
@@ -96,6 +99,24 @@ describe('watch stream sending', () => {
     await waitFor(() => events().length >= 2 * watches, 10_000, 'the next put to every watch');
     call.destroy();
   }, 30_000);
+
+  it('messages queued behind a write in flight go to the transport together, not one per write', async () => {
+    const call = new HeldCall();
+    writeBuffered(call);
+    call.holding = true;
+    for (let i = 0; i < 50; i++) call.write({ i });
+    expect(call.taken).toBe(1);
+    // Completing the first write hands the 49 queued behind it over at once (grpc-js's Writable
+    // has no _writev of its own: it would pass one, then wait for that one to be written).
+    call.release();
+    call.holding = true;
+    await new Promise((r) => setImmediate(r));
+    expect(call.taken).toBe(50);
+    call.release();
+    await new Promise((r) => setImmediate(r));
+    expect(call.writableLength).toBe(0);
+    call.destroy();
+  });
 
   it('past watchSendBytesMax queued, watches wait until half is written, then go on', async () => {
     cluster = await startCluster({ nodes: 3 });

@@ -444,7 +444,7 @@ function batchBytes(b: WatchBatch): number {
 type WriteCallback = (err?: Error | null) => void;
 interface StreamWrites {
   _write(chunk: unknown, encoding: BufferEncoding, cb: WriteCallback): void;
-  _writev?(chunks: { chunk: unknown; encoding: BufferEncoding }[], cb: WriteCallback): void;
+  _writev?: ((chunks: { chunk: unknown; encoding: BufferEncoding }[], cb: WriteCallback) => void) | null;
 }
 
 /**
@@ -463,7 +463,7 @@ interface StreamWrites {
  */
 export function writeBuffered(call: object): void {
   const s = call as StreamWrites;
-  if (typeof s._write !== 'function' || s._writev !== undefined) return;
+  if (typeof s._write !== 'function' || typeof s._writev === 'function') return;
   s._writev = (chunks, cb) => {
     let left = chunks.length;
     let failed = false;
