@@ -1,10 +1,12 @@
 /**
- * Watch delivery on a `conclave serve` cluster under the bench's watch load: 100
+ * Watch delivery on a `conclave serve` cluster under half the bench's watch load: 100
  * watches on one key through Conclave's etcd client (one multiplexed Watch stream: one response
  * per watch per revision), a producer putting on a fixed timetable. Every watch gets every put,
  * and the put → event p50 stays far below the seconds a member took when its watches waited for
- * grpc-js's 'drain' on every revision and grpc-js passed one message at a time to HTTP/2
- * (test/server/watch-send.test.ts checks both exactly).
+ * grpc-js's 'drain' on every revision and grpc-js passed one message at a time to HTTP/2.
+ * Half the rate and a generous bound, because a member at the bench's rate needs most of a core
+ * and this runs beside other test files on loaded CI machines: an end-to-end guard (every event
+ * delivered, no seconds of lag); test/server/watch-send.test.ts checks the sending itself exactly.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '../../src/connect.js';
@@ -12,16 +14,16 @@ import type { KV } from '../../src/kv.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 
 const watchers = 100;
-const putsPerSec = 100;
-const puts = 400;
+const putsPerSec = 50;
+const puts = 250;
 /**
  * Puts not measured: a fresh process's first second of thousands of messages a second (JIT, the first
  * HTTP/2 traffic) runs ~100 ms behind before it catches up, on etcd too (see bench/phases/watch.ts).
  */
-const warmupPuts = 150;
+const warmupPuts = 75;
 /** Events still missing this long after the last put fail the test. */
 const drainMs = 10_000;
-const p50BoundMs = 200;
+const p50BoundMs = 500;
 
 let c: ServedCluster | undefined;
 let kv: KV | undefined;
