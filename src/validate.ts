@@ -1,12 +1,12 @@
 /**
  * Argument validation shared by every backend, so each public call rejects bad input with a
- * message naming the argument (issue: "Bad input"). Programmer mistakes of type are `TypeError`;
- * values out of range are `ConclaveError('invalid-argument')`.
+ * message naming the argument: wrong types and values out of range are both
+ * `ConclaveError('invalid-argument')`.
  */
 import { ConclaveError, ErrorCode, invalidArgument } from './errors.js';
 import { describe, toBytes } from './keys.js';
 import { limits } from './limits.js';
-import type { Bytes, CallOptions, Compare, Op, Txn } from './types.js';
+import type { Bytes, CallOptions, Compare, DeleteOptions, Op, RangeOptions, Txn } from './types.js';
 
 export function checkBytes(name: string, v: unknown): Uint8Array {
   if (typeof v !== 'string' && !(v instanceof Uint8Array)) {
@@ -35,6 +35,18 @@ export function checkRevision(name: string, v: unknown, opts: { allowZero?: bool
   if (v < 0 || (v === 0 && opts.allowZero === false))
     invalidArgument(name, `must be ${opts.allowZero === false ? '> 0' : '>= 0'}, got ${v}`);
   return v;
+}
+
+/** The key and selector options of a range or delete request (a single key must be non-empty). */
+export function checkRangeArgs(key: Bytes, o: RangeOptions | DeleteOptions): void {
+  checkBytes('key', key);
+  if (!o.prefix && !o.fromKey && o.end === undefined) checkKey('key', key);
+  const r = o as RangeOptions;
+  if (r.limit !== undefined) checkNonNegativeInt('limit', r.limit);
+  if (r.revision !== undefined) checkRevision('revision', r.revision);
+  for (const f of ['minModRevision', 'maxModRevision', 'minCreateRevision', 'maxCreateRevision'] as const) {
+    if (r[f] !== undefined) checkRevision(f, r[f]);
+  }
 }
 
 export function checkNonNegativeInt(name: string, v: unknown): number {

@@ -50,9 +50,9 @@ import {
   checkBytes,
   checkKey,
   checkLeaseId,
-  checkNonNegativeInt,
   checkOptionsObject,
   checkPutOptions,
+  checkRangeArgs,
   checkRevision,
   checkSignal,
   checkTtl,
@@ -570,17 +570,6 @@ export class MemberKV implements KV {
     }
   }
 
-  #checkRange(key: Bytes, o: RangeOptions | DeleteOptions): void {
-    checkBytes('key', key);
-    if (!o.prefix && !o.fromKey && o.end === undefined) checkKey('key', key);
-    const r = o as RangeOptions;
-    if (r.limit !== undefined) checkNonNegativeInt('limit', r.limit);
-    if (r.revision !== undefined) checkRevision('revision', r.revision);
-    for (const f of ['minModRevision', 'maxModRevision', 'minCreateRevision', 'maxCreateRevision'] as const) {
-      if (r[f] !== undefined) checkRevision(f, r[f]);
-    }
-  }
-
   async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
     this.#open(o);
     checkKey('key', key);
@@ -591,7 +580,7 @@ export class MemberKV implements KV {
 
   async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
     this.#open(o);
-    this.#checkRange(key, o);
+    checkRangeArgs(key, o);
     await this.#read(o);
     return this.#m.node.store.range(key, o);
   }
@@ -608,7 +597,7 @@ export class MemberKV implements KV {
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
-    this.#checkRange(key, o);
+    checkRangeArgs(key, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'delete', key: toBytes(key), opts }, o.signal);
   }

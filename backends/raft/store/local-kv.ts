@@ -32,9 +32,9 @@ import {
   checkBytes,
   checkKey,
   checkLeaseId,
-  checkNonNegativeInt,
   checkOptionsObject,
   checkPutOptions,
+  checkRangeArgs,
   checkRevision,
   checkSignal,
   checkTtl,
@@ -121,17 +121,6 @@ export class LocalKV implements KV {
     o?.signal?.throwIfAborted();
   }
 
-  #checkRange(key: Bytes, o: RangeOptions | DeleteOptions): void {
-    checkBytes('key', key);
-    if (!o.prefix && !o.fromKey && o.end === undefined) checkKey('key', key);
-    const r = o as RangeOptions;
-    if (r.limit !== undefined) checkNonNegativeInt('limit', r.limit);
-    if (r.revision !== undefined) checkRevision('revision', r.revision);
-    for (const f of ['minModRevision', 'maxModRevision', 'minCreateRevision', 'maxCreateRevision'] as const) {
-      if (r[f] !== undefined) checkRevision(f, r[f]);
-    }
-  }
-
   async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
     this.#open(o);
     checkKey('key', key);
@@ -141,7 +130,7 @@ export class LocalKV implements KV {
 
   async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
     this.#open(o);
-    this.#checkRange(key, o);
+    checkRangeArgs(key, o);
     return this.store.range(key, o);
   }
 
@@ -159,7 +148,7 @@ export class LocalKV implements KV {
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
-    this.#checkRange(key, o);
+    checkRangeArgs(key, o);
     const { signal: _s, ...opts } = o;
     encodeRequest({ id: '', op: 'delete', key: toBytes(key), opts }, this.#limits);
     return this.store.applyDelete(key, o);
