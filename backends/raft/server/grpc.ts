@@ -221,6 +221,49 @@ export async function startClientServer(
     return true;
   };
 
+  /**
+   * Answers an admitted call from `work`, counted in `inflight` until it settles: the body
+   * `toBody` makes of its result, or etcd's code and text for any failure, including one thrown
+   * while converting the request. `toBody` functions are made once here, not per request.
+   */
+  const answer = async <R>(
+    cb: grpc.sendUnaryData<object>,
+    work: () => Promise<R>,
+    toBody: (r: R) => object,
+  ): Promise<void> => {
+    ctx.inflight++;
+    try {
+      cb(null, toBody(await work()));
+    } catch (err) {
+      fail(cb, ctx.failure(err));
+    } finally {
+      ctx.inflight--;
+    }
+  };
+  /** A KV body with the header at the revision its result names. */
+  const withHeader =
+    <R extends { revision: number }>(body: (r: R) => { header?: unknown }) =>
+    (r: R): object => {
+      const b = body(r);
+      b.header = ctx.header(r.revision);
+      return b;
+    };
+  const rangeAnswer = withHeader(rangeBody);
+  const putAnswer = withHeader(putBody);
+  const deleteAnswer = withHeader(deleteBody);
+  const txnAnswer = withHeader(txnBody);
+  const currentHeaderAnswer = (): object => ({ header: ctx.currentHeader() });
+  const revokeAnswer = (r: { revision: number }): object => ({ header: ctx.header(r.revision) });
+  const grantAnswer = (g: { id: bigint; ttlSeconds: number }): object => ({
+    header: ctx.currentHeader(),
+    ID: wire64(g.id),
+    TTL: g.ttlSeconds,
+  });
+  const leasesAnswer = (ids: readonly bigint[]): object => ({
+    header: ctx.currentHeader(),
+    leases: ids.map((id) => ({ ID: wire64(id) })),
+  });
+
   // ---- KV ------------------------------------------------------------------------------------
 
   const T = {
@@ -262,17 +305,7 @@ export async function startClientServer(
     const r = call.request;
     const key = bytesOf(r.key);
     if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
-    ctx.inflight++;
-    try {
-      const res = await kv.range(key, rangeOptions(r));
-      const body = rangeBody(res);
-      body.header = ctx.header(res.revision);
-      cb(null, body);
-    } catch (err) {
-      fail(cb, ctx.failure(err));
-    } finally {
-      ctx.inflight--;
-    }
+    return answer(cb, () => kv.range(key, rangeOptions(r)), rangeAnswer);
   }) as Handler);
 
   unary(
@@ -290,17 +323,7 @@ export async function startClientServer(
       if (r.ignoreLease && lease !== 0n) return fail(cb, etcdErrors.leaseProvided);
       // The contract has no negative lease ids; etcd has none it would find either.
       if (lease < 0n) return fail(cb, etcdErrors.leaseNotFound);
-      ctx.inflight++;
-      try {
-        const res = await kv.put(key, value, putOptions(r));
-        const body = putBody(res);
-        body.header = ctx.header(res.revision);
-        cb(null, body);
-      } catch (err) {
-        fail(cb, ctx.failure(err));
-      } finally {
-        ctx.inflight--;
-      }
+      return answer(cb, () => kv.put(key, value, putOptions(r)), putAnswer);
     }) as Handler,
     true,
   );
@@ -314,17 +337,7 @@ export async function startClientServer(
       const r = call.request;
       const key = bytesOf(r.key);
       if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
-      ctx.inflight++;
-      try {
-        const res = await kv.delete(key, deleteOptions(r));
-        const body = deleteBody(res);
-        body.header = ctx.header(res.revision);
-        cb(null, body);
-      } catch (err) {
-        fail(cb, ctx.failure(err));
-      } finally {
-        ctx.inflight--;
-      }
+      return answer(cb, () => kv.delete(key, deleteOptions(r)), deleteAnswer);
     }) as Handler,
     true,
   );
@@ -338,17 +351,7 @@ export async function startClientServer(
       const r = call.request;
       const refused = checkTxnRequest(r, o.maxTxnOps);
       if (refused) return fail(cb, refused);
-      ctx.inflight++;
-      try {
-        const res = await kv.txn(txnOf(r));
-        const body = txnBody(res);
-        body.header = ctx.header(res.revision);
-        cb(null, body);
-      } catch (err) {
-        fail(cb, ctx.failure(err));
-      } finally {
-        ctx.inflight--;
-      }
+      return answer(cb, () => kv.txn(txnOf(r)), txnAnswer);
     }) as Handler,
     true,
   );
@@ -362,15 +365,11 @@ export async function startClientServer(
     // etcd (mvcc kvstore.compact): a revision at or below the compacted one (0 and negatives
     // included) is "compacted"; one above the current revision is "future revision".
     if (rev <= 0) return fail(cb, etcdErrors.compacted);
-    ctx.inflight++;
-    try {
-      await kv.compact(rev, call.request.physical ? { physical: true } : {});
-      cb(null, { header: ctx.currentHeader() });
-    } catch (err) {
-      fail(cb, ctx.failure(err));
-    } finally {
-      ctx.inflight--;
-    }
+    return answer(
+      cb,
+      () => kv.compact(rev, call.request.physical ? { physical: true } : {}),
+      currentHeaderAnswer,
+    );
   }) as Handler);
 
   // ---- Watch ---------------------------------------------------------------------------------
@@ -420,15 +419,7 @@ export async function startClientServer(
           code: grpc.status.INVALID_ARGUMENT,
           details: 'etcdserver: lease ID must be positive (this server does not grant negative IDs)',
         });
-      ctx.inflight++;
-      try {
-        const g = await kv.lease.grant(Math.max(1, ttl), id === 0n ? {} : { id });
-        cb(null, { header: ctx.currentHeader(), ID: wire64(g.id), TTL: g.ttlSeconds });
-      } catch (err) {
-        fail(cb, ctx.failure(err));
-      } finally {
-        ctx.inflight--;
-      }
+      return answer(cb, () => kv.lease.grant(Math.max(1, ttl), id === 0n ? {} : { id }), grantAnswer);
     }) as Handler,
     true,
   );
@@ -441,15 +432,7 @@ export async function startClientServer(
     const id = big(call.request.ID);
     // etcd: no lease has ID 0 (NoLease) or a negative one: "requested lease not found".
     if (id <= 0n) return fail(cb, etcdErrors.leaseNotFound);
-    ctx.inflight++;
-    try {
-      const r = await kv.lease.revoke(id);
-      cb(null, { header: ctx.header(r.revision) });
-    } catch (err) {
-      fail(cb, ctx.failure(err));
-    } finally {
-      ctx.inflight--;
-    }
+    return answer(cb, () => kv.lease.revoke(id), revokeAnswer);
   }) as Handler);
 
   unary('/etcdserverpb.Lease/LeaseTimeToLive', T.LeaseTimeToLiveRequest, T.LeaseTimeToLiveResponse, (async (
@@ -487,15 +470,7 @@ export async function startClientServer(
     cb: grpc.sendUnaryData<object>,
   ) => {
     if (!admit(call, cb)) return;
-    ctx.inflight++;
-    try {
-      const ids = await kv.lease.list();
-      cb(null, { header: ctx.currentHeader(), leases: ids.map((id) => ({ ID: wire64(id) })) });
-    } catch (err) {
-      fail(cb, ctx.failure(err));
-    } finally {
-      ctx.inflight--;
-    }
+    return answer(cb, () => kv.lease.list(), leasesAnswer);
   }) as Handler);
 
   server.register(
