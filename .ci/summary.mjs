@@ -14,8 +14,10 @@ let passed = 0;
 let failed = 0;
 let skipped = 0;
 for (const file of report.testResults ?? []) {
-  // A file that failed to load has no assertions but is still a failure.
-  if (file.status === 'failed' && (file.assertionResults ?? []).length === 0) failed++;
+  // A file that failed outside its tests (failed to load, or a beforeAll/afterAll hook threw, so
+  // its tests were skipped) has no failed assertion but is still a failure.
+  const asserts = file.assertionResults ?? [];
+  if (file.status === 'failed' && !asserts.some((t) => t.status === 'failed')) failed++;
   for (const t of file.assertionResults ?? []) {
     if (t.status === 'passed') passed++;
     else if (t.status === 'failed') failed++;

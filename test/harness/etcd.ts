@@ -36,15 +36,41 @@ process.once('exit', () => {
   for (const c of children) c.kill('SIGKILL');
 });
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Ports for servers that a test starts as separate processes (etcd, `conclave serve`): the port is
+ * chosen here and bound later by the child, so it must not be one the kernel may hand out in the
+ * meantime. Port 0 (what a listener asks for when it binds at once) draws from the ephemeral range
+ * (32768–60999 on Linux), which every outgoing connection of every parallel test also draws from:
+ * a port released by a probe can become the local port of some client socket before the child
+ * binds it ("address in use"). So ports come from below that range, a separate slice per vitest
+ * worker (VITEST_POOL_ID) so parallel workers never pick the same one, never twice in one process,
+ * and each is checked bindable on 127.0.0.1 before it is returned.
+ */
+const portBase = 20_000;
+const portSliceSize = 1_500; // 8 slices: 20000–31999, all below the ephemeral range
+const portSlices = 8;
+const portsGiven = new Set<number>();
+
+export async function freePort(): Promise<number> {
+  const pool = Number(process.env.VITEST_POOL_ID ?? process.pid) % portSlices;
+  const start = portBase + pool * portSliceSize;
+  for (let attempt = 0; attempt < portSliceSize; attempt++) {
+    const port = start + Math.floor(Math.random() * portSliceSize);
+    if (portsGiven.has(port)) continue;
+    if (await bindable(port)) {
+      portsGiven.add(port);
+      return port;
+    }
+  }
+  throw new Error(`freePort: no bindable port in ${start}–${start + portSliceSize - 1}`);
+}
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const s = createServer();
     s.unref();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
 }
 
