@@ -271,7 +271,21 @@ export class ServedCluster {
 }
 
 /** Starts a cluster of `conclave serve` processes (default 3) and waits for a leader. */
+/** Fresh ports and a fresh start when a member could not bind its ports (another process took one). */
+const startAttemptsMax = 3;
+
 export async function startServed(opts: StartServedOptions = {}): Promise<ServedCluster> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startServedOnce(opts);
+    } catch (err) {
+      const busy = /cannot listen|EADDRINUSE|No address added/.test(String(err));
+      if (!busy || attempt >= startAttemptsMax) throw err;
+    }
+  }
+}
+
+async function startServedOnce(opts: StartServedOptions): Promise<ServedCluster> {
   const n = opts.members ?? 3;
   const dir = mkdtempSync(join(tmpdir(), 'conclave-served-'));
   const members: ServedMember[] = [];
