@@ -33,6 +33,13 @@ import {
   readIdentity,
   writeIdentity,
 } from './server/ids.js';
+import {
+  checkTlsFlags,
+  peerTls,
+  type TlsFlags,
+  TlsMaterial,
+  tlsHandshakeTimeoutMsDefault,
+} from './server/tls.js';
 
 export const conclaveVersion = '0.1.0';
 
@@ -43,6 +50,8 @@ interface FlagSpec {
   readonly name: string;
   readonly default: string;
   readonly help: string;
+  /** A boolean flag: `--flag` alone means true, `--flag=false` turns it off (Go's flag package). */
+  readonly bool?: true;
 }
 
 /** Every flag of `conclave serve`, with etcd 3.4's defaults. */
@@ -87,6 +96,49 @@ export const serveFlags: readonly FlagSpec[] = [
     name: 'initial-cluster-token',
     default: defaultClusterToken,
     help: 'Initial cluster token (member and cluster IDs derive from it and the peer URLs).',
+  },
+  // TLS (etcd's names and meanings; server/tls.ts).
+  { name: 'cert-file', default: '', help: 'Path to the client server TLS cert file.' },
+  { name: 'key-file', default: '', help: 'Path to the client server TLS key file.' },
+  {
+    name: 'client-cert-auth',
+    default: 'false',
+    bool: true,
+    help: 'Enable client cert authentication (a certificate signed by --trusted-ca-file is required).',
+  },
+  { name: 'client-crl-file', default: '', help: 'Path to the client certificate revocation list file.' },
+  { name: 'trusted-ca-file', default: '', help: 'Path to the client server TLS trusted CA cert file.' },
+  {
+    name: 'auto-tls',
+    default: 'false',
+    bool: true,
+    help: 'Client TLS using a self-signed certificate made with openssl (encrypts only; for tests).',
+  },
+  { name: 'peer-cert-file', default: '', help: 'Path to the peer server TLS cert file.' },
+  { name: 'peer-key-file', default: '', help: 'Path to the peer server TLS key file.' },
+  {
+    name: 'peer-client-cert-auth',
+    default: 'false',
+    bool: true,
+    help: 'Enable peer client cert authentication.',
+  },
+  { name: 'peer-trusted-ca-file', default: '', help: 'Path to the peer server TLS trusted CA file.' },
+  {
+    name: 'peer-cert-allowed-cn',
+    default: '',
+    help: 'Allowed CN for inter-peer authentication (needs --peer-client-cert-auth).',
+  },
+  { name: 'peer-crl-file', default: '', help: 'Path to the peer certificate revocation list file.' },
+  {
+    name: 'peer-auto-tls',
+    default: 'false',
+    bool: true,
+    help: 'Peer TLS using a self-signed certificate made with openssl (encrypts only; for tests).',
+  },
+  {
+    name: 'tls-handshake-timeout',
+    default: String(tlsHandshakeTimeoutMsDefault),
+    help: 'Milliseconds a TLS handshake on a client or peer URL may take before it is closed (Conclave only).',
   },
   { name: 'heartbeat-interval', default: '100', help: 'Time (in milliseconds) of a heartbeat interval.' },
   { name: 'election-timeout', default: '1000', help: 'Time (in milliseconds) for an election to timeout.' },
@@ -137,6 +189,10 @@ export interface ServeConfig {
   readonly maxTxnOps: number;
   readonly quotaBackendBytes: number;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+  /** TLS on the client URLs and on the peer URL (server/tls.ts). */
+  readonly clientTls: TlsFlags;
+  readonly peerTls: TlsFlags;
+  readonly tlsHandshakeTimeoutMs: number;
   /** Flags that were set by an environment variable and overridden on the command line. */
   readonly shadowed: readonly string[];
 }
@@ -184,6 +240,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
       throw new UsageError(`conclave serve: unknown flag --${name} (see conclave serve --help)`);
     if (given.has(name)) throw usage(name, 'given twice');
     let value = m[2];
+    if (value === undefined && known.get(name)!.bool) value = 'true';
     if (value === undefined) {
       value = args[++i];
       if (value === undefined || /^--?[a-z]/.test(value)) throw usage(name, 'needs a value');
@@ -229,6 +286,13 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
   } as const;
   if (!(level in levels))
     throw usage('log-level', `"${level}" is not one of ${Object.keys(levels).join(', ')}`);
+  const bool = (flag: string): boolean => {
+    const v = get(flag);
+    // Go's strconv.ParseBool, which etcd's flags use.
+    if (['1', 't', 'T', 'true', 'TRUE', 'True'].includes(v)) return true;
+    if (['0', 'f', 'F', 'false', 'FALSE', 'False'].includes(v)) return false;
+    throw usage(flag, `"${v}" is not true or false`);
+  };
   const listenPeer = urlList('listen-peer-urls', get('listen-peer-urls'));
   if (listenPeer.length !== 1)
     throw usage('listen-peer-urls', 'one URL only (a member listens for peers on one address)');
@@ -239,13 +303,37 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
   } catch (err) {
     throw new UsageError(`conclave serve: ${(err as Error).message} (see conclave serve --help)`);
   }
+  const listenClientUrls = urlList('listen-client-urls', get('listen-client-urls'));
+  const initialAdvertisePeerUrls = urlList('initial-advertise-peer-urls', get('initial-advertise-peer-urls'));
+  const clientTls: TlsFlags = {
+    certFile: get('cert-file'),
+    keyFile: get('key-file'),
+    trustedCaFile: get('trusted-ca-file'),
+    clientCertAuth: bool('client-cert-auth'),
+    autoTls: bool('auto-tls'),
+    crlFile: get('client-crl-file'),
+  };
+  const peerTls: TlsFlags = {
+    certFile: get('peer-cert-file'),
+    keyFile: get('peer-key-file'),
+    trustedCaFile: get('peer-trusted-ca-file'),
+    clientCertAuth: bool('peer-client-cert-auth'),
+    autoTls: bool('peer-auto-tls'),
+    crlFile: get('peer-crl-file'),
+    allowedCn: get('peer-cert-allowed-cn'),
+  };
+  const tlsProblem =
+    checkTlsFlags('client', clientTls, listenClientUrls) ??
+    checkTlsFlags('peer', peerTls, [...listenPeer, ...initialAdvertisePeerUrls]);
+  if (tlsProblem !== undefined)
+    throw new UsageError(`conclave serve: ${tlsProblem} (see conclave serve --help)`);
   return {
     name,
     dataDir,
-    listenClientUrls: urlList('listen-client-urls', get('listen-client-urls')),
+    listenClientUrls,
     advertiseClientUrls: urlList('advertise-client-urls', get('advertise-client-urls')),
     listenPeerUrl: listenPeer[0]!,
-    initialAdvertisePeerUrls: urlList('initial-advertise-peer-urls', get('initial-advertise-peer-urls')),
+    initialAdvertisePeerUrls,
     initialCluster: get('initial-cluster'),
     initialClusterState: state,
     initialClusterToken: get('initial-cluster-token'),
@@ -256,6 +344,9 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     maxTxnOps,
     quotaBackendBytes: positiveInt('quota-backend-bytes', get('quota-backend-bytes'), 0),
     logLevel: levels[level as keyof typeof levels],
+    clientTls,
+    peerTls,
+    tlsHandshakeTimeoutMs: positiveInt('tls-handshake-timeout', get('tls-handshake-timeout')),
     shadowed,
   };
 }
@@ -334,7 +425,7 @@ function helpText(): string {
     'Flags:',
   ];
   for (const f of serveFlags) {
-    lines.push(`  --${f.name} '${f.default}'`);
+    lines.push(f.bool ? `  --${f.name} (default ${f.default})` : `  --${f.name} '${f.default}'`);
     lines.push(`      ${f.help} [env ${envName(f.name)}]`);
   }
   return lines.join('\n');
@@ -400,8 +491,10 @@ async function serve(c: ServeConfig): Promise<number> {
     log.warn({ flag: f, env: envName(f) }, 'the command-line flag overrides its environment variable');
   let identity: Identity;
   let member: Member;
+  let peerMaterial: TlsMaterial | undefined;
   try {
     identity = await resolveIdentity(c, log);
+    peerMaterial = await openPeerTls(c, identity, log);
     member = await Member.start({
       identity,
       dataDir: c.dataDir,
@@ -411,8 +504,14 @@ async function serve(c: ServeConfig): Promise<number> {
       snapshotEntries: c.snapshotCount,
       limits: { maxRequestBytes: c.maxRequestBytes, maxTxnOps: c.maxTxnOps },
       log,
+      ...(peerMaterial ? { peerTls: peerTls(peerMaterial, log, c.tlsHandshakeTimeoutMs) } : {}),
     });
   } catch (err) {
+    peerMaterial?.close();
+    if (ConclaveError.is(err, 'invalid-argument')) {
+      process.stderr.write(`conclave serve: ${err.message}\n`);
+      return 2;
+    }
     if (err instanceof UsageError) {
       process.stderr.write(`${err.message}\n`);
       return 2;
@@ -460,6 +559,28 @@ async function serve(c: ServeConfig): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+/**
+ * The peer TLS material when the peer URL is https:// (undefined for http://). Every member's peer
+ * URL in the identity must use the same scheme: a member dials its peers with its own material.
+ */
+async function openPeerTls(c: ServeConfig, id: Identity, log: pino.Logger): Promise<TlsMaterial | undefined> {
+  const https = c.listenPeerUrl.startsWith('https://');
+  for (const m of id.members)
+    for (const u of m.peerUrls)
+      if (u.startsWith('https://') !== https)
+        throw new UsageError(
+          `conclave serve: member "${m.name}" has peer URL ${u} but --listen-peer-urls is ${c.listenPeerUrl}: every member's peer URLs use one scheme`,
+        );
+  if (!https) return undefined;
+  return TlsMaterial.open({
+    side: 'peer',
+    flags: c.peerTls,
+    dataDir: c.dataDir,
+    hosts: [hostPort(c.listenPeerUrl).host, ...c.initialAdvertisePeerUrls.map((u) => hostPort(u).host)],
+    log,
   });
 }
 

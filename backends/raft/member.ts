@@ -64,7 +64,7 @@ import type { MemberBackend, MemberDescription, MemberInfo, RequestLimits } from
 import { hexId, type Identity, writeIdentity } from './server/ids.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { Reader, Writer } from './transport/codec.js';
-import { TcpTransport, type TransportLogger } from './transport/tcp.js';
+import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tcp.js';
 
 /** The etcd API version this member speaks (Maintenance.Status `version`). */
 export const memberVersion = '3.4.0';
@@ -92,6 +92,8 @@ export interface MemberOptions {
   readonly snapshotEntries?: number;
   readonly limits: RequestLimits;
   readonly log: TransportLogger;
+  /** TLS on peer connections (`https://` peer URLs). */
+  readonly peerTls?: PeerTls;
 }
 
 /** etcd's minimum lease TTL: ceil(1.5 × election timeout) in seconds. */
@@ -181,6 +183,7 @@ export class Member implements MemberBackend {
       peers,
       listen: o.listenPeer,
       log: o.log,
+      ...(o.peerTls ? { tls: o.peerTls } : {}),
     });
     await transport.listen();
     let storage: DiskStorage;

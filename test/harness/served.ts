@@ -85,6 +85,11 @@ export interface StartServedOptions {
   extraArgs?: string[];
   /** Wait until every member logs a leader (default true). */
   waitLeader?: boolean;
+  /** URL schemes of the client and peer URLs (default http; https needs TLS flags: `memberArgs`). */
+  clientScheme?: 'http' | 'https';
+  peerScheme?: 'http' | 'https';
+  /** Extra flags for member `i` (e.g. its own certificate). */
+  memberArgs?: (i: number) => string[];
 }
 
 export class ServedCluster {
@@ -100,7 +105,9 @@ export class ServedCluster {
     this.members = members;
     this.#o = o;
     this.minTtlSeconds = minTtlFor(o.heartbeatMs, o.electionTimeoutMs);
-    this.#initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
+    this.#initialCluster = members
+      .map((m) => `${m.name}=${o.peerScheme}://127.0.0.1:${m.peerPort}`)
+      .join(',');
   }
 
   /** `--initial-cluster-token` of this cluster (member IDs derive from it). */
@@ -125,15 +132,16 @@ export class ServedCluster {
       'serve',
       `--name=${m.name}`,
       `--data-dir=${m.dataDir}`,
-      `--listen-client-urls=http://127.0.0.1:${m.clientPort}`,
-      `--advertise-client-urls=http://127.0.0.1:${m.clientPort}`,
-      `--listen-peer-urls=http://127.0.0.1:${m.peerPort}`,
-      `--initial-advertise-peer-urls=http://127.0.0.1:${m.peerPort}`,
+      `--listen-client-urls=${this.#o.clientScheme}://127.0.0.1:${m.clientPort}`,
+      `--advertise-client-urls=${this.#o.clientScheme}://127.0.0.1:${m.clientPort}`,
+      `--listen-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.peerPort}`,
+      `--initial-advertise-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.peerPort}`,
       `--initial-cluster=${this.#initialCluster}`,
       `--initial-cluster-token=${this.#o.token}`,
       `--heartbeat-interval=${this.#o.heartbeatMs}`,
       `--election-timeout=${this.#o.electionTimeoutMs}`,
       ...this.#o.extraArgs,
+      ...this.#o.memberArgs(this.members.indexOf(m)),
       ...extra,
     ];
   }
@@ -310,6 +318,9 @@ async function startServedOnce(opts: StartServedOptions): Promise<ServedCluster>
     token: opts.token ?? `served-${Math.random().toString(36).slice(2, 8)}`,
     extraArgs: opts.extraArgs ?? [],
     waitLeader: opts.waitLeader ?? true,
+    clientScheme: opts.clientScheme ?? 'http',
+    peerScheme: opts.peerScheme ?? 'http',
+    memberArgs: opts.memberArgs ?? (() => []),
   });
   try {
     for (let i = 0; i < n; i++) c.start(i);

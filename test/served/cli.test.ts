@@ -56,12 +56,67 @@ describe('conclave serve flags', () => {
       [['--heartbeat-interval', '100', '--election-timeout', '300'], /less than 5 × --heartbeat-interval/],
       [['--initial-cluster-state', 'maybe'], /'new' or 'existing'/],
       [['--listen-peer-urls', 'http://a:1,http://b:2'], /one URL only/],
-      [['--listen-client-urls', 'https://127.0.0.1:1'], /only http/],
+      [['--listen-client-urls', 'ftp://127.0.0.1:1'], /only http:\/\/ and https:\/\//],
+      // TLS contradictions (server/tls.ts checkTlsFlags), as etcd refuses them or they could only fail later.
+      [['--listen-client-urls', 'https://127.0.0.1:1'], /is https:\/\/ but no certificate is given/],
+      [
+        ['--listen-client-urls', 'https://127.0.0.1:1', '--cert-file', 'c.pem'],
+        /--cert-file and --key-file go together/,
+      ],
+      [['--cert-file', 'c.pem', '--key-file', 'k.pem'], /every client URL is http:\/\//],
+      [
+        ['--listen-client-urls', 'https://127.0.0.1:1', '--auto-tls', '--client-cert-auth'],
+        /--client-cert-auth needs --trusted-ca-file/,
+      ],
+      [
+        ['--listen-client-urls', 'https://127.0.0.1:1', '--auto-tls', '--client-crl-file', 'x.crl'],
+        /--client-crl-file is checked only with --client-cert-auth/,
+      ],
+      [
+        ['--listen-peer-urls', 'https://127.0.0.1:2'],
+        /peer URL https:\/\/127.0.0.1:2 is https:\/\/ but no certificate/,
+      ],
+      [
+        ['--listen-peer-urls', 'https://127.0.0.1:2', '--peer-auto-tls'],
+        /peer URLs mix https:\/\/ \(https:\/\/127.0.0.1:2\) and http:\/\//,
+      ],
+      [
+        [
+          '--listen-peer-urls=https://127.0.0.1:2',
+          '--initial-advertise-peer-urls=https://127.0.0.1:2',
+          '--peer-auto-tls',
+          '--peer-cert-allowed-cn=x',
+        ],
+        /--peer-cert-allowed-cn needs --peer-client-cert-auth/,
+      ],
+      [
+        [
+          '--listen-peer-urls=https://127.0.0.1:2',
+          '--initial-advertise-peer-urls=https://127.0.0.1:2',
+          '--peer-auto-tls',
+          '--peer-client-cert-auth=true',
+          '--peer-trusted-ca-file=ca.pem',
+        ],
+        /cannot be combined with --peer-client-cert-auth/,
+      ],
+      [['--client-cert-auth=maybe'], /--client-cert-auth: "maybe" is not true or false/],
       [['--max-txn-ops', '-1'], /--max-txn-ops/],
       [['--log-level', 'loud'], /--log-level/],
     ];
     for (const [args, re] of bad) expect(() => parseServeArgs(args, {}), args.join(' ')).toThrow(re);
     expect(() => parseServeArgs(['--nmae', 'x'], {})).toThrow(UsageError);
+    // Boolean flags as Go's flag package takes them: alone, or =true/=false; env vars too.
+    const t = parseServeArgs(
+      [
+        '--listen-client-urls=https://127.0.0.1:1',
+        '--auto-tls',
+        '--client-cert-auth',
+        '--trusted-ca-file=ca.pem',
+      ],
+      { CONCLAVE_PEER_CLIENT_CERT_AUTH: 'false' },
+    );
+    expect(t.clientTls).toMatchObject({ autoTls: true, clientCertAuth: true, trustedCaFile: 'ca.pem' });
+    expect(t.peerTls.clientCertAuth).toBe(false);
   });
 
   it('cli — a new data dir takes its identity from the flags, which must agree; a recorded one ignores them', async () => {

@@ -129,7 +129,7 @@ describe('member and cluster IDs', () => {
 
   it('ids — bad --initial-cluster values fail with the offending part', () => {
     expect(() => parseInitialCluster('a')).toThrow(/"a" is not name=peer-url/);
-    expect(() => parseInitialCluster('a=ftp://x:1')).toThrow(/only http/);
+    expect(() => parseInitialCluster('a=ftp://x:1')).toThrow(/only http:\/\/ and https:\/\//);
     expect(() => parseInitialCluster('a=http://x')).toThrow(/a port/);
     expect(() =>
       bootstrapIdentity({

@@ -88,7 +88,7 @@ export function parseInitialCluster(s: string): Map<string, string[]> {
   return out;
 }
 
-/** Checks an `http://host:port` URL (TLS comes with the security work) and returns it as given. */
+/** Checks an `http://host:port` or `https://host:port` URL and returns it as given (no trailing slash). */
 export function normalizeUrl(u: string, flag: string): string {
   let url: URL;
   try {
@@ -96,18 +96,18 @@ export function normalizeUrl(u: string, flag: string): string {
   } catch {
     throw new ConclaveError(
       ErrorCode.InvalidArgument,
-      `${flag}: "${u}" is not a URL (want http://host:port)`,
+      `${flag}: "${u}" is not a URL (want http://host:port or https://host:port)`,
     );
   }
-  if (url.protocol !== 'http:')
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new ConclaveError(
       ErrorCode.InvalidArgument,
-      `${flag}: "${u}": only http:// URLs are served (TLS is not implemented yet)`,
+      `${flag}: "${u}": only http:// and https:// URLs are served`,
     );
   if (url.port === '' || (url.pathname !== '/' && url.pathname !== ''))
     throw new ConclaveError(
       ErrorCode.InvalidArgument,
-      `${flag}: "${u}" must be http://host:port (a port, no path)`,
+      `${flag}: "${u}" must be http(s)://host:port (a port, no path)`,
     );
   return u.replace(/\/$/, '');
 }

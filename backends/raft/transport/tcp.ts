@@ -111,6 +111,17 @@ export interface TcpTransportOptions {
   readonly random?: () => number;
   /** The protocol version announced (default `peerProtocolVersion`; tests announce others). */
   readonly version?: number;
+  /** TLS on peer connections (`https://` peer URLs; server/tls.ts `peerTls`); plain TCP without. */
+  readonly tls?: PeerTls;
+}
+
+/**
+ * The TLS seam: a server that completes (and on failure logs and closes) the TLS handshake before
+ * handing a verified socket over, and a dialer whose socket emits 'secureConnect' once verified.
+ */
+export interface PeerTls {
+  createServer(what: string, onSecure: (s: Socket) => void): Server;
+  connect(host: string, port: number): Socket;
 }
 
 export interface PeerStats {
@@ -162,7 +173,9 @@ export class TcpTransport implements Transport, PeerRequests {
     }
     this.#ids = { toWire: (id) => byNode.get(id), fromWire: (w) => byWire.get(w) };
     for (const p of o.peers) this.#links.set(p.nodeId, new PeerLink(this, p));
-    this.#server = createServer({ noDelay: true }, (s) => this.#accept(s));
+    this.#server = o.tls
+      ? o.tls.createServer(`peer URL ${o.listen.host}:${o.listen.port}`, (s) => this.#accept(s))
+      : createServer({ noDelay: true }, (s) => this.#accept(s));
   }
 
   get ids(): IdMap {
@@ -545,8 +558,11 @@ class PeerLink {
   #dial(): void {
     if (this.#closed || this.#t.closed) return;
     const o = this.#t.options;
-    const s = tcpConnect({ host: this.peer.host, port: this.peer.port, noDelay: true });
+    const s = o.tls
+      ? o.tls.connect(this.peer.host, this.peer.port)
+      : tcpConnect({ host: this.peer.host, port: this.peer.port, noDelay: true });
     this.#socket = s;
+    let secured = !o.tls;
     let handshake = true;
     const hs = setTimeout(() => s.destroy(new Error('handshake timed out')), handshakeTimeoutMs);
     const reader = new FrameReader((kind, body) => {
@@ -559,7 +575,8 @@ class PeerLink {
       if (kind === FrameKind.Response) this.#t.answer(this.peer.nodeId, body);
       else throw new FrameError(`unexpected frame kind ${kind} from the acceptor`);
     });
-    s.on('connect', () => {
+    s.on(o.tls ? 'secureConnect' : 'connect', () => {
+      secured = true;
       s.write(
         encodeHello({
           version: o.version ?? peerProtocolVersion,
@@ -580,7 +597,19 @@ class PeerLink {
         s.destroy();
       }
     });
-    s.on('error', () => undefined); // 'close' follows
+    s.on('error', (err: NodeJS.ErrnoException) => {
+      // 'close' follows. A TLS handshake the peer failed (untrusted certificate, wrong name) is a
+      // configuration error: logged once per distinct reason, retried after `refusedRetryMs`.
+      if (secured || !o.tls || err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET') return;
+      const why = `TLS handshake failed: ${err.message}`;
+      if (why !== this.#lastRefusal)
+        o.log.error(
+          { peer: hex(this.peer.memberId), address: `${this.peer.host}:${this.peer.port}`, reason: why },
+          'could not connect to peer over TLS',
+        );
+      this.#lastRefusal = why;
+      this.#refused = true;
+    });
     s.on('close', () => {
       clearTimeout(hs);
       this.#onClose(s);
