@@ -370,35 +370,31 @@ export function createTlsServer(o: TlsServerOptions): tls.Server & { failures: H
   const server = tls.createServer({
     ...m.contextOptions(),
     requestCert: f.clientCertAuth,
-    // Verified below, before the socket is handed over: Node's own rejection (rejectUnauthorized)
-    // also just closes the socket after the handshake, but without saying why; checking here logs
-    // the reason (CERT_HAS_EXPIRED, CERT_REVOKED, …). Either way nothing is read from it.
-    rejectUnauthorized: false,
+    // With a certificate required, OpenSSL ends a handshake that brings none with an alert
+    // ("certificate required"); one that does not verify (another CA, expired, revoked) Node
+    // closes right after the handshake, before 'secureConnection': nothing is ever read from it.
+    // The reason is on the socket (`authorizationError`) when 'tlsClientError' reports it.
+    rejectUnauthorized: f.clientCertAuth,
     handshakeTimeout: o.handshakeTimeoutMs,
     noDelay: true,
     ...(o.alpn ? { ALPNProtocols: [...o.alpn] } : {}),
   });
   m.onReload(() => server.setSecureContext(m.contextOptions()));
   server.on('tlsClientError', (err: NodeJS.ErrnoException, s) => {
-    failures.note(
-      err.code ?? 'TLS_ERROR',
-      err.message.split('\n')[0]!,
-      s.remoteAddress ? `${s.remoteAddress}:${s.remotePort}` : undefined,
-    );
+    const remote = s.remoteAddress ? `${s.remoteAddress}:${s.remotePort}` : undefined;
+    const refused = (s as tls.TLSSocket & { authorizationError?: string }).authorizationError;
+    if (refused) failures.note(String(refused), `client certificate refused: ${String(refused)}`, remote);
+    else if (/peer did not return a certificate/.test(err.message))
+      failures.note('NO_CERT', 'no client certificate (client-cert-auth requires one)', remote);
+    else failures.note(err.code ?? 'TLS_ERROR', err.message.split('\n')[0]!, remote);
     s.destroy();
   });
   server.on('secureConnection', (s) => {
     s.on('error', () => undefined);
     const remote = `${s.remoteAddress}:${s.remotePort}`;
     if (f.clientCertAuth && !s.authorized) {
-      const none = !s.getPeerCertificate()?.raw;
-      failures.note(
-        none ? 'NO_CERT' : String(s.authorizationError),
-        none
-          ? 'no client certificate (client-cert-auth requires one)'
-          : `client certificate refused: ${String(s.authorizationError)}`,
-        remote,
-      );
+      // Not reached (rejectUnauthorized above); a guard should Node's behaviour ever change.
+      failures.note(String(s.authorizationError), 'client certificate not verified', remote);
       s.destroy();
       return;
     }
