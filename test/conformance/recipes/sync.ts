@@ -143,7 +143,21 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     // The newest reader goes first: the writer is not first yet, re-checks, and waits for the other.
     released++;
     await h2.unlock();
-    await sleep(100);
+    // Wait until the writer has re-checked after that release and waits again: registered, no
+    // release pending, and its reads settled (a fixed sleep was too short on a loaded machine).
+    let lastReads = -1;
+    let stablePolls = 0;
+    await waitFor(
+      () => {
+        const reads = probe.queueReads();
+        const st = handoffState(probe.kv);
+        stablePolls = reads === lastReads && st.waiters === 1 && st.releases === 0 ? stablePolls + 1 : 0;
+        lastReads = reads;
+        return stablePolls >= 5;
+      },
+      10_000,
+      'the writer waiting again after the first reader left',
+    );
     const readsBefore = probe.queueReads();
     released++;
     await h1.unlock();
