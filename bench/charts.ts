@@ -8,9 +8,14 @@
  * - lock-handoff.svg: lock handoffs per second (lock8, lock8-clients), per system.
  * Several files may be given (e.g. a KV run and a recipes run); rows with the same phase and
  * system are taken from the last file. A chart with no rows to show is not written.
+ *
+ * Beside the charts it writes `results.json`, the rows they were drawn from (in the results-file
+ * format), so `npm run charts -- docs/charts/results.json` redraws the same charts; and it
+ * rewrites the block between `<!-- charts:begin -->` and `<!-- charts:end -->` of the page given
+ * by `--doc` (default docs/benchmarks.md) to embed exactly the charts it wrote.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
 import * as vega from 'vega';
 import * as vl from 'vega-lite';
 
@@ -23,34 +28,65 @@ export interface ChartRow {
   readonly p99Ms: number;
 }
 
+interface ResultRow {
+  status: string;
+  phase: string;
+  backend: string;
+  client: string;
+  opsPerSec?: number;
+  latency?: { p50Ms: number; p99Ms: number };
+}
+
 interface ResultsFile {
-  results: Array<{
-    status: string;
-    phase: string;
-    backend: string;
-    client: string;
-    opsPerSec?: number;
-    latency?: { p50Ms: number; p99Ms: number };
-  }>;
+  results: ResultRow[];
+}
+
+/** The ok rows of results files, keyed by phase and system (a later file wins), as given. */
+export function mergedResults(files: readonly ResultsFile[]): ResultRow[] {
+  const rows = new Map<string, ResultRow>();
+  for (const f of files) {
+    for (const r of f.results ?? []) {
+      if (r.status !== 'ok' || r.opsPerSec === undefined || !r.latency) continue;
+      rows.set(`${r.phase}\0${r.backend}\0${r.client}`, r);
+    }
+  }
+  return [...rows.values()];
 }
 
 /** The ok rows of results files, keyed by phase and system (a later file wins). */
 export function chartRows(files: readonly ResultsFile[]): ChartRow[] {
-  const rows = new Map<string, ChartRow>();
-  for (const f of files) {
-    for (const r of f.results ?? []) {
-      if (r.status !== 'ok' || r.opsPerSec === undefined || !r.latency) continue;
-      const system = `${r.backend} (${r.client} client)`;
-      rows.set(`${r.phase}\0${system}`, {
-        phase: r.phase,
-        system,
-        opsPerSec: r.opsPerSec,
-        p50Ms: r.latency.p50Ms,
-        p99Ms: r.latency.p99Ms,
-      });
-    }
-  }
-  return [...rows.values()];
+  return mergedResults(files).map((r) => ({
+    phase: r.phase,
+    system: `${r.backend} (${r.client} client)`,
+    opsPerSec: r.opsPerSec!,
+    p50Ms: r.latency!.p50Ms,
+    p99Ms: r.latency!.p99Ms,
+  }));
+}
+
+const chartsBegin = '<!-- charts:begin -->';
+const chartsEnd = '<!-- charts:end -->';
+const chartTitles: Record<string, string> = {
+  'throughput.svg': 'put throughput against requests in flight',
+  'latency.svg': 'latency percentiles per phase',
+  'lock-handoff.svg': 'lock handoffs per second',
+};
+
+/**
+ * The page with its charts block replaced by image links to `charts` (paths relative to the
+ * page) and the command that redraws them; undefined when the page has no charts block.
+ */
+export function embedCharts(markdown: string, charts: readonly string[], redraw: string): string | undefined {
+  const a = markdown.indexOf(chartsBegin);
+  const b = markdown.indexOf(chartsEnd);
+  if (a < 0 || b < a) return undefined;
+  const body = [
+    '',
+    ...charts.flatMap((c) => [`![${chartTitles[c.split('/').pop()!] ?? c}](${c})`, '']),
+    `Drawn from the rows in \`${redraw}\` by \`npm run charts -- ${redraw}\` (\`npm run charts -- RESULTS.json…\` draws new ones from bench result files).`,
+    '',
+  ];
+  return `${markdown.slice(0, a + chartsBegin.length)}${body.join('\n')}${markdown.slice(b)}`;
 }
 
 const inFlight: Record<string, number> = { put1: 1, put16: 16, put128: 128 };
@@ -136,21 +172,47 @@ export async function renderSvg(spec: vl.TopLevelSpec): Promise<string> {
 }
 
 async function main(argv: readonly string[]): Promise<number> {
-  const outAt = argv.indexOf('--out');
-  const out = resolve(outAt >= 0 ? argv[outAt + 1]! : 'docs/charts');
-  const inputs = argv.filter((_, i) => outAt < 0 || (i !== outAt && i !== outAt + 1));
+  const flag = (name: string, dflt: string) => {
+    const at = argv.indexOf(name);
+    return { value: resolve(at >= 0 ? argv[at + 1]! : dflt), at };
+  };
+  const out = flag('--out', 'docs/charts');
+  const doc = flag('--doc', 'docs/benchmarks.md');
+  const flagged = new Set([out.at, out.at + 1, doc.at, doc.at + 1].filter((i) => i >= 0));
+  const inputs = argv.filter((_, i) => !flagged.has(i));
   if (inputs.length === 0) {
-    console.error('usage: npm run charts -- RESULTS.json [MORE.json…] [--out DIR]');
+    console.error('usage: npm run charts -- RESULTS.json [MORE.json…] [--out DIR] [--doc PAGE.md]');
     return 64;
   }
   const files = inputs.map((p) => JSON.parse(readFileSync(p, 'utf8')) as ResultsFile);
   const specs = chartSpecs(chartRows(files));
-  mkdirSync(out, { recursive: true });
-  for (const [name, spec] of Object.entries(specs)) {
-    writeFileSync(join(out, name), await renderSvg(spec));
-    console.log(`wrote ${join(out, name)}`);
+  if (Object.keys(specs).length === 0) {
+    console.error('no rows to chart in the given files');
+    return 1;
   }
-  if (Object.keys(specs).length === 0) console.error('no rows to chart in the given files');
+  mkdirSync(out.value, { recursive: true });
+  // Read every input before writing: results.json may be one of them.
+  const sourceRows = mergedResults(files);
+  const written: string[] = [];
+  for (const [name, spec] of Object.entries(specs)) {
+    writeFileSync(join(out.value, name), await renderSvg(spec));
+    written.push(join(out.value, name));
+    console.log(`wrote ${join(out.value, name)}`);
+  }
+  const rowsPath = join(out.value, 'results.json');
+  writeFileSync(rowsPath, `${JSON.stringify({ results: sourceRows }, null, 2)}\n`);
+  console.log(`wrote ${rowsPath}`);
+  if (existsSync(doc.value)) {
+    const page = readFileSync(doc.value, 'utf8');
+    const rel = (p: string) => relative(dirname(doc.value), p);
+    const next = embedCharts(page, written.map(rel), relative(process.cwd(), rowsPath));
+    if (next === undefined)
+      console.error(`${doc.value}: no ${chartsBegin} … ${chartsEnd} block; charts not embedded`);
+    else {
+      writeFileSync(doc.value, next);
+      console.log(`embedded ${written.length} charts in ${doc.value}`);
+    }
+  }
   return 0;
 }
 

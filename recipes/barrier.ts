@@ -10,6 +10,10 @@ import type { KV } from '../src/kv.js';
 import type { CallOptions } from '../src/types.js';
 import { waitDelete } from './internal/wait.js';
 
+/**
+ * A barrier (etcd's Go `recipe.Barrier`): one key whose presence holds processes back. See the
+ * module comment for the layout.
+ */
 export class Barrier {
   readonly kv: KV;
   readonly key: string;
@@ -34,6 +38,7 @@ export class Barrier {
     return t.succeeded;
   }
 
+  /** Lowers the barrier (deletes its key): every `wait()` resolves. */
   async release(opts: CallOptions = {}): Promise<void> {
     await this.kv.delete(this.key, opts);
   }

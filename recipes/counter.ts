@@ -29,6 +29,7 @@ export interface CounterConflict {
   readonly revision: number;
 }
 
+/** Options of a `Counter`. */
 export interface CounterOptions {
   /** Re-tries of `add` after a lost race (default `counterRetriesMax`). */
   retriesMax?: number;
@@ -36,6 +37,10 @@ export interface CounterOptions {
 
 const decimal = /^\s*[-+]?\d+\s*$/;
 
+/**
+ * An integer at one key, updated by compare-and-swap (see the module comment); any client can read
+ * or write the decimal text.
+ */
 export class Counter {
   readonly kv: KV;
   readonly name: string;
@@ -97,10 +102,12 @@ export class Counter {
     );
   }
 
+  /** Adds 1; returns the new value. */
   increment(opts: CallOptions = {}): Promise<number> {
     return this.add(1, opts);
   }
 
+  /** Subtracts 1; returns the new value. */
   decrement(opts: CallOptions = {}): Promise<number> {
     return this.add(-1, opts);
   }

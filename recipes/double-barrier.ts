@@ -13,6 +13,11 @@ import type { CallOptions } from '../src/types.js';
 import { putIfAbsent } from './internal/hold.js';
 import { rejectOnAbort, waitDelete } from './internal/wait.js';
 
+/**
+ * A double barrier (etcd's Go `recipe.DoubleBarrier`): `enter()` waits until `count` sessions
+ * have entered, `leave()` until all of them have left. Each participant's key is bound to its
+ * session's lease, so a crashed participant leaves when its lease expires.
+ */
 export class DoubleBarrier {
   readonly session: Session;
   readonly name: string;

@@ -146,14 +146,17 @@ export class GroupView implements AsyncDisposable, AsyncIterable<GroupChange> {
     })();
   }
 
+  /** `changes()`: every change after this call. */
   [Symbol.asyncIterator](): AsyncGenerator<GroupChange, void, undefined> {
     return this.changes();
   }
 
+  /** Stops the view: iterators deliver what they buffered, then end. Idempotent. */
   close(): Promise<void> {
     return this.#cache.close();
   }
 
+  /** `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -365,10 +368,12 @@ export class GroupMember implements AsyncDisposable {
     return this.#left;
   }
 
+  /** `leave()`. */
   close(): Promise<void> {
     return this.leave();
   }
 
+  /** `leave()`, for `await using` (errors ignored: the key goes with the session's lease at the latest). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.leave().catch(() => undefined);
   }

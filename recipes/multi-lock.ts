@@ -43,16 +43,24 @@ export interface MultiLockHeld extends LockHeld {
 export interface MultiLockHandle extends AsyncDisposable {
   /** The member names in lock order (UTF-8 byte order). */
   readonly names: readonly string[];
+  /** Each member's fencing token (its key's create revision), by name. */
   readonly tokens: ReadonlyMap<string, number>;
   /** Each member's own handle (key, token, lost, guard), by name. */
   readonly members: ReadonlyMap<string, LockHandle>;
+  /** Fires when any member lock is (or may be) lost, or on release. */
   readonly lost: AbortSignal;
+  /** One compare per member: all hold only while this handle owns every member. */
   guard(): Compare[];
   /** Releases every member (concurrently). Idempotent; after an RPC error, call it again. */
   release(opts?: CallOptions): Promise<void>;
+  /** `release()`. */
   unlock(opts?: CallOptions): Promise<void>;
 }
 
+/**
+ * Several lock names taken all-or-nothing (Curator's Multi Shared Lock); see the module comment
+ * for the order that keeps it deadlock-free.
+ */
 export class MultiLock {
   readonly session: Session;
   /** The distinct member names in lock order (UTF-8 byte order). */

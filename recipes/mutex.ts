@@ -35,14 +35,20 @@ export interface LockHeld {
  * after an RPC error.
  */
 export interface LockHandle extends HeldKey {
+  /** Deletes this generation of the key (= `release()`); idempotent, retry it after an RPC error. */
   unlock(opts?: CallOptions): Promise<void>;
 }
 
+/** Options of a `Mutex` (and of each member of a `MultiLock`). */
 export interface MutexOptions {
   /** Fire `lost` when the session becomes suspended (keep-alives failing), not only when lost. Default true. */
   lostOnSuspend?: boolean;
 }
 
+/**
+ * A distributed lock with etcd's Go `concurrency.Mutex` layout and algorithm (see the module
+ * comment): a Conclave Mutex, `etcdctl lock` and Go clients exclude each other on one etcd.
+ */
 export class Mutex {
   readonly session: Session;
   readonly name: string;

@@ -111,7 +111,9 @@ export type SessionProvider = (opts: { signal: AbortSignal }) => Session | Promi
  */
 export type HealthCheckFn = (opts: { signal: AbortSignal }) => unknown;
 
+/** A registration's health check and how often it runs. */
 export interface HealthCheckOptions {
+  /** The check: a rejection or a thrown error is a failure. */
   readonly check: HealthCheckFn;
   /** Default `healthCheckIntervalMsDefault`. */
   readonly intervalMs?: number;
@@ -126,9 +128,11 @@ export interface HealthCheckOptions {
 export interface RegisterOptions extends Endpoint, CallOptions {
   /** The endpoint's id: the key is `service + "/" + id`. Unique per service. */
   readonly id: string;
+  /** Withdraws the endpoint while it fails (a function: checked with the defaults). */
   readonly healthCheck?: HealthCheckFn | HealthCheckOptions;
 }
 
+/** The states of a `ServiceRegistration`. */
 export const RegistrationState = {
   /** The key is stored under a live session's lease. */
   Registered: 'registered',
@@ -138,8 +142,10 @@ export const RegistrationState = {
   Lost: 'lost',
   /** Gave up after `namingRegisterAttemptsMax` failed attempts or a non-retryable error (see `error`). */
   Failed: 'failed',
+  /** Closed by its owner: the key was deleted. */
   Closed: 'closed',
 } as const;
+/** One of the {@link RegistrationState} values. */
 export type RegistrationState = (typeof RegistrationState)[keyof typeof RegistrationState];
 
 /** One published endpoint. Close it (or `await using`) to delete its key. */
@@ -280,6 +286,7 @@ export class ServiceRegistration implements AsyncDisposable {
     return this.#closing;
   }
 
+  /** `close()`, for `await using` (errors ignored: the keys go with their leases at the latest). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close().catch(() => undefined);
   }
@@ -530,6 +537,7 @@ export class ServiceRegistry implements AsyncDisposable {
     if (failed) throw failed.reason;
   }
 
+  /** `close()`, for `await using` (errors ignored: the keys go with their leases at the latest). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close().catch(() => undefined);
   }
@@ -558,9 +566,12 @@ export interface ServiceChange {
   readonly instances: readonly ServiceInstance[];
 }
 
+/** How `ServiceResolver.pick()` chooses an instance. */
 export const PickStrategy = { RoundRobin: 'round-robin', Random: 'random', Sticky: 'sticky' } as const;
+/** One of the {@link PickStrategy} values. */
 export type PickStrategy = (typeof PickStrategy)[keyof typeof PickStrategy];
 
+/** Options of one `pick()`. */
 export interface PickOptions {
   /** Default: the resolver's `strategy` (round-robin unless set). */
   readonly strategy?: PickStrategy;
@@ -569,6 +580,7 @@ export interface PickOptions {
 }
 
 export interface ResolverOptions extends CallOptions {
+  /** How `pick()` chooses (default round-robin). */
   readonly strategy?: PickStrategy;
   /** Default `namingInstancesMax`. */
   readonly instancesMax?: number;
@@ -804,6 +816,7 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     return this.#closed;
   }
 
+  /** `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -895,23 +908,26 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   /**
    * Changes applied after this call, in order. A consumer more than `changesBufferedMax` changes
    * behind gets one change (`resync: 'overflow'`) from what it last saw to now instead. Ends after
-   * `close()`; throws the resolver's error if it failed. `signal` ends this iterator only.
+   * `close()`; throws the resolver's error if it failed. Aborting `signal` ends this iterator
+   * only, normally (a requested stop is not an error).
    */
   changes(opts: CallOptions = {}): AsyncGenerator<ServiceChange, void, undefined> {
     // Subscribe now (not at the first next()), so nothing applied after this call is missed.
     const s = new ChangeStream(this.#bufferMax, this.#instances);
     if (this.#closed) s.end(this.#error);
-    else if (opts.signal?.aborted) s.end(abortReason(opts.signal));
+    else if (opts.signal?.aborted) s.end();
     else this.#subscribers.add(s);
     return this.#drain(s, opts.signal);
   }
 
+  /** `changes()`: every change applied after this call. */
   [Symbol.asyncIterator](): AsyncGenerator<ServiceChange, void, undefined> {
     return this.changes();
   }
 
   async *#drain(s: ChangeStream, signal: AbortSignal | undefined): AsyncGenerator<ServiceChange> {
-    const onAbort = () => s.end(abortReason(signal!));
+    // A requested stop ends the iteration normally, as `close()` does.
+    const onAbort = () => s.end();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       while (true) {

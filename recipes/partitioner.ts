@@ -142,6 +142,7 @@ export interface PartitionChange {
   readonly resync?: GroupChange['resync'];
 }
 
+/** Options of a `Partitioner`. */
 export interface PartitionerOptions {
   /** Virtual nodes per member of weight 1 (default `partitionerVnodesDefault`). */
   readonly vnodes?: number;
@@ -232,6 +233,7 @@ export class Partitioner implements AsyncDisposable {
     }
   }
 
+  /** Stops reporting moves of `items`. */
   untrack(items: Iterable<string>): void {
     for (const i of items) this.#tracked.delete(i);
   }
@@ -281,6 +283,7 @@ export class Partitioner implements AsyncDisposable {
     })();
   }
 
+  /** `changes()`: every membership change after this call, with the tracked items that moved. */
   [Symbol.asyncIterator](): AsyncGenerator<PartitionChange, void, undefined> {
     return this.changes();
   }
@@ -292,6 +295,7 @@ export class Partitioner implements AsyncDisposable {
     await this.#running;
   }
 
+  /** `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }

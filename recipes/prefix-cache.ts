@@ -95,6 +95,11 @@ class Subscriber {
   }
 }
 
+/**
+ * A live, local copy of every key under a prefix (see the module comment): start one with
+ * `PrefixCache.start(kv, prefix)`, read it with `get`/`list`/`size`, follow it with `changes()`,
+ * and close it (or `await using`) to stop its watch.
+ */
 export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheChange> {
   readonly kv: KV;
   /** The cached prefix. */
@@ -250,17 +255,18 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   /**
    * Changes applied after this call, in order, bounded by `changesBufferedMax` (past it: one reset
    * change with the whole content). Ends after `close()`; throws the cache's error if it failed.
-   * `signal` ends this iterator only.
+   * Aborting `signal` ends this iterator only, normally (a requested stop is not an error).
    */
   changes(opts: CallOptions = {}): AsyncGenerator<PrefixCacheChange, void, undefined> {
     // Subscribe now (not at the first next()), so nothing applied after this call is missed.
     const s = new Subscriber(this.#bufferMax);
     if (this.#closed) s.end(this.#error);
-    else if (opts.signal?.aborted) s.end(abortReason(opts.signal));
+    else if (opts.signal?.aborted) s.end();
     else this.#subscribers.add(s);
     return this.#drain(s, opts.signal);
   }
 
+  /** `changes()`: every change applied after this call. */
   [Symbol.asyncIterator](): AsyncGenerator<PrefixCacheChange, void, undefined> {
     return this.changes();
   }
@@ -277,6 +283,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
     return this.#closed;
   }
 
+  /** `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -328,7 +335,8 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   }
 
   async *#drain(s: Subscriber, signal: AbortSignal | undefined): AsyncGenerator<PrefixCacheChange> {
-    const onAbort = () => s.end(abortReason(signal!));
+    // A requested stop ends the iteration normally, as `close()` does.
+    const onAbort = () => s.end();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       while (true) {

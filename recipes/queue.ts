@@ -105,6 +105,7 @@ abstract class ClaimQueue<I extends QueueItem> {
     this.#orderByKey = orderByKey;
   }
 
+  /** @internal The dequeued item built from its claimed key. */
   protected abstract item(kv: KeyValue, value: Uint8Array, revision: number): I;
 
   /**
@@ -316,6 +317,7 @@ export class Queue extends ClaimQueue<QueueItem> {
     );
   }
 
+  /** @internal The dequeued item built from its claimed key. */
   protected item(kv: KeyValue, value: Uint8Array, revision: number): QueueItem {
     return makeItem(kv, value, revision);
   }
@@ -408,6 +410,7 @@ export class PriorityQueue extends ClaimQueue<PriorityQueueItem> {
     return (BigInt(field) + 1n).toString().padStart(16, '0');
   }
 
+  /** @internal The dequeued item built from its claimed key. */
   protected item(kv: KeyValue, value: Uint8Array, revision: number): PriorityQueueItem {
     const base = makeItem(kv, value, revision);
     const rest = base.key.slice(this.name.length + 1);

@@ -16,14 +16,24 @@ import type { CallOptions } from '../src/types.js';
 import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
 import { enqueue, type TurnSpec, waitTurn, watchKeyLoss } from './internal/queue.js';
 
-export type RWLockHandle = HeldKey & { unlock(opts?: CallOptions): Promise<void> };
+/** A held read or write lock: a {@link HeldKey} with `unlock()` (= `release()`). */
+export type RWLockHandle = HeldKey & {
+  /** Deletes this generation of the key (= `release()`); idempotent, retry it after an RPC error. */
+  unlock(opts?: CallOptions): Promise<void>;
+};
 
+/** Who blocks a `tryRLock()`/`tryLock()` that did not get the lock. */
 export interface RWLockHeld {
   /** The key blocking us (the earliest conflicting holder or waiter). */
   readonly key: string;
+  /** The blocking key's create revision. */
   readonly token: number;
 }
 
+/**
+ * A readers-writer lock: readers share, writers exclude, FIFO by create revision (see the module
+ * comment). Each session holds at most one read and one write key per name.
+ */
 export class RWMutex {
   readonly session: Session;
   readonly name: string;
@@ -45,18 +55,28 @@ export class RWMutex {
     return kind === 'read' ? `${this.name}/write/` : `${this.name}/`;
   }
 
+  /**
+   * Waits for a read lock: until no writer key was created before ours. Aborting, or a failure while
+   * waiting, removes our key.
+   */
   rLock(opts: CallOptions = {}): Promise<RWLockHandle> {
     return this.#acquire('read', opts);
   }
 
+  /**
+   * Waits for the write lock: until no key at all was created before ours. Aborting, or a failure
+   * while waiting, removes our key.
+   */
   lock(opts: CallOptions = {}): Promise<RWLockHandle> {
     return this.#acquire('write', opts);
   }
 
+  /** Tries once for a read lock: `Ok(handle)`, or `Err(blocker)` with no key left behind. */
   tryRLock(opts: CallOptions = {}): Promise<Result<RWLockHandle, RWLockHeld>> {
     return this.#try('read', opts);
   }
 
+  /** Tries once for the write lock: `Ok(handle)`, or `Err(blocker)` with no key left behind. */
   tryLock(opts: CallOptions = {}): Promise<Result<RWLockHandle, RWLockHeld>> {
     return this.#try('write', opts);
   }

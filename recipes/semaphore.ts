@@ -12,8 +12,10 @@ import type { CallOptions } from '../src/types.js';
 import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
 import { enqueue, waitTurn } from './internal/queue.js';
 
+/** A held semaphore permit: release it (or `await using`) to give it back. */
 export type Permit = HeldKey;
 
+/** At most `permits` holders of `name` at once, FIFO by create revision (see the module comment). */
 export class Semaphore {
   readonly session: Session;
   readonly name: string;

@@ -31,12 +31,14 @@ import { limits } from '../src/limits.js';
 import type { Bytes, CallOptions, Compare, KeyValue, LeaseId, Op, RangeResult } from '../src/types.js';
 import { sleep } from './internal/timing.js';
 
+/** The isolation levels of `stm()` (etcd's Go `concurrency` STM levels); see docs/recipes/stm.md. */
 export const Isolation = {
   SerializableSnapshot: 'serializable-snapshot',
   Serializable: 'serializable',
   RepeatableReads: 'repeatable-reads',
   ReadCommitted: 'read-committed',
 } as const;
+/** One of the {@link Isolation} values. */
 export type Isolation = (typeof Isolation)[keyof typeof Isolation];
 
 /** Default re-runs of `fn` after a conflict (so at most `stmRetriesMax + 1` attempts). */
@@ -64,6 +66,7 @@ export interface StmOptions extends CallOptions {
   prefetch?: Bytes[];
 }
 
+/** What `stm()` resolves with once an attempt committed. */
 export interface StmResult<T> {
   /** What `fn` returned in the attempt that committed. */
   readonly value: T;
@@ -97,6 +100,7 @@ export interface STM {
   readonly signal: AbortSignal;
   /** The key's value as UTF-8 text (a buffered write wins), or undefined when absent. */
   get(key: Bytes, opts?: CallOptions): Promise<string | undefined>;
+  /** The key's value as bytes (a buffered write wins), or undefined when absent. */
   getBytes(key: Bytes, opts?: CallOptions): Promise<Uint8Array | undefined>;
   /** The key's mod revision as read (buffered writes ignored), 0 when absent — as Go's `Rev`. */
   rev(key: Bytes, opts?: CallOptions): Promise<number>;

@@ -24,7 +24,7 @@
  * breaks (compacted, overflowed, reconnected), the subscription simply re-reads from its position:
  * nothing is lost, because the events are keys.
  */
-import { abortReason, ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
+import { ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
 import { concatBytes, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
@@ -57,6 +57,7 @@ export interface TopicRetention {
   readonly maxAgeMs?: number;
 }
 
+/** Options of a `Topic`. */
 export interface TopicOptions {
   /** Default: keep every event. Applied by this Topic's `publish()` and `trim()`. */
   readonly retention?: TopicRetention;
@@ -76,8 +77,11 @@ export interface TopicEvent {
   readonly value: Uint8Array;
 }
 
+/** Where `publish()` appended the event. */
 export interface Published {
+  /** The event's position in the topic. */
   readonly seq: number;
+  /** The store revision at which it was published. */
   readonly revision: number;
 }
 
@@ -244,6 +248,7 @@ export class Topic {
     return `${this.#eventsPrefix}:`;
   }
 
+  /** The key holding a durable subscriber's cursor (`<name>/cursors/<subscriber>`). */
   cursorKey(subscriber: string): string {
     return `${this.name}/cursors/${subscriber}`;
   }
@@ -424,8 +429,8 @@ export class Topic {
    * before this resolves: the durable subscriber's cursor + 1, else `from` (default `'next'`).
    * Rejects with an `isTopicTrimmed` error (code `compacted`, `details.oldestSeq`) when that
    * position was already removed by retention; with `invalid-argument` for a seq beyond the next
-   * one. `signal` cancels this call and later ends the subscription (its iterator then throws the
-   * signal's reason).
+   * one. `signal` cancels this call (it rejects with the signal's reason) and later stops the
+   * subscription: its iteration then ends normally, as after `close()`.
    */
   async subscribe(opts: SubscribeOptions = {}): Promise<Subscription> {
     const { subscriber, signal } = opts;
@@ -750,8 +755,8 @@ class Gap extends Error {}
 
 /**
  * An open subscription: an async iterable of events, in seq order, each once (per subscription).
- * One consumer may iterate it. `close()` ends the iteration normally; the subscribe `signal`
- * ends it by throwing the signal's reason; a position lost to retention ends it with an
+ * One consumer may iterate it. `close()` and aborting the subscribe `signal` both end the
+ * iteration normally (a requested stop is not an error); a position lost to retention ends it with an
  * `isTopicTrimmed` error. Memory is bounded by one page or `watchBatchesMax` watch batches: a
  * consumer slower than the publishers makes the watch overflow, and the subscription then reads
  * pages from its position again (backpressure by re-reading; nothing is dropped).
@@ -836,10 +841,12 @@ export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable 
     return this.#closed;
   }
 
+  /** `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
 
+  /** The events, in seq order; iterate once (one consumer per subscription). */
   [Symbol.asyncIterator](): AsyncGenerator<TopicEvent, void, undefined> {
     if (this.#iterated)
       throw new ConclaveError(
@@ -859,12 +866,6 @@ export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable 
       if (closing || this.#stop.signal.aborted) return;
       if (!ConclaveError.is(err) || !err.retryable) throw err;
     }
-  }
-
-  /** The end of the iteration: the user's abort reason, or normal completion after close(). */
-  #ended(): void {
-    const s = this.#init.signal;
-    if (s?.aborted) throw abortReason(s);
   }
 
   async *#run(): AsyncGenerator<TopicEvent, void, undefined> {
@@ -913,7 +914,7 @@ export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable 
     } finally {
       await this.close();
     }
-    this.#ended();
+    // Stopped by close() or the subscribe signal: a requested stop ends the iteration normally.
   }
 
   /** Reads and delivers pages until caught up; returns the revision of the last read. */

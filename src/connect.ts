@@ -15,17 +15,21 @@
 import { ConclaveError, ErrorCode } from './errors.js';
 import type { KV } from './kv.js';
 
+/** TLS settings of an etcd connection (`https://` or `etcds://` endpoints). */
 export interface TlsOptions {
   /** PEM CA bundle to verify the server with (default: system roots). */
   ca?: Uint8Array | string;
   /** PEM client certificate and key, for mutual TLS. */
   cert?: Uint8Array | string;
+  /** The PEM private key of `cert`. */
   key?: Uint8Array | string;
   /** Override the name checked against the server certificate. */
   serverName?: string;
 }
 
+/** Options of a connection to real etcd (`connect('etcd://…')` or `connectEtcd`). */
 export interface EtcdConnectOptions {
+  /** Selects the etcd backend. */
   backend: 'etcd';
   /**
    * `host:port`, `http://host:port` (plaintext) or `https://host:port` (TLS) strings. The scheme
@@ -88,7 +92,9 @@ export interface EtcdConnectOptions {
   watchPausedMsMax?: number;
 }
 
+/** Options of an in-process Raft store (`connect('embedded:…')`). */
 export interface EmbeddedConnectOptions {
+  /** Selects the embedded Raft backend. */
   backend: 'embedded';
   /** Members of the in-process cluster (default 1). */
   nodes?: number;
@@ -96,6 +102,7 @@ export interface EmbeddedConnectOptions {
   dataDir?: string;
 }
 
+/** The options `connect()` takes: for etcd or for the embedded store. */
 export type ConnectOptions = EtcdConnectOptions | EmbeddedConnectOptions;
 
 /**
@@ -121,6 +128,11 @@ function invalidUrl(message: string): never {
   throw new ConclaveError(ErrorCode.InvalidArgument, message, { details: { argument: 'url' } });
 }
 
+/**
+ * The options a connect URL stands for (`etcd://host:port[,host:port…]`, `etcds://…`, `embedded:`,
+ * `embedded:?nodes=3&dir=…`); `invalid-argument` for anything else. Credentials in a URL are
+ * refused, and messages show it redacted.
+ */
 export function parseConnectUrl(url: string): ConnectOptions {
   if (typeof url !== 'string' || url.length === 0) {
     invalidUrl(

@@ -67,7 +67,9 @@ const retryableCodes: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.DeadlineExceeded,
 ]);
 
+/** What a `ConclaveError` carries besides its code and message. */
 export interface ConclaveErrorOptions {
+  /** The error that caused this one. */
   cause?: unknown;
   /** Override the default retryability of the code. */
   retryable?: boolean;
@@ -77,12 +79,20 @@ export interface ConclaveErrorOptions {
   details?: Record<string, unknown>;
 }
 
+/**
+ * The one error type of every public function: a stable `code` (see `ErrorCode` and
+ * docs/errors.md), a message that says what was wrong and what to do, and whether repeating the
+ * call may succeed (`retryable`).
+ */
 export class ConclaveError extends Error {
   override readonly name = 'ConclaveError';
+  /** What went wrong, as a stable code to branch on. */
   readonly code: ErrorCode;
   /** Whether the same call may succeed if simply retried (it was certainly not applied). */
   readonly retryable: boolean;
+  /** For `compacted`: the store's compact revision. */
   readonly compactRevision?: number;
+  /** Structured details (e.g. the argument name, the key). */
   readonly details?: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, opts: ConclaveErrorOptions = {}) {
@@ -93,6 +103,7 @@ export class ConclaveError extends Error {
     if (opts.details !== undefined) this.details = opts.details;
   }
 
+  /** Whether `err` is a `ConclaveError` (with `code`, when given). */
   static is(err: unknown, code?: ErrorCode): err is ConclaveError {
     return err instanceof ConclaveError && (code === undefined || err.code === code);
   }

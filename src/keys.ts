@@ -9,12 +9,14 @@ export const EMPTY = new Uint8Array(0);
 /** etcd's "\0" range end: every key >= the start key. */
 export const ZERO_KEY = new Uint8Array([0]);
 
+/** `b` as bytes: a string is encoded as UTF-8, bytes are returned as they are. */
 export function toBytes(b: Bytes): Uint8Array {
   if (typeof b === 'string') return encoder.encode(b);
   if (b instanceof Uint8Array) return b;
   throw new ConclaveError(ErrorCode.InvalidArgument, `expected a Uint8Array or string, got ${describe(b)}`);
 }
 
+/** `b` decoded as UTF-8 (invalid sequences become U+FFFD). */
 export function toText(b: Uint8Array): string {
   return decoder.decode(b);
 }

@@ -19,7 +19,12 @@ import { limits } from './limits.js';
 import type { CallOptions, LeaseId } from './types.js';
 import { checkLeaseId, checkTtl } from './validate.js';
 
+/**
+ * The states of a `Session`: `connected` (its lease is known alive), `suspended` (a keep-alive
+ * failed; the lease may still be alive until its deadline), `lost` (the lease is or may be gone).
+ */
 export const SessionState = { Connected: 'connected', Suspended: 'suspended', Lost: 'lost' } as const;
+/** One of the {@link SessionState} values. */
 export type SessionState = (typeof SessionState)[keyof typeof SessionState];
 
 export interface SessionOptions extends CallOptions {
@@ -36,9 +41,19 @@ function marginMs(ttlSeconds: number): number {
   return Math.min(1000, (ttlSeconds * 1000) / 6);
 }
 
+/**
+ * A lease kept alive in the background: what locks, elections and registrations bind their keys
+ * to, so they disappear when the process does. `lost` fires before the server could have expired
+ * the lease (a margin below the deadline it computes from each keep-alive's answer), so whatever
+ * was held can be given up in time. Create one with `Session.create(kv, { ttlSeconds })`; close it
+ * (or `await using`) to revoke the lease at once.
+ */
 export class Session implements AsyncDisposable {
+  /** The client the lease was granted through. */
   readonly kv: KV;
+  /** The lease's id. */
   readonly lease: LeaseId;
+  /** The lease's granted TTL in seconds. */
   readonly ttlSeconds: number;
   /** Fires (with a `session-lost` ConclaveError as reason) when the lease is or may be gone, or on close. */
   readonly lost: AbortSignal;

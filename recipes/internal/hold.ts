@@ -7,11 +7,25 @@ import { handoffRead, offerHandoff, trackRelease } from './handoff.js';
 import { holderLoss } from './queue.js';
 import type { LossPolicy } from './session-state.js';
 
+/**
+ * A key held in a recipe's queue (a lock, a read or write lock, a semaphore permit): it is yours
+ * while `lost` has not fired; `release()` gives it up.
+ */
 export interface HeldKey extends AsyncDisposable {
+  /** The held key. */
   readonly key: string;
   /** The key's create revision: a fencing token. */
   readonly token: number;
+  /**
+   * Fires (with a `session-lost` or `closed` error as reason) when the key is, or may be, no longer
+   * yours: the session was lost (or suspended, with `lostOnSuspend`), the key was deleted, or it was
+   * released.
+   */
   readonly lost: AbortSignal;
+  /**
+   * A txn compare that holds only while this key is yours: put it in the `compare` of a write
+   * that must not happen after you lost the key (fencing on the store itself).
+   */
   guard(): Compare;
   /** Deletes the key. Idempotent; retry after an RPC error. */
   release(opts?: CallOptions): Promise<void>;

@@ -1,8 +1,16 @@
 /**
- * The docs' complete programs compile: every ```ts block in README.md and docs/ that imports from
- * 'conclave' (the package's entry points) is extracted and type-checked with tsc against the
- * sources, as a user's project would compile it against the package. Blocks without such an
- * import are fragments (a few lines of a larger program) and are not checked.
+ * Every ```ts block in README.md and docs/ compiles. A block that imports from 'conclave' (the
+ * package's entry points) is a complete program: it is extracted and type-checked with tsc
+ * against the sources, as a user's project would compile it against the package, and the ones on
+ * the embedded store are run. Any other block is a fragment (a few lines of a larger program): it
+ * is wrapped in an async function, after the names it assumes, and type-checked too. A fragment
+ * declares what it assumes in an HTML comment right before its fence, which the rendered page
+ * does not show:
+ *
+ *     <!-- snippet-context: import type { WorkQueue } from 'conclave'; declare const queue: WorkQueue; -->
+ *
+ * Imports inside a fragment are hoisted out of the wrapper; an import of a repository path
+ * (`./backends/…`) resolves from the repository root.
  */
 import { execFile } from 'node:child_process';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -14,11 +22,8 @@ const run = promisify(execFile);
 const repo = resolve(import.meta.dirname, '../..');
 const out = join(repo, '.tmp/snippets');
 
-/**
- * Pages whose programs are not checked yet, each with the reason. docs/errors.md belongs to the
- * etcd client's work in progress; its example uses names it does not declare.
- */
-const notCheckedYet = new Set(['docs/errors.md']);
+/** Pages whose blocks are not checked, each with the reason (none today). */
+const notCheckedYet = new Set<string>([]);
 
 async function markdownFiles(): Promise<string[]> {
   const files = [join(repo, 'README.md')];
@@ -33,32 +38,68 @@ async function markdownFiles(): Promise<string[]> {
   return files.sort();
 }
 
-/** The complete programs of one markdown file: ```ts blocks that import from 'conclave'. */
-function programs(markdown: string): string[] {
-  const blocks = [...markdown.matchAll(/^```ts\n([\s\S]*?)^```/gm)].map((m) => m[1] ?? '');
-  return blocks.filter((b) => /^import .* from 'conclave(\/(etcd|raft))?';$/m.test(b));
+interface Block {
+  readonly code: string;
+  /** The snippet-context comment right before the fence, if any. */
+  readonly context: string;
+}
+
+/** The ```ts blocks of one markdown file, each with its snippet-context. */
+function blocks(markdown: string): Block[] {
+  return [...markdown.matchAll(/(?:<!-- snippet-context:([\s\S]*?)-->\n)?^```ts\n([\s\S]*?)^```/gm)].map(
+    (m) => ({ context: (m[1] ?? '').trim(), code: m[2] ?? '' }),
+  );
+}
+
+/** A complete program imports from one of the package's entry points. */
+const isProgram = (code: string) => /^import .* from 'conclave(\/(etcd|raft))?';/m.test(code);
+
+/**
+ * A fragment as a module: its context and imports at the top (repository paths made relative to
+ * the snippet directory), its statements inside an async function, so top-level `await` and names
+ * that other fragments also declare are fine.
+ */
+function fragmentModule(b: Block): string {
+  const fromRepo = (line: string) => line.replace(/from '\.\/(backends|src|recipes)\//, "from '../../$1/");
+  const lines = b.code.split('\n');
+  const imports = lines.filter((l) => /^import /.test(l)).map(fromRepo);
+  const body = lines.filter((l) => !/^import /.test(l));
+  return [
+    fromRepo(b.context),
+    ...imports,
+    'export async function fragment(): Promise<void> {',
+    ...body,
+    '}',
+  ].join('\n');
 }
 
 const names: string[] = [];
+let fragments = 0;
 /** Programs on the embedded store only (no etcd needed): these are also run. */
 const runnable: string[] = [];
 
 describe('docs snippets', () => {
-  it('every complete program in README.md and docs/ type-checks against the package', async () => {
+  it('every program and fragment in README.md and docs/ type-checks against the package', async () => {
     await rm(out, { recursive: true, force: true });
     await mkdir(out, { recursive: true });
     for (const file of await markdownFiles()) {
       const rel = relative(repo, file);
       if (notCheckedYet.has(rel)) continue;
-      const found = programs(await readFile(file, 'utf8'));
-      for (const [i, code] of found.entries()) {
+      for (const [i, b] of blocks(await readFile(file, 'utf8')).entries()) {
         const name = `${rel.replace(/[/.]/g, '_')}_${i + 1}.ts`;
-        await writeFile(join(out, name), `// ${rel}, program ${i + 1}\n${code}\nexport {};\n`);
         names.push(name);
+        if (!isProgram(b.code)) {
+          fragments++;
+          await writeFile(join(out, name), `// ${rel}, block ${i + 1} (a fragment)\n${fragmentModule(b)}\n`);
+          continue;
+        }
+        await writeFile(join(out, name), `// ${rel}, block ${i + 1}\n${b.code}\nexport {};\n`);
+        const code = b.code;
         if (/connect\('embedded:'\)/.test(code) && !/^[^/]*connect\('etcd:/m.test(code)) runnable.push(name);
       }
     }
     expect(names.length).toBeGreaterThan(10);
+    expect(fragments).toBeGreaterThan(0);
     await writeFile(
       join(out, 'tsconfig.json'),
       JSON.stringify({

@@ -4,7 +4,7 @@
  * and phases, and that a chart without rows is not made.
  */
 import { describe, expect, it } from 'vitest';
-import { chartRows, chartSpecs, renderSvg } from '../../bench/charts.js';
+import { chartRows, chartSpecs, embedCharts, renderSvg } from '../../bench/charts.js';
 
 const row = (phase: string, backend: string, opsPerSec: number, p50Ms: number) => ({
   status: 'ok',
@@ -54,5 +54,25 @@ describe('bench charts', () => {
     const rows = chartRows([kvRun, later]);
     expect(rows.find((r) => r.phase === 'put1' && r.system.startsWith('etcd'))?.opsPerSec).toBe(1000);
     expect(Object.keys(chartSpecs(chartRows([recipesRun])))).toEqual(['lock-handoff.svg']);
+  });
+
+  it('embeds exactly the charts it wrote between the page markers, and leaves a page without them alone', () => {
+    const page = 'intro\n<!-- charts:begin -->\nold ![x](charts/old.svg)\n<!-- charts:end -->\nrest\n';
+    const next = embedCharts(
+      page,
+      ['charts/throughput.svg', 'charts/lock-handoff.svg'],
+      'docs/charts/results.json',
+    )!;
+    expect(next.startsWith('intro\n<!-- charts:begin -->\n')).toBe(true);
+    expect(next.endsWith('<!-- charts:end -->\nrest\n')).toBe(true);
+    expect(next).toContain('![put throughput against requests in flight](charts/throughput.svg)');
+    expect(next).toContain('](charts/lock-handoff.svg)');
+    expect(next).not.toContain('old.svg');
+    expect(next).toContain('npm run charts -- docs/charts/results.json');
+    // Idempotent: embedding again gives the same page.
+    expect(
+      embedCharts(next, ['charts/throughput.svg', 'charts/lock-handoff.svg'], 'docs/charts/results.json'),
+    ).toBe(next);
+    expect(embedCharts('no markers', ['charts/a.svg'], 'r.json')).toBeUndefined();
   });
 });

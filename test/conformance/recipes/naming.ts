@@ -457,4 +457,33 @@ export const registerNamingTests: RegisterTests = (ctx) => {
     expect(m.instances.map((i) => i.id)).toEqual(['c', 'd']);
     await slow.return();
   }, 30_000);
+  it('naming — aborting the signal of changes() ends that iterator normally; the resolver and others go on', async () => {
+    const { kv, prefix, backend } = ctx();
+    const service = `${prefix('naming-changes-abort')}svc`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using registry = new ServiceRegistry();
+    await using r = await resolveService(kv, service);
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const stopped = (async () => {
+      for await (const c of r.changes({ signal: ac.signal })) seen.push(...c.added.map((i) => i.id));
+      return 'ended';
+    })().catch((err: unknown) => err);
+    const other = collectChanges(r);
+    await registry.register(s, service, { id: 'a', addr: 'a:1' });
+    await waitFor(() => seen.length === 1, 10_000, 'the first change');
+    ac.abort(new Error('stop watching'));
+    // A requested stop is not an error: the loop ends without throwing.
+    expect(await stopped).toBe('ended');
+    await registry.register(s, service, { id: 'b', addr: 'b:1' });
+    await waitFor(() => other.items.length === 2, 10_000, 'the other iterator to see b');
+    expect(seen).toEqual(['a']);
+    expect(ids(r)).toEqual(['a', 'b']);
+    // An already aborted signal: an iterator that ends at once, without an error.
+    const none: ServiceChange[] = [];
+    for await (const c of r.changes({ signal: AbortSignal.abort(new Error('x')) })) none.push(c);
+    expect(none).toEqual([]);
+    await r.close();
+    expect(await other.done).toBeUndefined();
+  }, 30_000);
 };

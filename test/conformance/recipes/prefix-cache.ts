@@ -62,6 +62,15 @@ export const registerPrefixCacheTests: RegisterTests = (ctx) => {
     expect(cache.list({ under: `${p}c/` }).map((k) => toText(k.key))).toEqual([`${p}c/x`]);
     await expectExact(kv, cache, p);
     await it.return?.();
+    // Aborting an iterator's signal ends that iterator normally (a requested stop); the cache goes on.
+    const ac = new AbortController();
+    const stopped = cache.changes({ signal: ac.signal });
+    const pending = stopped.next();
+    ac.abort(new Error('stop following'));
+    expect(await pending).toEqual({ done: true, value: undefined });
+    await kv.put(`${p}d`, '5');
+    await cache.ready((await kv.put(`${p}e`, '6')).revision);
+    expect(cache.size).toBe(4);
   });
 
   it('prefix cache — equals a fresh range after random writes, deletes, txns and compactions, and a follower of its changes equals it', async () => {
