@@ -80,6 +80,8 @@ interface Waiter {
   resolve(v: unknown): void;
   reject(e: unknown): void;
   timer: ReturnType<typeof setTimeout>;
+  /** The member's term when the request was made (see `#failStaleRequests`). */
+  term: number;
 }
 
 interface RevocationWaiter {
@@ -154,6 +156,9 @@ export class RaftNode {
     // the same reason. With more voters nothing changes: they hold a normal election.
     const voters = this.raft.voters;
     if (voters.size === 1 && voters.has(o.id)) this.campaign();
+    // A restarted member applies at once what its storage knows committed (etcd's first Ready
+    // after a restart carries those entries), rather than waiting for a leader's message.
+    else this.#schedule();
     // Unref'd: a member alone does not keep the process alive, so a script that never closes an
     // embedded store still exits. Work in flight does: a pending request has its own timer, a
     // storage write is a pending fs request, an embedded client's open watch holds the process
@@ -243,6 +248,51 @@ export class RaftNode {
     }
   }
 
+  /** The highest term of an entry applied here (see `#failStaleRequests`). */
+  #appliedTerm = 0;
+
+  /**
+   * This member applied an entry of `term`: a leader of that term committed it. Every request made
+   * here in an earlier term that has not completed is failed now rather than at its timeout:
+   * - A write proposed in an earlier term that was in the new leader's log was committed with (so
+   *   applied before) that leader's first entry; one that was not — forwarded to a leader that then
+   *   died, or appended only by a deposed leader — has been lost in practice. It fails
+   *   `indeterminate` with etcd's "request timed out, possibly due to previous leader failure"
+   *   (not "never applied": a proposal still queued toward the old leader could in principle reach
+   *   it after a restart, and forwarded proposals carry no term to refuse it by). etcd waits for its
+   *   request timeout (5 s + 2 election timeouts) in this case; a client whose leader was killed
+   *   waited that long before its writes through a follower resumed.
+   * - A read made in an earlier term and still unconfirmed (a ReadIndex forwarded to the dead
+   *   leader) fails retryable "leader changed": a read has no effect, and the caller retries it
+   *   under the new leader.
+   * One pass over the pending requests per new term applied: never on the hot path.
+   */
+  #failStaleRequests(term: number): void {
+    let lost: ConclaveError | undefined;
+    for (const [k, w] of this.#writes) {
+      if (w.term >= term) continue;
+      lost ??= new ConclaveError(
+        ErrorCode.Indeterminate,
+        `member ${this.id}: request timed out, possibly due to previous leader failure: proposed in term ${w.term}, not applied when an entry of term ${term} was; it may still apply`,
+        { retryable: false },
+      );
+      this.#writes.delete(k);
+      clearTimeout(w.timer);
+      w.reject(lost);
+    }
+    let changed: ConclaveError | undefined;
+    for (const [k, w] of this.#reads) {
+      if (w.term >= term) continue;
+      changed ??= new ConclaveError(
+        ErrorCode.Unavailable,
+        `member ${this.id}: leader changed while the read was pending (made in term ${w.term}, now ${term}); retry`,
+      );
+      this.#reads.delete(k);
+      clearTimeout(w.timer);
+      w.reject(changed);
+    }
+  }
+
   /** The term and vote on disk (what a Ready may send early under). */
   #durableTerm = 0;
   #durableVote = 0;
@@ -273,12 +323,18 @@ export class RaftNode {
     }
     this.#o.transport.send(messages);
     if (rd.snapshot) this.#installSnapshot(rd.snapshot);
+    let appliedTerm = this.#appliedTerm;
     for (const e of rd.committed) {
       if (e.index <= this.store.appliedIndex) continue;
       if (e.type === EntryType.ConfChange) this.raft.applyConfChange(decodeConfChange(e.data));
       else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
       else if (e.term === this.raft.term && this.raft.role === Role.Leader) this.#promoteLeases();
       this.store.appliedIndex = e.index;
+      if (e.term > appliedTerm) appliedTerm = e.term;
+    }
+    if (appliedTerm > this.#appliedTerm) {
+      this.#appliedTerm = appliedTerm;
+      this.#failStaleRequests(appliedTerm);
     }
     for (const rs of rd.readStates) {
       const key = new TextDecoder().decode(rs.context);
@@ -643,7 +699,12 @@ export class RaftNode {
           ),
         );
       }, this.#o.requestTimeoutMs);
-      this.#writes.set(c.id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#writes.set(c.id, {
+        resolve: resolve as (v: unknown) => void,
+        reject,
+        timer,
+        term: this.raft.term,
+      });
       this.#schedule();
     });
   }
@@ -662,7 +723,7 @@ export class RaftNode {
           ),
         );
       }, this.#o.requestTimeoutMs);
-      this.#reads.set(ctx, { resolve: () => resolve(), reject, timer });
+      this.#reads.set(ctx, { resolve: () => resolve(), reject, timer, term: this.raft.term });
       this.raft.readIndex(new TextEncoder().encode(ctx));
       this.#schedule();
     });

@@ -5,6 +5,7 @@
  *   <dataDir>/LOCK      one member per directory (lock.ts)
  *   <dataDir>/wal/      segments (wal.ts)
  *   <dataDir>/snap/     snapshot files (snapshots.ts)
+ *   <dataDir>/COMMIT    the last known commit index, written without fsync (see `save`)
  *
  * Contract with the node loop: `save(ready)` resolves once the Ready's snapshot, entries and hard
  * state are durable; nothing of that Ready is sent or applied before. `snapshotAt()` records a
@@ -12,10 +13,12 @@
  * segments that the older kept snapshot covers (so a damaged newest snapshot can fall back to
  * the previous one and replay the WAL from there).
  */
+import { closeSync, constants as fsConstants, promises as fsp, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { assert } from '../consensus/assert.js';
 import { MemoryStorage, type NodeStorage, type ReadyToSave } from '../consensus/memory-storage.js';
 import type { ConfState, NodeId, Snapshot } from '../consensus/types.js';
+import { crc32c } from './crc32c.js';
 import { type DirLock, lockDir } from './lock.js';
 import { RecordType, type WalRecord } from './records.js';
 import type { ReplayBase } from './replay.js';
@@ -51,6 +54,9 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
   readonly #lock: DirLock;
   #chain: Promise<unknown> = Promise.resolve();
   #closed = false;
+  /** The COMMIT file, open for in-place writes (no O_DSYNC); see `save`. */
+  readonly #commitFd: number;
+  readonly #commitBuf = Buffer.alloc(commitFileBytes);
 
   private constructor(
     o: DiskStorageOptions,
@@ -58,9 +64,11 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
     snaps: Snapshotter,
     lock: DirLock,
     recovery: DiskRecovery,
+    commitFd: number,
   ) {
     super({ voters: [...o.voters], learners: [] });
     this.dataDir = o.dataDir;
+    this.#commitFd = commitFd;
     this.#wal = wal;
     this.#snaps = snaps;
     this.#lock = lock;
@@ -115,16 +123,33 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
               () => Wal.read(walOptions, { index: after, term: afterTerm }),
             );
       const { wal, recovery } = await Wal.open(walOptions, after, afterTerm, read);
-      const s = new DiskStorage(o, wal, snaps, lock, {
-        ...(loaded ? { snapshotFile: loaded.file } : {}),
-        skippedSnapshots: loaded?.skipped ?? [],
-        wal: recovery,
-        phasesMs: { snapshot: snapshotMs, wal: walMs, total: performance.now() - t0 },
-      });
+      const commitPath = join(o.dataDir, commitFileName);
+      const knownCommit = await readCommitFile(commitPath);
+      const s = new DiskStorage(
+        o,
+        wal,
+        snaps,
+        lock,
+        {
+          ...(loaded ? { snapshotFile: loaded.file } : {}),
+          skippedSnapshots: loaded?.skipped ?? [],
+          wal: recovery,
+          phasesMs: { snapshot: snapshotMs, wal: walMs, total: performance.now() - t0 },
+        },
+        openSync(commitPath, fsConstants.O_RDWR | fsConstants.O_CREAT),
+      );
       if (loaded) s.snap = loaded.snapshot;
       s.ents = recovery.entries;
       const hs = recovery.hardState;
-      s.hardState = { term: hs.term, vote: hs.vote, commit: Math.max(hs.commit, after) };
+      // The COMMIT file may know a later commit index than the WAL's last HardState (it is
+      // written where the WAL's record waits for the next synced write). It is used only up to
+      // the last entry the log holds: every entry at or below a commit index this member learned
+      // was durable before it learned it (a commit-only Ready follows the synced Ready of its
+      // entries), and a committed entry is never overwritten (Raft §5.4, Leader Completeness).
+      const lastIndex =
+        recovery.entries.length > 0 ? recovery.entries[recovery.entries.length - 1]!.index : after;
+      const commit = Math.max(hs.commit, after, Math.min(knownCommit, lastIndex));
+      s.hardState = { term: hs.term, vote: hs.vote, commit };
       return s;
     } catch (err) {
       await lock.release();
@@ -148,6 +173,12 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
    * entries, no snapshot, same term and vote) returns synchronously — the commit index is volatile
    * in Raft (a restarted member learns it again from the leader, or commits its own log anew as
    * leader), so its record rides along with the next synced write instead of costing an fsync.
+   * It is also written at once, without fsync, to the COMMIT file (one in-place write to the page
+   * cache): a member killed (SIGKILL) before its next synced write then restarts applying every
+   * entry it knew committed, as etcd does by writing such a HardState to its WAL unsynced
+   * (wal.Save syncs only when raft.MustSync says so). A restarted member otherwise served
+   * serializable reads behind what it served before the kill until a leader told it the commit
+   * index again. Lost in a power failure, it costs no more than before (the WAL's value is used).
    */
   override save(rd: ReadyToSave): void | Promise<void> {
     assert(!this.#closed, 'disk storage: save after close');
@@ -172,6 +203,7 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
     if (commitOnly) {
       this.#deferred = records.filter((r) => r.type !== RecordType.HardState);
       this.#deferred.push({ type: RecordType.HardState, hardState: rd.hardState! });
+      this.#writeCommit(rd.hardState!.commit);
       return;
     }
     return this.#serial(async () => {
@@ -181,6 +213,23 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
       }
       await this.#wal.save(records);
     });
+  }
+
+  /**
+   * Overwrites the COMMIT file in place: [commit: u64 LE][crc32c of those 8 bytes: u32 LE]. A
+   * synchronous write of 12 bytes to the page cache (microseconds; an asynchronous one would cost a
+   * thread-pool round trip per commit advance). A torn or failed write is harmless: recovery
+   * ignores a file whose checksum does not match, and a failed write is not retried.
+   */
+  #writeCommit(commit: number): void {
+    const b = this.#commitBuf;
+    b.writeBigUInt64LE(BigInt(commit), 0);
+    b.writeUInt32LE(crc32c(b, 0, 0, 8), 8);
+    try {
+      writeSync(this.#commitFd, b, 0, commitFileBytes, 0);
+    } catch {
+      // Best effort (see above).
+    }
   }
 
   /** Records that need no fsync of their own; written with the next synced batch. */
@@ -218,6 +267,23 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
     await this.#snapWrite;
     await this.#chain;
     await this.#wal.close();
+    closeSync(this.#commitFd);
     await this.#lock.release();
   }
+}
+
+const commitFileName = 'COMMIT';
+const commitFileBytes = 12;
+
+/** The commit index in the COMMIT file, or 0 if there is none or it does not check (see `#writeCommit`). */
+async function readCommitFile(path: string): Promise<number> {
+  let b: Buffer;
+  try {
+    b = await fsp.readFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+  if (b.length < commitFileBytes || b.readUInt32LE(8) !== crc32c(b, 0, 0, 8)) return 0;
+  return Number(b.readBigUInt64LE(0));
 }
