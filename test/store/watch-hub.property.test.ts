@@ -6,12 +6,15 @@
  * batches the brute force computes from the revisions the store applied — same revisions, same
  * events in order, nothing lost or repeated — or a prefix of them and then an error it may end
  * with (`compacted` after a compaction overtook its catch-up, `watch-overflow` when a live
- * watcher's buffer was full), or a prefix when it was closed.
+ * watcher's buffer was full), or a prefix when it was closed. The hub's in-memory history is
+ * kept short (0 to a few recent revisions, or the default) so that it is filled from the records
+ * and trimmed behind catching-up and parked watchers.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { restoreStore, snapshotStore } from '../../backends/raft/store/snapshot.js';
 import { Store } from '../../backends/raft/store/store.js';
+import { historyRecentMax } from '../../backends/raft/store/watch-hub.js';
 import { ConclaveError } from '../../src/errors.js';
 import type { Op, Watch, WatchBatch, WatchEvent, WatchOptions } from '../../src/types.js';
 
@@ -152,6 +155,8 @@ class Reader {
   }
 }
 
+const recentArb = fc.constantFrom(0, 1, 3, historyRecentMax);
+
 const fmt = (e: WatchEvent, withPrev: boolean): string =>
   `${e.type} ${str(e.kv.key)}=${str(e.kv.value)} c${e.kv.createRevision} m${e.kv.modRevision} v${e.kv.version}` +
   (withPrev && e.prevKv ? ` prev ${str(e.prevKv.value)}@${e.prevKv.modRevision}` : '');
@@ -161,163 +166,172 @@ describe('watch hub (property)', () => {
     let catchUps = 0;
     let parkedSeen = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 60, size: 'max' }), async (steps) => {
-        let s = new Store({ minTtlSeconds: 1 });
-        /** Every applied revision's events, as the store handed them to its hub. */
-        const applied = new Map<number, readonly WatchEvent[]>();
-        /** Revisions whose events are puts of distinct keys: compacting at one keeps all its events. */
-        const safe = new Set<number>();
-        const record = (store: Store) => {
-          const notify = store.hub.notify.bind(store.hub);
-          store.hub.notify = (rev, events) => {
-            applied.set(rev, events);
-            const keys = events.map((e) => str(e.kv.key));
-            if (events.every((e) => e.type === 'put') && new Set(keys).size === keys.length) safe.add(rev);
-            notify(rev, events);
+      // `recent`: the revisions the hub keeps in memory whoever watches (0 and small values make
+      // watches that start in the past fill the history from the records, and trim it as they
+      // catch up).
+      fc.asyncProperty(
+        recentArb,
+        fc.array(stepArb, { minLength: 1, maxLength: 60, size: 'max' }),
+        async (recent, steps) => {
+          let s = new Store({ minTtlSeconds: 1 });
+          s.hub.recentRevisions = recent;
+          /** Every applied revision's events, as the store handed them to its hub. */
+          const applied = new Map<number, readonly WatchEvent[]>();
+          /** Revisions whose events are puts of distinct keys: compacting at one keeps all its events. */
+          const safe = new Set<number>();
+          const record = (store: Store) => {
+            const notify = store.hub.notify.bind(store.hub);
+            store.hub.notify = (rev, events) => {
+              applied.set(rev, events);
+              const keys = events.map((e) => str(e.kv.key));
+              if (events.every((e) => e.type === 'put') && new Set(keys).size === keys.length) safe.add(rev);
+              notify(rev, events);
+            };
           };
-        };
-        record(s);
-        const readers: Reader[] = [];
-        for (const step of steps) {
-          switch (step.t) {
-            case 'put':
-              s.applyPut(latin1(step.k), latin1(`v${step.v}`));
-              break;
-            case 'del':
-              s.applyDelete(latin1(step.k), step.prefix ? { prefix: true } : {});
-              break;
-            case 'txn': {
-              const ops: Op[] = step.ops.map((o, j) =>
-                o.put
-                  ? { type: 'put', key: latin1(o.k), value: latin1(`t${j}`) }
-                  : { type: 'delete', key: latin1(o.k) },
-              );
-              s.applyTxn({ compare: [], success: ops, failure: [] });
-              break;
-            }
-            case 'compact': {
-              let c = s.revision;
-              while (c > s.mvcc.compactRev && !safe.has(c)) c--;
-              if (c > s.mvcc.compactRev) s.applyCompact(c);
-              break;
-            }
-            case 'watch': {
-              const sp = step.spec;
-              const o: WatchOptions = { prevKv: sp.prevKv, bufferBatchesMax: sp.buffer };
-              if (sp.filter !== 'none') o.filters = [sp.filter];
-              if (sp.sel.kind === 'prefix') o.prefix = true;
-              if (sp.sel.kind === 'fromKey') o.fromKey = true;
-              if (sp.sel.kind === 'range') o.end = latin1(sp.sel.end);
-              // Only revisions after the compaction one are asked for (at it, the records may hold
-              // fewer events than were applied, as in etcd).
-              const now = s.revision;
-              if (sp.start.at === 'past')
-                o.startRevision = Math.max(s.mvcc.compactRev + 1, now - sp.start.back, 1);
-              if (sp.start.at === 'future') o.startRevision = now + 1 + sp.start.ahead;
-              const key = sp.sel.kind === 'all' ? latin1('') : latin1(sp.sel.key);
-              if (sp.sel.kind === 'all') o.prefix = true;
-              const w = s.hub.watch(key, o);
-              const from = o.startRevision ?? now + 1;
-              if (from <= now) catchUps++;
-              readers.push(new Reader(w, sp, from, now));
-              break;
-            }
-            case 'close': {
-              const r = readers[step.i % Math.max(1, readers.length)];
-              if (r && !r.closed) {
-                await r.read();
-                r.closed = true;
-                await r.w.close();
+          record(s);
+          const readers: Reader[] = [];
+          for (const step of steps) {
+            switch (step.t) {
+              case 'put':
+                s.applyPut(latin1(step.k), latin1(`v${step.v}`));
+                break;
+              case 'del':
+                s.applyDelete(latin1(step.k), step.prefix ? { prefix: true } : {});
+                break;
+              case 'txn': {
+                const ops: Op[] = step.ops.map((o, j) =>
+                  o.put
+                    ? { type: 'put', key: latin1(o.k), value: latin1(`t${j}`) }
+                    : { type: 'delete', key: latin1(o.k) },
+                );
+                s.applyTxn({ compare: [], success: ops, failure: [] });
+                break;
               }
-              break;
+              case 'compact': {
+                let c = s.revision;
+                while (c > s.mvcc.compactRev && !safe.has(c)) c--;
+                if (c > s.mvcc.compactRev) s.applyCompact(c);
+                break;
+              }
+              case 'watch': {
+                const sp = step.spec;
+                const o: WatchOptions = { prevKv: sp.prevKv, bufferBatchesMax: sp.buffer };
+                if (sp.filter !== 'none') o.filters = [sp.filter];
+                if (sp.sel.kind === 'prefix') o.prefix = true;
+                if (sp.sel.kind === 'fromKey') o.fromKey = true;
+                if (sp.sel.kind === 'range') o.end = latin1(sp.sel.end);
+                // Only revisions after the compaction one are asked for (at it, the records may hold
+                // fewer events than were applied, as in etcd).
+                const now = s.revision;
+                if (sp.start.at === 'past')
+                  o.startRevision = Math.max(s.mvcc.compactRev + 1, now - sp.start.back, 1);
+                if (sp.start.at === 'future') o.startRevision = now + 1 + sp.start.ahead;
+                const key = sp.sel.kind === 'all' ? latin1('') : latin1(sp.sel.key);
+                if (sp.sel.kind === 'all') o.prefix = true;
+                const w = s.hub.watch(key, o);
+                const from = o.startRevision ?? now + 1;
+                if (from <= now) catchUps++;
+                readers.push(new Reader(w, sp, from, now));
+                break;
+              }
+              case 'close': {
+                const r = readers[step.i % Math.max(1, readers.length)];
+                if (r && !r.closed) {
+                  await r.read();
+                  r.closed = true;
+                  await r.w.close();
+                }
+                break;
+              }
+              case 'read':
+                await readers[step.i % Math.max(1, readers.length)]?.read();
+                break;
+              case 'readAll':
+                for (const r of readers) await r.read();
+                break;
+              case 'turn':
+                await turn();
+                break;
+              case 'resync':
+                s.hub.resync();
+                break;
+              case 'snapshot': {
+                // Installing a snapshot of the same state: the hub forgets its history and every
+                // watcher catches up from the records.
+                const copy = restoreStore(snapshotStore(s), { minTtlSeconds: 1, nowMs: 0 });
+                s.replaceState(copy);
+                break;
+              }
             }
-            case 'read':
-              await readers[step.i % Math.max(1, readers.length)]?.read();
-              break;
-            case 'readAll':
-              for (const r of readers) await r.read();
-              break;
-            case 'turn':
-              await turn();
-              break;
-            case 'resync':
-              s.hub.resync();
-              break;
-            case 'snapshot': {
-              // Installing a snapshot of the same state: the hub forgets its history and every
-              // watcher catches up from the records.
-              const copy = restoreStore(snapshotStore(s), { minTtlSeconds: 1, nowMs: 0 });
-              s.replaceState(copy);
-              break;
-            }
+            parkedSeen = Math.max(parkedSeen, s.hub.groups().parked);
           }
-          parkedSeen = Math.max(parkedSeen, s.hub.groups().parked);
-        }
-        // Let every catch-up finish: read until nothing is catching up or parked.
-        for (let i = 0; i < 1000; i++) {
+          // Let every catch-up finish: read until nothing is catching up or parked.
+          for (let i = 0; i < 1000; i++) {
+            for (const r of readers) if (!r.closed) await r.read();
+            const g = s.hub.groups();
+            if (g.catchingUp === 0 && g.parked === 0) break;
+            await turn();
+          }
           for (const r of readers) if (!r.closed) await r.read();
-          const g = s.hub.groups();
-          if (g.catchingUp === 0 && g.parked === 0) break;
-          await turn();
-        }
-        for (const r of readers) if (!r.closed) await r.read();
-        const compactRev = s.mvcc.compactRev;
-        const last = s.revision;
-        for (const r of readers) {
-          const sp = r.spec;
-          const want: string[] = [];
-          for (let rev = r.from; rev <= last; rev++) {
-            const evs = (applied.get(rev) ?? []).filter(
-              (e) =>
-                holds(sp.sel, str(e.kv.key)) &&
-                !(sp.filter === 'noput' && e.type === 'put') &&
-                !(sp.filter === 'nodelete' && e.type === 'delete'),
+          const compactRev = s.mvcc.compactRev;
+          const last = s.revision;
+          for (const r of readers) {
+            const sp = r.spec;
+            const want: string[] = [];
+            for (let rev = r.from; rev <= last; rev++) {
+              const evs = (applied.get(rev) ?? []).filter(
+                (e) =>
+                  holds(sp.sel, str(e.kv.key)) &&
+                  !(sp.filter === 'noput' && e.type === 'put') &&
+                  !(sp.filter === 'nodelete' && e.type === 'delete'),
+              );
+              // prevKv is compared above the compaction revision only (at it, a replay from the
+              // records cannot know the compacted previous version, as in etcd).
+              if (evs.length > 0)
+                want.push(`${rev}: ${evs.map((e) => fmt(e, sp.prevKv && rev > compactRev)).join(' | ')}`);
+            }
+            const got = r.batches.map(
+              (b) =>
+                `${b.revision}: ${b.events.map((e) => fmt(e, sp.prevKv && b.revision > compactRev)).join(' | ')}`,
             );
-            // prevKv is compared above the compaction revision only (at it, a replay from the
-            // records cannot know the compacted previous version, as in etcd).
-            if (evs.length > 0)
-              want.push(`${rev}: ${evs.map((e) => fmt(e, sp.prevKv && rev > compactRev)).join(' | ')}`);
-          }
-          const got = r.batches.map(
-            (b) =>
-              `${b.revision}: ${b.events.map((e) => fmt(e, sp.prevKv && b.revision > compactRev)).join(' | ')}`,
-          );
-          // A watcher without prevKv never gets one; events are plain objects (a spread or JSON keeps them whole).
-          for (const b of r.batches)
-            for (const e of b.events) {
-              if (!sp.prevKv) expect(e.prevKv).toBeUndefined();
-              expect(Object.getPrototypeOf(e)).toBe(Object.prototype);
-              expect({ ...e }.kv).toBe(e.kv);
+            // A watcher without prevKv never gets one; events are plain objects (a spread or JSON keeps them whole).
+            for (const b of r.batches)
+              for (const e of b.events) {
+                if (!sp.prevKv) expect(e.prevKv).toBeUndefined();
+                expect(Object.getPrototypeOf(e)).toBe(Object.prototype);
+                expect({ ...e }.kv).toBe(e.kv);
+              }
+            const label = JSON.stringify(sp);
+            if (r.error !== undefined) {
+              expect(ConclaveError.is(r.error), label).toBe(true);
+              const code = (r.error as ConclaveError).code;
+              expect(['compacted', 'watch-overflow'], `${label} ${code}`).toContain(code);
+              expect(got, label).toEqual(want.slice(0, got.length));
+              if (code === 'watch-overflow') {
+                // Only a live watcher overflows (a catching-up one waits for its consumer): what it
+                // missed was applied after it was created, with a full buffer before it.
+                expect(r.batches.length, label).toBeGreaterThanOrEqual(sp.buffer);
+                const missed = want[got.length];
+                if (missed !== undefined)
+                  expect(Number(missed.split(':')[0]), label).toBeGreaterThan(r.createdAt);
+              }
+            } else if (r.closed) expect(got, label).toEqual(want.slice(0, got.length));
+            else {
+              expect(r.ended, label).toBe(false);
+              expect(got, label).toEqual(want);
             }
-          const label = JSON.stringify(sp);
-          if (r.error !== undefined) {
-            expect(ConclaveError.is(r.error), label).toBe(true);
-            const code = (r.error as ConclaveError).code;
-            expect(['compacted', 'watch-overflow'], `${label} ${code}`).toContain(code);
-            expect(got, label).toEqual(want.slice(0, got.length));
-            if (code === 'watch-overflow') {
-              // Only a live watcher overflows (a catching-up one waits for its consumer): what it
-              // missed was applied after it was created, with a full buffer before it.
-              expect(r.batches.length, label).toBeGreaterThanOrEqual(sp.buffer);
-              const missed = want[got.length];
-              if (missed !== undefined)
-                expect(Number(missed.split(':')[0]), label).toBeGreaterThan(r.createdAt);
-            }
-          } else if (r.closed) expect(got, label).toEqual(want.slice(0, got.length));
-          else {
-            expect(r.ended, label).toBe(false);
-            expect(got, label).toEqual(want);
           }
-        }
-        for (const r of readers) await r.w.close();
-        expect(s.hub.size).toBe(0);
-        s = undefined as unknown as Store;
-      }),
+          for (const r of readers) await r.w.close();
+          expect(s.hub.size).toBe(0);
+          s = undefined as unknown as Store;
+        },
+      ),
       {
         numRuns: 300,
         // One run that parks for sure: a replay of 4 revisions into a buffer of 1.
         examples: [
           [
+            0,
             [
               ...[1, 2, 3, 4].map((v) => ({ t: 'put' as const, k: 'a', v })),
               {

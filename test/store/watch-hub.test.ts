@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Store } from '../../backends/raft/store/store.js';
-import { catchUpScanMax, watchersMax } from '../../backends/raft/store/watch-hub.js';
+import { catchUpScanMax, historyRecentMax, watchersMax } from '../../backends/raft/store/watch-hub.js';
 import { ConclaveError } from '../../src/errors.js';
 import type { Watch, WatchBatch } from '../../src/types.js';
 
@@ -114,6 +114,48 @@ describe('watch hub groups', () => {
     expect(s.hub.groups()).toMatchObject({ future: 0, synced: 1 });
     put(s, 'f', '5');
     expect(await revisionsUntil(w, 6)).toEqual([5, 6]);
+  });
+});
+
+describe('watch hub history', () => {
+  it('keeps only the recent revisions while every watcher is synced, and older ones only as long as a catching-up or parked watcher needs them', async () => {
+    const s = new Store({ minTtlSeconds: 1 });
+    let passes = 0;
+    const eventsSince = s.mvcc.eventsSince.bind(s.mvcc);
+    s.mvcc.eventsSince = (from, to) => {
+      passes++;
+      return eventsSince(from, to);
+    };
+    const synced = s.hub.watch('s/', { prefix: true, bufferBatchesMax: 100_000 });
+    const first = s.revision + 1;
+    for (let i = 0; i < 5000; i++) put(s, `k${i % 7}`, `v${i}`);
+    // A synced watcher needs no history: only the last historyRecentMax revisions are held.
+    expect(s.hub.historyRevisions).toBe(historyRecentMax);
+    // A watch starting within them replays from memory (no pass over the records).
+    const near = s.hub.watch('k1', { startRevision: s.revision - 20 });
+    expect(passes).toBe(0);
+    expect(s.hub.groups().catchingUp).toBe(0);
+    await near.close();
+    // One starting before them fills the history from the records, once, back to its start;
+    // with a buffer of 2 it parks, and the history is held back to where it parked...
+    const old = s.hub.watch('k2', { startRevision: first, bufferBatchesMax: 2 });
+    expect(passes).toBe(1);
+    expect(s.hub.groups().parked).toBe(1);
+    for (let i = 0; i < 1000; i++) put(s, 'k3', 'x');
+    expect(s.hub.historyRevisions).toBeGreaterThan(5000);
+    // ...and dropped once it has caught up.
+    const last = put(s, 'k2', 'last');
+    const got = await revisionsUntil(old, last);
+    // Every put of k2 (i % 7 === 2: 714 of them) and the last one, nothing else.
+    expect(got.length).toBe(715);
+    expect(s.hub.groups()).toMatchObject({ parked: 0, catchingUp: 0 });
+    put(s, 'k4', 'x');
+    expect(s.hub.historyRevisions).toBe(historyRecentMax);
+    expect(passes).toBe(1);
+    await synced.close();
+    // Nobody watching: the same recent revisions, no more.
+    for (let i = 0; i < 1000; i++) put(s, 'k5', 'x');
+    expect(s.hub.historyRevisions).toBe(historyRecentMax);
   });
 });
 

@@ -35,8 +35,23 @@ import { keyString, type Mvcc, type MvccEvent } from './mvcc.js';
  */
 export const watchersMax = 100_000;
 
-/** Revisions of events kept for replay (since compaction), as a bound on memory for history. */
+/**
+ * Revisions of events kept for replay at most (a bound on the memory of the history while a
+ * watcher catches up from far behind; beyond it the oldest are read from the MVCC records).
+ */
 export const historyRevisionsMax = 1_000_000;
+
+/**
+ * The most recent revisions kept in memory whoever watches, so that a watch starting just behind
+ * the store (the usual "read at R, watch from R + 1" of a recipe or a list-then-watch client)
+ * replays from memory rather than from a pass over the records. Older revisions are kept only as
+ * far back as a catching-up or parked watcher still needs them: every revision kept is an object
+ * that outlives the young generation, and a history kept for every watcher (up to
+ * `historyRevisionsMax`) doubled the CPU of a put through garbage collection alone. etcd keeps
+ * no history in memory: an unsynced watcher reads its revisions from the backend
+ * (mvcc/watchable_store.go syncWatchers).
+ */
+export const historyRecentMax = 256;
 
 /**
  * History revisions replayed to catching-up watchers per turn of the event loop (and at a watch's
@@ -44,11 +59,13 @@ export const historyRevisionsMax = 1_000_000;
  */
 export const catchUpScanMax = 2048;
 
-/** One revision of history: its events in {main, sub} order. */
-interface Revision {
-  readonly rev: number;
-  readonly events: readonly MvccEvent[];
-}
+/** One revision's events in {main, sub} order in the history: a lone event is held bare (no array). */
+type RevEvents = MvccEvent | readonly MvccEvent[];
+
+const isList = (e: RevEvents): e is readonly MvccEvent[] => Array.isArray(e);
+/** A revision's events as the history holds them (the array only for two or more). */
+const one = (events: readonly MvccEvent[]): RevEvents | undefined =>
+  events.length === 1 ? events[0] : events.length === 0 ? undefined : events;
 
 /** The watchers of one group sharing one key or one interval: a lone watcher is held bare. */
 type Members = HubWatch | Set<HubWatch>;
@@ -294,16 +311,26 @@ export class WatchHub {
   #closed = false;
   /**
    * Events by revision, for history replay: a cache of what the MVCC records hold, complete for
-   * every revision in [#historyFrom, #historyTo] (a revision without events has no entry). It is
-   * not built when a store is restored or replaced (a million restored keys would mean a million
-   * events nobody may ask for), nor kept while it is empty and nobody watches; a watch that starts
-   * before #historyFrom fills it from the records first (`#cover`).
+   * every revision in [#historyFrom, #historyTo]; revision r is at `#history[#head + r -
+   * #historyFrom]` (undefined: a revision without events). It holds the last `recentRevisions`
+   * revisions and, older than those, only what a catching-up or parked watcher still needs
+   * (`#trim`). It is not built when a store is restored or replaced (a million restored keys
+   * would mean a million events nobody may ask for); a watch that starts before #historyFrom
+   * fills it from the records first (`#cover`).
    */
-  #history: Revision[] = [];
+  #history: Array<RevEvents | undefined> = [];
+  /** Index in #history of revision #historyFrom (the slots before it were dropped). */
+  #head = 0;
   #historyFrom: number;
   #historyTo: number;
-  /** Fills so far since the last reset: the second one goes back to the compaction revision. */
-  #fills = 0;
+  /**
+   * The oldest revision a catching-up or parked watcher still needs (Infinity: none), recomputed
+   * by #trim when `#floorStale` (set whenever the catching-up groups or the parked set change).
+   */
+  #floor = Number.POSITIVE_INFINITY;
+  #floorStale = false;
+  /** Recent revisions kept whoever watches (`historyRecentMax`; settable for tests). */
+  recentRevisions = historyRecentMax;
 
   // Scratch of one match pass (reused: nothing per watcher is allocated per revision).
   /** Watchers with events in the revision being matched. */
@@ -331,6 +358,11 @@ export class WatchHub {
   /** Watchers registered now (every group). */
   get size(): number {
     return this.#count;
+  }
+
+  /** Revisions the replay history holds in memory now (for tests and diagnostics). */
+  get historyRevisions(): number {
+    return this.#historyTo - this.#historyFrom + 1;
   }
 
   /** Watchers in each group kind (for tests and diagnostics). */
@@ -402,13 +434,17 @@ export class WatchHub {
     if (g) {
       g.delete(w);
       if (g.size === 0 && g !== this.#synced) {
-        if (this.#catching.get(g.nextRev) === g) this.#catching.delete(g.nextRev);
+        if (this.#catching.get(g.nextRev) === g) {
+          this.#catching.delete(g.nextRev);
+          this.#floorStale = true;
+        }
         if (this.#future.get(g.nextRev) === g) this.#future.delete(g.nextRev);
       }
     }
     if (w.parked) {
       w.parked = false;
       this.#parked.delete(w);
+      this.#floorStale = true;
     }
   }
 
@@ -417,6 +453,7 @@ export class WatchHub {
     if (!w.parked || !w.live) return;
     w.parked = false;
     this.#parked.delete(w);
+    this.#floorStale = true;
     this.#place(w, w.parkedRev);
     this.#scheduleCatchUp();
   }
@@ -432,59 +469,69 @@ export class WatchHub {
   /** Forgets the history: it starts after revision `to` (older ones are filled on demand). */
   #reset(to: number): void {
     this.#history = [];
+    this.#head = 0;
     this.#historyFrom = to + 1;
     this.#historyTo = to;
-    this.#fills = 0;
+  }
+
+  /** The events of revision `rev`, in [#historyFrom, #historyTo] (undefined: none). */
+  #at(rev: number): RevEvents | undefined {
+    return this.#history[this.#head + rev - this.#historyFrom];
   }
 
   /**
    * Makes the history complete from `rev` (at or after the compaction revision) to the current
-   * revision, reading what it lacks from the MVCC records (one pass over the index). The first
-   * fill reads only from `rev` (watches usually start at a recent revision); a later one reads
-   * from the compaction revision, so a run of watches at ever older revisions costs two passes.
-   * When the history is full (`historyRevisionsMax`) nothing is filled: the caller reads the
-   * records directly.
+   * revision, reading what it lacks from the MVCC records (one pass over the index). When the
+   * history would pass `historyRevisionsMax`, only the revisions nearest the present are filled
+   * (none when it is full already): the caller reads the older ones from the records directly.
    */
   #cover(rev: number): void {
-    if (rev >= this.#historyFrom || this.#history.length >= historyRevisionsMax) return;
-    const from = this.#fills++ === 0 ? rev : Math.min(rev, Math.max(this.#mvcc.compactRev, 1));
-    const older = this.#mvcc.eventsSince(from, this.#historyFrom);
-    const room = historyRevisionsMax - this.#history.length;
-    // Keep the revisions nearest the present when the fill does not fit (the history stays contiguous).
-    const kept = older.length > room ? older.slice(older.length - room) : older;
-    if (kept.length > 0) this.#history = [...kept, ...this.#history];
-    this.#historyFrom = kept.length < older.length ? kept[0]!.rev : from;
+    const from = Math.max(rev, this.#historyTo + 1 - historyRevisionsMax);
+    if (from >= this.#historyFrom) return;
+    const filled: Array<RevEvents | undefined> = new Array(this.#historyFrom - from);
+    for (const h of this.#mvcc.eventsSince(from, this.#historyFrom)) filled[h.rev - from] = one(h.events);
+    this.#history = filled.concat(this.#history.slice(this.#head));
+    this.#head = 0;
+    this.#historyFrom = from;
   }
 
-  /** Index of the first history entry at or after `rev`. */
-  #historyIndex(rev: number): number {
-    let lo = 0;
-    let hi = this.#history.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.#history[mid]!.rev < rev) lo = mid + 1;
-      else hi = mid;
+  /**
+   * Drops the revisions nobody may need from the front of the history: older than the last
+   * `recentRevisions` and than what every catching-up and parked watcher still needs, or past
+   * `historyRevisionsMax`. O(1) amortized per revision (the array is compacted when half empty).
+   */
+  #trim(): void {
+    if (this.#floorStale) {
+      this.#floorStale = false;
+      let floor = Number.POSITIVE_INFINITY;
+      for (const r of this.#catching.keys()) if (r < floor) floor = r;
+      for (const w of this.#parked) if (w.parkedRev < floor) floor = w.parkedRev;
+      this.#floor = floor;
     }
-    return lo;
+    const to = this.#historyTo;
+    const from = Math.max(Math.min(to + 1 - this.recentRevisions, this.#floor), to + 1 - historyRevisionsMax);
+    if (from <= this.#historyFrom) return;
+    const drop = Math.min(from, to + 1) - this.#historyFrom;
+    const h = this.#history;
+    for (let i = this.#head, end = this.#head + drop; i < end; i++) h[i] = undefined;
+    this.#head += drop;
+    this.#historyFrom += drop;
+    if (this.#head >= 64 && this.#head * 2 >= h.length) {
+      h.copyWithin(0, this.#head);
+      h.length -= this.#head;
+      this.#head = 0;
+    }
   }
 
   notify(rev: number, events: readonly MvccEvent[]): void {
     // The state changed under the hub (a store restored without resync): resync as of `rev - 1`.
     if (this.#historyTo !== rev - 1) this.#rebase(rev - 1);
     this.#historyTo = rev;
-    if (this.#history.length === 0 && this.#count === 0) {
-      // Nobody can see this revision now; a later watch from it fills it from the records.
-      this.#historyFrom = rev + 1;
-      this.#synced.nextRev = rev + 1;
-      return;
-    }
-    this.#history.push({ rev, events });
-    if (this.#history.length > historyRevisionsMax) {
-      this.#history.shift();
-      this.#historyFrom = this.#history[0]!.rev;
-    }
+    // The store's array for the revision is dropped when it holds one event (the usual put).
+    this.#history.push(one(events));
+    this.#trim();
     // Watchers that start at this revision join the synced group first.
-    const f = this.#future.get(rev);
+    const f = this.#future.size > 0 ? this.#future.get(rev) : undefined;
     if (f) {
       this.#future.delete(rev);
       this.#merge(f, this.#synced);
@@ -492,30 +539,37 @@ export class WatchHub {
     const synced = this.#synced;
     if (synced.size > 0) {
       this.#match(synced, rev, events);
-      for (const w of this.#touched) {
-        const batch = w.batch!;
-        w.batch = undefined;
-        w.push(rev, batch);
-      }
-      this.#touched.length = 0;
+      this.#deliver(rev);
     }
     synced.nextRev = rev + 1;
   }
 
-  /** Collects, into #touched, every watcher of `g` with events in `rev` (each with its batch). */
-  #match(g: WatcherGroup, rev: number, events: readonly MvccEvent[]): void {
-    this.#curRev = rev;
-    for (let i = 0; i < events.length; i++) {
-      const e = events[i]!;
-      this.#curEvent = e;
-      this.#curPlain = undefined;
-      this.#curWithPrev = undefined;
-      // A put's event carries its key string: an event no watcher matches never makes its kv.
-      g.match(e.latin1Key ?? keyString(e.kv.key), this.#visit);
+  /** Hands every watcher collected by #match its batch of `rev`. */
+  #deliver(rev: number): void {
+    for (const w of this.#touched) {
+      const batch = w.batch!;
+      w.batch = undefined;
+      w.push(rev, batch);
     }
+    this.#touched.length = 0;
+  }
+
+  /** Collects, into #touched, every watcher of `g` with events in `rev` (each with its batch). */
+  #match(g: WatcherGroup, rev: number, events: RevEvents): void {
+    this.#curRev = rev;
+    if (isList(events)) for (let i = 0; i < events.length; i++) this.#matchOne(g, events[i]!);
+    else this.#matchOne(g, events);
     this.#curEvent = undefined;
     this.#curPlain = undefined;
     this.#curWithPrev = undefined;
+  }
+
+  #matchOne(g: WatcherGroup, e: MvccEvent): void {
+    this.#curEvent = e;
+    this.#curPlain = undefined;
+    this.#curWithPrev = undefined;
+    // A put's event carries its key string: an event no watcher matches never makes its kv.
+    g.match(e.latin1Key ?? keyString(e.kv.key), this.#visit);
   }
 
   #collect(w: HubWatch): void {
@@ -576,44 +630,33 @@ export class WatchHub {
    */
   #catchUp(g: WatcherGroup, budget: number): number {
     this.#catching.delete(g.nextRev);
+    this.#floorStale = true;
     const compactRev = this.#mvcc.compactRev;
     if (g.nextRev < compactRev) {
       this.#failCompacted(g.members(), compactRev);
       return budget;
     }
     this.#cover(g.nextRev);
-    let entries: readonly Revision[];
-    let i: number;
-    let to: number;
-    if (g.nextRev < this.#historyFrom) {
+    let rev = g.nextRev;
+    if (rev < this.#historyFrom) {
       // The history is full and starts later: read this stretch straight from the records.
-      const upTo = Math.min(this.#historyFrom, g.nextRev + budget);
-      entries = this.#mvcc.eventsSince(g.nextRev, upTo);
-      i = 0;
-      to = upTo - 1;
+      const upTo = Math.min(this.#historyFrom, rev + budget);
+      for (const h of this.#mvcc.eventsSince(rev, upTo)) {
+        if (g.size === 0) break;
+        const events = one(h.events);
+        if (events !== undefined) this.#replay(g, h.rev, events);
+      }
+      budget -= upTo - rev;
+      rev = upTo;
     } else {
-      entries = this.#history;
-      i = this.#historyIndex(g.nextRev);
-      to = this.#historyTo;
-    }
-    const end = entries.length;
-    for (; i < end && g.size > 0; i++) {
-      if (budget <= 0) {
-        to = entries[i]!.rev - 1;
-        break;
+      const upTo = Math.min(this.#historyTo + 1, rev + budget);
+      budget -= upTo - rev;
+      for (; rev < upTo && g.size > 0; rev++) {
+        const events = this.#at(rev);
+        if (events !== undefined) this.#replay(g, rev, events);
       }
-      budget--;
-      const h = entries[i]!;
-      this.#match(g, h.rev, h.events);
-      for (const w of this.#touched) {
-        const batch = w.batch!;
-        w.batch = undefined;
-        if (w.hasRoom) w.push(h.rev, batch);
-        else this.#park(w, h.rev);
-      }
-      this.#touched.length = 0;
     }
-    g.nextRev = to + 1;
+    g.nextRev = rev;
     if (g.size === 0) return budget;
     if (g.nextRev === this.#historyTo + 1) this.#merge(g, this.#synced);
     else {
@@ -624,11 +667,24 @@ export class WatchHub {
     return budget;
   }
 
+  /** Replays one revision to a catching-up group: a member with a full buffer is parked there. */
+  #replay(g: WatcherGroup, rev: number, events: RevEvents): void {
+    this.#match(g, rev, events);
+    for (const w of this.#touched) {
+      const batch = w.batch!;
+      w.batch = undefined;
+      if (w.hasRoom) w.push(rev, batch);
+      else this.#park(w, rev);
+    }
+    this.#touched.length = 0;
+  }
+
   #park(w: HubWatch, rev: number): void {
     w.group?.delete(w);
     w.parked = true;
     w.parkedRev = rev;
     this.#parked.add(w);
+    this.#floorStale = true;
   }
 
   #failCompacted(ws: readonly HubWatch[], compactRev: number): void {
@@ -641,10 +697,12 @@ export class WatchHub {
   }
 
   compacted(rev: number): void {
-    let i = 0;
-    while (i < this.#history.length && this.#history[i]!.rev < rev) i++;
-    if (i > 0) this.#history = this.#history.slice(i);
-    if (this.#historyFrom < rev) this.#historyFrom = Math.min(rev, this.#historyTo + 1);
+    if (this.#historyFrom < rev) {
+      const drop = Math.min(rev, this.#historyTo + 1) - this.#historyFrom;
+      this.#history = this.#history.slice(this.#head + drop);
+      this.#head = 0;
+      this.#historyFrom += drop;
+    }
     // Catching-up watchers still owed a compacted revision end with `compacted` (etcd does the same
     // to an unsynced watcher whose minRev fell below the compaction: watchable_store.go chooseAll).
     for (const g of [...this.#catching.values()]) if (g.nextRev < rev) this.#failCompacted(g.members(), rev);
@@ -667,6 +725,7 @@ export class WatchHub {
     this.#synced = new WatcherGroup(current + 1);
     this.#catching.clear();
     this.#future.clear();
+    this.#floorStale = true;
     this.#reset(current);
     const compactRev = this.#mvcc.compactRev;
     for (const g of groups) {
