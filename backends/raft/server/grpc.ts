@@ -5,7 +5,8 @@
  * Served: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Lease (Grant, Revoke, KeepAlive,
  * TimeToLive, Leases), Cluster.MemberList, Maintenance (Status, Alarm), grpc.health.v1.Health.
  * Anything else is answered UNIMPLEMENTED by grpc-js. docs/server-api.md lists what is served,
- * what is not and why, and the error mapping.
+ * what is not and why, and the error mapping. The port also serves HTTP/1.1 (listener.ts): the
+ * JSON gateway (gateway.ts) calls the handlers registered here, so both speak with one voice.
  *
  * Every response header carries cluster_id, member_id, revision and raft_term, as etcd's do.
  * Requests are checked at this edge the way etcd's v3rpc layer checks them (key.go), so a bad
@@ -24,7 +25,10 @@ import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
 import type { MemberBackend } from './api.js';
 import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
+import { startGateway } from './gateway.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
+import { type ClientListener, listenClients, toHttp2 } from './listener.js';
+import type { MethodCounts, ServerMetrics } from './metrics.js';
 import { type PbWatchRequest, WatchStream } from './watch.js';
 import {
   bytesOf,
@@ -73,6 +77,10 @@ export interface ClientServerOptions {
   /** etcd's --grpc-keepalive-interval (default 2 h) and --grpc-keepalive-timeout (default 20 s). */
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
+  /** HTTP/1.1 (JSON gateway) connections open at once on this port; more are closed at once. */
+  gatewayConnectionsMax?: number;
+  /** The member's metrics, served at GET /metrics and counted by the handlers (metrics.ts). */
+  metrics?: ServerMetrics;
 }
 
 export interface ClientServer {
@@ -173,6 +181,7 @@ export async function startClientServer(
     streamRequestsPendingMax: opts.streamRequestsPendingMax ?? d.streamRequestsPendingMax,
   };
   const ctx = new ServerContext(backend, o);
+  const metrics = opts.metrics;
   const { kv, info } = backend;
   const maxReq = o.maxRequestBytes;
 
@@ -197,7 +206,7 @@ export async function startClientServer(
   ): void => {
     server.register(
       path,
-      handler as grpc.UntypedHandleCall,
+      (metrics ? countedUnary(metrics.method(path, 'unary'), handler) : handler) as grpc.UntypedHandleCall,
       encoder(res),
       decoder(req, checkSize ? maxReq : undefined),
       'unary',
@@ -589,20 +598,29 @@ export async function startClientServer(
   }, opts.leaderCheckIntervalMs ?? d.leaderCheckIntervalMs);
   leaderTimer.unref();
 
+  // One port for gRPC and the JSON gateway (listener.ts): HTTP/2 connections are handed to
+  // grpc-js, HTTP/1.x ones to the gateway's HTTP server.
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const gateway = startGateway(server, backend, {
+    maxRequestBytes: maxReq,
+    ...(opts.gatewayConnectionsMax !== undefined ? { connectionsMax: opts.gatewayConnectionsMax } : {}),
+    ...(opts.metrics ? { metrics: opts.metrics } : {}),
+  });
   const host = opts.host ?? '127.0.0.1';
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${host}:${opts.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(err) : resolve(p),
-    );
-  }).catch((err) => {
+  let listener: ClientListener;
+  try {
+    listener = await listenClients(host, opts.port ?? 0, {
+      http2: toHttp2((s) => injector.injectConnection(s)),
+      http1: gateway.connection,
+    });
+  } catch (err) {
     clearInterval(progressTimer);
     clearInterval(leaderTimer);
-    throw new ConclaveError(
-      ErrorCode.Unavailable,
-      `conclave serve: cannot listen for clients on ${host}:${opts.port ?? 0}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  });
+    injector.destroy();
+    await gateway.close();
+    throw err;
+  }
+  const port = listener.port;
 
   sizeWindows(server);
 
@@ -618,6 +636,8 @@ export async function startClientServer(
     },
     close() {
       closing ??= (async () => {
+        await listener.close();
+        await gateway.close();
         clearInterval(progressTimer);
         clearInterval(leaderTimer);
         for (const s of [...ctx.streams]) s.fail(etcdErrors.stopped);
@@ -636,6 +656,20 @@ export async function startClientServer(
       })();
       return closing;
     },
+  };
+}
+
+/**
+ * `handler` counting its calls into `m` (grpc_server_started_total / handled_total by code): one
+ * wrapped callback per call, no label lookups (metrics.ts copies the counts at scrape time).
+ */
+function countedUnary(m: MethodCounts, handler: Handler): Handler {
+  return (call, cb) => {
+    m.started++;
+    return handler(call, (err, value) => {
+      m.byCode[err ? ((err as { code?: number }).code ?? 2) : 0]!++;
+      cb(err, value);
+    });
   };
 }
 
