@@ -273,6 +273,20 @@ export class Session implements AsyncDisposable {
     }
   }
 
+  /**
+   * Stops keeping the lease alive without revoking it (Go's `Session.Orphan`): the lease and its
+   * keys are left to whoever else keeps it alive, or expire with it. `lost` fires now (this
+   * session no longer vouches for the lease). Idempotent; `close()` afterwards revokes nothing.
+   */
+  orphan(): void {
+    this.#closed = true;
+    this.#closing ??= Promise.resolve();
+    clearTimeout(this.#loopTimer);
+    clearTimeout(this.#deadlineTimer);
+    this.#inFlight?.abort();
+    this.#markLost('the session was orphaned: its lease is left to its owner');
+  }
+
   /** Revokes if needed; a lease the server may be unable to revoke right now expires on its own. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close().catch(() => undefined);

@@ -154,6 +154,11 @@ export const serveFlags: readonly FlagSpec[] = [
   },
   { name: 'max-txn-ops', default: '128', help: 'Maximum number of operations permitted in a transaction.' },
   {
+    name: 'max-concurrent-streams',
+    default: '1024',
+    help: 'Maximum concurrent HTTP/2 streams (calls) each client connection may open at a time (etcd: unbounded by default; here 1024).',
+  },
+  {
     name: 'quota-backend-bytes',
     default: '0',
     help: 'Raise alarms when the store exceeds the given quota (0 defaults to the low space quota; not enforced yet).',
@@ -164,6 +169,18 @@ export const serveFlags: readonly FlagSpec[] = [
     help: "Log level: 'debug', 'info', 'warn', 'error', 'panic', or 'fatal'.",
   },
 ];
+
+/**
+ * etcd 3.4 flags that change behaviour and that `conclave serve` does not serve: refused (exit 2)
+ * with the reason, never accepted and ignored.
+ */
+export const etcdFlagsNotServed: Readonly<Record<string, string>> = {
+  'enable-v2': "etcd's v2 API is not served (only the v3 API is)",
+  'experimental-enable-v2v3': "etcd's v2 API is not served (only the v3 API is)",
+  'experimental-initial-corrupt-check':
+    'the start-up hash comparison with peers is not implemented (each member checks its own WAL and snapshot checksums)',
+  'config-file': 'give the flags on the command line or as CONCLAVE_* environment variables',
+};
 
 export const envName = (flag: string) => `CONCLAVE_${flag.toUpperCase().replace(/-/g, '_')}`;
 
@@ -187,6 +204,7 @@ export interface ServeConfig {
   readonly snapshotCount: number;
   readonly maxRequestBytes: number;
   readonly maxTxnOps: number;
+  readonly maxConcurrentStreams: number;
   readonly quotaBackendBytes: number;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   /** TLS on the client URLs and on the peer URL (server/tls.ts). */
@@ -236,8 +254,14 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
         `conclave serve: unexpected argument "${a}" (flags only; see conclave serve --help)`,
       );
     const name = m[1]!;
-    if (!known.has(name))
-      throw new UsageError(`conclave serve: unknown flag --${name} (see conclave serve --help)`);
+    if (!known.has(name)) {
+      const why = etcdFlagsNotServed[name];
+      throw new UsageError(
+        why
+          ? `conclave serve: etcd's flag --${name} is not supported: ${why}`
+          : `conclave serve: unknown flag --${name} (see conclave serve --help)`,
+      );
+    }
     if (given.has(name)) throw usage(name, 'given twice');
     let value = m[2];
     if (value === undefined && known.get(name)!.bool) value = 'true';
@@ -342,6 +366,11 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     snapshotCount: positiveInt('snapshot-count', get('snapshot-count')),
     maxRequestBytes,
     maxTxnOps,
+    // etcd's flag is a uint32.
+    maxConcurrentStreams: Math.min(
+      positiveInt('max-concurrent-streams', get('max-concurrent-streams')),
+      2 ** 32 - 1,
+    ),
     quotaBackendBytes: positiveInt('quota-backend-bytes', get('quota-backend-bytes'), 0),
     logLevel: levels[level as keyof typeof levels],
     clientTls,
@@ -528,6 +557,8 @@ async function serve(c: ServeConfig): Promise<number> {
     { member: hexId(identity.memberId), cluster: hexId(identity.clusterId), clientUrls: c.listenClientUrls },
     'serving',
   );
+  const ready = new AbortController();
+  void announceReady(member, identity, c, log, ready.signal);
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
@@ -537,6 +568,7 @@ async function serve(c: ServeConfig): Promise<number> {
         return;
       }
       stopping = true;
+      ready.abort();
       log.info({ signal }, 'stopping');
       const timer = setTimeout(() => {
         log.error({ timeoutMs: shutdownTimeoutMs }, 'stopping took too long: exiting');
@@ -584,6 +616,52 @@ async function openPeerTls(c: ServeConfig, id: Identity, log: pino.Logger): Prom
   });
 }
 
+/**
+ * Logs, once, the two events etcd logs when a member becomes usable, in etcd's words, because
+ * operators and tools wait for them (etcd's own e2e harness starts a member and waits for a line
+ * containing "enabled capabilities for version" and one containing "published"):
+ * - "enabled capabilities for version 3.4": etcd logs it when the cluster version is known
+ *   (capability.go, on applying the cluster version). All members of a Conclave cluster speak one
+ *   API version (3.4); it is known once this member has a leader and is caught up with it.
+ * - "published local member to cluster": etcd logs it when its publish proposal (name, client
+ *   URLs) is applied, after which it serves clients. Here: the client URLs are listening and a
+ *   linearizable read through this member has succeeded (a leader, a quorum, this member caught
+ *   up), so a client that connects now is served. Peers learn the name and client URLs from the
+ *   member itself (member.ts).
+ * Retries every heartbeat until then, or until `signal` (the member stops). Keep other log lines
+ * free of these words: a harness counts any line that contains them.
+ */
+async function announceReady(
+  member: Member,
+  identity: Identity,
+  c: ServeConfig,
+  log: pino.Logger,
+  signal: AbortSignal,
+): Promise<void> {
+  while (!signal.aborted && !member.stopped) {
+    try {
+      await member.kv.range(new Uint8Array([0]), {
+        limit: 1,
+        keysOnly: true,
+        signal: AbortSignal.any([signal, AbortSignal.timeout(2 * c.electionTimeoutMs + 1000)]),
+      });
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, c.heartbeatMs));
+    }
+  }
+  if (signal.aborted || member.stopped) return;
+  log.info({ clusterVersion: '3.4' }, 'enabled capabilities for version 3.4');
+  log.info(
+    {
+      localMember: { name: identity.name, clientURLs: c.advertiseClientUrls },
+      member: hexId(identity.memberId),
+      cluster: hexId(identity.clusterId),
+    },
+    'published local member to cluster: ready to serve client requests',
+  );
+}
+
 /** The client API servers on `--listen-client-urls`; a number is an exit code (could not start). */
 async function startClients(
   member: Member,
@@ -601,6 +679,7 @@ async function startClients(
           ...hostPort(url),
           // etcd notices a leaderless member once per election timeout.
           leaderCheckIntervalMs: c.electionTimeoutMs,
+          maxConcurrentStreams: c.maxConcurrentStreams,
         }),
       );
     } catch (err) {

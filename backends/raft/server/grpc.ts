@@ -3,7 +3,8 @@
  * `MemberBackend` (api.ts), served with @grpc/grpc-js.
  *
  * Served: KV (Range, Put, DeleteRange, Txn, Compact), Watch, Lease (Grant, Revoke, KeepAlive,
- * TimeToLive, Leases), Cluster.MemberList, Maintenance (Status, Alarm), grpc.health.v1.Health.
+ * TimeToLive, Leases), Cluster.MemberList, Maintenance (Status, Alarm), grpc.health.v1.Health,
+ * and etcd's v3lock and v3election services (v3lock.ts, v3election.ts).
  * Anything else is answered UNIMPLEMENTED by grpc-js. docs/server-api.md lists what is served,
  * what is not and why, and the error mapping. The port also serves HTTP/1.1 (listener.ts): the
  * JSON gateway (gateway.ts) calls the handlers registered here, so both speak with one voice.
@@ -29,6 +30,8 @@ import { startGateway } from './gateway.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
 import { type ClientListener, listenClients, toHttp2 } from './listener.js';
 import type { MethodCounts, ServerMetrics } from './metrics.js';
+import { registerElection } from './v3election.js';
+import { registerLock } from './v3lock.js';
 import { type PbWatchRequest, WatchStream } from './watch.js';
 import {
   bytesOf,
@@ -582,6 +585,11 @@ export async function startClientServer(
     decoder(hReq),
     'serverStream',
   );
+
+  // ---- etcd's server-side recipes: Lock (v3lock.ts) and Election (v3election.ts) -------------
+
+  registerLock(server, ctx);
+  registerElection(server, ctx);
 
   // ---- Timers: progress notifications and the leader monitor (one each for the whole server) --
 
