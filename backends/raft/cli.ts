@@ -669,14 +669,33 @@ async function startClients(
   log: pino.Logger,
 ): Promise<{ close(): Promise<void> } | number> {
   const servers: ClientServer[] = [];
+  let material: TlsMaterial | undefined;
   const closeAll = async () => {
     await Promise.all(servers.map((s) => s.close()));
+    material?.close();
   };
+  if (c.listenClientUrls.some((u) => u.startsWith('https://'))) {
+    try {
+      material = await TlsMaterial.open({
+        side: 'client',
+        flags: c.clientTls,
+        dataDir: c.dataDir,
+        hosts: c.listenClientUrls.map((u) => hostPort(u).host),
+        log,
+      });
+    } catch (err) {
+      process.stderr.write(`conclave serve: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
   for (const url of c.listenClientUrls) {
     try {
       servers.push(
         await startClientServer(member, {
           ...hostPort(url),
+          ...(url.startsWith('https://') && material
+            ? { tls: { material, handshakeTimeoutMs: c.tlsHandshakeTimeoutMs, log } }
+            : {}),
           // etcd notices a leaderless member once per election timeout.
           leaderCheckIntervalMs: c.electionTimeoutMs,
           maxConcurrentStreams: c.maxConcurrentStreams,

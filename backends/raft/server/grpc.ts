@@ -28,8 +28,9 @@ import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 import { startGateway } from './gateway.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
-import { type ClientListener, listenClients, toHttp2 } from './listener.js';
+import { type ClientListener, dispatchConnection, listenClients, toHttp2 } from './listener.js';
 import type { MethodCounts, ServerMetrics } from './metrics.js';
+import { type ClientTlsOptions, listenClientsTls } from './tls.js';
 import { registerElection } from './v3election.js';
 import { registerLock } from './v3lock.js';
 import { type PbWatchRequest, WatchStream } from './watch.js';
@@ -52,6 +53,8 @@ import {
 } from './wire.js';
 
 export interface ClientServerOptions {
+  /** TLS on this client URL (`https://`): certificates, client-cert auth, handshake timeout (tls.ts). */
+  tls?: ClientTlsOptions;
   /** Loopback or any address to listen on (default 127.0.0.1). */
   host?: string;
   /** 0 picks a free port (see `ClientServer.port`). */
@@ -617,10 +620,11 @@ export async function startClientServer(
   const host = opts.host ?? '127.0.0.1';
   let listener: ClientListener;
   try {
-    listener = await listenClients(host, opts.port ?? 0, {
-      http2: toHttp2((s) => injector.injectConnection(s)),
-      http1: gateway.connection,
-    });
+    const sinks = { http2: toHttp2((s) => injector.injectConnection(s)), http1: gateway.connection };
+    // https:// client URLs: a TLS server in front (tls.ts), ALPN or the same sniffing after it.
+    listener = opts.tls
+      ? await listenClientsTls(host, opts.port ?? 0, sinks, dispatchConnection, opts.tls)
+      : await listenClients(host, opts.port ?? 0, sinks);
   } catch (err) {
     clearInterval(progressTimer);
     clearInterval(leaderTimer);

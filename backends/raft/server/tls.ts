@@ -494,3 +494,76 @@ export async function autoTlsCert(
   });
   return { cert, key };
 }
+
+/** Where a client-URL connection goes once its protocol is known (listener.ts's sinks). */
+export interface TlsSinks {
+  http2(socket: Socket, head: Buffer): void;
+  http1(socket: Socket, head: Buffer): void;
+}
+
+export interface ClientTlsOptions {
+  readonly material: TlsMaterial;
+  readonly handshakeTimeoutMs: number;
+  readonly log: TlsLogger;
+}
+
+/**
+ * A TLS listener for a client URL: gRPC and the JSON gateway on one port over TLS, as etcd serves
+ * them. ALPN decides first (`h2` → gRPC, `http/1.1` → gateway, as Go's and grpc-js's clients
+ * offer them); a client that offers no ALPN is sorted by its first bytes (`sniff`, listener.ts's
+ * `dispatchConnection`). Resolves once bound; fails `unavailable` when the address cannot be.
+ */
+export async function listenClientsTls(
+  host: string,
+  port: number,
+  sinks: TlsSinks,
+  sniff: (s: Socket, sinks: TlsSinks) => void,
+  o: ClientTlsOptions,
+): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  // The material (and its file check) belongs to the caller, shared by every client URL.
+  const empty = Buffer.alloc(0);
+  // Node's HTTP/2 server drops a TLS socket whose ALPN is not h2 (it would fall back to
+  // HTTP/1); one sorted as HTTP/2 by its bytes is marked h2 before it is handed over.
+  const sniffed: TlsSinks = {
+    http2: (s, head) => {
+      (s as tls.TLSSocket & { alpnProtocol: string | false }).alpnProtocol = 'h2';
+      sinks.http2(s, head);
+    },
+    http1: (s, head) => sinks.http1(s, head),
+  };
+  const server = createTlsServer({
+    material: o.material,
+    handshakeTimeoutMs: o.handshakeTimeoutMs,
+    log: o.log,
+    what: `client URL ${host}:${port}`,
+    alpn: ['h2', 'http/1.1'],
+    onSecure: (s) => {
+      if (s.alpnProtocol === 'h2') sinks.http2(s, empty);
+      else if (s.alpnProtocol === 'http/1.1') sinks.http1(s, empty);
+      else sniff(s, sniffed);
+    },
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch((err: unknown) => {
+    throw new ConclaveError(
+      ErrorCode.Unavailable,
+      `conclave serve: cannot listen for clients on ${host}:${port}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  });
+  server.on('error', () => undefined);
+  const addr = server.address() as { port: number };
+  return {
+    server,
+    port: addr.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+      }),
+  };
+}
