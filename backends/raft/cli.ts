@@ -21,7 +21,8 @@ import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { ConclaveError } from '../../src/errors.js';
 import { resolveRequestLimits } from './limits.js';
-import { hasWal, Member } from './member.js';
+import { hasWal, Member, RequestKind } from './member.js';
+import { decodeRecord, type MembershipRecord } from './membership.js';
 import { type ClientServer, startClientServer } from './server/grpc.js';
 import {
   bootstrapIdentity,
@@ -40,6 +41,7 @@ import {
   TlsMaterial,
   tlsHandshakeTimeoutMsDefault,
 } from './server/tls.js';
+import { discoverRequest } from './transport/tcp.js';
 
 export const conclaveVersion = '0.1.0';
 
@@ -90,7 +92,12 @@ export const serveFlags: readonly FlagSpec[] = [
   {
     name: 'initial-cluster-state',
     default: 'new',
-    help: "Initial cluster state ('new' or 'existing'; 'existing' needs a data dir: adding members is not implemented).",
+    help: "Initial cluster state ('new' or 'existing': join a running cluster this member was added to with etcdctl member add).",
+  },
+  {
+    name: 'strict-reconfig-check',
+    default: 'true',
+    help: 'Reject reconfiguration requests that would cause quorum loss.',
   },
   {
     name: 'initial-cluster-token',
@@ -199,6 +206,7 @@ export interface ServeConfig {
   readonly initialCluster: string;
   readonly initialClusterState: 'new' | 'existing';
   readonly initialClusterToken: string;
+  readonly strictReconfigCheck: boolean;
   readonly heartbeatMs: number;
   readonly electionTimeoutMs: number;
   readonly snapshotCount: number;
@@ -289,6 +297,9 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
   const state = get('initial-cluster-state');
   if (state !== 'new' && state !== 'existing')
     throw usage('initial-cluster-state', `"${state}" is not 'new' or 'existing'`);
+  const strict = get('strict-reconfig-check');
+  if (strict !== 'true' && strict !== 'false')
+    throw usage('strict-reconfig-check', `"${strict}" is not true or false`);
   const heartbeatMs = positiveInt('heartbeat-interval', get('heartbeat-interval'));
   const electionTimeoutMs = positiveInt('election-timeout', get('election-timeout'));
   // etcd: "--election-timeout should be at least as 5 times as --heartbeat-interval".
@@ -361,6 +372,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     initialCluster: get('initial-cluster'),
     initialClusterState: state,
     initialClusterToken: get('initial-cluster-token'),
+    strictReconfigCheck: strict === 'true',
     heartbeatMs,
     electionTimeoutMs,
     snapshotCount: positiveInt('snapshot-count', get('snapshot-count')),
@@ -407,10 +419,6 @@ export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise
       'corrupt',
       `${c.dataDir} holds a WAL but no identity (member.json): restore it, or start from an empty data dir`,
     );
-  if (c.initialClusterState === 'existing')
-    throw new UsageError(
-      'conclave serve: --initial-cluster-state existing needs this member\'s data dir: adding a member to a running cluster (etcdctl member add) is not implemented; use "new" to bootstrap',
-    );
   let cluster: Map<string, string[]>;
   try {
     cluster = parseInitialCluster(c.initialCluster);
@@ -427,6 +435,11 @@ export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise
     throw new UsageError(
       `conclave serve: --initial-advertise-peer-urls (${adv}) does not match --initial-cluster's URLs for "${c.name}" (${listed.join(',')})`,
     );
+  if (c.initialClusterState === 'existing') {
+    const id = await joinIdentity(c, cluster, log);
+    await writeIdentity(c.dataDir, id);
+    return id;
+  }
   try {
     const id = bootstrapIdentity({
       name: c.name,
@@ -441,6 +454,88 @@ export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise
       throw new UsageError(`conclave serve: ${err.message} (see conclave serve --help)`);
     throw err;
   }
+}
+
+/** How long a joining member tries the peers of --initial-cluster for the membership. */
+export const joinDiscoveryMs = 30_000;
+
+/**
+ * The identity of a member joining a running cluster (`--initial-cluster-state existing`), as etcd
+ * builds it from a peer's member list: the cluster ID and members come from a running member
+ * (asked on its peer URL), this member is the one whose peer URLs are
+ * `--initial-advertise-peer-urls`, and `--initial-cluster` must list the cluster's members (etcd's
+ * ValidateClusterAndAssignIDs). Throws `UsageError` saying what does not match.
+ */
+async function joinIdentity(
+  c: ServeConfig,
+  cluster: Map<string, string[]>,
+  log: pino.Logger,
+): Promise<Identity> {
+  const own = [...c.initialAdvertisePeerUrls].sort().join(',');
+  const others = [...cluster]
+    .filter(([name]) => name !== c.name)
+    .flatMap(([, urls]) => urls)
+    .filter((u) => !c.initialAdvertisePeerUrls.includes(u));
+  if (others.length === 0)
+    throw new UsageError(
+      'conclave serve: --initial-cluster-state existing: --initial-cluster lists no other member to join through',
+    );
+  let record: MembershipRecord | undefined;
+  const errors: string[] = [];
+  const until = performance.now() + joinDiscoveryMs;
+  while (!record && performance.now() < until) {
+    for (const u of others) {
+      try {
+        const r = await discoverRequest(hostPort(u), RequestKind.Members, 3000);
+        record = decodeRecord(r.body);
+        break;
+      } catch (err) {
+        errors.push(`${u}: ${(err as Error).message}`);
+      }
+    }
+    if (!record) await new Promise((r) => setTimeout(r, 500));
+  }
+  if (!record)
+    throw new ConclaveError(
+      'unavailable',
+      `--initial-cluster-state existing: no member of --initial-cluster answered (${errors.slice(-3).join('; ')}); start it when the cluster runs`,
+    );
+  const self = record.members.find((m) => [...m.peerUrls].sort().join(',') === own);
+  if (!self)
+    throw new UsageError(
+      `conclave serve: cluster ${hexId(record.clusterId)} has no member with peer URLs ${own}: add it first (etcdctl member add ${c.name} --peer-urls=${own}), then start it with --initial-cluster-state existing`,
+    );
+  if (self.name !== '' && self.name !== c.name)
+    throw new UsageError(
+      `conclave serve: member ${hexId(self.id)} (peer URLs ${own}) has already been started as "${self.name}"; its data dir is needed to restart it`,
+    );
+  if (self.name !== '')
+    throw new UsageError(
+      `conclave serve: member ${hexId(self.id)} has already been bootstrapped; restart it on its data dir, or remove it and add it again`,
+    );
+  // --initial-cluster must describe the cluster as it is (etcd: "member count is unequal").
+  const listed = [...cluster.values()].map((urls) => [...urls].sort().join(',')).sort();
+  const actual = record.members.map((m) => [...m.peerUrls].sort().join(',')).sort();
+  if (listed.join(' ') !== actual.join(' '))
+    throw new UsageError(
+      `conclave serve: --initial-cluster does not match cluster ${hexId(record.clusterId)}: it lists ${listed.join(' ')}, the cluster has ${actual.join(' ')} (etcdctl member add prints the value to use)`,
+    );
+  log.info(
+    { member: hexId(self.id), cluster: hexId(record.clusterId), learner: self.isLearner === true },
+    'joining a running cluster',
+  );
+  const members = record.members.map((m) =>
+    m.id === self.id ? { ...m, name: c.name, clientUrls: [...c.advertiseClientUrls] } : { ...m },
+  );
+  return {
+    clusterId: record.clusterId,
+    memberId: self.id,
+    nodeId: self.nodeId,
+    name: c.name,
+    token: c.initialClusterToken,
+    members,
+    removed: [...record.removed],
+  };
 }
 
 function helpText(): string {
@@ -512,6 +607,8 @@ export async function main(args: readonly string[]): Promise<number> {
 }
 
 async function serve(c: ServeConfig): Promise<number> {
+  let exitRequested: ((code: number, why: string) => void) | undefined;
+  let earlyExit: { code: number; why: string } | undefined;
   const log = pino(
     { level: c.logLevel, base: { name: c.name, pid: process.pid } },
     pino.destination({ dest: 2, sync: true }),
@@ -534,6 +631,11 @@ async function serve(c: ServeConfig): Promise<number> {
       limits: { maxRequestBytes: c.maxRequestBytes, maxTxnOps: c.maxTxnOps },
       log,
       ...(peerMaterial ? { peerTls: peerTls(peerMaterial, log, c.tlsHandshakeTimeoutMs) } : {}),
+      strictReconfigCheck: c.strictReconfigCheck,
+      onExit: (code, why) => {
+        if (exitRequested) exitRequested(code, why);
+        else earlyExit ??= { code, why };
+      },
     });
   } catch (err) {
     peerMaterial?.close();
@@ -591,6 +693,21 @@ async function serve(c: ServeConfig): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // Removed from the cluster, or refused by its peers: stop without handing over leadership.
+    exitRequested = (code, why) => {
+      if (stopping) return;
+      stopping = true;
+      log.warn({ reason: why, exitCode: code }, 'stopping: this member may not serve');
+      void (async () => {
+        try {
+          await clients.close();
+          await member.stop();
+        } finally {
+          resolve(code);
+        }
+      })();
+    };
+    if (earlyExit) exitRequested(earlyExit.code, earlyExit.why);
   });
 }
 

@@ -59,9 +59,17 @@ import {
   checkTxn,
 } from '../../src/validate.js';
 import { Role } from './consensus/types.js';
+import {
+  decodeRecord,
+  encodeRecord,
+  type MemberChange,
+  type MemberChangeResult,
+  Membership,
+  peerOf,
+} from './membership.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import type { MemberBackend, MemberDescription, MemberInfo, RequestLimits } from './server/api.js';
-import { hexId, type Identity, writeIdentity } from './server/ids.js';
+import { hexId, type Identity } from './server/ids.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { Reader, Writer } from './transport/codec.js';
 import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tcp.js';
@@ -70,7 +78,16 @@ import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tc
 export const memberVersion = '3.4.0';
 
 /** Side-channel request kinds. */
-export const RequestKind = { KeepAlive: 1, TimeToLive: 2, Leases: 3, Attributes: 4 } as const;
+export const RequestKind = {
+  KeepAlive: 1,
+  TimeToLive: 2,
+  Leases: 3,
+  Attributes: 4,
+  /** The membership record (also asked on a discovery connection by a joining member). */
+  Members: 5,
+  /** A membership change forwarded to the leader (membership.ts). */
+  MemberChange: 6,
+} as const;
 
 /** Keys returned by a forwarded time-to-live with keys (a bound on one answer's size). */
 export const ttlKeysMax = 100_000;
@@ -94,6 +111,13 @@ export interface MemberOptions {
   readonly log: TransportLogger;
   /** TLS on peer connections (`https://` peer URLs). */
   readonly peerTls?: PeerTls;
+  /** etcd's `--strict-reconfig-check` (default true). */
+  readonly strictReconfigCheck?: boolean;
+  /**
+   * The member must stop and its process exit with `code`: it was removed from the cluster (0), or
+   * its peers refuse it as removed or as a member of another cluster (1). `why` says which.
+   */
+  readonly onExit?: (code: number, why: string) => void;
 }
 
 /** etcd's minimum lease TTL: ceil(1.5 × election timeout) in seconds. */
@@ -113,6 +137,8 @@ export async function hasWal(dataDir: string): Promise<boolean> {
 }
 
 export class Member implements MemberBackend {
+  /** Cluster service changes (this member's `memberChange`). */
+  readonly cluster = this;
   readonly identity: Identity;
   readonly node: RaftNode;
   readonly transport: TcpTransport;
@@ -121,18 +147,23 @@ export class Member implements MemberBackend {
   readonly limits: RequestLimits;
   readonly requestTimeoutMs: number;
   readonly #o: MemberOptions;
-  readonly #byNode = new Map<number, Identity['members'][number]>();
+  readonly membership: Membership;
   #poll: ReturnType<typeof setInterval> | undefined;
   #leaderWatch: ReturnType<typeof setInterval> | undefined;
   #lastLeader = -1;
   #stopping: Promise<void> | undefined;
 
-  private constructor(o: MemberOptions, transport: TcpTransport, storage: DiskStorage) {
+  private constructor(
+    o: MemberOptions,
+    transport: TcpTransport,
+    storage: DiskStorage,
+    membership: Membership,
+  ) {
     this.#o = o;
     this.identity = o.identity;
     this.limits = o.limits;
     this.transport = transport;
-    for (const m of o.identity.members) this.#byNode.set(m.nodeId, m);
+    this.membership = membership;
     const electionTicks = Math.max(2, Math.floor(o.electionTimeoutMs / o.heartbeatMs));
     // etcd's request timeout: 5 s plus two election timeouts.
     this.requestTimeoutMs = 5000 + 2 * o.electionTimeoutMs;
@@ -151,7 +182,17 @@ export class Member implements MemberBackend {
       limits: o.limits,
       ...(o.snapshotEntries !== undefined ? { snapshotEntries: o.snapshotEntries } : {}),
       onFatal: (err) => o.log.error({ err: String(err) }, 'storage failed: the member stopped serving'),
+      onConfChange: (cc, index) => membership.applied(cc, index),
+      onSnapshotInstalled: (meta) =>
+        membership.snapshotInstalled(meta, async () => {
+          const lead = this.node.raft.lead;
+          if (lead === 0 || lead === this.node.id) return undefined;
+          return decodeRecord(
+            await transport.request(lead, RequestKind.Members, new Uint8Array(0), this.requestTimeoutMs),
+          );
+        }),
     });
+    membership.attach(this.node, transport);
     transport.serve((from, kind, body) => this.#serveRequest(from, kind, body));
     this.kv = new MemberKV(this);
     this.info = this.#makeInfo();
@@ -165,17 +206,16 @@ export class Member implements MemberBackend {
   static async start(o: MemberOptions): Promise<Member> {
     const id = o.identity;
     const self = id.members.find((m) => m.id === id.memberId)!;
-    const peers = id.members
-      .filter((m) => m.id !== id.memberId)
-      .map((m) => {
-        const u = new URL(m.peerUrls[0]!);
-        return {
-          nodeId: m.nodeId,
-          memberId: m.id,
-          host: u.hostname.replace(/^\[|\]$/g, ''),
-          port: Number(u.port),
-        };
-      });
+    const peers = id.members.filter((m) => m.id !== id.memberId).map(peerOf);
+    const membership = new Membership({
+      identity: id,
+      dataDir: o.dataDir,
+      log: o.log,
+      strictReconfigCheck: o.strictReconfigCheck ?? true,
+      removedStopDelayMs: 10 * o.heartbeatMs,
+      onRemoved: (why) => o.onExit?.(0, why),
+    });
+    let member: Member | undefined;
     const transport = new TcpTransport({
       clusterId: id.clusterId,
       nodeId: self.nodeId,
@@ -184,6 +224,8 @@ export class Member implements MemberBackend {
       listen: o.listenPeer,
       log: o.log,
       ...(o.peerTls ? { tls: o.peerTls } : {}),
+      removed: (id.removed ?? []).map((r) => r.id),
+      onRefused: (kind, reason) => member?.refused(kind, reason),
     });
     await transport.listen();
     let storage: DiskStorage;
@@ -191,7 +233,8 @@ export class Member implements MemberBackend {
       storage = await DiskStorage.open({
         dataDir: o.dataDir,
         nodeId: self.nodeId,
-        voters: id.members.map((m) => m.nodeId),
+        voters: id.members.filter((m) => !m.isLearner).map((m) => m.nodeId),
+        learners: id.members.filter((m) => m.isLearner).map((m) => m.nodeId),
         log: (message) => o.log.warn({}, `storage: ${message}`),
       });
     } catch (err) {
@@ -207,7 +250,32 @@ export class Member implements MemberBackend {
       },
       'member started',
     );
-    return new Member(o, transport, storage);
+    member = new Member(o, transport, storage, membership);
+    return member;
+  }
+
+  /** Peers refused this member: as removed (it must never serve again), or as another cluster's. */
+  refused(kind: 'removed' | 'cluster', reason: string): void {
+    if (this.stopped) return;
+    const everConnected = [...this.transport.stats().values()].some((s) => s.connects > 0);
+    if (kind === 'removed') {
+      this.#o.log.error(
+        { reason },
+        'this member was removed from the cluster: it cannot rejoin with this data dir (add it again with etcdctl member add and start it afresh with --initial-cluster-state existing)',
+      );
+      // Removed while it ran (its peers applied the removal first): a normal end, as when it
+      // applies the removal itself. Refused at a restart: an error.
+      this.#o.onExit?.(everConnected ? 0 : 1, reason);
+      return;
+    }
+    // A peer of another cluster: fatal only before this member ever reached one of its own (a
+    // wrong --initial-cluster, or a data dir of another cluster), never for a stray later.
+    if (everConnected) return;
+    this.#o.log.error(
+      { reason, cluster: hexId(this.identity.clusterId) },
+      'a peer belongs to another cluster: check --initial-cluster and --initial-cluster-token, or the data dir (it belongs to the cluster recorded in member.json)',
+    );
+    this.#o.onExit?.(1, reason);
   }
 
   get stopped(): boolean {
@@ -215,7 +283,52 @@ export class Member implements MemberBackend {
   }
 
   memberIdOf(nodeId: number): bigint {
-    return this.#byNode.get(nodeId)?.id ?? 0n;
+    return this.membership.byNode(nodeId)?.id ?? 0n;
+  }
+
+  /**
+   * A Cluster service change (MemberAdd, MemberRemove, MemberPromote, MemberUpdate): decided on the
+   * leader (forwarded there from a follower); resolves once it applied on this member too.
+   */
+  async memberChange(c: MemberChange): Promise<MemberChangeResult> {
+    for (let attempt = 1; ; attempt++) {
+      const lead = await this.leaderNode();
+      try {
+        if (lead === this.node.id) return await this.membership.change(c);
+        const b = await this.transport.request(
+          lead,
+          RequestKind.MemberChange,
+          Buffer.from(JSON.stringify(changeJson(c))),
+          this.requestTimeoutMs,
+        );
+        const r = JSON.parse(Buffer.from(b).toString('utf8')) as { index: number; member?: string };
+        await this.#waitApplied(r.index);
+        const added = r.member !== undefined ? this.membership.byId(BigInt(`0x${r.member}`)) : undefined;
+        const list = this.membership.list();
+        return {
+          ...(added ? { member: list.find((m) => m.id === added.id)! } : {}),
+          members: list,
+          index: r.index,
+        };
+      } catch (err) {
+        if (!ConclaveError.is(err) || !err.retryable || attempt >= clientLimits.retryAttemptsMax) throw err;
+        await new Promise((r) => setTimeout(r, 50 * attempt));
+      }
+    }
+  }
+
+  /** Waits (bounded by the request timeout) until this member applied `index`. */
+  async #waitApplied(index: number): Promise<void> {
+    const until = performance.now() + this.requestTimeoutMs;
+    while (this.node.store.appliedIndex < index) {
+      if (this.node.stopped) throw new ConclaveError(ErrorCode.Unavailable, 'etcdserver: server stopped');
+      if (performance.now() > until)
+        throw new ConclaveError(
+          ErrorCode.Unavailable,
+          'etcdserver: request timed out, waiting for the applied index took too long',
+        );
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   /** The leader's node id, waiting (bounded by the request timeout) while there is none. */
@@ -246,14 +359,7 @@ export class Member implements MemberBackend {
       // The size of the newest snapshot of the store (what a new member would receive); 0 before
       // the first snapshot. docs/server.md says so.
       dbSizeBytes: () => n.storage.snapshot().data.length,
-      members: (): readonly MemberDescription[] =>
-        id.members.map((m) => ({
-          id: m.id,
-          name: m.name,
-          peerUrls: m.peerUrls,
-          clientUrls: m.clientUrls,
-          isLearner: false,
-        })),
+      members: (): readonly MemberDescription[] => this.membership.list(),
     };
   }
 
@@ -272,8 +378,22 @@ export class Member implements MemberBackend {
   // ----------------------------------------------------------------------------------------------
   // Side channel: what a follower forwards to the leader
 
-  async #serveRequest(_from: number, kind: number, body: Uint8Array): Promise<Uint8Array> {
+  async #serveRequest(from: number, kind: number, body: Uint8Array): Promise<Uint8Array> {
+    // A discovery connection (a member about to join) may only ask for the membership.
+    if (from === 0 && kind !== RequestKind.Members)
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        'a discovery connection may only ask for the members',
+      );
     switch (kind) {
+      case RequestKind.Members:
+        return encodeRecord(this.membership.record());
+      case RequestKind.MemberChange: {
+        const r = await this.membership.change(changeOf(JSON.parse(Buffer.from(body).toString('utf8'))));
+        return Buffer.from(
+          JSON.stringify({ index: r.index, ...(r.member ? { member: hexId(r.member.id) } : {}) }),
+        );
+      }
       case RequestKind.KeepAlive: {
         const id = new Reader(body).id();
         const w = new Writer(Buffer.alloc(8));
@@ -304,32 +424,31 @@ export class Member implements MemberBackend {
 
   /** Asks peers whose client URLs are unknown for them; persists what changed. */
   async #learnAttributes(): Promise<void> {
+    // Members added at run time appear later: the poll keeps running (it asks nobody when no
+    // member's attributes are missing).
     const missing = this.identity.members.filter(
-      (m) => m.id !== this.identity.memberId && m.clientUrls.length === 0,
+      (m) => m.id !== this.identity.memberId && (m.clientUrls.length === 0 || m.name === ''),
     );
-    if (missing.length === 0) {
-      clearInterval(this.#poll);
-      return;
-    }
+    if (missing.length === 0) return;
     let changed = false;
     for (const m of missing) {
       if (!this.transport.connected(m.nodeId)) continue;
       try {
         const b = await this.transport.request(m.nodeId, RequestKind.Attributes, new Uint8Array(0), 2000);
-        const a = JSON.parse(Buffer.from(b).toString('utf8')) as { clientUrls?: unknown };
+        const a = JSON.parse(Buffer.from(b).toString('utf8')) as { clientUrls?: unknown; name?: unknown };
         if (Array.isArray(a.clientUrls) && a.clientUrls.length > 0) {
           m.clientUrls = a.clientUrls.map(String).slice(0, 16);
+          changed = true;
+        }
+        if (typeof a.name === 'string' && a.name !== '' && m.name === '') {
+          m.name = a.name.slice(0, 256);
           changed = true;
         }
       } catch {
         // Not reachable yet: asked again at the next poll.
       }
     }
-    if (changed && !this.stopped) {
-      await writeIdentity(this.#o.dataDir, this.identity).catch((err: unknown) =>
-        this.#o.log.warn({ err: String(err) }, 'could not record peers client URLs'),
-      );
-    }
+    if (changed && !this.stopped) await this.membership.persist();
   }
 
   // ----------------------------------------------------------------------------------------------
@@ -375,6 +494,32 @@ export class Member implements MemberBackend {
       await this.transport.close();
     })();
     return this.#stopping;
+  }
+}
+
+/** A membership change as JSON on the side channel (IDs as hex). */
+function changeJson(c: MemberChange): object {
+  return 'id' in c ? { ...c, id: hexId(c.id) } : c;
+}
+
+function changeOf(j: Record<string, unknown>): MemberChange {
+  const urls = () => (Array.isArray(j.peerUrls) ? j.peerUrls.slice(0, 64).map(String) : []);
+  const id = () => {
+    if (typeof j.id !== 'string' || !/^[0-9a-f]{1,16}$/.test(j.id))
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'a forwarded membership change without a member ID');
+    return BigInt(`0x${j.id}`);
+  };
+  switch (j.op) {
+    case 'add':
+      return { op: 'add', peerUrls: urls(), isLearner: j.isLearner === true };
+    case 'remove':
+      return { op: 'remove', id: id() };
+    case 'promote':
+      return { op: 'promote', id: id() };
+    case 'update':
+      return { op: 'update', id: id(), peerUrls: urls() };
+    default:
+      throw new ConclaveError(ErrorCode.InvalidArgument, `unknown membership change "${String(j.op)}"`);
   }
 }
 

@@ -126,7 +126,7 @@ export class ServedCluster {
     );
   }
 
-  args(m: ServedMember, extra: string[] = []): string[] {
+  args(m: ServedMember, extra: string[] = [], initialCluster = this.#initialCluster): string[] {
     return [
       ...this.#entry,
       'serve',
@@ -136,7 +136,7 @@ export class ServedCluster {
       `--advertise-client-urls=${this.#o.clientScheme}://127.0.0.1:${m.clientPort}`,
       `--listen-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.peerPort}`,
       `--initial-advertise-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.peerPort}`,
-      `--initial-cluster=${this.#initialCluster}`,
+      `--initial-cluster=${initialCluster}`,
       `--initial-cluster-token=${this.#o.token}`,
       `--heartbeat-interval=${this.#o.heartbeatMs}`,
       `--election-timeout=${this.#o.electionTimeoutMs}`,
@@ -146,12 +146,51 @@ export class ServedCluster {
     ];
   }
 
+  /**
+   * A slot for a member to add at run time (`etcdctl member add`): free ports and a data dir;
+   * returns its index. Start it with `startExisting`.
+   */
+  async addMember(name = `m${this.members.length}`): Promise<number> {
+    const clientPort = await freePort();
+    const peerPort = await freePort();
+    this.members.push({
+      name,
+      clientPort,
+      peerPort,
+      dataDir: join(this.dir, name),
+      endpoint: `127.0.0.1:${clientPort}`,
+      proc: undefined,
+      logs: [],
+      droppedLogs: 0,
+      stderr: '',
+    });
+    return this.members.length - 1;
+  }
+
+  /** `--initial-cluster` naming members `indexes` (as `etcdctl member add` prints it). */
+  initialClusterOf(indexes: readonly number[]): string {
+    return indexes
+      .map((j) => `${this.members[j]!.name}=${this.#o.peerScheme}://127.0.0.1:${this.members[j]!.peerPort}`)
+      .join(',');
+  }
+
+  /**
+   * Starts member `i` with `--initial-cluster-state existing`, joining the running members
+   * `indexes` (which include `i`), and waits until it serves.
+   */
+  async startExisting(i: number, indexes: readonly number[], timeoutMs = 60_000): Promise<void> {
+    const m = this.members[i]!;
+    const before = m.droppedLogs + m.logs.length;
+    this.start(i, ['--initial-cluster-state=existing'], this.initialClusterOf(indexes));
+    await this.waitLog(i, (l) => l.msg === 'serving', timeoutMs, before);
+  }
+
   /** Starts member `i` (again, on its data dir). */
-  start(i: number, extra: string[] = []): ChildProcess {
+  start(i: number, extra: string[] = [], initialCluster?: string): ChildProcess {
     const m = this.members[i]!;
     if (m.proc && m.proc.exitCode === null && m.proc.signalCode === null)
       throw new Error(`member ${m.name} is already running (pid ${m.proc.pid})`);
-    const child = spawn(process.execPath, this.args(m, extra), {
+    const child = spawn(process.execPath, this.args(m, extra, initialCluster), {
       cwd: root,
       stdio: ['ignore', 'ignore', 'pipe'],
     });

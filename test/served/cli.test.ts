@@ -133,9 +133,22 @@ describe('conclave serve flags', () => {
           silent,
         ),
       ).rejects.toThrow(/does not match --initial-cluster's URLs for "a"/);
+      // Joining a running cluster needs another member to ask for the membership.
       await expect(
-        resolveIdentity(parseServeArgs([...base, '--initial-cluster-state=existing'], {}), silent),
-      ).rejects.toThrow(/member add\) is not implemented/);
+        resolveIdentity(
+          parseServeArgs(
+            [
+              '--name=a',
+              `--data-dir=${join(dir, 'a')}`,
+              '--initial-cluster=a=http://127.0.0.1:7001',
+              '--initial-advertise-peer-urls=http://127.0.0.1:7001',
+              '--initial-cluster-state=existing',
+            ],
+            {},
+          ),
+          silent,
+        ),
+      ).rejects.toThrow(/lists no other member to join through/);
       const good = [...base, '--initial-advertise-peer-urls=http://127.0.0.1:7001'];
       const id = await resolveIdentity(parseServeArgs(good, {}), silent);
       expect(await readIdentity(join(dir, 'a'))).toEqual(id);

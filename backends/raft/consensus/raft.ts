@@ -249,6 +249,7 @@ export class Raft {
   /** The driver applied a committed conf change entry: change membership (etcd applies on commit). */
   applyConfChange(cc: ConfChange): ConfState {
     const { type, nodeId } = cc;
+    if (type === 'update') return this.confState();
     if (type === 'remove') {
       this.voters.delete(nodeId);
       this.learners.delete(nodeId);

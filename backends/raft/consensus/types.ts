@@ -48,7 +48,17 @@ export interface Snapshot {
   readonly data: Uint8Array;
 }
 
-export const ConfChangeType = { AddVoter: 'add-voter', AddLearner: 'add-learner', Remove: 'remove' } as const;
+/**
+ * `update` changes nothing in the configuration: it carries a member's new attributes (its peer
+ * URLs, in `context`) through the log as a membership change, as etcd's ConfChangeUpdateNode does,
+ * so it is ordered with the other changes (one at a time).
+ */
+export const ConfChangeType = {
+  AddVoter: 'add-voter',
+  AddLearner: 'add-learner',
+  Remove: 'remove',
+  Update: 'update',
+} as const;
 export type ConfChangeType = (typeof ConfChangeType)[keyof typeof ConfChangeType];
 
 /** One single-server membership change (Raft dissertation §4.1); promoting a learner is AddVoter. */

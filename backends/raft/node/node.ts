@@ -15,6 +15,7 @@ import { ProposalDropped } from '../consensus/assert.js';
 import { MemoryStorage, type NodeStorage } from '../consensus/memory-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
 import {
+  type ConfChange,
   EntryType,
   type Message,
   MessageType,
@@ -22,6 +23,7 @@ import {
   type Ready,
   Role,
   type Snapshot,
+  type SnapshotMeta,
 } from '../consensus/types.js';
 import { encodeRequest, type RequestLimits, requestLimitsDefault } from '../limits.js';
 import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
@@ -65,6 +67,13 @@ export interface NodeOptions {
   onFatal?: (err: unknown) => void;
   /** etcd's `--max-request-bytes` and `--max-txn-ops` for requests proposed here (default: etcd's). */
   limits?: RequestLimits;
+  /**
+   * A committed membership change was applied to the core's configuration (on every member, in
+   * log order, also when a restart replays it): the member updates its peers and its record.
+   */
+  onConfChange?: (cc: ConfChange, index: number) => void;
+  /** A snapshot from the leader was installed (its configuration may hold changes this member never applied). */
+  onSnapshotInstalled?: (meta: SnapshotMeta) => void;
 }
 
 /** Default for `snapshotEntries`: etcd's default `--snapshot-count` (100,000). Each snapshot encodes the
@@ -123,6 +132,8 @@ export class RaftNode {
   #prevSnapshot: { index: number; data: Uint8Array } | undefined;
   #fatal: unknown;
   #closing: Promise<void> | undefined;
+  /** Membership changes proposed here, by log index, waiting to apply (one at a time in the core). */
+  readonly #confWaiters = new Map<number, { term: number } & Waiter>();
 
   constructor(o: NodeOptions) {
     this.#o = o;
@@ -326,7 +337,7 @@ export class RaftNode {
     let appliedTerm = this.#appliedTerm;
     for (const e of rd.committed) {
       if (e.index <= this.store.appliedIndex) continue;
-      if (e.type === EntryType.ConfChange) this.raft.applyConfChange(decodeConfChange(e.data));
+      if (e.type === EntryType.ConfChange) this.#applyConfChange(e.index, e.term, e.data);
       else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
       else if (e.term === this.raft.term && this.raft.role === Role.Leader) this.#promoteLeases();
       this.store.appliedIndex = e.index;
@@ -360,6 +371,50 @@ export class RaftNode {
       if (!this.store.leases.get(id)) this.#revocationApplied(id);
     this.#lastSnapshotIndex = snap.meta.index;
     this.#installs++;
+    this.#o.onSnapshotInstalled?.(snap.meta);
+  }
+
+  #applyConfChange(index: number, term: number, data: Uint8Array): void {
+    const cc = decodeConfChange(data);
+    this.raft.applyConfChange(cc);
+    this.#o.onConfChange?.(cc, index);
+    const w = this.#confWaiters.get(index);
+    if (!w) return;
+    this.#confWaiters.delete(index);
+    clearTimeout(w.timer);
+    if (w.term === term) w.resolve(index);
+    else
+      w.reject(new ConclaveError(ErrorCode.Unavailable, 'etcdserver: leader changed', { retryable: true }));
+  }
+
+  /**
+   * Proposes one membership change on this member, which must lead (the core refuses a second
+   * change while one is pending, and promoting a learner that has not caught up); resolves with
+   * the log index once it applied here. A refusal before it entered the log throws
+   * `ProposalDropped` (its `reason` says which); not applied within the request timeout fails
+   * `indeterminate`.
+   */
+  proposeConfChange(cc: ConfChange): Promise<number> {
+    this.#check();
+    if (this.raft.role !== Role.Leader)
+      throw new ConclaveError(ErrorCode.NotLeader, 'etcdserver: not leader; retry', { retryable: true });
+    this.raft.proposeConfChange(cc);
+    const index = this.raft.log.lastIndex;
+    const term = this.raft.term;
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#confWaiters.delete(index);
+        reject(
+          new ConclaveError(
+            ErrorCode.Indeterminate,
+            `member ${this.id}: the membership change was proposed but not applied within ${this.#o.requestTimeoutMs} ms; it may still apply`,
+            { retryable: false },
+          ),
+        );
+      }, this.#o.requestTimeoutMs);
+      this.#confWaiters.set(index, { term, resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#schedule();
+    });
   }
 
   /** Every `snapshotEntries` applied entries: snapshot the store and let storage drop the log before it. */
@@ -736,12 +791,13 @@ export class RaftNode {
     clearInterval(this.#tick);
     this.#o.transport.unregister(this.id);
     const e = new ConclaveError(ErrorCode.Unavailable, `member ${this.id} stopped`);
-    for (const w of [...this.#writes.values(), ...this.#reads.values()]) {
+    for (const w of [...this.#writes.values(), ...this.#reads.values(), ...this.#confWaiters.values()]) {
       clearTimeout(w.timer);
       w.reject(e);
     }
     this.#writes.clear();
     this.#reads.clear();
+    this.#confWaiters.clear();
     this.#leasePrimaryTerm = 0;
     this.#failRevocationWaiters(e);
     this.store.hub.close();

@@ -66,8 +66,33 @@ export interface RequestLimits {
   readonly maxTxnOps: number;
 }
 
+/** A membership change of etcd's Cluster service. */
+export type MemberChange =
+  | { readonly op: 'add'; readonly peerUrls: readonly string[]; readonly isLearner: boolean }
+  | { readonly op: 'remove'; readonly id: bigint }
+  | { readonly op: 'promote'; readonly id: bigint }
+  | { readonly op: 'update'; readonly id: bigint; readonly peerUrls: readonly string[] };
+
+/** The result of a change: the member added (MemberAdd) and the members after it. */
+export interface MemberChangeResult {
+  readonly member?: MemberDescription;
+  readonly members: readonly MemberDescription[];
+  /** The log index the change applied at. */
+  readonly index: number;
+}
+
+/**
+ * Membership changes (server/cluster.ts serves them). Refusals are `ConclaveError`s whose message
+ * is etcd's text ("etcdserver: member not found", …), which the API side answers with etcd's code.
+ */
+export interface ClusterAdmin {
+  memberChange(c: MemberChange): Promise<MemberChangeResult>;
+}
+
 export interface MemberBackend {
   readonly kv: KV;
   readonly info: MemberInfo;
   readonly limits: RequestLimits;
+  /** Absent: the Cluster service answers membership changes UNIMPLEMENTED. */
+  readonly cluster?: ClusterAdmin;
 }

@@ -24,6 +24,7 @@ import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { limits } from '../../../src/limits.js';
 import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
 import type { MemberBackend } from './api.js';
+import { registerCluster } from './cluster.js';
 import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 import { startGateway } from './gateway.js';
@@ -165,6 +166,23 @@ const health = protobuf.Root.fromJSON({
   },
 });
 const SERVING = 1;
+
+/**
+ * What a service registered from its own file (cluster.ts, maintenance.ts) gets from the server:
+ * the same registration, admission, answer and header helpers as the services in this file.
+ */
+export interface ServiceKit {
+  readonly server: grpc.Server;
+  readonly ctx: ServerContext;
+  readonly backend: MemberBackend;
+  readonly type: (name: string) => protobuf.Type;
+  readonly encoder: (t: protobuf.Type) => (m: object) => Buffer;
+  readonly decoder: (t: protobuf.Type) => (b: Buffer) => object;
+  unary(path: string, req: protobuf.Type, res: protobuf.Type, handler: Handler, checkSize?: boolean): void;
+  admit(call: grpc.ServerUnaryCall<unknown, object>, cb: grpc.sendUnaryData<object>): boolean;
+  answer<R>(cb: grpc.sendUnaryData<object>, work: () => Promise<R>, toBody: (r: R) => object): Promise<void>;
+  fail(cb: grpc.sendUnaryData<object>, f: GrpcFailure): void;
+}
 
 function fail(cb: grpc.sendUnaryData<object>, f: GrpcFailure): void {
   cb({ code: f.code, details: f.details } as grpc.ServiceError);
@@ -566,6 +584,20 @@ export async function startClientServer(
       isLearner: !!self?.isLearner,
     });
   }) as Handler);
+
+  const kit: ServiceKit = {
+    server,
+    ctx,
+    backend,
+    type,
+    encoder,
+    decoder: (t) => decoder(t),
+    unary,
+    admit,
+    answer,
+    fail,
+  };
+  registerCluster(kit);
 
   const hReq = health.lookupType('grpc.health.v1.HealthCheckRequest');
   const hRes = health.lookupType('grpc.health.v1.HealthCheckResponse');

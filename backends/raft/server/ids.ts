@@ -53,10 +53,20 @@ export const hexId = (id: bigint): string => id.toString(16);
 export interface MemberIdentity {
   readonly id: bigint;
   readonly nodeId: NodeId;
-  readonly name: string;
-  readonly peerUrls: readonly string[];
+  /** Empty while an added member has not started (etcdctl prints "unstarted"). */
+  name: string;
+  /** Sorted. Changed by MemberUpdate. */
+  peerUrls: readonly string[];
   /** As last learned (a member's own from its flags; a peer's from the peer). */
   clientUrls: readonly string[];
+  /** A learner (non-voting) member, until promoted. */
+  isLearner?: boolean;
+}
+
+/** A member removed from the cluster: its IDs are never used again. */
+export interface RemovedMember {
+  readonly id: bigint;
+  readonly nodeId: NodeId;
 }
 
 export interface Identity {
@@ -65,7 +75,10 @@ export interface Identity {
   readonly nodeId: NodeId;
   readonly name: string;
   readonly token: string;
-  readonly members: readonly MemberIdentity[];
+  /** The cluster's members as of the last membership change this member applied. */
+  members: MemberIdentity[];
+  /** Members removed so far (refused if they come back; their node ids are not reused). */
+  removed?: RemovedMember[];
 }
 
 /**
@@ -161,7 +174,15 @@ interface IdentityJson {
   memberId: string;
   name: string;
   token: string;
-  members: Array<{ id: string; nodeId: number; name: string; peerUrls: string[]; clientUrls: string[] }>;
+  members: Array<{
+    id: string;
+    nodeId: number;
+    name: string;
+    peerUrls: string[];
+    clientUrls: string[];
+    isLearner?: boolean;
+  }>;
+  removed?: Array<{ id: string; nodeId: number }>;
 }
 
 function toJson(i: Identity): IdentityJson {
@@ -177,7 +198,11 @@ function toJson(i: Identity): IdentityJson {
       name: m.name,
       peerUrls: [...m.peerUrls],
       clientUrls: [...m.clientUrls],
+      ...(m.isLearner ? { isLearner: true } : {}),
     })),
+    ...(i.removed && i.removed.length > 0
+      ? { removed: i.removed.map((r) => ({ id: hexId(r.id), nodeId: r.nodeId })) }
+      : {}),
   };
 }
 
@@ -190,12 +215,17 @@ function fromJson(j: IdentityJson, file: string): Identity {
     return BigInt(`0x${s}`);
   };
   if (!Array.isArray(j.members) || j.members.length === 0) throw bad('no members');
-  const members = j.members.map((m) => ({
+  const members: MemberIdentity[] = j.members.map((m) => ({
     id: big(m.id),
     nodeId: m.nodeId,
     name: String(m.name),
     peerUrls: [...m.peerUrls],
     clientUrls: [...m.clientUrls],
+    ...(m.isLearner === true ? { isLearner: true } : {}),
+  }));
+  const removed = (Array.isArray(j.removed) ? j.removed : []).map((r) => ({
+    id: big(r.id),
+    nodeId: r.nodeId,
   }));
   const memberId = big(j.memberId);
   const self = members.find((m) => m.id === memberId);
@@ -207,6 +237,7 @@ function fromJson(j: IdentityJson, file: string): Identity {
     name: j.name,
     token: j.token,
     members,
+    ...(removed.length > 0 ? { removed } : {}),
   };
 }
 

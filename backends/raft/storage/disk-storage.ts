@@ -30,6 +30,8 @@ export interface DiskStorageOptions {
   nodeId: NodeId;
   /** The bootstrap configuration when the directory is new. */
   voters: readonly NodeId[];
+  /** Learners of the bootstrap configuration (a member joining a running cluster as a learner). */
+  learners?: readonly NodeId[];
   segmentBytes?: number;
   snapshotsKept?: number;
   log?: (message: string) => void;
@@ -66,7 +68,7 @@ export class DiskStorage extends MemoryStorage implements NodeStorage {
     recovery: DiskRecovery,
     commitFd: number,
   ) {
-    super({ voters: [...o.voters], learners: [] });
+    super({ voters: [...o.voters], learners: [...(o.learners ?? [])] });
     this.dataDir = o.dataDir;
     this.#commitFd = commitFd;
     this.#wal = wal;

@@ -113,6 +113,13 @@ export interface TcpTransportOptions {
   readonly version?: number;
   /** TLS on peer connections (`https://` peer URLs; server/tls.ts `peerTls`); plain TCP without. */
   readonly tls?: PeerTls;
+  /** Members removed from the cluster (refused as removed at the handshake). */
+  readonly removed?: readonly bigint[];
+  /**
+   * A peer refused this member's connection: `removed` when it says this member was removed from
+   * the cluster, `cluster` when it belongs to another cluster (etcd exits in both cases).
+   */
+  readonly onRefused?: (kind: 'removed' | 'cluster', reason: string) => void;
 }
 
 /**
@@ -123,6 +130,12 @@ export interface PeerTls {
   createServer(what: string, onSecure: (s: Socket) => void): Server;
   connect(host: string, port: number): Socket;
 }
+
+/** What a member answers a removed member that dials it (etcd: "the member has been permanently removed from the cluster"). */
+export const removedRefusal = 'the member has been permanently removed from the cluster';
+
+/** The pseudo-peer of a discovery connection: it may only send requests (the member answers only `Members`). */
+const discoveryPeer: TcpPeer = Object.freeze({ nodeId: 0, memberId: 0n, host: '', port: 0 });
 
 export interface PeerStats {
   sentMessages: number;
@@ -162,20 +175,59 @@ export class TcpTransport implements Transport, PeerRequests {
   #closed = false;
   readonly #dirty = new Set<PeerLink>();
 
+  readonly #byNode = new Map<NodeId, bigint>();
+  readonly #byWire = new Map<bigint, NodeId>();
+  /** Members removed from the cluster: their connections are refused as removed (they must not rejoin). */
+  readonly #removed = new Set<bigint>();
+
   constructor(o: TcpTransportOptions) {
     this.#o = o;
-    const byNode = new Map<NodeId, bigint>([[o.nodeId, o.memberId]]);
-    const byWire = new Map<bigint, NodeId>([[o.memberId, o.nodeId]]);
+    this.#byNode.set(o.nodeId, o.memberId);
+    this.#byWire.set(o.memberId, o.nodeId);
     for (const p of o.peers) {
-      byNode.set(p.nodeId, p.memberId);
-      byWire.set(p.memberId, p.nodeId);
+      this.#byNode.set(p.nodeId, p.memberId);
+      this.#byWire.set(p.memberId, p.nodeId);
       this.#byMember.set(p.memberId, p);
     }
-    this.#ids = { toWire: (id) => byNode.get(id), fromWire: (w) => byWire.get(w) };
+    for (const id of o.removed ?? []) this.#removed.add(id);
+    this.#ids = { toWire: (id) => this.#byNode.get(id), fromWire: (w) => this.#byWire.get(w) };
     for (const p of o.peers) this.#links.set(p.nodeId, new PeerLink(this, p));
     this.#server = o.tls
       ? o.tls.createServer(`peer URL ${o.listen.host}:${o.listen.port}`, (s) => this.#accept(s))
       : createServer({ noDelay: true }, (s) => this.#accept(s));
+  }
+
+  /**
+   * A member joined the cluster (a membership change applied): it is dialed, and its connections
+   * accepted, from now on. Adding a peer already known with the same address changes nothing; a
+   * known peer with another address is redialed there (MemberUpdate).
+   */
+  addPeer(p: TcpPeer): void {
+    if (this.#closed || p.nodeId === this.#o.nodeId) return;
+    const known = this.#links.get(p.nodeId);
+    if (known && known.peer.host === p.host && known.peer.port === p.port) return;
+    if (known) known.close();
+    this.#byNode.set(p.nodeId, p.memberId);
+    this.#byWire.set(p.memberId, p.nodeId);
+    this.#byMember.set(p.memberId, p);
+    const link = new PeerLink(this, p);
+    this.#links.set(p.nodeId, link);
+    if (this.#handler) link.start();
+  }
+
+  /** A member left the cluster: its link is closed and its future connections refused as removed. */
+  removePeer(nodeId: NodeId): void {
+    const link = this.#links.get(nodeId);
+    const memberId = this.#byNode.get(nodeId);
+    if (memberId === undefined || nodeId === this.#o.nodeId) return;
+    this.#removed.add(memberId);
+    this.#byMember.delete(memberId);
+    if (link) {
+      this.#links.delete(nodeId);
+      link.close();
+      this.failRequests(nodeId, `member ${hex(memberId)} was removed from the cluster`);
+    }
+    for (const c of this.#inbound) if (c.peer?.nodeId === nodeId) c.close();
   }
 
   get ids(): IdMap {
@@ -366,6 +418,8 @@ export class TcpTransport implements Transport, PeerRequests {
 
   /** Checks a Hello; returns the peer, or the reason to refuse it. */
   checkHello(h: ReturnType<typeof decodeHello>): TcpPeer | string {
+    // A member about to join asks for the membership on a connection of its own (`discoverCluster`).
+    if (h.clusterId === 0n && h.from === 0n && h.version === peerProtocolVersion) return discoveryPeer;
     if (h.version !== peerProtocolVersion)
       return `peer protocol version ${h.version} is not spoken here (this member speaks ${peerProtocolVersion})`;
     if (h.clusterId !== this.#o.clusterId)
@@ -373,6 +427,7 @@ export class TcpTransport implements Transport, PeerRequests {
     if (h.to !== this.#o.memberId)
       return `member ID mismatch: the dialer expected member ${hex(h.to)}, this is ${hex(this.#o.memberId)}`;
     const p = this.#byMember.get(h.from);
+    if (this.#removed.has(h.from)) return `${removedRefusal} (member ${hex(h.from)})`;
     if (!p) return `member ${hex(h.from)} is not a member of cluster ${hex(this.#o.clusterId)}`;
     return p;
   }
@@ -629,6 +684,8 @@ class PeerLink {
       this.#lastRefusal = reason;
       this.#refused = true;
       s.destroy();
+      if (reason.startsWith(removedRefusal)) o.onRefused?.('removed', reason);
+      else if (reason.startsWith('cluster ID mismatch')) o.onRefused?.('cluster', reason);
       return;
     }
     let why: string | undefined;
@@ -637,9 +694,10 @@ class PeerLink {
       const w = decodeWelcome(body);
       if (w.version !== peerProtocolVersion)
         why = `peer speaks protocol version ${w.version}, this member ${peerProtocolVersion}`;
-      else if (w.clusterId !== o.clusterId)
+      else if (w.clusterId !== o.clusterId) {
         why = `cluster ID mismatch: the peer is in cluster ${hex(w.clusterId)}, this member in ${hex(o.clusterId)}`;
-      else if (w.memberId !== this.peer.memberId)
+        o.onRefused?.('cluster', why);
+      } else if (w.memberId !== this.peer.memberId)
         why = `member ID mismatch: expected ${hex(this.peer.memberId)}, the peer is ${hex(w.memberId)}`;
     }
     if (why !== undefined) {
@@ -750,7 +808,7 @@ class InboundConn {
         return;
       }
       this.peer = p;
-      t.adopt(this);
+      if (p !== discoveryPeer) t.adopt(this);
       this.write(
         encodeWelcome({
           version: peerProtocolVersion,
@@ -760,6 +818,8 @@ class InboundConn {
       );
       return;
     }
+    if (this.peer === discoveryPeer && kind !== FrameKind.Request)
+      throw new FrameError(`a discovery connection sent frame kind ${kind}`);
     switch (kind) {
       case FrameKind.Message: {
         const m = decodeMessage(body, t.ids);
@@ -825,4 +885,57 @@ function unreachable(from: NodeId, to: NodeId): Message {
     hintTerm: 0,
     context: new Uint8Array(0),
   };
+}
+
+/**
+ * Asks the member listening for peers at `host:port` a side-channel request on a discovery
+ * connection (a Hello with cluster and member IDs 0): how a member joining with
+ * `--initial-cluster-state existing` learns the cluster it was added to, as etcd's new member asks
+ * a peer's `/members`. Resolves with the answer body and the peer's cluster and member IDs.
+ */
+export function discoverRequest(
+  peer: { host: string; port: number },
+  kind: number,
+  timeoutMs: number,
+): Promise<{ clusterId: bigint; memberId: bigint; body: Uint8Array }> {
+  return new Promise((resolve, reject) => {
+    const s = tcpConnect({ host: peer.host, port: peer.port, noDelay: true });
+    let welcome: { clusterId: bigint; memberId: bigint } | undefined;
+    const timer = setTimeout(
+      () => s.destroy(new Error(`no answer from ${peer.host}:${peer.port} within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const done = (err: Error | undefined, v?: Uint8Array) => {
+      clearTimeout(timer);
+      s.destroy();
+      if (err) reject(err);
+      else resolve({ ...welcome!, body: v! });
+    };
+    const reader = new FrameReader((k, body) => {
+      if (!welcome) {
+        if (k === FrameKind.Refuse) return done(new Error(Buffer.from(body).toString('utf8')));
+        if (k !== FrameKind.Welcome) return done(new Error(`unexpected frame kind ${k}`));
+        const w = decodeWelcome(body);
+        welcome = { clusterId: w.clusterId, memberId: w.memberId };
+        s.write(encodeRequest(1, kind, new Uint8Array(0)));
+        return;
+      }
+      if (k !== FrameKind.Response) return done(new Error(`unexpected frame kind ${k}`));
+      const { response } = decodeResponse(body);
+      if (response.ok) done(undefined, new Uint8Array(response.body));
+      else done(new Error(response.message));
+    });
+    s.on('connect', () =>
+      s.write(encodeHello({ version: peerProtocolVersion, clusterId: 0n, from: 0n, to: 0n })),
+    );
+    s.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        done(err as Error);
+      }
+    });
+    s.on('error', (err) => done(err));
+    s.on('close', () => done(new Error(`${peer.host}:${peer.port} closed the connection`)));
+  });
 }

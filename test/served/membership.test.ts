@@ -1,0 +1,126 @@
+/**
+ * Membership changes of a `conclave serve` cluster with etcdctl 3.4, on real processes: the
+ * documented procedure (docs/operations.md) — add a learner, start it with
+ * `--initial-cluster-state existing`, it catches up (by snapshot: the log was compacted), promote
+ * it, remove an old member — with the cluster serving throughout; a removed member that restarts
+ * is refused and exits; the checks etcd makes before a change.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type ServedCluster, startServed } from '../harness/served.js';
+
+const hasEtcdctl = (() => {
+  try {
+    execFileSync('etcdctl', ['version'], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+let c: ServedCluster;
+
+/** etcdctl against the given member indexes; returns stdout, or throws with stderr. */
+function ctl(at: readonly number[], ...args: string[]): string {
+  const r = spawnSync(
+    'etcdctl',
+    ['--endpoints', at.map((i) => c.members[i]!.endpoint).join(','), '--command-timeout=10s', ...args],
+    { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', timeout: 30_000 },
+  );
+  if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr || r.stdout}`);
+  return r.stdout;
+}
+
+/** The member IDs of `member list -w json` as hex, by name (unstarted members under ''). */
+function memberIds(at: readonly number[]): Map<string, { id: string; learner: boolean }> {
+  const out = ctl(at, 'member', 'list', '-w', 'json');
+  const ids = [...out.matchAll(/"ID":(\d+)/g)].map((m) => BigInt(m[1]!).toString(16));
+  const j = JSON.parse(out) as { members: Array<{ name?: string; isLearner?: boolean }> };
+  return new Map(j.members.map((m, k) => [m.name ?? '', { id: ids[k]!, learner: m.isLearner === true }]));
+}
+
+async function until<T>(what: string, f: () => T | undefined, timeoutMs = 30_000): Promise<T> {
+  const end = performance.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = f();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (performance.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+beforeAll(async () => {
+  // A small snapshot count: the leader's log is compacted, so the new member catches up by snapshot.
+  if (hasEtcdctl) c = await startServed({ members: 3, extraArgs: ['--snapshot-count=20'] });
+}, 120_000);
+
+afterAll(async () => {
+  await c?.close();
+});
+
+describe.skipIf(!hasEtcdctl)('membership with etcdctl', () => {
+  it('add a learner, start it existing, it catches up by snapshot, promote it, remove an old member', async () => {
+    for (let k = 0; k < 100; k++) ctl([0, 1, 2], 'put', `k${k}`, `v${k}`);
+    const n4 = await c.addMember('n4');
+    const peer = `http://127.0.0.1:${c.members[n4]!.peerPort}`;
+    const added = ctl([0, 1, 2], 'member', 'add', 'n4', '--learner', `--peer-urls=${peer}`);
+    expect(added).toMatch(/Member [0-9a-f]+ added to cluster [0-9a-f]+/);
+    expect(added).toContain(`ETCD_INITIAL_CLUSTER_STATE="existing"`);
+    const listed = ctl([0, 1, 2], 'member', 'list');
+    expect(listed).toMatch(new RegExp(`unstarted, , ${peer}, , true`));
+    // A promotion before the learner even started is refused as etcd refuses it.
+    const learnerId = memberIds([0])!.get('')!.id;
+    expect(() => ctl([0, 1, 2], 'member', 'promote', learnerId)).toThrow(
+      /can only promote a learner member which is in sync with leader/,
+    );
+
+    await c.startExisting(n4, [0, 1, 2, n4]);
+    // It caught up: its own (serializable) reads show every key.
+    await until('the learner has every key', () => {
+      const out = ctl([n4], 'get', 'k99', '--consistency=s', '--print-value-only');
+      return out.trim() === 'v99' ? true : undefined;
+    });
+    expect(c.members[n4]!.logs.some((l) => l.msg === 'joining a running cluster')).toBe(true);
+    // The learner never voted or counted toward quorum: it is listed as a learner, its status says so.
+    expect(ctl([n4], 'endpoint', 'status', '-w', 'json')).toMatch(/"isLearner":true/);
+
+    await until('promote', () => ctl([0, 1, 2], 'member', 'promote', learnerId));
+    const after = memberIds([0, 1, 2]);
+    expect(after.get('n4')).toEqual({ id: learnerId, learner: false });
+
+    // Remove an old member (m0) while the cluster keeps serving writes.
+    const m0 = after.get('m0')!.id;
+    const exited = new Promise<number | null>((resolve) =>
+      c.members[0]!.proc!.once('exit', (code) => resolve(code)),
+    );
+    try {
+      try {
+        ctl([1, 2, n4], 'member', 'remove', m0);
+      } catch (err) {
+        throw new Error(`${String(err)}\n${c.members.map((_, j) => c.report(j)).join('\n')}`);
+      }
+    } catch (err) {
+      throw new Error(`${String(err)}\n${c.members.map((_, j) => c.report(j)).join('\n')}`);
+    }
+    expect(await exited).toBe(0);
+    ctl([1, 2, n4], 'put', 'after-remove', 'yes');
+    expect(ctl([n4], 'get', 'after-remove', '--print-value-only').trim()).toBe('yes');
+    expect(ctl([1], 'get', 'k0', '--print-value-only').trim()).toBe('v0');
+    expect([...memberIds([1]).keys()].sort()).toEqual(['m1', 'm2', 'n4']);
+
+    // The removed member restarted on its data dir is refused by its old peers and exits.
+    const before = c.members[0]!.logs.length + c.members[0]!.droppedLogs;
+    c.start(0);
+    const code = await new Promise<number | null>((resolve) =>
+      c.members[0]!.proc!.once('exit', (x) => resolve(x)),
+    );
+    expect(code).toBe(1);
+    const lines = c.members[0]!.logs.slice(before - c.members[0]!.droppedLogs).map((l) => l.msg);
+    expect(lines.join('\n')).toMatch(/removed from the cluster/);
+  }, 180_000);
+});
