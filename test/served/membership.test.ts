@@ -69,7 +69,7 @@ describe.skipIf(!hasEtcdctl)('membership with etcdctl', () => {
     const n4 = await c.addMember('n4');
     const peer = `http://127.0.0.1:${c.members[n4]!.peerPort}`;
     const added = ctl([0, 1, 2], 'member', 'add', 'n4', '--learner', `--peer-urls=${peer}`);
-    expect(added).toMatch(/Member [0-9a-f]+ added to cluster [0-9a-f]+/);
+    expect(added).toMatch(/Member +[0-9a-f]+ added to cluster +[0-9a-f]+/);
     expect(added).toContain(`ETCD_INITIAL_CLUSTER_STATE="existing"`);
     const listed = ctl([0, 1, 2], 'member', 'list');
     expect(listed).toMatch(new RegExp(`unstarted, , ${peer}, , true`));
