@@ -74,3 +74,28 @@ export function round(x: number, digits = 1): number {
   const f = 10 ** digits;
   return Math.round(x * f) / f;
 }
+
+/**
+ * The longest synchronous stretch of the event loop, in CPU time: the most CPU this process used
+ * between two consecutive callbacks of a 1 ms timer. A wall-clock loop delay
+ * (perf_hooks.monitorEventLoopDelay) grows whenever a loaded machine does not schedule the
+ * process, and misses a stall that starts before its timer first fires; CPU time between two
+ * ticks grows only with the work done in between. It counts the process's other threads too
+ * (garbage-collection helpers), so it can overstate the main thread's stretch, never understate
+ * it. Returns the stop function, which gives the figure in ms.
+ */
+export function cpuStretchMeter(): () => number {
+  let last = process.cpuUsage();
+  let maxMs = 0;
+  const tick = () => {
+    const d = process.cpuUsage(last);
+    last = process.cpuUsage();
+    maxMs = Math.max(maxMs, (d.user + d.system) / 1000);
+  };
+  const t = setInterval(tick, 1);
+  return () => {
+    tick();
+    clearInterval(t);
+    return maxMs;
+  };
+}

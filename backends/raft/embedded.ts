@@ -50,6 +50,7 @@ import { FailoverWatch } from './failover-watch.js';
 import { type RequestLimits, resolveRequestLimits } from './limits.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import { DiskStorage } from './storage/disk-storage.js';
+import { watchCloseSliceMax } from './store/watch-hub.js';
 import { MemoryTransport } from './transport/memory.js';
 
 export interface ClusterOptions {
@@ -543,10 +544,17 @@ export class EmbeddedKV implements KV {
     };
   }
 
-  /** Closes the client: later calls fail `closed`, and its open watches end. */
+  /**
+   * Closes the client: later calls fail `closed`, and its open watches end, `watchCloseSliceMax`
+   * per turn of the event loop (a client with 100,000 watches does not hold the members' ticks).
+   */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#watches].map((w) => w.close()));
+    const ws = [...this.#watches];
+    for (let i = 0; i < ws.length; i += watchCloseSliceMax) {
+      if (i > 0) await new Promise((r) => setImmediate(r));
+      await Promise.all(ws.slice(i, i + watchCloseSliceMax).map((w) => w.close()));
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

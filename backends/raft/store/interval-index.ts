@@ -192,6 +192,24 @@ export class IntervalIndex<V> {
     }
   }
 
+  /**
+   * Every value in (start, hi) order, lazily (O(log n) state): the index must not change while
+   * the iteration runs.
+   */
+  *values(): Generator<V> {
+    const stack: Array<Node<V>> = [];
+    let n = this.#root;
+    while (n || stack.length > 0) {
+      while (n) {
+        stack.push(n);
+        n = n.left;
+      }
+      const top = stack.pop()!;
+      yield top.value;
+      n = top.right;
+    }
+  }
+
   /** Throws if an invariant (see the file comment) does not hold; for tests. O(n). */
   checkInvariants(): void {
     let count = 0;
