@@ -310,4 +310,56 @@ describe('etcd Lock and Election services (v3lock, v3election) on the served cli
       obs.cancel();
     }
   });
+
+  it("the JSON gateway routes /v3/election/* and /v3/lock/* to the services, with etcd's JSON", async () => {
+    const post = async (path: string, body: unknown) => {
+      const r = await fetch(`http://${served.endpoints[2]}${path}`, {
+        method: 'POST',
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(15_000),
+      });
+      return { status: r.status, text: await r.text() };
+    };
+    const b64 = (t: string) => Buffer.from(t).toString('base64');
+    // As etcd's e2e TestV3CurlCampaign: campaign with no lease, proclaim with the leader key it got.
+    const c = await post('/v3/election/campaign', { name: b64('/election-prefix'), value: b64('v1') });
+    expect(c.status, c.text).toBe(200);
+    expect(c.text).toContain('"leader":{"name":"');
+    const leader = (JSON.parse(c.text) as { leader: Record<string, string> }).leader;
+    const p = await post('/v3/election/proclaim', { leader, value: b64('v2') });
+    expect(p.status, p.text).toBe(200);
+    expect(p.text).toContain('"revision":');
+    const l = await post('/v3/election/leader', { name: b64('/election-prefix') });
+    expect(JSON.parse(l.text).kv.value).toBe(b64('v2'));
+    for (const [route, body] of [
+      ['proclaim', { value: b64('v2') }],
+      ['resign', {}],
+    ] as const) {
+      const m = await post(`/v3/election/${route}`, body);
+      expect(m.text).toContain(
+        '{"error":"\\"leader\\" field must be provided","message":"\\"leader\\" field must be provided","code":2}',
+      );
+    }
+    // Observe answers the current leader as a stream line.
+    const ac = new AbortController();
+    const o = await fetch(`http://${served.endpoints[2]}/v3/election/observe`, {
+      method: 'POST',
+      body: JSON.stringify({ name: b64('/election-prefix') }),
+      signal: ac.signal,
+    });
+    const reader = o.body!.getReader();
+    const first = new TextDecoder().decode((await reader.read()).value);
+    ac.abort();
+    expect(JSON.parse(first).result.kv.value).toBe(b64('v2'));
+    expect((await post('/v3/election/resign', { leader })).status).toBe(200);
+
+    const g = await kv.lease.grant(30);
+    const lk = await post('/v3/lock/lock', { name: b64('gw-lock'), lease: g.id.toString() });
+    expect(lk.status, lk.text).toBe(200);
+    const key = (JSON.parse(lk.text) as { key: string }).key;
+    expect(Buffer.from(key, 'base64').toString()).toBe(`gw-lock/${g.id.toString(16)}`);
+    expect((await post('/v3/lock/unlock', { key })).status).toBe(200);
+    expect(await keysUnder('gw-lock/')).toEqual([]);
+    await kv.lease.revoke(g.id);
+  });
 });

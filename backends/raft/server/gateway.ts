@@ -153,6 +153,21 @@ export const gatewayRoutes: ReadonlyMap<string, Route> = new Map([
     'maintenance/transfer-leadership',
     route('Maintenance', 'MoveLeader', 'MoveLeaderRequest', 'MoveLeaderResponse'),
   ],
+  // etcd's server-side recipes (v3election.proto, v3lock.proto; served by v3election.ts, v3lock.ts).
+  ...(
+    [
+      ['election/campaign', 'v3electionpb.Election/Campaign', 'CampaignRequest', 'CampaignResponse'],
+      ['election/proclaim', 'v3electionpb.Election/Proclaim', 'ProclaimRequest', 'ProclaimResponse'],
+      ['election/leader', 'v3electionpb.Election/Leader', 'LeaderRequest', 'LeaderResponse'],
+      ['election/observe', 'v3electionpb.Election/Observe', 'LeaderRequest', 'LeaderResponse'],
+      ['election/resign', 'v3electionpb.Election/Resign', 'ResignRequest', 'ResignResponse'],
+      ['lock/lock', 'v3lockpb.Lock/Lock', 'LockRequest', 'LockResponse'],
+      ['lock/unlock', 'v3lockpb.Lock/Unlock', 'UnlockRequest', 'UnlockResponse'],
+    ] as const
+  ).map(([p, path, req, res]): [string, Route] => [
+    p,
+    { grpcPath: `/${path}`, req, res, stream: p === 'election/observe' },
+  ]),
 ]);
 
 // ---- JSON <-> protobuf ------------------------------------------------------------------------

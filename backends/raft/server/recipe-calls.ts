@@ -60,7 +60,9 @@ export function registerUnary<Req>(
       const cancelled = new AbortController();
       const onCancel = () =>
         cancelled.abort(new ConclaveError(ErrorCode.Aborted, 'the client cancelled the call'));
-      call.once('cancelled', onCancel);
+      // The JSON gateway calls this handler with a plain call object (no events).
+      const events = typeof call.once === 'function';
+      if (events) call.once('cancelled', onCancel);
       ctx.inflight++;
       try {
         cb(null, await body(call.request, cancelled.signal));
@@ -70,7 +72,7 @@ export function registerUnary<Req>(
         else refuse(ctx.failure(err));
       } finally {
         ctx.inflight--;
-        call.removeListener('cancelled', onCancel);
+        if (events) call.removeListener('cancelled', onCancel);
       }
     }) as grpc.UntypedHandleCall,
     encoderOf(res),

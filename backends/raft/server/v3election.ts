@@ -21,7 +21,6 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { Election } from '../../../recipes/election.js';
-import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { KV } from '../../../src/kv.js';
 import { big, type Int64 } from '../../../src/protocol/codec.js';
 import type { KeyValue } from '../../../src/types.js';
@@ -181,9 +180,9 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
         stop.abort();
         ctx.streams.delete(open);
       });
-      void (async () => {
+      const observe = async (request: { name?: Uint8Array }) => {
         try {
-          const name = recipeName(call.request.name, 'election');
+          const name = recipeName(request.name, 'election');
           for await (const o of Election.observe(kv, name, { signal: stop.signal })) {
             if (!o.leader) continue;
             const found = await kv.get(o.leader.key, { signal: stop.signal });
@@ -205,10 +204,15 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
             call.end();
           }
         } catch (err) {
-          if (stop.signal.aborted && !ConclaveError.is(err, ErrorCode.InvalidArgument)) return;
+          if (stop.signal.aborted) return;
           open.fail(isGrpcFailure(err) ? err : ctx.failure(err));
         }
-      })();
+      };
+      const run = (request: { name?: Uint8Array }) => void observe(request);
+      // grpc-js hands a server-streaming handler its request; the JSON gateway's stream call
+      // delivers it as the first message read.
+      if (call.request !== undefined) run(call.request);
+      else call.once('data', run);
     }) as grpc.UntypedHandleCall,
     encoderOf(pbType('LeaderResponse')),
     (b: Buffer) => leaderReq.decode(b),
