@@ -2,7 +2,8 @@
  * A leader-elected scheduler: `npx tsx examples/scheduler.ts` (`CONCLAVE_ENDPOINTS=host:port` for
  * a real etcd).
  *
- * Three scheduler instances campaign in one `Election`; only the leader runs the periodic job.
+ * Three scheduler instances run `election.runWhileLeader(job)` in one `Election`; only the leader
+ * runs the periodic job, and its loop stops the moment its leadership is lost.
  * Each run is recorded with a txn guarded by `leadership.guard()`, so a run is written only while
  * its instance still leads: the fencing token (the leadership's create revision) of recorded runs
  * never goes down, even when a paused ex-leader wakes up and tries to run the job late.
@@ -23,7 +24,7 @@ interface Run {
   readonly token: number;
 }
 
-/** One scheduler instance: campaigns, then runs the job while it leads. */
+/** One scheduler instance: runs the job while it leads (`runWhileLeader`). */
 class Scheduler {
   leadership: Leadership | undefined;
   runs = 0;
@@ -47,21 +48,26 @@ class Scheduler {
     });
   }
 
-  async #loop(): Promise<void> {
-    const signal = AbortSignal.any([this.#stop.signal, this.session.lost]);
+  #loop(): Promise<void> {
     const election = new Election(this.session, `${this.prefix}election`);
-    this.leadership = await election.campaign(this.name, { signal });
-    this.log(`${this.name} leads (token ${this.leadership.token})`);
-    while (!signal.aborted && !this.leadership.lost.aborted) {
-      if (!(await runJob(this.kv, this.prefix, this.name, this.leadership))) break;
-      this.runs++;
-      await new Promise((r) => setTimeout(r, jobIntervalMs));
-    }
+    // Campaigns, runs the function while leading (its signal aborts when leadership is lost),
+    // resigns when it returns, and campaigns again; stop() ends it normally.
+    return election.runWhileLeader(
+      async ({ signal, token, leadership }) => {
+        this.leadership = leadership;
+        this.log(`${this.name} leads (token ${token})`);
+        while (!signal.aborted) {
+          if (!(await runJob(this.kv, this.prefix, this.name, leadership))) return;
+          this.runs++;
+          await new Promise((r) => setTimeout(r, jobIntervalMs));
+        }
+      },
+      { value: this.name, signal: this.#stop.signal },
+    );
   }
 
   async stop(): Promise<void> {
     this.#stop.abort();
-    await this.leadership?.resign().catch(() => undefined);
     await this.done;
   }
 }

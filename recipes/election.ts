@@ -4,13 +4,14 @@
  * with their value under their session's lease; the leader is the key with the lowest create
  * revision. Its create revision is the leadership's term (epoch) and fencing token.
  */
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { Bytes, CallOptions, Compare, KeyValue } from '../src/types.js';
-import { deleteGeneration, heldKey } from './internal/hold.js';
-import { enqueue, type TurnSpec, waitTurn } from './internal/queue.js';
+import { heldKey } from './internal/hold.js';
+import { pause } from './internal/timing.js';
+import { acquireTurn, type TurnSpec } from './internal/turn.js';
 
 /** The candidate that leads: its key, its value, and its term. */
 export interface Leader {
@@ -39,6 +40,30 @@ export interface Leadership extends AsyncDisposable {
   proclaim(value: Bytes, opts?: CallOptions): Promise<void>;
   /** Gives up leadership (deletes the key). Idempotent; retry after an RPC error. */
   resign(opts?: CallOptions): Promise<void>;
+}
+
+/** What `runWhileLeader` passes to its function for one term of leadership. */
+export interface LeaderTerm {
+  /** Aborted the moment leadership is lost (or the session suspended, with `lostOnSuspend`), or on stop. */
+  readonly signal: AbortSignal;
+  /** The leadership's fencing token (its key's create revision): larger for every later term. */
+  readonly token: number;
+  /** The leadership itself, for `guard()` and `proclaim()`. */
+  readonly leadership: Leadership;
+}
+
+/**
+ * When `runWhileLeader` campaigns again after a term ended (its function returned, or leadership
+ * was lost): `'always'` at once, `'never'` (it resolves after the first term), or after `delayMs`.
+ */
+export type Recampaign = 'always' | 'never' | { readonly delayMs: number };
+
+/** Options of `runWhileLeader`. */
+export interface RunWhileLeaderOptions extends CallOptions {
+  /** The candidate's value while campaigning and leading (default empty). */
+  readonly value?: Bytes;
+  /** Default `'always'`. */
+  readonly recampaign?: Recampaign;
 }
 
 const toLeader = (kv: KeyValue): Leader => ({
@@ -80,38 +105,84 @@ export class Election {
   }
 
   /** Waits until elected. A cancelled or failed campaign leaves no key behind. */
-  async campaign(value: Bytes, opts: CallOptions = {}): Promise<Leadership> {
-    if (this.session.lost.aborted) throw this.session.lost.reason;
-    opts.signal?.throwIfAborted();
-    const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
-    let myRev = 0;
-    try {
-      const e = await enqueue(this.session, this.#spec, value, signal);
-      myRev = e.myRev;
-      if (!e.created) {
-        // Re-campaign by the same session (as Go): keep our place in the queue, take the new value.
-        const t = await this.#kv.txn(
-          {
-            compare: [{ key: this.#spec.myKey, target: 'create', result: '=', value: myRev }],
-            success: [{ type: 'put', key: this.#spec.myKey, value, options: { lease: this.session.lease } }],
-            failure: [],
-          },
-          { signal },
+  campaign(value: Bytes, opts: CallOptions = {}): Promise<Leadership> {
+    // Re-campaign by the same session (as Go): keep our place in the queue, take the new value.
+    const again = async (myRev: number, signal: AbortSignal) => {
+      const t = await this.#kv.txn(
+        {
+          compare: [{ key: this.#spec.myKey, target: 'create', result: '=', value: myRev }],
+          success: [{ type: 'put', key: this.#spec.myKey, value, options: { lease: this.session.lease } }],
+          failure: [],
+        },
+        { signal },
+      );
+      if (!t.succeeded)
+        throw new ConclaveError(
+          ErrorCode.SessionLost,
+          `election ${this.name}: our key vanished during campaign`,
         );
-        if (!t.succeeded)
-          throw new ConclaveError(
-            ErrorCode.SessionLost,
-            `election ${this.name}: our key vanished during campaign`,
-          );
+    };
+    return acquireTurn(this.session, this.#spec, opts, { value, again }, (myRev, ownership) =>
+      this.#leadership(myRev, ownership),
+    );
+  }
+
+  /**
+   * Runs `fn` while this session leads (Curator's `LeaderSelector`): campaigns, calls `fn` with a
+   * signal that aborts the moment leadership is lost (or the session suspended, with
+   * `lostOnSuspend`) and the term's fencing token, resigns when `fn` settles, and campaigns again
+   * as `recampaign` says. `fn` must stop when its signal aborts; the next campaign waits for it to
+   * settle.
+   *
+   * Stopping: aborting `opts.signal` aborts the running term's signal, waits for `fn`, resigns and
+   * resolves — a requested stop is not an error. It rejects on a failure: `fn` threw while still
+   * leading (its error, after resigning), or the session was lost (`session-lost`, or
+   * `lease-not-found` when the next campaign finds the lease revoked before the session noticed:
+   * make a new Session to run again). A throw from `fn` after its signal aborted ends that term only.
+   */
+  async runWhileLeader(fn: (term: LeaderTerm) => unknown, opts: RunWhileLeaderOptions = {}): Promise<void> {
+    const policy = opts.recampaign ?? 'always';
+    if (
+      policy !== 'always' &&
+      policy !== 'never' &&
+      !(typeof policy === 'object' && Number.isSafeInteger(policy.delayMs) && policy.delayMs >= 0)
+    )
+      throw new ConclaveError(
+        ErrorCode.InvalidArgument,
+        `runWhileLeader: recampaign must be 'always', 'never' or { delayMs: integer >= 0 }`,
+      );
+    if (typeof fn !== 'function')
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'runWhileLeader: fn must be a function');
+    const stop = opts.signal;
+    // Bounded by the caller: one term per iteration, until `stop` fires, the session is lost, or
+    // `recampaign: 'never'` ends it after one term.
+    for (;;) {
+      if (stop?.aborted) return;
+      let leadership: Leadership;
+      try {
+        leadership = await this.campaign(opts.value ?? '', stop ? { signal: stop } : {});
+      } catch (err) {
+        if (stop?.aborted && !this.session.lost.aborted) return;
+        throw err;
       }
-      const turn = await waitTurn(this.#kv, this.#spec, myRev, signal, e.view);
-      return this.#leadership(myRev, turn.ownership);
-    } catch (err) {
-      // As Go's Campaign (which resigns on failure), even a re-campaign removes the key.
-      await deleteGeneration(this.#kv, this.#spec.myKey, myRev);
+      const signal = stop ? AbortSignal.any([leadership.lost, stop]) : leadership.lost;
+      let failed = false;
+      let failure: unknown;
+      try {
+        await fn({ signal, token: leadership.token, leadership });
+      } catch (err) {
+        if (!signal.aborted) {
+          failed = true;
+          failure = err;
+        }
+      }
+      // Best effort: a key we could not delete goes with the session's lease at the latest.
+      await leadership.resign().catch(() => undefined);
+      if (failed) throw failure;
+      if (stop?.aborted || policy === 'never') return;
       if (this.session.lost.aborted) throw this.session.lost.reason;
-      if (opts.signal?.aborted) throw abortReason(opts.signal);
-      throw err;
+      if (typeof policy === 'object' && policy.delayMs > 0)
+        await pause(policy.delayMs, stop ? AbortSignal.any([stop, this.session.lost]) : this.session.lost);
     }
   }
 

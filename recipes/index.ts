@@ -23,7 +23,15 @@ export {
   counterRetriesMax,
 } from './counter.js';
 export { DoubleBarrier } from './double-barrier.js';
-export { Election, type Leader, type Leadership, type Observation } from './election.js';
+export {
+  Election,
+  type Leader,
+  type Leadership,
+  type LeaderTerm,
+  type Observation,
+  type Recampaign,
+  type RunWhileLeaderOptions,
+} from './election.js';
 export {
   type GroupChange,
   GroupMember,

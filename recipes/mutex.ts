@@ -12,13 +12,13 @@
  * lost (by default also while it is suspended; see `lostOnSuspend`) or when the key disappears.
  */
 import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, LeaseId } from '../src/types.js';
-import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
+import { type HeldKey, heldKey } from './internal/hold.js';
 import { watchGeneration } from './internal/key-watch.js';
-import { enqueue, type TurnSpec, waitTurn } from './internal/queue.js';
+import { acquireTurn, type TurnSpec, tryTurn } from './internal/turn.js';
 
 /** The current holder, returned by `tryLock()` when the lock is taken. */
 export interface LockHeld {
@@ -43,6 +43,14 @@ export interface LockHandle extends HeldKey {
 export interface MutexOptions {
   /** Fire `lost` when the session becomes suspended (keep-alives failing), not only when lost. Default true. */
   lostOnSuspend?: boolean;
+  /**
+   * What a second `lock()`/`tryLock()` of this name by a session that holds or waits for it does:
+   * `'conflict'` (default) fails it; `'share'` returns another handle on the same key, as etcd's
+   * Go `Mutex` does (releasing either handle releases both). `'share'` exists for etcd
+   * compatibility (an etcd-compatible server's Lock service); it is unsafe for async tasks that
+   * share a session.
+   */
+  sameSession?: 'conflict' | 'share';
 }
 
 /**
@@ -54,6 +62,7 @@ export class Mutex {
   readonly name: string;
   readonly #spec: TurnSpec;
   readonly #lostOnSuspend: boolean;
+  readonly #again: 'conflict' | 'share';
 
   constructor(session: Session, name: string, opts: MutexOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
@@ -63,6 +72,9 @@ export class Mutex {
     const pfx = `${name}/`;
     this.#spec = { myKey: `${pfx}${leaseHex(session.lease)}`, blockers: pfx, what: `lock ${name}` };
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;
+    this.#again = opts.sameSession ?? 'conflict';
+    if (this.#again !== 'conflict' && this.#again !== 'share')
+      throw new ConclaveError(ErrorCode.InvalidArgument, "Mutex: sameSession must be 'conflict' or 'share'");
   }
 
   /** This session's key for the lock. */
@@ -72,54 +84,32 @@ export class Mutex {
 
   /**
    * Tries once. `Ok(handle)` if we own the lock, `Err(LockHeld)` (and no key left behind) if
-   * someone else does.
+   * someone else does; `conflict` if this session already holds or waits for it.
    */
   async tryLock(opts: CallOptions = {}): Promise<Result<LockHandle, LockHeld>> {
-    this.#checkSession();
-    const e = await enqueue(this.session, this.#spec, '', opts.signal, { first: true });
-    const owner = e.first;
-    if (!owner || owner.createRevision === e.myRev)
-      return Ok(this.#handle(e.myRev, watchGeneration(this.session, this.#spec.myKey, e.myRev)));
     // Go's TryLock deletes the key unconditionally; we delete only the key this call created.
-    if (e.created) await this.#deleteOwn(e.myRev);
-    return Err({ key: toText(owner.key), lease: owner.lease, token: owner.createRevision });
+    const t = await tryTurn(this.session, this.#spec, opts.signal, this.#again);
+    if (t.blocker)
+      return Err({ key: toText(t.blocker.key), lease: t.blocker.lease, token: t.blocker.createRevision });
+    return Ok(this.#handle(t.myRev, watchGeneration(this.session, this.#spec.myKey, t.myRev)));
   }
 
   /**
    * Waits until we own the lock (FIFO by create revision). Aborting, or a failure while waiting,
    * removes our key. Fails fast with `session-lost` if the session is lost (or our key vanishes)
-   * while waiting.
+   * while waiting. Not re-entrant: while this session holds or waits for the lock (through any
+   * `Mutex` object of this name), a second `lock()` or `tryLock()` fails `conflict` — two async
+   * tasks sharing a session must not both believe they hold it (see `sameSession`).
    */
-  async lock(opts: CallOptions = {}): Promise<LockHandle> {
-    this.#checkSession();
-    opts.signal?.throwIfAborted();
-    const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
-    let myRev = 0;
-    let created = true;
-    try {
-      const e = await enqueue(this.session, this.#spec, '', signal);
-      myRev = e.myRev;
-      created = e.created;
+  lock(opts: CallOptions = {}): Promise<LockHandle> {
+    return acquireTurn(
+      this.session,
+      this.#spec,
+      opts,
       // The watch of our own key is kept across this session's lock cycles (internal/key-watch.ts).
-      const own = watchGeneration(this.session, this.#spec.myKey, myRev);
-      const turn = await waitTurn(this.session.kv, this.#spec, myRev, signal, e.view, own);
-      return this.#handle(myRev, turn.ownership);
-    } catch (err) {
-      // Leave no key behind: an aborted or failed acquire must not block the next owner. A key
-      // that existed before this call (another lock() of the same session) is left to its owner.
-      if (created) await this.#deleteOwn(myRev);
-      if (this.session.lost.aborted) throw this.session.lost.reason;
-      if (opts.signal?.aborted) throw abortReason(opts.signal);
-      throw err;
-    }
-  }
-
-  #deleteOwn(myRev: number): Promise<void> {
-    return deleteGeneration(this.session.kv, this.#spec.myKey, myRev);
-  }
-
-  #checkSession(): void {
-    if (this.session.lost.aborted) throw this.session.lost.reason;
+      { again: this.#again, ownKey: (myRev) => watchGeneration(this.session, this.#spec.myKey, myRev) },
+      (myRev, ownership) => this.#handle(myRev, ownership),
+    );
   }
 
   #handle(myRev: number, ownership: AbortController): LockHandle {

@@ -9,12 +9,12 @@
  * experimental recipe, which infers ownership from one delete event).
  */
 import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
-import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
-import { enqueue, type TurnSpec, waitTurn, watchKeyLoss } from './internal/queue.js';
+import { type HeldKey, heldKey } from './internal/hold.js';
+import { acquireTurn, type TurnSpec, tryTurn, watchKeyLoss } from './internal/turn.js';
 
 /** A held read or write lock: a {@link HeldKey} with `unlock()` (= `release()`). */
 export type RWLockHandle = HeldKey & {
@@ -32,7 +32,8 @@ export interface RWLockHeld {
 
 /**
  * A readers-writer lock: readers share, writers exclude, FIFO by create revision (see the module
- * comment). Each session holds at most one read and one write key per name.
+ * comment). Not re-entrant: while a session holds or waits for the read (or the write) lock of a
+name, a second `rLock()` (or `lock()`) of it fails `conflict`.
  */
 export class RWMutex {
   readonly session: Session;
@@ -85,37 +86,19 @@ export class RWMutex {
     return { myKey: this.#key(kind), blockers: this.#blockers(kind), what: `rwmutex ${this.name} (${kind})` };
   }
 
-  async #acquire(kind: 'read' | 'write', opts: CallOptions): Promise<RWLockHandle> {
-    if (this.session.lost.aborted) throw this.session.lost.reason;
-    opts.signal?.throwIfAborted();
-    const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
+  #acquire(kind: 'read' | 'write', opts: CallOptions): Promise<RWLockHandle> {
     const spec = this.#spec(kind);
-    let myRev = 0;
-    let created = true;
-    try {
-      const e = await enqueue(this.session, spec, '', signal);
-      myRev = e.myRev;
-      created = e.created;
-      const turn = await waitTurn(this.session.kv, spec, myRev, signal, e.view);
-      return this.#handle(kind, spec.myKey, myRev, turn.ownership);
-    } catch (err) {
-      if (created) await deleteGeneration(this.session.kv, spec.myKey, myRev);
-      if (this.session.lost.aborted) throw this.session.lost.reason;
-      if (opts.signal?.aborted) throw abortReason(opts.signal);
-      throw err;
-    }
+    return acquireTurn(this.session, spec, opts, { again: 'conflict' }, (myRev, ownership) =>
+      this.#handle(kind, spec.myKey, myRev, ownership),
+    );
   }
 
   async #try(kind: 'read' | 'write', opts: CallOptions): Promise<Result<RWLockHandle, RWLockHeld>> {
-    if (this.session.lost.aborted) throw this.session.lost.reason;
     const spec = this.#spec(kind);
-    const e = await enqueue(this.session, spec, '', opts.signal, { first: true });
     // The earliest conflicting key: we are blocked iff it was created before ours.
-    const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
-    if (!blocker)
-      return Ok(this.#handle(kind, spec.myKey, e.myRev, watchKeyLoss(this.session.kv, spec.myKey, e.myRev)));
-    if (e.created) await deleteGeneration(this.session.kv, spec.myKey, e.myRev);
-    return Err({ key: toText(blocker.key), token: blocker.createRevision });
+    const t = await tryTurn(this.session, spec, opts.signal);
+    if (t.blocker) return Err({ key: toText(t.blocker.key), token: t.blocker.createRevision });
+    return Ok(this.#handle(kind, spec.myKey, t.myRev, watchKeyLoss(this.session.kv, spec.myKey, t.myRev)));
   }
 
   #handle(kind: 'read' | 'write', key: string, myRev: number, ownership: AbortController): RWLockHandle {

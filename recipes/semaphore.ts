@@ -5,12 +5,12 @@
  * a different count is a `conflict` error), and `<name>/holders/<lease hex>` are the queue keys
  * under each session's lease. The first `permits` keys by create revision hold a permit.
  */
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
-import { deleteGeneration, type HeldKey, heldKey } from './internal/hold.js';
-import { enqueue, waitTurn } from './internal/queue.js';
+import { type HeldKey, heldKey } from './internal/hold.js';
+import { acquireTurn } from './internal/turn.js';
 
 /** A held semaphore permit: release it (or `await using`) to give it back. */
 export type Permit = HeldKey;
@@ -65,34 +65,25 @@ export class Semaphore {
     this.#agreed = true;
   }
 
-  /** Waits for a permit. Aborting or failing removes our queue key. */
+  /**
+   * Waits for a permit. Aborting or failing removes our queue key. A session holds at most one
+   * permit of a name: while it holds or waits for one, a second `acquire()` fails `conflict`.
+   */
   async acquire(opts: CallOptions = {}): Promise<Permit> {
     if (this.session.lost.aborted) throw this.session.lost.reason;
     opts.signal?.throwIfAborted();
     await this.#agree(opts.signal);
-    const signal = opts.signal ? AbortSignal.any([opts.signal, this.session.lost]) : this.session.lost;
     const spec = {
       myKey: `${this.name}/holders/${leaseHex(this.session.lease)}`,
       blockers: `${this.name}/holders/`,
       allowed: this.permits - 1,
       what: `semaphore ${this.name}`,
     };
-    let myRev = 0;
-    let created = true;
-    try {
-      const e = await enqueue(this.session, spec, '', signal);
-      myRev = e.myRev;
-      created = e.created;
-      const turn = await waitTurn(this.session.kv, spec, myRev, signal, e.view);
-      return heldKey(this.session, spec.myKey, myRev, turn.ownership, {
+    return acquireTurn(this.session, spec, opts, { again: 'conflict' }, (myRev, ownership) =>
+      heldKey(this.session, spec.myKey, myRev, ownership, {
         lostOnSuspend: this.#lostOnSuspend,
         what: spec.what,
-      });
-    } catch (err) {
-      if (created) await deleteGeneration(this.session.kv, spec.myKey, myRev);
-      if (this.session.lost.aborted) throw this.session.lost.reason;
-      if (opts.signal?.aborted) throw abortReason(opts.signal);
-      throw err;
-    }
+      }),
+    );
   }
 }

@@ -1,11 +1,10 @@
 /** Building a held-key handle (lock, read lock, permit) with lost, guard, release. */
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
-import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
 import type { CallOptions, Compare } from '../../src/types.js';
 import { handoffRead, offerHandoff, trackRelease } from './handoff.js';
-import { holderLoss } from './queue.js';
 import type { LossPolicy } from './session-state.js';
+import { holderLoss } from './turn.js';
 
 /**
  * A key held in a recipe's queue (a lock, a read or write lock, a semaphore permit): it is yours
@@ -106,19 +105,4 @@ export async function putIfAbsent(
   const kv = r?.type === 'get' ? r.kvs[0] : undefined;
   if (!kv) throw new ConclaveError(ErrorCode.Conflict, `${key} vanished while being created`);
   return { myRev: kv.createRevision, revision: t.revision };
-}
-
-/**
- * Deletes `key` if it is still generation `myRev` (its create revision), or whatever is there when
- * `myRev` is 0 (unknown: the put may or may not have happened). Best effort — the session's lease
- * removes the key at the latest.
- */
-export async function deleteGeneration(kv: KV, key: string, myRev: number): Promise<void> {
-  await kv
-    .txn({
-      compare: myRev > 0 ? [{ key, target: 'create', result: '=', value: myRev }] : [],
-      success: [{ type: 'delete', key }],
-      failure: [],
-    })
-    .catch(() => undefined);
 }

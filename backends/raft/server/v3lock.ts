@@ -56,7 +56,8 @@ export function registerLock(server: grpc.Server, ctx: ServerContext): void {
       const name = recipeName(req.name, 'lock');
       const session = await sessionFor(ctx, big(req.lease), signal);
       try {
-        const held = await new Mutex(session, name).lock({ signal });
+        // etcd's Lock is Go's Mutex: a second Lock under the same lease shares the held key.
+        const held = await new Mutex(session, name, { sameSession: 'share' }).lock({ signal });
         return { header: ctx.currentHeader(), key: Buffer.from(held.key) };
       } finally {
         session.orphan();

@@ -32,6 +32,90 @@ export const registerElectionTests: RegisterTests = (ctx) => {
     expect(handoffState(probe.kv)).toEqual({ prefixes: 0, waiters: 0, releases: 0 });
   });
 
+  it("election — runWhileLeader runs the function while leading, aborts its signal on loss, and the next candidate's run takes over", async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-run')}e`;
+    const a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const terms: { who: string; token: number; signal: AbortSignal }[] = [];
+    const lead = (who: string) => async (t: { signal: AbortSignal; token: number }) => {
+      terms.push({ who, token: t.token, signal: t.signal });
+      // Work until told to stop.
+      await new Promise<void>((r) => t.signal.addEventListener('abort', () => r(), { once: true }));
+    };
+    const runA = new Election(a, name).runWhileLeader(lead('a'), { value: 'a' }).catch((e: unknown) => e);
+    await waitFor(() => terms.length === 1, 10_000, 'a to lead');
+    const stopB = new AbortController();
+    const runB = new Election(b, name).runWhileLeader(lead('b'), { value: 'b', signal: stopB.signal });
+    runB.catch(() => undefined); // awaited below; no unhandled rejection if an assertion fails first
+    await sleep(200);
+    expect(terms.map((t) => t.who)).toEqual(['a']); // b only campaigns while a leads
+    expect(toText((await Election.leader(kv, name))!.value)).toBe('a');
+    // a's lease is revoked: its term's signal aborts, its run fails (its next campaign finds the
+    // lease gone: session-lost, or lease-not-found if the session has not noticed yet), b takes over.
+    await kv.lease.revoke(a.lease);
+    await waitFor(() => terms[0]!.signal.aborted, 10_000, "a's term signal");
+    expect(['session-lost', 'lease-not-found']).toContain(((await runA) as { code?: string }).code);
+    await waitFor(() => terms.length === 2, 10_000, 'b to lead');
+    expect(terms[1]!.who).toBe('b');
+    expect(terms[1]!.token).toBeGreaterThan(terms[0]!.token);
+    // A requested stop: b's term signal aborts, the run resolves, and b resigned.
+    stopB.abort(new Error('shutting down'));
+    await expect(runB).resolves.toBeUndefined();
+    expect(terms[1]!.signal.aborted).toBe(true);
+    expect(await Election.leader(kv, name)).toBeUndefined();
+    await a.close();
+  });
+
+  it('election — runWhileLeader re-campaigns after a term ends (always, never), and a throw while leading rejects after resigning', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('elect-run-policy')}e`;
+    await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const e = new Election(s, name);
+    // 'always' (the default): three terms, each a new campaign with a larger token.
+    const tokens: number[] = [];
+    const stop = new AbortController();
+    await e.runWhileLeader(
+      ({ token }) => {
+        tokens.push(token);
+        if (tokens.length === 3) stop.abort();
+      },
+      { signal: stop.signal },
+    );
+    expect(tokens).toHaveLength(3);
+    expect(tokens[1]!).toBeGreaterThan(tokens[0]!);
+    expect(tokens[2]!).toBeGreaterThan(tokens[1]!);
+    // 'never': one term, then it resolves; the key is gone.
+    let ran = 0;
+    await e.runWhileLeader(() => void ran++, { recampaign: 'never' });
+    expect(ran).toBe(1);
+    expect(await kv.get(e.key)).toBeUndefined();
+    // { delayMs }: the next campaign waits.
+    const stop2 = new AbortController();
+    const at: number[] = [];
+    await e.runWhileLeader(
+      () => {
+        at.push(performance.now());
+        if (at.length === 2) stop2.abort();
+      },
+      { recampaign: { delayMs: 300 }, signal: stop2.signal },
+    );
+    expect(at[1]! - at[0]!).toBeGreaterThanOrEqual(290);
+    // A failure while still leading: rejects with it, after resigning.
+    const boom = new Error('job failed');
+    await expect(
+      e.runWhileLeader(() => {
+        throw boom;
+      }),
+    ).rejects.toBe(boom);
+    expect(await kv.get(e.key)).toBeUndefined();
+    await expect(
+      e.runWhileLeader(() => undefined, { recampaign: 'sometimes' as never }),
+    ).rejects.toMatchObject({
+      code: 'invalid-argument',
+    });
+  });
+
   it('election — one leader at a time; the next candidate wins when the leader resigns', async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('elect-one')}e`;

@@ -157,20 +157,20 @@ export const registerLossTests: RegisterTests = (ctx) => {
     );
   });
 
-  it('mutex — a re-entrant lock after compaction keeps a working lost signal', async () => {
+  it("mutex — after a compaction, a second lock() of the holder's session fails conflict and the holder's lost still works", async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('mutex-reentrant')}lock`;
     await using s = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
     const first = await new Mutex(s, name).lock();
     const r = await kv.put(`${name}-noise`, 'n');
     await kv.compact(r.revision);
-    // The same session gets the lock back (etcd Go semantics), with the same token.
-    const again = await new Mutex(s, name).lock();
-    expect(again.token).toBe(first.token);
+    // Not re-entrant: the same session is refused, and the key stays the first handle's.
+    await expect(new Mutex(s, name).lock()).rejects.toSatisfy((e) => ConclaveError.is(e, ErrorCode.Conflict));
+    expect((await kv.get(first.key))?.createRevision).toBe(first.token);
     await sleep(150);
-    expect(again.lost.aborted).toBe(false);
-    await kv.delete(again.key); // someone removes the key: the holder must learn it
-    await waitFor(() => again.lost.aborted && first.lost.aborted, 5000, 'lost after the delete');
+    expect(first.lost.aborted).toBe(false);
+    await kv.delete(first.key); // someone removes the key: the holder must learn it
+    await waitFor(() => first.lost.aborted, 5000, 'lost after the delete');
   });
 };
 

@@ -177,6 +177,46 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(1);
   });
 
+  it('mutex — a second lock() or tryLock() of a name on a session that holds or waits for it fails conflict and leaves the first alone', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-reentry')}lock`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(a, name);
+    const held = await m.lock();
+    const conflict = (p: Promise<unknown>) =>
+      expect(p).rejects.toSatisfy((e) => ConclaveError.is(e, ErrorCode.Conflict) && !e.retryable);
+    // The same Mutex object, another object of the same name and session, and tryLock: all refused.
+    await conflict(m.lock());
+    await conflict(new Mutex(a, name).lock());
+    await conflict(new Mutex(a, name).tryLock());
+    // The first handle still holds: its key is there, its lost has not fired, and it excludes others.
+    expect((await kv.get(held.key))?.createRevision).toBe(held.token);
+    expect(held.lost.aborted).toBe(false);
+    expect((await new Mutex(b, name).tryLock()).isErr()).toBe(true);
+    // etcd's Go behaviour, asked for explicitly: another handle on the same key.
+    const shared = await new Mutex(a, name, { sameSession: 'share' }).lock();
+    expect([shared.key, shared.token]).toEqual([held.key, held.token]);
+    const sharedTry = await new Mutex(a, name, { sameSession: 'share' }).tryLock();
+    expect(sharedTry.isOk() && sharedTry.value.token).toBe(held.token);
+    // A session that is waiting (not holding) is refused too, and its waiting lock() goes on.
+    const waiting = new Mutex(b, name).lock();
+    await waitFor(
+      async () => (await kv.range(`${name}/`, { prefix: true, countOnly: true })).count === 2,
+      5000,
+      'the waiter key',
+    );
+    await conflict(new Mutex(b, name).lock());
+    await held.unlock();
+    const next = await waiting;
+    expect(next.token).toBeGreaterThan(held.token);
+    // Released: the first session may lock again (and waits for b's hold).
+    await next.unlock();
+    const again = await m.lock();
+    expect(again.token).toBeGreaterThan(next.token);
+    await again.unlock();
+  });
+
   it('mutex — the key layout is name/ + lease id in lowercase hex (etcd Go concurrency.Mutex)', async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('mutex-layout')}lock`;

@@ -5,6 +5,7 @@ import { handoffState } from '../../../recipes/internal/handoff.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { RWMutex } from '../../../recipes/rw-mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
@@ -181,6 +182,36 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     await r.unlock();
     if (r2.isOk()) await r2.value.unlock();
     await closeAll([a!, b!, c!]);
+  });
+
+  it('rwmutex and semaphore — a second acquire of one session fails conflict; the first keeps its hold', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('rw-reentry')}rw`;
+    const [a, b] = await sessions(2);
+    const isConflict = (e: unknown) => ConclaveError.is(e, ErrorCode.Conflict);
+    const r = await new RWMutex(a!, name).rLock();
+    await expect(new RWMutex(a!, name).rLock()).rejects.toSatisfy(isConflict);
+    await expect(new RWMutex(a!, name).tryRLock()).rejects.toSatisfy(isConflict);
+    expect((await kv.get(r.key))?.createRevision).toBe(r.token);
+    expect(r.lost.aborted).toBe(false);
+    // Another session still shares the read lock, and a writer is still excluded by the first.
+    const r2 = await new RWMutex(b!, name).rLock();
+    await r2.unlock();
+    expect((await new RWMutex(b!, name).tryLock()).isErr()).toBe(true);
+    await r.unlock();
+    const w = await new RWMutex(a!, name).lock();
+    await expect(new RWMutex(a!, name).lock()).rejects.toSatisfy(isConflict);
+    await expect(new RWMutex(a!, name).tryLock()).rejects.toSatisfy(isConflict);
+    await w.unlock();
+
+    const sem = `${prefix('sem-reentry')}sem`;
+    const p = await new Semaphore(a!, sem, 2).acquire();
+    await expect(new Semaphore(a!, sem, 2).acquire()).rejects.toSatisfy(isConflict);
+    expect((await kv.get(p.key))?.createRevision).toBe(p.token);
+    const q = await new Semaphore(b!, sem, 2).acquire();
+    await p.release();
+    await q.release();
+    await closeAll([a!, b!]);
   });
 
   it('semaphore — never more than N holders under contention, with aborts', async () => {

@@ -1,5 +1,5 @@
 /**
- * The queueing core shared by Mutex, RWMutex, Semaphore and Election (etcd Go `concurrency`'s
+ * "Wait for my turn": the one acquire path of Mutex, RWMutex, Semaphore and Election (etcd Go `concurrency`'s
  * "lowest create revision wins" scheme): enqueue a key under the session's lease, then wait,
  * watch-driven, until few enough keys created before ours remain, re-checking the whole situation
  * after every wake-up (never inferring ownership from a single delete event — the cause of the
@@ -20,7 +20,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes, toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
-import type { Bytes, KeyValue } from '../../src/types.js';
+import type { Bytes, CallOptions, KeyValue } from '../../src/types.js';
 import { awaitHandoff, releaseOf } from './handoff.js';
 import { type LossPolicy, sessionLossController } from './session-state.js';
 import { rangeAtLeast, rejectOnAbort, waitDelete, watchOwnership } from './wait.js';
@@ -49,7 +49,7 @@ export interface QueueView {
 export interface Enqueued {
   /** Our key's create revision (its fencing token). */
   readonly myRev: number;
-  /** False when the key already existed (same session: re-entrant, as in Go). */
+  /** False when the key already existed (this session already holds or waits for it). */
   readonly created: boolean;
   /** With `first: true`: the earliest key under the blockers prefix (the owner for locks), if any. */
   readonly first?: KeyValue;
@@ -391,4 +391,99 @@ export function holderLoss(
     { once: true },
   );
   return lost;
+}
+
+/**
+ * What a second acquire by a session that already holds or waits for the name does: `conflict`
+ * (locks and permits: two async tasks of one process share a session, so sharing one key would
+ * let both believe they hold it, and releasing either would release both), or a function run on
+ * the existing key before waiting (an election's re-campaign: keep the place, write the new value),
+ * or `share`: wait on the existing key and leave it alone on failure (etcd's Go `Mutex`, which an
+ * etcd-compatible server's Lock service must reproduce).
+ */
+export type Again = 'conflict' | 'share' | ((myRev: number, signal: AbortSignal) => Promise<void>);
+
+/** The `conflict` a second acquire of one session fails with. */
+export function heldBySession(spec: TurnSpec): ConclaveError {
+  return new ConclaveError(
+    ErrorCode.Conflict,
+    `${spec.what}: this session already holds or waits for it (key ${spec.myKey}); release that handle first, or acquire it from another Session`,
+    { details: { key: spec.myKey } },
+  );
+}
+
+/**
+ * Enqueues our key and waits for our turn; `hold` makes the handle from our key's create revision
+ * and the ownership watch. Aborting `opts.signal` (or losing the session) ends the wait; any
+ * failure removes the key it put (not one that another handle of this session holds), and rejects
+ * with the session's loss or the signal's reason before anything else. `ownKey` supplies a kept
+ * watch of our own key (see `waitTurn`).
+ */
+export async function acquireTurn<H>(
+  session: Session,
+  spec: TurnSpec,
+  opts: CallOptions,
+  how: { value?: Bytes; again: Again; ownKey?: (myRev: number) => AbortController },
+  hold: (myRev: number, ownership: AbortController) => H,
+): Promise<H> {
+  if (session.lost.aborted) throw session.lost.reason;
+  opts.signal?.throwIfAborted();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, session.lost]) : session.lost;
+  let myRev = 0;
+  let ours = true;
+  try {
+    const e = await enqueue(session, spec, how.value ?? '', signal);
+    myRev = e.myRev;
+    if (!e.created) {
+      if (how.again === 'conflict' || how.again === 'share') {
+        ours = false;
+        if (how.again === 'conflict') throw heldBySession(spec);
+      } else await how.again(myRev, signal);
+    }
+    const turn = await waitTurn(session.kv, spec, myRev, signal, e.view, how.ownKey?.(myRev));
+    return hold(myRev, turn.ownership);
+  } catch (err) {
+    // Leave no key behind: an aborted or failed acquire must not block the next owner. (As Go's
+    // Campaign, a failed re-campaign removes its key too.)
+    if (ours) await deleteGeneration(session.kv, spec.myKey, myRev);
+    if (session.lost.aborted) throw session.lost.reason;
+    if (opts.signal?.aborted) throw abortReason(opts.signal);
+    throw err;
+  }
+}
+
+/**
+ * One attempt, no wait: enqueues our key and reads the earliest key under the blockers. Our turn
+ * when none was created before ours (`allowed` is 0 for the try* calls); otherwise the key we put
+ * is removed again and the blocker returned. A session that already holds or waits for the name
+ * fails `conflict`, as `acquireTurn`.
+ */
+export async function tryTurn(
+  session: Session,
+  spec: TurnSpec,
+  signal: AbortSignal | undefined,
+  again: 'conflict' | 'share' = 'conflict',
+): Promise<{ myRev: number; blocker?: KeyValue }> {
+  if (session.lost.aborted) throw session.lost.reason;
+  const e = await enqueue(session, spec, '', signal, { first: true });
+  if (!e.created && again === 'conflict') throw heldBySession(spec);
+  const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
+  if (!blocker) return { myRev: e.myRev };
+  if (e.created) await deleteGeneration(session.kv, spec.myKey, e.myRev);
+  return { myRev: e.myRev, blocker };
+}
+
+/**
+ * Deletes `key` if it is still generation `myRev` (its create revision), or whatever is there when
+ * `myRev` is 0 (unknown: the put may or may not have happened). Best effort — the session's lease
+ * removes the key at the latest.
+ */
+export async function deleteGeneration(kv: KV, key: string, myRev: number): Promise<void> {
+  await kv
+    .txn({
+      compare: myRev > 0 ? [{ key, target: 'create', result: '=', value: myRev }] : [],
+      success: [{ type: 'delete', key }],
+      failure: [],
+    })
+    .catch(() => undefined);
 }
