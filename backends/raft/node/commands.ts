@@ -51,7 +51,9 @@ export type Command =
   | { id: string; op: 'txn'; txn: Txn }
   | { id: string; op: 'compact'; revision: number; opts?: Omit<CompactOptions, 'signal'> }
   | { id: string; op: 'grant'; lease: bigint; ttlSeconds: number }
-  | { id: string; op: 'revoke'; lease: bigint };
+  | { id: string; op: 'revoke'; lease: bigint }
+  /** A change to users, roles, permissions or auth state (store/auth-store.ts), as its JSON text. */
+  | { id: string; op: 'auth'; change: string };
 
 /** The format version written in the first byte of every encoded command. */
 export const commandFormat = 1;
@@ -60,8 +62,8 @@ export const txnDepthMax = 64;
 /** The encoder keeps its scratch buffer between calls only up to this size (larger ones are dropped). */
 export const commandScratchBytesKept = 1024 * 1024;
 
-const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6 } as const;
-const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke'] as const;
+const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6, auth: 7 } as const;
+const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke', 'auth'] as const;
 const txnOpTypes = ['get', 'put', 'delete', 'txn'] as const;
 const compareTargets = ['version', 'create', 'mod', 'value', 'lease'] as const;
 const compareResults = ['=', '!=', '<', '>'] as const;
@@ -291,6 +293,9 @@ export function encodeCommand(c: Command): Uint8Array {
       case 'revoke':
         big(c.lease);
         break;
+      case 'auth':
+        bytes(c.change);
+        break;
       default:
         throw new TypeError(`command: unknown op ${String((c as { op: unknown }).op)}`);
     }
@@ -510,6 +515,8 @@ function readBody(r: Reader): Command {
     }
     case 'revoke':
       return { id, op, lease: r.big() };
+    case 'auth':
+      return { id, op, change: r.str() };
     default:
       throw new RangeError(`unknown op code ${code}`);
   }

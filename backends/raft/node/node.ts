@@ -560,6 +560,9 @@ export class RaftNode {
             this.#revocationApplied(c.lease);
           }
           break;
+        case 'auth':
+          result = this.store.auth.applyEncoded(c.change, this.#o.now());
+          break;
       }
     } catch (err) {
       // Deterministic refusals (unknown lease, compacted, …) are results, identical on every member.

@@ -12,6 +12,7 @@
  *   keys × ([key: bytes][records u32] records × ([main][sub][kind u8: 0 tombstone, 1 value]
  *            value records: [create][mod][version][lease i64][value: bytes]))
  *   [leases u32] leases × ([id i64][ttl f64][granted f64][keys u32] keys × [key: bytes])
+ *   optionally, once auth was ever changed: [auth: bytes] (store/auth-store.ts `encode`, JSON)
  *
  * It is written in two passes (size, then bytes into one exact buffer); a key whose records were
  * never decoded since the store was restored is copied as the bytes it was restored from, and a
@@ -97,13 +98,18 @@ function freeze(store: Store): FrozenStore {
       o += 4 + k.length;
     }
   }
+  // The auth section rides after the leases (absent while auth was never changed, so such a
+  // snapshot is byte-identical to one written before auth existed).
+  const auth = store.auth.revision > 1 ? Buffer.from(store.auth.encode()) : undefined;
+  const len = Buffer.alloc(auth ? 4 : 0);
+  if (auth) len.writeUInt32LE(auth.length, 0);
   return {
     appliedIndex: store.appliedIndex,
     revision: store.mvcc.currentRev,
     compactRev: store.mvcc.compactRev,
     index: store.mvcc.index.clone(),
     source: store.mvcc.source,
-    leases: b,
+    leases: auth ? Buffer.concat([b, len, auth]) : b,
   };
 }
 
@@ -424,6 +430,13 @@ function read(r: Reader, opts: { minTtlSeconds: number; nowMs: number }): Store 
       expiryMs: opts.nowMs + ttl * 1000,
       revoking: false,
     });
+  }
+  // The auth section (a length and its bytes) when there is room for one; stray bytes fail below.
+  if (r.b.length - r.o >= 4) {
+    const n = r.u32();
+    if (n > r.b.length - r.o) throw new RangeError(`an auth section of ${n} bytes in ${r.b.length - r.o}`);
+    store.auth.restore(r.b.subarray(r.o, r.o + n));
+    r.o += n;
   }
   if (r.o !== r.b.length) throw new RangeError(`${r.b.length - r.o} bytes after the snapshot`);
   return store;

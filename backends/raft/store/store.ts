@@ -3,6 +3,7 @@
  * and a watch hub. `apply*` methods are deterministic (no clock, no randomness: lease ids come in
  * the command); reads and watches are served from the applied state.
  */
+
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { compareBytes, EMPTY, resolveRange, toBytes } from '../../../src/keys.js';
 import type {
@@ -17,6 +18,7 @@ import type {
   Txn,
   TxnResult,
 } from '../../../src/types.js';
+import { AuthStore } from './auth-store.js';
 import { Leases } from './leases.js';
 import { keyString, Mvcc, type MvccEvent } from './mvcc.js';
 import { branch, checkPath, checkTxnRequest, choosePath, type TxnPath } from './txn-check.js';
@@ -49,6 +51,8 @@ function cmpNumber(a: number | bigint, b: number | bigint, r: Compare['result'])
 
 export class Store {
   readonly mvcc = new Mvcc();
+  /** Users, roles, permissions and auth state (etcd's auth store), applied from `auth` commands. */
+  readonly auth = new AuthStore();
   readonly leases: Leases;
   readonly hub: WatchHub;
   /** Raft index of the last applied entry (persisted with snapshots). */
@@ -68,6 +72,7 @@ export class Store {
     this.leases.byId.clear();
     for (const [id, l] of other.leases.byId) this.leases.byId.set(id, l);
     this.appliedIndex = other.appliedIndex;
+    this.auth.restore(other.auth.encode());
     this.hub.resync();
   }
 
