@@ -23,7 +23,9 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { KV } from '../../src/kv.js';
-import type { Watch } from '../../src/types.js';
+import { limits } from '../../src/limits.js';
+import type { Watch, WatchOptions } from '../../src/types.js';
+import { ClientKind } from '../clients/types.js';
 import { nowMs, sleepMs } from '../clock.js';
 import { cpuPerOp, cpuStretchMeter, round, sampleCpu } from '../cpu.js';
 import { Histogram } from '../histogram.js';
@@ -92,6 +94,53 @@ async function openWatches(
   return { ws, ms: nowMs() - t0 };
 }
 
+/**
+ * Where a phase opens its watches: the target's client, and more clients of the same system when
+ * one cannot hold them all. Conclave's etcd client multiplexes a client's watches on one stream
+ * and holds at most `limits.watchesPerStreamMax` (10,000) there (a bound on the client's memory
+ * and on one stream's fan-out; `conclave serve` bounds a stream the same way); a server's 100,000
+ * watchers come from many clients, so the phase spreads them over ceil(n / 10,000) clients, each
+ * with its own connection and stream (`openClient`), rather than raising the client's bound. The
+ * embedded store has no such per-client bound (only the store's `watchersMax`), nor does the
+ * `etcd3` client: one client there.
+ */
+async function watchClients(
+  ctx: PhaseContext,
+  n: number,
+): Promise<{
+  watch(i: number, key: string, o?: WatchOptions): Watch;
+  count: number;
+  close(): Promise<void>;
+}> {
+  const t = ctx.target;
+  const per = limits.watchesPerStreamMax;
+  const extra: Array<{ kv: Pick<KV, 'watch'>; close(): Promise<void> }> = [];
+  try {
+    if (t.client === ClientKind.Conclave && t.openClient !== undefined)
+      for (let c = per; c < n; c += per) {
+        const more = await t.openClient();
+        if (more.conclave === undefined) {
+          await more.close();
+          throw new Error('openClient gave no Conclave client');
+        }
+        extra.push({ kv: more.conclave, close: () => more.close() });
+      }
+  } catch (err) {
+    await Promise.all(extra.map((e) => e.close().catch(() => undefined)));
+    throw err;
+  }
+  const kvs: Array<Pick<KV, 'watch'>> = [t.kv, ...extra.map((e) => e.kv)];
+  return {
+    // Round robin: each client holds at most ceil(n / clients) <= per, and creates (one at a time
+    // per etcd stream) proceed on every stream at once.
+    watch: (i, key, o) => kvs[i % kvs.length]!.watch(key, o),
+    count: kvs.length,
+    close: async () => {
+      await Promise.all(extra.map((e) => e.close().catch(() => undefined)));
+    },
+  };
+}
+
 async function closeAll(ws: readonly Watch[]): Promise<number> {
   const t0 = nowMs();
   for (let i = 0; i < ws.length; i += watchChunk) {
@@ -108,10 +157,18 @@ export function scalePutPhase(watchers: number): Phase {
     description: `put, ${inFlight} in flight, ${keySpace} keys, with ${watchers} idle watchers on other keys`,
     run: async (ctx) => {
       const kv = ctx.target.kv;
+      const clients = await watchClients(ctx, watchers);
       const lag = await loopLag();
-      const { ws, ms: createMs } = await openWatches(ctx, watchers, (i) =>
-        kv.watch(`${ctx.prefix}/idle/${i}`),
-      );
+      let ws: Watch[] = [];
+      let createMs: number;
+      try {
+        ({ ws, ms: createMs } = await openWatches(ctx, watchers, (i) =>
+          clients.watch(i, `${ctx.prefix}/idle/${i}`),
+        ));
+      } catch (err) {
+        await clients.close();
+        throw err;
+      }
       const createLag = lag();
       try {
         const keys = Array.from({ length: keySpace }, (_, i) => `${ctx.prefix}/k${i}`);
@@ -131,10 +188,12 @@ export function scalePutPhase(watchers: number): Phase {
             closeMs: round(closeMs),
             loopLagMaxMs: Math.max(createLag.lagMs, closed.lagMs),
             stretchCpuMaxMs: Math.max(createLag.cpuMs, closed.cpuMs),
+            watchClients: clients.count,
           },
         };
       } finally {
         await closeAll(ws);
+        await clients.close();
       }
     },
   };
@@ -148,6 +207,23 @@ export function scaleWatchPrefixPhase(watchers: number, putsPerSec: number): Pha
   };
 }
 
+/**
+ * The decimal number after the key's last '/' (NaN if none): read from the bytes, as 10,000
+ * consumers do it for every event (a TextDecoder per event made the consumers, not the system
+ * under test, the cost that was measured).
+ */
+function seqOf(key: Uint8Array): number {
+  let n = 0;
+  let i = key.lastIndexOf(0x2f) + 1;
+  if (i === 0 || i >= key.length) return Number.NaN;
+  for (; i < key.length; i++) {
+    const d = key[i]! - 0x30;
+    if (d < 0 || d > 9) return Number.NaN;
+    n = n * 10 + d;
+  }
+  return n;
+}
+
 async function runPrefix(ctx: PhaseContext, watchers: number, putsPerSec: number): Promise<PhaseResult> {
   const kv = ctx.target.kv;
   const dir = `${ctx.prefix}/p/`;
@@ -158,13 +234,15 @@ async function runPrefix(ctx: PhaseContext, watchers: number, putsPerSec: number
   const allReceived = new Histogram();
   let delivered = 0;
   let allDone = 0;
-  const { ws } = await openWatches(ctx, watchers, () => kv.watch(dir, { prefix: true }));
+  const clients = await watchClients(ctx, watchers);
+  let ws: Watch[] = [];
   try {
+    ({ ws } = await openWatches(ctx, watchers, (i) => clients.watch(i, dir, { prefix: true })));
     const consumers = ws.map(async (w) => {
       for await (const batch of w) {
         const at = nowMs();
         for (const e of batch.events) {
-          const seq = Number(new TextDecoder().decode(e.kv.key.subarray(e.kv.key.lastIndexOf(0x2f) + 1)));
+          const seq = seqOf(e.kv.key);
           if (!(seq >= 0 && seq < putsMax)) continue;
           received[seq]! += 1;
           if (seq < warmupPuts) continue;
@@ -220,6 +298,7 @@ async function runPrefix(ctx: PhaseContext, watchers: number, putsPerSec: number
       cpu: cpuPerOp(before, sampleCpu(ctx.target.serverPids), measured, elapsedMs),
       extra: {
         watchers,
+        watchClients: clients.count,
         perEventP50Ms: round(perEvent.quantileMs(0.5), 3),
         perEventP99Ms: round(perEvent.quantileMs(0.99), 3),
         eventsPerSec: round((delivered * 1000) / elapsedMs),
@@ -229,6 +308,7 @@ async function runPrefix(ctx: PhaseContext, watchers: number, putsPerSec: number
     };
   } finally {
     await closeAll(ws);
+    await clients.close();
   }
 }
 
