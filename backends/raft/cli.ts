@@ -23,7 +23,8 @@ import { ConclaveError } from '../../src/errors.js';
 import { resolveRequestLimits } from './limits.js';
 import { hasWal, Member, RequestKind } from './member.js';
 import { decodeRecord, type MembershipRecord } from './membership.js';
-import { type ClientServer, startClientServer } from './server/grpc.js';
+import { conclaveVersion, startMetricsServer } from './server/gateway.js';
+import { startClientServer } from './server/grpc.js';
 import {
   bootstrapIdentity,
   defaultClusterToken,
@@ -34,6 +35,7 @@ import {
   readIdentity,
   writeIdentity,
 } from './server/ids.js';
+import { ServerMetrics } from './server/metrics.js';
 import {
   checkTlsFlags,
   peerTls,
@@ -43,7 +45,7 @@ import {
 } from './server/tls.js';
 import { discoverRequest } from './transport/tcp.js';
 
-export const conclaveVersion = '0.1.0';
+export { conclaveVersion } from './server/gateway.js';
 
 /** The longest a stop may take (leadership transfer, then closing) before the process exits 1. */
 export const shutdownTimeoutMs = 30_000;
@@ -73,6 +75,11 @@ export const serveFlags: readonly FlagSpec[] = [
     name: 'advertise-client-urls',
     default: 'http://localhost:2379',
     help: "This member's client URLs to advertise to the rest of the cluster (Cluster.MemberList).",
+  },
+  {
+    name: 'listen-metrics-urls',
+    default: '',
+    help: 'List of additional URLs to listen on that will respond to both the /metrics and /health endpoints.',
   },
   {
     name: 'listen-peer-urls',
@@ -201,6 +208,8 @@ export interface ServeConfig {
   readonly dataDir: string;
   readonly listenClientUrls: readonly string[];
   readonly advertiseClientUrls: readonly string[];
+  /** `--listen-metrics-urls`: extra URLs serving only GET /metrics and GET /health (none by default). */
+  readonly listenMetricsUrls: readonly string[];
   readonly listenPeerUrl: string;
   readonly initialAdvertisePeerUrls: readonly string[];
   readonly initialCluster: string;
@@ -367,6 +376,10 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     dataDir,
     listenClientUrls,
     advertiseClientUrls: urlList('advertise-client-urls', get('advertise-client-urls')),
+    listenMetricsUrls:
+      get('listen-metrics-urls').trim() === ''
+        ? []
+        : urlList('listen-metrics-urls', get('listen-metrics-urls')),
     listenPeerUrl: listenPeer[0]!,
     initialAdvertisePeerUrls,
     initialCluster: get('initial-cluster'),
@@ -785,7 +798,7 @@ async function startClients(
   c: ServeConfig,
   log: pino.Logger,
 ): Promise<{ close(): Promise<void> } | number> {
-  const servers: ClientServer[] = [];
+  const servers: { close(): Promise<void> }[] = [];
   let material: TlsMaterial | undefined;
   const closeAll = async () => {
     await Promise.all(servers.map((s) => s.close()));
@@ -805,6 +818,18 @@ async function startClients(
       return 2;
     }
   }
+  // One registry for the member: every client URL and metrics URL serves the same metrics.
+  const metrics = new ServerMetrics(member.info, member.metricsSource());
+  for (const url of c.listenMetricsUrls) {
+    try {
+      const { host, port } = hostPort(url);
+      servers.push(await startMetricsServer(host, port, member, metrics));
+    } catch (err) {
+      log.fatal({ url, err: err instanceof Error ? err.message : String(err) }, 'cannot listen for metrics');
+      await closeAll();
+      return 1;
+    }
+  }
   for (const url of c.listenClientUrls) {
     try {
       servers.push(
@@ -813,6 +838,7 @@ async function startClients(
           ...(url.startsWith('https://') && material
             ? { tls: { material, handshakeTimeoutMs: c.tlsHandshakeTimeoutMs, log } }
             : {}),
+          metrics,
           // etcd notices a leaderless member once per election timeout.
           leaderCheckIntervalMs: c.electionTimeoutMs,
           maxConcurrentStreams: c.maxConcurrentStreams,

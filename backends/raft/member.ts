@@ -70,6 +70,7 @@ import {
 import { type CommandBody, RaftNode } from './node/node.js';
 import type { MemberBackend, MemberDescription, MemberInfo, RequestLimits } from './server/api.js';
 import { hexId, type Identity } from './server/ids.js';
+import { MemberCounters, type MemberMetricsSource } from './server/metrics.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { Reader, Writer } from './transport/codec.js';
 import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tcp.js';
@@ -91,6 +92,8 @@ export const RequestKind = {
 
 /** Keys returned by a forwarded time-to-live with keys (a bound on one answer's size). */
 export const ttlKeysMax = 100_000;
+/** A WAL sync slower than this is logged (etcd's "slow fdatasync" warning, 1 s). */
+export const slowFsyncSeconds = 1;
 /** The pause between attempts of a lease call while leadership settles. */
 export const leaderRetryMs = 10;
 /** How often a member asks peers it has no client URLs for (until it has them all). */
@@ -151,6 +154,8 @@ export class Member implements MemberBackend {
   #poll: ReturnType<typeof setInterval> | undefined;
   #leaderWatch: ReturnType<typeof setInterval> | undefined;
   #lastLeader = -1;
+  /** Counters for the metrics (server/metrics.ts), kept by this member's events. */
+  readonly counters = new MemberCounters();
   #stopping: Promise<void> | undefined;
 
   private constructor(
@@ -191,6 +196,23 @@ export class Member implements MemberBackend {
             await transport.request(lead, RequestKind.Members, new Uint8Array(0), this.requestTimeoutMs),
           );
         }),
+      observer: {
+        persisted: (sec) => {
+          this.counters.walFsync.observe(sec);
+          // etcd warns about a WAL sync over a second ("slow fdatasync"): the disk is too slow for
+          // the heartbeat and elections will follow.
+          if (sec > slowFsyncSeconds)
+            o.log.warn(
+              { tookMs: Math.round(sec * 1000), expectedMs: slowFsyncSeconds * 1000 },
+              'slow fdatasync',
+            );
+        },
+        applied: (sec) => this.counters.backendCommit.observe(sec),
+        snapshotSaved: (index, bytes, sec) => {
+          this.counters.snapshotsSaved++;
+          o.log.info({ index, bytes, tookMs: Math.round(sec * 1000) }, 'saved snapshot');
+        },
+      },
     });
     membership.attach(this.node, transport);
     transport.serve((from, kind, body) => this.#serveRequest(from, kind, body));
@@ -282,6 +304,23 @@ export class Member implements MemberBackend {
     return this.node.stopped;
   }
 
+  /** What the metrics read from this member at scrape time (server/metrics.ts). */
+  metricsSource(): MemberMetricsSource {
+    const n = this.node;
+    return {
+      counters: this.counters,
+      committedIndex: () => n.raft.log.committed,
+      proposalsPending: () => n.pendingProposals,
+      proposalsFailed: () => n.stats.proposalsFailed,
+      keys: () => n.store.mvcc.index.size,
+      peerBytes: () =>
+        [...this.transport.stats()].map(
+          ([id, st]) =>
+            [hexId(this.memberIdOf(id)), { sent: st.sentBytes, received: st.receivedBytes }] as const,
+        ),
+    };
+  }
+
   memberIdOf(nodeId: number): bigint {
     return this.membership.byNode(nodeId)?.id ?? 0n;
   }
@@ -366,7 +405,11 @@ export class Member implements MemberBackend {
   #noticeLeader(): void {
     const lead = this.node.raft.lead;
     if (lead === this.#lastLeader || this.node.stopped) return;
+    const was = this.#lastLeader;
     this.#lastLeader = lead;
+    // etcd counts a change to a known leader other than the last one seen (the first included).
+    if (lead !== 0) this.counters.leaderChanges++;
+    if (was === this.node.id) this.#o.log.warn({ term: this.node.raft.term }, 'lost leadership');
     if (lead === 0) this.#o.log.warn({ term: this.node.raft.term }, 'no leader');
     else
       this.#o.log.info(

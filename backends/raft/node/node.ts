@@ -74,6 +74,18 @@ export interface NodeOptions {
   onConfChange?: (cc: ConfChange, index: number) => void;
   /** A snapshot from the leader was installed (its configuration may hold changes this member never applied). */
   onSnapshotInstalled?: (meta: SnapshotMeta) => void;
+  /** Told of durations the metrics and event logs report; called per batch, never per request. */
+  observer?: NodeObserver;
+}
+
+/** Durations of a node's batched work, in seconds (server/metrics.ts's disk histograms). */
+export interface NodeObserver {
+  /** A Ready made durable (WAL write and sync), when the storage writes asynchronously. */
+  persisted(seconds: number): void;
+  /** The committed entries of a Ready applied to the store. */
+  applied(seconds: number): void;
+  /** A snapshot of the store recorded in storage. */
+  snapshotSaved(index: number, bytes: number, seconds: number): void;
 }
 
 /** Default for `snapshotEntries`: etcd's default `--snapshot-count` (100,000). Each snapshot encodes the
@@ -179,6 +191,14 @@ export class RaftNode {
     this.#tick.unref?.();
   }
 
+  /** Proposals that failed here: dropped, timed out, or lost to a leader change (etcd_server_proposals_failed_total). */
+  readonly stats = { proposalsFailed: 0 };
+
+  /** Proposals made here and not yet applied (etcd_server_proposals_pending). */
+  get pendingProposals(): number {
+    return this.#writes.size;
+  }
+
   get isLeader(): boolean {
     return this.raft.role === Role.Leader;
   }
@@ -233,6 +253,7 @@ export class RaftNode {
       // term or vote sends nothing early). Votes and acknowledgements wait for the write.
       const late = this.#sendEarly(rd);
       let saving: void | Promise<void>;
+      const saveStart = performance.now();
       try {
         saving = this.storage.save(rd);
       } catch (err) {
@@ -244,6 +265,7 @@ export class RaftNode {
         saving.then(
           () => {
             this.#persisting = false;
+            this.#o.observer?.persisted((performance.now() - saveStart) / 1000);
             if (this.#stopped) return;
             this.#afterPersist(rd, late);
             this.#schedule();
@@ -289,6 +311,7 @@ export class RaftNode {
       );
       this.#writes.delete(k);
       clearTimeout(w.timer);
+      this.stats.proposalsFailed++;
       w.reject(lost);
     }
     let changed: ConclaveError | undefined;
@@ -335,6 +358,7 @@ export class RaftNode {
     this.#o.transport.send(messages);
     if (rd.snapshot) this.#installSnapshot(rd.snapshot);
     let appliedTerm = this.#appliedTerm;
+    const applyStart = rd.committed.length > 0 ? performance.now() : 0;
     for (const e of rd.committed) {
       if (e.index <= this.store.appliedIndex) continue;
       if (e.type === EntryType.ConfChange) this.#applyConfChange(e.index, e.term, e.data);
@@ -343,6 +367,7 @@ export class RaftNode {
       this.store.appliedIndex = e.index;
       if (e.term > appliedTerm) appliedTerm = e.term;
     }
+    if (rd.committed.length > 0) this.#o.observer?.applied((performance.now() - applyStart) / 1000);
     if (appliedTerm > this.#appliedTerm) {
       this.#appliedTerm = appliedTerm;
       this.#failStaleRequests(appliedTerm);
@@ -459,8 +484,10 @@ export class RaftNode {
       ...(this.#o.snapshotSliceMs !== undefined ? { sliceMs: this.#o.snapshotSliceMs } : {}),
     });
     if (!snap || superseded()) return false;
+    const saveStart = performance.now();
     await this.storage.snapshotAt(snap.index, snap.data, confState);
     if (superseded()) return false;
+    this.#o.observer?.snapshotSaved(snap.index, snap.data.length, (performance.now() - saveStart) / 1000);
     this.#lastSnapshotIndex = Math.max(this.#lastSnapshotIndex, snap.index);
     // The core's log is compacted only to the previous snapshot: the entries since then stay
     // as a catch-up tail for followers slightly behind (they need no whole snapshot).
@@ -741,6 +768,7 @@ export class RaftNode {
         this.raft.propose(data);
       } catch (err) {
         if (err instanceof ProposalDropped) {
+          this.stats.proposalsFailed++;
           const code = err.reason === 'uncommitted-bytes' ? ErrorCode.TooManyRequests : ErrorCode.Unavailable;
           reject(new ConclaveError(code, `member ${this.id}: ${err.message}`, { cause: err }));
           return;
@@ -749,6 +777,7 @@ export class RaftNode {
       }
       const timer = setTimeout(() => {
         this.#writes.delete(c.id);
+        this.stats.proposalsFailed++;
         reject(
           new ConclaveError(
             ErrorCode.Indeterminate,

@@ -29,6 +29,7 @@ import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
+import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { MemberBackend } from './api.js';
 import { toHttp1 } from './listener.js';
 import type { ServerMetrics } from './metrics.js';
@@ -379,6 +380,8 @@ const corsHeaders = {
   'Access-Control-Allow-Headers': 'accept, content-type, authorization',
 } as const;
 
+const streamHeaders = { ...corsHeaders, 'Content-Type': 'application/json' } as const;
+
 function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, {
@@ -591,40 +594,12 @@ export function startGateway(server: grpc.Server, backend: MemberBackend, o: Gat
     res.end('Method Not Allowed\n');
   }
 
-  async function health(res: http.ServerResponse): Promise<void> {
-    const ok = await healthy();
-    o.metrics?.healthCheck(ok);
-    sendJson(res, ok ? 200 : 503, { health: ok ? 'true' : 'false' });
+  function health(res: http.ServerResponse): Promise<void> {
+    return serveHealth(backend, o.metrics, res);
   }
 
-  /**
-   * etcd 3.4's /health: false with a NOSPACE alarm raised or no leader known, else the result of a
-   * linearizable read (etcd does a quorum read too), bounded in time.
-   */
-  async function healthy(): Promise<boolean> {
-    if ((info.alarms?.() ?? []).some((a) => a.alarm === 'nospace')) return false;
-    if (info.leaderId() === 0n) return false;
-    const ac = new AbortController();
-    const timer = setTimeout(() => ac.abort(), gatewayDefaults.healthReadTimeoutMs);
-    try {
-      await backend.kv.range(Buffer.from('health'), { limit: 1, signal: ac.signal });
-      return true;
-    } catch {
-      return false;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async function metrics(res: http.ServerResponse): Promise<void> {
-    if (!o.metrics) {
-      res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' });
-      res.end('metrics are not served by this server\n');
-      return;
-    }
-    const text = await o.metrics.registry.metrics();
-    res.writeHead(200, { 'Content-Type': o.metrics.registry.contentType });
-    res.end(text);
+  function metrics(res: http.ServerResponse): Promise<void> {
+    return serveMetrics(o.metrics, res);
   }
 
   function stream(
@@ -666,8 +641,8 @@ export function startGateway(server: grpc.Server, backend: MemberBackend, o: Gat
         return fail(new BadRequest(`the request body ends inside a JSON value: ${clip(rest)}`));
       call.deliver(null);
     });
-    // Headers go out now: a watch answers only when something happens.
-    res.writeHead(200, { ...corsHeaders, 'Content-Type': 'application/json' });
+    // Headers go out with the first line (or end): a request stream whose first object is bad
+    // is answered with its own status, as a unary request is.
     (h.func as (c: unknown) => void)(call);
   }
 
@@ -700,6 +675,110 @@ export function startGateway(server: grpc.Server, backend: MemberBackend, o: Gat
         ),
       );
     },
+  };
+}
+
+/**
+ * etcd 3.4's /health: false with a NOSPACE alarm raised or no leader known, else the result of a
+ * linearizable read (etcd does a quorum read too), bounded by `healthReadTimeoutMs`.
+ */
+export async function healthy(backend: MemberBackend): Promise<boolean> {
+  const { info } = backend;
+  if ((info.alarms?.() ?? []).some((a) => a.alarm === 'nospace')) return false;
+  if (info.leaderId() === 0n) return false;
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), gatewayDefaults.healthReadTimeoutMs);
+  try {
+    await backend.kv.range(Buffer.from('health'), { limit: 1, signal: ac.signal });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function serveHealth(
+  backend: MemberBackend,
+  metrics: ServerMetrics | undefined,
+  res: http.ServerResponse,
+): Promise<void> {
+  const ok = await healthy(backend);
+  metrics?.healthCheck(ok);
+  sendJson(res, ok ? 200 : 503, { health: ok ? 'true' : 'false' });
+}
+
+async function serveMetrics(metrics: ServerMetrics | undefined, res: http.ServerResponse): Promise<void> {
+  if (!metrics) {
+    res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' });
+    res.end('metrics are not served by this server\n');
+    return;
+  }
+  const text = await metrics.registry.metrics();
+  res.writeHead(200, { 'Content-Type': metrics.registry.contentType });
+  res.end(text);
+}
+
+export interface MetricsServer {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * etcd's `--listen-metrics-urls`: a plain HTTP server answering GET /metrics and GET /health
+ * only (no client API), for scrapers kept off the client port.
+ */
+export async function startMetricsServer(
+  host: string,
+  port: number,
+  backend: MemberBackend,
+  metrics: ServerMetrics,
+): Promise<MetricsServer> {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    const url = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { 'Content-Type': 'text/plain; charset=utf-8', Allow: 'GET' });
+      res.end('Method Not Allowed\n');
+      return;
+    }
+    const work =
+      url === '/metrics'
+        ? serveMetrics(metrics, res)
+        : url === '/health'
+          ? serveHealth(backend, metrics, res)
+          : undefined;
+    if (!work) {
+      res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' });
+      res.end('Not Found\n');
+      return;
+    }
+    work.catch((err: unknown) => {
+      if (!res.headersSent) res.writeHead(500, { 'Content-Type': 'text/plain; charset=utf-8' });
+      res.end(`${String(err)}\n`);
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch((err: unknown) => {
+    throw new ConclaveError(
+      ErrorCode.Unavailable,
+      `conclave serve: cannot listen for metrics on ${host}:${port}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  });
+  server.on('error', () => undefined);
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }
 
@@ -805,11 +884,13 @@ class GatewayStreamCall extends Duplex {
       cb(err as Error);
       return;
     }
+    if (!res.headersSent) res.writeHead(200, streamHeaders);
     if (res.write(line)) cb();
     else res.once('drain', () => cb());
   }
 
   override _final(cb: (err?: Error | null) => void): void {
+    if (!this.#res.headersSent) this.#res.writeHead(200, streamHeaders);
     if (!this.#res.writableEnded) this.#res.end();
     cb();
   }

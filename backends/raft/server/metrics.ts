@@ -22,8 +22,6 @@ export const diskBuckets: readonly number[] = Array.from({ length: 14 }, (_, i) 
 export class MemberCounters {
   /** Leader changes this member has seen (etcd_server_leader_changes_seen_total). */
   leaderChanges = 0;
-  /** Proposals that failed: timed out, dropped or refused (etcd_server_proposals_failed_total). */
-  proposalsFailed = 0;
   /** Snapshots of the store saved to disk. */
   snapshotsSaved = 0;
   /**
@@ -51,12 +49,12 @@ export class MemberCounters {
 /** What the member offers the metrics beyond `MemberInfo` (all read at scrape time). */
 export interface MemberMetricsSource {
   readonly counters: MemberCounters;
-  isLeader(): boolean;
-  isLearner(): boolean;
   /** Raft commit index (etcd sets proposals_committed_total to it). */
   committedIndex(): number;
   /** Proposals waiting to be applied on this member. */
   proposalsPending(): number;
+  /** Proposals that failed: dropped, timed out, or lost to a leader change. */
+  proposalsFailed(): number;
   /** Live keys in the store. */
   keys(): number;
   /** Bytes sent to and received from each peer, by the peer's member ID in hex. */
@@ -134,6 +132,9 @@ export class ServerMetrics {
     );
     gauge('etcd_server_is_leader', 'Whether or not this member is a leader. 1 if is, 0 otherwise.', () =>
       info.leaderId() === info.memberId ? 1 : 0,
+    );
+    gauge('etcd_server_is_learner', 'Whether or not this member is a learner. 1 if is, 0 otherwise.', () =>
+      info.members().some((x) => x.id === info.memberId && x.isLearner) ? 1 : 0,
     );
     new client.Gauge({
       name: 'etcd_server_id',
@@ -222,13 +223,8 @@ export class ServerMetrics {
       'The number of leader changes seen.',
       () => c.leaderChanges,
     );
-    total(
-      'etcd_server_proposals_failed_total',
-      'The total number of failed proposals seen.',
-      () => c.proposalsFailed,
-    );
-    gauge('etcd_server_is_learner', 'Whether or not this member is a learner. 1 if is, 0 otherwise.', () =>
-      m.isLearner() ? 1 : 0,
+    total('etcd_server_proposals_failed_total', 'The total number of failed proposals seen.', () =>
+      m.proposalsFailed(),
     );
     gauge('etcd_server_proposals_committed_total', 'The total number of consensus proposals committed.', () =>
       m.committedIndex(),

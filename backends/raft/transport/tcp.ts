@@ -146,6 +146,9 @@ export interface PeerStats {
   refusals: number;
   /** Snapshots streamed to the peer completely. */
   snapshotsSent: number;
+  /** Bytes written to the peer and read from it, on either connection (etcd_network_peer_*_bytes_total). */
+  sentBytes: number;
+  receivedBytes: number;
 }
 
 type RequestHandler = (from: NodeId, kind: number, body: Uint8Array) => Promise<Uint8Array>;
@@ -289,6 +292,12 @@ export class TcpTransport implements Transport, PeerRequests {
       this.#dirty.clear();
       for (const l of dirty) l.flush();
     });
+  }
+
+  /** Counts bytes read from `peer` on a connection it dialed (its link's `receivedBytes`). */
+  countReceived(peer: NodeId, bytes: number): void {
+    const l = this.#links.get(peer);
+    if (l) l.stats.receivedBytes += bytes;
   }
 
   stats(): Map<NodeId, Readonly<PeerStats>> {
@@ -463,6 +472,8 @@ class PeerLink {
     connects: 0,
     refusals: 0,
     snapshotsSent: 0,
+    sentBytes: 0,
+    receivedBytes: 0,
   };
   readonly #t: TcpTransport;
   #socket: Socket | undefined;
@@ -568,6 +579,7 @@ class PeerLink {
       this.#frames = [];
       s.write(out);
       this.stats.writes++;
+      this.stats.sentBytes += out.length;
     }
     this.#pumpSnapshot();
   }
@@ -588,6 +600,7 @@ class PeerLink {
     }
     const last = sn.offset >= data.length;
     this.#chunkInFlight = true;
+    this.stats.sentBytes += frame.length;
     s.write(frame, (err) => {
       this.#chunkInFlight = false;
       if (this.#snap !== sn) return;
@@ -595,6 +608,10 @@ class PeerLink {
       if (last && sn.offset >= data.length && (data.length === 0 || sn.offset > 0)) {
         this.#snap = undefined;
         this.stats.snapshotsSent++;
+        this.#t.options.log.info(
+          { peer: hex(this.peer.memberId), index: sn.m.snapshot!.meta.index, bytes: data.length },
+          'snapshot sent to peer',
+        );
         this.#snapStatus(false);
         return;
       }
@@ -642,6 +659,7 @@ class PeerLink {
       );
     });
     s.on('data', (chunk: Buffer) => {
+      this.stats.receivedBytes += chunk.length;
       try {
         reader.push(chunk);
       } catch (err) {
@@ -778,6 +796,7 @@ class InboundConn {
     const hs = setTimeout(() => s.destroy(), handshakeTimeoutMs);
     const reader = new FrameReader((kind, body) => this.#onFrame(kind, body, hs));
     s.on('data', (chunk: Buffer) => {
+      if (this.peer) t.countReceived(this.peer.nodeId, chunk.length);
       try {
         reader.push(chunk);
       } catch (err) {
@@ -858,6 +877,14 @@ class InboundConn {
     const sn = this.#snap!;
     this.#snap = undefined;
     const data = new Uint8Array(sn.buf.buffer, sn.buf.byteOffset, sn.buf.length);
+    this.#t.options.log.info(
+      {
+        peer: this.peer ? hex(this.peer.memberId) : this.#s.remoteAddress,
+        index: sn.begin.meta.index,
+        bytes: data.length,
+      },
+      'snapshot received from peer',
+    );
     this.#t.onSnapshot({ ...sn.begin.head, entries: [], snapshot: { meta: sn.begin.meta, data } });
   }
 
