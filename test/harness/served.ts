@@ -63,6 +63,8 @@ export interface ServedMember {
   readonly name: string;
   readonly clientPort: number;
   readonly peerPort: number;
+  /** The peer port other members dial and the member advertises (= peerPort unless `advertisePeerPorts`). */
+  readonly advertisedPeerPort: number;
   readonly dataDir: string;
   /** `host:port` of the client URL. */
   readonly endpoint: string;
@@ -90,23 +92,38 @@ export interface StartServedOptions {
   peerScheme?: 'http' | 'https';
   /** Extra flags for member `i` (e.g. its own certificate). */
   memberArgs?: (i: number) => string[];
+  /**
+   * Give each member a separate advertised peer port (`advertisedPeerPort`, in --initial-cluster and
+   * --initial-advertise-peer-urls) while it listens on `peerPort`: something in between (a proxy
+   * that `beforeStart` starts) carries the peer traffic. Default false.
+   */
+  advertisePeerPorts?: boolean;
+  /** Called once the ports are chosen, before any member starts (e.g. to start peer proxies). */
+  beforeStart?: (c: ServedCluster) => Promise<void>;
+  /** The node arguments that run the CLI (default: the built CLI or the sources through tsx). */
+  entry?: string[];
 }
+
+type ClusterConfig = Required<
+  Omit<StartServedOptions, 'members' | 'advertisePeerPorts' | 'beforeStart' | 'entry'>
+>;
 
 export class ServedCluster {
   readonly members: ServedMember[];
   readonly dir: string;
   readonly minTtlSeconds: number;
-  readonly #o: Required<Omit<StartServedOptions, 'members'>>;
+  readonly #o: ClusterConfig;
   readonly #initialCluster: string;
-  readonly #entry = memberEntry();
+  readonly #entry: string[];
 
-  constructor(dir: string, members: ServedMember[], o: Required<Omit<StartServedOptions, 'members'>>) {
+  constructor(dir: string, members: ServedMember[], o: ClusterConfig, entry: string[] = memberEntry()) {
     this.dir = dir;
     this.members = members;
     this.#o = o;
+    this.#entry = entry;
     this.minTtlSeconds = minTtlFor(o.heartbeatMs, o.electionTimeoutMs);
     this.#initialCluster = members
-      .map((m) => `${m.name}=${o.peerScheme}://127.0.0.1:${m.peerPort}`)
+      .map((m) => `${m.name}=${o.peerScheme}://127.0.0.1:${m.advertisedPeerPort}`)
       .join(',');
   }
 
@@ -135,7 +152,7 @@ export class ServedCluster {
       `--listen-client-urls=${this.#o.clientScheme}://127.0.0.1:${m.clientPort}`,
       `--advertise-client-urls=${this.#o.clientScheme}://127.0.0.1:${m.clientPort}`,
       `--listen-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.peerPort}`,
-      `--initial-advertise-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.peerPort}`,
+      `--initial-advertise-peer-urls=${this.#o.peerScheme}://127.0.0.1:${m.advertisedPeerPort}`,
       `--initial-cluster=${initialCluster}`,
       `--initial-cluster-token=${this.#o.token}`,
       `--heartbeat-interval=${this.#o.heartbeatMs}`,
@@ -157,6 +174,7 @@ export class ServedCluster {
       name,
       clientPort,
       peerPort,
+      advertisedPeerPort: peerPort,
       dataDir: join(this.dir, name),
       endpoint: `127.0.0.1:${clientPort}`,
       proc: undefined,
@@ -170,7 +188,10 @@ export class ServedCluster {
   /** `--initial-cluster` naming members `indexes` (as `etcdctl member add` prints it). */
   initialClusterOf(indexes: readonly number[]): string {
     return indexes
-      .map((j) => `${this.members[j]!.name}=${this.#o.peerScheme}://127.0.0.1:${this.members[j]!.peerPort}`)
+      .map(
+        (j) =>
+          `${this.members[j]!.name}=${this.#o.peerScheme}://127.0.0.1:${this.members[j]!.advertisedPeerPort}`,
+      )
       .join(',');
   }
 
@@ -343,6 +364,7 @@ async function startServedOnce(opts: StartServedOptions): Promise<ServedCluster>
       name: `m${i}`,
       clientPort,
       peerPort,
+      advertisedPeerPort: opts.advertisePeerPorts ? await freePort() : peerPort,
       dataDir: join(dir, `m${i}`),
       endpoint: `127.0.0.1:${clientPort}`,
       proc: undefined,
@@ -351,17 +373,23 @@ async function startServedOnce(opts: StartServedOptions): Promise<ServedCluster>
       stderr: '',
     });
   }
-  const c = new ServedCluster(dir, members, {
-    heartbeatMs: opts.heartbeatMs ?? 50,
-    electionTimeoutMs: opts.electionTimeoutMs ?? 500,
-    token: opts.token ?? `served-${Math.random().toString(36).slice(2, 8)}`,
-    extraArgs: opts.extraArgs ?? [],
-    waitLeader: opts.waitLeader ?? true,
-    clientScheme: opts.clientScheme ?? 'http',
-    peerScheme: opts.peerScheme ?? 'http',
-    memberArgs: opts.memberArgs ?? (() => []),
-  });
+  const c = new ServedCluster(
+    dir,
+    members,
+    {
+      heartbeatMs: opts.heartbeatMs ?? 50,
+      electionTimeoutMs: opts.electionTimeoutMs ?? 500,
+      token: opts.token ?? `served-${Math.random().toString(36).slice(2, 8)}`,
+      extraArgs: opts.extraArgs ?? [],
+      waitLeader: opts.waitLeader ?? true,
+      clientScheme: opts.clientScheme ?? 'http',
+      peerScheme: opts.peerScheme ?? 'http',
+      memberArgs: opts.memberArgs ?? (() => []),
+    },
+    opts.entry,
+  );
   try {
+    await opts.beforeStart?.(c);
     for (let i = 0; i < n; i++) c.start(i);
     await Promise.all(members.map((_, i) => c.waitLog(i, (l) => l.msg === 'serving', 60_000)));
     if (opts.waitLeader ?? true) await c.waitLeader(60_000);

@@ -47,6 +47,18 @@ export interface Model<S, I, O> {
    * revision an etcd response carries. Speed only: every candidate is still tried.
    */
   hint?(input: I, output: O): number;
+  /**
+   * Optional monotone level, for pruning: `level(state)` never decreases along any step, and an
+   * operation with a known outcome can only step from a state whose level is at most
+   * `maxLevel(input, output)` (etcd: the store revision, and the revision a response carries —
+   * minus one for a write). Then an unknown-outcome operation is never placed where it would lift
+   * the level past a known operation not yet placed: that known operation could never be placed
+   * after it. Sound (it only cuts branches that cannot succeed); it confines unknown writes to
+   * the revision gaps the known ones leave, which is what keeps an illegal history with many
+   * unknown writes from exhausting the time limit.
+   */
+  level?(state: S): number;
+  maxLevel?(input: I, output: O): number;
   /** P-compositionality: split a history into independently checkable parts (default: one). */
   partition?(ops: readonly Operation<I, O>[]): Operation<I, O>[][];
   /** What the model would answer to `input` in `state` (for the failure report). */
@@ -184,6 +196,26 @@ function checkPartition<S, I, O>(
   const hints = ops.map((op, i) =>
     op.output !== undefined && model.hint ? model.hint(op.input, op.output) : i,
   );
+  // Known-outcome ops by their max level, ascending (see Model.level).
+  const leveled = model.level && model.maxLevel ? model : undefined;
+  const maxLevels = ops.map((op) =>
+    leveled && op.output !== undefined ? leveled.maxLevel!(op.input, op.output) : Number.POSITIVE_INFINITY,
+  );
+  const byLevel = ops
+    .map((_, i) => i)
+    .filter((i) => Number.isFinite(maxLevels[i]!))
+    .sort((a, b) => maxLevels[a]! - maxLevels[b]!);
+  const isLinearized = (id: number) => ((bits[id >>> 5]! >>> (id & 31)) & 1) === 1;
+  /** False when `next` (reached by placing an unknown op) leaves a known op below its level. */
+  const levelOk = (next: S): boolean => {
+    if (!leveled) return true;
+    const lv = leveled.level!(next);
+    for (const i of byLevel) {
+      if (isLinearized(i)) continue;
+      return lv <= maxLevels[i]!;
+    }
+    return true;
+  };
   // Memo: (bitset hash | state key) → the bitsets seen with that hash (compared in full on a hit).
   const cache = new Map<string, Uint32Array[]>();
   let cacheSize = 0;
@@ -271,8 +303,12 @@ function checkPartition<S, I, O>(
       const entry = cur.cands[idx]!;
       const op = ops[entry.id]!;
       const next = model.step(state, op.input, op.output);
+      // An unknown-outcome op that changes nothing here is never placed here: it is optional, so
+      // any linearization that places it can leave it out (each such op would otherwise double
+      // the configurations an illegal history must exhaust).
       if (
         next !== undefined &&
+        (op.output !== undefined || (levelOk(next) && model.key(next) !== model.key(state))) &&
         (!focused || idx < cur.known || enables(next, cur.cands, cur.known, [entry]))
       ) {
         flip(entry.id);

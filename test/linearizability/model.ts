@@ -268,6 +268,9 @@ export const etcdModel: Model<EtcdState, EtcdInput, EtcdOutput> = {
   key: (s) => s.key,
   // A write at revision R comes before the reads served at R, which come before the write at R+1.
   hint: (input, output) => output.revision + (isWriteOutput(input, output) ? 0 : 0.5),
+  // The store revision never goes back; a response at revision R was served at R (a write: from R − 1).
+  level: (s) => s.rev,
+  maxLevel: (input, output) => output.revision - (isWriteOutput(input, output) ? 1 : 0),
   expected: (s, input) => describeOutput(apply(s, input).output),
   describeInput,
   describeOutput,

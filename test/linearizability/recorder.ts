@@ -147,6 +147,8 @@ export interface WorkloadOptions {
   durationMs?: number;
   /** Per-operation deadline (default 2 s): past it a write's outcome is unknown. */
   opTimeoutMs?: number;
+  /** Stop early once this answers true (checked before each operation). */
+  stop?: () => boolean;
 }
 
 /**
@@ -236,7 +238,7 @@ export async function runWorkload(
     Array.from({ length: clients }, async (_, c) => {
       const gen = new WorkloadGen(root.fork(), c, keys);
       const kv = kvs[c % kvs.length]!;
-      while (issued < opsMax && performance.now() - start < durationMs) {
+      while (issued < opsMax && performance.now() - start < durationMs && !opts.stop?.()) {
         issued++;
         const input = gen.next();
         const out = await rec.run(kv, c, input, { timeoutMs: opTimeoutMs });

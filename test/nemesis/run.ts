@@ -1,0 +1,144 @@
+/**
+ * One nemesis run: a 3-member cluster with proxied peer links, the recorded 8-client workload of
+ * test/linearizability (gets, unique-value puts, CAS txns, deletes on 10 keys), the seeded fault
+ * schedule at the same time, then the linearizability check of the whole history.
+ *
+ * Clients: half are pinned to one member each (so a member that answers from stale state is read
+ * from), half know every endpoint and fail over. Failed operations are classified as the recorder
+ * says (certainly no effect: left out; a write with any other error: unknown outcome).
+ */
+import { connect } from '../../src/connect.js';
+import type { KV } from '../../src/kv.js';
+import { type CheckResult, checkOperations } from '../linearizability/checker.js';
+import { etcdModelAt, resolveObservedWrites } from '../linearizability/model.js';
+import { runWorkload } from '../linearizability/recorder.js';
+import { type FaultCluster, type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
+import { type FaultEvent, type FaultKind, runNemesis } from './nemesis.js';
+
+/** How long the workload runs on after the nemesis healed its last fault. */
+export const workloadTailMs = 2000;
+
+export interface RunOptions extends FaultClusterOptions {
+  target: Target;
+  seed: number;
+  /** Workload and fault schedule length (ms). */
+  durationMs: number;
+  /** Operations bound (default: 100 per second of duration + 1,000). */
+  opsMax?: number;
+  clients?: number;
+  kinds?: readonly FaultKind[];
+  faultMs?: readonly [number, number];
+  quietMs?: readonly [number, number];
+  /** A fixed fault scenario instead of the seeded schedule (it must heal what it injects). */
+  scenario?: (c: FaultCluster, log: (line: string) => void) => Promise<FaultEvent[]>;
+  /** Checker time limit (default 30 s). */
+  checkTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunSummary {
+  readonly target: Target;
+  readonly seed: number;
+  readonly ops: number;
+  readonly unknown: number;
+  readonly dropped: number;
+  readonly faults: FaultEvent[];
+  readonly check: CheckResult;
+  /** Per fault kind: ms from healing to the first write that was called after it and succeeded. */
+  readonly recoveryMs: Partial<Record<FaultKind, number[]>>;
+  /** p99 latency of successful writes while a fault was in force (ms). */
+  readonly p99WriteDuringFaultsMs: number | undefined;
+  readonly elapsedMs: number;
+  /** The command that replays the run. */
+  readonly replay: string;
+}
+
+export async function runOnce(o: RunOptions): Promise<RunSummary> {
+  const t0 = performance.now();
+  const cluster = await startFaulty(o.target, o);
+  const clients = o.clients ?? 8;
+  const kvs: KV[] = [];
+  try {
+    for (let i = 0; i < clients; i++) {
+      const endpoints =
+        i % 2 === 0
+          ? [cluster.endpoints[(i / 2) % cluster.size]!]
+          : [...cluster.endpoints.slice(i % cluster.size), ...cluster.endpoints.slice(0, i % cluster.size)];
+      kvs.push(
+        await connect({ backend: 'etcd', endpoints, callTimeoutMs: 3000, dialTimeoutMs: 1000, lazy: true }),
+      );
+    }
+    const prefix = `nemesis/${o.seed}/`;
+    let stopAt = Number.POSITIVE_INFINITY;
+    const nemesis = (
+      o.scenario
+        ? o.scenario(cluster, o.log ?? (() => {}))
+        : runNemesis(cluster, {
+            seed: o.seed,
+            durationMs: o.durationMs,
+            ...(o.kinds ? { kinds: o.kinds } : {}),
+            ...(o.faultMs ? { faultMs: o.faultMs } : {}),
+            ...(o.quietMs ? { quietMs: o.quietMs } : {}),
+            ...(o.log ? { log: o.log } : {}),
+          })
+    ).finally(() => {
+      // The workload goes on a little after the last fault is healed (recovery is recorded too).
+      stopAt = performance.now() + workloadTailMs;
+    });
+    const rec = await runWorkload(kvs, prefix, {
+      seed: o.seed,
+      clients,
+      // Bounded even if a scenario hangs; normally ends `workloadTailMs` after the faults.
+      durationMs: 3 * o.durationMs + 60_000,
+      stop: () => performance.now() > stopAt,
+      opsMax: o.opsMax ?? Math.round(o.durationMs / 10) + 1000,
+      opTimeoutMs: 2000,
+    });
+    const faults = await nemesis;
+    const history = resolveObservedWrites(rec.history);
+    const check = checkOperations(etcdModelAt(rec.initialRevision), history, {
+      timeoutMs: o.checkTimeoutMs ?? 30_000,
+    });
+    // Recovery: after each fault is healed, the first write called after that and acknowledged.
+    const writes = rec.history
+      .filter((h) => h.output !== undefined && h.input.type !== 'get')
+      .sort((a, b) => a.call - b.call);
+    const recoveryMs: Partial<Record<FaultKind, number[]>> = {};
+    for (const f of faults) {
+      const w = writes.find((x) => x.call >= f.end);
+      if (w) (recoveryMs[f.kind] ??= []).push(w.return - f.end);
+    }
+    const during = writes
+      .filter((w) => faults.some((f) => w.call < f.end && w.return > f.start))
+      .map((w) => w.return - w.call)
+      .sort((a, b) => a - b);
+    const p99 =
+      during.length > 0 ? during[Math.min(during.length - 1, Math.floor(during.length * 0.99))] : undefined;
+    return {
+      target: o.target,
+      seed: o.seed,
+      ops: rec.history.length,
+      unknown: history.filter((h) => h.output === undefined).length,
+      dropped: rec.dropped,
+      faults,
+      check,
+      recoveryMs,
+      p99WriteDuringFaultsMs: p99,
+      elapsedMs: performance.now() - t0,
+      replay: `npm run -s lincheck -- --target ${o.target} --seed ${o.seed} --seconds ${Math.round(o.durationMs / 1000)}${
+        o.kinds ? ` --faults ${o.kinds.join(',')}` : ''
+      }${o.faults?.length ? ` --inject ${o.faults.join(',')}` : ''}`,
+    };
+  } finally {
+    await Promise.all(kvs.map((k) => k.close()));
+    await cluster.close();
+  }
+}
+
+/** One line for logs and reports. */
+export function describeRun(s: RunSummary): string {
+  const byKind = new Map<string, number>();
+  for (const f of s.faults) byKind.set(f.kind, (byKind.get(f.kind) ?? 0) + 1);
+  const kinds = [...byKind.entries()].map(([k, n]) => `${k}×${n}`).join(' ');
+  return `${s.target} seed ${s.seed}: ${s.ops} ops (${s.unknown} unknown, ${s.dropped} failed without effect), ${s.faults.length} faults [${kinds}] → ${s.check.result} (check ${s.check.elapsedMs.toFixed(0)} ms, run ${(s.elapsedMs / 1000).toFixed(1)} s)`;
+}
