@@ -30,6 +30,15 @@ export type Target = 'etcd' | 'served';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
+/** etcd processes started here, killed by PID if this process exits without closing them. */
+const etcdChildren = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of etcdChildren) {
+    c.kill('SIGCONT');
+    c.kill('SIGKILL');
+  }
+});
+
 export interface FaultCluster {
   readonly target: Target;
   readonly size: number;
@@ -230,6 +239,8 @@ export async function startEtcdFaulty(o: FaultClusterOptions = {}): Promise<Faul
     child.stderr?.on('data', (d: Buffer) => {
       if (stderr[i]!.length < 8192) stderr[i] += d.toString();
     });
+    etcdChildren.add(child);
+    child.once('exit', () => etcdChildren.delete(child));
     procs[i] = child;
   };
   for (let i = 0; i < size; i++) start(i);
