@@ -47,6 +47,12 @@ export {
 } from './group.js';
 export type { HeldKey } from './internal/hold.js';
 export {
+  type RevocationOptions,
+  type RevocationRequest,
+  requestRevocation,
+  revocationTextBytesMax,
+} from './internal/revocation.js';
+export {
   MultiLock,
   type MultiLockHandle,
   type MultiLockHeld,

@@ -51,6 +51,11 @@ export interface MutexOptions {
    * share a session.
    */
   sameSession?: 'conflict' | 'share';
+  /**
+   * Handles hear revocation requests (`requestRevocation`) on `revocationRequested`; each held
+   * handle then keeps one more watch, of its own key. Default false.
+   */
+  revocable?: boolean;
 }
 
 /**
@@ -63,6 +68,7 @@ export class Mutex {
   readonly #spec: TurnSpec;
   readonly #lostOnSuspend: boolean;
   readonly #again: 'conflict' | 'share';
+  readonly #revocable: boolean;
 
   constructor(session: Session, name: string, opts: MutexOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
@@ -75,6 +81,7 @@ export class Mutex {
     this.#again = opts.sameSession ?? 'conflict';
     if (this.#again !== 'conflict' && this.#again !== 'share')
       throw new ConclaveError(ErrorCode.InvalidArgument, "Mutex: sameSession must be 'conflict' or 'share'");
+    this.#revocable = opts.revocable ?? false;
   }
 
   /** This session's key for the lock. */
@@ -120,6 +127,7 @@ export class Mutex {
       ownership,
       { lostOnSuspend: this.#lostOnSuspend, what: `lock ${this.name}` },
       this.#spec.blockers,
+      this.#revocable,
     );
     return Object.assign(h, { unlock: h.release });
   }

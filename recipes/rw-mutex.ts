@@ -39,13 +39,19 @@ export class RWMutex {
   readonly session: Session;
   readonly name: string;
   readonly #lostOnSuspend: boolean;
+  readonly #revocable: boolean;
 
-  constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
+  /**
+   * `lostOnSuspend` (default true): `lost` fires as soon as the session is suspended.
+   * `revocable` (default false): handles hear revocation requests (see `MutexOptions`).
+   */
+  constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean; revocable?: boolean } = {}) {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'RWMutex: name must be a non-empty string');
     this.session = session;
     this.name = name;
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;
+    this.#revocable = opts.revocable ?? false;
   }
 
   #key(kind: 'read' | 'write'): string {
@@ -112,6 +118,7 @@ export class RWMutex {
       ownership,
       { lostOnSuspend: this.#lostOnSuspend, what: `rwmutex ${this.name} (${kind})` },
       this.#blockers('write'),
+      this.#revocable,
     );
     return Object.assign(h, { unlock: h.release });
   }

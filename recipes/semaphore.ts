@@ -21,9 +21,19 @@ export class Semaphore {
   readonly name: string;
   readonly permits: number;
   readonly #lostOnSuspend: boolean;
+  readonly #revocable: boolean;
   #agreed = false;
 
-  constructor(session: Session, name: string, permits: number, opts: { lostOnSuspend?: boolean } = {}) {
+  /**
+   * `lostOnSuspend` (default true): `lost` fires as soon as the session is suspended.
+   * `revocable` (default false): permits hear revocation requests (see `MutexOptions`).
+   */
+  constructor(
+    session: Session,
+    name: string,
+    permits: number,
+    opts: { lostOnSuspend?: boolean; revocable?: boolean } = {},
+  ) {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'Semaphore: name must be a non-empty string');
     if (!Number.isSafeInteger(permits) || permits < 1)
@@ -35,6 +45,7 @@ export class Semaphore {
     this.name = name;
     this.permits = permits;
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;
+    this.#revocable = opts.revocable ?? false;
   }
 
   /** Stores the permit count if absent, and checks it if present. */
@@ -80,10 +91,15 @@ export class Semaphore {
       what: `semaphore ${this.name}`,
     };
     return acquireTurn(this.session, spec, opts, { again: 'conflict' }, (myRev, ownership) =>
-      heldKey(this.session, spec.myKey, myRev, ownership, {
-        lostOnSuspend: this.#lostOnSuspend,
-        what: spec.what,
-      }),
+      heldKey(
+        this.session,
+        spec.myKey,
+        myRev,
+        ownership,
+        { lostOnSuspend: this.#lostOnSuspend, what: spec.what },
+        undefined,
+        this.#revocable,
+      ),
     );
   }
 }

@@ -3,6 +3,7 @@ import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { Session } from '../../src/session.js';
 import type { CallOptions, Compare } from '../../src/types.js';
 import { handoffRead, offerHandoff, trackRelease } from './handoff.js';
+import { watchRevocation } from './revocation.js';
 import type { LossPolicy } from './session-state.js';
 import { holderLoss } from './turn.js';
 
@@ -26,6 +27,13 @@ export interface HeldKey extends AsyncDisposable {
    * that must not happen after you lost the key (fencing on the store itself).
    */
   guard(): Compare;
+  /**
+   * Fires when someone asked this holder to release (`requestRevocation`), with the request
+   * (`RevocationRequest`: `by`, `reason`, `revision`) as its reason. Only for handles of a recipe
+   * made with `{ revocable: true }`; it never fires otherwise. Nothing is taken: you decide
+   * whether and when to release.
+   */
+  readonly revocationRequested: AbortSignal;
   /** Deletes the key. Idempotent; retry after an RPC error. */
   release(opts?: CallOptions): Promise<void>;
 }
@@ -44,8 +52,12 @@ export function heldKey(
   ownership: AbortController,
   policy: LossPolicy,
   handoffPrefix?: string,
+  revocable = false,
 ): HeldKey {
   const lost = holderLoss(session, ownership, policy);
+  // A revocable handle watches its key for requests until it is released or lost.
+  const requested = new AbortController();
+  if (revocable) watchRevocation(session.kv, key, myRev, requested, lost.signal);
   const guard = (): Compare => ({ key, target: 'create', result: '=', value: myRev });
   let released: Promise<void> | undefined;
   const release = (o: CallOptions = {}): Promise<void> => {
@@ -80,6 +92,7 @@ export function heldKey(
     token: myRev,
     lost: lost.signal,
     guard,
+    revocationRequested: requested.signal,
     release,
     [Symbol.asyncDispose]: () => release().catch(() => undefined),
   };

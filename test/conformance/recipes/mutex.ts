@@ -1,6 +1,7 @@
 import { expect, it } from 'vitest';
 import { handoffState } from '../../../recipes/internal/handoff.js';
 import { keyWatchLingerMs } from '../../../recipes/internal/key-watch.js';
+import { requestRevocation } from '../../../recipes/internal/revocation.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { toText } from '../../../src/keys.js';
@@ -215,6 +216,40 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     const again = await m.lock();
     expect(again.token).toBeGreaterThan(next.token);
     await again.unlock();
+  });
+
+  it('mutex — a revocation request from another client reaches a revocable holder, which decides; nothing is taken', async () => {
+    const { kv, prefix, backend, newKv } = ctx();
+    const name = `${prefix('mutex-revoke')}lock`;
+    const other = await newKv();
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(other, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const held = await new Mutex(a, name, { revocable: true }).lock();
+    expect(held.revocationRequested.aborted).toBe(false);
+    // A waiter on the other client finds the holder with tryLock and asks it to release.
+    const tried = await new Mutex(b, name).tryLock();
+    if (!tried.isErr()) throw new Error('b should not get the lock');
+    expect(
+      await requestRevocation(other, tried.error, { by: 'worker-b', reason: 'nightly maintenance' }),
+    ).toBe(true);
+    await waitFor(() => held.revocationRequested.aborted, 10_000, 'the revocation request');
+    expect(held.revocationRequested.reason).toMatchObject({ by: 'worker-b', reason: 'nightly maintenance' });
+    // Only a request: the holder still holds (same generation, lost not fired, guard holds).
+    expect(held.lost.aborted).toBe(false);
+    expect((await kv.get(held.key))?.createRevision).toBe(held.token);
+    expect((await kv.txn({ compare: [held.guard()], success: [], failure: [] })).succeeded).toBe(true);
+    // The holder decides to release: the waiter gets the lock.
+    const waiting = new Mutex(b, name).lock();
+    await held.unlock();
+    const next = await waiting;
+    expect(next.token).toBeGreaterThan(held.token);
+    // Nobody to ask once that generation is gone; a non-revocable handle never hears a request.
+    expect(await requestRevocation(kv, { key: held.key, token: held.token })).toBe(false);
+    expect(await requestRevocation(kv, next)).toBe(true);
+    await sleep(300);
+    expect(next.revocationRequested.aborted).toBe(false);
+    expect(next.lost.aborted).toBe(false);
+    await next.unlock();
   });
 
   it('mutex — the key layout is name/ + lease id in lowercase hex (etcd Go concurrency.Mutex)', async () => {

@@ -2,6 +2,7 @@ import { expect, it } from 'vitest';
 import { Barrier } from '../../../recipes/barrier.js';
 import { DoubleBarrier } from '../../../recipes/double-barrier.js';
 import { handoffState } from '../../../recipes/internal/handoff.js';
+import { requestRevocation } from '../../../recipes/internal/revocation.js';
 import { Mutex } from '../../../recipes/mutex.js';
 import { RWMutex } from '../../../recipes/rw-mutex.js';
 import { Semaphore } from '../../../recipes/semaphore.js';
@@ -211,6 +212,40 @@ export const registerSyncTests: RegisterTests = (ctx) => {
     const q = await new Semaphore(b!, sem, 2).acquire();
     await p.release();
     await q.release();
+    await closeAll([a!, b!]);
+  });
+
+  it('rwmutex and semaphore — revocable holders hear revocation requests, also one made while they waited', async () => {
+    const { kv, prefix } = ctx();
+    const name = `${prefix('rw-revoke')}rw`;
+    const [a, b] = await sessions(2);
+    const w = await new RWMutex(a!, name, { revocable: true }).lock();
+    // b waits for a read lock; an operator asks the waiter to give up before it even holds.
+    const waiting = new RWMutex(b!, name, { revocable: true }).rLock();
+    await waitFor(
+      async () => (await kv.range(`${name}/read/`, { prefix: true, countOnly: true })).count === 1,
+      5000,
+      "the reader's key",
+    );
+    const readerKey = (await kv.range(`${name}/read/`, { prefix: true })).kvs[0]!;
+    expect(await requestRevocation(kv, { key: toText(readerKey.key), token: readerKey.createRevision })).toBe(
+      true,
+    );
+    expect(await requestRevocation(kv, w, { reason: 'readers wait' })).toBe(true);
+    await waitFor(() => w.revocationRequested.aborted, 10_000, "the writer's request");
+    await w.unlock();
+    const r = await waiting;
+    // The request made while it waited is seen once it holds.
+    await waitFor(() => r.revocationRequested.aborted, 10_000, "the reader's request");
+    expect(r.lost.aborted).toBe(false);
+    await r.unlock();
+
+    const sem = `${prefix('sem-revoke')}sem`;
+    const p = await new Semaphore(a!, sem, 1, { revocable: true }).acquire();
+    expect(await requestRevocation(kv, p, { by: 'ops' })).toBe(true);
+    await waitFor(() => p.revocationRequested.aborted, 10_000, "the permit's request");
+    expect(p.revocationRequested.reason).toMatchObject({ by: 'ops' });
+    await p.release();
     await closeAll([a!, b!]);
   });
 
