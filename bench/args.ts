@@ -15,6 +15,7 @@ export const recipePhaseNames = [
   'mutex3-seq',
   'prefixcache',
   'prefixwatch',
+  'revoke-notify',
 ] as const;
 /** Watchers and leases at scale (bench/phases/scale.ts): only when named with --phases. */
 export const scalePhaseNames = [

@@ -21,6 +21,7 @@ import { bytesEqual, concatBytes, prefixEnd, toBytes, toText } from '../src/keys
 import type { KV } from '../src/kv.js';
 import { limits } from '../src/limits.js';
 import type { Bytes, CallOptions, Compare, KeyValue, Op, WatchBatch } from '../src/types.js';
+import type { ResyncReason } from './internal/resync.js';
 import { pause } from './internal/timing.js';
 
 /** Most keys a config prefix may hold; past it the read (or the watcher) fails `request-too-large`. */
@@ -55,7 +56,7 @@ export interface ConfigRejection {
 }
 
 /** Why a resync happened: history compacted, consumer fell behind, or the watch broke. */
-export type ResyncReason = 'compacted' | 'overflow' | 'reconnect';
+export type { ResyncReason };
 
 /**
  * One item of the change stream. Every item carries `result`: `Ok(config)` for an accepted

@@ -12,7 +12,7 @@ import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { CallOptions, KeyValue } from '../src/types.js';
-import { checkRetriesMax, conflictBackoff } from './stm.js';
+import { checkRetriesMax, conflictBackoff } from './internal/retry.js';
 
 /** Default re-tries of an `add` that lost a race with another writer (at most this + 1 txns). */
 export const counterRetriesMax = 64;

@@ -14,7 +14,7 @@ import { prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, KeyValue, WatchBatch } from '../src/types.js';
-import type { ResyncReason } from './config.js';
+import type { ResyncReason } from './internal/resync.js';
 import { pause } from './internal/timing.js';
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import { abortReason, ConclaveError, ErrorCode, invalidArgument } from '../src/e
 import { prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchBatch } from '../src/types.js';
+import type { ResyncReason } from './internal/resync.js';
 import { pause } from './internal/timing.js';
 
 /** Default most keys a cache holds (`keysMax`). */
@@ -32,7 +33,7 @@ export const prefixCacheBackoffMsMax = 2000;
 const watchHealthyMs = 10_000;
 
 /** Why a cache re-read its prefix: history compacted, the watch broke, or it fell behind. */
-export type PrefixCacheResync = 'compacted' | 'reconnect' | 'overflow';
+export type PrefixCacheResync = ResyncReason;
 
 /** One key's change. `prevKv`: the cached entry before it (absent when the key was new). */
 export type PrefixCacheEvent =

@@ -29,7 +29,7 @@ import { compareBytes, resolveRange, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import { limits } from '../src/limits.js';
 import type { Bytes, CallOptions, Compare, KeyValue, LeaseId, Op, RangeResult } from '../src/types.js';
-import { sleep } from './internal/timing.js';
+import { checkRetriesMax, conflictBackoff, conflictBackoffMsMax, retriesLimitMax } from './internal/retry.js';
 
 /** The isolation levels of `stm()` (etcd's Go `concurrency` STM levels); see docs/recipes/stm.md. */
 export const Isolation = {
@@ -44,7 +44,7 @@ export type Isolation = (typeof Isolation)[keyof typeof Isolation];
 /** Default re-runs of `fn` after a conflict (so at most `stmRetriesMax + 1` attempts). */
 export const stmRetriesMax = 32;
 /** The largest `retriesMax` a caller may ask for. */
-export const stmRetriesLimitMax = 10_000;
+export const stmRetriesLimitMax = retriesLimitMax;
 /** Keys one `range()` may return; a larger range fails `request-too-large`. */
 export const stmRangeKeysMax = 1000;
 /** Keys one attempt may hold in its read cache (bounds memory for `ReadCommitted`, which has no compares). */
@@ -55,7 +55,7 @@ export const stmReadKeysMax = 10_000;
  */
 export const stmCompareMax = limits.txnOpsMax;
 /** Longest randomised pause (ms) between two attempts after repeated conflicts. */
-export const stmBackoffMsMax = 100;
+export const stmBackoffMsMax = conflictBackoffMsMax;
 
 export interface StmOptions extends CallOptions {
   /** Default `Isolation.SerializableSnapshot` (as etcd's `NewSTM`). */
@@ -495,24 +495,6 @@ function prefetchFrom(
       p.ranges.set(`${id(what.key)}\0${id(what.end)}`, r.kvs);
   });
   return p;
-}
-
-/**
- * A randomised pause before attempt `attempt` (none before the second: the first retry usually
- * wins, and etcd's STM does not pause at all); rejects with the signal's reason.
- */
-export async function conflictBackoff(attempt: number, signal: AbortSignal | undefined): Promise<void> {
-  if (attempt <= 2) return;
-  await sleep(Math.random() * Math.min(stmBackoffMsMax, 2 ** (attempt - 2)), signal);
-}
-
-/** Validates a `retriesMax` option (shared with Counter). */
-export function checkRetriesMax(what: string, n: number): void {
-  if (!Number.isInteger(n) || n < 0 || n > stmRetriesLimitMax)
-    throw new ConclaveError(
-      ErrorCode.InvalidArgument,
-      `${what}: retriesMax must be an integer from 0 to ${stmRetriesLimitMax}`,
-    );
 }
 
 /**

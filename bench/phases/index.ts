@@ -7,6 +7,7 @@ import { configPhase } from './recipes-config.js';
 import { multiLockPhase } from './recipes-multi-lock.js';
 import { prefixCachePhase } from './recipes-prefix-cache.js';
 import { queuePhase } from './recipes-queue.js';
+import { revocationPhase } from './recipes-revocation.js';
 import { workQueuePhase } from './recipes-work-queue.js';
 import { scaleLeasesPhase, scalePutPhase, scaleWatchPrefixPhase } from './scale.js';
 import { txnPhase } from './txn.js';
@@ -32,6 +33,7 @@ const phases: readonly Phase[] = [
   multiLockPhase(8, 3, true),
   prefixCachePhase(100, false),
   prefixCachePhase(100, true),
+  revocationPhase(),
   ...[0, 1000, 10_000, 100_000].map((n) => scalePutPhase(n)),
   scaleWatchPrefixPhase(10_000, 100),
   ...[0, 10_000, 100_000].map((n) => scaleLeasesPhase(n)),
