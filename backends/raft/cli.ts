@@ -20,6 +20,7 @@ import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { ConclaveError } from '../../src/errors.js';
+import { defaultQuotaBytes, heapLimitBytes, nodeMaxOldSpaceMb } from './heap.js';
 import { resolveRequestLimits } from './limits.js';
 import { hasWal, Member, RequestKind } from './member.js';
 import { decodeRecord, type MembershipRecord } from './membership.js';
@@ -175,7 +176,12 @@ export const serveFlags: readonly FlagSpec[] = [
   {
     name: 'quota-backend-bytes',
     default: '0',
-    help: 'Raise alarms when the store exceeds the given quota (0 defaults to the low space quota; not enforced yet).',
+    help: 'Raise alarms when the store (its encoded snapshot: Status "db size") exceeds the given quota (0: an eighth of the V8 heap limit, at most 2 GiB).',
+  },
+  {
+    name: 'max-old-space-size',
+    default: '',
+    help: "The member's V8 heap limit in MiB (node's --max-old-space-size; the store lives in the heap). bin/conclave.js starts the member in a node process with it; `node --max-old-space-size=N bin/conclave.js serve` keeps one process. Default: node's.",
   },
   {
     name: 'log-level',
@@ -222,7 +228,10 @@ export interface ServeConfig {
   readonly maxRequestBytes: number;
   readonly maxTxnOps: number;
   readonly maxConcurrentStreams: number;
+  /** `--quota-backend-bytes`, or (0) the default derived from the heap limit (heap.ts). */
   readonly quotaBackendBytes: number;
+  /** The V8 heap limit this process runs with, bytes. */
+  readonly heapLimitBytes: number;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   /** TLS on the client URLs and on the peer URL (server/tls.ts). */
   readonly clientTls: TlsFlags;
@@ -240,6 +249,24 @@ function positiveInt(flag: string, v: string, min = 1): number {
   if (!/^\d+$/.test(v) || Number(v) < min || !Number.isSafeInteger(Number(v)))
     throw usage(flag, `"${v}" is not an integer >= ${min}`);
   return Number(v);
+}
+
+/**
+ * `--max-old-space-size` can only take effect when node starts: bin/conclave.js starts node with
+ * it. Here it must already be in effect (node's own flag or NODE_OPTIONS says the same value),
+ * else the member would run with another heap than asked: exit 2 saying how to pass it.
+ */
+function checkHeapFlag(v: string): number {
+  if (v !== '') {
+    const mb = positiveInt('max-old-space-size', v, 16);
+    const running = nodeMaxOldSpaceMb();
+    if (running !== mb)
+      throw usage(
+        'max-old-space-size',
+        `${mb} MiB is not this process's heap limit (node was started with ${running === undefined ? "node's default" : `${running} MiB`}); start the member through bin/conclave.js, which passes it to node, or run node --max-old-space-size=${mb} yourself`,
+      );
+  }
+  return heapLimitBytes();
 }
 
 function urlList(flag: string, v: string): string[] {
@@ -396,7 +423,9 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
       positiveInt('max-concurrent-streams', get('max-concurrent-streams')),
       2 ** 32 - 1,
     ),
-    quotaBackendBytes: positiveInt('quota-backend-bytes', get('quota-backend-bytes'), 0),
+    quotaBackendBytes:
+      positiveInt('quota-backend-bytes', get('quota-backend-bytes'), 0) || defaultQuotaBytes(),
+    heapLimitBytes: checkHeapFlag(get('max-old-space-size')),
     logLevel: levels[level as keyof typeof levels],
     clientTls,
     peerTls,
@@ -669,7 +698,13 @@ async function serve(c: ServeConfig): Promise<number> {
     return clients;
   }
   log.info(
-    { member: hexId(identity.memberId), cluster: hexId(identity.clusterId), clientUrls: c.listenClientUrls },
+    {
+      member: hexId(identity.memberId),
+      cluster: hexId(identity.clusterId),
+      clientUrls: c.listenClientUrls,
+      heapLimitBytes: c.heapLimitBytes,
+      quotaBackendBytes: c.quotaBackendBytes,
+    },
     'serving',
   );
   const ready = new AbortController();

@@ -397,7 +397,7 @@ export class Member implements MemberBackend {
       raftAppliedIndex: () => n.store.appliedIndex,
       // The size of the newest snapshot of the store (what a new member would receive); 0 before
       // the first snapshot. docs/server.md says so.
-      dbSizeBytes: () => n.storage.snapshot().data.length,
+      dbSizeBytes: () => n.snapshotBytes,
       members: (): readonly MemberDescription[] => this.membership.list(),
     };
   }

@@ -22,6 +22,8 @@ export interface NodeStorage extends LogStorage {
   save(rd: ReadyToSave): void | Promise<void>;
   /** Records a state-machine snapshot at applied `index` and drops the log up to it. */
   snapshotAt(index: number, data: Uint8Array, confState: ConfState): void | Promise<void>;
+  /** The newest snapshot recorded by `snapshotAt` (the log is compacted only to the one before). */
+  readonly latestSnapshot?: Snapshot | undefined;
   close(): void | Promise<void>;
 }
 

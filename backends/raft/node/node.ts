@@ -199,6 +199,18 @@ export class RaftNode {
     return this.#writes.size;
   }
 
+  /**
+   * Size in bytes of the newest snapshot of the store this member holds (taken here, installed from
+   * the leader, or loaded at restart); 0 before the first. It is what a new member would receive:
+   * the encoded store, history since the last compaction included. The served Status reports it
+   * as "db size" and `--quota-backend-bytes` is compared with it.
+   */
+  get snapshotBytes(): number {
+    const base = this.storage.snapshot();
+    const latest = this.storage.latestSnapshot;
+    return (latest && latest.meta.index > base.meta.index ? latest : base).data.length;
+  }
+
   get isLeader(): boolean {
     return this.raft.role === Role.Leader;
   }
