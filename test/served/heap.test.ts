@@ -62,9 +62,11 @@ describe('heap limit and quota', () => {
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const lines: string[] = [];
     try {
       const serving = await new Promise<Record<string, number>>((resolve, reject) => {
         createInterface({ input: child.stderr! }).on('line', (line) => {
+          lines.push(line);
           try {
             const l = JSON.parse(line) as { msg?: string };
             if (l.msg === 'serving') resolve(l as unknown as Record<string, number>);
@@ -72,7 +74,9 @@ describe('heap limit and quota', () => {
             // not a log line
           }
         });
-        child.on('exit', (code) => reject(new Error(`conclave exited ${code} before serving`)));
+        child.on('exit', (code) =>
+          reject(new Error(`conclave exited ${code} before serving:\n${lines.slice(-10).join('\n')}`)),
+        );
       });
       // The member runs in the child node that has the limit (V8 adds its young generation).
       expect(serving.pid).not.toBe(child.pid);
