@@ -4,6 +4,9 @@
  * change, gRPC calls by method and code, peer bytes), Node's process metrics; and GET /health
  * turning 503 when the member has no leader.
  */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../harness/etcd.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
@@ -40,7 +43,36 @@ async function scrape(url: string): Promise<Map<string, number>> {
 const metricsUrl = (i: number) => `http://127.0.0.1:${metricsPorts[i]}/metrics`;
 const clientMetricsUrl = (i: number) => `http://${served.endpoints[i]}/metrics`;
 
+/** docs/operations.md's checked monitoring block. */
+function monitoringBlock(): string {
+  const page = readFileSync(resolve(import.meta.dirname, '../../docs/operations.md'), 'utf8');
+  const marker = '<!-- checked: test/served/metrics.test.ts runs this block -->';
+  const at = page.indexOf(marker);
+  if (at < 0) throw new Error('docs/operations.md lost its checked monitoring block');
+  const m = /```sh\n([\s\S]*?)```/.exec(page.slice(at));
+  if (!m) throw new Error('no ```sh block after the marker');
+  return m[1]!;
+}
+
 describe('metrics of conclave serve', () => {
+  it("docs/operations.md's monitoring commands run as pasted against a client URL and a metrics URL", async () => {
+    const leader = await served.waitLeader();
+    for (const endpoint of [
+      `http://${served.endpoints[leader]}`,
+      `http://127.0.0.1:${metricsPorts[leader]}`,
+    ]) {
+      const out = execFileSync('bash', ['-euo', 'pipefail', '-c', monitoringBlock()], {
+        encoding: 'utf8',
+        env: { ...process.env, ENDPOINT: endpoint },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      expect(out).toContain('{"health":"true"}');
+      expect(out).toMatch(/^etcd_server_has_leader 1$/m);
+      expect(out).toMatch(/^etcd_server_is_leader 1$/m);
+      expect(out).toMatch(/^etcd_server_leader_changes_seen_total [1-9]/m);
+    }
+  });
+
   it("serves etcd's metric names and Node's process metrics on the client URL and the metrics URL", async () => {
     const leader = await served.waitLeader();
     for (const url of [clientMetricsUrl(leader), metricsUrl(leader)]) {

@@ -233,24 +233,31 @@ export class ServerMetrics {
       m.proposalsPending(),
     );
     gauge('etcd_debugging_mvcc_keys_total', 'Total number of keys.', () => m.keys());
-    total('etcd_debugging_snap_save_total', 'Snapshots of the store saved to disk.', () => c.snapshotsSaved);
+    total('conclave_snapshots_saved_total', 'Snapshots of the store saved to disk.', () => c.snapshotsSaved);
     this.registry.registerMetric(c.walFsync);
     this.registry.registerMetric(c.backendCommit);
-    const peerCounter = (name: string, help: string, pick: 'sent' | 'received') =>
+    // etcd labels sent bytes by the receiving peer ("To") and received bytes by the sender ("From").
+    const peerCounter = (name: string, help: string, label: 'To' | 'From', pick: 'sent' | 'received') =>
       new client.Counter({
         name,
         help,
-        labelNames: ['To'],
+        labelNames: [label],
         registers: r,
         collect() {
           this.reset();
-          for (const [peer, b] of m.peerBytes()) if (b[pick] > 0) this.inc({ To: peer }, b[pick]);
+          for (const [peer, b] of m.peerBytes()) if (b[pick] > 0) this.inc({ [label]: peer }, b[pick]);
         },
       });
-    peerCounter('etcd_network_peer_sent_bytes_total', 'The total number of bytes sent to peers.', 'sent');
+    peerCounter(
+      'etcd_network_peer_sent_bytes_total',
+      'The total number of bytes sent to peers.',
+      'To',
+      'sent',
+    );
     peerCounter(
       'etcd_network_peer_received_bytes_total',
       'The total number of bytes received from peers.',
+      'From',
       'received',
     );
   }
