@@ -8,7 +8,12 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { Store } from '../../backends/raft/store/store.js';
-import { catchUpScanMax, historyRecentMax, watchersMax } from '../../backends/raft/store/watch-hub.js';
+import {
+  catchUpScanMax,
+  historyRecentMax,
+  watchCloseSliceMax,
+  watchersMax,
+} from '../../backends/raft/store/watch-hub.js';
 import { ConclaveError } from '../../src/errors.js';
 import type { Watch, WatchBatch } from '../../src/types.js';
 
@@ -116,6 +121,48 @@ describe('watch hub groups', () => {
     expect(s.hub.groups()).toMatchObject({ future: 0, synced: 1 });
     put(s, 'f', '5');
     expect(await revisionsUntil(w, 6)).toEqual([5, 6]);
+  });
+});
+
+describe('watch hub close', () => {
+  it('ends every watcher with `closed`, a slice per turn, while consumers close or drain theirs between the slices', async () => {
+    const s = new Store({ minTtlSeconds: 1 });
+    const first = s.revision + 1;
+    for (let i = 0; i < 10; i++) put(s, 'p', `v${i}`);
+    const n = watchCloseSliceMax * 4;
+    const ws: Watch[] = [];
+    // Half ranges (the interval index), half single keys.
+    for (let i = 0; i < n; i++)
+      ws.push(i % 2 === 0 ? s.hub.watch(`r/${i}/`, { prefix: true }) : s.hub.watch(`k/${i}`, {}));
+    const parked = s.hub.watch('p', { startRevision: first, bufferBatchesMax: 2 });
+    expect(s.hub.groups().parked).toBe(1);
+    const outcome = async (w: Watch): Promise<string> => {
+      try {
+        for await (const _ of w);
+        return 'ended';
+      } catch (err) {
+        return ConclaveError.is(err) ? err.code : String(err);
+      }
+    };
+    const ends = [...ws, parked].map(outcome); // the parked one's consumer drains it meanwhile
+    s.hub.close();
+    expect(s.hub.size).toBe(n + 1 - watchCloseSliceMax);
+    // Between the slices, consumers close watchers the walk has not reached yet (range ones
+    // included: the dropped index must not change under the walk).
+    for (let i = n - 1; i >= 0 && s.hub.size > 0; i -= 7) {
+      await ws[i]!.close();
+      if (i % 350 === 0) await turn();
+    }
+    const settled = await Promise.race([
+      Promise.all(ends),
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), 10_000)),
+    ]);
+    expect(settled, 'every watcher ended').toBeDefined();
+    expect(new Set(settled)).toEqual(new Set(['closed', 'ended']));
+    expect(settled!.filter((o) => o === 'closed').length).toBeGreaterThan(watchCloseSliceMax);
+    expect(s.hub.size).toBe(0);
+    // A closed hub refuses new watches.
+    await expect(s.hub.watch('x', {}).ready).rejects.toMatchObject({ code: 'closed' });
   });
 });
 

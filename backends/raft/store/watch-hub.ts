@@ -469,7 +469,11 @@ export class WatchHub {
     w.live = false;
     this.#count--;
     const g = w.group;
-    if (g) {
+    if (g && this.#closed) {
+      // The hub is closing: its groups were dropped and are being walked by `close` (which must
+      // not see them change under it); this watcher is simply no longer in one.
+      w.group = undefined;
+    } else if (g) {
       g.delete(w);
       if (g.size === 0 && g !== this.#synced) {
         if (this.#catching.get(g.nextRev) === g) {
@@ -488,7 +492,8 @@ export class WatchHub {
 
   /** A parked watcher's consumer made room: it catches up again from where it stopped. */
   unpark(w: HubWatch): void {
-    if (!w.parked || !w.live) return;
+    // A closing hub ends its parked watchers where they are.
+    if (!w.parked || !w.live || this.#closed) return;
     w.parked = false;
     this.#parked.delete(w);
     this.#floorStale = true;
