@@ -72,6 +72,7 @@ export {
   healthCheckIntervalMsDefault,
   healthCheckTimeoutMsDefault,
   namingBackoffMsMax,
+  namingCacheKeysMax,
   namingChangesBufferedMax,
   namingInstancesMax,
   namingRegisterAttemptsMax,

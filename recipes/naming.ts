@@ -10,12 +10,13 @@
  * the resolver here does the same, and re-reads (a resync) when that history is compacted.
  */
 import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
-import { prefixEnd, toBytes, toText } from '../src/keys.js';
+import { toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
-import type { CallOptions, KeyValue, WatchBatch } from '../src/types.js';
+import type { CallOptions, KeyValue } from '../src/types.js';
 import type { ResyncReason } from './internal/resync.js';
 import { pause } from './internal/timing.js';
+import { PrefixCache, type PrefixCacheChange, prefixCacheResyncAttemptsMax } from './prefix-cache.js';
 
 // ---------------------------------------------------------------------------------------------
 // Bounds and defaults
@@ -30,10 +31,17 @@ export const namingRegistrationsMax = 1000;
 export const namingRegisterAttemptsMax = 30;
 /** Longest back-off (ms) between two attempts of a registration or a resolver resync. */
 export const namingBackoffMsMax = 2000;
-/** Consecutive failed attempts to re-read and re-watch before a resolver fails. */
-export const namingResyncAttemptsMax = 20;
-/** A resolver watch that ran this long (ms) before failing counts as healthy: its failure count starts over. */
-export const namingWatchHealthyMs = 10_000;
+/**
+ * Consecutive failed attempts to re-read and re-watch before a resolver fails: the bound of the
+ * `PrefixCache` under it (`prefixCacheResyncAttemptsMax`).
+ */
+export const namingResyncAttemptsMax = prefixCacheResyncAttemptsMax;
+/**
+ * Most keys under a service a resolver keeps in its local copy (valid instances and others); a
+ * service with more fails the resolver with `too-many-requests`. `instancesMax` bounds how many of
+ * the valid ones are tracked.
+ */
+export const namingCacheKeysMax = 10_000;
 /** Default interval (ms) between health checks. */
 export const healthCheckIntervalMsDefault = 5000;
 /** Default bound (ms) on one health check; a check that takes longer fails. */
@@ -716,6 +724,8 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   readonly #now: () => number;
   readonly #signal: AbortSignal | undefined;
   readonly #stop = new AbortController();
+  /** The live copy of the service's keys (watch, resyncs, bounds); the instances are derived from it. */
+  #cache: PrefixCache | undefined;
 
   #instances: Instances = new Map();
   #sorted: ServiceInstance[] = [];
@@ -794,10 +804,15 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
     try {
       signal.throwIfAborted();
-      const snap = await this.#read(signal);
-      signal.throwIfAborted();
-      this.#set(snap.instances, snap.revision, { emit: false });
-      this.#running = this.#run();
+      const cache = await PrefixCache.start(this.kv, this.#prefixBytes, {
+        keysMax: Math.max(namingCacheKeysMax, this.#max),
+        signal,
+      });
+      this.#cache = cache;
+      // Subscribed and derived in one turn: the changes that follow apply on top of this list.
+      const changes = cache.changes();
+      this.#set(this.#derive(cache), cache.revision, { emit: false });
+      this.#running = this.#run(cache, changes);
       return this;
     } catch (err) {
       await this.close();
@@ -811,6 +826,7 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
       this.#signal?.removeEventListener('abort', this.#onAbort);
       this.#stop.abort(new ConclaveError(ErrorCode.Closed, `service resolver ${this.service} closed`));
       for (const s of this.#subscribers) s.end(this.#error);
+      await this.#cache?.close();
       await this.#running?.catch(() => undefined);
     })();
     return this.#closed;
@@ -981,16 +997,15 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     };
   }
 
-  /** One range at one revision, at most `instancesMax` valid instances (sorted by key). */
-  async #read(signal: AbortSignal): Promise<{ instances: Instances; revision: number }> {
-    const p = this.#prefixBytes;
-    // Invalid values are skipped, so read a little past the bound; a second page is not needed
-    // for correctness of what is kept, only for filling up past skipped keys.
-    const r = await this.kv.range(p, { end: prefixEnd(p), limit: this.#max + 1, signal });
+  /**
+   * The instances in the cache: the first `instancesMax` valid ones in key order (further valid
+   * ones set `truncated`); keys whose value is not an endpoint are remembered in `skippedKeys`.
+   */
+  #derive(cache: PrefixCache): Instances {
     const out = new Map<string, ServiceInstance>();
     this.#skipped = new Set();
-    this.#truncated = r.more;
-    for (const kv of r.kvs) {
+    this.#truncated = false;
+    for (const kv of cache.list()) {
       const i = this.#instance(kv);
       if (!i) {
         this.#skip(toText(kv.key));
@@ -998,11 +1013,11 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
       }
       if (out.size >= this.#max) {
         this.#truncated = true;
-        break;
+        continue;
       }
       out.set(i.id, i);
     }
-    return { instances: out, revision: r.revision };
+    return out;
   }
 
   #skip(key: string): void {
@@ -1010,85 +1025,21 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     if (this.#skipped.size < this.#max) this.#skipped.add(key);
   }
 
-  /** Applies a batch. Returns true when a removal left room that ignored instances could fill. */
-  #apply(batch: WatchBatch): boolean {
-    const next = new Map(this.#instances);
-    let refill = false;
-    let revision = this.#revision;
-    for (const e of batch.events) {
-      const key = toText(e.kv.key);
-      const id = key.slice(this.#prefix.length);
-      revision = Math.max(revision, e.kv.modRevision);
-      if (e.type === 'delete') {
-        this.#skipped.delete(key);
-        if (next.delete(id) && this.#truncated) refill = true;
-        continue;
+  /**
+   * Follows the cache: after each of its changes, the instances are derived again and the
+   * difference emitted (a change that comes from a re-read of the prefix carries its reason).
+   * The cache does the watching, the resyncs after compaction, overflow or a broken watch, and
+   * their bounds; when it fails, so does the resolver.
+   */
+  async #run(cache: PrefixCache, changes: AsyncGenerator<PrefixCacheChange, void, undefined>): Promise<void> {
+    try {
+      for await (const c of changes) {
+        const resync = c.resync;
+        this.#set(this.#derive(cache), cache.revision, resync ? { emit: true, resync } : { emit: true });
       }
-      const i = this.#instance(e.kv);
-      if (!i) {
-        // A value that is no longer an endpoint removes the instance (Go's resolver would keep
-        // the stale address; an address we cannot read is safer dropped).
-        if (next.delete(id) && this.#truncated) refill = true;
-        this.#skip(key);
-        continue;
-      }
-      this.#skipped.delete(key);
-      if (!next.has(id) && next.size >= this.#max) {
-        this.#truncated = true;
-        continue;
-      }
-      next.set(id, i);
-    }
-    this.#set(next, Math.max(revision, batch.revision), { emit: true });
-    return refill;
-  }
-
-  async #run(): Promise<void> {
-    const signal = this.#stop.signal;
-    let failures = 0;
-    // Bounded: every iteration counts a failure, unless its watch delivered or lived long enough.
-    while (!signal.aborted) {
-      const w = this.kv.watch(this.#prefix, { prefix: true, startRevision: this.#revision + 1, signal });
-      const openedMs = performance.now();
-      let reason: ResyncReason = 'reconnect';
-      try {
-        for await (const batch of w) {
-          failures = 0;
-          if (batch.events.length === 0) continue;
-          if (this.#apply(batch)) {
-            // Room was freed while instances were ignored: re-read to take them in.
-            reason = 'overflow';
-            break;
-          }
-        }
-        if (signal.aborted) return;
-      } catch (err) {
-        if (signal.aborted) return;
-        if (ConclaveError.is(err, ErrorCode.Compacted)) reason = 'compacted';
-        else if (ConclaveError.is(err, ErrorCode.WatchOverflow)) reason = 'overflow';
-        else if (!ConclaveError.is(err) || !err.retryable) return this.#fail(err);
-      } finally {
-        await w.close();
-      }
-      if (performance.now() - openedMs >= namingWatchHealthyMs) failures = 0;
-      if (++failures > namingResyncAttemptsMax)
-        return this.#fail(
-          new ConclaveError(
-            ErrorCode.Unavailable,
-            `service resolver ${this.service}: could not re-establish its watch in ${namingResyncAttemptsMax} attempts`,
-          ),
-        );
-      try {
-        if (reason === 'reconnect' || failures > 1) await pause(backoffMs(failures), signal);
-        signal.throwIfAborted();
-        const snap = await this.#read(signal);
-        signal.throwIfAborted();
-        this.#set(snap.instances, snap.revision, { emit: true, resync: reason });
-      } catch (err) {
-        if (signal.aborted) return;
-        if (!ConclaveError.is(err) || !(err.retryable || err.code === ErrorCode.Compacted))
-          return this.#fail(err);
-      }
+      if (cache.error !== undefined && !this.#stop.signal.aborted) this.#fail(cache.error);
+    } catch (err) {
+      if (!this.#stop.signal.aborted) this.#fail(err);
     }
   }
 
