@@ -151,6 +151,16 @@ export const serveFlags: readonly FlagSpec[] = [
     help: 'Peer TLS using a self-signed certificate made with openssl (encrypts only; for tests).',
   },
   {
+    name: 'auth-token',
+    default: 'simple',
+    help: "Auth token type: 'simple' (etcd's JWT tokens are not implemented).",
+  },
+  {
+    name: 'auth-token-ttl',
+    default: '300',
+    help: 'Seconds a simple auth token lives after its last use.',
+  },
+  {
     name: 'tls-handshake-timeout',
     default: String(tlsHandshakeTimeoutMsDefault),
     help: 'Milliseconds a TLS handshake on a client or peer URL may take before it is closed (Conclave only).',
@@ -237,6 +247,8 @@ export interface ServeConfig {
   readonly clientTls: TlsFlags;
   readonly peerTls: TlsFlags;
   readonly tlsHandshakeTimeoutMs: number;
+  /** `--auth-token-ttl` (seconds). */
+  readonly authTokenTtlSeconds: number;
   /** Flags that were set by an environment variable and overridden on the command line. */
   readonly shadowed: readonly string[];
 }
@@ -393,6 +405,8 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     crlFile: get('peer-crl-file'),
     allowedCn: get('peer-cert-allowed-cn'),
   };
+  if (get('auth-token') !== 'simple')
+    throw usage('auth-token', `"${get('auth-token')}": only 'simple' tokens are implemented (no JWT)`);
   const tlsProblem =
     checkTlsFlags('client', clientTls, listenClientUrls) ??
     checkTlsFlags('peer', peerTls, [...listenPeer, ...initialAdvertisePeerUrls]);
@@ -430,6 +444,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     clientTls,
     peerTls,
     tlsHandshakeTimeoutMs: positiveInt('tls-handshake-timeout', get('tls-handshake-timeout')),
+    authTokenTtlSeconds: positiveInt('auth-token-ttl', get('auth-token-ttl')),
     shadowed,
   };
 }
@@ -673,6 +688,8 @@ async function serve(c: ServeConfig): Promise<number> {
       limits: { maxRequestBytes: c.maxRequestBytes, maxTxnOps: c.maxTxnOps },
       log,
       ...(peerMaterial ? { peerTls: peerTls(peerMaterial, log, c.tlsHandshakeTimeoutMs) } : {}),
+      clientCertAuth: c.clientTls.clientCertAuth,
+      authTokenTtlSeconds: c.authTokenTtlSeconds,
       strictReconfigCheck: c.strictReconfigCheck,
       onExit: (code, why) => {
         if (exitRequested) exitRequested(code, why);

@@ -69,9 +69,11 @@ import {
 } from './membership.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import type { MemberBackend, MemberDescription, MemberInfo, RequestLimits } from './server/api.js';
+import type { MemberAuth } from './server/auth.js';
 import { hexId, type Identity } from './server/ids.js';
 import { MemberCounters, type MemberMetricsSource } from './server/metrics.js';
 import { DiskStorage } from './storage/disk-storage.js';
+import { encodeAuthChange } from './store/auth-store.js';
 import { Reader, Writer } from './transport/codec.js';
 import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tcp.js';
 
@@ -114,6 +116,10 @@ export interface MemberOptions {
   readonly log: TransportLogger;
   /** TLS on peer connections (`https://` peer URLs). */
   readonly peerTls?: PeerTls;
+  /** `--client-cert-auth`: a client certificate's CN names the user when auth is enabled. */
+  readonly clientCertAuth?: boolean;
+  /** `--auth-token-ttl` (seconds). */
+  readonly authTokenTtlSeconds?: number;
   /** etcd's `--strict-reconfig-check` (default true). */
   readonly strictReconfigCheck?: boolean;
   /**
@@ -148,6 +154,7 @@ export class Member implements MemberBackend {
   readonly kv: MemberKV;
   readonly info: MemberInfo;
   readonly limits: RequestLimits;
+  readonly auth: MemberAuth;
   readonly requestTimeoutMs: number;
   readonly #o: MemberOptions;
   readonly membership: Membership;
@@ -218,6 +225,13 @@ export class Member implements MemberBackend {
     transport.serve((from, kind, body) => this.#serveRequest(from, kind, body));
     this.kv = new MemberKV(this);
     this.info = this.#makeInfo();
+    const authStore = this.node.store.auth;
+    if (o.authTokenTtlSeconds !== undefined) authStore.tokenTtlMs = o.authTokenTtlSeconds * 1000;
+    this.auth = {
+      store: authStore,
+      propose: (c) => this.kv.proposeAuth(encodeAuthChange(c)),
+      clientCertAuth: o.clientCertAuth ?? false,
+    };
     this.#poll = setInterval(() => void this.#learnAttributes(), attributesPollMs);
     // Leader changes are events worth a log line (seen at most once per heartbeat, never per request).
     this.#leaderWatch = setInterval(() => this.#noticeLeader(), o.heartbeatMs);
@@ -811,6 +825,12 @@ export class MemberKV implements KV {
       await close();
     };
     return w;
+  }
+
+  /** Proposes a change to the auth store (server/auth.ts); rejects with the store's refusal. */
+  async proposeAuth(change: string): Promise<void> {
+    this.#open(undefined);
+    await this.#write({ op: 'auth', change });
   }
 
   async compact(revision: number, o: CompactOptions = {}): Promise<void> {

@@ -95,4 +95,6 @@ export interface MemberBackend {
   readonly limits: RequestLimits;
   /** Absent: the Cluster service answers membership changes UNIMPLEMENTED. */
   readonly cluster?: ClusterAdmin;
+  /** The auth store and its changes (server/auth.ts); absent: the Auth service is UNIMPLEMENTED. */
+  readonly auth?: import('./auth.js').MemberAuth;
 }

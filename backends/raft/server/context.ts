@@ -51,6 +51,8 @@ export class ServerContext {
   inflight = 0;
   /** Watches resynced from history after their stream fell behind (diagnostics, tests). */
   watchResyncs = 0;
+  /** Permission checks when auth is enabled (server/auth.ts); set by the gRPC server. */
+  authGate: import('./auth.js').AuthGate | undefined;
 
   constructor(backend: MemberBackend, o: ContextOptions) {
     this.backend = backend;

@@ -24,6 +24,7 @@ import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { limits } from '../../../src/limits.js';
 import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
 import type { MemberBackend } from './api.js';
+import { AuthGate, registerAuth, txnRanges } from './auth.js';
 import { registerCluster } from './cluster.js';
 import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
@@ -205,6 +206,9 @@ export async function startClientServer(
     streamRequestsPendingMax: opts.streamRequestsPendingMax ?? d.streamRequestsPendingMax,
   };
   const ctx = new ServerContext(backend, o);
+  // Permission checks (auth.ts): one property read per call while auth is disabled.
+  const gate = new AuthGate(backend.auth);
+  ctx.authGate = gate;
   const metrics = opts.metrics;
   const { kv, info } = backend;
   const maxReq = o.maxRequestBytes;
@@ -338,6 +342,10 @@ export async function startClientServer(
     const r = call.request;
     const key = bytesOf(r.key);
     if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
+    if (gate.on) {
+      const denied = gate.check(call, key, bytesOf(r.rangeEnd), false);
+      if (denied) return fail(cb, denied);
+    }
     return answer(cb, () => kv.range(key, rangeOptions(r)), rangeAnswer);
   }) as Handler);
 
@@ -356,6 +364,13 @@ export async function startClientServer(
       if (r.ignoreLease && lease !== 0n) return fail(cb, etcdErrors.leaseProvided);
       // The contract has no negative lease ids; etcd has none it would find either.
       if (lease < 0n) return fail(cb, etcdErrors.leaseNotFound);
+      if (gate.on) {
+        const denied = gate.checkAll(call, [
+          [key, undefined, true],
+          ...(r.prevKv ? ([[key, undefined, false]] as const) : []),
+        ]);
+        if (denied) return fail(cb, denied);
+      }
       return answer(cb, () => kv.put(key, value, putOptions(r)), putAnswer);
     }) as Handler,
     true,
@@ -370,6 +385,14 @@ export async function startClientServer(
       const r = call.request;
       const key = bytesOf(r.key);
       if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
+      if (gate.on) {
+        const end = bytesOf(r.rangeEnd);
+        const denied = gate.checkAll(call, [
+          [key, end, true],
+          ...(r.prevKv ? ([[key, end, false]] as const) : []),
+        ]);
+        if (denied) return fail(cb, denied);
+      }
       return answer(cb, () => kv.delete(key, deleteOptions(r)), deleteAnswer);
     }) as Handler,
     true,
@@ -384,6 +407,10 @@ export async function startClientServer(
       const r = call.request;
       const refused = checkTxnRequest(r, o.maxTxnOps);
       if (refused) return fail(cb, refused);
+      if (gate.on) {
+        const denied = gate.checkAll(call, txnRanges(r));
+        if (denied) return fail(cb, denied);
+      }
       return answer(cb, () => kv.txn(txnOf(r)), txnAnswer);
     }) as Handler,
     true,
@@ -404,6 +431,10 @@ export async function startClientServer(
       currentHeaderAnswer,
     );
   }) as Handler);
+
+  // ---- Auth (auth.ts) ------------------------------------------------------------------------
+
+  registerAuth(server, ctx, gate, backend.auth, (err) => ctx.failure(err));
 
   // ---- Watch ---------------------------------------------------------------------------------
 
@@ -465,6 +496,17 @@ export async function startClientServer(
     const id = big(call.request.ID);
     // etcd: no lease has ID 0 (NoLease) or a negative one: "requested lease not found".
     if (id <= 0n) return fail(cb, etcdErrors.leaseNotFound);
+    if (gate.on) {
+      // etcd 3.4 (apply_auth.go LeaseRevoke): write permission on every key attached to the lease.
+      const caller = gate.user(call);
+      if (typeof caller !== 'string') return fail(cb, caller);
+      const attached = await kv.lease.timeToLive(id, { keys: true }).catch(() => undefined);
+      const denied = gate.checkAll(
+        call,
+        (attached?.keys ?? []).map((k) => [k, undefined, true] as const),
+      );
+      if (denied) return fail(cb, denied);
+    }
     return answer(cb, () => kv.lease.revoke(id), revokeAnswer);
   }) as Handler);
 

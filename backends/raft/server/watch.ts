@@ -236,6 +236,12 @@ export class WatchStream implements OpenStream {
     else if (end.length === 1 && end[0] === 0) end = ZERO;
     if (end !== undefined && end !== ZERO && Buffer.compare(key, end) >= 0)
       return this.#refuse('mvcc: watcher range is empty');
+    // Auth enabled: read permission on the watched range (etcd's isWatchPermitted).
+    const gate = ctx.authGate;
+    if (gate?.on) {
+      const denied = gate.check(this.#call, bytesOf(c.key), bytesOf(c.rangeEnd), false);
+      if (denied) return this.#refuse(`rpc error: code = PermissionDenied desc = ${denied.details}`);
+    }
     const wanted = num(c.watchId as never);
     if (wanted !== 0 && this.#watches.has(wanted))
       return this.#refuse('mvcc: duplicate watch ID provided on the WatchStream');

@@ -88,9 +88,12 @@ export type AuthChange =
 
 /** The JSON text an `auth` Raft command carries (byte strings as base64). */
 export function encodeAuthChange(c: AuthChange): string {
-  return JSON.stringify(c, (_k, v: unknown) =>
-    v instanceof Uint8Array ? { b64: Buffer.from(v).toString('base64') } : v,
-  );
+  // The raw value (`this[k]`): JSON.stringify has already turned a Buffer into {type, data} by
+  // the time a replacer sees `v`.
+  return JSON.stringify(c, function (this: Record<string, unknown>, k: string, v: unknown) {
+    const raw = this[k];
+    return raw instanceof Uint8Array ? { b64: Buffer.from(raw).toString('base64') } : v;
+  });
 }
 
 export function decodeAuthChange(text: string): AuthChange {

@@ -1,0 +1,341 @@
+/**
+ * etcd 3.4's Auth service on a `conclave serve` member, and the permission checks of the other
+ * services (etcd's `auth/store.go` and `etcdserver/apply_auth.go`):
+ *
+ * - Every change (AuthEnable/Disable, User*, Role*) is proposed through Raft as an `auth` command
+ *   and applied by every member's auth store (store/auth-store.ts), so all members enforce the
+ *   same rules at the same log index. Management calls need the root role once auth is enabled.
+ * - Passwords are hashed (salted scrypt) on the member that takes the call; only the hash enters
+ *   the log. Authenticate checks the password here, then proposes the token (etcd 3.4's
+ *   InternalAuthenticate) so that it is valid on every member. Simple tokens only: etcd's JWT
+ *   tokens (`--auth-token jwt,…`) are not implemented.
+ * - A caller is the user of its `token` metadata; with `--client-cert-auth` and no token, the
+ *   Common Name of its verified client certificate (etcd's AuthInfoFromTLS).
+ * - Checks on the key range of each call when auth is enabled: Range read; Put write (and read
+ *   with prev_kv); DeleteRange write (read with prev_kv); Txn read on every compare and each op of
+ *   both branches; Watch read on the watched range; LeaseRevoke write on every key attached to
+ *   the lease. Failures are etcd's: "user name is empty" (no credentials), "invalid auth token",
+ *   "permission denied".
+ * - Bounded: at most `passwordChecksMax` password checks run at once (scrypt is the rate limit of
+ *   guessing: each costs tens of ms of CPU); more are answered "too many requests". Tokens are
+ *   bounded by the auth store (`authTokensMax`).
+ */
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type protobuf from 'protobufjs';
+import { root } from '../../../src/protocol/codec.js';
+import {
+  type AuthChange,
+  type AuthError,
+  type AuthStore,
+  AuthStoreError,
+  checkPassword,
+  hashPassword,
+  type PermType,
+} from '../store/auth-store.js';
+import type { ServerContext } from './context.js';
+import { etcdErrors, type GrpcFailure } from './errors.js';
+
+/** Password checks (Authenticate) running at once on a member. */
+export const passwordChecksMax = 8;
+
+/** What a member offers the Auth service: its live auth store and a way to propose changes. */
+export interface MemberAuth {
+  readonly store: AuthStore;
+  propose(c: AuthChange): Promise<void>;
+  /** `--client-cert-auth`: a verified certificate's CN names the user when no token is sent. */
+  readonly clientCertAuth: boolean;
+}
+
+const S = grpc.status;
+/** etcd's rpctypes errors for the auth store's refusals (code and text, as Go clients match them). */
+export const authFailures: Record<AuthError, GrpcFailure> = {
+  RootUserNotExist: { code: S.FAILED_PRECONDITION, details: 'etcdserver: root user does not exist' },
+  RootRoleNotExist: { code: S.FAILED_PRECONDITION, details: 'etcdserver: root user does not have root role' },
+  UserAlreadyExist: { code: S.FAILED_PRECONDITION, details: 'etcdserver: user name already exists' },
+  UserEmpty: { code: S.INVALID_ARGUMENT, details: 'etcdserver: user name is empty' },
+  UserNotFound: { code: S.FAILED_PRECONDITION, details: 'etcdserver: user name not found' },
+  RoleAlreadyExist: { code: S.FAILED_PRECONDITION, details: 'etcdserver: role name already exists' },
+  RoleNotFound: { code: S.FAILED_PRECONDITION, details: 'etcdserver: role name not found' },
+  RoleEmpty: { code: S.INVALID_ARGUMENT, details: 'etcdserver: role name is empty' },
+  AuthFailed: {
+    code: S.INVALID_ARGUMENT,
+    details: 'etcdserver: authentication failed, invalid user ID or password',
+  },
+  PermissionDenied: { code: S.PERMISSION_DENIED, details: 'etcdserver: permission denied' },
+  RoleNotGranted: { code: S.FAILED_PRECONDITION, details: 'etcdserver: role is not granted to the user' },
+  PermissionNotGranted: {
+    code: S.FAILED_PRECONDITION,
+    details: 'etcdserver: permission is not granted to the role',
+  },
+  AuthNotEnabled: { code: S.FAILED_PRECONDITION, details: 'etcdserver: authentication is not enabled' },
+  InvalidAuthToken: { code: S.UNAUTHENTICATED, details: 'etcdserver: invalid auth token' },
+  InvalidAuthMgmt: { code: S.INVALID_ARGUMENT, details: 'etcdserver: invalid auth management' },
+  AuthOldRevision: { code: S.INVALID_ARGUMENT, details: 'etcdserver: revision of auth store is old' },
+};
+
+/** The caller of a call or stream: metadata and (over TLS) its socket's verified certificate. */
+interface Caller {
+  readonly metadata: grpc.Metadata;
+  getAuthContext?(): { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } | null;
+}
+
+/** Permission checks for the other services; `on` is false (one property read) while auth is disabled. */
+export class AuthGate {
+  readonly #a: MemberAuth | undefined;
+
+  constructor(a: MemberAuth | undefined) {
+    this.#a = a;
+  }
+
+  get on(): boolean {
+    return this.#a?.store.enabled ?? false;
+  }
+
+  /** The calling user ('' when it sent no credentials), or the failure for a bad token. */
+  user(c: Caller): string | GrpcFailure {
+    const a = this.#a!;
+    const token = c.metadata.get('token')[0];
+    if (typeof token === 'string' && token !== '') {
+      try {
+        return a.store.tokenUser(token, performance.now());
+      } catch (err) {
+        return failureOf(err);
+      }
+    }
+    if (a.clientCertAuth) {
+      const cn = c.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
+      if (typeof cn === 'string') return cn;
+    }
+    return '';
+  }
+
+  /** undefined when `c` may read (write) [key, rangeEnd), else etcd's failure. */
+  check(
+    c: Caller,
+    key: Uint8Array,
+    rangeEnd: Uint8Array | undefined,
+    write: boolean,
+  ): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    const u = this.user(c);
+    if (typeof u !== 'string') return u;
+    try {
+      this.#a!.store.check(u, key, rangeEnd, write);
+      return undefined;
+    } catch (err) {
+      return failureOf(err);
+    }
+  }
+
+  /** Several checks (a txn): the first failure. */
+  checkAll(
+    c: Caller,
+    ranges: ReadonlyArray<readonly [Uint8Array, Uint8Array | undefined, boolean]>,
+  ): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    const u = this.user(c);
+    if (typeof u !== 'string') return u;
+    try {
+      for (const [k, e, w] of ranges) this.#a!.store.check(u, k, e, w);
+      return undefined;
+    } catch (err) {
+      return failureOf(err);
+    }
+  }
+
+  /** undefined when `c` may manage auth (auth disabled, or the root role). */
+  admin(c: Caller): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    const u = this.user(c);
+    if (typeof u !== 'string') return u;
+    if (u === '') return authFailures.UserEmpty;
+    return this.#a!.store.isAdmin(u) ? undefined : authFailures.PermissionDenied;
+  }
+}
+
+function failureOf(err: unknown): GrpcFailure {
+  if (err instanceof AuthStoreError) return authFailures[err.reason];
+  const reason = (err as { cause?: unknown })?.cause;
+  if (reason instanceof AuthStoreError) return authFailures[reason.reason];
+  return { code: S.UNKNOWN, details: String((err as Error)?.message ?? err) };
+}
+
+function type(name: string): protobuf.Type {
+  return root.lookupType(`etcdserverpb.${name}`);
+}
+
+const text = (b: unknown): Uint8Array =>
+  b instanceof Uint8Array ? b : typeof b === 'string' ? new Uint8Array(Buffer.from(b)) : new Uint8Array(0);
+
+/** Registers etcd's Auth service (17 calls) on `server`. */
+export function registerAuth(
+  server: grpc.Server,
+  ctx: ServerContext,
+  gate: AuthGate,
+  a: MemberAuth | undefined,
+  failure: (err: unknown) => GrpcFailure,
+): void {
+  let checking = 0;
+  const reg = <Q>(
+    name: string,
+    handler: (req: Q, call: grpc.ServerUnaryCall<Q, object>) => Promise<object>,
+    adminOnly = true,
+  ) => {
+    // etcd's message names: AuthEnableRequest, AuthenticateRequest, AuthUserAddRequest, …
+    const base = name.startsWith('Auth') ? name : `Auth${name}`;
+    const req = type(`${base}Request`);
+    const res = type(`${base}Response`);
+    server.register(
+      `/etcdserverpb.Auth/${name}`,
+      (async (call: grpc.ServerUnaryCall<Q, object>, cb: grpc.sendUnaryData<object>) => {
+        const f = (g: GrpcFailure) => cb({ code: g.code, details: g.details } as grpc.ServiceError);
+        if (!a) return f({ code: S.UNIMPLEMENTED, details: 'auth is not available on this member' });
+        if (adminOnly) {
+          const denied = gate.admin(call);
+          if (denied) return f(denied);
+        }
+        try {
+          const body = await handler(call.request, call);
+          cb(null, { header: ctx.currentHeader(), ...body });
+        } catch (err) {
+          const g = (err as { grpcFailure?: GrpcFailure }).grpcFailure;
+          const own =
+            err instanceof AuthStoreError || (err as { cause?: unknown })?.cause instanceof AuthStoreError;
+          f(g ?? (own ? failureOf(err) : failure(err)));
+        }
+      }) as grpc.UntypedHandleCall,
+      (m: object) => {
+        const u = res.encode(m as Record<string, unknown>).finish();
+        return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+      },
+      (b: Buffer) => req.decode(b),
+      'unary',
+    );
+  };
+  if (!a) return;
+  const st = a.store;
+  const change = async (c: AuthChange): Promise<object> => {
+    await a.propose(c);
+    return {};
+  };
+  type Named = { name?: string; password?: string; options?: { noPassword?: boolean } | null };
+  reg('AuthEnable', () => change({ op: 'enable' }));
+  reg('AuthDisable', () => change({ op: 'disable' }));
+  reg('AuthStatus', async () => ({ enabled: st.enabled, authRevision: st.revision }));
+  reg('UserAdd', async (r: Named) => {
+    if (!r.name) throw new AuthStoreError('UserEmpty');
+    const hash = r.options?.noPassword ? '' : await hashPassword(r.password ?? '');
+    return change({ op: 'userAdd', name: r.name, hash });
+  });
+  reg('UserGet', async (r: Named) => {
+    const u = st.users.get(r.name ?? '');
+    if (!u) throw new AuthStoreError('UserNotFound');
+    return { roles: [...u.roles] };
+  });
+  reg('UserList', async () => ({ users: [...st.users.keys()].sort() }));
+  reg('UserDelete', (r: Named) => change({ op: 'userDelete', name: r.name ?? '' }));
+  reg('UserChangePassword', async (r: Named) => {
+    if (!st.users.has(r.name ?? '')) throw new AuthStoreError('UserNotFound');
+    return change({
+      op: 'userChangePassword',
+      name: r.name ?? '',
+      hash: await hashPassword(r.password ?? ''),
+    });
+  });
+  reg('UserGrantRole', (r: { user?: string; role?: string }) =>
+    change({ op: 'userGrantRole', user: r.user ?? '', role: r.role ?? '' }),
+  );
+  reg('UserRevokeRole', (r: { name?: string; role?: string }) =>
+    change({ op: 'userRevokeRole', name: r.name ?? '', role: r.role ?? '' }),
+  );
+  reg('RoleAdd', (r: Named) => change({ op: 'roleAdd', name: r.name ?? '' }));
+  reg('RoleGet', async (r: { role?: string }) => {
+    const role = st.roles.get(r.role ?? '');
+    if (!role) throw new AuthStoreError('RoleNotFound');
+    return {
+      perm: role.perms.map((p) => ({ permType: p.type, key: p.key, rangeEnd: p.rangeEnd })),
+    };
+  });
+  reg('RoleList', async () => ({ roles: [...st.roles.keys()].sort() }));
+  reg('RoleDelete', (r: { role?: string }) => change({ op: 'roleDelete', role: r.role ?? '' }));
+  reg(
+    'RoleGrantPermission',
+    (r: { name?: string; perm?: { permType?: number; key?: unknown; rangeEnd?: unknown } }) =>
+      change({
+        op: 'roleGrantPermission',
+        name: r.name ?? '',
+        perm: {
+          type: (r.perm?.permType ?? 0) as PermType,
+          key: text(r.perm?.key),
+          rangeEnd: text(r.perm?.rangeEnd),
+        },
+      }),
+  );
+  reg('RoleRevokePermission', (r: { role?: string; key?: unknown; rangeEnd?: unknown }) =>
+    change({ op: 'roleRevokePermission', role: r.role ?? '', key: text(r.key), rangeEnd: text(r.rangeEnd) }),
+  );
+  reg(
+    'Authenticate',
+    async (r: Named) => {
+      if (!st.enabled) throw new AuthStoreError('AuthNotEnabled');
+      if (checking >= passwordChecksMax) {
+        throw Object.assign(new Error(etcdErrors.tooManyRequests.details), {
+          grpcFailure: etcdErrors.tooManyRequests,
+        });
+      }
+      checking++;
+      let ok: boolean;
+      try {
+        const u = st.users.get(r.name ?? '');
+        // An unknown user costs the same hash as a wrong password (no user-name oracle by timing).
+        ok = await checkPassword(u?.hash || dummyHash, r.password ?? '');
+        ok &&= u !== undefined && u.hash !== '';
+      } finally {
+        checking--;
+      }
+      if (!ok) throw new AuthStoreError('AuthFailed');
+      const token = `${randomBytes(12).toString('base64url')}.${st.revision}`;
+      await a.propose({ op: 'authenticate', name: r.name ?? '', token });
+      return { token };
+    },
+    false,
+  );
+}
+
+/** A well-formed hash nobody's password matches (checked for unknown users). */
+const dummyHash = `scrypt$${Buffer.alloc(16).toString('base64')}$${Buffer.alloc(32, 1).toString('base64')}`;
+
+type Range = readonly [Uint8Array, Uint8Array | undefined, boolean];
+interface TxnLike {
+  compare?: Array<{ key?: Uint8Array; rangeEnd?: Uint8Array }> | null;
+  success?: OpLike[] | null;
+  failure?: OpLike[] | null;
+}
+interface OpLike {
+  requestRange?: { key?: Uint8Array; rangeEnd?: Uint8Array } | null;
+  requestPut?: { key?: Uint8Array; prevKv?: boolean } | null;
+  requestDeleteRange?: { key?: Uint8Array; rangeEnd?: Uint8Array; prevKv?: boolean } | null;
+  requestTxn?: TxnLike | null;
+}
+
+const bytes = (b: Uint8Array | null | undefined): Uint8Array =>
+  b instanceof Uint8Array ? b : new Uint8Array(0);
+
+/** The ranges a txn touches (etcd's checkTxnReqsPermission): compares read, both branches' ops. */
+export function txnRanges(t: TxnLike, out: Range[] = [], depth = 0): Range[] {
+  if (depth > 64) return out;
+  for (const c of t.compare ?? []) out.push([bytes(c.key), bytes(c.rangeEnd), false]);
+  for (const op of [...(t.success ?? []), ...(t.failure ?? [])]) {
+    if (op.requestRange) out.push([bytes(op.requestRange.key), bytes(op.requestRange.rangeEnd), false]);
+    else if (op.requestPut) {
+      out.push([bytes(op.requestPut.key), undefined, true]);
+      if (op.requestPut.prevKv) out.push([bytes(op.requestPut.key), undefined, false]);
+    } else if (op.requestDeleteRange) {
+      const d = op.requestDeleteRange;
+      out.push([bytes(d.key), bytes(d.rangeEnd), true]);
+      if (d.prevKv) out.push([bytes(d.key), bytes(d.rangeEnd), false]);
+    } else if (op.requestTxn) txnRanges(op.requestTxn, out, depth + 1);
+  }
+  return out;
+}

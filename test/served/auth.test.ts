@@ -1,0 +1,119 @@
+/**
+ * etcd's Auth service on a 3-member `conclave serve` cluster, driven by etcdctl 3.4 and the
+ * Conclave client: users, roles and a permission on a prefix made on different members (changes
+ * go through Raft), `auth enable` (etcdctl adds the root role itself), then what a user may and
+ * may not do, with etcd's errors; no credentials and a wrong password are refused; a Mutex held by
+ * a user with permission only on its prefix works.
+ */
+import { spawnSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Mutex } from '../../recipes/index.js';
+import { connect } from '../../src/connect.js';
+import { Session } from '../../src/session.js';
+import { type ServedCluster, startServed } from '../harness/served.js';
+
+const etcdctl = spawnSync('etcdctl', ['version'], { env: { ...process.env, ETCDCTL_API: '3' } }).status === 0;
+const available = etcdctl || process.env.REQUIRE_ETCD === '1';
+const rootPw = 'root-pw-81';
+const alice = { username: 'alice', password: 'alice-pw-27' };
+
+describe.skipIf(!available)('served — etcd Auth service', () => {
+  let c: ServedCluster;
+  /** etcdctl against member `i`; returns stdout+stderr and the exit status. */
+  const ctl = (i: number, ...a: string[]) => {
+    const r = spawnSync('etcdctl', [`--endpoints=${c.endpoints[i]!}`, ...a], {
+      env: { ...process.env, ETCDCTL_API: '3' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    return { out: `${r.stdout}${r.stderr}`, status: r.status };
+  };
+  const ok = (i: number, ...a: string[]) => {
+    const r = ctl(i, ...a);
+    if (r.status !== 0) throw new Error(`etcdctl ${a.join(' ')}: ${r.out}`);
+    return r.out;
+  };
+
+  beforeAll(async () => {
+    c = await startServed({ members: 3 });
+    ok(0, 'user', 'add', `root:${rootPw}`);
+    ok(1, 'role', 'add', 'app');
+    ok(2, 'role', 'grant-permission', 'app', 'readwrite', 'app/', '--prefix=true');
+    ok(0, 'user', 'add', `${alice.username}:${alice.password}`);
+    ok(1, 'user', 'grant-role', alice.username, 'app');
+    ok(0, 'put', 'other/k', 'before');
+    expect(ok(2, 'auth', 'enable')).toMatch(/Authentication Enabled/);
+  }, 120_000);
+
+  afterAll(async () => {
+    await c?.close();
+  });
+
+  it('auth — etcdctl: users, roles and permissions as etcd reports them; refusals with etcd texts', () => {
+    const root = `--user=root:${rootPw}`;
+    const as = `--user=${alice.username}:${alice.password}`;
+    expect(ok(1, root, 'user', 'list')).toMatch(/alice\s+root/);
+    expect(ok(2, root, 'user', 'get', 'alice')).toMatch(/Roles: app/);
+    expect(ok(0, root, 'role', 'get', 'app')).toMatch(/KV Read:\s+\[app\/, app0\) \(prefix app\/\)/);
+    expect(ok(1, as, 'put', 'app/a', '1')).toMatch(/OK/);
+    expect(ok(2, as, 'get', 'app/a', '--print-value-only').trim()).toBe('1');
+    expect(ctl(0, as, 'put', 'other/k', 'x').out).toMatch(/permission denied/);
+    expect(ctl(0, as, 'get', 'other/k').out).toMatch(/permission denied/);
+    expect(ctl(0, as, 'get', 'app', '--prefix').out).toMatch(/permission denied/); // wider than app/
+    expect(ctl(1, 'get', 'app/a').out).toMatch(/user name is empty/);
+    expect(ctl(2, '--user=alice:wrong', 'get', 'app/a').out).toMatch(/authentication failed/);
+    expect(ctl(0, as, 'user', 'add', 'mallory:x').out).toMatch(/permission denied/);
+    expect(ctl(0, root, 'user', 'delete', 'root').out).toMatch(/invalid auth management/);
+    expect(ok(1, root, 'get', 'other/k', '--print-value-only').trim()).toBe('before');
+  });
+
+  it('auth — the Conclave client: a user with a prefix holds a Mutex there, and is refused elsewhere', async () => {
+    await using kv = await connect({ backend: 'etcd', endpoints: c.endpoints, auth: alice });
+    await using session = await Session.create(kv, { ttlSeconds: 10 });
+    const lock = await new Mutex(session, 'app/lock').lock();
+    expect((await kv.range('app/lock/', { prefix: true })).count).toBe(1);
+    await lock.unlock();
+    await expect(kv.put('other/x', '1')).rejects.toMatchObject({
+      message: expect.stringMatching(/permission denied/),
+    });
+    // A watch outside the permission is refused at creation.
+    const w = kv.watch('other/', { prefix: true });
+    await expect(w.ready).rejects.toMatchObject({ message: expect.stringMatching(/permission denied/) });
+    await w.close().catch(() => undefined);
+    // Without credentials: nothing is read or written.
+    await using anon = await connect({ backend: 'etcd', endpoints: [c.endpoints[0]!] });
+    await expect(anon.get('app/a')).rejects.toMatchObject({
+      message: expect.stringMatching(/user name is empty/),
+    });
+    await expect(anon.put('app/b', '1')).rejects.toMatchObject({
+      message: expect.stringMatching(/user name is empty/),
+    });
+  });
+
+  it('auth — 48 failed Authenticate calls are refused; the member keeps serving', async () => {
+    const t0 = performance.now();
+    let refused = 0;
+    // 8 at a time: the member checks at most 8 passwords at once (scrypt is the guessing rate limit).
+    for (let i = 0; i < 6; i++) {
+      const batch = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          connect({
+            backend: 'etcd',
+            endpoints: [c.endpoints[0]!],
+            auth: { username: 'alice', password: `wrong-${i}` },
+          }).then(
+            async (kv) => {
+              await kv.close();
+              return 'ok';
+            },
+            (e: { code?: string }) => e.code ?? 'error',
+          ),
+        ),
+      );
+      refused += batch.filter((x) => x === 'unauthenticated').length;
+    }
+    expect(refused).toBe(48);
+    console.log(`48 failed Authenticate calls: ${Math.round(performance.now() - t0)} ms`);
+    expect(ok(0, `--user=root:${rootPw}`, 'get', 'app/a', '--print-value-only').trim()).toBe('1');
+  }, 300_000);
+});
