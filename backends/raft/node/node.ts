@@ -43,6 +43,9 @@ export const pendingRequestsMax = 10_000;
 /** Keep-alives of expiring leases waiting at once for their revocation to apply (`renewLease`). */
 export const revocationWaitersMax = 10_000;
 
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
+
 /** A command without its request id (distributes over the union). */
 export type CommandBody = Command extends infer C ? (C extends Command ? Omit<C, 'id'> : never) : never;
 
@@ -122,6 +125,7 @@ export class RaftNode {
   /** Reads confirmed at an index, waiting for this member to apply it. */
   #readyReads: Array<{ index: number; resolve: () => void }> = [];
   #seq = 0;
+  #idPrefix: string | undefined;
   #tick: ReturnType<typeof setInterval> | undefined;
   #scheduled = false;
   #stopped = false;
@@ -385,7 +389,7 @@ export class RaftNode {
       this.#failStaleRequests(appliedTerm);
     }
     for (const rs of rd.readStates) {
-      const key = new TextDecoder().decode(rs.context);
+      const key = utf8Decoder.decode(rs.context);
       const w = this.#reads.get(key);
       if (!w) continue;
       this.#reads.delete(key);
@@ -752,8 +756,14 @@ export class RaftNode {
     });
   }
 
+  /**
+   * A request id unique across this member's restarts: its id, a random nonce drawn once per start
+   * (an entry proposed before a restart may apply after it, and must not match a new request that
+   * reuses its sequence number) and a sequence number. No random draw per request (hot path).
+   */
   #newId(): string {
-    return `${this.id}-${++this.#seq}-${this.#o.random().toString(36).slice(2, 8)}`;
+    this.#idPrefix ??= `${this.id}-${this.#o.random().toString(36).slice(2, 10)}-`;
+    return this.#idPrefix + ++this.#seq;
   }
 
   #check(): void {
@@ -823,7 +833,7 @@ export class RaftNode {
         );
       }, this.#o.requestTimeoutMs);
       this.#reads.set(ctx, { resolve: () => resolve(), reject, timer, term: this.raft.term });
-      this.raft.readIndex(new TextEncoder().encode(ctx));
+      this.raft.readIndex(utf8Encoder.encode(ctx));
       this.#schedule();
     });
   }
