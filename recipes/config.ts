@@ -22,7 +22,7 @@ import type { KV } from '../src/kv.js';
 import { limits } from '../src/limits.js';
 import type { Bytes, CallOptions, Compare, KeyValue, Op, WatchBatch } from '../src/types.js';
 import type { ResyncReason } from './internal/resync.js';
-import { pause } from './internal/timing.js';
+import { backoffMs, pause } from './internal/timing.js';
 
 /** Most keys a config prefix may hold; past it the read (or the watcher) fails `request-too-large`. */
 export const configKeysMax = 10_000;
@@ -549,7 +549,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   /** Waits (backing off after repeated failures), re-reads the prefix and evaluates it as a resync. */
   async #resync(reason: ResyncReason, failures: number, signal: AbortSignal): Promise<void> {
     if (reason === 'reconnect' || failures > 1) {
-      const ms = Math.min(configResyncBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10));
+      const ms = backoffMs(failures - 1, configResyncBackoffMsMax);
       await pause(ms, signal);
       signal.throwIfAborted();
     }

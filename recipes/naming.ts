@@ -15,7 +15,7 @@ import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, KeyValue } from '../src/types.js';
 import type { ResyncReason } from './internal/resync.js';
-import { pause } from './internal/timing.js';
+import { backoffMs, pause } from './internal/timing.js';
 import { PrefixCache, type PrefixCacheChange, prefixCacheResyncAttemptsMax } from './prefix-cache.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ function checkEndpoint(endpoint: Endpoint): Endpoint {
   return { addr: endpoint.addr, metadata: endpoint.metadata ?? null };
 }
 
-const backoffMs = (failures: number) => Math.min(namingBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10));
+const retryBackoffMs = (failures: number) => backoffMs(failures - 1, namingBackoffMsMax);
 
 // ---------------------------------------------------------------------------------------------
 // Registration
@@ -349,7 +349,7 @@ export class ServiceRegistration implements AsyncDisposable {
           return;
         }
         this.#dirty = true;
-        await pause(backoffMs(failures), signal);
+        await pause(retryBackoffMs(failures), signal);
       }
     }
   }

@@ -17,7 +17,7 @@ import { prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchBatch } from '../src/types.js';
 import type { ResyncReason } from './internal/resync.js';
-import { pause } from './internal/timing.js';
+import { backoffMs, pause } from './internal/timing.js';
 
 /** Default most keys a cache holds (`keysMax`). */
 export const prefixCacheKeysMax = 100_000;
@@ -231,7 +231,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
         if (signal.aborted) continue;
         // Bounded like the watch's resyncs; a retryable failure is tried again after a pause.
         if (!ConclaveError.is(err) || !err.retryable || ++failures > prefixCacheResyncAttemptsMax) throw err;
-        await pause(Math.min(prefixCacheBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10)), signal);
+        await pause(backoffMs(failures - 1, prefixCacheBackoffMsMax), signal);
         continue;
       }
       target ??= proof.revision;
@@ -494,7 +494,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
         );
       try {
         if (reason === 'reconnect' || failures > 1)
-          await pause(Math.min(prefixCacheBackoffMsMax, 50 * 2 ** Math.min(failures - 1, 10)), signal);
+          await pause(backoffMs(failures - 1, prefixCacheBackoffMsMax), signal);
         signal.throwIfAborted();
         const snap = await this.#read(signal);
         signal.throwIfAborted();

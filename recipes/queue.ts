@@ -23,7 +23,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { compareBytes, EMPTY, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchEvent } from '../src/types.js';
-import { sleep } from './internal/timing.js';
+import { backoffMs, sleep } from './internal/timing.js';
 
 /** Keys read per dequeue attempt: a consumer that loses the race for the oldest item tries the next. */
 export const queueClaimBatchMax = 8;
@@ -392,7 +392,7 @@ export class PriorityQueue extends ClaimQueue<PriorityQueueItem> {
           `priority queue ${this.name}: other producers of priority ${priority} won the next sequence number ${attempt} times in a row (priorityEnqueueAttemptsMax); retry, or spread producers over priorities`,
           { retryable: true },
         );
-      await sleep(Math.random() * Math.min(2 ** attempt, priorityEnqueueBackoffMsMax), opts.signal);
+      await sleep(Math.random() * backoffMs(attempt, priorityEnqueueBackoffMsMax, 1), opts.signal);
     }
   }
 

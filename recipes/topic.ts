@@ -28,7 +28,7 @@ import { ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
 import { concatBytes, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
-import { sleep } from './internal/timing.js';
+import { backoffMs as backoffStepMs, sleep } from './internal/timing.js';
 
 /** Events read per page (and so held in memory per subscription while paging). */
 export const topicPageEventsMax = 100;
@@ -190,8 +190,7 @@ function getResult(r: OpResponse | undefined): RangeResult {
 }
 
 /** Jittered exponential back-off for attempt `n` (1-based), at most `topicBackoffMsMax`. */
-const backoffMs = (n: number): number =>
-  Math.random() * Math.min(topicBackoffMsMax, 5 * 2 ** Math.min(n, 10));
+const backoffMs = (n: number): number => Math.random() * backoffStepMs(n, topicBackoffMsMax, 5);
 
 function checkPositive(what: string, n: unknown, max: number): void {
   if (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > max)

@@ -35,7 +35,7 @@ import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { Bytes, CallOptions, KeyValue, LeaseId, RangeResult } from '../src/types.js';
-import { pause as wait } from './internal/timing.js';
+import { backoffMs, pause as wait } from './internal/timing.js';
 import {
   clipError,
   decodeRecord,
@@ -47,7 +47,11 @@ import {
   WorkQueueKeys,
   workQueuePriorityMax,
 } from './internal/work-queue-keys.js';
-import { requeueKey, WorkQueueMaintenance } from './internal/work-queue-maintenance.js';
+import {
+  requeueKey,
+  WorkQueueMaintenance,
+  workQueueBackoffMsMax,
+} from './internal/work-queue-maintenance.js';
 
 export { workQueueErrorCharsMax, workQueuePriorityMax } from './internal/work-queue-keys.js';
 export {
@@ -821,7 +825,7 @@ export class WorkQueue implements AsyncDisposable {
               halt.abort(err);
               return;
             }
-            pausedUntil = performance.now() + Math.min(2000, 50 * 2 ** failures);
+            pausedUntil = performance.now() + backoffMs(failures, workQueueBackoffMsMax);
           }
           continue;
         }

@@ -3,7 +3,7 @@
  * ask for, and the randomised pause between attempts.
  */
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
-import { sleep } from './timing.js';
+import { backoffMs, sleep } from './timing.js';
 
 /** The largest `retriesMax` a caller may ask for. */
 export const retriesLimitMax = 10_000;
@@ -16,7 +16,7 @@ export const conflictBackoffMsMax = 100;
  */
 export async function conflictBackoff(attempt: number, signal: AbortSignal | undefined): Promise<void> {
   if (attempt <= 2) return;
-  await sleep(Math.random() * Math.min(conflictBackoffMsMax, 2 ** (attempt - 2)), signal);
+  await sleep(Math.random() * backoffMs(attempt - 2, conflictBackoffMsMax, 1), signal);
 }
 
 /** Validates a `retriesMax` option. */

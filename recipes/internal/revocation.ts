@@ -14,12 +14,14 @@ import { ConclaveError, ErrorCode, invalidArgument } from '../../src/errors.js';
 import { toBytes, toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { CallOptions } from '../../src/types.js';
-import { pause } from './timing.js';
+import { backoffMs, pause } from './timing.js';
 
 /** The most UTF-8 bytes of a request's `by` and `reason` together. */
 export const revocationTextBytesMax = 1024;
 /** Consecutive failed attempts to (re)open a revocable handle's watch before it stops watching. */
 const watchAttemptsMax = 20;
+/** Longest back-off (ms) between two attempts to open that watch. */
+const revocationBackoffMsMax = 2000;
 
 /** A request to release a held key, as its holder sees it (`revocationRequested.reason`). */
 export interface RevocationRequest {
@@ -143,7 +145,7 @@ export function watchRevocation(
           }
         }
         failures++;
-        await pause(Math.min(2000, 50 * 2 ** Math.min(failures, 10)), stop);
+        await pause(backoffMs(failures, revocationBackoffMsMax), stop);
       } finally {
         await w.close().catch(() => undefined);
       }

@@ -7,7 +7,7 @@
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import type { Bytes, RangeOptions, RangeResult } from '../../src/types.js';
-import { sleep } from './timing.js';
+import { backoffMs, sleep } from './timing.js';
 
 /** How often one wait re-reads after its start revision was compacted before giving up. */
 export const compactedRetriesMax = 8;
@@ -19,6 +19,8 @@ export const compactedRetriesMax = 8;
  * half a minute, as the watch does.
  */
 export const gapReadAttemptsMax = 32;
+/** Longest back-off (ms) between two attempts of a gap read. */
+export const gapReadBackoffMsMax = 1000;
 
 /** `read()`, retried with backoff while it fails with a retryable ConclaveError (gapReadAttemptsMax). */
 export async function gapRead<T>(read: () => Promise<T>, signal: AbortSignal): Promise<T> {
@@ -28,7 +30,7 @@ export async function gapRead<T>(read: () => Promise<T>, signal: AbortSignal): P
     } catch (err) {
       if (signal.aborted) throw abortReason(signal);
       if (attempt >= gapReadAttemptsMax || !(err instanceof ConclaveError) || !err.retryable) throw err;
-      await sleep(Math.min(1000, 25 * 2 ** attempt), signal);
+      await sleep(backoffMs(attempt, gapReadBackoffMsMax, 25), signal);
     }
   }
 }

@@ -17,7 +17,7 @@ import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toText } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import type { WatchBatch, WatchFilter } from '../../src/types.js';
-import { pause } from './timing.js';
+import { backoffMs, pause } from './timing.js';
 import {
   clipError,
   decodeRecord,
@@ -152,7 +152,7 @@ export class WorkQueueMaintenance {
           );
           return;
         }
-        await pause(Math.min(workQueueBackoffMsMax, 50 * 2 ** failures), signal);
+        await pause(backoffMs(failures, workQueueBackoffMsMax), signal);
       }
     }
   }
@@ -214,7 +214,7 @@ export class WorkQueueMaintenance {
             this.#fail(err);
             return;
           }
-          await pause(Math.min(workQueueBackoffMsMax, 50 * 2 ** this.#failures), signal);
+          await pause(backoffMs(this.#failures, workQueueBackoffMsMax), signal);
         }
       }
     } finally {
@@ -355,7 +355,7 @@ export class WorkQueueMaintenance {
           return;
         }
         // Try again after a back-off: arming for "now + back-off" retries through the timer.
-        this.#arm(Date.now() + Math.min(workQueueBackoffMsMax, 50 * 2 ** this.#failures));
+        this.#arm(Date.now() + backoffMs(this.#failures, workQueueBackoffMsMax));
       } finally {
         this.#promoting = undefined;
       }
