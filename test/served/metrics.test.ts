@@ -10,7 +10,16 @@ import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../harness/etcd.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
-import { RawClient } from '../server/raw.js';
+import { RawClient, waitFor } from '../server/raw.js';
+
+/** Polls an async condition (bounded). */
+async function waitFor2(cond: () => Promise<boolean>, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 let served: ServedCluster;
 const metricsPorts: number[] = [];
@@ -129,9 +138,21 @@ describe('metrics of conclave serve', () => {
         { req: 'RangeRequest', res: 'RangeResponse' },
       );
       expect(refused).toMatchObject({ code: 3 });
+      // A stream counts once it ends (here: the client cancels it).
+      const w = c.watch();
+      w.send({ createRequest: { key: Buffer.from('metrics-w') } });
+      await waitFor(() => w.responses.length > 0, 10_000, 'the watch created');
+      w.close();
     } finally {
       c.close();
     }
+    const watchEnded = (m: Map<string, number>) =>
+      [...m]
+        .filter(([k]) =>
+          k.startsWith('grpc_server_handled_total{grpc_type="bidi_stream",grpc_service="etcdserverpb.Watch"'),
+        )
+        .reduce((n, [, v]) => n + v, 0);
+    await waitFor2(async () => watchEnded(await scrape(clientMetricsUrl(i))) > watchEnded(before), 10_000);
     const after = await scrape(clientMetricsUrl(i));
     const ok =
       'grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put",grpc_code="OK"}';

@@ -31,7 +31,7 @@ import { etcdErrors, type GrpcFailure } from './errors.js';
 import { startGateway } from './gateway.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
 import { type ClientListener, dispatchConnection, listenClients, toHttp2 } from './listener.js';
-import type { MethodCounts, ServerMetrics } from './metrics.js';
+import type { ServerMetrics } from './metrics.js';
 import { type ClientTlsOptions, listenClientsTls } from './tls.js';
 import { registerElection } from './v3election.js';
 import { registerLock } from './v3lock.js';
@@ -209,7 +209,6 @@ export async function startClientServer(
   // Permission checks (auth.ts): one property read per call while auth is disabled.
   const gate = new AuthGate(backend.auth);
   ctx.authGate = gate;
-  const metrics = opts.metrics;
   const { kv, info } = backend;
   const maxReq = o.maxRequestBytes;
 
@@ -234,7 +233,7 @@ export async function startClientServer(
   ): void => {
     server.register(
       path,
-      (metrics ? countedUnary(metrics.method(path, 'unary'), handler) : handler) as grpc.UntypedHandleCall,
+      handler as grpc.UntypedHandleCall,
       encoder(res),
       decoder(req, checkSize ? maxReq : undefined),
       'unary',
@@ -686,6 +685,8 @@ export async function startClientServer(
   // One port for gRPC and the JSON gateway (listener.ts): HTTP/2 connections are handed to
   // grpc-js, HTTP/1.x ones to the gateway's HTTP server.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  // Every method registered above (here and in the service files) counted by code, once.
+  opts.metrics?.instrument(server);
   const gateway = startGateway(server, backend, {
     maxRequestBytes: maxReq,
     ...(opts.gatewayConnectionsMax !== undefined ? { connectionsMax: opts.gatewayConnectionsMax } : {}),
@@ -742,20 +743,6 @@ export async function startClientServer(
       })();
       return closing;
     },
-  };
-}
-
-/**
- * `handler` counting its calls into `m` (grpc_server_started_total / handled_total by code): one
- * wrapped callback per call, no label lookups (metrics.ts copies the counts at scrape time).
- */
-function countedUnary(m: MethodCounts, handler: Handler): Handler {
-  return (call, cb) => {
-    m.started++;
-    return handler(call, (err, value) => {
-      m.byCode[err ? ((err as { code?: number }).code ?? 2) : 0]!++;
-      cb(err, value);
-    });
   };
 }
 

@@ -108,6 +108,15 @@ function totalOf(r: client.Registry[], name: string, help: string, value: () => 
   });
 }
 
+interface StreamCall {
+  once(event: string, listener: (...a: never[]) => void): unknown;
+}
+
+/** A gRPC status code as an index of the counts (anything unexpected counts as Unknown). */
+function codeOf(code: number | undefined): number {
+  return code !== undefined && Number.isInteger(code) && code >= 0 && code <= 16 ? code : 2;
+}
+
 /** The metrics registry of one member: every client URL and metrics URL serves this one. */
 export class ServerMetrics {
   readonly registry = new client.Registry();
@@ -280,6 +289,47 @@ export class ServerMetrics {
       this.#methods.set(path, m);
     }
     return m;
+  }
+
+  /**
+   * Wraps every handler registered on `server` so its calls are counted by method and final status
+   * code (grpc_server_started_total / handled_total, go-grpc-prometheus's names). Unary calls count
+   * when answered; streams when they end: the code of the error that ended them, Canceled when the
+   * client left, OK otherwise. One wrapped callback per unary call, no label lookups (the counts are
+   * copied into the Prometheus counters at scrape time). Reads grpc-js's handler map, as the JSON
+   * gateway does; call once, after every service is registered.
+   */
+  instrument(server: object): void {
+    const handlers = (server as { handlers?: Map<string, { func: unknown; type: string }> }).handlers;
+    if (!(handlers instanceof Map)) return;
+    for (const [path, h] of handlers) {
+      const m = this.method(path, h.type);
+      const inner = h.func as (...a: unknown[]) => unknown;
+      if (h.type === 'unary' || h.type === 'clientStream') {
+        h.func = (call: unknown, cb: (err: { code?: number } | null, ...rest: unknown[]) => void) => {
+          m.started++;
+          return inner(call, (err: { code?: number } | null, ...rest: unknown[]) => {
+            m.byCode[err ? codeOf(err.code) : 0]!++;
+            cb(err, ...rest);
+          });
+        };
+      } else {
+        h.func = (call: StreamCall) => {
+          m.started++;
+          let done = false;
+          const end = (code: number) => {
+            if (done) return;
+            done = true;
+            m.byCode[code]!++;
+          };
+          call.once('error', (e: { code?: number } | undefined) => end(codeOf(e?.code)));
+          call.once('cancelled', () => end(1));
+          call.once('close', () => end(0));
+          call.once('finish', () => end(0));
+          return inner(call);
+        };
+      }
+    }
   }
 
   healthCheck(ok: boolean): void {
