@@ -428,3 +428,35 @@ describe('the JSON gateway of conclave serve', () => {
     });
   });
 });
+
+describe('the JSON gateway with auth enabled', () => {
+  let one: ServedCluster | undefined;
+  afterAll(async () => {
+    await one?.close();
+  });
+
+  it('authenticate over HTTP, then the Authorization header carries the token', async () => {
+    one = await startServed({ members: 1 });
+    const ep = one.endpoints[0]!;
+    const ok = async (path: string, body: object, token?: string) => {
+      const headers: Record<string, string> = token ? { Authorization: token } : {};
+      const r = await fetch(`http://${ep}${path}`, { method: 'POST', body: JSON.stringify(body), headers });
+      return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+    };
+    expect((await ok('/v3/auth/user/add', { name: 'root', password: 'pw' })).status).toBe(200);
+    expect((await ok('/v3/auth/user/grant', { user: 'root', role: 'root' })).status).toBe(200);
+    expect((await ok('/v3/auth/enable', {})).status).toBe(200);
+    // No credentials: etcd's "user name is empty" (InvalidArgument, 400).
+    const anon = await ok('/v3/kv/put', { key: b64('authed'), value: b64('v') });
+    expect([anon.status, anon.body.error]).toEqual([400, 'etcdserver: user name is empty']);
+    const auth = await ok('/v3/auth/authenticate', { name: 'root', password: 'pw' });
+    expect(auth.status).toBe(200);
+    const token = auth.body.token as string;
+    expect(token).toBeTypeOf('string');
+    expect((await ok('/v3/kv/put', { key: b64('authed'), value: b64('v') }, token)).status).toBe(200);
+    const bad = await ok('/v3/kv/range', { key: b64('authed') }, `${token}x`);
+    expect(bad.status).not.toBe(200);
+    const r = await ok('/v3/kv/range', { key: b64('authed') }, token);
+    expect(unb64((r.body.kvs as Record<string, string>[])[0]!.value)).toBe('v');
+  }, 60_000);
+});

@@ -154,6 +154,29 @@ export const gatewayRoutes: ReadonlyMap<string, Route> = new Map([
     'maintenance/transfer-leadership',
     route('Maintenance', 'MoveLeader', 'MoveLeaderRequest', 'MoveLeaderResponse'),
   ],
+  // etcd's Auth service (rpc.proto's /v3/auth/… bindings); the token it hands out is sent back in
+  // the `Authorization` header (metadataOf).
+  ...(
+    [
+      ['auth/enable', 'AuthEnable', 'AuthEnable'],
+      ['auth/disable', 'AuthDisable', 'AuthDisable'],
+      ['auth/status', 'AuthStatus', 'AuthStatus'],
+      ['auth/authenticate', 'Authenticate', 'Authenticate'],
+      ['auth/user/add', 'UserAdd', 'AuthUserAdd'],
+      ['auth/user/get', 'UserGet', 'AuthUserGet'],
+      ['auth/user/list', 'UserList', 'AuthUserList'],
+      ['auth/user/delete', 'UserDelete', 'AuthUserDelete'],
+      ['auth/user/changepw', 'UserChangePassword', 'AuthUserChangePassword'],
+      ['auth/user/grant', 'UserGrantRole', 'AuthUserGrantRole'],
+      ['auth/user/revoke', 'UserRevokeRole', 'AuthUserRevokeRole'],
+      ['auth/role/add', 'RoleAdd', 'AuthRoleAdd'],
+      ['auth/role/get', 'RoleGet', 'AuthRoleGet'],
+      ['auth/role/list', 'RoleList', 'AuthRoleList'],
+      ['auth/role/delete', 'RoleDelete', 'AuthRoleDelete'],
+      ['auth/role/grant', 'RoleGrantPermission', 'AuthRoleGrantPermission'],
+      ['auth/role/revoke', 'RoleRevokePermission', 'AuthRoleRevokePermission'],
+    ] as const
+  ).map(([p, method, msg]): [string, Route] => [p, route('Auth', method, `${msg}Request`, `${msg}Response`)]),
   // etcd's server-side recipes (v3election.proto, v3lock.proto; served by v3election.ts, v3lock.ts).
   ...(
     [
@@ -575,7 +598,7 @@ export function startGateway(server: grpc.Server, backend: MemberBackend, o: Gat
       if (err instanceof BadRequest) return sendError(res, err.code, err.message, err.status);
       return sendError(res, grpc.status.INVALID_ARGUMENT, `the request could not be decoded: ${String(err)}`);
     }
-    const call = { request, metadata: new grpc.Metadata(), cancelled: false };
+    const call = { request, metadata: metadataOf(req), cancelled: false };
     (h.func as (c: unknown, cb: grpc.sendUnaryData<unknown>) => void)(call, (err, value) => {
       if (err) {
         const e = err as GrpcError;
@@ -609,7 +632,9 @@ export function startGateway(server: grpc.Server, backend: MemberBackend, o: Gat
     reqType: protobuf.Type,
     resType: protobuf.Type,
   ): void {
-    const call = new GatewayStreamCall(res, (m) => toJson(resType, resType.decode(h.serialize(m)) as never));
+    const call = new GatewayStreamCall(res, metadataOf(req), (m) =>
+      toJson(resType, resType.decode(h.serialize(m)) as never),
+    );
     streams.add(res);
     res.on('close', () => {
       streams.delete(res);
@@ -782,6 +807,17 @@ export async function startMetricsServer(
   };
 }
 
+/**
+ * The gRPC metadata of a gateway request: etcd's gateway passes the `Authorization` header on and
+ * etcd reads it as the auth token (rpctypes.TokenFieldNameSwagger), so it becomes `token` here.
+ */
+function metadataOf(req: http.IncomingMessage): grpc.Metadata {
+  const md = new grpc.Metadata();
+  const token = req.headers.authorization;
+  if (typeof token === 'string' && token !== '') md.set('token', token);
+  return md;
+}
+
 /** Reads a request body of at most `max` bytes as text; over it, a 413 `BadRequest`. */
 function readBody(req: http.IncomingMessage, max: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -822,15 +858,16 @@ function readBody(req: http.IncomingMessage, max: number): Promise<string> {
  * socket has taken the line).
  */
 class GatewayStreamCall extends Duplex {
-  readonly metadata = new grpc.Metadata();
+  readonly metadata: grpc.Metadata;
   cancelled = false;
   onRead: (() => void) | undefined;
   readonly #res: http.ServerResponse;
   readonly #json: (m: unknown) => unknown;
   #failed = false;
 
-  constructor(res: http.ServerResponse, json: (m: unknown) => unknown) {
+  constructor(res: http.ServerResponse, metadata: grpc.Metadata, json: (m: unknown) => unknown) {
     super({ objectMode: true, highWaterMark: 16 });
+    this.metadata = metadata;
     this.#res = res;
     this.#json = json;
     // Handlers fail a stream by emitting 'error' with a gRPC status object.
