@@ -97,6 +97,8 @@ interface Args {
   run: string;
   build: boolean;
   list: boolean;
+  /** Print the stored results of the selection as a markdown table (docs/compatibility.md); run nothing. */
+  report: boolean;
 }
 
 function usage(msg: string): never {
@@ -111,6 +113,7 @@ function parseArgs(argv: readonly string[]): Args {
   let run = fullSelection;
   let build = true;
   let list = false;
+  let report = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--target') target = argv[++i];
@@ -121,11 +124,13 @@ function parseArgs(argv: readonly string[]): Args {
       run = ciSelection;
     } else if (a === '--no-build') build = false;
     else if (a === '--list') list = true;
+    else if (a === '--report') report = true;
     else usage(`unknown argument ${a}`);
   }
+  if (report) target ??= 'both';
   if (target !== 'etcd' && target !== 'served' && target !== 'both')
     usage('--target must be etcd, served or both');
-  return { targets: target === 'both' ? ['etcd', 'served'] : [target], run, build, list };
+  return { targets: target === 'both' ? ['etcd', 'served'] : [target], run, build, list, report };
 }
 
 function sh(cmd: string, args: readonly string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
@@ -293,7 +298,8 @@ function runOne(
       const out = Buffer.concat(chunks).toString('utf8');
       writeFileSync(logPath, out);
       const seconds = Math.round((Date.now() - started) / 100) / 10;
-      const m = new RegExp(`^--- (PASS|FAIL|SKIP): ${name} `, 'm').exec(out);
+      // Not anchored: a test that prints binary output (etcdctl -w protobuf) leaves no newline before it.
+      const m = new RegExp(`--- (PASS|FAIL|SKIP): ${name} \\(`).exec(out);
       let status: Status = m ? (m[1]!.toLowerCase() as Status) : 'fail';
       if (!m && /panic: test timed out/.test(out)) status = 'timeout';
       const result: Result = { status, seconds };
@@ -369,6 +375,41 @@ function printTable(names: readonly string[], excluded: Map<string, string>): vo
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
+/** The stored results as docs/compatibility.md's table: one row per test, then the totals. */
+function printMarkdown(names: readonly string[], excluded: Map<string, string>): void {
+  const etcd = load('etcd');
+  const served = load('served');
+  const cell = (r: Result | undefined) =>
+    r ? (r.status === 'pass' ? 'pass' : `**${r.status}**`) : 'not run';
+  const rows = ['| Test | etcd 3.4.23 | conclave serve | Notes |', '| --- | --- | --- | --- |'];
+  let etcdPass = 0;
+  let servedPass = 0;
+  let both = 0;
+  for (const n of names) {
+    const e = etcd?.tests[n];
+    const s = served?.tests[n];
+    if (e?.status === 'pass') etcdPass++;
+    if (s?.status === 'pass') servedPass++;
+    if (e?.status === 'pass' && s?.status === 'pass') both++;
+    const why = excluded.get(n);
+    const note = why
+      ? `excluded: ${why}`
+      : s && s.status !== 'pass'
+        ? (s.why ?? '').replace(/\|/g, '\\|')
+        : '';
+    rows.push(`| ${n} | ${cell(e)} | ${cell(s)} | ${note} |`);
+  }
+  process.stdout.write(
+    [
+      `Tests run: ${names.length}. Passed on etcd: ${etcdPass}. Passed on conclave serve: ${servedPass} (${both} of them also on etcd). Excluded: ${excluded.size}.`,
+      `Results: etcd ${etcd?.updated ?? '-'} at ${etcd?.commit ?? '-'}; conclave serve ${served?.updated ?? '-'} at ${served?.commit ?? '-'}.`,
+      '',
+      ...rows,
+      '',
+    ].join('\n'),
+  );
+}
+
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
   const excluded = exclusions();
@@ -378,6 +419,10 @@ async function main(): Promise<number> {
   if (names.length === 0) usage(`no test matches ${args.run}`);
   if (args.list) {
     printTable(names, excluded);
+    return 0;
+  }
+  if (args.report) {
+    printMarkdown(names, excluded);
     return 0;
   }
   const release = takeLock();
