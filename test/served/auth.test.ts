@@ -21,11 +21,16 @@ describe.skipIf(!available)('served — etcd Auth service', () => {
   let c: ServedCluster;
   /** etcdctl against member `i`; returns stdout+stderr and the exit status. */
   const ctl = (i: number, ...a: string[]) => {
-    const r = spawnSync('etcdctl', [`--endpoints=${c.endpoints[i]!}`, ...a], {
-      env: { ...process.env, ETCDCTL_API: '3' },
-      encoding: 'utf8',
-      timeout: 30_000,
-    });
+    // Generous timeouts: a loaded machine (CI runs files in parallel) slows scrypt and Raft rounds.
+    const r = spawnSync(
+      'etcdctl',
+      [`--endpoints=${c.endpoints[i]!}`, '--command-timeout=30s', '--dial-timeout=10s', ...a],
+      {
+        env: { ...process.env, ETCDCTL_API: '3' },
+        encoding: 'utf8',
+        timeout: 90_000,
+      },
+    );
     return { out: `${r.stdout}${r.stderr}`, status: r.status };
   };
   const ok = (i: number, ...a: string[]) => {
