@@ -33,7 +33,7 @@ import { Err, Ok, type Result } from 'ts-results-es';
 import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
-import type { Session } from '../src/session.js';
+import { leaseMarginMs, type Session } from '../src/session.js';
 import type { Bytes, CallOptions, KeyValue, LeaseId, RangeResult } from '../src/types.js';
 import { backoffMs, pause as wait } from './internal/timing.js';
 import {
@@ -162,11 +162,6 @@ export interface ProcessOptions extends CallOptions {
 /** `process()`'s handler: return to ack the job, throw to nack it; `signal` fires when the claim may expire or processing stops. */
 export type JobHandler = (job: Job, ctx: { readonly signal: AbortSignal }) => unknown;
 
-/** How much earlier than the server could expire a claim's lease its `lost` fires (as Session). */
-function marginMs(ttlSeconds: number): number {
-  return Math.min(1000, (ttlSeconds * 1000) / 6);
-}
-
 function checkDelay(what: string, s: number | undefined): number {
   const v = s ?? 0;
   if (!Number.isFinite(v) || v < 0 || v > workQueueDelaySecondsMax)
@@ -257,7 +252,7 @@ export class Job implements AsyncDisposable {
     this.lost = this.#lost.signal;
     this.#ttlSeconds = lease.ttlSeconds;
     this.#renewedAt = lease.sentAt;
-    this.#deadline = lease.sentAt + lease.ttlSeconds * 1000 - marginMs(lease.ttlSeconds);
+    this.#deadline = lease.sentAt + lease.ttlSeconds * 1000 - leaseMarginMs(lease.ttlSeconds);
     this.#arm();
   }
 
@@ -397,7 +392,7 @@ export class Job implements AsyncDisposable {
     if (ka.ttlSeconds <= 0) return this.#expiredErr();
     this.#ttlSeconds = ka.ttlSeconds;
     this.#renewedAt = sentAt;
-    this.#deadline = sentAt + ka.ttlSeconds * 1000 - marginMs(ka.ttlSeconds);
+    this.#deadline = sentAt + ka.ttlSeconds * 1000 - leaseMarginMs(ka.ttlSeconds);
     this.#arm();
     return Ok(ka.ttlSeconds);
   }
@@ -980,7 +975,7 @@ export class WorkQueue implements AsyncDisposable {
   async #takeLease(signal: AbortSignal): Promise<ClaimLease> {
     const kv = this.session.kv;
     for (let l = this.#leasePool.pop(); l; l = this.#leasePool.pop()) {
-      if (performance.now() >= l.sentAt + l.ttlSeconds * 1000 - marginMs(l.ttlSeconds)) continue;
+      if (performance.now() >= l.sentAt + l.ttlSeconds * 1000 - leaseMarginMs(l.ttlSeconds)) continue;
       const sentAt = performance.now();
       let ka: { ttlSeconds: number };
       try {

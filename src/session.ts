@@ -36,9 +36,17 @@ export interface SessionOptions extends CallOptions {
   now?: () => number;
 }
 
-/** How much earlier than the computed server deadline `lost` fires. */
-function marginMs(ttlSeconds: number): number {
-  return Math.min(1000, (ttlSeconds * 1000) / 6);
+/** The most (ms) a lease holder's deadline is set before the server's. */
+export const leaseMarginMsMax = 1000;
+
+/**
+ * How much earlier than the computed server deadline of a lease of `ttlSeconds` its holder counts
+ * it as gone (`Session.lost`, a WorkQueue claim's signal): a sixth of the TTL, at most
+ * `leaseMarginMsMax`, for the clock and scheduling slack between this process and the server.
+ * The one margin every lease holder uses.
+ */
+export function leaseMarginMs(ttlSeconds: number): number {
+  return Math.min(leaseMarginMsMax, (ttlSeconds * 1000) / 6);
 }
 
 /**
@@ -75,7 +83,7 @@ export class Session implements AsyncDisposable {
     this.ttlSeconds = ttlSeconds;
     this.lost = this.#lostController.signal;
     this.#now = now;
-    this.#deadline = sentAt + ttlSeconds * 1000 - marginMs(ttlSeconds);
+    this.#deadline = sentAt + ttlSeconds * 1000 - leaseMarginMs(ttlSeconds);
     this.#armDeadline();
     this.#scheduleKeepAlive(this.#intervalMs());
   }
@@ -213,7 +221,7 @@ export class Session implements AsyncDisposable {
         this.#markLost(`lease ${this.lease.toString(16)} expired or is unknown to the server`);
         return;
       }
-      this.#deadline = sentAt + r.ttlSeconds * 1000 - marginMs(r.ttlSeconds);
+      this.#deadline = sentAt + r.ttlSeconds * 1000 - leaseMarginMs(r.ttlSeconds);
       this.#armDeadline();
       this.#setState(SessionState.Connected);
       this.#scheduleKeepAlive(this.#intervalMs());
