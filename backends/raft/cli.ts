@@ -24,6 +24,7 @@ import { defaultQuotaBytes, heapLimitBytes, nodeMaxOldSpaceMb } from './heap.js'
 import { resolveRequestLimits } from './limits.js';
 import { hasWal, Member, RequestKind } from './member.js';
 import { decodeRecord, type MembershipRecord } from './membership.js';
+import { restoreSnapshot } from './restore.js';
 import { conclaveVersion, startMetricsServer } from './server/gateway.js';
 import { startClientServer } from './server/grpc.js';
 import {
@@ -186,12 +187,22 @@ export const serveFlags: readonly FlagSpec[] = [
   {
     name: 'quota-backend-bytes',
     default: '0',
-    help: 'Raise alarms when the store (its encoded snapshot: Status "db size") exceeds the given quota (0: an eighth of the V8 heap limit, at most 2 GiB).',
+    help: 'Raise a NOSPACE alarm and refuse writes that grow the store once its size (Status "db size": the encoded snapshot plus the entries applied since) exceeds the quota (0: an eighth of the V8 heap limit, at most 2 GiB).',
   },
   {
     name: 'max-old-space-size',
     default: '',
     help: "The member's V8 heap limit in MiB (node's --max-old-space-size; the store lives in the heap). bin/conclave.js starts the member in a node process with it; `node --max-old-space-size=N bin/conclave.js serve` keeps one process. Default: node's.",
+  },
+  {
+    name: 'auto-compaction-mode',
+    default: 'periodic',
+    help: "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, 'revision' for revision number based retention.",
+  },
+  {
+    name: 'auto-compaction-retention',
+    default: '0',
+    help: 'Auto compaction retention for mvcc key value store. 0 means disable auto compaction (periodic: a duration such as 1h or 30m, or a number of hours; revision: a number of revisions).',
   },
   {
     name: 'log-level',
@@ -242,6 +253,8 @@ export interface ServeConfig {
   readonly quotaBackendBytes: number;
   /** The V8 heap limit this process runs with, bytes. */
   readonly heapLimitBytes: number;
+  /** Auto-compaction: none, or keep `retention` ms (periodic) / revisions (revision) of history. */
+  readonly autoCompaction?: { readonly mode: 'periodic' | 'revision'; readonly retention: number };
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'fatal';
   /** TLS on the client URLs and on the peer URL (server/tls.ts). */
   readonly clientTls: TlsFlags;
@@ -292,6 +305,35 @@ function urlList(flag: string, v: string): string[] {
   } catch (err) {
     throw new UsageError(`conclave serve: ${(err as Error).message} (see conclave serve --help)`);
   }
+}
+
+/** Go duration units `--auto-compaction-retention` accepts, in ms. */
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** etcd's `--auto-compaction-mode` and `--auto-compaction-retention` (0: off). */
+export function autoCompactionOf(
+  mode: string,
+  retention: string,
+): { autoCompaction?: { mode: 'periodic' | 'revision'; retention: number } } {
+  if (mode !== 'periodic' && mode !== 'revision')
+    throw usage('auto-compaction-mode', `"${mode}" is not periodic or revision`);
+  if (mode === 'revision') {
+    const n = positiveInt('auto-compaction-retention', retention, 0);
+    return n === 0 ? {} : { autoCompaction: { mode, retention: n } };
+  }
+  // periodic: a number of hours (etcd's older form) or a Go duration such as 1h30m or 10s.
+  let ms: number;
+  if (/^\d+(\.\d+)?$/.test(retention)) ms = Number(retention) * 3_600_000;
+  else {
+    const parts = [...retention.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
+    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== retention)
+      throw usage(
+        'auto-compaction-retention',
+        `"${retention}" is not a duration (e.g. 1h, 30m, 10s) or a number of hours`,
+      );
+    ms = parts.reduce((n, p) => n + Number(p[1]) * durationUnits[p[2]!]!, 0);
+  }
+  return ms === 0 ? {} : { autoCompaction: { mode, retention: Math.round(ms) } };
 }
 
 /**
@@ -440,6 +482,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     quotaBackendBytes:
       positiveInt('quota-backend-bytes', get('quota-backend-bytes'), 0) || defaultQuotaBytes(),
     heapLimitBytes: checkHeapFlag(get('max-old-space-size')),
+    ...autoCompactionOf(get('auto-compaction-mode'), get('auto-compaction-retention')),
     logLevel: levels[level as keyof typeof levels],
     clientTls,
     peerTls,
@@ -617,6 +660,9 @@ const topHelp = [
   '',
   'Commands:',
   '  serve      start one member of a Conclave cluster (conclave serve --help lists its flags)',
+  '  snapshot restore <file> --data-dir D --name N --initial-cluster C --initial-cluster-token T',
+  '             --initial-advertise-peer-urls U [--skip-hash-check]',
+  '             a new member data dir from a file saved by etcdctl snapshot save (as etcdctl 3.4)',
   '',
   'Flags:',
   '  --help     show this help',
@@ -625,6 +671,61 @@ const topHelp = [
   'conclave serve flags:',
   ...serveFlags.map((f) => `  --${f.name}`),
 ].join('\n');
+
+/** `conclave snapshot restore <file> …` (backends/raft/restore.ts): exit 0, 2 on usage, 1 on failure. */
+async function snapshotCommand(args: readonly string[]): Promise<number> {
+  const [sub, file, ...rest] = args;
+  const say = (code: number, line: string) => {
+    (code === 0 ? process.stdout : process.stderr).write(`${line}\n`);
+    return code;
+  };
+  if (sub !== 'restore' || file === undefined || file.startsWith('-'))
+    return say(
+      2,
+      'conclave snapshot: usage: conclave snapshot restore <file> --data-dir … --name … --initial-cluster … --initial-cluster-token … --initial-advertise-peer-urls …',
+    );
+  const known = [
+    'data-dir',
+    'name',
+    'initial-cluster',
+    'initial-cluster-token',
+    'initial-advertise-peer-urls',
+    'skip-hash-check',
+  ];
+  const given = new Map<string, string>();
+  for (let i = 0; i < rest.length; i++) {
+    const m = /^--?([a-z-]+)(?:=(.*))?$/s.exec(rest[i]!);
+    if (!m || !known.includes(m[1]!))
+      return say(2, `conclave snapshot restore: unknown argument "${rest[i]}"`);
+    let v = m[2];
+    if (v === undefined) v = m[1] === 'skip-hash-check' ? 'true' : rest[++i];
+    if (v === undefined) return say(2, `conclave snapshot restore: --${m[1]} needs a value`);
+    given.set(m[1]!, v);
+  }
+  const name = given.get('name') ?? 'default';
+  try {
+    const { identity, revision } = await restoreSnapshot({
+      file,
+      dataDir: given.get('data-dir') ?? `${name}.etcd`,
+      name,
+      initialCluster: given.get('initial-cluster') ?? `${name}=http://localhost:2380`,
+      initialClusterToken: given.get('initial-cluster-token') ?? defaultClusterToken,
+      initialAdvertisePeerUrls: (given.get('initial-advertise-peer-urls') ?? 'http://localhost:2380')
+        .split(',')
+        .map((u) => u.trim()),
+      skipHashCheck: given.get('skip-hash-check') === 'true',
+    });
+    return say(
+      0,
+      `restored snapshot (revision ${revision}) into ${given.get('data-dir') ?? `${name}.etcd`}: member ${hexId(identity.memberId)} of cluster ${hexId(identity.clusterId)}`,
+    );
+  } catch (err) {
+    return say(
+      ConclaveError.is(err, 'invalid-argument') ? 2 : 1,
+      `conclave snapshot restore: ${(err as Error).message}`,
+    );
+  }
+}
 
 function hostPort(url: string): { host: string; port: number } {
   const u = new URL(url);
@@ -642,6 +743,7 @@ export async function main(args: readonly string[]): Promise<number> {
     process.stdout.write(`conclave ${conclaveVersion} (etcd API 3.4)\n`);
     return 0;
   }
+  if (cmd === 'snapshot') return snapshotCommand(rest);
   if (cmd !== 'serve') {
     process.stderr.write(`conclave: unknown command "${cmd}" (see conclave --help)\n`);
     return 2;
@@ -691,6 +793,8 @@ async function serve(c: ServeConfig): Promise<number> {
       clientCertAuth: c.clientTls.clientCertAuth,
       authTokenTtlSeconds: c.authTokenTtlSeconds,
       strictReconfigCheck: c.strictReconfigCheck,
+      quotaBackendBytes: c.quotaBackendBytes,
+      ...(c.autoCompaction ? { autoCompaction: c.autoCompaction } : {}),
       onExit: (code, why) => {
         if (exitRequested) exitRequested(code, why);
         else earlyExit ??= { code, why };

@@ -58,7 +58,7 @@ import {
   checkTtl,
   checkTxn,
 } from '../../src/validate.js';
-import { Role } from './consensus/types.js';
+import { Role, type Snapshot } from './consensus/types.js';
 import {
   decodeRecord,
   encodeRecord,
@@ -68,9 +68,17 @@ import {
   peerOf,
 } from './membership.js';
 import { type CommandBody, RaftNode } from './node/node.js';
-import type { MemberBackend, MemberDescription, MemberInfo, RequestLimits } from './server/api.js';
+import type {
+  KvHash,
+  MemberAlarm,
+  MemberBackend,
+  MemberDescription,
+  MemberInfo,
+  RequestLimits,
+} from './server/api.js';
 import type { MemberAuth } from './server/auth.js';
 import { hexId, type Identity } from './server/ids.js';
+import { hashStore } from './server/maintenance.js';
 import { MemberCounters, type MemberMetricsSource } from './server/metrics.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { encodeAuthChange } from './store/auth-store.js';
@@ -90,7 +98,19 @@ export const RequestKind = {
   Members: 5,
   /** A membership change forwarded to the leader (membership.ts). */
   MemberChange: 6,
+  /** This member's raised alarms. */
+  Alarms: 7,
+  /** Disarm an alarm on this member. */
+  Disarm: 8,
 } as const;
+
+/** How often revision-mode auto-compaction runs (etcd's revision compactor: every 5 minutes). */
+export const revisionCompactionIntervalMs = 5 * 60_000;
+/** Revision samples periodic auto-compaction keeps (one per tenth of the retention). */
+export const compactionSamplesMax = 11;
+
+/** etcd's default `--quota-backend-bytes` (2 GiB) when the flag is 0. */
+export const quotaBytesDefault = 2 * 1024 * 1024 * 1024;
 
 /** Keys returned by a forwarded time-to-live with keys (a bound on one answer's size). */
 export const ttlKeysMax = 100_000;
@@ -120,6 +140,13 @@ export interface MemberOptions {
   readonly clientCertAuth?: boolean;
   /** `--auth-token-ttl` (seconds). */
   readonly authTokenTtlSeconds?: number;
+  /** `--quota-backend-bytes` (0: etcd's default, `quotaBytesDefault`). */
+  readonly quotaBackendBytes?: number;
+  /**
+   * etcd's `--auto-compaction-mode` / `--auto-compaction-retention`: keep `retention` ms of history
+   * (periodic) or `retention` revisions (revision); absent: no automatic compaction.
+   */
+  readonly autoCompaction?: { readonly mode: 'periodic' | 'revision'; readonly retention: number };
   /** etcd's `--strict-reconfig-check` (default true). */
   readonly strictReconfigCheck?: boolean;
   /**
@@ -148,6 +175,13 @@ export async function hasWal(dataDir: string): Promise<boolean> {
 export class Member implements MemberBackend {
   /** Cluster service changes (this member's `memberChange`). */
   readonly cluster = this;
+  /** Maintenance operations (this member's snapshot, defragment, hashKv, …). */
+  readonly maintenance = this;
+  /** NOSPACE is raised on this member (writes that grow the store are refused until disarmed). */
+  #nospace = false;
+  #compactTimer: ReturnType<typeof setInterval> | undefined;
+  /** Periodic auto-compaction: (time, revision) samples, oldest first. */
+  #samples: Array<{ at: number; rev: number }> = [];
   readonly identity: Identity;
   readonly node: RaftNode;
   readonly transport: TcpTransport;
@@ -236,6 +270,49 @@ export class Member implements MemberBackend {
     // Leader changes are events worth a log line (seen at most once per heartbeat, never per request).
     this.#leaderWatch = setInterval(() => this.#noticeLeader(), o.heartbeatMs);
     void this.#learnAttributes();
+    this.#startAutoCompaction();
+  }
+
+  /**
+   * etcd's auto-compaction, run by the leader only (its compaction goes through Raft to everyone).
+   * revision: every `revisionCompactionIntervalMs`, compact to `revision - retention`. periodic:
+   * sample the revision every tenth of the retention and compact to the newest sample at least one
+   * retention old, so at least the retention window of history stays (etcd 3.4's periodic
+   * compactor also keeps one window and runs every tenth of it, at most every hour).
+   */
+  #startAutoCompaction(): void {
+    const ac = this.#o.autoCompaction;
+    if (!ac) return;
+    const every =
+      ac.mode === 'revision'
+        ? revisionCompactionIntervalMs
+        : Math.min(3_600_000, Math.max(100, ac.retention / 10));
+    this.#compactTimer = setInterval(() => void this.#autoCompact(ac), every);
+    this.#compactTimer.unref?.();
+  }
+
+  async #autoCompact(ac: { mode: 'periodic' | 'revision'; retention: number }): Promise<void> {
+    const n = this.node;
+    const now = performance.now();
+    const rev = n.store.revision;
+    let target: number;
+    if (ac.mode === 'revision') target = rev - ac.retention;
+    else {
+      this.#samples.push({ at: now, rev });
+      if (this.#samples.length > compactionSamplesMax) this.#samples.shift();
+      const old = this.#samples.filter((x) => now - x.at >= ac.retention);
+      target = old.length > 0 ? old[old.length - 1]!.rev : 0;
+    }
+    if (n.raft.role !== Role.Leader || target <= n.store.mvcc.compactRev || target <= 0) return;
+    try {
+      await this.kv.compact(target);
+      this.#o.log.info({ revision: target, mode: ac.mode }, 'auto-compaction: compacted');
+    } catch (err) {
+      this.#o.log.warn(
+        { revision: target, err: String(err) },
+        'auto-compaction failed; retried at the next interval',
+      );
+    }
   }
 
   /** Opens the data dir (recovering the WAL and snapshots), listens for peers and starts the Raft node. */
@@ -411,7 +488,8 @@ export class Member implements MemberBackend {
       raftAppliedIndex: () => n.store.appliedIndex,
       // The size of the newest snapshot of the store (what a new member would receive); 0 before
       // the first snapshot. docs/server.md says so.
-      dbSizeBytes: () => n.snapshotBytes,
+      dbSizeBytes: () => this.dbSize(),
+      alarms: () => (this.#nospace ? [{ memberId: id.memberId, alarm: 'nospace' as const }] : []),
       members: (): readonly MemberDescription[] => this.membership.list(),
     };
   }
@@ -445,6 +523,10 @@ export class Member implements MemberBackend {
     switch (kind) {
       case RequestKind.Members:
         return encodeRecord(this.membership.record());
+      case RequestKind.Alarms:
+        return Buffer.from([this.#nospace ? 1 : 0]);
+      case RequestKind.Disarm:
+        return Buffer.from([this.#disarmHere() ? 1 : 0]);
       case RequestKind.MemberChange: {
         const r = await this.membership.change(changeOf(JSON.parse(Buffer.from(body).toString('utf8'))));
         return Buffer.from(
@@ -509,6 +591,131 @@ export class Member implements MemberBackend {
   }
 
   // ----------------------------------------------------------------------------------------------
+  // Maintenance: quota and alarms, snapshot, defragment, hash, leadership
+
+  /**
+   * The store's size as the quota and Status count it: the encoded size of the newest snapshot
+   * plus the entry bytes applied since (node.ts `bytesSinceSnapshot`). docs/server.md says so.
+   */
+  dbSize(): number {
+    return this.node.snapshotBytes + this.node.bytesSinceSnapshot;
+  }
+
+  /**
+   * etcd's quota check before a write that may grow the store (put, txn, lease grant): refused
+   * with "database space exceeded" while NOSPACE is raised here, and NOSPACE is raised when the
+   * store is past `--quota-backend-bytes`. Deletes and compactions are not checked (they free space).
+   * The alarm is this member's (etcd raises it through Raft for the cluster; every member here
+   * measures the same replicated store and raises its own), and Alarm lists every member's.
+   */
+  checkQuota(): void {
+    if (this.#nospace) throw noSpace();
+    const quota = this.#o.quotaBackendBytes || quotaBytesDefault;
+    const size = this.dbSize();
+    if (size <= quota) return;
+    this.#nospace = true;
+    this.#o.log.warn(
+      { dbSize: size, quota },
+      'alarm raised: NOSPACE (the store is past --quota-backend-bytes)',
+    );
+    throw noSpace();
+  }
+
+  #disarmHere(): boolean {
+    if (!this.#nospace) return false;
+    this.#nospace = false;
+    this.#o.log.info({ dbSize: this.dbSize() }, 'alarm disarmed: NOSPACE');
+    return true;
+  }
+
+  async alarmList(): Promise<readonly MemberAlarm[]> {
+    const out: MemberAlarm[] = this.info.alarms?.().slice() ?? [];
+    await Promise.all(
+      this.membership.members
+        .filter((m) => m.id !== this.identity.memberId && this.transport.connected(m.nodeId))
+        .map(async (m) => {
+          try {
+            const b = await this.transport.request(m.nodeId, RequestKind.Alarms, new Uint8Array(0), 2000);
+            if (b[0] === 1) out.push({ memberId: m.id, alarm: 'nospace' });
+          } catch {
+            // Unreachable: its alarms are not listed (etcd lists the replicated ones).
+          }
+        }),
+    );
+    return out;
+  }
+
+  async disarm(memberId: bigint, alarm: MemberAlarm['alarm']): Promise<readonly MemberAlarm[]> {
+    if (alarm !== 'nospace') return [];
+    const out: MemberAlarm[] = [];
+    await Promise.all(
+      this.membership.members
+        .filter((m) => memberId === 0n || m.id === memberId)
+        .map(async (m) => {
+          let done = false;
+          if (m.id === this.identity.memberId) done = this.#disarmHere();
+          else if (this.transport.connected(m.nodeId)) {
+            try {
+              done =
+                (await this.transport.request(m.nodeId, RequestKind.Disarm, new Uint8Array(0), 2000))[0] ===
+                1;
+            } catch {
+              done = false;
+            }
+          }
+          if (done) out.push({ memberId: m.id, alarm: 'nospace' });
+        }),
+    );
+    return out;
+  }
+
+  /** A snapshot of everything applied now (taken on demand; one in flight is waited for). */
+  async snapshot(): Promise<{ data: Uint8Array; index: number; term: number; revision: number }> {
+    const index = await this.node.snapshot();
+    const st = this.node.storage;
+    const base = st.snapshot();
+    const latest = (st as { latestSnapshot?: Snapshot }).latestSnapshot;
+    const s = latest && latest.meta.index > base.meta.index ? latest : base;
+    if (s.meta.index < index || s.data.length === 0)
+      throw new ConclaveError(ErrorCode.Unavailable, 'etcdserver: the snapshot is not ready yet; retry');
+    return { data: s.data, index: s.meta.index, term: s.meta.term, revision: this.node.store.revision };
+  }
+
+  /**
+   * etcd's Defragment rewrites its bbolt file without free pages. Here the store lives in memory and
+   * on disk as a snapshot plus the WAL after it: defragmenting takes a snapshot now, so the size
+   * counted against the quota becomes the encoded size of the store as it is (history dropped by
+   * compaction is gone from it) and the WAL before it can be released.
+   */
+  async defragment(): Promise<void> {
+    await this.node.snapshot();
+  }
+
+  hashKv(revision: number): KvHash {
+    return hashStore(this.node.store, revision);
+  }
+
+  /** etcd's MoveLeader: only the leader moves leadership, to a voting member. */
+  async moveLeader(target: bigint): Promise<void> {
+    const raft = this.node.raft;
+    if (raft.role !== Role.Leader) throw new ConclaveError(ErrorCode.NotLeader, 'etcdserver: not leader');
+    const m = this.membership.byId(target);
+    if (!m || m.isLearner || !raft.voters.has(m.nodeId))
+      throw new ConclaveError(ErrorCode.InvalidArgument, 'etcdserver: bad leader transferee');
+    if (m.nodeId === raft.id) return;
+    raft.transferLeader(m.nodeId);
+    const until = performance.now() + this.requestTimeoutMs;
+    while (performance.now() < until) {
+      if (this.node.raft.lead === m.nodeId) return;
+      await new Promise((r) => setTimeout(r, this.#o.heartbeatMs));
+    }
+    throw new ConclaveError(
+      ErrorCode.Unavailable,
+      'etcdserver: request timed out, leader transfer took too long',
+    );
+  }
+
+  // ----------------------------------------------------------------------------------------------
   // Shutdown
 
   /**
@@ -546,6 +753,7 @@ export class Member implements MemberBackend {
     this.#stopping ??= (async () => {
       clearInterval(this.#poll);
       clearInterval(this.#leaderWatch);
+      clearInterval(this.#compactTimer);
       await this.kv.close();
       await this.node.stop();
       await this.transport.close();
@@ -578,6 +786,12 @@ function changeOf(j: Record<string, unknown>): MemberChange {
     default:
       throw new ConclaveError(ErrorCode.InvalidArgument, `unknown membership change "${String(j.op)}"`);
   }
+}
+
+function noSpace(): ConclaveError {
+  return new ConclaveError(ErrorCode.Unavailable, 'etcdserver: mvcc: database space exceeded', {
+    retryable: false,
+  });
 }
 
 interface TtlAnswer {
@@ -627,6 +841,7 @@ export class MemberKV implements KV {
           o.id === undefined || o.id === 0n
             ? BigInt(`0x${randomBytes(6).toString('hex')}`) + 1n
             : checkLeaseId('id', o.id);
+        this.#m.checkQuota();
         return this.#write({ op: 'grant', lease: id, ttlSeconds: ttl }, o.signal);
       },
       revoke: async (id, o = {}) => {
@@ -797,6 +1012,7 @@ export class MemberKV implements KV {
     if (o.lease !== undefined) checkLeaseId('lease', o.lease);
     checkPutOptions('put', v, o);
     const { signal: _s, ...opts } = o;
+    this.#m.checkQuota();
     return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
   }
 
@@ -810,6 +1026,8 @@ export class MemberKV implements KV {
   async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
     this.#open(o);
     checkTxn(t);
+    // etcd checks the quota for a txn with any put in it; a txn of reads and deletes passes.
+    if (hasPut(t)) this.#m.checkQuota();
     return this.#write({ op: 'txn', txn: t }, o.signal);
   }
 
@@ -863,6 +1081,12 @@ export class MemberKV implements KV {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+function hasPut(t: Txn): boolean {
+  for (const branch of [t.success ?? [], t.failure ?? []])
+    for (const op of branch) if (op.type === 'put' || (op.type === 'txn' && hasPut(op.txn))) return true;
+  return false;
 }
 
 function idBody(id: bigint): Uint8Array {

@@ -148,6 +148,10 @@ export class RaftNode {
   #prevSnapshot: { index: number; data: Uint8Array } | undefined;
   #fatal: unknown;
   #closing: Promise<void> | undefined;
+  /** Bytes of entry data applied since start (what the quota measure adds to the snapshot size). */
+  #appliedBytes = 0;
+  /** `#appliedBytes` as of the newest snapshot (taken here or installed from the leader). */
+  #bytesAtSnapshot = 0;
   /** Membership changes proposed here, by log index, waiting to apply (one at a time in the core). */
   readonly #confWaiters = new Map<number, { term: number } & Waiter>();
 
@@ -377,6 +381,7 @@ export class RaftNode {
     const applyStart = rd.committed.length > 0 ? performance.now() : 0;
     for (const e of rd.committed) {
       if (e.index <= this.store.appliedIndex) continue;
+      this.#appliedBytes += e.data.length;
       if (e.type === EntryType.ConfChange) this.#applyConfChange(e.index, e.term, e.data);
       else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
       else if (e.term === this.raft.term && this.raft.role === Role.Leader) this.#promoteLeases();
@@ -411,6 +416,7 @@ export class RaftNode {
     for (const id of [...this.#revocationWaiters.keys()])
       if (!this.store.leases.get(id)) this.#revocationApplied(id);
     this.#lastSnapshotIndex = snap.meta.index;
+    this.#bytesAtSnapshot = this.#appliedBytes;
     this.#installs++;
     this.#o.onSnapshotInstalled?.(snap.meta);
   }
@@ -495,6 +501,8 @@ export class RaftNode {
     const superseded = () => this.#stopped || this.#installs !== installs;
     // The configuration at the applied index (conf changes apply with their entry).
     const confState = this.raft.confState();
+    // The store is frozen at the call: the entries applied so far are in the snapshot.
+    const bytesAt = this.#appliedBytes;
     const snap = await snapshotStoreSliced(this.store, {
       abandoned: superseded,
       ...(this.#o.snapshotSliceMs !== undefined ? { sliceMs: this.#o.snapshotSliceMs } : {}),
@@ -505,6 +513,7 @@ export class RaftNode {
     if (superseded()) return false;
     this.#o.observer?.snapshotSaved(snap.index, snap.data.length, (performance.now() - saveStart) / 1000);
     this.#lastSnapshotIndex = Math.max(this.#lastSnapshotIndex, snap.index);
+    this.#bytesAtSnapshot = bytesAt;
     // The core's log is compacted only to the previous snapshot: the entries since then stay
     // as a catch-up tail for followers slightly behind (they need no whole snapshot).
     const prev = this.#prevSnapshot;
@@ -532,6 +541,16 @@ export class RaftNode {
     }
     if (this.#fatal !== undefined) throw this.#fatal;
     return this.#lastSnapshotIndex;
+  }
+
+  /**
+   * Bytes of entry data applied since the newest snapshot: with the snapshot's size, the quota's
+   * measure of the store (`--quota-backend-bytes`; docs/server.md). An overestimate of what the
+   * store grew by (a command's encoding is a little larger than what it stores), never an
+   * underestimate; the next snapshot replaces it with the real encoded size.
+   */
+  get bytesSinceSnapshot(): number {
+    return this.#appliedBytes - this.#bytesAtSnapshot;
   }
 
   /** Storage failed: stop serving at once (a member never acknowledges what it could not persist). */

@@ -89,6 +89,33 @@ export interface ClusterAdmin {
   memberChange(c: MemberChange): Promise<MemberChangeResult>;
 }
 
+/** A state hash of the store (Maintenance.HashKV): equal on every member at the same revision. */
+export interface KvHash {
+  readonly hash: number;
+  readonly compactRevision: number;
+  /** The revision hashed. */
+  readonly revision: number;
+}
+
+/**
+ * Maintenance operations (server/maintenance.ts serves them). Failures are `ConclaveError`s whose
+ * message is etcd's text where etcd has one.
+ */
+export interface MaintenanceAdmin {
+  /** A consistent snapshot of the store now: the body of a snapshot file (maintenance.ts frames it). */
+  snapshot(): Promise<{ data: Uint8Array; index: number; term: number; revision: number }>;
+  /** etcd's Defragment: what it does for this store is documented in docs/operations.md. */
+  defragment(): Promise<void>;
+  /** The hash of every key's records at `revision` (0: the current one). */
+  hashKv(revision: number): KvHash;
+  /** Hands leadership to `target` (this member must lead). */
+  moveLeader(target: bigint): Promise<void>;
+  /** Every member's raised alarms (this member's and its peers'). */
+  alarmList(): Promise<readonly MemberAlarm[]>;
+  /** Disarms `alarm` on `memberId` (0: every member); resolves with the alarms disarmed. */
+  disarm(memberId: bigint, alarm: MemberAlarm['alarm']): Promise<readonly MemberAlarm[]>;
+}
+
 export interface MemberBackend {
   readonly kv: KV;
   readonly info: MemberInfo;
@@ -97,4 +124,6 @@ export interface MemberBackend {
   readonly cluster?: ClusterAdmin;
   /** The auth store and its changes (server/auth.ts); absent: the Auth service is UNIMPLEMENTED. */
   readonly auth?: import('./auth.js').MemberAuth;
+  /** Absent: Snapshot, Defragment, Hash, HashKV and MoveLeader are answered UNIMPLEMENTED. */
+  readonly maintenance?: MaintenanceAdmin;
 }

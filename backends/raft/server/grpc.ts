@@ -31,6 +31,7 @@ import { etcdErrors, type GrpcFailure } from './errors.js';
 import { startGateway } from './gateway.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
 import { type ClientListener, dispatchConnection, listenClients, toHttp2 } from './listener.js';
+import { registerMaintenance } from './maintenance.js';
 import type { ServerMetrics } from './metrics.js';
 import { type ClientTlsOptions, listenClientsTls } from './tls.js';
 import { registerElection } from './v3election.js';
@@ -581,22 +582,40 @@ export async function startClientServer(
   const alarmNames = { nospace: 1, corrupt: 2 } as const;
   const alarmTexts = { nospace: 'NOSPACE', corrupt: 'CORRUPT' } as const;
 
-  unary('/etcdserverpb.Maintenance/Alarm', T.AlarmRequest, T.AlarmResponse, ((
-    call: grpc.ServerUnaryCall<{ action?: number; alarm?: number }, object>,
+  unary('/etcdserverpb.Maintenance/Alarm', T.AlarmRequest, T.AlarmResponse, (async (
+    call: grpc.ServerUnaryCall<{ action?: number; alarm?: number; memberID?: Int64 }, object>,
     cb: grpc.sendUnaryData<object>,
   ) => {
     if (!admit(call, cb)) return;
     const action = call.request.action ?? 0;
     const want = call.request.alarm ?? 0;
-    const raised = (info.alarms?.() ?? []).filter((a) => want === 0 || alarmNames[a.alarm] === want);
-    const alarms = raised.map((a) => ({ memberID: wire64(a.memberId, true), alarm: alarmNames[a.alarm] }));
-    // GET lists; DEACTIVATE of an alarm that is not raised changes nothing (etcd answers with no
-    // alarms). Raising or clearing alarms by hand is not served: the quota raises NOSPACE itself.
-    if (action === 0) return cb(null, { header: ctx.currentHeader(), alarms });
-    if (action === 2 && raised.length === 0) return cb(null, { header: ctx.currentHeader(), alarms: [] });
+    const pb = (list: readonly { memberId: bigint; alarm: 'nospace' | 'corrupt' }[]) =>
+      list
+        .filter((a) => want === 0 || alarmNames[a.alarm] === want)
+        .map((a) => ({ memberID: wire64(a.memberId, true), alarm: alarmNames[a.alarm] }));
+    const admin = backend.maintenance;
+    // GET lists every member's alarms; DEACTIVATE disarms (the quota raises NOSPACE again on the
+    // next write if the store is still past it, as etcd). ACTIVATE by hand is not served.
+    if (action === 0)
+      return answer(
+        cb,
+        async () => (admin ? admin.alarmList() : (info.alarms?.() ?? [])),
+        (l) => ({
+          header: ctx.currentHeader(),
+          alarms: pb(l),
+        }),
+      );
+    if (action === 2) {
+      if (!admin || want !== alarmNames.nospace) return cb(null, { header: ctx.currentHeader(), alarms: [] });
+      return answer(
+        cb,
+        () => admin.disarm(big(call.request.memberID, true), 'nospace'),
+        (l) => ({ header: ctx.currentHeader(), alarms: pb(l) }),
+      );
+    }
     fail(cb, {
       code: grpc.status.UNIMPLEMENTED,
-      details: 'etcdserver: activating or deactivating alarms by hand is not supported by conclave serve',
+      details: 'etcdserver: activating alarms by hand is not supported by conclave serve',
     });
   }) as Handler);
 
@@ -639,6 +658,7 @@ export async function startClientServer(
     fail,
   };
   registerCluster(kit);
+  registerMaintenance(kit);
 
   const hReq = health.lookupType('grpc.health.v1.HealthCheckRequest');
   const hRes = health.lookupType('grpc.health.v1.HealthCheckResponse');
