@@ -63,6 +63,8 @@ describe('heap limit and quota', () => {
     );
     const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
     const lines: string[] = [];
+    // The member's own PID (the wrapper's child): stopped by PID too if the test fails midway.
+    let memberPid: number | undefined;
     try {
       const serving = await new Promise<Record<string, number>>((resolve, reject) => {
         createInterface({ input: child.stderr! }).on('line', (line) => {
@@ -78,11 +80,15 @@ describe('heap limit and quota', () => {
           reject(new Error(`conclave exited ${code} before serving:\n${lines.slice(-10).join('\n')}`)),
         );
       });
+      memberPid = serving.pid;
       // The member runs in the child node that has the limit (V8 adds its young generation).
       expect(serving.pid).not.toBe(child.pid);
       expect(serving.heapLimitBytes).toBeGreaterThanOrEqual(256 * MiB);
       expect(serving.heapLimitBytes).toBeLessThan(384 * MiB);
       expect(serving.quotaBackendBytes).toBe(Math.floor(serving.heapLimitBytes! * 0.125));
+      // The CLI installs its signal handlers just after it logs "serving": on a loaded machine a
+      // SIGTERM sent the instant the line arrives can beat them (node's default action then).
+      await new Promise((r) => setTimeout(r, 500));
       const code = await new Promise<number | null>((resolve) => {
         child.on('exit', (c) => resolve(c));
         child.kill('SIGTERM');
@@ -93,6 +99,12 @@ describe('heap limit and quota', () => {
     } finally {
       clearTimeout(guard);
       if (child.exitCode === null) child.kill('SIGKILL');
+      if (memberPid !== undefined)
+        try {
+          process.kill(memberPid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
     }
   }, 90_000);
 });
