@@ -46,8 +46,10 @@ process.once('exit', () => {
  * worker (VITEST_POOL_ID) so parallel workers never pick the same one, never twice in one process,
  * and each is checked bindable on 127.0.0.1 before it is returned.
  */
-const portBase = 20_000;
-const portSliceSize = 1_500; // 8 slices: 20000–31999, all below the ephemeral range
+// 8 slices: 21000–32199, below the ephemeral range and above etcd's own e2e suite's fixed ports
+// (10000–10002, 20000–20024; `npm run e2e:etcd` is never run beside the tests anyway).
+const portBase = 21_000;
+const portSliceSize = 1_400;
 const portSlices = 8;
 const portsGiven = new Set<number>();
 

@@ -42,7 +42,8 @@ function memberEntry(): string[] {
     process.env.CONCLAVE_SERVED_SOURCES !== '1' &&
     existsSync(dist) &&
     statSync(dist).mtimeMs >=
-      Math.max(newestSourceMs(join(root, 'src')), newestSourceMs(join(root, 'backends')))
+      // Every source tree the server imports (it runs recipes inside for etcd's Lock/Election).
+      Math.max(...['src', 'backends', 'recipes'].map((d) => newestSourceMs(join(root, d))))
   )
     return [dist];
   return ['--import', 'tsx', join(root, 'backends/raft/cli.ts')];
