@@ -818,16 +818,6 @@ async function serve(c: ServeConfig): Promise<number> {
     await member.stop();
     return clients;
   }
-  log.info(
-    {
-      member: hexId(identity.memberId),
-      cluster: hexId(identity.clusterId),
-      clientUrls: c.listenClientUrls,
-      heapLimitBytes: c.heapLimitBytes,
-      quotaBackendBytes: c.quotaBackendBytes,
-    },
-    'serving',
-  );
   const ready = new AbortController();
   void announceReady(member, identity, c, log, ready.signal);
   return new Promise<number>((resolve) => {
@@ -862,6 +852,19 @@ async function serve(c: ServeConfig): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // Logged only once the handlers above are in place: a harness (or an operator's script) that
+    // signals the member as soon as it reads this line must get a clean stop, never the default
+    // SIGTERM action.
+    log.info(
+      {
+        member: hexId(identity.memberId),
+        cluster: hexId(identity.clusterId),
+        clientUrls: c.listenClientUrls,
+        heapLimitBytes: c.heapLimitBytes,
+        quotaBackendBytes: c.quotaBackendBytes,
+      },
+      'serving',
+    );
     // Removed from the cluster, or refused by its peers: stop without handing over leadership.
     exitRequested = (code, why) => {
       if (stopping) return;
