@@ -178,7 +178,8 @@ async function main(argv: readonly string[]): Promise<number> {
   };
   const out = flag('--out', 'docs/charts');
   const doc = flag('--doc', 'docs/benchmarks.md');
-  const flagged = new Set([out.at, out.at + 1, doc.at, doc.at + 1].filter((i) => i >= 0));
+  // A flag not given has at = -1: neither it nor "its value" (index 0, the first input!) is flagged.
+  const flagged = new Set([out, doc].filter((f) => f.at >= 0).flatMap((f) => [f.at, f.at + 1]));
   const inputs = argv.filter((_, i) => !flagged.has(i));
   if (inputs.length === 0) {
     console.error('usage: npm run charts -- RESULTS.json [MORE.json…] [--out DIR] [--doc PAGE.md]');
