@@ -29,9 +29,8 @@ import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { MemberBackend } from './api.js';
-import { toHttp1 } from './listener.js';
+import { listenOn, toHttp1 } from './listener.js';
 import type { ServerMetrics } from './metrics.js';
 
 /** Conclave's own version, reported by GET /version beside the etcd API version. */
@@ -783,19 +782,7 @@ export async function startMetricsServer(
       res.end(`${String(err)}\n`);
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  }).catch((err: unknown) => {
-    throw new ConclaveError(
-      ErrorCode.Unavailable,
-      `conclave serve: cannot listen for metrics on ${host}:${port}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  });
+  await listenOn(server, host, port, 'metrics');
   server.on('error', () => undefined);
   return {
     port: (server.address() as net.AddressInfo).port,

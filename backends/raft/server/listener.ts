@@ -103,20 +103,7 @@ export async function listenClients(
   sinks: ConnectionSinks,
 ): Promise<ClientListener> {
   const server = net.createServer({ noDelay: true }, (socket) => dispatchConnection(socket, sinks));
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: Error): void => reject(err);
-    server.once('error', onError);
-    server.listen({ host, port }, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  }).catch((err: unknown) => {
-    throw new ConclaveError(
-      ErrorCode.Unavailable,
-      `conclave serve: cannot listen for clients on ${host}:${port}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  });
+  await listenOn(server, host, port, 'clients');
   // A listener error after binding (e.g. EMFILE on accept) must not crash the member: it is
   // retried by Node on the next connection; nothing else to do here.
   server.on('error', () => undefined);
@@ -131,4 +118,24 @@ export async function listenClients(
       return Promise.resolve();
     },
   };
+}
+
+/**
+ * Binds `server` to host:port, or fails `unavailable` naming what the port was for (e.g.
+ * 'clients', 'metrics') and the system's reason (EADDRINUSE, EACCES, …).
+ */
+export async function listenOn(server: net.Server, host: string, port: number, what: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch((err: unknown) => {
+    throw new ConclaveError(
+      ErrorCode.Unavailable,
+      `conclave serve: cannot listen for ${what} on ${host}:${port}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  });
 }

@@ -30,6 +30,7 @@ import { isIP, type Server, type Socket, connect as tcpConnect } from 'node:net'
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { listenOn } from './listener.js';
 
 /** How often certificate files are checked for changes. */
 export const certReloadCheckMs = 1000;
@@ -543,19 +544,7 @@ export async function listenClientsTls(
       else sniff(s, sniffed);
     },
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  }).catch((err: unknown) => {
-    throw new ConclaveError(
-      ErrorCode.Unavailable,
-      `conclave serve: cannot listen for clients on ${host}:${port}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  });
+  await listenOn(server, host, port, 'clients');
   server.on('error', () => undefined);
   const addr = server.address() as { port: number };
   return {
