@@ -14,17 +14,27 @@
  * - `leader-read-local`: a member that believes it leads answers linearizable reads locally without
  *   confirming its leadership with a quorum — a leader cut off by a partition (or paused and woken
  *   up) serves reads while a new leader takes writes.
- * - `ack-before-fsync`: the power-loss model of a member that acknowledged appends before they were
- *   durable: nothing it wrote to its WAL survives a crash, so a restarted member comes back with an
- *   empty log and no vote (its identity file, written with its own fsync, is kept). With it a
- *   member can help commit an entry, crash, then vote for a candidate that never had it (Raft §5.4's
- *   safety argument needs the log and vote to be on stable storage before answering).
+ * - `power-loss`: not a defect but the crash model the next one needs — every start of the member
+ *   follows a power loss, so what it wrote without fsync is gone. A correct member writes one thing
+ *   unsynced, the COMMIT file (disk-storage.ts), deleted here before the member starts; everything
+ *   it acknowledged is in its WAL, written with O_DSYNC. The control for `ack-before-fsync`.
+ * - `ack-before-fsync` (implies `power-loss`): the WAL acknowledges a save at once and the bytes
+ *   reach the disk `writebackMs` later (a volatile write cache that nobody flushes before
+ *   answering). Held in the process's memory until then, so a SIGKILL loses exactly what a power
+ *   loss would: the last `writebackMs` of appends, hard states (term and vote) included, which the
+ *   member has already acknowledged to the leader (and, as leader, counted for commit). Raft's
+ *   safety argument (§5.4, and §5.2 for the vote) needs them on stable storage before answering:
+ *   with a majority crashed at once, a committed entry survives on no quorum, and a member that
+ *   missed it can win the next election — an acknowledged write is lost.
+ *
+ * The WAL is reached by replacing `Wal.prototype.save` and `close` in this process only (the same
+ * module instance the CLI then imports); nothing in the production code knows about it.
  */
 import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-export const testFaults = ['read-local', 'leader-read-local', 'ack-before-fsync'] as const;
+export const testFaults = ['read-local', 'leader-read-local', 'power-loss', 'ack-before-fsync'] as const;
 export type TestFault = (typeof testFaults)[number];
 const faultFlag = '--test-fault=';
 
@@ -57,6 +67,65 @@ interface ReadIndexed {
   readIndex(): Promise<void>;
 }
 
+/** How long an acknowledged WAL save stays in the volatile cache under `ack-before-fsync`. */
+export const writebackMs = 1000;
+
+interface WalLike {
+  save(records: readonly unknown[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * `ack-before-fsync`: `save` resolves at once; the records are written (by the real save, in order,
+ * one at a time as the WAL requires) once they are `writebackMs` old. `close` writes what is held
+ * first (a clean stop loses nothing; only a crash does).
+ */
+function delayWalWrites(proto: WalLike): void {
+  const save = proto.save;
+  const close = proto.close;
+  type Cache = { held: { at: number; records: unknown[] }[]; flushing: Promise<void> | undefined };
+  const caches = new WeakMap<WalLike, Cache>();
+  const cacheOf = (wal: WalLike): Cache => {
+    let c = caches.get(wal);
+    if (!c) caches.set(wal, (c = { held: [], flushing: undefined }));
+    return c;
+  };
+  const flush = (wal: WalLike, c: Cache, all: boolean): Promise<void> => {
+    c.flushing ??= (async () => {
+      while (c.held.length > 0) {
+        const wait = c.held[0]!.at + writebackMs - performance.now();
+        if (!all && wait > 0) await new Promise((r) => setTimeout(r, wait));
+        const now = performance.now();
+        const due: unknown[] = [];
+        while (c.held.length > 0 && (all || c.held[0]!.at + writebackMs <= now))
+          due.push(...c.held.shift()!.records);
+        if (due.length > 0) await save.call(wal, due);
+      }
+    })()
+      .catch((err: unknown) => {
+        process.stderr.write(`fault-entry: delayed WAL write failed: ${String(err)}\n`);
+        process.exit(1);
+      })
+      .finally(() => {
+        c.flushing = undefined;
+      });
+    return c.flushing;
+  };
+  proto.save = function (this: WalLike, records) {
+    if (records.length === 0) return Promise.resolve();
+    const c = cacheOf(this);
+    c.held.push({ at: performance.now(), records: [...records] });
+    void flush(this, c, false);
+    return Promise.resolve();
+  };
+  proto.close = async function (this: WalLike) {
+    const c = cacheOf(this);
+    while (c.flushing) await c.flushing;
+    if (c.held.length > 0) await flush(this, c, true);
+    return close.call(this);
+  };
+}
+
 async function run(): Promise<number> {
   const args = process.argv.slice(2);
   const faults = args.filter((a) => a.startsWith(faultFlag)).map((a) => a.slice(faultFlag.length));
@@ -77,10 +146,16 @@ async function run(): Promise<number> {
     proto.readIndex = function (this: ReadIndexed) {
       return this.raft.lead === this.raft.id ? Promise.resolve() : readIndex.call(this);
     };
-  if (faults.includes('ack-before-fsync')) {
+  if (faults.includes('power-loss') || faults.includes('ack-before-fsync')) {
     const dataDir = rest.find((a) => a.startsWith('--data-dir='))?.slice('--data-dir='.length);
-    // The crash happened before this start: what was never synced is gone.
-    if (dataDir) for (const d of ['wal', 'snap']) rmSync(join(dataDir, d), { recursive: true, force: true });
+    // The crash before this start was a power loss: the COMMIT file's unsynced write is gone.
+    if (dataDir) rmSync(join(dataDir, 'COMMIT'), { force: true });
+  }
+  if (faults.includes('ack-before-fsync')) {
+    const walMod = (await import(`${base.url}/backends/raft/storage/wal${base.ext}`)) as {
+      Wal: { prototype: WalLike };
+    };
+    delayWalWrites(walMod.Wal.prototype);
   }
   const cli = (await import(`${base.url}/backends/raft/cli${base.ext}`)) as {
     main(args: readonly string[]): Promise<number>;

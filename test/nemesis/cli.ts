@@ -4,7 +4,8 @@
  * the time is up, then one summary (and a JSON file with every round).
  *
  *   npm run lincheck -- --target etcd|served|both [--minutes 30 | --seconds N | --duration 30m] [--seed N]
- *                       [--round-seconds 60] [--faults kill,pause,...] [--inject read-local] [--out FILE]
+ *                       [--round-seconds 60] [--faults kill,pause,...] [--scenario quorum-crash]
+ *                       [--inject read-local] [--out FILE]
  *
  * Each round uses seed + round number, so any round replays alone with the command it prints.
  * Exit code 1 if any round is 'illegal' (or, without --inject, 'unknown').
@@ -12,7 +13,7 @@
 import { writeFileSync } from 'node:fs';
 import { testFaults } from '../harness/fault-entry.js';
 import type { Target } from './cluster.js';
-import { type FaultKind, faultKinds } from './nemesis.js';
+import { type FaultKind, faultKinds, type ScenarioName, scenarios } from './nemesis.js';
 import { describeRun, type RunSummary, runOnce } from './run.js';
 
 function parse(argv: readonly string[]): Map<string, string> {
@@ -28,7 +29,7 @@ function parse(argv: readonly string[]): Map<string, string> {
 }
 
 const usage =
-  'usage: npm run lincheck -- --target etcd|served|both [--minutes N | --seconds N] [--seed N] [--round-seconds N] [--faults k,..] [--inject f] [--out FILE]';
+  'usage: npm run lincheck -- --target etcd|served|both [--minutes N | --seconds N] [--seed N] [--round-seconds N] [--faults k,..] [--scenario quorum-crash] [--inject f] [--out FILE]';
 
 function median(xs: number[]): number | undefined {
   if (xs.length === 0) return undefined;
@@ -53,6 +54,7 @@ async function main(): Promise<number> {
     'round-seconds',
     'faults',
     'inject',
+    'scenario',
     'out',
   ];
   for (const k of a.keys())
@@ -96,6 +98,11 @@ async function main(): Promise<number> {
       console.error(`lincheck: unknown --inject ${f} (known: ${testFaults.join(', ')})`);
       return 2;
     }
+  const scenario = a.get('scenario') as ScenarioName | undefined;
+  if (scenario !== undefined && !(scenario in scenarios)) {
+    console.error(`lincheck: unknown --scenario ${scenario} (known: ${Object.keys(scenarios).join(', ')})`);
+    return 2;
+  }
   if (inject?.length && targets.includes('etcd')) {
     console.error('lincheck: --inject applies to --target served only');
     return 2;
@@ -110,6 +117,7 @@ async function main(): Promise<number> {
         durationMs: Math.min(roundMs, Math.max(5000, until - performance.now())),
         ...(kinds ? { kinds } : {}),
         ...(inject ? { faults: inject } : {}),
+        ...(scenario ? { scenario } : {}),
         checkTimeoutMs: 60_000,
         log: (l) => console.log(`  [${target} round ${r}] ${l}`),
       });

@@ -210,3 +210,7 @@ export async function quorumCrashScenario(
   await sleep(2000);
   return events;
 }
+
+/** Fixed scenarios by name (`npm run lincheck -- --scenario quorum-crash`). */
+export const scenarios = { 'quorum-crash': quorumCrashScenario } as const;
+export type ScenarioName = keyof typeof scenarios;

@@ -13,7 +13,7 @@ import { type CheckResult, checkOperations } from '../linearizability/checker.js
 import { etcdModelAt, resolveObservedWrites } from '../linearizability/model.js';
 import { runWorkload } from '../linearizability/recorder.js';
 import { type FaultCluster, type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
-import { type FaultEvent, type FaultKind, runNemesis } from './nemesis.js';
+import { type FaultEvent, type FaultKind, runNemesis, type ScenarioName, scenarios } from './nemesis.js';
 
 /** How long the workload runs on after the nemesis healed its last fault. */
 export const workloadTailMs = 2000;
@@ -29,8 +29,8 @@ export interface RunOptions extends FaultClusterOptions {
   kinds?: readonly FaultKind[];
   faultMs?: readonly [number, number];
   quietMs?: readonly [number, number];
-  /** A fixed fault scenario instead of the seeded schedule (it must heal what it injects). */
-  scenario?: (c: FaultCluster, log: (line: string) => void) => Promise<FaultEvent[]>;
+  /** A fixed fault scenario instead of the seeded schedule (nemesis.ts `scenarios`). */
+  scenario?: ScenarioName;
   /** Checker time limit (default 30 s). */
   checkTimeoutMs?: number;
   log?: (line: string) => void;
@@ -72,7 +72,7 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
     let stopAt = Number.POSITIVE_INFINITY;
     const nemesis = (
       o.scenario
-        ? o.scenario(cluster, o.log ?? (() => {}))
+        ? scenarios[o.scenario](cluster, o.log ?? (() => {}))
         : runNemesis(cluster, {
             seed: o.seed,
             durationMs: o.durationMs,
@@ -127,7 +127,7 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       elapsedMs: performance.now() - t0,
       replay: `npm run -s lincheck -- --target ${o.target} --seed ${o.seed} --seconds ${Math.round(o.durationMs / 1000)}${
         o.kinds ? ` --faults ${o.kinds.join(',')}` : ''
-      }${o.faults?.length ? ` --inject ${o.faults.join(',')}` : ''}`,
+      }${o.scenario ? ` --scenario ${o.scenario}` : ''}${o.faults?.length ? ` --inject ${o.faults.join(',')}` : ''}`,
     };
   } finally {
     await Promise.all(kvs.map((k) => k.close()));
