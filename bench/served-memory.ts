@@ -9,7 +9,7 @@
  * Results go to stdout as one JSON line; nothing is written to docs.
  */
 import { readFileSync } from 'node:fs';
-import { connect } from '../src/connect.js';
+import { connect } from '../backends/connect.js';
 import type { KV } from '../src/kv.js';
 import { startServed } from '../test/harness/served.js';
 

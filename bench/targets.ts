@@ -3,8 +3,9 @@
  * built yet, its server is unreachable) is returned as unavailable with the reason, so a
  * side-by-side run still measures the others and says plainly what it skipped.
  */
+
+import { connect } from '../backends/connect.js';
 import { startCluster } from '../backends/raft/embedded.js';
-import { connect } from '../src/connect.js';
 import { Etcd3Adapter } from './clients/etcd3-adapter.js';
 import { Backend, type BenchTarget, ClientKind, targetLabel } from './clients/types.js';
 import { describe } from './load.js';

@@ -11,7 +11,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
-import { type ConfigChange, type ConfigWatcher, type KV, setConfig, watchConfig } from '../src/index.js';
+import { type ConfigChange, type ConfigWatcher, type KV, setConfig, watchConfig } from '../index.js';
 import { openTarget } from './target.js';
 
 export const ServiceConfig = z.object({

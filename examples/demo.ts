@@ -22,7 +22,7 @@ import {
   toText,
   WorkQueue,
   watchConfig,
-} from '../src/index.js';
+} from '../index.js';
 import { openTarget, type Target } from './target.js';
 
 const log = (...a: unknown[]) => console.log('  ', ...a);

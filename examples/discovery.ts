@@ -16,7 +16,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
-import { connect, PickStrategy, ServiceRegistry, ServiceResolver, Session } from '../src/index.js';
+import { connect, PickStrategy, ServiceRegistry, ServiceResolver, Session } from '../index.js';
 import { etcdBinary, startEtcd } from '../test/harness/etcd.js';
 
 const ttlSeconds = 2;

@@ -13,7 +13,7 @@
  * crashed leader, "waking up", is fenced off; on the embedded store, the store member that leads
  * Raft is killed and the scheduler keeps its leadership and keeps running. Exits 0.
  */
-import { Election, type KV, type Leadership, Session, toText } from '../src/index.js';
+import { Election, type KV, type Leadership, Session, toText } from '../index.js';
 import { openTarget } from './target.js';
 
 const jobIntervalMs = 100;

@@ -9,7 +9,7 @@
  * ending a client's session instead.
  */
 import { startCluster } from '../backends/raft/embedded.js';
-import { connect, type KV } from '../src/index.js';
+import { connect, type KV } from '../index.js';
 
 export interface Target {
   /** A human-readable description for the first line of output. */

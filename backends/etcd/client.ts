@@ -1,5 +1,5 @@
 /** EtcdKV: the KV contract over etcd's v3 gRPC API. */
-import type { EtcdConnectOptions } from '../../src/connect.js';
+
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
@@ -56,6 +56,7 @@ import {
   txnResult,
 } from './convert.js';
 import { KeepAliveStream } from './keepalive.js';
+import type { EtcdConnectOptions } from './options.js';
 import { EtcdWatch, WatchHub } from './watch.js';
 
 const m = {

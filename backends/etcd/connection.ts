@@ -11,7 +11,6 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
-import type { EtcdConnectOptions } from '../../src/connect.js';
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { limits } from '../../src/limits.js';
 import { decoder, encoder, methods, pb } from '../../src/protocol/codec.js';
@@ -25,6 +24,7 @@ import {
 import { checkDecodedSize } from './decode-guard.js';
 import { checkPlaintextAuth, resolveTransport } from './endpoints.js';
 import { grpcReason, isGrpcError, isPreSendFailure, isTlsFailure, mapGrpcError } from './errors.js';
+import type { EtcdConnectOptions } from './options.js';
 
 export interface Method<Res> {
   readonly path: string;

@@ -14,9 +14,10 @@
  * Secrets never travel in endpoints: userinfo (`http://alice:pw@host`) and query strings are
  * refused, and the message shows them redacted (redactUrl).
  */
-import type { EtcdConnectOptions, TlsOptions } from '../../src/connect.js';
-import { redactUrl } from '../../src/connect.js';
+
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { redactUrl } from '../../src/redact.js';
+import type { EtcdConnectOptions, TlsOptions } from './options.js';
 
 export interface Endpoint {
   /** `host:port` as gRPC dials it (IPv6 in brackets). */

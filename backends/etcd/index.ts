@@ -1,9 +1,10 @@
 /** `conclave/etcd`: the KV contract over a real etcd cluster's v3 gRPC API. */
-import type { EtcdConnectOptions } from '../../src/connect.js';
-import { EtcdKV } from './client.js';
 
-export type { EtcdConnectOptions } from '../../src/connect.js';
+import { EtcdKV } from './client.js';
+import type { EtcdConnectOptions } from './options.js';
+
 export { EtcdKV } from './client.js';
+export type { EtcdConnectOptions } from './options.js';
 
 /**
  * Creates a client. With several endpoints it first looks (briefly, best-effort) for the Raft

@@ -8,7 +8,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import type { EmbeddedConnectOptions } from '../../src/connect.js';
 import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
@@ -52,6 +51,16 @@ import { type CommandBody, RaftNode } from './node/node.js';
 import { DiskStorage } from './storage/disk-storage.js';
 import { watchCloseSliceMax } from './store/watch-hub.js';
 import { MemoryTransport } from './transport/memory.js';
+
+/** Options of an in-process Raft store (`connect('embedded:…')`). */
+export interface EmbeddedConnectOptions {
+  /** Selects the embedded Raft backend. */
+  backend: 'embedded';
+  /** Members of the in-process cluster (default 1). */
+  nodes?: number;
+  /** Directory for durable storage; memory-only when absent. */
+  dataDir?: string;
+}
 
 export interface ClusterOptions {
   nodes?: number;

@@ -1,4 +1,4 @@
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { runConformance } from '../conformance/index.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';
 import { type CutProxy, startProxy } from '../harness/proxy.js';

@@ -3,8 +3,9 @@
  * view `conf-ns/` of a shared store, as a user of `namespace(kv, 'app-a/')` would run them. The
  * backing stores are the embedded Raft cluster (1 node) and, when etcd is installed, a real etcd.
  */
+
+import { connect } from '../../backends/connect.js';
 import { EmbeddedCluster, EmbeddedKV } from '../../backends/raft/embedded.js';
-import { connect } from '../../src/connect.js';
 import { namespace } from '../../src/namespace.js';
 import { runConformance } from '../conformance/index.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';

@@ -4,7 +4,7 @@
  * etcd (test/backends/etcd.test.ts: connection cuts, etcdctl), plus killing the leader member with
  * SIGKILL (it is restarted on its data dir at once, in the background).
  */
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { runConformance } from '../conformance/index.js';
 import { type CutProxy, startProxy } from '../harness/proxy.js';
 import { type ServedCluster, startServed } from '../harness/served.js';

@@ -15,8 +15,8 @@
  */
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect } from '../../backends/connect.js';
 import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
-import { connect } from '../../src/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';
 import { knownDifferences } from './known-differences.js';

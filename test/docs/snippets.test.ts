@@ -108,7 +108,7 @@ describe('docs snippets', () => {
           noEmit: true,
           rootDir: '../..',
           paths: {
-            conclave: ['../../src/index.ts'],
+            conclave: ['../../index.ts'],
             'conclave/etcd': ['../../backends/etcd/index.ts'],
             'conclave/raft': ['../../backends/raft/index.ts'],
           },

@@ -5,7 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { Session } from '../../src/session.js';
 import { refusedEndpoint, type SilentListener, silentListener } from '../harness/hostile.js';
 import { type HostileEtcd, hostileEtcd } from '../harness/hostile-grpc.js';

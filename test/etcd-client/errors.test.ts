@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { ErrorCode } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { type EtcdCluster, etcdBinary, freePort, startEtcd } from '../harness/etcd.js';
 import { startProxy } from '../harness/proxy.js';
 

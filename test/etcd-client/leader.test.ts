@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';
 
 const available = !!etcdBinary() || process.env.REQUIRE_ETCD === '1';

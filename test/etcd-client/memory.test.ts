@@ -6,7 +6,7 @@
  * 1.1-1.4 GB for a watch whose consumer did not read) and the process must live on.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { type HostileEtcd, hostileEtcd } from '../harness/hostile-grpc.js';
 
 const MiB = 1024 * 1024;

@@ -11,7 +11,7 @@ import { inspect } from 'node:util';
 import { writeHeapSnapshot } from 'node:v8';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { connect, type EtcdConnectOptions } from '../../src/connect.js';
+import { connect, type EtcdConnectOptions } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';
 import { refusedEndpoint, type SilentListener, silentListener } from '../harness/hostile.js';

@@ -3,13 +3,13 @@
  * values are checked strictly. No etcd needed: the peers are hostile listeners on loopback.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { connect, type EtcdConnectOptions, parseConnectUrl } from '../../backends/connect.js';
 import { rangeRequest } from '../../backends/etcd/convert.js';
 import {
   checkPlaintextAuth,
   plaintextAuthWarningCode,
   resolveTransport,
 } from '../../backends/etcd/endpoints.js';
-import { connect, type EtcdConnectOptions, parseConnectUrl } from '../../src/connect.js';
 import { type RecordingListener, recordingListener } from '../harness/hostile.js';
 
 const secret = 'S3cr3t-pw-4417';

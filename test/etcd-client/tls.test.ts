@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, type EtcdConnectOptions } from '../../src/connect.js';
+import { connect, type EtcdConnectOptions } from '../../backends/connect.js';
 import { etcdBinary, freePort } from '../harness/etcd.js';
 
 const openssl = (() => {

@@ -4,7 +4,7 @@
  * exactly the events that were not delivered (nothing lost, nothing twice). On a real etcd.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';
 

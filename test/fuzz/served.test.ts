@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { type Socket, connect as tcpConnect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { methods, root } from '../../src/protocol/codec.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 import { RawClient } from '../server/raw.js';

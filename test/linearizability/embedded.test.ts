@@ -1,6 +1,6 @@
 /** The same recorded workload against the embedded Raft store (3 in-process members) must be 'ok'. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { checkOperations } from './checker.js';
 import { etcdModelAt } from './model.js';

@@ -4,7 +4,7 @@
  * the same history with one injected anomaly must come out 'illegal'.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type EtcdCluster, etcdBinary, startEtcd } from '../harness/etcd.js';
 import { checkOperations } from './checker.js';

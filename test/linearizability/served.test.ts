@@ -3,7 +3,7 @@
  * client, with the leader SIGKILLed mid-run and restarted on its data dir: must be 'ok'.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 import { checkOperations } from './checker.js';

@@ -13,8 +13,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { connect } from '../../backends/connect.js';
 import { hexId, memberIdOf } from '../../backends/raft/server/ids.js';
-import { connect } from '../../src/connect.js';
 import type { KV } from '../../src/kv.js';
 import { freePort } from '../harness/etcd.js';
 import {

@@ -11,8 +11,8 @@
  * - two grants carry the same token.
  */
 
+import { connect } from '../../backends/connect.js';
 import { Mutex } from '../../recipes/mutex.js';
-import { connect } from '../../src/connect.js';
 import { ConclaveError } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';

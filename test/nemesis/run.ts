@@ -7,7 +7,7 @@
  * from), half know every endpoint and fail over. Failed operations are classified as the recorder
  * says (certainly no effect: left out; a write with any other error: unknown outcome).
  */
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type CheckResult, checkOperations } from '../linearizability/checker.js';
 import { etcdModelAt, resolveObservedWrites } from '../linearizability/model.js';

@@ -103,8 +103,8 @@ describe('packaging', () => {
     const listing = await run('tar', ['-tzf', tarball], { maxBuffer: 16 * 1024 * 1024 });
     const files = listing.stdout.split('\n').filter((f) => f.length > 0);
     for (const f of [
-      'package/dist/src/index.js',
-      'package/dist/src/index.d.ts',
+      'package/dist/index.js',
+      'package/dist/index.d.ts',
       'package/dist/backends/etcd/index.js',
       'package/dist/backends/etcd/index.d.ts',
       'package/dist/backends/raft/index.js',

@@ -7,8 +7,8 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { connect } from '../../backends/connect.js';
 import { EmbeddedKV, startCluster } from '../../backends/raft/embedded.js';
-import { connect } from '../../src/connect.js';
 import { toText } from '../../src/keys.js';
 
 const root = mkdtempSync(join(tmpdir(), 'conclave-durable-'));

@@ -10,7 +10,7 @@
  *   when the lease expires (time must keep passing while a watch is open), prints it, and ends
  *   with the watch still open and then closed by `break`.
  */
-import { connect, Mutex, Session } from '../../src/index.js';
+import { connect, Mutex, Session } from '../../index.js';
 import { toText } from '../../src/keys.js';
 
 const mode = process.argv[2];

@@ -7,8 +7,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect } from '../../backends/connect.js';
 import { Mutex } from '../../recipes/index.js';
-import { connect } from '../../src/connect.js';
 import { Session } from '../../src/session.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 

@@ -5,7 +5,7 @@
  * when the leader died may fail (`indeterminate` or retryable); every writer's next writes succeed.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 

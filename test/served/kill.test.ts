@@ -6,7 +6,7 @@
  * back, and writes kept being acknowledged while a majority was up.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 

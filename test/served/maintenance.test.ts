@@ -8,8 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { connect } from '../../backends/connect.js';
 import { main } from '../../backends/raft/cli.js';
-import { connect } from '../../src/connect.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 
 const hasEtcdctl =

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 
 const page = readFileSync(resolve(import.meta.dirname, '../../docs/security.md'), 'utf8');

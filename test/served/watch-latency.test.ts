@@ -9,7 +9,7 @@
  * delivered, no seconds of lag); test/server/watch-send.test.ts checks the sending itself exactly.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect } from '../../src/connect.js';
+import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
 

@@ -3,8 +3,9 @@
  * in-process 3-member embedded cluster (one gRPC server per member), with the expectations and
  * capabilities of real etcd: connection cuts through a proxy, and etcdctl interop.
  */
+
+import { connect } from '../../backends/connect.js';
 import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
-import { connect } from '../../src/connect.js';
 import { runConformance } from '../conformance/index.js';
 import { type CutProxy, startProxy } from '../harness/proxy.js';
 import { type ServedCluster, serveCluster } from './harness.js';

@@ -5,9 +5,9 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect } from '../../backends/connect.js';
 import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
 import { Mutex } from '../../recipes/mutex.js';
-import { connect } from '../../src/connect.js';
 import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';
 import { memberIdOf, type ServedCluster, serveCluster } from './harness.js';

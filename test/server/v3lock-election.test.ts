@@ -7,9 +7,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect } from '../../backends/connect.js';
 import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
 import { Mutex } from '../../recipes/mutex.js';
-import { connect } from '../../src/connect.js';
 import type { KV } from '../../src/kv.js';
 import { root } from '../../src/protocol/codec.js';
 import { Session } from '../../src/session.js';

@@ -30,7 +30,7 @@ import {
   Topic,
   WorkQueue,
   watchConfig,
-} from '../../src/index.js';
+} from '../../index.js';
 
 let kv: KV;
 let session: Session;

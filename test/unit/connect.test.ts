@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { connect, parseConnectUrl } from '../../src/connect.js';
+import { connect, parseConnectUrl } from '../../backends/connect.js';
 
 describe('connect URL parsing', () => {
   it('parses etcd:// with several endpoints and etcds:// as TLS', () => {

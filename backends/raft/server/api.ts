@@ -15,6 +15,7 @@
  * - IDs are etcd's uint64 member and cluster IDs (`bigint`), never the Raft core's small node ids.
  */
 import type { KV } from '../../../src/kv.js';
+import type { AuthChange, AuthStore } from '../store/auth-store.js';
 
 export interface MemberDescription {
   /** etcd member ID (uint64). */
@@ -116,6 +117,14 @@ export interface MaintenanceAdmin {
   disarm(memberId: bigint, alarm: MemberAlarm['alarm']): Promise<readonly MemberAlarm[]>;
 }
 
+/** What a member offers the Auth service: its live auth store and a way to propose changes. */
+export interface MemberAuth {
+  readonly store: AuthStore;
+  propose(c: AuthChange): Promise<void>;
+  /** `--client-cert-auth`: a verified certificate's CN names the user when no token is sent. */
+  readonly clientCertAuth: boolean;
+}
+
 export interface MemberBackend {
   readonly kv: KV;
   readonly info: MemberInfo;
@@ -123,7 +132,7 @@ export interface MemberBackend {
   /** Absent: the Cluster service answers membership changes UNIMPLEMENTED. */
   readonly cluster?: ClusterAdmin;
   /** The auth store and its changes (server/auth.ts); absent: the Auth service is UNIMPLEMENTED. */
-  readonly auth?: import('./auth.js').MemberAuth;
+  readonly auth?: MemberAuth;
   /** Absent: Snapshot, Defragment, Hash, HashKV and MoveLeader are answered UNIMPLEMENTED. */
   readonly maintenance?: MaintenanceAdmin;
 }

@@ -27,25 +27,19 @@ import { root } from '../../../src/protocol/codec.js';
 import {
   type AuthChange,
   type AuthError,
-  type AuthStore,
   AuthStoreError,
   checkPassword,
   hashPassword,
   type PermType,
 } from '../store/auth-store.js';
-import type { ServerContext } from './context.js';
+import type { MemberAuth } from './api.js';
+
+export type { MemberAuth } from './api.js';
+
 import { etcdErrors, type GrpcFailure } from './errors.js';
 
 /** Password checks (Authenticate) running at once on a member. */
 export const passwordChecksMax = 8;
-
-/** What a member offers the Auth service: its live auth store and a way to propose changes. */
-export interface MemberAuth {
-  readonly store: AuthStore;
-  propose(c: AuthChange): Promise<void>;
-  /** `--client-cert-auth`: a verified certificate's CN names the user when no token is sent. */
-  readonly clientCertAuth: boolean;
-}
 
 const S = grpc.status;
 /** etcd's rpctypes errors for the auth store's refusals (code and text, as Go clients match them). */
@@ -171,7 +165,7 @@ const text = (b: unknown): Uint8Array =>
 /** Registers etcd's Auth service (17 calls) on `server`. */
 export function registerAuth(
   server: grpc.Server,
-  ctx: ServerContext,
+  ctx: { currentHeader(): object },
   gate: AuthGate,
   a: MemberAuth | undefined,
   failure: (err: unknown) => GrpcFailure,

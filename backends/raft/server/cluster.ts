@@ -13,7 +13,7 @@ import { ConclaveError } from '../../../src/errors.js';
 import { big, type Int64 } from '../../../src/protocol/codec.js';
 import type { MemberChange, MemberChangeResult, MemberDescription } from './api.js';
 import type { GrpcFailure } from './errors.js';
-import type { ServiceKit } from './grpc.js';
+import type { ServiceKit } from './service-kit.js';
 import { wire64 } from './wire.js';
 
 /** etcd's membership refusals (texts as `membership.ts` raises them) → their gRPC codes. */

@@ -33,6 +33,7 @@ import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
 import { type ClientListener, dispatchConnection, listenClients, toHttp2 } from './listener.js';
 import { registerMaintenance } from './maintenance.js';
 import type { ServerMetrics } from './metrics.js';
+import type { ServiceKit, UnaryHandler } from './service-kit.js';
 import { type ClientTlsOptions, listenClientsTls } from './tls.js';
 import { registerElection } from './v3election.js';
 import { registerLock } from './v3lock.js';
@@ -129,7 +130,7 @@ const noLeaderChecksMax = 3;
 
 const TOO_LARGE = Object.freeze({ tooLarge: true });
 
-type Handler = grpc.handleUnaryCall<never, object>;
+type Handler = UnaryHandler;
 
 function type(name: string): protobuf.Type {
   return root.lookupType(`etcdserverpb.${name}`);
@@ -168,23 +169,6 @@ const health = protobuf.Root.fromJSON({
   },
 });
 const SERVING = 1;
-
-/**
- * What a service registered from its own file (cluster.ts, maintenance.ts) gets from the server:
- * the same registration, admission, answer and header helpers as the services in this file.
- */
-export interface ServiceKit {
-  readonly server: grpc.Server;
-  readonly ctx: ServerContext;
-  readonly backend: MemberBackend;
-  readonly type: (name: string) => protobuf.Type;
-  readonly encoder: (t: protobuf.Type) => (m: object) => Buffer;
-  readonly decoder: (t: protobuf.Type) => (b: Buffer) => object;
-  unary(path: string, req: protobuf.Type, res: protobuf.Type, handler: Handler, checkSize?: boolean): void;
-  admit(call: grpc.ServerUnaryCall<unknown, object>, cb: grpc.sendUnaryData<object>): boolean;
-  answer<R>(cb: grpc.sendUnaryData<object>, work: () => Promise<R>, toBody: (r: R) => object): Promise<void>;
-  fail(cb: grpc.sendUnaryData<object>, f: GrpcFailure): void;
-}
 
 function fail(cb: grpc.sendUnaryData<object>, f: GrpcFailure): void {
   cb({ code: f.code, details: f.details } as grpc.ServiceError);

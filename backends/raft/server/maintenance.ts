@@ -28,7 +28,7 @@ import { crc32c } from '../storage/crc32c.js';
 import type { Store } from '../store/store.js';
 import type { KvHash, MaintenanceAdmin } from './api.js';
 import type { GrpcFailure } from './errors.js';
-import type { ServiceKit } from './grpc.js';
+import type { ServiceKit } from './service-kit.js';
 
 export const snapshotMagic = Buffer.from('CNCLSNAP', 'latin1');
 export const snapshotFormat = 1;
