@@ -29,6 +29,8 @@ export interface StartEtcdOptions {
   members?: 1 | 3;
   heartbeatMs?: number;
   electionTimeoutMs?: number;
+  /** Extra etcd flags for every member we start (ignored for ETCD_ENDPOINTS and containers). */
+  extraArgs?: string[];
 }
 
 const children = new Set<ChildProcess>();
@@ -177,6 +179,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
       'zap',
       '--log-level',
       'error',
+      ...(opts.extraArgs ?? []),
     ];
     const child = spawn('etcd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';

@@ -138,14 +138,74 @@ export class AuthGate {
     }
   }
 
-  /** undefined when `c` may manage auth (auth disabled, or the root role). */
+  /**
+   * undefined when `c` may manage auth (auth disabled, or the root role); etcd's IsAdminPermitted:
+   * no user → "user name is empty", an unknown one → "user name not found".
+   */
   admin(c: Caller): GrpcFailure | undefined {
     if (!this.on) return undefined;
     const u = this.user(c);
     if (typeof u !== 'string') return u;
-    if (u === '') return authFailures.UserEmpty;
-    return this.#a!.store.isAdmin(u) ? undefined : authFailures.PermissionDenied;
+    return this.adminUser(u);
   }
+
+  adminUser(u: string): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    if (u === '') return authFailures.UserEmpty;
+    const st = this.#a!.store;
+    if (!st.users.has(u)) return authFailures.UserNotFound;
+    return st.isAdmin(u) ? undefined : authFailures.PermissionDenied;
+  }
+
+  /**
+   * With auth enabled, the failure for a token that names nobody, else undefined (no token, or a
+   * valid one). etcd reads the caller of every request it proposes through Raft
+   * (processInternalRaftRequestOnce), so LeaseGrant, Compact and Alarm are refused for a bad
+   * token even though they check no permission.
+   */
+  badToken(c: Caller): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    const token = c.metadata.get('token')[0];
+    if (typeof token !== 'string' || token === '') return undefined;
+    const u = this.user(c);
+    return typeof u === 'string' ? undefined : u;
+  }
+
+  /**
+   * etcd's Maintenance server (authMaintenanceServer): Snapshot, Defragment, Hash and HashKV need
+   * the root role. Its errors are the auth package's own, not rpctypes', so grpc-go answers them
+   * with code Unknown and the texts "auth: …" (as etcd 3.4.23 answers, differential-tested).
+   */
+  maintenanceAdmin(c: Caller): GrpcFailure | undefined {
+    const f = this.admin(c);
+    return f && asAuthPackageError(f);
+  }
+
+  /** The permission check of [key, rangeEnd) for a user already resolved (no token read). */
+  checkUser(
+    u: string,
+    key: Uint8Array,
+    rangeEnd: Uint8Array | undefined,
+    write: boolean,
+  ): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    try {
+      this.#a!.store.check(u, key, rangeEnd, write);
+      return undefined;
+    } catch (err) {
+      return failureOf(err);
+    }
+  }
+
+  /** The auth store's revision now (a request's view of the rules; see `AuthStore.revision`). */
+  get revision(): number {
+    return this.#a?.store.revision ?? 0;
+  }
+}
+
+/** An auth failure as etcd's `auth` package error reaches a client unconverted: Unknown, "auth: …". */
+export function asAuthPackageError(f: GrpcFailure): GrpcFailure {
+  return { code: S.UNKNOWN, details: f.details.replace(/^etcdserver: /, 'auth: ') };
 }
 
 function failureOf(err: unknown): GrpcFailure {
@@ -216,17 +276,41 @@ export function registerAuth(
   type Named = { name?: string; password?: string; options?: { noPassword?: boolean } | null };
   reg('AuthEnable', () => change({ op: 'enable' }));
   reg('AuthDisable', () => change({ op: 'disable' }));
-  reg('AuthStatus', async () => ({ enabled: st.enabled, authRevision: st.revision }));
+  // Not in etcd 3.4 (added in 3.5, where any caller may ask): served for etcdctl 3.5 and newer.
+  reg(
+    'AuthStatus',
+    async (_r, call) => {
+      const bad = gate.badToken(call);
+      if (bad) throw Object.assign(new Error(bad.details), { grpcFailure: bad });
+      return { enabled: st.enabled, authRevision: st.revision };
+    },
+    false,
+  );
   reg('UserAdd', async (r: Named) => {
     if (!r.name) throw new AuthStoreError('UserEmpty');
     const hash = r.options?.noPassword ? '' : await hashPassword(r.password ?? '');
     return change({ op: 'userAdd', name: r.name, hash });
   });
-  reg('UserGet', async (r: Named) => {
+  // etcd 3.4 (apply_auth.go UserGet, RoleGet): a user may read its own entry and its own roles.
+  const adminOrSelf = (call: Parameters<AuthGate['user']>[0], self: (user: string) => boolean) => {
+    const u = gate.user(call);
+    const f = typeof u === 'string' ? gate.adminUser(u) : u;
+    if (f && !(typeof u === 'string' && self(u)))
+      throw Object.assign(new Error(f.details), { grpcFailure: f });
+  };
+  reg(
+    'UserGet',
+    async (r: Named, call) => {
+      if (gate.on) adminOrSelf(call, (u) => u === r.name);
+      return userGet(r);
+    },
+    false,
+  );
+  const userGet = async (r: Named) => {
     const u = st.users.get(r.name ?? '');
     if (!u) throw new AuthStoreError('UserNotFound');
     return { roles: [...u.roles] };
-  });
+  };
   reg('UserList', async () => ({ users: [...st.users.keys()].sort() }));
   reg('UserDelete', (r: Named) => change({ op: 'userDelete', name: r.name ?? '' }));
   reg('UserChangePassword', async (r: Named) => {
@@ -244,13 +328,18 @@ export function registerAuth(
     change({ op: 'userRevokeRole', name: r.name ?? '', role: r.role ?? '' }),
   );
   reg('RoleAdd', (r: Named) => change({ op: 'roleAdd', name: r.name ?? '' }));
-  reg('RoleGet', async (r: { role?: string }) => {
-    const role = st.roles.get(r.role ?? '');
-    if (!role) throw new AuthStoreError('RoleNotFound');
-    return {
-      perm: role.perms.map((p) => ({ permType: p.type, key: p.key, rangeEnd: p.rangeEnd })),
-    };
-  });
+  reg(
+    'RoleGet',
+    async (r: { role?: string }, call) => {
+      if (gate.on) adminOrSelf(call, (u) => st.users.get(u)?.roles.includes(r.role ?? '') ?? false);
+      const role = st.roles.get(r.role ?? '');
+      if (!role) throw new AuthStoreError('RoleNotFound');
+      return {
+        perm: role.perms.map((p) => ({ permType: p.type, key: p.key, rangeEnd: p.rangeEnd })),
+      };
+    },
+    false,
+  );
   reg('RoleList', async () => ({ roles: [...st.roles.keys()].sort() }));
   reg('RoleDelete', (r: { role?: string }) => change({ op: 'roleDelete', role: r.role ?? '' }));
   reg(

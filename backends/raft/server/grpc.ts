@@ -24,7 +24,7 @@ import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { limits } from '../../../src/limits.js';
 import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
 import type { MemberBackend } from './api.js';
-import { AuthGate, registerAuth, txnRanges } from './auth.js';
+import { AuthGate, asAuthPackageError, registerAuth, txnRanges } from './auth.js';
 import { registerCluster } from './cluster.js';
 import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
@@ -354,6 +354,16 @@ export async function startClientServer(
           ...(r.prevKv ? ([[key, undefined, false]] as const) : []),
         ]);
         if (denied) return fail(cb, denied);
+        // etcd 3.4 (apply_auth.go Put, checkLeasePuts): attaching a lease needs write permission
+        // on every key the lease already holds (else the caller could not revoke what it joined).
+        if (lease !== 0n) {
+          const held = await leaseKeys(lease);
+          const refused = gate.checkAll(
+            call,
+            held.map((k) => [k, undefined, true] as const),
+          );
+          if (refused) return fail(cb, refused);
+        }
       }
       return answer(cb, () => kv.put(key, value, putOptions(r)), putAnswer);
     }) as Handler,
@@ -405,6 +415,8 @@ export async function startClientServer(
     cb: grpc.sendUnaryData<object>,
   ) => {
     if (!admit(call, cb)) return;
+    const bad = gate.badToken(call);
+    if (bad) return fail(cb, bad);
     const rev = num(call.request.revision);
     // etcd (mvcc kvstore.compact): a revision at or below the compacted one (0 and negatives
     // included) is "compacted"; one above the current revision is "future revision".
@@ -458,6 +470,10 @@ export async function startClientServer(
       cb: grpc.sendUnaryData<object>,
     ) => {
       if (!admit(call, cb)) return;
+      // etcd 3.4 checks no permission to grant a lease (any caller may, anonymous too), but a
+      // token it does not know is refused, as for every request it proposes.
+      const bad = gate.badToken(call);
+      if (bad) return fail(cb, bad);
       const ttl = num(call.request.TTL);
       const id = big(call.request.ID);
       // etcd's lessor: MaxLeaseTTL is 9,000,000,000 s; a TTL below the minimum is raised to it.
@@ -472,6 +488,10 @@ export async function startClientServer(
     true,
   );
 
+  /** The keys attached to a lease now (none when it is unknown). */
+  const leaseKeys = async (id: bigint): Promise<readonly Uint8Array[]> =>
+    (await kv.lease.timeToLive(id, { keys: true }).catch(() => undefined))?.keys ?? [];
+
   unary('/etcdserverpb.Lease/LeaseRevoke', T.LeaseRevokeRequest, T.LeaseRevokeResponse, (async (
     call: grpc.ServerUnaryCall<{ ID?: Int64 }, object>,
     cb: grpc.sendUnaryData<object>,
@@ -484,10 +504,9 @@ export async function startClientServer(
       // etcd 3.4 (apply_auth.go LeaseRevoke): write permission on every key attached to the lease.
       const caller = gate.user(call);
       if (typeof caller !== 'string') return fail(cb, caller);
-      const attached = await kv.lease.timeToLive(id, { keys: true }).catch(() => undefined);
       const denied = gate.checkAll(
         call,
-        (attached?.keys ?? []).map((k) => [k, undefined, true] as const),
+        (await leaseKeys(id)).map((k) => [k, undefined, true] as const),
       );
       if (denied) return fail(cb, denied);
     }
@@ -571,6 +590,9 @@ export async function startClientServer(
     cb: grpc.sendUnaryData<object>,
   ) => {
     if (!admit(call, cb)) return;
+    // etcd 3.4 proposes Alarm through Raft and returns the auth package's error as it is.
+    const bad = gate.badToken(call);
+    if (bad) return fail(cb, asAuthPackageError(bad));
     const action = call.request.action ?? 0;
     const want = call.request.alarm ?? 0;
     const pb = (list: readonly { memberId: bigint; alarm: 'nospace' | 'corrupt' }[]) =>

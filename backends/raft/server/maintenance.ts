@@ -147,9 +147,16 @@ export function registerMaintenance(k: ServiceKit): void {
     cb: grpc.sendUnaryData<object>,
     work: (a: MaintenanceAdmin) => Promise<R> | R,
     toBody: (r: R) => object,
+    adminOnly = true,
   ): Promise<void> => {
     if (!k.admit(call, cb)) return;
     if (!admin) return k.fail(cb, notServed);
+    // etcd 3.4 (authMaintenanceServer): Defragment, Hash and HashKV need the root role; MoveLeader
+    // does not.
+    if (adminOnly) {
+      const denied = ctx.authGate?.maintenanceAdmin(call);
+      if (denied) return k.fail(cb, denied);
+    }
     ctx.inflight++;
     try {
       cb(null, toBody(await work(admin)));
@@ -205,6 +212,7 @@ export function registerMaintenance(k: ServiceKit): void {
         cb,
         (a) => a.moveLeader(big(call.request.targetID, true)),
         () => ({ header: ctx.currentHeader() }),
+        false,
       )) as never,
   );
 
@@ -233,6 +241,8 @@ async function streamSnapshot(
     call.emit('error', { code: f.code, details: f.details });
   };
   if (!admin) return failWith(notServed);
+  const denied = k.ctx.authGate?.maintenanceAdmin(call);
+  if (denied) return failWith(denied);
   let snap: Awaited<ReturnType<MaintenanceAdmin['snapshot']>>;
   try {
     snap = await admin.snapshot();

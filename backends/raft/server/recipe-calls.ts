@@ -10,8 +10,11 @@
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { resolveRange, toBytes } from '../../../src/keys.js';
+import type { KV } from '../../../src/kv.js';
 import { root } from '../../../src/protocol/codec.js';
 import { Session } from '../../../src/session.js';
+import type { Bytes, LeaseApi, LeaseId, Op, Txn } from '../../../src/types.js';
 import type { ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 
@@ -34,7 +37,11 @@ export function goError(text: string): GrpcFailure {
   return { code: grpc.status.UNKNOWN, details: text };
 }
 
-export type Body<Req> = (req: Req, signal: AbortSignal) => Promise<object>;
+export type Body<Req> = (
+  req: Req,
+  signal: AbortSignal,
+  call: grpc.ServerUnaryCall<Req, object>,
+) => Promise<object>;
 
 /**
  * Registers `path` (e.g. `/v3lockpb.Lock/Lock`) as a unary method answered by `body`. The call is
@@ -65,9 +72,12 @@ export function registerUnary<Req>(
       if (events) call.once('cancelled', onCancel);
       ctx.inflight++;
       try {
-        cb(null, await body(call.request, cancelled.signal));
+        cb(null, await body(call.request, cancelled.signal, call));
       } catch (err) {
-        if (cancelled.signal.aborted) refuse({ code: grpc.status.CANCELLED, details: 'context canceled' });
+        const denied = callerAuthFailure(err);
+        if (denied) refuse(denied);
+        else if (cancelled.signal.aborted)
+          refuse({ code: grpc.status.CANCELLED, details: 'context canceled' });
         else if (isGrpcFailure(err)) refuse(err);
         else refuse(ctx.failure(err));
       } finally {
@@ -100,8 +110,7 @@ export function isGrpcFailure(err: unknown): err is GrpcFailure {
  * others) the session keeps the lease alive: a client waiting on an open call is alive; when it
  * cancels, the wait ends and the session is orphaned.
  */
-export async function sessionFor(ctx: ServerContext, lease: bigint, signal: AbortSignal): Promise<Session> {
-  const kv = ctx.backend.kv;
+export async function sessionFor(kv: KV, lease: bigint, signal: AbortSignal): Promise<Session> {
   if (lease === 0n) return Session.create(kv, { ttlSeconds: defaultSessionTtlSeconds, signal });
   if (lease < 0n) throw etcdErrors.leaseNotFound;
   try {
@@ -110,4 +119,135 @@ export async function sessionFor(ctx: ServerContext, lease: bigint, signal: Abor
     if (ConclaveError.is(err, ErrorCode.LeaseNotFound)) throw etcdErrors.leaseNotFound;
     throw err;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The caller's view of the store
+
+/**
+ * A permission refused to a recipe call's own KV call. etcd's Lock and Election servers run Go's
+ * recipes through an in-process client that carries the caller's credentials, so each of their
+ * KV calls is checked as the caller's, and a refusal (an rpctypes error, not a gRPC status) reaches
+ * the client as code Unknown with etcd's text: `Unknown: etcdserver: permission denied`.
+ */
+export class CallerAuthError extends ConclaveError {
+  readonly failure: GrpcFailure;
+  constructor(f: GrpcFailure) {
+    super(
+      f.code === grpc.status.PERMISSION_DENIED ? ErrorCode.PermissionDenied : ErrorCode.Unauthenticated,
+      f.details,
+      {
+        retryable: false,
+      },
+    );
+    this.failure = f;
+  }
+}
+
+/** Nested errors searched for a CallerAuthError (recipes may wrap what a KV call threw). */
+const causeDepthMax = 8;
+
+/** The Unknown-coded answer for a refusal met by a recipe call, if `err` is (or wraps) one. */
+export function callerAuthFailure(err: unknown): GrpcFailure | undefined {
+  let e: unknown = err;
+  for (let i = 0; i < causeDepthMax && e; i++) {
+    if (e instanceof CallerAuthError) return { code: grpc.status.UNKNOWN, details: e.failure.details };
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/**
+ * The member's KV as the caller of `call` may use it, for the recipes of the Lock and Election
+ * services: while auth is enabled each call is checked as etcd checks the caller's own (read on a
+ * range, write on a put or delete, the txn's compares and ops, write on every key of a lease
+ * that is revoked or attached to a new key), and refused with CallerAuthError. A token that names
+ * nobody is refused at once ("invalid auth token"); no credentials is the empty user, refused by
+ * the first check ("user name is empty"), after the session's lease grant as in etcd.
+ * With auth disabled: the member's KV itself.
+ */
+export function callerKv(ctx: ServerContext, call: grpc.ServerUnaryCall<unknown, object>): KV {
+  const kv = ctx.backend.kv;
+  const gate = ctx.authGate;
+  if (!gate?.on) return kv;
+  const u = gate.user(call);
+  if (typeof u !== 'string') throw new CallerAuthError(u);
+  const deny = (key: Uint8Array, end: Uint8Array | undefined, write: boolean): void => {
+    const f = gate.checkUser(u, key, end, write);
+    if (f) throw new CallerAuthError(f);
+  };
+  const leaseKeys = async (id: LeaseId) =>
+    (await kv.lease.timeToLive(id, { keys: true }).catch(() => undefined))?.keys ?? [];
+  const checkOps = (ops: readonly Op[]): void => {
+    for (const op of ops) {
+      if (op.type === 'txn') checkTxn(op.txn);
+      else if (op.type === 'put') {
+        deny(toBytes(op.key), undefined, true);
+        if (op.options?.prevKv) deny(toBytes(op.key), undefined, false);
+      } else {
+        const r = resolveRange(op.key, op.options);
+        deny(r.key, r.end, op.type === 'delete');
+        if (op.type === 'delete' && op.options?.prevKv) deny(r.key, r.end, false);
+      }
+    }
+  };
+  const checkTxn = (t: Txn): void => {
+    for (const c of t.compare) {
+      const r = resolveRange(c.key, c);
+      deny(r.key, r.end, false);
+    }
+    checkOps(t.success);
+    checkOps(t.failure);
+  };
+  const lease: LeaseApi = {
+    grant: (ttl, o) => kv.lease.grant(ttl, o),
+    revoke: async (id, o) => {
+      for (const k of await leaseKeys(id)) deny(k, undefined, true);
+      return kv.lease.revoke(id, o);
+    },
+    keepAliveOnce: (id, o) => kv.lease.keepAliveOnce(id, o),
+    timeToLive: (id, o) => kv.lease.timeToLive(id, o),
+    list: (o) => kv.lease.list(o),
+  };
+  const range = (key: Bytes, sel: Parameters<typeof resolveRange>[1]) => {
+    const r = resolveRange(key, sel);
+    deny(r.key, r.end, false);
+  };
+  return {
+    get: async (key, o) => {
+      range(key, undefined);
+      return kv.get(key, o);
+    },
+    range: async (key, o) => {
+      range(key, o);
+      return kv.range(key, o);
+    },
+    put: async (key, value, o) => {
+      deny(toBytes(key), undefined, true);
+      if (o?.prevKv) deny(toBytes(key), undefined, false);
+      if (o?.lease !== undefined && o.lease !== 0n)
+        for (const k of await leaseKeys(o.lease)) deny(k, undefined, true);
+      return kv.put(key, value, o);
+    },
+    delete: async (key, o) => {
+      const r = resolveRange(key, o);
+      deny(r.key, r.end, true);
+      if (o?.prevKv) deny(r.key, r.end, false);
+      return kv.delete(key, o);
+    },
+    txn: async (t, o) => {
+      checkTxn(t);
+      return kv.txn(t, o);
+    },
+    watch: (key, o) => {
+      range(key, o);
+      return kv.watch(key, o);
+    },
+    lease,
+    compact: (rev, o) => kv.compact(rev, o),
+    status: (o) => kv.status(o),
+    // The member's KV is not the caller's to close.
+    close: async () => {},
+    [Symbol.asyncDispose]: async () => {},
+  };
 }

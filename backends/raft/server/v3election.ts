@@ -26,7 +26,16 @@ import { big, type Int64 } from '../../../src/protocol/codec.js';
 import type { KeyValue } from '../../../src/types.js';
 import type { OpenStream, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
-import { encoderOf, goError, isGrpcFailure, pbType, registerUnary, sessionFor } from './recipe-calls.js';
+import {
+  callerAuthFailure,
+  callerKv,
+  encoderOf,
+  goError,
+  isGrpcFailure,
+  pbType,
+  registerUnary,
+  sessionFor,
+} from './recipe-calls.js';
 import { recipeName } from './v3lock.js';
 import { bytesOf, kvToPb, wire64 } from './wire.js';
 
@@ -66,7 +75,7 @@ function leaderKeyOf(k: PbLeaderKey | null | undefined): { key: Uint8Array; rev:
 }
 
 export function registerElection(server: grpc.Server, ctx: ServerContext): void {
-  const kv = ctx.backend.kv;
+  // Every call runs its recipe as the caller (callerKv: the caller's permissions, as etcd's).
 
   registerUnary<{ name?: Uint8Array; lease?: Int64; value?: Uint8Array }>(
     server,
@@ -74,9 +83,9 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
     '/v3electionpb.Election/Campaign',
     pbType('CampaignRequest'),
     pbType('CampaignResponse'),
-    async (req, signal) => {
+    async (req, signal, call) => {
       const name = recipeName(req.name, 'election');
-      const session = await sessionFor(ctx, big(req.lease), signal);
+      const session = await sessionFor(callerKv(ctx, call), big(req.lease), signal);
       try {
         const won = await new Election(session, name).campaign(bytesOf(req.value), { signal });
         return {
@@ -100,9 +109,9 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
     '/v3electionpb.Election/Proclaim',
     pbType('ProclaimRequest'),
     pbType('ProclaimResponse'),
-    async (req, signal) => {
+    async (req, signal, call) => {
       const l = leaderKeyOf(req.leader);
-      const t = await kv.txn(
+      const t = await callerKv(ctx, call).txn(
         {
           compare: [{ key: l.key, target: 'create', result: '=', value: l.rev }],
           success: [
@@ -128,9 +137,9 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
     '/v3electionpb.Election/Resign',
     pbType('ResignRequest'),
     pbType('ResignResponse'),
-    async (req, signal) => {
+    async (req, signal, call) => {
       const l = leaderKeyOf(req.leader);
-      const t = await kv.txn(
+      const t = await callerKv(ctx, call).txn(
         {
           compare: [{ key: l.key, target: 'create', result: '=', value: l.rev }],
           success: [{ type: 'delete', key: l.key }],
@@ -148,9 +157,9 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
     '/v3electionpb.Election/Leader',
     pbType('LeaderRequest'),
     pbType('LeaderResponse'),
-    async (req, signal) => {
+    async (req, signal, call) => {
       const name = recipeName(req.name, 'election');
-      const found = await leaderKv(kv, name, signal);
+      const found = await leaderKv(callerKv(ctx, call), name, signal);
       if (!found) throw electionErrors.noLeader;
       return { header: ctx.currentHeader(), kv: kvToPb(found) };
     },
@@ -182,6 +191,7 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
       });
       const observe = async (request: { name?: Uint8Array }) => {
         try {
+          const kv = callerKv(ctx, call as never);
           const name = recipeName(request.name, 'election');
           for await (const o of Election.observe(kv, name, { signal: stop.signal })) {
             if (!o.leader) continue;
@@ -205,7 +215,7 @@ export function registerElection(server: grpc.Server, ctx: ServerContext): void 
           }
         } catch (err) {
           if (stop.signal.aborted) return;
-          open.fail(isGrpcFailure(err) ? err : ctx.failure(err));
+          open.fail(callerAuthFailure(err) ?? (isGrpcFailure(err) ? err : ctx.failure(err)));
         }
       };
       const run = (request: { name?: Uint8Array }) => void observe(request);

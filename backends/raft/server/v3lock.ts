@@ -17,7 +17,7 @@ import { Mutex } from '../../../recipes/mutex.js';
 import { big, type Int64 } from '../../../src/protocol/codec.js';
 import type { ServerContext } from './context.js';
 import { etcdErrors } from './errors.js';
-import { pbType, registerUnary, sessionFor } from './recipe-calls.js';
+import { callerKv, pbType, registerUnary, sessionFor } from './recipe-calls.js';
 import { bytesOf } from './wire.js';
 
 interface PbLockRequest {
@@ -45,16 +45,16 @@ export function recipeName(b: Uint8Array | null | undefined, what: string): stri
 }
 
 export function registerLock(server: grpc.Server, ctx: ServerContext): void {
-  const kv = ctx.backend.kv;
+  // Both calls run as the caller (callerKv: its permissions, as etcd's v3lock runs its calls).
   registerUnary<PbLockRequest>(
     server,
     ctx,
     '/v3lockpb.Lock/Lock',
     pbType('LockRequest'),
     pbType('LockResponse'),
-    async (req, signal) => {
+    async (req, signal, call) => {
       const name = recipeName(req.name, 'lock');
-      const session = await sessionFor(ctx, big(req.lease), signal);
+      const session = await sessionFor(callerKv(ctx, call), big(req.lease), signal);
       try {
         // etcd's Lock is Go's Mutex: a second Lock under the same lease shares the held key.
         const held = await new Mutex(session, name, { sameSession: 'share' }).lock({ signal });
@@ -70,10 +70,10 @@ export function registerLock(server: grpc.Server, ctx: ServerContext): void {
     '/v3lockpb.Lock/Unlock',
     pbType('UnlockRequest'),
     pbType('UnlockResponse'),
-    async (req, signal) => {
+    async (req, signal, call) => {
       const key = bytesOf(req.key);
       if (key.length === 0) throw etcdErrors.emptyKey;
-      const r = await kv.delete(key, { signal });
+      const r = await callerKv(ctx, call).delete(key, { signal });
       return { header: ctx.header(r.revision) };
     },
   );

@@ -28,7 +28,7 @@
  * `compact_revision` when that revision was compacted meanwhile. Memory per stream is bounded by
  * watches × buffer, never by how far behind the client is.
  */
-import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { status as grpcStatus, type ServerDuplexStream } from '@grpc/grpc-js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { num } from '../../../src/protocol/codec.js';
 import type { Watch, WatchBatch, WatchOptions } from '../../../src/types.js';
@@ -239,8 +239,11 @@ export class WatchStream implements OpenStream {
     // Auth enabled: read permission on the watched range (etcd's isWatchPermitted).
     const gate = ctx.authGate;
     if (gate?.on) {
-      const denied = gate.check(this.#call, bytesOf(c.key), bytesOf(c.rangeEnd), false);
-      if (denied) return this.#refuse(`rpc error: code = PermissionDenied desc = ${denied.details}`);
+      // etcd checks the range after turning an empty key into "\0"; its cancel reason is the Go
+      // text of the rpctypes error: "rpc error: code = <code> desc = <text>".
+      const denied = gate.check(this.#call, key, bytesOf(c.rangeEnd), false);
+      if (denied)
+        return this.#refuse(`rpc error: code = ${goCodeName(denied.code)} desc = ${denied.details}`);
     }
     const wanted = num(c.watchId as never);
     if (wanted !== 0 && this.#watches.has(wanted))
@@ -482,4 +485,14 @@ export function writeBuffered(call: object): void {
     };
     for (const c of chunks) s._write.call(s, c.chunk, c.encoding, one);
   };
+}
+
+/** A gRPC status code as grpc-go's codes.Code.String() names it (PermissionDenied, …). */
+function goCodeName(code: number): string {
+  const n = (grpcStatus as unknown as Record<number, string>)[code] ?? String(code);
+  return n
+    .toLowerCase()
+    .split('_')
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+    .join('');
 }
