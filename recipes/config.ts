@@ -17,29 +17,37 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import { Err, Ok, type Result } from 'ts-results-es';
 import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
-import { bytesEqual, concatBytes, prefixEnd, toBytes, toText } from '../src/keys.js';
+import { bytesEqual, prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import { limits } from '../src/limits.js';
-import type { Bytes, CallOptions, Compare, KeyValue, Op, WatchBatch } from '../src/types.js';
+import type { Bytes, CallOptions, Compare, KeyValue, Op } from '../src/types.js';
+import { ChangeFeed } from './internal/change-feed.js';
+import { type PrefixSnapshot, prefixReadPageKeysMax, readPrefix } from './internal/prefix-read.js';
 import type { ResyncReason } from './internal/resync.js';
-import { backoffMs, pause } from './internal/timing.js';
+import {
+  PrefixCache,
+  type PrefixCacheChange,
+  prefixCacheBackoffMsMax,
+  prefixCacheResyncAttemptsMax,
+} from './prefix-cache.js';
 
 /** Most keys a config prefix may hold; past it the read (or the watcher) fails `request-too-large`. */
 export const configKeysMax = 10_000;
 /** Keys read per page of a snapshot (all pages pinned at the first page's revision). */
-export const configPageKeysMax = 1000;
+export const configPageKeysMax = prefixReadPageKeysMax;
 /** Changes buffered per iterator for a slow consumer; past it they collapse into one `resync`. */
 export const configChangesBufferedMax = 64;
 /** Default quiet time (ms) after the last write of a burst before the burst is applied. */
 export const configDebounceMsDefault = 50;
 /** A burst is applied at the latest this many `debounceMs` after its first write (no starvation). */
 export const configDebounceSpanFactorMax = 10;
-/** Consecutive failed attempts to re-read and re-watch (after `unavailable` etc.) before the watcher fails. */
-export const configResyncAttemptsMax = 20;
-/** A watch that ran this long (ms) before failing counts as healthy: the failure count starts over. */
-export const configWatchHealthyMs = 10_000;
-/** Longest back-off (ms) between two resync attempts. */
-export const configResyncBackoffMsMax = 2000;
+/**
+ * Consecutive failed attempts to re-read and re-watch (after `unavailable` etc.) before the
+ * watcher fails: the bound of the `PrefixCache` under it.
+ */
+export const configResyncAttemptsMax = prefixCacheResyncAttemptsMax;
+/** Longest back-off (ms) between two resync attempts (the `PrefixCache`'s). */
+export const configResyncBackoffMsMax = prefixCacheBackoffMsMax;
 /** Attempts of an unguarded `setConfig` whose txn lost a race with another writer. */
 export const setConfigAttemptsMax = limits.retryAttemptsMax;
 
@@ -102,12 +110,6 @@ export interface WatchConfigOptions<T> extends CallOptions {
   readonly changesBufferedMax?: number;
 }
 
-/** The prefix as it was at one revision: relative key → stored entry. */
-interface Snapshot {
-  readonly revision: number;
-  readonly kvs: KeyValue[];
-}
-
 const jsonDecode: ConfigDecoder = (value) => JSON.parse(toText(value));
 const jsonEncode: ConfigEncoder = (value) => {
   const s = JSON.stringify(value);
@@ -121,40 +123,14 @@ function checkPrefix(what: string, prefix: unknown): asserts prefix is string {
     throw new ConclaveError(ErrorCode.InvalidArgument, `${what}: prefix must be a non-empty string`);
 }
 
-/** Whole re-reads of a paginated snapshot whose pinned revision was compacted mid-way. */
-const snapshotAttemptsMax = 3;
-
-/**
- * Reads every key under `prefix` at one revision: the first page fixes the revision, later pages
- * are pinned to it (if it is compacted meanwhile, the read starts over). Fails `request-too-large`
- * past `configKeysMax` keys.
- */
-async function readSnapshot(kv: KV, prefix: string, signal?: AbortSignal): Promise<Snapshot> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await readPages(kv, prefix, signal);
-    } catch (err) {
-      if (!ConclaveError.is(err, ErrorCode.Compacted) || attempt >= snapshotAttemptsMax) throw err;
-    }
-  }
-}
-
-async function readPages(kv: KV, prefix: string, signal?: AbortSignal): Promise<Snapshot> {
-  const p = toBytes(prefix);
-  const end = prefixEnd(p);
-  const first = await kv.range(p, { end, limit: configPageKeysMax, signal });
-  if (first.count > configKeysMax) throw tooManyKeys(prefix, first.count);
-  const kvs = [...first.kvs];
-  let more = first.more;
-  // Terminates: each page advances past its last key, and the count is bounded above.
-  for (let page = 1; more && page <= Math.ceil(configKeysMax / configPageKeysMax); page++) {
-    const after = concatBytes(kvs[kvs.length - 1]!.key, new Uint8Array([0]));
-    const r = await kv.range(after, { end, revision: first.revision, limit: configPageKeysMax, signal });
-    kvs.push(...r.kvs);
-    more = r.more;
-  }
-  if (more || kvs.length > configKeysMax) throw tooManyKeys(prefix, kvs.length);
-  return { revision: first.revision, kvs };
+/** Reads every key under `prefix` at one revision (pages pinned to the first one's revision). */
+function readSnapshot(kv: KV, prefix: string, signal?: AbortSignal): Promise<PrefixSnapshot> {
+  return readPrefix(kv, toBytes(prefix), {
+    keysMax: configKeysMax,
+    bytesMax: Number.MAX_SAFE_INTEGER,
+    tooBig: (_limit, have) => tooManyKeys(prefix, have),
+    ...(signal ? { signal } : {}),
+  });
 }
 
 function tooManyKeys(prefix: string, n: number): ConclaveError {
@@ -181,42 +157,6 @@ interface Field {
   readonly decoded: { ok: true; value: unknown } | { ok: false; message: string };
 }
 
-/** A bounded FIFO of changes for one iterator; on overflow it collapses into one resync. */
-class ChangeBuffer<T> {
-  readonly items: ConfigChange<T>[] = [];
-  wake: (() => void) | undefined;
-  ended = false;
-  error: unknown;
-
-  constructor(readonly max: number) {}
-
-  push(change: ConfigChange<T>, latest: () => ConfigChange<T>): void {
-    if (this.ended) return;
-    if (this.items.length >= this.max) {
-      // A slow consumer gets the latest state instead of unbounded growth.
-      this.items.length = 0;
-      this.items.push(latest());
-      if (change.type === 'rejected') this.items.push(change);
-    } else {
-      this.items.push(change);
-    }
-    this.#notify();
-  }
-
-  end(error?: unknown): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.error = error;
-    this.#notify();
-  }
-
-  #notify(): void {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
-  }
-}
-
 type Pending = { kind: 'update' } | { kind: 'resync'; reason: ResyncReason };
 
 /**
@@ -230,10 +170,12 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   readonly #schema: StandardSchemaV1<unknown, T>;
   readonly #decode: ConfigDecoder;
   readonly #debounceMs: number;
-  readonly #bufferMax: number;
   readonly #signal: AbortSignal | undefined;
   readonly #stop = new AbortController();
   readonly #prefixBytes: Uint8Array;
+  /** The live copy of the prefix (watch, resyncs, bounds); the config is evaluated from it. */
+  #cache: PrefixCache | undefined;
+  readonly #feed: ChangeFeed<ConfigChange<T>>;
 
   /** The store as last applied: relative key → field, consistent at `#rawRevision`. */
   #raw = new Map<string, Field>();
@@ -246,7 +188,8 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
    * against (`revision`, `keys`). After a rejected candidate it is ahead of `#valid`.
    */
   #seen: { revision: number; keys: string[] } = { revision: 0, keys: [] };
-  #subscribers = new Set<ChangeBuffer<T>>();
+  /** The last rejection, while it is newer than the valid config (an overflow catch-up repeats it). */
+  #rejected: ConfigChange<T> | undefined;
   #pending: Pending | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #burstStartMs: number | undefined;
@@ -282,7 +225,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     this.#schema = opts.schema;
     this.#decode = opts.decode ?? jsonDecode;
     this.#debounceMs = debounceMs;
-    this.#bufferMax = bufferMax;
+    this.#feed = new ChangeFeed(bufferMax, () => this.#catchUp());
     this.#signal = opts.signal;
   }
 
@@ -353,19 +296,30 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     signal.throwIfAborted();
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
     try {
-      const snap = await readSnapshot(this.kv, this.prefix, signal);
-      this.#loadSnapshot(snap);
+      const cache = new PrefixCache(this.kv, this.#prefixBytes, { keysMax: configKeysMax, signal });
+      this.#cache = cache;
+      // Subscribed before the read: its first change is the content read (a reset), and every
+      // change after it reaches the watch loop, however soon the watch delivers.
+      const changes = cache.changes({ withContent: true });
+      await cache.start().catch((err: unknown) => {
+        throw this.#boundError(err);
+      });
+      const first = await changes.next();
+      if (first.done)
+        throw cache.error ?? new ConclaveError(ErrorCode.Closed, `config watcher ${this.prefix} closed`);
+      this.#apply(first.value);
+      const revision = this.#rawRevision;
       const cand = this.#candidate();
       const checked = await this.#validate(cand.object, cand.decodeIssues);
       signal.throwIfAborted();
       if (!checked.ok) {
         await this.close();
-        return Err({ revision: snap.revision, issues: checked.issues });
+        return Err({ revision, issues: checked.issues });
       }
       this.#evaluated = cand.bytes;
-      this.#valid = { config: checked.value, revision: snap.revision, keys: [...cand.bytes.keys()] };
-      this.#seen = { revision: snap.revision, keys: this.#valid.keys };
-      this.#running = this.#run();
+      this.#valid = { config: checked.value, revision, keys: [...cand.bytes.keys()] };
+      this.#seen = { revision, keys: this.#valid.keys };
+      this.#running = this.#run(cache, changes);
       return Ok(this);
     } catch (err) {
       await this.close();
@@ -379,7 +333,8 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
       this.#signal?.removeEventListener('abort', this.#onAbort);
       this.#stop.abort(new ConclaveError(ErrorCode.Closed, `config watcher ${this.prefix} closed`));
       clearTimeout(this.#timer);
-      for (const s of this.#subscribers) s.end(this.#error);
+      this.#feed.end(this.#error);
+      await this.#cache?.close();
       await this.#running?.catch(() => undefined);
       await this.#evaluating?.catch(() => undefined);
     })();
@@ -398,34 +353,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
    * iterator only, normally (a stop you asked for is not an error).
    */
   changes(opts: CallOptions = {}): AsyncGenerator<ConfigChange<T>, void, undefined> {
-    // Subscribe now (not at the first next()), so nothing applied after this call is missed.
-    const buf = new ChangeBuffer<T>(this.#bufferMax);
-    if (this.#closed) buf.end(this.#error);
-    else if (opts.signal?.aborted) buf.end();
-    else this.#subscribers.add(buf);
-    return this.#drain(buf, opts.signal);
-  }
-
-  async *#drain(buf: ChangeBuffer<T>, signal: AbortSignal | undefined): AsyncGenerator<ConfigChange<T>> {
-    const onAbort = () => buf.end();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      while (true) {
-        const next = buf.items.shift();
-        if (next) {
-          yield next;
-          continue;
-        }
-        if (buf.ended) {
-          if (buf.error !== undefined) throw buf.error;
-          return;
-        }
-        await new Promise<void>((r) => (buf.wake = r));
-      }
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      this.#subscribers.delete(buf);
-    }
+    return this.#feed.subscribe(undefined, { signal: opts.signal });
   }
 
   /** `changes()`: every change after this call, until `close()`. */
@@ -447,23 +375,34 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     return [key, { value: kv.value, decoded }];
   }
 
-  #loadSnapshot(snap: Snapshot): void {
-    this.#raw = new Map(snap.kvs.map((kv) => this.#field(kv)));
-    this.#rawRevision = snap.revision;
+  #load(kvs: readonly KeyValue[], revision: number): void {
+    this.#raw = new Map(kvs.map((kv) => this.#field(kv)));
+    this.#rawRevision = revision;
   }
 
-  /** Applies whole revisions of a watch batch to the raw state. */
-  #applyBatch(batch: WatchBatch): void {
-    for (const e of batch.events) {
+  /**
+   * Applies one change of the cache to the raw state. A watch's change moves the raw revision to
+   * its newest event's (the revision of the write, which a guarded `setConfig` compares with); a
+   * re-read's to the read's revision.
+   */
+  #apply(c: PrefixCacheChange): void {
+    if (c.reset) {
+      this.#load(
+        c.events.flatMap((e) => (e.type === 'put' ? [e.kv] : [])),
+        c.revision,
+      );
+      return;
+    }
+    for (const e of c.events) {
       if (e.type === 'put') {
         const [key, field] = this.#field(e.kv);
         this.#raw.set(key, field);
+        this.#rawRevision = Math.max(this.#rawRevision, e.kv.modRevision);
       } else {
-        this.#raw.delete(toText(e.kv.key.subarray(this.#prefixBytes.length)));
+        this.#raw.delete(toText(e.key.subarray(this.#prefixBytes.length)));
       }
-      this.#rawRevision = Math.max(this.#rawRevision, e.kv.modRevision);
     }
-    if (this.#raw.size > configKeysMax) throw tooManyKeys(this.prefix, this.#raw.size);
+    if (c.resync) this.#rawRevision = Math.max(this.#rawRevision, c.revision);
   }
 
   /** The object built from the raw state, and each key's bytes. Decode failures become issues. */
@@ -502,63 +441,35 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   // -------------------------------------------------------------------------------------------
   // Watch loop
 
-  async #run(): Promise<void> {
-    const signal = this.#stop.signal;
-    let failures = 0;
-    // Bounded: every iteration counts a failure, unless its watch delivered or lived long enough.
-    while (!signal.aborted) {
-      const w = this.kv.watch(this.prefix, { prefix: true, startRevision: this.#rawRevision + 1, signal });
-      const openedMs = performance.now();
-      let reason: ResyncReason = 'reconnect';
-      try {
-        for await (const batch of w) {
-          failures = 0;
-          if (batch.events.length === 0) continue;
-          this.#applyBatch(batch);
+  /**
+   * Follows the cache: each change is applied to the raw state, then evaluated (after the
+   * debounce; a re-read at once, as a resync). The cache does the watching, the resyncs after
+   * compaction, overflow or a broken watch, and their bounds; when it fails, so does the watcher.
+   */
+  async #run(cache: PrefixCache, changes: AsyncGenerator<PrefixCacheChange, void, undefined>): Promise<void> {
+    try {
+      for await (const c of changes) {
+        this.#apply(c);
+        const reason = c.resync;
+        if (reason === undefined) {
           this.#scheduleUpdate();
+          continue;
         }
-        if (signal.aborted) return;
-        // The watch ended without being closed: treat it as a broken stream.
-      } catch (err) {
-        if (signal.aborted) return;
-        if (ConclaveError.is(err, ErrorCode.Compacted)) reason = 'compacted';
-        else if (ConclaveError.is(err, ErrorCode.WatchOverflow)) reason = 'overflow';
-        else if (!ConclaveError.is(err) || !err.retryable) return this.#fail(err);
-      } finally {
-        await w.close();
+        clearTimeout(this.#timer);
+        this.#burstStartMs = undefined;
+        this.#request({ kind: 'resync', reason });
       }
-      if (performance.now() - openedMs >= configWatchHealthyMs) failures = 0;
-      if (++failures > configResyncAttemptsMax) {
-        return this.#fail(
-          new ConclaveError(
-            ErrorCode.Unavailable,
-            `config watcher ${this.prefix}: could not re-establish its watch in ${configResyncAttemptsMax} attempts`,
-          ),
-        );
-      }
-      try {
-        await this.#resync(reason, failures, signal);
-      } catch (err) {
-        if (signal.aborted) return;
-        if (!ConclaveError.is(err) || !(err.retryable || err.code === ErrorCode.Compacted))
-          return this.#fail(err);
-      }
+      if (cache.error !== undefined && !this.#stop.signal.aborted) this.#fail(this.#boundError(cache.error));
+    } catch (err) {
+      if (!this.#stop.signal.aborted) this.#fail(this.#boundError(err));
     }
   }
 
-  /** Waits (backing off after repeated failures), re-reads the prefix and evaluates it as a resync. */
-  async #resync(reason: ResyncReason, failures: number, signal: AbortSignal): Promise<void> {
-    if (reason === 'reconnect' || failures > 1) {
-      const ms = backoffMs(failures - 1, configResyncBackoffMsMax);
-      await pause(ms, signal);
-      signal.throwIfAborted();
-    }
-    const snap = await readSnapshot(this.kv, this.prefix, signal);
-    signal.throwIfAborted();
-    this.#loadSnapshot(snap);
-    clearTimeout(this.#timer);
-    this.#burstStartMs = undefined;
-    this.#request({ kind: 'resync', reason });
+  /** The cache's `keysMax` error as the watcher's own (`request-too-large`, naming `configKeysMax`). */
+  #boundError(err: unknown): unknown {
+    if (ConclaveError.is(err, ErrorCode.TooManyRequests) && err.details?.limit === 'keysMax')
+      return tooManyKeys(this.prefix, Number(err.details.have));
+    return err;
   }
 
   #fail(err: unknown): void {
@@ -640,18 +551,28 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   }
 
   #emit(change: ConfigChange<T>): void {
-    const latest = (): ConfigChange<T> => {
-      const v = this.#valid!;
-      return {
-        type: 'resync',
-        reason: 'overflow',
-        revision: v.revision,
-        config: v.config,
-        changedKeys: [],
-        result: Ok(v.config),
-      };
+    this.#rejected = change.type === 'rejected' ? change : undefined;
+    this.#feed.publish(change, undefined);
+  }
+
+  /**
+   * What an iterator that fell behind reads instead of its backlog: the latest valid config as a
+   * `resync` (reason `overflow`), then the newest rejection if one came after it.
+   */
+  #catchUp(): { change: ConfigChange<T>; after: undefined }[] {
+    const v = this.#valid!;
+    const latest: ConfigChange<T> = {
+      type: 'resync',
+      reason: 'overflow',
+      revision: v.revision,
+      config: v.config,
+      changedKeys: [],
+      result: Ok(v.config),
     };
-    for (const s of this.#subscribers) s.push(change, latest);
+    return [latest, ...(this.#rejected ? [this.#rejected] : [])].map((change) => ({
+      change,
+      after: undefined,
+    }));
   }
 }
 
@@ -860,7 +781,7 @@ function encodeConfig(
  */
 function planWrite(
   prefix: string,
-  snap: Snapshot,
+  snap: PrefixSnapshot,
   wanted: Map<string, Uint8Array>,
   ifRevision: number | undefined,
 ): { compare: Compare[]; ops: Op[]; put: string[]; deleted: string[] } {
@@ -910,7 +831,7 @@ function planWrite(
 async function checkUnchanged(
   kv: KV,
   prefix: string,
-  snap: Snapshot,
+  snap: PrefixSnapshot,
   ifRevision: number,
   ifKeys: readonly string[] | undefined,
   signal: AbortSignal | undefined,

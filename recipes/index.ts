@@ -108,6 +108,7 @@ export {
 export {
   PrefixCache,
   type PrefixCacheChange,
+  type PrefixCacheChangesOptions,
   type PrefixCacheEvent,
   type PrefixCacheOptions,
   type PrefixCacheResync,

@@ -14,6 +14,7 @@ import { toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, KeyValue } from '../src/types.js';
+import { ChangeFeed } from './internal/change-feed.js';
 import type { ResyncReason } from './internal/resync.js';
 import { backoffMs, pause } from './internal/timing.js';
 import { PrefixCache, type PrefixCacheChange, prefixCacheResyncAttemptsMax } from './prefix-cache.js';
@@ -605,54 +606,6 @@ export interface ResolverOptions extends CallOptions {
 
 type Instances = ReadonlyMap<string, ServiceInstance>;
 
-interface Buffered {
-  readonly change: ServiceChange;
-  readonly after: Instances;
-}
-
-/** A bounded FIFO of changes for one iterator; on overflow the backlog merges into one resync. */
-class ChangeStream {
-  items: Buffered[] = [];
-  /** The list as the consumer last saw it (before `items[0]`). */
-  base: Instances;
-  wake: (() => void) | undefined;
-  ended = false;
-  error: unknown;
-
-  constructor(
-    readonly max: number,
-    base: Instances,
-  ) {
-    this.base = base;
-  }
-
-  push(b: Buffered): void {
-    if (this.ended) return;
-    if (this.items.length >= this.max) {
-      // A slow consumer gets one change from what it last saw to now, not an unbounded backlog.
-      this.items = [
-        { change: diffChange(this.base, b.after, b.change.revision, 'overflow'), after: b.after },
-      ];
-    } else {
-      this.items.push(b);
-    }
-    this.#notify();
-  }
-
-  end(error?: unknown): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.error = error;
-    this.#notify();
-  }
-
-  #notify(): void {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
-  }
-}
-
 function sortedList(m: Instances): ServiceInstance[] {
   return [...m.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
@@ -717,7 +670,7 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   readonly #prefixBytes: Uint8Array;
   readonly #strategy: PickStrategy;
   readonly #max: number;
-  readonly #bufferMax: number;
+  readonly #feed: ChangeFeed<ServiceChange, Instances>;
   readonly #errorThreshold: number;
   readonly #errorWindowMs: number;
   readonly #downMs: number;
@@ -734,7 +687,6 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   #skipped = new Set<string>();
   #health = new Map<string, Health>();
   #rr = 0;
-  #subscribers = new Set<ChangeStream>();
   #started = false;
   #running: Promise<void> | undefined;
   #closed: Promise<void> | undefined;
@@ -757,7 +709,13 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     this.#prefixBytes = toBytes(this.#prefix);
     this.#strategy = opts.strategy ?? PickStrategy.RoundRobin;
     this.#max = int('instancesMax', opts.instancesMax ?? namingInstancesMax, 1);
-    this.#bufferMax = int('changesBufferedMax', opts.changesBufferedMax ?? namingChangesBufferedMax, 1);
+    // A consumer that fell behind gets one change from what it last saw to now.
+    this.#feed = new ChangeFeed(
+      int('changesBufferedMax', opts.changesBufferedMax ?? namingChangesBufferedMax, 1),
+      (seen) => [
+        { change: diffChange(seen, this.#instances, this.#revision, 'overflow'), after: this.#instances },
+      ],
+    );
     this.#errorThreshold = int('errorThreshold', opts.errorThreshold ?? downErrorThresholdDefault, 1);
     if (this.#errorThreshold > downErrorThresholdMax)
       throw new ConclaveError(
@@ -825,7 +783,7 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     this.#closed ??= (async () => {
       this.#signal?.removeEventListener('abort', this.#onAbort);
       this.#stop.abort(new ConclaveError(ErrorCode.Closed, `service resolver ${this.service} closed`));
-      for (const s of this.#subscribers) s.end(this.#error);
+      this.#feed.end(this.#error);
       await this.#cache?.close();
       await this.#running?.catch(() => undefined);
     })();
@@ -928,41 +886,12 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
    * only, normally (a requested stop is not an error).
    */
   changes(opts: CallOptions = {}): AsyncGenerator<ServiceChange, void, undefined> {
-    // Subscribe now (not at the first next()), so nothing applied after this call is missed.
-    const s = new ChangeStream(this.#bufferMax, this.#instances);
-    if (this.#closed) s.end(this.#error);
-    else if (opts.signal?.aborted) s.end();
-    else this.#subscribers.add(s);
-    return this.#drain(s, opts.signal);
+    return this.#feed.subscribe(this.#instances, { signal: opts.signal });
   }
 
   /** `changes()`: every change applied after this call. */
   [Symbol.asyncIterator](): AsyncGenerator<ServiceChange, void, undefined> {
     return this.changes();
-  }
-
-  async *#drain(s: ChangeStream, signal: AbortSignal | undefined): AsyncGenerator<ServiceChange> {
-    // A requested stop ends the iteration normally, as `close()` does.
-    const onAbort = () => s.end();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      while (true) {
-        const next = s.items.shift();
-        if (next) {
-          s.base = next.after;
-          yield next.change;
-          continue;
-        }
-        if (s.ended) {
-          if (s.error !== undefined) throw s.error;
-          return;
-        }
-        await new Promise<void>((r) => (s.wake = r));
-      }
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      this.#subscribers.delete(s);
-    }
   }
 
   /** Replaces the list, forgets the health of instances that left, and emits the change. */
@@ -976,7 +905,7 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     if (!how.emit) return;
     const change = diffChange(before, next, revision, resync);
     if (!resync && change.added.length + change.removed.length + change.updated.length === 0) return;
-    for (const s of this.#subscribers) s.push({ change, after: next });
+    this.#feed.publish(change, next);
   }
 
   // -------------------------------------------------------------------------------------------

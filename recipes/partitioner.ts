@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import { invalidArgument } from '../src/errors.js';
 import type { CallOptions } from '../src/types.js';
 import type { GroupChange, GroupMemberInfo, GroupView } from './group.js';
+import { ChangeFeed } from './internal/change-feed.js';
 
 /** Default virtual nodes per member of weight 1 (`vnodes`). */
 export const partitionerVnodesDefault = 64;
@@ -33,25 +34,6 @@ interface State {
   readonly ring: Ring;
   readonly members: readonly GroupMemberInfo[];
   readonly revision: number;
-}
-
-class Subscriber {
-  items: Array<{ change: PartitionChange; after: State }> = [];
-  /** The state as the consumer last saw it (before `items[0]`). */
-  base: State;
-  overflowed = false;
-  wake: (() => void) | undefined;
-  ended = false;
-  error: unknown;
-  constructor(base: State) {
-    this.base = base;
-  }
-  end(error?: unknown): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.error = error;
-    this.wake?.();
-  }
 }
 
 /** A member as the ring sees it. */
@@ -169,7 +151,11 @@ export class Partitioner implements AsyncDisposable {
   #revision: number;
   readonly #stop = new AbortController();
   readonly #source: AsyncGenerator<GroupChange, void, undefined>;
-  readonly #subscribers = new Set<Subscriber>();
+  /** A consumer that fell behind gets one merged change from what it last saw to now. */
+  readonly #feed = new ChangeFeed<PartitionChange, State>(partitionerChangesBufferedMax, (seen) => {
+    const now = this.#state();
+    return [{ change: this.#diff(seen, now, 'overflow'), after: now }];
+  });
   readonly #running: Promise<void>;
 
   constructor(view: GroupView, opts: PartitionerOptions = {}) {
@@ -245,42 +231,8 @@ export class Partitioner implements AsyncDisposable {
    * fires; throws the view's error if the view stopped.
    */
   changes(opts: CallOptions = {}): AsyncGenerator<PartitionChange, void, undefined> {
-    // Subscribe now (not at the first next()), so nothing after this call is missed.
-    const s = new Subscriber(this.#state());
-    if (this.#stop.signal.aborted || opts.signal?.aborted) s.end();
-    else this.#subscribers.add(s);
-    const onAbort = () => s.end();
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const self = this;
-    return (async function* () {
-      try {
-        while (true) {
-          if (s.overflowed) {
-            s.overflowed = false;
-            const now = self.#state();
-            const merged = self.#diff(s.base, now, 'overflow');
-            s.base = now;
-            yield merged;
-            continue;
-          }
-          const next = s.items.shift();
-          if (next) {
-            s.base = next.after;
-            yield next.change;
-            continue;
-          }
-          if (s.ended) {
-            if (s.error !== undefined) throw s.error;
-            return;
-          }
-          await new Promise<void>((r) => (s.wake = r));
-          s.wake = undefined;
-        }
-      } finally {
-        opts.signal?.removeEventListener('abort', onAbort);
-        self.#subscribers.delete(s);
-      }
-    })();
+    // Subscribed now (not at the first next()), so nothing after this call is missed.
+    return this.#feed.subscribe(this.#state(), { signal: opts.signal });
   }
 
   /** `changes()`: every membership change after this call, with the tracked items that moved. */
@@ -291,7 +243,7 @@ export class Partitioner implements AsyncDisposable {
   /** Stops following the view (the view itself stays open). */
   async close(): Promise<void> {
     this.#stop.abort();
-    for (const s of this.#subscribers) s.end();
+    this.#feed.end();
     await this.#running;
   }
 
@@ -344,19 +296,12 @@ export class Partitioner implements AsyncDisposable {
         const change = this.#diff(before, after, c.resync);
         // Weight-only updates that move nothing are not reported.
         if (change.joined.length + change.left.length + change.moved.length === 0 && !c.resync) continue;
-        for (const s of this.#subscribers) {
-          if (s.ended || s.overflowed) continue;
-          if (s.items.length >= partitionerChangesBufferedMax) {
-            s.items = [];
-            s.overflowed = true;
-          } else s.items.push({ change, after });
-          s.wake?.();
-        }
+        this.#feed.publish(change, after);
       }
     } catch (err) {
       if (!this.#stop.signal.aborted) error = err;
     } finally {
-      for (const s of this.#subscribers) s.end(error);
+      this.#feed.end(error);
     }
   }
 }

@@ -16,6 +16,8 @@ import { abortReason, ConclaveError, ErrorCode, invalidArgument } from '../src/e
 import { prefixEnd, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchBatch } from '../src/types.js';
+import { ChangeFeed } from './internal/change-feed.js';
+import { entryBytes, readPrefix } from './internal/prefix-read.js';
 import type { ResyncReason } from './internal/resync.js';
 import { backoffMs, pause } from './internal/timing.js';
 
@@ -44,8 +46,10 @@ export type PrefixCacheEvent =
  * Changes that took the cache to `revision`. Applying `events` in order to a view that matched the
  * cache before (or, with `reset`, to an empty view) makes it match the cache at `revision`.
  * `resync` is set when the change comes from a re-read of the prefix (the events are then the
- * difference, not the store's history); `reset` when this iterator fell more than
- * `changesBufferedMax` changes behind and its backlog was replaced by the whole content.
+ * difference, not the store's history); `reset` when the events are the whole content: this
+ * iterator fell more than `changesBufferedMax` changes behind and its backlog was replaced by it
+ * (`resync: 'overflow'`), or the iterator asked for the content first (`withContent`, no
+ * `resync`).
  */
 export interface PrefixCacheChange {
   readonly revision: number;
@@ -63,39 +67,24 @@ export interface PrefixCacheOptions extends CallOptions {
   readonly changesBufferedMax?: number;
 }
 
+/** Options of `PrefixCache.changes()`. */
+export interface PrefixCacheChangesOptions extends CallOptions {
+  /**
+   * Start with the whole content as one reset change (no `resync`): the content now, or, for an
+   * iterator taken before `start()`, the first read. Then every change after it, as usual.
+   */
+  readonly withContent?: boolean;
+}
+
+/** The feed tag of iterators taken before `start()` that want its first read. */
+const withContentTag = 'with-content';
+
 /** A byte string as a Map key: one char per byte, so distinct keys never collide and order is byte order. */
 const mapKey = (b: Uint8Array): string => {
   let s = '';
   for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode(...b.subarray(i, i + 8192));
   return s;
 };
-const sizeOf = (kv: KeyValue): number => kv.key.length + kv.value.length;
-
-class Subscriber {
-  items: PrefixCacheChange[] = [];
-  /** Set when the backlog overflowed: the next item delivered is a reset to the current content. */
-  overflowed = false;
-  wake: (() => void) | undefined;
-  ended = false;
-  error: unknown;
-  constructor(readonly max: number) {}
-  push(c: PrefixCacheChange): void {
-    if (this.ended) return;
-    if (this.overflowed) return;
-    if (this.items.length >= this.max) {
-      this.items = [];
-      this.overflowed = true;
-    } else this.items.push(c);
-    this.wake?.();
-  }
-  end(error?: unknown): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.error = error;
-    this.wake?.();
-  }
-}
-
 /**
  * A live, local copy of every key under a prefix (see the module comment): start one with
  * `PrefixCache.start(kv, prefix)`, read it with `get`/`list`/`size`, follow it with `changes()`,
@@ -107,7 +96,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   readonly prefix: Uint8Array;
   readonly keysMax: number;
   readonly bytesMax: number;
-  readonly #bufferMax: number;
+  readonly #feed: ChangeFeed<PrefixCacheChange>;
   readonly #signal: AbortSignal | undefined;
   readonly #stop = new AbortController();
   #entries = new Map<string, KeyValue>();
@@ -118,7 +107,6 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   #running: Promise<void> | undefined;
   #closed: Promise<void> | undefined;
   #error: unknown;
-  readonly #subscribers = new Set<Subscriber>();
   /** Woken after every applied change (ready() waits on them). */
   readonly #appliedWaiters = new Set<() => void>();
   #onAbort = () => void this.close();
@@ -138,7 +126,16 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
       );
     this.keysMax = int('keysMax', opts.keysMax ?? prefixCacheKeysMax);
     this.bytesMax = int('bytesMax', opts.bytesMax ?? prefixCacheBytesMax);
-    this.#bufferMax = int('changesBufferedMax', opts.changesBufferedMax ?? prefixCacheChangesBufferedMax);
+    // A consumer that fell behind gets everything it missed as the whole current content.
+    this.#feed = new ChangeFeed(
+      int('changesBufferedMax', opts.changesBufferedMax ?? prefixCacheChangesBufferedMax),
+      () => {
+        const events = this.#resetEvents();
+        return [
+          { change: { revision: this.#revision, events, resync: 'overflow', reset: true }, after: undefined },
+        ];
+      },
+    );
     this.#signal = opts.signal;
   }
 
@@ -258,13 +255,15 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
    * change with the whole content). Ends after `close()`; throws the cache's error if it failed.
    * Aborting `signal` ends this iterator only, normally (a requested stop is not an error).
    */
-  changes(opts: CallOptions = {}): AsyncGenerator<PrefixCacheChange, void, undefined> {
-    // Subscribe now (not at the first next()), so nothing applied after this call is missed.
-    const s = new Subscriber(this.#bufferMax);
-    if (this.#closed) s.end(this.#error);
-    else if (opts.signal?.aborted) s.end();
-    else this.#subscribers.add(s);
-    return this.#drain(s, opts.signal);
+  changes(opts: PrefixCacheChangesOptions = {}): AsyncGenerator<PrefixCacheChange, void, undefined> {
+    if (!opts.withContent) return this.#feed.subscribe(undefined, { signal: opts.signal });
+    // Before start(), the content is the first read, delivered when it is made.
+    if (!this.#running) return this.#feed.subscribe(undefined, { signal: opts.signal, tag: withContentTag });
+    const first = { revision: this.#revision, events: this.#resetEvents(), reset: true } as const;
+    return this.#feed.subscribe(undefined, {
+      signal: opts.signal,
+      first: [{ change: first, after: undefined }],
+    });
   }
 
   /** `changes()`: every change applied after this call. */
@@ -277,7 +276,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
     this.#closed ??= (async () => {
       this.#signal?.removeEventListener('abort', this.#onAbort);
       this.#stop.abort(this.#closedError());
-      for (const s of this.#subscribers) s.end(this.#error);
+      this.#feed.end(this.#error);
       for (const w of this.#appliedWaiters) w();
       await this.#running?.catch(() => undefined);
     })();
@@ -335,35 +334,9 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
     return { unchanged: r.count === size && r.kvs.length === 0, revision: r.revision };
   }
 
-  async *#drain(s: Subscriber, signal: AbortSignal | undefined): AsyncGenerator<PrefixCacheChange> {
-    // A requested stop ends the iteration normally, as `close()` does.
-    const onAbort = () => s.end();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      while (true) {
-        if (s.overflowed) {
-          s.overflowed = false;
-          // Everything the consumer missed, as the whole current content.
-          const events = this.#sortedEntries().map((kv) => ({ type: 'put' as const, key: kv.key, kv }));
-          yield { revision: this.#revision, events, resync: 'overflow', reset: true };
-          continue;
-        }
-        const next = s.items.shift();
-        if (next) {
-          yield next;
-          continue;
-        }
-        if (s.ended) {
-          if (s.error !== undefined) throw s.error;
-          return;
-        }
-        await new Promise<void>((r) => (s.wake = r));
-        s.wake = undefined;
-      }
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      this.#subscribers.delete(s);
-    }
+  /** The whole content as puts, in key order (a reset's events). */
+  #resetEvents(): PrefixCacheEvent[] {
+    return this.#sortedEntries().map((kv) => ({ type: 'put' as const, key: kv.key, kv }));
   }
 
   #sortedEntries(): KeyValue[] {
@@ -380,24 +353,19 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
     );
   }
 
-  /** One range at one revision, within the bounds. */
+  /** The prefix at one revision, within the bounds. */
   async #read(
     signal: AbortSignal,
   ): Promise<{ entries: Map<string, KeyValue>; bytes: number; revision: number }> {
-    const r = await this.kv.range(this.prefix, {
-      end: prefixEnd(this.prefix),
-      limit: this.keysMax + 1,
+    const snap = await readPrefix(this.kv, this.prefix, {
+      keysMax: this.keysMax,
+      bytesMax: this.bytesMax,
+      tooBig: (limit, have) => this.#tooBig(limit, have),
       signal,
     });
-    if (r.count > this.keysMax) throw this.#tooBig('keysMax', r.count);
     const entries = new Map<string, KeyValue>();
-    let bytes = 0;
-    for (const kv of r.kvs) {
-      entries.set(mapKey(kv.key), kv);
-      bytes += sizeOf(kv);
-    }
-    if (bytes > this.bytesMax) throw this.#tooBig('bytesMax', bytes);
-    return { entries, bytes, revision: r.revision };
+    for (const kv of snap.kvs) entries.set(mapKey(kv.key), kv);
+    return { entries, bytes: snap.bytes, revision: snap.revision };
   }
 
   /** Replaces the content with a fresh read; emits the difference as a resync change (unless starting). */
@@ -412,7 +380,16 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
     this.#bytes = bytes;
     this.#sorted = undefined;
     this.#revision = Math.max(this.#revision, revision);
-    if (resync === undefined) return;
+    if (resync === undefined) {
+      // The first read, for iterators taken before start() with `withContent`.
+      if (this.#feed.has(withContentTag))
+        this.#feed.publish(
+          { revision: this.#revision, events: this.#resetEvents(), reset: true },
+          undefined,
+          withContentTag,
+        );
+      return;
+    }
     const events: PrefixCacheEvent[] = [];
     for (const [k, prev] of before)
       if (!next.has(k)) events.push({ type: 'delete', key: prev.key, prevKv: prev });
@@ -426,7 +403,7 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
   }
 
   #emit(change: PrefixCacheChange): void {
-    for (const s of this.#subscribers) s.push(change);
+    this.#feed.publish(change, undefined);
     this.#applied();
   }
 
@@ -441,11 +418,11 @@ export class PrefixCache implements AsyncDisposable, AsyncIterable<PrefixCacheCh
       if (e.type === 'delete') {
         if (!prev) continue;
         this.#entries.delete(k);
-        this.#bytes -= sizeOf(prev);
+        this.#bytes -= entryBytes(prev);
         events.push({ type: 'delete', key: e.kv.key, prevKv: prev });
       } else {
         this.#entries.set(k, e.kv);
-        this.#bytes += sizeOf(e.kv) - (prev ? sizeOf(prev) : 0);
+        this.#bytes += entryBytes(e.kv) - (prev ? entryBytes(prev) : 0);
         events.push(
           prev
             ? { type: 'put', key: e.kv.key, kv: e.kv, prevKv: prev }
