@@ -235,6 +235,13 @@ export interface WatchOptions extends KeySelector, CallOptions {
    * `watch-overflow` error (default `limits.watchBufferBatchesMax`).
    */
   bufferBatchesMax?: number;
+  /**
+   * Replayed history (a `startRevision` in the past) arrives in batches of up to this many
+   * revisions, each batch's `revision` the last one it covers, as etcd's server sends it (one
+   * response of up to 1000 revisions per catch-up round). Default 1: a batch per revision.
+   * Conclave's own Raft store honours it; etcd decides for itself.
+   */
+  replayBatchRevisionsMax?: number;
 }
 
 /** One change of one key in a watch batch (etcd's `mvccpb.Event`). */

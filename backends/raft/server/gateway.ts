@@ -13,8 +13,10 @@
  * proto field names (`create_revision`, `ID`, `grantedTTL`), bytes as standard base64, 64-bit
  * integers as strings, enums by name, fields at their default value left out (a PUT event has no
  * `type`). Requests accept proto names and lowerCamelCase JSON names, 64-bit integers as strings
- * or numbers, enums by name or number. Unlike etcd's gateway (which ignores them), an unknown field
- * is refused: a misspelt `range_end` would otherwise silently turn a prefix read into a point read.
+ * or numbers (a number is read from its digits: a lease ID above 2^53 is exact), enums by name or
+ * number. As etcd's gateway, a field the message does not have is ignored, a body's first JSON
+ * value is the request (text after it is not read), and `null` or an empty body is the empty
+ * request.
  *
  * Errors: `{"error": m, "message": m, "code": <gRPC code>}` with grpc-gateway's HTTP status for
  * the code; malformed JSON, a wrong type or invalid base64 is 400 with code 3 and a message naming
@@ -259,24 +261,30 @@ const int32Range = {
   fixed32: [0, 2 ** 32 - 1],
 } as const;
 
-const kind = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'an array' : `a ${typeof v}`);
+const kind = (v: unknown): string =>
+  v === null
+    ? 'null'
+    : Array.isArray(v)
+      ? 'an array'
+      : v instanceof JsonNumber
+        ? `the number ${clip(v.text)}`
+        : `a ${typeof v}`;
 
 /**
- * Converts one parsed JSON value to a plain object `t.encode` takes, checking every field's type.
- * Throws `BadRequest` naming the field (`where`) for anything etcd's gateway would not accept, and
- * for unknown fields.
+ * Converts one parsed JSON value (`parseJson`'s, or plain JSON values) to a plain object
+ * `t.encode` takes, checking every field's type. Throws `BadRequest` naming the field (`where`)
+ * for anything etcd's gateway would not accept. A field the message does not have is ignored, as
+ * etcd 3.4's gateway ignores it (grpc-gateway's JSONPb decodes with jsonpb's AllowUnknownFields):
+ * a misspelt field name is the default value, exactly as it is on etcd.
  */
 export function fromJson(t: protobuf.Type, v: unknown, where = t.name): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v))
+  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof JsonNumber)
     throw new BadRequest(`${where}: expected a JSON object, got ${kind(v)}`);
   const fields = fieldsOf(t);
   const out: Record<string, unknown> = {};
   for (const [k, val] of Object.entries(v)) {
     const f = fields.get(k);
-    if (!f)
-      throw new BadRequest(
-        `${where}: unknown field "${k}" (${t.name} has ${t.fieldsArray.map((x) => x.name).join(', ')})`,
-      );
+    if (!f) continue;
     if (val === null) continue; // JSON null is the default value, as in proto3 JSON.
     const at = `${where}.${f.name}`;
     if (f.repeated) {
@@ -287,17 +295,39 @@ export function fromJson(t: protobuf.Type, v: unknown, where = t.name): Record<s
   return out;
 }
 
+/**
+ * An integer field's value: a JSON number written as an integer (read from its digits, so
+ * 64-bit values are exact), or a decimal string (how etcd's gateway writes 64-bit integers).
+ * Go's decoder refuses a fraction or an exponent for an integer field, and so does this.
+ */
+function integerOf(v: unknown, at: string): bigint {
+  if (v instanceof JsonNumber) {
+    if (int64Pattern.test(v.text)) return BigInt(v.text);
+    throw new BadRequest(`${at}: ${clip(v.text)} is not an integer`);
+  }
+  if (typeof v === 'number') {
+    if (Number.isSafeInteger(v)) return BigInt(v);
+    throw new BadRequest(`${at}: ${v} is not an integer JSON number can carry exactly; send it as a string`);
+  }
+  if (typeof v === 'string' && int64Pattern.test(v)) return BigInt(v);
+  throw new BadRequest(`${at}: expected an integer (number or decimal string), got ${describe(v)}`);
+}
+
 function fieldValue(f: protobuf.Field, v: unknown, at: string): unknown {
   const rt = f.resolvedType;
   if (rt instanceof protobuf.Type) return fromJson(rt, v, at);
   if (rt instanceof protobuf.Enum) {
+    // By name (own keys only: the values object inherits the names by number), or by number;
+    // etcd's gateway refuses a number written as a string ("2") as an unknown name.
     if (typeof v === 'string') {
-      const n = rt.values[v];
-      if (n === undefined)
-        throw new BadRequest(`${at}: "${v}" is not one of ${Object.keys(rt.values).join(', ')}`);
-      return n;
+      if (!Object.hasOwn(rt.values, v))
+        throw new BadRequest(`${at}: "${clip(v)}" is not one of ${Object.keys(rt.values).join(', ')}`);
+      return rt.values[v];
     }
-    if (typeof v === 'number' && Number.isInteger(v)) return v;
+    if (v instanceof JsonNumber || typeof v === 'number') {
+      const n = integerOf(v, at);
+      if (n >= -(2n ** 31n) && n < 2n ** 31n) return Number(n);
+    }
     throw new BadRequest(`${at}: expected an enum name or number, got ${kind(v)}`);
   }
   switch (f.type) {
@@ -313,20 +343,13 @@ function fieldValue(f: protobuf.Field, v: unknown, at: string): unknown {
       return v;
     case 'double':
     case 'float':
+      if (v instanceof JsonNumber) return Number(v.text);
       if (typeof v !== 'number') throw new BadRequest(`${at}: expected a number, got ${kind(v)}`);
       return v;
   }
   if (f.type in long64) {
     const r = long64[f.type as keyof typeof long64];
-    let b: bigint;
-    if (typeof v === 'number') {
-      if (!Number.isSafeInteger(v))
-        throw new BadRequest(
-          `${at}: ${v} is not an integer JSON number can carry exactly; send it as a string`,
-        );
-      b = BigInt(v);
-    } else if (typeof v === 'string' && int64Pattern.test(v)) b = BigInt(v);
-    else throw new BadRequest(`${at}: expected an integer (number or decimal string), got ${describe(v)}`);
+    const b = integerOf(v, at);
     if (b < r.min || b > r.max) throw new BadRequest(`${at}: ${b} is out of range for ${f.type}`);
     // protobufjs writes 64-bit fields from any {low, high} pair (two's complement halves).
     const u = BigInt.asUintN(64, b);
@@ -334,10 +357,9 @@ function fieldValue(f: protobuf.Field, v: unknown, at: string): unknown {
   }
   if (f.type in int32Range) {
     const [lo, hi] = int32Range[f.type as keyof typeof int32Range];
-    const n = typeof v === 'string' && int64Pattern.test(v) ? Number(v) : v;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < lo || n > hi)
-      throw new BadRequest(`${at}: expected a ${f.type}, got ${describe(v)}`);
-    return n;
+    const n = integerOf(v, at);
+    if (n < BigInt(lo) || n > BigInt(hi)) throw new BadRequest(`${at}: ${n} is out of range for ${f.type}`);
+    return Number(n);
   }
   throw new BadRequest(`${at}: fields of type ${f.type} are not accepted`);
 }
@@ -510,12 +532,121 @@ export class JsonSplitter {
   }
 }
 
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new BadRequest(`the request body is not valid JSON: ${(err as Error).message}`);
-  }
+/**
+ * A JSON number as its literal text. Go's decoder (etcd's gateway) reads an int64 field from the
+ * number's digits, so `{"ID": 9007199254740993}` is that lease ID exactly; JSON.parse would round
+ * it to a double first. The field it lands in decides how the text is read (fieldValue).
+ */
+export class JsonNumber {
+  constructor(readonly text: string) {}
+}
+
+/** Nesting of objects and arrays in a request body at most (deeper is refused, never a stack overflow). */
+export const jsonDepthMax = 256;
+
+const numberLiteral = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+
+/**
+ * Parses the first JSON value of `text` and ignores what follows it, as etcd's gateway does: it
+ * decodes a unary request with one `json.Decoder.Decode` call, which reads one value and leaves
+ * the rest of the body unread. Numbers become `JsonNumber`s; objects have no prototype (a
+ * `__proto__` key is just a key). Throws `BadRequest` for text that is not JSON.
+ */
+export function parseJson(text: string): unknown {
+  let i = 0;
+  const fail = (what: string): never => {
+    throw new BadRequest(
+      i >= text.length
+        ? `the request body is not valid JSON: it ends inside a value (${what})`
+        : `the request body is not valid JSON: ${what} at position ${i}`,
+    );
+  };
+  const ws = () => {
+    for (;;) {
+      const c = text.charCodeAt(i);
+      if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) i++;
+      else return;
+    }
+  };
+  const str = (): string => {
+    const start = i++;
+    for (;;) {
+      if (i >= text.length) fail('an unterminated string');
+      const c = text.charCodeAt(i);
+      if (c === 0x22) break;
+      if (c === 0x5c) i++;
+      else if (c < 0x20) fail('a control character inside a string');
+      i++;
+    }
+    i++;
+    try {
+      return JSON.parse(text.slice(start, i)) as string;
+    } catch {
+      i = start;
+      return fail('an invalid escape in the string');
+    }
+  };
+  const value = (depth: number): unknown => {
+    ws();
+    const c = text.charCodeAt(i);
+    if (c === 0x22) return str();
+    if (c === 0x7b || c === 0x5b) {
+      if (depth >= jsonDepthMax) fail(`nesting deeper than ${jsonDepthMax} levels`);
+      i++;
+      ws();
+      if (c === 0x5b) {
+        const a: unknown[] = [];
+        if (text.charCodeAt(i) === 0x5d) {
+          i++;
+          return a;
+        }
+        for (;;) {
+          a.push(value(depth + 1));
+          ws();
+          const d = text.charCodeAt(i);
+          if (d !== 0x5d && d !== 0x2c) fail(`expected "," or "]" in an array`);
+          i++;
+          if (d === 0x5d) return a;
+        }
+      }
+      const o: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
+      if (text.charCodeAt(i) === 0x7d) {
+        i++;
+        return o;
+      }
+      for (;;) {
+        ws();
+        if (text.charCodeAt(i) !== 0x22) fail('expected a double-quoted field name');
+        const k = str();
+        ws();
+        if (text.charCodeAt(i) !== 0x3a) fail('expected ":" after a field name');
+        i++;
+        o[k] = value(depth + 1);
+        ws();
+        const d = text.charCodeAt(i);
+        if (d !== 0x7d && d !== 0x2c) fail(`expected "," or "}" in an object`);
+        i++;
+        if (d === 0x7d) return o;
+      }
+    }
+    for (const [word, v] of [
+      ['true', true],
+      ['false', false],
+      ['null', null],
+    ] as const)
+      if (text.startsWith(word, i)) {
+        i += word.length;
+        return v;
+      }
+    numberLiteral.lastIndex = i;
+    const m = numberLiteral.exec(text);
+    if (m) {
+      i += m[0].length;
+      return new JsonNumber(m[0]);
+    }
+    return fail(i >= text.length ? 'no value' : `unexpected ${JSON.stringify(text[i])}`);
+  };
+  return value(0);
 }
 
 /** Starts the gateway over `server`'s registered handlers (looked up per request). */
@@ -590,8 +721,11 @@ export function startGateway(server: grpc.Server, backend: MemberBackend, o: Gat
     }
     let request: unknown;
     try {
-      // An empty body is the empty request, as Go's decoder leaves the message untouched at EOF.
-      const msg = body.trim() === '' ? {} : fromJson(reqType, parseJson(body));
+      // An empty body, or `null`, is the empty request: Go's decoder leaves the message untouched
+      // at EOF and for a JSON null. Text after the first value is not read (etcd's gateway decodes
+      // one value).
+      const value = body.trim() === '' ? null : parseJson(body);
+      const msg = value === null ? {} : fromJson(reqType, value);
       request = h.deserialize(Buffer.from(reqType.encode(msg).finish()));
     } catch (err) {
       if (err instanceof BadRequest) return sendError(res, err.code, err.message, err.status);

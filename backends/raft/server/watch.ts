@@ -11,6 +11,9 @@
  *   after the key is refused "mvcc: watcher range is empty". A refused create is answered with
  *   `created` and `canceled` both set, watch ID -1 and the reason.
  * - A start revision that was compacted: `created`, then `canceled` with `compact_revision`.
+ * - History replayed from a past start revision comes in responses of up to `watchBatchMaxRevs`
+ *   revisions each, the header revision the last one covered (etcd's syncWatchers); live events
+ *   come one response per revision.
  * - Cancel of an unknown ID: no answer. Cancel of a live one: `canceled`, then nothing more for it.
  * - Progress request: one response with watch ID -1 at the current revision, once every watch of
  *   the stream has delivered everything up to it (later etcd releases wait the same way; 3.4.23
@@ -35,6 +38,13 @@ import type { Watch, WatchBatch, WatchOptions } from '../../../src/types.js';
 import { type OpenStream, requiresLeader, type ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 import { bytesOf, eventToPb } from './wire.js';
+
+/**
+ * Revisions of replayed history per watch response at most: etcd's watchBatchMaxRevs
+ * (mvcc/watcher_group.go). A watch from a past revision gets its history in responses of up to
+ * this many revisions, as from etcd, not one response per revision.
+ */
+export const watchBatchMaxRevs = 1000;
 
 /** etcd's grpcOverheadBytes: a fragmented watch response part stays under max-request-bytes + this. */
 export const grpcOverheadBytes = 512 * 1024;
@@ -257,7 +267,10 @@ export class WatchStream implements OpenStream {
       while (this.#watches.has(this.#nextId)) this.#nextId++;
       id = this.#nextId++;
     }
-    const options: WatchOptions = { bufferBatchesMax: ctx.o.watchBufferBatchesMax };
+    const options: WatchOptions = {
+      bufferBatchesMax: ctx.o.watchBufferBatchesMax,
+      replayBatchRevisionsMax: watchBatchMaxRevs,
+    };
     if (end !== undefined) options.end = end;
     if (c.prevKv) options.prevKv = true;
     const filters = c.filters ?? [];

@@ -194,6 +194,12 @@ class HubWatch implements Watch {
   readonly prevKv: boolean;
   readonly noPut: boolean;
   readonly noDelete: boolean;
+  /** Revisions of replayed history per batch at most (`WatchOptions.replayBatchRevisionsMax`). */
+  readonly replayRevsMax: number;
+  /** The replay batch being filled in this catch-up pass (grouped replay only), its revisions and last one. */
+  replay: WatchEvent[] | undefined;
+  replayRevs = 0;
+  replayLast = 0;
   readonly #max: number;
   readonly #buffer: WatchBatch[] = [];
   /** The revision being matched, and its events for this watcher so far (scratch of the hub's match pass). */
@@ -216,6 +222,7 @@ class HubWatch implements Watch {
     this.noPut = (o.filters ?? []).includes('noput');
     this.noDelete = (o.filters ?? []).includes('nodelete');
     this.#max = o.bufferBatchesMax ?? limits.watchBufferBatchesMax;
+    this.replayRevsMax = Math.max(1, Math.floor(o.replayBatchRevisionsMax ?? 1));
     this.#signal = o.signal;
     if (o.signal?.aborted) queueMicrotask(() => void this.close());
     else if (o.signal) {
@@ -257,6 +264,15 @@ class HubWatch implements Watch {
   /** Whether the buffer has room for one more batch. */
   get hasRoom(): boolean {
     return this.#buffer.length < this.#max;
+  }
+
+  /**
+   * Whether the buffer has room for one more replay batch: buffered batches count as
+   * `replayRevsMax` revisions each, so the revisions buffered stay near `bufferBatchesMax`
+   * (plus one batch) whether replay is grouped or not.
+   */
+  get hasReplayRoom(): boolean {
+    return this.#buffer.length * this.replayRevsMax < this.#max;
   }
 
   /** Delivers one revision's batch; a live watcher with a full buffer ends with `watch-overflow`. */
@@ -373,6 +389,8 @@ export class WatchHub {
   // Scratch of one match pass (reused: nothing per watcher is allocated per revision).
   /** Watchers with events in the revision being matched. */
   readonly #touched: HubWatch[] = [];
+  /** Watchers with a replay batch open in the current catch-up pass (grouped replay). */
+  readonly #replaying: HubWatch[] = [];
   #curRev = 0;
   #curEvent: MvccEvent | undefined;
   /**
@@ -700,6 +718,9 @@ export class WatchHub {
       }
     }
     g.nextRev = rev;
+    // Grouped replay: each batch still open ends here, covering everything up to `rev - 1`.
+    for (const w of this.#replaying) if (w.replay !== undefined) this.#flushReplay(w, rev - 1);
+    this.#replaying.length = 0;
     if (g.size === 0) return budget;
     if (g.nextRev === this.#historyTo + 1) this.#merge(g, this.#synced);
     else {
@@ -710,16 +731,45 @@ export class WatchHub {
     return budget;
   }
 
-  /** Replays one revision to a catching-up group: a member with a full buffer is parked there. */
+  /**
+   * Replays one revision to a catching-up group: a member with a full buffer is parked there. A
+   * member with grouped replay (`replayRevsMax` > 1) adds the revision's events to the batch it
+   * fills in this pass, as etcd's syncWatchers sends one response of up to watchBatchMaxRevs
+   * revisions per unsynced watcher (mvcc/watchable_store.go, watcher_group.go newWatcherBatch).
+   */
   #replay(g: WatcherGroup, rev: number, events: RevEvents): void {
     this.#match(g, rev, events);
     for (const w of this.#touched) {
       const batch = w.batch!;
       w.batch = undefined;
-      if (w.hasRoom) w.push(rev, batch);
-      else this.#park(w, rev);
+      if (w.replayRevsMax === 1) {
+        if (w.hasRoom) w.push(rev, batch);
+        else this.#park(w, rev);
+        continue;
+      }
+      if (w.replay !== undefined && w.replayRevs < w.replayRevsMax) {
+        for (let i = 0; i < batch.length; i++) w.replay.push(batch[i]!);
+        w.replayRevs++;
+        w.replayLast = rev;
+        continue;
+      }
+      if (w.replay !== undefined) this.#flushReplay(w, w.replayLast);
+      if (w.hasReplayRoom) {
+        w.replay = batch;
+        w.replayRevs = 1;
+        w.replayLast = rev;
+        this.#replaying.push(w);
+      } else this.#park(w, rev);
     }
     this.#touched.length = 0;
+  }
+
+  /** Delivers a grouped replay batch as covering everything up to `revision`. */
+  #flushReplay(w: HubWatch, revision: number): void {
+    const events = w.replay!;
+    w.replay = undefined;
+    w.replayRevs = 0;
+    w.push(revision, events);
   }
 
   #park(w: HubWatch, rev: number): void {
