@@ -6,7 +6,19 @@
 import { ConclaveError, ErrorCode, invalidArgument } from './errors.js';
 import { describe, toBytes } from './keys.js';
 import { limits } from './limits.js';
-import type { Bytes, CallOptions, Compare, DeleteOptions, Op, RangeOptions, Txn } from './types.js';
+import type {
+  Bytes,
+  CallOptions,
+  Compare,
+  DeleteOptions,
+  GetOptions,
+  LeaseGrantOptions,
+  Op,
+  PutOptions,
+  RangeOptions,
+  Txn,
+  WatchOptions,
+} from './types.js';
 
 export function checkBytes(name: string, v: unknown): Uint8Array {
   if (typeof v !== 'string' && !(v instanceof Uint8Array)) {
@@ -190,3 +202,64 @@ export function checkTxn(t: Txn, path = 'txn'): void {
   for (const [i, o] of (t.success ?? []).entries()) checkOp(o, `${path}.success[${i}]`);
   for (const [i, o] of (t.failure ?? []).entries()) checkOp(o, `${path}.failure[${i}]`);
 }
+
+/**
+ * The argument checks of every KV call, in one place. Each backend (the etcd client, the embedded
+ * store, a served member, the local store) calls the one for its method after its own "is this
+ * client open" check and before doing anything else, so the same bad input is refused with the
+ * same `invalid-argument` message on every backend. Each returns what it normalized.
+ */
+export const checkArgs = {
+  /** Every call's options: absent or an object, with `signal` absent or an AbortSignal. */
+  options(o: unknown): void {
+    checkOptionsObject('options', o);
+    checkSignal(o as CallOptions | undefined);
+  },
+  /** A single key (non-empty) and an optional revision. */
+  get(key: unknown, o: GetOptions): Uint8Array {
+    const k = checkKey('key', key);
+    if (o.revision !== undefined) checkRevision('revision', o.revision);
+    return k;
+  },
+  /** A key or selector (`end`, `prefix`, `fromKey`), a limit and revision bounds. */
+  range(key: Bytes, o: RangeOptions): Uint8Array {
+    checkRangeArgs(key, o);
+    return toBytes(key);
+  },
+  /** A non-empty key, a value, an optional lease, and options etcd refuses together. */
+  put(key: unknown, value: unknown, o: PutOptions): { key: Uint8Array; value: Uint8Array } {
+    const k = checkKey('key', key);
+    const v = checkBytes('value', value);
+    if (o.lease !== undefined) checkLeaseId('lease', o.lease);
+    checkPutOptions('put', v, o);
+    return { key: k, value: v };
+  },
+  /** As `range` (a single key must be non-empty). */
+  delete(key: Bytes, o: DeleteOptions): Uint8Array {
+    checkRangeArgs(key, o);
+    return toBytes(key);
+  },
+  /** Compares and both branches, recursively. */
+  txn(t: Txn): void {
+    checkTxn(t);
+  },
+  /** A key (may be empty with a selector) and an optional start revision. */
+  watch(key: unknown, o: WatchOptions): Uint8Array {
+    const k = checkBytes('key', key);
+    if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
+    return k;
+  },
+  /** A revision > 0. */
+  compact(revision: unknown): number {
+    return checkRevision('revision', revision, { allowZero: false });
+  },
+  /** A TTL in range and an optional explicit id; returns the id, 0n when the server is to choose. */
+  leaseGrant(ttlSeconds: unknown, o: LeaseGrantOptions): bigint {
+    checkTtl('ttlSeconds', ttlSeconds);
+    return o.id === undefined ? 0n : checkLeaseId('id', o.id);
+  },
+  /** A lease id that names a lease (not 0n) for revoke, keep-alive and time-to-live. */
+  leaseId(id: unknown): bigint {
+    return checkLeaseId('id', id, { allowZero: false });
+  },
+} as const;

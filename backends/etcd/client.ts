@@ -28,17 +28,7 @@ import type {
   Watch,
   WatchOptions,
 } from '../../src/types.js';
-import {
-  checkBytes,
-  checkKey,
-  checkLeaseId,
-  checkOptionsObject,
-  checkPutOptions,
-  checkRevision,
-  checkSignal,
-  checkTtl,
-  checkTxn,
-} from '../../src/validate.js';
+import { checkArgs } from '../../src/validate.js';
 import { Connection, method } from './connection.js';
 import {
   deleteRequest,
@@ -181,14 +171,13 @@ export class EtcdKV implements KV {
   }
 
   #open(opts: CallOptions | undefined): void {
-    checkOptionsObject('options', opts);
-    checkSignal(opts);
+    checkArgs.options(opts);
     if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the etcd client is closed');
   }
 
   async get(key: Bytes, opts: GetOptions = {}): Promise<KeyValue | undefined> {
     this.#open(opts);
-    checkKey('key', key);
+    checkArgs.get(key, opts);
     const r = await this.#conn.unary(
       m.range,
       rangeRequest(key, opts),
@@ -201,8 +190,7 @@ export class EtcdKV implements KV {
 
   async range(key: Bytes, opts: RangeOptions = {}): Promise<RangeResult> {
     this.#open(opts);
-    checkBytes('key', key);
-    if (!opts.prefix && !opts.fromKey && opts.end === undefined) checkKey('key', key);
+    checkArgs.range(key, opts);
     return rangeResult(
       await this.#conn.unary(m.range, rangeRequest(key, opts), { safe: true, what: 'range' }, opts.signal),
     );
@@ -210,8 +198,7 @@ export class EtcdKV implements KV {
 
   async put(key: Bytes, value: Bytes, opts: PutOptions = {}): Promise<PutResult> {
     this.#open(opts);
-    const k = checkKey('key', key);
-    checkPutOptions('put', checkBytes('value', value), opts);
+    const { key: k } = checkArgs.put(key, value, opts);
     const r = await this.#conn.unary(
       m.put,
       putRequest(k, value, opts),
@@ -223,8 +210,7 @@ export class EtcdKV implements KV {
 
   async delete(key: Bytes, opts: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(opts);
-    checkBytes('key', key);
-    if (!opts.prefix && !opts.fromKey && opts.end === undefined) checkKey('key', key);
+    checkArgs.delete(key, opts);
     return deleteResult(
       await this.#conn.unary(
         m.deleteRange,
@@ -237,14 +223,14 @@ export class EtcdKV implements KV {
 
   async txn(t: Txn, opts: CallOptions = {}): Promise<TxnResult> {
     this.#open(opts);
-    checkTxn(t);
+    checkArgs.txn(t);
     const safe = !txnHasWrites(t);
     return txnResult(await this.#conn.unary(m.txn, txnRequest(t), { safe, what: 'txn' }, opts.signal), t);
   }
 
   watch(key: Bytes, opts: WatchOptions = {}): Watch {
     this.#open(opts);
-    checkBytes('key', key);
+    checkArgs.watch(key, opts);
     const w = new EtcdWatch(this.#watches, key, opts);
     this.#watches.add(w);
     return w;
@@ -252,7 +238,7 @@ export class EtcdKV implements KV {
 
   async compact(revision: number, opts: CompactOptions = {}): Promise<void> {
     this.#open(opts);
-    checkRevision('revision', revision, { allowZero: false });
+    checkArgs.compact(revision);
     // Compaction is idempotent in effect (a repeat fails with `compacted`), so it is safe to retry.
     await this.#conn.unary(
       m.compact,
@@ -278,8 +264,7 @@ export class EtcdKV implements KV {
 
   async #leaseGrant(ttlSeconds: number, opts: LeaseGrantOptions = {}): Promise<LeaseGrant> {
     this.#open(opts);
-    checkTtl('ttlSeconds', ttlSeconds);
-    const id = opts.id === undefined ? 0n : checkLeaseId('id', opts.id);
+    const id = checkArgs.leaseGrant(ttlSeconds, opts);
     // A grant with a server-chosen id is not idempotent; with an explicit id a repeat fails cleanly.
     const r = await this.#conn.unary(
       m.leaseGrant,
@@ -293,7 +278,7 @@ export class EtcdKV implements KV {
 
   async #leaseRevoke(id: LeaseId, opts: CallOptions = {}): Promise<{ revision: number }> {
     this.#open(opts);
-    checkLeaseId('id', id, { allowZero: false });
+    checkArgs.leaseId(id);
     // Revoking twice is harmless (the second reports lease-not-found), so it is retried.
     const r = await this.#conn.unary(
       m.leaseRevoke,
@@ -306,13 +291,13 @@ export class EtcdKV implements KV {
 
   async #leaseKeepAliveOnce(id: LeaseId, opts: CallOptions = {}): Promise<LeaseKeepAliveResult> {
     this.#open(opts);
-    checkLeaseId('id', id, { allowZero: false });
+    checkArgs.leaseId(id);
     return this.#keepAlive.keepAliveOnce(id, opts.signal);
   }
 
   async #leaseTimeToLive(id: LeaseId, opts: CallOptions & { keys?: boolean } = {}): Promise<LeaseTimeToLive> {
     this.#open(opts);
-    checkLeaseId('id', id, { allowZero: false });
+    checkArgs.leaseId(id);
     const r = await this.#conn.unary(
       m.leaseTimeToLive,
       { ID: int64(id), keys: !!opts.keys },

@@ -31,18 +31,7 @@ import type {
   Watch,
   WatchOptions,
 } from '../../src/types.js';
-import {
-  checkBytes,
-  checkKey,
-  checkLeaseId,
-  checkOptionsObject,
-  checkPutOptions,
-  checkRangeArgs,
-  checkRevision,
-  checkSignal,
-  checkTtl,
-  checkTxn,
-} from '../../src/validate.js';
+import { checkArgs } from '../../src/validate.js';
 import type { NodeStorage } from './consensus/memory-storage.js';
 import type { NodeId } from './consensus/types.js';
 import { FailoverWatch } from './failover-watch.js';
@@ -385,21 +374,18 @@ export class EmbeddedKV implements KV {
     this.lease = {
       grant: async (ttl, o = {}) => {
         this.#open(o);
-        checkTtl('ttlSeconds', ttl);
-        const id =
-          o.id === undefined || o.id === 0n
-            ? BigInt(`0x${randomBytes(6).toString('hex')}`) + 1n
-            : checkLeaseId('id', o.id);
+        const asked = checkArgs.leaseGrant(ttl, o);
+        const id = asked === 0n ? BigInt(`0x${randomBytes(6).toString('hex')}`) + 1n : asked;
         return this.#write({ op: 'grant', lease: id, ttlSeconds: ttl }, o.signal);
       },
       revoke: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         return this.#write({ op: 'revoke', lease: id }, o.signal);
       },
       keepAliveOnce: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         // Served by the lease primary without a log entry (etcd): it owns lease deadlines. An
         // expiring lease is never renewed: the primary answers 0 once its revocation applies.
         // "Not primary" (no leader yet, a new leader still applying earlier terms, leadership
@@ -419,7 +405,7 @@ export class EmbeddedKV implements KV {
       },
       timeToLive: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         const l = await this.#c.waitLeader(o.signal);
         await l.readIndex();
         const lease = l.store.leases.get(id);
@@ -442,8 +428,7 @@ export class EmbeddedKV implements KV {
   }
 
   #open(o: CallOptions | undefined): void {
-    checkOptionsObject('options', o);
-    checkSignal(o);
+    checkArgs.options(o);
     if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the embedded client is closed');
     o?.signal?.throwIfAborted();
   }
@@ -479,46 +464,41 @@ export class EmbeddedKV implements KV {
 
   async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
     this.#open(o);
-    checkKey('key', key);
-    if (o.revision !== undefined) checkRevision('revision', o.revision);
+    checkArgs.get(key, o);
     const n = await this.#readNode(o);
     return n.store.range(key, o).kvs[0];
   }
 
   async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
     this.#open(o);
-    checkRangeArgs(key, o);
+    checkArgs.range(key, o);
     const n = await this.#readNode(o);
     return n.store.range(key, o);
   }
 
   async put(key: Bytes, value: Bytes, o: PutOptions = {}): Promise<PutResult> {
     this.#open(o);
-    const k = checkKey('key', key);
-    const v = checkBytes('value', value);
-    if (o.lease !== undefined) checkLeaseId('lease', o.lease);
-    checkPutOptions('put', v, o);
+    const { key: k, value: v } = checkArgs.put(key, value, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
   }
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
-    checkRangeArgs(key, o);
+    checkArgs.delete(key, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'delete', key: toBytes(key), opts }, o.signal);
   }
 
   async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
     this.#open(o);
-    checkTxn(t);
+    checkArgs.txn(t);
     return this.#write({ op: 'txn', txn: t }, o.signal);
   }
 
   watch(key: Bytes, o: WatchOptions = {}): Watch {
     this.#open(o);
-    checkBytes('key', key);
-    if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
+    checkArgs.watch(key, o);
     const release = this.#c.retain();
     let w: FailoverWatch;
     try {
@@ -536,7 +516,7 @@ export class EmbeddedKV implements KV {
 
   async compact(revision: number, o: CompactOptions = {}): Promise<void> {
     this.#open(o);
-    checkRevision('revision', revision, { allowZero: false });
+    checkArgs.compact(revision);
     await this.#write({ op: 'compact', revision }, o.signal);
   }
 

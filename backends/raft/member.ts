@@ -46,18 +46,7 @@ import type {
   Watch,
   WatchOptions,
 } from '../../src/types.js';
-import {
-  checkBytes,
-  checkKey,
-  checkLeaseId,
-  checkOptionsObject,
-  checkPutOptions,
-  checkRangeArgs,
-  checkRevision,
-  checkSignal,
-  checkTtl,
-  checkTxn,
-} from '../../src/validate.js';
+import { checkArgs } from '../../src/validate.js';
 import { Role, type Snapshot } from './consensus/types.js';
 import {
   decodeRecord,
@@ -836,22 +825,19 @@ export class MemberKV implements KV {
     this.lease = {
       grant: async (ttl, o = {}) => {
         this.#open(o);
-        checkTtl('ttlSeconds', ttl);
-        const id =
-          o.id === undefined || o.id === 0n
-            ? BigInt(`0x${randomBytes(6).toString('hex')}`) + 1n
-            : checkLeaseId('id', o.id);
+        const asked = checkArgs.leaseGrant(ttl, o);
+        const id = asked === 0n ? BigInt(`0x${randomBytes(6).toString('hex')}`) + 1n : asked;
         this.#m.checkQuota();
         return this.#write({ op: 'grant', lease: id, ttlSeconds: ttl }, o.signal);
       },
       revoke: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         return this.#write({ op: 'revoke', lease: id }, o.signal);
       },
       keepAliveOnce: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         const ttlSeconds = await this.#atLeader(
           () => this.keepAliveHere(id),
           (lead) => this.#ask(lead, RequestKind.KeepAlive, idBody(id)).then((b) => new Reader(b).u64()),
@@ -861,7 +847,7 @@ export class MemberKV implements KV {
       },
       timeToLive: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         const keys = o.keys === true;
         const t = await this.#atLeader(
           () => this.timeToLiveHere(id, keys),
@@ -955,8 +941,7 @@ export class MemberKV implements KV {
   // ----------------------------------------------------------------------------------------------
 
   #open(o: CallOptions | undefined): void {
-    checkOptionsObject('options', o);
-    checkSignal(o);
+    checkArgs.options(o);
     if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the member is stopping');
     o?.signal?.throwIfAborted();
   }
@@ -992,25 +977,21 @@ export class MemberKV implements KV {
 
   async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
     this.#open(o);
-    checkKey('key', key);
-    if (o.revision !== undefined) checkRevision('revision', o.revision);
+    checkArgs.get(key, o);
     await this.#read(o);
     return this.#m.node.store.range(key, o).kvs[0];
   }
 
   async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
     this.#open(o);
-    checkRangeArgs(key, o);
+    checkArgs.range(key, o);
     await this.#read(o);
     return this.#m.node.store.range(key, o);
   }
 
   async put(key: Bytes, value: Bytes, o: PutOptions = {}): Promise<PutResult> {
     this.#open(o);
-    const k = checkKey('key', key);
-    const v = checkBytes('value', value);
-    if (o.lease !== undefined) checkLeaseId('lease', o.lease);
-    checkPutOptions('put', v, o);
+    const { key: k, value: v } = checkArgs.put(key, value, o);
     const { signal: _s, ...opts } = o;
     this.#m.checkQuota();
     return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
@@ -1018,14 +999,14 @@ export class MemberKV implements KV {
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
-    checkRangeArgs(key, o);
+    checkArgs.delete(key, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'delete', key: toBytes(key), opts }, o.signal);
   }
 
   async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
     this.#open(o);
-    checkTxn(t);
+    checkArgs.txn(t);
     // etcd checks the quota for a txn with any put in it; a txn of reads and deletes passes.
     if (hasPut(t)) this.#m.checkQuota();
     return this.#write({ op: 'txn', txn: t }, o.signal);
@@ -1033,8 +1014,7 @@ export class MemberKV implements KV {
 
   watch(key: Bytes, o: WatchOptions = {}): Watch {
     this.#open(o);
-    checkBytes('key', key);
-    if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
+    checkArgs.watch(key, o);
     const w = this.#m.node.store.hub.watch(key, o);
     this.#watches.add(w);
     const close = w.close.bind(w);
@@ -1053,7 +1033,7 @@ export class MemberKV implements KV {
 
   async compact(revision: number, o: CompactOptions = {}): Promise<void> {
     this.#open(o);
-    checkRevision('revision', revision, { allowZero: false });
+    checkArgs.compact(revision);
     const { signal: _s, ...opts } = o;
     await this.#write({ op: 'compact', revision, opts }, o.signal);
   }

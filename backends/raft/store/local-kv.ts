@@ -28,18 +28,7 @@ import type {
   Watch,
   WatchOptions,
 } from '../../../src/types.js';
-import {
-  checkBytes,
-  checkKey,
-  checkLeaseId,
-  checkOptionsObject,
-  checkPutOptions,
-  checkRangeArgs,
-  checkRevision,
-  checkSignal,
-  checkTtl,
-  checkTxn,
-} from '../../../src/validate.js';
+import { checkArgs } from '../../../src/validate.js';
 import { encodeRequest, type RequestLimits, resolveRequestLimits } from '../limits.js';
 import { Store } from './store.js';
 
@@ -71,18 +60,18 @@ export class LocalKV implements KV {
     this.lease = {
       grant: async (ttl, o = {}) => {
         this.#open(o);
-        checkTtl('ttlSeconds', ttl);
-        const id = o.id === undefined || o.id === 0n ? this.#nextLease++ : checkLeaseId('id', o.id);
+        const asked = checkArgs.leaseGrant(ttl, o);
+        const id = asked === 0n ? this.#nextLease++ : asked;
         return this.store.applyLeaseGrant(id, ttl, this.#now());
       },
       revoke: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         return this.store.applyLeaseRevoke(id);
       },
       keepAliveOnce: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         const r = this.store.leases.renew(id, this.#now());
         if (r !== 'expiring') return { id, ttlSeconds: r };
         // Its deadline passed: never renewed (etcd's lessor waits for the revocation). This store
@@ -92,7 +81,7 @@ export class LocalKV implements KV {
       },
       timeToLive: async (id, o = {}) => {
         this.#open(o);
-        checkLeaseId('id', id, { allowZero: false });
+        checkArgs.leaseId(id);
         const l = this.store.leases.get(id);
         const keys = o.keys && l ? [...l.keys].map((k) => new Uint8Array(Buffer.from(k, 'latin1'))) : [];
         return {
@@ -115,31 +104,26 @@ export class LocalKV implements KV {
   }
 
   #open(o: CallOptions | undefined): void {
-    checkOptionsObject('options', o);
-    checkSignal(o);
+    checkArgs.options(o);
     if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the store client is closed');
     o?.signal?.throwIfAborted();
   }
 
   async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
     this.#open(o);
-    checkKey('key', key);
-    if (o.revision !== undefined) checkRevision('revision', o.revision);
+    checkArgs.get(key, o);
     return this.store.range(key, o).kvs[0];
   }
 
   async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
     this.#open(o);
-    checkRangeArgs(key, o);
+    checkArgs.range(key, o);
     return this.store.range(key, o);
   }
 
   async put(key: Bytes, value: Bytes, o: PutOptions = {}): Promise<PutResult> {
     this.#open(o);
-    const k = checkKey('key', key);
-    const v = checkBytes('value', value);
-    if (o.lease !== undefined) checkLeaseId('lease', o.lease);
-    checkPutOptions('put', v, o);
+    const { key: k, value: v } = checkArgs.put(key, value, o);
     // The member's check (it measures the command a member would log; nothing is written if refused).
     const { signal: _s, ...opts } = o;
     encodeRequest({ id: '', op: 'put', key: k, value: v, opts }, this.#limits);
@@ -148,7 +132,7 @@ export class LocalKV implements KV {
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
-    checkRangeArgs(key, o);
+    checkArgs.delete(key, o);
     const { signal: _s, ...opts } = o;
     encodeRequest({ id: '', op: 'delete', key: toBytes(key), opts }, this.#limits);
     return this.store.applyDelete(key, o);
@@ -156,21 +140,20 @@ export class LocalKV implements KV {
 
   async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
     this.#open(o);
-    checkTxn(t);
+    checkArgs.txn(t);
     encodeRequest({ id: '', op: 'txn', txn: t }, this.#limits);
     return this.store.applyTxn(t);
   }
 
   watch(key: Bytes, o: WatchOptions = {}): Watch {
     this.#open(o);
-    checkBytes('key', key);
-    if (o.startRevision !== undefined) checkRevision('startRevision', o.startRevision);
+    checkArgs.watch(key, o);
     return this.store.hub.watch(key, o);
   }
 
   async compact(revision: number, o: CompactOptions = {}): Promise<void> {
     this.#open(o);
-    checkRevision('revision', revision, { allowZero: false });
+    checkArgs.compact(revision);
     this.store.applyCompact(revision);
   }
 
