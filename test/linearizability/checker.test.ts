@@ -160,6 +160,75 @@ describe('linearizability checker: hand-written histories', () => {
   });
 });
 
+describe('linearizability checker: leases', () => {
+  const grant = (lease: string): EtcdInput => ({ type: 'grant', lease });
+  const revoke = (lease: string): EtcdInput => ({ type: 'revoke', lease });
+  const putL = (key: string, value: string, lease: string): EtcdInput => ({ type: 'put', key, value, lease });
+  const granted: EtcdOutput = { type: 'grant', revision: 0 };
+  const revoked = (revision: number): EtcdOutput => ({ type: 'revoke', revision, found: true });
+  const withLease = (revision: number, value: string, mod: number, lease: string): EtcdOutput => ({
+    type: 'get',
+    revision,
+    kv: { value, mod, create: mod, version: 1, lease },
+  });
+  // grant 7; put x with it (rev 2); put y without (rev 3); revoke 7 deletes x (rev 4).
+  const base = [
+    op(0, 0, 1, grant('7'), granted),
+    op(0, 2, 3, putL('x', 'a', '7'), putOk(2)),
+    op(1, 4, 5, put('y', 'b'), putOk(3)),
+    op(1, 6, 7, get('x'), withLease(3, 'a', 2, '7')),
+    op(0, 8, 9, revoke('7'), revoked(4)),
+  ];
+
+  it('accepts a revoke that deletes the attached keys at one revision', () => {
+    const h = [
+      ...base,
+      op(1, 10, 11, get('x'), got(4)),
+      op(1, 12, 13, get('y'), got(4, 'b', 3)),
+      // A put naming the revoked lease is refused; a revoke of it answers 'not found'.
+      op(0, 14, 15, putL('x', 'c', '7'), { type: 'put', revision: 0, leaseMissing: true }),
+      op(0, 16, 17, revoke('7'), { type: 'revoke', revision: 0, found: false }),
+    ];
+    expect(check(h).result).toBe('ok');
+  });
+
+  it('rejects a key of a revoked lease read back after the revoke was acknowledged', () => {
+    expect(check([...base, op(1, 10, 11, get('x'), withLease(4, 'a', 2, '7'))]).result).toBe('illegal');
+  });
+
+  it('rejects a put acknowledged with a lease that was never granted or already revoked', () => {
+    expect(check([op(0, 0, 1, putL('x', 'a', '9'), putOk(2))]).result).toBe('illegal');
+    expect(check([...base, op(0, 10, 11, putL('z', 'c', '7'), putOk(5))]).result).toBe('illegal');
+  });
+
+  it('rejects a revoke that bumps the revision without deleting anything, or reports the wrong lease', () => {
+    const empty = [op(0, 0, 1, grant('8'), granted), op(0, 2, 3, revoke('8'), revoked(2))];
+    expect(check(empty).result).toBe('illegal');
+    expect(check([op(0, 0, 1, grant('8'), granted), op(0, 2, 3, revoke('8'), revoked(1))]).result).toBe('ok');
+    expect(check([...base.slice(0, 3), op(1, 6, 7, get('x'), withLease(3, 'a', 2, '8'))]).result).toBe(
+      'illegal',
+    );
+  });
+
+  it('lets a grant of unknown outcome explain a later put with its lease', () => {
+    const h = [op(0, 0, 1, grant('5'), undefined), op(1, 2, 3, putL('x', 'a', '5'), putOk(2))];
+    expect(check(h).result).toBe('ok');
+  });
+
+  it('checks a generated 5,000-operation history with leases (2 % unknown outcomes)', () => {
+    const h = resolveObservedWrites(
+      synthesize({ seed: 3, ops: 5000, clients: 8, keys: 10, unknownRate: 0.02, leases: true }),
+    );
+    const kinds = new Set(h.map((o) => o.input.type));
+    expect(kinds).toContain('grant');
+    expect(kinds).toContain('revoke');
+    expect(h.some((o) => o.output?.type === 'revoke' && o.output.found && o.output.revision > 0)).toBe(true);
+    const r = checkOperations(etcdModel, h, { timeoutMs: 15_000 });
+    console.log(`checker: ${h.length} ops with leases → ${r.result} in ${r.elapsedMs.toFixed(0)} ms`);
+    expect(r.result).toBe('ok');
+  }, 30_000);
+});
+
 describe('linearizability checker: P-compositionality and unknown-write resolution', () => {
   // Per-key registers (no global revision), so a history splits by key.
   type RIn = { key: string; write?: string };

@@ -26,7 +26,19 @@
  *   is `checkRevisionOrder`'s. Together they catch stale reads, lost writes, reads of values
  *   never written, revisions going back, and a CAS that succeeded twice, at a fraction of the cost.
  *
- * Leases (grant/revoke with attached keys) are not modelled yet.
+ * Leases (etcd's lessor as the KV sees it):
+ * - `grant` with a client-chosen id makes the lease live (the store revision is unchanged); an id
+ *   already live is refused;
+ * - a `put` with a lease attaches the key to it (a put without one detaches it); a put naming a
+ *   lease that is not live is refused ("requested lease not found") and changes nothing;
+ * - `revoke` deletes every key attached to the lease in one change — the revision goes up by one
+ *   if it deleted anything, as any delete (etcd's lessor.Revoke runs one TxnDelete over the
+ *   lease's keys) — and the lease is gone: a later put naming it is refused, a get of its keys
+ *   finds them absent. Revoking a lease that is not live answers "lease not found";
+ * - a get reports the lease a key is attached to.
+ * Expiry and keep-alive are not modelled: the workload grants TTLs far beyond a run's length, so
+ * no lease expires during one (etcd also renews every lease on a leader change). Expiry is checked
+ * through the recipes (sessions, Mutex fencing) instead.
  */
 import type { Model, Operation } from './checker.js';
 
@@ -40,10 +52,13 @@ export interface Cmp {
 }
 export type KeyOp =
   | { readonly type: 'get'; readonly key: string }
-  | { readonly type: 'put'; readonly key: string; readonly value: string }
+  /** `lease`: the id (decimal) of the lease to attach the key to; absent: none. */
+  | { readonly type: 'put'; readonly key: string; readonly value: string; readonly lease?: string }
   | { readonly type: 'delete'; readonly key: string };
 export type EtcdInput =
   | KeyOp
+  | { readonly type: 'grant'; readonly lease: string }
+  | { readonly type: 'revoke'; readonly lease: string }
   | {
       readonly type: 'txn';
       readonly compare: readonly Cmp[];
@@ -56,6 +71,8 @@ export interface KvOut {
   readonly create: number;
   readonly mod: number;
   readonly version: number;
+  /** The lease the key is attached to (decimal id); absent: none. */
+  readonly lease?: string;
 }
 export type KeyOpOut =
   | { readonly type: 'get'; readonly kv: KvOut | undefined }
@@ -63,8 +80,13 @@ export type KeyOpOut =
   | { readonly type: 'delete'; readonly deleted: number };
 export type EtcdOutput =
   | { readonly type: 'get'; readonly revision: number; readonly kv: KvOut | undefined }
-  | { readonly type: 'put'; readonly revision: number }
+  /** `leaseMissing`: refused because the lease named is not live (then `revision` is 0). */
+  | { readonly type: 'put'; readonly revision: number; readonly leaseMissing?: boolean }
   | { readonly type: 'delete'; readonly revision: number; readonly deleted: number }
+  /** `exists`: refused because the id is live already. `revision` is not compared (0 in the model). */
+  | { readonly type: 'grant'; readonly revision: number; readonly exists?: boolean }
+  /** `found: false`: the lease was not live ("lease not found"; `revision` is then 0). */
+  | { readonly type: 'revoke'; readonly revision: number; readonly found: boolean }
   | {
       readonly type: 'txn';
       readonly revision: number;
@@ -82,14 +104,19 @@ export type EtcdOperation = Operation<EtcdInput, EtcdOutput>;
 export interface EtcdState {
   readonly rev: number;
   readonly kvs: ReadonlyMap<string, KvOut>;
+  /** Live lease ids. */
+  readonly leases: ReadonlySet<string>;
   readonly key: string;
 }
 
-function makeState(rev: number, kvs: ReadonlyMap<string, KvOut>): EtcdState {
+const noLeases: ReadonlySet<string> = new Set();
+
+function makeState(rev: number, kvs: ReadonlyMap<string, KvOut>, leases = noLeases): EtcdState {
   const parts = [...kvs.entries()]
     .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
-    .map(([k, v]) => `${k}=${v.value}@${v.create},${v.mod},${v.version}`);
-  return { rev, kvs, key: `${rev}|${parts.join(';')}` };
+    .map(([k, v]) => `${k}=${v.value}@${v.create},${v.mod},${v.version}${v.lease ? `~${v.lease}` : ''}`);
+  const ls = leases.size > 0 ? `|${[...leases].sort().join(',')}` : '';
+  return { rev, kvs, leases, key: `${rev}|${parts.join(';')}${ls}` };
 }
 
 export const initialState: EtcdState = makeState(1, new Map());
@@ -123,6 +150,24 @@ export function apply(state: EtcdState, input: EtcdInput): { state: EtcdState; o
   const newRev = state.rev + 1;
   if (input.type === 'get')
     return { state, output: { type: 'get', revision: state.rev, kv: state.kvs.get(input.key) } };
+  if (input.type === 'grant') {
+    if (state.leases.has(input.lease)) return { state, output: { type: 'grant', revision: 0, exists: true } };
+    return {
+      state: makeState(state.rev, state.kvs, new Set([...state.leases, input.lease])),
+      output: { type: 'grant', revision: 0 },
+    };
+  }
+  if (input.type === 'revoke') {
+    if (!state.leases.has(input.lease))
+      return { state, output: { type: 'revoke', revision: 0, found: false } };
+    const kvs = new Map([...state.kvs].filter(([, v]) => v.lease !== input.lease));
+    const leases = new Set(state.leases);
+    leases.delete(input.lease);
+    const rev = kvs.size < state.kvs.size ? newRev : state.rev;
+    return { state: makeState(rev, kvs, leases), output: { type: 'revoke', revision: rev, found: true } };
+  }
+  if (input.type === 'put' && input.lease !== undefined && !state.leases.has(input.lease))
+    return { state, output: { type: 'put', revision: 0, leaseMissing: true } };
   let branch: readonly KeyOp[];
   let succeeded = true;
   if (input.type === 'txn') {
@@ -135,6 +180,8 @@ export function apply(state: EtcdState, input: EtcdInput): { state: EtcdState; o
   for (const op of branch) {
     if (op.type === 'get') results.push({ type: 'get', kv: cur().get(op.key) });
     else if (op.type === 'put') {
+      if (op.lease !== undefined && input.type === 'txn')
+        throw new Error('model: a put with a lease inside a txn is not modelled');
       kvs ??= new Map(state.kvs);
       const old = kvs.get(op.key);
       kvs.set(op.key, {
@@ -142,6 +189,7 @@ export function apply(state: EtcdState, input: EtcdInput): { state: EtcdState; o
         create: old ? old.create : newRev,
         mod: newRev,
         version: old ? old.version + 1 : 1,
+        ...(op.lease !== undefined ? { lease: op.lease } : {}),
       });
       results.push({ type: 'put' });
     } else {
@@ -153,7 +201,7 @@ export function apply(state: EtcdState, input: EtcdInput): { state: EtcdState; o
       results.push({ type: 'delete', deleted: had ? 1 : 0 });
     }
   }
-  const next = kvs ? makeState(newRev, kvs) : state;
+  const next = kvs ? makeState(newRev, kvs, state.leases) : state;
   const revision = next.rev;
   if (input.type === 'txn') return { state: next, output: { type: 'txn', revision, succeeded, results } };
   const r = results[0]!;
@@ -164,7 +212,13 @@ export function apply(state: EtcdState, input: EtcdInput): { state: EtcdState; o
 
 function kvEqual(a: KvOut | undefined, b: KvOut | undefined): boolean {
   if (!a || !b) return a === b;
-  return a.value === b.value && a.create === b.create && a.mod === b.mod && a.version === b.version;
+  return (
+    a.value === b.value &&
+    a.create === b.create &&
+    a.mod === b.mod &&
+    a.version === b.version &&
+    (a.lease ?? '0') === (b.lease ?? '0')
+  );
 }
 
 function keyOpOutEqual(a: KeyOpOut, b: KeyOpOut): boolean {
@@ -175,7 +229,15 @@ function keyOpOutEqual(a: KeyOpOut, b: KeyOpOut): boolean {
 }
 
 export function outputEqual(a: EtcdOutput, b: EtcdOutput): boolean {
-  if (a.type !== b.type || a.revision !== b.revision) return false;
+  if (a.type !== b.type) return false;
+  if (a.type === 'grant') return !!a.exists === !!(b as typeof a).exists;
+  if (a.type === 'revoke') {
+    const bb = b as typeof a;
+    return a.found === bb.found && (!a.found || a.revision === bb.revision);
+  }
+  if (a.type === 'put' && (a.leaseMissing || (b as typeof a).leaseMissing))
+    return !!a.leaseMissing === !!(b as typeof a).leaseMissing;
+  if (a.revision !== (b as typeof a).revision) return false;
   switch (a.type) {
     case 'get':
       return kvEqual(a.kv, (b as typeof a).kv);
@@ -195,15 +257,18 @@ export function outputEqual(a: EtcdOutput, b: EtcdOutput): boolean {
 }
 
 export function describeKv(kv: KvOut | undefined): string {
-  return kv ? `'${kv.value}' (create ${kv.create}, mod ${kv.mod}, version ${kv.version})` : 'absent';
+  return kv
+    ? `'${kv.value}' (create ${kv.create}, mod ${kv.mod}, version ${kv.version}${kv.lease ? `, lease ${kv.lease}` : ''})`
+    : 'absent';
 }
 
 function describeKeyOp(op: KeyOp): string {
-  if (op.type === 'put') return `put ${op.key}='${op.value}'`;
+  if (op.type === 'put') return `put ${op.key}='${op.value}'${op.lease ? ` lease ${op.lease}` : ''}`;
   return `${op.type} ${op.key}`;
 }
 
 export function describeInput(input: EtcdInput): string {
+  if (input.type === 'grant' || input.type === 'revoke') return `${input.type} lease ${input.lease}`;
   if (input.type !== 'txn') return describeKeyOp(input);
   const cmp = input.compare
     .map((c) => `${c.target}(${c.key}) ${c.result} ${JSON.stringify(c.value)}`)
@@ -219,7 +284,11 @@ export function describeOutput(output: EtcdOutput | undefined): string {
     case 'get':
       return `${describeKv(output.kv)} at rev ${output.revision}`;
     case 'put':
-      return `rev ${output.revision}`;
+      return output.leaseMissing ? 'refused: lease not found' : `rev ${output.revision}`;
+    case 'grant':
+      return output.exists ? 'refused: lease exists' : 'granted';
+    case 'revoke':
+      return output.found ? `revoked at rev ${output.revision}` : 'refused: lease not found';
     case 'delete':
       return `deleted ${output.deleted} at rev ${output.revision}`;
     case 'txn':
@@ -234,11 +303,11 @@ function describeState(s: EtcdState): string {
   const kvs = [...s.kvs.entries()]
     .sort((a, b) => (a[0] < b[0] ? -1 : 1))
     .map(([k, v]) => `${k}=${describeKv(v)}`);
-  return `rev ${s.rev}; ${kvs.join(', ') || 'no keys'}`;
+  return `rev ${s.rev}; ${kvs.join(', ') || 'no keys'}${s.leases.size > 0 ? `; leases ${[...s.leases].join(', ')}` : ''}`;
 }
 
 function isWriteOutput(input: EtcdInput, output: EtcdOutput): boolean {
-  if (output.type === 'put') return true;
+  if (output.type === 'put') return !output.leaseMissing;
   if (output.type === 'delete') return output.deleted > 0;
   if (output.type === 'txn' && input.type === 'txn') {
     const branch = output.succeeded ? input.success : input.failure;
@@ -249,6 +318,14 @@ function isWriteOutput(input: EtcdInput, output: EtcdOutput): boolean {
     );
   }
   return false;
+}
+
+/** The store revision a response carries, if it carries one. */
+function revisionOf(output: EtcdOutput): number | undefined {
+  if (output.type === 'grant') return undefined;
+  if (output.type === 'revoke' && !output.found) return undefined;
+  if (output.type === 'put' && output.leaseMissing) return undefined;
+  return output.revision;
 }
 
 /** The exact model: one partition, store revision tracked exactly, starting at `initialRevision`. */
@@ -267,10 +344,18 @@ export const etcdModel: Model<EtcdState, EtcdInput, EtcdOutput> = {
   },
   key: (s) => s.key,
   // A write at revision R comes before the reads served at R, which come before the write at R+1.
-  hint: (input, output) => output.revision + (isWriteOutput(input, output) ? 0 : 0.5),
-  // The store revision never goes back; a response at revision R was served at R (a write: from R − 1).
+  hint: (input, output) => {
+    const r = revisionOf(output);
+    return r === undefined ? Number.MAX_SAFE_INTEGER : r + (isWriteOutput(input, output) ? 0 : 0.5);
+  },
+  // The store revision never goes back; a response at revision R was served at R (a write: from
+  // R − 1; a revoke: from R − 1 or R, as it deleted keys or not). Answers that carry no revision
+  // (a grant, a refusal) bound nothing.
   level: (s) => s.rev,
-  maxLevel: (input, output) => output.revision - (isWriteOutput(input, output) ? 1 : 0),
+  maxLevel: (input, output) => {
+    const r = revisionOf(output);
+    return r === undefined ? Number.POSITIVE_INFINITY : r - (isWriteOutput(input, output) ? 1 : 0);
+  },
   expected: (s, input) => describeOutput(apply(s, input).output),
   describeInput,
   describeOutput,

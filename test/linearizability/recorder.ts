@@ -37,13 +37,28 @@ export function classifyError(err: unknown, isWrite: boolean): ErrorClass {
 
 function kvOut(kv: KeyValue | undefined): KvOut | undefined {
   if (!kv) return undefined;
-  return { value: dec.decode(kv.value), create: kv.createRevision, mod: kv.modRevision, version: kv.version };
+  return {
+    value: dec.decode(kv.value),
+    create: kv.createRevision,
+    mod: kv.modRevision,
+    version: kv.version,
+    ...(kv.lease !== 0n ? { lease: String(kv.lease) } : {}),
+  };
 }
+
+const isLeaseNotFound = (err: unknown) =>
+  err instanceof ConclaveError && err.code === ErrorCode.LeaseNotFound;
 
 export function isWrite(input: EtcdInput): boolean {
   if (input.type === 'txn') return [...input.success, ...input.failure].some((o) => o.type !== 'get');
   return input.type !== 'get';
 }
+
+/**
+ * The TTL of the workload's leases: far beyond any run (no lease expires during one; the model
+ * does not model expiry).
+ */
+export const leaseTtlSeconds = 3600;
 
 /** A recorded operation, with the error's code kept for the run's summary. */
 export interface Recorded extends EtcdOperation {
@@ -81,9 +96,30 @@ export class Recorder {
         return { type: 'get', revision: r.revision, kv: kvOut(r.kvs[0]) };
       }
       case 'put': {
-        const r = await kv.put(p + input.key, input.value, { signal });
-        return { type: 'put', revision: r.revision };
+        try {
+          const r = await kv.put(p + input.key, input.value, {
+            signal,
+            ...(input.lease !== undefined ? { lease: BigInt(input.lease) } : {}),
+          });
+          return { type: 'put', revision: r.revision };
+        } catch (err) {
+          // "requested lease not found": refused, a definite answer the model explains.
+          if (input.lease !== undefined && isLeaseNotFound(err))
+            return { type: 'put', revision: 0, leaseMissing: true };
+          throw err;
+        }
       }
+      case 'grant':
+        await kv.lease.grant(leaseTtlSeconds, { signal, id: BigInt(input.lease) });
+        return { type: 'grant', revision: 0 };
+      case 'revoke':
+        try {
+          const r = await kv.lease.revoke(BigInt(input.lease), { signal });
+          return { type: 'revoke', revision: r.revision, found: true };
+        } catch (err) {
+          if (isLeaseNotFound(err)) return { type: 'revoke', revision: 0, found: false };
+          throw err;
+        }
       case 'delete': {
         const r = await kv.delete(p + input.key, { signal });
         return { type: 'delete', revision: r.revision, deleted: r.deleted };
@@ -149,12 +185,19 @@ export interface WorkloadOptions {
   opTimeoutMs?: number;
   /** Stop early once this answers true (checked before each operation). */
   stop?: () => boolean;
+  /** Lease operations too (see `WorkloadGen`); ids are unique to this run. */
+  leases?: boolean;
 }
 
 /**
  * Chooses the next request of one client: get 40 %, put 25 %, CAS txn on the mod revision the
  * client last saw 25 % (else a get of the key), delete 10 %. Every put writes a value unique in the
  * run (`c<client>-<n>`), so a read identifies the write it saw.
+ *
+ * With leases (`leaseBase` given), first: a client without a lease grants one (4 %: a fresh id,
+ * `leaseBase + client × 100,000 + n`), a client with one revokes it (2 %); while it holds one,
+ * half of its puts attach the key to it. A grant whose outcome is unknown still counts as held, so
+ * puts naming a lease that never came to be are recorded too (refused: "lease not found").
  */
 export class WorkloadGen {
   readonly #prng: Prng;
@@ -163,18 +206,38 @@ export class WorkloadGen {
   #n = 0;
   /** The mod revision this client last saw per key (0: absent). */
   readonly lastMod = new Map<string, number>();
-  constructor(prng: Prng, client: number, keys: number) {
+  readonly #leaseBase: bigint | undefined;
+  /** The lease this client believes it holds. */
+  #lease: string | undefined;
+  constructor(prng: Prng, client: number, keys: number, leaseBase?: bigint) {
     this.#prng = prng;
     this.#client = client;
     this.#keys = keys;
+    this.#leaseBase = leaseBase;
   }
 
   next(): EtcdInput {
+    if (this.#leaseBase !== undefined) {
+      const l = this.#prng.next();
+      if (this.#lease === undefined && l < 0.04) {
+        this.#lease = String(this.#leaseBase + BigInt(this.#client * 100_000 + this.#n++));
+        return { type: 'grant', lease: this.#lease };
+      }
+      if (this.#lease !== undefined && l < 0.02) {
+        const lease = this.#lease;
+        this.#lease = undefined;
+        return { type: 'revoke', lease };
+      }
+    }
     const key = `k${this.#prng.int(this.#keys)}`;
     const r = this.#prng.next();
     const value = `c${this.#client}-${this.#n++}`;
     if (r < 0.4) return { type: 'get', key };
-    if (r < 0.65) return { type: 'put', key, value };
+    if (r < 0.65) {
+      if (this.#lease !== undefined && this.#prng.chance(0.5))
+        return { type: 'put', key, value, lease: this.#lease };
+      return { type: 'put', key, value };
+    }
     if (r < 0.9) {
       const cmp: Cmp = { key, target: 'mod', result: '=', value: this.lastMod.get(key) ?? 0 };
       return {
@@ -191,8 +254,9 @@ export class WorkloadGen {
   observe(input: EtcdInput, output: EtcdOutput | undefined): void {
     if (!output) return;
     if (output.type === 'get' && input.type === 'get') this.lastMod.set(input.key, output.kv?.mod ?? 0);
-    else if (output.type === 'put' && input.type === 'put') this.lastMod.set(input.key, output.revision);
-    else if (output.type === 'delete' && input.type === 'delete') this.lastMod.set(input.key, 0);
+    else if (output.type === 'put' && input.type === 'put') {
+      if (!output.leaseMissing) this.lastMod.set(input.key, output.revision);
+    } else if (output.type === 'delete' && input.type === 'delete') this.lastMod.set(input.key, 0);
     else if (output.type === 'txn' && input.type === 'txn') {
       const key = input.compare[0]?.key;
       if (!key) return;
@@ -231,12 +295,14 @@ export async function runWorkload(
   const opTimeoutMs = opts.opTimeoutMs ?? 2000;
   const root = new Prng(opts.seed);
   const rec = new Recorder(prefix);
+  // Unique to this run (lease ids are store-wide, not under the prefix): ms clock × 10^6.
+  const leaseBase = opts.leases ? BigInt(Date.now() % 1_000_000_000) * 1_000_000n + 1n : undefined;
   const initialRevision = (await kvs[0]!.status()).revision;
   const start = performance.now();
   let issued = 0;
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
-      const gen = new WorkloadGen(root.fork(), c, keys);
+      const gen = new WorkloadGen(root.fork(), c, keys, leaseBase);
       const kv = kvs[c % kvs.length]!;
       while (issued < opsMax && performance.now() - start < durationMs && !opts.stop?.()) {
         issued++;

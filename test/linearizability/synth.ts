@@ -15,6 +15,8 @@ export interface SynthOptions {
   keys?: number;
   /** Fraction of writes whose outcome is unknown (default 0.02). */
   unknownRate?: number;
+  /** Lease grants, revokes and puts with leases too. */
+  leases?: boolean;
 }
 
 export function synthesize(opts: SynthOptions): EtcdOperation[] {
@@ -22,7 +24,10 @@ export function synthesize(opts: SynthOptions): EtcdOperation[] {
   const keys = opts.keys ?? 10;
   const unknownRate = opts.unknownRate ?? 0.02;
   const prng = new Prng(opts.seed);
-  const gens = Array.from({ length: clients }, (_, c) => new WorkloadGen(prng.fork(), c, keys));
+  const gens = Array.from(
+    { length: clients },
+    (_, c) => new WorkloadGen(prng.fork(), c, keys, opts.leases ? 1_000_000n : undefined),
+  );
   // Each client's next free time; operations are produced in order of their effect instant.
   const free = Array.from({ length: clients }, () => prng.next());
   type Pending = { client: number; call: number; ret: number; at: number };

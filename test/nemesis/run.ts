@@ -1,6 +1,7 @@
 /**
  * One nemesis run: a 3-member cluster with proxied peer links, the recorded 8-client workload of
- * test/linearizability (gets, unique-value puts, CAS txns, deletes on 10 keys), the seeded fault
+ * test/linearizability (gets, unique-value puts, CAS txns, deletes on 10 keys; lease grants,
+ * revokes and puts attached to leases), the seeded fault
  * schedule at the same time, then the linearizability check of the whole history.
  *
  * Clients: half are pinned to one member each (so a member that answers from stale state is read
@@ -31,6 +32,8 @@ export interface RunOptions extends FaultClusterOptions {
   quietMs?: readonly [number, number];
   /** A fixed fault scenario instead of the seeded schedule (nemesis.ts `scenarios`). */
   scenario?: ScenarioName;
+  /** Lease grants, revokes and puts with leases in the workload (default true). */
+  leases?: boolean;
   /** Checker time limit (default 30 s). */
   checkTimeoutMs?: number;
   log?: (line: string) => void;
@@ -42,6 +45,8 @@ export interface RunSummary {
   readonly ops: number;
   readonly unknown: number;
   readonly dropped: number;
+  /** Lease operations with a known outcome: grants, revokes that found their lease, puts naming one. */
+  readonly leaseOps: { grants: number; revokes: number; leasedPuts: number };
   readonly faults: FaultEvent[];
   readonly check: CheckResult;
   /** Per fault kind: ms from healing to the first write that was called after it and succeeded. */
@@ -93,6 +98,7 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       stop: () => performance.now() > stopAt,
       opsMax: o.opsMax ?? Math.round(o.durationMs / 10) + 1000,
       opTimeoutMs: 2000,
+      leases: o.leases ?? true,
     });
     const faults = await nemesis;
     const history = resolveObservedWrites(rec.history);
@@ -114,10 +120,17 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       .sort((a, b) => a - b);
     const p99 =
       during.length > 0 ? during[Math.min(during.length - 1, Math.floor(during.length * 0.99))] : undefined;
+    const known = history.filter((h) => h.output !== undefined);
+    const leaseOps = {
+      grants: known.filter((h) => h.input.type === 'grant').length,
+      revokes: known.filter((h) => h.output?.type === 'revoke' && h.output.found).length,
+      leasedPuts: known.filter((h) => h.input.type === 'put' && h.input.lease !== undefined).length,
+    };
     return {
       target: o.target,
       seed: o.seed,
       ops: rec.history.length,
+      leaseOps,
       unknown: history.filter((h) => h.output === undefined).length,
       dropped: rec.dropped,
       faults,
@@ -140,5 +153,6 @@ export function describeRun(s: RunSummary): string {
   const byKind = new Map<string, number>();
   for (const f of s.faults) byKind.set(f.kind, (byKind.get(f.kind) ?? 0) + 1);
   const kinds = [...byKind.entries()].map(([k, n]) => `${k}×${n}`).join(' ');
-  return `${s.target} seed ${s.seed}: ${s.ops} ops (${s.unknown} unknown, ${s.dropped} failed without effect), ${s.faults.length} faults [${kinds}] → ${s.check.result} (check ${s.check.elapsedMs.toFixed(0)} ms, run ${(s.elapsedMs / 1000).toFixed(1)} s)`;
+  const l = s.leaseOps;
+  return `${s.target} seed ${s.seed}: ${s.ops} ops (${s.unknown} unknown, ${s.dropped} failed without effect; lease grants ${l.grants}, revokes ${l.revokes}, leased puts ${l.leasedPuts}), ${s.faults.length} faults [${kinds}] → ${s.check.result} (check ${s.check.elapsedMs.toFixed(0)} ms, run ${(s.elapsedMs / 1000).toFixed(1)} s)`;
 }
