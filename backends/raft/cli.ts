@@ -23,7 +23,7 @@ import { ConclaveError } from '../../src/errors.js';
 import { defaultQuotaBytes, heapLimitBytes, nodeMaxOldSpaceMb } from './heap.js';
 import { resolveRequestLimits } from './limits.js';
 import { hasWal, Member, RequestKind } from './member.js';
-import { decodeRecord, type MembershipRecord } from './membership.js';
+import { decodeRecord, type MembershipRecord, removedMemberText, removedSelf } from './membership.js';
 import { restoreSnapshot } from './restore.js';
 import { conclaveVersion, startMetricsServer } from './server/gateway.js';
 import { startClientServer } from './server/grpc.js';
@@ -508,6 +508,12 @@ export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise
       { member: hexId(recorded.memberId), cluster: hexId(recorded.clusterId) },
       'the data dir has an identity: --initial-cluster, --initial-cluster-token and --initial-cluster-state are ignored',
     );
+    // It applied its own removal before it stopped (as a leader or a follower that received the
+    // commit): refused here, from its own record, whatever its peers (if any are up) would answer.
+    if (removedSelf(recorded))
+      throw new ConclaveError('conflict', removedMemberText, {
+        details: { removed: true, member: hexId(recorded.memberId), cluster: hexId(recorded.clusterId) },
+      });
     // This start's client URLs are what the member advertises now (etcd publishes them at start).
     const self = recorded.members.find((m) => m.id === recorded.memberId)!;
     self.clientUrls = [...c.advertiseClientUrls];
@@ -809,6 +815,10 @@ async function serve(c: ServeConfig): Promise<number> {
     if (err instanceof UsageError) {
       process.stderr.write(`${err.message}\n`);
       return 2;
+    }
+    if (ConclaveError.is(err, 'conflict') && err.details?.removed === true) {
+      log.error({ member: err.details.member, cluster: err.details.cluster }, err.message);
+      return 1;
     }
     log.fatal({ err: err instanceof Error ? err.message : String(err) }, 'the member could not start');
     return 1;

@@ -55,6 +55,7 @@ import {
   type MemberChangeResult,
   Membership,
   peerOf,
+  removedMemberText,
 } from './membership.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import type {
@@ -309,13 +310,23 @@ export class Member implements MemberBackend {
     const id = o.identity;
     const self = id.members.find((m) => m.id === id.memberId)!;
     const peers = id.members.filter((m) => m.id !== id.memberId).map(peerOf);
+    // The last log index recovered from the data dir: a removal at or below it was applied before
+    // this start (the record of it was lost, e.g. a crash before member.json was written).
+    let recoveredLast = Number.POSITIVE_INFINITY;
     const membership = new Membership({
       identity: id,
       dataDir: o.dataDir,
       log: o.log,
       strictReconfigCheck: o.strictReconfigCheck ?? true,
       removedStopDelayMs: 10 * o.heartbeatMs,
-      onRemoved: (why) => o.onExit?.(0, why),
+      // Removed while it ran: a normal end (0). Replaying its own removal at a restart: it may not
+      // serve, an error (1), as when its record or its peers refuse it.
+      onRemoved: (why, index) => {
+        if (index > 0 && index <= recoveredLast) {
+          o.log.error({ reason: why }, removedMemberText);
+          o.onExit?.(1, why);
+        } else o.onExit?.(0, why);
+      },
     });
     let member: Member | undefined;
     const transport = new TcpTransport({
@@ -343,6 +354,7 @@ export class Member implements MemberBackend {
       await transport.close();
       throw err;
     }
+    recoveredLast = storage.lastIndex();
     o.log.info(
       {
         member: hexId(id.memberId),
@@ -361,10 +373,7 @@ export class Member implements MemberBackend {
     if (this.stopped) return;
     const everConnected = [...this.transport.stats().values()].some((s) => s.connects > 0);
     if (kind === 'removed') {
-      this.#o.log.error(
-        { reason },
-        'this member was removed from the cluster: it cannot rejoin with this data dir (add it again with etcdctl member add and start it afresh with --initial-cluster-state existing)',
-      );
+      this.#o.log.error({ reason }, removedMemberText);
       // Removed while it ran (its peers applied the removal first): a normal end, as when it
       // applies the removal itself. Refused at a restart: an error.
       this.#o.onExit?.(everConnected ? 0 : 1, reason);

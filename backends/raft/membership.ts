@@ -59,6 +59,26 @@ export const memberErrors = {
 
 export type { MemberChange, MemberChangeResult };
 
+/**
+ * What a removed member logs when it may not serve (at a restart, or when its peers refuse it),
+ * and how to bring the machine back (etcd: "the member has been permanently removed from the
+ * cluster").
+ */
+export const removedMemberText =
+  'this member was removed from the cluster: it cannot rejoin with this data dir (add it again with etcdctl member add and start it afresh with --initial-cluster-state existing)';
+
+/**
+ * Whether the member whose record this is applied its own removal: it is no longer among the
+ * members, or is listed as removed. Such a data dir must never serve again (its node id may not
+ * vote or campaign: the others count it out of every quorum), whatever its peers answer.
+ */
+export function removedSelf(identity: Identity): boolean {
+  return (
+    !identity.members.some((m) => m.id === identity.memberId) ||
+    (identity.removed ?? []).some((r) => r.id === identity.memberId)
+  );
+}
+
 /** What a conf change entry carries besides the node id (JSON in `ConfChange.context`). */
 interface ChangeContext {
   id: string;
@@ -72,8 +92,11 @@ export interface MembershipOptions {
   readonly strictReconfigCheck: boolean;
   /** How long a removed member keeps running before it stops (etcd: 10 ticks). */
   readonly removedStopDelayMs: number;
-  /** This member was removed from the cluster (it stops serving). */
-  readonly onRemoved: (why: string) => void;
+  /**
+   * This member was removed from the cluster (it stops serving); `index` is the log index of the
+   * removal (0 when it was learned from another member's record after a snapshot).
+   */
+  readonly onRemoved: (why: string, index: number) => void;
 }
 
 function fail(code: ErrorCode, text: string): ConclaveError {
@@ -215,7 +238,7 @@ export class Membership {
           // etcd stops a removed member after 10 ticks (stopWithDelay), so that the commit of its
           // removal (and answers to calls it served) reaches the others before it goes.
           setTimeout(
-            () => this.#o.onRemoved(`this member (${hexId(self)}) was removed from the cluster`),
+            () => this.#o.onRemoved(`this member (${hexId(self)}) was removed from the cluster`, index),
             this.#o.removedStopDelayMs,
           );
         }

@@ -284,6 +284,11 @@ export class Raft {
     if (this.role === Role.Leader) {
       if (!this.voters.has(this.id)) {
         // §4.2.2: a leader removed from the configuration steps down once the change is committed.
+        // Before it does, it hands leadership to a voter whose log matches its own (TimeoutNow,
+        // §3.10), so the rest elect at once instead of after an election timeout with no leader
+        // (etcd does the same in its server: a removed leader transfers leadership as it stops;
+        // etcd-io/etcd#11038). Without such a voter, the rest elect after their timeout.
+        this.#handOffOnRemoval();
         this.becomeFollower(this.term, 0);
       } else if (this.voters.size > 0) {
         if (this.#maybeCommit()) this.#bcastAppend();
@@ -988,6 +993,26 @@ export class Raft {
           context: req.context,
         }),
       );
+  }
+
+  /**
+   * TimeoutNow to the remaining voter with the longest matching log, if it holds every committed
+   * entry (the removal among them): it campaigns at once, and wins unless a voter holds entries
+   * it lacks (uncommitted ones), in which case an ordinary election follows.
+   */
+  #handOffOnRemoval(): void {
+    let best = 0;
+    let bestMatch = -1;
+    for (const id of this.voters) {
+      const pr = this.prs.get(id);
+      if (id === this.id || !pr) continue;
+      if (pr.match > bestMatch || (pr.match === bestMatch && pr.recentActive)) {
+        best = id;
+        bestMatch = pr.match;
+      }
+    }
+    if (best !== 0 && bestMatch >= this.log.committed)
+      this.#send(msg({ type: MT.TimeoutNow, from: this.id, to: best, term: this.term }));
   }
 
   #handleTransfer(to: NodeId): void {

@@ -228,7 +228,9 @@ function fromJson(j: IdentityJson, file: string): Identity {
     nodeId: r.nodeId,
   }));
   const memberId = big(j.memberId);
-  const self = members.find((m) => m.id === memberId);
+  // A member that applied its own removal is listed under `removed` only: its identity is read
+  // as it is, and the caller refuses to start it (membership.ts `removedSelf`).
+  const self = members.find((m) => m.id === memberId) ?? removed.find((r) => r.id === memberId);
   if (!self) throw bad('this member is not among its members');
   return {
     clusterId: big(j.clusterId),
