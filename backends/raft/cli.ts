@@ -37,6 +37,7 @@ import {
   readIdentity,
   writeIdentity,
 } from './server/ids.js';
+import { JwtTokens, parseJwtSpec } from './server/jwt.js';
 import { ServerMetrics } from './server/metrics.js';
 import {
   checkTlsFlags,
@@ -154,7 +155,7 @@ export const serveFlags: readonly FlagSpec[] = [
   {
     name: 'auth-token',
     default: 'simple',
-    help: "Auth token type: 'simple' (etcd's JWT tokens are not implemented).",
+    help: "Auth token type: 'simple', or etcd's JWT tokens: 'jwt,sign-method=RS256,priv-key=<file>,pub-key=<file>[,ttl=5m]' (RS/PS/ES/HS 256/384/512; pub-key alone: verify only).",
   },
   {
     name: 'auth-token-ttl',
@@ -262,6 +263,8 @@ export interface ServeConfig {
   readonly tlsHandshakeTimeoutMs: number;
   /** `--auth-token-ttl` (seconds). */
   readonly authTokenTtlSeconds: number;
+  /** `--auth-token jwt,…`: JWT tokens instead of simple ones. */
+  readonly authJwt?: JwtTokens;
   /** Flags that were set by an environment variable and overridden on the command line. */
   readonly shadowed: readonly string[];
 }
@@ -447,8 +450,15 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     crlFile: get('peer-crl-file'),
     allowedCn: get('peer-cert-allowed-cn'),
   };
-  if (get('auth-token') !== 'simple')
-    throw usage('auth-token', `"${get('auth-token')}": only 'simple' tokens are implemented (no JWT)`);
+  let authJwt: JwtTokens | undefined;
+  if (get('auth-token').startsWith('jwt')) {
+    try {
+      authJwt = new JwtTokens(parseJwtSpec(get('auth-token')));
+    } catch (err) {
+      throw usage('auth-token', (err as Error).message);
+    }
+  } else if (get('auth-token') !== 'simple')
+    throw usage('auth-token', `"${get('auth-token')}": 'simple' or 'jwt,…'`);
   const tlsProblem =
     checkTlsFlags('client', clientTls, listenClientUrls) ??
     checkTlsFlags('peer', peerTls, [...listenPeer, ...initialAdvertisePeerUrls]);
@@ -488,6 +498,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     peerTls,
     tlsHandshakeTimeoutMs: positiveInt('tls-handshake-timeout', get('tls-handshake-timeout')),
     authTokenTtlSeconds: positiveInt('auth-token-ttl', get('auth-token-ttl')),
+    ...(authJwt ? { authJwt } : {}),
     shadowed,
   };
 }
@@ -798,6 +809,7 @@ async function serve(c: ServeConfig): Promise<number> {
       ...(peerMaterial ? { peerTls: peerTls(peerMaterial, log, c.tlsHandshakeTimeoutMs) } : {}),
       clientCertAuth: c.clientTls.clientCertAuth,
       authTokenTtlSeconds: c.authTokenTtlSeconds,
+      ...(c.authJwt ? { authJwt: c.authJwt } : {}),
       strictReconfigCheck: c.strictReconfigCheck,
       quotaBackendBytes: c.quotaBackendBytes,
       ...(c.autoCompaction ? { autoCompaction: c.autoCompaction } : {}),

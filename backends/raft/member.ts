@@ -68,6 +68,7 @@ import type {
 } from './server/api.js';
 import type { MemberAuth } from './server/auth.js';
 import { hexId, type Identity } from './server/ids.js';
+import type { JwtTokens } from './server/jwt.js';
 import { hashStore } from './server/maintenance.js';
 import { MemberCounters, type MemberMetricsSource } from './server/metrics.js';
 import { DiskStorage } from './storage/disk-storage.js';
@@ -130,6 +131,8 @@ export interface MemberOptions {
   readonly clientCertAuth?: boolean;
   /** `--auth-token-ttl` (seconds). */
   readonly authTokenTtlSeconds?: number;
+  /** `--auth-token jwt,…`: JWT tokens instead of simple ones (server/jwt.ts). */
+  readonly authJwt?: JwtTokens;
   /** `--quota-backend-bytes` (0: etcd's default, `quotaBytesDefault`). */
   readonly quotaBackendBytes?: number;
   /**
@@ -255,6 +258,7 @@ export class Member implements MemberBackend {
       store: authStore,
       propose: (c) => this.kv.proposeAuth(encodeAuthChange(c)),
       clientCertAuth: o.clientCertAuth ?? false,
+      ...(o.authJwt ? { jwt: o.authJwt } : {}),
     };
     this.#poll = setInterval(() => void this.#learnAttributes(), attributesPollMs);
     // Leader changes are events worth a log line (seen at most once per heartbeat, never per request).

@@ -16,6 +16,7 @@
  */
 import type { KV } from '../../../src/kv.js';
 import type { AuthChange, AuthStore } from '../store/auth-store.js';
+import type { JwtTokens } from './jwt.js';
 
 export interface MemberDescription {
   /** etcd member ID (uint64). */
@@ -123,6 +124,8 @@ export interface MemberAuth {
   propose(c: AuthChange): Promise<void>;
   /** `--client-cert-auth`: a verified certificate's CN names the user when no token is sent. */
   readonly clientCertAuth: boolean;
+  /** `--auth-token jwt,…`: stateless signed tokens (server/jwt.ts) instead of simple ones. */
+  readonly jwt?: JwtTokens;
 }
 
 export interface MemberBackend {

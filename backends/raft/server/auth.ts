@@ -7,8 +7,8 @@
  *   same rules at the same log index. Management calls need the root role once auth is enabled.
  * - Passwords are hashed (salted scrypt) on the member that takes the call; only the hash enters
  *   the log. Authenticate checks the password here, then proposes the token (etcd 3.4's
- *   InternalAuthenticate) so that it is valid on every member. Simple tokens only: etcd's JWT
- *   tokens (`--auth-token jwt,…`) are not implemented.
+ *   InternalAuthenticate) so that it is valid on every member. With `--auth-token jwt,…` the
+ *   token is a JWT signed here instead (server/jwt.ts), which every member verifies by its key.
  * - A caller is the user of its `token` metadata; with `--client-cert-auth` and no token, the
  *   Common Name of its verified client certificate (etcd's AuthInfoFromTLS).
  * - Checks on the key range of each call when auth is enabled: Range read; Put write (and read
@@ -91,6 +91,7 @@ export class AuthGate {
     const a = this.#a!;
     const token = c.metadata.get('token')[0];
     if (typeof token === 'string' && token !== '') {
+      if (a.jwt) return a.jwt.verify(token, Date.now())?.username ?? authFailures.InvalidAuthToken;
       try {
         return a.store.tokenUser(token, performance.now());
       } catch (err) {
@@ -378,6 +379,9 @@ export function registerAuth(
         checking--;
       }
       if (!ok) throw new AuthStoreError('AuthFailed');
+      // JWT (etcd's tokenJWT.assign): signed here, valid on every member holding the key, nothing
+      // to replicate.
+      if (a.jwt) return { token: a.jwt.sign(r.name ?? '', st.revision, Date.now()) };
       const token = `${randomBytes(12).toString('base64url')}.${st.revision}`;
       await a.propose({ op: 'authenticate', name: r.name ?? '', token });
       return { token };

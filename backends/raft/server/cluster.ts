@@ -74,6 +74,10 @@ export function registerCluster(k: ServiceKit): void {
   ): Promise<void> => {
     if (!k.admit(call, cb)) return;
     if (!cluster) return k.fail(cb, notServed);
+    // etcd's checkMembershipOperationPermission: with auth enabled, only the root role may change
+    // the membership ("user name is empty" without credentials, else "permission denied").
+    const denied = ctx.authGate?.admin(call);
+    if (denied) return k.fail(cb, denied);
     ctx.inflight++;
     try {
       cb(null, toBody(await cluster.memberChange(c())));

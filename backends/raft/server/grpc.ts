@@ -29,6 +29,7 @@ import { registerCluster } from './cluster.js';
 import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 import { startGateway } from './gateway.js';
+import { acceptEtcdAuthority } from './h2-authority.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
 import { type ClientListener, dispatchConnection, listenClients, toHttp2 } from './listener.js';
 import { registerMaintenance } from './maintenance.js';
@@ -721,7 +722,14 @@ export async function startClientServer(
   const host = opts.host ?? '127.0.0.1';
   let listener: ClientListener;
   try {
-    const sinks = { http2: toHttp2((s) => injector.injectConnection(s)), http1: gateway.connection };
+    // acceptEtcdAuthority: Go clients' `:authority: http://host:port` (h2-authority.ts).
+    const sinks = {
+      http2: acceptEtcdAuthority(
+        toHttp2((s) => injector.injectConnection(s)),
+        (d) => injector.injectConnection(d),
+      ),
+      http1: gateway.connection,
+    };
     // https:// client URLs: a TLS server in front (tls.ts), ALPN or the same sniffing after it.
     listener = opts.tls
       ? await listenClientsTls(host, opts.port ?? 0, sinks, dispatchConnection, opts.tls)
