@@ -32,7 +32,7 @@ import type {
   WatchOptions,
 } from '../../src/types.js';
 import { checkArgs } from '../../src/validate.js';
-import type { NodeStorage } from './consensus/memory-storage.js';
+import type { NodeStorage } from './consensus/node-storage.js';
 import type { NodeId } from './consensus/types.js';
 import { FailoverWatch } from './failover-watch.js';
 import { type RequestLimits, resolveRequestLimits } from './limits.js';

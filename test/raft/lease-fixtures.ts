@@ -6,7 +6,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MemoryStorage, type NodeStorage } from '../../backends/raft/consensus/memory-storage.js';
+import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
+import type { NodeStorage } from '../../backends/raft/consensus/node-storage.js';
 import { EntryType } from '../../backends/raft/consensus/types.js';
 import { EmbeddedCluster } from '../../backends/raft/embedded.js';
 import { decodeCommand } from '../../backends/raft/node/commands.js';

@@ -12,7 +12,8 @@
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { ProposalDropped } from '../consensus/assert.js';
-import { MemoryStorage, type NodeStorage } from '../consensus/memory-storage.js';
+import { MemoryStorage } from '../consensus/memory-storage.js';
+import type { NodeStorage } from '../consensus/node-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
 import {
   type ConfChange,

@@ -16,7 +16,8 @@
 import { closeSync, constants as fsConstants, promises as fsp, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { assert } from '../consensus/assert.js';
-import { MemoryStorage, type NodeStorage, type ReadyToSave } from '../consensus/memory-storage.js';
+import { MemoryStorage } from '../consensus/memory-storage.js';
+import type { NodeStorage, ReadyToSave } from '../consensus/node-storage.js';
 import type { ConfState, NodeId, Snapshot } from '../consensus/types.js';
 import { crc32c } from './crc32c.js';
 import { type DirLock, lockDir } from './lock.js';

@@ -6,8 +6,6 @@
 import type { Message, NodeId } from '../consensus/types.js';
 import type { Transport } from './transport.js';
 
-export type { Transport } from './transport.js';
-
 /** Messages queued per destination before new ones are dropped (Raft tolerates loss). */
 export const queuedMessagesMax = 65_536;
 
