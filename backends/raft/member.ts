@@ -57,6 +57,7 @@ import {
   peerOf,
   removedMemberText,
 } from './membership.js';
+import { type AuthChecked, authRevisionOf } from './node/commands.js';
 import { type CommandBody, RaftNode } from './node/node.js';
 import type {
   KvHash,
@@ -827,6 +828,14 @@ function decodeTtl(b: Uint8Array): TtlAnswer {
 }
 
 /** The KV contract served by one member (see the module comment for how each call is served). */
+/** `{ authRevision }` when the client API checked the caller's permissions (see AuthChecked). */
+function checkedAt(o: object | undefined): AuthChecked {
+  const r = authRevisionOf(o);
+  return r === undefined ? unchecked : { authRevision: r };
+}
+/** Shared, so that a write without auth allocates nothing for it. */
+const unchecked: AuthChecked = Object.freeze({});
+
 export class MemberKV implements KV {
   readonly #m: Member;
   #closed = false;
@@ -846,7 +855,7 @@ export class MemberKV implements KV {
       revoke: async (id, o = {}) => {
         this.#open(o);
         checkArgs.leaseId(id);
-        return this.#write({ op: 'revoke', lease: id }, o.signal);
+        return this.#write({ op: 'revoke', lease: id, ...checkedAt(o) }, o.signal);
       },
       keepAliveOnce: async (id, o = {}) => {
         this.#open(o);
@@ -1007,14 +1016,14 @@ export class MemberKV implements KV {
     const { key: k, value: v } = checkArgs.put(key, value, o);
     const { signal: _s, ...opts } = o;
     this.#m.checkQuota();
-    return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
+    return this.#write({ op: 'put', key: k, value: v, opts, ...checkedAt(o) }, o.signal);
   }
 
   async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
     this.#open(o);
     checkArgs.delete(key, o);
     const { signal: _s, ...opts } = o;
-    return this.#write({ op: 'delete', key: toBytes(key), opts }, o.signal);
+    return this.#write({ op: 'delete', key: toBytes(key), opts, ...checkedAt(o) }, o.signal);
   }
 
   async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
@@ -1022,7 +1031,7 @@ export class MemberKV implements KV {
     checkArgs.txn(t);
     // etcd checks the quota for a txn with any put in it; a txn of reads and deletes passes.
     if (hasPut(t)) this.#m.checkQuota();
-    return this.#write({ op: 'txn', txn: t }, o.signal);
+    return this.#write({ op: 'txn', txn: t, ...checkedAt(o) }, o.signal);
   }
 
   watch(key: Bytes, o: WatchOptions = {}): Watch {

@@ -166,6 +166,27 @@ describe('auth store', () => {
     expect(store.auth.tokenUser('tok.1', 1)).toBe('alice');
     expect(reason(() => store.auth.tokenUser('tok.2', 1))).toBe('InvalidAuthToken');
     expect(reason(() => store.auth.tokenUser('tok.1', store.auth.tokenTtlMs + 10))).toBe('InvalidAuthToken');
+    // A token entry applied again long after it was issued (a restart replays the log after the
+    // snapshot) does not come back; one issued a moment ago lives out only the rest of its TTL.
+    const issued = (token: string, agoMs: number) =>
+      store.auth.applyEncoded(
+        encodeAuthChange({ op: 'authenticate', name: 'alice', token, at: Date.now() - agoMs }),
+        0,
+      );
+    issued('tok.old', store.auth.tokenTtlMs + 1000);
+    expect(reason(() => store.auth.tokenUser('tok.old', 1))).toBe('InvalidAuthToken');
+    issued('tok.r1', store.auth.tokenTtlMs - 60_000);
+    expect(reason(() => store.auth.tokenUser('tok.r1', 61_000))).toBe('InvalidAuthToken');
+    issued('tok.r2', store.auth.tokenTtlMs - 60_000);
+    expect(store.auth.tokenUser('tok.r2', 59_000)).toBe('alice');
+    // A write checked at an auth revision travels with it (the apply-time check, node.ts).
+    const checked = decodeCommand(
+      encodeCommand({ id: 'w1', op: 'put', key: b('app/k'), value: b('v'), opts: {}, authRevision: 7 }),
+    );
+    expect(checked).toMatchObject({ id: 'w1', op: 'put', authRevision: 7 });
+    expect(decodeCommand(encodeCommand({ id: 'w2', op: 'revoke', lease: 5n }))).not.toHaveProperty(
+      'authRevision',
+    );
     const restored = restoreStore(snapshotStore(store), { minTtlSeconds: 1, nowMs: 0 });
     expect(restored.auth.enabled).toBe(true);
     expect(restored.auth.revision).toBe(store.auth.revision);

@@ -45,13 +45,40 @@ import type {
   Txn,
 } from '../../../src/types.js';
 
+/**
+ * A write checked against the auth store by the member that took it (server/auth.ts) carries the
+ * auth revision of that check; it applies only if no auth change applied since (etcd's apply-time
+ * `ErrAuthOldRevision`). Encoded as a prefix: `[op u8 = 8][num authRevision]`, then the command.
+ */
+export interface AuthChecked {
+  authRevision?: number;
+}
+
+/**
+ * The options property by which the client API (server/grpc.ts) hands the member's KV the auth
+ * revision its permission check used (not part of the public KV contract: a symbol, read only
+ * by the served member's KV, member.ts).
+ */
+export const authRevisionOption: unique symbol = Symbol('conclave.authRevision');
+
+/** The auth revision an options object carries (see `authRevisionOption`), if any. */
+export function authRevisionOf(o: object | undefined): number | undefined {
+  return (o as { [authRevisionOption]?: number } | undefined)?.[authRevisionOption];
+}
+
 export type Command =
-  | { id: string; op: 'put'; key: Uint8Array; value: Uint8Array; opts: Omit<PutOptions, 'signal'> }
-  | { id: string; op: 'delete'; key: Uint8Array; opts: Omit<DeleteOptions, 'signal'> }
-  | { id: string; op: 'txn'; txn: Txn }
+  | ({
+      id: string;
+      op: 'put';
+      key: Uint8Array;
+      value: Uint8Array;
+      opts: Omit<PutOptions, 'signal'>;
+    } & AuthChecked)
+  | ({ id: string; op: 'delete'; key: Uint8Array; opts: Omit<DeleteOptions, 'signal'> } & AuthChecked)
+  | ({ id: string; op: 'txn'; txn: Txn } & AuthChecked)
   | { id: string; op: 'compact'; revision: number; opts?: Omit<CompactOptions, 'signal'> }
   | { id: string; op: 'grant'; lease: bigint; ttlSeconds: number }
-  | { id: string; op: 'revoke'; lease: bigint }
+  | ({ id: string; op: 'revoke'; lease: bigint } & AuthChecked)
   /** A change to users, roles, permissions or auth state (store/auth-store.ts), as its JSON text. */
   | { id: string; op: 'auth'; change: string };
 
@@ -63,6 +90,8 @@ export const txnDepthMax = 64;
 export const commandScratchBytesKept = 1024 * 1024;
 
 const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6, auth: 7 } as const;
+/** The op code of the auth-revision prefix (see `AuthChecked`). */
+const authCheckedCode = 8;
 const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke', 'auth'] as const;
 const txnOpTypes = ['get', 'put', 'delete', 'txn'] as const;
 const compareTargets = ['version', 'create', 'mod', 'value', 'lease'] as const;
@@ -267,6 +296,11 @@ export function encodeCommand(c: Command): Uint8Array {
   pos = 0;
   try {
     u8(commandFormat);
+    const ar = (c as AuthChecked).authRevision;
+    if (ar !== undefined) {
+      u8(authCheckedCode);
+      num(ar);
+    }
     u8(Op_[c.op]);
     bytes(c.id);
     switch (c.op) {
@@ -489,7 +523,20 @@ function readTxn(r: Reader, depth: number): Txn {
 }
 
 function readBody(r: Reader): Command {
-  const code = r.u8();
+  let code = r.u8();
+  let authRevision: number | undefined;
+  if (code === authCheckedCode) {
+    authRevision = r.num();
+    code = r.u8();
+    if (code !== Op_.put && code !== Op_.delete && code !== Op_.txn && code !== Op_.revoke)
+      throw new RangeError(`op code ${code} after an auth revision`);
+  }
+  const c = readOp_(r, code);
+  if (authRevision !== undefined) (c as AuthChecked).authRevision = authRevision;
+  return c;
+}
+
+function readOp_(r: Reader, code: number): Command {
   const op = opNames[code];
   const id = r.str();
   switch (op) {

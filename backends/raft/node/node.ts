@@ -30,7 +30,10 @@ import { encodeRequest, type RequestLimits, requestLimitsDefault } from '../limi
 import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
 import type { Transport } from '../transport/transport.js';
-import { type Command, decodeCommand } from './commands.js';
+import { type AuthChecked, type Command, decodeCommand } from './commands.js';
+
+/** etcd's ErrAuthOldRevision text (a write checked before an auth change applied ahead of it). */
+export const authOldRevisionText = 'etcdserver: revision of auth store is old';
 
 /**
  * Revocations one expiry pass (one tick) proposes at most; more expired leases are proposed by the
@@ -598,6 +601,12 @@ export class RaftNode {
     let result: unknown;
     let error: unknown;
     try {
+      // etcd's apply-time auth check: a write whose caller was checked against auth revision r
+      // applies only if no auth change applied since (a permission revoked in between must not be
+      // bypassed); else nothing changes and the caller hears "revision of auth store is old".
+      const ar = (c as AuthChecked).authRevision;
+      if (ar !== undefined && this.store.auth.enabled && ar < this.store.auth.revision)
+        throw new ConclaveError(ErrorCode.Unauthenticated, authOldRevisionText, { retryable: false });
       switch (c.op) {
         case 'put':
           result = this.store.applyPut(c.key, c.value, c.opts);

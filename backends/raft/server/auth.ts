@@ -383,7 +383,7 @@ export function registerAuth(
       // to replicate.
       if (a.jwt) return { token: a.jwt.sign(r.name ?? '', st.revision, Date.now()) };
       const token = `${randomBytes(12).toString('base64url')}.${st.revision}`;
-      await a.propose({ op: 'authenticate', name: r.name ?? '', token });
+      await a.propose({ op: 'authenticate', name: r.name ?? '', token, at: Date.now() });
       return { token };
     },
     false,

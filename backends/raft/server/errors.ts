@@ -41,6 +41,7 @@ export const etcdErrors = {
   tooManyRequests: e(Status.RESOURCE_EXHAUSTED, 'etcdserver: too many requests'),
   permissionDenied: e(Status.PERMISSION_DENIED, 'etcdserver: permission denied'),
   invalidAuthToken: e(Status.UNAUTHENTICATED, 'etcdserver: invalid auth token'),
+  authOldRevision: e(Status.INVALID_ARGUMENT, 'etcdserver: revision of auth store is old'),
   authNotEnabled: e(Status.FAILED_PRECONDITION, 'etcdserver: authentication is not enabled'),
   noLeader: e(Status.UNAVAILABLE, 'etcdserver: no leader'),
   notLeader: e(Status.FAILED_PRECONDITION, 'etcdserver: not leader'),
@@ -98,6 +99,7 @@ const byText: ReadonlyArray<readonly [string, GrpcFailure]> = [
   etcdErrors.corrupt,
   etcdErrors.permissionDenied,
   etcdErrors.invalidAuthToken,
+  etcdErrors.authOldRevision,
 ].map((f) => [f.details.replace(/^etcdserver: /, ''), f] as const);
 
 /** Conclave's own phrasings of unavailability → etcd's variant (the member's RaftNode says these). */

@@ -23,6 +23,8 @@ import protobuf from 'protobufjs';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { limits } from '../../../src/limits.js';
 import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
+import { authRevisionOption } from '../node/commands.js';
+import { authOldRevisionText } from '../node/node.js';
 import type { MemberBackend } from './api.js';
 import { AuthGate, asAuthPackageError, registerAuth, txnRanges } from './auth.js';
 import { registerCluster } from './cluster.js';
@@ -288,6 +290,17 @@ export async function startClientServer(
 
   // ---- KV ------------------------------------------------------------------------------------
 
+  /**
+   * With auth enabled, `o` marked with the auth revision the caller was checked at (before the
+   * check: the check reads the same or a newer store, and a change in between makes the write
+   * refused at apply, never let through), so the member refuses the write at apply if an auth
+   * change applied before it (etcd's apply-time ErrAuthOldRevision). Unchanged with auth disabled.
+   */
+  const checkedAt = <O extends object>(o: O, at: number | undefined): O =>
+    at === undefined ? o : Object.assign(o, { [authRevisionOption]: at });
+  const authOldRevision = () =>
+    new ConclaveError(ErrorCode.Unauthenticated, authOldRevisionText, { retryable: false });
+
   const T = {
     RangeRequest: type('RangeRequest'),
     RangeResponse: type('RangeResponse'),
@@ -328,8 +341,19 @@ export async function startClientServer(
     const key = bytesOf(r.key);
     if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
     if (gate.on) {
+      const at = gate.revision;
       const denied = gate.check(call, key, bytesOf(r.rangeEnd), false);
       if (denied) return fail(cb, denied);
+      // etcd's doSerialize: an auth change that applied while the read waited voids the check.
+      return answer(
+        cb,
+        async () => {
+          const got = await kv.range(key, rangeOptions(r));
+          if (gate.revision !== at) throw authOldRevision();
+          return got;
+        },
+        rangeAnswer,
+      );
     }
     return answer(cb, () => kv.range(key, rangeOptions(r)), rangeAnswer);
   }) as Handler);
@@ -349,6 +373,7 @@ export async function startClientServer(
       if (r.ignoreLease && lease !== 0n) return fail(cb, etcdErrors.leaseProvided);
       // The contract has no negative lease ids; etcd has none it would find either.
       if (lease < 0n) return fail(cb, etcdErrors.leaseNotFound);
+      const at = gate.on ? gate.revision : undefined;
       if (gate.on) {
         const denied = gate.checkAll(call, [
           [key, undefined, true],
@@ -366,7 +391,7 @@ export async function startClientServer(
           if (refused) return fail(cb, refused);
         }
       }
-      return answer(cb, () => kv.put(key, value, putOptions(r)), putAnswer);
+      return answer(cb, () => kv.put(key, value, checkedAt(putOptions(r), at)), putAnswer);
     }) as Handler,
     true,
   );
@@ -380,6 +405,7 @@ export async function startClientServer(
       const r = call.request;
       const key = bytesOf(r.key);
       if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
+      const at = gate.on ? gate.revision : undefined;
       if (gate.on) {
         const end = bytesOf(r.rangeEnd);
         const denied = gate.checkAll(call, [
@@ -388,7 +414,7 @@ export async function startClientServer(
         ]);
         if (denied) return fail(cb, denied);
       }
-      return answer(cb, () => kv.delete(key, deleteOptions(r)), deleteAnswer);
+      return answer(cb, () => kv.delete(key, checkedAt(deleteOptions(r), at)), deleteAnswer);
     }) as Handler,
     true,
   );
@@ -402,11 +428,12 @@ export async function startClientServer(
       const r = call.request;
       const refused = checkTxnRequest(r, o.maxTxnOps);
       if (refused) return fail(cb, refused);
+      const at = gate.on ? gate.revision : undefined;
       if (gate.on) {
         const denied = gate.checkAll(call, txnRanges(r));
         if (denied) return fail(cb, denied);
       }
-      return answer(cb, () => kv.txn(txnOf(r)), txnAnswer);
+      return answer(cb, () => kv.txn(txnOf(r), checkedAt({}, at)), txnAnswer);
     }) as Handler,
     true,
   );
@@ -501,6 +528,7 @@ export async function startClientServer(
     const id = big(call.request.ID);
     // etcd: no lease has ID 0 (NoLease) or a negative one: "requested lease not found".
     if (id <= 0n) return fail(cb, etcdErrors.leaseNotFound);
+    const at = gate.on ? gate.revision : undefined;
     if (gate.on) {
       // etcd 3.4 (apply_auth.go LeaseRevoke): write permission on every key attached to the lease.
       const caller = gate.user(call);
@@ -511,7 +539,7 @@ export async function startClientServer(
       );
       if (denied) return fail(cb, denied);
     }
-    return answer(cb, () => kv.lease.revoke(id), revokeAnswer);
+    return answer(cb, () => kv.lease.revoke(id, checkedAt({}, at)), revokeAnswer);
   }) as Handler);
 
   unary('/etcdserverpb.Lease/LeaseTimeToLive', T.LeaseTimeToLiveRequest, T.LeaseTimeToLiveResponse, (async (

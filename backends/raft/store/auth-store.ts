@@ -84,7 +84,13 @@ export type AuthChange =
       readonly rangeEnd: Uint8Array;
     }
   /** etcd 3.4's InternalAuthenticate: the password was checked by the proposer; every member registers the token. */
-  | { readonly op: 'authenticate'; readonly name: string; readonly token: string };
+  | {
+      readonly op: 'authenticate';
+      readonly name: string;
+      readonly token: string;
+      /** When the proposer issued it (wall-clock ms): a replayed entry never outlives its TTL. */
+      readonly at?: number;
+    };
 
 /** The JSON text an `auth` Raft command carries (byte strings as base64). */
 export function encodeAuthChange(c: AuthChange): string {
@@ -147,8 +153,14 @@ export class AuthStore {
     if (c.op === 'authenticate') {
       if (!this.enabled) throw new AuthStoreError('AuthNotEnabled');
       if (!this.users.has(c.name)) throw new AuthStoreError('AuthFailed');
+      // A member that restarts applies the entries after its snapshot again: a token issued long
+      // ago must not come back to life for a fresh TTL. Its life is counted from its issue time
+      // (the proposer's wall clock; tokens are each member's own volatile state, as etcd's TTL
+      // keeper is, so this reading of the clock does not make members' stores differ).
+      const left = c.at === undefined ? this.tokenTtlMs : c.at + this.tokenTtlMs - Date.now();
+      if (left <= 0) return;
       if (this.#tokens.size >= authTokensMax) this.#tokens.delete(this.#tokens.keys().next().value!);
-      this.#tokens.set(c.token, { user: c.name, deadline: nowMs + this.tokenTtlMs });
+      this.#tokens.set(c.token, { user: c.name, deadline: nowMs + Math.min(this.tokenTtlMs, left) });
       return;
     }
     this.apply(c);
