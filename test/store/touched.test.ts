@@ -138,6 +138,9 @@ describe('restored keys written since (touched)', () => {
         const { r, ref } = pair(data);
         for (let i = 0; i < ops.length; i++) {
           expect(apply(r, ops[i]!, i)).toEqual(apply(ref, ops[i]!, i));
+          // The invariants hold whether a key is encoded, touched or decoded.
+          r.checkInvariants();
+          ref.checkInvariants();
           // Reads at the latest revision do not decode a touched key.
           expect(r.range('', { prefix: true }).kvs.map(show)).toEqual(
             ref.range('', { prefix: true }).kvs.map(show),

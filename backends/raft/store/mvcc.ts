@@ -347,6 +347,14 @@ const deletedKv = (key: Uint8Array, main: number): KeyValue => ({
   lease: 0n,
 });
 
+/** A broken store invariant (`Mvcc.checkInvariants`, `Store.checkInvariants`): a bug, never bad input. */
+export class StoreInvariantError extends Error {
+  constructor(what: string) {
+    super(`store invariant broken: ${what}`);
+    this.name = 'StoreInvariantError';
+  }
+}
+
 export class Mvcc {
   index: BTree<string, Records> = new BTree<string, Records>(undefined, compareKeys, indexNodeSize);
   /** The snapshot buffer that undecoded (numeric) index entries point into. */
@@ -499,6 +507,66 @@ export class Mvcc {
     if (Array.isArray(r)) return r;
     if (r instanceof KeyRecord) return decodeRecords(this.source!, r.encodedAt, key.length).concat(r);
     return decodeRecords(this.source!, r.off, key.length).concat(r.recs);
+  }
+
+  /**
+   * Checks the invariants stated in the file comment over the whole key space, between writes,
+   * and throws a `StoreInvariantError` naming the key and the broken rule. O(records), decoding
+   * encoded keys into throwaway arrays (the index is not changed): for the store tests and
+   * simulations after every step, not for the request path. The put rules are etcd's
+   * (mvcc/kvstore_txn.go `put`): a put's mod revision is its own main revision; a put of a live
+   * key keeps its create revision and adds 1 to its version; a put after a tombstone (or as the
+   * key's first record ever) starts a new generation: create = main, version = 1. The first record
+   * kept after a compaction may be a put from the middle of a generation, so it is exempt from the
+   * create/version rule.
+   */
+  checkInvariants(): void {
+    const cur = this.#currentRev;
+    if (!(this.compactRev >= 0 && this.compactRev <= cur))
+      throw new StoreInvariantError(`compactRev ${this.compactRev} is not within [0, currentRev ${cur}]`);
+    if (this.#top !== cur)
+      throw new StoreInvariantError(`a write is open: records reach ${this.#top}, currentRev is ${cur}`);
+    let liveKeys = 0;
+    const live = this.#liveOf === this.index ? this.#live : undefined;
+    this.index.forEachPair((k, entry) => {
+      const where = `key ${JSON.stringify(k)}`;
+      const recs = this.#peek(k, entry);
+      if (recs.length === 0) throw new StoreInvariantError(`${where} has no records`);
+      if (!recs[0]!.isPut) throw new StoreInvariantError(`${where}: its first record is a tombstone`);
+      for (let i = 0; i < recs.length; i++) {
+        const r = recs[i]!;
+        const at = `${where} record ${i} {${r.main}, ${r.sub}}`;
+        if (r.main > cur) throw new StoreInvariantError(`${at} is above currentRev ${cur}`);
+        const p = i > 0 ? recs[i - 1]! : undefined;
+        if (p && (r.main < p.main || (r.main === p.main && r.sub <= p.sub)))
+          throw new StoreInvariantError(`${at} is not after {${p.main}, ${p.sub}}`);
+        if (!r.isPut) {
+          if (p && !p.isPut) throw new StoreInvariantError(`${at}: two tombstones in a row`);
+          continue;
+        }
+        if (r.mod !== r.main) throw new StoreInvariantError(`${at}: mod revision ${r.mod} is not its main`);
+        if (r.version < 1 || r.create < 1 || r.create > r.main)
+          throw new StoreInvariantError(`${at}: create ${r.create}, version ${r.version}`);
+        if (p?.isPut && (r.create !== p.create || r.version !== p.version + 1))
+          throw new StoreInvariantError(
+            `${at}: create ${r.create}, version ${r.version} after a put with create ${p.create}, version ${p.version}`,
+          );
+        if (p && !p.isPut && (r.create !== r.main || r.version !== 1))
+          throw new StoreInvariantError(
+            `${at}: create ${r.create}, version ${r.version} after a tombstone (expected ${r.main}, 1)`,
+          );
+        if (r.hasKv && keyString(r.kv!.key) !== k)
+          throw new StoreInvariantError(`${at}: its kv holds key ${JSON.stringify(keyString(r.kv!.key))}`);
+      }
+      const isLive = recs[recs.length - 1]!.isPut;
+      if (isLive) liveKeys++;
+      if (live && live.has(k) !== isLive)
+        throw new StoreInvariantError(
+          `${where} is ${isLive ? 'live but not' : 'deleted but still'} in the live keys`,
+        );
+    });
+    if (live && live.size !== liveKeys)
+      throw new StoreInvariantError(`the live keys hold ${live.size} keys, the index ${liveKeys} live ones`);
   }
 
   /** The encoded bytes of an undecoded entry (the snapshot writer copies them as they are). */

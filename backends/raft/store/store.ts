@@ -20,7 +20,7 @@ import type {
 } from '../../../src/types.js';
 import { AuthStore } from './auth-store.js';
 import { Leases } from './leases.js';
-import { keyString, Mvcc, type MvccEvent } from './mvcc.js';
+import { keyString, Mvcc, type MvccEvent, StoreInvariantError } from './mvcc.js';
 import { branch, checkPath, checkTxnRequest, choosePath, type TxnPath } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
@@ -78,6 +78,41 @@ export class Store {
 
   get revision(): number {
     return this.mvcc.currentRev;
+  }
+
+  /**
+   * The key space's invariants (`Mvcc.checkInvariants`) and the lease attachments both ways: every
+   * key a lease lists is live with that lease on its latest put, and every live key with a lease
+   * is listed by it (etcd's lessor keeps the same two-way map; a key missing from its lease would
+   * outlive the lease, one listed by the wrong lease would be deleted with it). Throws
+   * `StoreInvariantError`. O(keys + records): for tests and simulations between writes.
+   */
+  checkInvariants(): void {
+    this.mvcc.checkInvariants();
+    let attached = 0;
+    for (const [id, l] of this.leases.byId) {
+      if (l.id !== id) throw new StoreInvariantError(`lease ${id} is filed under id ${l.id}`);
+      for (const k of l.keys) {
+        const last = this.mvcc.latest(k, this.mvcc.index.get(k));
+        if (!last || last.lease !== id)
+          throw new StoreInvariantError(
+            `lease ${id} lists key ${JSON.stringify(k)}, whose latest put has ${last ? `lease ${last.lease}` : 'none (deleted)'}`,
+          );
+        attached++;
+      }
+    }
+    let leased = 0;
+    this.mvcc.index.forEachPair((k, entry) => {
+      const last = this.mvcc.latest(k, entry);
+      if (!last || last.lease === 0n) return;
+      leased++;
+      if (!this.leases.byId.get(last.lease)?.keys.has(k))
+        throw new StoreInvariantError(
+          `key ${JSON.stringify(k)} is put with lease ${last.lease}, which does not list it`,
+        );
+    });
+    if (leased !== attached)
+      throw new StoreInvariantError(`${attached} lease attachments, ${leased} live keys with a lease`);
   }
 
   // ------------------------------------------------------------------------------------------
