@@ -492,6 +492,7 @@ export class Member implements MemberBackend {
       // The size of the newest snapshot of the store (what a new member would receive); 0 before
       // the first snapshot. docs/server.md says so.
       dbSizeBytes: () => this.dbSize(),
+      isLearner: () => n.raft.learners.has(n.id),
       alarms: () => (this.#nospace ? [{ memberId: id.memberId, alarm: 'nospace' as const }] : []),
       members: (): readonly MemberDescription[] => this.membership.list(),
     };

@@ -90,6 +90,26 @@ describe.skipIf(!hasEtcdctl)('membership with etcdctl', () => {
     expect(c.members[n4]!.logs.some((l) => l.msg === 'joining a running cluster')).toBe(true);
     // The learner never voted or counted toward quorum: it is listed as a learner, its status says so.
     expect(ctl([n4], 'endpoint', 'status', '-w', 'json')).toMatch(/"isLearner":true/);
+    // A learner serves only Status and serializable reads, as etcd 3.4: everything else is refused
+    // with etcd's text (clients move to another endpoint on it), over gRPC and the JSON gateway.
+    const notForLearner = /etcdserver: rpc not supported for learner/;
+    expect(() => ctl([n4], 'put', 'on-learner', 'x')).toThrow(notForLearner);
+    expect(() => ctl([n4], 'get', 'k1')).toThrow(notForLearner);
+    expect(() => ctl([n4], 'member', 'list')).toThrow(notForLearner);
+    expect(() => ctl([n4], 'lease', 'grant', '10')).toThrow(notForLearner);
+    const gw = (path: string, body: object) =>
+      fetch(`http://${c.members[n4]!.endpoint}${path}`, {
+        method: 'POST',
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(10_000),
+      }).then(async (r) => ({ status: r.status, text: await r.text() }));
+    const put = await gw('/v3/kv/put', { key: btoa('on-learner'), value: btoa('x') });
+    expect(put.status).toBe(503);
+    expect(put.text).toMatch(notForLearner);
+    expect((await gw('/v3/watch', { create_request: { key: btoa('k1') } })).text).toMatch(notForLearner);
+    const sget = await gw('/v3/kv/range', { key: btoa('k1'), serializable: true });
+    expect(sget.status).toBe(200);
+    expect(JSON.parse(sget.text).kvs[0].value).toBe(btoa('v1'));
 
     await until('promote', () => ctl([0, 1, 2], 'member', 'promote', learnerId));
     // The members learn n4's name from n4 itself (asked once a second): wait for it, bounded.

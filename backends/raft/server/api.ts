@@ -50,6 +50,11 @@ export interface MemberInfo {
   dbSizeBytes(): number;
   /** The cluster's members, as Cluster.MemberList reports them. */
   members(): readonly MemberDescription[];
+  /**
+   * Whether this member is a learner now (its applied configuration): it then serves only what
+   * etcd 3.4 serves on a learner (learner.ts). Absent: never a learner. O(1): read per call.
+   */
+  isLearner?(): boolean;
   /** Raised alarms (Maintenance.Alarm GET, Status errors); absent means none. */
   alarms?(): readonly MemberAlarm[];
 }

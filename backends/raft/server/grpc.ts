@@ -32,6 +32,7 @@ import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 import { startGateway } from './gateway.js';
 import { acceptEtcdAuthority } from './h2-authority.js';
+import { refuseOnLearner } from './learner.js';
 import { KeepAliveStream, type PbKeepAliveRequest } from './lease.js';
 import { type ClientListener, dispatchConnection, listenClients, toHttp2 } from './listener.js';
 import { registerMaintenance } from './maintenance.js';
@@ -740,6 +741,8 @@ export async function startClientServer(
   // One port for gRPC and the JSON gateway (listener.ts): HTTP/2 connections are handed to
   // grpc-js, HTTP/1.x ones to the gateway's HTTP server.
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  // On a learner, only what etcd 3.4 serves there (learner.ts); wrapped inside the metrics.
+  refuseOnLearner(server, () => info.isLearner?.() === true);
   // Every method registered above (here and in the service files) counted by code, once.
   opts.metrics?.instrument(server);
   const gateway = startGateway(server, backend, {
