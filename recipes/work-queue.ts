@@ -29,29 +29,24 @@
  * due items. Clock skew between participants shifts delays by the skew; it never loses an item.
  */
 import { setMaxListeners } from 'node:events';
-import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
-import { leaseHex, prefixEnd, toBytes, toText } from '../src/keys.js';
-import type { KV } from '../src/kv.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
+import { leaseHex, prefixEnd, toBytes } from '../src/keys.js';
 import { leaseMarginMs, type Session } from '../src/session.js';
 import type { Bytes, CallOptions, KeyValue, LeaseId, RangeResult } from '../src/types.js';
 import { backoffMs, pause as wait } from './internal/timing.js';
 import {
-  clipError,
   decodeRecord,
   encodeRecord,
   idOf,
-  idTimeMs,
   newItemId,
   type StateRecord,
   WorkQueueKeys,
   workQueuePriorityMax,
 } from './internal/work-queue-keys.js';
-import {
-  requeueKey,
-  WorkQueueMaintenance,
-  workQueueBackoffMsMax,
-} from './internal/work-queue-maintenance.js';
+import { WorkQueueMaintenance, workQueueBackoffMsMax } from './internal/work-queue-maintenance.js';
+
+import { type ClaimGroup, type ReadStart, ReadyWaiter, waitReadyPut } from './internal/work-queue-ready.js';
+import { type ClaimLease, checkDelay, Job, type JobContext } from './work-queue-job.js';
 
 export { workQueueErrorCharsMax, workQueuePriorityMax } from './internal/work-queue-keys.js';
 export {
@@ -63,6 +58,13 @@ export {
   workQueueTimerMsMax,
   workQueueWatchHealthyMs,
 } from './internal/work-queue-maintenance.js';
+export {
+  type ClaimLost,
+  Job,
+  type NackOptions,
+  type NackOutcome,
+  workQueueDelaySecondsMax,
+} from './work-queue-job.js';
 
 /** Default visibility timeout: how long a claim lasts without ack, nack or extend. */
 export const workQueueVisibilityTimeoutSecondsDefault = 30;
@@ -70,8 +72,6 @@ export const workQueueVisibilityTimeoutSecondsDefault = 30;
 export const workQueueMaxAttemptsDefault = 5;
 /** Most deliveries an item may be configured for. */
 export const workQueueMaxAttemptsMax = 1_000_000;
-/** Longest delay of `add` and `nack` (one year). */
-export const workQueueDelaySecondsMax = 365 * 24 * 3600;
 /** Ready keys read per claim round; the claim tries them in order until one txn wins. */
 export const workQueueClaimCandidatesMax = 8;
 /** Consecutive claim rounds that found items but lost every race before `claim` fails `retries-exhausted`. */
@@ -105,25 +105,6 @@ export interface AddOptions extends CallOptions {
   readonly delaySeconds?: number;
   /** Overrides the queue's `maxAttempts` for this item. */
   readonly maxAttempts?: number;
-}
-
-export interface NackOptions extends CallOptions {
-  /** Claimable again only after this many seconds (default 0: at once). */
-  readonly delaySeconds?: number;
-  /** Why the attempt failed; stored with the item (cut to `workQueueErrorCharsMax`). */
-  readonly error?: string;
-}
-
-/** Where a nacked item went. */
-export type NackOutcome = 'ready' | 'delayed' | 'dead';
-
-/** The claim is no longer ours: it expired and the item went back (and may be with another consumer), or it was already settled. */
-export interface ClaimLost {
-  readonly id: string;
-  /** The claim revision (the job's token). */
-  readonly token: number;
-  readonly reason: 'expired' | 'settled';
-  readonly message: string;
 }
 
 /** Counts of a queue's items by state, read at one revision. */
@@ -162,16 +143,6 @@ export interface ProcessOptions extends CallOptions {
 /** `process()`'s handler: return to ack the job, throw to nack it; `signal` fires when the claim may expire or processing stops. */
 export type JobHandler = (job: Job, ctx: { readonly signal: AbortSignal }) => unknown;
 
-function checkDelay(what: string, s: number | undefined): number {
-  const v = s ?? 0;
-  if (!Number.isFinite(v) || v < 0 || v > workQueueDelaySecondsMax)
-    throw new ConclaveError(
-      ErrorCode.InvalidArgument,
-      `${what}: delaySeconds must be between 0 and ${workQueueDelaySecondsMax}, got ${s}`,
-    );
-  return v;
-}
-
 function checkMaxAttempts(what: string, n: number): number {
   if (!Number.isSafeInteger(n) || n < 1 || n > workQueueMaxAttemptsMax)
     throw new ConclaveError(
@@ -179,258 +150,6 @@ function checkMaxAttempts(what: string, n: number): number {
       `${what}: maxAttempts must be an integer from 1 to ${workQueueMaxAttemptsMax}, got ${n}`,
     );
   return n;
-}
-
-/** A claim lease and when its TTL clock last (re)started, by the local monotonic clock. */
-interface ClaimLease {
-  readonly id: LeaseId;
-  readonly ttlSeconds: number;
-  /** `performance.now()` just before the grant or keep-alive that set the server's deadline was sent. */
-  readonly sentAt: number;
-}
-
-/** What a Job needs from its queue. */
-interface JobContext {
-  readonly kv: KV;
-  readonly keys: WorkQueueKeys;
-  readonly consumer: string;
-  /** Takes back the lease of a settled job: its only key was deleted by the settling txn. */
-  release(lease: ClaimLease): void;
-}
-
-/**
- * One claimed item. Settle it with `ack()` (done), `nack()` (try again, optionally later) or
- * `deadLetter()`; `await using job = await queue.claim()` nacks an unsettled job at scope exit.
- * `lost` fires before the claim could expire on the server (unless extended), and when settled.
- */
-export class Job implements AsyncDisposable {
-  readonly id: string;
-  readonly value: Uint8Array;
-  readonly priority: number;
-  /** Deliveries including this one. */
-  readonly attempts: number;
-  readonly maxAttempts: number;
-  /** Why the previous delivery failed, if one did. */
-  readonly lastError: string | undefined;
-  /** Client time (ms) the item was added. */
-  readonly enqueuedAtMs: number;
-  /** The claim revision: increases with every claim of the queue; guards ack and nack. */
-  readonly token: number;
-  /** The claim's lease. Once the job is settled the queue may reuse it for a later claim. */
-  readonly lease: LeaseId;
-  readonly lost: AbortSignal;
-
-  readonly #ctx: JobContext;
-  readonly #record: StateRecord;
-  readonly #lost = new AbortController();
-  #ttlSeconds: number;
-  #renewedAt: number;
-  #deadline: number;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #settled = false;
-
-  /** @internal Built by `WorkQueue.claim`. */
-  constructor(
-    ctx: JobContext,
-    id: string,
-    value: Uint8Array,
-    record: StateRecord,
-    token: number,
-    lease: ClaimLease,
-  ) {
-    this.#ctx = ctx;
-    this.id = id;
-    this.value = value;
-    this.#record = record;
-    this.priority = record.p;
-    this.attempts = record.a;
-    this.maxAttempts = record.m;
-    this.lastError = record.e;
-    this.enqueuedAtMs = idTimeMs(id);
-    this.token = token;
-    this.lease = lease.id;
-    this.lost = this.#lost.signal;
-    this.#ttlSeconds = lease.ttlSeconds;
-    this.#renewedAt = lease.sentAt;
-    this.#deadline = lease.sentAt + lease.ttlSeconds * 1000 - leaseMarginMs(lease.ttlSeconds);
-    this.#arm();
-  }
-
-  /** The body as UTF-8 text. */
-  get text(): string {
-    return toText(this.value);
-  }
-
-  /** Whether ack, nack or deadLetter succeeded. */
-  get settled(): boolean {
-    return this.#settled;
-  }
-
-  /** Milliseconds until `lost` fires if the claim is not extended. */
-  remainingMs(): number {
-    return Math.max(0, this.#deadline - performance.now());
-  }
-
-  #arm(): void {
-    clearTimeout(this.#timer);
-    if (this.#lost.signal.aborted) return;
-    this.#timer = setTimeout(
-      () => {
-        if (performance.now() >= this.#deadline) {
-          this.#fire(
-            new ConclaveError(
-              ErrorCode.SessionLost,
-              `work queue job ${this.id}: the visibility timeout (${this.#ttlSeconds} s) may have passed; the item may be redelivered to another consumer — stop working on it`,
-            ),
-          );
-        } else this.#arm();
-      },
-      Math.max(0, this.#deadline - performance.now()),
-    );
-    this.#timer.unref?.();
-  }
-
-  #fire(reason: unknown): void {
-    clearTimeout(this.#timer);
-    if (!this.#lost.signal.aborted) this.#lost.abort(reason);
-  }
-
-  #lostErr(reason: ClaimLost['reason'], message: string): Err<ClaimLost> {
-    return Err({ id: this.id, token: this.token, reason, message });
-  }
-
-  #settledErr(): Err<ClaimLost> {
-    return this.#lostErr('settled', `work queue job ${this.id}: already acked, nacked or dead-lettered`);
-  }
-
-  #expiredErr(): Err<ClaimLost> {
-    this.#fire(new ConclaveError(ErrorCode.SessionLost, `work queue job ${this.id}: claim lost`));
-    return this.#lostErr(
-      'expired',
-      `work queue job ${this.id}: the claim expired and the item was returned to the queue (it may have been redelivered); the result of this attempt was not recorded`,
-    );
-  }
-
-  /** Marks the job done: deletes the item. `Err(ClaimLost)` if the claim was lost meanwhile. */
-  async ack(opts: CallOptions = {}): Promise<Result<void, ClaimLost>> {
-    if (this.#settled) return this.#settledErr();
-    const { kv, keys } = this.#ctx;
-    const t = await kv.txn(
-      {
-        compare: [this.#guard()],
-        success: [
-          { type: 'delete', key: keys.rec(this.id) },
-          { type: 'delete', key: keys.lease(this.id) },
-          { type: 'delete', key: keys.item(this.id) },
-        ],
-        failure: [],
-      },
-      opts.signal ? { signal: opts.signal } : {},
-    );
-    if (!t.succeeded) return this.#settled ? this.#settledErr() : this.#expiredErr();
-    this.#finish('acked');
-    return Ok(undefined);
-  }
-
-  /**
-   * Gives the item back: ready at once, delayed by `delaySeconds`, or — when this was its last
-   * allowed attempt — dead-lettered with `error`. `Err(ClaimLost)` if the claim was lost meanwhile.
-   */
-  async nack(opts: NackOptions = {}): Promise<Result<NackOutcome, ClaimLost>> {
-    const delaySeconds = checkDelay('nack', opts.delaySeconds);
-    if (this.#settled) return this.#settledErr();
-    const r = this.#record;
-    const next: StateRecord = {
-      p: r.p,
-      a: r.a,
-      m: r.m,
-      ...(opts.error !== undefined ? { e: clipError(opts.error) } : {}),
-      c: this.#ctx.consumer,
-      t: Date.now(),
-    };
-    const dest = requeueKey(this.#ctx.keys, this.id, r);
-    let key = dest.key;
-    let outcome: NackOutcome = dest.dead ? 'dead' : 'ready';
-    if (!dest.dead && delaySeconds > 0) {
-      key = this.#ctx.keys.delayed(next.t! + delaySeconds * 1000, this.id);
-      outcome = 'delayed';
-    }
-    if (!(await this.#move(key, next, opts.signal)))
-      return this.#settled ? this.#settledErr() : this.#expiredErr();
-    this.#finish('nacked');
-    return Ok(outcome);
-  }
-
-  /** Moves the item to dead letters now, with `error`. `Err(ClaimLost)` if the claim was lost. */
-  async deadLetter(opts: { error?: string } & CallOptions = {}): Promise<Result<void, ClaimLost>> {
-    if (this.#settled) return this.#settledErr();
-    const r = this.#record;
-    const next: StateRecord = {
-      p: r.p,
-      a: r.a,
-      m: r.m,
-      e: clipError(opts.error ?? 'dead-lettered by the consumer'),
-      c: this.#ctx.consumer,
-      t: Date.now(),
-    };
-    if (!(await this.#move(this.#ctx.keys.dead(this.id), next, opts.signal)))
-      return this.#settled ? this.#settledErr() : this.#expiredErr();
-    this.#finish('dead-lettered');
-    return Ok(undefined);
-  }
-
-  /**
-   * Restarts the visibility timeout (a lease keep-alive: the full timeout from now).
-   * `Err(ClaimLost)` when the lease is gone; resolves with the new TTL in seconds.
-   */
-  async extend(opts: CallOptions = {}): Promise<Result<number, ClaimLost>> {
-    if (this.#settled) return this.#settledErr();
-    if (this.#lost.signal.aborted) return this.#expiredErr();
-    const sentAt = performance.now();
-    const ka = await this.#ctx.kv.lease.keepAliveOnce(this.lease, opts.signal ? { signal: opts.signal } : {});
-    if (this.#settled) return this.#settledErr();
-    if (ka.ttlSeconds <= 0) return this.#expiredErr();
-    this.#ttlSeconds = ka.ttlSeconds;
-    this.#renewedAt = sentAt;
-    this.#deadline = sentAt + ka.ttlSeconds * 1000 - leaseMarginMs(ka.ttlSeconds);
-    this.#arm();
-    return Ok(ka.ttlSeconds);
-  }
-
-  /** Nacks the job (ready at once) if it is not settled; errors are ignored (the claim expires). */
-  async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.#settled) await this.nack().catch(() => undefined);
-  }
-
-  /** The claim is still ours: its record was not rewritten since the claim txn. */
-  #guard() {
-    return { key: this.#ctx.keys.rec(this.id), target: 'mod', result: '=', value: this.token } as const;
-  }
-
-  async #move(key: string, next: StateRecord, signal: AbortSignal | undefined): Promise<boolean> {
-    const { kv, keys } = this.#ctx;
-    const t = await kv.txn(
-      {
-        compare: [this.#guard()],
-        success: [
-          { type: 'delete', key: keys.rec(this.id) },
-          { type: 'delete', key: keys.lease(this.id) },
-          { type: 'put', key, value: encodeRecord(next) },
-        ],
-        failure: [],
-      },
-      signal ? { signal } : {},
-    );
-    return t.succeeded;
-  }
-
-  #finish(how: string): void {
-    this.#settled = true;
-    this.#fire(new ConclaveError(ErrorCode.Closed, `work queue job ${this.id} ${how}`));
-    // The settling txn deleted the lease's only key: the queue may give the lease to a later
-    // claim (which renews it first) instead of revoking it and granting another.
-    this.#ctx.release({ id: this.lease, ttlSeconds: this.#ttlSeconds, sentAt: this.#renewedAt });
-  }
 }
 
 /**
@@ -1038,212 +757,5 @@ export class WorkQueue implements AsyncDisposable {
   /** `close()`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-}
-
-/**
- * Resolves at the first put under `prefix` at or after `fromRevision` (a new ready item), or at
- * once when the revisions it needs are gone or not yet applied where it reads (the caller re-reads
- * anyway). Rejects with the reason of `signal`.
- *
- * The watch starts from "now" (etcd serves a watch started in the past from its unsynced group,
- * caught up only every 100 ms); puts between `fromRevision` and its registered revision are found
- * by one count of the ready keys modified since `fromRevision`, read at that revision.
- */
-async function waitReadyPut(
-  kv: KV,
-  prefix: string,
-  fromRevision: number,
-  signal: AbortSignal,
-): Promise<void> {
-  const span = WorkQueueKeys.span(prefix);
-  const w = kv.watch(span.key, { end: span.end, filters: ['nodelete'], signal });
-  try {
-    const registered = await w.ready;
-    if (registered >= fromRevision) {
-      const r = await kv.range(span.key, {
-        end: span.end,
-        revision: registered,
-        serializable: true,
-        minModRevision: fromRevision,
-        countOnly: true,
-        signal,
-      });
-      if (r.count > 0) return;
-    }
-    for await (const b of w) if (b.events.some((e) => e.kv.modRevision >= fromRevision)) return;
-    throw abortReason(signal);
-  } catch (err) {
-    if (signal.aborted) throw abortReason(signal);
-    if (
-      ConclaveError.is(err, ErrorCode.Compacted) ||
-      ConclaveError.is(err, ErrorCode.FutureRevision) ||
-      ConclaveError.is(err, ErrorCode.WatchOverflow)
-    )
-      return;
-    throw err;
-  } finally {
-    await w.close();
-  }
-}
-
-/** The claimers (workers) of one `process` call. */
-interface ClaimGroup {
-  /** Ids whose claim txn a worker is sending now: its siblings skip them. At most `concurrency`. */
-  readonly claiming: Set<string>;
-  readonly waiter: ReadyWaiter;
-}
-
-/** Where a read of ready keys starts (`key` undefined: the prefix's start), and the feed's generation then. */
-interface ReadStart {
-  readonly key: string | undefined;
-  readonly gen: number;
-}
-
-/** How long a ready cursor is used before a full read re-establishes it (bounds any misordering). */
-const readyCursorMsMax = 1000;
-
-interface ReadyWait {
-  readonly fromRevision: number;
-  resolve(): void;
-  reject(err: unknown): void;
-}
-
-/**
- * One watch on `ready/` (puts only) shared by the workers of one `process` call, instead of one
- * watch per idle worker. A worker that found nothing to claim at revision R waits for a put at
- * R + 1 or later. Each put wakes one waiter, the longest-waiting one it concerns: that worker
- * re-reads and claims; waking all of them for one new item would send `concurrency` reads after
- * it, all but one in vain. No item is left behind by this: a worker sleeps only after a read in
- * which every ready item was being claimed by a sibling (which re-reads itself if its claim
- * fails) or none was ready, and every later put wakes a sleeper while there is one; workers that
- * are busy read again before their next claim. A waiter older than the watch's start revision is
- * woken at once (the watch cannot vouch for puts before it), and so is every waiter when the watch
- * breaks for a compaction or an overflow (they re-read); other watch errors reject the waiters.
- * A waiter whose revision the watch has already passed with a put (delivered between the
- * waiter's read and its call here, when it could wake nobody) is woken at once too.
- */
-class ReadyWaiter {
-  readonly #kv: KV;
-  readonly #prefix: string;
-  readonly #stop: AbortSignal;
-  /** Bounded by the group's `concurrency`: one entry per waiting worker. */
-  readonly #waiters: ReadyWait[] = [];
-  #watching = false;
-  #startRevision = 0;
-  /**
-   * The ready cursor: no live ready key sorts before it (as far as the watch has told us). A
-   * read from it skips the deleted keys at the front of the queue — claimed items leave their
-   * keys behind as deletions until the store compacts, and a range visits them all (etcd counts
-   * every key of a range even with a limit) — so without it every claim's read grows with the
-   * number of items claimed since the last compaction.
-   */
-  #cursor: string | undefined;
-  #cursorAt = 0;
-  /** Bumped by every put the watch delivers: a read during which it changed does not move the cursor. */
-  #gen = 0;
-  /** The revision of the last put the current watch delivered. */
-  #seenRevision = 0;
-
-  constructor(kv: KV, prefix: string, stop: AbortSignal) {
-    this.#kv = kv;
-    this.#prefix = prefix;
-    this.#stop = stop;
-  }
-
-  /** Where the next read of ready keys may start: the cursor, unless `full` or it is too old. */
-  readFrom(full = false): ReadStart {
-    if (this.#cursor !== undefined && performance.now() - this.#cursorAt > readyCursorMsMax)
-      this.#cursor = undefined;
-    return { key: full ? undefined : this.#cursor, gen: this.#gen };
-  }
-
-  /**
-   * A read that started at `from` returned `kvs` (its first keys in order) at `revision`. Its
-   * first key becomes the cursor when that is safe: the watch covers every revision after the
-   * read (a full read starts it if needed), and no put was delivered while the read was out —
-   * one delivered later, before the cursor, clears it. Keys before the first one were deleted
-   * at `revision` (or, for a cursor read, before the cursor, which no delivered put undercut).
-   */
-  observe(from: ReadStart, revision: number, kvs: readonly KeyValue[]): void {
-    if (!this.#watching) {
-      if (from.key !== undefined || this.#stop.aborted) return;
-      this.#watch(revision + 1);
-    }
-    if (from.gen !== this.#gen || revision + 1 < this.#startRevision) return;
-    const first = kvs[0];
-    if (!first) return;
-    if (from.key === undefined) this.#cursorAt = performance.now();
-    this.#cursor = toText(first.key);
-  }
-
-  wait(fromRevision: number, signal: AbortSignal): Promise<void> {
-    signal.throwIfAborted();
-    // The watch may have delivered a put after the caller's read before the caller got here
-    // (when no waiter it concerned was registered yet: it woke nobody).
-    if (this.#watching && (fromRevision < this.#startRevision || fromRevision <= this.#seenRevision))
-      return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => {
-        const i = this.#waiters.indexOf(w);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(abortReason(signal));
-      };
-      const w: ReadyWait = {
-        fromRevision,
-        resolve: () => {
-          signal.removeEventListener('abort', onAbort);
-          resolve();
-        },
-        reject: (err) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(err);
-        },
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.#waiters.push(w);
-      if (!this.#watching) this.#watch(fromRevision);
-    });
-  }
-
-  #watch(fromRevision: number): void {
-    this.#watching = true;
-    this.#startRevision = fromRevision;
-    this.#seenRevision = 0;
-    const span = WorkQueueKeys.span(this.#prefix);
-    void (async () => {
-      let failure: unknown;
-      const w = this.#kv.watch(span.key, {
-        end: span.end,
-        startRevision: fromRevision,
-        filters: ['nodelete'],
-        signal: this.#stop,
-      });
-      try {
-        for await (const b of w)
-          for (const e of b.events) {
-            this.#gen++;
-            this.#seenRevision = Math.max(this.#seenRevision, e.kv.modRevision);
-            if (this.#cursor !== undefined && toText(e.kv.key) < this.#cursor) this.#cursor = undefined;
-            const i = this.#waiters.findIndex((x) => x.fromRevision <= e.kv.modRevision);
-            if (i >= 0) this.#waiters.splice(i, 1)[0]!.resolve();
-          }
-      } catch (err) {
-        failure = err;
-      } finally {
-        await w.close().catch(() => undefined);
-      }
-      this.#watching = false;
-      this.#cursor = undefined;
-      this.#gen++;
-      const soft =
-        failure === undefined ||
-        ConclaveError.is(failure, ErrorCode.Compacted) ||
-        ConclaveError.is(failure, ErrorCode.WatchOverflow);
-      for (const x of this.#waiters.splice(0)) {
-        if (soft) x.resolve();
-        else x.reject(failure);
-      }
-    })();
   }
 }
