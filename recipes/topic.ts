@@ -28,108 +28,47 @@ import { ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
 import { concatBytes, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
-import { backoffMs as backoffStepMs, sleep } from './internal/timing.js';
+import { sleep } from './internal/timing.js';
+import { Subscription } from './topic-subscription.js';
+import {
+  isTopicTrimmed,
+  type Published,
+  type SubscribeOptions,
+  type TopicEvent,
+  type TopicOptions,
+  type TopicPosition,
+  type TopicRetention,
+  type TopicTrimmedDetails,
+  topicBackoffJitterMs,
+  topicPageEventsMax,
+  topicPublishAttemptsMax,
+  topicSeqDigits,
+  topicSubscriberNameMax,
+  topicTrimBatchMax,
+  topicTrimRoundsMax,
+  topicWatchBatchesMax,
+} from './topic-types.js';
 
-/** Events read per page (and so held in memory per subscription while paging). */
-export const topicPageEventsMax = 100;
-/** Watch batches buffered per subscription for a slow consumer; past it the subscription re-reads. */
-export const topicWatchBatchesMax = 64;
-/** Attempts of one publish that lost the sequence race to other publishers. */
-export const topicPublishAttemptsMax = 64;
-/** Events removed by one trim txn (one range delete); trimming more takes several txns. */
-export const topicTrimBatchMax = 100;
-/** Trim txns one `trim()` call runs at most. */
-export const topicTrimRoundsMax = 100;
-/** Consecutive failed attempts to re-read or re-watch (after `unavailable` etc.) before a subscription fails. */
-export const topicResubscribeAttemptsMax = 20;
-/** Longest back-off (ms) between two attempts of a publish or a re-subscription. */
-export const topicBackoffMsMax = 1000;
-/** Longest durable subscriber name (characters). */
-export const topicSubscriberNameMax = 256;
-/** Digits of a sequence number in keys: enough for every safe integer. */
-export const topicSeqDigits = 16;
-
-/** How long a topic keeps its events. Both bounds may be combined; an event goes when either says so. */
-export interface TopicRetention {
-  /** Keep at most this many of the newest events. */
-  readonly maxEvents?: number;
-  /** Remove events published longer ago than this (by the publishers' and trimmers' clocks). */
-  readonly maxAgeMs?: number;
-}
-
-/** Options of a `Topic`. */
-export interface TopicOptions {
-  /** Default: keep every event. Applied by this Topic's `publish()` and `trim()`. */
-  readonly retention?: TopicRetention;
-  /** Wall clock in ms, stamped on events and used for age retention (default `Date.now`). */
-  readonly now?: () => number;
-}
-
-/** One delivered event. */
-export interface TopicEvent {
-  readonly topic: string;
-  /** Position in the topic: 1, 2, 3… without gaps, in publish order. */
-  readonly seq: number;
-  /** The store revision at which the event was published. */
-  readonly revision: number;
-  /** The publisher's clock when it published. */
-  readonly publishedAtMs: number;
-  readonly value: Uint8Array;
-}
-
-/** Where `publish()` appended the event. */
-export interface Published {
-  /** The event's position in the topic. */
-  readonly seq: number;
-  /** The store revision at which it was published. */
-  readonly revision: number;
-}
-
-/**
- * Where a subscription starts: a seq (inclusive), `'oldest'` (the oldest retained event),
- * `'next'` (only events published after the subscribe call), or `{ revision }` (the first event
- * published at or after that store revision).
- */
-export type TopicPosition = number | 'oldest' | 'next' | { readonly revision: number };
-
-export interface SubscribeOptions extends CallOptions {
-  /**
-   * A durable subscriber name: the subscription starts after the subscriber's stored cursor, and
-   * `ack()` moves the cursor. A new name starts at `from` and stores its cursor right away.
-   */
-  readonly subscriber?: string;
-  /** Start position when there is no stored cursor (default `'next'`). */
-  readonly from?: TopicPosition;
-  /**
-   * Durable subscribers only: acknowledge each event once the consumer asks for the next one
-   * (written after each page or watch batch, and on close). Default false: call `ack()`.
-   */
-  readonly autoAck?: boolean;
-  /** Events per page read (default and maximum `topicPageEventsMax`). */
-  readonly pageEventsMax?: number;
-  /** Watch batches buffered for a slow consumer (default and maximum `topicWatchBatchesMax`). */
-  readonly watchBatchesMax?: number;
-}
-
-/** `details` of the error thrown when a position was removed by retention. */
-export interface TopicTrimmedDetails {
-  readonly topic: string;
-  /** The oldest retained position: resume from here (the events before it are gone). */
-  readonly oldestSeq: number;
-  /** The position asked for, when it was a seq (or a cursor + 1). */
-  readonly requestedSeq?: number;
-  /** The position asked for, when it was a revision. */
-  readonly requestedRevision?: number;
-  readonly subscriber?: string;
-}
-
-/**
- * Whether `err` says that a subscription's position was removed by retention. Such errors have
- * code `compacted` (not retryable) and `details.oldestSeq`, where the subscriber can resume.
- */
-export function isTopicTrimmed(err: unknown): err is ConclaveError & { details: TopicTrimmedDetails } {
-  return ConclaveError.is(err, ErrorCode.Compacted) && typeof err.details?.oldestSeq === 'number';
-}
+export { type SubscribedTopic, Subscription } from './topic-subscription.js';
+export {
+  isTopicTrimmed,
+  type Published,
+  type SubscribeOptions,
+  type TopicEvent,
+  type TopicOptions,
+  type TopicPosition,
+  type TopicRetention,
+  type TopicTrimmedDetails,
+  topicBackoffMsMax,
+  topicPageEventsMax,
+  topicPublishAttemptsMax,
+  topicResubscribeAttemptsMax,
+  topicSeqDigits,
+  topicSubscriberNameMax,
+  topicTrimBatchMax,
+  topicTrimRoundsMax,
+  topicWatchBatchesMax,
+} from './topic-types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
@@ -188,9 +127,6 @@ function getResult(r: OpResponse | undefined): RangeResult {
   if (r?.type !== 'get') throw new ConclaveError(ErrorCode.Internal, 'txn: expected a get response');
   return r;
 }
-
-/** Jittered exponential back-off for attempt `n` (1-based), at most `topicBackoffMsMax`. */
-const backoffMs = (n: number): number => Math.random() * backoffStepMs(n, topicBackoffMsMax, 5);
 
 function checkPositive(what: string, n: unknown, max: number): void {
   if (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > max)
@@ -291,7 +227,7 @@ export class Topic {
       this.#last = kv
         ? { seq: parseSeq(this.name, toText(kv.value), 'the counter'), mod: kv.modRevision }
         : { seq: 0, mod: 0 };
-      if (attempt >= 2) await sleep(backoffMs(attempt - 1), signal);
+      if (attempt >= 2) await sleep(topicBackoffJitterMs(attempt - 1), signal);
     }
     throw new ConclaveError(
       ErrorCode.RetriesExhausted,
@@ -732,225 +668,4 @@ function checkPosition(from: unknown): void {
       ErrorCode.InvalidArgument,
       "subscribe: from must be a seq, 'oldest', 'next' or { revision }",
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Subscription
-
-interface SubscriptionInit {
-  readonly start: number;
-  readonly subscriber: string | undefined;
-  readonly autoAck: boolean;
-  readonly pageEventsMax: number;
-  readonly watchBatchesMax: number;
-  readonly signal: AbortSignal | undefined;
-}
-
-/** Watch failures after which the subscription re-reads from its position right away. */
-const resyncCodes: ReadonlySet<string> = new Set([ErrorCode.Compacted, ErrorCode.WatchOverflow]);
-
-/** A watch delivered a seq past the expected one: re-read from the position. */
-class Gap extends Error {}
-
-/**
- * An open subscription: an async iterable of events, in seq order, each once (per subscription).
- * One consumer may iterate it. `close()` and aborting the subscribe `signal` both end the
- * iteration normally (a requested stop is not an error); a position lost to retention ends it with an
- * `isTopicTrimmed` error. Memory is bounded by one page or `watchBatchesMax` watch batches: a
- * consumer slower than the publishers makes the watch overflow, and the subscription then reads
- * pages from its position again (backpressure by re-reading; nothing is dropped).
- */
-export class Subscription implements AsyncIterable<TopicEvent>, AsyncDisposable {
-  readonly topic: Topic;
-  readonly subscriber: string | undefined;
-  /** The first seq this subscription delivers. */
-  readonly startSeq: number;
-  readonly #init: SubscriptionInit;
-  readonly #stop = new AbortController();
-  #next: number;
-  #delivered: number;
-  /** The last event whose successor the consumer asked for (autoAck acknowledges up to it). */
-  #processed: number;
-  #acked: number;
-  #iterated = false;
-  #closed: Promise<void> | undefined;
-  #onAbort = () => void this.close();
-
-  /** @internal Use `topic.subscribe()`. */
-  constructor(topic: Topic, init: SubscriptionInit) {
-    this.topic = topic;
-    this.subscriber = init.subscriber;
-    this.startSeq = init.start;
-    this.#init = init;
-    this.#next = init.start;
-    this.#delivered = init.start - 1;
-    this.#processed = init.start - 1;
-    this.#acked = init.start - 1;
-    init.signal?.addEventListener('abort', this.#onAbort, { once: true });
-  }
-
-  /** The next seq to deliver. */
-  get position(): number {
-    return this.#next;
-  }
-
-  /** The last seq delivered (`startSeq - 1` before the first). */
-  get lastDeliveredSeq(): number {
-    return this.#delivered;
-  }
-
-  /** The highest seq this subscription acknowledged (durable subscribers). */
-  get ackedSeq(): number {
-    return this.#acked;
-  }
-
-  /**
-   * Acknowledges every event up to `seq` (default: the last delivered): the durable cursor moves
-   * there, never backward, so the subscriber's next subscription starts after it.
-   */
-  async ack(seq: number = this.#delivered, opts: CallOptions = {}): Promise<void> {
-    const subscriber = this.subscriber;
-    if (subscriber === undefined)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        'ack: only a durable subscription (subscriber name) has a cursor',
-      );
-    if (!Number.isSafeInteger(seq) || seq > this.#delivered)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `ack: seq must be an integer no greater than the last delivered (${this.#delivered})`,
-      );
-    if (seq <= this.#acked) return;
-    await this.topic.ackCursor(subscriber, seq, opts.signal);
-    this.#acked = Math.max(this.#acked, seq);
-  }
-
-  /**
-   * Ends the subscription: a pending `next()` resolves done; with autoAck, events the consumer
-   * finished are acknowledged first. Idempotent.
-   */
-  close(): Promise<void> {
-    this.#closed ??= (async () => {
-      this.#init.signal?.removeEventListener('abort', this.#onAbort);
-      this.#stop.abort(
-        new ConclaveError(ErrorCode.Closed, `subscription to topic ${this.topic.name} closed`),
-      );
-      await this.#flushAck(true);
-    })();
-    return this.#closed;
-  }
-
-  /** `close()`, for `await using`. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
-  }
-
-  /** The events, in seq order; iterate once (one consumer per subscription). */
-  [Symbol.asyncIterator](): AsyncGenerator<TopicEvent, void, undefined> {
-    if (this.#iterated)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        'Subscription: iterate it once (one consumer per subscription)',
-      );
-    this.#iterated = true;
-    return this.#run();
-  }
-
-  /** autoAck: acknowledges what the consumer finished; a lost ack only means a redelivery. */
-  async #flushAck(closing: boolean): Promise<void> {
-    if (!this.#init.autoAck || this.#processed <= this.#acked) return;
-    try {
-      await this.ack(this.#processed, closing ? {} : { signal: this.#stop.signal });
-    } catch (err) {
-      if (closing || this.#stop.signal.aborted) return;
-      if (!ConclaveError.is(err) || !err.retryable) throw err;
-    }
-  }
-
-  async *#run(): AsyncGenerator<TopicEvent, void, undefined> {
-    const signal = this.#stop.signal;
-    let failures = 0;
-    try {
-      // Bounded: every turn either delivers, or counts a failure (resync causes make progress
-      // only by re-reading, which either delivers or catches up and watches again).
-      while (!signal.aborted) {
-        let revision: number;
-        try {
-          revision = yield* this.#readPages(signal);
-        } catch (err) {
-          if (signal.aborted) break;
-          if (!ConclaveError.is(err) || !err.retryable || isTopicTrimmed(err)) throw err;
-          failures = await this.#failed(failures, err, signal);
-          continue;
-        }
-        failures = 0;
-        const w = this.topic.watchEvents(revision + 1, this.#init.watchBatchesMax, signal);
-        try {
-          for await (const batch of w) {
-            for (const e of batch.events) {
-              const ev = this.topic.decodeEvent(e.kv);
-              if (ev.seq < this.#next) continue;
-              if (ev.seq > this.#next) throw new Gap();
-              yield* this.#deliver(ev);
-            }
-            failures = 0;
-            await this.#flushAck(false);
-          }
-          if (signal.aborted) break;
-          // The watch ended without being closed by us: a broken stream; re-read and re-watch.
-          failures = await this.#failed(failures, undefined, signal);
-        } catch (err) {
-          if (signal.aborted) break;
-          if (err instanceof Gap || (ConclaveError.is(err) && resyncCodes.has(err.code))) continue;
-          if (!ConclaveError.is(err) || !err.retryable) throw err;
-          failures = await this.#failed(failures, err, signal);
-        } finally {
-          await w.close();
-        }
-      }
-    } catch (err) {
-      if (!signal.aborted) throw err;
-    } finally {
-      await this.close();
-    }
-    // Stopped by close() or the subscribe signal: a requested stop ends the iteration normally.
-  }
-
-  /** Reads and delivers pages until caught up; returns the revision of the last read. */
-  async *#readPages(signal: AbortSignal): AsyncGenerator<TopicEvent, number, undefined> {
-    // Bounded: each full page advances the position by its length; a short page ends the loop.
-    for (;;) {
-      const page = await this.topic.readPage(this.#next, this.#init.pageEventsMax, this.subscriber, signal);
-      for (const ev of page.events) {
-        if (ev.seq !== this.#next)
-          throw new ConclaveError(ErrorCode.Internal, `topic read skipped to ${ev.seq}`);
-        yield* this.#deliver(ev);
-      }
-      await this.#flushAck(false);
-      if (!page.more) return page.revision;
-    }
-  }
-
-  async *#deliver(ev: TopicEvent): AsyncGenerator<TopicEvent, void, undefined> {
-    // Closed while the consumer held the previous event: deliver nothing more from the page.
-    this.#stop.signal.throwIfAborted();
-    this.#next = ev.seq + 1;
-    this.#delivered = ev.seq;
-    yield ev;
-    // The consumer asked for the next event: it is done with this one.
-    this.#processed = ev.seq;
-  }
-
-  /** Counts a failed attempt and backs off; fails `unavailable` past the bound. */
-  async #failed(failures: number, cause: unknown, signal: AbortSignal): Promise<number> {
-    const n = failures + 1;
-    if (n > topicResubscribeAttemptsMax)
-      throw new ConclaveError(
-        ErrorCode.Unavailable,
-        `topic ${this.topic.name}: could not re-read and re-watch in ${topicResubscribeAttemptsMax} attempts; subscribe again later from position ${this.#next}`,
-        { cause, details: { topic: this.topic.name, position: this.#next } },
-      );
-    await sleep(backoffMs(n), signal);
-    return n;
-  }
 }

@@ -1,0 +1,109 @@
+/** The topic recipe's bounds and public types, shared by `Topic` and `Subscription`. */
+import { ConclaveError, ErrorCode } from '../src/errors.js';
+import type { CallOptions } from '../src/types.js';
+import { backoffMs as backoffStepMs } from './internal/timing.js';
+
+/** Events read per page (and so held in memory per subscription while paging). */
+export const topicPageEventsMax = 100;
+/** Watch batches buffered per subscription for a slow consumer; past it the subscription re-reads. */
+export const topicWatchBatchesMax = 64;
+/** Attempts of one publish that lost the sequence race to other publishers. */
+export const topicPublishAttemptsMax = 64;
+/** Events removed by one trim txn (one range delete); trimming more takes several txns. */
+export const topicTrimBatchMax = 100;
+/** Trim txns one `trim()` call runs at most. */
+export const topicTrimRoundsMax = 100;
+/** Consecutive failed attempts to re-read or re-watch (after `unavailable` etc.) before a subscription fails. */
+export const topicResubscribeAttemptsMax = 20;
+/** Longest back-off (ms) between two attempts of a publish or a re-subscription. */
+export const topicBackoffMsMax = 1000;
+/** Longest durable subscriber name (characters). */
+export const topicSubscriberNameMax = 256;
+/** Digits of a sequence number in keys: enough for every safe integer. */
+export const topicSeqDigits = 16;
+
+/** How long a topic keeps its events. Both bounds may be combined; an event goes when either says so. */
+export interface TopicRetention {
+  /** Keep at most this many of the newest events. */
+  readonly maxEvents?: number;
+  /** Remove events published longer ago than this (by the publishers' and trimmers' clocks). */
+  readonly maxAgeMs?: number;
+}
+
+/** Options of a `Topic`. */
+export interface TopicOptions {
+  /** Default: keep every event. Applied by this Topic's `publish()` and `trim()`. */
+  readonly retention?: TopicRetention;
+  /** Wall clock in ms, stamped on events and used for age retention (default `Date.now`). */
+  readonly now?: () => number;
+}
+
+/** One delivered event. */
+export interface TopicEvent {
+  readonly topic: string;
+  /** Position in the topic: 1, 2, 3… without gaps, in publish order. */
+  readonly seq: number;
+  /** The store revision at which the event was published. */
+  readonly revision: number;
+  /** The publisher's clock when it published. */
+  readonly publishedAtMs: number;
+  readonly value: Uint8Array;
+}
+
+/** Where `publish()` appended the event. */
+export interface Published {
+  /** The event's position in the topic. */
+  readonly seq: number;
+  /** The store revision at which it was published. */
+  readonly revision: number;
+}
+
+/**
+ * Where a subscription starts: a seq (inclusive), `'oldest'` (the oldest retained event),
+ * `'next'` (only events published after the subscribe call), or `{ revision }` (the first event
+ * published at or after that store revision).
+ */
+export type TopicPosition = number | 'oldest' | 'next' | { readonly revision: number };
+
+export interface SubscribeOptions extends CallOptions {
+  /**
+   * A durable subscriber name: the subscription starts after the subscriber's stored cursor, and
+   * `ack()` moves the cursor. A new name starts at `from` and stores its cursor right away.
+   */
+  readonly subscriber?: string;
+  /** Start position when there is no stored cursor (default `'next'`). */
+  readonly from?: TopicPosition;
+  /**
+   * Durable subscribers only: acknowledge each event once the consumer asks for the next one
+   * (written after each page or watch batch, and on close). Default false: call `ack()`.
+   */
+  readonly autoAck?: boolean;
+  /** Events per page read (default and maximum `topicPageEventsMax`). */
+  readonly pageEventsMax?: number;
+  /** Watch batches buffered for a slow consumer (default and maximum `topicWatchBatchesMax`). */
+  readonly watchBatchesMax?: number;
+}
+
+/** `details` of the error thrown when a position was removed by retention. */
+export interface TopicTrimmedDetails {
+  readonly topic: string;
+  /** The oldest retained position: resume from here (the events before it are gone). */
+  readonly oldestSeq: number;
+  /** The position asked for, when it was a seq (or a cursor + 1). */
+  readonly requestedSeq?: number;
+  /** The position asked for, when it was a revision. */
+  readonly requestedRevision?: number;
+  readonly subscriber?: string;
+}
+
+/**
+ * Whether `err` says that a subscription's position was removed by retention. Such errors have
+ * code `compacted` (not retryable) and `details.oldestSeq`, where the subscriber can resume.
+ */
+export function isTopicTrimmed(err: unknown): err is ConclaveError & { details: TopicTrimmedDetails } {
+  return ConclaveError.is(err, ErrorCode.Compacted) && typeof err.details?.oldestSeq === 'number';
+}
+
+/** Jittered exponential back-off for attempt `n` (1-based), at most `topicBackoffMsMax`. */
+export const topicBackoffJitterMs = (n: number): number =>
+  Math.random() * backoffStepMs(n, topicBackoffMsMax, 5);
