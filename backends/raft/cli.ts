@@ -25,6 +25,7 @@ import { resolveRequestLimits } from './limits.js';
 import { hasWal, Member, RequestKind } from './member.js';
 import { decodeRecord, type MembershipRecord, removedMemberText, removedSelf } from './membership.js';
 import { restoreSnapshot } from './restore.js';
+import { opensslCiphers } from './server/cipher-suites.js';
 import { conclaveVersion, startMetricsServer } from './server/gateway.js';
 import { startClientServer } from './server/grpc.js';
 import {
@@ -146,6 +147,11 @@ export const serveFlags: readonly FlagSpec[] = [
     help: 'Allowed CN for inter-peer authentication (needs --peer-client-cert-auth).',
   },
   { name: 'peer-crl-file', default: '', help: 'Path to the peer certificate revocation list file.' },
+  {
+    name: 'cipher-suites',
+    default: '',
+    help: "Comma-separated TLS 1.2 cipher suites (Go's names) for client and peer URLs; empty: Node's defaults.",
+  },
   {
     name: 'peer-auto-tls',
     default: 'false',
@@ -363,13 +369,15 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
           : `conclave serve: unknown flag --${name} (see conclave serve --help)`,
       );
     }
-    if (given.has(name)) throw usage(name, 'given twice');
     let value = m[2];
     if (value === undefined && known.get(name)!.bool) value = 'true';
     if (value === undefined) {
       value = args[++i];
       if (value === undefined || /^--?[a-z]/.test(value)) throw usage(name, 'needs a value');
     }
+    // Go's flag package (etcd) takes a repeated flag, the last one winning; here a repeat must say
+    // the same (etcd's e2e harness repeats --client-cert-auth), a contradiction is refused.
+    if (given.has(name) && given.get(name) !== value) throw usage(name, 'given twice with different values');
     given.set(name, value);
   }
   const shadowed: string[] = [];
@@ -433,7 +441,14 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
   }
   const listenClientUrls = urlList('listen-client-urls', get('listen-client-urls'));
   const initialAdvertisePeerUrls = urlList('initial-advertise-peer-urls', get('initial-advertise-peer-urls'));
+  let ciphers: string;
+  try {
+    ciphers = opensslCiphers(get('cipher-suites'));
+  } catch (err) {
+    throw usage('cipher-suites', (err as Error).message);
+  }
   const clientTls: TlsFlags = {
+    ...(ciphers ? { ciphers } : {}),
     certFile: get('cert-file'),
     keyFile: get('key-file'),
     trustedCaFile: get('trusted-ca-file'),
@@ -442,6 +457,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     crlFile: get('client-crl-file'),
   };
   const peerTls: TlsFlags = {
+    ...(ciphers ? { ciphers } : {}),
     certFile: get('peer-cert-file'),
     keyFile: get('peer-key-file'),
     trustedCaFile: get('peer-trusted-ca-file'),

@@ -60,6 +60,8 @@ export interface TlsFlags {
   readonly crlFile: string;
   /** Peer side only: `--peer-cert-allowed-cn`. */
   readonly allowedCn?: string;
+  /** `--cipher-suites` as OpenSSL's list (server/cipher-suites.ts): TLS 1.2 suites allowed. */
+  readonly ciphers?: string;
 }
 
 export const noTls: TlsFlags = {
@@ -259,6 +261,7 @@ export class TlsMaterial {
       key: m.key,
       ...(m.ca ? { ca: m.ca } : {}),
       ...(m.crl ? { crl: m.crl } : {}),
+      ...(this.flags.ciphers ? { ciphers: this.flags.ciphers } : {}),
       minVersion: 'TLSv1.2',
     };
   }
