@@ -409,3 +409,149 @@ export function resolveObservedWrites(history: readonly EtcdOperation[]): EtcdOp
     return o;
   });
 }
+
+/** One change of the store as its watch reports it (the ground truth of which writes applied). */
+export interface StoreEvent {
+  readonly type: 'put' | 'delete';
+  readonly key: string;
+  /** For a put: the value written. */
+  readonly value: string;
+  /** The revision of the change. */
+  readonly revision: number;
+}
+
+/**
+ * Resolves unknown-outcome writes from the store's own record of what applied — the events of a
+ * watch over the workload's keys from its first revision — as etcd's robustness tests patch their
+ * histories from the watch stream. With every put writing a value unique in the run:
+ * - an unknown put (or a CAS txn whose success branch is one put) whose value appears in an event
+ *   applied at that event's revision R: it becomes a known write at R, returning no later than the
+ *   first known response that carries a revision ≥ R (a linearizable store had applied R by then),
+ *   and no earlier than its call;
+ * - one whose value appears in no event never applied, or applied with no effect (a put refused
+ *   for a dead lease; a CAS whose compare failed, whose other branch only reads): it changed
+ *   nothing, so it is left out.
+ * - when the history has no revokes, a delete event no known response explains (no known delete
+ *   that deleted, no succeeded txn at that revision), alone at its revision: given to an unknown delete of that key, in
+ *   revision order, the earliest invoked one that was invoked before the deadline above (unknown
+ *   deletes of one key have the same effect, so which one is named changes nothing); when every
+ *   delete event of the key is thus explained, its other unknown deletes deleted nothing (or never
+ *   applied) and are left out.
+ * Grants, revokes and other txns stay unknown (so do deletes when there are revokes: a revoke's
+ * deletes look like a delete's). This turns a history with many unknown
+ * writes into one with almost none, which the exact search decides quickly at any length; the
+ * events are not trusted beyond that — a resolved write that contradicts the reads still makes
+ * the history illegal.
+ */
+export function resolveFromEvents(
+  history: readonly EtcdOperation[],
+  events: readonly StoreEvent[],
+): EtcdOperation[] {
+  const applied = new Map<string, number>();
+  for (const e of events) if (e.type === 'put') applied.set(`${e.key}\u0000${e.value}`, e.revision);
+  // Known responses by revision, for the latest return a resolved write can have.
+  const known = history
+    .filter((o) => o.output !== undefined)
+    .map((o) => ({ rev: revisionOf(o.output!), ret: o.return }))
+    .filter((x): x is { rev: number; ret: number } => x.rev !== undefined)
+    .sort((a, b) => a.rev - b.rev);
+  // suffixMin[i]: the earliest return among known responses i.. (revision ≥ known[i].rev).
+  const suffixMin = new Array<number>(known.length + 1).fill(Number.POSITIVE_INFINITY);
+  for (let i = known.length - 1; i >= 0; i--) suffixMin[i] = Math.min(suffixMin[i + 1]!, known[i]!.ret);
+  const end = Math.max(0, ...history.map((o) => (o.output === undefined ? o.call : o.return))) + 1;
+  const returnBy = (rev: number, call: number) => {
+    let lo = 0;
+    let hi = known.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (known[mid]!.rev < rev) lo = mid + 1;
+      else hi = mid;
+    }
+    const t = suffixMin[lo]!;
+    return Math.max(call, Number.isFinite(t) ? t : end);
+  };
+  // Delete events: those no known response explains, alone at their revision, in revision order.
+  const explained = new Set<number>();
+  for (const o of history)
+    if (
+      (o.output?.type === 'delete' && o.output.deleted > 0) ||
+      (o.output?.type === 'txn' && o.output.succeeded)
+    )
+      explained.add(o.output.revision);
+  // A revoke's deletes cannot be told from a delete's, and a revoke that deleted nothing answers
+  // a revision some other change made: with revokes in the history, deletes stay unknown.
+  const revokes = history.some((o) => o.input.type === 'revoke');
+  const perRev = new Map<number, number>();
+  for (const e of events) perRev.set(e.revision, (perRev.get(e.revision) ?? 0) + 1);
+  const delEvents = events
+    .filter(
+      (e) => !revokes && e.type === 'delete' && !explained.has(e.revision) && perRev.get(e.revision) === 1,
+    )
+    .sort((a, b) => a.revision - b.revision);
+  const unknownDeletes = new Map<string, EtcdOperation[]>();
+  for (const o of history)
+    if (!o.output && o.input.type === 'delete') {
+      const l = unknownDeletes.get(o.input.key) ?? [];
+      l.push(o);
+      unknownDeletes.set(o.input.key, l);
+    }
+  for (const l of unknownDeletes.values()) l.sort((a, b) => a.call - b.call);
+  const deleteAt = new Map<EtcdOperation, number>();
+  /** Keys with a delete event no known response explains and no unknown delete was given. */
+  const unexplainedKeys = new Set<string>();
+  for (const e of delEvents) {
+    const l = unknownDeletes.get(e.key);
+    if (!l) continue;
+    const by = returnBy(e.revision, Number.NEGATIVE_INFINITY);
+    const k = l.findIndex((o) => o.call < by);
+    if (k < 0) {
+      unexplainedKeys.add(e.key);
+      continue;
+    }
+    deleteAt.set(l[k]!, e.revision);
+    l.splice(k, 1);
+  }
+  const out: EtcdOperation[] = [];
+  for (const o of history) {
+    if (o.output) {
+      out.push(o);
+      continue;
+    }
+    const i = o.input;
+    if (i.type === 'delete') {
+      const r = deleteAt.get(o);
+      // Every delete event of this key is explained: this one deleted nothing (or never applied).
+      if (r === undefined && !revokes && !unexplainedKeys.has(i.key)) continue;
+      out.push(
+        r === undefined
+          ? o
+          : { ...o, output: { type: 'delete', revision: r, deleted: 1 }, return: returnBy(r, o.call) },
+      );
+      continue;
+    }
+    if (i.type === 'put') {
+      const r = applied.get(`${i.key}\u0000${i.value}`);
+      if (r !== undefined)
+        out.push({ ...o, output: { type: 'put', revision: r }, return: returnBy(r, o.call) });
+      continue;
+    }
+    if (
+      i.type === 'txn' &&
+      i.success.length === 1 &&
+      i.success[0]!.type === 'put' &&
+      i.failure.every((f) => f.type === 'get')
+    ) {
+      const p = i.success[0]!;
+      const r = applied.get(`${p.key}\u0000${p.value}`);
+      if (r !== undefined)
+        out.push({
+          ...o,
+          output: { type: 'txn', revision: r, succeeded: true, results: [{ type: 'put' }] },
+          return: returnBy(r, o.call),
+        });
+      continue;
+    }
+    out.push(o);
+  }
+  return out;
+}

@@ -5,7 +5,7 @@
  * outcome (no output, like a timeout): half of them took effect, half did not.
  */
 import { Prng } from '../sim/prng.js';
-import { apply, type EtcdOperation, type EtcdState, initialState } from './model.js';
+import { apply, type EtcdOperation, type EtcdState, initialState, type StoreEvent } from './model.js';
 import { WorkloadGen } from './recorder.js';
 
 export interface SynthOptions {
@@ -20,6 +20,22 @@ export interface SynthOptions {
 }
 
 export function synthesize(opts: SynthOptions): EtcdOperation[] {
+  return synthesizeWithEvents(opts).history;
+}
+
+/** The store's changes between two states, as its watch would report them. */
+function diff(a: EtcdState, b: EtcdState): StoreEvent[] {
+  const out: StoreEvent[] = [];
+  for (const [k, v] of b.kvs)
+    if (a.kvs.get(k)?.mod !== v.mod) out.push({ type: 'put', key: k, value: v.value, revision: v.mod });
+  for (const k of a.kvs.keys())
+    if (!b.kvs.has(k)) out.push({ type: 'delete', key: k, value: '', revision: b.rev });
+  return out;
+}
+
+/** `synthesize`, with the store's event log (every change that applied, unknown outcomes included). */
+export function synthesizeWithEvents(opts: SynthOptions): { history: EtcdOperation[]; events: StoreEvent[] } {
+  const events: StoreEvent[] = [];
   const clients = opts.clients ?? 8;
   const keys = opts.keys ?? 10;
   const unknownRate = opts.unknownRate ?? 0.02;
@@ -48,6 +64,7 @@ export function synthesize(opts: SynthOptions): EtcdOperation[] {
     const unknown = isWrite && prng.chance(unknownRate);
     if (!unknown || prng.chance(0.5)) {
       const r = apply(state, input);
+      events.push(...diff(state, r.state));
       state = r.state;
       if (!unknown) {
         out.push({ clientId: i, call: p.call, return: p.ret, input, output: r.output });
@@ -58,5 +75,5 @@ export function synthesize(opts: SynthOptions): EtcdOperation[] {
     const d = 0.2 + prng.next() * 2;
     inflight[i] = { client: i, call: t, ret: t + d, at: t + prng.next() * d };
   }
-  return out;
+  return { history: out, events };
 }
