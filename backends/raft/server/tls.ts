@@ -513,8 +513,10 @@ export interface ClientTlsOptions {
 
 /**
  * A TLS listener for a client URL: gRPC and the JSON gateway on one port over TLS, as etcd serves
- * them. ALPN decides first (`h2` → gRPC, `http/1.1` → gateway, as Go's and grpc-js's clients
- * offer them); a client that offers no ALPN is sorted by its first bytes (`sniff`, listener.ts's
+ * them. ALPN decides first (`h2` → gRPC, `http/1.1` → gateway). The server prefers `http/1.1`
+ * when a client offers both: gRPC clients (grpc-go, grpc-js) offer `h2` alone, while curl offers
+ * both and must reach the gateway, which is HTTP/1.1 here (etcd serves its gateway over HTTP/2
+ * too). A client that offers no ALPN is sorted by its first bytes (`sniff`, listener.ts's
  * `dispatchConnection`). Resolves once bound; fails `unavailable` when the address cannot be.
  */
 export async function listenClientsTls(
@@ -540,7 +542,7 @@ export async function listenClientsTls(
     handshakeTimeoutMs: o.handshakeTimeoutMs,
     log: o.log,
     what: `client URL ${host}:${port}`,
-    alpn: ['h2', 'http/1.1'],
+    alpn: ['http/1.1', 'h2'],
     onSecure: (s) => {
       if (s.alpnProtocol === 'h2') sinks.http2(s, empty);
       else if (s.alpnProtocol === 'http/1.1') sinks.http1(s, empty);
