@@ -40,6 +40,8 @@ export interface Leadership extends AsyncDisposable {
   proclaim(value: Bytes, opts?: CallOptions): Promise<void>;
   /** Gives up leadership (deletes the key). Idempotent; retry after an RPC error. */
   resign(opts?: CallOptions): Promise<void>;
+  /** `resign()`: every held thing has `release()`. */
+  release(opts?: CallOptions): Promise<void>;
 }
 
 /** What `runWhileLeader` passes to its function for one term of leadership. */
@@ -72,6 +74,12 @@ const toLeader = (kv: KeyValue): Leader => ({
   token: kv.createRevision,
 });
 
+/** Options of an `Election`. */
+export interface ElectionOptions {
+  /** Count a leadership as lost as soon as the session is suspended, not only when lost. Default true. */
+  readonly lostOnSuspend?: boolean;
+}
+
 /**
  * Leader election on `name` for one session: `campaign()` waits to lead, `observe()` follows who
  * leads. `Election.observe(kv, name)` follows without a session. See docs/recipes/election.md.
@@ -85,7 +93,7 @@ export class Election {
   readonly #lostOnSuspend: boolean;
 
   /** `lostOnSuspend` (default true): a leadership counts as lost as soon as the session is suspended. */
-  constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean } = {}) {
+  constructor(session: Session, name: string, opts: ElectionOptions = {}) {
     checkName(name);
     this.session = session;
     this.name = name;
@@ -218,6 +226,7 @@ export class Election {
         if (!t.succeeded) throw new ConclaveError(ErrorCode.SessionLost, 'proclaim: no longer the leader');
       },
       resign: h.release,
+      release: h.release,
       [Symbol.asyncDispose]: h[Symbol.asyncDispose],
     };
   }

@@ -373,6 +373,11 @@ export class GroupMember implements AsyncDisposable {
     return this.leave();
   }
 
+  /** `leave()`: every held thing has `release()`. */
+  release(): Promise<void> {
+    return this.leave();
+  }
+
   /** `leave()`, for `await using` (errors ignored: the key goes with the session's lease at the latest). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.leave().catch(() => undefined);

@@ -25,6 +25,7 @@ export {
 export { DoubleBarrier } from './double-barrier.js';
 export {
   Election,
+  type ElectionOptions,
   type Leader,
   type Leadership,
   type LeaderTerm,
@@ -132,8 +133,8 @@ export {
   queueClaimRoundsMax,
   queueEnqueueAttemptsMax,
 } from './queue.js';
-export { type RWLockHandle, type RWLockHeld, RWMutex } from './rw-mutex.js';
-export { type Permit, Semaphore } from './semaphore.js';
+export { type RWLockHandle, type RWLockHeld, RWMutex, type RWMutexOptions } from './rw-mutex.js';
+export { type Permit, Semaphore, type SemaphoreOptions } from './semaphore.js';
 export {
   Isolation,
   type STM,

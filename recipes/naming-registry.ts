@@ -146,7 +146,9 @@ export class ServiceRegistration implements AsyncDisposable {
    * Runs the first health check, then writes the key (or records it withdrawn). Called once by
    * `ServiceRegistry.register`; rejects (and closes) when that first attempt fails.
    */
-  async start(signal?: AbortSignal): Promise<this> {
+  async start(opts: CallOptions | AbortSignal = {}): Promise<this> {
+    // A bare AbortSignal is the deprecated positional form (`start(signal)`).
+    const signal = opts instanceof AbortSignal ? opts : opts.signal;
     const stop = signal ? AbortSignal.any([signal, this.#stop.signal]) : this.#stop.signal;
     try {
       if (this.#health) this.#recordHealth(await this.#check(stop));
@@ -207,6 +209,11 @@ export class ServiceRegistration implements AsyncDisposable {
       this.#published = undefined;
     })();
     return this.#closing;
+  }
+
+  /** `close()`: every held thing has `release()`. */
+  release(opts: CallOptions = {}): Promise<void> {
+    return this.close(opts);
   }
 
   /** `close()`, for `await using` (errors ignored: the keys go with their leases at the latest). */
@@ -449,7 +456,7 @@ export class ServiceRegistry implements AsyncDisposable {
     opts.signal?.throwIfAborted();
     const r = new ServiceRegistration(source, service, opts, (x) => this.#open.delete(x));
     this.#open.add(r);
-    return r.start(opts.signal);
+    return r.start({ signal: opts.signal });
   }
 
   /** Closes (deregisters) every open registration. Idempotent; rejects with the first failure. */

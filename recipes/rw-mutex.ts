@@ -30,6 +30,14 @@ export interface RWLockHeld {
   readonly token: number;
 }
 
+/** Options of an `RWMutex`. */
+export interface RWMutexOptions {
+  /** Fire a held lock's `lost` when the session becomes suspended, not only when lost. Default true. */
+  readonly lostOnSuspend?: boolean;
+  /** Held locks hear revocation requests (`requestRevocation`) on `revocationRequested`. Default false. */
+  readonly revocable?: boolean;
+}
+
 /**
  * A readers-writer lock: readers share, writers exclude, FIFO by create revision (see the module
  * comment). Not re-entrant: while a session holds or waits for the read (or the write) lock of a
@@ -45,7 +53,7 @@ export class RWMutex {
    * `lostOnSuspend` (default true): `lost` fires as soon as the session is suspended.
    * `revocable` (default false): handles hear revocation requests (see `MutexOptions`).
    */
-  constructor(session: Session, name: string, opts: { lostOnSuspend?: boolean; revocable?: boolean } = {}) {
+  constructor(session: Session, name: string, opts: RWMutexOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'RWMutex: name must be a non-empty string');
     this.session = session;

@@ -15,6 +15,14 @@ import { acquireTurn } from './internal/turn.js';
 /** A held semaphore permit: release it (or `await using`) to give it back. */
 export type Permit = HeldKey;
 
+/** Options of a `Semaphore`. */
+export interface SemaphoreOptions {
+  /** Fire a permit's `lost` when the session becomes suspended, not only when lost. Default true. */
+  readonly lostOnSuspend?: boolean;
+  /** Permits hear revocation requests (`requestRevocation`) on `revocationRequested`. Default false. */
+  readonly revocable?: boolean;
+}
+
 /** At most `permits` holders of `name` at once, FIFO by create revision (see the module comment). */
 export class Semaphore {
   readonly session: Session;
@@ -28,12 +36,7 @@ export class Semaphore {
    * `lostOnSuspend` (default true): `lost` fires as soon as the session is suspended.
    * `revocable` (default false): permits hear revocation requests (see `MutexOptions`).
    */
-  constructor(
-    session: Session,
-    name: string,
-    permits: number,
-    opts: { lostOnSuspend?: boolean; revocable?: boolean } = {},
-  ) {
+  constructor(session: Session, name: string, permits: number, opts: SemaphoreOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'Semaphore: name must be a non-empty string');
     if (!Number.isSafeInteger(permits) || permits < 1)
