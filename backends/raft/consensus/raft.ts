@@ -87,7 +87,11 @@ export class Raft {
   /** ReadIndex requests received before this leader committed an entry of its term (§6.4). */
   #pendingReads: Message[] = [];
   #msgs: Message[] = [];
+  /** How many of `#msgs` the last ready() handed out (advance drops them; `takeMessages` keeps them). */
+  #msgsHanded = 0;
   #readStates: ReadState[] = [];
+  /** How many of `#readStates` the last ready() handed out (as `#msgsHanded`). */
+  #readStatesHanded = 0;
   #pendingSnapshot: Snapshot | undefined;
   #latestSnapshot: Snapshot;
   #prevHard: HardState;
@@ -215,10 +219,50 @@ export class Raft {
       entries: this.log.unstable(),
       ...(this.#pendingSnapshot ? { snapshot: this.#pendingSnapshot } : {}),
       // Copies: the driver may call into the core (applyConfChange) before advance(), adding more.
-      messages: this.#msgs.slice(),
+      messages: this.#handOutMessages(),
       committed: this.log.committedToApply(),
-      readStates: this.#readStates.slice(),
+      readStates: this.#handOutReadStates(),
     };
+  }
+
+  #handOutMessages(): Message[] {
+    this.#msgsHanded = this.#msgs.length;
+    return this.#msgs.slice();
+  }
+
+  /**
+   * Takes out the messages made since the last ready() that `pick` selects, for a driver that
+   * sends some messages while the previous Ready is still being persisted (those that vouch for
+   * nothing that write holds, e.g. heartbeat answers). The messages that Ready handed out stay
+   * (advance drops exactly those).
+   */
+  takeMessages(pick: (m: Message) => boolean): Message[] {
+    const taken: Message[] = [];
+    if (this.#msgs.length === this.#msgsHanded) return taken;
+    const kept = this.#msgs.slice(0, this.#msgsHanded);
+    for (let i = this.#msgsHanded; i < this.#msgs.length; i++) {
+      const m = this.#msgs[i]!;
+      if (pick(m)) taken.push(m);
+      else kept.push(m);
+    }
+    this.#msgs = kept;
+    return taken;
+  }
+
+  #handOutReadStates(): ReadState[] {
+    this.#readStatesHanded = this.#readStates.length;
+    return this.#readStates.slice();
+  }
+
+  /**
+   * Takes out the read states confirmed since the last ready() (a confirmed read depends on no
+   * write in flight: the driver may serve it once it has applied its index).
+   */
+  takeReadStates(): ReadState[] {
+    if (this.#readStates.length === this.#readStatesHanded) return [];
+    const taken = this.#readStates.slice(this.#readStatesHanded);
+    this.#readStates.length = this.#readStatesHanded;
+    return taken;
   }
 
   /** The driver persisted, sent and applied everything in `rd`. */
@@ -242,7 +286,9 @@ export class Raft {
     // messages meanwhile) already moved `applied` past these entries: nothing to record then.
     if (lastApplied && lastApplied.index > this.log.applied) this.log.appliedTo(lastApplied.index);
     this.#msgs = this.#msgs.slice(rd.messages.length);
+    this.#msgsHanded = 0;
     this.#readStates = this.#readStates.slice(rd.readStates.length);
+    this.#readStatesHanded = 0;
     this.log.checkInvariants();
   }
 

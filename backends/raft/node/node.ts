@@ -17,10 +17,12 @@ import type { NodeStorage } from '../consensus/node-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
 import {
   type ConfChange,
+  type Entry,
   EntryType,
   type Message,
   MessageType,
   type NodeId,
+  type ReadState,
   type Ready,
   Role,
   type Snapshot,
@@ -46,6 +48,15 @@ export const pendingRequestsMax = 10_000;
 
 /** Keep-alives of expiring leases waiting at once for their revocation to apply (`renewLease`). */
 export const revocationWaitersMax = 10_000;
+
+/** Messages any member may send before the Ready that holds them is durable (`#sendEarly`). */
+const earlyAnyRole: ReadonlySet<MessageType> = new Set([
+  MessageType.HeartbeatResp,
+  MessageType.Propose,
+  MessageType.ReadIndex,
+  MessageType.ReadIndexResp,
+  MessageType.TransferLeader,
+]);
 
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder();
@@ -265,16 +276,21 @@ export class RaftNode {
   }
 
   #loop(): void {
+    if (this.#persisting) {
+      this.#sendWhilePersisting();
+      if (!this.#stopped) this.#confirmReads(this.raft.takeReadStates());
+      this.#applyWhilePersisting();
+      return;
+    }
     while (!this.#stopped && !this.#persisting && this.raft.hasReady()) {
       const rd = this.raft.ready();
       // Persist before applying anything of this Ready or sending anything that vouches for it
       // (Raft §5: durable before answering). While an asynchronous save is in flight, proposals
       // and messages keep accumulating in the core; the next Ready carries all of them to one
-      // fdatasync. A leader's appends and heartbeats go out at once, so that its write and its
-      // followers' overlap (Raft thesis §10.2.1; etcd does the same): the core counts the
-      // leader's own entries toward a commit only once they are persisted (advance), and the
-      // term those messages carry is already durable (checked here: a Ready that changes the
-      // term or vote sends nothing early). Votes and acknowledgements wait for the write.
+      // fdatasync. What vouches for nothing this write holds goes out at once (`#sendEarly`): a
+      // leader's appends and heartbeats, so that its write and its followers' overlap (Raft
+      // thesis §10.2.1; etcd does the same), and any member's heartbeat answers and forwarded
+      // proposals and reads. Votes and append acknowledgements wait for the write.
       const late = this.#sendEarly(rd);
       let saving: void | Promise<void>;
       const saveStart = performance.now();
@@ -286,6 +302,7 @@ export class RaftNode {
       }
       if (saving) {
         this.#persisting = true;
+        this.#persistingSnapshot = rd.snapshot !== undefined;
         saving.then(
           () => {
             this.#persisting = false;
@@ -302,6 +319,78 @@ export class RaftNode {
         return;
       }
       this.#afterPersist(rd, late);
+    }
+  }
+
+  /**
+   * While this member's own write is in flight, sends what the core made meanwhile that `#sendEarly`
+   * would send early (a leader's heartbeats, heartbeat answers, forwarded proposals and reads)
+   * instead of holding it until the write completes and the next Ready: a heartbeat answered
+   * only after a follower's fsync delays the leader's ReadIndex confirmation by that fsync. Only
+   * while the term and vote on disk are the core's (every message carries the term). Appends
+   * are not taken here: a leader's new entries go out together at the next Ready (one append per
+   * follower per write), and acknowledgements must wait.
+   */
+  #sendWhilePersisting(): void {
+    const r = this.raft;
+    if (this.#stopped || r.term !== this.#durableTerm || r.vote !== this.#durableVote) return;
+    const leader = r.role === Role.Leader;
+    const early = r.takeMessages(
+      (m) => earlyAnyRole.has(m.type) || (leader && m.type === MessageType.Heartbeat),
+    );
+    if (early.length > 0) this.#o.transport.send(early);
+  }
+
+  /** The Ready being made durable installs a snapshot (nothing is applied before it is). */
+  #persistingSnapshot = false;
+
+  /**
+   * While this member's own write is in flight, applies the entries the cluster has committed
+   * meanwhile, rather than after the write: committed means durable on a quorum, so applying and
+   * answering does not wait for this member's copy (Raft thesis §10.2.1: "the leader may even
+   * commit an entry before it has been written to its own disk, if a majority of followers have
+   * written it"). This is what answers a write made through a follower as soon as the leader's
+   * commit index arrives, and a leader whose own fsync is the slowest of a quorum as soon as its
+   * followers have acknowledged. Nothing is sent here: acknowledgements still wait for the write.
+   * Only entries the storage already mirrors are applied (a snapshot of the store is then always
+   * at an index the log holds), in order from the store's applied index, stopping at a membership
+   * change (applied on the regular path) and while a snapshot from the leader is being installed.
+   */
+  #applyWhilePersisting(): void {
+    if (this.#stopped || this.#persistingSnapshot) return;
+    const log = this.raft.log;
+    const upTo = Math.min(log.committed, this.storage.lastIndex());
+    const first = this.store.appliedIndex + 1;
+    const entries: Entry[] = [];
+    for (let i = first; i <= upTo; i++) {
+      const e = log.entry(i);
+      if (e === undefined || e.type === EntryType.ConfChange) break;
+      entries.push(e);
+    }
+    if (entries.length > 0) this.#applyEntries(entries);
+    this.#releaseReads();
+  }
+
+  /**
+   * Applies committed entries in log order, skipping those applied already (an entry may be
+   * applied while the write of the Ready that carries it was in flight: `#applyWhilePersisting`).
+   */
+  #applyEntries(entries: readonly Entry[]): void {
+    let appliedTerm = this.#appliedTerm;
+    const applyStart = performance.now();
+    for (const e of entries) {
+      if (e.index <= this.store.appliedIndex) continue;
+      this.#appliedBytes += e.data.length;
+      if (e.type === EntryType.ConfChange) this.#applyConfChange(e.index, e.term, e.data);
+      else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
+      else if (e.term === this.raft.term && this.raft.role === Role.Leader) this.#promoteLeases();
+      this.store.appliedIndex = e.index;
+      if (e.term > appliedTerm) appliedTerm = e.term;
+    }
+    this.#o.observer?.applied((performance.now() - applyStart) / 1000);
+    if (appliedTerm > this.#appliedTerm) {
+      this.#appliedTerm = appliedTerm;
+      this.#failStaleRequests(appliedTerm);
     }
   }
 
@@ -355,19 +444,32 @@ export class RaftNode {
   #durableTerm = 0;
   #durableVote = 0;
 
-  /** Sends what a leader may send before its Ready is durable; returns the rest. */
+  /**
+   * Sends what may go out before the Ready is durable; returns the rest. Nothing goes early when
+   * the Ready changes the term or the vote (every message carries the term, and a vote must be
+   * durable before anyone hears of it). Early: a leader's appends and heartbeats (its own entries
+   * count toward a commit only once persisted: the core's advance), and any member's heartbeat
+   * answers, forwarded proposals and forwarded reads and their answers: none vouches for entries
+   * this Ready makes durable, and a heartbeat answer held behind a follower's fsync would delay
+   * every linearizable read (ReadIndex) by it. Late: append acknowledgements (they say the entries
+   * are durable), votes, snapshots and the rest.
+   */
   #sendEarly(rd: Ready): readonly Message[] {
     const hs = rd.hardState;
     if (
-      this.raft.role !== Role.Leader ||
       rd.messages.length === 0 ||
       (hs !== undefined && (hs.term !== this.#durableTerm || hs.vote !== this.#durableVote))
     )
       return rd.messages;
+    const leader = this.raft.role === Role.Leader;
     const early: Message[] = [];
     const late: Message[] = [];
     for (const m of rd.messages) {
-      if (m.type === MessageType.Append || m.type === MessageType.Heartbeat) early.push(m);
+      if (
+        earlyAnyRole.has(m.type) ||
+        (leader && (m.type === MessageType.Append || m.type === MessageType.Heartbeat))
+      )
+        early.push(m);
       else late.push(m);
     }
     if (early.length > 0) this.#o.transport.send(early);
@@ -381,30 +483,8 @@ export class RaftNode {
     }
     this.#o.transport.send(messages);
     if (rd.snapshot) this.#installSnapshot(rd.snapshot);
-    let appliedTerm = this.#appliedTerm;
-    const applyStart = rd.committed.length > 0 ? performance.now() : 0;
-    for (const e of rd.committed) {
-      if (e.index <= this.store.appliedIndex) continue;
-      this.#appliedBytes += e.data.length;
-      if (e.type === EntryType.ConfChange) this.#applyConfChange(e.index, e.term, e.data);
-      else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
-      else if (e.term === this.raft.term && this.raft.role === Role.Leader) this.#promoteLeases();
-      this.store.appliedIndex = e.index;
-      if (e.term > appliedTerm) appliedTerm = e.term;
-    }
-    if (rd.committed.length > 0) this.#o.observer?.applied((performance.now() - applyStart) / 1000);
-    if (appliedTerm > this.#appliedTerm) {
-      this.#appliedTerm = appliedTerm;
-      this.#failStaleRequests(appliedTerm);
-    }
-    for (const rs of rd.readStates) {
-      const key = utf8Decoder.decode(rs.context);
-      const w = this.#reads.get(key);
-      if (!w) continue;
-      this.#reads.delete(key);
-      clearTimeout(w.timer);
-      this.#readyReads.push({ index: rs.index, resolve: () => w.resolve(rs.index) });
-    }
+    if (rd.committed.length > 0) this.#applyEntries(rd.committed);
+    this.#confirmReads(rd.readStates);
     if (rd.softState) this.#onRoleChange(rd.softState.role);
     this.raft.advance(rd);
     this.#releaseReads();
@@ -569,7 +649,20 @@ export class RaftNode {
     return this.#fatal;
   }
 
+  /** Confirmed reads wait for this member to apply their index (then `#releaseReads`). */
+  #confirmReads(states: readonly ReadState[]): void {
+    for (const rs of states) {
+      const key = utf8Decoder.decode(rs.context);
+      const w = this.#reads.get(key);
+      if (!w) continue;
+      this.#reads.delete(key);
+      clearTimeout(w.timer);
+      this.#readyReads.push({ index: rs.index, resolve: () => w.resolve(rs.index) });
+    }
+  }
+
   #releaseReads(): void {
+    if (this.#readyReads.length === 0) return;
     const applied = this.store.appliedIndex;
     const keep: Array<{ index: number; resolve: () => void }> = [];
     for (const r of this.#readyReads) {
