@@ -41,7 +41,7 @@ import type { ServiceKit, UnaryHandler } from './service-kit.js';
 import { type ClientTlsOptions, listenClientsTls } from './tls.js';
 import { registerElection } from './v3election.js';
 import { registerLock } from './v3lock.js';
-import { type PbWatchRequest, WatchStream } from './watch.js';
+import { type PbWatchRequest, WatchStream, watchResponseSerializer } from './watch.js';
 import {
   bytesOf,
   deleteBody,
@@ -463,7 +463,7 @@ export async function startClientServer(
 
   // ---- Watch ---------------------------------------------------------------------------------
 
-  const watchEncode = encoder(T.WatchResponse);
+  const watchEncode = watchResponseSerializer(T.WatchResponse);
   const sizeOf = (m: object): number => T.WatchResponse.encode(m as Record<string, unknown>).len;
   server.register(
     '/etcdserverpb.Watch/Watch',

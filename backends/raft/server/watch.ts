@@ -30,11 +30,17 @@
  * first undelivered revision — etcd's "victim"/unsynced catch-up — or canceled with
  * `compact_revision` when that revision was compacted meanwhile. Memory per stream is bounded by
  * watches × buffer, never by how far behind the client is.
+ *
+ * Encoding: etcd's wire format has one watch ID per response, so an event that 100 watches of a
+ * stream see is sent in 100 responses. Each event is encoded once (the hub hands every watcher of
+ * a revision the same event object; `encodedEvent`), each revision's header once per stream, and
+ * a response is those bytes behind its watch ID (`watchResponseBytes`), written to grpc-js
+ * pre-encoded (`watchResponseSerializer` passes bytes through).
  */
 import { status as grpcStatus, type ServerDuplexStream } from '@grpc/grpc-js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
-import { num } from '../../../src/protocol/codec.js';
-import type { Watch, WatchBatch, WatchOptions } from '../../../src/types.js';
+import { num, root } from '../../../src/protocol/codec.js';
+import type { Watch, WatchBatch, WatchEvent, WatchOptions } from '../../../src/types.js';
 import { type OpenStream, requiresLeader, type ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 import { bytesOf, eventToPb } from './wire.js';
@@ -391,7 +397,26 @@ export class WatchStream implements OpenStream {
     }
   }
 
+  /** The encoded header of the last revision sent on this stream (shared by its watches). */
+  #header: { revision: number; raftTerm: number; bytes: Uint8Array } | undefined;
+
+  #headerBytes(revision: number): Uint8Array {
+    const h = this.#ctx.header(revision);
+    const c = this.#header;
+    if (c !== undefined && c.revision === revision && c.raftTerm === h.raftTerm) return c.bytes;
+    const bytes = ResponseHeaderType.encode(h as unknown as Record<string, unknown>).finish();
+    this.#header = { revision, raftTerm: h.raftTerm, bytes };
+    return bytes;
+  }
+
   async #sendBatch(w: ServedWatch, b: WatchBatch): Promise<void> {
+    if (!w.fragment || b.events.length < 2) {
+      const bytes = watchResponseBytes(this.#headerBytes(b.revision), w.id, b.events);
+      if (bytes !== undefined) {
+        w.sentSinceTick = true;
+        return this.#send(bytes, bytes.length);
+      }
+    }
     const events = new Array<Record<string, unknown>>(b.events.length);
     for (let i = 0; i < events.length; i++) events[i] = eventToPb(b.events[i]!);
     const msg = { header: this.#ctx.header(b.revision), watchId: w.id || undefined, events };
@@ -449,6 +474,99 @@ export class WatchStream implements OpenStream {
 }
 
 const ZERO = new Uint8Array([0]);
+
+const ResponseHeaderType = root.lookupType('etcdserverpb.ResponseHeader');
+const EventType = root.lookupType('etcdserverpb.Event');
+
+/** Encoded `Event` messages, by the event object the hub shares among a revision's watchers. */
+const encodedEvents = new WeakMap<WatchEvent, Uint8Array>();
+
+/** An event's `Event` message bytes, encoded on first use (etcd's field layout: wire.ts `eventToPb`). */
+export function encodedEvent(ev: WatchEvent): Uint8Array {
+  let b = encodedEvents.get(ev);
+  if (b === undefined) {
+    b = EventType.encode(eventToPb(ev)).finish();
+    encodedEvents.set(ev, b);
+  }
+  return b;
+}
+
+/** Bytes of a varint (non-negative, below 2^53). */
+function varintBytes(n: number): number {
+  let len = 1;
+  while (n >= 128) {
+    n = Math.floor(n / 128);
+    len++;
+  }
+  return len;
+}
+
+function putVarint(buf: Uint8Array, at: number, n: number): number {
+  while (n >= 128) {
+    buf[at++] = (n % 128) | 128;
+    n = Math.floor(n / 128);
+  }
+  buf[at++] = n;
+  return at;
+}
+
+/** Field tags of WatchResponse: header = 1 (bytes), watch_id = 2 (varint), events = 11 (bytes). */
+const headerTag = (1 << 3) | 2;
+const watchIdTag = (2 << 3) | 0;
+const eventsTag = (11 << 3) | 2;
+
+/**
+ * A WatchResponse {header, watch_id, events} as protobuf bytes, from the header's bytes and each
+ * event's (encoded once, `encodedEvent`); byte for byte what encoding the object would give
+ * (fields in number order, watch ID 0 left out as proto3 does). Undefined for a watch ID that is
+ * not a safe integer >= 0 (encoded the ordinary way).
+ */
+export function watchResponseBytes(
+  header: Uint8Array,
+  watchId: number,
+  events: readonly WatchEvent[],
+): Buffer | undefined {
+  if (!Number.isSafeInteger(watchId) || watchId < 0) return undefined;
+  const encoded = new Array<Uint8Array>(events.length);
+  let size = 1 + varintBytes(header.length) + header.length;
+  if (watchId !== 0) size += 1 + varintBytes(watchId);
+  for (let i = 0; i < events.length; i++) {
+    const e = encodedEvent(events[i]!);
+    encoded[i] = e;
+    size += 1 + varintBytes(e.length) + e.length;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  out[at++] = headerTag;
+  at = putVarint(out, at, header.length);
+  out.set(header, at);
+  at += header.length;
+  if (watchId !== 0) {
+    out[at++] = watchIdTag;
+    at = putVarint(out, at, watchId);
+  }
+  for (const e of encoded) {
+    out[at++] = eventsTag;
+    at = putVarint(out, at, e.length);
+    out.set(e, at);
+    at += e.length;
+  }
+  return out;
+}
+
+/**
+ * The Watch stream's serializer: a response handed over as bytes (`watchResponseBytes`) is
+ * written as is; any other is encoded as a WatchResponse.
+ */
+export function watchResponseSerializer(t: {
+  encode(m: Record<string, unknown>): { finish(): Uint8Array };
+}): (m: object) => Buffer {
+  return (m) => {
+    if (Buffer.isBuffer(m)) return m;
+    const u = t.encode(m as Record<string, unknown>).finish();
+    return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+  };
+}
 
 /** What a response without events counts against `watchSendBytesMax` (header and IDs). */
 const smallResponseBytes = 64;
