@@ -6,8 +6,8 @@
  * releases it (a stalled fsync).
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import type { ReadyToSave } from '../../backends/raft/consensus/memory-storage.js';
 import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
+import type { ReadyToSave } from '../../backends/raft/consensus/node-storage.js';
 import type { NodeId } from '../../backends/raft/consensus/types.js';
 import { EmbeddedCluster } from '../../backends/raft/embedded.js';
 import type { RaftNode } from '../../backends/raft/node/node.js';
