@@ -14,8 +14,11 @@ import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded
 import { ServerContext } from '../../backends/raft/server/context.js';
 import { clientServerDefaults } from '../../backends/raft/server/grpc.js';
 import { WatchStream, writeBuffered } from '../../backends/raft/server/watch.js';
+import { root } from '../../src/protocol/codec.js';
 import { embeddedBackend } from './harness.js';
 import { waitFor } from './raw.js';
+
+const WatchResponse = root.lookupType('etcdserverpb.WatchResponse');
 
 /** A server stream whose writes complete only on `release()` (HTTP/2 slow to take them). */
 class HeldCall extends Duplex {
@@ -32,7 +35,12 @@ class HeldCall extends Duplex {
   }
 
   override write(msg: unknown, ...rest: unknown[]): boolean {
-    this.written.push(msg as Record<string, unknown>);
+    // Event responses are handed over encoded (watch.ts `watchResponseBytes`): decoded to look at.
+    this.written.push(
+      Buffer.isBuffer(msg)
+        ? WatchResponse.toObject(WatchResponse.decode(msg), { longs: Number })
+        : (msg as Record<string, unknown>),
+    );
     return super.write(msg, ...(rest as []));
   }
 
