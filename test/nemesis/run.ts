@@ -11,7 +11,12 @@
 import { connect } from '../../backends/connect.js';
 import type { KV } from '../../src/kv.js';
 import { type CheckResult, checkOperations } from '../linearizability/checker.js';
-import { etcdModelAt, resolveObservedWrites } from '../linearizability/model.js';
+import {
+  etcdModelAt,
+  resolveFromEvents,
+  resolveObservedWrites,
+  type StoreEvent,
+} from '../linearizability/model.js';
 import { runWorkload } from '../linearizability/recorder.js';
 import { type FaultCluster, type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
 import { type FaultEvent, type FaultKind, runNemesis, type ScenarioName, scenarios } from './nemesis.js';
@@ -45,6 +50,8 @@ export interface RunSummary {
   readonly ops: number;
   readonly unknown: number;
   readonly dropped: number;
+  /** Whether unknown writes were resolved from the store's event log too (it could be read). */
+  readonly eventLog: boolean;
   /** Lease operations with a known outcome: grants, revokes that found their lease, puts naming one. */
   readonly leaseOps: { grants: number; revokes: number; leasedPuts: number };
   readonly faults: FaultEvent[];
@@ -56,6 +63,42 @@ export interface RunSummary {
   readonly elapsedMs: number;
   /** The command that replays the run. */
   readonly replay: string;
+}
+
+const dec = new TextDecoder();
+/** How long reading the store's event log after a run may take before it is given up. */
+export const eventLogTimeoutMs = 15_000;
+
+/**
+ * The store's changes under `prefix` after `fromRevision` up to its current revision (a watch from
+ * `fromRevision + 1`), keys without the prefix; undefined if they could not all be read in
+ * `eventLogTimeoutMs` (then unknown writes are resolved from reads only).
+ */
+async function eventLog(kv: KV, prefix: string, fromRevision: number): Promise<StoreEvent[] | undefined> {
+  const signal = AbortSignal.timeout(eventLogTimeoutMs);
+  try {
+    const end = (await kv.range(prefix, { prefix: true, limit: 1, signal })).revision;
+    if (end <= fromRevision) return [];
+    const out: StoreEvent[] = [];
+    const w = kv.watch(prefix, { prefix: true, startRevision: fromRevision + 1, signal });
+    try {
+      for await (const b of w) {
+        for (const e of b.events)
+          out.push({
+            type: e.type,
+            key: dec.decode(e.kv.key).slice(prefix.length),
+            value: dec.decode(e.kv.value),
+            revision: e.kv.modRevision,
+          });
+        if ((out[out.length - 1]?.revision ?? 0) >= end) return out;
+      }
+    } finally {
+      await w.close();
+    }
+    return undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export async function runOnce(o: RunOptions): Promise<RunSummary> {
@@ -101,7 +144,10 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       leases: o.leases ?? true,
     });
     const faults = await nemesis;
-    const history = resolveObservedWrites(rec.history);
+    // Unknown writes resolved from reads, then from the store's event log when it could be read.
+    const events = await eventLog(kvs[1 % kvs.length]!, prefix, rec.initialRevision);
+    const observed = resolveObservedWrites(rec.history);
+    const history = events ? resolveFromEvents(observed, events) : observed;
     const check = checkOperations(etcdModelAt(rec.initialRevision), history, {
       timeoutMs: o.checkTimeoutMs ?? 30_000,
     });
@@ -130,6 +176,7 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       target: o.target,
       seed: o.seed,
       ops: rec.history.length,
+      eventLog: events !== undefined,
       leaseOps,
       unknown: history.filter((h) => h.output === undefined).length,
       dropped: rec.dropped,
@@ -154,5 +201,5 @@ export function describeRun(s: RunSummary): string {
   for (const f of s.faults) byKind.set(f.kind, (byKind.get(f.kind) ?? 0) + 1);
   const kinds = [...byKind.entries()].map(([k, n]) => `${k}×${n}`).join(' ');
   const l = s.leaseOps;
-  return `${s.target} seed ${s.seed}: ${s.ops} ops (${s.unknown} unknown, ${s.dropped} failed without effect; lease grants ${l.grants}, revokes ${l.revokes}, leased puts ${l.leasedPuts}), ${s.faults.length} faults [${kinds}] → ${s.check.result} (check ${s.check.elapsedMs.toFixed(0)} ms, run ${(s.elapsedMs / 1000).toFixed(1)} s)`;
+  return `${s.target} seed ${s.seed}: ${s.ops} ops (${s.unknown} unknown${s.eventLog ? ' after resolving from the event log' : ''}, ${s.dropped} failed without effect; lease grants ${l.grants}, revokes ${l.revokes}, leased puts ${l.leasedPuts}), ${s.faults.length} faults [${kinds}] → ${s.check.result} (check ${s.check.elapsedMs.toFixed(0)} ms, run ${(s.elapsedMs / 1000).toFixed(1)} s)`;
 }
