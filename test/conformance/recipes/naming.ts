@@ -81,7 +81,7 @@ export const registerNamingTests: RegisterTests = (ctx) => {
       t.annotate('etcdctl check skipped: this backend does not support etcdctl');
     }
 
-    await a.close();
+    await a.release(); // = close()
     await a.close(); // idempotent
     expect(a.state).toBe('closed');
     expect(await kv.get(`${service}/a`)).toBeUndefined();

@@ -168,6 +168,43 @@ export const registerPrefixCacheTests: RegisterTests = (ctx) => {
     }
   });
 
+  it('prefix cache — changes({ withContent }) starts with the content (the first read when taken before start), then every change', async () => {
+    const { kv, prefix } = ctx();
+    const p = prefix('pc-content');
+    await kv.put(`${p}a`, '1');
+    // Between the first read and the watch: a write the content must not include.
+    const racing = afterFirstRead(kv, async () => {
+      await kv.put(`${p}b`, '2');
+    });
+    const cache = new PrefixCache(racing, p);
+    const early = cache.changes({ withContent: true });
+    const plain = cache.changes();
+    await cache.start();
+    try {
+      const first = (await early.next()).value as PrefixCacheChange;
+      expect(first.reset).toBe(true);
+      expect(first.resync).toBeUndefined();
+      expect(first.events.map((e) => toText(e.key).slice(p.length))).toEqual(['a']);
+      const second = (await early.next()).value as PrefixCacheChange;
+      expect(second.events.map((e) => `${e.type} ${toText(e.key).slice(p.length)}`)).toEqual(['put b']);
+      // An iterator without withContent gets only the change.
+      const onlyChange = (await plain.next()).value as PrefixCacheChange;
+      expect(onlyChange.reset).toBeUndefined();
+      expect(onlyChange.events.map((e) => toText(e.key).slice(p.length))).toEqual(['b']);
+      // Taken after start: the content now.
+      const late = cache.changes({ withContent: true });
+      const now = (await late.next()).value as PrefixCacheChange;
+      expect(now.reset).toBe(true);
+      expect(now.events.map((e) => toText(e.key).slice(p.length))).toEqual(['a', 'b']);
+      expect(now.revision).toBe(cache.revision);
+      await late.return();
+    } finally {
+      await early.return();
+      await plain.return();
+      await cache.close();
+    }
+  });
+
   it('prefix cache — ready(revision) resolves after a write elsewhere without any change under the prefix', async () => {
     const { kv, prefix } = ctx();
     const p = prefix('pc-ready');
