@@ -29,6 +29,18 @@ import BTreeModule from 'sorted-btree';
 import { bulkLoad } from 'sorted-btree/extended/bulkLoad.js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { KeyValue } from '../../../src/types.js';
+import { KeyRecord, KvRecord, LazyRecord } from './key-record.js';
+import {
+  decodeRecords,
+  encodedRecordsEnd,
+  isSingleEncodedPut,
+  lastEncodedIsPut,
+  lastEncodedMain,
+  lastEncodedPut,
+} from './snapshot-format.js';
+
+export { KeyRecord, KvRecord, LazyRecord } from './key-record.js';
+export { encodedRecordsEnd } from './snapshot-format.js';
 
 // sorted-btree ships CommonJS with `default` as the class.
 const BTree = ((BTreeModule as unknown as { default?: unknown }).default ??
@@ -58,126 +70,6 @@ export const latin1String = (b: Uint8Array, start: number, end: number): string 
   latin1Slice.call(b, start, end);
 export const keyBytes = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
 
-/**
- * One write of a key: a put or a tombstone at revision {main, sub}. Code that only needs a field
- * reads it here (`isPut`, `create`, `version`, `lease`…); `kv` is the put's KeyValue. Two forms:
- * - `LazyRecord`: the fields and where the key and value bytes are (a command's entry, or the
- *   restored snapshot); the KeyValue and its two byte views are made on first use (and kept). A
- *   record costs one object instead of four, which applying a recovered log makes by the hundred
- *   thousand (recovery time).
- * - `KvRecord`: revision and KeyValue, made at once — tombstones, and a put to a key whose
- *   previous record's kv was made (its records get read: a watcher, say), which has the views at
- *   hand (the predecessor's key, the command's value) and would otherwise make two more.
- */
-export abstract class KeyRecord {
-  abstract readonly main: number;
-  abstract readonly sub: number;
-  abstract readonly kv: KeyValue | undefined;
-  abstract readonly isPut: boolean;
-  abstract readonly create: number;
-  abstract readonly mod: number;
-  abstract readonly version: number;
-  abstract readonly lease: bigint;
-  abstract readonly valueLength: number;
-  /** Whether the kv exists already (a `KvRecord`, or a `LazyRecord` that was read). */
-  abstract readonly hasKv: boolean;
-  /**
-   * As a key's index entry (a restored key's first write since the restore, and its only one so
-   * far; always a `LazyRecord`): the offset in `Mvcc.source` of the key's encoded records, all
-   * older; else -1.
-   */
-  abstract readonly encodedAt: number;
-  /** The value's bytes (a view, not kept, unless the kv exists). */
-  abstract value(): Uint8Array;
-
-  static tombstone(main: number, sub: number): KeyRecord {
-    return new KvRecord(main, sub, undefined);
-  }
-}
-
-export class LazyRecord extends KeyRecord {
-  #kv: KeyValue | undefined;
-  constructor(
-    readonly main: number,
-    readonly sub: number,
-    readonly valueLength: number,
-    readonly valueBytes: ArrayBufferLike,
-    readonly valueOffset: number,
-    readonly keyBytes: ArrayBufferLike,
-    readonly keyOffset: number,
-    readonly keyLength: number,
-    readonly create: number,
-    readonly mod: number,
-    readonly version: number,
-    readonly lease: bigint,
-    readonly encodedAt: number,
-  ) {
-    super();
-  }
-
-  get isPut(): boolean {
-    return true;
-  }
-
-  get kv(): KeyValue {
-    this.#kv ??= {
-      key: new Uint8Array(this.keyBytes, this.keyOffset, this.keyLength),
-      createRevision: this.create,
-      modRevision: this.mod,
-      version: this.version,
-      value: new Uint8Array(this.valueBytes, this.valueOffset, this.valueLength),
-      lease: this.lease,
-    };
-    return this.#kv;
-  }
-
-  get hasKv(): boolean {
-    return this.#kv !== undefined;
-  }
-
-  value(): Uint8Array {
-    return this.#kv?.value ?? new Uint8Array(this.valueBytes, this.valueOffset, this.valueLength);
-  }
-}
-
-export class KvRecord extends KeyRecord {
-  constructor(
-    readonly main: number,
-    readonly sub: number,
-    /** undefined for a tombstone. */
-    readonly kv: KeyValue | undefined,
-  ) {
-    super();
-  }
-  get isPut(): boolean {
-    return this.kv !== undefined;
-  }
-  get create(): number {
-    return this.kv?.createRevision ?? 0;
-  }
-  get mod(): number {
-    return this.kv?.modRevision ?? 0;
-  }
-  get version(): number {
-    return this.kv?.version ?? 0;
-  }
-  get lease(): bigint {
-    return this.kv?.lease ?? 0n;
-  }
-  get valueLength(): number {
-    return this.kv ? this.kv.value.length : -1;
-  }
-  get hasKv(): boolean {
-    return true;
-  }
-  get encodedAt(): number {
-    return -1;
-  }
-  value(): Uint8Array {
-    return this.kv!.value;
-  }
-}
-
 /** Up to this many records, a touched key's `recs` grows by exact copies. */
 const touchedCopiedMax = 8;
 
@@ -204,9 +96,7 @@ export class Touched {
 /**
  * A key's records: decoded, the offset in `Mvcc.source` of the encoded ones (a key restored from a
  * snapshot and not touched since), or both (`Touched`, or a single `KeyRecord` with `encodedAt`).
- * Encoding (snapshot format 2, snapshot.ts): [records u32] records × ([main u64][sub u64]
- * [kind u8] value records: [create u64][mod u64][version u64][lease i64][value: u32 length +
- * bytes]); the key's bytes come just before.
+ * Encoded as snapshot-format.ts lays out (the key's bytes come just before).
  */
 export type Records = KeyRecord[] | number | Touched | KeyRecord;
 
@@ -235,75 +125,6 @@ export interface MvccDelete {
 }
 
 const EMPTY = new Uint8Array(0);
-
-const u64 = (b: Buffer, o: number): number => b.readUInt32LE(o + 4) * 0x1_0000_0000 + b.readUInt32LE(o);
-
-/** Bytes of one encoded record at `o`. */
-const recordBytes = (b: Buffer, o: number): number =>
-  b[o + 16] === 0 ? 17 : 17 + 36 + b.readUInt32LE(o + 17 + 32);
-
-/** The end offset of the encoded records at `off` (already validated by the restore). */
-export function encodedRecordsEnd(b: Buffer, off: number): number {
-  const n = b.readUInt32LE(off);
-  let o = off + 4;
-  for (let j = 0; j < n; j++) o += recordBytes(b, o);
-  return o;
-}
-
-/** The encoded record at `o` of the key whose records start at `off`; its bytes stay in `b`. */
-function decodeRecord(b: Buffer, o: number, off: number, keyLength: number): KeyRecord {
-  const main = u64(b, o);
-  const sub = u64(b, o + 8);
-  if (b[o + 16] === 0) return KeyRecord.tombstone(main, sub);
-  o += 17;
-  const lo = b.readUInt32LE(o + 24);
-  const hi = b.readInt32LE(o + 28);
-  return new LazyRecord(
-    main,
-    sub,
-    b.readUInt32LE(o + 32),
-    b.buffer,
-    b.byteOffset + o + 36,
-    b.buffer,
-    b.byteOffset + off - keyLength,
-    keyLength,
-    u64(b, o),
-    u64(b, o + 8),
-    u64(b, o + 16),
-    // Most keys have no lease: skip the BigInt allocation for 0.
-    lo === 0 && hi === 0 ? 0n : b.readBigInt64LE(o + 24),
-    -1,
-  );
-}
-
-/** Decodes a key's records (their key and value bytes stay in `b`). */
-function decodeRecords(b: Buffer, off: number, keyLength: number): KeyRecord[] {
-  const n = b.readUInt32LE(off);
-  const recs: KeyRecord[] = new Array(n);
-  let o = off + 4;
-  for (let j = 0; j < n; j++) {
-    recs[j] = decodeRecord(b, o, off, keyLength);
-    o += recordBytes(b, o);
-  }
-  return recs;
-}
-
-/** The offset of the last encoded record of the records at `off`. */
-function lastEncoded(b: Buffer, off: number): number {
-  const n = b.readUInt32LE(off);
-  let o = off + 4;
-  for (let j = 0; j < n - 1; j++) o += recordBytes(b, o);
-  return o;
-}
-
-/**
- * The last encoded record of the records at `off` if it is a put, else undefined. Not kept by the
- * index: a put reads its predecessor this way.
- */
-function lastEncodedPut(b: Buffer, off: number, keyLength: number): KeyRecord | undefined {
-  const o = lastEncoded(b, off);
-  return b[o + 16] === 0 ? undefined : decodeRecord(b, o, off, keyLength);
-}
 
 /** The record in effect at `rev` (the last one, in {main, sub} order, at or before it), or undefined. */
 export function recordAt(recs: readonly KeyRecord[], rev: number): KeyRecord | undefined {
@@ -704,7 +525,7 @@ export class Mvcc {
   #buildLive(): BTree<string, Records> {
     const src = this.source;
     const isLive = (r: Records): boolean => {
-      if (typeof r === 'number') return src![lastEncoded(src!, r) + 16] === 1;
+      if (typeof r === 'number') return lastEncodedIsPut(src!, r);
       if (r instanceof KeyRecord) return r.isPut;
       const recs = Array.isArray(r) ? r : r.recs;
       return recs[recs.length - 1]!.isPut;
@@ -832,7 +653,7 @@ export class Mvcc {
     if (typeof entry === 'number') {
       // A restored key's first write since the restore: its encoded records stay as they are.
       const src = this.source!;
-      const wasLive = src[lastEncoded(src, entry) + 16] === 1;
+      const wasLive = lastEncodedIsPut(src, entry);
       // The record is the entry (its `encodedAt` is `entry`): no Touched, no array yet.
       const e = r.encodedAt === entry ? r : new Touched(entry, [r]);
       this.#replace(key, entry, e);
@@ -892,7 +713,7 @@ export class Mvcc {
     const byRev = new Map<number, Array<{ sub: number; ev: MvccEvent }>>();
     this.index.forEachPair((k, entry) => {
       // An undecoded key whose last record is older than fromRev has nothing to replay.
-      if (typeof entry === 'number' && u64(this.source!, lastEncoded(this.source!, entry)) < fromRev) return;
+      if (typeof entry === 'number' && lastEncodedMain(this.source!, entry) < fromRev) return;
       if (entry instanceof Touched && entry.recs[entry.recs.length - 1]!.main < fromRev) return;
       if (entry instanceof KeyRecord && entry.main < fromRev) return;
       const recs = this.#peek(k, entry);
@@ -935,12 +756,7 @@ export class Mvcc {
     const decoded: Array<[string, KeyRecord[]]> = [];
     this.index.forEachPair((k, entry) => {
       // An undecoded key with a single put keeps it whatever `rev` is: leave it encoded.
-      if (
-        typeof entry === 'number' &&
-        this.source!.readUInt32LE(entry) === 1 &&
-        this.source![entry + 20] === 1
-      )
-        return;
+      if (typeof entry === 'number' && isSingleEncodedPut(this.source!, entry)) return;
       const recs = this.#peek(k, entry);
       if (recs !== entry) decoded.push([k, recs]);
       let keepFrom = 0;

@@ -4,15 +4,7 @@
  * Raft snapshots and log compaction. Lease deadlines are volatile and not included: whoever
  * restores and leads calls `leases.promote(now)`, as a new leader would.
  *
- * Format 2 (binary; format 1 was JSON with base64 bytes, which took seconds and several times the
- * store's size in transient strings for a million keys). All integers are u64 LE (safe integers)
- * unless noted; `bytes` is a u32 LE length then the bytes.
- *
- *   [format u8 = 2][applied][rev][compact][keys]
- *   keys × ([key: bytes][records u32] records × ([main][sub][kind u8: 0 tombstone, 1 value]
- *            value records: [create][mod][version][lease i64][value: bytes]))
- *   [leases u32] leases × ([id i64][ttl f64][granted f64][keys u32] keys × [key: bytes])
- *   optionally, once auth was ever changed: [auth: bytes] (store/auth-store.ts `encode`, JSON)
+ * The byte format, and every read and write of a record, is in snapshot-format.ts.
  *
  * It is written in two passes (size, then bytes into one exact buffer); a key whose records were
  * never decoded since the store was restored is copied as the bytes it was restored from, and a
@@ -44,21 +36,21 @@ import {
   type Records,
   Touched,
 } from './mvcc.js';
+import {
+  encodedRecordBytes,
+  kindPut,
+  kindTombstone,
+  putFieldsBytes,
+  putU64,
+  recordHeaderBytes,
+  recordKindAt,
+  storeSnapshotFormat,
+  valueLengthAt,
+  writeRecord,
+} from './snapshot-format.js';
 import { Store } from './store.js';
 
-/** The store snapshot format this build writes and reads. */
-export const storeSnapshotFormat = 2;
-
-function putU64(b: Buffer, o: number, v: number): void {
-  b.writeUInt32LE(v >>> 0, o);
-  b.writeUInt32LE(Math.floor(v / 0x1_0000_0000), o + 4);
-}
-
-/** A u64 LE of a safe integer (DataView accessors are inlined by the JIT; Buffer's are not). */
-function setU64(dv: DataView, o: number, v: number): void {
-  dv.setUint32(o, v >>> 0, true);
-  dv.setUint32(o + 4, Math.floor(v / 0x1_0000_0000), true);
-}
+export { storeSnapshotFormat } from './snapshot-format.js';
 
 type KeyIndex = Mvcc['index'];
 
@@ -157,10 +149,7 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
     keys++;
     size += 4 + k.length + (touched ? encodedRecordsEnd(src!, entry.off) - entry.off : 4);
     // Record fields, not `kv` (which would make every record's KeyValue).
-    for (let i = 0; i < n; i++) {
-      const r = recs[i]!;
-      size += 17 + (r.isPut ? 32 + 4 + r.valueLength : 0);
-    }
+    for (let i = 0; i < n; i++) size += encodedRecordBytes(recs[i]!);
   }
   size += f.leases.length;
   // Pass 2: the bytes.
@@ -200,26 +189,7 @@ function* encodeFrozen(f: FrozenStore): Generator<void, Uint8Array, void> {
       dv.setUint32(o, n, true);
       o += 4;
     }
-    for (let i = 0; i < n; i++) {
-      const r = recs[i]!;
-      setU64(dv, o, r.main);
-      setU64(dv, o + 8, r.sub);
-      o += 16;
-      if (!r.isPut) {
-        b[o++] = 0;
-        continue;
-      }
-      b[o++] = 1;
-      setU64(dv, o, r.create);
-      setU64(dv, o + 8, r.mod);
-      setU64(dv, o + 16, r.version);
-      // Most keys have no lease: no BigInt arithmetic (and garbage) for 0.
-      if (r.lease === 0n) setU64(dv, o + 24, 0);
-      else dv.setBigInt64(o + 24, r.lease, true);
-      dv.setUint32(o + 32, r.valueLength, true);
-      b.set(r.value(), o + 36);
-      o += 36 + r.valueLength;
-    }
+    for (let i = 0; i < n; i++) o = writeRecord(dv, b, o, recs[i]!);
   }
   o += f.leases.copy(b, o);
   if (o !== size) throw new Error(`store snapshot: wrote ${o} bytes, expected ${size}`);
@@ -360,22 +330,22 @@ function readKeys(b: Buffer, o: number, names: string[], offsets: number[]): num
     o += 4;
     for (let j = 0; j < n; j++) {
       // [main][sub][kind]
-      if (o + 17 > end) throw truncated(o);
+      if (o + recordHeaderBytes > end) throw truncated(o);
       if (beyondSafe(b, o) || beyondSafe(b, o + 8))
         throw new RangeError(`an integer beyond 2^53 at byte ${o}`);
-      const kind = b[o + 16]!;
-      o += 17;
-      if (kind === 0) {
+      const kind = b[o + recordKindAt]!;
+      o += recordHeaderBytes;
+      if (kind === kindTombstone) {
         if (j === 0) throw new RangeError(`a key whose first record is a tombstone at byte ${o - 1}`);
         continue;
       }
-      if (kind !== 1) throw new RangeError(`record kind ${kind} at byte ${o - 1}`);
+      if (kind !== kindPut) throw new RangeError(`record kind ${kind} at byte ${o - 1}`);
       // [create][mod][version][lease i64][value: u32 length + bytes]
-      if (o + 36 > end) throw truncated(o);
+      if (o + putFieldsBytes > end) throw truncated(o);
       if (beyondSafe(b, o) || beyondSafe(b, o + 8) || beyondSafe(b, o + 16))
         throw new RangeError(`an integer beyond 2^53 at byte ${o}`);
-      const vl = b.readUInt32LE(o + 32);
-      o += 36;
+      const vl = b.readUInt32LE(o + valueLengthAt);
+      o += putFieldsBytes;
       if (o + vl > end) throw truncated(o);
       o += vl;
     }
