@@ -60,38 +60,7 @@ export {
   multiLockNamesMax,
 } from './multi-lock.js';
 export { type LockHandle, type LockHeld, Mutex, type MutexOptions } from './mutex.js';
-export {
-  decodeEndpoint,
-  downErrorThresholdDefault,
-  downErrorThresholdMax,
-  downErrorWindowMsDefault,
-  downMsDefault,
-  type Endpoint,
-  encodeEndpoint,
-  type HealthCheckFn,
-  type HealthCheckOptions,
-  healthCheckIntervalMsDefault,
-  healthCheckTimeoutMsDefault,
-  namingBackoffMsMax,
-  namingCacheKeysMax,
-  namingChangesBufferedMax,
-  namingInstancesMax,
-  namingRegisterAttemptsMax,
-  namingRegistrationsMax,
-  namingResyncAttemptsMax,
-  type PickOptions,
-  PickStrategy,
-  type RegisterOptions,
-  RegistrationState,
-  type ResolverOptions,
-  resolveService,
-  type ServiceChange,
-  type ServiceInstance,
-  ServiceRegistration,
-  ServiceRegistry,
-  ServiceResolver,
-  type SessionProvider,
-} from './naming.js';
+export * from './naming.js';
 export {
   buildRing,
   type MovedItem,
@@ -150,27 +119,7 @@ export {
   stmRetriesLimitMax,
   stmRetriesMax,
 } from './stm.js';
-export {
-  isTopicTrimmed,
-  type Published,
-  type SubscribeOptions,
-  Subscription,
-  Topic,
-  type TopicEvent,
-  type TopicOptions,
-  type TopicPosition,
-  type TopicRetention,
-  type TopicTrimmedDetails,
-  topicBackoffMsMax,
-  topicPageEventsMax,
-  topicPublishAttemptsMax,
-  topicResubscribeAttemptsMax,
-  topicSeqDigits,
-  topicSubscriberNameMax,
-  topicTrimBatchMax,
-  topicTrimRoundsMax,
-  topicWatchBatchesMax,
-} from './topic.js';
+export * from './topic.js';
 export {
   type AddOptions as WorkQueueAddOptions,
   type ClaimLost,
