@@ -111,6 +111,12 @@ export const serveFlags: readonly FlagSpec[] = [
     help: 'Reject reconfiguration requests that would cause quorum loss.',
   },
   {
+    name: 'force-new-cluster',
+    default: 'false',
+    bool: true,
+    help: 'Force to create a new one-member cluster from this data dir (its data kept; the other members removed).',
+  },
+  {
     name: 'initial-cluster-token',
     default: defaultClusterToken,
     help: 'Initial cluster token (member and cluster IDs derive from it and the peer URLs).',
@@ -250,6 +256,8 @@ export interface ServeConfig {
   readonly initialClusterState: 'new' | 'existing';
   readonly initialClusterToken: string;
   readonly strictReconfigCheck: boolean;
+  /** etcd's --force-new-cluster. */
+  readonly forceNewCluster: boolean;
   readonly heartbeatMs: number;
   readonly electionTimeoutMs: number;
   readonly snapshotCount: number;
@@ -495,6 +503,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     initialClusterState: state,
     initialClusterToken: get('initial-cluster-token'),
     strictReconfigCheck: strict === 'true',
+    forceNewCluster: bool('force-new-cluster'),
     heartbeatMs,
     electionTimeoutMs,
     snapshotCount: positiveInt('snapshot-count', get('snapshot-count')),
@@ -827,6 +836,7 @@ async function serve(c: ServeConfig): Promise<number> {
       authTokenTtlSeconds: c.authTokenTtlSeconds,
       ...(c.authJwt ? { authJwt: c.authJwt } : {}),
       strictReconfigCheck: c.strictReconfigCheck,
+      forceNewCluster: c.forceNewCluster,
       quotaBackendBytes: c.quotaBackendBytes,
       ...(c.autoCompaction ? { autoCompaction: c.autoCompaction } : {}),
       onExit: (code, why) => {

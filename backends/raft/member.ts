@@ -51,6 +51,7 @@ import { Role, type Snapshot } from './consensus/types.js';
 import {
   decodeRecord,
   encodeRecord,
+  forceNewCluster,
   type MemberChange,
   type MemberChangeResult,
   Membership,
@@ -143,6 +144,11 @@ export interface MemberOptions {
   readonly autoCompaction?: { readonly mode: 'periodic' | 'revision'; readonly retention: number };
   /** etcd's `--strict-reconfig-check` (default true). */
   readonly strictReconfigCheck?: boolean;
+  /**
+   * etcd's `--force-new-cluster`: start as a one-member cluster from this data dir, keeping its data
+   * (membership.ts `forceNewCluster`).
+   */
+  readonly forceNewCluster?: boolean;
   /**
    * The member must stop and its process exit with `code`: it was removed from the cluster (0), or
    * its peers refuse it as removed or as a member of another cluster (1). `why` says which.
@@ -358,6 +364,19 @@ export class Member implements MemberBackend {
     } catch (err) {
       await transport.close();
       throw err;
+    }
+    if (o.forceNewCluster) {
+      try {
+        const gone = await forceNewCluster(storage, id);
+        o.log.warn(
+          { removed: gone.map(hexId), commit: storage.hardState.commit },
+          '--force-new-cluster: this member is now a one-member cluster (its data kept); add members back with etcdctl member add',
+        );
+      } catch (err) {
+        await storage.close();
+        await transport.close();
+        throw err;
+      }
     }
     recoveredLast = storage.lastIndex();
     o.log.info(

@@ -24,7 +24,15 @@
  */
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import { ProposalDropped } from './consensus/assert.js';
-import type { ConfChange, ConfState, SnapshotMeta } from './consensus/types.js';
+import type { NodeStorage } from './consensus/node-storage.js';
+import { encodeConfChange } from './consensus/raft.js';
+import {
+  type ConfChange,
+  type ConfState,
+  type Entry,
+  EntryType,
+  type SnapshotMeta,
+} from './consensus/types.js';
 import type { RaftNode } from './node/node.js';
 import type { MemberChange, MemberChangeResult, MemberDescription } from './server/api.js';
 import {
@@ -450,6 +458,44 @@ export interface MembershipRecord {
   readonly clusterId: bigint;
   readonly members: readonly MemberIdentity[];
   readonly removed: readonly { id: bigint; nodeId: number }[];
+}
+
+/**
+ * etcd's `--force-new-cluster` on a data dir (etcd `restartAsStandaloneNode`): this member becomes
+ * a one-member cluster, keeping its data, member ID and cluster ID. The log's uncommitted tail is
+ * discarded (no quorum will ever commit it), and a committed `remove` of every other member is
+ * appended at the current term, so the usual replay at start applies them: the core's
+ * configuration becomes this member alone (it elects itself), and the record and the transport
+ * drop the others (which, if they come back, are refused as removed). Resolves with the IDs of the
+ * members removed. Call before the node starts, with the storage opened on the data dir.
+ */
+export async function forceNewCluster(
+  storage: Pick<NodeStorage, 'save' | 'lastIndex'> & {
+    hardState: { term: number; vote: number; commit: number };
+  },
+  identity: Identity,
+): Promise<bigint[]> {
+  const self = identity.members.find((m) => m.id === identity.memberId);
+  if (!self || self.isLearner)
+    throw new ConclaveError(
+      ErrorCode.InvalidArgument,
+      '--force-new-cluster: this member is a learner (or not a member): only a voting member can become a one-member cluster',
+    );
+  const others = identity.members.filter((m) => m.id !== identity.memberId);
+  if (others.length === 0) return [];
+  const hs = storage.hardState;
+  const term = Math.max(1, hs.term);
+  const entries: Entry[] = others.map((m, k) => ({
+    term,
+    index: hs.commit + 1 + k,
+    type: EntryType.ConfChange,
+    data: encodeConfChange({ type: 'remove', nodeId: m.nodeId, context: contextOf({ id: hexId(m.id) }) }),
+  }));
+  await storage.save({
+    entries,
+    hardState: { term, vote: hs.vote, commit: entries[entries.length - 1]!.index },
+  });
+  return others.map((m) => m.id);
 }
 
 function contextOf(c: ChangeContext): Uint8Array {
