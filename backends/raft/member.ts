@@ -74,6 +74,7 @@ import type { JwtTokens } from './server/jwt.js';
 import { hashStore } from './server/maintenance.js';
 import { MemberCounters, type MemberMetricsSource } from './server/metrics.js';
 import { DiskStorage } from './storage/disk-storage.js';
+import { noSpaceError } from './store/alarms.js';
 import { encodeAuthChange } from './store/auth-store.js';
 import { Reader, Writer } from './transport/codec.js';
 import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tcp.js';
@@ -91,10 +92,8 @@ export const RequestKind = {
   Members: 5,
   /** A membership change forwarded to the leader (membership.ts). */
   MemberChange: 6,
-  /** This member's raised alarms. */
-  Alarms: 7,
-  /** Disarm an alarm on this member. */
-  Disarm: 8,
+  // 7 and 8 asked a peer for its alarms and disarmed one: alarms are replicated now (store/alarms.ts);
+  // the numbers are not reused.
 } as const;
 
 /** How often revision-mode auto-compaction runs (etcd's revision compactor: every 5 minutes). */
@@ -177,8 +176,8 @@ export class Member implements MemberBackend {
   readonly cluster = this;
   /** Maintenance operations (this member's snapshot, defragment, hashKv, …). */
   readonly maintenance = this;
-  /** NOSPACE is raised on this member (writes that grow the store are refused until disarmed). */
-  #nospace = false;
+  /** A NOSPACE activation proposed by this member's quota check is in flight. */
+  #raising = false;
   #compactTimer: ReturnType<typeof setInterval> | undefined;
   /** Periodic auto-compaction: (time, revision) samples, oldest first. */
   #samples: Array<{ at: number; rev: number }> = [];
@@ -512,7 +511,7 @@ export class Member implements MemberBackend {
       // the first snapshot. docs/server.md says so.
       dbSizeBytes: () => this.dbSize(),
       isLearner: () => n.raft.learners.has(n.id),
-      alarms: () => (this.#nospace ? [{ memberId: id.memberId, alarm: 'nospace' as const }] : []),
+      alarms: () => n.store.alarms.list(),
       members: (): readonly MemberDescription[] => this.membership.list(),
     };
   }
@@ -546,10 +545,6 @@ export class Member implements MemberBackend {
     switch (kind) {
       case RequestKind.Members:
         return encodeRecord(this.membership.record());
-      case RequestKind.Alarms:
-        return Buffer.from([this.#nospace ? 1 : 0]);
-      case RequestKind.Disarm:
-        return Buffer.from([this.#disarmHere() ? 1 : 0]);
       case RequestKind.MemberChange: {
         const r = await this.membership.change(changeOf(JSON.parse(Buffer.from(body).toString('utf8'))));
         return Buffer.from(
@@ -625,71 +620,57 @@ export class Member implements MemberBackend {
   }
 
   /**
-   * etcd's quota check before a write that may grow the store (put, txn, lease grant): refused
-   * with "database space exceeded" while NOSPACE is raised here, and NOSPACE is raised when the
-   * store is past `--quota-backend-bytes`. Deletes and compactions are not checked (they free space).
-   * The alarm is this member's (etcd raises it through Raft for the cluster; every member here
-   * measures the same replicated store and raises its own), and Alarm lists every member's.
+   * etcd's quota check before a write that may grow the store (put, txn with a put, lease grant;
+   * api/v3rpc/quota.go): refused with "database space exceeded" while a NOSPACE alarm is raised
+   * for any member, and when this member's store is past `--quota-backend-bytes`, which also
+   * raises NOSPACE for this member through Raft (etcd proposes the same AlarmRequest ACTIVATE), so
+   * every member refuses such writes until it is disarmed. Deletes and compactions are not checked
+   * (they free space). The refusal is also applied in log order (node.ts, etcd's capped applier).
    */
   checkQuota(): void {
-    if (this.#nospace) throw noSpace();
+    if (this.node.store.alarms.has('nospace')) throw noSpaceError();
     const quota = this.#o.quotaBackendBytes || quotaBytesDefault;
     const size = this.dbSize();
     if (size <= quota) return;
-    this.#nospace = true;
-    this.#o.log.warn(
-      { dbSize: size, quota },
-      'alarm raised: NOSPACE (the store is past --quota-backend-bytes)',
-    );
-    throw noSpace();
+    if (!this.#raising) {
+      this.#raising = true;
+      this.#o.log.warn(
+        { dbSize: size, quota },
+        'alarm raised: NOSPACE (the store is past --quota-backend-bytes)',
+      );
+      this.alarm('activate', this.identity.memberId, 'nospace')
+        .catch((err: unknown) =>
+          this.#o.log.warn(
+            { err: String(err) },
+            'the NOSPACE alarm could not be proposed; the next write retries',
+          ),
+        )
+        .finally(() => {
+          this.#raising = false;
+        });
+    }
+    throw noSpaceError();
   }
 
-  #disarmHere(): boolean {
-    if (!this.#nospace) return false;
-    this.#nospace = false;
-    this.#o.log.info({ dbSize: this.dbSize() }, 'alarm disarmed: NOSPACE');
-    return true;
-  }
-
+  /** Every member's raised alarms, as this member has applied them (they are replicated). */
   async alarmList(): Promise<readonly MemberAlarm[]> {
-    const out: MemberAlarm[] = this.info.alarms?.().slice() ?? [];
-    await Promise.all(
-      this.membership.members
-        .filter((m) => m.id !== this.identity.memberId && this.transport.connected(m.nodeId))
-        .map(async (m) => {
-          try {
-            const b = await this.transport.request(m.nodeId, RequestKind.Alarms, new Uint8Array(0), 2000);
-            if (b[0] === 1) out.push({ memberId: m.id, alarm: 'nospace' });
-          } catch {
-            // Unreachable: its alarms are not listed (etcd lists the replicated ones).
-          }
-        }),
-    );
-    return out;
+    return this.node.store.alarms.list();
   }
 
-  async disarm(memberId: bigint, alarm: MemberAlarm['alarm']): Promise<readonly MemberAlarm[]> {
-    if (alarm !== 'nospace') return [];
-    const out: MemberAlarm[] = [];
-    await Promise.all(
-      this.membership.members
-        .filter((m) => memberId === 0n || m.id === memberId)
-        .map(async (m) => {
-          let done = false;
-          if (m.id === this.identity.memberId) done = this.#disarmHere();
-          else if (this.transport.connected(m.nodeId)) {
-            try {
-              done =
-                (await this.transport.request(m.nodeId, RequestKind.Disarm, new Uint8Array(0), 2000))[0] ===
-                1;
-            } catch {
-              done = false;
-            }
-          }
-          if (done) out.push({ memberId: m.id, alarm: 'nospace' });
-        }),
-    );
-    return out;
+  /**
+   * etcd's AlarmRequest ACTIVATE/DEACTIVATE of `memberId`'s alarm, through Raft: applied on every
+   * member. Resolves with the alarm (activate: also when it was raised already; deactivate:
+   * undefined when it was not raised), as etcd answers.
+   */
+  async alarm(
+    action: 'activate' | 'deactivate',
+    memberId: bigint,
+    alarm: MemberAlarm['alarm'],
+  ): Promise<MemberAlarm | undefined> {
+    const r = await this.node.propose<MemberAlarm | undefined>({ op: 'alarm', action, memberId, alarm });
+    if (r && action === 'deactivate')
+      this.#o.log.info({ member: hexId(memberId), alarm: alarm.toUpperCase() }, 'alarm disarmed');
+    return r;
   }
 
   /** A snapshot of everything applied now (taken on demand; one in flight is waited for). */
@@ -809,12 +790,6 @@ function changeOf(j: Record<string, unknown>): MemberChange {
     default:
       throw new ConclaveError(ErrorCode.InvalidArgument, `unknown membership change "${String(j.op)}"`);
   }
-}
-
-function noSpace(): ConclaveError {
-  return new ConclaveError(ErrorCode.Unavailable, 'etcdserver: mvcc: database space exceeded', {
-    retryable: false,
-  });
 }
 
 interface TtlAnswer {

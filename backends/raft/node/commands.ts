@@ -80,7 +80,15 @@ export type Command =
   | { id: string; op: 'grant'; lease: bigint; ttlSeconds: number }
   | ({ id: string; op: 'revoke'; lease: bigint } & AuthChecked)
   /** A change to users, roles, permissions or auth state (store/auth-store.ts), as its JSON text. */
-  | { id: string; op: 'auth'; change: string };
+  | { id: string; op: 'auth'; change: string }
+  /** etcd's AlarmRequest ACTIVATE/DEACTIVATE of one member's alarm (store/alarms.ts). */
+  | {
+      id: string;
+      op: 'alarm';
+      action: 'activate' | 'deactivate';
+      memberId: bigint;
+      alarm: 'nospace' | 'corrupt';
+    };
 
 /** The format version written in the first byte of every encoded command. */
 export const commandFormat = 1;
@@ -89,10 +97,13 @@ export const txnDepthMax = 64;
 /** The encoder keeps its scratch buffer between calls only up to this size (larger ones are dropped). */
 export const commandScratchBytesKept = 1024 * 1024;
 
-const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6, auth: 7 } as const;
+const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6, auth: 7, alarm: 9 } as const;
 /** The op code of the auth-revision prefix (see `AuthChecked`). */
 const authCheckedCode = 8;
-const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke', 'auth'] as const;
+/** By op code; 8 is the auth-revision prefix, not an op. */
+const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke', 'auth', '', 'alarm'] as const;
+const alarmActions = ['', 'activate', 'deactivate'] as const;
+const alarmTypes = ['', 'nospace', 'corrupt'] as const;
 const txnOpTypes = ['get', 'put', 'delete', 'txn'] as const;
 const compareTargets = ['version', 'create', 'mod', 'value', 'lease'] as const;
 const compareResults = ['=', '!=', '<', '>'] as const;
@@ -330,6 +341,12 @@ export function encodeCommand(c: Command): Uint8Array {
       case 'auth':
         bytes(c.change);
         break;
+      case 'alarm':
+        // [action u8][member ID: the uint64's bits as an int64][type u8]
+        u8(alarmActions.indexOf(c.action));
+        big(BigInt.asIntN(64, c.memberId));
+        u8(alarmTypes.indexOf(c.alarm));
+        break;
       default:
         throw new TypeError(`command: unknown op ${String((c as { op: unknown }).op)}`);
     }
@@ -564,6 +581,13 @@ function readOp_(r: Reader, code: number): Command {
       return { id, op, lease: r.big() };
     case 'auth':
       return { id, op, change: r.str() };
+    case 'alarm': {
+      const action = alarmActions[r.u8()];
+      const memberId = BigInt.asUintN(64, r.big());
+      const alarm = alarmTypes[r.u8()];
+      if (!action || !alarm) throw new RangeError('an alarm command with an unknown action or type');
+      return { id, op, action, memberId, alarm };
+    }
     default:
       throw new RangeError(`unknown op code ${code}`);
   }

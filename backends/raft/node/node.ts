@@ -11,6 +11,7 @@
  * member has applied that index.
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import type { Txn } from '../../../src/types.js';
 import { ProposalDropped } from '../consensus/assert.js';
 import { MemoryStorage } from '../consensus/memory-storage.js';
 import type { NodeStorage } from '../consensus/node-storage.js';
@@ -29,6 +30,7 @@ import {
   type SnapshotMeta,
 } from '../consensus/types.js';
 import { encodeRequest, type RequestLimits, requestLimitsDefault } from '../limits.js';
+import { noSpaceError } from '../store/alarms.js';
 import { restoreStore, snapshotStoreSliced } from '../store/snapshot.js';
 import { Store } from '../store/store.js';
 import type { Transport } from '../transport/transport.js';
@@ -700,6 +702,10 @@ export class RaftNode {
       const ar = (c as AuthChecked).authRevision;
       if (ar !== undefined && this.store.auth.enabled && ar < this.store.auth.revision)
         throw new ConclaveError(ErrorCode.Unauthenticated, authOldRevisionText, { retryable: false });
+      // etcd's applierV3Capped: while a NOSPACE alarm is raised (for any member), the writes that
+      // grow the store are refused as they are applied, in log order, identically everywhere.
+      if (this.store.alarms.size > 0 && growsStore(c) && this.store.alarms.has('nospace'))
+        throw noSpaceError();
       switch (c.op) {
         case 'put':
           result = this.store.applyPut(c.key, c.value, c.opts);
@@ -727,6 +733,12 @@ export class RaftNode {
           break;
         case 'auth':
           result = this.store.auth.applyEncoded(c.change, this.#o.now());
+          break;
+        case 'alarm':
+          result =
+            c.action === 'activate'
+              ? this.store.alarms.activate(c.memberId, c.alarm)
+              : this.store.alarms.deactivate(c.memberId, c.alarm);
           break;
       }
     } catch (err) {
@@ -980,4 +992,16 @@ export class RaftNode {
     this.#closing = Promise.resolve(this.storage.close()).catch(() => undefined);
     return this.#closing;
   }
+}
+
+/** Whether a command is one etcd's capped applier refuses under NOSPACE: Put, a Txn with a put, LeaseGrant. */
+function growsStore(c: Command): boolean {
+  if (c.op === 'put' || c.op === 'grant') return true;
+  return c.op === 'txn' && txnHasPut(c.txn);
+}
+
+function txnHasPut(t: Txn): boolean {
+  for (const branch of [t.success, t.failure])
+    for (const op of branch) if (op.type === 'put' || (op.type === 'txn' && txnHasPut(op.txn))) return true;
+  return false;
 }

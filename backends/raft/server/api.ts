@@ -117,10 +117,17 @@ export interface MaintenanceAdmin {
   hashKv(revision: number): KvHash;
   /** Hands leadership to `target` (this member must lead). */
   moveLeader(target: bigint): Promise<void>;
-  /** Every member's raised alarms (this member's and its peers'). */
+  /** Every member's raised alarms (replicated: any member lists them all). */
   alarmList(): Promise<readonly MemberAlarm[]>;
-  /** Disarms `alarm` on `memberId` (0: every member); resolves with the alarms disarmed. */
-  disarm(memberId: bigint, alarm: MemberAlarm['alarm']): Promise<readonly MemberAlarm[]>;
+  /**
+   * etcd's AlarmRequest ACTIVATE/DEACTIVATE of one member's alarm, applied on every member;
+   * resolves with the alarm (undefined: a deactivate of an alarm that was not raised).
+   */
+  alarm(
+    action: 'activate' | 'deactivate',
+    memberId: bigint,
+    alarm: MemberAlarm['alarm'],
+  ): Promise<MemberAlarm | undefined>;
 }
 
 /** What a member offers the Auth service: its live auth store and a way to propose changes. */

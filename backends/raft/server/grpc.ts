@@ -630,8 +630,10 @@ export async function startClientServer(
         .filter((a) => want === 0 || alarmNames[a.alarm] === want)
         .map((a) => ({ memberID: wire64(a.memberId, true), alarm: alarmNames[a.alarm] }));
     const admin = backend.maintenance;
-    // GET lists every member's alarms; DEACTIVATE disarms (the quota raises NOSPACE again on the
-    // next write if the store is still past it, as etcd). ACTIVATE by hand is not served.
+    // etcd's AlarmRequest: GET lists every member's alarms of the type (NONE: all);
+    // ACTIVATE/DEACTIVATE change one member's alarm through Raft, answering with it (nothing
+    // when a DEACTIVATE found none). The quota raises NOSPACE again on the next write if the
+    // store is still past it, as etcd's does.
     if (action === 0)
       return answer(
         cb,
@@ -641,18 +643,23 @@ export async function startClientServer(
           alarms: pb(l),
         }),
       );
-    if (action === 2) {
-      if (!admin || want !== alarmNames.nospace) return cb(null, { header: ctx.currentHeader(), alarms: [] });
+    const kind =
+      want === alarmNames.nospace ? 'nospace' : want === alarmNames.corrupt ? 'corrupt' : undefined;
+    if ((action === 1 || action === 2) && (!admin || kind === undefined))
+      return cb(null, { header: ctx.currentHeader(), alarms: [] });
+    if (action === 1 && kind === 'corrupt')
+      return fail(cb, {
+        code: grpc.status.UNIMPLEMENTED,
+        details:
+          'etcdserver: activating CORRUPT is not supported by conclave serve (it has no corruption check to clear it)',
+      });
+    if (action === 1 || action === 2)
       return answer(
         cb,
-        () => admin.disarm(big(call.request.memberID, true), 'nospace'),
-        (l) => ({ header: ctx.currentHeader(), alarms: pb(l) }),
+        () => admin!.alarm(action === 1 ? 'activate' : 'deactivate', big(call.request.memberID, true), kind!),
+        (a) => ({ header: ctx.currentHeader(), alarms: a ? pb([a]) : [] }),
       );
-    }
-    fail(cb, {
-      code: grpc.status.UNIMPLEMENTED,
-      details: 'etcdserver: activating alarms by hand is not supported by conclave serve',
-    });
+    fail(cb, { code: grpc.status.INVALID_ARGUMENT, details: `etcdserver: unknown alarm action ${action}` });
   }) as Handler);
 
   unary('/etcdserverpb.Maintenance/Status', T.StatusRequest, T.StatusResponse, ((

@@ -11,7 +11,9 @@
  *   keys × ([key: bytes][records u32] records × ([main][sub][kind u8: 0 tombstone, 1 value]
  *            value records: [create][mod][version][lease i64][value: bytes]))
  *   [leases u32] leases × ([id i64][ttl f64][granted f64][keys u32] keys × [key: bytes])
- *   optionally, once auth was ever changed: [auth: bytes] (store/auth-store.ts `encode`, JSON)
+ *   optionally, once auth was ever changed or an alarm is raised: [auth: bytes]
+ *            (store/auth-store.ts `encode`, JSON)
+ *   optionally, while an alarm is raised: [alarms] (store/alarms.ts `encode`)
  *
  *
  * A record, as the named offsets below give it (from the record's first byte):

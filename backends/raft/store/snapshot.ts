@@ -91,8 +91,10 @@ function freeze(store: Store): FrozenStore {
     }
   }
   // The auth section rides after the leases (absent while auth was never changed, so such a
-  // snapshot is byte-identical to one written before auth existed).
-  const auth = store.auth.revision > 1 ? Buffer.from(store.auth.encode()) : undefined;
+  // snapshot is byte-identical to one written before auth existed), and the alarm section after
+  // it (absent while no alarm is raised; the auth section is then written whatever its state).
+  const alarms = store.alarms.size > 0 ? store.alarms.encode() : undefined;
+  const auth = store.auth.revision > 1 || alarms ? Buffer.from(store.auth.encode()) : undefined;
   const len = Buffer.alloc(auth ? 4 : 0);
   if (auth) len.writeUInt32LE(auth.length, 0);
   return {
@@ -101,7 +103,7 @@ function freeze(store: Store): FrozenStore {
     compactRev: store.mvcc.compactRev,
     index: store.mvcc.index.clone(),
     source: store.mvcc.source,
-    leases: auth ? Buffer.concat([b, len, auth]) : b,
+    leases: auth ? Buffer.concat(alarms ? [b, len, auth, alarms] : [b, len, auth]) : b,
   };
 }
 
@@ -408,6 +410,7 @@ function read(r: Reader, opts: { minTtlSeconds: number; nowMs: number }): Store 
     store.auth.restore(r.b.subarray(r.o, r.o + n));
     r.o += n;
   }
+  if (r.b.length - r.o >= 4) r.o += store.alarms.restore(r.b, r.o);
   if (r.o !== r.b.length) throw new RangeError(`${r.b.length - r.o} bytes after the snapshot`);
   return store;
 }

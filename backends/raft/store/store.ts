@@ -18,6 +18,7 @@ import type {
   Txn,
   TxnResult,
 } from '../../../src/types.js';
+import { AlarmStore } from './alarms.js';
 import { AuthStore } from './auth-store.js';
 import { Leases } from './leases.js';
 import { keyString, Mvcc, type MvccEvent, StoreInvariantError } from './mvcc.js';
@@ -53,6 +54,8 @@ export class Store {
   readonly mvcc = new Mvcc();
   /** Users, roles, permissions and auth state (etcd's auth store), applied from `auth` commands. */
   readonly auth = new AuthStore();
+  /** The cluster's alarms (etcd's alarm store), applied from `alarm` commands. */
+  readonly alarms = new AlarmStore();
   readonly leases: Leases;
   readonly hub: WatchHub;
   /** Raft index of the last applied entry (persisted with snapshots). */
@@ -73,6 +76,7 @@ export class Store {
     for (const [id, l] of other.leases.byId) this.leases.byId.set(id, l);
     this.appliedIndex = other.appliedIndex;
     this.auth.restore(other.auth.encode());
+    this.alarms.restore(other.alarms.encode());
     this.hub.resync();
   }
 
