@@ -25,6 +25,7 @@ export interface SubscribedTopic {
   ): Promise<{ events: TopicEvent[]; more: boolean; revision: number }>;
   /** Watches the events range from `startRevision` (puts only). */
   watchEvents(startRevision: number, bufferBatchesMax: number, signal: AbortSignal): Watch;
+  /** The event a key of the events range holds: its seq from the key, its publish time and payload from the value. */
   decodeEvent(kv: KeyValue): TopicEvent;
   /** Moves the durable cursor forward to `seq` (never back). */
   ackCursor(subscriber: string, seq: number, signal: AbortSignal | undefined): Promise<void>;

@@ -18,7 +18,7 @@ import {
   type StoreEvent,
 } from '../linearizability/model.js';
 import { runWorkload } from '../linearizability/recorder.js';
-import { type FaultCluster, type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
+import { type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
 import { type FaultEvent, type FaultKind, runNemesis, type ScenarioName, scenarios } from './nemesis.js';
 
 /** How long the workload runs on after the nemesis healed its last fault. */
