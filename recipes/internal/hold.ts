@@ -1,8 +1,10 @@
 /** Building a held-key handle (lock, read lock, permit) with lost, guard, release. */
+
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { Session } from '../../src/session.js';
 import type { CallOptions, Compare } from '../../src/types.js';
 import { handoffRead, offerHandoff, trackRelease } from './handoff.js';
+import { useKey } from './live-keys.js';
 import { watchRevocation } from './revocation.js';
 import type { LossPolicy } from './session-state.js';
 import { holderLoss } from './turn.js';
@@ -55,6 +57,10 @@ export function heldKey(
   revocable = false,
 ): HeldKey {
   const lost = holderLoss(session, ownership, policy);
+  // In use until released or lost (turn.ts deletes a key of unknown generation only when unused).
+  const unuse = useKey(session, key);
+  if (lost.signal.aborted) unuse();
+  else lost.signal.addEventListener('abort', unuse, { once: true });
   // A revocable handle watches its key for requests until it is released or lost.
   const requested = new AbortController();
   if (revocable) watchRevocation(session.kv, key, myRev, requested, lost.signal);

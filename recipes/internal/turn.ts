@@ -22,7 +22,9 @@ import type { KV } from '../../src/kv.js';
 import type { Session } from '../../src/session.js';
 import type { Bytes, CallOptions, KeyValue } from '../../src/types.js';
 import { awaitHandoff, releaseOf } from './handoff.js';
+import { keyInUse, useKey } from './live-keys.js';
 import { type LossPolicy, sessionLossController } from './session-state.js';
+import { backoffMs, pause } from './timing.js';
 import { rangeAtLeast, rejectOnAbort, waitDelete, watchOwnership } from './wait.js';
 
 export interface TurnSpec {
@@ -429,23 +431,33 @@ export async function acquireTurn<H>(
   if (session.lost.aborted) throw session.lost.reason;
   opts.signal?.throwIfAborted();
   const signal = opts.signal ? AbortSignal.any([opts.signal, session.lost]) : session.lost;
+  await cleanedUp(session, spec.myKey, signal);
   let myRev = 0;
   let ours = true;
+  const unuse = useKey(session, spec.myKey);
   try {
     const e = await enqueue(session, spec, how.value ?? '', signal);
     myRev = e.myRev;
-    if (!e.created) {
+    // Our key already there but used by nothing else of this session: a failed acquire of ours put
+    // it (its outcome unknown) and could not remove it. It is ours: wait on it as if just put.
+    const orphan = !e.created && how.again === 'conflict' && !keyInUse(session, spec.myKey, 1);
+    if (!e.created && !orphan) {
       if (how.again === 'conflict' || how.again === 'share') {
         ours = false;
         if (how.again === 'conflict') throw heldBySession(spec);
       } else await how.again(myRev, signal);
     }
     const turn = await waitTurn(session.kv, spec, myRev, signal, e.view, how.ownKey?.(myRev));
-    return hold(myRev, turn.ownership);
+    const handle = hold(myRev, turn.ownership);
+    unuse();
+    return handle;
   } catch (err) {
+    unuse();
     // Leave no key behind: an aborted or failed acquire must not block the next owner. (As Go's
-    // Campaign, a failed re-campaign removes its key too.)
-    if (ours) await deleteGeneration(session.kv, spec.myKey, myRev);
+    // Campaign, a failed re-campaign removes its key too.) A key of unknown generation (the put's
+    // outcome unknown) only when nothing else of this session uses it.
+    if (ours && (myRev > 0 || !keyInUse(session, spec.myKey)))
+      if (!(await deleteGeneration(session.kv, spec.myKey, myRev))) cleanUpLater(session, spec.myKey, myRev);
     if (session.lost.aborted) throw session.lost.reason;
     if (opts.signal?.aborted) throw abortReason(opts.signal);
     throw err;
@@ -465,25 +477,88 @@ export async function tryTurn(
   again: 'conflict' | 'share' = 'conflict',
 ): Promise<{ myRev: number; blocker?: KeyValue }> {
   if (session.lost.aborted) throw session.lost.reason;
-  const e = await enqueue(session, spec, '', signal, { first: true });
-  if (!e.created && again === 'conflict') throw heldBySession(spec);
+  await cleanedUp(session, spec.myKey, signal ? AbortSignal.any([signal, session.lost]) : session.lost);
+  let e: Enqueued;
+  try {
+    e = await enqueue(session, spec, '', signal, { first: true });
+  } catch (err) {
+    // The put may have happened: remove whatever is there when nothing else of this session uses
+    // the key, now or once the store answers again.
+    if (!keyInUse(session, spec.myKey) && !(await deleteGeneration(session.kv, spec.myKey, 0)))
+      cleanUpLater(session, spec.myKey, 0);
+    throw err;
+  }
+  // An existing key that nothing of this session uses was left by a failed acquire: ours (as above).
+  const mine = e.created || (again === 'conflict' && !keyInUse(session, spec.myKey));
+  if (!mine && again === 'conflict') throw heldBySession(spec);
   const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
   if (!blocker) return { myRev: e.myRev };
-  if (e.created) await deleteGeneration(session.kv, spec.myKey, e.myRev);
+  if (mine && !(await deleteGeneration(session.kv, spec.myKey, e.myRev)))
+    cleanUpLater(session, spec.myKey, e.myRev);
   return { myRev: e.myRev, blocker };
+}
+
+/**
+ * Clean-ups of queue keys that a failed acquire may have left behind: its put's outcome was unknown
+ * (typically while the store elects a new leader) and the delete that followed failed as well. No
+ * handle refers to such a key, yet it would make every later acquire of the same session fail
+ * `conflict` until the session's lease ends. So the delete is retried in the background, and a new
+ * acquire of that key by that session first waits for it (this ordering is what makes deleting
+ * "whatever is there" safe: nothing of this session can have put the key since). Per session, at
+ * most `cleanupsPerSessionMax` keys at once (past it, the lease is the clean-up, as before).
+ */
+const cleanups = new WeakMap<Session, Map<string, Promise<void>>>();
+/** Keys of one session being cleaned up in the background at once. */
+export const cleanupsPerSessionMax = 1024;
+/** Attempts of one background clean-up (backing off up to `cleanupBackoffCapMs`) before the lease is left to do it. */
+export const cleanupAttemptsMax = 40;
+/** Longest pause between two attempts of a background clean-up. */
+export const cleanupBackoffCapMs = 1000;
+
+function cleanUpLater(session: Session, key: string, myRev: number): void {
+  if (myRev === 0 && keyInUse(session, key)) return;
+  let byKey = cleanups.get(session);
+  if (!byKey) cleanups.set(session, (byKey = new Map()));
+  if (byKey.has(key) || byKey.size >= cleanupsPerSessionMax || session.lost.aborted) return;
+  const run = (async () => {
+    for (let n = 0; n < cleanupAttemptsMax && !session.lost.aborted; n++) {
+      await pause(backoffMs(n, cleanupBackoffCapMs), session.lost);
+      // A generation-blind delete only while nothing of this session uses the key (an acquire
+      // that began before this clean-up was scheduled may hold it by now).
+      if (session.lost.aborted || (myRev === 0 && keyInUse(session, key))) return;
+      if (await deleteGeneration(session.kv, key, myRev)) return;
+    }
+  })().finally(() => byKey.delete(key));
+  byKey.set(key, run);
+}
+
+/** Waits (abortably) for a background clean-up of `key` by this session, if one is running. */
+async function cleanedUp(session: Session, key: string, signal: AbortSignal): Promise<void> {
+  const pending = cleanups.get(session)?.get(key);
+  if (!pending) return;
+  const aborted = rejectOnAbort(signal);
+  try {
+    await Promise.race([pending, aborted.promise]);
+  } finally {
+    aborted.off();
+  }
 }
 
 /**
  * Deletes `key` if it is still generation `myRev` (its create revision), or whatever is there when
  * `myRev` is 0 (unknown: the put may or may not have happened). Best effort — the session's lease
- * removes the key at the latest.
+ * removes the key at the latest. True when the store answered (the key is not generation `myRev`
+ * any more, or was not there); false when the call failed and the key may remain.
  */
-export async function deleteGeneration(kv: KV, key: string, myRev: number): Promise<void> {
-  await kv
+export async function deleteGeneration(kv: KV, key: string, myRev: number): Promise<boolean> {
+  return kv
     .txn({
       compare: myRev > 0 ? [{ key, target: 'create', result: '=', value: myRev }] : [],
       success: [{ type: 'delete', key }],
       failure: [],
     })
-    .catch(() => undefined);
+    .then(
+      () => true,
+      () => false,
+    );
 }

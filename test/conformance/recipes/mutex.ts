@@ -178,6 +178,31 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     expect((await kv.range(`${name}/`, { prefix: true })).count).toBe(1);
   });
 
+  it('mutex — a key its session left behind in a failed acquire (no handle uses it) is taken over by the next lock() or tryLock(), not refused', async () => {
+    const { kv, prefix, backend } = ctx();
+    const name = `${prefix('mutex-orphan')}lock`;
+    await using a = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    await using b = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
+    const m = new Mutex(a, name);
+    // What an acquire whose put's outcome was unknown, and whose clean-up failed, leaves behind.
+    const put = await kv.put(m.key, '', { lease: a.lease });
+    const held = await m.lock();
+    expect([held.key, held.token]).toEqual([m.key, put.revision]);
+    // Now a handle uses it: a second acquire of the session is refused, the first keeps it.
+    await expect(m.lock()).rejects.toSatisfy((e) => ConclaveError.is(e, ErrorCode.Conflict));
+    expect((await kv.get(m.key))?.createRevision).toBe(held.token);
+    await held.unlock();
+    // tryLock takes a left-behind key over too; behind another session's hold it removes it again.
+    const byB = await new Mutex(b, name).lock();
+    await kv.put(m.key, '', { lease: a.lease });
+    expect((await m.tryLock()).isErr()).toBe(true);
+    expect(await kv.get(m.key)).toBeUndefined();
+    await byB.unlock();
+    const again = await m.tryLock();
+    expect(again.isOk()).toBe(true);
+    if (again.isOk()) await again.value.unlock();
+  });
+
   it('mutex — a second lock() or tryLock() of a name on a session that holds or waits for it fails conflict and leaves the first alone', async () => {
     const { kv, prefix, backend } = ctx();
     const name = `${prefix('mutex-reentry')}lock`;
