@@ -478,24 +478,32 @@ export async function tryTurn(
 ): Promise<{ myRev: number; blocker?: KeyValue }> {
   if (session.lost.aborted) throw session.lost.reason;
   await cleanedUp(session, spec.myKey, signal ? AbortSignal.any([signal, session.lost]) : session.lost);
-  let e: Enqueued;
+  // Counted while in flight, so that two concurrent try* calls of one session never both take a key
+  // over (the caller makes its handle, which counts itself, in the same turn as this returns).
+  const unuse = useKey(session, spec.myKey);
   try {
-    e = await enqueue(session, spec, '', signal, { first: true });
-  } catch (err) {
-    // The put may have happened: remove whatever is there when nothing else of this session uses
-    // the key, now or once the store answers again.
-    if (!keyInUse(session, spec.myKey) && !(await deleteGeneration(session.kv, spec.myKey, 0)))
-      cleanUpLater(session, spec.myKey, 0);
-    throw err;
+    let e: Enqueued;
+    try {
+      e = await enqueue(session, spec, '', signal, { first: true });
+    } catch (err) {
+      // The put may have happened: remove whatever is there when nothing else of this session uses
+      // the key, now or once the store answers again.
+      if (!keyInUse(session, spec.myKey, 1) && !(await deleteGeneration(session.kv, spec.myKey, 0)))
+        cleanUpLater(session, spec.myKey, 0, 1);
+      throw err;
+    }
+    // An existing key that nothing else of this session uses was left by a failed acquire: ours
+    // (as in `acquireTurn`).
+    const mine = e.created || (again === 'conflict' && !keyInUse(session, spec.myKey, 1));
+    if (!mine && again === 'conflict') throw heldBySession(spec);
+    const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
+    if (!blocker) return { myRev: e.myRev };
+    if (mine && !(await deleteGeneration(session.kv, spec.myKey, e.myRev)))
+      cleanUpLater(session, spec.myKey, e.myRev);
+    return { myRev: e.myRev, blocker };
+  } finally {
+    unuse();
   }
-  // An existing key that nothing of this session uses was left by a failed acquire: ours (as above).
-  const mine = e.created || (again === 'conflict' && !keyInUse(session, spec.myKey));
-  if (!mine && again === 'conflict') throw heldBySession(spec);
-  const blocker = e.first && e.first.createRevision < e.myRev ? e.first : undefined;
-  if (!blocker) return { myRev: e.myRev };
-  if (mine && !(await deleteGeneration(session.kv, spec.myKey, e.myRev)))
-    cleanUpLater(session, spec.myKey, e.myRev);
-  return { myRev: e.myRev, blocker };
 }
 
 /**
@@ -515,8 +523,9 @@ export const cleanupAttemptsMax = 40;
 /** Longest pause between two attempts of a background clean-up. */
 export const cleanupBackoffCapMs = 1000;
 
-function cleanUpLater(session: Session, key: string, myRev: number): void {
-  if (myRev === 0 && keyInUse(session, key)) return;
+/** `besides`: uses of `key` by the caller itself, still counted when it schedules the clean-up. */
+function cleanUpLater(session: Session, key: string, myRev: number, besides = 0): void {
+  if (myRev === 0 && keyInUse(session, key, besides)) return;
   let byKey = cleanups.get(session);
   if (!byKey) cleanups.set(session, (byKey = new Map()));
   if (byKey.has(key) || byKey.size >= cleanupsPerSessionMax || session.lost.aborted) return;

@@ -201,6 +201,15 @@ export const registerMutexTests: RegisterTests = (ctx) => {
     const again = await m.tryLock();
     expect(again.isOk()).toBe(true);
     if (again.isOk()) await again.value.unlock();
+    // Two concurrent tryLock() calls of the session on a left-behind key: one takes it, one is refused.
+    await kv.put(m.key, '', { lease: a.lease });
+    const both = await Promise.allSettled([m.tryLock(), new Mutex(a, name).tryLock()]);
+    const taken = both.filter((r) => r.status === 'fulfilled' && r.value.isOk());
+    const refused = both.filter(
+      (r) => r.status === 'rejected' && ConclaveError.is(r.reason, ErrorCode.Conflict),
+    );
+    expect([taken.length, refused.length]).toEqual([1, 1]);
+    for (const r of taken) if (r.status === 'fulfilled' && r.value.isOk()) await r.value.value.unlock();
   });
 
   it('mutex — a second lock() or tryLock() of a name on a session that holds or waits for it fails conflict and leaves the first alone', async () => {
