@@ -695,7 +695,7 @@ export class Member implements MemberBackend {
     await this.node.snapshot();
   }
 
-  hashKv(revision: number): KvHash {
+  hashKv(revision: number): Promise<KvHash> {
     return hashStore(this.node.store, revision);
   }
 

@@ -114,7 +114,7 @@ export interface MaintenanceAdmin {
   /** etcd's Defragment: what it does for this store is documented in docs/operations.md. */
   defragment(): Promise<void>;
   /** The hash of every key's records at `revision` (0: the current one). */
-  hashKv(revision: number): KvHash;
+  hashKv(revision: number): Promise<KvHash>;
   /** Hands leadership to `target` (this member must lead). */
   moveLeader(target: bigint): Promise<void>;
   /** Every member's raised alarms (replicated: any member lists them all). */

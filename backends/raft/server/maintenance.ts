@@ -24,6 +24,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { status as Status } from '@grpc/grpc-js';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import { big, type Int64, num } from '../../../src/protocol/codec.js';
+import type { KeyValue } from '../../../src/types.js';
 import { crc32c } from '../storage/crc32c.js';
 import type { Store } from '../store/store.js';
 import type { KvHash, MaintenanceAdmin } from './api.js';
@@ -98,23 +99,62 @@ function mix(crc: number, v: number): number {
   return crc32c(u32, crc);
 }
 
-/** CRC-32C of every key's state at `revision` (0: current) and the compacted revision. */
-export function hashStore(store: Store, revision: number): KvHash {
-  const rev = revision > 0 ? revision : store.revision;
-  const all = new Uint8Array([0]);
-  const r = store.range(all, { end: all, revision: rev });
+/**
+ * Keys hashed per turn of the event loop at most, and value bytes per turn at most (whichever
+ * comes first): a hash of a large store is computed in slices, so the member keeps heartbeating
+ * and serving meanwhile (a single pass over a million keys held the loop for seconds). One slice
+ * of 1,000 small keys takes about a millisecond. (At a past revision a slice also walks over the
+ * keys deleted by then, which it does not count.)
+ */
+export const hashSliceKeysMax = 1000;
+export const hashSliceBytesMax = 4 * 1024 * 1024;
+
+/**
+ * CRC-32C of every key's state at `revision` (0: current) and the compacted revision, read in
+ * slices of at most `hashSliceKeysMax` keys / `hashSliceBytesMax` value bytes, each in its own
+ * turn of the event loop. The state at a fixed revision does not change while later writes are
+ * applied between slices; a compaction past `revision` meanwhile fails it with `compacted` (as a
+ * HashKV of a compacted revision does), which the caller may retry at a newer revision.
+ */
+export async function hashStore(store: Store, revision: number): Promise<KvHash> {
+  const mvcc = store.mvcc;
+  const rev = mvcc.checkRevision(revision > 0 ? revision : store.revision);
+  const compactRevision = mvcc.compactRev;
   let crc = 0;
-  for (const kv of r.kvs) {
-    crc = mix(crc, kv.key.length);
-    crc = crc32c(kv.key, crc);
-    crc = mix(crc, kv.value.length);
-    crc = crc32c(kv.value, crc);
-    crc = mix(crc, kv.createRevision);
-    crc = mix(crc, kv.modRevision);
-    crc = mix(crc, kv.version);
-    crc = mix(crc, Number(kv.lease));
+  let next = '';
+  const batch: Array<[string, KeyValue]> = [];
+  for (;;) {
+    batch.length = 0;
+    mvcc.scan(next, '\u0000', rev, (k, kv) => batch.push([k, kv]), hashSliceKeysMax);
+    let bytes = 0;
+    let i = 0;
+    for (; i < batch.length && bytes < hashSliceBytesMax; i++) {
+      const kv = batch[i]![1];
+      bytes += kv.value.length + kv.key.length;
+      crc = mix(crc, kv.key.length);
+      crc = crc32c(kv.key, crc);
+      crc = mix(crc, kv.value.length);
+      crc = crc32c(kv.value, crc);
+      crc = mix(crc, kv.createRevision);
+      crc = mix(crc, kv.modRevision);
+      crc = mix(crc, kv.version);
+      crc = mix(crc, Number(kv.lease));
+    }
+    // Done when the scan came back short and every key of it was hashed.
+    if (i === batch.length && batch.length < hashSliceKeysMax) break;
+    // The next slice starts at the first key not hashed (keys are latin1 strings: k + "\0" is
+    // the next possible key after k).
+    next = i < batch.length ? batch[i]![0] : `${batch[i - 1]![0]}\u0000`;
+    batch.length = 0;
+    await new Promise<void>((r) => setImmediate(r));
+    mvcc.checkRevision(rev);
+    if (mvcc.compactRev !== compactRevision)
+      throw new ConclaveError(
+        ErrorCode.Compacted,
+        'mvcc: required revision has been compacted (a compaction ran while the hash was computed; retry)',
+        { compactRevision: mvcc.compactRev },
+      );
   }
-  const compactRevision = store.mvcc.compactRev;
   crc = mix(crc, compactRevision);
   return { hash: crc >>> 0, compactRevision, revision: rev };
 }
