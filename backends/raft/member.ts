@@ -79,8 +79,12 @@ import { encodeAuthChange } from './store/auth-store.js';
 import { Reader, Writer } from './transport/codec.js';
 import { type PeerTls, TcpTransport, type TransportLogger } from './transport/tcp.js';
 
-/** The etcd API version this member speaks (Maintenance.Status `version`). */
-export const memberVersion = '3.4.0';
+/**
+ * The etcd version this member reports (Maintenance.Status `version`, GET /version `etcdserver`,
+ * etcd_server_version): the etcd release whose API and behaviour it reproduces and is tested
+ * against (etcd 3.4.23: the differential tests and etcd's own e2e suite).
+ */
+export const memberVersion = '3.4.23';
 
 /** Side-channel request kinds. */
 export const RequestKind = {
@@ -424,7 +428,8 @@ export class Member implements MemberBackend {
       committedIndex: () => n.raft.log.committed,
       proposalsPending: () => n.pendingProposals,
       proposalsFailed: () => n.stats.proposalsFailed,
-      keys: () => n.store.mvcc.index.size,
+      keys: () => n.store.mvcc.liveKeys(),
+      applied: () => n.store.applied,
       peerBytes: () =>
         [...this.transport.stats()].map(
           ([id, st]) =>

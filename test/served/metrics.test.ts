@@ -131,6 +131,19 @@ describe('metrics of conclave serve', () => {
           { key: Buffer.from(`metrics-k${n}`), value: Buffer.from('v') },
           { req: 'PutRequest', res: 'PutResponse' },
         );
+      // One delete range of the five keys: etcd counts one delete (per DeleteRange, not per key).
+      const mid = await scrape(clientMetricsUrl(i));
+      await c.unary(
+        '/etcdserverpb.KV/DeleteRange',
+        { key: Buffer.from('metrics-k'), rangeEnd: Buffer.from('metrics-l') },
+        { req: 'DeleteRangeRequest', res: 'DeleteRangeResponse' },
+      );
+      const del = await scrape(clientMetricsUrl(i));
+      expect(mid.get('etcd_mvcc_put_total')! - (before.get('etcd_mvcc_put_total') ?? 0)).toBe(5);
+      expect(del.get('etcd_mvcc_delete_total')! - (mid.get('etcd_mvcc_delete_total') ?? 0)).toBe(1);
+      expect(del.get('etcd_debugging_mvcc_delete_total')).toBe(del.get('etcd_mvcc_delete_total'));
+      // Live keys, as etcd's gauge: the deleted keys no longer count.
+      expect(mid.get('etcd_debugging_mvcc_keys_total')! - del.get('etcd_debugging_mvcc_keys_total')!).toBe(5);
       // RawClient answers a failed call with its status: an empty key is InvalidArgument.
       const refused = await c.unary(
         '/etcdserverpb.KV/Range',
@@ -149,23 +162,24 @@ describe('metrics of conclave serve', () => {
     const watchEnded = (m: Map<string, number>) =>
       [...m]
         .filter(([k]) =>
-          k.startsWith('grpc_server_handled_total{grpc_type="bidi_stream",grpc_service="etcdserverpb.Watch"'),
+          /^grpc_server_handled_total\{grpc_code="\w+",grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"\}$/.test(
+            k,
+          ),
         )
         .reduce((n, [, v]) => n + v, 0);
     await waitFor2(async () => watchEnded(await scrape(clientMetricsUrl(i))) > watchEnded(before), 10_000);
     const after = await scrape(clientMetricsUrl(i));
     const ok =
-      'grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put",grpc_code="OK"}';
+      'grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}';
     const bad =
-      'grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Range",grpc_code="InvalidArgument"}';
+      'grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}';
     expect((after.get(ok) ?? 0) - (before.get(ok) ?? 0)).toBe(5);
     expect((after.get(bad) ?? 0) - (before.get(bad) ?? 0)).toBe(1);
     expect(after.get('etcd_server_proposals_committed_total')!).toBeGreaterThanOrEqual(
       before.get('etcd_server_proposals_committed_total')! + 5,
     );
-    expect(after.get('etcd_debugging_mvcc_keys_total')!).toBeGreaterThanOrEqual(
-      before.get('etcd_debugging_mvcc_keys_total')! + 5,
-    );
+    expect(after.get('etcd_server_version{server_version="3.4.23"}')).toBe(1);
+    expect(after.get('etcd_cluster_version{cluster_version="3.4"}')).toBe(1);
   });
 
   it('a scrape after a leader change shows the counter moved; /health is 503 without a leader', async () => {

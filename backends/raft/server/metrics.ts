@@ -8,9 +8,17 @@
  * plain fields of `MemberCounters` (and one histogram observed per WAL write batch, not per
  * request); gauges read the member's state when scraped (`collect`); the gRPC handled counts are
  * kept in arrays indexed by method and code and copied into the Prometheus counter at scrape time.
+ *
+ * Labels are written in the order of their names, as Prometheus's Go client writes them (etcd's
+ * e2e suite greps /metrics for whole lines such as
+ * `grpc_server_handled_total{grpc_code="Canceled",grpc_method="Watch",...}`); prom-client writes
+ * them in the order of the label object's keys.
  */
 import client from 'prom-client';
 import type { MemberInfo } from './api.js';
+
+/** The cluster version a Conclave cluster reports (etcd_cluster_version, as etcd's `version.Cluster`). */
+export const clusterVersion = '3.4';
 
 /** Buckets of etcd's disk histograms (etcd: ExponentialBuckets(0.001, 2, 14), 1 ms to 8 s). */
 export const diskBuckets: readonly number[] = Array.from({ length: 14 }, (_, i) => 0.001 * 2 ** i);
@@ -55,8 +63,10 @@ export interface MemberMetricsSource {
   proposalsPending(): number;
   /** Proposals that failed: dropped, timed out, or lost to a leader change. */
   proposalsFailed(): number;
-  /** Live keys in the store. */
+  /** Live keys in the store (etcd's keysGauge: created minus deleted). */
   keys(): number;
+  /** Put and delete-range operations applied on this member since it started (etcd_mvcc_*_total). */
+  applied(): { readonly puts: number; readonly deletes: number };
   /** Bytes sent to and received from each peer, by the peer's member ID in hex. */
   peerBytes(): Iterable<readonly [string, { readonly sent: number; readonly received: number }]>;
 }
@@ -151,6 +161,20 @@ export class ServerMetrics {
       labelNames: ['server_id'],
       registers: r,
     }).set({ server_id: info.memberId.toString(16) }, 1);
+    new client.Gauge({
+      name: 'etcd_server_version',
+      help: "Which version is running. 1 for 'server_version' label with current version.",
+      labelNames: ['server_version'],
+      registers: r,
+    }).set({ server_version: info.version }, 1);
+    // etcd sets this when the cluster version is decided (membership/cluster.go SetVersion); a
+    // Conclave cluster speaks 3.4 from its first member on (every member runs the same API).
+    new client.Gauge({
+      name: 'etcd_cluster_version',
+      help: "Which version is running. 1 for 'cluster_version' label with current cluster version",
+      labelNames: ['cluster_version'],
+      registers: r,
+    }).set({ cluster_version: clusterVersion }, 1);
     gauge(
       'etcd_server_proposals_applied_total',
       'The total number of consensus proposals applied.',
@@ -190,10 +214,10 @@ export class ServerMetrics {
             if (m.byCode[c]! > 0)
               this.inc(
                 {
-                  grpc_type: m.type,
-                  grpc_service: m.service,
-                  grpc_method: m.method,
                   grpc_code: grpcCodeNames[c]!,
+                  grpc_method: m.method,
+                  grpc_service: m.service,
+                  grpc_type: m.type,
                 },
                 m.byCode[c]!,
               );
@@ -208,7 +232,7 @@ export class ServerMetrics {
         this.reset();
         for (const m of methods.values())
           if (m.started > 0)
-            this.inc({ grpc_type: m.type, grpc_service: m.service, grpc_method: m.method }, m.started);
+            this.inc({ grpc_method: m.method, grpc_service: m.service, grpc_type: m.type }, m.started);
       },
     });
     if (member) this.#memberMetrics(member);
@@ -242,6 +266,15 @@ export class ServerMetrics {
       m.proposalsPending(),
     );
     gauge('etcd_debugging_mvcc_keys_total', 'Total number of keys.', () => m.keys());
+    // etcd 3.4 serves each of these twice, under etcd_ and (deprecated) etcd_debugging_.
+    for (const ns of ['etcd', 'etcd_debugging']) {
+      total(`${ns}_mvcc_put_total`, 'Total number of puts seen by this member.', () => m.applied().puts);
+      total(
+        `${ns}_mvcc_delete_total`,
+        'Total number of deletes seen by this member.',
+        () => m.applied().deletes,
+      );
+    }
     total('conclave_snapshots_saved_total', 'Snapshots of the store saved to disk.', () => c.snapshotsSaved);
     this.registry.registerMetric(c.walFsync);
     this.registry.registerMetric(c.backendCommit);

@@ -518,6 +518,15 @@ export class Mvcc {
   }
 
   /**
+   * Keys whose latest record is a put (etcd_debugging_mvcc_keys_total: etcd's keysGauge goes up
+   * when a key is created and down at its tombstone, mvcc/key_index.go). The size of the live
+   * tree, built here if no read at the latest revision has built it yet.
+   */
+  liveKeys(): number {
+    return (this.#liveOf === this.index && this.#live ? this.#live : this.#buildLive()).size;
+  }
+
+  /**
    * Builds `#live` from the index (see there). When every key is live (a store restored from a
    * snapshot without tombstones, the common case) it is a copy-on-write clone of the index: O(1),
    * and the two trees share their nodes until a write copies the path it changes.

@@ -60,6 +60,14 @@ export class Store {
   readonly hub: WatchHub;
   /** Raft index of the last applied entry (persisted with snapshots). */
   appliedIndex = 0;
+  /**
+   * Put and delete-range operations applied since this process started, as etcd counts them for
+   * etcd_mvcc_put_total / etcd_mvcc_delete_total (mvcc/metrics_txn.go: one per Put and one per
+   * DeleteRange of a write, whatever it deleted; a lease revoke deletes each attached key
+   * separately). Not part of the state: a replica replaying its log counts again, as etcd's
+   * counters restart with the process.
+   */
+  readonly applied = { puts: 0, deletes: 0 };
 
   constructor(opts: { minTtlSeconds: number }) {
     this.leases = new Leases(opts.minTtlSeconds);
@@ -243,6 +251,7 @@ export class Store {
     this.leases.attach(lease, k, this.mvcc.undo);
     w.changed = true;
     w.events.push(ev);
+    this.applied.puts++;
     return o.prevKv && prev ? { revision: w.main, prevKv: prev.kv! } : { revision: w.main };
   }
 
@@ -264,6 +273,7 @@ export class Store {
       prevKvs.push(d.prev);
     }
     if (keys.length > 0) w.changed = true;
+    this.applied.deletes++;
     return { revision: w.main, deleted: keys.length, prevKvs: o.prevKv ? prevKvs : [] };
   }
 
