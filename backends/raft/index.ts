@@ -7,6 +7,7 @@ export {
   connectEmbedded,
   EmbeddedCluster,
   EmbeddedKV,
+  type EmbeddedKVCluster,
   startCluster,
   startTimeoutMsDefault,
 } from './embedded.js';
