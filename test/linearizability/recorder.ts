@@ -65,11 +65,25 @@ export interface Recorded extends EtcdOperation {
   readonly error?: string;
 }
 
+/** One operation as the client saw it: when, which kind, and its error code if it failed. */
+export interface TraceEntry {
+  readonly clientId: number;
+  readonly type: EtcdInput['type'];
+  readonly call: number;
+  readonly return: number;
+  readonly error?: string;
+}
+
 /** Records operations against one KV, keys namespaced under `prefix`. */
 export class Recorder {
   readonly ops: Recorded[] = [];
   /** Operations left out because they certainly had no effect (or were reads that failed). */
   dropped = 0;
+  /**
+   * Every operation run, failed ones included (with their error code), for timelines of what the
+   * clients saw around a fault. As many entries as operations run (the workload's `opsMax`).
+   */
+  readonly trace: TraceEntry[] = [];
   readonly #prefix: string;
   constructor(prefix: string) {
     this.#prefix = prefix;
@@ -157,15 +171,16 @@ export class Recorder {
     const call = performance.now();
     try {
       const output = await this.#invoke(kv, input, signal);
-      this.ops.push({ clientId, input, call, output, return: performance.now() });
+      const ret = performance.now();
+      this.ops.push({ clientId, input, call, output, return: ret });
+      this.trace.push({ clientId, type: input.type, call, return: ret });
       return output;
     } catch (err) {
       const ret = performance.now();
+      const code = err instanceof ConclaveError ? err.code : String((err as Error)?.name);
+      this.trace.push({ clientId, type: input.type, call, return: ret, error: code });
       if (classifyError(err, isWrite(input)) === 'no-effect') this.dropped++;
-      else {
-        const code = err instanceof ConclaveError ? err.code : (err as Error)?.name;
-        this.ops.push({ clientId, input, call, output: undefined, return: ret, error: String(code) });
-      }
+      else this.ops.push({ clientId, input, call, output: undefined, return: ret, error: code });
       return undefined;
     }
   }
@@ -271,6 +286,8 @@ export class WorkloadGen {
 
 export interface WorkloadResult {
   readonly history: Recorded[];
+  /** Every operation run, failed ones included (`Recorder.trace`). */
+  readonly trace: TraceEntry[];
   /** The store revision before the first operation (the model's initial revision). */
   readonly initialRevision: number;
   readonly dropped: number;
@@ -316,6 +333,7 @@ export async function runWorkload(
   );
   return {
     history: rec.ops,
+    trace: rec.trace,
     initialRevision,
     dropped: rec.dropped,
     unknown: rec.ops.filter((o) => o.output === undefined).length,

@@ -5,7 +5,7 @@
  *
  *   npm run lincheck -- --target etcd|served|both [--minutes 30 | --seconds N | --duration 30m] [--seed N]
  *                       [--round-seconds 60] [--faults kill,pause,...] [--scenario quorum-crash]
- *                       [--inject read-local] [--out FILE]
+ *                       [--inject read-local] [--out FILE] [--timeline]
  *
  * Each round uses seed + round number, so any round replays alone with the command it prints.
  * Exit code 1 if any round is 'illegal' (or, without --inject, 'unknown').
@@ -14,7 +14,7 @@ import { writeFileSync } from 'node:fs';
 import { testFaults } from '../harness/fault-entry.js';
 import type { Target } from './cluster.js';
 import { type FaultKind, faultKinds, type ScenarioName, scenarios } from './nemesis.js';
-import { describeRun, type RunSummary, runOnce } from './run.js';
+import { describeRun, faultTimeline, type RunSummary, runOnce } from './run.js';
 
 function parse(argv: readonly string[]): Map<string, string> {
   const m = new Map<string, string>();
@@ -23,13 +23,15 @@ function parse(argv: readonly string[]): Map<string, string> {
     if (!a.startsWith('--')) throw new Error(`lincheck: unexpected argument ${a}`);
     const eq = a.indexOf('=');
     if (eq > 0) m.set(a.slice(2, eq), a.slice(eq + 1));
-    else m.set(a.slice(2), argv[++i] ?? '');
+    // A flag followed by another flag (or nothing) has no value: `--timeline`.
+    else if (argv[i + 1] === undefined || argv[i + 1]!.startsWith('--')) m.set(a.slice(2), '');
+    else m.set(a.slice(2), argv[++i]!);
   }
   return m;
 }
 
 const usage =
-  'usage: npm run lincheck -- --target etcd|served|both [--minutes N | --seconds N] [--seed N] [--round-seconds N] [--faults k,..] [--scenario quorum-crash] [--inject f] [--out FILE]';
+  'usage: npm run lincheck -- --target etcd|served|both [--minutes N | --seconds N] [--seed N] [--round-seconds N] [--faults k,..] [--scenario quorum-crash] [--inject f] [--out FILE] [--timeline]';
 
 function median(xs: number[]): number | undefined {
   if (xs.length === 0) return undefined;
@@ -56,6 +58,7 @@ async function main(): Promise<number> {
     'inject',
     'scenario',
     'out',
+    'timeline',
   ];
   for (const k of a.keys())
     if (!known.includes(k)) {
@@ -123,6 +126,7 @@ async function main(): Promise<number> {
       });
       rounds.push(s);
       console.log(describeRun(s));
+      if (a.has('timeline')) console.log(faultTimeline(s));
       if (s.check.result === 'illegal') console.log(`${s.check.report}\n  replay: ${s.replay}`);
       if (s.check.result === 'unknown') console.log(`  checker: ${s.check.reason}; replay: ${s.replay}`);
     }
@@ -153,7 +157,7 @@ async function main(): Promise<number> {
     writeFileSync(
       out,
       JSON.stringify(
-        rounds.map((s) => ({ ...s, check: { ...s.check } })),
+        rounds.map(({ trace: _trace, ...s }) => ({ ...s, check: { ...s.check } })),
         null,
         1,
       ),

@@ -17,7 +17,7 @@ import {
   resolveObservedWrites,
   type StoreEvent,
 } from '../linearizability/model.js';
-import { runWorkload } from '../linearizability/recorder.js';
+import { runWorkload, type TraceEntry } from '../linearizability/recorder.js';
 import { type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
 import { type FaultEvent, type FaultKind, runNemesis, type ScenarioName, scenarios } from './nemesis.js';
 
@@ -63,6 +63,8 @@ export interface RunSummary {
   readonly elapsedMs: number;
   /** The command that replays the run. */
   readonly replay: string;
+  /** Every operation the clients ran, failed ones included (for `faultTimeline`). */
+  readonly trace: readonly TraceEntry[];
 }
 
 const dec = new TextDecoder();
@@ -185,6 +187,7 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       recoveryMs,
       p99WriteDuringFaultsMs: p99,
       elapsedMs: performance.now() - t0,
+      trace: rec.trace,
       replay: `npm run -s lincheck -- --target ${o.target} --seed ${o.seed} --seconds ${Math.round(o.durationMs / 1000)}${
         o.kinds ? ` --faults ${o.kinds.join(',')}` : ''
       }${o.scenario ? ` --scenario ${o.scenario}` : ''}${o.faults?.length ? ` --inject ${o.faults.join(',')}` : ''}`,
@@ -193,6 +196,52 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
     await Promise.all(kvs.map((k) => k.close()));
     await cluster.close();
   }
+}
+
+/**
+ * What each client saw around each fault: per fault, per client, its operations from `beforeMs`
+ * before the heal to `afterMs` after it, compressed into runs of the same outcome — e.g.
+ * `c3: put ok ×12 [-0.50..+0.00 s] | put deadline-exceeded ×1 [+0.01..+2.01 s]`. For finding why
+ * writes resume late after a heal (who was stuck, on what error, for how long).
+ */
+export function faultTimeline(s: RunSummary, beforeMs = 500, afterMs = 5000): string {
+  const lines: string[] = [];
+  const writes = s.trace.filter((t) => t.type !== 'get' && !t.error).sort((a, b) => a.call - b.call);
+  for (const [i, f] of s.faults.entries()) {
+    const w = writes.find((x) => x.call >= f.end);
+    const next = s.faults[i + 1];
+    lines.push(
+      `${f.detail} (${f.kind}) held ${((f.end - f.start) / 1000).toFixed(2)} s; first write called after the heal acknowledged at +${
+        w ? ((w.return - f.end) / 1000).toFixed(2) : '-'
+      } s; next fault at +${next ? ((next.start - f.end) / 1000).toFixed(2) : '-'} s`,
+    );
+    const from = f.end - beforeMs;
+    const to = f.end + afterMs;
+    const byClient = new Map<number, TraceEntry[]>();
+    for (const t of s.trace)
+      if (t.return >= from && t.call <= to) {
+        const l = byClient.get(t.clientId) ?? [];
+        l.push(t);
+        byClient.set(t.clientId, l);
+      }
+    const rel = (t: number) => `${t >= f.end ? '+' : ''}${((t - f.end) / 1000).toFixed(2)}`;
+    for (const [c, ts] of [...byClient.entries()].sort((a, b) => a[0] - b[0])) {
+      ts.sort((a, b) => a.call - b.call);
+      const runs: { what: string; n: number; call: number; ret: number }[] = [];
+      for (const t of ts) {
+        const what = t.error ?? 'ok';
+        const last = runs[runs.length - 1];
+        if (last && last.what === what) {
+          last.n++;
+          last.ret = t.return;
+        } else runs.push({ what, n: 1, call: t.call, ret: t.return });
+      }
+      lines.push(
+        `  c${c}: ${runs.map((r) => `${r.what} ×${r.n} [${rel(r.call)}..${rel(r.ret)} s]`).join(' | ')}`,
+      );
+    }
+  }
+  return lines.join('\n');
 }
 
 /** One line for logs and reports. */

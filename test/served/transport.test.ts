@@ -1,4 +1,4 @@
-import { createConnection } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Entry, type Message, MessageType, type NodeId } from '../../backends/raft/consensus/types.js';
@@ -219,7 +219,7 @@ interface Node {
 }
 
 async function pair(
-  o: { clusterA?: bigint; clusterB?: bigint; versionA?: number } = {},
+  o: { clusterA?: bigint; clusterB?: bigint; versionA?: number; randomA?: () => number } = {},
 ): Promise<{ a: Node; b: Node; ports: number[] }> {
   const ports = [await freePort(), await freePort()];
   const peers: TcpPeer[] = [1, 2].map((n, i) => ({
@@ -228,7 +228,7 @@ async function pair(
     host: '127.0.0.1',
     port: ports[i]!,
   }));
-  const mk = (n: 1 | 2, clusterId: bigint, version?: number): Node => {
+  const mk = (n: 1 | 2, clusterId: bigint, version?: number, random?: () => number): Node => {
     const log: Logged[] = [];
     const got: Message[] = [];
     const t = new TcpTransport({
@@ -239,11 +239,12 @@ async function pair(
       listen: { host: '127.0.0.1', port: ports[n - 1]! },
       log: logger(log),
       ...(version !== undefined ? { version } : {}),
+      ...(random ? { random } : {}),
     });
     open.push(t);
     return { t, got, log };
   };
-  const a = mk(1, o.clusterA ?? 7n, o.versionA);
+  const a = mk(1, o.clusterA ?? 7n, o.versionA, o.randomA);
   const b = mk(2, o.clusterB ?? 7n);
   await Promise.all([a.t.listen(), b.t.listen()]);
   a.t.register(1, (m) => a.got.push(m));
@@ -357,6 +358,39 @@ describe('tcp transport', () => {
     a.t.send([heartbeat(1, 2, 42)]);
     await until(() => got.some((m) => m.commit === 42), 'a message after the reconnect');
     expect(a.t.stats().get(2)!.connects).toBe(2);
+  });
+
+  it('tcp transport — a link in reconnect backoff dials at once when its peer dials in (a restarted member hears its peers without waiting out their backoff)', async () => {
+    const { a, b, ports } = await pair({ randomA: () => 1 });
+    await until(() => a.t.connected(2), 'link');
+    await b.t.close();
+    // While the peer is down its port accepts and drops every connection, so a's dials are seen:
+    // with jitter off, a's delays double (50, 100, 200, 400, 800, 1600 ms, …).
+    const dials: number[] = [];
+    let restartedAt = 0;
+    const b2 = new TcpTransport({ ...b.t.options, listen: { host: '127.0.0.1', port: ports[1]! } });
+    open.push(b2);
+    await new Promise<void>((resolve, reject) => {
+      const down = createServer((s) => {
+        s.destroy();
+        dials.push(performance.now());
+        const gap = dials.length >= 2 ? dials[dials.length - 1]! - dials[dials.length - 2]! : 0;
+        // a's next delay is at least twice this gap (>= 1.5 s): the peer comes back now.
+        if (gap < 750) return;
+        restartedAt = performance.now();
+        down.close(() => {
+          b2.listen().then(() => {
+            b2.register(2, () => {});
+            resolve();
+          }, reject);
+        });
+      });
+      down.listen(ports[1]!, '127.0.0.1');
+    });
+    await until(() => b2.connected(1), "the restarted peer's own link");
+    await until(() => a.t.connected(2), 'the link to the restarted peer', 10_000);
+    // The backoff alone would dial again >= 1.5 s after the last dial; the peer's dial-in cut it short.
+    expect(performance.now() - restartedAt).toBeLessThan(1000);
   });
 
   it('tcp transport — a snapshot larger than a chunk streams in chunks and arrives intact, then reports done', async () => {

@@ -22,7 +22,8 @@
  *   The member is told a peer is unreachable (an `Unreachable` message), as etcd reports
  *   `ReportUnreachable`, so the leader probes it instead of streaming appends into the void.
  * - Reconnect: exponential backoff from `reconnectDelayMsMin` to `reconnectDelayMsMax`, each delay
- *   jittered to 50–100 % so that members restarted together do not dial in lockstep.
+ *   jittered to 50–100 % so that members restarted together do not dial in lockstep; a link in
+ *   backoff dials at once when its peer dials in (the peer is back: `PeerLink.peerIsUp`).
  * - Snapshots: streamed as SnapChunk frames of `snapshotChunkBytes`, one chunk in the socket at a
  *   time, interleaved with the peer's other messages. When the last chunk is written the member
  *   is told `SnapStatus` ok; a broken connection reports it failed (etcd's ReportSnapshot).
@@ -444,6 +445,7 @@ export class TcpTransport implements Transport, PeerRequests {
   /** A newer inbound connection from the same peer replaces an older one. */
   adopt(c: InboundConn): void {
     for (const o of this.#inbound) if (o !== c && o.peer?.nodeId === c.peer?.nodeId) o.close();
+    if (c.peer) this.#links.get(c.peer.nodeId)?.peerIsUp();
   }
 
   onSnapshot(m: Message): void {
@@ -738,6 +740,25 @@ class PeerLink {
   }
 
   #refused = false;
+  /** The reconnect timer pending is the wait after a refusal (`refusedRetryMs`), not a backoff. */
+  #waitingRefused = false;
+
+  /**
+   * The peer just completed a handshake on a connection it dialed, so it is up: if this link is
+   * waiting out its reconnect backoff, it dials now. A member that restarts dials its peers at
+   * once, but their links to it had backed off (up to `reconnectDelayMsMax`) while it was down, so
+   * it heard nothing from the leader — no appends, no commit index for the writes it forwarded —
+   * for up to that long after it was back (etcd's stream readers redial every 100 ms). Not after a
+   * refusal: that wait is for a misconfiguration, which a peer dialing us does not fix.
+   */
+  peerIsUp(): void {
+    if (this.#closed || this.#t.closed || this.#socket !== undefined || this.#waitingRefused) return;
+    if (this.#timer === undefined) return;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#attempt = 0;
+    this.#dial();
+  }
 
   #onClose(s: Socket): void {
     if (this.#socket !== s) return;
@@ -769,9 +790,13 @@ class PeerLink {
       const base = Math.min(reconnectDelayMsMax, reconnectDelayMsMin * 2 ** Math.min(this.#attempt, 16));
       delay = base * (0.5 + 0.5 * (this.#t.options.random ?? Math.random)());
     }
+    this.#waitingRefused = this.#refused;
     this.#refused = false;
     this.#attempt++;
-    this.#timer = setTimeout(() => this.#dial(), delay);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#dial();
+    }, delay);
   }
 
   close(): void {
