@@ -5,56 +5,31 @@
  * it, remove an old member — with the cluster serving throughout; a removed member that restarts
  * is refused and exits; the checks etcd makes before a change.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { etcdctl, hasEtcdctl, listMembers } from '../harness/etcdctl.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
-
-const hasEtcdctl = (() => {
-  try {
-    execFileSync('etcdctl', ['version'], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+import { until as poll } from '../harness/wait.js';
 
 let c: ServedCluster;
 
 /** etcdctl against the given member indexes; returns stdout, or throws with stderr. */
 function ctl(at: readonly number[], ...args: string[]): string {
-  const r = spawnSync(
-    'etcdctl',
-    ['--endpoints', at.map((i) => c.members[i]!.endpoint).join(','), '--command-timeout=10s', ...args],
-    { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', timeout: 30_000 },
+  return etcdctl(
+    at.map((i) => c.members[i]!.endpoint),
+    args,
   );
-  if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr || r.stdout}`);
-  return r.stdout;
 }
 
 /** The member IDs of `member list -w json` as hex, by name (unstarted members under ''). */
 function memberIds(at: readonly number[]): Map<string, { id: string; learner: boolean }> {
-  const out = ctl(at, 'member', 'list', '-w', 'json');
-  const ids = [...out.matchAll(/"ID":(\d+)/g)].map((m) => BigInt(m[1]!).toString(16));
-  const j = JSON.parse(out) as { members: Array<{ name?: string; isLearner?: boolean }> };
-  return new Map(j.members.map((m, k) => [m.name ?? '', { id: ids[k]!, learner: m.isLearner === true }]));
+  const ms = listMembers(at.map((i) => c.members[i]!.endpoint));
+  return new Map(ms.map((m) => [m.name, { id: m.id, learner: m.learner }]));
 }
 
-async function until<T>(what: string, f: () => T | undefined, timeoutMs = 30_000): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = f();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (performance.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const until = <T>(what: string, f: () => T | undefined): Promise<T> =>
+  poll(what, f, { timeoutMs: 30_000, intervalMs: 200 });
 
 beforeAll(async () => {
   // A small snapshot count: the leader's log is compacted, so the new member catches up by snapshot.
