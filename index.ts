@@ -17,7 +17,6 @@ export * from './recipes/index.js';
 export { ConclaveError, type ConclaveErrorOptions, ErrorCode } from './src/errors.js';
 export { compareBytes, leaseHex, prefixEnd, toBytes, toText } from './src/keys.js';
 export type { KV } from './src/kv.js';
-export { limits } from './src/limits.js';
 export { type NamespacedKV, namespace } from './src/namespace.js';
 export { Session, type SessionOptions, SessionState } from './src/session.js';
 export * from './src/types.js';

@@ -138,7 +138,7 @@ async function workQueue(t: Target, name: string, ttlSeconds: number): Promise<v
   );
   const producer = new WorkQueue(await Session.create(t.kv, { ttlSeconds }), name, {
     visibilityTimeoutSeconds: ttlSeconds,
-    maxAttempts: 2,
+    attemptsMax: 2,
   });
   for (let i = 1; i <= 5; i++) await producer.add(`job-${i}`);
   await producer.add('poison');

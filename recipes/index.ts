@@ -20,7 +20,6 @@ export {
   type CounterConflict,
   type CounterOptions,
   type CounterValue,
-  counterRetriesMax,
 } from './counter.js';
 export { DoubleBarrier } from './double-barrier.js';
 export {
@@ -39,9 +38,6 @@ export {
   type GroupMemberInfo,
   GroupView,
   type GroupViewOptions,
-  groupChangesBufferedMax,
-  groupDataBytesMax,
-  groupMembersMax,
   type JoinOptions,
   joinGroup,
   watchGroup,
@@ -51,13 +47,12 @@ export {
   type RevocationOptions,
   type RevocationRequest,
   requestRevocation,
-  revocationTextBytesMax,
 } from './internal/revocation.js';
+export { limits } from './limits.js';
 export {
   MultiLock,
   type MultiLockHandle,
   type MultiLockHeld,
-  multiLockNamesMax,
 } from './multi-lock.js';
 export { type LockHandle, type LockHeld, Mutex, type MutexOptions } from './mutex.js';
 export * from './naming.js';
@@ -67,10 +62,6 @@ export {
   type PartitionChange,
   Partitioner,
   type PartitionerOptions,
-  partitionerChangesBufferedMax,
-  partitionerRingPointsMax,
-  partitionerTrackedMax,
-  partitionerVnodesDefault,
   type Ring,
   type RingMember,
   ringOwners,
@@ -82,25 +73,14 @@ export {
   type PrefixCacheEvent,
   type PrefixCacheOptions,
   type PrefixCacheResync,
-  prefixCacheBackoffMsMax,
-  prefixCacheBytesMax,
-  prefixCacheChangesBufferedMax,
-  prefixCacheKeysMax,
-  prefixCacheResyncAttemptsMax,
 } from './prefix-cache.js';
 export {
   type EnqueueResult,
   PriorityQueue,
   type PriorityQueueItem,
-  priorityEnqueueAttemptsMax,
-  priorityEnqueueBackoffMsMax,
-  priorityMax,
   Queue,
   type QueueEmpty,
   type QueueItem,
-  queueClaimBatchMax,
-  queueClaimRoundsMax,
-  queueEnqueueAttemptsMax,
 } from './queue.js';
 export { type RWLockHandle, type RWLockHeld, RWMutex, type RWMutexOptions } from './rw-mutex.js';
 export { type Permit, Semaphore, type SemaphoreOptions } from './semaphore.js';
@@ -112,12 +92,6 @@ export {
   type StmRangeOptions,
   type StmResult,
   stm,
-  stmBackoffMsMax,
-  stmCompareMax,
-  stmRangeKeysMax,
-  stmReadKeysMax,
-  stmRetriesLimitMax,
-  stmRetriesMax,
 } from './stm.js';
 export * from './topic.js';
 export {
@@ -132,15 +106,4 @@ export {
   WorkQueue,
   type WorkQueueOptions,
   type WorkQueueStats,
-  workQueueClaimCandidatesMax,
-  workQueueClaimRoundsMax,
-  workQueueConcurrencyMax,
-  workQueueDeadLettersPageMax,
-  workQueueDelaySecondsMax,
-  workQueueLeasePoolMax,
-  workQueueMaxAttemptsDefault,
-  workQueueMaxAttemptsMax,
-  workQueueProcessErrorsMax,
-  workQueueRevokesPendingMax,
-  workQueueVisibilityTimeoutSecondsDefault,
 } from './work-queue.js';

@@ -11,21 +11,8 @@
  */
 export {
   decodeEndpoint,
-  downErrorThresholdDefault,
-  downErrorThresholdMax,
-  downErrorWindowMsDefault,
-  downMsDefault,
   type Endpoint,
   encodeEndpoint,
-  healthCheckIntervalMsDefault,
-  healthCheckTimeoutMsDefault,
-  namingBackoffMsMax,
-  namingCacheKeysMax,
-  namingChangesBufferedMax,
-  namingInstancesMax,
-  namingRegisterAttemptsMax,
-  namingRegistrationsMax,
-  namingResyncAttemptsMax,
 } from './internal/naming-common.js';
 export {
   type HealthCheckFn,

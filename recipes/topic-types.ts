@@ -25,8 +25,12 @@ export const topicSeqDigits = 16;
 /** How long a topic keeps its events. Both bounds may be combined; an event goes when either says so. */
 export interface TopicRetention {
   /** Keep at most this many of the newest events. */
+  readonly eventsMax?: number;
+  /** Remove events published longer ago than this many ms (by the publishers' and trimmers' clocks). */
+  readonly ageMsMax?: number;
+  /** @deprecated Renamed `eventsMax` (every bound is named `<what>Max`); this name goes in the next release. */
   readonly maxEvents?: number;
-  /** Remove events published longer ago than this (by the publishers' and trimmers' clocks). */
+  /** @deprecated Renamed `ageMsMax`; this name goes in the next release. */
   readonly maxAgeMs?: number;
 }
 

@@ -28,6 +28,7 @@ import { ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
 import { concatBytes, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
+import { renamedOption } from './internal/options.js';
 import { sleep } from './internal/timing.js';
 import { Subscription } from './topic-subscription.js';
 import {
@@ -59,15 +60,6 @@ export {
   type TopicPosition,
   type TopicRetention,
   type TopicTrimmedDetails,
-  topicBackoffMsMax,
-  topicPageEventsMax,
-  topicPublishAttemptsMax,
-  topicResubscribeAttemptsMax,
-  topicSeqDigits,
-  topicSubscriberNameMax,
-  topicTrimBatchMax,
-  topicTrimRoundsMax,
-  topicWatchBatchesMax,
 } from './topic-types.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -133,6 +125,30 @@ function checkPositive(what: string, n: unknown, max: number): void {
     throw new ConclaveError(ErrorCode.InvalidArgument, `${what} must be an integer from 1 to ${max}`);
 }
 
+/** A topic's retention, checked, under its current names. */
+interface Retention {
+  readonly eventsMax?: number;
+  readonly ageMsMax?: number;
+}
+
+function retentionOf(r: TopicRetention | undefined): Retention {
+  const eventsMax = renamedOption(
+    'Topic: retention',
+    { name: 'eventsMax', value: r?.eventsMax },
+    { name: 'maxEvents', value: r?.maxEvents },
+  );
+  const ageMsMax = renamedOption(
+    'Topic: retention',
+    { name: 'ageMsMax', value: r?.ageMsMax },
+    { name: 'maxAgeMs', value: r?.maxAgeMs },
+  );
+  if (eventsMax !== undefined)
+    checkPositive('Topic: retention.eventsMax', eventsMax, Number.MAX_SAFE_INTEGER);
+  if (ageMsMax !== undefined && !(Number.isFinite(ageMsMax) && ageMsMax > 0))
+    throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: retention.ageMsMax must be a positive number');
+  return { ...(eventsMax !== undefined && { eventsMax }), ...(ageMsMax !== undefined && { ageMsMax }) };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Topic
 
@@ -143,7 +159,7 @@ function checkPositive(what: string, n: unknown, max: number): void {
 export class Topic {
   readonly kv: KV;
   readonly name: string;
-  readonly #retention: TopicRetention | undefined;
+  readonly #retention: Retention | undefined;
   readonly #now: () => number;
   readonly #eventsPrefix: string;
   readonly #counterKey: string;
@@ -154,19 +170,12 @@ export class Topic {
   constructor(kv: KV, name: string, opts: TopicOptions = {}) {
     if (typeof name !== 'string' || name.length === 0)
       throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: name must be a non-empty string');
-    const r = opts.retention;
-    if (r?.maxEvents !== undefined)
-      checkPositive('Topic: retention.maxEvents', r.maxEvents, Number.MAX_SAFE_INTEGER);
-    if (r?.maxAgeMs !== undefined && !(Number.isFinite(r.maxAgeMs) && r.maxAgeMs > 0))
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        'Topic: retention.maxAgeMs must be a positive number',
-      );
+    const r = retentionOf(opts.retention);
     if (opts.now !== undefined && typeof opts.now !== 'function')
       throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: now must be a function');
     this.kv = kv;
     this.name = name;
-    this.#retention = r?.maxEvents !== undefined || r?.maxAgeMs !== undefined ? r : undefined;
+    this.#retention = r.eventsMax !== undefined || r.ageMsMax !== undefined ? r : undefined;
     this.#now = opts.now ?? Date.now;
     this.#eventsPrefix = `${name}/events/`;
     this.#counterKey = `${name}/seq`;
@@ -241,8 +250,8 @@ export class Topic {
     if (!oldest) return false;
     const r = this.#retention!;
     const ev = this.#decode(oldest);
-    if (r.maxEvents !== undefined && ev.seq <= lastSeq - r.maxEvents) return true;
-    return r.maxAgeMs !== undefined && ev.publishedAtMs < this.#now() - r.maxAgeMs;
+    if (r.eventsMax !== undefined && ev.seq <= lastSeq - r.eventsMax) return true;
+    return r.ageMsMax !== undefined && ev.publishedAtMs < this.#now() - r.ageMsMax;
   }
 
   /**
@@ -291,7 +300,7 @@ export class Topic {
           {
             type: 'get',
             key: this.#eventsPrefix,
-            options: { end: this.#eventsEnd, limit: topicTrimBatchMax, keysOnly: r.maxAgeMs === undefined },
+            options: { end: this.#eventsEnd, limit: topicTrimBatchMax, keysOnly: r.ageMsMax === undefined },
           },
         ],
         failure: [],
@@ -302,12 +311,12 @@ export class Topic {
     const counter = firstKv(read.responses[1]);
     const lastSeq = counter ? parseSeq(this.name, toText(counter.value), 'the counter') : 0;
     const page = getResult(read.responses[2]);
-    const cutoffMs = r.maxAgeMs === undefined ? undefined : this.#now() - r.maxAgeMs;
+    const cutoffMs = r.ageMsMax === undefined ? undefined : this.#now() - r.ageMsMax;
     let upTo: { seq: number; revision: number } | undefined;
     let n = 0;
     for (const kv of page.kvs) {
       const seq = this.#seqOf(kv.key);
-      const byCount = r.maxEvents !== undefined && seq <= lastSeq - r.maxEvents;
+      const byCount = r.eventsMax !== undefined && seq <= lastSeq - r.eventsMax;
       const byAge = cutoffMs !== undefined && this.#decode(kv).publishedAtMs < cutoffMs;
       if (!byCount && !byAge) break;
       upTo = { seq, revision: kv.modRevision };

@@ -72,7 +72,8 @@ export class Job implements AsyncDisposable {
   readonly priority: number;
   /** Deliveries including this one. */
   readonly attempts: number;
-  readonly maxAttempts: number;
+  /** Deliveries after which a failed delivery dead-letters the item (fixed when it was added). */
+  readonly attemptsMax: number;
   /** Why the previous delivery failed, if one did. */
   readonly lastError: string | undefined;
   /** Client time (ms) the item was added. */
@@ -107,7 +108,7 @@ export class Job implements AsyncDisposable {
     this.#record = record;
     this.priority = record.p;
     this.attempts = record.a;
-    this.maxAttempts = record.m;
+    this.attemptsMax = record.m;
     this.lastError = record.e;
     this.enqueuedAtMs = idTimeMs(id);
     this.token = token;
@@ -122,6 +123,11 @@ export class Job implements AsyncDisposable {
   /** The body as UTF-8 text. */
   get text(): string {
     return toText(this.value);
+  }
+
+  /** @deprecated Renamed `attemptsMax`; this name goes in the next release. */
+  get maxAttempts(): number {
+    return this.attemptsMax;
   }
 
   /** Whether ack, nack or deadLetter succeeded. */

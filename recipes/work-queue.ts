@@ -33,6 +33,7 @@ import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, prefixEnd, toBytes } from '../src/keys.js';
 import { leaseMarginMs, type Session } from '../src/session.js';
 import type { Bytes, CallOptions, KeyValue, LeaseId, RangeResult } from '../src/types.js';
+import { renamedOption } from './internal/options.js';
 import { backoffMs, pause as wait } from './internal/timing.js';
 import {
   decodeRecord,
@@ -68,10 +69,10 @@ export {
 
 /** Default visibility timeout: how long a claim lasts without ack, nack or extend. */
 export const workQueueVisibilityTimeoutSecondsDefault = 30;
-/** Default deliveries before an item is dead-lettered. */
-export const workQueueMaxAttemptsDefault = 5;
-/** Most deliveries an item may be configured for. */
-export const workQueueMaxAttemptsMax = 1_000_000;
+/** Default deliveries before an item is dead-lettered (`attemptsMax`). */
+export const workQueueAttemptsMaxDefault = 5;
+/** The largest `attemptsMax` an item may be given. */
+export const workQueueAttemptsLimitMax = 1_000_000;
 /** Ready keys read per claim round; the claim tries them in order until one txn wins. */
 export const workQueueClaimCandidatesMax = 8;
 /** Consecutive claim rounds that found items but lost every race before `claim` fails `retries-exhausted`. */
@@ -95,6 +96,8 @@ export interface WorkQueueOptions {
   /** Claim lifetime in whole seconds (default 30). The store may raise it to its minimum lease TTL. */
   readonly visibilityTimeoutSeconds?: number;
   /** Deliveries before an item is dead-lettered (default 5); fixed per item when it is added. */
+  readonly attemptsMax?: number;
+  /** @deprecated Renamed `attemptsMax` (every bound is named `<what>Max`); this name goes in the next release. */
   readonly maxAttempts?: number;
 }
 
@@ -103,7 +106,9 @@ export interface AddOptions extends CallOptions {
   readonly priority?: number;
   /** Claimable only after this many seconds (client clock; default 0). */
   readonly delaySeconds?: number;
-  /** Overrides the queue's `maxAttempts` for this item. */
+  /** Overrides the queue's `attemptsMax` for this item. */
+  readonly attemptsMax?: number;
+  /** @deprecated Renamed `attemptsMax`; this name goes in the next release. */
   readonly maxAttempts?: number;
 }
 
@@ -143,11 +148,22 @@ export interface ProcessOptions extends CallOptions {
 /** `process()`'s handler: return to ack the job, throw to nack it; `signal` fires when the claim may expire or processing stops. */
 export type JobHandler = (job: Job, ctx: { readonly signal: AbortSignal }) => unknown;
 
-function checkMaxAttempts(what: string, n: number): number {
-  if (!Number.isSafeInteger(n) || n < 1 || n > workQueueMaxAttemptsMax)
+/** `opts.attemptsMax` (or its deprecated name `maxAttempts`), else `dflt`, checked. */
+function attemptsMaxOf(
+  what: string,
+  opts: { readonly attemptsMax?: number; readonly maxAttempts?: number },
+  dflt: number,
+): number {
+  const n =
+    renamedOption(
+      what,
+      { name: 'attemptsMax', value: opts.attemptsMax },
+      { name: 'maxAttempts', value: opts.maxAttempts },
+    ) ?? dflt;
+  if (!Number.isSafeInteger(n) || n < 1 || n > workQueueAttemptsLimitMax)
     throw new ConclaveError(
       ErrorCode.InvalidArgument,
-      `${what}: maxAttempts must be an integer from 1 to ${workQueueMaxAttemptsMax}, got ${n}`,
+      `${what}: attemptsMax must be an integer from 1 to ${workQueueAttemptsLimitMax}, got ${n}`,
     );
   return n;
 }
@@ -161,7 +177,8 @@ export class WorkQueue implements AsyncDisposable {
   readonly session: Session;
   readonly name: string;
   readonly visibilityTimeoutSeconds: number;
-  readonly maxAttempts: number;
+  /** Deliveries before an item added without its own `attemptsMax` is dead-lettered. */
+  readonly attemptsMax: number;
 
   readonly #keys: WorkQueueKeys;
   readonly #ctx: JobContext;
@@ -186,7 +203,7 @@ export class WorkQueue implements AsyncDisposable {
     this.session = session;
     this.name = name;
     this.visibilityTimeoutSeconds = vis;
-    this.maxAttempts = checkMaxAttempts('WorkQueue', opts.maxAttempts ?? workQueueMaxAttemptsDefault);
+    this.attemptsMax = attemptsMaxOf('WorkQueue', opts, workQueueAttemptsMaxDefault);
     this.#keys = new WorkQueueKeys(name);
     this.#ctx = {
       kv: session.kv,
@@ -194,6 +211,11 @@ export class WorkQueue implements AsyncDisposable {
       consumer: leaseHex(session.lease),
       release: (lease) => this.#release(lease),
     };
+  }
+
+  /** @deprecated Renamed `attemptsMax`; this name goes in the next release. */
+  get maxAttempts(): number {
+    return this.attemptsMax;
   }
 
   #check(signal: AbortSignal | undefined): void {
@@ -211,7 +233,7 @@ export class WorkQueue implements AsyncDisposable {
         `WorkQueue.add: priority must be an integer from 0 to ${workQueuePriorityMax}`,
       );
     const delaySeconds = checkDelay('WorkQueue.add', opts.delaySeconds);
-    const m = checkMaxAttempts('WorkQueue.add', opts.maxAttempts ?? this.maxAttempts);
+    const m = attemptsMaxOf('WorkQueue.add', opts, this.attemptsMax);
     const body = toBytes(value);
     this.#check(opts.signal);
     const now = Date.now();

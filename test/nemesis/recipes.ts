@@ -16,7 +16,7 @@
 import { connect } from '../../backends/connect.js';
 import { Election } from '../../recipes/election.js';
 import { Mutex } from '../../recipes/mutex.js';
-import { WorkQueue, workQueueMaxAttemptsMax } from '../../recipes/work-queue.js';
+import { WorkQueue, workQueueAttemptsLimitMax } from '../../recipes/work-queue.js';
 import { ConclaveError } from '../../src/errors.js';
 import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';
@@ -354,7 +354,7 @@ export async function runWorkQueueWorkload(
     return { session: s, wq: undefined };
   };
   const newQueue = (s: Session) =>
-    new WorkQueue(s, o.name, { visibilityTimeoutSeconds: 2, maxAttempts: workQueueMaxAttemptsMax });
+    new WorkQueue(s, o.name, { visibilityTimeoutSeconds: 2, attemptsMax: workQueueAttemptsLimitMax });
   try {
     const producer = (async () => {
       const kv = await workerClient(c, 0);

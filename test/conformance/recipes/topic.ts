@@ -213,7 +213,7 @@ export const registerTopicTests: RegisterTests = (ctx) => {
   it('topic — retention by count trims, and a lagging subscriber is told the oldest retained seq', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('topic-count')}t`;
-    const topic = new Topic(kv, name, { retention: { maxEvents: 5 } });
+    const topic = new Topic(kv, name, { retention: { eventsMax: 5 } });
     // A durable subscriber that reads two events, then goes away.
     const offline = await topic.subscribe({ subscriber: 'slow', from: 'oldest' });
     const early = await topic.publish('e1');
@@ -266,11 +266,11 @@ export const registerTopicTests: RegisterTests = (ctx) => {
     ]);
   });
 
-  it("topic — retention by age removes events older than maxAgeMs by the publishers' clock", async () => {
+  it("topic — retention by age removes events older than ageMsMax by the publishers' clock", async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('topic-age')}t`;
     let nowMs = 1_000_000;
-    const topic = new Topic(kv, name, { retention: { maxAgeMs: 500 }, now: () => nowMs });
+    const topic = new Topic(kv, name, { retention: { ageMsMax: 500 }, now: () => nowMs });
     await publishAll(topic, ['old1', 'old2', 'old3']);
     nowMs += 400;
     await topic.publish('mid');
@@ -416,7 +416,7 @@ export const registerTopicTests: RegisterTests = (ctx) => {
     expect(() => new Topic(kv, '')).toThrow(
       expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
     );
-    expect(() => new Topic(kv, name, { retention: { maxEvents: 0 } })).toThrow(
+    expect(() => new Topic(kv, name, { retention: { eventsMax: 0 } })).toThrow(
       expect.objectContaining({ name: 'ConclaveError', code: 'invalid-argument' }),
     );
     await durable.close();

@@ -131,12 +131,12 @@ function reaperSeams(kv: KV, gatedPrefix: string) {
 /** Conformance tests of WorkQueue; run on every backend. */
 export const registerWorkQueueTests: RegisterTests = (ctx) => {
   /** A session and a queue on `kv`; the visibility timeout is the store's minimum TTL unless given. */
-  async function open(kv: KV, name: string, opts: { visibilitySeconds?: number; maxAttempts?: number } = {}) {
+  async function open(kv: KV, name: string, opts: { visibilitySeconds?: number; attemptsMax?: number } = {}) {
     const { backend } = ctx();
     const session = await Session.create(kv, { ttlSeconds: backend.minTtlSeconds + 5 });
     const queue = new WorkQueue(session, name, {
       visibilityTimeoutSeconds: opts.visibilitySeconds ?? backend.minTtlSeconds,
-      ...(opts.maxAttempts ? { maxAttempts: opts.maxAttempts } : {}),
+      ...(opts.attemptsMax ? { attemptsMax: opts.attemptsMax } : {}),
     });
     return {
       session,
@@ -341,7 +341,7 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
         return typeof v === 'function' ? v.bind(target) : v;
       },
     });
-    await using a = await open(lossy, name, { maxAttempts: 1 });
+    await using a = await open(lossy, name, { attemptsMax: 1 });
     const id = await a.queue.add('never seen by a handler');
     await expect(a.queue.tryClaim()).rejects.toSatisfy((e: unknown) => ConclaveError.is(e, 'unavailable'));
     await waitFor(
@@ -424,10 +424,10 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     expect((await again.ack()).isOk()).toBe(true);
   }, 30_000);
 
-  it('work queue — after maxAttempts failed deliveries the item is a dead letter with its last error', async () => {
+  it('work queue — after attemptsMax failed deliveries the item is a dead letter with its last error', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-dead')}jobs`;
-    await using a = await open(kv, name, { maxAttempts: 3 });
+    await using a = await open(kv, name, { attemptsMax: 3 });
     const id = await a.queue.add('poison');
     for (let i = 1; i <= 3; i++) {
       const job = await a.queue.claim(timeout(10_000));
@@ -453,7 +453,7 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
   it('work queue — a claim that expires on its last allowed attempt goes to dead letters', async () => {
     const { kv, prefix } = ctx();
     const name = `${prefix('wq-dead-expired')}jobs`;
-    await using a = await open(kv, name, { maxAttempts: 1 });
+    await using a = await open(kv, name, { attemptsMax: 1 });
     const id = await a.queue.add('once');
     const job = await a.queue.claim(timeout(10_000));
     await kv.lease.revoke(job.lease);
