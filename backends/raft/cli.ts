@@ -47,7 +47,7 @@ import {
   TlsMaterial,
   tlsHandshakeTimeoutMsDefault,
 } from './server/tls.js';
-import { discoverRequest } from './transport/tcp.js';
+import { discoverRequest, type PeerTls } from './transport/tcp.js';
 
 export { conclaveVersion } from './server/gateway.js';
 
@@ -532,7 +532,11 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
  * The identity to start with: the data dir's own, or (a new data dir) one derived from the flags,
  * which must agree with each other. Throws `UsageError` for contradictions.
  */
-export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise<Identity> {
+export async function resolveIdentity(
+  c: ServeConfig,
+  log: pino.Logger,
+  dialTls?: PeerTls,
+): Promise<Identity> {
   const recorded = await readIdentity(c.dataDir);
   if (recorded) {
     if (recorded.name !== c.name)
@@ -578,7 +582,7 @@ export async function resolveIdentity(c: ServeConfig, log: pino.Logger): Promise
       `conclave serve: --initial-advertise-peer-urls (${adv}) does not match --initial-cluster's URLs for "${c.name}" (${listed.join(',')})`,
     );
   if (c.initialClusterState === 'existing') {
-    const id = await joinIdentity(c, cluster, log);
+    const id = await joinIdentity(c, cluster, log, dialTls);
     await writeIdentity(c.dataDir, id);
     return id;
   }
@@ -612,6 +616,7 @@ async function joinIdentity(
   c: ServeConfig,
   cluster: Map<string, string[]>,
   log: pino.Logger,
+  dialTls: PeerTls | undefined,
 ): Promise<Identity> {
   const own = [...c.initialAdvertisePeerUrls].sort().join(',');
   const others = [...cluster]
@@ -622,13 +627,17 @@ async function joinIdentity(
     throw new UsageError(
       'conclave serve: --initial-cluster-state existing: --initial-cluster lists no other member to join through',
     );
+  // The peers are asked on their peer URLs, over TLS when those are https:// (with this member's
+  // peer certificate: a cluster with --peer-client-cert-auth requires one), so every URL must use
+  // this member's scheme, as openPeerTls checks of the whole membership once it is known.
+  for (const [name, urls] of cluster) for (const u of urls) checkPeerScheme(c, name, u);
   let record: MembershipRecord | undefined;
   const errors: string[] = [];
   const until = performance.now() + joinDiscoveryMs;
   while (!record && performance.now() < until) {
     for (const u of others) {
       try {
-        const r = await discoverRequest(hostPort(u), RequestKind.Members, 3000);
+        const r = await discoverRequest(hostPort(u), RequestKind.Members, 3000, dialTls);
         record = decodeRecord(r.body);
         break;
       } catch (err) {
@@ -820,8 +829,15 @@ async function serve(c: ServeConfig): Promise<number> {
   let member: Member;
   let peerMaterial: TlsMaterial | undefined;
   try {
-    identity = await resolveIdentity(c, log);
-    peerMaterial = await openPeerTls(c, identity, log);
+    // The peer TLS material first: a member joining an https:// cluster asks a peer for the
+    // membership over TLS before it has an identity.
+    peerMaterial = await openPeerTls(c, log);
+    identity = await resolveIdentity(
+      c,
+      log,
+      peerMaterial ? peerTls(peerMaterial, log, c.tlsHandshakeTimeoutMs) : undefined,
+    );
+    for (const m of identity.members) for (const u of m.peerUrls) checkPeerScheme(c, m.name, u);
     member = await Member.start({
       identity,
       dataDir: c.dataDir,
@@ -932,18 +948,19 @@ async function serve(c: ServeConfig): Promise<number> {
 }
 
 /**
- * The peer TLS material when the peer URL is https:// (undefined for http://). Every member's peer
- * URL in the identity must use the same scheme: a member dials its peers with its own material.
+ * Every member's peer URLs use the scheme of this member's --listen-peer-urls: a member dials its
+ * peers with its own TLS material (or none).
  */
-async function openPeerTls(c: ServeConfig, id: Identity, log: pino.Logger): Promise<TlsMaterial | undefined> {
-  const https = c.listenPeerUrl.startsWith('https://');
-  for (const m of id.members)
-    for (const u of m.peerUrls)
-      if (u.startsWith('https://') !== https)
-        throw new UsageError(
-          `conclave serve: member "${m.name}" has peer URL ${u} but --listen-peer-urls is ${c.listenPeerUrl}: every member's peer URLs use one scheme`,
-        );
-  if (!https) return undefined;
+function checkPeerScheme(c: ServeConfig, name: string, url: string): void {
+  if (url.startsWith('https://') !== c.listenPeerUrl.startsWith('https://'))
+    throw new UsageError(
+      `conclave serve: member "${name}" has peer URL ${url} but --listen-peer-urls is ${c.listenPeerUrl}: every member's peer URLs use one scheme`,
+    );
+}
+
+/** The peer TLS material when the peer URL is https:// (undefined for http://). */
+async function openPeerTls(c: ServeConfig, log: pino.Logger): Promise<TlsMaterial | undefined> {
+  if (!c.listenPeerUrl.startsWith('https://')) return undefined;
   return TlsMaterial.open({
     side: 'peer',
     flags: c.peerTls,

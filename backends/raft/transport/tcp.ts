@@ -949,9 +949,13 @@ export function discoverRequest(
   peer: { host: string; port: number },
   kind: number,
   timeoutMs: number,
+  tls?: PeerTls,
 ): Promise<{ clusterId: bigint; memberId: bigint; body: Uint8Array }> {
   return new Promise((resolve, reject) => {
-    const s = tcpConnect({ host: peer.host, port: peer.port, noDelay: true });
+    // An https:// peer URL: over TLS with this member's peer certificate (the peer may require it).
+    const s = tls
+      ? tls.connect(peer.host, peer.port)
+      : tcpConnect({ host: peer.host, port: peer.port, noDelay: true });
     let welcome: { clusterId: bigint; memberId: bigint } | undefined;
     const timer = setTimeout(
       () => s.destroy(new Error(`no answer from ${peer.host}:${peer.port} within ${timeoutMs} ms`)),
@@ -977,7 +981,7 @@ export function discoverRequest(
       if (response.ok) done(undefined, new Uint8Array(response.body));
       else done(new Error(response.message));
     });
-    s.on('connect', () =>
+    s.on(tls ? 'secureConnect' : 'connect', () =>
       s.write(encodeHello({ version: peerProtocolVersion, clusterId: 0n, from: 0n, to: 0n })),
     );
     s.on('data', (chunk: Buffer) => {
