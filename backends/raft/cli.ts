@@ -88,7 +88,7 @@ export const serveFlags: readonly FlagSpec[] = [
   {
     name: 'listen-peer-urls',
     default: 'http://localhost:2380',
-    help: 'URL to listen on for peer traffic (one).',
+    help: 'List of URLs to listen on for peer traffic (one scheme for all).',
   },
   {
     name: 'initial-advertise-peer-urls',
@@ -250,7 +250,10 @@ export interface ServeConfig {
   readonly advertiseClientUrls: readonly string[];
   /** `--listen-metrics-urls`: extra URLs serving only GET /metrics and GET /health (none by default). */
   readonly listenMetricsUrls: readonly string[];
+  /** The first of `--listen-peer-urls` (its scheme is every peer URL's). */
   readonly listenPeerUrl: string;
+  /** Every `--listen-peer-urls` URL: the member accepts peer connections on each. */
+  readonly listenPeerUrls: readonly string[];
   readonly initialAdvertisePeerUrls: readonly string[];
   readonly initialCluster: string;
   readonly initialClusterState: 'new' | 'existing';
@@ -438,8 +441,6 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
     throw usage(flag, `"${v}" is not true or false`);
   };
   const listenPeer = urlList('listen-peer-urls', get('listen-peer-urls'));
-  if (listenPeer.length !== 1)
-    throw usage('listen-peer-urls', 'one URL only (a member listens for peers on one address)');
   const maxRequestBytes = positiveInt('max-request-bytes', get('max-request-bytes'));
   const maxTxnOps = positiveInt('max-txn-ops', get('max-txn-ops'));
   try {
@@ -498,6 +499,7 @@ export function parseServeArgs(args: readonly string[], env: NodeJS.ProcessEnv =
         ? []
         : urlList('listen-metrics-urls', get('listen-metrics-urls')),
     listenPeerUrl: listenPeer[0]!,
+    listenPeerUrls: listenPeer,
     initialAdvertisePeerUrls,
     initialCluster: get('initial-cluster'),
     initialClusterState: state,
@@ -842,6 +844,7 @@ async function serve(c: ServeConfig): Promise<number> {
       identity,
       dataDir: c.dataDir,
       listenPeer: hostPort(c.listenPeerUrl),
+      listenPeerMore: c.listenPeerUrls.slice(1).map(hostPort),
       heartbeatMs: c.heartbeatMs,
       electionTimeoutMs: c.electionTimeoutMs,
       snapshotEntries: c.snapshotCount,
@@ -965,7 +968,7 @@ async function openPeerTls(c: ServeConfig, log: pino.Logger): Promise<TlsMateria
     side: 'peer',
     flags: c.peerTls,
     dataDir: c.dataDir,
-    hosts: [hostPort(c.listenPeerUrl).host, ...c.initialAdvertisePeerUrls.map((u) => hostPort(u).host)],
+    hosts: [...c.listenPeerUrls, ...c.initialAdvertisePeerUrls].map((u) => hostPort(u).host),
     log,
   });
 }

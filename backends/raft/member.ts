@@ -120,8 +120,10 @@ export const attributesPollMs = 1000;
 export interface MemberOptions {
   readonly identity: Identity;
   readonly dataDir: string;
-  /** Where to accept peer connections (from `--listen-peer-urls`). */
+  /** Where to accept peer connections (the first of `--listen-peer-urls`). */
   readonly listenPeer: { readonly host: string; readonly port: number };
+  /** The other `--listen-peer-urls`, accepting peer connections the same way. */
+  readonly listenPeerMore?: readonly { readonly host: string; readonly port: number }[];
   /** `--heartbeat-interval` (ms): one Raft tick. */
   readonly heartbeatMs: number;
   /** `--election-timeout` (ms). */
@@ -349,6 +351,7 @@ export class Member implements MemberBackend {
       memberId: id.memberId,
       peers,
       listen: o.listenPeer,
+      ...(o.listenPeerMore ? { listenMore: o.listenPeerMore } : {}),
       log: o.log,
       ...(o.peerTls ? { tls: o.peerTls } : {}),
       removed: (id.removed ?? []).map((r) => r.id),

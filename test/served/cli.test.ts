@@ -45,6 +45,10 @@ describe('conclave serve flags', () => {
     });
     expect(c.dataDir).toBe('a.conclave');
     expect(c.shadowed).toEqual(['name']);
+    // Several peer URLs, as etcd takes them (the member listens on each).
+    expect(
+      parseServeArgs(['--listen-peer-urls', 'http://127.0.0.1:1,http://127.0.0.2:2'], {}).listenPeerUrls,
+    ).toEqual(['http://127.0.0.1:1', 'http://127.0.0.2:2']);
   });
 
   it('cli — unknown, repeated, valueless and contradictory flags are usage errors that say which', () => {
@@ -55,7 +59,10 @@ describe('conclave serve flags', () => {
       [['stray'], /unexpected argument "stray"/],
       [['--heartbeat-interval', '100', '--election-timeout', '300'], /less than 5 × --heartbeat-interval/],
       [['--initial-cluster-state', 'maybe'], /'new' or 'existing'/],
-      [['--listen-peer-urls', 'http://a:1,http://b:2'], /one URL only/],
+      [
+        ['--listen-peer-urls', 'http://127.0.0.1:1,https://127.0.0.1:2', '--peer-auto-tls'],
+        /peer URLs mix https:\/\/ \(https:\/\/127.0.0.1:2\) and http:\/\//,
+      ],
       [['--listen-client-urls', 'ftp://127.0.0.1:1'], /only http:\/\/ and https:\/\//],
       // TLS contradictions (server/tls.ts checkTlsFlags), as etcd refuses them or they could only fail later.
       [['--listen-client-urls', 'https://127.0.0.1:1'], /is https:\/\/ but no certificate is given/],

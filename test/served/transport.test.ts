@@ -393,6 +393,40 @@ describe('tcp transport', () => {
     expect(performance.now() - restartedAt).toBeLessThan(1000);
   });
 
+  it('tcp transport — a member with several listen addresses accepts peers on each; one it cannot bind fails listen() and frees the others', async () => {
+    const [p1, p2, extra] = [await freePort(), await freePort(), await freePort()];
+    const mk = (n: 1 | 2, peerPort: number, listen: number, listenMore: number[]) => {
+      const got: Message[] = [];
+      const t = new TcpTransport({
+        clusterId: 7n,
+        nodeId: n,
+        memberId: member(n),
+        peers: [{ nodeId: 3 - n, memberId: member(3 - n), host: '127.0.0.1', port: peerPort }],
+        listen: { host: '127.0.0.1', port: listen },
+        listenMore: listenMore.map((port) => ({ host: '127.0.0.1', port })),
+        log: logger([]),
+      });
+      open.push(t);
+      return { t, got };
+    };
+    // b listens on p2 and on `extra`; a knows b only by `extra`.
+    const b = mk(2, p1, p2, [extra]);
+    const a = mk(1, extra, p1, []);
+    expect(await b.t.listen()).toBe(p2);
+    await a.t.listen();
+    a.t.register(1, (m) => a.got.push(m));
+    b.t.register(2, (m) => b.got.push(m));
+    await until(() => a.t.connected(2), 'a link to the second address');
+    a.t.send([heartbeat(1, 2, 5)]);
+    await until(() => b.got.some((m) => m.commit === 5), 'a message through the second address');
+    // An address already taken (b's): listen() rejects, and the first address is free again.
+    const [q1] = [await freePort()];
+    const c = mk(1, p1, q1, [extra]);
+    await expect(c.t.listen()).rejects.toThrow(/EADDRINUSE/);
+    const d = mk(1, p1, q1, []);
+    expect(await d.t.listen()).toBe(q1);
+  });
+
   it('tcp transport — a snapshot larger than a chunk streams in chunks and arrives intact, then reports done', async () => {
     const { a, b } = await pair();
     await until(() => a.t.connected(2), 'link');

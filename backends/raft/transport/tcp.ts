@@ -105,8 +105,14 @@ export interface TcpTransportOptions {
   readonly memberId: bigint;
   /** Every other member of the cluster. */
   readonly peers: readonly TcpPeer[];
-  /** Where to accept peer connections (`--listen-peer-urls`). */
+  /** Where to accept peer connections (the first of `--listen-peer-urls`). */
   readonly listen: { readonly host: string; readonly port: number };
+  /**
+   * The other `--listen-peer-urls`: each accepts peer connections exactly as `listen` does (etcd
+   * serves its peer handler on every listen peer URL, embed/etcd.go configurePeerListeners);
+   * peers dial the advertised URLs, so these are for operators' networks (several interfaces).
+   */
+  readonly listenMore?: readonly { readonly host: string; readonly port: number }[];
   readonly log: TransportLogger;
   /** For backoff jitter (default Math.random). */
   readonly random?: () => number;
@@ -169,7 +175,8 @@ export class TcpTransport implements Transport, PeerRequests {
   readonly #links = new Map<NodeId, PeerLink>();
   readonly #byMember = new Map<bigint, TcpPeer>();
   readonly #inbound = new Set<InboundConn>();
-  readonly #server: Server;
+  /** One server per listen address: `listen` first, then `listenMore`. */
+  readonly #servers: Server[];
   #handler: ((m: Message) => void) | undefined;
   #requestHandler: RequestHandler | undefined;
   readonly #requests = new Map<number, PendingRequest>();
@@ -196,9 +203,11 @@ export class TcpTransport implements Transport, PeerRequests {
     for (const id of o.removed ?? []) this.#removed.add(id);
     this.#ids = { toWire: (id) => this.#byNode.get(id), fromWire: (w) => this.#byWire.get(w) };
     for (const p of o.peers) this.#links.set(p.nodeId, new PeerLink(this, p));
-    this.#server = o.tls
-      ? o.tls.createServer(`peer URL ${o.listen.host}:${o.listen.port}`, (s) => this.#accept(s))
-      : createServer({ noDelay: true }, (s) => this.#accept(s));
+    this.#servers = [o.listen, ...(o.listenMore ?? [])].map((at) =>
+      o.tls
+        ? o.tls.createServer(`peer URL ${at.host}:${at.port}`, (s) => this.#accept(s))
+        : createServer({ noDelay: true }, (s) => this.#accept(s)),
+    );
   }
 
   /**
@@ -244,16 +253,39 @@ export class TcpTransport implements Transport, PeerRequests {
     return this.#closed;
   }
 
-  /** Starts listening for peers; resolves with the bound port. */
-  listen(): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen(this.#o.listen.port, this.#o.listen.host, () => {
-        this.#server.off('error', reject);
-        const a = this.#server.address();
-        resolve(typeof a === 'object' && a ? a.port : this.#o.listen.port);
-      });
-    });
+  /**
+   * Starts listening for peers on every listen address; resolves with the port bound for
+   * `listen`. If one address cannot be bound, the ones already bound are closed and it rejects.
+   */
+  async listen(): Promise<number> {
+    const at = [this.#o.listen, ...(this.#o.listenMore ?? [])];
+    const ports: number[] = [];
+    try {
+      for (const [i, server] of this.#servers.entries())
+        ports.push(
+          await new Promise<number>((resolve, reject) => {
+            server.once('error', reject);
+            server.listen(at[i]!.port, at[i]!.host, () => {
+              server.off('error', reject);
+              const a = server.address();
+              resolve(typeof a === 'object' && a ? a.port : at[i]!.port);
+            });
+          }),
+        );
+    } catch (err) {
+      await this.#closeServers();
+      throw err;
+    }
+    return ports[0]!;
+  }
+
+  #closeServers(): Promise<void> {
+    return Promise.all(
+      this.#servers.map(
+        (server) =>
+          new Promise<void>((resolve) => (server.listening ? server.close(() => resolve()) : resolve())),
+      ),
+    ).then(() => undefined);
   }
 
   register(id: NodeId, onMessage: (m: Message) => void): void {
@@ -459,7 +491,7 @@ export class TcpTransport implements Transport, PeerRequests {
     for (const l of this.#links.values()) l.close();
     for (const c of this.#inbound) c.close();
     for (const id of this.#links.keys()) this.failRequests(id, 'the transport closed');
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    await this.#closeServers();
   }
 }
 
