@@ -3,13 +3,23 @@
  *
  * - `scale-put16-w<N>`: N idle watchers, each on its own key that is never written, then put with
  *   16 in flight over 1,024 other keys (put16's shape). The figure that matters is the ratio to
- *   `scale-put16-w0`. Extra: how long creating and closing the watchers took, and the event loop's
- *   longest stall meanwhile (`loopLagMaxMs`: the longest synchronous stretch a member's ticks
- *   waited behind, for the embedded store, which runs in this process; `stretchCpuMaxMs`: the
- *   same in CPU time, which a loaded machine does not inflate).
+ *   the same puts with no watcher: each phase with N > 0 first measures that baseline pass itself,
+ *   on the same store just before opening its watchers (`putsPerSecNone`, `ratioToNone`), so the
+ *   ratio does not depend on what earlier phases left in the store or on drift between phases.
+ *   Every measured pass starts from a compacted store (`compactTarget`): without it the first
+ *   phase of a run measured a fresh store and the later ones a store holding every revision of
+ *   the earlier phases (millions of records, hundreds of MB of heap for an embedded member to
+ *   collect), a confound in the "none → some" step of earlier figures. Extra: how long
+ *   creating and closing the watchers took, and the event loop's longest stall meanwhile
+ *   (`loopLagMaxMs`: the longest synchronous stretch a member's ticks waited behind, for the
+ *   embedded store, which runs in this process; `stretchCpuMaxMs`: the same in CPU time, which a
+ *   loaded machine does not inflate; `gcPauseMaxMs`: the longest garbage-collection pause of this
+ *   process meanwhile, which both include: a stretch no longer than it is the collector's, not
+ *   the watchers').
  * - `scale-watch-prefix10k`: 10,000 watchers on one prefix, 100 puts/s into it (open loop);
  *   latency from just before each put to the LAST watcher's event (the main columns), and per
- *   event (extra).
+ *   event (extra). On etcd and `conclave serve` the watchers come from several clients, at most
+ *   `prefixWatchesPerClient` each (see `watchClients`).
  * - `scale-leases-<N>`: N live leases (TTL 600 s, granted 64 at a time, revoked at the end),
  *   then the member's CPU while idle (`idleCores`: fraction of a core, the least of three idle
  *   windows with nothing sent, after 2 s of quiet) and put throughput with 16 in flight. Needs Conclave's client (leases are not
@@ -21,7 +31,7 @@
  * the run's abort signal (an AbortSignal with 100,000 listeners costs O(listeners) per add) and
  * closed in `finally`.
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import type { KV } from '../../src/kv.js';
 import { limits } from '../../src/limits.js';
 import type { Watch, WatchOptions } from '../../src/types.js';
@@ -44,41 +54,82 @@ const setupConcurrency = 64;
 const watchChunk = 100;
 /** The longest set-up (or tear-down) of one phase's watchers or leases. */
 const setupMsMax = 300_000;
-/** The idle time over which a member's CPU is measured (split in `idleWindows` windows). */
-const idleMsMax = 6000;
+/** One idle window over which a member's CPU is measured; the least busy of `idleWindows` is reported. */
+const idleWindowMs = 2000;
 const idleWindows = 3;
-/** Quiet time after the grants before the idle windows. */
-const idleSettleMs = 2000;
+/**
+ * Quiet time after the grants before the idle windows: V8 collects a heap that stopped growing a
+ * few seconds later (its memory reducer), and the collection of the grants' garbage in a window
+ * would be counted as what the leases cost an idle member.
+ */
+const idleSettleMs = 5000;
 const leaseTtlSeconds = 600;
 /** Delivery phase: puts in flight at most, and how long stragglers are awaited. */
 const putsInFlightMax = 1000;
 const drainMs = 5000;
 const warmupPuts = 50;
 
+/**
+ * Watchers per client in the prefix-delivery phase, on targets that can open more clients: every
+ * watcher there receives every event, and 10,000 of them on one client's stream make one stream
+ * carry 10,000 events per put (etcd did not confirm a create within the client's call timeout in
+ * that shape). A server's 10,000 prefix watchers come from many processes: 10 clients here.
+ */
+const prefixWatchesPerClient = 1000;
+
 const count = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n));
+
+/**
+ * Compacts the target to its current revision (Conclave client only: the `etcd3` adapter has no
+ * compact), so every measured pass starts from a store holding one revision per key, whatever
+ * the earlier phases wrote (etcd deployments compact periodically; a bench run never did).
+ * Returns whether it compacted.
+ */
+async function compactTarget(ctx: PhaseContext): Promise<boolean> {
+  const kv = ctx.target.conclave;
+  if (kv === undefined) return false;
+  const { revision } = await kv.status({ signal: ctx.signal });
+  await kv.compact(revision, { signal: ctx.signal });
+  return true;
+}
+
+/** The longest garbage-collection pause of this process from the call until the returned stop. */
+function gcPauses(): () => number {
+  let maxMs = 0;
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) maxMs = Math.max(maxMs, e.duration);
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return () => {
+    obs.disconnect();
+    return round(maxMs, 1);
+  };
+}
 
 /**
  * Event-loop stall monitor (resolution 1 ms) from its first sample on (it does not see a stall
  * that starts before its timer first fires: so it is awaited), with the longest stretch in CPU
  * time beside it (`cpuStretchMeter`: what a loaded machine does not inflate).
  */
-async function loopLag(): Promise<() => { lagMs: number; cpuMs: number }> {
+async function loopLag(): Promise<() => { lagMs: number; cpuMs: number; gcMs: number }> {
   const h = monitorEventLoopDelay({ resolution: 1 });
   h.enable();
   await sleepMs(5);
   const cpu = cpuStretchMeter();
+  const gc = gcPauses();
   return () => {
     h.disable();
-    return { lagMs: round(h.max / 1e6, 1), cpuMs: round(cpu(), 1) };
+    return { lagMs: round(h.max / 1e6, 1), cpuMs: round(cpu(), 1), gcMs: gc() };
   };
 }
 
+/** Opens `n` watches into `ws` (which holds those opened so far if this throws); returns the time taken. */
 async function openWatches(
   ctx: PhaseContext,
   n: number,
   make: (i: number) => Watch,
-): Promise<{ ws: Watch[]; ms: number }> {
-  const ws: Watch[] = [];
+  ws: Watch[],
+): Promise<number> {
   const t0 = nowMs();
   while (ws.length < n && !ctx.signal.aborted) {
     if (nowMs() - t0 > setupMsMax) throw new Error(`creating ${n} watches took over ${setupMsMax} ms`);
@@ -91,7 +142,7 @@ async function openWatches(
     await Promise.all(chunk.map((w) => w.ready));
     await new Promise((r) => setImmediate(r));
   }
-  return { ws, ms: nowMs() - t0 };
+  return nowMs() - t0;
 }
 
 /**
@@ -107,13 +158,13 @@ async function openWatches(
 async function watchClients(
   ctx: PhaseContext,
   n: number,
+  per: number = limits.watchesPerStreamMax,
 ): Promise<{
   watch(i: number, key: string, o?: WatchOptions): Watch;
   count: number;
   close(): Promise<void>;
 }> {
   const t = ctx.target;
-  const per = limits.watchesPerStreamMax;
   const extra: Array<{ kv: Pick<KV, 'watch'>; close(): Promise<void> }> = [];
   try {
     if (t.client === ClientKind.Conclave && t.openClient !== undefined)
@@ -151,31 +202,39 @@ async function closeAll(ws: readonly Watch[]): Promise<number> {
   return nowMs() - t0;
 }
 
+/** One put16-shaped measured pass (warm-up included) from a compacted store. */
+async function putPass(ctx: PhaseContext): Promise<PhaseResult & { compacted: boolean }> {
+  const kv = ctx.target.kv;
+  const compacted = await compactTarget(ctx);
+  const keys = Array.from({ length: keySpace }, (_, i) => `${ctx.prefix}/k${i}`);
+  const value = benchValue();
+  const r = await measuredLoop(ctx, inFlight, async (_w, seq) => {
+    await kv.put(keys[seq % keySpace]!, value, { signal: ctx.signal });
+  });
+  return { ...r, compacted };
+}
+
 export function scalePutPhase(watchers: number): Phase {
   return {
     name: `scale-put16-w${count(watchers)}`,
     description: `put, ${inFlight} in flight, ${keySpace} keys, with ${watchers} idle watchers on other keys`,
     run: async (ctx) => {
-      const kv = ctx.target.kv;
+      // The baseline: the same puts on the same store with no watcher, just before.
+      const none = watchers > 0 ? await putPass(ctx) : undefined;
       const clients = await watchClients(ctx, watchers);
       const lag = await loopLag();
-      let ws: Watch[] = [];
+      const ws: Watch[] = [];
       let createMs: number;
       try {
-        ({ ws, ms: createMs } = await openWatches(ctx, watchers, (i) =>
-          clients.watch(i, `${ctx.prefix}/idle/${i}`),
-        ));
+        createMs = await openWatches(ctx, watchers, (i) => clients.watch(i, `${ctx.prefix}/idle/${i}`), ws);
       } catch (err) {
+        await closeAll(ws);
         await clients.close();
         throw err;
       }
       const createLag = lag();
       try {
-        const keys = Array.from({ length: keySpace }, (_, i) => `${ctx.prefix}/k${i}`);
-        const value = benchValue();
-        const r = await measuredLoop(ctx, inFlight, async (_w, seq) => {
-          await kv.put(keys[seq % keySpace]!, value, { signal: ctx.signal });
-        });
+        const { compacted, ...r } = await putPass(ctx);
         const closeLag = await loopLag();
         const closeMs = await closeAll(ws);
         const closed = closeLag();
@@ -184,11 +243,16 @@ export function scalePutPhase(watchers: number): Phase {
           extra: {
             ...r.extra,
             watchers,
+            ...(none !== undefined
+              ? { putsPerSecNone: none.opsPerSec, ratioToNone: round(r.opsPerSec / none.opsPerSec, 3) }
+              : {}),
             createMs: round(createMs),
             closeMs: round(closeMs),
             loopLagMaxMs: Math.max(createLag.lagMs, closed.lagMs),
             stretchCpuMaxMs: Math.max(createLag.cpuMs, closed.cpuMs),
+            gcPauseMaxMs: Math.max(createLag.gcMs, closed.gcMs),
             watchClients: clients.count,
+            ...(compacted ? {} : { compacted: 'no (etcd3 client)' }),
           },
         };
       } finally {
@@ -234,10 +298,11 @@ async function runPrefix(ctx: PhaseContext, watchers: number, putsPerSec: number
   const allReceived = new Histogram();
   let delivered = 0;
   let allDone = 0;
-  const clients = await watchClients(ctx, watchers);
-  let ws: Watch[] = [];
+  await compactTarget(ctx);
+  const clients = await watchClients(ctx, watchers, prefixWatchesPerClient);
+  const ws: Watch[] = [];
   try {
-    ({ ws } = await openWatches(ctx, watchers, (i) => clients.watch(i, dir, { prefix: true })));
+    await openWatches(ctx, watchers, (i) => clients.watch(i, dir, { prefix: true }), ws);
     const consumers = ws.map(async (w) => {
       for await (const batch of w) {
         const at = nowMs();
@@ -348,30 +413,37 @@ async function runLeases(ctx: PhaseContext, n: number): Promise<PhaseResult> {
     // After the grants settle (replies, garbage collection of the burst), the least busy of
     // `idleWindows` windows: one collection landing in a window is not the steady state.
     await sleepMs(idleSettleMs, ctx.signal);
-    const windowMs = Math.min(idleMsMax, Math.max(1500, ctx.durationMs / 2)) / idleWindows;
     let idleCpuMs = Number.POSITIVE_INFINITY;
+    let idleGcMs = 0;
     let onServer = false;
     for (let i = 0; i < idleWindows && !ctx.signal.aborted; i++) {
+      // This process's collections in the window (for the embedded store, the members' heap).
+      let gcMs = 0;
+      const obs = new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) gcMs += e.duration;
+      });
+      obs.observe({ entryTypes: ['gc'] });
       const a = sampleCpu(ctx.target.serverPids);
-      await sleepMs(windowMs, ctx.signal);
+      await sleepMs(idleWindowMs, ctx.signal);
       const b = sampleCpu(ctx.target.serverPids);
+      obs.disconnect();
       onServer = a.serverMs !== undefined && b.serverMs !== undefined;
-      idleCpuMs = Math.min(idleCpuMs, onServer ? b.serverMs! - a.serverMs! : b.clientMs - a.clientMs);
+      const cpuMs = onServer ? b.serverMs! - a.serverMs! : b.clientMs - a.clientMs;
+      if (cpuMs < idleCpuMs) {
+        idleCpuMs = cpuMs;
+        idleGcMs = gcMs;
+      }
     }
-    const idleMs = windowMs;
-    const keys = Array.from({ length: keySpace }, (_, i) => `${ctx.prefix}/k${i}`);
-    const value = benchValue();
-    const r = await measuredLoop(ctx, inFlight, async (_w, seq) => {
-      await kv.put(keys[seq % keySpace]!, value, { signal: ctx.signal });
-    });
+    const { compacted: _, ...r } = await putPass(ctx);
     return {
       ...r,
       extra: {
         ...r.extra,
         leases: n,
         grantMs: round(grantMs),
-        idleCores: round(idleCpuMs / idleMs, 4),
+        idleCores: round(idleCpuMs / idleWindowMs, 4),
         idleCpuOf: onServer ? 'server' : 'this process (in-process members)',
+        ...(onServer ? {} : { idleGcMs: round(idleGcMs, 1) }),
       },
     };
   } finally {
