@@ -6,20 +6,12 @@
  * then restart it there). A bounded writer puts keys through one member all along; at the end every
  * acknowledged write is on every member, read linearizably through each of them.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { connect } from '../../backends/connect.js';
 import { freePort } from '../harness/etcd.js';
+import { etcdctl, hasEtcdctl, type ListedMember, listMembers as listAt } from '../harness/etcdctl.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
-
-const hasEtcdctl = (() => {
-  try {
-    execFileSync('etcdctl', ['version'], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+import { until as poll } from '../harness/wait.js';
 
 /** The writer's bounds: at most this many puts, for at most this long. */
 const writesMax = 20_000;
@@ -31,51 +23,23 @@ afterAll(async () => {
   await c?.close();
 });
 
+const endpoints = (at: readonly number[]): string[] => at.map((i) => c!.members[i]!.endpoint);
+
 /** etcdctl against members `at`; stdout, or throws with stderr. */
 function ctl(at: readonly number[], ...args: string[]): string {
-  const r = spawnSync(
-    'etcdctl',
-    ['--endpoints', at.map((i) => c!.members[i]!.endpoint).join(','), '--command-timeout=10s', ...args],
-    { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', timeout: 30_000 },
-  );
-  if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr || r.stdout}`);
-  return r.stdout;
+  return etcdctl(endpoints(at), args);
 }
 
-async function until<T>(what: string, f: () => T | undefined, timeoutMs = 60_000): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = f();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (performance.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const until = <T>(what: string, f: () => T | undefined): Promise<T> =>
+  poll(what, f, { timeoutMs: 60_000, intervalMs: 250 });
 
 /** Errors worth retrying a membership call on while leadership moves or a learner catches up. */
 const transient =
   /no leader|timed out|leader changed|in sync with leader|unhealthy cluster|still being applied|not enough started|context deadline/;
 
 /** `etcdctl member list -w json` as hex IDs with peer URLs and learner flags. */
-function listMembers(
-  at: readonly number[],
-): Array<{ id: string; name: string; peer: string; learner: boolean }> {
-  const out = ctl(at, 'member', 'list', '-w', 'json');
-  const ids = [...out.matchAll(/"ID":(\d+)/g)].map((m) => BigInt(m[1]!).toString(16));
-  const j = JSON.parse(out) as {
-    members: Array<{ name?: string; peerURLs?: string[]; isLearner?: boolean }>;
-  };
-  return j.members.map((m, k) => ({
-    id: ids[k]!,
-    name: m.name ?? '',
-    peer: (m.peerURLs ?? [])[0] ?? '',
-    learner: m.isLearner === true,
-  }));
+function listMembers(at: readonly number[]): ListedMember[] {
+  return listAt(endpoints(at));
 }
 
 describe.skipIf(!hasEtcdctl)('membership under write load', () => {
