@@ -4,19 +4,11 @@
  * on its data dir with `--force-new-cluster` and serves alone with every key it had (same
  * revisions), and a member is then added back afresh.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { etcdctl, hasEtcdctl } from '../harness/etcdctl.js';
 import { type ServedCluster, startServed } from '../harness/served.js';
-
-const hasEtcdctl = (() => {
-  try {
-    execFileSync('etcdctl', ['version'], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+import { until as poll } from '../harness/wait.js';
 
 let c: ServedCluster | undefined;
 
@@ -24,35 +16,17 @@ afterAll(async () => {
   await c?.close();
 });
 
+/** etcdctl against members `at` with `--command-timeout=<timeout>`; stdout, or throws with stderr. */
 function ctl(at: readonly number[], timeout: string, ...args: string[]): string {
-  const r = spawnSync(
-    'etcdctl',
-    [
-      '--endpoints',
-      at.map((i) => c!.members[i]!.endpoint).join(','),
-      `--command-timeout=${timeout}`,
-      ...args,
-    ],
-    { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', timeout: 30_000 },
+  return etcdctl(
+    at.map((i) => c!.members[i]!.endpoint),
+    args,
+    { commandTimeout: timeout },
   );
-  if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr || r.stdout}`);
-  return r.stdout;
 }
 
-async function until<T>(what: string, f: () => T | undefined, timeoutMs = 30_000): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = f();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (performance.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const until = <T>(what: string, f: () => T | undefined): Promise<T> =>
+  poll(what, f, { timeoutMs: 30_000, intervalMs: 250 });
 
 describe.skipIf(!hasEtcdctl)('--force-new-cluster', () => {
   it('after losing two of three members, the survivor restarted with --force-new-cluster serves its data alone; a member is added back', async () => {
