@@ -137,6 +137,17 @@ function readPem(file: string, flag: string): Buffer {
   return readFileSync(file);
 }
 
+/**
+ * A CRL file as OpenSSL's PEM: etcd reads `--client-crl-file` with Go's x509.ParseCRL, which takes
+ * PEM or DER (etcd's own fixture `revoke.crl` is DER); Node's `crl` option takes PEM only, so a
+ * file that is not PEM is wrapped as one (a file that is neither then fails to load, as in etcd).
+ */
+export function crlAsPem(b: Buffer): Buffer {
+  if (b.includes('-----BEGIN')) return b;
+  const lines = b.toString('base64').match(/.{1,64}/g) ?? [];
+  return Buffer.from(`-----BEGIN X509 CRL-----\n${lines.join('\n')}\n-----END X509 CRL-----\n`);
+}
+
 function stamp(file: string): string {
   try {
     const s = statSync(file);
@@ -238,7 +249,7 @@ export class TlsMaterial {
       cert: readPem(f.cert, this.#flag('cert')),
       key: readPem(f.key, this.#flag('key')),
       ca: f.ca === '' ? undefined : readPem(f.ca, this.#flag('ca')),
-      crl: f.crl === '' ? undefined : readPem(f.crl, this.#flag('crl')),
+      crl: f.crl === '' ? undefined : crlAsPem(readPem(f.crl, this.#flag('crl'))),
     };
   }
 
