@@ -511,6 +511,7 @@ export class Member implements MemberBackend {
       memberId: id.memberId,
       version: memberVersion,
       revision: () => n.store.revision,
+      compactRevision: () => n.store.mvcc.compactRev,
       raftTerm: () => n.raft.term,
       leaderId: () => this.memberIdOf(n.raft.lead),
       raftIndex: () => n.raft.log.lastIndex,

@@ -42,6 +42,7 @@ export function embeddedBackend(
       memberId: memberIdOf(nodeId),
       version: '3.4.23',
       revision: () => member().store.revision,
+      compactRevision: () => member().store.mvcc.compactRev,
       raftTerm: () => member().raft.term,
       leaderId: () => {
         const m = member();

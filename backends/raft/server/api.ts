@@ -38,6 +38,11 @@ export interface MemberInfo {
    * that carry no revision of their own (lease calls, Status, watch progress), as etcd's `KV().Rev()`.
    */
   revision(): number;
+  /**
+   * The revision this member's store was compacted at, 0 when it never was (Compact at revision 0
+   * is accepted on such a store, as etcd's). Absent: read as 0.
+   */
+  compactRevision?(): number;
   /** Current Raft term as this member knows it. */
   raftTerm(): number;
   /** The leader's member ID as this member knows it, `0n` when it knows none. */

@@ -447,9 +447,23 @@ export async function startClientServer(
     const bad = gate.badToken(call);
     if (bad) return fail(cb, bad);
     const rev = num(call.request.revision);
-    // etcd (mvcc kvstore.compact): a revision at or below the compacted one (0 and negatives
-    // included) is "compacted"; one above the current revision is "future revision".
-    if (rev <= 0) return fail(cb, etcdErrors.compacted);
+    // etcd (mvcc kvstore.compact): a revision at or below the compacted one is "compacted"; one
+    // above the current revision is "future revision". etcd's compacted revision starts at -1, so
+    // revision 0 on a store never compacted is accepted and changes nothing (no key has history
+    // below revision 1): answered after a linearizable read, so that a compaction this member has
+    // not applied yet is seen. (etcd then remembers a compaction at 0 and refuses a second one;
+    // this store does not tell the two apart and accepts it again: docs/server-api.md.)
+    if (rev < 0) return fail(cb, etcdErrors.compacted);
+    if (rev === 0)
+      return answer(
+        cb,
+        async () => {
+          await kv.get(new Uint8Array([0])); // linearizable: this member has applied what was committed
+          if ((backend.info.compactRevision?.() ?? 0) > 0)
+            throw new ConclaveError(ErrorCode.Compacted, 'mvcc: required revision has been compacted');
+        },
+        currentHeaderAnswer,
+      );
     return answer(
       cb,
       () => kv.compact(rev, call.request.physical ? { physical: true } : {}),
