@@ -10,7 +10,11 @@
  *   InternalAuthenticate) so that it is valid on every member. With `--auth-token jwt,…` the
  *   token is a JWT signed here instead (server/jwt.ts), which every member verifies by its key.
  * - A caller is the user of its `token` metadata; with `--client-cert-auth` and no token, the
- *   Common Name of its verified client certificate (etcd's AuthInfoFromTLS).
+ *   Common Name of its verified client certificate (etcd's AuthInfoFromTLS). It is checked at an
+ *   auth revision (`CallerInfo`): the store's now for a simple token or a certificate, the one it
+ *   was issued at for a JWT, so a JWT from before any auth change is "revision of auth store is
+ *   old" (etcd's isOpPermitted). A token is read even with auth disabled, as etcd reads it: the
+ *   simple tokens AuthDisable dropped are "invalid auth token".
  * - Checks on the key range of each call when auth is enabled: Range read; Put write (and read
  *   with prev_kv); DeleteRange write (read with prev_kv); Txn read on every compare and each op of
  *   both branches; Watch read on the watched range; LeaseRevoke write on every key attached to
@@ -74,7 +78,34 @@ interface Caller {
   getAuthContext?(): { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } | null;
 }
 
-/** Permission checks for the other services; `on` is false (one property read) while auth is disabled. */
+/**
+ * etcd's AuthInfo of a call: the user, and the auth revision its request is checked at (0: no
+ * credentials). A simple token or a client certificate is checked at the store's revision of the
+ * moment; a JWT carries the revision it was issued at (etcd's tokenJWT.info), so after any auth
+ * change it is "old" until the client authenticates again.
+ */
+export interface CallerInfo {
+  readonly user: string;
+  readonly rev: number;
+}
+const nobody: CallerInfo = { user: '', rev: 0 };
+
+/** Whether `x` is a failure rather than a caller (what `info` returns). */
+export const isFailure = (x: CallerInfo | GrpcFailure): x is GrpcFailure => 'code' in x;
+
+/** The `token` metadata of a call ('' or absent: none). */
+function tokenOf(c: Caller): string | undefined {
+  const t = c.metadata.get('token')[0];
+  return typeof t === 'string' && t !== '' ? t : undefined;
+}
+
+/**
+ * Permission checks for the other services. While auth is disabled and a call carries no token,
+ * `active` is false and nothing else is read (the hot path). A call that does carry a token is
+ * looked at even with auth disabled, as etcd reads the token of every call it checks or proposes
+ * (AuthInfoFromCtx): disabling auth drops every simple token, so one sent anyway is "invalid auth
+ * token"; a JWT still verifies.
+ */
 export class AuthGate {
   readonly #a: MemberAuth | undefined;
 
@@ -86,23 +117,67 @@ export class AuthGate {
     return this.#a?.store.enabled ?? false;
   }
 
-  /** The calling user ('' when it sent no credentials), or the failure for a bad token. */
-  user(c: Caller): string | GrpcFailure {
-    const a = this.#a!;
-    const token = c.metadata.get('token')[0];
-    if (typeof token === 'string' && token !== '') {
-      if (a.jwt) return a.jwt.verify(token, Date.now())?.username ?? authFailures.InvalidAuthToken;
+  /** Whether `c` must be checked: auth enabled, or a token sent. */
+  active(c: Caller): boolean {
+    return this.on || (this.#a !== undefined && tokenOf(c) !== undefined);
+  }
+
+  /**
+   * etcd's AuthInfoFromCtx then AuthInfoFromTLS: the caller of `c`, or "invalid auth token" for a
+   * token that names nobody (unknown, expired, dropped by a password change, a user deletion or
+   * AuthDisable, or a JWT that does not verify). With `--client-cert-auth` and no token, the
+   * Common Name of its verified client certificate.
+   */
+  info(c: Caller): CallerInfo | GrpcFailure {
+    const a = this.#a;
+    if (!a) return nobody;
+    const token = tokenOf(c);
+    if (token !== undefined) {
+      if (a.jwt) {
+        const v = a.jwt.verify(token, Date.now());
+        return v ? { user: v.username, rev: v.revision } : authFailures.InvalidAuthToken;
+      }
       try {
-        return a.store.tokenUser(token, performance.now());
+        return { user: a.store.tokenUser(token, performance.now()), rev: a.store.revision };
       } catch (err) {
         return failureOf(err);
       }
     }
     if (a.clientCertAuth) {
       const cn = c.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
-      if (typeof cn === 'string') return cn;
+      if (typeof cn === 'string') return { user: cn, rev: a.store.revision };
     }
-    return '';
+    return nobody;
+  }
+
+  /** The calling user ('' when it sent no credentials), or the failure for a bad token. */
+  user(c: Caller): string | GrpcFailure {
+    const ai = this.info(c);
+    return isFailure(ai) ? ai : ai.user;
+  }
+
+  /**
+   * etcd's isOpPermitted: undefined when `ai` may read (write) [key, rangeEnd). Auth disabled →
+   * yes; no credentials → "user name is empty"; a revision older than the store's → "revision of
+   * auth store is old" (only a JWT issued before an auth change gets here); an unknown user →
+   * "permission denied"; the root role → yes; else its roles must cover the range.
+   */
+  checkInfo(
+    ai: CallerInfo,
+    key: Uint8Array,
+    rangeEnd: Uint8Array | undefined,
+    write: boolean,
+  ): GrpcFailure | undefined {
+    if (!this.on) return undefined;
+    if (ai.rev === 0) return authFailures.UserEmpty;
+    const st = this.#a!.store;
+    if (ai.rev < st.revision) return authFailures.AuthOldRevision;
+    try {
+      st.check(ai.user, key, rangeEnd, write);
+      return undefined;
+    } catch (err) {
+      return failureOf(err);
+    }
   }
 
   /** undefined when `c` may read (write) [key, rangeEnd), else etcd's failure. */
@@ -112,15 +187,21 @@ export class AuthGate {
     rangeEnd: Uint8Array | undefined,
     write: boolean,
   ): GrpcFailure | undefined {
-    if (!this.on) return undefined;
-    const u = this.user(c);
-    if (typeof u !== 'string') return u;
-    try {
-      this.#a!.store.check(u, key, rangeEnd, write);
-      return undefined;
-    } catch (err) {
-      return failureOf(err);
+    if (!this.active(c)) return undefined;
+    const ai = this.info(c);
+    return isFailure(ai) ? ai : this.checkInfo(ai, key, rangeEnd, write);
+  }
+
+  /** Several checks (a txn) of one caller: the first failure. */
+  checkAllInfo(
+    ai: CallerInfo,
+    ranges: ReadonlyArray<readonly [Uint8Array, Uint8Array | undefined, boolean]>,
+  ): GrpcFailure | undefined {
+    for (const [k, e, w] of ranges) {
+      const f = this.checkInfo(ai, k, e, w);
+      if (f) return f;
     }
+    return undefined;
   }
 
   /** Several checks (a txn): the first failure. */
@@ -128,23 +209,18 @@ export class AuthGate {
     c: Caller,
     ranges: ReadonlyArray<readonly [Uint8Array, Uint8Array | undefined, boolean]>,
   ): GrpcFailure | undefined {
-    if (!this.on) return undefined;
-    const u = this.user(c);
-    if (typeof u !== 'string') return u;
-    try {
-      for (const [k, e, w] of ranges) this.#a!.store.check(u, k, e, w);
-      return undefined;
-    } catch (err) {
-      return failureOf(err);
-    }
+    if (!this.active(c)) return undefined;
+    const ai = this.info(c);
+    return isFailure(ai) ? ai : this.checkAllInfo(ai, ranges);
   }
 
   /**
    * undefined when `c` may manage auth (auth disabled, or the root role); etcd's IsAdminPermitted:
-   * no user → "user name is empty", an unknown one → "user name not found".
+   * no user → "user name is empty", an unknown one → "user name not found". It checks no revision:
+   * a root JWT issued before an auth change still manages auth.
    */
   admin(c: Caller): GrpcFailure | undefined {
-    if (!this.on) return undefined;
+    if (!this.active(c)) return undefined;
     const u = this.user(c);
     if (typeof u !== 'string') return u;
     return this.adminUser(u);
@@ -159,17 +235,24 @@ export class AuthGate {
   }
 
   /**
-   * With auth enabled, the failure for a token that names nobody, else undefined (no token, or a
-   * valid one). etcd reads the caller of every request it proposes through Raft
-   * (processInternalRaftRequestOnce), so LeaseGrant, Compact and Alarm are refused for a bad
-   * token even though they check no permission.
+   * The failure for a token that names nobody, else undefined (no token, or a valid one). etcd
+   * reads the caller of every request it proposes through Raft (processInternalRaftRequestOnce),
+   * auth enabled or not, so LeaseGrant, Compact and Alarm are refused for a bad token even though
+   * they check no permission.
    */
   badToken(c: Caller): GrpcFailure | undefined {
-    if (!this.on) return undefined;
-    const token = c.metadata.get('token')[0];
-    if (typeof token !== 'string' || token === '') return undefined;
-    const u = this.user(c);
-    return typeof u === 'string' ? undefined : u;
+    if (this.#a === undefined || tokenOf(c) === undefined) return undefined;
+    const ai = this.info(c);
+    return isFailure(ai) ? ai : undefined;
+  }
+
+  /**
+   * etcd's doSerialize, after a read: a caller checked at revision `ai.rev` whose view is no
+   * longer the store's (an auth change applied meanwhile, or a JWT from another revision, even
+   * with auth disabled) gets "revision of auth store is old" instead of the answer.
+   */
+  staleAfterRead(ai: CallerInfo): boolean {
+    return ai.rev !== 0 && ai.rev !== this.revision;
   }
 
   /**
@@ -182,31 +265,27 @@ export class AuthGate {
     return f && asAuthPackageError(f);
   }
 
-  /** The permission check of [key, rangeEnd) for a user already resolved (no token read). */
-  checkUser(
-    u: string,
-    key: Uint8Array,
-    rangeEnd: Uint8Array | undefined,
-    write: boolean,
-  ): GrpcFailure | undefined {
-    if (!this.on) return undefined;
-    try {
-      this.#a!.store.check(u, key, rangeEnd, write);
-      return undefined;
-    } catch (err) {
-      return failureOf(err);
-    }
-  }
-
   /** The auth store's revision now (a request's view of the rules; see `AuthStore.revision`). */
   get revision(): number {
     return this.#a?.store.revision ?? 0;
   }
 }
 
+/** etcd's auth package texts where they differ from rpctypes' (auth/store.go's Err… values). */
+const authPackageTexts: Readonly<Record<string, string>> = {
+  'etcdserver: user name not found': 'auth: user not found',
+  'etcdserver: user name already exists': 'auth: user already exists',
+  'etcdserver: role name not found': 'auth: role not found',
+  'etcdserver: role name already exists': 'auth: role already exists',
+  'etcdserver: revision of auth store is old': 'auth: revision in header is old',
+};
+
 /** An auth failure as etcd's `auth` package error reaches a client unconverted: Unknown, "auth: …". */
 export function asAuthPackageError(f: GrpcFailure): GrpcFailure {
-  return { code: S.UNKNOWN, details: f.details.replace(/^etcdserver: /, 'auth: ') };
+  return {
+    code: S.UNKNOWN,
+    details: authPackageTexts[f.details] ?? f.details.replace(/^etcdserver: /, 'auth: '),
+  };
 }
 
 function failureOf(err: unknown): GrpcFailure {
@@ -302,7 +381,7 @@ export function registerAuth(
   reg(
     'UserGet',
     async (r: Named, call) => {
-      if (gate.on) adminOrSelf(call, (u) => u === r.name);
+      if (gate.active(call)) adminOrSelf(call, (u) => u === r.name);
       return userGet(r);
     },
     false,
@@ -332,7 +411,7 @@ export function registerAuth(
   reg(
     'RoleGet',
     async (r: { role?: string }, call) => {
-      if (gate.on) adminOrSelf(call, (u) => st.users.get(u)?.roles.includes(r.role ?? '') ?? false);
+      if (gate.active(call)) adminOrSelf(call, (u) => st.users.get(u)?.roles.includes(r.role ?? '') ?? false);
       const role = st.roles.get(r.role ?? '');
       if (!role) throw new AuthStoreError('RoleNotFound');
       return {
@@ -408,6 +487,12 @@ interface OpLike {
 
 const bytes = (b: Uint8Array | null | undefined): Uint8Array =>
   b instanceof Uint8Array ? b : new Uint8Array(0);
+
+/** etcd's isTxnReadonly: every op of both branches is a Range (a nested txn is not). */
+export function isTxnReadOnly(t: TxnLike): boolean {
+  for (const op of [...(t.success ?? []), ...(t.failure ?? [])]) if (!op.requestRange) return false;
+  return true;
+}
 
 /** The ranges a txn touches (etcd's checkTxnReqsPermission): compares read, both branches' ops. */
 export function txnRanges(t: TxnLike, out: Range[] = [], depth = 0): Range[] {

@@ -26,7 +26,7 @@ import { big, type Int64, num, root } from '../../../src/protocol/codec.js';
 import { authRevisionOption } from '../node/commands.js';
 import { authOldRevisionText } from '../node/node.js';
 import type { MemberBackend } from './api.js';
-import { AuthGate, asAuthPackageError, registerAuth, txnRanges } from './auth.js';
+import { AuthGate, asAuthPackageError, isFailure, isTxnReadOnly, registerAuth, txnRanges } from './auth.js';
 import { registerCluster } from './cluster.js';
 import { type ContextOptions, ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
@@ -341,16 +341,17 @@ export async function startClientServer(
     const r = call.request;
     const key = bytesOf(r.key);
     if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
-    if (gate.on) {
-      const at = gate.revision;
-      const denied = gate.check(call, key, bytesOf(r.rangeEnd), false);
+    if (gate.active(call)) {
+      const ai = gate.info(call);
+      if (isFailure(ai)) return fail(cb, ai);
+      const denied = gate.checkInfo(ai, key, bytesOf(r.rangeEnd), false);
       if (denied) return fail(cb, denied);
       // etcd's doSerialize: an auth change that applied while the read waited voids the check.
       return answer(
         cb,
         async () => {
           const got = await kv.range(key, rangeOptions(r));
-          if (gate.revision !== at) throw authOldRevision();
+          if (gate.staleAfterRead(ai)) throw authOldRevision();
           return got;
         },
         rangeAnswer,
@@ -374,19 +375,22 @@ export async function startClientServer(
       if (r.ignoreLease && lease !== 0n) return fail(cb, etcdErrors.leaseProvided);
       // The contract has no negative lease ids; etcd has none it would find either.
       if (lease < 0n) return fail(cb, etcdErrors.leaseNotFound);
-      const at = gate.on ? gate.revision : undefined;
-      if (gate.on) {
-        const denied = gate.checkAll(call, [
+      let at: number | undefined;
+      if (gate.active(call)) {
+        const ai = gate.info(call);
+        if (isFailure(ai)) return fail(cb, ai);
+        at = ai.rev;
+        const denied = gate.checkAllInfo(ai, [
           [key, undefined, true],
           ...(r.prevKv ? ([[key, undefined, false]] as const) : []),
         ]);
         if (denied) return fail(cb, denied);
         // etcd 3.4 (apply_auth.go Put, checkLeasePuts): attaching a lease needs write permission
         // on every key the lease already holds (else the caller could not revoke what it joined).
-        if (lease !== 0n) {
+        if (lease !== 0n && gate.on) {
           const held = await leaseKeys(lease);
-          const refused = gate.checkAll(
-            call,
+          const refused = gate.checkAllInfo(
+            ai,
             held.map((k) => [k, undefined, true] as const),
           );
           if (refused) return fail(cb, refused);
@@ -406,10 +410,13 @@ export async function startClientServer(
       const r = call.request;
       const key = bytesOf(r.key);
       if (key.length === 0) return fail(cb, etcdErrors.emptyKey);
-      const at = gate.on ? gate.revision : undefined;
-      if (gate.on) {
+      let at: number | undefined;
+      if (gate.active(call)) {
+        const ai = gate.info(call);
+        if (isFailure(ai)) return fail(cb, ai);
+        at = ai.rev;
         const end = bytesOf(r.rangeEnd);
-        const denied = gate.checkAll(call, [
+        const denied = gate.checkAllInfo(ai, [
           [key, end, true],
           ...(r.prevKv ? ([[key, end, false]] as const) : []),
         ]);
@@ -429,12 +436,25 @@ export async function startClientServer(
       const r = call.request;
       const refused = checkTxnRequest(r, o.maxTxnOps);
       if (refused) return fail(cb, refused);
-      const at = gate.on ? gate.revision : undefined;
-      if (gate.on) {
-        const denied = gate.checkAll(call, txnRanges(r));
+      if (gate.active(call)) {
+        const ai = gate.info(call);
+        if (isFailure(ai)) return fail(cb, ai);
+        const denied = gate.checkAllInfo(ai, txnRanges(r));
         if (denied) return fail(cb, denied);
+        // etcd serves a txn of reads only as a Range (doSerialize: checked again after the read).
+        if (isTxnReadOnly(r))
+          return answer(
+            cb,
+            async () => {
+              const got = await kv.txn(txnOf(r), checkedAt({}, ai.rev));
+              if (gate.staleAfterRead(ai)) throw authOldRevision();
+              return got;
+            },
+            txnAnswer,
+          );
+        return answer(cb, () => kv.txn(txnOf(r), checkedAt({}, ai.rev)), txnAnswer);
       }
-      return answer(cb, () => kv.txn(txnOf(r), checkedAt({}, at)), txnAnswer);
+      return answer(cb, () => kv.txn(txnOf(r), {}), txnAnswer);
     }) as Handler,
     true,
   );
@@ -543,16 +563,19 @@ export async function startClientServer(
     const id = big(call.request.ID);
     // etcd: no lease has ID 0 (NoLease) or a negative one: "requested lease not found".
     if (id <= 0n) return fail(cb, etcdErrors.leaseNotFound);
-    const at = gate.on ? gate.revision : undefined;
-    if (gate.on) {
+    let at: number | undefined;
+    if (gate.active(call)) {
       // etcd 3.4 (apply_auth.go LeaseRevoke): write permission on every key attached to the lease.
-      const caller = gate.user(call);
-      if (typeof caller !== 'string') return fail(cb, caller);
-      const denied = gate.checkAll(
-        call,
-        (await leaseKeys(id)).map((k) => [k, undefined, true] as const),
-      );
-      if (denied) return fail(cb, denied);
+      const ai = gate.info(call);
+      if (isFailure(ai)) return fail(cb, ai);
+      at = ai.rev;
+      if (gate.on) {
+        const denied = gate.checkAllInfo(
+          ai,
+          (await leaseKeys(id)).map((k) => [k, undefined, true] as const),
+        );
+        if (denied) return fail(cb, denied);
+      }
     }
     return answer(cb, () => kv.lease.revoke(id, checkedAt({}, at)), revokeAnswer);
   }) as Handler);

@@ -14,7 +14,8 @@ import { resolveRange, toBytes } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
 import { root } from '../../../src/protocol/codec.js';
 import { Session } from '../../../src/session.js';
-import type { Bytes, LeaseApi, LeaseId, Op, Txn } from '../../../src/types.js';
+import type { Bytes, LeaseApi, LeaseId, Op, Txn, Watch } from '../../../src/types.js';
+import { authFailures, type CallerInfo, isFailure } from './auth.js';
 import type { ServerContext } from './context.js';
 import { etcdErrors, type GrpcFailure } from './errors.js';
 
@@ -157,25 +158,60 @@ export function callerAuthFailure(err: unknown): GrpcFailure | undefined {
   return undefined;
 }
 
+/** A watch that was refused: `ready` and the iterator reject with `err`. */
+function failedWatch(err: Error): Watch {
+  const ready = Promise.reject(err);
+  ready.catch(() => undefined);
+  return {
+    ready,
+    close: async () => undefined,
+    [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(err) }),
+    [Symbol.asyncDispose]: async () => undefined,
+  };
+}
+
 /**
  * The member's KV as the caller of `call` may use it, for the recipes of the Lock and Election
  * services: while auth is enabled each call is checked as etcd checks the caller's own (read on a
  * range, write on a put or delete, the txn's compares and ops, write on every key of a lease
  * that is revoked or attached to a new key), and refused with CallerAuthError. A token that names
  * nobody is refused at once ("invalid auth token"); no credentials is the empty user, refused by
- * the first check ("user name is empty"), after the session's lease grant as in etcd.
- * With auth disabled: the member's KV itself.
+ * the first check ("user name is empty"), after the session's lease grant as in etcd. A read (a
+ * get, a range, a txn of gets) is checked again after it ran, as etcd's doSerialize does. etcd's
+ * servers make these calls through an in-process client that retries a call refused as "revision
+ * of auth store is old" (clientv3 shouldRefreshToken): a caller with a simple token or a
+ * certificate is then checked at the store's new revision, so here too; a JWT keeps the revision
+ * it was issued at, so a caller with a JWT from before an auth change is refused as old.
+ * With auth disabled and no token: the member's KV itself (with a token, it is still read: one
+ * dropped by AuthDisable is refused, as etcd refuses it).
  */
 export function callerKv(ctx: ServerContext, call: grpc.ServerUnaryCall<unknown, object>): KV {
   const kv = ctx.backend.kv;
   const gate = ctx.authGate;
-  if (!gate?.on) return kv;
-  const u = gate.user(call);
-  if (typeof u !== 'string') throw new CallerAuthError(u);
+  if (!gate?.active(call)) return kv;
+  const first = gate.info(call);
+  if (isFailure(first)) throw new CallerAuthError(first);
+  let ai = first;
+  /** The caller at the store's revision now, where its credentials allow (see above). */
+  const current = (): CallerInfo => {
+    if (!gate.staleAfterRead(ai)) return ai;
+    const now = gate.info(call);
+    if (isFailure(now)) throw new CallerAuthError(now);
+    ai = now;
+    return ai;
+  };
   const deny = (key: Uint8Array, end: Uint8Array | undefined, write: boolean): void => {
-    const f = gate.checkUser(u, key, end, write);
+    const f = gate.checkInfo(current(), key, end, write);
     if (f) throw new CallerAuthError(f);
   };
+  /** `got`, read after `check` passed, unless the caller's revision moved meanwhile. */
+  const read = <T>(got: T, check: () => void): T => {
+    if (!gate.staleAfterRead(ai)) return got;
+    if (gate.staleAfterRead(current())) throw new CallerAuthError(authFailures.AuthOldRevision);
+    check();
+    return got;
+  };
+  const readOnly = (t: Txn) => [...t.success, ...t.failure].every((op) => op.type === 'get');
   const leaseKeys = async (id: LeaseId) =>
     (await kv.lease.timeToLive(id, { keys: true }).catch(() => undefined))?.keys ?? [];
   const checkOps = (ops: readonly Op[]): void => {
@@ -216,11 +252,11 @@ export function callerKv(ctx: ServerContext, call: grpc.ServerUnaryCall<unknown,
   return {
     get: async (key, o) => {
       range(key, undefined);
-      return kv.get(key, o);
+      return read(await kv.get(key, o), () => range(key, undefined));
     },
     range: async (key, o) => {
       range(key, o);
-      return kv.range(key, o);
+      return read(await kv.range(key, o), () => range(key, o));
     },
     put: async (key, value, o) => {
       deny(toBytes(key), undefined, true);
@@ -237,10 +273,21 @@ export function callerKv(ctx: ServerContext, call: grpc.ServerUnaryCall<unknown,
     },
     txn: async (t, o) => {
       checkTxn(t);
-      return kv.txn(t, o);
+      const got = await kv.txn(t, o);
+      return readOnly(t) ? read(got, () => checkTxn(t)) : got;
     },
     watch: (key, o) => {
-      range(key, o);
+      try {
+        range(key, o);
+        // Go's recipes (waitDeletes, observe) Get the range before they watch it, and that read
+        // is checked again as every read is; the Conclave recipes start from a revision they
+        // already hold, so the same check is made here.
+        read(undefined, () => range(key, o));
+      } catch (err) {
+        // A refusal reaches the recipe as its watch failing (as etcd's does), not as a throw
+        // from watch(): a recipe may open a watch where it does not expect one.
+        return failedWatch(err as Error);
+      }
       return kv.watch(key, o);
     },
     lease,

@@ -252,9 +252,9 @@ export class WatchStream implements OpenStream {
     else if (end.length === 1 && end[0] === 0) end = ZERO;
     if (end !== undefined && end !== ZERO && Buffer.compare(key, end) >= 0)
       return this.#refuse('mvcc: watcher range is empty');
-    // Auth enabled: read permission on the watched range (etcd's isWatchPermitted).
+    // Auth enabled (or a token sent): read permission on the watched range (etcd's isWatchPermitted).
     const gate = ctx.authGate;
-    if (gate?.on) {
+    if (gate?.active(this.#call)) {
       // etcd checks the range after turning an empty key into "\0"; its cancel reason is the Go
       // text of the rpctypes error: "rpc error: code = <code> desc = <text>".
       const denied = gate.check(this.#call, key, bytesOf(c.rangeEnd), false);
