@@ -158,6 +158,63 @@ export async function runNemesis(c: FaultCluster, o: NemesisOptions): Promise<Fa
   return events;
 }
 
+/** What a fixed scenario may ask of the workload running beside it. */
+export interface ScenarioContext {
+  /**
+   * Resolves when an acknowledged put returns whose call was at most `maxAgeMs` ago (or after
+   * `timeoutMs`, false). Resolved from the recorder's callback, so what follows (a SIGKILL) runs
+   * before the event loop turns again.
+   */
+  ackedWrite(maxAgeMs: number, timeoutMs: number): Promise<boolean>;
+}
+
+/**
+ * How recent the acknowledged put that triggers `crash-all` must be (its call, ms before the
+ * crash). Under `ack-before-fsync` a member writes what it saved `writebackMs` (1 s) later, and a
+ * put is saved after its call, so a put called this recently is still only in memory on every
+ * member when they are killed.
+ */
+export const crashAfterWriteMs = 300;
+
+/**
+ * A fixed scenario, deterministic for `ack-before-fsync`: right after a put is acknowledged (one
+ * called at most `crashAfterWriteMs` earlier), every member is SIGKILLed at once, then all are
+ * restarted and the workload goes on. A correct member had that put on disk before it answered,
+ * so nothing is lost. Under `ack-before-fsync` every member held it only in memory (written
+ * `writebackMs` later): the cluster comes back without it, and the history shows an acknowledged
+ * write lost (later reads miss it, later writes reuse its revision) — every run, whatever the load.
+ */
+export async function crashAllScenario(
+  c: FaultCluster,
+  log: (line: string) => void,
+  ctx: ScenarioContext,
+): Promise<FaultEvent[]> {
+  await sleep(1500);
+  await waitLeader(c, 10_000);
+  const burst = await ctx.ackedWrite(crashAfterWriteMs, 30_000);
+  const crash: FaultEvent = {
+    kind: 'kill',
+    member: undefined,
+    start: performance.now(),
+    end: 0,
+    detail: 'SIGKILL every member',
+  };
+  // The signals go out before any await: `kill` sends SIGKILL synchronously, then waits for exits.
+  const exits = [...Array(c.size).keys()].map((i) => c.kill(i));
+  await Promise.all(exits);
+  log(
+    `SIGKILL every member ${burst ? `right after an acknowledged put called < ${crashAfterWriteMs} ms earlier` : '(no recent acknowledged put in 30 s)'}`,
+  );
+  await sleep(500);
+  for (let i = 0; i < c.size; i++) await c.restart(i);
+  log('restart every member');
+  await waitLeader(c);
+  crash.end = performance.now();
+  // The workload reads and writes on the restarted cluster (what was lost shows there).
+  await sleep(3000);
+  return [crash];
+}
+
 /**
  * A fixed scenario: the two members that form a quorum without the third crash together, after the
  * third was cut off long enough to miss writes they committed. A correct member keeps what it
@@ -211,6 +268,9 @@ export async function quorumCrashScenario(
   return events;
 }
 
-/** Fixed scenarios by name (`npm run lincheck -- --scenario quorum-crash`). */
-export const scenarios = { 'quorum-crash': quorumCrashScenario } as const;
+/** Fixed scenarios by name (`npm run lincheck -- --scenario crash-all`). */
+export const scenarios: Record<
+  'quorum-crash' | 'crash-all',
+  (c: FaultCluster, log: (line: string) => void, ctx: ScenarioContext) => Promise<FaultEvent[]>
+> = { 'quorum-crash': quorumCrashScenario, 'crash-all': crashAllScenario };
 export type ScenarioName = keyof typeof scenarios;

@@ -17,9 +17,16 @@ import {
   resolveObservedWrites,
   type StoreEvent,
 } from '../linearizability/model.js';
-import { runWorkload, type TraceEntry } from '../linearizability/recorder.js';
+import { type Recorded, runWorkload, type TraceEntry } from '../linearizability/recorder.js';
 import { type FaultClusterOptions, startFaulty, type Target } from './cluster.js';
-import { type FaultEvent, type FaultKind, runNemesis, type ScenarioName, scenarios } from './nemesis.js';
+import {
+  type FaultEvent,
+  type FaultKind,
+  runNemesis,
+  type ScenarioContext,
+  type ScenarioName,
+  scenarios,
+} from './nemesis.js';
 
 /** How long the workload runs on after the nemesis healed its last fault. */
 export const workloadTailMs = 2000;
@@ -120,9 +127,30 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
     }
     const prefix = `nemesis/${o.seed}/`;
     let stopAt = Number.POSITIVE_INFINITY;
+    // Scenarios that wait for the workload: resolved from the recorder's callback.
+    const waiters = new Set<{ maxAgeMs: number; resolve: (ok: boolean) => void }>();
+    const onOperation = (op: Recorded) => {
+      if (waiters.size === 0 || op.output?.type !== 'put' || op.output.leaseMissing) return;
+      const age = performance.now() - op.call;
+      for (const w of waiters)
+        if (age <= w.maxAgeMs) {
+          waiters.delete(w);
+          w.resolve(true);
+        }
+    };
+    const ctx: ScenarioContext = {
+      ackedWrite: (maxAgeMs, timeoutMs) =>
+        new Promise((resolve) => {
+          const w = { maxAgeMs, resolve };
+          waiters.add(w);
+          setTimeout(() => {
+            if (waiters.delete(w)) resolve(false);
+          }, timeoutMs);
+        }),
+    };
     const nemesis = (
       o.scenario
-        ? scenarios[o.scenario](cluster, o.log ?? (() => {}))
+        ? scenarios[o.scenario](cluster, o.log ?? (() => {}), ctx)
         : runNemesis(cluster, {
             seed: o.seed,
             durationMs: o.durationMs,
@@ -144,6 +172,7 @@ export async function runOnce(o: RunOptions): Promise<RunSummary> {
       opsMax: o.opsMax ?? Math.round(o.durationMs / 10) + 1000,
       opTimeoutMs: 2000,
       leases: o.leases ?? true,
+      onOperation,
     });
     const faults = await nemesis;
     // Unknown writes resolved from reads, then from the store's event log when it could be read.
