@@ -36,11 +36,18 @@
  *   lease's keys) — and the lease is gone: a later put naming it is refused, a get of its keys
  *   finds them absent. Revoking a lease that is not live answers "lease not found";
  * - a get reports the lease a key is attached to.
- * Expiry and keep-alive are not modelled: the workload grants TTLs far beyond a run's length, so
- * no lease expires during one (etcd also renews every lease on a leader change). Expiry is checked
- * through the recipes (sessions, Mutex fencing) instead.
+ * - `keepalive` answers whether the lease is live (a keep-alive of a lease that is gone answers
+ *   "not found", TTL 0); it changes nothing the KV shows;
+ * - expiry: a lease ends by itself at a time the client does not know, no earlier than `ttlMs`
+ *   after the last grant or keep-alive of it that answered (etcd's lessor sets the expiry to the
+ *   time it applied that request plus the TTL, and only ever moves it later — a leader change
+ *   renews every lease). `addLeaseExpiries` adds to a history, per lease granted with a TTL, one
+ *   `expire` operation of unknown outcome invoked at that bound: like every unknown-outcome
+ *   operation it may apply at any point after its call, or never, and applied it is a revoke
+ *   (attached keys deleted at one revision, the lease gone). Lease ids are not reused within a
+ *   history (the workload's are unique).
  */
-import type { Model, Operation } from './checker.js';
+import { type CheckResult, checkOperations, type Model, type Operation } from './checker.js';
 
 export type CmpTarget = 'value' | 'version' | 'mod' | 'create';
 export type CmpResult = '=' | '!=' | '<' | '>';
@@ -57,8 +64,12 @@ export type KeyOp =
   | { readonly type: 'delete'; readonly key: string };
 export type EtcdInput =
   | KeyOp
-  | { readonly type: 'grant'; readonly lease: string }
+  /** `ttlMs`: the TTL asked for, in the history's time unit (only expiry needs it). */
+  | { readonly type: 'grant'; readonly lease: string; readonly ttlMs?: number }
   | { readonly type: 'revoke'; readonly lease: string }
+  | { readonly type: 'keepalive'; readonly lease: string }
+  /** Not a client request: the lease ending by itself (always of unknown outcome; `addLeaseExpiries`). */
+  | { readonly type: 'expire'; readonly lease: string }
   | {
       readonly type: 'txn';
       readonly compare: readonly Cmp[];
@@ -83,8 +94,18 @@ export type EtcdOutput =
   /** `leaseMissing`: refused because the lease named is not live (then `revision` is 0). */
   | { readonly type: 'put'; readonly revision: number; readonly leaseMissing?: boolean }
   | { readonly type: 'delete'; readonly revision: number; readonly deleted: number }
-  /** `exists`: refused because the id is live already. `revision` is not compared (0 in the model). */
-  | { readonly type: 'grant'; readonly revision: number; readonly exists?: boolean }
+  /**
+   * `exists`: refused because the id is live already. `revision` is not compared (0 in the model).
+   * `ttlMs`: the TTL granted (etcd may raise the one asked for to its minimum).
+   */
+  | { readonly type: 'grant'; readonly revision: number; readonly exists?: boolean; readonly ttlMs?: number }
+  /** `found: false`: the lease was gone (etcd answers TTL 0 / "lease not found"). `ttlMs`: the TTL renewed. */
+  | {
+      readonly type: 'keepalive';
+      readonly revision: number;
+      readonly found: boolean;
+      readonly ttlMs?: number;
+    }
   /** `found: false`: the lease was not live ("lease not found"; `revision` is then 0). */
   | { readonly type: 'revoke'; readonly revision: number; readonly found: boolean }
   | {
@@ -111,7 +132,8 @@ export interface EtcdState {
 
 const noLeases: ReadonlySet<string> = new Set();
 
-function makeState(rev: number, kvs: ReadonlyMap<string, KvOut>, leases = noLeases): EtcdState {
+/** A state from its parts (the memo key derived). */
+export function makeState(rev: number, kvs: ReadonlyMap<string, KvOut>, leases = noLeases): EtcdState {
   const parts = [...kvs.entries()]
     .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
     .map(([k, v]) => `${k}=${v.value}@${v.create},${v.mod},${v.version}${v.lease ? `~${v.lease}` : ''}`);
@@ -157,7 +179,9 @@ export function apply(state: EtcdState, input: EtcdInput): { state: EtcdState; o
       output: { type: 'grant', revision: 0 },
     };
   }
-  if (input.type === 'revoke') {
+  if (input.type === 'keepalive')
+    return { state, output: { type: 'keepalive', revision: 0, found: state.leases.has(input.lease) } };
+  if (input.type === 'revoke' || input.type === 'expire') {
     if (!state.leases.has(input.lease))
       return { state, output: { type: 'revoke', revision: 0, found: false } };
     const kvs = new Map([...state.kvs].filter(([, v]) => v.lease !== input.lease));
@@ -231,6 +255,7 @@ function keyOpOutEqual(a: KeyOpOut, b: KeyOpOut): boolean {
 export function outputEqual(a: EtcdOutput, b: EtcdOutput): boolean {
   if (a.type !== b.type) return false;
   if (a.type === 'grant') return !!a.exists === !!(b as typeof a).exists;
+  if (a.type === 'keepalive') return a.found === (b as typeof a).found;
   if (a.type === 'revoke') {
     const bb = b as typeof a;
     return a.found === bb.found && (!a.found || a.revision === bb.revision);
@@ -268,7 +293,10 @@ function describeKeyOp(op: KeyOp): string {
 }
 
 export function describeInput(input: EtcdInput): string {
-  if (input.type === 'grant' || input.type === 'revoke') return `${input.type} lease ${input.lease}`;
+  if (input.type === 'grant')
+    return `grant lease ${input.lease}${input.ttlMs !== undefined ? ` ttl ${input.ttlMs}` : ''}`;
+  if (input.type === 'revoke' || input.type === 'keepalive' || input.type === 'expire')
+    return `${input.type} lease ${input.lease}`;
   if (input.type !== 'txn') return describeKeyOp(input);
   const cmp = input.compare
     .map((c) => `${c.target}(${c.key}) ${c.result} ${JSON.stringify(c.value)}`)
@@ -287,6 +315,8 @@ export function describeOutput(output: EtcdOutput | undefined): string {
       return output.leaseMissing ? 'refused: lease not found' : `rev ${output.revision}`;
     case 'grant':
       return output.exists ? 'refused: lease exists' : 'granted';
+    case 'keepalive':
+      return output.found ? 'renewed' : 'not found';
     case 'revoke':
       return output.found ? `revoked at rev ${output.revision}` : 'refused: lease not found';
     case 'delete':
@@ -322,7 +352,7 @@ function isWriteOutput(input: EtcdInput, output: EtcdOutput): boolean {
 
 /** The store revision a response carries, if it carries one. */
 function revisionOf(output: EtcdOutput): number | undefined {
-  if (output.type === 'grant') return undefined;
+  if (output.type === 'grant' || output.type === 'keepalive') return undefined;
   if (output.type === 'revoke' && !output.found) return undefined;
   if (output.type === 'put' && output.leaseMissing) return undefined;
   return output.revision;
@@ -480,7 +510,7 @@ export function resolveFromEvents(
       explained.add(o.output.revision);
   // A revoke's deletes cannot be told from a delete's, and a revoke that deleted nothing answers
   // a revision some other change made: with revokes in the history, deletes stay unknown.
-  const revokes = history.some((o) => o.input.type === 'revoke');
+  const revokes = history.some((o) => o.input.type === 'revoke' || o.input.type === 'expire');
   const perRev = new Map<number, number>();
   for (const e of events) perRev.set(e.revision, (perRev.get(e.revision) ?? 0) + 1);
   const delEvents = events
@@ -554,4 +584,403 @@ export function resolveFromEvents(
     out.push(o);
   }
   return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Lease expiry
+
+/**
+ * Adds the lease expiries a history allows (see the file comment): for each lease granted with a
+ * TTL (`ttlMs` of the grant's answer, else of its request), one `expire` of unknown outcome invoked
+ * at the earliest time it could happen — the latest call of the grant or of a keep-alive that
+ * answered it live, plus the TTL that request set. It may apply then or at any later point, or
+ * never; applied, it deletes the lease's keys as a revoke does. Bounded below by calls, not
+ * returns: the server applied each request somewhere inside its interval, so the expiry it set is
+ * at least the call plus the TTL. Keep-alives of unknown outcome only make the real expiry later,
+ * so leaving them out keeps the bound sound. Expiries whose bound lies past the history's last
+ * event are not added (they could only apply after everything).
+ */
+export function addLeaseExpiries(history: readonly EtcdOperation[]): EtcdOperation[] {
+  const bound = new Map<string, number>();
+  const ttlOf = new Map<string, number>();
+  for (const o of history)
+    if (o.input.type === 'grant') {
+      const ttl = (o.output?.type === 'grant' ? o.output.ttlMs : undefined) ?? o.input.ttlMs;
+      if (ttl === undefined || (o.output?.type === 'grant' && o.output.exists)) continue;
+      ttlOf.set(o.input.lease, ttl);
+      bound.set(o.input.lease, Math.max(bound.get(o.input.lease) ?? 0, o.call + ttl));
+    }
+  for (const o of history)
+    if (o.input.type === 'keepalive' && o.output?.type === 'keepalive' && o.output.found) {
+      const ttl = o.output.ttlMs ?? ttlOf.get(o.input.lease);
+      if (ttl === undefined || !bound.has(o.input.lease)) continue;
+      bound.set(o.input.lease, Math.max(bound.get(o.input.lease)!, o.call + ttl));
+    }
+  const end = Math.max(
+    Number.NEGATIVE_INFINITY,
+    ...history.map((o) => (o.output === undefined ? o.call : o.return)),
+  );
+  const out = [...history];
+  let n = 0;
+  for (const [lease, at] of bound) {
+    if (at > end) continue;
+    // Client ids below zero: not a client (the failure report shows them as such).
+    out.push({
+      clientId: -1 - n++,
+      input: { type: 'expire', lease },
+      call: at,
+      output: undefined,
+      return: at,
+    });
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-key partitioning
+
+/**
+ * A create or mod revision in the per-key model: a revision (>= 1), or — written by an operation of
+ * unknown outcome — negative: some revision above `-r` not known yet, pinned by the next read.
+ */
+function revMatches(model: number, got: number, readRev: number): boolean {
+  return model >= 0 ? model === got : got > -model && got <= readRev;
+}
+
+/** A read's kv against the model's (pinning unknown revisions to what was read); false: mismatch. */
+function pinKv(m: KvOut | undefined, g: KvOut | undefined, readRev: number): KvOut | undefined | false {
+  if (!m || !g) return m === g ? undefined : false;
+  if (m.value !== g.value || m.version !== g.version || (m.lease ?? '0') !== (g.lease ?? '0')) return false;
+  if (!revMatches(m.create, g.create, readRev) || !revMatches(m.mod, g.mod, readRev)) return false;
+  if (g.create > g.mod) return false;
+  return g;
+}
+
+/** A compare on a kv whose revisions may be unknown: true, false, or undefined (cannot tell). */
+function compare3(c: Cmp, kv: KvOut | undefined): boolean | undefined {
+  if (c.target === 'value' || c.target === 'version') return compareOne(c, kv);
+  const a = c.target === 'mod' ? (kv?.mod ?? 0) : (kv?.create ?? 0);
+  if (a >= 0) return compareOne(c, kv);
+  const lo = -a;
+  const b = Number(c.value);
+  switch (c.result) {
+    case '=':
+      return b <= lo ? false : undefined;
+    case '!=':
+      return b <= lo ? true : undefined;
+    case '<':
+      return b <= lo + 1 ? false : undefined;
+    case '>':
+      return b <= lo ? true : undefined;
+  }
+}
+
+/** Revoke or expiry in the per-key model: the lease's keys here deleted, the lease gone. */
+function endLease(state: EtcdState, lease: string, rev: number): EtcdState {
+  const kvs = new Map([...state.kvs].filter(([, v]) => v.lease !== lease));
+  const leases = new Set(state.leases);
+  leases.delete(lease);
+  return makeState(rev, kvs, leases);
+}
+
+/**
+ * One step of the per-key model (see `etcdPerKeyModel`). The state's `rev` is a lower bound of the
+ * store revision: the highest revision this partition's operations have seen. A known write at
+ * revision R must come after it (R > rev), a read at R at or after it (R >= rev); then rev = R.
+ */
+function perKeyStep(
+  state: EtcdState,
+  input: EtcdInput,
+  output: EtcdOutput | undefined,
+): EtcdState | undefined {
+  const lb = state.rev;
+  switch (input.type) {
+    case 'get': {
+      if (!output) return state;
+      if (output.type !== 'get' || output.revision < lb) return undefined;
+      const p = pinKv(state.kvs.get(input.key), output.kv, output.revision);
+      if (p === false) return undefined;
+      const kvs = new Map(state.kvs);
+      if (p) kvs.set(input.key, p);
+      return makeState(output.revision, kvs, state.leases);
+    }
+    case 'put': {
+      const live = input.lease === undefined || state.leases.has(input.lease);
+      if (output?.type === 'put' && output.leaseMissing) return live ? undefined : state;
+      if (!live) return output ? undefined : state;
+      if (output && (output.type !== 'put' || output.revision <= lb)) return undefined;
+      const rev = output ? output.revision : -lb;
+      const old = state.kvs.get(input.key);
+      const kvs = new Map(state.kvs);
+      kvs.set(input.key, {
+        value: input.value,
+        create: old ? old.create : rev,
+        mod: rev,
+        version: old ? old.version + 1 : 1,
+        ...(input.lease !== undefined ? { lease: input.lease } : {}),
+      });
+      return makeState(output ? output.revision : lb, kvs, state.leases);
+    }
+    case 'delete': {
+      const had = state.kvs.has(input.key);
+      if (output) {
+        if (output.type !== 'delete' || output.deleted !== (had ? 1 : 0)) return undefined;
+        if (had ? output.revision <= lb : output.revision < lb) return undefined;
+      }
+      const kvs = new Map(state.kvs);
+      kvs.delete(input.key);
+      return makeState(output ? output.revision : lb, had ? kvs : state.kvs, state.leases);
+    }
+    case 'grant': {
+      const live = state.leases.has(input.lease);
+      if (output && (output.type !== 'grant' || !!output.exists !== live)) return undefined;
+      if (live) return state;
+      return makeState(lb, state.kvs, new Set([...state.leases, input.lease]));
+    }
+    case 'keepalive': {
+      if (output && (output.type !== 'keepalive' || output.found !== state.leases.has(input.lease)))
+        return undefined;
+      return state;
+    }
+    case 'revoke':
+    case 'expire': {
+      const live = state.leases.has(input.lease);
+      if (!output) return live ? endLease(state, input.lease, lb) : state;
+      if (output.type !== 'revoke' || output.found !== live) return undefined;
+      if (!live) return state;
+      const next = endLease(state, input.lease, output.revision);
+      // Deleting keys here bumps the revision; deleting none here may still have bumped it
+      // (keys of the lease in other partitions), so only R >= rev is required then.
+      const deleted = next.kvs.size < state.kvs.size;
+      if (deleted ? output.revision <= lb : output.revision < lb) return undefined;
+      return next;
+    }
+    case 'txn': {
+      if (output && output.type !== 'txn') return undefined;
+      const cmps = input.compare.map((c) => compare3(c, state.kvs.get(c.key)));
+      let succeeded: boolean | undefined = cmps.includes(false)
+        ? false
+        : cmps.every((r) => r === true)
+          ? true
+          : undefined;
+      const kvs = new Map(state.kvs);
+      if (output) {
+        if (succeeded !== undefined && succeeded !== output.succeeded) return undefined;
+        succeeded = output.succeeded;
+        // An equality on a revision not known yet that held pins it.
+        if (succeeded)
+          for (const c of input.compare) {
+            const kv = kvs.get(c.key);
+            if (!kv || c.result !== '=' || (c.target !== 'mod' && c.target !== 'create')) continue;
+            if (c.target === 'mod' && kv.mod < 0) kvs.set(c.key, { ...kv, mod: Number(c.value) });
+            if (c.target === 'create' && kv.create < 0) kvs.set(c.key, { ...kv, create: Number(c.value) });
+          }
+      }
+      // Unknown outcome, undecided compare: the success branch. `perKeyApplicable` admits such a
+      // txn only with a read-only failure branch, whose effect (none) is leaving the op out.
+      succeeded ??= true;
+      const branch = succeeded ? input.success : input.failure;
+      if (output && output.results.length !== branch.length) return undefined;
+      const newRev = output ? output.revision : -lb;
+      let changed = false;
+      for (const [i, op] of branch.entries()) {
+        const exp = output?.results[i];
+        if (op.type === 'get') {
+          if (!exp) continue;
+          if (exp.type !== 'get') return undefined;
+          const p = pinKv(kvs.get(op.key), exp.kv, newRev);
+          if (p === false) return undefined;
+          if (p) kvs.set(op.key, p);
+        } else if (op.type === 'put') {
+          if (exp && exp.type !== 'put') return undefined;
+          const old = kvs.get(op.key);
+          kvs.set(op.key, {
+            value: op.value,
+            create: old ? old.create : newRev,
+            mod: newRev,
+            version: old ? old.version + 1 : 1,
+          });
+          changed = true;
+        } else {
+          const had = kvs.has(op.key);
+          if (exp && (exp.type !== 'delete' || exp.deleted !== (had ? 1 : 0))) return undefined;
+          if (had) {
+            kvs.delete(op.key);
+            changed = true;
+          }
+        }
+      }
+      if (output && (changed ? output.revision <= lb : output.revision < lb)) return undefined;
+      return makeState(output ? output.revision : lb, kvs, state.leases);
+    }
+  }
+}
+
+/** The keys an operation touches (none: a lease operation). */
+function keysOf(input: EtcdInput): string[] {
+  if (input.type === 'get' || input.type === 'put' || input.type === 'delete') return [input.key];
+  if (input.type === 'txn')
+    return [...input.compare.map((c) => c.key), ...[...input.success, ...input.failure].map((o) => o.key)];
+  return [];
+}
+
+/**
+ * Whether `etcdPerKeyModel` may check this history: every txn whose compare reads a revision
+ * (mod or create) has a failure branch that only reads (so an undecidable compare of an
+ * unknown-outcome txn can take the success branch: its failure is the same as leaving it out),
+ * and no txn puts with a lease (not modelled).
+ */
+export function perKeyApplicable(history: readonly EtcdOperation[]): boolean {
+  return history.every((o) => {
+    const i = o.input;
+    if (i.type !== 'txn') return true;
+    if ([...i.success, ...i.failure].some((op) => op.type === 'put' && op.lease !== undefined)) return false;
+    const readsRev = i.compare.some((c) => c.target === 'mod' || c.target === 'create');
+    return !readsRev || i.failure.every((op) => op.type === 'get');
+  });
+}
+
+/**
+ * P-compositionality for etcd's KV: the history split into independently checked parts, one per
+ * group of keys no txn spans (a txn over several keys joins them). Leases cross keys — a revoke or
+ * expiry deletes every key attached — so each lease's grant, keep-alive, revoke and expiry
+ * operations go into every part with a put naming that lease (and a lease no put names is a part
+ * of its own). Each part is the projection of the whole history, so each part's check is a
+ * necessary condition: an illegal part means an illegal history.
+ */
+export function partitionByKey(ops: readonly EtcdOperation[]): EtcdOperation[][] {
+  const parent = new Map<string, string>();
+  const find = (k: string): string => {
+    let r = k;
+    while (parent.get(r) !== r) r = parent.get(r)!;
+    let x = k;
+    while (parent.get(x) !== r) {
+      const nx = parent.get(x)!;
+      parent.set(x, r);
+      x = nx;
+    }
+    return r;
+  };
+  for (const o of ops) {
+    const ks = keysOf(o.input);
+    for (const k of ks) if (!parent.has(k)) parent.set(k, k);
+    for (let i = 1; i < ks.length; i++) {
+      const a = find(ks[0]!);
+      const b = find(ks[i]!);
+      if (a !== b) parent.set(b, a);
+    }
+  }
+  const parts = new Map<string, { ops: EtcdOperation[]; leases: Set<string> }>();
+  const leaseOps = new Map<string, EtcdOperation[]>();
+  for (const o of ops) {
+    const ks = keysOf(o.input);
+    if (ks.length === 0) {
+      const lease = (o.input as { lease: string }).lease;
+      const l = leaseOps.get(lease) ?? [];
+      l.push(o);
+      leaseOps.set(lease, l);
+      continue;
+    }
+    const root = find(ks[0]!);
+    let p = parts.get(root);
+    if (!p) parts.set(root, (p = { ops: [], leases: new Set() }));
+    p.ops.push(o);
+    if (o.input.type === 'put' && o.input.lease !== undefined) p.leases.add(o.input.lease);
+  }
+  const named = new Set<string>();
+  const out: EtcdOperation[][] = [];
+  for (const p of parts.values()) {
+    for (const l of p.leases) named.add(l);
+    out.push([...p.ops, ...[...p.leases].flatMap((l) => leaseOps.get(l) ?? [])]);
+  }
+  for (const [l, lops] of leaseOps) if (!named.has(l)) out.push(lops);
+  return out;
+}
+
+/**
+ * The per-key model, starting at `initialRevision`: `partitionByKey`'s parts, each checked with the
+ * store revision tracked as a lower bound (what the part has seen) and each write's revision taken
+ * from its answer; a write of unknown outcome leaves its key's mod (and, for a new key, create)
+ * revision unknown above the bound until a read pins it. It is a relaxation of `etcdModel` on
+ * each part, so it never calls a linearizable history illegal; what it cannot see — the order of
+ * revisions across keys — is `checkRevisionOrder`'s. Use it through `checkEtcdHistory`.
+ */
+export function etcdPerKeyModelAt(initialRevision: number): Model<EtcdState, EtcdInput, EtcdOutput> {
+  const init = makeState(initialRevision, new Map());
+  return {
+    ...etcdModel,
+    init: () => init,
+    step: perKeyStep,
+    partition: partitionByKey,
+    expected: (s, input) => `(per key, revision at least ${s.rev}) ${describeOutput(apply(s, input).output)}`,
+  };
+}
+
+/**
+ * The cross-key half of the per-key check, on the answers alone (O(n log n)):
+ * - no two operations that changed the store answer the same revision (each change is one
+ *   revision);
+ * - revisions never go back in real time: an operation invoked after another returned answers a
+ *   revision at least that one's, and above it if it changed the store.
+ * Returns a report of the first violation, or undefined.
+ */
+export function checkRevisionOrder(history: readonly EtcdOperation[]): string | undefined {
+  type R = { i: number; rev: number; write: boolean; o: EtcdOperation };
+  const rs: R[] = [];
+  history.forEach((o, i) => {
+    if (!o.output) return;
+    const rev = revisionOf(o.output);
+    if (rev === undefined) return;
+    rs.push({ i, rev, o, write: isWriteOutput(o.input, o.output) });
+  });
+  const describe = (r: R) =>
+    `#${r.i} client ${r.o.clientId} [${r.o.call.toFixed(3)} .. ${r.o.return.toFixed(3)}] ${describeInput(r.o.input)} -> ${describeOutput(r.o.output)}`;
+  const byRev = new Map<number, R>();
+  for (const r of rs) {
+    if (!r.write) continue;
+    const other = byRev.get(r.rev);
+    if (other)
+      return `not linearizable: two changes of the store answered revision ${r.rev}:\n  ${describe(other)}\n  ${describe(r)}`;
+    byRev.set(r.rev, r);
+  }
+  const byReturn = [...rs].sort((a, b) => a.o.return - b.o.return);
+  const byCall = [...rs].sort((a, b) => a.o.call - b.o.call);
+  let k = 0;
+  let best: R | undefined;
+  for (const b of byCall) {
+    while (k < byReturn.length && byReturn[k]!.o.return < b.o.call) {
+      const a = byReturn[k++]!;
+      if (!best || a.rev > best.rev) best = a;
+    }
+    if (best && (b.write ? b.rev <= best.rev : b.rev < best.rev))
+      return `not linearizable: the store revision went back in real time — op #${best.i} answered revision ${best.rev} before op #${b.i} was invoked, which answered ${b.rev}${b.write ? ' for a change' : ''}:\n  ${describe(best)}\n  ${describe(b)}`;
+  }
+  return undefined;
+}
+
+/**
+ * Checks an etcd history: with `perKey`, when the history allows it (`perKeyApplicable`), the
+ * revision order across keys first and then each part alone (`etcdPerKeyModelAt`) — fast on long
+ * multi-key histories, and a necessary condition only: an 'illegal' is definite, an 'ok' says
+ * every part and the revision order are consistent (a linearization of each part exists), not that
+ * one order explains all parts at once. Otherwise (the default) the exact search.
+ */
+export function checkEtcdHistory(
+  history: readonly EtcdOperation[],
+  o: { initialRevision?: number; timeoutMs?: number; perKey?: boolean } = {},
+): CheckResult {
+  const initial = o.initialRevision ?? 1;
+  const opts = o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {};
+  if (!o.perKey || !perKeyApplicable(history)) return checkOperations(etcdModelAt(initial), history, opts);
+  const start = performance.now();
+  const order = checkRevisionOrder(history);
+  if (order !== undefined)
+    return {
+      result: 'illegal',
+      partitions: 1,
+      ops: history.length,
+      elapsedMs: performance.now() - start,
+      report: order,
+    };
+  return checkOperations(etcdPerKeyModelAt(initial), history, opts);
 }

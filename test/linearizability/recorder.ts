@@ -51,7 +51,8 @@ const isLeaseNotFound = (err: unknown) =>
 
 export function isWrite(input: EtcdInput): boolean {
   if (input.type === 'txn') return [...input.success, ...input.failure].some((o) => o.type !== 'get');
-  return input.type !== 'get';
+  // A keep-alive changes nothing the model tracks (expiry is bounded from the answered ones only).
+  return input.type !== 'get' && input.type !== 'keepalive';
 }
 
 /**
@@ -84,6 +85,8 @@ export class Recorder {
    * clients saw around a fault. As many entries as operations run (the workload's `opsMax`).
    */
   readonly trace: TraceEntry[] = [];
+  /** Called with each operation as it is recorded. */
+  onRecord: ((op: Recorded) => void) | undefined;
   readonly #prefix: string;
   constructor(prefix: string) {
     this.#prefix = prefix;
@@ -126,6 +129,20 @@ export class Recorder {
       case 'grant':
         await kv.lease.grant(leaseTtlSeconds, { signal, id: BigInt(input.lease) });
         return { type: 'grant', revision: 0 };
+      case 'keepalive': {
+        try {
+          const r = await kv.lease.keepAliveOnce(BigInt(input.lease), { signal });
+          // etcd answers a keep-alive of a lease that is gone with TTL 0.
+          return r.ttlSeconds > 0
+            ? { type: 'keepalive', revision: 0, found: true, ttlMs: r.ttlSeconds * 1000 }
+            : { type: 'keepalive', revision: 0, found: false };
+        } catch (err) {
+          if (isLeaseNotFound(err)) return { type: 'keepalive', revision: 0, found: false };
+          throw err;
+        }
+      }
+      case 'expire':
+        throw new Error('expire is not a client request (addLeaseExpiries adds it to a history)');
       case 'revoke':
         try {
           const r = await kv.lease.revoke(BigInt(input.lease), { signal });
@@ -172,7 +189,9 @@ export class Recorder {
     try {
       const output = await this.#invoke(kv, input, signal);
       const ret = performance.now();
-      this.ops.push({ clientId, input, call, output, return: ret });
+      const op: Recorded = { clientId, input, call, output, return: ret };
+      this.ops.push(op);
+      this.onRecord?.(op);
       this.trace.push({ clientId, type: input.type, call, return: ret });
       return output;
     } catch (err) {
@@ -202,6 +221,8 @@ export interface WorkloadOptions {
   stop?: () => boolean;
   /** Lease operations too (see `WorkloadGen`); ids are unique to this run. */
   leases?: boolean;
+  /** Called with each operation recorded (known or unknown outcome), as it returns. */
+  onOperation?: (op: Recorded) => void;
 }
 
 /**
@@ -312,6 +333,7 @@ export async function runWorkload(
   const opTimeoutMs = opts.opTimeoutMs ?? 2000;
   const root = new Prng(opts.seed);
   const rec = new Recorder(prefix);
+  if (opts.onOperation) rec.onRecord = opts.onOperation;
   // Unique to this run (lease ids are store-wide, not under the prefix): ms clock × 10^6.
   const leaseBase = opts.leases ? BigInt(Date.now() % 1_000_000_000) * 1_000_000n + 1n : undefined;
   const initialRevision = (await kvs[0]!.status()).revision;
