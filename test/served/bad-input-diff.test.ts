@@ -202,7 +202,14 @@ describe.skipIf(!hasEtcd)('bad input: etcd 3.4.23 and conclave serve answer alik
   }
 
   it('compact at revision 0 of a store never compacted is accepted; at 1 too', async () => {
-    // First thing on both fresh stores (nothing written, nothing compacted).
+    // First thing on both fresh stores (nothing written, nothing compacted). HashKV of a store
+    // never compacted answers compact_revision -1 (etcd's compacted revision starts there).
+    const hashView = (x: Record<string, unknown>) => ({ compactRevision: x.compactRevision });
+    const fresh = await both(maint('HashKV', {}));
+    expect(fresh.etcd.code, fresh.etcd.details).toBe(S.OK);
+    expect(shape(fresh.served, { view: hashView } as Case)).toEqual(
+      shape(fresh.etcd, { view: hashView } as Case),
+    );
     const first = await both((r) => compact(r, { revision: 0 }));
     expect(first.etcd.code, first.etcd.details).toBe(S.OK);
     expect(shape(first.served)).toEqual(shape(first.etcd));
@@ -217,6 +224,10 @@ describe.skipIf(!hasEtcd)('bad input: etcd 3.4.23 and conclave serve answer alik
     const one = await both((r) => compact(r, { revision: 1 }));
     expect(one.etcd.code, one.etcd.details).toBe(S.OK);
     expect(shape(one.served)).toEqual(shape(one.etcd));
+    // etcd 3.4 refuses HashKV at the compacted revision itself (kvstore.go HashByRev: rev <= compactRev).
+    const atCompacted = await both(maint('HashKV', { revision: 1 }));
+    expect(atCompacted.etcd.code, atCompacted.etcd.details).toBe(S.OUT_OF_RANGE);
+    expect(shape(atCompacted.served)).toEqual(shape(atCompacted.etcd));
     // Once compacted past 0, revision 0 is refused by both.
     const after = await both((r) => compact(r, { revision: 0 }));
     expect(after.etcd.code).toBe(S.OUT_OF_RANGE);

@@ -120,6 +120,12 @@ export async function hashStore(store: Store, revision: number): Promise<KvHash>
   const mvcc = store.mvcc;
   const rev = mvcc.checkRevision(revision > 0 ? revision : store.revision);
   const compactRevision = mvcc.compactRev;
+  // etcd 3.4 (mvcc kvstore.go HashByRev): a revision at or below the compacted one is refused,
+  // the compacted revision itself included (a range read there is still served).
+  if (revision > 0 && compactRevision > 0 && revision <= compactRevision)
+    throw new ConclaveError(ErrorCode.Compacted, 'mvcc: required revision has been compacted', {
+      compactRevision,
+    });
   let crc = 0;
   let next = '';
   const batch: Array<[string, KeyValue]> = [];
@@ -239,7 +245,12 @@ export function registerMaintenance(k: ServiceKit): void {
       call,
       cb,
       (a) => a.hashKv(Math.max(0, num(call.request.revision))),
-      (h) => ({ header: ctx.header(h.revision), hash: h.hash, compactRevision: h.compactRevision }),
+      // A store never compacted answers -1, as etcd's (its compacted revision starts at -1).
+      (h) => ({
+        header: ctx.header(h.revision),
+        hash: h.hash,
+        compactRevision: h.compactRevision === 0 ? -1 : h.compactRevision,
+      }),
     )) as never);
 
   k.unary(
