@@ -4,10 +4,10 @@
  * until released.
  */
 
-import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { toBytes } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { CallOptions } from '../src/types.js';
+import { checkName } from './internal/check.js';
 import { waitDelete } from './internal/wait.js';
 
 /**
@@ -19,8 +19,7 @@ export class Barrier {
   readonly key: string;
 
   constructor(kv: KV, name: string) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'Barrier: name must be a non-empty string');
+    checkName('Barrier: name', name);
     this.kv = kv;
     this.key = name;
   }

@@ -16,7 +16,7 @@
  */
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import { Err, Ok, type Result } from 'ts-results-es';
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { bytesEqual, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { CallOptions, KeyValue } from '../src/types.js';
@@ -27,6 +27,7 @@ import {
   type SetConfigOptions,
   setConfig,
 } from './config-write.js';
+import { CacheFollower } from './internal/cache-follower.js';
 import { ChangeFeed } from './internal/change-feed.js';
 import {
   type ConfigDecoder,
@@ -53,6 +54,9 @@ export {
   setConfig,
   setConfigAttemptsMax,
 } from './config-write.js';
+
+import { checkInt } from './internal/check.js';
+
 export { type ConfigDecoder, configKeysMax } from './internal/config-common.js';
 
 /** Keys read per page of a snapshot (all pages pinned at the first page's revision). */
@@ -153,11 +157,9 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   readonly #schema: StandardSchemaV1<unknown, T>;
   readonly #decode: ConfigDecoder;
   readonly #debounceMs: number;
-  readonly #signal: AbortSignal | undefined;
-  readonly #stop = new AbortController();
+  /** Start once, stop on close or the caller's abort, follow the cache, fail with it. */
+  readonly #follower: CacheFollower;
   readonly #prefixBytes: Uint8Array;
-  /** The live copy of the prefix (watch, resyncs, bounds); the config is evaluated from it. */
-  #cache: PrefixCache | undefined;
   readonly #feed: ChangeFeed<ConfigChange<T>>;
 
   /** The store as last applied: relative key → field, consistent at `#rawRevision`. */
@@ -177,11 +179,6 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
   #timer: ReturnType<typeof setTimeout> | undefined;
   #burstStartMs: number | undefined;
   #evaluating: Promise<void> | undefined;
-  #started = false;
-  #running: Promise<void> | undefined;
-  #closed: Promise<void> | undefined;
-  #error: unknown;
-  #onAbort = () => void this.close();
 
   constructor(kv: KV, prefix: string, opts: WatchConfigOptions<T>) {
     checkPrefix('ConfigWatcher', prefix);
@@ -196,12 +193,11 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
         ErrorCode.InvalidArgument,
         'ConfigWatcher: debounceMs must be a non-negative number',
       );
-    const bufferMax = opts.changesBufferedMax ?? configChangesBufferedMax;
-    if (!Number.isInteger(bufferMax) || bufferMax < 1)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        'ConfigWatcher: changesBufferedMax must be a positive integer',
-      );
+    const bufferMax = checkInt(
+      'ConfigWatcher: changesBufferedMax',
+      opts.changesBufferedMax ?? configChangesBufferedMax,
+      1,
+    );
     this.kv = kv;
     this.prefix = prefix;
     this.#prefixBytes = toBytes(prefix);
@@ -209,7 +205,14 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     this.#decode = opts.decode ?? jsonDecode;
     this.#debounceMs = debounceMs;
     this.#feed = new ChangeFeed(bufferMax, () => this.#catchUp());
-    this.#signal = opts.signal;
+    this.#follower = new CacheFollower('ConfigWatcher', `config watcher ${prefix} closed`, opts.signal, {
+      stopped: (error) => {
+        clearTimeout(this.#timer);
+        this.#feed.end(error);
+      },
+      drained: () => this.#evaluating,
+      mapError: (err) => this.#boundError(err),
+    });
   }
 
   /** The last valid config. Throws before a successful `start()`. */
@@ -263,7 +266,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
 
   /** The error that stopped the watcher, if it failed (iterators throw it too). */
   get error(): unknown {
-    return this.#error;
+    return this.#follower.error;
   }
 
   /**
@@ -271,16 +274,12 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
    * runs. `Err(rejection)`: the stored config is invalid (or undecodable); the watcher is closed.
    * Rejects with the signal's reason, or a KV error.
    */
-  async start(): Promise<Result<this, ConfigRejection>> {
-    if (this.#started || this.#closed)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'ConfigWatcher: start() may be called once');
-    this.#started = true;
-    const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
-    signal.throwIfAborted();
-    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
-    try {
-      const cache = new PrefixCache(this.kv, this.#prefixBytes, { keysMax: configKeysMax, signal });
-      this.#cache = cache;
+  start(): Promise<Result<this, ConfigRejection>> {
+    return this.#follower.start(async (signal) => {
+      // The live copy of the prefix (watch, resyncs, bounds); the config is evaluated from it.
+      const cache = this.#follower.adopt(
+        new PrefixCache(this.kv, this.#prefixBytes, { keysMax: configKeysMax, signal }),
+      );
       // Subscribed before the read: its first change is the content read (a reset), and every
       // change after it reaches the watch loop, however soon the watch delivers.
       const changes = cache.changes({ withContent: true });
@@ -302,26 +301,14 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
       this.#evaluated = cand.bytes;
       this.#valid = { config: checked.value, revision, keys: [...cand.bytes.keys()] };
       this.#seen = { revision, keys: this.#valid.keys };
-      this.#running = this.#run(cache, changes);
+      this.#follower.follow(changes, (c) => this.#follow(c));
       return Ok(this);
-    } catch (err) {
-      await this.close();
-      throw this.#signal?.aborted ? abortReason(this.#signal) : err;
-    }
+    });
   }
 
   /** Stops the watch and timers; iterators finish what they buffered, then end. Idempotent. */
   close(): Promise<void> {
-    this.#closed ??= (async () => {
-      this.#signal?.removeEventListener('abort', this.#onAbort);
-      this.#stop.abort(new ConclaveError(ErrorCode.Closed, `config watcher ${this.prefix} closed`));
-      clearTimeout(this.#timer);
-      this.#feed.end(this.#error);
-      await this.#cache?.close();
-      await this.#running?.catch(() => undefined);
-      await this.#evaluating?.catch(() => undefined);
-    })();
-    return this.#closed;
+    return this.#follower.close();
   }
 
   /** `close()`. */
@@ -429,23 +416,16 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
    * debounce; a re-read at once, as a resync). The cache does the watching, the resyncs after
    * compaction, overflow or a broken watch, and their bounds; when it fails, so does the watcher.
    */
-  async #run(cache: PrefixCache, changes: AsyncGenerator<PrefixCacheChange, void, undefined>): Promise<void> {
-    try {
-      for await (const c of changes) {
-        this.#apply(c);
-        const reason = c.resync;
-        if (reason === undefined) {
-          this.#scheduleUpdate();
-          continue;
-        }
-        clearTimeout(this.#timer);
-        this.#burstStartMs = undefined;
-        this.#request({ kind: 'resync', reason });
-      }
-      if (cache.error !== undefined && !this.#stop.signal.aborted) this.#fail(this.#boundError(cache.error));
-    } catch (err) {
-      if (!this.#stop.signal.aborted) this.#fail(this.#boundError(err));
+  #follow(c: PrefixCacheChange): void {
+    this.#apply(c);
+    const reason = c.resync;
+    if (reason === undefined) {
+      this.#scheduleUpdate();
+      return;
     }
+    clearTimeout(this.#timer);
+    this.#burstStartMs = undefined;
+    this.#request({ kind: 'resync', reason });
   }
 
   /** The cache's `keysMax` error as the watcher's own (`request-too-large`, naming `configKeysMax`). */
@@ -453,11 +433,6 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     if (ConclaveError.is(err, ErrorCode.TooManyRequests) && err.details?.limit === 'keysMax')
       return tooManyKeys(this.prefix, Number(err.details.have));
     return err;
-  }
-
-  #fail(err: unknown): void {
-    this.#error = err;
-    void this.close();
   }
 
   // -------------------------------------------------------------------------------------------
@@ -489,7 +464,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     this.#evaluating = (async () => {
       try {
         // Bounded: each turn consumes `#pending`; new requests only come from store events.
-        while (this.#pending && !this.#stop.signal.aborted) {
+        while (this.#pending && !this.#follower.stopSignal.aborted) {
           const next = this.#pending;
           this.#pending = undefined;
           await this.#evaluate(next);
@@ -498,7 +473,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
         this.#evaluating = undefined;
       }
     })();
-    this.#evaluating.catch((err) => this.#fail(err));
+    this.#evaluating.catch((err) => this.#follower.fail(err));
   }
 
   async #evaluate(p: Pending): Promise<void> {
@@ -510,7 +485,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     if (p.kind === 'update' && changedKeys.length === 0) return;
     this.#evaluated = cand.bytes;
     const checked = await this.#validate(cand.object, cand.decodeIssues);
-    if (this.#stop.signal.aborted) return;
+    if (this.#follower.stopSignal.aborted) return;
     const prev = this.#valid!;
     if (!checked.ok) {
       const rejection: ConfigRejection = { revision, issues: checked.issues };

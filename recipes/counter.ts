@@ -12,6 +12,7 @@ import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { CallOptions, KeyValue } from '../src/types.js';
+import { checkName } from './internal/check.js';
 import { checkRetriesMax, conflictBackoff } from './internal/retry.js';
 
 /** Default re-tries of an `add` that lost a race with another writer (at most this + 1 txns). */
@@ -48,8 +49,7 @@ export class Counter {
 
   /** `name` is the key itself; an absent key reads as 0. */
   constructor(kv: KV, name: string, opts: CounterOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'Counter: name must be a non-empty string');
+    checkName('Counter: name', name);
     const retriesMax = opts.retriesMax ?? counterRetriesMax;
     checkRetriesMax('Counter', retriesMax);
     this.kv = kv;

@@ -10,6 +10,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toBytes, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
+import { checkInt, checkName } from './internal/check.js';
 import { putIfAbsent } from './internal/hold.js';
 import { rejectOnAbort, waitDelete } from './internal/wait.js';
 
@@ -25,13 +26,8 @@ export class DoubleBarrier {
   readonly #myKey: string;
 
   constructor(session: Session, name: string, count: number) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'DoubleBarrier: name must be a non-empty string');
-    if (!Number.isSafeInteger(count) || count < 1)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `DoubleBarrier: count must be a positive integer, got ${count}`,
-      );
+    checkName('DoubleBarrier: name', name);
+    checkInt('DoubleBarrier: count', count, 1);
     this.session = session;
     this.name = name;
     this.count = count;

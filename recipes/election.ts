@@ -9,6 +9,7 @@ import { leaseHex, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Session } from '../src/session.js';
 import type { Bytes, CallOptions, Compare, KeyValue } from '../src/types.js';
+import { checkName } from './internal/check.js';
 import { heldKey } from './internal/hold.js';
 import { pause } from './internal/timing.js';
 import { acquireTurn, type TurnSpec } from './internal/turn.js';
@@ -94,7 +95,7 @@ export class Election {
 
   /** `lostOnSuspend` (default true): a leadership counts as lost as soon as the session is suspended. */
   constructor(session: Session, name: string, opts: ElectionOptions = {}) {
-    checkName(name);
+    checkName('Election: name', name);
     this.session = session;
     this.name = name;
     this.#pfx = `${name}/`;
@@ -252,7 +253,7 @@ export class Election {
 
   /** The current leader of election `name` on `kv`, without a session. */
   static leader(kv: KV, name: string, opts: CallOptions = {}): Promise<Leader | undefined> {
-    checkName(name);
+    checkName('Election: name', name);
     return currentLeader(kv, `${name}/`, opts);
   }
 
@@ -261,14 +262,9 @@ export class Election {
    * as `election.observe()`. For processes that only need to know who leads.
    */
   static observe(kv: KV, name: string, opts: CallOptions = {}): AsyncGenerator<Observation> {
-    checkName(name);
+    checkName('Election: name', name);
     return observeElection(kv, `${name}/`, opts);
   }
-}
-
-function checkName(name: unknown): asserts name is string {
-  if (typeof name !== 'string' || name.length === 0)
-    throw new ConclaveError(ErrorCode.InvalidArgument, 'Election: name must be a non-empty string');
 }
 
 async function currentLeader(kv: KV, pfx: string, opts: CallOptions): Promise<Leader | undefined> {

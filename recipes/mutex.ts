@@ -16,6 +16,7 @@ import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions, LeaseId } from '../src/types.js';
+import { checkName } from './internal/check.js';
 import { type HeldKey, heldKey } from './internal/hold.js';
 import { watchGeneration } from './internal/key-watch.js';
 import { acquireTurn, type TurnSpec, tryTurn } from './internal/turn.js';
@@ -71,8 +72,7 @@ export class Mutex {
   readonly #revocable: boolean;
 
   constructor(session: Session, name: string, opts: MutexOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'Mutex: name must be a non-empty string');
+    checkName('Mutex: name', name);
     this.session = session;
     this.name = name;
     const pfx = `${name}/`;

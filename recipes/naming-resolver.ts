@@ -2,11 +2,13 @@
  * Resolving endpoints: `ServiceResolver` keeps a live list of a service's instances on a
  * `PrefixCache` and picks one per call (layout and format: naming.ts).
  */
-import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
+import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { CallOptions, KeyValue } from '../src/types.js';
+import { CacheFollower } from './internal/cache-follower.js';
 import { ChangeFeed } from './internal/change-feed.js';
+import { checkInt } from './internal/check.js';
 import {
   checkName,
   decodeEndpoint,
@@ -20,7 +22,7 @@ import {
   namingInstancesMax,
 } from './internal/naming-common.js';
 import type { ResyncReason } from './internal/resync.js';
-import { PrefixCache, type PrefixCacheChange } from './prefix-cache.js';
+import { PrefixCache } from './prefix-cache.js';
 
 // ---------------------------------------------------------------------------------------------
 // Resolver
@@ -145,10 +147,8 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   readonly #errorWindowMs: number;
   readonly #downMs: number;
   readonly #now: () => number;
-  readonly #signal: AbortSignal | undefined;
-  readonly #stop = new AbortController();
-  /** The live copy of the service's keys (watch, resyncs, bounds); the instances are derived from it. */
-  #cache: PrefixCache | undefined;
+  /** Start once, stop on close or the caller's abort, follow the cache, fail with it. */
+  readonly #follower: CacheFollower;
 
   #instances: Instances = new Map();
   #sorted: ServiceInstance[] = [];
@@ -157,22 +157,10 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   #skipped = new Set<string>();
   #health = new Map<string, Health>();
   #rr = 0;
-  #started = false;
-  #running: Promise<void> | undefined;
-  #closed: Promise<void> | undefined;
-  #error: unknown;
-  #onAbort = () => void this.close();
 
   constructor(kv: KV, service: string, opts: ResolverOptions = {}) {
     checkName('ServiceResolver: service', service);
-    const int = (name: string, v: number, min: number) => {
-      if (!Number.isSafeInteger(v) || v < min)
-        throw new ConclaveError(
-          ErrorCode.InvalidArgument,
-          `ServiceResolver: ${name} must be an integer >= ${min}`,
-        );
-      return v;
-    };
+    const int = (name: string, v: number, min: number) => checkInt(`ServiceResolver: ${name}`, v, min);
     this.kv = kv;
     this.service = service;
     this.#prefix = `${service}/`;
@@ -195,7 +183,9 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
     this.#errorWindowMs = int('errorWindowMs', opts.errorWindowMs ?? downErrorWindowMsDefault, 1);
     this.#downMs = int('downMs', opts.downMs ?? downMsDefault, 1);
     this.#now = opts.now ?? (() => performance.now());
-    this.#signal = opts.signal;
+    this.#follower = new CacheFollower('ServiceResolver', `service resolver ${service} closed`, opts.signal, {
+      stopped: (error) => this.#feed.end(error),
+    });
   }
 
   /** Every tracked instance, sorted by id (down ones included). */
@@ -220,44 +210,39 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
 
   /** The error that stopped the resolver, if it failed (iterators throw it too). */
   get error(): unknown {
-    return this.#error;
+    return this.#follower.error;
   }
 
   /** Reads the service's instances at one revision and starts the watch. Call once. */
-  async start(): Promise<this> {
-    if (this.#started || this.#closed)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'ServiceResolver: start() may be called once');
-    this.#started = true;
-    const signal = this.#signal ? AbortSignal.any([this.#signal, this.#stop.signal]) : this.#stop.signal;
-    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
-    try {
-      signal.throwIfAborted();
-      const cache = await PrefixCache.start(this.kv, this.#prefixBytes, {
-        keysMax: Math.max(namingCacheKeysMax, this.#max),
-        signal,
-      });
-      this.#cache = cache;
+  start(): Promise<this> {
+    return this.#follower.start(async (signal) => {
+      // The live copy of the service's keys (watch, resyncs, bounds); the instances are derived from it.
+      const cache = this.#follower.adopt(
+        await PrefixCache.start(this.kv, this.#prefixBytes, {
+          keysMax: Math.max(namingCacheKeysMax, this.#max),
+          signal,
+        }),
+      );
       // Subscribed and derived in one turn: the changes that follow apply on top of this list.
       const changes = cache.changes();
       this.#set(this.#derive(cache), cache.revision, { emit: false });
-      this.#running = this.#run(cache, changes);
+      // After each of the cache's changes the instances are derived again and the difference
+      // emitted (a change from a re-read of the prefix carries its reason). The cache does the
+      // watching, the resyncs and their bounds; when it fails, so does the resolver.
+      this.#follower.follow(changes, (c) =>
+        this.#set(
+          this.#derive(cache),
+          cache.revision,
+          c.resync ? { emit: true, resync: c.resync } : { emit: true },
+        ),
+      );
       return this;
-    } catch (err) {
-      await this.close();
-      throw this.#signal?.aborted ? abortReason(this.#signal) : err;
-    }
+    });
   }
 
   /** Stops the watch; iterators finish what they buffered, then end. Idempotent. */
   close(): Promise<void> {
-    this.#closed ??= (async () => {
-      this.#signal?.removeEventListener('abort', this.#onAbort);
-      this.#stop.abort(new ConclaveError(ErrorCode.Closed, `service resolver ${this.service} closed`));
-      this.#feed.end(this.#error);
-      await this.#cache?.close();
-      await this.#running?.catch(() => undefined);
-    })();
-    return this.#closed;
+    return this.#follower.close();
   }
 
   /** `close()`, for `await using`. */
@@ -422,29 +407,6 @@ export class ServiceResolver implements AsyncDisposable, AsyncIterable<ServiceCh
   #skip(key: string): void {
     // Bounded like the instances: a flood of invalid keys is not remembered past the bound.
     if (this.#skipped.size < this.#max) this.#skipped.add(key);
-  }
-
-  /**
-   * Follows the cache: after each of its changes, the instances are derived again and the
-   * difference emitted (a change that comes from a re-read of the prefix carries its reason).
-   * The cache does the watching, the resyncs after compaction, overflow or a broken watch, and
-   * their bounds; when it fails, so does the resolver.
-   */
-  async #run(cache: PrefixCache, changes: AsyncGenerator<PrefixCacheChange, void, undefined>): Promise<void> {
-    try {
-      for await (const c of changes) {
-        const resync = c.resync;
-        this.#set(this.#derive(cache), cache.revision, resync ? { emit: true, resync } : { emit: true });
-      }
-      if (cache.error !== undefined && !this.#stop.signal.aborted) this.#fail(cache.error);
-    } catch (err) {
-      if (!this.#stop.signal.aborted) this.#fail(err);
-    }
-  }
-
-  #fail(err: unknown): void {
-    this.#error = err;
-    void this.close();
   }
 }
 

@@ -23,6 +23,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../src/errors.js';
 import { compareBytes, EMPTY, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, WatchEvent } from '../src/types.js';
+import { checkName } from './internal/check.js';
 import { backoffMs, sleep } from './internal/timing.js';
 
 /** Keys read per dequeue attempt: a consumer that loses the race for the oldest item tries the next. */
@@ -96,8 +97,7 @@ abstract class ClaimQueue<I extends QueueItem> {
   readonly #orderByKey: boolean;
 
   constructor(kind: string, kv: KV, name: string, orderByKey: boolean) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, `${kind}: name must be a non-empty string`);
+    checkName(`${kind}: name`, name);
     this.kv = kv;
     this.name = name;
     this.#prefix = toBytes(`${name}/`);

@@ -9,10 +9,10 @@
  * experimental recipe, which infers ownership from one delete event).
  */
 import { Err, Ok, type Result } from 'ts-results-es';
-import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
+import { checkName } from './internal/check.js';
 import { type HeldKey, heldKey } from './internal/hold.js';
 import { acquireTurn, type TurnSpec, tryTurn, watchKeyLoss } from './internal/turn.js';
 
@@ -54,8 +54,7 @@ export class RWMutex {
    * `revocable` (default false): handles hear revocation requests (see `MutexOptions`).
    */
   constructor(session: Session, name: string, opts: RWMutexOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'RWMutex: name must be a non-empty string');
+    checkName('RWMutex: name', name);
     this.session = session;
     this.name = name;
     this.#lostOnSuspend = opts.lostOnSuspend ?? true;

@@ -9,6 +9,7 @@ import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { leaseHex, toText } from '../src/keys.js';
 import type { Session } from '../src/session.js';
 import type { CallOptions } from '../src/types.js';
+import { checkInt, checkName } from './internal/check.js';
 import { type HeldKey, heldKey } from './internal/hold.js';
 import { acquireTurn } from './internal/turn.js';
 
@@ -37,13 +38,8 @@ export class Semaphore {
    * `revocable` (default false): permits hear revocation requests (see `MutexOptions`).
    */
   constructor(session: Session, name: string, permits: number, opts: SemaphoreOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'Semaphore: name must be a non-empty string');
-    if (!Number.isSafeInteger(permits) || permits < 1)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `Semaphore: permits must be a positive integer, got ${permits}`,
-      );
+    checkName('Semaphore: name', name);
+    checkInt('Semaphore: permits', permits, 1);
     this.session = session;
     this.name = name;
     this.permits = permits;

@@ -28,6 +28,7 @@ import { ConclaveError, ErrorCode, throwIfAborted } from '../src/errors.js';
 import { concatBytes, toBytes, toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '../src/types.js';
+import { checkInt, checkName } from './internal/check.js';
 import { renamedOption } from './internal/options.js';
 import { sleep } from './internal/timing.js';
 import { Subscription } from './topic-subscription.js';
@@ -48,18 +49,6 @@ import {
   topicTrimBatchMax,
   topicTrimRoundsMax,
   topicWatchBatchesMax,
-} from './topic-types.js';
-
-export { type SubscribedTopic, Subscription } from './topic-subscription.js';
-export {
-  isTopicTrimmed,
-  type Published,
-  type SubscribeOptions,
-  type TopicEvent,
-  type TopicOptions,
-  type TopicPosition,
-  type TopicRetention,
-  type TopicTrimmedDetails,
 } from './topic-types.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -120,10 +109,7 @@ function getResult(r: OpResponse | undefined): RangeResult {
   return r;
 }
 
-function checkPositive(what: string, n: unknown, max: number): void {
-  if (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > max)
-    throw new ConclaveError(ErrorCode.InvalidArgument, `${what} must be an integer from 1 to ${max}`);
-}
+const checkPositive = (what: string, n: unknown, max: number): number => checkInt(what, n, 1, max);
 
 /** A topic's retention, checked, under its current names. */
 interface Retention {
@@ -168,8 +154,7 @@ export class Topic {
   #last = { seq: 0, mod: 0 };
 
   constructor(kv: KV, name: string, opts: TopicOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: name must be a non-empty string');
+    checkName('Topic: name', name);
     const r = retentionOf(opts.retention);
     if (opts.now !== undefined && typeof opts.now !== 'function')
       throw new ConclaveError(ErrorCode.InvalidArgument, 'Topic: now must be a function');

@@ -3,7 +3,7 @@ import { ConclaveError, ErrorCode } from '../src/errors.js';
 import { toText } from '../src/keys.js';
 import type { KV } from '../src/kv.js';
 import { leaseMarginMs } from '../src/session.js';
-import type { CallOptions, LeaseId } from '../src/types.js';
+import type { CallOptions, LeaseId, Op } from '../src/types.js';
 import {
   clipError,
   encodeRecord,
@@ -60,6 +60,9 @@ export interface JobContext {
   /** Takes back the lease of a settled job: its only key was deleted by the settling txn. */
   release(lease: ClaimLease): void;
 }
+
+/** A put of the item's state record at `key`. */
+const put = (key: string, rec: StateRecord): Op => ({ type: 'put', key, value: encodeRecord(rec) });
 
 /**
  * One claimed item. Settle it with `ack()` (done), `nack()` (try again, optionally later) or
@@ -183,22 +186,7 @@ export class Job implements AsyncDisposable {
   /** Marks the job done: deletes the item. `Err(ClaimLost)` if the claim was lost meanwhile. */
   async ack(opts: CallOptions = {}): Promise<Result<void, ClaimLost>> {
     if (this.#settled) return this.#settledErr();
-    const { kv, keys } = this.#ctx;
-    const t = await kv.txn(
-      {
-        compare: [this.#guard()],
-        success: [
-          { type: 'delete', key: keys.rec(this.id) },
-          { type: 'delete', key: keys.lease(this.id) },
-          { type: 'delete', key: keys.item(this.id) },
-        ],
-        failure: [],
-      },
-      opts.signal ? { signal: opts.signal } : {},
-    );
-    if (!t.succeeded) return this.#settled ? this.#settledErr() : this.#expiredErr();
-    this.#finish('acked');
-    return Ok(undefined);
+    return this.#settle('acked', { type: 'delete', key: this.#ctx.keys.item(this.id) }, opts.signal);
   }
 
   /**
@@ -208,44 +196,23 @@ export class Job implements AsyncDisposable {
   async nack(opts: NackOptions = {}): Promise<Result<NackOutcome, ClaimLost>> {
     const delaySeconds = checkDelay('nack', opts.delaySeconds);
     if (this.#settled) return this.#settledErr();
-    const r = this.#record;
-    const next: StateRecord = {
-      p: r.p,
-      a: r.a,
-      m: r.m,
-      ...(opts.error !== undefined ? { e: clipError(opts.error) } : {}),
-      c: this.#ctx.consumer,
-      t: Date.now(),
-    };
-    const dest = requeueKey(this.#ctx.keys, this.id, r);
+    const next = this.#nextRecord(opts.error);
+    const dest = requeueKey(this.#ctx.keys, this.id, this.#record);
     let key = dest.key;
     let outcome: NackOutcome = dest.dead ? 'dead' : 'ready';
     if (!dest.dead && delaySeconds > 0) {
       key = this.#ctx.keys.delayed(next.t! + delaySeconds * 1000, this.id);
       outcome = 'delayed';
     }
-    if (!(await this.#move(key, next, opts.signal)))
-      return this.#settled ? this.#settledErr() : this.#expiredErr();
-    this.#finish('nacked');
-    return Ok(outcome);
+    const moved = await this.#settle('nacked', put(key, next), opts.signal);
+    return moved.map(() => outcome);
   }
 
   /** Moves the item to dead letters now, with `error`. `Err(ClaimLost)` if the claim was lost. */
   async deadLetter(opts: { error?: string } & CallOptions = {}): Promise<Result<void, ClaimLost>> {
     if (this.#settled) return this.#settledErr();
-    const r = this.#record;
-    const next: StateRecord = {
-      p: r.p,
-      a: r.a,
-      m: r.m,
-      e: clipError(opts.error ?? 'dead-lettered by the consumer'),
-      c: this.#ctx.consumer,
-      t: Date.now(),
-    };
-    if (!(await this.#move(this.#ctx.keys.dead(this.id), next, opts.signal)))
-      return this.#settled ? this.#settledErr() : this.#expiredErr();
-    this.#finish('dead-lettered');
-    return Ok(undefined);
+    const next = this.#nextRecord(opts.error ?? 'dead-lettered by the consumer');
+    return this.#settle('dead-lettered', put(this.#ctx.keys.dead(this.id), next), opts.signal);
   }
 
   /**
@@ -276,7 +243,25 @@ export class Job implements AsyncDisposable {
     return { key: this.#ctx.keys.rec(this.id), target: 'mod', result: '=', value: this.token } as const;
   }
 
-  async #move(key: string, next: StateRecord, signal: AbortSignal | undefined): Promise<boolean> {
+  /** The item's record after this delivery: attempts kept, `error` (if given) as its last error. */
+  #nextRecord(error: string | undefined): StateRecord {
+    const r = this.#record;
+    return {
+      p: r.p,
+      a: r.a,
+      m: r.m,
+      ...(error !== undefined ? { e: clipError(error) } : {}),
+      c: this.#ctx.consumer,
+      t: Date.now(),
+    };
+  }
+
+  /**
+   * Ends the claim (`how`: acked, nacked…) in one txn guarded by it: deletes the claim record and
+   * its lease key, and does `then` (delete the item: ack; put its next state: nack, dead letter).
+   * `Err(ClaimLost)` if the claim was lost (the guard failed): nothing was written.
+   */
+  async #settle(how: string, then: Op, signal: AbortSignal | undefined): Promise<Result<void, ClaimLost>> {
     const { kv, keys } = this.#ctx;
     const t = await kv.txn(
       {
@@ -284,13 +269,15 @@ export class Job implements AsyncDisposable {
         success: [
           { type: 'delete', key: keys.rec(this.id) },
           { type: 'delete', key: keys.lease(this.id) },
-          { type: 'put', key, value: encodeRecord(next) },
+          then,
         ],
         failure: [],
       },
       signal ? { signal } : {},
     );
-    return t.succeeded;
+    if (!t.succeeded) return this.#settled ? this.#settledErr() : this.#expiredErr();
+    this.#finish(how);
+    return Ok(undefined);
   }
 
   #finish(how: string): void {

@@ -67,6 +67,8 @@ export {
   workQueueDelaySecondsMax,
 } from './work-queue-job.js';
 
+import { checkInt, checkName } from './internal/check.js';
+
 /** Default visibility timeout: how long a claim lasts without ack, nack or extend. */
 export const workQueueVisibilityTimeoutSecondsDefault = 30;
 /** Default deliveries before an item is dead-lettered (`attemptsMax`). */
@@ -160,12 +162,7 @@ function attemptsMaxOf(
       { name: 'attemptsMax', value: opts.attemptsMax },
       { name: 'maxAttempts', value: opts.maxAttempts },
     ) ?? dflt;
-  if (!Number.isSafeInteger(n) || n < 1 || n > workQueueAttemptsLimitMax)
-    throw new ConclaveError(
-      ErrorCode.InvalidArgument,
-      `${what}: attemptsMax must be an integer from 1 to ${workQueueAttemptsLimitMax}, got ${n}`,
-    );
-  return n;
+  return checkInt(`${what}: attemptsMax`, n, 1, workQueueAttemptsLimitMax);
 }
 
 /**
@@ -192,14 +189,12 @@ export class WorkQueue implements AsyncDisposable {
   #closing: Promise<void> | undefined;
 
   constructor(session: Session, name: string, opts: WorkQueueOptions = {}) {
-    if (typeof name !== 'string' || name.length === 0)
-      throw new ConclaveError(ErrorCode.InvalidArgument, 'WorkQueue: name must be a non-empty string');
-    const vis = opts.visibilityTimeoutSeconds ?? workQueueVisibilityTimeoutSecondsDefault;
-    if (!Number.isSafeInteger(vis) || vis < 1)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `WorkQueue: visibilityTimeoutSeconds must be a positive integer, got ${vis}`,
-      );
+    checkName('WorkQueue: name', name);
+    const vis = checkInt(
+      'WorkQueue: visibilityTimeoutSeconds',
+      opts.visibilityTimeoutSeconds ?? workQueueVisibilityTimeoutSecondsDefault,
+      1,
+    );
     this.session = session;
     this.name = name;
     this.visibilityTimeoutSeconds = vis;
@@ -226,12 +221,7 @@ export class WorkQueue implements AsyncDisposable {
 
   /** Adds an item; resolves with its id. */
   async add(value: Bytes, opts: AddOptions = {}): Promise<string> {
-    const priority = opts.priority ?? 0;
-    if (!Number.isSafeInteger(priority) || priority < 0 || priority > workQueuePriorityMax)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `WorkQueue.add: priority must be an integer from 0 to ${workQueuePriorityMax}`,
-      );
+    const priority = checkInt('WorkQueue.add: priority', opts.priority ?? 0, 0, workQueuePriorityMax);
     const delaySeconds = checkDelay('WorkQueue.add', opts.delaySeconds);
     const m = attemptsMaxOf('WorkQueue.add', opts, this.attemptsMax);
     const body = toBytes(value);
@@ -502,12 +492,12 @@ export class WorkQueue implements AsyncDisposable {
    * background maintenance failed.
    */
   async process(handler: JobHandler, opts: ProcessOptions = {}): Promise<void> {
-    const concurrency = opts.concurrency ?? 1;
-    if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > workQueueConcurrencyMax)
-      throw new ConclaveError(
-        ErrorCode.InvalidArgument,
-        `WorkQueue.process: concurrency must be an integer from 1 to ${workQueueConcurrencyMax}`,
-      );
+    const concurrency = checkInt(
+      'WorkQueue.process: concurrency',
+      opts.concurrency ?? 1,
+      1,
+      workQueueConcurrencyMax,
+    );
     checkDelay('WorkQueue.process retryDelaySeconds', opts.retryDelaySeconds);
     const stop = this.#signal(opts.signal);
     const run = this.#processLoop(handler, opts, concurrency, stop);

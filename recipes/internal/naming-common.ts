@@ -74,10 +74,7 @@ export function decodeEndpoint(value: Uint8Array): Endpoint | undefined {
   return { addr: u.Addr, metadata: u.Metadata ?? null };
 }
 
-export function checkName(what: string, name: unknown): asserts name is string {
-  if (typeof name !== 'string' || name.length === 0)
-    throw new ConclaveError(ErrorCode.InvalidArgument, `${what} must be a non-empty string`);
-}
+export { checkName } from './check.js';
 
 export function checkEndpoint(endpoint: Endpoint): Endpoint {
   if (typeof endpoint?.addr !== 'string' || endpoint.addr.length === 0)

@@ -2,7 +2,7 @@
  * Retrying a transaction that lost a race (STM, Counter): the bound on `retriesMax` a caller may
  * ask for, and the randomised pause between attempts.
  */
-import { ConclaveError, ErrorCode } from '../../src/errors.js';
+import { checkInt } from './check.js';
 import { backoffMs, sleep } from './timing.js';
 
 /** The largest `retriesMax` a caller may ask for. */
@@ -21,9 +21,5 @@ export async function conflictBackoff(attempt: number, signal: AbortSignal | und
 
 /** Validates a `retriesMax` option. */
 export function checkRetriesMax(what: string, n: number): void {
-  if (!Number.isInteger(n) || n < 0 || n > retriesLimitMax)
-    throw new ConclaveError(
-      ErrorCode.InvalidArgument,
-      `${what}: retriesMax must be an integer from 0 to ${retriesLimitMax}`,
-    );
+  checkInt(`${what}: retriesMax`, n, 0, retriesLimitMax);
 }

@@ -1,5 +1,7 @@
 import { expect, it } from 'vitest';
-import { isTopicTrimmed, type Subscription, Topic, type TopicEvent } from '../../../recipes/topic.js';
+import { Topic } from '../../../recipes/topic.js';
+import type { Subscription } from '../../../recipes/topic-subscription.js';
+import { isTopicTrimmed, type TopicEvent } from '../../../recipes/topic-types.js';
 import type { ConclaveError } from '../../../src/errors.js';
 import { toBytes, toText } from '../../../src/keys.js';
 import type { KV } from '../../../src/kv.js';
