@@ -11,6 +11,9 @@
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 import type { Bytes, Watch, WatchBatch, WatchOptions } from '../../src/types.js';
 import type { RaftNode } from './node/node.js';
+import type { HubWatch } from './store/watch-hub.js';
+
+const doneResult: IteratorReturnResult<undefined> = { done: true, value: undefined };
 
 export interface WatchSource {
   /** A live member to serve the watch, waiting (bounded) for one; rejects `unavailable`. */
@@ -35,7 +38,7 @@ export class FailoverWatch implements Watch {
   #closed = false;
   #stop: AbortController | undefined;
   readonly #onAbort: (() => void) | undefined;
-  #inner: Watch;
+  #inner: HubWatch;
   /** The first revision not yet delivered: where a moved watch resumes. */
   #nextRev: number;
   readonly #onClose: (w: FailoverWatch) => void;
@@ -67,7 +70,7 @@ export class FailoverWatch implements Watch {
     return this.#ready;
   }
 
-  #subscribe(member: RaftNode): Watch {
+  #subscribe(member: RaftNode): HubWatch {
     const { signal: _own, ...rest } = this.#o;
     return member.store.hub.watch(this.#key, { ...rest, startRevision: this.#nextRev });
   }
@@ -81,37 +84,73 @@ export class FailoverWatch implements Watch {
     await this.#inner.close();
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
+  /**
+   * The iterator reads the serving member's watch directly (`take`), not through a second async
+   * generator: a batch already buffered costs one resolved promise, where two generators cost
+   * several promises and microtask turns per batch, paid by every watcher of a busy prefix.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
+    return {
+      next: () => this.#next(),
+      // A consumer that leaves its loop early (break, throw) closes the watch.
+      return: async () => {
+        await this.close();
+        return doneResult;
+      },
+    };
+  }
+
+  #next(): Promise<IteratorResult<WatchBatch>> {
+    const b = this.#inner.take();
+    if (b) {
+      this.#nextRev = b.revision + 1;
+      return Promise.resolve({ value: b, done: false });
+    }
+    // Live and idle (the usual wait): one promise until the next batch.
+    if (!this.#inner.done) return this.#inner.arrival().then(() => this.#next());
+    return this.#wait();
+  }
+
+  /** Nothing buffered: waits for a batch, ends, or moves the watch when its member stopped. */
+  async #wait(): Promise<IteratorResult<WatchBatch>> {
     try {
       while (true) {
-        try {
-          for await (const batch of this.#inner) {
-            this.#nextRev = batch.revision + 1;
-            yield batch;
-          }
-          return; // closed by us
-        } catch (err) {
-          // Only the serving member's shutdown moves the watch; anything else (compacted,
-          // overflow, too many watchers) is the watch's real outcome.
-          if (this.#closed || !ConclaveError.is(err) || err.code !== ErrorCode.Closed) throw err;
-          let member = this.#src.leader();
-          if (!member) {
-            this.#stop = new AbortController();
-            try {
-              member = await this.#src.liveMember(this.#stop.signal);
-            } finally {
-              this.#stop = undefined;
-            }
-          }
-          if (this.#closed) return;
-          this.#ready ??= this.#inner.ready;
-          this.failovers++;
-          this.servedBy = member.id;
-          this.#inner = this.#subscribe(member);
+        const inner = this.#inner;
+        const b = inner.take();
+        if (b) {
+          this.#nextRev = b.revision + 1;
+          return { value: b, done: false };
         }
+        if (!inner.done) {
+          await inner.arrival();
+          continue;
+        }
+        const err = inner.error;
+        if (err === undefined) {
+          await this.close();
+          return doneResult; // closed by us
+        }
+        // Only the serving member's shutdown moves the watch; anything else (compacted,
+        // overflow, too many watchers) is the watch's real outcome.
+        if (this.#closed || !ConclaveError.is(err) || err.code !== ErrorCode.Closed) throw err;
+        let member = this.#src.leader();
+        if (!member) {
+          this.#stop = new AbortController();
+          try {
+            member = await this.#src.liveMember(this.#stop.signal);
+          } finally {
+            this.#stop = undefined;
+          }
+        }
+        if (this.#closed) return doneResult;
+        this.#ready ??= this.#inner.ready;
+        this.failovers++;
+        this.servedBy = member.id;
+        this.#inner = this.#subscribe(member);
       }
-    } finally {
+    } catch (err) {
       await this.close();
+      throw err;
     }
   }
 
