@@ -1,7 +1,8 @@
 /**
- * Bad input, differentially: each request below (malformed protobuf, unknown methods
- * and services, oversized messages, invalid ranges, negative revisions, lease ID 0, a compaction
- * at revision 0 of a store never compacted, many watches on one stream) goes to a fresh etcd
+ * Bad input, differentially: each request below (malformed protobuf, unknown methods and
+ * services, member changes with invalid or taken peer URLs or unknown IDs, oversized messages,
+ * invalid ranges, negative revisions, lease ID 0, a compaction at revision 0 of a store never
+ * compacted, HashKV around compaction, many watches on one stream) goes to a fresh etcd
  * 3.4.23 and to a fresh `conclave serve` process, and the two must answer the same gRPC code with
  * the same text (gRPC-library texts: the same code), or, where served differs on purpose
  * (docs/server-api.md, "Where the answers differ"), served's documented answer; both keep serving
@@ -56,7 +57,40 @@ function shape(a: Answer, c?: Case): unknown {
   return { code: a.code, response: c?.view ? c.view(rest) : rest };
 }
 
+const cluster = (m: string, body: Record<string, unknown>) => (r: RawClient) =>
+  r.unary(`/etcdserverpb.Cluster/${m}`, body, { req: `${m}Request`, res: `${m}Response` });
+
+/** MemberAdd as a learner (a request accepted by mistake then cannot cost the quorum). */
+const addLearner = (peerURLs: string[]) => cluster('MemberAdd', { peerURLs, isLearner: true });
+
 const cases: Case[] = [
+  { name: 'member add: a peer URL with no scheme', call: addLearner(['foo']), code: S.INVALID_ARGUMENT },
+  {
+    name: 'member add: a peer URL with no port',
+    call: addLearner(['http://127.0.0.1']),
+    code: S.INVALID_ARGUMENT,
+  },
+  {
+    name: 'member add: a peer URL of another scheme',
+    call: addLearner(['ftp://127.0.0.1:2380']),
+    code: S.INVALID_ARGUMENT,
+  },
+  {
+    name: "member add: an existing member's peer URL",
+    call: async (r) => {
+      const list = await cluster('MemberList', {})(r);
+      const members = list.response!.members as Array<{ peerURLs: string[] }>;
+      return addLearner(members[0]!.peerURLs)(r);
+    },
+    code: S.FAILED_PRECONDITION,
+  },
+  { name: 'member remove: an unknown ID', call: cluster('MemberRemove', { ID: 12345 }), code: S.NOT_FOUND },
+  {
+    name: 'member update: an unknown ID',
+    call: cluster('MemberUpdate', { ID: 12345, peerURLs: ['http://127.0.0.1:1'] }),
+    code: S.NOT_FOUND,
+  },
+  { name: 'member promote: an unknown ID', call: cluster('MemberPromote', { ID: 12345 }), code: S.NOT_FOUND },
   {
     name: 'malformed protobuf',
     call: (r) => r.unary('/etcdserverpb.KV/Put', Buffer.from([0x0a, 0xff])),
