@@ -13,6 +13,7 @@ import {
   MessageType,
   type Ready,
   Role,
+  type Snapshot,
 } from '../../backends/raft/consensus/types.js';
 import { frame, RecordType, type WalRecord } from '../../backends/raft/storage/records.js';
 import {
@@ -62,7 +63,7 @@ const TICK_MS = 10;
 interface SimDisk {
   wal: Uint8Array;
   syncedBytes: number;
-  snap: import('../../backends/raft/consensus/types.js').Snapshot | undefined;
+  snap: Snapshot | undefined;
   /** The write in flight: completes (is synced) at `doneAt`. */
   pending:
     | { rd: Ready; term: number; bytes: Uint8Array; doneAt: number; late: readonly Message[] }
@@ -198,12 +199,7 @@ export class Simulation {
       maxInflightMsgs: this.#maxInflightMsgs,
     });
     // The state machine restarts from the snapshot (its data is the applied map up to that index).
-    n.applied = new Map(
-      JSON.parse(
-        dec.decode(n.storage.snap.data).length > 0 ? dec.decode(n.storage.snap.data) : '[]',
-      ) as Array<[number, string]>,
-    );
-    n.appliedIndex = n.storage.snap.meta.index;
+    this.#restoreApplied(n, n.storage.snap, 'restarted from');
     n.lastCommit = Math.max(n.lastCommit, 0);
     n.pausedUntil = 0;
   }
@@ -561,8 +557,7 @@ export class Simulation {
   #persistMemory(n: SimNode, rd: Ready): void {
     if (rd.snapshot) {
       n.storage.applySnapshot(rd.snapshot);
-      n.applied = new Map(JSON.parse(dec.decode(rd.snapshot.data) || '[]') as Array<[number, string]>);
-      n.appliedIndex = rd.snapshot.meta.index;
+      this.#restoreApplied(n, rd.snapshot, 'installed');
     }
     n.storage.append(rd.entries);
     if (rd.hardState) n.storage.setHardState(rd.hardState);
@@ -626,11 +621,40 @@ export class Simulation {
     if (e.type === EntryType.ConfChange) n.raft!.applyConfChange(decodeConfChange(e.data));
   }
 
+  /**
+   * A node's state machine from a snapshot (on restart, or installed from a leader). State machine
+   * safety holds across snapshots too: the snapshot must hold every entry 1..its index exactly as
+   * the nodes that applied them applied them (a snapshot with a forged or missing entry would
+   * otherwise pass unseen, since a restored node never re-applies those entries).
+   */
+  #restoreApplied(n: SimNode, snap: Snapshot, how: string): void {
+    const text = dec.decode(snap.data);
+    const applied = new Map(JSON.parse(text.length > 0 ? text : '[]') as Array<[number, string]>);
+    for (let i = 1; i <= snap.meta.index; i++) {
+      const v = applied.get(i);
+      const seen = this.appliedGlobal.get(i);
+      if (v === undefined || v !== seen)
+        this.fail(
+          `state machine safety: node ${n.id} ${how} a snapshot at ${snap.meta.index} whose entry ${i} is ${v ?? 'missing'}, applied elsewhere as ${seen ?? 'nothing'}`,
+        );
+    }
+    n.applied = applied;
+    n.appliedIndex = snap.meta.index;
+  }
+
   #checkInvariants(): void {
     for (const n of this.nodes.values()) {
       const r = n.raft;
       if (!r) continue;
       r.log.checkInvariants();
+      // Election safety (§5.2), on every node's state after every step: at most one leader per
+      // term, whether or not its Ready has been handled yet.
+      if (r.role === Role.Leader) {
+        const prev = this.leaderOfTerm.get(r.term);
+        if (prev !== undefined && prev !== n.id)
+          this.fail(`election safety: ${prev} and ${n.id} both lead term ${r.term}`);
+        this.leaderOfTerm.set(r.term, n.id);
+      }
       if (r.log.committed < n.lastCommit && n.lastCommit <= n.storage.hardState.commit) {
         this.fail(`node ${n.id} commit went back from ${n.lastCommit} to ${r.log.committed}`);
       }

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { Role } from '../../backends/raft/consensus/types.js';
 import { runSeed, SimError, Simulation } from './cluster.js';
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 300);
@@ -108,6 +109,48 @@ describe('raft simulator', () => {
     log.entries[i - log.snapIndex - 1] = { ...e, term: e.term + 1 };
     leader.lastCommit = i - 1;
     expect(() => sim.step(false)).toThrow(/commit safety|log matching/);
+  });
+
+  it('the election-safety checker (§5.2) catches a second leader in a term, before any Ready reports it', () => {
+    const sim = new Simulation({ seed: 14, steps: 300, faults: false, confChanges: false });
+    for (let i = 0; i < 200; i++) sim.step(false);
+    const leader = [...sim.nodes.values()].find((n) => n.raft?.role === Role.Leader)!;
+    const follower = [...sim.nodes.values()].find((n) => n.raft && n.raft.role !== Role.Leader)!;
+    // The follower believes it leads the leader's term, and is paused (a process stalled right
+    // after it took the role): its Ready is not handled, so only the per-step check can see it.
+    follower.pausedUntil = sim.now + 10_000;
+    follower.raft!.role = Role.Leader;
+    follower.raft!.term = leader.raft!.term;
+    expect(() => sim.step(false, false)).toThrow(/election safety: \d+ and \d+ both lead term \d+/);
+  });
+
+  it('the state-machine-safety checker catches a snapshot that carries a forged entry', () => {
+    let forged = 0;
+    const seeds: number[] = [];
+    for (let seed = 1; seed <= 40 && seeds.length === 0; seed++) {
+      const r = runSeed({
+        seed,
+        steps: 1200,
+        tamper: (_id, rd) => {
+          if (!rd.snapshot || rd.snapshot.meta.index < 2) return rd;
+          const applied = JSON.parse(new TextDecoder().decode(rd.snapshot.data)) as Array<[number, string]>;
+          applied[0] = [applied[0]![0], `${applied[0]![1]}-forged`];
+          forged++;
+          return {
+            ...rd,
+            snapshot: { ...rd.snapshot, data: new TextEncoder().encode(JSON.stringify(applied)) },
+          };
+        },
+      });
+      if (forged > 0) {
+        expect(r.error).toMatch(
+          /state machine safety: node \d+ installed a snapshot at \d+ whose entry \d+ is/,
+        );
+        seeds.push(seed);
+      }
+    }
+    // Some seed sent a snapshot to a lagging node (else this test proved nothing).
+    expect(seeds).not.toEqual([]);
   });
 
   it('the ReadIndex checker catches a read answered with an index below one already committed', () => {
