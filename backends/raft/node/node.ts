@@ -12,7 +12,7 @@
  */
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
 import type { Txn } from '../../../src/types.js';
-import { ProposalDropped } from '../consensus/assert.js';
+import { assert, ProposalDropped } from '../consensus/assert.js';
 import { MemoryStorage } from '../consensus/memory-storage.js';
 import type { NodeStorage } from '../consensus/node-storage.js';
 import { decodeConfChange, Raft } from '../consensus/raft.js';
@@ -382,6 +382,8 @@ export class RaftNode {
     const applyStart = performance.now();
     for (const e of entries) {
       if (e.index <= this.store.appliedIndex) continue;
+      // Entries apply in log order without a gap (Raft §5.3): a skipped entry is a lost write.
+      assert(e.index === this.store.appliedIndex + 1, `apply ${e.index} after ${this.store.appliedIndex}`);
       this.#appliedBytes += e.data.length;
       if (e.type === EntryType.ConfChange) this.#applyConfChange(e.index, e.term, e.data);
       else if (e.data.length > 0) this.#apply(decodeCommand(e.data));
@@ -495,6 +497,11 @@ export class RaftNode {
 
   /** A snapshot from the leader replaces the whole state machine (watchers are resynced). */
   #installSnapshot(snap: Snapshot): void {
+    // The core accepts only a snapshot past its commit index: one at or below what is applied would roll the store back.
+    assert(
+      snap.meta.index > this.store.appliedIndex,
+      `snapshot ${snap.meta.index} at or below applied ${this.store.appliedIndex}`,
+    );
     const restored = restoreStore(snap.data, { minTtlSeconds: this.#o.minTtlSeconds, nowMs: this.#o.now() });
     restored.appliedIndex = snap.meta.index;
     this.store.replaceState(restored);

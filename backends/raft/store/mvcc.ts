@@ -176,6 +176,15 @@ export class StoreInvariantError extends Error {
   }
 }
 
+/**
+ * Checks an invariant on a write path, where breaking it would corrupt the key space silently
+ * (a record below the current revision changes what reads at past revisions see, and what a
+ * snapshot holds). O(1): run on every write, unlike `checkInvariants`.
+ */
+export function storeAssert(cond: unknown, what: string): asserts cond {
+  if (!cond) throw new StoreInvariantError(what);
+}
+
 export class Mvcc {
   index: BTree<string, Records> = new BTree<string, Records>(undefined, compareKeys, indexNodeSize);
   /** The snapshot buffer that undecoded (numeric) index entries point into. */
@@ -643,6 +652,12 @@ export class Mvcc {
 
   /** Appends a record (above every other of the key) to its index entry `entry`, with its undo. */
   #append(key: string, entry: Records | undefined, r: KeyRecord): void {
+    // A write's records are above every committed one (etcd's revisions only grow): a record at or
+    // below currentRev would rewrite history that reads, watches and snapshots have already seen.
+    storeAssert(
+      r.main > this.#currentRev,
+      `a write at revision ${r.main} of ${JSON.stringify(key)} is not above currentRev ${this.#currentRev}`,
+    );
     if (r.main > this.#top) {
       this.#top = r.main;
       this.undo?.push(() => {
@@ -692,7 +707,13 @@ export class Mvcc {
       return;
     }
     const recs = Array.isArray(entry) ? entry : entry.recs;
-    const wasLive = recs[recs.length - 1]!.isPut;
+    const last = recs[recs.length - 1]!;
+    // A key's records stay in {main, sub} order: reads find a revision's record by that order.
+    storeAssert(
+      last.main < r.main || (last.main === r.main && last.sub < r.sub),
+      `record {${r.main}, ${r.sub}} of ${JSON.stringify(key)} is not after its last {${last.main}, ${last.sub}}`,
+    );
+    const wasLive = last.isPut;
     // A touched key's first few records: an exact copy (a push would reserve 17 slots).
     if (recs !== entry && recs.length < touchedCopiedMax) (entry as Touched).recs = recs.concat(r);
     else recs.push(r);

@@ -21,7 +21,7 @@ import type {
 import { AlarmStore } from './alarms.js';
 import { AuthStore } from './auth-store.js';
 import { Leases } from './leases.js';
-import { keyString, Mvcc, type MvccEvent, StoreInvariantError } from './mvcc.js';
+import { keyString, Mvcc, type MvccEvent, StoreInvariantError, storeAssert } from './mvcc.js';
 import { branch, checkPath, checkTxnRequest, choosePath, type TxnPath } from './txn-check.js';
 import { WatchHub } from './watch-hub.js';
 
@@ -224,6 +224,12 @@ export class Store {
 
   #commit(w: WriteCtx): number {
     if (w.changed) {
+      // Revisions are dense and each is one write (etcd's): a write that began at another
+      // revision than the next would skip one or give one revision two states.
+      storeAssert(
+        w.main === this.mvcc.currentRev + 1,
+        `a write of revision ${w.main} commits after currentRev ${this.mvcc.currentRev}`,
+      );
       this.mvcc.currentRev = w.main;
       this.hub.notify(w.main, w.events);
     }
