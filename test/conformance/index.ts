@@ -25,6 +25,9 @@ const suites: Array<[string, RegisterTests | undefined]> = [
   ['recipes', registerRecipes],
 ];
 
+/** Suites registered in this process (part of each run's key prefix). */
+let runSeq = 0;
+
 /**
  * Registers the suite for one backend. `only` limits it to some parts (by name: 'lease', 'session',
  * …), for a backend variant that only needs those (e.g. durable storage for the lease tests).
@@ -36,7 +39,8 @@ export function runConformance(
   describe.skipIf(opts.skip === true)(`conformance: ${backend.name}`, () => {
     let ctx: ConformanceContext | undefined;
     const extra: KV[] = [];
-    const run = Math.random().toString(36).slice(2, 8);
+    // A prefix of this run's own (the etcd under test may hold earlier runs' keys): not random, unique.
+    const run = `${process.pid.toString(36)}${Date.now().toString(36).slice(-5)}${(runSeq++).toString(36)}`;
     let n = 0;
 
     beforeAll(async () => {

@@ -4,18 +4,7 @@ import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';
 import type { RegisterTests } from './context.js';
 import { checkLiveness, livenessStallBoundMs, loopDelay, stall } from './stall.js';
-import { sleep, waitFor } from './util.js';
-
-/** A seeded choice of stall moments and lengths (the seed is printed with any failure). */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 4294967296;
-  };
-}
+import { seeded, sleep, waitFor } from './util.js';
 
 /**
  * The Session's promise, checked: if it says connected with `remainingMs()` left, its key exists
@@ -100,12 +89,11 @@ export const registerSessionTests: RegisterTests = (ctx) => {
   it('session — whenever it says connected its key exists, while the process stalls across the TTL at random moments', async () => {
     const { kv, prefix, backend } = ctx();
     const ttl = backend.minTtlSeconds;
-    const seed = Math.floor(Math.random() * 2 ** 31);
-    const rand = rng(seed);
+    const { rand, replay: seed } = seeded('session-stalls');
     const p = prefix('session-stalls');
     const seen = { connected: 0, lost: 0 };
     for (let round = 0; round < 3; round++) {
-      const what = `seed ${seed}, round ${round}`;
+      const what = `${seed}, round ${round}`;
       const s = await Session.create(kv, { ttlSeconds: ttl });
       const key = `${p}${round}`;
       await kv.put(key, 'v', { lease: s.lease });
@@ -127,8 +115,7 @@ export const registerSessionTests: RegisterTests = (ctx) => {
   it('session — a mutex holder stalled past its TTL is lost before a waiter acquires; never two holders (fencing register)', async () => {
     const { kv, prefix, backend } = ctx();
     const ttl = backend.minTtlSeconds;
-    const seed = Math.floor(Math.random() * 2 ** 31);
-    const rand = rng(seed);
+    const { rand, replay: seed } = seeded('mutex-stall');
     const kv2 = await ctx().newKv();
     const name = `${prefix('mutex-stall')}lock`;
     // The resource the lock protects: accepts a write only with a token at least the highest seen.
@@ -139,7 +126,7 @@ export const registerSessionTests: RegisterTests = (ctx) => {
       else register.maxToken = token;
     };
     for (let round = 0; round < 3; round++) {
-      const what = `seed ${seed}, round ${round}`;
+      const what = `${seed}, round ${round}`;
       const holderSession = await Session.create(kv, { ttlSeconds: ttl });
       // The waiter's lease outlives the stalls (the process stalls as a whole).
       const waiterSession = await Session.create(kv2, { ttlSeconds: ttl + 5 });

@@ -9,6 +9,38 @@ export const text = (b: Uint8Array | undefined): string | undefined =>
 export const keys = (kvs: KeyValue[]): string[] => kvs.map((kv) => toText(kv.key));
 export const values = (kvs: KeyValue[]): string[] => kvs.map((kv) => toText(kv.value));
 
+/**
+ * The conformance suite's seed: `CONFORMANCE_SEED` when set (to replay a failure), else one drawn
+ * for the run (the only unseeded draw in the suite). Every test that uses randomness takes a
+ * generator from `seeded()` and names the seed in its failure messages.
+ */
+export const conformanceSeed: number = (() => {
+  const env = process.env.CONFORMANCE_SEED;
+  if (env === undefined || env === '') return Math.floor(Math.random() * 2 ** 31);
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 0)
+    throw new Error(`CONFORMANCE_SEED must be a non-negative integer, got ${env}`);
+  return n;
+})();
+
+/**
+ * A seeded generator (xorshift32) for one test: its stream is the suite seed mixed with `label`
+ * (each test its own stream, so adding a test does not change another's). `replay` is what to put
+ * in a failure message: the environment setting that replays the run.
+ */
+export function seeded(label: string): { rand: () => number; replay: string } {
+  let x = conformanceSeed >>> 0;
+  for (let i = 0; i < label.length; i++) x = Math.imul(x ^ label.charCodeAt(i), 0x01000193) >>> 0;
+  x = x || 1;
+  const rand = () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 4294967296;
+  };
+  return { rand, replay: `CONFORMANCE_SEED=${conformanceSeed}` };
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -40,17 +72,8 @@ export async function collect(
 
 export const eventCount = (bs: WatchBatch[]): number => bs.reduce((n, b) => n + b.events.length, 0);
 
-export async function waitFor(
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string,
-): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+/** The shared polling helper (test/harness/wait.ts), as the suite's files import it from here. */
+export { waitFor } from '../harness/wait.js';
 
 /**
  * A client that can "die": after `die()` every call fails (keep-alives included), as if the

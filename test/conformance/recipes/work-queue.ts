@@ -6,7 +6,7 @@ import type { KV } from '../../../src/kv.js';
 import { Session } from '../../../src/session.js';
 import type { Bytes, Txn, TxnResult, Watch, WatchBatch } from '../../../src/types.js';
 import type { RegisterTests } from '../context.js';
-import { sleep, waitFor } from '../util.js';
+import { seeded, sleep, waitFor } from '../util.js';
 
 const keyText = (k: Bytes): string => (typeof k === 'string' ? k : toText(k));
 
@@ -484,6 +484,7 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-many')}jobs`;
     const jobs = 40;
+    const { rand, replay } = seeded('wq-many');
     await using producer = await open(kv, name);
     for (let i = 0; i < jobs; i++) await producer.queue.add(`job-${i}`);
     const consumers = await Promise.all(
@@ -501,7 +502,7 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
           async (job) => {
             if (active.has(job.id)) overlaps.push(job.id);
             active.add(job.id);
-            await sleep(Math.floor(Math.random() * 10));
+            await sleep(Math.floor(rand() * 10));
             handled.set(job.text, (handled.get(job.text) ?? 0) + 1);
             active.delete(job.id);
           },
@@ -512,14 +513,17 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     await waitFor(
       async () => (await producer.queue.stats()).ready === 0 && active.size === 0 && handled.size === jobs,
       30_000,
-      'every job handled',
+      `every job handled (${replay})`,
     );
     stop.abort(new Error('done'));
-    for (const r of await Promise.all(runs)) expect(r).toBeUndefined(); // a requested stop resolves
+    for (const r of await Promise.all(runs)) expect(r, replay).toBeUndefined(); // a requested stop resolves
     for (const c of consumers) await c[Symbol.asyncDispose]();
-    expect(overlaps).toEqual([]);
-    expect([...handled.values()].every((n) => n === 1)).toBe(true);
-    expect(handled.size).toBe(jobs);
+    expect(overlaps, replay).toEqual([]);
+    expect(
+      [...handled.values()].every((n) => n === 1),
+      replay,
+    ).toBe(true);
+    expect(handled.size, replay).toBe(jobs);
     expect(await producer.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
   }, 60_000);
 
@@ -641,6 +645,7 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
     const { kv, prefix, newKv, backend } = ctx();
     const name = `${prefix('wq-many8')}jobs`;
     const jobs = 150;
+    const { rand, replay } = seeded('wq-many8');
     await using producer = await open(kv, name);
     // Half are waiting when the consumers start; the rest arrive while their workers wait.
     for (let i = 0; i < jobs / 2; i++) await producer.queue.add(`job-${i}`);
@@ -660,7 +665,7 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
           async (job) => {
             if (active.has(job.id)) overlaps.push(job.id);
             active.add(job.id);
-            await sleep(Math.floor(Math.random() * 5));
+            await sleep(Math.floor(rand() * 5));
             active.delete(job.id);
             const r = await job.ack();
             if (r.isErr()) ackErrors.push(r.error.message);
@@ -671,14 +676,17 @@ export const registerWorkQueueTests: RegisterTests = (ctx) => {
         .catch((err: unknown) => err),
     );
     for (let i = jobs / 2; i < jobs; i++) await producer.queue.add(`job-${i}`);
-    await waitFor(() => acked.size === jobs && active.size === 0, 60_000, 'every job acked');
+    await waitFor(() => acked.size === jobs && active.size === 0, 60_000, `every job acked (${replay})`);
     stop.abort(new Error('done'));
-    for (const r of await Promise.all(runs)) expect(r).toBeUndefined(); // a requested stop resolves
+    for (const r of await Promise.all(runs)) expect(r, replay).toBeUndefined(); // a requested stop resolves
     for (const c of consumers) await c[Symbol.asyncDispose]();
-    expect(overlaps).toEqual([]);
-    expect(ackErrors).toEqual([]);
-    expect([...acked.values()].every((n) => n === 1)).toBe(true);
-    expect(acked.size).toBe(jobs);
+    expect(overlaps, replay).toEqual([]);
+    expect(ackErrors, replay).toEqual([]);
+    expect(
+      [...acked.values()].every((n) => n === 1),
+      replay,
+    ).toBe(true);
+    expect(acked.size, replay).toBe(jobs);
     expect(await producer.queue.stats()).toMatchObject({ ready: 0, inFlight: 0, delayed: 0, dead: 0 });
   }, 90_000);
 
