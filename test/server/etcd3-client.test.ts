@@ -6,19 +6,12 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded.js';
+import { waitFor } from '../harness/wait.js';
 import { type ServedCluster, serveCluster } from './harness.js';
 
 let cluster: EmbeddedCluster;
 let served: ServedCluster;
 let client: Etcd3;
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('etcd3 npm client against the served client API', () => {
   beforeAll(async () => {

@@ -10,6 +10,7 @@ import { type EmbeddedCluster, startCluster } from '../../backends/raft/embedded
 import { Mutex } from '../../recipes/mutex.js';
 import type { KV } from '../../src/kv.js';
 import { Session } from '../../src/session.js';
+import { waitFor } from '../harness/wait.js';
 import { memberIdOf, type ServedCluster, serveCluster } from './harness.js';
 
 const haveEtcdctl = spawnSync('etcdctl', ['version'], { encoding: 'utf8' }).status === 0;
@@ -75,14 +76,6 @@ function ctlBackground(args: string[]): {
       clearTimeout(t);
     },
   };
-}
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 const ok = async (args: string[], o?: Parameters<typeof ctl>[1]): Promise<string> => {

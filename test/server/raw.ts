@@ -114,10 +114,5 @@ export interface WatchProbe {
   resume(): void;
 }
 
-export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** The shared polling helper (test/harness/wait.ts), for the server tests that import it from here. */
+export { waitFor } from '../harness/wait.js';

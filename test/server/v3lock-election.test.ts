@@ -13,6 +13,7 @@ import { Mutex } from '../../recipes/mutex.js';
 import type { KV } from '../../src/kv.js';
 import { root } from '../../src/protocol/codec.js';
 import { Session } from '../../src/session.js';
+import { waitFor } from '../harness/wait.js';
 import { type ServedCluster, serveCluster } from './harness.js';
 
 const haveEtcdctl = spawnSync('etcdctl', ['version'], { encoding: 'utf8' }).status === 0;
@@ -87,14 +88,6 @@ async function keysUnder(prefix: string): Promise<string[]> {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 describe('etcd Lock and Election services (v3lock, v3election) on the served client API', () => {
   beforeAll(async () => {
