@@ -981,10 +981,11 @@ async function openPeerTls(c: ServeConfig, log: pino.Logger): Promise<TlsMateria
  *   (capability.go, on applying the cluster version). All members of a Conclave cluster speak one
  *   API version (3.4); it is known once this member has a leader and is caught up with it.
  * - "published local member to cluster": etcd logs it when its publish proposal (name, client
- *   URLs) is applied, after which it serves clients. Here: the client URLs are listening and a
+ *   URLs) is applied, after which it serves clients. Here: the client URLs are listening, a
  *   linearizable read through this member has succeeded (a leader, a quorum, this member caught
- *   up), so a client that connects now is served. Peers learn the name and client URLs from the
- *   member itself (member.ts).
+ *   up), and its attributes were proposed through Raft and applied here (member.ts
+ *   `publishAttributes`), so a client that connects now is served and every member that applied
+ *   the entry lists this member's client URLs.
  * Retries every heartbeat until then, or until `signal` (the member stops). Keep other log lines
  * free of these words: a harness counts any line that contains them.
  */
@@ -1009,6 +1010,9 @@ async function announceReady(
   }
   if (signal.aborted || member.stopped) return;
   log.info({ clusterVersion: '3.4' }, 'enabled capabilities for version 3.4');
+  // etcd logs "published" once its attributes proposal applied: from then on every member that
+  // applied it lists this member's client URLs (member remove right after start reads them).
+  if (!(await member.publishAttributes(signal))) return;
   log.info(
     {
       localMember: { name: identity.name, clientURLs: c.advertiseClientUrls },

@@ -55,6 +55,7 @@ import {
   type MemberChange,
   type MemberChangeResult,
   Membership,
+  memberErrors,
   peerOf,
   removedMemberText,
 } from './membership.js';
@@ -116,6 +117,8 @@ export const slowFsyncSeconds = 1;
 export const leaderRetryMs = 10;
 /** How often a member asks peers it has no client URLs for (until it has them all). */
 export const attributesPollMs = 1000;
+/** Client URLs kept of a member's published or polled attributes (a bound on outside input). */
+export const clientUrlsMax = 16;
 
 export interface MemberOptions {
   readonly identity: Identity;
@@ -234,6 +237,7 @@ export class Member implements MemberBackend {
       ...(o.snapshotEntries !== undefined ? { snapshotEntries: o.snapshotEntries } : {}),
       onFatal: (err) => o.log.error({ err: String(err) }, 'storage failed: the member stopped serving'),
       onConfChange: (cc, index) => membership.applied(cc, index),
+      onAttributes: (memberId, attributes) => this.#attributesApplied(memberId, attributes),
       onSnapshotInstalled: (meta) =>
         membership.snapshotInstalled(meta, async () => {
           const lead = this.node.raft.lead;
@@ -450,10 +454,17 @@ export class Member implements MemberBackend {
    * leader (forwarded there from a follower); resolves once it applied on this member too.
    */
   async memberChange(c: MemberChange): Promise<MemberChangeResult> {
+    // A leader asked to remove itself applies the removal and leaves: its answer may never arrive,
+    // and the retry then finds no such member. That retry answers with the list once this member
+    // applied the removal (etcd proposes the change from the member asked, which sees it apply).
+    let askedLeaderToGo = false;
     for (let attempt = 1; ; attempt++) {
       const lead = await this.leaderNode();
       try {
+        if (askedLeaderToGo && c.op === 'remove' && this.#removedHere(c.id))
+          return { members: this.membership.list(), index: this.node.store.appliedIndex };
         if (lead === this.node.id) return await this.membership.change(c);
+        if (c.op === 'remove' && this.memberIdOf(lead) === c.id) askedLeaderToGo = true;
         const b = await this.transport.request(
           lead,
           RequestKind.MemberChange,
@@ -470,10 +481,28 @@ export class Member implements MemberBackend {
           index: r.index,
         };
       } catch (err) {
+        if (
+          askedLeaderToGo &&
+          c.op === 'remove' &&
+          ConclaveError.is(err) &&
+          err.message === memberErrors.notFound
+        ) {
+          // The leader that was asked applied its own removal: once it applied here too, answer.
+          const until = performance.now() + this.requestTimeoutMs;
+          while (!this.#removedHere(c.id) && performance.now() < until && !this.stopped)
+            await new Promise((r) => setTimeout(r, 10));
+          if (this.#removedHere(c.id))
+            return { members: this.membership.list(), index: this.node.store.appliedIndex };
+        }
         if (!ConclaveError.is(err) || !err.retryable || attempt >= clientLimits.retryAttemptsMax) throw err;
         await new Promise((r) => setTimeout(r, 50 * attempt));
       }
     }
+  }
+
+  /** Whether this member applied the removal of member `id` (it is listed as removed). */
+  #removedHere(id: bigint): boolean {
+    return (this.identity.removed ?? []).some((r) => r.id === id);
   }
 
   /** Waits (bounded by the request timeout) until this member applied `index`. */
@@ -588,6 +617,60 @@ export class Member implements MemberBackend {
     }
   }
 
+  /**
+   * Publishes this member's name and client URLs through Raft (etcd's `publish`, which proposes
+   * the member's attributes once it runs and logs "published" when that applied): once it
+   * resolves, every member that applied the entry lists them in MemberList, without waiting for
+   * the side-channel poll below. Retried (each attempt bounded by the request timeout, as etcd
+   * retries until it succeeds or stops) until it applied here, the member stops, or `signal`.
+   * Resolves true once applied.
+   */
+  async publishAttributes(signal: AbortSignal): Promise<boolean> {
+    const self = this.identity.members.find((m) => m.id === this.identity.memberId);
+    if (!self) return false;
+    const attributes = JSON.stringify({ name: self.name, clientUrls: self.clientUrls });
+    while (!signal.aborted && !this.stopped) {
+      try {
+        await this.node.propose({ op: 'attributes', memberId: this.identity.memberId, attributes });
+        return true;
+      } catch {
+        // No leader yet, a leader change, a timeout: the next attempt after a heartbeat.
+        await new Promise((r) => setTimeout(r, this.#o.heartbeatMs));
+      }
+    }
+    return false;
+  }
+
+  /**
+   * A member's published attributes applied (every member, in log order): its name and client URLs
+   * in this member's list and record. Bounded as the poll's answers are (a name of 256 characters,
+   * `clientUrlsMax` URLs); a member no longer listed (removed since) is ignored.
+   */
+  #attributesApplied(memberId: bigint, attributes: string): void {
+    const m = this.identity.members.find((x) => x.id === memberId);
+    if (!m) return;
+    let a: { name?: unknown; clientUrls?: unknown };
+    try {
+      a = JSON.parse(attributes) as typeof a;
+    } catch {
+      this.#o.log.warn({ member: hexId(memberId) }, 'published member attributes that do not parse: ignored');
+      return;
+    }
+    let changed = false;
+    if (Array.isArray(a.clientUrls) && a.clientUrls.length > 0) {
+      const urls = a.clientUrls.map(String).slice(0, clientUrlsMax);
+      if (urls.join(',') !== m.clientUrls.join(',')) {
+        m.clientUrls = urls;
+        changed = true;
+      }
+    }
+    if (typeof a.name === 'string' && a.name !== '' && a.name !== m.name) {
+      m.name = a.name.slice(0, 256);
+      changed = true;
+    }
+    if (changed && !this.stopped) void this.membership.persist();
+  }
+
   /** Asks peers whose client URLs are unknown for them; persists what changed. */
   async #learnAttributes(): Promise<void> {
     // Members added at run time appear later: the poll keeps running (it asks nobody when no
@@ -603,7 +686,7 @@ export class Member implements MemberBackend {
         const b = await this.transport.request(m.nodeId, RequestKind.Attributes, new Uint8Array(0), 2000);
         const a = JSON.parse(Buffer.from(b).toString('utf8')) as { clientUrls?: unknown; name?: unknown };
         if (Array.isArray(a.clientUrls) && a.clientUrls.length > 0) {
-          m.clientUrls = a.clientUrls.map(String).slice(0, 16);
+          m.clientUrls = a.clientUrls.map(String).slice(0, clientUrlsMax);
           changed = true;
         }
         if (typeof a.name === 'string' && a.name !== '' && m.name === '') {

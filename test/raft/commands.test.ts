@@ -120,6 +120,18 @@ describe('raft commands — binary encoding', () => {
     );
   });
 
+  it("a member's published attributes round-trip (member ID as its uint64, JSON text)", () => {
+    for (const memberId of [0n, 1n, 0x7fff_ffff_ffff_ffffn, 0xc61f_33e9_8087_dec2n, 2n ** 64n - 1n]) {
+      const c: Command = {
+        id: 'p1',
+        op: 'attributes',
+        memberId,
+        attributes: JSON.stringify({ name: 'n0', clientUrls: ['http://127.0.0.1:2379'] }),
+      };
+      expect(decodeCommand(encodeCommand(c))).toEqual(c);
+    }
+  });
+
   it('string keys and values decode as their UTF-8 bytes (what the store would apply)', () => {
     const enc = new TextEncoder();
     const c = decodeCommand(

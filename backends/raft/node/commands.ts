@@ -88,7 +88,13 @@ export type Command =
       action: 'activate' | 'deactivate';
       memberId: bigint;
       alarm: 'nospace' | 'corrupt';
-    };
+    }
+  /**
+   * A member's attributes (its name and client URLs) published through Raft when it starts, so
+   * every member's MemberList shows them once applied (etcd's publish: a proposal of
+   * `/0/members/<id>/attributes`). `attributes` is their JSON text.
+   */
+  | { id: string; op: 'attributes'; memberId: bigint; attributes: string };
 
 /** The format version written in the first byte of every encoded command. */
 export const commandFormat = 1;
@@ -97,11 +103,33 @@ export const txnDepthMax = 64;
 /** The encoder keeps its scratch buffer between calls only up to this size (larger ones are dropped). */
 export const commandScratchBytesKept = 1024 * 1024;
 
-const Op_ = { put: 1, delete: 2, txn: 3, compact: 4, grant: 5, revoke: 6, auth: 7, alarm: 9 } as const;
+const Op_ = {
+  put: 1,
+  delete: 2,
+  txn: 3,
+  compact: 4,
+  grant: 5,
+  revoke: 6,
+  auth: 7,
+  alarm: 9,
+  attributes: 10,
+} as const;
 /** The op code of the auth-revision prefix (see `AuthChecked`). */
 const authCheckedCode = 8;
 /** By op code; 8 is the auth-revision prefix, not an op. */
-const opNames = ['', 'put', 'delete', 'txn', 'compact', 'grant', 'revoke', 'auth', '', 'alarm'] as const;
+const opNames = [
+  '',
+  'put',
+  'delete',
+  'txn',
+  'compact',
+  'grant',
+  'revoke',
+  'auth',
+  '',
+  'alarm',
+  'attributes',
+] as const;
 const alarmActions = ['', 'activate', 'deactivate'] as const;
 const alarmTypes = ['', 'nospace', 'corrupt'] as const;
 const txnOpTypes = ['get', 'put', 'delete', 'txn'] as const;
@@ -347,6 +375,11 @@ export function encodeCommand(c: Command): Uint8Array {
         big(BigInt.asIntN(64, c.memberId));
         u8(alarmTypes.indexOf(c.alarm));
         break;
+      case 'attributes':
+        // [member ID: the uint64's bits as an int64][attributes: str]
+        big(BigInt.asIntN(64, c.memberId));
+        bytes(c.attributes);
+        break;
       default:
         throw new TypeError(`command: unknown op ${String((c as { op: unknown }).op)}`);
     }
@@ -587,6 +620,10 @@ function readOp_(r: Reader, code: number): Command {
       const alarm = alarmTypes[r.u8()];
       if (!action || !alarm) throw new RangeError('an alarm command with an unknown action or type');
       return { id, op, action, memberId, alarm };
+    }
+    case 'attributes': {
+      const memberId = BigInt.asUintN(64, r.big());
+      return { id, op, memberId, attributes: r.str() };
     }
     default:
       throw new RangeError(`unknown op code ${code}`);

@@ -94,6 +94,8 @@ export interface NodeOptions {
   onConfChange?: (cc: ConfChange, index: number) => void;
   /** A snapshot from the leader was installed (its configuration may hold changes this member never applied). */
   onSnapshotInstalled?: (meta: SnapshotMeta) => void;
+  /** An `attributes` command applied: a member's published name and client URLs (JSON text). */
+  onAttributes?: (memberId: bigint, attributes: string) => void;
   /** Told of durations the metrics and event logs report; called per batch, never per request. */
   observer?: NodeObserver;
 }
@@ -746,6 +748,10 @@ export class RaftNode {
             c.action === 'activate'
               ? this.store.alarms.activate(c.memberId, c.alarm)
               : this.store.alarms.deactivate(c.memberId, c.alarm);
+          break;
+        case 'attributes':
+          this.#o.onAttributes?.(c.memberId, c.attributes);
+          result = undefined;
           break;
       }
     } catch (err) {
