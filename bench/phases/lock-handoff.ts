@@ -16,10 +16,9 @@
  *   until elected, resign. Each campaign grants its own lease, as that client does.
  */
 import { nowMs } from '../clock.js';
-import { cpuPerOp, round, sampleCpu } from '../cpu.js';
 import { Histogram } from '../histogram.js';
-import { closedLoop, warmupBounds } from '../load.js';
 import { type LockProvider, lockProviderFor } from './lock-providers.js';
+import { measuredLoop } from './measure.js';
 import type { Phase, PhaseContext, PhaseResult } from './types.js';
 
 export function lockHandoffPhase(workers: number, separateClients = false): Phase {
@@ -56,18 +55,11 @@ async function runHandoff(ctx: PhaseContext, workers: number, provider: LockProv
     lastReleaseAt = nowMs();
     await release();
   };
-  const bounds = { concurrency: workers, durationMs: ctx.durationMs, opsMax: ctx.opsMax };
-  await closedLoop(op, warmupBounds(bounds), ctx.signal);
-  lastReleaseAt = Number.NaN;
-  recording = true;
-  const before = sampleCpu(ctx.target.serverPids);
-  const r = await closedLoop(op, bounds, ctx.signal);
-  return {
-    ops: r.ops,
-    elapsedMs: round(r.elapsedMs),
-    opsPerSec: round((r.ops * 1000) / r.elapsedMs),
-    latency: handoff.summary(),
-    cpu: cpuPerOp(before, sampleCpu(ctx.target.serverPids), r.ops, r.elapsedMs),
-    extra: { workers, lock: provider.label, overlaps, ...(r.errors > 0 ? { errors: r.errors } : {}) },
-  };
+  return measuredLoop(ctx, workers, op, () => ({ workers, lock: provider.label, overlaps }), {
+    measuring: () => {
+      lastReleaseAt = Number.NaN;
+      recording = true;
+    },
+    latency: () => handoff.summary(),
+  });
 }

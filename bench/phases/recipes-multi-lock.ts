@@ -10,8 +10,7 @@
 import { MultiLock } from '../../recipes/multi-lock.js';
 import { type LockHandle, Mutex } from '../../recipes/mutex.js';
 import { Session } from '../../src/session.js';
-import { cpuPerOp, round, sampleCpu } from '../cpu.js';
-import { closedLoop, warmupBounds } from '../load.js';
+import { measuredLoop } from './measure.js';
 import { conclaveKvOf } from './recipes-common.js';
 import type { Phase, PhaseContext, PhaseResult } from './types.js';
 
@@ -71,24 +70,12 @@ async function runMultiLock(
       holder = undefined;
       await release();
     };
-    const bounds = { concurrency: workers, durationMs: ctx.durationMs, opsMax: ctx.opsMax };
-    await closedLoop(op, warmupBounds(bounds), ctx.signal);
-    const before = sampleCpu(ctx.target.serverPids);
-    const r = await closedLoop(op, bounds, ctx.signal);
-    return {
-      ops: r.ops,
-      elapsedMs: round(r.elapsedMs),
-      opsPerSec: round((r.ops * 1000) / r.elapsedMs),
-      latency: r.histogram.summary(),
-      cpu: cpuPerOp(before, sampleCpu(ctx.target.serverPids), r.ops, r.elapsedMs),
-      extra: {
-        workers,
-        names: count,
-        lock: sequential ? `${count} x Mutex.lock` : 'MultiLock',
-        overlaps,
-        ...(r.errors > 0 ? { errors: r.errors } : {}),
-      },
-    };
+    return await measuredLoop(ctx, workers, op, () => ({
+      workers,
+      names: count,
+      lock: sequential ? `${count} x Mutex.lock` : 'MultiLock',
+      overlaps,
+    }));
   } finally {
     await Promise.all(sessions.map((s) => s.close().catch(() => undefined)));
   }

@@ -10,9 +10,9 @@ import { requestRevocation } from '../../recipes/internal/revocation.js';
 import { Mutex } from '../../recipes/mutex.js';
 import { Session } from '../../src/session.js';
 import { nowMs } from '../clock.js';
-import { cpuPerOp, round, sampleCpu } from '../cpu.js';
+import { round } from '../cpu.js';
 import { Histogram } from '../histogram.js';
-import { closedLoop, warmupBounds } from '../load.js';
+import { measuredLoop } from './measure.js';
 import { conclaveKvOf } from './recipes-common.js';
 import type { Phase, PhaseContext, PhaseResult } from './types.js';
 
@@ -51,23 +51,18 @@ async function runRevocation(ctx: PhaseContext): Promise<PhaseResult> {
         await held.unlock();
       }
     };
-    const bounds = { concurrency: 1, durationMs: ctx.durationMs, opsMax: ctx.opsMax };
-    await closedLoop(op, warmupBounds(bounds), ctx.signal);
-    notice = new Histogram();
-    const before = sampleCpu(ctx.target.serverPids);
-    const r = await closedLoop(op, bounds, ctx.signal);
-    return {
-      ops: r.ops,
-      elapsedMs: round(r.elapsedMs),
-      opsPerSec: round((r.ops * 1000) / r.elapsedMs),
-      latency: notice.summary(),
-      cpu: cpuPerOp(before, sampleCpu(ctx.target.serverPids), r.ops, r.elapsedMs),
-      extra: {
-        latency: 'request to notice',
-        cycleP50Ms: round(r.histogram.summary().p50Ms),
-        ...(r.errors > 0 ? { errors: r.errors } : {}),
+    return await measuredLoop(
+      ctx,
+      1,
+      op,
+      (r) => ({ latency: 'request to notice', cycleP50Ms: round(r.histogram.summary().p50Ms) }),
+      {
+        measuring: () => {
+          notice = new Histogram();
+        },
+        latency: () => notice!.summary(),
       },
-    };
+    );
   } finally {
     await session.close().catch(() => undefined);
   }
