@@ -23,7 +23,16 @@ import {
 } from './auth.js';
 import { checkDecodedSize } from './decode-guard.js';
 import { checkPlaintextAuth, resolveTransport } from './endpoints.js';
-import { grpcReason, isGrpcError, isPreSendFailure, isTlsFailure, mapGrpcError } from './errors.js';
+import {
+  clientCertAlert,
+  clientCertProblem,
+  grpcReason,
+  isClosedAtHandshake,
+  isGrpcError,
+  isPreSendFailure,
+  isTlsFailure,
+  mapGrpcError,
+} from './errors.js';
 import type { EtcdConnectOptions } from './options.js';
 
 export interface Method<Res> {
@@ -124,6 +133,8 @@ export class Connection {
   readonly #auth: AuthTokens | undefined;
   #current = 0;
   #closed = false;
+  /** The TLS options' CA and client certificate, to explain a refused client certificate. */
+  #tlsCerts: { ca?: Uint8Array | string; cert?: Uint8Array | string } | undefined;
 
   constructor(opts: EtcdConnectOptions) {
     const transport = resolveTransport(opts);
@@ -146,6 +157,35 @@ export class Connection {
         )
       : grpc.credentials.createInsecure();
     if (tls?.serverName) this.#serverName = tls.serverName;
+    if (tls?.cert !== undefined) this.#tlsCerts = { cert: tls.cert, ...(tls.ca ? { ca: tls.ca } : {}) };
+  }
+
+  /**
+   * A connection closed at the TLS handshake with no reason given, explained by what is wrong
+   * with the client certificate where that can be seen here (see clientCertProblem): a Node
+   * server (conclave serve) refuses a certificate that way; etcd sends an alert, which
+   * mapGrpcError names.
+   */
+  #certRefusal(err: unknown): { text: string; final: boolean } | undefined {
+    if (this.#tlsCerts === undefined || !isClosedAtHandshake(err)) return undefined;
+    return clientCertProblem(this.#tlsCerts);
+  }
+
+  /** `mapped` (the failure of `what`), with the client certificate's problem if it explains it. */
+  #explained(err: unknown, mapped: ConclaveError, what: string): ConclaveError {
+    const cert = this.#certRefusal(err);
+    if (!cert) return mapped;
+    if (cert.final)
+      return new ConclaveError(
+        ErrorCode.TlsFailure,
+        `${what}: the server closed the connection at the TLS handshake: ${cert.text}; use a valid certificate signed by the CA the server trusts for clients`,
+        { cause: err },
+      );
+    return new ConclaveError(
+      mapped.code,
+      `${mapped.message} (the server closed the connection at the TLS handshake; if it checks client certificates: ${cert.text})`,
+      { cause: err, retryable: mapped.retryable },
+    );
   }
 
   /** TLS is on for every endpoint. */
@@ -285,7 +325,8 @@ export class Connection {
         } catch (err) {
           if (stop.signal.aborted || this.#closed) throw err;
           if (!isGrpcError(err)) throw err;
-          const tls = isTlsFailure(err);
+          const cert = this.#certRefusal(err);
+          const tls = isTlsFailure(err) || cert?.final === true;
           const reached =
             !tls &&
             err.code !== grpc.status.UNAVAILABLE &&
@@ -301,7 +342,12 @@ export class Connection {
                     : `no answer within ${timeoutMs} ms`,
                   tls: false,
                 }
-              : { reason: grpcReason(err), tls };
+              : {
+                  reason: cert
+                    ? `${grpcReason(err)}: the server closed the connection at the TLS handshake; ${cert.text}`
+                    : grpcReason(err),
+                  tls,
+                };
           const backoff = Math.min(500, 50 * 2 ** attempt);
           if (tls || Date.now() + backoff >= deadline) break;
           await sleep(backoff, stop.signal).catch(() => undefined);
@@ -320,9 +366,12 @@ export class Connection {
       const text = list.map((r) => `${r.endpoint}: ${r.reason}`).join('; ');
       const details = { endpoints: list.map((r) => ({ endpoint: r.endpoint, reason: r.reason })) };
       if (tls) {
+        const alert = list.map((r) => clientCertAlert(r.reason)).find((x) => x !== undefined);
         throw new ConclaveError(
           ErrorCode.TlsFailure,
-          `connect: the TLS handshake failed (${text}); check tls.ca (or the system roots), the server certificate's name and validity, and the client certificate`,
+          alert
+            ? `connect: the TLS handshake was refused: ${alert} (${text}); check tls.cert and tls.key against the CA the server trusts for clients (etcd: --trusted-ca-file)`
+            : `connect: the TLS handshake failed (${text}); check tls.ca (or the system roots), the server certificate's name and validity, and the client certificate`,
           { details },
         );
       }
@@ -381,11 +430,12 @@ export class Connection {
         attempt++;
         const backoff = Math.min(1000, 50 * 2 ** attempt);
         const retry =
+          this.#certRefusal(err)?.final !== true &&
           this.#shouldRetry(err, policy) &&
           attempt < limits.retryAttemptsMax &&
           !this.#closed &&
           Date.now() + backoff < deadline;
-        if (!retry) throw mapGrpcError(err, policy.what, !policy.safe);
+        if (!retry) throw this.#explained(err, mapGrpcError(err, policy.what, !policy.safe), policy.what);
         if (isGrpcError(err) && err.code === grpc.status.UNAVAILABLE) this.failover(index);
         await sleep(backoff, signal);
       }

@@ -3,6 +3,7 @@
  * semantic errors as a gRPC status whose details start with "etcdserver: "; we match those
  * strings (they are stable wire behaviour of etcd 3.x) and fall back to the gRPC code.
  */
+import { X509Certificate } from 'node:crypto';
 import { type ServiceError, status as Status } from '@grpc/grpc-js';
 import { ConclaveError, ErrorCode } from '../../src/errors.js';
 
@@ -44,6 +45,85 @@ const byMessage: ReadonlyArray<[RegExp, ErrorCode, string?]> = [
  */
 const tlsFailure =
   /certificate|CERT_|ERR_TLS|ERR_SSL|SSL routines|SSL alert|alert (bad|unknown|handshake)|Hostname\/IP does not match|self[- ]signed|unable to (verify|get)|wrong version number|tlsv1[0-9]? alert|packet length too long/i;
+
+/**
+ * What the server's TLS alert says of the client certificate, if it names it: etcd (Go) answers a
+ * certificate it does not trust or that expired with alert 42 "bad certificate", and one that is
+ * missing with 116 "certificate required" (TLS 1.3) or 40 "handshake failure".
+ */
+export function clientCertAlert(details: string): string | undefined {
+  if (/alert certificate required/i.test(details))
+    return 'the server requires a client certificate and none was sent (tls.cert, tls.key)';
+  const m =
+    /alert (bad certificate|unknown ca|certificate expired|certificate revoked|certificate unknown|unsupported certificate)/i.exec(
+      details,
+    );
+  return m ? `the server refused the client certificate (TLS alert "${m[1]}")` : undefined;
+}
+
+/**
+ * A problem with the client certificate that can be seen here, before any server is asked: it has
+ * expired or is not valid yet (`final`: every server that checks client certificates refuses it),
+ * or it is not issued by `tls.ca` (not final: a server may trust another CA for its clients than
+ * the one that issued its own certificate). Used to explain a connection the server closed during
+ * the TLS handshake without saying why: a Node server (conclave serve) refuses a client
+ * certificate by closing the connection, with no TLS alert.
+ */
+export function clientCertProblem(
+  tls: { ca?: Uint8Array | string; cert?: Uint8Array | string } | undefined,
+  nowMs = Date.now(),
+): { text: string; final: boolean } | undefined {
+  if (tls?.cert === undefined) return undefined;
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(Buffer.from(tls.cert));
+  } catch {
+    return undefined;
+  }
+  const cn = /CN=([^\n,]*)/.exec(cert.subject)?.[1] ?? cert.subject;
+  if (Date.parse(cert.validTo) < nowMs)
+    return { text: `the client certificate (tls.cert, CN=${cn}) expired on ${cert.validTo}`, final: true };
+  if (Date.parse(cert.validFrom) > nowMs)
+    return {
+      text: `the client certificate (tls.cert, CN=${cn}) is not valid before ${cert.validFrom}`,
+      final: true,
+    };
+  if (tls.ca === undefined) return undefined;
+  const cas = splitPem(Buffer.from(tls.ca).toString('latin1'));
+  const issuers: X509Certificate[] = [];
+  for (const pem of cas) {
+    try {
+      issuers.push(new X509Certificate(pem));
+    } catch {
+      // not a certificate: nothing to compare with
+    }
+  }
+  if (issuers.length === 0 || issuers.some((ca) => cert.checkIssued(ca) && cert.verify(ca.publicKey)))
+    return undefined;
+  const issuer = /CN=([^\n,]*)/.exec(cert.issuer)?.[1] ?? cert.issuer;
+  return {
+    text: `the client certificate (tls.cert, CN=${cn}) is issued by CN=${issuer}, not by a CA in tls.ca; the server refuses it unless it trusts that CA for clients`,
+    final: false,
+  };
+}
+
+const splitPem = (text: string): string[] =>
+  text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+
+/**
+ * A connection failure that, over TLS with a client certificate, is how a Node TLS server refuses
+ * the certificate: the connection closed or reset right at the handshake ("Failed to connect",
+ * ECONNRESET, "Connection dropped", "socket disconnected"), with no alert.
+ */
+export function isClosedAtHandshake(err: unknown): boolean {
+  return (
+    isGrpcError(err) &&
+    err.code === Status.UNAVAILABLE &&
+    /Failed to connect|ECONNRESET|Connection dropped|socket disconnected|Connection closed/i.test(
+      err.details ?? '',
+    )
+  );
+}
 
 /** The failure is a TLS handshake failure (see tlsFailure); it will not pass by retrying. */
 export function isTlsFailure(err: unknown): boolean {
@@ -125,9 +205,12 @@ export function mapGrpcError(err: unknown, what: string, mayHaveApplied: boolean
     }
   }
   if (isTlsFailure(err)) {
+    const cert = clientCertAlert(details);
     return new ConclaveError(
       ErrorCode.TlsFailure,
-      `${what}: the TLS handshake failed (${reason}); check the CA (tls.ca), the server's name and validity, and the client certificate`,
+      cert
+        ? `${what}: the TLS handshake was refused: ${cert} (${reason}); check tls.cert and tls.key against the CA the server trusts for clients (etcd: --trusted-ca-file)`
+        : `${what}: the TLS handshake failed (${reason}); check the CA (tls.ca), the server's name and validity, and the client certificate`,
       { cause: err },
     );
   }
