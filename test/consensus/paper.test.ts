@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { ProposalDropped } from '../../backends/raft/consensus/assert.js';
 import { MemoryStorage } from '../../backends/raft/consensus/memory-storage.js';
-import { Raft } from '../../backends/raft/consensus/raft.js';
+import { msg, Raft } from '../../backends/raft/consensus/raft.js';
 import { MessageType } from '../../backends/raft/consensus/types.js';
 import { bytes, TestCluster } from './harness.js';
 
@@ -103,39 +103,12 @@ describe('raft (paper)', () => {
       preVote: false,
     });
     n1.campaign();
-    const vote = (from: number) =>
-      n1.step({
-        type: MessageType.VoteResp,
-        from,
-        to: 1,
-        term: 3,
-        index: 0,
-        logTerm: 0,
-        entries: [],
-        commit: 0,
-        reject: false,
-        rejectHint: 0,
-        hintTerm: 0,
-        context: new Uint8Array(0),
-      });
+    const vote = (from: number) => n1.step(msg({ type: MessageType.VoteResp, from, to: 1, term: 3 }));
     vote(2);
     expect(n1.role).toBe('leader');
     expect(n1.log.lastIndex).toBe(3); // the no-op of term 3
     const ack = (from: number, index: number) =>
-      n1.step({
-        type: MessageType.AppendResp,
-        from,
-        to: 1,
-        term: 3,
-        index,
-        logTerm: 0,
-        entries: [],
-        commit: 0,
-        reject: false,
-        rejectHint: 0,
-        hintTerm: 0,
-        context: new Uint8Array(0),
-      });
+      n1.step(msg({ type: MessageType.AppendResp, from, to: 1, term: 3, index }));
     // A majority (1 and 2) now stores the term-1 entry at index 2 — it must still not be committed.
     ack(2, 2);
     expect(n1.log.committed).toBe(1);

@@ -1,6 +1,7 @@
 import { createConnection, createServer } from 'node:net';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
+import { msg } from '../../backends/raft/consensus/raft.js';
 import { type Entry, type Message, MessageType, type NodeId } from '../../backends/raft/consensus/types.js';
 import {
   decodeMessage,
@@ -163,18 +164,7 @@ describe('peer frame codec', () => {
 
   it('peer frames — node ids travel as member IDs; an unknown member is refused', () => {
     const snap: Message = {
-      type: MessageType.Snapshot,
-      from: 1,
-      to: 2,
-      term: 3,
-      index: 0,
-      logTerm: 0,
-      entries: [],
-      commit: 0,
-      reject: false,
-      rejectHint: 0,
-      hintTerm: 0,
-      context: new Uint8Array(0),
+      ...msg({ type: MessageType.Snapshot, from: 1, to: 2, term: 3 }),
       snapshot: {
         meta: { index: 9, term: 3, confState: { voters: [1, 2, 3], learners: [] } },
         data: new Uint8Array(5),

@@ -32,6 +32,7 @@
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { ConclaveError, ErrorCode } from '../../../src/errors.js';
+import { msg } from '../consensus/raft.js';
 import { type Entry, type Message, MessageType, type NodeId } from '../consensus/types.js';
 import {
   decodeHello,
@@ -955,20 +956,7 @@ class InboundConn {
 }
 
 function unreachable(from: NodeId, to: NodeId): Message {
-  return {
-    type: MessageType.Unreachable,
-    from,
-    to,
-    term: 0,
-    index: 0,
-    logTerm: 0,
-    entries: [],
-    commit: 0,
-    reject: false,
-    rejectHint: 0,
-    hintTerm: 0,
-    context: new Uint8Array(0),
-  };
+  return msg({ type: MessageType.Unreachable, from, to, term: 0 });
 }
 
 /**
