@@ -316,6 +316,25 @@ export interface WorkloadResult {
   readonly elapsedMs: number;
 }
 
+/** How long `runWorkload` tries to read the store revision it starts from. */
+export const initialRevisionTimeoutMs = 30_000;
+
+/**
+ * The store revision, from the first client that answers, trying each in turn (bounded): a
+ * nemesis may already have cut off or paused the member the first client is pinned to.
+ */
+async function storeRevision(kvs: readonly KV[]): Promise<number> {
+  const until = performance.now() + initialRevisionTimeoutMs;
+  for (let i = 0; ; i++) {
+    try {
+      return (await kvs[i % kvs.length]!.status({ signal: AbortSignal.timeout(2000) })).revision;
+    } catch (err) {
+      if (performance.now() > until) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 /**
  * Runs the workload: `clients` concurrent loops over `kvs` (client i uses kvs[i % kvs.length]),
  * bounded by `opsMax` operations and `durationMs`, keys under a fresh `prefix`. The store must not
@@ -336,7 +355,7 @@ export async function runWorkload(
   if (opts.onOperation) rec.onRecord = opts.onOperation;
   // Unique to this run (lease ids are store-wide, not under the prefix): ms clock × 10^6.
   const leaseBase = opts.leases ? BigInt(Date.now() % 1_000_000_000) * 1_000_000n + 1n : undefined;
-  const initialRevision = (await kvs[0]!.status()).revision;
+  const initialRevision = await storeRevision(kvs);
   const start = performance.now();
   let issued = 0;
   await Promise.all(
