@@ -84,7 +84,7 @@ export interface ConfigConflict {
  * Writes `config` (a plain object: field → value; `undefined` fields are absent) as the whole
  * content of `prefix` in one txn: puts the keys whose bytes change and deletes keys no longer
  * present. With `ifRevision`, fails as `Err(ConfigConflict)` if anything under the prefix changed
- * after it. Unguarded, a txn that races another writer is retried (`setConfigAttemptsMax`), then
+ * after it. Unguarded, a txn that races another writer is retried (`limits.config.setAttemptsMax`), then
  * fails `retries-exhausted`. More than 128 puts+deletes, or more than 128 guarded keys, fails
  * `too-many-ops` (etcd's default --max-txn-ops) before anything is written.
  */

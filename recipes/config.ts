@@ -122,9 +122,9 @@ export interface WatchConfigOptions<T> extends CallOptions {
   readonly schema: StandardSchemaV1<unknown, T>;
   /** Default: UTF-8 JSON. */
   readonly decode?: ConfigDecoder;
-  /** Quiet time before a burst of writes is applied (default `configDebounceMsDefault`; 0: none). */
+  /** Quiet time before a burst of writes is applied (default `limits.config.debounceMsDefault`; 0: none). */
   readonly debounceMs?: number;
-  /** Per-iterator buffer (default `configChangesBufferedMax`). */
+  /** Per-iterator buffer (default `limits.config.changesBufferedMax`). */
   readonly changesBufferedMax?: number;
 }
 
@@ -428,7 +428,7 @@ export class ConfigWatcher<T> implements AsyncDisposable, AsyncIterable<ConfigCh
     this.#request({ kind: 'resync', reason });
   }
 
-  /** The cache's `keysMax` error as the watcher's own (`request-too-large`, naming `configKeysMax`). */
+  /** The cache's `keysMax` error as the watcher's own (`request-too-large`, naming `limits.config.keysMax`). */
   #boundError(err: unknown): unknown {
     if (ConclaveError.is(err, ErrorCode.TooManyRequests) && err.details?.limit === 'keysMax')
       return tooManyKeys(this.prefix, Number(err.details.have));

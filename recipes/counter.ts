@@ -32,7 +32,7 @@ export interface CounterConflict {
 
 /** Options of a `Counter`. */
 export interface CounterOptions {
-  /** Re-tries of `add` after a lost race (default `counterRetriesMax`). */
+  /** Re-tries of `add` after a lost race (default `limits.counter.retriesMaxDefault`). */
   retriesMax?: number;
 }
 

@@ -55,11 +55,11 @@ export interface GroupChange {
 }
 
 export interface GroupViewOptions extends CallOptions {
-  /** Default `groupMembersMax`. */
+  /** Default `limits.group.membersMax`. */
   readonly membersMax?: number;
-  /** Default `groupDataBytesMax`. */
+  /** Default `limits.group.dataBytesMax`. */
   readonly dataBytesMax?: number;
-  /** Default `groupChangesBufferedMax`. */
+  /** Default `limits.group.changesBufferedMax`. */
   readonly changesBufferedMax?: number;
 }
 

@@ -95,16 +95,7 @@ export {
 } from './stm.js';
 export { Topic } from './topic.js';
 export { type SubscribedTopic, Subscription } from './topic-subscription.js';
-export {
-  isTopicTrimmed,
-  type Published,
-  type SubscribeOptions,
-  type TopicEvent,
-  type TopicOptions,
-  type TopicPosition,
-  type TopicRetention,
-  type TopicTrimmedDetails,
-} from './topic-types.js';
+export * from './topic-types.js';
 export {
   type AddOptions as WorkQueueAddOptions,
   type ClaimLost,

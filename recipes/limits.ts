@@ -26,6 +26,16 @@ import {
 } from './internal/naming-common.js';
 import { retriesLimitMax } from './internal/retry.js';
 import { revocationTextBytesMax } from './internal/revocation.js';
+import {
+  topicBackoffMsMax,
+  topicPageEventsMax,
+  topicPublishAttemptsMax,
+  topicResubscribeAttemptsMax,
+  topicSubscriberNameMax,
+  topicTrimBatchMax,
+  topicTrimRoundsMax,
+  topicWatchBatchesMax,
+} from './internal/topic-bounds.js';
 import { workQueueErrorCharsMax, workQueuePriorityMax } from './internal/work-queue-keys.js';
 import { multiLockNamesMax } from './multi-lock.js';
 import {
@@ -50,16 +60,6 @@ import {
   queueEnqueueAttemptsMax,
 } from './queue.js';
 import { stmBackoffMsMax, stmCompareMax, stmRangeKeysMax, stmReadKeysMax, stmRetriesMax } from './stm.js';
-import {
-  topicBackoffMsMax,
-  topicPageEventsMax,
-  topicPublishAttemptsMax,
-  topicResubscribeAttemptsMax,
-  topicSubscriberNameMax,
-  topicTrimBatchMax,
-  topicTrimRoundsMax,
-  topicWatchBatchesMax,
-} from './topic-types.js';
 import {
   workQueueAttemptsLimitMax,
   workQueueAttemptsMaxDefault,

@@ -38,9 +38,9 @@ export type HealthCheckFn = (opts: { signal: AbortSignal }) => unknown;
 export interface HealthCheckOptions {
   /** The check: a rejection or a thrown error is a failure. */
   readonly check: HealthCheckFn;
-  /** Default `healthCheckIntervalMsDefault`. */
+  /** Default `limits.naming.healthCheckIntervalMsDefault`. */
   readonly intervalMs?: number;
-  /** Default `healthCheckTimeoutMsDefault`. */
+  /** Default `limits.naming.healthCheckTimeoutMsDefault`. */
   readonly timeoutMs?: number;
   /** Consecutive failures that withdraw the endpoint (default 1). */
   readonly failuresToWithdraw?: number;
@@ -63,7 +63,7 @@ export const RegistrationState = {
   Withdrawn: 'withdrawn',
   /** The session was lost (the key goes with its lease); waiting for a new session. */
   Lost: 'lost',
-  /** Gave up after `namingRegisterAttemptsMax` failed attempts or a non-retryable error (see `error`). */
+  /** Gave up after `limits.naming.registerAttemptsMax` failed attempts or a non-retryable error (see `error`). */
   Failed: 'failed',
   /** Closed by its owner: the key was deleted. */
   Closed: 'closed',

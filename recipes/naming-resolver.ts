@@ -63,14 +63,14 @@ export interface PickOptions {
 export interface ResolverOptions extends CallOptions {
   /** How `pick()` chooses (default round-robin). */
   readonly strategy?: PickStrategy;
-  /** Default `namingInstancesMax`. */
+  /** Default `limits.naming.instancesMax`. */
   readonly instancesMax?: number;
-  /** Default `namingChangesBufferedMax`. */
+  /** Default `limits.naming.changesBufferedMax`. */
   readonly changesBufferedMax?: number;
-  /** Errors within `errorWindowMs` that mark an instance down (default `downErrorThresholdDefault`). */
+  /** Errors within `errorWindowMs` that mark an instance down (default `limits.naming.downErrorThresholdDefault`). */
   readonly errorThreshold?: number;
   readonly errorWindowMs?: number;
-  /** How long an instance stays down (default `downMsDefault`). */
+  /** How long an instance stays down (default `limits.naming.downMsDefault`). */
   readonly downMs?: number;
   /** Monotonic clock in ms (default `performance.now`); tests may inject one. */
   readonly now?: () => number;

@@ -126,7 +126,7 @@ export interface PartitionChange {
 
 /** Options of a `Partitioner`. */
 export interface PartitionerOptions {
-  /** Virtual nodes per member of weight 1 (default `partitionerVnodesDefault`). */
+  /** Virtual nodes per member of weight 1 (default `limits.partitioner.vnodesDefault`). */
   readonly vnodes?: number;
   /** A member's weight from its stored data (default: every member weighs 1). Must be pure. */
   readonly weight?: (member: GroupMemberInfo) => number;
@@ -209,7 +209,7 @@ export class Partitioner implements AsyncDisposable {
     return out;
   }
 
-  /** Adds items to report moves for (bounded by `partitionerTrackedMax`). */
+  /** Adds items to report moves for (bounded by `limits.partitioner.trackedMax`). */
   track(items: Iterable<string>): void {
     for (const i of items) {
       if (typeof i !== 'string') invalidArgument('items', 'Partitioner.track: items must be strings');
@@ -226,7 +226,7 @@ export class Partitioner implements AsyncDisposable {
 
   /**
    * Every membership change after this call, with the tracked items that moved. A consumer more
-   * than `partitionerChangesBufferedMax` changes behind gets one merged change (`resync:
+   * than `limits.partitioner.changesBufferedMax` changes behind gets one merged change (`resync:
    * 'overflow'`) from what it last saw to now. Ends when the partitioner is closed or `signal`
    * fires; throws the view's error if the view stopped.
    */

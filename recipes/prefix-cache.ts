@@ -59,11 +59,11 @@ export interface PrefixCacheChange {
 }
 
 export interface PrefixCacheOptions extends CallOptions {
-  /** Most keys held (default `prefixCacheKeysMax`). */
+  /** Most keys held (default `limits.prefixCache.keysMax`). */
   readonly keysMax?: number;
-  /** Most bytes of keys plus values held (default `prefixCacheBytesMax`). */
+  /** Most bytes of keys plus values held (default `limits.prefixCache.bytesMax`). */
   readonly bytesMax?: number;
-  /** Changes buffered per iterator (default `prefixCacheChangesBufferedMax`). */
+  /** Changes buffered per iterator (default `limits.prefixCache.changesBufferedMax`). */
   readonly changesBufferedMax?: number;
 }
 

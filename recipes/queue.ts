@@ -111,7 +111,7 @@ abstract class ClaimQueue<I extends QueueItem> {
   /**
    * Claims the first item if there is one: `Ok(item)`, or `Err(QueueEmpty)` when the queue is
    * empty. Never waits for new items. Items that other consumers claim first are skipped; after
-   * `queueClaimRoundsMax` rounds lost entirely it fails `retries-exhausted`.
+   * `limits.queue.claimRoundsMax` rounds lost entirely it fails `retries-exhausted`.
    */
   async tryDequeue(opts: CallOptions = {}): Promise<Result<I, QueueEmpty>> {
     for (let round = 1; ; round++) {
@@ -158,7 +158,7 @@ abstract class ClaimQueue<I extends QueueItem> {
     );
   }
 
-  /** One read of the first `queueClaimBatchMax` keys (without values), then claims in order. */
+  /** One read of the first `limits.queue.claimBatchMax` keys (without values), then claims in order. */
   async #round(signal: AbortSignal | undefined): Promise<Round<I>> {
     const r = await this.kv.range(this.#prefix, {
       prefix: true,

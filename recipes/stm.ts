@@ -60,7 +60,7 @@ export const stmBackoffMsMax = conflictBackoffMsMax;
 export interface StmOptions extends CallOptions {
   /** Default `Isolation.SerializableSnapshot` (as etcd's `NewSTM`). */
   isolation?: Isolation;
-  /** Re-runs after a conflict before failing `retries-exhausted` (default `stmRetriesMax`). */
+  /** Re-runs after a conflict before failing `retries-exhausted` (default `limits.stm.retriesMaxDefault`). */
   retriesMax?: number;
   /** Keys read in one round trip before every attempt (etcd's `WithPrefetch`). */
   prefetch?: Bytes[];

@@ -6,12 +6,8 @@
 import { ConclaveError, ErrorCode } from '../src/errors.js';
 import type { CallOptions, KeyValue, Watch } from '../src/types.js';
 import { sleep } from './internal/timing.js';
-import {
-  isTopicTrimmed,
-  type TopicEvent,
-  topicBackoffJitterMs,
-  topicResubscribeAttemptsMax,
-} from './topic-types.js';
+import { topicBackoffJitterMs, topicResubscribeAttemptsMax } from './internal/topic-bounds.js';
+import { isTopicTrimmed, type TopicEvent } from './topic-types.js';
 
 /** What a subscription needs from its topic (a `Topic` is one). */
 export interface SubscribedTopic {

@@ -1,26 +1,6 @@
-/** The topic recipe's bounds and public types, shared by `Topic` and `Subscription`. */
+/** The topic recipe's public types, shared by `Topic` and `Subscription` (its bounds: internal/topic-bounds.ts). */
 import { ConclaveError, ErrorCode } from '../src/errors.js';
 import type { CallOptions } from '../src/types.js';
-import { backoffMs as backoffStepMs } from './internal/timing.js';
-
-/** Events read per page (and so held in memory per subscription while paging). */
-export const topicPageEventsMax = 100;
-/** Watch batches buffered per subscription for a slow consumer; past it the subscription re-reads. */
-export const topicWatchBatchesMax = 64;
-/** Attempts of one publish that lost the sequence race to other publishers. */
-export const topicPublishAttemptsMax = 64;
-/** Events removed by one trim txn (one range delete); trimming more takes several txns. */
-export const topicTrimBatchMax = 100;
-/** Trim txns one `trim()` call runs at most. */
-export const topicTrimRoundsMax = 100;
-/** Consecutive failed attempts to re-read or re-watch (after `unavailable` etc.) before a subscription fails. */
-export const topicResubscribeAttemptsMax = 20;
-/** Longest back-off (ms) between two attempts of a publish or a re-subscription. */
-export const topicBackoffMsMax = 1000;
-/** Longest durable subscriber name (characters). */
-export const topicSubscriberNameMax = 256;
-/** Digits of a sequence number in keys: enough for every safe integer. */
-export const topicSeqDigits = 16;
 
 /** How long a topic keeps its events. Both bounds may be combined; an event goes when either says so. */
 export interface TopicRetention {
@@ -82,9 +62,9 @@ export interface SubscribeOptions extends CallOptions {
    * (written after each page or watch batch, and on close). Default false: call `ack()`.
    */
   readonly autoAck?: boolean;
-  /** Events per page read (default and maximum `topicPageEventsMax`). */
+  /** Events per page read (default and maximum `limits.topic.pageEventsMax`). */
   readonly pageEventsMax?: number;
-  /** Watch batches buffered for a slow consumer (default and maximum `topicWatchBatchesMax`). */
+  /** Watch batches buffered for a slow consumer (default and maximum `limits.topic.watchBatchesMax`). */
   readonly watchBatchesMax?: number;
 }
 
@@ -107,7 +87,3 @@ export interface TopicTrimmedDetails {
 export function isTopicTrimmed(err: unknown): err is ConclaveError & { details: TopicTrimmedDetails } {
   return ConclaveError.is(err, ErrorCode.Compacted) && typeof err.details?.oldestSeq === 'number';
 }
-
-/** Jittered exponential back-off for attempt `n` (1-based), at most `topicBackoffMsMax`. */
-export const topicBackoffJitterMs = (n: number): number =>
-  Math.random() * backoffStepMs(n, topicBackoffMsMax, 5);

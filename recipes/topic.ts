@@ -31,6 +31,16 @@ import type { Bytes, CallOptions, KeyValue, Op, OpResponse, RangeResult } from '
 import { checkInt, checkName } from './internal/check.js';
 import { renamedOption } from './internal/options.js';
 import { sleep } from './internal/timing.js';
+import {
+  topicBackoffJitterMs,
+  topicPageEventsMax,
+  topicPublishAttemptsMax,
+  topicSeqDigits,
+  topicSubscriberNameMax,
+  topicTrimBatchMax,
+  topicTrimRoundsMax,
+  topicWatchBatchesMax,
+} from './internal/topic-bounds.js';
 import { Subscription } from './topic-subscription.js';
 import {
   isTopicTrimmed,
@@ -41,14 +51,6 @@ import {
   type TopicPosition,
   type TopicRetention,
   type TopicTrimmedDetails,
-  topicBackoffJitterMs,
-  topicPageEventsMax,
-  topicPublishAttemptsMax,
-  topicSeqDigits,
-  topicSubscriberNameMax,
-  topicTrimBatchMax,
-  topicTrimRoundsMax,
-  topicWatchBatchesMax,
 } from './topic-types.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -185,9 +187,9 @@ export class Topic {
   /**
    * Appends one event; resolves with its seq and the revision it was committed at. Concurrent
    * publishers race for the next seq with a compare-and-swap; the loser re-reads (in the same
-   * round trip) and retries, up to `topicPublishAttemptsMax` times (then `retries-exhausted`).
+   * round trip) and retries, up to `limits.topic.publishAttemptsMax` times (then `retries-exhausted`).
    * An `indeterminate` failure is not retried: the event may or may not have been published.
-   * With retention, the publish then trims (bounded: at most one trim txn of `topicTrimBatchMax`).
+   * With retention, the publish then trims (bounded: at most one trim txn of `limits.topic.trimBatchMax`).
    */
   async publish(value: Bytes, opts: CallOptions = {}): Promise<Published> {
     const { signal } = opts;
@@ -253,7 +255,7 @@ export class Topic {
 
   /**
    * Applies retention now: removes events past the count or age bound, oldest first, in txns of
-   * at most `topicTrimBatchMax` events (up to `topicTrimRoundsMax` txns). Resolves with how many
+   * at most `limits.topic.trimBatchMax` events (up to `limits.topic.trimRoundsMax` txns). Resolves with how many
    * events this call removed. Needed for age retention on a topic nobody publishes to.
    */
   async trim(opts: CallOptions = {}): Promise<number> {

@@ -18,7 +18,7 @@ export const workQueueDelaySecondsMax = 365 * 24 * 3600;
 export interface NackOptions extends CallOptions {
   /** Claimable again only after this many seconds (default 0: at once). */
   readonly delaySeconds?: number;
-  /** Why the attempt failed; stored with the item (cut to `workQueueErrorCharsMax`). */
+  /** Why the attempt failed; stored with the item (cut to `limits.workQueue.errorCharsMax`). */
   readonly error?: string;
 }
 

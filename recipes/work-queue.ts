@@ -137,7 +137,7 @@ export interface DeadLetter {
 }
 
 export interface ProcessOptions extends CallOptions {
-  /** Handlers running at once (default 1, at most `workQueueConcurrencyMax`). */
+  /** Handlers running at once (default 1, at most `limits.workQueue.concurrencyMax`). */
   readonly concurrency?: number;
   /** Extend each claim every third of the visibility timeout while its handler runs (default false). */
   readonly autoExtend?: boolean;
@@ -181,7 +181,7 @@ export class WorkQueue implements AsyncDisposable {
   readonly #ctx: JobContext;
   readonly #closed = new AbortController();
   readonly #revokes = new Set<Promise<unknown>>();
-  /** Keyless claim leases for reuse, most recently renewed last (bounded by `workQueueLeasePoolMax`). */
+  /** Keyless claim leases for reuse, most recently renewed last (bounded by `limits.workQueue.leasePoolMax`). */
   readonly #leasePool: ClaimLease[] = [];
   readonly #processes = new Set<Promise<void>>();
   #maintenance: WorkQueueMaintenance | undefined;
@@ -270,7 +270,7 @@ export class WorkQueue implements AsyncDisposable {
 
   /**
    * Waits for an item and claims it. Rejects with the signal's reason, the session's `lost`
-   * reason, `closed`, or a store error; `retries-exhausted` after `workQueueClaimRoundsMax`
+   * reason, `closed`, or a store error; `retries-exhausted` after `limits.workQueue.claimRoundsMax`
    * consecutive lost races.
    */
   async claim(opts: CallOptions = {}): Promise<Job> {
@@ -625,7 +625,7 @@ export class WorkQueue implements AsyncDisposable {
   }
 
   /**
-   * Dead letters, oldest id first, with their bodies (at most `workQueueDeadLettersPageMax`).
+   * Dead letters, oldest id first, with their bodies (at most `limits.workQueue.deadLettersPageMax`).
    * `after`: an id to continue after.
    */
   async deadLetters(opts: { limit?: number; after?: string } & CallOptions = {}): Promise<DeadLetter[]> {

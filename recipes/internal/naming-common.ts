@@ -22,7 +22,7 @@ export const namingRegisterAttemptsMax = 30;
 export const namingBackoffMsMax = 2000;
 /**
  * Consecutive failed attempts to re-read and re-watch before a resolver fails: the bound of the
- * `PrefixCache` under it (`prefixCacheResyncAttemptsMax`).
+ * `PrefixCache` under it (`limits.prefixCache.resyncAttemptsMax`).
  */
 export const namingResyncAttemptsMax = prefixCacheResyncAttemptsMax;
 /**

@@ -75,7 +75,7 @@ function corrupt(key: Uint8Array, cause?: unknown): ConclaveError {
   );
 }
 
-/** Cuts an error message to `workQueueErrorCharsMax`. */
+/** Cuts an error message to `limits.workQueue.errorCharsMax`. */
 export function clipError(message: string): string {
   return message.length <= workQueueErrorCharsMax
     ? message
