@@ -106,8 +106,18 @@ export class FailoverWatch implements Watch {
       this.#nextRev = b.revision + 1;
       return Promise.resolve({ value: b, done: false });
     }
-    // Live and idle (the usual wait): one promise until the next batch.
-    if (!this.#inner.done) return this.#inner.arrival().then(() => this.#next());
+    // Live and idle (the usual wait): one promise, settled by the member's watch as it buffers.
+    const inner = this.#inner;
+    if (!inner.done)
+      return new Promise((resolve, reject) =>
+        inner.onArrival(() => {
+          const b = inner.take();
+          if (b) {
+            this.#nextRev = b.revision + 1;
+            resolve({ value: b, done: false });
+          } else this.#next().then(resolve, reject);
+        }),
+      );
     return this.#wait();
   }
 

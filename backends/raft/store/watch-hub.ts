@@ -207,6 +207,7 @@ export class HubWatch implements Watch {
   /** The revision being matched, and its events for this watcher so far (scratch of the hub's match pass). */
   batchRev = 0;
   batch: WatchEvent[] | undefined;
+  /** Called once (and cleared) when a batch is buffered or the watch ends: the waiting consumer. */
   #wake: (() => void) | undefined;
   #error: unknown;
   done = false;
@@ -290,7 +291,7 @@ export class HubWatch implements Watch {
       return;
     }
     this.#buffer.push({ events, revision: rev });
-    this.#wake?.();
+    this.#rouse();
   }
 
   /** Registered in the hub at `revision`: resolves `ready`. */
@@ -316,7 +317,7 @@ export class HubWatch implements Watch {
       );
     if (this.#onAbort) this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#hub.remove(this);
-    this.#wake?.();
+    this.#rouse();
   }
 
   async close(): Promise<void> {
@@ -342,14 +343,24 @@ export class HubWatch implements Watch {
     return this.#error;
   }
 
+  #rouse(): void {
+    const wake = this.#wake;
+    if (wake === undefined) return;
+    this.#wake = undefined;
+    wake();
+  }
+
+  /**
+   * Calls `fn` once, when a batch is buffered or the watch ends (one waiter at a time: a later
+   * call replaces it). The consumer's own promise is settled from there, with no promise between.
+   */
+  onArrival(fn: () => void): void {
+    this.#wake = fn;
+  }
+
   /** Resolves when a batch is buffered or the watch ends (one waiter at a time). */
   arrival(): Promise<void> {
-    return new Promise<void>((r) => {
-      this.#wake = () => {
-        this.#wake = undefined;
-        r();
-      };
-    });
+    return new Promise<void>((r) => this.onArrival(r));
   }
 
   /**
@@ -362,7 +373,13 @@ export class HubWatch implements Watch {
     if (b) return Promise.resolve({ value: b, done: false });
     if (this.done)
       return this.#error !== undefined ? Promise.reject(this.#error) : Promise.resolve(doneResult);
-    return this.arrival().then(() => this.#next());
+    return new Promise((resolve, reject) =>
+      this.onArrival(() => {
+        const b = this.take();
+        if (b) resolve({ value: b, done: false });
+        else this.#next().then(resolve, reject);
+      }),
+    );
   }
 
   [Symbol.asyncIterator](): AsyncIterator<WatchBatch> {
