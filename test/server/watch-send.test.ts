@@ -15,8 +15,8 @@ import { ServerContext } from '../../backends/raft/server/context.js';
 import { clientServerDefaults } from '../../backends/raft/server/grpc.js';
 import { WatchStream, writeBuffered } from '../../backends/raft/server/watch.js';
 import { root } from '../../src/protocol/codec.js';
-import { embeddedBackend } from './harness.js';
-import { waitFor } from './raw.js';
+import { embeddedBackend, serveCluster } from './harness.js';
+import { RawClient, waitFor } from './raw.js';
 
 const WatchResponse = root.lookupType('etcdserverpb.WatchResponse');
 
@@ -156,5 +156,54 @@ describe('watch stream sending', () => {
     call.release();
     await waitFor(() => events() >= 10, 10_000, 'the rest once written');
     call.destroy();
+  }, 30_000);
+
+  it('over grpc-js, responses queued together reach HTTP/2 framed in one write, and the client reads each of them in order', async () => {
+    cluster = await startCluster({ nodes: 1 });
+    const served = await serveCluster(cluster);
+    const raw = new RawClient(served.endpoints[0]!);
+    // Every write to a Duplex in this process: the HTTP/2 stream's among them. A write of several
+    // gRPC messages is one whose first length prefix covers less than the write.
+    const own = Duplex.prototype.write;
+    let multiMessageWrites = 0;
+    Duplex.prototype.write = function (this: Duplex, chunk: unknown, ...rest: unknown[]) {
+      if (
+        Buffer.isBuffer(chunk) &&
+        chunk.length > 5 &&
+        chunk[0] === 0 &&
+        chunk.readUInt32BE(1) + 5 < chunk.length
+      )
+        multiMessageWrites++;
+      return (own as (...a: unknown[]) => boolean).apply(this, [chunk, ...rest]);
+    } as typeof own;
+    try {
+      const probe = raw.watch();
+      const watches = 100;
+      for (let i = 0; i < watches; i++) probe.send({ createRequest: { key: Buffer.from('framed/k') } });
+      await waitFor(() => probe.responses.length >= watches, 10_000, 'every created response');
+      const kv = cluster.client();
+      const puts = 5;
+      for (let p = 0; p < puts; p++) await kv.put('framed/k', `v${p}`);
+      const events = () => probe.responses.filter((m) => Array.isArray(m.events));
+      await waitFor(() => events().length >= watches * puts, 10_000, 'every event response');
+      // Each watch got each put once, in order.
+      const seen = new Map<string, string[]>();
+      for (const m of events()) {
+        const id = String(m.watchId ?? '0');
+        const list = seen.get(id) ?? [];
+        for (const e of m.events as { kv: { value: string } }[])
+          list.push(Buffer.from(e.kv.value, 'base64').toString());
+        seen.set(id, list);
+      }
+      expect(seen.size).toBe(watches);
+      for (const list of seen.values()) expect(list).toEqual(['v0', 'v1', 'v2', 'v3', 'v4']);
+      // The old path wrote one message per HTTP/2 write.
+      expect(multiMessageWrites).toBeGreaterThan(0);
+      probe.close();
+    } finally {
+      Duplex.prototype.write = own;
+      raw.close();
+      await served.close();
+    }
   }, 30_000);
 });
