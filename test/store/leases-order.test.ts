@@ -185,6 +185,27 @@ describe('leases ordered by deadline', () => {
     leases.checkInvariants();
   });
 
+  it('an idle expiry pass looks at no lease, with 100,000 of them; a pass looks only at the leases it expires', () => {
+    const leases = new Leases(1);
+    for (let i = 0; i < 100_000; i++) leases.grant(BigInt(i), 60 + (i % 50), 0);
+    // Granted in this epoch: every deadline is in the heap; an idle pass only peeks at its top.
+    for (let t = 0; t < 1000; t++) expect(leases.startRevoking(1000 + t)).toEqual([]);
+    expect(leases.visited).toBe(0);
+    // After a promotion, the first pass steps the cursor once to the earliest promoted deadline,
+    // and the idle passes after it look at nothing.
+    leases.promote(2000, 0);
+    for (let t = 0; t < 1000; t++) expect(leases.startRevoking(3000 + t)).toEqual([]);
+    expect(leases.visited).toBe(1);
+    // The 2,000 leases of TTL 60 s reach their promoted deadline (2,000 + 60 s) together: the
+    // passes that find them look at them and at the next lease, not at the other 98,000.
+    const before = leases.visited;
+    const due: bigint[] = [];
+    for (let pass = 0; pass < 10; pass++) due.push(...leases.startRevoking(62_000));
+    expect(due.length).toBe(2000);
+    expect(leases.visited - before).toBeLessThanOrEqual(2000 + 10);
+    leases.checkInvariants();
+  });
+
   it('an idle expiry pass and a promotion cost the same with 100,000 leases as with none', () => {
     const timeIdlePasses = (leases: Leases): number => {
       const t0 = performance.now();
