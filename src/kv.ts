@@ -1,22 +1,4 @@
-import type {
-  Bytes,
-  CallOptions,
-  CompactOptions,
-  DeleteOptions,
-  DeleteResult,
-  GetOptions,
-  KeyValue,
-  LeaseApi,
-  PutOptions,
-  PutResult,
-  RangeOptions,
-  RangeResult,
-  StatusResult,
-  Txn,
-  TxnResult,
-  Watch,
-  WatchOptions,
-} from './types.js';
+import type * as T from './types.js';
 
 /**
  * The KV contract every backend implements and every recipe is written against.
@@ -32,23 +14,23 @@ import type {
  */
 export interface KV extends AsyncDisposable {
   /** The key's current value (or at `revision`), or undefined when absent. */
-  get(key: Bytes, opts?: GetOptions): Promise<KeyValue | undefined>;
+  get(key: T.Bytes, opts?: T.GetOptions): Promise<T.KeyValue | undefined>;
   /** Reads a key, a range, a prefix or every key from `key` (etcd's `Range`). */
-  range(key: Bytes, opts?: RangeOptions): Promise<RangeResult>;
+  range(key: T.Bytes, opts?: T.RangeOptions): Promise<T.RangeResult>;
   /** Writes `value` under `key`, optionally bound to a lease (etcd's `Put`). */
-  put(key: Bytes, value: Bytes, opts?: PutOptions): Promise<PutResult>;
+  put(key: T.Bytes, value: T.Bytes, opts?: T.PutOptions): Promise<T.PutResult>;
   /** Deletes a key, a range or a prefix (etcd's `DeleteRange`). */
-  delete(key: Bytes, opts?: DeleteOptions): Promise<DeleteResult>;
+  delete(key: T.Bytes, opts?: T.DeleteOptions): Promise<T.DeleteResult>;
   /** Runs a transaction atomically at one revision (etcd's `Txn`). */
-  txn(txn: Txn, opts?: CallOptions): Promise<TxnResult>;
+  txn(txn: T.Txn, opts?: T.CallOptions): Promise<T.TxnResult>;
   /** Starts a watch; events arrive through the returned async iterator. */
-  watch(key: Bytes, opts?: WatchOptions): Watch;
+  watch(key: T.Bytes, opts?: T.WatchOptions): T.Watch;
   /** The lease operations: grant, revoke, keep-alive, time-to-live, list. */
-  readonly lease: LeaseApi;
+  readonly lease: T.LeaseApi;
   /** Compact history up to `revision`: reads below it fail afterwards. */
-  compact(revision: number, opts?: CompactOptions): Promise<void>;
+  compact(revision: number, opts?: T.CompactOptions): Promise<void>;
   /** The answering member's status: revision, version, leader, Raft term and index. */
-  status(opts?: CallOptions): Promise<StatusResult>;
+  status(opts?: T.CallOptions): Promise<T.StatusResult>;
   /** Releases connections, watches and timers. Idempotent. */
   close(): Promise<void>;
   /** `close()`, for `await using`. */

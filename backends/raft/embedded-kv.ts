@@ -11,25 +11,7 @@ import { abortReason, ConclaveError, ErrorCode } from '../../src/errors.js';
 import { toBytes } from '../../src/keys.js';
 import type { KV } from '../../src/kv.js';
 import { limits } from '../../src/limits.js';
-import type {
-  Bytes,
-  CallOptions,
-  CompactOptions,
-  DeleteOptions,
-  DeleteResult,
-  GetOptions,
-  KeyValue,
-  LeaseApi,
-  PutOptions,
-  PutResult,
-  RangeOptions,
-  RangeResult,
-  StatusResult,
-  Txn,
-  TxnResult,
-  Watch,
-  WatchOptions,
-} from '../../src/types.js';
+import type * as T from '../../src/types.js';
 import { checkArgs } from '../../src/validate.js';
 import { FailoverWatch, type WatchSource } from './failover-watch.js';
 import type { CommandBody, RaftNode } from './node/node.js';
@@ -66,7 +48,7 @@ export class EmbeddedKV implements KV {
   #closed = false;
   /** Open watches, ended by `close()` (bounded by the store's `watchersMax`). */
   readonly #watches = new Set<FailoverWatch>();
-  readonly lease: LeaseApi;
+  readonly lease: T.LeaseApi;
 
   constructor(c: EmbeddedKVCluster) {
     this.#c = c;
@@ -126,7 +108,7 @@ export class EmbeddedKV implements KV {
     };
   }
 
-  #open(o: CallOptions | undefined): void {
+  #open(o: T.CallOptions | undefined): void {
     checkArgs.options(o);
     if (this.#closed) throw new ConclaveError(ErrorCode.Closed, 'the embedded client is closed');
     o?.signal?.throwIfAborted();
@@ -161,41 +143,41 @@ export class EmbeddedKV implements KV {
     }
   }
 
-  async get(key: Bytes, o: GetOptions = {}): Promise<KeyValue | undefined> {
+  async get(key: T.Bytes, o: T.GetOptions = {}): Promise<T.KeyValue | undefined> {
     this.#open(o);
     checkArgs.get(key, o);
     const n = await this.#readNode(o);
     return n.store.range(key, o).kvs[0];
   }
 
-  async range(key: Bytes, o: RangeOptions = {}): Promise<RangeResult> {
+  async range(key: T.Bytes, o: T.RangeOptions = {}): Promise<T.RangeResult> {
     this.#open(o);
     checkArgs.range(key, o);
     const n = await this.#readNode(o);
     return n.store.range(key, o);
   }
 
-  async put(key: Bytes, value: Bytes, o: PutOptions = {}): Promise<PutResult> {
+  async put(key: T.Bytes, value: T.Bytes, o: T.PutOptions = {}): Promise<T.PutResult> {
     this.#open(o);
     const { key: k, value: v } = checkArgs.put(key, value, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'put', key: k, value: v, opts }, o.signal);
   }
 
-  async delete(key: Bytes, o: DeleteOptions = {}): Promise<DeleteResult> {
+  async delete(key: T.Bytes, o: T.DeleteOptions = {}): Promise<T.DeleteResult> {
     this.#open(o);
     checkArgs.delete(key, o);
     const { signal: _s, ...opts } = o;
     return this.#write({ op: 'delete', key: toBytes(key), opts }, o.signal);
   }
 
-  async txn(t: Txn, o: CallOptions = {}): Promise<TxnResult> {
+  async txn(t: T.Txn, o: T.CallOptions = {}): Promise<T.TxnResult> {
     this.#open(o);
     checkArgs.txn(t);
     return this.#write({ op: 'txn', txn: t }, o.signal);
   }
 
-  watch(key: Bytes, o: WatchOptions = {}): Watch {
+  watch(key: T.Bytes, o: T.WatchOptions = {}): T.Watch {
     this.#open(o);
     checkArgs.watch(key, o);
     const release = this.#c.retain();
@@ -213,13 +195,13 @@ export class EmbeddedKV implements KV {
     return w;
   }
 
-  async compact(revision: number, o: CompactOptions = {}): Promise<void> {
+  async compact(revision: number, o: T.CompactOptions = {}): Promise<void> {
     this.#open(o);
     checkArgs.compact(revision);
     await this.#write({ op: 'compact', revision }, o.signal);
   }
 
-  async status(o: CallOptions = {}): Promise<StatusResult> {
+  async status(o: T.CallOptions = {}): Promise<T.StatusResult> {
     this.#open(o);
     const l = await this.#c.waitLeader(o.signal);
     return {
