@@ -150,3 +150,24 @@ describe('embedded client watch iterator', () => {
     expect(hubSize(cluster)).toBe(0);
   });
 });
+
+describe('watch hub matching', () => {
+  it('a write looks at the watchers of its key only: none for 10,000 watchers on other keys and prefixes', async () => {
+    const s = new Store({ minTtlSeconds: 1 });
+    const ws: Watch[] = [];
+    for (let i = 0; i < 5000; i++) ws.push(s.hub.watch(enc.encode(`idle/${i}`), {}));
+    for (let i = 0; i < 5000; i++) ws.push(s.hub.watch(enc.encode(`idle/${i}/`), { prefix: true }));
+    const hot = s.hub.watch(enc.encode('hot/'), { prefix: true });
+    for (let i = 0; i < 100; i++) put(s, `other/${i}`, 'v');
+    expect(s.hub.visited).toBe(0);
+    for (let i = 0; i < 100; i++) put(s, `hot/${i}`, 'v');
+    expect(s.hub.visited).toBe(100);
+    // A write to a watched key reaches its watcher and the prefix watcher over it, no other.
+    put(s, 'idle/7/x', 'v');
+    expect(s.hub.visited).toBe(101);
+    put(s, 'idle/7', 'v');
+    expect(s.hub.visited).toBe(102);
+    for (const w of [...ws, hot]) await w.close();
+    expect(s.hub.size).toBe(0);
+  });
+});

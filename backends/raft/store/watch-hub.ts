@@ -433,6 +433,12 @@ export class WatchHub {
   #floorStale = false;
   /** Recent revisions kept whoever watches (`historyRecentMax`; settable for tests). */
   recentRevisions = historyRecentMax;
+  /**
+   * Watchers the match passes have looked at so far (one per watcher and event it matched by key
+   * or interval, filters aside): what matching costs beyond the lookups, counted for tests. A
+   * write no watcher watches adds 0, however many watch other keys.
+   */
+  visited = 0;
 
   // Scratch of one match pass (reused: nothing per watcher is allocated per revision).
   /** Watchers with events in the revision being matched. */
@@ -682,6 +688,7 @@ export class WatchHub {
   }
 
   #collect(w: HubWatch): void {
+    this.visited++;
     const e = this.#curEvent!;
     if (e.type === 'put' ? w.noPut : w.noDelete) return;
     // Plain objects (a store event may be a lazy class instance), made once per event.
