@@ -8,7 +8,7 @@
  *                       [--inject read-local] [--out FILE] [--timeline]
  *
  * Each round uses seed + round number, so any round replays alone with the command it prints.
- * Exit code 1 if any round is 'illegal' (or, without --inject, 'unknown').
+ * Exit code 1 if any round is 'illegal' (or, without --inject, 'unknown'), or could not run.
  */
 import { writeFileSync } from 'node:fs';
 import { testFaults } from '../harness/fault-entry.js';
@@ -111,19 +111,31 @@ async function main(): Promise<number> {
     return 2;
   }
   const rounds: RunSummary[] = [];
+  const failed: { target: Target; seed: number; error: string }[] = [];
   for (const target of targets) {
     const until = performance.now() + totalMs;
     for (let r = 0; performance.now() < until; r++) {
-      const s = await runOnce({
-        target,
-        seed: seed + r,
-        durationMs: Math.min(roundMs, Math.max(5000, until - performance.now())),
-        ...(kinds ? { kinds } : {}),
-        ...(inject ? { faults: inject } : {}),
-        ...(scenario ? { scenario } : {}),
-        checkTimeoutMs: 60_000,
-        log: (l) => console.log(`  [${target} round ${r}] ${l}`),
-      });
+      let s: RunSummary;
+      try {
+        s = await runOnce({
+          target,
+          seed: seed + r,
+          durationMs: Math.min(roundMs, Math.max(5000, until - performance.now())),
+          ...(kinds ? { kinds } : {}),
+          ...(inject ? { faults: inject } : {}),
+          ...(scenario ? { scenario } : {}),
+          checkTimeoutMs: 60_000,
+          log: (l) => console.log(`  [${target} round ${r}] ${l}`),
+        });
+      } catch (err) {
+        // A round that could not run (e.g. a cluster that did not start on an overloaded machine)
+        // is counted and reported; the long run goes on with the next seed.
+        failed.push({ target, seed: seed + r, error: err instanceof Error ? err.message : String(err) });
+        console.log(
+          `${target} seed ${seed + r}: the round could not run: ${failed[failed.length - 1]!.error.slice(0, 300)}`,
+        );
+        continue;
+      }
       rounds.push(s);
       console.log(describeRun(s));
       if (a.has('timeline')) console.log(faultTimeline(s));
@@ -162,9 +174,10 @@ async function main(): Promise<number> {
         1,
       ),
     );
-  const bad = rounds.some(
-    (s) => s.check.result === 'illegal' || (!inject?.length && s.check.result === 'unknown'),
-  );
+  for (const f of failed) console.log(`round not run: ${f.target} seed ${f.seed}: ${f.error.slice(0, 200)}`);
+  const bad =
+    failed.length > 0 ||
+    rounds.some((s) => s.check.result === 'illegal' || (!inject?.length && s.check.result === 'unknown'));
   return bad ? 1 : 0;
 }
 
