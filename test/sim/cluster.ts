@@ -274,28 +274,31 @@ export class Simulation {
         this.step(false, step < this.opts.quietSteps / 2);
       this.checkConverged();
       return {
-        seed: this.opts.seed,
-        steps: this.opts.steps,
-        applied: this.appliedGlobal.size,
-        leadersElected: this.leadersElected,
-        virtualMs: this.now,
+        ...this.#summary(),
         ...(this.opts.disk
           ? { tornRepairs: this.tornRepairs, corruptionsDetected: this.corruptionsDetected }
           : {}),
       };
     } catch (err) {
       return {
-        seed: this.opts.seed,
-        steps: this.opts.steps,
-        applied: this.appliedGlobal.size,
-        leadersElected: this.leadersElected,
-        virtualMs: this.now,
+        ...this.#summary(),
         error:
           err instanceof Error
             ? `${err.message}\n${err.stack?.split('\n').slice(1, 4).join('\n')}`
             : String(err),
       };
     }
+  }
+
+  /** What a run reports whether it passed or failed. */
+  #summary(): SimResult {
+    return {
+      seed: this.opts.seed,
+      steps: this.opts.steps,
+      applied: this.appliedGlobal.size,
+      leadersElected: this.leadersElected,
+      virtualMs: this.now,
+    };
   }
 
   heal(): void {
