@@ -100,22 +100,25 @@ export class FailoverWatch implements Watch {
     };
   }
 
+  /** The serving member's next buffered batch, if any; the watch resumes after it on a move. */
+  #take(inner = this.#inner): IteratorYieldResult<WatchBatch> | undefined {
+    const b = inner.take();
+    if (!b) return undefined;
+    this.#nextRev = b.revision + 1;
+    return { value: b, done: false };
+  }
+
   #next(): Promise<IteratorResult<WatchBatch>> {
-    const b = this.#inner.take();
-    if (b) {
-      this.#nextRev = b.revision + 1;
-      return Promise.resolve({ value: b, done: false });
-    }
+    const r = this.#take();
+    if (r) return Promise.resolve(r);
     // Live and idle (the usual wait): one promise, settled by the member's watch as it buffers.
     const inner = this.#inner;
     if (!inner.done)
       return new Promise((resolve, reject) =>
         inner.onArrival(() => {
-          const b = inner.take();
-          if (b) {
-            this.#nextRev = b.revision + 1;
-            resolve({ value: b, done: false });
-          } else this.#next().then(resolve, reject);
+          const r = this.#take(inner);
+          if (r) resolve(r);
+          else this.#next().then(resolve, reject);
         }),
       );
     return this.#wait();
@@ -126,11 +129,8 @@ export class FailoverWatch implements Watch {
     try {
       while (true) {
         const inner = this.#inner;
-        const b = inner.take();
-        if (b) {
-          this.#nextRev = b.revision + 1;
-          return { value: b, done: false };
-        }
+        const r = this.#take();
+        if (r) return r;
         if (!inner.done) {
           await inner.arrival();
           continue;
